@@ -1,0 +1,127 @@
+// medsyn: CPU kernel for bias_act, registered as torch.ops.medsyn_cpu.bias_act
+//
+// The reference runs bias add, activation, gain and clamp as separate passes (forward and backward),
+// each allocating a temporary; this kernel does one pass. Parallelism: at::parallel_for (OpenMP).
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "bias_act.h"
+
+namespace {
+
+//----------------------------------------------------------------------------------------------
+// bias_act
+
+// Apply the formula to a span of n elements; the bias is one value (VB=false) or a vector (VB=true).
+template <typename T, int A, int G, bool VB>
+void bias_act_span(const T* x, const T* b, const T* xr, const T* yr, const T* dy, T* y, int64_t n,
+                   T alpha, T gain, T clamp) {
+    const bool cm = clamp >= T(0);
+    const T b0 = VB ? T(0) : b[0];
+    for (int64_t j = 0; j < n; ++j) {
+        const T bv = VB ? b[j] : b0;
+        const T xv = xr ? xr[j] : T(0);
+        const T yv = yr ? yr[j] : T(0);
+        const T dv = dy ? dy[j] : T(1);
+        y[j] = medsyn::bias_act_elem<T, A, G>(x[j], bv, xv, yv, dv, alpha, gain, clamp, cm);
+    }
+}
+
+template <typename T, int A, int G>
+void bias_act_loop(const T* x, const T* b, const T* xr, const T* yr, const T* dy, T* y, int64_t N,
+                   int64_t stepB, int64_t sizeB, T alpha, T gain, T clamp) {
+    const T zero = T(0);
+    at::parallel_for(0, N, 32768, [&](int64_t begin, int64_t end) {
+        int64_t i = begin;
+        while (i < end) {
+            int64_t stop;
+            if (!b) {  // no bias: one span
+                stop = end;
+                bias_act_span<T, A, G, false>(x + i, &zero, xr ? xr + i : nullptr, yr ? yr + i : nullptr,
+                                              dy ? dy + i : nullptr, y + i, stop - i, alpha, gain, clamp);
+            } else if (stepB == 1) {  // channels innermost (channels-last, [N, C]): bias is a vector
+                const int64_t c = i % sizeB;
+                stop = std::min(end, i + (sizeB - c));
+                bias_act_span<T, A, G, true>(x + i, b + c, xr ? xr + i : nullptr, yr ? yr + i : nullptr,
+                                             dy ? dy + i : nullptr, y + i, stop - i, alpha, gain, clamp);
+            } else {  // runs of stepB elements share one bias value
+                const int64_t run = i / stepB;
+                stop = std::min(end, (run + 1) * stepB);
+                bias_act_span<T, A, G, false>(x + i, b + (run % sizeB), xr ? xr + i : nullptr,
+                                              yr ? yr + i : nullptr, dy ? dy + i : nullptr, y + i, stop - i,
+                                              alpha, gain, clamp);
+            }
+            i = stop;
+        }
+    });
+}
+
+template <typename T, int A>
+void bias_act_grad_dispatch(int64_t grad, const T* x, const T* b, const T* xr, const T* yr, const T* dy, T* y,
+                            int64_t N, int64_t stepB, int64_t sizeB, T alpha, T gain, T clamp) {
+    if (grad == 0) bias_act_loop<T, A, 0>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
+    else if (grad == 1) bias_act_loop<T, A, 1>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
+    else bias_act_loop<T, A, 2>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
+}
+
+template <typename T>
+void bias_act_typed(int64_t act, int64_t grad, const T* x, const T* b, const T* xr, const T* yr, const T* dy, T* y,
+                    int64_t N, int64_t stepB, int64_t sizeB, T a, T g, T c) {
+#define MEDSYN_ACT_CASE(ID) case ID: bias_act_grad_dispatch<T, ID>(grad, x, b, xr, yr, dy, y, N, stepB, sizeB, a, g, c); break;
+    switch (act) {
+        MEDSYN_ACT_CASE(1) MEDSYN_ACT_CASE(2) MEDSYN_ACT_CASE(3) MEDSYN_ACT_CASE(4) MEDSYN_ACT_CASE(5)
+        MEDSYN_ACT_CASE(6) MEDSYN_ACT_CASE(7) MEDSYN_ACT_CASE(8) MEDSYN_ACT_CASE(9)
+        default: TORCH_CHECK(false, "medsyn_cpu.bias_act: unknown activation id ", act);
+    }
+#undef MEDSYN_ACT_CASE
+}
+
+void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
+    if (t.numel() == 0) return;
+    TORCH_CHECK(t.device() == x.device() && t.dtype() == x.dtype(), name, " must have the device and dtype of x");
+    TORCH_CHECK(t.sizes() == x.sizes() && t.strides() == x.strides(), name, " must have the shape and layout of x");
+}
+
+at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tensor& xref, const at::Tensor& yref,
+                        const at::Tensor& dy, int64_t grad, int64_t dim, int64_t act, double alpha, double gain,
+                        double clamp) {
+    TORCH_CHECK(x.device().is_cpu(), "medsyn_cpu.bias_act: x must be a CPU tensor");
+    TORCH_CHECK(x.is_non_overlapping_and_dense(), "medsyn_cpu.bias_act: x must be dense (contiguous or channels-last)");
+    TORCH_CHECK(b.numel() == 0 || (b.dim() == 1 && b.is_contiguous() && dim >= 0 && dim < x.dim() &&
+                                   b.size(0) == x.size(dim) && b.dtype() == x.dtype()),
+                "medsyn_cpu.bias_act: b must be a contiguous 1D tensor matching x.shape[dim]");
+    TORCH_CHECK(grad >= 0 && grad <= 2 && act >= 1 && act <= 9, "medsyn_cpu.bias_act: bad grad/act id");
+    check_like(xref, x, "xref"); check_like(yref, x, "yref"); check_like(dy, x, "dy");
+    TORCH_CHECK(grad == 0 || clamp < 0 || yref.numel() > 0, "medsyn_cpu.bias_act: the gradient of a clamped op needs yref");
+    at::Tensor y = at::empty_like(x);
+    const int64_t N = x.numel();
+    if (N == 0) return y;
+    const int64_t stepB = b.numel() ? x.stride(dim) : 1;
+    const int64_t sizeB = b.numel() ? x.size(dim) : 1;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "medsyn_cpu.bias_act", [&] {
+        using T = scalar_t;
+        bias_act_typed<T>(act, grad, x.const_data_ptr<T>(), b.numel() ? b.const_data_ptr<T>() : nullptr,
+                          xref.numel() ? xref.const_data_ptr<T>() : nullptr,
+                          yref.numel() ? yref.const_data_ptr<T>() : nullptr,
+                          dy.numel() ? dy.const_data_ptr<T>() : nullptr, y.mutable_data_ptr<T>(), N, stepB, sizeB,
+                          T(alpha), T(gain), T(clamp));
+    });
+    return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(medsyn_cpu, m) {
+    m.def("bias_act(Tensor x, Tensor b, Tensor xref, Tensor yref, Tensor dy, int grad, int dim, int act, "
+          "float alpha, float gain, float clamp) -> Tensor", &bias_act_cpu);
+}
