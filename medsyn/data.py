@@ -19,13 +19,13 @@ from torch.utils.data import Dataset
 from .core import MedsynError, check, atomic_dir, atomic_path, cache_dir, save_json, load_json
 
 # %% auto 0
-__all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'MNI152_LABELS', 'MNI152_VERSION', 'MNI152_PROVENANCE', 'write_canonical',
-           'CanonicalDataset', 'load_canonical', 'subject_kfold', 'train_val_test_split', 'subsample_subjects',
-           'make_splits', 'Case', 'Study', 'match_files', 'read_msd', 'read_nifti_pairs', 'read_image_pairs',
-           'detect_layout', 'read_study', 'load_case', 'normalize_intensity', 'modality_windows', 'volume_to_slices',
-           'select_slices', 'crop_pad_resize', 'study_samples', 'prepare', 'make_synthetic_msd', 'mni152_files',
-           'mni152_volumes', 'mni152_samples', 'prepare_mni152', 'default_dataset', 'msd_resources', 'file_md5',
-           'verify_checksum', 'download_msd', 'plot_dataset_overview', 'save_figure', 'prepare_main']
+__all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'MNI152_LABELS', 'MNI152_VERSION', 'MNI152_PROVENANCE', 'MSD_TASKS',
+           'write_canonical', 'CanonicalDataset', 'load_canonical', 'subject_kfold', 'train_val_test_split',
+           'subsample_subjects', 'make_splits', 'Case', 'Study', 'match_files', 'read_msd', 'read_nifti_pairs',
+           'read_image_pairs', 'detect_layout', 'read_study', 'load_case', 'normalize_intensity', 'modality_windows',
+           'volume_to_slices', 'select_slices', 'crop_pad_resize', 'study_samples', 'prepare', 'make_synthetic_msd',
+           'mni152_files', 'mni152_volumes', 'mni152_samples', 'prepare_mni152', 'default_dataset', 'msd_resources',
+           'file_md5', 'verify_checksum', 'download_msd', 'plot_dataset_overview', 'save_figure', 'prepare_main']
 
 # %% ../nbs/01_data.ipynb
 FORMAT_VERSION = 1
@@ -663,15 +663,16 @@ def make_synthetic_msd(root: str | Path, n_subjects: int = 4, shape=(24, 20, 16)
 MNI152_LABELS = {0: "background", 1: "gray matter", 2: "white matter", 3: "CSF"}
 MNI152_VERSION = 2          # bump when the recipe below changes: cached copies are then rebuilt
 MNI152_PROVENANCE = (
-    "MNI ICBM152 2009 nonlinear symmetric T1 template with gray/white-matter probability maps "
+    "MNI ICBM152 2009a nonlinear T1 template (symmetric by its file names) with gray/white-matter probability maps "
     "(files mni_icbm152_{{t1,gm,wm}}_tal_nlin_sym_09a_converted.nii.gz shipped in the nilearn package, rescaled to 8 bit by nilearn). "
     "Labels: inside the skull-stripped brain (T1 > 0), argmax of (1 - pGM - pWM, pGM, pWM) -> CSF / gray matter / white matter; "
     "GM and WM from the template's tissue maps, CSF derived by this rule (not expert-annotated). "
     "ONE average brain: 'subjects' are {n_slabs} contiguous slabs of axis-{axis} slices with {gap} slices dropped at each boundary; "
     "they are NOT independent patients. "
-    "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill University; "
-    "distributed by the authors with permission to use, copy, modify and distribute provided the copyright notice is retained "
-    "(nilearn's dataset description lists the license as 'unknown'); see http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009. "
+    "Copyright (C) 1993-2004 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill University. "
+    "Permission to use, copy, modify, and distribute without fee is granted provided that the copyright notice appears in all copies; "
+    "provided 'as is' without warranty (nilearn's dataset description lists the license as 'unknown'); "
+    "see http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009. "
     "Cite: Fonov et al., NeuroImage 54(1), 2011; Fonov et al., NeuroImage 47(S1), 2009.")
 
 def mni152_files() -> dict[str, Path]:
@@ -735,10 +736,17 @@ def default_dataset(res: int = 64, axis: int = 2) -> Path:
     return path
 
 # %% ../nbs/01_data.ipynb
+_MSD_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/{}.tar"
+MSD_TASKS: dict[str, str] = {   # task -> MD5 of its tarball, as published by MONAI (`monai.apps.DecathlonDataset.md5`)
+    "Task01_BrainTumour": "240a19d752f0d9e9101544901065d872", "Task02_Heart": "06ee59366e1e5124267b774dbd654057",
+    "Task03_Liver": "a90ec6c4aa7f6a3d087205e23d4e6397", "Task04_Hippocampus": "9d24dba78a72977dbd1d2e110310f31b",
+    "Task05_Prostate": "35138f08b1efaef89d7424d2bcc928db", "Task06_Lung": "8afd997733c7fc0432f71255ba4e52dc",
+    "Task07_Pancreas": "4f7080cfca169fa8066d17ce6eb061e4", "Task08_HepaticVessel": "641d79e80ec66453921d997fbf12a29c",
+    "Task09_Spleen": "410d4a301da4e5b2f6f86ec3ddba524e", "Task10_Colon": "bad7a188931dc2f6acf72b08eb6202d0"}
+
 def msd_resources() -> dict[str, tuple[str, str]]:
-    "`{task: (url, md5)}` for the MSD tasks, as published by MONAI's `DecathlonDataset`."
-    from monai.apps.datasets import DecathlonDataset
-    return {t: (u, DecathlonDataset.md5[t]) for t, u in DecathlonDataset.resource.items()}
+    "`{task: (url, md5)}` for the MSD tasks (the URLs and checksums MONAI's `DecathlonDataset` uses)."
+    return {t: (_MSD_URL.format(t), md5) for t, md5 in MSD_TASKS.items()}
 
 def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     "MD5 hex digest of a file, read in chunks."
@@ -792,7 +800,7 @@ def _label_cmap(n: int):
     base = plt.get_cmap("tab10")
     return mcolors.ListedColormap([(0, 0, 0, 0)] + [base(i % 10) for i in range(max(n - 1, 1))])
 
-def plot_dataset_overview(ds: CanonicalDataset | str | Path, n: int = 4, seed: int = 0, alpha: float = 0.45):
+def plot_dataset_overview(ds: CanonicalDataset | str | Path, n: int = 4, alpha: float = 0.45):
     "Figure: `n` samples (rows) with each modality and a mask overlay, plus the label histogram of the whole dataset."
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch

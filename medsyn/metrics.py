@@ -169,10 +169,10 @@ def modality_to_rgb(images: torch.Tensor, channel: int) -> torch.Tensor:
     check(0 <= channel < images.shape[1], f"channel {channel} requested but the images have {images.shape[1]} channel(s)")
     return images[:, channel:channel + 1].float().clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
 
-def colorize_masks(masks: torch.Tensor, palette: np.ndarray = MASK_PALETTE) -> torch.Tensor:
-    "Label masks (N, H, W) → RGB images (N, 3, H, W) in [0,1] with a fixed palette (cycled past its length)."
+def colorize_masks(masks: torch.Tensor, palette: np.ndarray | None = None) -> torch.Tensor:
+    "Label masks (N, H, W) → RGB images (N, 3, H, W) in [0,1] with a fixed palette (`MASK_PALETTE`, cycled past its length)."
     check(masks.ndim == 3, f"expected masks of shape (N, H, W), got {tuple(masks.shape)}")
-    lut = torch.as_tensor(palette, dtype=torch.float32)
+    lut = torch.as_tensor(MASK_PALETTE if palette is None else palette, dtype=torch.float32)
     labels = masks.long().clamp(min=0)
     labels = torch.where(labels == 0, labels, (labels - 1) % (len(lut) - 1) + 1)
     return lut.to(masks.device)[labels].permute(0, 3, 1, 2).contiguous()
@@ -602,7 +602,8 @@ def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] 
             elif dom_feats is not None:
                 out["pr"] = {"features": "domain (segmentation U-Net bottleneck)", **precision_recall(dom_feats[0].features, dom_feats[1].features)}
             else:
-                out["pr"] = f"error: no features available: Inception ({inc_err[7:]}) and no domain features ({seg_err[7:]})"
+                why = "see the 'fid' entry" if isinstance(out.get("fid"), str) else inc_err[7:]
+                out["pr"] = f"error: no features available: the FID Inception network is unavailable ({why}) and domain features {seg_err[7:]}"
         except MedsynError as e: out["pr"] = _error(e)
 
     if "lpips" in metrics:

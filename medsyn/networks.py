@@ -19,8 +19,8 @@ from .core import MedsynError, check
 # %% auto 0
 __all__ = ['GAN_CFGS', 'MASK_REPRS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES', 'to_pair', 'GANConfig', 'gan_config',
            'FullyConnectedLayer', 'normalize_2nd_moment', 'conv2d_resample', 'Conv2dLayer', 'MappingNetwork',
-           'modulated_conv2d', 'SynthesisLayer', 'ToRGBLayer', 'MaskEncoder', 'SynthesisBlock', 'SynthesisNetwork',
-           'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer',
+           'use_fused_modconv', 'modulated_conv2d', 'SynthesisLayer', 'ToRGBLayer', 'MaskEncoder', 'SynthesisBlock',
+           'SynthesisNetwork', 'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer',
            'DiscriminatorEpilogue', 'Discriminator', 'mask_probs', 'split_output', 'hard_mask', 'real_to_gan',
            'to_d_input', 'real_to_d_input', 'fake_to_d_input', 'build_networks', 'count_params', 'time_gd_step']
 
@@ -45,7 +45,7 @@ class GANConfig:
     conv_clamp: Optional[float] = 256
     mbstd_group: int = 4
     mbstd_channels: int = 1
-    fused_modconv: bool = True      # grouped-conv modulated convolution (else scale activations)
+    fused_modconv: bool | str = True  # True: grouped conv; False: scale activations; 'auto': per layer
     mask_repr: str = 'softmax'      # 'softmax' | 'straight_through'
     mask_temperature: float = 1.0
     cond_channel_ratio: float = 0.25  # mask-encoder width relative to the synthesis width ('cond')
@@ -59,6 +59,7 @@ class GANConfig:
         check(self.cfg == 'mask' or self.img_channels >= 1, f"GANConfig: cfg={self.cfg!r} needs img_channels >= 1")
         check(self.mask_repr in MASK_REPRS, f"GANConfig: mask_repr must be one of {MASK_REPRS}, got {self.mask_repr!r}")
         check(self.mask_temperature > 0, "GANConfig: mask_temperature must be > 0")
+        check(self.fused_modconv in (True, False, 'auto'), f"GANConfig: fused_modconv must be True, False or 'auto', got {self.fused_modconv!r}")
 
     @property
     def out_channels(self) -> int:
@@ -92,9 +93,11 @@ class GANConfig:
 # %% ../nbs/03_networks.ipynb
 GAN_PRESETS = {
     # CPU: 64x64, narrow (NVlabs 'auto'-style 2-layer mapping trains faster on small data), 2 cores.
-    'cpu64': dict(resolution=64, channel_base=4096, channel_max=256, z_dim=256, w_dim=256, mapping_layers=2),
+    'cpu64': dict(resolution=64, channel_base=4096, channel_max=256, z_dim=256, w_dim=256, mapping_layers=2,
+                  fused_modconv='auto'),
     # The authors' settings (Gan-track scripts): 256x256, channel base 16384, max 512, 8-layer mapping.
-    'paper256': dict(resolution=256, channel_base=16384, channel_max=512, z_dim=512, w_dim=512, mapping_layers=8),
+    'paper256': dict(resolution=256, channel_base=16384, channel_max=512, z_dim=512, w_dim=512, mapping_layers=8,
+                     fused_modconv='auto'),
 }
 
 def gan_config(name: str = 'cpu64', **overrides) -> GANConfig:
@@ -218,20 +221,27 @@ class MappingNetwork(nn.Module):
     def extra_repr(self): return f'z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}'
 
 # %% ../nbs/03_networks.ipynb
+def use_fused_modconv(fused_modconv, weight_shape, x_shape) -> bool:
+    "Resolve `fused_modconv` True / False / 'auto' ('auto': fused iff the per-sample weights are smaller than the input maps)."
+    if fused_modconv != 'auto': return bool(fused_modconv)
+    O, I, kh, kw = weight_shape
+    return O * kh * kw < x_shape[2] * x_shape[3]
+
 def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None, demodulate=True, fused_modconv=True):
     "Per-sample modulated (and demodulated) convolution of `x` (N,I,H,W) by `weight` (O,I,k,k) and `styles` (N,I)."
     N = x.shape[0]
     O, I, kh, kw = weight.shape
-    if not fused_modconv:
+    # sum_ik (s_i w_oik)^2 = sum_i s_i^2 (sum_k w_oik^2): an (N,I)x(I,O) product, no N x O x I x k x k tensor
+    dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt() if demodulate else None  # (N, O)
+    if not use_fused_modconv(fused_modconv, weight.shape, x.shape):
         x = x * styles.reshape(N, -1, 1, 1)
         x = conv2d_resample(x, weight, resample_filter, up=up, padding=padding)
-        if demodulate:
-            dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # (N, O)
+        if dcoefs is not None:
             x = torch.addcmul(noise, x, dcoefs.reshape(N, -1, 1, 1)) if noise is not None else x * dcoefs.reshape(N, -1, 1, 1)
         elif noise is not None: x = x + noise
         return x
-    w = weight.unsqueeze(0) * styles.reshape(N, 1, -1, 1, 1)                    # (N, O, I, k, k)
-    if demodulate: w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(N, -1, 1, 1, 1)
+    scale = styles.reshape(N, 1, I) if dcoefs is None else styles.reshape(N, 1, I) * dcoefs.reshape(N, O, 1)
+    w = weight.unsqueeze(0) * scale.unsqueeze(-1).unsqueeze(-1)          # (N, O, I, k, k): one big product
     x = conv2d_resample(x.reshape(1, -1, *x.shape[2:]), w.reshape(-1, I, kh, kw), resample_filter,
                         up=up, padding=padding, groups=N)
     x = x.reshape(N, -1, *x.shape[2:])

@@ -111,10 +111,24 @@ def _build(kind: str) -> PluginStatus:
                            extra_ldflags=["-fopenmp"] if kind == "cpu" else [],
                            extra_cuda_cflags=["-O3", "--use_fast_math"], extra_include_paths=[str(csrc_dir())],
                            build_directory=str(extensions_dir(kind)), is_python_module=False, verbose=False)
+        _register_fake_kernels(name)
         return PluginStatus(kind, ops=getattr(torch.ops, name), seconds=time.perf_counter() - t0)
     except Exception as e:  # a broken toolchain must never stop training
         msg = " ".join(str(e).split())
         return PluginStatus(kind, error=f"{type(e).__name__}: {msg[-800:]}", seconds=time.perf_counter() - t0)
+
+def _register_fake_kernels(namespace: str) -> None:
+    "Shape-only versions of the ops, so `torch.compile` can trace through them."
+    def bias_act_fake(x, b, xref, yref, dy, grad, dim, act, alpha, gain, clamp):
+        return torch.empty_like(x)
+    def upfirdn2d_fake(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain):
+        fh, fw = f.shape[0], f.shape[-1]
+        oh = (x.shape[2] * upy + pady0 + pady1 - fh) // downy + 1
+        ow = (x.shape[3] * upx + padx0 + padx1 - fw) // downx + 1
+        return x.new_empty([x.shape[0], x.shape[1], oh, ow])
+    for op, fn in [("bias_act", bias_act_fake), ("upfirdn2d", upfirdn2d_fake)]:
+        try: torch.library.register_fake(f"{namespace}::{op}", fn)
+        except Exception: pass  # already registered in this process, or an older torch
 
 def load_plugin(kind: str) -> PluginStatus:
     "Build or load the compiled ops for `kind` ('cpu' or 'cuda') once per process and return its status."
@@ -407,7 +421,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="au
     `f`: 1D (separable) or 2D float32 filter from `setup_filter`, or None; `impl` as in `bias_act`."""
     check(isinstance(x, torch.Tensor) and x.ndim == 4, "upfirdn2d: x must be a 4D tensor [N, C, H, W]")
     kind, ops = _resolve(impl, x)
-    if kind == "ref" or f is None or f.requires_grad:
+    if f is None: f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    if kind == "ref" or f.requires_grad:
         return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
     check(f.ndim in (1, 2) and f.dtype == torch.float32, "upfirdn2d: f must be a 1D or 2D float32 tensor (use setup_filter)")
     check(f.device == x.device, f"upfirdn2d: filter on {f.device} but x on {x.device}")

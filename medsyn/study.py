@@ -113,7 +113,7 @@ def gan_jobs(cfg: StudyConfig) -> pd.DataFrame:
     fractions = sorted(cfg.fractions) if cfg.gan_per_fraction else [1.0]
     rows = [dict(gan=g, fold=fold, fraction=float(f), name=f"{g}_fold{fold}_frac{f:g}")
             for fold in range(cfg.folds) for f in fractions for v in cfg.variants for g in VARIANT_GANS[v]]
-    return pd.DataFrame(rows).drop_duplicates("name").reset_index(drop=True)
+    return pd.DataFrame(rows, columns=["gan", "fold", "fraction", "name"]).drop_duplicates("name").reset_index(drop=True)
 
 # %% ../nbs/09_study.ipynb
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -358,7 +358,7 @@ def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> l
         ckpt = gan_checkpoint(run_dir)
         rows.append(dict(gan=job.gan, fold=job.fold, fraction=job.fraction, kimg_target=cfg.gan_kimg[job.gan],
                          seconds=round(time.time() - t1, 1), checkpoint=str(ckpt.relative_to(out))))
-    outputs = write_table(pd.DataFrame(rows), out / "tables" / "gan_training")
+    outputs = write_table(pd.DataFrame(rows, columns=["gan", "fold", "fraction", "kimg_target", "seconds", "checkpoint"]), out / "tables" / "gan_training")
     outputs += [out / r["checkpoint"] for r in rows]
     log(f"gan: {len(rows)} runs in {time.time() - t0:.0f} s")
     mark_done(out, "gan", cfg, outputs, time.time() - t0)
@@ -389,7 +389,6 @@ def _gan_run(out: Path, gan: str, fold: int, fraction: float, cfg: StudyConfig) 
 
 def stage_generate(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Sample the synthetic sets and draw the sample grids (per variant, and real vs synthetic)."
-    from medsyn.generate import generate_pairs
     from medsyn.data import load_canonical
     t0, out = time.time(), Path(out_dir)
     info = load_json(out / "prepare.json"); outputs = []
@@ -398,6 +397,7 @@ def stage_generate(cfg: StudyConfig, out_dir: str | Path, log: Callable = print)
         if (d / "dataset.json").exists() and len(load_canonical(d)) >= n:
             log(f"generate: {d.name} exists ({n} pairs needed)")
         else:
+            from medsyn.generate import generate_pairs
             if d.exists(): shutil.rmtree(d)
             log(f"generate: {n} pairs for {d.name}")
             if variant == "joint":
@@ -505,7 +505,7 @@ def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
                            weights_dir=cfg.weights_dir, seg_model=unet if unet.exists() else None,
                            max_samples=cfg.n_quality, lpips_samples=min(cfg.n_quality, 100), progress=False)
             rows += [dict(variant=variant, fold=fold, **r) for r in quality_rows(res)]
-    q = pd.DataFrame(rows)
+    q = pd.DataFrame(rows, columns=["variant", "fold", "metric", "value", "display"])
     summary = (q.groupby(["variant", "metric"], sort=True)
                .agg(value=("value", "mean"), sd=("value", "std"), display=("display", "first")).reset_index())
     summary["display"] = [d if d.startswith("n/a") else (f"{v:.4g} ± {s:.2g}" if np.isfinite(s) else f"{v:.4g}")
@@ -577,6 +577,8 @@ def load_study_notebook(src: str | Path):
     check(len(cells) == 1, f"{src}: expected one code cell starting with {PARAMETERS_MARKER!r}; restore the notebook from the repository")
     tags = cells[0].metadata.setdefault("tags", [])
     if "parameters" not in tags: tags.append("parameters")   # nbdev_clean may strip cell tags
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    nb.metadata.setdefault("language_info", {"name": "python"})
     return nb
 
 def execute_notebook(src: Path, dst: Path, parameters: dict, kernel: str, log: Callable = print) -> None:
@@ -584,7 +586,7 @@ def execute_notebook(src: Path, dst: Path, parameters: dict, kernel: str, log: C
     import papermill as pm
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(load_study_notebook(src), str(dst), parameters=parameters, kernel_name=kernel, progress_bar=False,
+        pm.execute_notebook(load_study_notebook(src), str(dst), parameters=parameters, kernel_name=kernel, language="python", progress_bar=False,
                             stdout_file=sys.stdout, stderr_file=sys.stderr, cwd=os.getcwd())
     except pm.PapermillExecutionError as e:
         raise MedsynError(f"{src.name} failed with {e.ename}: {str(e.evalue).strip()[:2000]} (executed notebook with the traceback: {dst})") from None

@@ -18,10 +18,11 @@ from .core import (MedsynError, check, atomic_torch_save, atomic_write_text, ato
 
 # %% auto 0
 __all__ = ['TRAIN_PRESETS', 'LABEL_COLORS', 'STATS_METRIC_NAME', 'STATS_COLUMNS', 'TrainConfig', 'train_config',
-           'split_overrides', 'PairData', 'InfiniteSampler', 'pair_batches', 'one_hot', 'StyleGAN2Loss', 'lazy_adam',
-           'ema_beta', 'update_ema', 'colorize_mask', 'grid_rows', 'save_png', 'label_stats_distance', 'SnapshotMetric',
-           'resolve_augment', 'GANTrainer', 'load_checkpoint', 'generator_from_checkpoint', 'RunLog', 'train_gan',
-           'train_parser', 'train_main', 'bench_parser', 'bench_train']
+           'split_overrides', 'PairData', 'InfiniteSampler', 'pair_batches', 'one_hot', 'toy_dataset', 'StyleGAN2Loss',
+           'lazy_adam', 'ema_beta', 'update_ema', 'colorize_mask', 'grid_rows', 'save_png', 'label_stats_distance',
+           'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'load_checkpoint',
+           'generator_from_checkpoint', 'RunLog', 'train_gan', 'train_parser', 'train_main', 'bench_parser',
+           'bench_train']
 
 # %% ../nbs/05_train.ipynb
 @dataclass
@@ -122,6 +123,24 @@ def one_hot(mask: torch.Tensor, num_labels: int) -> torch.Tensor:
     check(int(mask.max()) < num_labels and int(mask.min()) >= 0,
           f"mask labels span {int(mask.min())}..{int(mask.max())} but the dataset declares {num_labels} labels")
     return F.one_hot(mask, num_labels).permute(0, 3, 1, 2).float()
+
+# %% ../nbs/05_train.ipynb
+def toy_dataset(out, n: int = 16, res: int = 32, n_modalities: int = 2, seed: int = 0, overwrite: bool = True) -> Path:
+    "Write a tiny synthetic canonical dataset (labels background / ring / core) for tests; returns its folder."
+    from medsyn.data import write_canonical
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:res, :res]
+    def samples():
+        for i in range(n):
+            cy, cx = rng.uniform(res * 0.3, res * 0.7, 2); r = rng.uniform(res * 0.1, res * 0.2)
+            d = np.hypot(yy - cy, xx - cx)
+            mask = (d < 1.6 * r).astype(np.uint8) + (d < 0.8 * r)
+            image = np.stack([np.clip(0.15 + (0.3 + 0.1 * c) * (mask > 0) + 0.3 * (mask == 2) + 0.05 * rng.standard_normal((res, res)), 0, 1)
+                              for c in range(n_modalities)])
+            yield dict(image=image, mask=mask, subject=f"toy{i // 4:02d}", slice=i % 4)
+    return write_canonical(out, samples(), name="toy", modalities=[f"m{c}" for c in range(n_modalities)],
+                           labels={0: "background", 1: "ring", 2: "core"}, provenance="synthetic test data (medsyn.train.toy_dataset)",
+                           overwrite=overwrite)
 
 # %% ../nbs/05_train.ipynb
 def _nets():
@@ -284,48 +303,39 @@ def label_stats_distance(real_images, real_masks, fake_images, fake_masks, num_l
     return out
 
 # %% ../nbs/05_train.ipynb
-def _fid_extractor():
-    "Inception feature function from `medsyn.metrics` if it exists and has local weights, else raise `MedsynError`."
+def fid_feature_fn(device="cpu"):
+    """`images01 (N,C,H,W) -> list of (N,2048) features`, one per modality (grey repeated to RGB, as the authors),
+    from `medsyn.metrics.InceptionFeatures`; raises `MedsynError` when the Inception weights are not on this machine."""
     try:
-        import medsyn.metrics as M
+        from medsyn.metrics import InceptionFeatures, modality_to_rgb
     except ImportError as e:
         raise MedsynError(f"medsyn.metrics is not available ({e}); FID selection is off") from e
-    for name in ("inception_features", "InceptionFeatures", "inception_extractor", "InceptionExtractor"):
-        fn = getattr(M, name, None)
-        if fn is not None: break
-    else:
-        raise MedsynError("medsyn.metrics has no Inception feature extractor; FID selection is off")
-    fd = getattr(M, "frechet_distance", None)
-    check(fd is not None, "medsyn.metrics has no frechet_distance; FID selection is off")
-    extractor = fn() if isinstance(fn, type) else fn
-    if isinstance(fn, type) and not callable(extractor): raise MedsynError("Inception extractor is not callable")
-    return extractor, fd
+    ext = InceptionFeatures(device=device)
+    def features(images01, batch=64):
+        return [np.concatenate([ext(modality_to_rgb(images01[i:i + batch], c)) for i in range(0, len(images01), batch)])
+                for c in range(images01.shape[1])]
+    return features
 
 class SnapshotMetric:
-    "The snapshot-selection metric for one run: FID (Inception, when weights exist) or the statistics distance."
-    def __init__(self, kind: str, gcfg, pairs: PairData, n: int, seed: int = 0):
+    "The snapshot-selection metric of a run: FID (when Inception weights exist) or the intensity/label statistics distance."
+    def __init__(self, kind: str, gcfg, pairs: PairData, n: int, seed: int = 0, device="cpu"):
+        check(kind in ("auto", "fid", "stats"), f"unknown metric {kind!r}; choose auto, fid or stats")
         self.gcfg, self.n, self.seed = gcfg, min(n, len(pairs)), seed
         idx = np.random.default_rng([seed, 7]).permutation(len(pairs))[: self.n]
         imgs, masks = zip(*(pairs[int(i)] for i in idx))
         self.real_images = (torch.stack(imgs) + 1) / 2
         self.real_masks = torch.stack(masks)
-        self.name, self.extractor = STATS_METRIC_NAME, None
+        self.name, self.features = STATS_METRIC_NAME, None
+        if kind == "fid": check(gcfg.cfg != "mask", "FID selection needs images; a 'mask' generator uses metric='stats'")
         if kind in ("auto", "fid") and gcfg.cfg != "mask":
             try:
-                self.extractor, self.frechet = _fid_extractor()
+                self.features = fid_feature_fn(device)
+                self.real_feats = self.features(self.real_images)
                 self.name = "fid"
-                self.real_feats = self._features(self.real_images)
             except MedsynError as e:
                 if kind == "fid": raise
-                self.extractor = None
+                self.features = None
                 warnings.warn(f"snapshot selection uses the {STATS_METRIC_NAME} instead of FID: {e}", RuntimeWarning)
-        else:
-            check(kind in ("auto", "fid", "stats"), f"unknown metric {kind!r}; choose auto, fid or stats")
-
-    def _features(self, images01):
-        x = images01
-        feats = self.extractor(x)
-        return feats.detach().cpu().numpy() if torch.is_tensor(feats) else np.asarray(feats)
 
     @torch.no_grad()
     def __call__(self, G_ema, batch: int = 32) -> dict:
@@ -343,8 +353,9 @@ class SnapshotMetric:
             if probs is not None: fake_masks.append(probs.argmax(1).cpu())
         fi = torch.cat(fake_imgs) if fake_imgs else None
         fm = torch.cat(fake_masks) if fake_masks else (self.real_masks if self.gcfg.cfg == "cond" else None)
-        if self.extractor is not None:
-            fid = float(self.frechet(self.real_feats, self._features(fi)))
+        if self.features is not None:
+            from medsyn.metrics import fid_from_features
+            fid = float(np.mean([fid_from_features(r, f) for r, f in zip(self.real_feats, self.features(fi))]))
             return {"fid": fid, "total": fid}
         ri = self.real_images if self.gcfg.cfg != "mask" else None
         return label_stats_distance(ri, self.real_masks, fi, fm, self.gcfg.num_labels, self.seed)
@@ -523,11 +534,12 @@ def _fmt(v, nd=3): return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: str = "cpu64", resume: bool = True,
               time_budget: float | None = None, seed: int = 0, batch: int | None = None, snap_kimg: float | None = None,
-              mask_source=None, device: str = "auto", progress: bool = True, **overrides) -> Path:
+              mask_source=None, subjects=None, device: str = "auto", progress: bool = True, **overrides) -> Path:
     """Train a StyleGAN2 `cfg` ('joint' | 'mask' | 'cond') on the canonical dataset `data_dir` for `kimg`
     thousand images; returns the run folder `outdir` (checkpoints, logs, grids). `overrides` set fields of
     `GANConfig` or `TrainConfig`. For 'cond', `mask_source` (a canonical dataset folder) gives the masks used
-    for grids and the selection metric (default: the training masks)."""
+    for grids and the selection metric (default: the training masks). `subjects` restricts training to those
+    subjects (e.g. the train split)."""
     from medsyn.core import choose_device
     from medsyn.data import load_canonical
     N = _nets()
@@ -536,6 +548,7 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
     outdir, data_dir = Path(outdir), Path(data_dir)
     outdir.mkdir(parents=True, exist_ok=True)
     ds = load_canonical(data_dir)
+    if subjects is not None: ds = ds.subset(list(subjects))
     H, W = tuple(ds.resolution)
     check(H == W, f"{data_dir}: the GAN needs square images, this dataset is {H}x{W}; re-prepare it with a square --res")
     last = outdir / "network-last.pt"
@@ -568,9 +581,10 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
     if ck is not None:
         trainer.load_state_dict(ck, restore_rng=False)
         progress_state.update(ck.get("progress", {}))
-    selection = SnapshotMetric(tc.metric, gcfg, metric_pairs, tc.metric_n, seed)
+    selection = SnapshotMetric(tc.metric, gcfg, metric_pairs, tc.metric_n, seed, dev)
     meta = dict(ds.meta)
     run_info = dict(cfg=cfg, preset=preset, kimg=kimg, seed=seed, data_dir=str(data_dir), dataset=meta.get("name"),
+                    subjects=None if subjects is None else sorted(map(str, subjects)), n_train_samples=len(ds),
                     gan_config=asdict(gcfg), train_config=asdict(tc), augment=trainer.augment_name,
                     selection_metric=selection.name, device=str(dev), torch=torch.__version__)
     save_json(run_info, outdir / "config.json")

@@ -91,6 +91,16 @@ def test_roundtrip_msd_4d_and_nnunet_channel_files_agree(tmp_path):
     assert xa.shape[1:] == (2, 16, 16) and set(ya.unique().tolist()) == {0, 1, 2}
 
 
+def test_canonical_dataset_batches_with_a_dataloader(tmp_path):
+    ds = load_canonical(prepare(make_synthetic_msd(tmp_path / "s", n_subjects=3), tmp_path / "c", res=16))
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False)))
+    assert batch["image"].shape == (4, 2, 16, 16) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 16, 16) and batch["mask"].dtype == torch.int64
+    assert len(batch["subject"]) == 4 and all(isinstance(s, str) for s in batch["sample_id"])
+    x, y = ds.tensors()
+    assert torch.equal(batch["image"], x[:4]) and torch.equal(batch["mask"], y[:4])
+
+
 def test_nnunet_v2_labels_and_channel_names(tmp_path):
     root = make_synthetic_msd(tmp_path / "v2", n_subjects=3, four_d=False)
     meta = json.loads((root / "dataset.json").read_text())
@@ -317,5 +327,7 @@ def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
     assert len(ds) == summary["n_slices"] and len(ds.splits["folds"]) == 5
     res = run_medsyn("prepare", str(src), "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "already exists" in res.stderr and "--overwrite" in res.stderr
+    res = run_medsyn("prepare", "--help")
+    assert res.returncode == 0 and "--empty-fraction" in res.stdout and "--ct-window" in res.stdout
     res = run_medsyn("prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"))
     assert res.returncode == 2 and "nope: folder not found" in res.stderr

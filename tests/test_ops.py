@@ -89,14 +89,15 @@ def test_bias_act_clamp_gradient_is_masked(cpu_ops):
 def test_upfirdn2d_matches_reference(cpu_ops, up, down):
     gen = torch.Generator().manual_seed(up * 10 + down)
     n = 0
-    for (fname, f), pad, shape, flip in itertools.product(FILTERS.items(), PADDINGS, [(2, 3, 7, 9), (1, 2, 1, 5), (2, 1, 16, 16)], [False, True]):
+    for i, ((fname, f), pad, shape) in enumerate(itertools.product(FILTERS.items(), PADDINGS, [(2, 3, 7, 9), (1, 2, 1, 5), (1, 1, 16, 16)])):
         (px0, px1, py0, py1), (fw, fh) = ops._parse_padding(pad), ops._get_filter_size(f)
         if shape[3] * up + px0 + px1 < fw or shape[2] * up + py0 + py1 < fh: continue
-        gain = 1.0 if n % 2 else 3.0
+        if shape[2] == 16 and i % 3: continue  # the larger image on a third of the cases
+        gain, flip = (1.0 if n % 2 else 3.0), bool((n // 2) % 2)
         err, scale = ops._compare_upfirdn2d("cpu", shape, f, up, down, pad, flip, gain, gen, CPU)
         assert err <= _tol(scale), (fname, pad, shape, flip, gain, err)
         n += 1
-    assert n > 20
+    assert n > 15
 
 
 def test_upfirdn2d_anisotropic_scaling(cpu_ops):
@@ -144,10 +145,11 @@ def test_bias_act_gradcheck(cpu_ops, impl, act):
 @pytest.mark.parametrize("impl", ["ref", "cpu"])
 def test_upfirdn2d_gradcheck(cpu_ops, impl):
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, generator=gen, requires_grad=True)
-    for f, kw in [(FILTERS["rank1-4x4"], dict(up=2, padding=[2, 1, 2, 1])), (FILTERS["separable-8"], dict(down=2, padding=[3, 4, 3, 4])),
-                  (FILTERS["full-3x2"], dict(up=3, down=2, padding=[1, -1, 2, 0], flip_filter=True)),
-                  (FILTERS["rank1-4x4"], dict(up=[1, 2], down=[3, 1], padding=[-1, 2, 1, 1], gain=2.0))]:
+    x = torch.randn(1, 1, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    cases = [(FILTERS["rank1-4x4"], dict(up=2, padding=[2, 1, 2, 1])), (FILTERS["separable-8"], dict(down=2, padding=[3, 4, 3, 4])),
+             (FILTERS["full-3x2"], dict(up=3, down=2, padding=[1, -1, 2, 0], flip_filter=True)),
+             (FILTERS["rank1-4x4"], dict(up=[1, 2], down=[3, 1], padding=[-1, 2, 1, 1], gain=2.0))]
+    for f, kw in cases if impl == "cpu" else cases[::2]:  # the reference is autograd itself: fewer cases
         fn = lambda x: ops.upfirdn2d(x, f, impl=impl, **kw)
         assert gradcheck(fn, (x,)) and gradgradcheck(fn, (x,)), kw
 
@@ -245,3 +247,14 @@ def test_cuda_half_precision():
                                ops.bias_act(x.float(), b.float(), act="lrelu", clamp=256, impl="ref"), atol=1e-2, rtol=1e-2)
     f = ops.setup_filter([1, 3, 3, 1], device=dev)
     torch.testing.assert_close(ops.upsample2d(x, f, impl="cuda").float(), ops.upsample2d(x.float(), f, impl="ref"), atol=1e-2, rtol=1e-2)
+
+
+def test_fake_kernels_give_output_shapes(cpu_ops):
+    "Shape-only kernels are registered so torch.compile can trace through the compiled ops."
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x = torch.empty(2, 3, 7, 9)
+        y = cpu_ops.upfirdn2d(x, torch.empty(4, 4), 2, 2, 1, 1, 2, 1, 2, 1, False, 4.0)
+        z = cpu_ops.bias_act(x, torch.empty(3), torch.empty(0), torch.empty(0), torch.empty(0), 0, 1, 3, 0.2, 1.4, -1.0)
+    assert tuple(y.shape) == tuple(ops.upsample2d(torch.zeros(2, 3, 7, 9), ops.setup_filter([1, 3, 3, 1]), impl="ref").shape)
+    assert tuple(z.shape) == (2, 3, 7, 9)

@@ -123,5 +123,9 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tens
 
 TORCH_LIBRARY_FRAGMENT(medsyn_cpu, m) {
     m.def("bias_act(Tensor x, Tensor b, Tensor xref, Tensor yref, Tensor dy, int grad, int dim, int act, "
-          "float alpha, float gain, float clamp) -> Tensor", &bias_act_cpu);
+          "float alpha, float gain, float clamp) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(medsyn_cpu, CPU, m) {
+    m.impl("bias_act", &bias_act_cpu);
 }

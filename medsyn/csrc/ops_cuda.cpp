@@ -12,7 +12,12 @@ at::Tensor medsyn_upfirdn2d_cuda(const at::Tensor& x, const at::Tensor& f, int64
 
 TORCH_LIBRARY(medsyn_cuda, m) {
     m.def("bias_act(Tensor x, Tensor b, Tensor xref, Tensor yref, Tensor dy, int grad, int dim, int act, "
-          "float alpha, float gain, float clamp) -> Tensor", &medsyn_bias_act_cuda);
+          "float alpha, float gain, float clamp) -> Tensor");
     m.def("upfirdn2d(Tensor x, Tensor f, int upx, int upy, int downx, int downy, int padx0, int padx1, "
-          "int pady0, int pady1, bool flip, float gain) -> Tensor", &medsyn_upfirdn2d_cuda);
+          "int pady0, int pady1, bool flip, float gain) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(medsyn_cuda, CUDA, m) {
+    m.impl("bias_act", &medsyn_bias_act_cuda);
+    m.impl("upfirdn2d", &medsyn_upfirdn2d_cuda);
 }

@@ -191,5 +191,9 @@ at::Tensor upfirdn2d_cpu(const at::Tensor& x, const at::Tensor& f, int64_t upx, 
 
 TORCH_LIBRARY_FRAGMENT(medsyn_cpu, m) {
     m.def("upfirdn2d(Tensor x, Tensor f, int upx, int upy, int downx, int downy, int padx0, int padx1, "
-          "int pady0, int pady1, bool flip, float gain) -> Tensor", &upfirdn2d_cpu);
+          "int pady0, int pady1, bool flip, float gain) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(medsyn_cpu, CPU, m) {
+    m.impl("upfirdn2d", &upfirdn2d_cpu);
 }
