@@ -8,6 +8,7 @@ import json, os, platform, statistics, sys, time, warnings, weakref
 from typing import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .core import MedsynError, check
 from . import ops
@@ -16,7 +17,7 @@ from . import ops
 __all__ = ['peak_memory_mb', 'time_ms', 'op_cases', 'available_impls', 'bench_ops', 'bench_config', 'bench_compile', 'bench_main']
 
 # %% ../nbs/10_bench.ipynb
-class _LiveTensorBytes(torch.utils._python_dispatch.TorchDispatchMode):
+class _LiveTensorBytes(TorchDispatchMode):
     "Track the bytes of live tensors created by ops inside the block (peak in `.peak`)."
     def __init__(self):
         super().__init__()

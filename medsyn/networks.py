@@ -21,8 +21,9 @@ __all__ = ['GAN_CFGS', 'MASK_REPRS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES', '
            'FullyConnectedLayer', 'normalize_2nd_moment', 'conv2d_resample', 'Conv2dLayer', 'MappingNetwork',
            'use_fused_modconv', 'modulated_conv2d', 'SynthesisLayer', 'ToRGBLayer', 'MaskEncoder', 'SynthesisBlock',
            'SynthesisNetwork', 'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer',
-           'DiscriminatorEpilogue', 'Discriminator', 'mask_probs', 'split_output', 'hard_mask', 'real_to_gan',
-           'to_d_input', 'real_to_d_input', 'fake_to_d_input', 'build_networks', 'count_params', 'time_gd_step']
+           'DiscriminatorEpilogue', 'Discriminator', 'mask_probs', 'split_output', 'hard_mask', 'to_pair01',
+           'real_to_gan', 'to_d_input', 'real_to_d_input', 'fake_to_d_input', 'build_networks', 'count_params',
+           'time_gd_step']
 
 # %% ../nbs/03_networks.ipynb
 GAN_CFGS = ('joint', 'mask', 'cond')
@@ -185,11 +186,11 @@ class Conv2dLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
 
     def forward(self, x, gain=1):
-        w = self.weight * self.weight_gain
-        x = conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down, padding=self.padding)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        if self.bias is None and self.activation == 'linear' and clamp is None:
-            return x * gain if gain != 1 else x
+        linear = self.bias is None and self.activation == 'linear' and clamp is None
+        w = self.weight * (self.weight_gain * gain if linear else self.weight_gain)  # a linear layer's gain goes into w
+        x = conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down, padding=self.padding)
+        if linear: return x
         return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
     def extra_repr(self):
@@ -371,11 +372,12 @@ class SynthesisNetwork(nn.Module):
         return img
 
 def check_cond(cond, cfg: GANConfig, n: int):
-    "Validate a 'cond' mask: float (n, K, R, R) one-hot/soft (int label maps are one-hot encoded)."
+    "Validate a 'cond' mask: float (n or 1, K, R, R) one-hot/soft; int label maps (N, R, R) are one-hot encoded."
     R, K = cfg.resolution, cfg.num_labels
     check(cond is not None, f"cfg='cond' needs cond: a one-hot mask (N, {K}, {R}, {R}); see mask_to_onehot")
     if not torch.is_floating_point(cond): cond = mask_to_onehot(cond, K)
-    check(tuple(cond.shape) == (n, K, R, R), f"cond must be (N={n}, K={K}, {R}, {R}), got {tuple(cond.shape)}")
+    if cond.ndim == 4 and cond.shape[0] == 1 and n > 1: cond = cond.expand(n, -1, -1, -1)  # one mask, many images
+    check(tuple(cond.shape) == (n, K, R, R), f"cond must be (N={n}, K={K}, {R}, {R}) or (1, K, {R}, {R}), got {tuple(cond.shape)}")
     return cond
 
 def mask_to_onehot(mask: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -490,6 +492,12 @@ def hard_mask(probs: torch.Tensor) -> torch.Tensor:
     "Mask probabilities / one-hot (N,K,H,W) -> integer label map (N,H,W) by argmax."
     return probs.argmax(dim=1)
 
+def to_pair01(raw: torch.Tensor, cfg: GANConfig):
+    "Raw G output -> (image clamped to [0,1] or None, int64 label map (N,H,W) or None), the dataset's convention."
+    image, probs = split_output(raw, cfg)
+    return (None if image is None else ((image.clamp(-1, 1) + 1) / 2),
+            None if probs is None else hard_mask(probs))
+
 def real_to_gan(image01: torch.Tensor, mask: torch.Tensor, cfg: GANConfig):
     "A data batch (image (N,C,H,W) in [0,1], int mask (N,H,W)) -> (image in [-1,1], one-hot mask (N,K,H,W))."
     return image01 * 2 - 1, mask_to_onehot(mask, cfg.num_labels)
@@ -521,21 +529,23 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 # %% ../nbs/03_networks.ipynb
-def time_gd_step(cfg: GANConfig, batch: int = 8, steps: int = 3, warmup: int = 1, fused_modconv=None) -> float:
-    "Median milliseconds of one G+D forward+backward step (G loss pass + D real/fake pass), no regularizers."
+def time_gd_step(cfg: GANConfig, batch: int = 8, steps: int = 3, warmup: int = 1, fused_modconv=None) -> dict:
+    """Median wall and process-CPU milliseconds of one G+D step: G pass through a frozen D with backward, then D on
+    reals and (graph-free) fakes with backward; no regularizers (the main loss phases of StyleGAN2's loop)."""
     torch.manual_seed(0)
     G, D = build_networks(cfg)
-    real = real_to_d_input(torch.rand(batch, cfg.img_channels, cfg.resolution, cfg.resolution) * 2 - 1,
-                           mask_to_onehot(torch.randint(0, cfg.num_labels, (batch, cfg.resolution, cfg.resolution)), cfg.num_labels), cfg)
-    cond = real[:, -cfg.num_labels:] * 0.5 + 0.5 if cfg.cfg == 'cond' else None
-    times = []
+    R, K = cfg.resolution, cfg.num_labels
+    cond = mask_to_onehot(torch.randint(0, K, (batch, R, R)), K)
+    real = real_to_d_input(torch.rand(batch, cfg.img_channels, R, R) * 2 - 1, cond, cfg)
+    cond = cond if cfg.cfg == 'cond' else None
+    wall, cpu = [], []
     for i in range(warmup + steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         z = torch.randn(batch, cfg.z_dim)
         D.requires_grad_(False)   # G phase: gradients for G only
         F.softplus(-D(fake_to_d_input(G(z, cond, fused_modconv=fused_modconv), cfg, cond=cond))).mean().backward()
         D.requires_grad_(True)    # D phase: G runs without a graph
         with torch.no_grad(): fake = G(z, cond, fused_modconv=fused_modconv)
         (F.softplus(D(fake_to_d_input(fake, cfg, cond=cond))).mean() + F.softplus(-D(real)).mean()).backward()
-        if i >= warmup: times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+        if i >= warmup: wall.append((time.perf_counter() - t0) * 1000); cpu.append((time.process_time() - c0) * 1000)
+    return dict(wall_ms=float(np.median(wall)), cpu_ms=float(np.median(cpu)), batch=batch, threads=torch.get_num_threads())

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_ops.ipynb 2
 from __future__ import annotations
-import math, os, sys, time, threading, warnings
+import os, sys, time, threading, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable

@@ -55,7 +55,7 @@ class StudyConfig:
     split_seed: int = 0
 
 PROFILES = {
-    "quick": {},
+    "quick": dict(seg_overrides=dict(max_epochs=10, patience=4)),
     "full": dict(resolution=256, folds=5, seeds=(0, 1, 2), synthetic_factors=(0, 0.25, 0.5, 1, 2, 4),
                  variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0), gan_per_fraction=True,
                  gan_preset="paper256", gan_kimg={"joint": 5000.0, "mask": 5000.0, "cond": 5000.0},
@@ -232,7 +232,8 @@ def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | 
     d["setting"] = np.where(d.variant == "real", "real only", d.variant + f" +{sweep_factor:g}x")
     d["subjects (%)"] = (d.fraction * 100).round().astype(int)
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    sns.pointplot(d, x="subjects (%)", y="dice", hue="setting", errorbar=("ci", 95), dodge=0.25, ax=ax, seed=0)
+    dodge = 0.25 if d.setting.nunique() > 1 else False
+    sns.pointplot(d, x="subjects (%)", y="dice", hue="setting", errorbar=("ci", 95), dodge=dodge, ax=ax, seed=0)
     ax.set_ylabel("test Dice (per subject)"); ax.set_title(title or "Small-data sweep", fontsize=9); ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -354,7 +355,7 @@ def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> l
         check((data / "dataset.json").exists(), f"{data}: GAN training set missing; rerun the prepare stage")
         log(f"gan: training {job.name} ({cfg.gan_kimg[job.gan]:g} kimg, preset {cfg.gan_preset}, budget {cfg.gan_time_budget} s)")
         train_gan(data, run_dir, cfg=job.gan, kimg=cfg.gan_kimg[job.gan], preset=cfg.gan_preset, resume=True,
-                  time_budget=cfg.gan_time_budget, seed=cfg.split_seed + job.fold, **cfg.gan_overrides)
+                  time_budget=cfg.gan_time_budget, seed=cfg.split_seed + job.fold, **{"progress": False, **cfg.gan_overrides})
         ckpt = gan_checkpoint(run_dir)
         rows.append(dict(gan=job.gan, fold=job.fold, fraction=job.fraction, kimg_target=cfg.gan_kimg[job.gan],
                          seconds=round(time.time() - t1, 1), checkpoint=str(ckpt.relative_to(out))))
@@ -481,14 +482,17 @@ def _flatten(d, prefix: str = "") -> dict:
 
 def quality_rows(result: dict) -> list[dict]:
     "Rows (metric, value, display) from a `medsyn.metrics.evaluate` result; unavailable metrics become `n/a (...)`, never numbers."
+    import re
     rows = []
     for metric, v in result["metrics"].items():
         if isinstance(v, str) or v is None:
             msg = (v or "not computed").removeprefix("error: ").strip()
-            rows.append(dict(metric=metric, value=np.nan, display=f"n/a ({msg})")); continue
+            missing = re.search(r"([\w.-]+\.(?:pth|pt|pkl|npz|ckpt))\b", msg)
+            short = f"missing {missing.group(1)}" if missing and "not found" in msg else msg.split(";")[0][:120]
+            rows.append(dict(metric=metric, value=np.nan, display=f"n/a ({short})", error=msg)); continue
         for key, leaf in _flatten(v, metric).items():
             if isinstance(leaf, bool) or not isinstance(leaf, (int, float, np.integer, np.floating)): continue
-            rows.append(dict(metric=key, value=float(leaf), display=f"{float(leaf):.4g}"))
+            rows.append(dict(metric=key, value=float(leaf), display=f"{float(leaf):.4g}", error=""))
     return rows
 
 def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
@@ -505,7 +509,7 @@ def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
                            weights_dir=cfg.weights_dir, seg_model=unet if unet.exists() else None,
                            max_samples=cfg.n_quality, lpips_samples=min(cfg.n_quality, 100), progress=False)
             rows += [dict(variant=variant, fold=fold, **r) for r in quality_rows(res)]
-    q = pd.DataFrame(rows, columns=["variant", "fold", "metric", "value", "display"])
+    q = pd.DataFrame(rows, columns=["variant", "fold", "metric", "value", "display", "error"])
     summary = (q.groupby(["variant", "metric"], sort=True)
                .agg(value=("value", "mean"), sd=("value", "std"), display=("display", "first")).reset_index())
     summary["display"] = [d if d.startswith("n/a") else (f"{v:.4g} ± {s:.2g}" if np.isfinite(s) else f"{v:.4g}")
@@ -660,6 +664,9 @@ def study_main(argv: list[str]) -> int:
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="override any StudyConfig field")
     a = p.parse_args(argv)
+    # OpenMP threads that sleep instead of spinning while they wait: on a shared 2-core machine spinning
+    # threads slow torch down several-fold; the kernels papermill starts inherit this environment.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = Path(a.out) if a.out else runs_dir()
     names, failed, t0 = [], [], time.time()
     for ds in [d.strip() for d in a.datasets.split(",") if d.strip()]:

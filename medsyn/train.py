@@ -21,8 +21,8 @@ __all__ = ['TRAIN_PRESETS', 'LABEL_COLORS', 'STATS_METRIC_NAME', 'STATS_COLUMNS'
            'split_overrides', 'PairData', 'InfiniteSampler', 'pair_batches', 'one_hot', 'toy_dataset', 'StyleGAN2Loss',
            'lazy_adam', 'ema_beta', 'update_ema', 'colorize_mask', 'grid_rows', 'save_png', 'label_stats_distance',
            'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'load_checkpoint',
-           'generator_from_checkpoint', 'RunLog', 'train_gan', 'train_parser', 'train_main', 'bench_parser',
-           'bench_train']
+           'generator_from_checkpoint', 'RunLog', 'train_gan', 'train_parser', 'parse_sets', 'train_main',
+           'bench_parser', 'bench_train']
 
 # %% ../nbs/05_train.ipynb
 @dataclass
@@ -43,7 +43,7 @@ class TrainConfig:
     ema_rampup: float | None = 0.05
     augment: str = "auto"          # 'auto' ('ada' for joint/mask, 'simple' for cond) | 'ada' | 'simple' | 'none'
     ada_target: float = 0.6
-    ada_kimg: float = 100.0        # kimg for p to go from 0 to 1 (ADA used 500 for runs of 25 000 kimg)
+    ada_kimg: float = 500.0        # kimg for p to go from 0 to 1 (ADA: 500 for runs of ~25 000 kimg; cpu64 uses 20)
     ada_interval: int = 4
     tick_kimg: float | None = None # log interval; None: about 100 rows per run, at least one batch
     metric: str = "auto"           # snapshot selection: 'auto' (FID when Inception weights exist) | 'fid' | 'stats'
@@ -52,7 +52,7 @@ class TrainConfig:
     impl: str = "auto"             # ops implementation 'auto'|'ref'|'cpu', or 'compile' (torch.compile of the main phases)
 
 TRAIN_PRESETS: dict[str, dict] = {
-    "cpu64": dict(batch=8, ada_kimg=100.0, metric_n=256),
+    "cpu64": dict(batch=8, ada_kimg=20.0, metric_n=256),
     "paper256": dict(batch=24, ada_kimg=500.0, metric_n=5000, grid_n=12),
 }
 
@@ -698,13 +698,25 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=None, choices=["auto", "fid", "stats"], help="snapshot selection metric")
     p.add_argument("--mask-source", default=None, help="cond only: dataset whose masks drive grids and the metric")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any GANConfig / TrainConfig field, e.g. --set channel_base=8192 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
+
+def parse_sets(items: list[str]) -> dict:
+    "`['a=1', 'b=x']` -> `{'a': 1, 'b': 'x'}` (values read as JSON when they parse, else as strings)."
+    out = {}
+    for it in items:
+        check("=" in it, f"--set {it!r}: expected KEY=VALUE, e.g. --set gamma=1.0")
+        k, v = it.split("=", 1)
+        try: out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError: out[k.strip()] = v
+    return out
 
 def train_main(argv: list[str]) -> int:
     "`medsyn train ...`: parse, then `train_gan`."
     a = train_parser().parse_args(argv)
-    over = {k: v for k, v in dict(gamma=a.gamma, metric=a.metric).items() if v is not None}
+    over = {**parse_sets(a.set), **{k: v for k, v in dict(gamma=a.gamma, metric=a.metric).items() if v is not None}}
     out = train_gan(a.data, a.outdir, cfg=a.cfg, kimg=a.kimg, preset=a.preset, resume=a.resume, time_budget=a.time_budget,
                     seed=a.seed, batch=a.batch, snap_kimg=a.snap, mask_source=a.mask_source, device=a.device,
                     progress=not a.no_progress, impl=a.impl, **over)
@@ -726,6 +738,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, allocator)")
     p.add_argument("--preset", default="cpu64")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, usually the core count)")
     return p
 
 def _bench_one(a) -> dict:
@@ -783,6 +796,7 @@ def _bench_one(a) -> dict:
 def bench_train(argv: list[str] | None = None) -> int:
     "`medsyn bench train ...`: print one JSON object with ms_per_step, img_per_s, sec_per_kimg, peak_mem_mb and the config."
     a = bench_parser().parse_args(argv if argv is not None else [])
+    if a.threads: torch.set_num_threads(a.threads)
     impls = [s.strip() for s in a.impl.split(",") if s.strip()]
     config = dict(cfg=a.cfg, res=a.res, batch=a.batch, channel_base=a.channel_base, channel_max=a.channel_max,
                   img_channels=a.img_channels, num_labels=a.num_labels, steps=a.steps, warmup=a.warmup,

@@ -187,3 +187,23 @@ def test_param_counts_of_presets():
     print(counts)
     assert counts["cpu64"][0] < counts["paper256"][0] and counts["cpu64"][1] < counts["paper256"][1]
     assert 2e7 < counts["paper256"][0] < 3.5e7 and 2e7 < counts["paper256"][1] < 3.5e7  # StyleGAN2 256px scale
+
+
+def test_one_mask_many_images_and_pair01(onehot):
+    from medsyn.networks import to_pair01
+    torch.manual_seed(0)
+    G, _ = build_networks(tiny("cond"))
+    z = torch.randn(N, G.z_dim)
+    out = G(z, onehot[:1], noise_mode="const")             # one mask broadcast over N latents
+    assert out.shape == (N, C, R, R) and (out[0] - out[1]).abs().mean() > 1e-3
+    img01, lab = to_pair01(out, G.cfg)
+    assert lab is None and img01.min() >= 0 and img01.max() <= 1
+    Gj, _ = build_networks(tiny("joint"))
+    img01, lab = to_pair01(Gj(z), Gj.cfg)
+    assert img01.shape == (N, C, R, R) and lab.shape == (N, R, R) and lab.dtype == torch.int64
+
+
+def test_minibatch_std_odd_batch():
+    _, D = build_networks(tiny("mask"))
+    assert D(torch.randn(6, K, R, R)).shape == (6, 1)
+    assert D(torch.randn(1, K, R, R)).shape == (1, 1)

@@ -5,7 +5,7 @@
 //   G = 1  first derivative:    dx = dy * gain * act'(xref + b)          (x holds dy)
 //   G = 2  second derivative:   dx = d_dx * dy * gain * act''(xref + b)  (x holds d_dx, dy the saved dy)
 // For activations whose derivative is a function of the output, act' and act'' are computed from
-// yy = yref / gain (the saved, unclamped-by-construction output divided by the gain); clamped
+// yy = yref / gain (the saved output divided by the gain); clamped
 // outputs (|yref| >= clamp) pass no gradient.
 #pragma once
 #include <cmath>

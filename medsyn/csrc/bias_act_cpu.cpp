@@ -22,17 +22,24 @@ namespace {
 //----------------------------------------------------------------------------------------------
 // bias_act
 
+// Which saved tensors the formula reads, known at compile time, so the loops have no per-element
+// pointer tests (and compile to few, vectorizable versions). yref is also read for the clamp mask
+// when clamp >= 0; when clamp < 0 its value is unused and any valid pointer will do.
+template <int A, int G> constexpr bool reads_xref() { return G > 0 && A == medsyn::ACT_SWISH; }
+template <int A, int G> constexpr bool reads_dy() { return G == 2; }
+template <int A> constexpr bool has_2nd_grad() { return A >= medsyn::ACT_TANH; }
+
 // Apply the formula to a span of n elements; the bias is one value (VB=false) or a vector (VB=true).
 template <typename T, int A, int G, bool VB>
-void bias_act_span(const T* x, const T* b, const T* xr, const T* yr, const T* dy, T* y, int64_t n,
-                   T alpha, T gain, T clamp) {
+void bias_act_span(const T* __restrict x, const T* __restrict b, const T* __restrict xr, const T* __restrict yr,
+                   const T* __restrict dy, T* __restrict y, int64_t n, T alpha, T gain, T clamp) {
     const bool cm = clamp >= T(0);
     const T b0 = VB ? T(0) : b[0];
     for (int64_t j = 0; j < n; ++j) {
         const T bv = VB ? b[j] : b0;
-        const T xv = xr ? xr[j] : T(0);
-        const T yv = yr ? yr[j] : T(0);
-        const T dv = dy ? dy[j] : T(1);
+        const T xv = reads_xref<A, G>() ? xr[j] : T(0);
+        const T yv = G > 0 ? yr[j] : T(0);
+        const T dv = reads_dy<A, G>() ? dy[j] : T(1);
         y[j] = medsyn::bias_act_elem<T, A, G>(x[j], bv, xv, yv, dv, alpha, gain, clamp, cm);
     }
 }
@@ -41,24 +48,25 @@ template <typename T, int A, int G>
 void bias_act_loop(const T* x, const T* b, const T* xr, const T* yr, const T* dy, T* y, int64_t N,
                    int64_t stepB, int64_t sizeB, T alpha, T gain, T clamp) {
     const T zero = T(0);
+    // Stand-ins for tensors the formula does not read in this configuration (see reads_*).
+    if (!xr) xr = x;
+    if (!yr) yr = x;
+    if (!dy) dy = x;
     at::parallel_for(0, N, 32768, [&](int64_t begin, int64_t end) {
         int64_t i = begin;
         while (i < end) {
             int64_t stop;
             if (!b) {  // no bias: one span
                 stop = end;
-                bias_act_span<T, A, G, false>(x + i, &zero, xr ? xr + i : nullptr, yr ? yr + i : nullptr,
-                                              dy ? dy + i : nullptr, y + i, stop - i, alpha, gain, clamp);
+                bias_act_span<T, A, G, false>(x + i, &zero, xr + i, yr + i, dy + i, y + i, stop - i, alpha, gain, clamp);
             } else if (stepB == 1) {  // channels innermost (channels-last, [N, C]): bias is a vector
                 const int64_t c = i % sizeB;
                 stop = std::min(end, i + (sizeB - c));
-                bias_act_span<T, A, G, true>(x + i, b + c, xr ? xr + i : nullptr, yr ? yr + i : nullptr,
-                                             dy ? dy + i : nullptr, y + i, stop - i, alpha, gain, clamp);
+                bias_act_span<T, A, G, true>(x + i, b + c, xr + i, yr + i, dy + i, y + i, stop - i, alpha, gain, clamp);
             } else {  // runs of stepB elements share one bias value
                 const int64_t run = i / stepB;
                 stop = std::min(end, (run + 1) * stepB);
-                bias_act_span<T, A, G, false>(x + i, b + (run % sizeB), xr ? xr + i : nullptr,
-                                              yr ? yr + i : nullptr, dy ? dy + i : nullptr, y + i, stop - i,
+                bias_act_span<T, A, G, false>(x + i, b + (run % sizeB), xr + i, yr + i, dy + i, y + i, stop - i,
                                               alpha, gain, clamp);
             }
             i = stop;
@@ -71,7 +79,8 @@ void bias_act_grad_dispatch(int64_t grad, const T* x, const T* b, const T* xr, c
                             int64_t N, int64_t stepB, int64_t sizeB, T alpha, T gain, T clamp) {
     if (grad == 0) bias_act_loop<T, A, 0>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
     else if (grad == 1) bias_act_loop<T, A, 1>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
-    else bias_act_loop<T, A, 2>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
+    else if constexpr (has_2nd_grad<A>()) bias_act_loop<T, A, 2>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
+    else TORCH_CHECK(false, "medsyn_cpu.bias_act: activation ", A, " has a zero second derivative (grad=2 not needed)");
 }
 
 template <typename T>
@@ -103,6 +112,10 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tens
     TORCH_CHECK(grad >= 0 && grad <= 2 && act >= 1 && act <= 9, "medsyn_cpu.bias_act: bad grad/act id");
     check_like(xref, x, "xref"); check_like(yref, x, "yref"); check_like(dy, x, "dy");
     TORCH_CHECK(grad == 0 || clamp < 0 || yref.numel() > 0, "medsyn_cpu.bias_act: the gradient of a clamped op needs yref");
+    TORCH_CHECK(grad == 0 || act == medsyn::ACT_LINEAR || act == medsyn::ACT_SWISH || yref.numel() > 0,
+                "medsyn_cpu.bias_act: the gradient of this activation needs yref");
+    TORCH_CHECK(grad == 0 || act != medsyn::ACT_SWISH || xref.numel() > 0, "medsyn_cpu.bias_act: the gradient of swish needs xref");
+    TORCH_CHECK(grad < 2 || dy.numel() > 0, "medsyn_cpu.bias_act: the second derivative needs dy");
     at::Tensor y = at::empty_like(x);
     const int64_t N = x.numel();
     if (N == 0) return y;
