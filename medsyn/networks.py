@@ -5,7 +5,7 @@
 # %% ../nbs/03_networks.ipynb 2
 from __future__ import annotations
 import math, time
-from dataclasses import dataclass, asdict, fields, replace
+from dataclasses import dataclass, asdict, fields
 from typing import Optional
 
 import numpy as np

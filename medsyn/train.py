@@ -516,6 +516,11 @@ class RunLog:
                     self.tb.add_scalar(f"train/{k}" if k != "metric" else f"metric/{row.get('metric_name', 'metric')}", v, nimg)
             self.tb.flush()
 
+    def update_last(self, values: dict, nimg: int) -> None:
+        "Add `values` (e.g. the metric of a final snapshot) to the last row."
+        last = self.rows.pop()
+        self.add({**{k: v for k, v in last.items() if v != ""}, **values}, nimg)
+
     def close(self):
         if self.tb is not None: self.tb.close()
 
@@ -656,7 +661,8 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
                 el = time.time() - t_tick
                 bar.set_postfix_str(f"s/kimg {el / max(trainer.cur_nimg - nimg_tick, 1) * 1000:.0f} G {acc['loss_G'][-1]:.3f} "
                                     f"D {acc['loss_D'][-1]:.3f} p {trainer.augment_p:.3f}", refresh=False)
-            snap_due = trainer.cur_nimg // snap_nimg > (trainer.cur_nimg - tc.batch) // snap_nimg
+            snap_due = (trainer.cur_nimg // snap_nimg > (trainer.cur_nimg - tc.batch) // snap_nimg
+                        or trainer.cur_nimg >= total_nimg)
             if snap_due or trainer.cur_nimg // tick_nimg > (trainer.cur_nimg - tc.batch) // tick_nimg:
                 row = tick_row()
                 if snap_due:
@@ -668,11 +674,12 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
         log.add(tick_row(), trainer.cur_nimg); log.close()
         if bar is not None: bar.close()
         raise
-    if progress_state["last_snap_nimg"] != trainer.cur_nimg:
-        row = tick_row()
+    if progress_state["last_snap_nimg"] != trainer.cur_nimg:   # stopped by the budget (or nothing left to do)
         res = snapshot(metric=True); res.pop("_seconds")
-        row.update(res, metric_name=selection.name)
-        log.add(row, trainer.cur_nimg)
+        if acc or not log.rows:
+            row = tick_row(); row.update(res, metric_name=selection.name); log.add(row, trainer.cur_nimg)
+        else:                                                  # the last tick row is at this image count
+            log.update_last(dict(res, metric_name=selection.name), trainer.cur_nimg)
     log.close()
     if bar is not None:
         bar.close()
