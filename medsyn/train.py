@@ -785,12 +785,14 @@ def _bench_one(a) -> dict:
         tr.loss.fns = {}
         for _ in range(a.warmup): main_step()
     warm_s = time.perf_counter() - t0
-    times = []
+    times, cpu_times = [], []
     for _ in range(a.steps):
-        t = time.perf_counter(); main_step(); times.append(time.perf_counter() - t)
+        t, c = time.perf_counter(), time.process_time(); main_step()
+        times.append(time.perf_counter() - t); cpu_times.append(time.process_time() - c)
     ms = float(np.median(times) * 1000)
     res = dict(impl=a.impl, ms_per_step=round(ms, 1), ms_per_step_mean=round(float(np.mean(times) * 1000), 1),
                ms_per_step_min=round(float(np.min(times) * 1000), 1),
+               cpu_ms_per_step=round(float(np.median(cpu_times) * 1000), 1),   # process CPU time: robust to a shared machine at --threads 1
                img_per_s=round(a.batch / (ms / 1000), 2), sec_per_kimg=round(1000 / a.batch * ms / 1000, 1),
                warmup_s=round(warm_s, 1), peak_mem_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                baseline_rss_mb=round(rss0, 1),
