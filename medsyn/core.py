@@ -13,7 +13,7 @@ import numpy as np
 # %% auto 0
 __all__ = ['MedsynError', 'check', 'runs_dir', 'cache_dir', 'seed_everything', 'choose_device', 'atomic_path',
            'atomic_write_bytes', 'atomic_write_text', 'save_json', 'load_json', 'atomic_torch_save', 'atomic_dir',
-           'file_sha256', 'env_flag']
+           'file_digest', 'file_sha256', 'env_flag']
 
 # %% ../nbs/00_core.ipynb
 class MedsynError(Exception):
@@ -115,13 +115,19 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/00_core.ipynb
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    "SHA-256 hex digest of a file, read in chunks."
+def file_digest(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
+    "Hex digest of a file with any `hashlib` algorithm (`sha256`, `md5`, ...), read in chunks."
     import hashlib
-    h = hashlib.sha256()
+    check(algo.lower() in hashlib.algorithms_available,
+          f"cannot hash {path}: unknown hash algorithm {algo!r}; use one of {sorted(hashlib.algorithms_guaranteed)}")
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""): h.update(block)
     return h.hexdigest()
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    "SHA-256 hex digest of a file, read in chunks."
+    return file_digest(path, "sha256", chunk)
 
 def env_flag(name: str, default: bool = False) -> bool:
     "Read a boolean environment variable (`1/true/yes/on`)."

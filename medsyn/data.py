@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .core import MedsynError, check, atomic_dir, atomic_path, cache_dir, save_json, load_json
+from .core import MedsynError, check, atomic_dir, atomic_path, cache_dir, file_digest, save_json, load_json
 
 # %% auto 0
 __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'MNI152_LABELS', 'MNI152_VERSION', 'MNI152_PROVENANCE', 'MSD_TASKS',
@@ -750,15 +750,11 @@ def msd_resources() -> dict[str, tuple[str, str]]:
 
 def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     "MD5 hex digest of a file, read in chunks."
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""): h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5", chunk)
 
 def verify_checksum(path: str | Path, expected: str, algo: str = "md5") -> Path:
     "Check `path` against the published `expected` digest (`md5` or `sha256`); raise a `MedsynError` naming the file if it differs."
-    from medsyn.core import file_sha256
-    got = file_md5(path) if algo == "md5" else file_sha256(path)
+    got = file_digest(path, algo)
     check(got.lower() == expected.lower(), f"{path}: {algo} checksum {got} does not match the published {expected}; the download is "
                                            "incomplete or corrupt: delete the file and download it again")
     return Path(path)

@@ -25,8 +25,8 @@ __all__ = ['MASK_PALETTE', 'FID_INCEPTION_FILE', 'FID_INCEPTION_URL', 'INCEPTION
            'colorize_masks', 'torch_hub_checkpoints', 'find_weights', 'fid_inception_architecture', 'fid_inception_v3',
            'InceptionFeatures', 'unet_bottleneck', 'HookFeatures', 'iterate_batches', 'stream_features', 'dataset_hash',
            'cached_features', 'load_lpips_backbone', 'lpips_network', 'lpips_embedding', 'lpips_distances',
-           'lpips_diversity', 'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'segmentation_metrics',
-           'load_segmentation_model', 'evaluate', 'evaluate_parser', 'evaluate_main']
+           'lpips_diversity', 'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores',
+           'segmentation_metrics', 'load_segmentation_model', 'evaluate', 'evaluate_parser', 'evaluate_main']
 
 # %% ../nbs/07_metrics.ipynb
 def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -255,13 +255,14 @@ class InceptionFeatures:
 
 # %% ../nbs/07_metrics.ipynb
 def unet_bottleneck(unet: torch.nn.Module) -> torch.nn.Module:
-    "The innermost block of a MONAI `UNet` (body of its deepest `SkipConnection`)."
+    "The innermost block of a MONAI `UNet` (body of its deepest `SkipConnection`); `MedsynError` for other models."
     from monai.networks.layers import SkipConnection
-    node = getattr(unet, "model", unet)
+    node = getattr(unet, "model", None)
     while True:
-        skips = [m for m in node.children() if isinstance(m, SkipConnection)] if not isinstance(node, SkipConnection) else [node]
-        if not skips: return node
+        skips = [m for m in node.children() if isinstance(m, SkipConnection)] if isinstance(node, torch.nn.Module) else []
+        check(len(skips) == 1, f"unet_bottleneck: {type(unet).__name__} is not a MONAI UNet; pass the feature layer explicitly")
         node = skips[0].submodule
+        if not any(isinstance(m, SkipConnection) for m in node.children()): return node
 
 class HookFeatures:
     "Callable: images → global-average-pooled output of `layer` while `model` runs (default: U-Net bottleneck)."
@@ -428,16 +429,17 @@ def mask_label_distances(real_fracs: np.ndarray, fake_fracs: np.ndarray, labels:
     return out
 
 # %% ../nbs/07_metrics.ipynb
-def _seg_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int, include_background: bool, spacing=None):
-    "Dice and HD95 per class for one pair of label maps (H, W) or volumes (D, H, W)."
+def label_scores(pred, target, num_classes: int, include_background: bool = False, spacing=None,
+                 ignore_empty: bool = True, hd95: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    "MONAI Dice and HD95 per class for one pair of label maps (H, W) or volumes (D, H, W); HD95 is None when `hd95=False`."
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
     from monai.networks.utils import one_hot
-    p, t = one_hot(pred[None, None].long(), num_classes, dim=1), one_hot(target[None, None].long(), num_classes, dim=1)
+    p, t = (one_hot(torch.as_tensor(v)[None, None].long(), num_classes, dim=1) for v in (pred, target))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dice = DiceMetric(include_background=include_background, reduction="none")(p, t)[0]
-        hd = HausdorffDistanceMetric(include_background=include_background, percentile=95, reduction="none")(p, t, spacing=spacing)[0]
-    return dice.numpy(), hd.numpy()
+        dice = DiceMetric(include_background=include_background, reduction="none", ignore_empty=ignore_empty)(p, t)[0]
+        hd = HausdorffDistanceMetric(include_background=include_background, percentile=95, reduction="none")(p, t, spacing=spacing)[0] if hd95 else None
+    return dice.numpy(), (None if hd is None else hd.numpy())
 
 def segmentation_metrics(pred, target, subjects: Sequence[str], labels: dict[int, str], slices: Sequence[int] | None = None,
                          include_background: bool = False, aggregate: str = "subject", spacing=None) -> pd.DataFrame:
@@ -458,9 +460,9 @@ def segmentation_metrics(pred, target, subjects: Sequence[str], labels: dict[int
         idx = idx[np.argsort(order[idx], kind="stable")]
         if aggregate == "subject":
             sp = None if spacing is None else [1.0, *spacing]
-            dice, hd = _seg_scores(pred[idx], target[idx], num_classes, include_background, sp)
+            dice, hd = label_scores(pred[idx], target[idx], num_classes, include_background, sp)
         else:
-            per = [_seg_scores(pred[i], target[i], num_classes, include_background, spacing) for i in idx]
+            per = [label_scores(pred[i], target[i], num_classes, include_background, spacing) for i in idx]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 dice, hd = np.nanmean([d for d, _ in per], 0), np.nanmean([h for _, h in per], 0)

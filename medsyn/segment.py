@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_segment.ipynb 2
 from __future__ import annotations
-import argparse, copy, json, math, time, warnings
+import argparse, copy, json, math, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,9 +17,10 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 
 from .core import (MedsynError, check, seed_everything, choose_device, atomic_torch_save,
                          save_json, atomic_write_text)
+from .metrics import HookFeatures, label_scores, unet_bottleneck
 
 # %% auto 0
-__all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'unet_bottleneck', 'unet_features', 'cfg_bottleneck_channels',
+__all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'unet_features', 'cfg_bottleneck_channels',
            'traditional_augmentation', 'SegSamples', 'fold_split', 'take_samples', 'predict_slices', 'volume_scores',
            'evaluate_subjects', 'subject_summary', 'SegRun', 'train_unet', 'save_unet', 'load_unet',
            'load_segmentation_model', 'experiment_split', 'segment_experiment', 'segment_main']
@@ -71,32 +72,17 @@ def build_unet(in_channels: int, num_classes: int, cfg: SegConfig | None = None)
     return UNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, channels=tuple(cfg.channels),
                 strides=tuple(cfg.strides), num_res_units=cfg.num_res_units, dropout=cfg.dropout)
 
-def unet_bottleneck(model: nn.Module) -> nn.Module:
-    "The deepest block of a MONAI `UNet` (the innermost `SkipConnection`'s submodule)."
-    from monai.networks.layers import SkipConnection
-    m = model.model
-    while True:
-        skips = [c for c in m.children() if isinstance(c, SkipConnection)]
-        check(len(skips) == 1, f"unet_bottleneck: {type(model).__name__} is not a MONAI UNet")
-        sub = skips[0].submodule
-        if isinstance(sub, nn.Sequential) and any(isinstance(c, SkipConnection) for c in sub.children()): m = sub
-        else: return sub
-
 def unet_features(model: nn.Module, batch_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
     "A callable mapping images `(N, C, H, W)` in [0, 1] to pooled bottleneck features `(N, F)` (float32, CPU)."
     block, device = unet_bottleneck(model), next(model.parameters()).device
     @torch.no_grad()
     def features(images: torch.Tensor) -> torch.Tensor:
         check(images.ndim == 4, f"unet_features: expected images (N, C, H, W), got shape {tuple(images.shape)}")
-        out, captured = [], {}
-        handle = block.register_forward_hook(lambda mod, inp, outp: captured.__setitem__("f", outp))
-        was_training = model.training; model.eval()
+        was_training = model.training
         try:
-            for i in range(0, len(images), batch_size):
-                model(images[i:i + batch_size].to(device, torch.float32))
-                out.append(captured["f"].float().mean(dim=(2, 3)).cpu())
-        finally:
-            handle.remove(); model.train(was_training)
+            hook = HookFeatures(model, layer=block, device=device)   # puts the model in eval mode
+            out = [torch.from_numpy(hook(images[i:i + batch_size])).float() for i in range(0, len(images), batch_size)]
+        finally: model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, 0)
     features.dim = cfg_bottleneck_channels(model)
     return features
@@ -184,18 +170,12 @@ def predict_slices(model: nn.Module, ds: Dataset, positions: Sequence[int], batc
     return torch.cat(preds), torch.cat(gts)
 
 def volume_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, hd95: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    "Dice and HD95 per foreground class for label volumes `(D, H, W)` (MONAI DiceMetric / HausdorffDistanceMetric)."
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric
-    to5 = lambda v: torch.nn.functional.one_hot(v.long(), num_classes).permute(3, 1, 2, 0)[None].float()  # (1,K,H,W,D)
-    p, g = to5(pred), to5(gt)
-    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(p, g)[0].numpy()
-    hd = np.full(num_classes - 1, np.nan)
-    if hd95:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(p, g)[0].numpy().astype(float)
-        empty = (p[0, 1:].flatten(1).sum(1) == 0) | (g[0, 1:].flatten(1).sum(1) == 0)
-        hd[empty.numpy()] = np.nan; hd[~np.isfinite(hd)] = np.nan
+    "Dice and HD95 per foreground class for label volumes `(D, H, W)` (MONAI, via `medsyn.metrics.label_scores`)."
+    dice, hd = label_scores(pred, gt, num_classes, ignore_empty=False, hd95=hd95)
+    if hd is None: return dice.astype(float), np.full(num_classes - 1, np.nan)
+    present = lambda v: np.array([bool((v == c).any()) for c in range(1, num_classes)])
+    hd = hd.astype(float)
+    hd[~(present(pred) & present(gt))] = np.nan; hd[~np.isfinite(hd)] = np.nan   # HD95 undefined for an empty class
     return dice.astype(float), hd
 
 def evaluate_subjects(model: nn.Module, ds: Dataset, labels: dict[int, str] | None = None,
