@@ -8,16 +8,13 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "cuda_launch.cuh"
+
 #include "bias_act.h"
 
 namespace {
 
-int sm_count() {
-    int dev = 0, sms = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&dev));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return sms;
-}
+using medsyn_cuda::sm_count;
 
 template <typename T>
 struct BiasActParams {

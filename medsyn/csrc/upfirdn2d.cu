@@ -10,14 +10,11 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "cuda_launch.cuh"
+
 namespace {
 
-int sm_count() {
-    int dev = 0, sms = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&dev));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return sms;
-}
+using medsyn_cuda::sm_count;
 
 struct UfdParams {
     int64_t n_planes, ih, iw, oh, ow;
