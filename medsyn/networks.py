@@ -419,18 +419,23 @@ class DiscriminatorBlock(nn.Module):
         return y.add_(x)
 
 class MinibatchStdLayer(nn.Module):
-    "Append the std of features over groups of `group_size` samples as `num_channels` extra channels."
+    """Append the std of features over groups of `group_size` samples as `num_channels` extra channels.
+    `segments=S` treats the batch as S equal consecutive chunks (e.g. fakes then reals) and forms groups
+    inside each chunk only, exactly as if D had seen each chunk on its own."""
     def __init__(self, group_size, num_channels=1):
         super().__init__()
         self.group_size, self.num_channels = group_size, num_channels
 
-    def forward(self, x):
+    def forward(self, x, segments: int = 1):
         N, C, H, W = x.shape
-        G = math.gcd(min(self.group_size, N), N)  # largest usable group that divides the batch
+        check(N % segments == 0, f"MinibatchStdLayer: batch {N} does not split into {segments} equal segments")
+        n = N // segments
+        G = math.gcd(min(self.group_size, n), n)  # largest usable group that divides the segment
         F_ = self.num_channels
-        y = x.reshape(G, -1, F_, C // F_, H, W)
-        y = (y - y.mean(dim=0)).square().mean(dim=0)
-        y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4]).reshape(-1, F_, 1, 1).repeat(G, 1, H, W)
+        y = x.reshape(segments, G, -1, F_, C // F_, H, W)
+        y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1)
+        y = (y + 1e-8).sqrt().mean(dim=[3, 4, 5])                       # (segments, n // G, F)
+        y = y.reshape(segments, 1, -1, F_, 1, 1).repeat(1, G, 1, 1, H, W).reshape(N, F_, H, W)
         return torch.cat([x, y], dim=1)
 
 class DiscriminatorEpilogue(nn.Module):
@@ -442,8 +447,8 @@ class DiscriminatorEpilogue(nn.Module):
         self.fc = FullyConnectedLayer(in_channels * resolution ** 2, in_channels, activation='lrelu')
         self.out = FullyConnectedLayer(in_channels, 1)
 
-    def forward(self, x):
-        if self.mbstd is not None: x = self.mbstd(x)
+    def forward(self, x, mbstd_segments: int = 1):
+        if self.mbstd is not None: x = self.mbstd(x, mbstd_segments)
         x = self.conv(x)
         return self.out(self.fc(x.flatten(1)))
 
@@ -458,7 +463,8 @@ class Discriminator(nn.Module):
                                cfg.d_in_channels, conv_clamp=cfg.conv_clamp) for r in res)
         self.epilogue = DiscriminatorEpilogue(cfg.channels(4), 4, cfg.mbstd_group, cfg.mbstd_channels, cfg.conv_clamp)
 
-    def forward(self, x, cond=None):
+    def forward(self, x, cond=None, mbstd_segments: int = 1):
+        "`mbstd_segments=2` scores a batch of fakes followed by as many reals in one pass (see `MinibatchStdLayer`)."
         if cond is not None:
             check(self.cfg.cfg == 'cond', f"D(x, cond) is only for cfg='cond'; build the input with to_d_input for cfg={self.cfg.cfg!r}")
             x = to_d_input(x, check_cond(cond, self.cfg, x.shape[0]), self.cfg)
@@ -467,7 +473,7 @@ class Discriminator(nn.Module):
               f"D input must be (N, {self.in_channels}, {R}, {R}) (see to_d_input), got {tuple(x.shape)}")
         if self.cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         for blk in self.blocks: x = blk(x)
-        return self.epilogue(x)
+        return self.epilogue(x, mbstd_segments)
 
 # %% ../nbs/03_networks.ipynb
 def mask_probs(logits: torch.Tensor, cfg: GANConfig) -> torch.Tensor:
