@@ -52,7 +52,8 @@ class TrainConfig:
     impl: str = "auto"             # ops implementation 'auto'|'ref'|'cpu', or 'compile' (torch.compile of the main phases)
 
 TRAIN_PRESETS: dict[str, dict] = {
-    "cpu64": dict(batch=8, ada_kimg=20.0, metric_n=256),
+    # gamma: NVlabs' heuristic 0.0002 * res^2 / batch (= 0.1 at 64 px, batch 8); the authors' 2 is for 256 px
+    "cpu64": dict(batch=8, gamma=0.1, ada_kimg=20.0, metric_n=256),
     "paper256": dict(batch=24, ada_kimg=500.0, metric_n=5000, grid_n=12),
 }
 
@@ -307,9 +308,11 @@ def label_stats_distance(real_images, real_masks, fake_images, fake_masks, num_l
         area = lambda m, k: (m == k).reshape(len(m), -1).mean(1)
         out["area_w1"] = float(np.mean([_w1(area(rm, k), area(fm, k), rng) for k in range(num_labels)]))
     if ri is not None and fi is not None and rm is not None and fm is not None:
-        pairs = [_w1(ri[:, c][rm == k], fi[:, c][fm == k], rng) for c in range(ri.shape[1]) for k in range(num_labels)]
-        pairs = [p for p in pairs if not math.isnan(p)]
-        out["class_intensity_w1"] = float(np.mean(pairs)) if pairs else 1.0
+        # A label present in the real set but never drawn by the generator costs the maximum (1.0, images
+        # are in [0,1]); otherwise empty generated masks would look good by dropping the missing classes.
+        present = [k for k in range(num_labels) if (rm == k).any()]
+        pairs = [_w1(ri[:, c][rm == k], fi[:, c][fm == k], rng) for c in range(ri.shape[1]) for k in present]
+        out["class_intensity_w1"] = float(np.mean([1.0 if math.isnan(p) else p for p in pairs])) if pairs else 1.0
     out["total"] = float(sum(out.values()))
     return out
 
@@ -409,7 +412,9 @@ class GANTrainer:
     def _compiled(self) -> dict | None:
         "torch.compile'd mapping / synthesis / D for the main phases (regularizers need double backward and stay eager)."
         try:
-            return dict(mapping=torch.compile(self.G.mapping), synthesis=torch.compile(self.G.synthesis), D=torch.compile(self.D))
+            # static shapes: with dynamic shapes Inductor fails on the compiled custom ops (see 03_networks)
+            comp = lambda m: torch.compile(m, dynamic=False)
+            return dict(mapping=comp(self.G.mapping), synthesis=comp(self.G.synthesis), D=comp(self.D))
         except Exception as e:   # noqa: BLE001 - any backend failure falls back to eager
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); training runs eagerly", RuntimeWarning)
             return None
@@ -707,7 +712,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", required=True, help="run folder (checkpoints, logs, grids)")
     p.add_argument("--preset", default="cpu64", choices=list(TRAIN_PRESETS), help="network + training preset")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
-    p.add_argument("--gamma", type=float, default=None, help="R1 weight (default 2, as the authors)")
+    p.add_argument("--gamma", type=float, default=None, help="R1 weight (default: the preset's; 0.1 for cpu64, 2 for paper256 as the authors)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from OUTDIR/network-last.pt")
     p.add_argument("--time-budget", type=float, default=None, help="stop cleanly (with a checkpoint) after this many seconds")
     p.add_argument("--seed", type=int, default=0)
@@ -751,6 +756,9 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-max", type=int, default=256)
     p.add_argument("--img-channels", type=int, default=2)
     p.add_argument("--num-labels", type=int, default=4)
+    p.add_argument("--z-dim", type=int, default=512, help="latent size (NVlabs' default 512)")
+    p.add_argument("--w-dim", type=int, default=512, help="style size (NVlabs' default 512)")
+    p.add_argument("--mapping-layers", type=int, default=2, help="mapping-network depth (NVlabs' 'auto' config: 2)")
     p.add_argument("--impl", default="ref", help="ops implementation(s), comma-separated: ref,cpu,auto,compile")
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, allocator)")
@@ -765,7 +773,8 @@ def _bench_one(a) -> dict:
     N = _nets()
     compile_main = _set_impl(a.impl)
     gcfg = N.gan_config(a.preset, cfg=a.cfg, resolution=a.res, img_channels=a.img_channels, num_labels=a.num_labels,
-                        channel_base=a.channel_base, channel_max=a.channel_max)
+                        channel_base=a.channel_base, channel_max=a.channel_max,
+                        **{k: v for k, v in dict(z_dim=a.z_dim, w_dim=a.w_dim, mapping_layers=a.mapping_layers).items() if v is not None})
     tc = train_config(a.preset, batch=a.batch, augment="none")
     seed_everything(a.seed)
     tr = GANTrainer(gcfg, tc, "cpu", compile_main=compile_main)
@@ -809,7 +818,8 @@ def _bench_one(a) -> dict:
                baseline_rss_mb=round(rss0, 1),
                peak_mem_source="resource.getrusage(RUSAGE_SELF).ru_maxrss: peak RSS of this process incl. Python+torch",
                ops_impl="ref" if a.impl == "compile" else a.impl, torch_compile=bool(compile_main and tr.loss.fns),
-               G_params=sum(p.numel() for p in tr.G.parameters()), D_params=sum(p.numel() for p in tr.D.parameters()))
+               G_params=sum(p.numel() for p in tr.G.parameters()), D_params=sum(p.numel() for p in tr.D.parameters()),
+               z_dim=gcfg.z_dim, w_dim=gcfg.w_dim, mapping_layers=gcfg.mapping_layers, fused_modconv=gcfg.fused_modconv)
     if note: res["note"] = note
     return res
 
@@ -821,7 +831,7 @@ def bench_train(argv: list[str] | None = None) -> int:
     config = dict(cfg=a.cfg, res=a.res, batch=a.batch, channel_base=a.channel_base, channel_max=a.channel_max,
                   img_channels=a.img_channels, num_labels=a.num_labels, steps=a.steps, warmup=a.warmup,
                   preset=a.preset, threads=torch.get_num_threads(), cpu_count=os.cpu_count(), torch=torch.__version__,
-                  step="Gmain + Dmain (G fwd/bwd through D; G fwd + D fwd/bwd on fake and real) + both Adam steps; "
+                  step="Gmain + Dmain (G fwd/bwd through D; G fwd + one D fwd/bwd on [fake; real]) + both Adam steps; "
                        "no augmentation, no R1 / path-length phases")
     if len(impls) == 1:
         a.impl = impls[0]
