@@ -90,28 +90,49 @@ void upfirdn2d_plane_2d(const T* in, int64_t ih, int64_t iw, T* out, int64_t oh,
     }
 }
 
-template <typename T>
-void upfirdn2d_plane_sep(const T* in, int64_t ih, int64_t iw, T* out, int64_t oh, int64_t ow,
-                         const std::vector<T>& wx, const std::vector<T>& wy, const Ufd& p, std::vector<T>& tmp) {
-    const int64_t fw = (int64_t)wx.size(), fh = (int64_t)wy.size();
-    // Horizontal pass on the input rows that some output row reads.
-    tmp.assign((size_t)(ih * ow), T(0));
-    std::vector<char> needed((size_t)ih, 0);
-    std::vector<std::pair<int64_t, int64_t>> taps;
+// Which input rows each output row reads (and with which weight index): the same for every plane,
+// so it is worked out once per call. `needed[i]` marks the input rows some output row reads.
+struct RowPlan {
+    std::vector<std::vector<std::pair<int64_t, int64_t>>> taps;  // per output row: (input row, weight index)
+    std::vector<int64_t> needed;                                 // input rows read by some output row
+};
+
+inline RowPlan plan_rows(int64_t oh, int64_t ih, int64_t fh, int64_t up, int64_t down, int64_t pad0) {
+    RowPlan plan;
+    plan.taps.resize((size_t)oh);
+    std::vector<char> mark((size_t)ih, 0);
     for (int64_t oy = 0; oy < oh; ++oy) {
-        col_taps(oy, ih, fh, p.upy, p.downy, p.py0, taps);
-        for (auto& t : taps) needed[(size_t)t.first] = 1;
+        col_taps(oy, ih, fh, up, down, pad0, plan.taps[(size_t)oy]);
+        for (auto& t : plan.taps[(size_t)oy]) mark[(size_t)t.first] = 1;
     }
     for (int64_t iy = 0; iy < ih; ++iy)
-        if (needed[(size_t)iy]) row_filter<T>(in + iy * iw, iw, tmp.data() + iy * ow, ow, wx.data(), fw, p.upx, p.downx, p.px0, T(1));
-    // Vertical pass: contiguous multiply-adds of whole rows.
-    for (int64_t oy = 0; oy < oh; ++oy) {
-        T* __restrict orow = out + oy * ow;
-        std::fill(orow, orow + ow, T(0));
-        col_taps(oy, ih, fh, p.upy, p.downy, p.py0, taps);
-        for (auto& t : taps) {
-            const T* __restrict trow = tmp.data() + t.first * ow;
-            const T wk = wy[(size_t)t.second];
+        if (mark[(size_t)iy]) plan.needed.push_back(iy);
+    return plan;
+}
+
+// Separable filter: a horizontal pass into `tmp` (ih x ow, only the rows some output row reads),
+// then a vertical pass of contiguous multiply-adds of whole rows.
+template <typename T>
+void upfirdn2d_plane_sep(const T* in, int64_t iw, T* out, int64_t ow, const std::vector<T>& wx,
+                         const std::vector<T>& wy, const Ufd& p, const RowPlan& plan, T* tmp) {
+    const int64_t fw = (int64_t)wx.size();
+    for (int64_t iy : plan.needed) {
+        T* trow = tmp + iy * ow;
+        std::fill(trow, trow + ow, T(0));
+        row_filter<T>(in + iy * iw, iw, trow, ow, wx.data(), fw, p.upx, p.downx, p.px0, T(1));
+    }
+    for (size_t oy = 0; oy < plan.taps.size(); ++oy) {
+        T* __restrict orow = out + (int64_t)oy * ow;
+        const auto& taps = plan.taps[oy];
+        if (taps.empty()) { std::fill(orow, orow + ow, T(0)); continue; }
+        {   // the first tap initializes the row: no separate zero-fill pass
+            const T* __restrict trow = tmp + taps[0].first * ow;
+            const T wk = wy[(size_t)taps[0].second];
+            for (int64_t j = 0; j < ow; ++j) orow[j] = wk * trow[j];
+        }
+        for (size_t t = 1; t < taps.size(); ++t) {
+            const T* __restrict trow = tmp + taps[t].first * ow;
+            const T wk = wy[(size_t)taps[t].second];
             for (int64_t j = 0; j < ow; ++j) orow[j] += wk * trow[j];
         }
     }
@@ -176,10 +197,11 @@ at::Tensor upfirdn2d_cpu(const at::Tensor& x, const at::Tensor& f, int64_t upx, 
         T* py = y.mutable_data_ptr<T>();
         const int64_t planes = n * ch, in_plane = ih * iw, out_plane = oh * ow;
         const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, out_plane + in_plane));
+        const RowPlan plan = sep ? plan_rows(oh, ih, (int64_t)wy.size(), upy, downy, pady0) : RowPlan{};
         at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-            std::vector<T> tmp;
+            std::vector<T> tmp(sep ? (size_t)(ih * ow) : 0);   // one scratch plane per chunk, not per plane
             for (int64_t q = begin; q < end; ++q) {
-                if (sep) upfirdn2d_plane_sep<T>(px + q * in_plane, ih, iw, py + q * out_plane, oh, ow, wx, wy, p, tmp);
+                if (sep) upfirdn2d_plane_sep<T>(px + q * in_plane, iw, py + q * out_plane, ow, wx, wy, p, plan, tmp.data());
                 else upfirdn2d_plane_2d<T>(px + q * in_plane, ih, iw, py + q * out_plane, oh, ow, w, fh, fw, p);
             }
         });
