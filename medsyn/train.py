@@ -775,7 +775,7 @@ def _bench_one(a) -> dict:
     compile_main = _set_impl(a.impl)
     gcfg = N.gan_config(a.preset, cfg=a.cfg, resolution=a.res, img_channels=a.img_channels, num_labels=a.num_labels,
                         channel_base=a.channel_base, channel_max=a.channel_max,
-                        **{k: v for k, v in dict(z_dim=a.z_dim, w_dim=a.w_dim, mapping_layers=a.mapping_layers).items() if v is not None})
+                        z_dim=a.z_dim, w_dim=a.w_dim, mapping_layers=a.mapping_layers)
     tc = train_config(a.preset, batch=a.batch, augment="none")
     seed_everything(a.seed)
     tr = GANTrainer(gcfg, tc, "cpu", compile_main=compile_main)
