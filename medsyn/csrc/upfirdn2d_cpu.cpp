@@ -77,19 +77,6 @@ struct Ufd {
     int64_t upx, upy, downx, downy, px0, px1, py0, py1;
 };
 
-template <typename T>
-void upfirdn2d_plane_2d(const T* in, int64_t ih, int64_t iw, T* out, int64_t oh, int64_t ow,
-                        const std::vector<T>& w, int64_t fh, int64_t fw, const Ufd& p) {
-    std::vector<std::pair<int64_t, int64_t>> taps;
-    for (int64_t oy = 0; oy < oh; ++oy) {
-        T* orow = out + oy * ow;
-        std::fill(orow, orow + ow, T(0));
-        col_taps(oy, ih, fh, p.upy, p.downy, p.py0, taps);
-        for (auto& t : taps)
-            row_filter<T>(in + t.first * iw, iw, orow, ow, w.data() + t.second * fw, fw, p.upx, p.downx, p.px0, T(1));
-    }
-}
-
 // Which input rows each output row reads (and with which weight index): the same for every plane,
 // so it is worked out once per call. `needed[i]` marks the input rows some output row reads.
 struct RowPlan {
@@ -108,6 +95,17 @@ inline RowPlan plan_rows(int64_t oh, int64_t ih, int64_t fh, int64_t up, int64_t
     for (int64_t iy = 0; iy < ih; ++iy)
         if (mark[(size_t)iy]) plan.needed.push_back(iy);
     return plan;
+}
+
+template <typename T>
+void upfirdn2d_plane_2d(const T* in, int64_t iw, T* out, int64_t ow, const std::vector<T>& w, int64_t fw,
+                        const Ufd& p, const RowPlan& plan) {
+    for (size_t oy = 0; oy < plan.taps.size(); ++oy) {
+        T* orow = out + (int64_t)oy * ow;
+        std::fill(orow, orow + ow, T(0));
+        for (auto& t : plan.taps[oy])
+            row_filter<T>(in + t.first * iw, iw, orow, ow, w.data() + t.second * fw, fw, p.upx, p.downx, p.px0, T(1));
+    }
 }
 
 // Separable filter: a horizontal pass into `tmp` (ih x ow, only the rows some output row reads),
@@ -197,12 +195,12 @@ at::Tensor upfirdn2d_cpu(const at::Tensor& x, const at::Tensor& f, int64_t upx, 
         T* py = y.mutable_data_ptr<T>();
         const int64_t planes = n * ch, in_plane = ih * iw, out_plane = oh * ow;
         const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, out_plane + in_plane));
-        const RowPlan plan = sep ? plan_rows(oh, ih, (int64_t)wy.size(), upy, downy, pady0) : RowPlan{};
+        const RowPlan plan = plan_rows(oh, ih, fh, upy, downy, pady0);   // wy has fh taps too
         at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
             std::vector<T> tmp(sep ? (size_t)(ih * ow) : 0);   // one scratch plane per chunk, not per plane
             for (int64_t q = begin; q < end; ++q) {
                 if (sep) upfirdn2d_plane_sep<T>(px + q * in_plane, iw, py + q * out_plane, ow, wx, wy, p, plan, tmp.data());
-                else upfirdn2d_plane_2d<T>(px + q * in_plane, ih, iw, py + q * out_plane, oh, ow, w, fh, fw, p);
+                else upfirdn2d_plane_2d<T>(px + q * in_plane, iw, py + q * out_plane, ow, w, fw, p, plan);
             }
         });
     });
