@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import argparse, hashlib, json, os, re, shutil, tarfile, time, urllib.error, urllib.request
+import argparse, hashlib, json, math, os, re, shutil, tarfile, time, urllib.error, urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,11 +21,12 @@ from .core import MedsynError, check, atomic_dir, atomic_path, cache_dir, file_d
 # %% auto 0
 __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'MNI152_LABELS', 'MNI152_VERSION', 'MNI152_PROVENANCE', 'MSD_TASKS',
            'write_canonical', 'CanonicalDataset', 'load_canonical', 'subject_kfold', 'train_val_test_split',
-           'subsample_subjects', 'make_splits', 'Case', 'Study', 'match_files', 'read_msd', 'read_nifti_pairs',
-           'read_image_pairs', 'detect_layout', 'read_study', 'load_case', 'normalize_intensity', 'modality_windows',
-           'volume_to_slices', 'select_slices', 'crop_pad_resize', 'study_samples', 'prepare', 'make_synthetic_msd',
-           'mni152_files', 'mni152_volumes', 'mni152_samples', 'prepare_mni152', 'default_dataset', 'msd_resources',
-           'file_md5', 'verify_checksum', 'download_msd', 'plot_dataset_overview', 'save_figure', 'prepare_main']
+           'subsample_subjects', 'fold_subjects', 'check_disjoint', 'make_splits', 'Case', 'Study', 'match_files',
+           'read_msd', 'read_nifti_pairs', 'read_image_pairs', 'detect_layout', 'read_study', 'load_case',
+           'normalize_intensity', 'modality_windows', 'volume_to_slices', 'select_slices', 'crop_pad_resize',
+           'study_samples', 'prepare', 'make_synthetic_msd', 'mni152_files', 'mni152_volumes', 'mni152_samples',
+           'prepare_mni152', 'default_dataset', 'msd_resources', 'file_md5', 'verify_checksum', 'download_msd',
+           'plot_dataset_overview', 'save_figure', 'prepare_main']
 
 # %% ../nbs/01_data.ipynb
 FORMAT_VERSION = 1
@@ -77,7 +78,8 @@ def write_canonical(out_dir: str | Path, samples: Iterable[dict], *, name: str, 
             sp = s.get("spacing") or (1.0, 1.0)
             rows.append(dict(sample_id=sid, subject=str(s["subject"]), slice=int(s["slice"]), file=rel,
                              source_file=str(s.get("source_file", "")), spacing_0=float(sp[0]), spacing_1=float(sp[1]),
-                             fg_fraction=float((mask > 0).mean())))
+                             spacing_slice=float(s.get("slice_spacing", sp[0])), fg_fraction=float((mask > 0).mean()),
+                             train=bool(s.get("train", True))))
         check(len(rows) > 0, f"{out_dir}: no samples to write (did any slice contain foreground? "
                              "check the label files or raise --empty-fraction)")
         index = pd.DataFrame(rows)
@@ -161,18 +163,33 @@ class CanonicalDataset(Dataset):
         check(not unknown, f"{self.root}: subjects {unknown[:5]} are not in this dataset (it has {len(self.subjects)} subjects)")
         return CanonicalDataset(self.root, self.index[self.index.subject.isin(set(subjects))], self.meta)
 
+    def for_training(self) -> "CanonicalDataset":
+        "The samples used to *train* models: all foreground slices plus the empty ones drawn at preparation (`train` column)."
+        if "train" not in self.index: return self
+        keep = self.index.train.astype(str).str.lower().isin(["true", "1"])
+        return CanonicalDataset(self.root, self.index[keep.to_numpy()], self.meta)
+
+    def spacing(self, subject: str) -> tuple[float, float, float]:
+        "Physical voxel size (slice, row, col) of `subject`'s stack of slices, in mm (pixels for 2D image layouts)."
+        rows = self.index[self.index.subject == str(subject)]
+        check(len(rows) > 0, f"{self.root}: no samples of subject {subject!r}")
+        r = rows.iloc[0]
+        sl = float(r["spacing_slice"]) if "spacing_slice" in rows else float(r["spacing_0"])
+        return (sl, float(r["spacing_0"]), float(r["spacing_1"]))
+
     @property
     def splits(self) -> dict:
         "The subject-level splits saved with the dataset (`splits.json`)."
         return load_json(self.root / "splits.json")
 
     def split(self, part: str, fold: int | None = None) -> "CanonicalDataset":
-        "The `'train'|'val'|'test'` part of the saved 60/20/20 split, or with `fold` the `'train'|'test'` part of k-fold `fold`."
+        "The `'train'|'val'|'test'` part of the saved 60/20/20 split, or with `fold` that part of k-fold `fold` (`fold_subjects`)."
         sp = self.splits
         if fold is None:
             check(part in ("train", "val", "test"), f"part must be train, val or test, got {part!r}")
             return self.subset(sp["train_val_test"][part])
-        check(part in ("train", "test") and 0 <= fold < len(sp["folds"]), f"fold {fold} / part {part!r} not in {self.root}/splits.json")
+        check(part in ("train", "val", "test") and 0 <= fold < len(sp["folds"]) and part in sp["folds"][fold],
+              f"fold {fold} / part {part!r} not in {self.root}/splits.json (older datasets have no 'val' part: re-prepare them)")
         return self.subset(sp["folds"][fold][part])
 
     def __repr__(self):
@@ -215,11 +232,36 @@ def subsample_subjects(subjects: Iterable[str], fraction: float, seed: int = 0) 
     subs = _permuted(subjects, seed + 7919)
     return sorted(subs[:max(1, int(round(fraction * len(subs))))])
 
-def make_splits(subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0.6, 0.2, 0.2)) -> dict:
-    "The `splits.json` content: k-fold and train/val/test splits of `subjects` (each part omitted when there are too few subjects)."
+def fold_subjects(subjects: Iterable[str], fold: int = 0, k: int = 5, fraction: float = 1.0, seed: int = 0,
+                  val_fraction: float = 0.2) -> tuple[list[str], list[str], list[str]]:
+    """`(train, val, test)` subjects of k-fold `fold`: the fold's test part, and `fraction` of the other (labelled)
+    subjects split into training and validation. The fraction applies to train and validation together, so a
+    cell never sees more labelled subjects than its fraction says; smaller fractions are nested in larger ones."""
+    check(0 < fraction <= 1, f"fraction must be in (0, 1], got {fraction}")
+    folds = subject_kfold(subjects, k=k, seed=seed)
+    check(0 <= fold < len(folds), f"fold {fold} out of range: the split has {len(folds)} folds (0..{len(folds) - 1})")
+    labelled, test = _permuted(folds[fold][0], seed + 1000 * fold + 1), folds[fold][1]
+    n = max(2, int(math.floor(fraction * len(labelled) + 0.5)))
+    check(len(labelled) >= 2 and n <= len(labelled), f"fold {fold}: {len(labelled)} labelled subjects are too few for "
+                                                     "one training and one validation subject; use fewer folds or more subjects")
+    n_val = min(n - 1, max(1, int(math.floor(val_fraction * n + 0.5))))
+    chosen = labelled[:n]
+    return sorted(chosen[n_val:]), sorted(chosen[:n_val]), sorted(test)
+
+def check_disjoint(train: Iterable[str], val: Iterable[str], test: Iterable[str], what: str = "training") -> None:
+    "`MedsynError` naming the subjects when `train` shares any with `val` or `test` (the run-time leak guard)."
+    train = set(map(str, train))
+    for name, other in (("validation", val), ("test", test)):
+        both = sorted(train & set(map(str, other)))
+        check(not both, f"{what}: subjects {both} are both training and {name} subjects of this cell; "
+                        "this would leak held-out data into training (a bug in the caller's splits)")
+
+def make_splits(subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0.6, 0.2, 0.2), val_fraction: float = 0.2) -> dict:
+    "The `splits.json` content: k-fold (with validation, `fold_subjects`) and train/val/test splits of `subjects` (each omitted when too few)."
     subs = sorted(set(map(str, subjects)))
     out = dict(seed=seed, n_subjects=len(subs), k=k, folds=[], train_val_test=None)
-    if len(subs) >= max(k, 2): out["folds"] = [dict(train=tr, test=te) for tr, te in subject_kfold(subs, k, seed)]
+    if len(subs) >= max(k, 2) and len(subs) - len(subs) // k >= 2:
+        out["folds"] = [dict(zip(("train", "val", "test"), fold_subjects(subs, f, k, 1.0, seed, val_fraction))) for f in range(k)]
     if len(subs) >= 3:
         tr, va, te = train_val_test_split(subs, fractions, seed)
         out["train_val_test"] = dict(fractions=list(fractions), train=tr, val=va, test=te)
@@ -527,10 +569,10 @@ def volume_to_slices(image: np.ndarray, label: np.ndarray, spacing: Sequence[flo
     return np.ascontiguousarray(img), np.ascontiguousarray(lab), (inplane[1], inplane[0])
 
 def select_slices(label: np.ndarray, empty_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
-    "Indices of slices to keep: all with foreground plus `empty_fraction` of the empty ones (seeded)."
+    "Indices of slices to keep: all with foreground plus `empty_fraction` of the empty ones (seeded, rounded to nearest)."
     fg = (label.reshape(len(label), -1) > 0).any(1)
     empty = np.flatnonzero(~fg)
-    n = int(round(empty_fraction * len(empty)))
+    n = int(math.floor(empty_fraction * len(empty) + 0.5))
     keep = np.flatnonzero(fg).tolist() + (np.random.default_rng(seed).choice(empty, n, replace=False).tolist() if n else [])
     return np.array(sorted(keep), dtype=int)
 
@@ -576,11 +618,15 @@ def _case_seed(seed: int, subject: str) -> int:
 def study_samples(study: Study, res: int = 256, axis: int = 2, empty_fraction: float = 0.1, seed: int = 0,
                   ct_window=(-1000.0, 2000.0), windows: dict | None = None, percentiles=(0.5, 99.5),
                   crop_threshold: float | None = 0.01, progress: bool = False) -> Iterator[dict]:
-    "Yield canonical 2D samples (before label remapping) for every case of `study`."
+    """Yield canonical 2D samples (before label remapping) for every case of `study`: every slice, with `train`
+    set on the foreground slices and on `empty_fraction` of the empty ones (per volume; over all images of a
+    2D layout, where each image is its own slice)."""
     from tqdm.auto import tqdm
     wins = modality_windows(study.modalities, ct_window, windows)
     if study.kind == "image":
-        for c in tqdm(study.cases, disable=not progress, desc="slices"):
+        empty = np.array([not (_read_image(c.label, mask=True) > 0).any() for c in study.cases], dtype=bool)
+        train = set(select_slices((~empty).astype(np.int64)[:, None], empty_fraction, _case_seed(seed, "images")).tolist())
+        for k, c in enumerate(tqdm(study.cases, disable=not progress, desc="slices")):
             img, lab = _read_image(c.images[0]), _read_image(c.label, mask=True)
             check(img.shape[0] == len(study.modalities), f"{c.images[0]}: has {img.shape[0]} channels but {len(study.modalities)} "
                                                          f"modalities {study.modalities} are declared; missing modalities")
@@ -588,20 +634,19 @@ def study_samples(study: Study, res: int = 256, axis: int = 2, empty_fraction: f
             if study.labels is not None:
                 extra = sorted(set(np.unique(lab).tolist()) - set(study.labels))
                 check(not extra, f"{c.label}: mask values {extra} are not declared in the labels {study.labels}; fix the mask or declare them")
-            keep = select_slices(lab[None], empty_fraction, _case_seed(seed, f"{c.subject}/{c.slice}"))
-            if not len(keep): continue
             x, y, px = crop_pad_resize(img[:, None], lab[None], res, crop_threshold)
-            yield dict(image=x[0], mask=y[0], subject=c.subject, slice=c.slice or 0, source_file=str(c.images[0]), spacing=(px, px))
+            yield dict(image=x[0], mask=y[0], subject=c.subject, slice=c.slice or 0, source_file=str(c.images[0]), spacing=(px, px),
+                       slice_spacing=px, train=k in train)
         return
     for c in tqdm(study.cases, disable=not progress, desc="cases"):
         img, lab, spacing, _ = load_case(c, study.modalities, study.labels)
         img = np.stack([normalize_intensity(v, w, percentiles) for v, w in zip(img, wins)])
         img2, lab2, sp2 = volume_to_slices(img, lab, spacing, axis)
-        keep = select_slices(lab2, empty_fraction, _case_seed(seed, c.subject))
-        if not len(keep): continue
-        x, y, px = crop_pad_resize(img2[:, keep], lab2[keep], res, crop_threshold, sp2)
-        for k, s in enumerate(keep):
-            yield dict(image=x[k], mask=y[k], subject=c.subject, slice=int(s), source_file=str(c.images[0]), spacing=(px, px))
+        x, y, px = crop_pad_resize(img2, lab2, res, crop_threshold, sp2)
+        train = set(select_slices(y, empty_fraction, _case_seed(seed, c.subject)).tolist())   # empty as the model sees it
+        for s in range(len(x)):
+            yield dict(image=x[s], mask=y[s], subject=c.subject, slice=s, source_file=str(c.images[0]), spacing=(px, px),
+                       slice_spacing=float(spacing[axis]), train=s in train)
 
 def _remap(samples: Iterable[dict], values: Sequence[int]) -> Iterator[dict]:
     "Map label values to contiguous ids 0..K-1 (identity when they already are)."
@@ -627,6 +672,7 @@ def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int = 2, lay
     new_labels = {i: study.labels[v] for i, v in enumerate(values)}
     samples = _remap(study_samples(study, res, axis, empty_fraction, seed, ct_window, windows, percentiles, crop_threshold, progress), values)
     extra = dict(label_values={str(i): v for i, v in enumerate(values)}, layout=study.kind, empty_fraction=empty_fraction,
+                 empty_slices="all stored; `train` marks those used for training",
                  normalization=dict(percentiles=list(percentiles), windows=dict(zip(study.modalities, modality_windows(study.modalities, ct_window, windows)))))
     return write_canonical(out, samples, name=name or study.name, modalities=study.modalities, labels=new_labels,
                            provenance=study.provenance, overwrite=overwrite, source=study.source,
@@ -661,7 +707,7 @@ def make_synthetic_msd(root: str | Path, n_subjects: int = 4, shape=(24, 20, 16)
 
 # %% ../nbs/01_data.ipynb
 MNI152_LABELS = {0: "background", 1: "gray matter", 2: "white matter", 3: "CSF"}
-MNI152_VERSION = 2          # bump when the recipe below changes: cached copies are then rebuilt
+MNI152_VERSION = 3          # bump when the recipe below changes: cached copies are then rebuilt
 MNI152_PROVENANCE = (
     "MNI ICBM152 2009a nonlinear T1 template (symmetric by its file names) with gray/white-matter probability maps "
     "(files mni_icbm152_{{t1,gm,wm}}_tal_nlin_sym_09a_converted.nii.gz shipped in the nilearn package, rescaled to 8 bit by nilearn). "
@@ -713,7 +759,7 @@ def mni152_samples(res: int = 64, axis: int = 2, n_slabs: int = 10, gap: int = 2
     for s, idx in enumerate(slabs):
         for j in (idx[gap:] if s > 0 else idx):
             yield dict(image=x[j], mask=y[j], subject=f"mni152-slab{s:02d}", slice=int(keep[j]), source_file=src,
-                       spacing=(px, px))
+                       spacing=(px, px), slice_spacing=spacing[axis])
 
 def prepare_mni152(out: str | Path, res: int = 64, axis: int = 2, n_slabs: int = 10, gap: int = 2,
                    overwrite: bool = False, folds: int = 5, seed: int = 0) -> Path:

@@ -17,13 +17,14 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 
 from .core import (MedsynError, check, seed_everything, choose_device, atomic_torch_save,
                          save_json, atomic_write_text)
+from .data import check_disjoint, fold_subjects, load_canonical
 from .metrics import HookFeatures, label_scores, unet_bottleneck
 
 # %% auto 0
 __all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'unet_features', 'cfg_bottleneck_channels',
-           'traditional_augmentation', 'SegSamples', 'fold_split', 'take_samples', 'predict_slices', 'volume_scores',
-           'evaluate_subjects', 'subject_summary', 'SegRun', 'train_unet', 'save_unet', 'load_unet',
-           'load_segmentation_model', 'experiment_split', 'segment_experiment', 'segment_main']
+           'traditional_augmentation', 'SegSamples', 'take_samples', 'predict_slices', 'volume_diagonal',
+           'volume_scores', 'evaluate_subjects', 'subject_summary', 'SegRun', 'train_unet', 'save_unet', 'load_unet',
+           'load_segmentation_model', 'segment_experiment', 'segment_main']
 
 # %% ../nbs/08_segment.ipynb
 @dataclass
@@ -124,21 +125,6 @@ class SegSamples(Dataset):
         return {"image": img.float().clamp(0, 1), "mask": msk[0].round().long()}
 
 # %% ../nbs/08_segment.ipynb
-def fold_split(subjects: Sequence[str], fold: int = 0, k: int = 5, seed: int = 0,
-               val_fraction: float = 0.2) -> tuple[list[str], list[str], list[str]]:
-    "`(train, val, test)` subject lists for fold `fold` of `k` (validation drawn from the fold's training subjects)."
-    from medsyn.data import subject_kfold
-    subjects = sorted(subjects)
-    check(len(subjects) >= 3, f"fold_split: need at least 3 subjects (train/val/test), got {len(subjects)}")
-    folds = subject_kfold(subjects, k=k, seed=seed)
-    check(0 <= fold < len(folds), f"fold {fold} out of range: the split has {len(folds)} folds (0..{len(folds) - 1})")
-    train, test = sorted(folds[fold][0]), sorted(folds[fold][1])
-    n_val = max(1, int(round(val_fraction * len(train))))
-    check(len(train) > n_val, f"fold {fold}: only {len(train)} training subjects, too few to hold out {n_val} for validation")
-    rng = np.random.default_rng(seed + 1000 * fold)
-    val = sorted(rng.choice(train, size=n_val, replace=False).tolist())
-    return [s for s in train if s not in val], val, test
-
 def take_samples(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     "The first `n` samples of a random permutation of `ds` (synthetic sets: how many pairs to add)."
     check(n <= len(ds), f"asked for {n} synthetic samples but the synthetic set has only {len(ds)}; generate more with `medsyn generate --n {n}`")
@@ -169,14 +155,25 @@ def predict_slices(model: nn.Module, ds: Dataset, positions: Sequence[int], batc
     finally: model.train(was_training)
     return torch.cat(preds), torch.cat(gts)
 
-def volume_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, hd95: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    "Dice and HD95 per foreground class for label volumes `(D, H, W)` (MONAI, via `medsyn.metrics.label_scores`)."
-    dice, hd = label_scores(pred, gt, num_classes, ignore_empty=False, hd95=hd95)
-    if hd is None: return dice.astype(float), np.full(num_classes - 1, np.nan)
+def volume_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    "Length of the diagonal of a `(D, H, W)` volume with voxel size `spacing` (the worst-case surface distance)."
+    return float(np.sqrt(sum((n * sp) ** 2 for n, sp in zip(shape, spacing))))
+
+def volume_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, hd95: bool = True,
+                  spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and HD95 (in the units of `spacing` = (slice, row, col)) per foreground class for label volumes `(D, H, W)`
+    (MONAI, via `medsyn.metrics.label_scores`). Class absent from both: NaN, NaN (excluded). Absent from one side:
+    Dice 0, HD95 = the volume diagonal."""
+    dice, hd = label_scores(pred, gt, num_classes, ignore_empty=False, hd95=hd95, spacing=list(map(float, spacing)))
     present = lambda v: np.array([bool((v == c).any()) for c in range(1, num_classes)])
+    in_pred, in_gt = present(pred), present(gt)
+    dice = dice.astype(float); dice[~in_pred & ~in_gt] = np.nan; dice[in_pred ^ in_gt] = 0.0
+    if hd is None: return dice, np.full(num_classes - 1, np.nan)
     hd = hd.astype(float)
-    hd[~(present(pred) & present(gt))] = np.nan; hd[~np.isfinite(hd)] = np.nan   # HD95 undefined for an empty class
-    return dice.astype(float), hd
+    hd[in_pred ^ in_gt] = volume_diagonal(gt.shape, spacing)
+    hd[~in_pred & ~in_gt] = np.nan
+    check(np.isfinite(hd[in_pred & in_gt]).all(), f"HD95 is not finite for a class present on both sides: {hd}")
+    return dice, hd
 
 def evaluate_subjects(model: nn.Module, ds: Dataset, labels: dict[int, str] | None = None,
                       hd95: bool = True, batch_size: int = 32) -> pd.DataFrame:
@@ -184,19 +181,21 @@ def evaluate_subjects(model: nn.Module, ds: Dataset, labels: dict[int, str] | No
     labels = labels or getattr(ds, "labels", None)
     check(labels is not None, "evaluate_subjects: pass labels={id: name} (the dataset has no .labels)")
     num_classes = max(int(k) for k in labels) + 1
+    spacing_of = getattr(ds, "spacing", lambda subject: (1.0, 1.0, 1.0))
     rows = []
     for subject, positions in _subject_groups(ds).items():
         pred, gt = predict_slices(model, ds, positions, batch_size)
-        dice, hd = volume_scores(pred, gt, num_classes, hd95)
+        dice, hd = volume_scores(pred, gt, num_classes, hd95, spacing_of(subject))
         for c in range(1, num_classes):
-            rows.append(dict(subject=subject, class_id=c, label=labels.get(c, str(c)), dice=dice[c - 1], hd95=hd[c - 1],
-                             n_slices=len(positions), gt_pixels=int((gt == c).sum()), pred_pixels=int((pred == c).sum())))
+            rows.append(dict(subject=subject, class_id=c, label=labels.get(c, str(c)), dice=dice[c - 1], hd95_mm=hd[c - 1],
+                             absent=bool(np.isnan(dice[c - 1])), n_slices=len(positions),
+                             gt_pixels=int((gt == c).sum()), pred_pixels=int((pred == c).sum())))
     return pd.DataFrame(rows)
 
 def subject_summary(per_class: pd.DataFrame) -> pd.DataFrame:
-    "One row per subject: mean Dice and mean HD95 over foreground classes."
+    "One row per subject: mean Dice and HD95 over the foreground classes present in ground truth or prediction, and how many were absent."
     return (per_class.groupby("subject", sort=True)
-            .agg(dice=("dice", "mean"), hd95=("hd95", "mean")).reset_index())
+            .agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"), classes_absent=("absent", "sum")).reset_index())
 
 # %% ../nbs/08_segment.ipynb
 @dataclass
@@ -289,28 +288,17 @@ def load_segmentation_model(path: str | Path, device: str = "cpu") -> nn.Module:
     return load_unet(path, device)[0]
 
 # %% ../nbs/08_segment.ipynb
-def experiment_split(subjects: Sequence[str], fold: int = 0, k: int = 5, fraction: float = 1.0, split_seed: int = 0,
-                     val_fraction: float = 0.2) -> tuple[list[str], list[str], list[str]]:
-    "`(train, val, test)` subjects of fold `fold`, keeping a `fraction` of the training subjects."
-    train, val, test = fold_split(subjects, fold, k, split_seed, val_fraction)
-    if fraction < 1:
-        from medsyn.data import subsample_subjects
-        train = subsample_subjects(train, fraction, seed=split_seed + fold)
-    check(not (set(train) | set(val)) & set(test), "internal error: a test subject is also in training/validation")
-    return train, val, test
-
 def segment_experiment(real, train_subjects: Sequence[str], val_subjects: Sequence[str], test_subjects: Sequence[str],
                        synthetic: Sequence = (), n_synthetic: int = 0, cfg: SegConfig | None = None,
                        progress: bool = False, log=None) -> dict:
     "Train on the real `train_subjects` (+ `n_synthetic` synthetic pairs), early-stop on `val_subjects`, score `test_subjects`."
-    from medsyn.data import load_canonical
     cfg = cfg or SegConfig()
     real = load_canonical(real) if isinstance(real, (str, Path)) else real
-    check(not (set(train_subjects) | set(val_subjects)) & set(test_subjects), "segment_experiment: test subjects overlap training/validation subjects")
+    check_disjoint(train_subjects, val_subjects, test_subjects, "U-Net training")
     synth = [load_canonical(s) if isinstance(s, (str, Path)) else s for s in synthetic]
     check(n_synthetic == 0 or synth, f"n_synthetic={n_synthetic} but no synthetic dataset was given")
     extra = [take_samples(synth[0] if len(synth) == 1 else ConcatDataset(synth), n_synthetic, seed=cfg.seed)] if n_synthetic else []
-    train = real.subset(list(train_subjects))
+    train = real.subset(list(train_subjects)).for_training()
     run = train_unet([train] + extra, real.subset(list(val_subjects)), cfg, labels=real.labels, progress=progress, log=log)
     per_class = evaluate_subjects(run.model, real.subset(list(test_subjects)), real.labels)
     return dict(run=run, per_class=per_class, per_subject=subject_summary(per_class), n_real=len(train), n_synthetic=n_synthetic,
@@ -337,7 +325,7 @@ def segment_main(argv: list[str]) -> int:
     synth = [load_canonical(s) for s in a.synthetic]
     n_syn = sum(len(s) for s in synth) if a.n_synthetic is None else a.n_synthetic
     real = load_canonical(a.train)
-    train_s, val_s, test_s = experiment_split(real.subjects, a.fold, a.folds, a.fraction, 0, cfg.val_fraction)
+    train_s, val_s, test_s = fold_subjects(real.subjects, a.fold, a.folds, a.fraction, 0, cfg.val_fraction)
     res = segment_experiment(real, train_s, val_s, test_s, synth, n_syn, cfg, progress=True)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     for name in ("per_class", "per_subject"): atomic_write_text(out / f"{name}.csv", res[name].to_csv(index=False))
@@ -345,7 +333,7 @@ def segment_main(argv: list[str]) -> int:
     save_unet(res["run"], out / "unet.pt", fold=a.fold, folds=a.folds, train=str(a.train), synthetic=a.synthetic, n_synthetic=n_syn)
     summary = dict(train=str(a.train), synthetic=a.synthetic, n_synthetic=n_syn, fold=a.fold, folds=a.folds, fraction=a.fraction,
                    n_real=int(res["n_real"]), test_subjects=res["test_subjects"], mean_dice=float(res["per_subject"].dice.mean()),
-                   mean_hd95=float(res["per_subject"].hd95.mean()), best_epoch=res["run"].best_epoch,
+                   mean_hd95_mm=float(res["per_subject"].hd95_mm.mean()), best_epoch=res["run"].best_epoch,
                    best_val_dice=res["run"].best_val_dice, seconds=round(res["run"].seconds, 1), config=asdict(cfg))
     save_json(summary, out / "summary.json")
     print(json.dumps(summary))

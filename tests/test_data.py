@@ -52,8 +52,10 @@ def test_roundtrip_preserves_orientation_and_labels(tmp_path, flips, perm):
     rl, _ = _reoriented(lab, aff, flips, perm)
     assert nib.aff2axcodes(raff) != ("R", "A", "S") or not flips
     _nii(tmp_path / "src/images/s1.nii.gz", ri, raff); _nii(tmp_path / "src/labels/s1.nii.gz", rl, raff)
-    ds = load_canonical(prepare(tmp_path / "src", tmp_path / "out", res=10, axis=2, empty_fraction=0.0,
-                                label_names={0: "bg", 1: "a", 2: "b"}, crop_threshold=None))
+    full = load_canonical(prepare(tmp_path / "src", tmp_path / "out", res=10, axis=2, empty_fraction=0.0,
+                                  label_names={0: "bg", 1: "a", 2: "b"}, crop_threshold=None))
+    assert len(full) == img.shape[2]                          # every slice is stored (whole-volume evaluation) ...
+    ds = full.for_training()                                  # ... and empty_fraction=0 trains on foreground slices only
     x, y = ds.tensors()
     assert list(ds.index.slice) == [2, 3, 4, 5]
     # expected layout of axial slice k: rows = y reversed (anterior on top), cols = x; the 10x12 mm slice is
@@ -143,8 +145,9 @@ def test_splits_have_no_subject_overlap(tmp_path):
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     assert set().union(*parts) == set(ds.subjects)
     for f in range(5):
-        tr, te = ds.split("train", fold=f), ds.split("test", fold=f)
-        assert not set(tr.index.subject) & set(te.index.subject) and len(tr) + len(te) == len(ds)
+        tr, va, te = ds.split("train", fold=f), ds.split("val", fold=f), ds.split("test", fold=f)
+        assert not (set(tr.subjects) | set(va.subjects)) & set(te.subjects) and not set(tr.subjects) & set(va.subjects)
+        assert len(tr) + len(va) + len(te) == len(ds) and len(va.subjects) >= 1
     assert sorted(s for fold in sp["folds"] for s in fold["test"]) == ds.subjects
     subs = [f"p{i}" for i in range(40)]
     for seed in range(3):
@@ -331,3 +334,28 @@ def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
     assert res.returncode == 0 and "--empty-fraction" in res.stdout and "--ct-window" in res.stdout
     res = run_medsyn("prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"))
     assert res.returncode == 2 and "nope: folder not found" in res.stderr
+
+
+def test_png_layout_trains_on_empty_fraction_of_its_empty_images(tmp_path):
+    "Each PNG is its own slice: the empty ones used for training are drawn over all images (not round(0.1 * 1) = 0 each)."
+    from PIL import Image
+    (tmp_path / "src/images").mkdir(parents=True); (tmp_path / "src/masks").mkdir()
+    for i in range(24):
+        m = np.zeros((16, 16), np.uint8)
+        if i < 4: m[4:10, 4:10] = 1                                          # 4 with foreground, 20 empty
+        Image.fromarray((m * 100 + 30).astype(np.uint8)).save(tmp_path / f"src/images/s{i:02d}.png")
+        Image.fromarray(m).save(tmp_path / f"src/masks/s{i:02d}.png")
+    ds = load_canonical(prepare(tmp_path / "src", tmp_path / "out", res=16, empty_fraction=0.25, label_names={0: "bg", 1: "fg"}))
+    assert len(ds) == 24                                                     # every image is kept for evaluation
+    tr = ds.for_training()
+    fg = tr.index.fg_fraction > 0
+    assert fg.sum() == 4 and (~fg).sum() == 5                                # 0.25 x 20 empty images
+
+
+def test_volumes_keep_every_slice_and_their_spacing(tmp_path):
+    "Test subjects are evaluated on whole volumes: empty slices are stored; empty_fraction only thins training."
+    ds = load_canonical(prepare(make_synthetic_msd(tmp_path / "s", n_subjects=3), tmp_path / "c", res=8, empty_fraction=0.0))
+    assert len(ds) == 3 * 16                                                 # all 16 axial slices of each volume
+    tr = ds.for_training()
+    assert (tr.index.fg_fraction > 0).all() and len(tr) < len(ds)
+    assert ds.spacing(ds.subjects[0])[0] == pytest.approx(2.0)               # the volume's 2 mm slice spacing

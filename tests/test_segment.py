@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from medsyn.data import default_dataset, load_canonical
-from medsyn.segment import (seg_config, experiment_split, segment_experiment, train_unet, build_unet, unet_features,
+from medsyn.core import MedsynError
+from medsyn.data import default_dataset, load_canonical, fold_subjects
+from medsyn.segment import (seg_config, segment_experiment, volume_scores, train_unet, build_unet, unet_features,
                             load_unet, segment_main)
 
 TINY = dict(max_epochs=1, steps_per_epoch=2, batch_size=8, channels=(4, 8, 16), strides=(2, 2))
@@ -18,7 +19,7 @@ def real():
 
 
 def test_unet_trains_a_few_steps_with_finite_loss(real):
-    tr, va, _ = experiment_split(real.subjects, fold=0, k=5)
+    tr, va, _ = fold_subjects(real.subjects, fold=0, k=5)
     run = train_unet([real.subset(tr)], real.subset(va), seg_config("quick", **{**TINY, "max_epochs": 2}))
     assert len(run.history) == 2 and np.isfinite(run.history.loss).all()
     assert 0 <= run.best_val_dice <= 1
@@ -26,21 +27,40 @@ def test_unet_trains_a_few_steps_with_finite_loss(real):
 
 def test_per_subject_metrics_only_on_held_out_subjects(real):
     for fold in range(5):
-        tr, va, te = experiment_split(real.subjects, fold=fold, k=5)
+        tr, va, te = fold_subjects(real.subjects, fold=fold, k=5)
         assert not (set(tr) | set(va)) & set(te) and not set(tr) & set(va)
-    tr, va, te = experiment_split(real.subjects, fold=1, k=5)
+    tr, va, te = fold_subjects(real.subjects, fold=1, k=5)
     res = segment_experiment(real, tr, va, te, cfg=seg_config("quick", **TINY))
     tested = set(res["per_class"].subject)
     assert tested == set(te)
     assert not tested & (set(res["train_subjects"]) | set(res["val_subjects"]))
     assert res["per_class"].dice.between(0, 1).all()
-    assert res["n_real"] == int(real.index.subject.isin(tr).sum())
+    assert res["n_real"] == len(real.subset(tr).for_training())
+    assert res["per_class"].groupby("subject").n_slices.first().to_dict() == real.subset(te).index.groupby("subject").size().to_dict()
 
 
-def test_small_data_fraction_keeps_test_subjects(real):
-    full = experiment_split(real.subjects, fold=0, k=5)
-    half = experiment_split(real.subjects, fold=0, k=5, fraction=0.5)
-    assert half[2] == full[2] and half[1] == full[1] and set(half[0]) < set(full[0])
+def test_small_data_fraction_keeps_test_subjects_and_counts_validation(real):
+    full = fold_subjects(real.subjects, fold=0, k=2)
+    half = fold_subjects(real.subjects, fold=0, k=2, fraction=0.5)
+    assert half[2] == full[2] and set(half[0]) | set(half[1]) < set(full[0]) | set(full[1])
+    assert len(half[0]) + len(half[1]) == int(0.5 * (len(full[0]) + len(full[1])) + 0.5)   # labelled subjects (half up), not only train
+
+
+def test_leak_guard_names_the_subject(real):
+    tr, va, te = fold_subjects(real.subjects, fold=0, k=5)
+    with pytest.raises(MedsynError, match=te[0]):
+        segment_experiment(real, tr + [te[0]], va, te, cfg=seg_config("quick", **TINY))
+
+
+def test_hd95_in_mm_on_an_anisotropic_volume_and_the_missed_class():
+    "Two boxes 2 slices apart along an axis of 4 mm slices: HD95 = 8 mm, not 2 pixels; a missed class gets the diagonal."
+    gt = torch.zeros(6, 10, 10, dtype=torch.long); pr = torch.zeros_like(gt)
+    gt[1, 3:7, 3:7] = 1; pr[3, 3:7, 3:7] = 1                           # same square, shifted by two slices
+    gt[4, 0:2, 0:2] = 2                                                # class 2 missed by the prediction
+    dice, hd = volume_scores(pr, gt, 4, spacing=(4.0, 0.5, 0.5))
+    assert hd[0] == pytest.approx(8.0)
+    assert dice[1] == 0 and hd[1] == pytest.approx(math.sqrt((6 * 4) ** 2 + 5 ** 2 + 5 ** 2))
+    assert math.isnan(dice[2]) and math.isnan(hd[2])                   # class 3 absent from both: excluded
 
 
 def test_bottleneck_features_shape():
