@@ -13,16 +13,25 @@ import numpy as np
 import pandas as pd
 
 from .core import (MedsynError, check, runs_dir, save_json, load_json, atomic_write_text, atomic_path,
-                         atomic_dir, seed_everything)
+                         file_sha256)
+from .data import (check_disjoint, default_dataset, fold_subjects, load_canonical, plot_dataset_overview,
+                         write_canonical)
+from .generate import generate_pairs
+from .metrics import dataset_hash, evaluate
+from .segment import save_unet, seg_config, segment_experiment
+from .train import load_checkpoint, train_gan
 
 # %% auto 0
-__all__ = ['VARIANT_GANS', 'PROFILES', 'STAGES', 'REPORT_TABLES', 'REPORT_FIGURES', 'PARAMETERS_MARKER', 'StudyConfig',
-           'study_config', 'config_hash', 'cell_id', 'experiment_grid', 'gan_jobs', 'holm', 'paired_dice',
-           'wilcoxon_vs_baseline', 'write_table', 'dice_summary', 'save_figure', 'plot_pairs', 'plot_dice_vs_n',
-           'plot_small_data', 'stage_done', 'mark_done', 'dataset_name', 'resolve_dataset', 'load_real', 'study_splits',
-           'write_subset', 'stage_prepare', 'gan_checkpoint', 'stage_gan', 'synthetic_dir', 'n_synthetic_for',
-           'synthetic_needs', 'stage_generate', 'run_cell', 'dice_table', 'stage_segment', 'quality_rows',
-           'stage_quality', 'stage_report', 'study_notebooks_dir', 'ensure_kernel', 'notebook_config',
+__all__ = ['VARIANT_GANS', 'PROFILES', 'MANIFEST', 'STAGES', 'REPORT_TABLES', 'REPORT_FIGURES', 'PARAMETERS_MARKER',
+           'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'experiment_grid', 'gan_jobs', 'holm',
+           'paired_dice', 'wilcoxon_vs_baseline', 'write_table', 'dice_summary', 'save_figure', 'plot_pairs',
+           'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest', 'write_manifest',
+           'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done', 'dataset_name',
+           'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
+           'dataset_fingerprint', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row',
+           'train_study_gan', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'synthetic_inputs',
+           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'dice_table', 'stage_segment',
+           'quality_rows', 'stage_quality', 'stage_report', 'study_notebooks_dir', 'ensure_kernel', 'notebook_config',
            'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
            'aggregate', 'study_main']
 
@@ -39,9 +48,8 @@ class StudyConfig:
     seeds: tuple = (0,)                 # U-Net seeds per cell
     synthetic_factors: tuple = (0, 0.5, 1, 2)  # N = factor x real training slices (0 = real-only baseline)
     variants: tuple = ("joint",)        # keys of VARIANT_GANS
-    fractions: tuple = (0.5, 1.0)       # small-data sweep: share of the real training subjects
+    fractions: tuple = (1.0,)           # small-data sweep: share of the labelled (train + val) subjects; a GAN per fraction
     sweep_factor: float = 1.0           # synthetic factor compared with real-only in the small-data sweep
-    gan_per_fraction: bool = False      # train a GAN per (fold, fraction) instead of reusing the fold's GAN
     gan_preset: str = "cpu64"
     gan_kimg: dict = field(default_factory=lambda: {"joint": 4.0, "mask": 2.0, "cond": 2.0})
     gan_time_budget: float | None = 300.0   # seconds per GAN training (safety net; None = no limit)
@@ -57,7 +65,7 @@ class StudyConfig:
 PROFILES = {
     "quick": dict(seg_overrides=dict(max_epochs=10, patience=4)),
     "full": dict(resolution=256, folds=5, seeds=(0, 1, 2), synthetic_factors=(0, 0.25, 0.5, 1, 2, 4),
-                 variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0), gan_per_fraction=True,
+                 variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0),
                  gan_preset="paper256", gan_kimg={"joint": 5000.0, "mask": 5000.0, "cond": 5000.0},
                  gan_time_budget=None, seg_preset="full", n_quality=5000),
     "ci": dict(folds=2, seeds=(0,), synthetic_factors=(0, 1), fractions=(0.5, 1.0), max_subjects=6,
@@ -110,9 +118,8 @@ def experiment_grid(cfg: StudyConfig) -> pd.DataFrame:
 
 def gan_jobs(cfg: StudyConfig) -> pd.DataFrame:
     "The GAN trainings the grid needs: columns gan (joint|mask|cond), fold, fraction, name."
-    fractions = sorted(cfg.fractions) if cfg.gan_per_fraction else [1.0]
     rows = [dict(gan=g, fold=fold, fraction=float(f), name=f"{g}_fold{fold}_frac{f:g}")
-            for fold in range(cfg.folds) for f in fractions for v in cfg.variants for g in VARIANT_GANS[v]]
+            for fold in range(cfg.folds) for f in sorted(cfg.fractions) for v in cfg.variants for g in VARIANT_GANS[v]]
     return pd.DataFrame(rows, columns=["gan", "fold", "fraction", "name"]).drop_duplicates("name").reset_index(drop=True)
 
 # %% ../nbs/09_study.ipynb
@@ -239,12 +246,69 @@ def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | 
     return fig
 
 # %% ../nbs/09_study.ipynb
+@dataclass(frozen=True)
+class RunLayout:
+    "Every path of one dataset's study run under `root` (`runs/<dataset>/`)."
+    root: Path
+
+    def __post_init__(self): object.__setattr__(self, "root", Path(self.root))
+    @property
+    def prepare_json(self) -> Path: return self.root / "prepare.json"
+    @property
+    def status_json(self) -> Path: return self.root / "status.json"
+    def stage_marker(self, stage: str) -> Path: return self.root / "stages" / f"{stage}.json"
+    def table(self, stem: str) -> Path: return self.root / "tables" / stem
+    def figure(self, stem: str) -> Path: return self.root / "figures" / stem
+    def notebook(self, name: str) -> Path: return self.root / "notebooks" / name
+    def real_subset(self, fold: int, fraction: float) -> Path: return self.root / "real" / f"fold{fold}_frac{fraction:g}"
+    def gan_run(self, gan: str, fold: int, fraction: float) -> Path: return self.root / "gan" / f"{gan}_fold{fold}_frac{fraction:g}"
+    def synthetic(self, variant: str, fold: int, fraction: float) -> Path:
+        return self.root / "synthetic" / f"{variant.replace('+', '_')}_fold{fold}_frac{fraction:g}"
+    def cell(self, cell: str) -> Path: return self.root / "cells" / cell
+
+MANIFEST = "manifest.json"
+
+def artefact_key(inputs: dict) -> str:
+    "Hash of an artefact's inputs (what its manifest records)."
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+def read_manifest(folder: str | Path) -> dict | None:
+    "The manifest of an artefact folder, or None when there is none (or it is unreadable)."
+    p = Path(folder) / MANIFEST
+    try: return load_json(p) if p.is_file() else None
+    except (OSError, ValueError): return None
+
+def write_manifest(folder: str | Path, inputs: dict, complete: bool, **info) -> Path:
+    "Write (atomically) the manifest of an artefact: its inputs, their key, whether it is complete, and `info`."
+    return save_json(dict(key=artefact_key(inputs), complete=complete, inputs=inputs, **info,
+                          written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), Path(folder) / MANIFEST)
+
+def changed_inputs(old: dict | None, new: dict) -> list[str]:
+    "Names of the top-level inputs that differ between a manifest's inputs and `new`."
+    if old is None: return ["no manifest"]
+    return sorted(k for k in set(old) | set(new) if old.get(k) != json.loads(json.dumps(new.get(k), default=str)))
+
+def artefact_state(folder: str | Path, inputs: dict) -> tuple[str, str]:
+    "`('fresh' | 'unfinished' | 'stale' | 'missing', reason)` of an artefact folder for these inputs."
+    folder = Path(folder)
+    if not folder.exists(): return "missing", ""
+    m = read_manifest(folder)
+    if m is not None and m.get("key") == artefact_key(inputs):
+        return ("fresh", "") if m.get("complete") else ("unfinished", "interrupted before it finished")
+    return "stale", "made from other inputs: " + ", ".join(changed_inputs((m or {}).get("inputs") if m else None, inputs))
+
+def reset_artefact(folder: str | Path, reason: str, what: str, log: Callable = print) -> None:
+    "Remove an artefact folder that cannot be reused (the study made it; the log says why)."
+    log(f"{what}: recomputing {folder} ({reason})")
+    shutil.rmtree(folder)
+
+# %% ../nbs/09_study.ipynb
 STAGES = [("prepare", "01_prepare.ipynb"), ("gan", "02_train_gan.ipynb"), ("generate", "03_generate.ipynb"),
           ("segment", "04_segmentation.ipynb"), ("quality", "05_quality.ipynb"), ("report", "06_report.ipynb")]
 
 def stage_done(out_dir: str | Path, stage: str, cfg: StudyConfig | None = None) -> bool:
     "Whether `stage` finished in `out_dir` (marker present, same config hash, outputs exist)."
-    marker = Path(out_dir) / "stages" / f"{stage}.json"
+    marker = RunLayout(out_dir).stage_marker(stage)
     if not marker.exists(): return False
     m = load_json(marker)
     if cfg is not None and m.get("config_hash") != config_hash(cfg): return False
@@ -255,88 +319,100 @@ def mark_done(out_dir: str | Path, stage: str, cfg: StudyConfig, outputs: Sequen
     out_dir = Path(out_dir)
     rel = [str(Path(p).relative_to(out_dir)) if Path(p).is_absolute() else str(p) for p in outputs]
     return save_json(dict(stage=stage, config_hash=config_hash(cfg), outputs=rel, seconds=round(seconds, 1),
-                          finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), out_dir / "stages" / f"{stage}.json")
+                          finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), RunLayout(out_dir).stage_marker(stage))
 
 # %% ../nbs/09_study.ipynb
 def dataset_name(dataset: str) -> str:
     "Folder name under `runs/` for a dataset argument (`default` or a path)."
     return "default" if dataset == "default" else Path(str(dataset).rstrip("/")).name
 
+def study_run_dir(cfg: StudyConfig, out_dir: str | Path | None = None) -> Path:
+    "The results folder of `cfg`'s dataset: `out_dir` when given, else `runs/<name of the dataset actually used>`."
+    return Path(out_dir) if out_dir else runs_dir() / dataset_name(cfg.dataset)
+
 def resolve_dataset(cfg: StudyConfig) -> Path:
     "The canonical folder of `cfg.dataset` (preparing the bundled default dataset when needed)."
-    if cfg.dataset == "default":
-        from medsyn.data import default_dataset
-        return Path(default_dataset(res=cfg.resolution))
+    if cfg.dataset == "default": return Path(default_dataset(res=cfg.resolution))
     p = Path(cfg.dataset)
     check((p / "dataset.json").exists(), f"{p}: not a canonical dataset (no dataset.json); convert raw data with `medsyn prepare` first")
     return p
 
 def load_real(cfg: StudyConfig, data_dir: str | Path | None = None):
     "The real dataset of the study (its first `max_subjects` subjects when set)."
-    from medsyn.data import load_canonical
     ds = load_canonical(data_dir or resolve_dataset(cfg))
     if cfg.max_subjects: ds = ds.subset(sorted(ds.subjects)[:cfg.max_subjects])
     return ds
 
 def study_splits(cfg: StudyConfig, real) -> list[dict]:
-    "Train/val/test subjects and real training slice counts for every (fold, fraction)."
-    from medsyn.segment import experiment_split, seg_config
+    "Train/val/test subjects and real training slice counts for every (fold, fraction), from `medsyn.data.fold_subjects`."
     val_fraction = seg_config(cfg.seg_preset, **cfg.seg_overrides).val_fraction
-    counts = real.index.groupby("subject").size()
     out = []
     for fold in range(cfg.folds):
         for fraction in sorted(cfg.fractions):
-            tr, va, te = experiment_split(real.subjects, fold, cfg.folds, fraction, cfg.split_seed, val_fraction)
-            out.append(dict(fold=fold, fraction=float(fraction), train=tr, val=va, test=te, n_train_slices=int(counts[tr].sum())))
+            tr, va, te = fold_subjects(real.subjects, fold, cfg.folds, fraction, cfg.split_seed, val_fraction)
+            check_disjoint(tr, va, te, f"fold {fold}, fraction {fraction:g}")
+            out.append(dict(fold=fold, fraction=float(fraction), train=tr, val=va, test=te,
+                            n_train_slices=len(real.subset(tr).for_training())))
     return out
 
-def write_subset(real, subjects: Sequence[str], out_dir: str | Path) -> Path:
-    "Write the samples of `subjects` as a new canonical dataset (skipped when it already exists)."
-    from medsyn.data import write_canonical
-    out_dir = Path(out_dir)
-    if (out_dir / "dataset.json").exists(): return out_dir
-    sub = real.subset(list(subjects)); index = sub.index.reset_index(drop=True)
+def split_of(splits: list[dict], fold: int, fraction: float) -> dict:
+    "The split of (fold, fraction)."
+    return next(s for s in splits if s["fold"] == fold and s["fraction"] == float(fraction))
+
+def folds_table(splits: list[dict]) -> pd.DataFrame:
+    "`tables/folds.csv`: per fold and fraction the train / validation / test subjects (space-separated ids) and counts."
+    return pd.DataFrame([dict(fold=s["fold"], fraction=s["fraction"], n_train=len(s["train"]), n_val=len(s["val"]), n_test=len(s["test"]),
+                              n_train_slices=s["n_train_slices"], train_subjects=" ".join(s["train"]),
+                              val_subjects=" ".join(s["val"]), test_subjects=" ".join(s["test"])) for s in splits])
+
+def dataset_fingerprint(data_dir: str | Path) -> str:
+    "SHA-256 of a canonical dataset (metadata, index and every sample file; `medsyn.metrics.dataset_hash`)."
+    return dataset_hash(data_dir)
+
+def write_real_subset(real, subjects: Sequence[str], out_dir: str | Path, fingerprint: str, log: Callable = print) -> Path:
+    "The training view of `subjects` as a canonical dataset (what the quality metrics compare with), reused while its inputs match."
+    out_dir, inputs = Path(out_dir), dict(kind="real_subset", dataset=fingerprint, subjects=sorted(subjects))
+    state, why = artefact_state(out_dir, inputs)
+    if state == "fresh": return out_dir
+    if state != "missing": reset_artefact(out_dir, why, "prepare", log)
+    sub = real.subset(list(subjects)).for_training(); index = sub.index.reset_index(drop=True)
     def samples():
         for i in range(len(sub)):
             s = sub[i]
             yield dict(image=np.asarray(s["image"], dtype=np.float32), mask=np.asarray(s["mask"]).astype(np.int64),
-                       subject=str(s["subject"]), slice=int(index.loc[i, "slice"]) if "slice" in index else i)
-    return Path(write_canonical(out_dir, samples(), name=f"{real.meta.get('name', 'dataset')}-subset", modalities=list(real.modalities),
-                                labels={int(k): v for k, v in real.labels.items()}, provenance=f"subjects {list(subjects)} of {real.meta.get('name')}"))
-
-def _overview_figure(real):
-    "The dataset overview from `medsyn.data.plot_dataset_overview` when it exists, else a sample grid."
-    import medsyn.data as data
-    if hasattr(data, "plot_dataset_overview"):
-        fig = data.plot_dataset_overview(real)
-        return getattr(fig, "figure", fig)
-    return plot_pairs({"real": real}, n=4, title=f"{real.meta.get('name', '')}: real samples")
+                       subject=str(s["subject"]), slice=int(index.loc[i, "slice"]))
+    write_canonical(out_dir, samples(), name=f"{real.meta.get('name', 'dataset')}-subset", modalities=list(real.modalities),
+                    labels={int(k): v for k, v in real.labels.items()}, provenance=f"training view of subjects {sorted(subjects)} of {real.meta.get('name')}")
+    write_manifest(out_dir, inputs, complete=True)
+    return out_dir
 
 def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
-    "Resolve the dataset, write `prepare.json`, the fold tables, GAN training subsets and the overview figure."
-    t0, out = time.time(), Path(out_dir)
+    "Resolve the dataset, write `prepare.json`, the dataset and fold tables, the real training subsets and the overview figure."
+    t0, lay = time.time(), RunLayout(out_dir)
     data_dir = resolve_dataset(cfg); real = load_real(cfg, data_dir)
     splits = study_splits(cfg, real)
-    check(all(len(s["test"]) > 0 and len(s["train"]) > 0 for s in splits), f"{data_dir}: too few subjects ({len(real.subjects)}) for {cfg.folds} folds")
+    fingerprint = dataset_fingerprint(data_dir)
     fg = real.index["fg_fraction"] if "fg_fraction" in real.index else pd.Series(np.nan, index=real.index.index)
-    info = dict(data_dir=str(data_dir), name=real.meta.get("name", dataset_name(cfg.dataset)), modalities=list(real.modalities),
-                labels={int(k): v for k, v in real.labels.items()}, resolution=list(real[0]["image"].shape[1:]),
-                n_subjects=len(real.subjects), n_slices=len(real), subjects=list(real.subjects), splits=splits)
-    save_json(info, out / "prepare.json")
-    gan_fracs = sorted(cfg.fractions) if cfg.gan_per_fraction else [1.0]
-    for s in splits:
-        if s["fraction"] in gan_fracs:
-            write_subset(real, s["train"], out / "data" / f"fold{s['fold']}_frac{s['fraction']:g}")
+    info = dict(data_dir=str(data_dir), dataset_sha256=fingerprint, name=real.meta.get("name", dataset_name(cfg.dataset)),
+                modalities=list(real.modalities), labels={int(k): v for k, v in real.labels.items()},
+                resolution=list(real[0]["image"].shape[1:]), n_subjects=len(real.subjects), n_slices=len(real),
+                subjects=list(real.subjects), splits=splits)
+    save_json(info, lay.prepare_json)
+    subsets = [write_real_subset(real, split_of(splits, f, 1.0)["train"], lay.real_subset(f, 1.0), fingerprint, log) for f in range(cfg.folds)]
     ds_table = pd.DataFrame([dict(dataset=info["name"], subjects=info["n_subjects"], slices=info["n_slices"],
                                   modalities=", ".join(info["modalities"]), labels=", ".join(f"{k}:{v}" for k, v in info["labels"].items()),
                                   resolution="x".join(map(str, info["resolution"])), mean_fg_fraction=float(np.nanmean(fg)) if len(fg) else np.nan)])
-    folds = pd.DataFrame([dict(fold=s["fold"], fraction=s["fraction"], n_train=len(s["train"]), n_val=len(s["val"]), n_test=len(s["test"]),
-                               n_train_slices=s["n_train_slices"], test_subjects=" ".join(s["test"])) for s in splits])
-    outputs = [out / "prepare.json"] + write_table(ds_table, out / "tables" / "dataset") + write_table(folds, out / "tables" / "folds")
-    outputs += save_figure(_overview_figure(real), out / "figures" / "dataset_overview")
+    outputs = [lay.prepare_json] + [s / MANIFEST for s in subsets] + write_table(ds_table, lay.table("dataset"))
+    outputs += write_table(folds_table(splits), lay.table("folds"))
+    outputs += save_figure(_overview_figure(real), lay.figure("dataset_overview"))
     log(f"prepare: {info['name']} with {info['n_subjects']} subjects / {info['n_slices']} slices from {data_dir} ({time.time() - t0:.0f} s)")
-    mark_done(out, "prepare", cfg, outputs, time.time() - t0)
+    mark_done(lay.root, "prepare", cfg, outputs, time.time() - t0)
     return outputs
+
+def _overview_figure(real):
+    "The dataset overview figure of `medsyn.data.plot_dataset_overview`."
+    fig = plot_dataset_overview(real)
+    return getattr(fig, "figure", fig)
 
 # %% ../nbs/09_study.ipynb
 def gan_checkpoint(run_dir: str | Path) -> Path:
@@ -346,91 +422,127 @@ def gan_checkpoint(run_dir: str | Path) -> Path:
         if (run_dir / name).exists(): return run_dir / name
     raise MedsynError(f"{run_dir}: no network-best.pt or network-last.pt; (re)run the GAN stage or `medsyn train --outdir {run_dir}`")
 
+def gan_inputs(cfg: StudyConfig, gan: str, split: dict, fingerprint: str) -> dict:
+    "What a GAN run depends on (its manifest's inputs)."
+    return dict(kind="gan", gan=gan, dataset=fingerprint, subjects=list(split["train"]), preset=cfg.gan_preset,
+                kimg=cfg.gan_kimg[gan], time_budget=cfg.gan_time_budget, overrides=cfg.gan_overrides,
+                seed=cfg.split_seed + split["fold"])
+
+def gan_run_row(job, run_dir: Path, seconds: float) -> dict:
+    "One row of `tables/gan_training.csv` for a finished run."
+    ckpt = gan_checkpoint(run_dir)
+    last, used = load_checkpoint(run_dir / "network-last.pt"), load_checkpoint(ckpt)
+    m = read_manifest(run_dir)
+    return dict(gan=job.gan, fold=job.fold, fraction=job.fraction, subjects=" ".join(m["inputs"]["subjects"]),
+                kimg_reached=round(float(last["kimg"]), 3), snapshot_kimg=round(float(used["kimg"]), 3),
+                seconds=round(seconds, 1), checkpoint=ckpt.name)
+
+def train_study_gan(cfg: StudyConfig, job, split: dict, data_dir: Path, fingerprint: str, lay: RunLayout, log: Callable = print) -> dict:
+    "Train (or reuse, or resume) the GAN of one job on its cell's training subjects; returns its `gan_training` row."
+    run_dir, inputs = lay.gan_run(job.gan, job.fold, job.fraction), gan_inputs(cfg, job.gan, split, fingerprint)
+    state, why = artefact_state(run_dir, inputs)
+    if state == "fresh":
+        log(f"gan: {run_dir.name} reused (inputs unchanged)")
+        return gan_run_row(job, run_dir, read_manifest(run_dir).get("seconds", float("nan")))
+    if state == "stale": reset_artefact(run_dir, why, "gan", log)
+    check_disjoint(split["train"], split["val"], split["test"], f"GAN {run_dir.name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(run_dir, inputs, complete=False)
+    log(f"gan: {'resuming' if state == 'unfinished' else 'training'} {run_dir.name} on {len(split['train'])} subjects "
+        f"({cfg.gan_kimg[job.gan]:g} kimg, preset {cfg.gan_preset}, budget {cfg.gan_time_budget} s)")
+    t0 = time.time()
+    train_gan(data_dir, run_dir, cfg=job.gan, kimg=cfg.gan_kimg[job.gan], preset=cfg.gan_preset, resume=True,
+              time_budget=cfg.gan_time_budget, seed=inputs["seed"], subjects=split["train"], **{"progress": False, **cfg.gan_overrides})
+    seconds = time.time() - t0
+    write_manifest(run_dir, inputs, complete=True, seconds=round(seconds, 1))
+    return gan_run_row(job, run_dir, seconds)
+
 def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
-    "Train every GAN the grid needs on its fold's training subjects; writes `tables/gan_training`."
-    from medsyn.train import train_gan
-    t0, out, rows = time.time(), Path(out_dir), []
-    for job in gan_jobs(cfg).itertuples():
-        data, run_dir, t1 = out / "data" / f"fold{job.fold}_frac{job.fraction:g}", out / "gan" / job.name, time.time()
-        check((data / "dataset.json").exists(), f"{data}: GAN training set missing; rerun the prepare stage")
-        log(f"gan: training {job.name} ({cfg.gan_kimg[job.gan]:g} kimg, preset {cfg.gan_preset}, budget {cfg.gan_time_budget} s)")
-        train_gan(data, run_dir, cfg=job.gan, kimg=cfg.gan_kimg[job.gan], preset=cfg.gan_preset, resume=True,
-                  time_budget=cfg.gan_time_budget, seed=cfg.split_seed + job.fold, **{"progress": False, **cfg.gan_overrides})
-        ckpt = gan_checkpoint(run_dir)
-        rows.append(dict(gan=job.gan, fold=job.fold, fraction=job.fraction, kimg_target=cfg.gan_kimg[job.gan],
-                         seconds=round(time.time() - t1, 1), checkpoint=str(ckpt.relative_to(out))))
-    outputs = write_table(pd.DataFrame(rows, columns=["gan", "fold", "fraction", "kimg_target", "seconds", "checkpoint"]), out / "tables" / "gan_training")
-    outputs += [out / r["checkpoint"] for r in rows]
+    "Train every GAN the grid needs on its cell's training subjects; writes `tables/gan_training`."
+    t0, lay = time.time(), RunLayout(out_dir)
+    info = load_json(lay.prepare_json); data_dir = Path(info["data_dir"])
+    rows = [train_study_gan(cfg, job, split_of(info["splits"], job.fold, job.fraction), data_dir, info["dataset_sha256"], lay, log)
+            for job in gan_jobs(cfg).itertuples()]
+    table = pd.DataFrame(rows, columns=["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds", "checkpoint"])
+    outputs = write_table(table, lay.table("gan_training"))
+    outputs += [lay.gan_run(j.gan, j.fold, j.fraction) / MANIFEST for j in gan_jobs(cfg).itertuples()]
     log(f"gan: {len(rows)} runs in {time.time() - t0:.0f} s")
-    mark_done(out, "gan", cfg, outputs, time.time() - t0)
+    mark_done(lay.root, "gan", cfg, outputs, time.time() - t0)
     return outputs
 
 # %% ../nbs/09_study.ipynb
-def synthetic_dir(out_dir: str | Path, variant: str, fold: int, fraction: float, cfg: StudyConfig) -> Path:
-    "Folder of the synthetic set used by cells of (variant, fold, fraction)."
-    f = fraction if cfg.gan_per_fraction else 1.0
-    return Path(out_dir) / "synthetic" / f"{variant}_fold{fold}_frac{f:g}"
-
 def n_synthetic_for(factor: float, n_train_slices: int) -> int:
     "Number of synthetic pairs for a factor of the real training slice count."
     return int(round(factor * n_train_slices))
 
-def synthetic_needs(cfg: StudyConfig, splits: list[dict], out_dir: str | Path) -> dict[Path, int]:
-    "How many pairs each synthetic folder must hold (the largest N among the cells that use it)."
-    n_train = {(s["fold"], s["fraction"]): s["n_train_slices"] for s in splits}
+def synthetic_needs(cfg: StudyConfig, splits: list[dict]) -> dict[tuple, int]:
+    "How many pairs each synthetic set `(variant, fold, fraction)` must hold (the largest N among the cells that use it)."
     need = {}
     for c in experiment_grid(cfg).query("factor > 0").itertuples():
-        d = synthetic_dir(out_dir, c.variant, c.fold, c.fraction, cfg)
-        need[d] = max(need.get(d, 0), n_synthetic_for(c.factor, n_train[(c.fold, c.fraction)]))
+        if c.variant not in VARIANT_GANS: continue
+        key = (c.variant, c.fold, c.fraction)
+        need[key] = max(need.get(key, 0), n_synthetic_for(c.factor, split_of(splits, c.fold, c.fraction)["n_train_slices"]))
     return need
 
-def _gan_run(out: Path, gan: str, fold: int, fraction: float, cfg: StudyConfig) -> Path:
-    f = fraction if cfg.gan_per_fraction else 1.0
-    return out / "gan" / f"{gan}_fold{fold}_frac{f:g}"
+def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout) -> dict:
+    "What a synthetic set depends on: the checkpoints (by SHA-256) and subjects of its GANs, N, truncation and seed."
+    ckpts = {g: gan_checkpoint(lay.gan_run(g, fold, fraction)) for g in VARIANT_GANS[variant]}
+    subjects = sorted({s for g in ckpts for s in read_manifest(lay.gan_run(g, fold, fraction))["inputs"]["subjects"]})
+    return dict(kind="synthetic", variant=variant, n=n, trunc=cfg.trunc, seed=cfg.split_seed + fold,
+                checkpoints={g: file_sha256(p) for g, p in ckpts.items()}, gan_subjects=subjects)
+
+def make_synthetic_set(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout, log: Callable = print) -> Path:
+    "Sample (or reuse) the synthetic set of (variant, fold, fraction) with at least `n` pairs."
+    d, inputs = lay.synthetic(variant, fold, fraction), synthetic_inputs(cfg, variant, fold, fraction, n, lay)
+    state, why = artefact_state(d, inputs)
+    if state == "fresh": log(f"generate: {d.name} reused ({n} pairs)"); return d
+    if state != "missing": reset_artefact(d, why, "generate", log)
+    log(f"generate: {n} pairs for {d.name}")
+    run = lambda g: gan_checkpoint(lay.gan_run(g, fold, fraction))
+    if variant == "joint": generate_pairs(run("joint"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"])
+    else: generate_pairs(run("cond"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"], mask_ckpt=run("mask"))
+    write_manifest(d, inputs, complete=True)
+    return d
 
 def stage_generate(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Sample the synthetic sets and draw the sample grids (per variant, and real vs synthetic)."
-    from medsyn.data import load_canonical
-    t0, out = time.time(), Path(out_dir)
-    info = load_json(out / "prepare.json"); outputs = []
-    for d, n in synthetic_needs(cfg, info["splits"], out).items():
-        variant, fold, fraction = d.name.split("_fold")[0], int(d.name.split("_fold")[1].split("_")[0]), float(d.name.split("_frac")[1])
-        if (d / "dataset.json").exists() and len(load_canonical(d)) >= n:
-            log(f"generate: {d.name} exists ({n} pairs needed)")
-        else:
-            from medsyn.generate import generate_pairs
-            if d.exists(): shutil.rmtree(d)
-            log(f"generate: {n} pairs for {d.name}")
-            if variant == "joint":
-                generate_pairs(gan_checkpoint(_gan_run(out, "joint", fold, fraction, cfg)), d, n=n, trunc=cfg.trunc, seed=cfg.split_seed + fold)
-            else:
-                generate_pairs(gan_checkpoint(_gan_run(out, "cond", fold, fraction, cfg)), d, n=n, trunc=cfg.trunc, seed=cfg.split_seed + fold,
-                               mask_ckpt=gan_checkpoint(_gan_run(out, "mask", fold, fraction, cfg)))
-        outputs.append(d / "dataset.json")
+    t0, lay = time.time(), RunLayout(out_dir)
+    info = load_json(lay.prepare_json)
+    outputs = [make_synthetic_set(cfg, *key, n, lay, log) / MANIFEST for key, n in synthetic_needs(cfg, info["splits"]).items()]
     real = load_real(cfg, info["data_dir"])
+    sets = {"real": real, **{v: load_canonical(lay.synthetic(v, 0, 1.0)) for v in cfg.variants}}
     for variant in cfg.variants:
-        syn = load_canonical(synthetic_dir(out, variant, 0, 1.0, cfg))
-        outputs += save_figure(plot_pairs({f"{variant}": syn}, n=6, seed=1, modalities=real.modalities, labels=real.labels,
-                                          title=f"{variant}: synthetic pairs (fold 0)"), out / "figures" / f"samples_{variant.replace('+', '_')}")
-    sets = {"real": real, **{v: load_canonical(synthetic_dir(out, v, 0, 1.0, cfg)) for v in cfg.variants}}
+        outputs += save_figure(plot_pairs({f"{variant}": sets[variant]}, n=6, seed=1, modalities=real.modalities, labels=real.labels,
+                                          title=f"{variant}: synthetic pairs (fold 0)"), lay.figure(f"samples_{variant.replace('+', '_')}"))
     outputs += save_figure(plot_pairs(sets, n=3, seed=2, modalities=real.modalities, labels=real.labels, title="real vs synthetic"),
-                           out / "figures" / "real_vs_synthetic")
-    mark_done(out, "generate", cfg, outputs, time.time() - t0)
+                           lay.figure("real_vs_synthetic"))
+    mark_done(lay.root, "generate", cfg, outputs, time.time() - t0)
     return outputs
 
 # %% ../nbs/09_study.ipynb
-def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Path, log: Callable = print) -> pd.DataFrame:
-    "Train/evaluate the U-Net of one grid cell (cached in `cells/<cell>/`); per-subject, per-class rows."
-    from medsyn.segment import seg_config, segment_experiment, save_unet
-    out = Path(out_dir); cdir = out / "cells" / cell.cell
-    if (cdir / "result.json").exists():
-        return pd.read_csv(cdir / "per_class.csv")
-    split = next(s for s in splits if s["fold"] == cell.fold and s["fraction"] == cell.fraction)
+def cell_inputs(cell, cfg: StudyConfig, split: dict, fingerprint: str, scfg, n_syn: int, synthetic: Path | None) -> dict:
+    "What one U-Net cell depends on (its manifest's inputs)."
+    syn = read_manifest(synthetic) if synthetic is not None else None
+    return dict(kind="cell", dataset=fingerprint, train=list(split["train"]), val=list(split["val"]), test=list(split["test"]),
+                variant=cell.variant, factor=float(cell.factor), n_synthetic=n_syn, synthetic=None if syn is None else syn["key"],
+                seg_config=asdict(scfg))
+
+def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Path, log: Callable = print,
+             fingerprint: str | None = None) -> pd.DataFrame:
+    "Train/evaluate the U-Net of one grid cell (cached in `cells/<cell>/` under its manifest); per-subject, per-class rows."
+    lay = RunLayout(out_dir); cdir = lay.cell(cell.cell)
+    split = split_of(splits, cell.fold, cell.fraction)
     n_syn = n_synthetic_for(cell.factor, split["n_train_slices"])
-    syn = [synthetic_dir(out, cell.variant, cell.fold, cell.fraction, cfg)] if n_syn else []
+    syn_dir = lay.synthetic(cell.variant, cell.fold, cell.fraction) if n_syn else None
     scfg = seg_config(cfg.seg_preset, **{**cfg.seg_overrides, "seed": int(cell.seed)})
+    inputs = cell_inputs(cell, cfg, split, fingerprint or dataset_fingerprint(real.root), scfg, n_syn, syn_dir)
+    state, why = artefact_state(cdir, inputs)
+    if state == "fresh": return pd.read_csv(cdir / "per_class.csv")
+    if state != "missing": reset_artefact(cdir, why, "segment", log)
+    if syn_dir is not None:
+        check_disjoint(read_manifest(syn_dir)["inputs"]["gan_subjects"], split["val"], split["test"], f"synthetic pairs of cell {cell.cell}")
     t0 = time.time()
-    res = segment_experiment(real, split["train"], split["val"], split["test"], syn, n_syn, scfg)
+    res = segment_experiment(real, split["train"], split["val"], split["test"], [syn_dir] if syn_dir else [], n_syn, scfg)
     meta = dict(fraction=cell.fraction, variant=cell.variant, factor=cell.factor, n_synthetic=n_syn, n_real=res["n_real"],
                 fold=cell.fold, seed=int(cell.seed))
     per_class = res["per_class"].assign(**meta)
@@ -438,36 +550,37 @@ def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Pa
     atomic_write_text(cdir / "per_class.csv", per_class.to_csv(index=False))
     atomic_write_text(cdir / "history.csv", res["run"].history.to_csv(index=False))
     save_unet(res["run"], cdir / "unet.pt", **meta)
-    save_json(dict(meta, cell=cell.cell, mean_dice=float(res["per_subject"].dice.mean()), best_epoch=res["run"].best_epoch,
-                   epochs=len(res["run"].history), seconds=round(time.time() - t0, 1), test_subjects=split["test"]), cdir / "result.json")
+    write_manifest(cdir, inputs, complete=True, cell=cell.cell, mean_dice=float(res["per_subject"].dice.mean()),
+                   best_epoch=res["run"].best_epoch, epochs=len(res["run"].history), seconds=round(time.time() - t0, 1))
     log(f"segment: {cell.cell}: N={n_syn} (+{res['n_real']} real) dice {res['per_subject'].dice.mean():.3f} "
         f"in {time.time() - t0:.0f} s ({len(res['run'].history)} epochs)")
     return per_class
 
 def dice_table(per_class: pd.DataFrame) -> pd.DataFrame:
-    "Per-subject Dice/HD95 (mean over foreground classes) of every cell: the study's `dice.csv`."
+    "Per-subject Dice/HD95 (mm; mean over the foreground classes present in ground truth or prediction) of every cell: the study's `dice.csv`."
     keys = ["fraction", "variant", "factor", "n_synthetic", "n_real", "fold", "seed", "subject"]
-    return (per_class.groupby(keys, sort=True).agg(dice=("dice", "mean"), hd95=("hd95", "mean")).reset_index())
+    return (per_class.groupby(keys, sort=True).agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"),
+                                                   classes_absent=("absent", "sum")).reset_index())
 
 def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Run (or read back) every cell of the grid; write the Dice tables, the tests and the Dice figures."
-    t0, out = time.time(), Path(out_dir)
-    info = load_json(out / "prepare.json"); real = load_real(cfg, info["data_dir"])
+    t0, lay = time.time(), RunLayout(out_dir)
+    info = load_json(lay.prepare_json); real = load_real(cfg, info["data_dir"])
     grid = experiment_grid(cfg)
-    done = sum((out / "cells" / c / "result.json").exists() for c in grid.cell)
-    log(f"segment: {len(grid)} cells, {done} already finished (cached in {out / 'cells'})")
-    per_class = pd.concat([run_cell(c, cfg, real, info["splits"], out, log) for c in grid.itertuples()], ignore_index=True)
+    log(f"segment: {len(grid)} cells (cached in {lay.root / 'cells'})")
+    per_class = pd.concat([run_cell(c, cfg, real, info["splits"], lay.root, log, info["dataset_sha256"]) for c in grid.itertuples()],
+                          ignore_index=True)
     per_class.insert(0, "dataset", info["name"])
     dice = dice_table(per_class); dice.insert(0, "dataset", info["name"])
-    check(np.isfinite(dice.dice).all(), f"non-finite Dice values in {out / 'cells'}; delete the offending cell folders and rerun")
+    check(np.isfinite(dice.dice).all(), f"non-finite Dice values in {lay.root / 'cells'}; delete the offending cell folders and rerun")
     stats = wilcoxon_vs_baseline(dice)
-    outputs = write_table(dice, out / "tables" / "dice") + write_table(per_class, out / "tables" / "dice_per_class")
-    outputs += write_table(stats, out / "tables" / "wilcoxon") + write_table(dice_summary(dice, stats), out / "tables" / "dice_summary")
-    outputs += save_figure(plot_dice_vs_n(dice, title=f"{info['name']}: Dice vs synthetic pairs"), out / "figures" / "dice_vs_n")
+    outputs = write_table(dice, lay.table("dice")) + write_table(per_class, lay.table("dice_per_class"))
+    outputs += write_table(stats, lay.table("wilcoxon")) + write_table(dice_summary(dice, stats), lay.table("dice_summary"))
+    outputs += save_figure(plot_dice_vs_n(dice, title=f"{info['name']}: Dice vs synthetic pairs"), lay.figure("dice_vs_n"))
     if len(cfg.fractions) > 1:
-        outputs += save_figure(plot_small_data(dice, cfg.sweep_factor, title=f"{info['name']}: small-data sweep"), out / "figures" / "small_data")
+        outputs += save_figure(plot_small_data(dice, cfg.sweep_factor, title=f"{info['name']}: small-data sweep"), lay.figure("small_data"))
     log(f"segment: done in {time.time() - t0:.0f} s")
-    mark_done(out, "segment", cfg, outputs, time.time() - t0)
+    mark_done(lay.root, "segment", cfg, outputs, time.time() - t0)
     return outputs
 
 # %% ../nbs/09_study.ipynb
@@ -497,13 +610,12 @@ def quality_rows(result: dict) -> list[dict]:
 
 def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "FID/KID/LPIPS/precision-recall/domain-FID/mask statistics of every synthetic set against its fold's real training set."
-    from medsyn.metrics import evaluate
-    t0, out, rows = time.time(), Path(out_dir), []
+    t0, lay, rows = time.time(), RunLayout(out_dir), []
     seed0 = cfg.seeds[0]
     for variant in cfg.variants:
         for fold in range(cfg.folds):
-            real_dir, fake_dir = out / "data" / f"fold{fold}_frac1", synthetic_dir(out, variant, fold, 1.0, cfg)
-            unet = out / "cells" / cell_id(1.0, "real", 0.0, fold, seed0) / "unet.pt"
+            real_dir, fake_dir = lay.real_subset(fold, 1.0), lay.synthetic(variant, fold, 1.0)
+            unet = lay.cell(cell_id(1.0, "real", 0.0, fold, seed0)) / "unet.pt"
             log(f"quality: {variant} fold {fold}")
             res = evaluate(real_dir, fake_dir, metrics=("fid", "kid", "pr", "lpips", "domain_fid", "mask_stats"),
                            weights_dir=cfg.weights_dir, seg_model=unet if unet.exists() else None,
@@ -514,9 +626,9 @@ def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
                .agg(value=("value", "mean"), sd=("value", "std"), display=("display", "first")).reset_index())
     summary["display"] = [d if d.startswith("n/a") else (f"{v:.4g} ± {s:.2g}" if np.isfinite(s) else f"{v:.4g}")
                           for v, s, d in zip(summary.value, summary.sd, summary.display)]
-    outputs = write_table(q, out / "tables" / "quality_per_fold") + write_table(summary, out / "tables" / "quality")
+    outputs = write_table(q, lay.table("quality_per_fold")) + write_table(summary, lay.table("quality"))
     log(f"quality: done in {time.time() - t0:.0f} s")
-    mark_done(out, "quality", cfg, outputs, time.time() - t0)
+    mark_done(lay.root, "quality", cfg, outputs, time.time() - t0)
     return outputs
 
 # %% ../nbs/09_study.ipynb

@@ -571,6 +571,7 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
     outdir.mkdir(parents=True, exist_ok=True)
     ds = load_canonical(data_dir)
     if subjects is not None: ds = ds.subset(list(subjects))
+    ds = ds.for_training()                 # foreground slices + the empty ones drawn at preparation
     H, W = tuple(ds.resolution)
     check(H == W, f"{data_dir}: the GAN needs square images, this dataset is {H}x{W}; re-prepare it with a square --res")
     last = outdir / "network-last.pt"
