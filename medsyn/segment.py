@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Subset
 
 from .core import (MedsynError, check, seed_everything, choose_device, atomic_torch_save,
@@ -22,9 +23,10 @@ from .metrics import HookFeatures, label_scores, unet_bottleneck
 
 # %% auto 0
 __all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'unet_features', 'cfg_bottleneck_channels',
-           'traditional_augmentation', 'SegSamples', 'take_samples', 'predict_slices', 'volume_diagonal',
-           'volume_scores', 'evaluate_subjects', 'subject_summary', 'SegRun', 'train_unet', 'save_unet', 'load_unet',
-           'load_segmentation_model', 'segment_experiment', 'segment_main']
+           'traditional_augmentation', 'SegSamples', 'oversample', 'take_samples', 'predict_slices', 'volume_diagonal',
+           'volume_scores', 'evaluate_subjects', 'subject_summary', 'IntensityLookup', 'lookup_baseline', 'SegRun',
+           'lr_scheduler', 'train_unet', 'save_unet', 'load_unet', 'load_segmentation_model', 'segment_experiment',
+           'segment_main']
 
 # %% ../nbs/08_segment.ipynb
 @dataclass
@@ -35,6 +37,7 @@ class SegConfig:
     num_res_units: int = 2               # residual units per block
     dropout: float = 0.0
     lr: float = 1e-3
+    lr_schedule: str = "constant"        # 'constant' | 'cosine' (annealed to 0 over max_epochs, after a 1-epoch warm-up)
     weight_decay: float = 1e-5
     batch_size: int = 16
     max_epochs: int = 50
@@ -63,6 +66,7 @@ def seg_config(preset: str = "quick", **overrides) -> SegConfig:
     for k in ("channels", "strides"): kw[k] = tuple(kw[k])
     cfg = SegConfig(**kw)
     check(len(cfg.strides) == len(cfg.channels) - 1, f"SegConfig: need len(strides) == len(channels) - 1, got {cfg.strides} and {cfg.channels}")
+    check(cfg.lr_schedule in ("constant", "cosine"), f"SegConfig.lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
     return cfg
 
 # %% ../nbs/08_segment.ipynb
@@ -125,6 +129,13 @@ class SegSamples(Dataset):
         return {"image": img.float().clamp(0, 1), "mask": msk[0].round().long()}
 
 # %% ../nbs/08_segment.ipynb
+def oversample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
+    "`n` samples of `ds` drawn as evenly as possible (whole seeded permutations, then part of one): the dilution control's extra real samples."
+    check(len(ds) > 0, "oversample: the dataset is empty")
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(len(ds)) for _ in range(n // len(ds) + 1)])[:n]
+    return Subset(ds, order.tolist())
+
 def take_samples(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     "The first `n` samples of a random permutation of `ds` (synthetic sets: how many pairs to add)."
     check(n <= len(ds), f"asked for {n} synthetic samples but the synthetic set has only {len(ds)}; generate more with `medsyn generate --n {n}`")
@@ -198,6 +209,43 @@ def subject_summary(per_class: pd.DataFrame) -> pd.DataFrame:
             .agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"), classes_absent=("absent", "sum")).reset_index())
 
 # %% ../nbs/08_segment.ipynb
+class IntensityLookup(nn.Module):
+    "Per-pixel intensity → most frequent label table, fitted on training samples (a no-context control)."
+    def __init__(self, in_channels: int, num_classes: int, bins: int | None = None):
+        super().__init__()
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.bins = bins or (64 if in_channels == 1 else 32 if in_channels == 2 else 8)
+        self.register_buffer("table", torch.zeros(self.bins ** in_channels, dtype=torch.long))
+        self.weight = nn.Parameter(torch.zeros(()), requires_grad=False)   # gives the module a device for predict_slices
+
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        q = (x.clamp(0, 1) * (self.bins - 1)).round().long()             # (N, C, H, W)
+        mult = self.bins ** torch.arange(self.in_channels, device=x.device).view(1, -1, 1, 1)
+        return (q * mult).sum(1)                                          # (N, H, W)
+
+    @torch.no_grad()
+    def fit(self, ds: Dataset, batch_size: int = 64) -> "IntensityLookup":
+        "Count (bin, label) pairs over every sample of `ds` and keep the majority label per bin."
+        counts = torch.zeros(self.bins ** self.in_channels, self.num_classes, dtype=torch.long)
+        for i in range(0, len(ds), batch_size):
+            items = [ds[j] for j in range(i, min(len(ds), i + batch_size))]
+            x = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
+            y = torch.stack([torch.as_tensor(it["mask"]).long() for it in items])
+            idx = self._codes(x).flatten() * self.num_classes + y.flatten()
+            counts += torch.bincount(idx, minlength=counts.numel()).view_as(counts)
+        self.table.copy_(counts.argmax(1))                                 # all-zero rows → background (0)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(self.table[self._codes(x)], self.num_classes).permute(0, 3, 1, 2).float()
+
+def lookup_baseline(real, train_subjects: Sequence[str], test_subjects: Sequence[str], bins: int | None = None) -> pd.DataFrame:
+    "Per-subject, per-class scores of an `IntensityLookup` fitted on the training view of `train_subjects` only."
+    train = real.subset(list(train_subjects)).for_training()
+    model = IntensityLookup(len(real.modalities), max(real.labels) + 1, bins).fit(train)
+    return evaluate_subjects(model, real.subset(list(test_subjects)), real.labels)
+
+# %% ../nbs/08_segment.ipynb
 @dataclass
 class SegRun:
     "A trained U-Net and how it got there."
@@ -209,6 +257,8 @@ class SegRun:
     in_channels: int
     labels: dict
     seconds: float
+    n_train_samples: int = 0             # samples the sampler draws from (real + synthetic / oversampled)
+    steps: int = 0                       # optimizer steps taken
 
 def _check_compatible(sets: Sequence[Dataset]) -> tuple[int, dict]:
     "Channel count and label map shared by all datasets (error if they disagree)."
@@ -220,6 +270,12 @@ def _check_compatible(sets: Sequence[Dataset]) -> tuple[int, dict]:
     check(all({int(k): v for k, v in l.items()} == {int(k): v for k, v in known[0].items()} for l in known),
           f"training sets declare different labels {known}; synthetic sets must come from a GAN trained on the same dataset")
     return shapes[0][0], ({int(k): v for k, v in known[0].items()} if known else None)
+
+def lr_scheduler(opt, cfg: SegConfig, steps_per_epoch: int):
+    "The learning-rate schedule of `cfg` per optimizer step: constant, or a 1-epoch linear warm-up then cosine to 0 at `max_epochs`."
+    if cfg.lr_schedule == "constant": return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    warm, total = max(1, steps_per_epoch), max(2, steps_per_epoch * cfg.max_epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
 
 def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig | None = None,
                labels: dict[int, str] | None = None, progress: bool = False, log: Callable[[str], None] | None = None) -> SegRun:
@@ -243,7 +299,8 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
     loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=False)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best, best_epoch, best_state, rows, t0, waited = -math.inf, -1, None, [], time.time(), 0
+    sched = lr_scheduler(opt, cfg, len(loader))
+    best, best_epoch, best_state, rows, t0, waited, steps = -math.inf, -1, None, [], time.time(), 0, 0
     epochs = range(cfg.max_epochs)
     if progress:
         from tqdm.auto import tqdm; epochs = tqdm(epochs, desc="U-Net", unit="epoch")
@@ -253,17 +310,18 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
             x, y = batch["image"].to(device), batch["mask"].to(device)[:, None]
             loss = loss_fn(model(x), y)
             check(torch.isfinite(loss).item(), f"U-Net loss became {loss.item()} at epoch {epoch}; lower SegConfig.lr")
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); losses.append(loss.item())
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step(); losses.append(loss.item()); steps += 1
         val = subject_summary(evaluate_subjects(model, val_set, labels, hd95=False))["dice"].mean()
         improved = val > best
         if improved: best, best_epoch, best_state, waited = val, epoch, copy.deepcopy(model.state_dict()), 0
         else: waited += 1
-        rows.append(dict(epoch=epoch, loss=float(np.mean(losses)), val_dice=float(val), best=bool(improved), seconds=time.time() - t0))
+        rows.append(dict(epoch=epoch, loss=float(np.mean(losses)), val_dice=float(val), best=bool(improved), seconds=time.time() - t0,
+                         steps=steps, lr=float(opt.param_groups[0]["lr"])))
         if log: log(f"epoch {epoch}: loss {np.mean(losses):.4f} val dice {val:.4f}{' *' if improved else ''}")
         if progress: epochs.set_postfix(loss=f"{np.mean(losses):.3f}", val_dice=f"{val:.3f}")
         if waited >= cfg.patience: break
     model.load_state_dict(best_state)
-    return SegRun(model, pd.DataFrame(rows), best_epoch, float(best), cfg, in_ch, labels, time.time() - t0)
+    return SegRun(model, pd.DataFrame(rows), best_epoch, float(best), cfg, in_ch, labels, time.time() - t0, len(data), steps)
 
 # %% ../nbs/08_segment.ipynb
 def save_unet(run: SegRun, path: str | Path, **meta) -> Path:

@@ -18,25 +18,28 @@ from .data import (check_disjoint, default_dataset, fold_subjects, load_canonica
                          write_canonical)
 from .generate import generate_pairs
 from .metrics import dataset_hash, evaluate
-from .segment import save_unet, seg_config, segment_experiment
+from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
+from .stats import (ARM, BASELINE, COMPARE_COLUMNS, compare_arms, design_mde, friedman_nemenyi, dataset_arm_table, holm,
+                          per_seed, seed_mean, summary_table, verdict)
 from .train import load_checkpoint, train_gan
 
 # %% auto 0
-__all__ = ['VARIANT_GANS', 'PROFILES', 'MANIFEST', 'STAGES', 'REPORT_TABLES', 'REPORT_FIGURES', 'PARAMETERS_MARKER',
-           'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'experiment_grid', 'gan_jobs', 'holm',
-           'paired_dice', 'wilcoxon_vs_baseline', 'write_table', 'dice_summary', 'save_figure', 'plot_pairs',
+__all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'REPORT_TABLES', 'REPORT_FIGURES', 'PARAMETERS_MARKER',
+           'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs',
+           'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table', 'save_figure', 'plot_pairs',
            'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest', 'write_manifest',
            'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done', 'dataset_name',
            'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
            'dataset_fingerprint', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row',
            'train_study_gan', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'synthetic_inputs',
-           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'dice_table', 'stage_segment',
-           'quality_rows', 'stage_quality', 'stage_report', 'study_notebooks_dir', 'ensure_kernel', 'notebook_config',
-           'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
-           'aggregate', 'study_main']
+           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
+           'stage_segment', 'quality_rows', 'stage_quality', 'stage_report', 'study_notebooks_dir', 'ensure_kernel',
+           'notebook_config', 'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset',
+           'aggregate_tables', 'aggregate', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond")}
+CONTROLS = {"oversampled": "real-oversampled", "noaug": "real-noaug", "lookup": "intensity-lookup"}   # control -> arm name
 
 @dataclass
 class StudyConfig:
@@ -50,6 +53,8 @@ class StudyConfig:
     variants: tuple = ("joint",)        # keys of VARIANT_GANS
     fractions: tuple = (1.0,)           # small-data sweep: share of the labelled (train + val) subjects; a GAN per fraction
     sweep_factor: float = 1.0           # synthetic factor compared with real-only in the small-data sweep
+    controls: tuple = ("oversampled", "noaug", "lookup")   # dilution control, no classical augmentation, intensity lookup
+    equivalence_margin: float = 0.02    # TOST margin (Dice) for calling an arm "equivalent" to real-only
     gan_preset: str = "cpu64"
     gan_kimg: dict = field(default_factory=lambda: {"joint": 4.0, "mask": 2.0, "cond": 2.0})
     gan_time_budget: float | None = 300.0   # seconds per GAN training (safety net; None = no limit)
@@ -83,11 +88,13 @@ def study_config(profile: str = "quick", **overrides) -> StudyConfig:
     kw = {**PROFILES[profile], **overrides, "profile": profile}
     if "gan_kimg" in overrides and not isinstance(overrides["gan_kimg"], dict):  # one number for every GAN
         kw["gan_kimg"] = {g: float(overrides["gan_kimg"]) for g in ("joint", "mask", "cond")}
-    for k in ("seeds", "synthetic_factors", "variants", "fractions"):
+    for k in ("seeds", "synthetic_factors", "variants", "fractions", "controls"):
         if k in kw: kw[k] = tuple(kw[k])
     cfg = StudyConfig(**kw)
     unknown = [v for v in cfg.variants if v not in VARIANT_GANS]
     check(not unknown, f"unknown GAN variants {unknown}; choose from {sorted(VARIANT_GANS)}")
+    bad_controls = [c for c in cfg.controls if c not in CONTROLS]
+    check(not bad_controls, f"unknown controls {bad_controls}; choose from {sorted(CONTROLS)}")
     check(0 in cfg.synthetic_factors, "synthetic_factors must include 0 (the real-only baseline)")
     check(1.0 in cfg.fractions, "fractions must include 1.0 (all training subjects)")
     check(cfg.folds >= 2, f"folds must be >= 2 (got {cfg.folds}): each fold needs held-out test subjects")
@@ -102,6 +109,12 @@ def cell_id(fraction: float, variant: str, factor: float, fold: int, seed: int) 
     "File-system name of one experiment cell."
     return f"frac{fraction:g}_{variant}_x{factor:g}_fold{fold}_seed{seed}"
 
+def arms_at(cfg: StudyConfig, factor: float, seed: int) -> list[str]:
+    "The arms (variants) of one factor: real-only and its controls at 0, the GAN variants and the dilution control above 0."
+    if factor == 0:
+        return ["real"] + [CONTROLS[c] for c in ("noaug", "lookup") if c in cfg.controls and (c != "lookup" or seed == cfg.seeds[0])]
+    return list(cfg.variants) + ([CONTROLS["oversampled"]] if "oversampled" in cfg.controls and cfg.variants else [])
+
 def experiment_grid(cfg: StudyConfig) -> pd.DataFrame:
     "All U-Net trainings of the study: columns fraction, variant, factor, fold, seed, cell."
     rows = []
@@ -110,7 +123,7 @@ def experiment_grid(cfg: StudyConfig) -> pd.DataFrame:
         for fold in range(cfg.folds):
             for seed in cfg.seeds:
                 for factor in sorted(set(factors)):
-                    for variant in (("real",) if factor == 0 else cfg.variants):
+                    for variant in arms_at(cfg, factor, seed):
                         rows.append(dict(fraction=float(fraction), variant=variant, factor=float(factor), fold=fold, seed=seed))
     grid = pd.DataFrame(rows)
     grid["cell"] = [cell_id(*r) for r in grid[["fraction", "variant", "factor", "fold", "seed"]].itertuples(index=False)]
@@ -123,35 +136,34 @@ def gan_jobs(cfg: StudyConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["gan", "fold", "fraction", "name"]).drop_duplicates("name").reset_index(drop=True)
 
 # %% ../nbs/09_study.ipynb
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    "Holm–Bonferroni adjusted p-values (NaNs stay NaN and do not count as tests)."
-    p = np.asarray(pvalues, dtype=float); out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p)); m = len(ok)
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adjusted
+def vs_dilution(dice: pd.DataFrame, variants: Sequence[str], margin: float, alpha: float = 0.05) -> pd.DataFrame:
+    "Every synthetic arm × f against its dilution control `real-oversampled` × f (Holm over all of them)."
+    frames = []
+    for (fraction, factor), g in dice[dice.factor > 0].groupby(["fraction", "factor"], sort=True):
+        if not {CONTROLS["oversampled"], *variants} & set(g.variant) or CONTROLS["oversampled"] not in set(g.variant): continue
+        g = g[g.variant.isin([CONTROLS["oversampled"], *variants])]
+        frames.append(compare_arms(g, (CONTROLS["oversampled"], float(factor)), margin, alpha))
+    if not frames: return pd.DataFrame(columns=ARM + COMPARE_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    out["p_holm"], out["p_tost_holm"] = holm(out.p_wilcoxon), holm(out.p_tost)
+    out[["verdict", "mark"]] = [verdict(m, p, t, alpha) for m, p, t in zip(out.mean_delta, out.p_holm, out.p_tost_holm)]
     return out
 
-def paired_dice(dice: pd.DataFrame) -> pd.DataFrame:
-    "Augmented per-subject Dice joined with the real-only Dice of the same (fraction, fold, seed, subject)."
-    keys = ["fraction", "fold", "seed", "subject"]
-    base = dice[dice.variant == "real"][keys + ["dice"]].rename(columns={"dice": "dice_real"})
-    aug = dice[dice.variant != "real"]
-    return aug.merge(base, on=keys, how="inner").assign(delta=lambda d: d.dice - d.dice_real)
+def trivial_baseline_check(dice: pd.DataFrame) -> pd.DataFrame:
+    "Per (fraction, fold): the real-only U-Net's mean Dice (seeds averaged) next to the intensity lookup's, and whether it beats it."
+    m = seed_mean(dice).groupby(["fraction", "variant", "fold"]).dice.mean().unstack("variant")
+    if "real" not in m or CONTROLS["lookup"] not in m: return pd.DataFrame(columns=["fraction", "fold", "unet_real", "lookup", "unet_beats_lookup"])
+    out = m[["real", CONTROLS["lookup"]]].rename(columns={"real": "unet_real", CONTROLS["lookup"]: "lookup"}).reset_index()
+    out["unet_beats_lookup"] = out.unet_real > out.lookup
+    return out
 
-def wilcoxon_vs_baseline(dice: pd.DataFrame) -> pd.DataFrame:
-    "Wilcoxon signed-rank test of every augmented cell group against real-only, Holm-corrected."
-    from scipy.stats import wilcoxon
-    rows = []
-    for (fraction, variant, factor), g in paired_dice(dice).groupby(["fraction", "variant", "factor"], sort=True):
-        d = g.dice.to_numpy() - g.dice_real.to_numpy()
-        if len(d) < 2 or np.allclose(d, 0): stat, p = np.nan, (1.0 if len(d) and np.allclose(d, 0) else np.nan)
-        else: stat, p = wilcoxon(g.dice, g.dice_real, alternative="two-sided")
-        rows.append(dict(fraction=fraction, variant=variant, factor=factor, n_pairs=len(d),
-                         mean_delta=float(np.mean(d)) if len(d) else np.nan, statistic=stat, p=p))
-    res = pd.DataFrame(rows, columns=["fraction", "variant", "factor", "n_pairs", "mean_delta", "statistic", "p"])
-    res["p_holm"] = holm(res.p.to_numpy()) if len(res) else []
-    return res
+def segmentation_tables(dice: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.DataFrame]:
+    "The study's segmentation tables from the per-subject Dice (`dice.csv`): summary, comparisons, controls, variance, power."
+    stats = compare_arms(dice, BASELINE, cfg.equivalence_margin)
+    return dict(dice_summary=summary_table(dice, BASELINE, cfg.equivalence_margin, stats=stats), comparisons=stats,
+                vs_dilution=vs_dilution(dice, cfg.variants, cfg.equivalence_margin),
+                trivial_baseline=trivial_baseline_check(dice), dice_per_seed=per_seed(dice),
+                design_power=design_mde(dice, BASELINE))
 
 # %% ../nbs/09_study.ipynb
 def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".4f") -> list[Path]:
@@ -164,17 +176,6 @@ def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".4f") -> li
            for c in df.columns if df[c].dtype.kind == "f"}
     atomic_write_text(tex, df.to_latex(index=False, formatters=fmt, escape=True))
     return [csv, md, tex]
-
-def dice_summary(dice: pd.DataFrame, stats: pd.DataFrame | None = None) -> pd.DataFrame:
-    "Mean ± sd Dice per (fraction, variant, factor, n_synthetic) over all folds/seeds/subjects, with p-values."
-    g = (dice.groupby(["fraction", "variant", "factor"], sort=True)
-         .agg(n_synthetic=("n_synthetic", "mean"), n=("dice", "size"), mean=("dice", "mean"), sd=("dice", "std")).reset_index())
-    g["n_synthetic"] = g.n_synthetic.round().astype(int)
-    g["dice"] = [f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else f"{m:.3f}" for m, s in zip(g["mean"], g.sd)]
-    stats = wilcoxon_vs_baseline(dice) if stats is None else stats
-    g = g.merge(stats[["fraction", "variant", "factor", "mean_delta", "p", "p_holm"]], on=["fraction", "variant", "factor"], how="left")
-    g["significant"] = g.p_holm < 0.05
-    return g.sort_values(["fraction", "factor", "variant"], ascending=[False, True, True]).reset_index(drop=True)
 
 # %% ../nbs/09_study.ipynb
 def save_figure(fig, stem: str | Path, dpi: int = 120) -> list[Path]:
@@ -219,15 +220,16 @@ def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[s
     return fig
 
 def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None = None):
-    "Seaborn line plot of per-subject Dice vs number of synthetic pairs per variant (95 % CI over subjects/folds/seeds)."
+    "Dice vs pairs added per variant and the dilution control (seeds averaged; 95 % CI over subjects); real-only controls as lines."
     import matplotlib.pyplot as plt, seaborn as sns
-    d = dice[dice.fraction == fraction]
-    base, aug = d[d.variant == "real"], d[d.variant != "real"]
-    curves = pd.concat([aug] + [base.assign(variant=v) for v in sorted(aug.variant.unique())] if len(aug) else [base])
+    d = seed_mean(dice[dice.fraction == fraction])
+    base, added = d[d.variant == "real"], sorted(d[d.factor > 0].variant.unique())
+    curves = pd.concat([d[d.variant.isin(added)]] + [base.assign(variant=v) for v in added]) if added else base
     fig, ax = plt.subplots(figsize=(5, 3.4))
     sns.lineplot(curves, x="factor", y="dice", hue="variant", marker="o", errorbar=("ci", 95), ax=ax, seed=0)
-    ax.set_xlabel("synthetic pairs added (x real training slices)"); ax.set_ylabel("test Dice (per subject)")
-    ax.axhline(base.dice.mean(), color="gray", ls=":", lw=1, label="real only")
+    ax.set_xlabel("pairs added (x real training slices)"); ax.set_ylabel("test Dice (per subject, seeds averaged)")
+    for v, ls in (("real", ":"), (CONTROLS["noaug"], "--"), (CONTROLS["lookup"], "-.")):
+        if (d.variant == v).any(): ax.axhline(d[d.variant == v].dice.mean(), color="gray", ls=ls, lw=1, label=v if v != "real" else "real only")
     ax.set_title(title or "Dice vs amount of synthetic data", fontsize=9); ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -235,7 +237,7 @@ def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None 
 def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | None = None):
     "Seaborn plot of Dice vs share of real training subjects: real only vs real + `sweep_factor`x synthetic per variant."
     import matplotlib.pyplot as plt, seaborn as sns
-    d = dice[(dice.factor == 0) | (dice.factor == sweep_factor)].copy()
+    d = seed_mean(dice[(dice.variant == "real") | (dice.factor == sweep_factor)])
     d["setting"] = np.where(d.variant == "real", "real only", d.variant + f" +{sweep_factor:g}x")
     d["subjects (%)"] = (d.fraction * 100).round().astype(int)
     fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -533,8 +535,9 @@ def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Pa
     lay = RunLayout(out_dir); cdir = lay.cell(cell.cell)
     split = split_of(splits, cell.fold, cell.fraction)
     n_syn = n_synthetic_for(cell.factor, split["n_train_slices"])
-    syn_dir = lay.synthetic(cell.variant, cell.fold, cell.fraction) if n_syn else None
-    scfg = seg_config(cfg.seg_preset, **{**cfg.seg_overrides, "seed": int(cell.seed)})
+    syn_dir = lay.synthetic(cell.variant, cell.fold, cell.fraction) if n_syn and cell.variant in VARIANT_GANS else None
+    scfg = seg_config(cfg.seg_preset, **{**cfg.seg_overrides, "seed": int(cell.seed),
+                                         **({"augment": False} if cell.variant == CONTROLS["noaug"] else {})})
     inputs = cell_inputs(cell, cfg, split, fingerprint or dataset_fingerprint(real.root), scfg, n_syn, syn_dir)
     state, why = artefact_state(cdir, inputs)
     if state == "fresh": return pd.read_csv(cdir / "per_class.csv")
@@ -542,19 +545,44 @@ def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Pa
     if syn_dir is not None:
         check_disjoint(read_manifest(syn_dir)["inputs"]["gan_subjects"], split["val"], split["test"], f"synthetic pairs of cell {cell.cell}")
     t0 = time.time()
-    res = segment_experiment(real, split["train"], split["val"], split["test"], [syn_dir] if syn_dir else [], n_syn, scfg)
+    if cell.variant == CONTROLS["lookup"]:
+        return _lookup_cell(cell, real, split, cdir, inputs, log)
+    extra = [syn_dir] if syn_dir else ([oversample(real.subset(split["train"]).for_training(), n_syn, seed=int(cell.seed))]
+                                       if cell.variant == CONTROLS["oversampled"] else [])
+    res = segment_experiment(real, split["train"], split["val"], split["test"], extra, n_syn, scfg)
+    run = res["run"]
     meta = dict(fraction=cell.fraction, variant=cell.variant, factor=cell.factor, n_synthetic=n_syn, n_real=res["n_real"],
                 fold=cell.fold, seed=int(cell.seed))
     per_class = res["per_class"].assign(**meta)
     cdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cdir / "per_class.csv", per_class.to_csv(index=False))
-    atomic_write_text(cdir / "history.csv", res["run"].history.to_csv(index=False))
-    save_unet(res["run"], cdir / "unet.pt", **meta)
+    atomic_write_text(cdir / "history.csv", run.history.to_csv(index=False))
+    save_unet(run, cdir / "unet.pt", **meta)
     write_manifest(cdir, inputs, complete=True, cell=cell.cell, mean_dice=float(res["per_subject"].dice.mean()),
-                   best_epoch=res["run"].best_epoch, epochs=len(res["run"].history), seconds=round(time.time() - t0, 1))
+                   best_epoch=run.best_epoch, epochs=len(run.history), n_train_samples=run.n_train_samples, steps=run.steps,
+                   steps_per_epoch=int(run.steps // max(1, len(run.history))), seconds=round(time.time() - t0, 1))
     log(f"segment: {cell.cell}: N={n_syn} (+{res['n_real']} real) dice {res['per_subject'].dice.mean():.3f} "
-        f"in {time.time() - t0:.0f} s ({len(res['run'].history)} epochs)")
+        f"in {time.time() - t0:.0f} s ({len(run.history)} epochs, best {run.best_epoch})")
     return per_class
+
+def _lookup_cell(cell, real, split: dict, cdir: Path, inputs: dict, log: Callable) -> pd.DataFrame:
+    "The intensity-lookup control of one (fold, fraction): fitted on the cell's training subjects, scored like a U-Net."
+    t0 = time.time()
+    per_class = lookup_baseline(real, split["train"], split["test"]).assign(
+        fraction=cell.fraction, variant=cell.variant, factor=cell.factor, n_synthetic=0,
+        n_real=len(real.subset(split["train"]).for_training()), fold=cell.fold, seed=int(cell.seed))
+    cdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cdir / "per_class.csv", per_class.to_csv(index=False))
+    write_manifest(cdir, inputs, complete=True, cell=cell.cell, mean_dice=float(subject_summary(per_class).dice.mean()),
+                   seconds=round(time.time() - t0, 1))
+    log(f"segment: {cell.cell}: intensity lookup dice {subject_summary(per_class).dice.mean():.3f}")
+    return per_class
+
+def learning_curves(grid: pd.DataFrame, lay: RunLayout) -> pd.DataFrame:
+    "Every U-Net cell's per-epoch loss and validation Dice (`tables/learning_curves.csv`)."
+    frames = [pd.read_csv(lay.cell(c.cell) / "history.csv").assign(cell=c.cell, variant=c.variant, factor=c.factor, fold=c.fold, seed=c.seed)
+              for c in grid.itertuples() if (lay.cell(c.cell) / "history.csv").exists()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 def dice_table(per_class: pd.DataFrame) -> pd.DataFrame:
     "Per-subject Dice/HD95 (mm; mean over the foreground classes present in ground truth or prediction) of every cell: the study's `dice.csv`."
@@ -573,9 +601,14 @@ def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     per_class.insert(0, "dataset", info["name"])
     dice = dice_table(per_class); dice.insert(0, "dataset", info["name"])
     check(np.isfinite(dice.dice).all(), f"non-finite Dice values in {lay.root / 'cells'}; delete the offending cell folders and rerun")
-    stats = wilcoxon_vs_baseline(dice)
     outputs = write_table(dice, lay.table("dice")) + write_table(per_class, lay.table("dice_per_class"))
-    outputs += write_table(stats, lay.table("wilcoxon")) + write_table(dice_summary(dice, stats), lay.table("dice_summary"))
+    outputs += write_table(learning_curves(grid, lay), lay.table("learning_curves"))
+    for stem, table in segmentation_tables(dice.drop(columns="dataset"), cfg).items():
+        outputs += write_table(table, lay.table(stem))
+    beaten = trivial_baseline_check(dice.drop(columns="dataset")).query("~unet_beats_lookup")
+    for r in beaten.itertuples():
+        log(f"segment: WARNING: on fold {r.fold} (fraction {r.fraction:g}) the real-only U-Net ({r.unet_real:.3f}) does not beat "
+            f"the intensity lookup ({r.lookup:.3f}); it has not converged, so no comparison built on it can be trusted")
     outputs += save_figure(plot_dice_vs_n(dice, title=f"{info['name']}: Dice vs synthetic pairs"), lay.figure("dice_vs_n"))
     if len(cfg.fractions) > 1:
         outputs += save_figure(plot_small_data(dice, cfg.sweep_factor, title=f"{info['name']}: small-data sweep"), lay.figure("small_data"))
