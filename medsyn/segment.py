@@ -35,6 +35,7 @@ class SegConfig:
     channels: tuple = (16, 32, 64, 128)  # feature maps per level
     strides: tuple = (2, 2, 2)           # down-sampling between levels (len = len(channels) - 1)
     num_res_units: int = 2               # residual units per block
+    norm: str = "instance"               # normalization layers: 'instance' (MONAI's default) or 'batch'
     dropout: float = 0.0
     lr: float = 1e-3
     lr_schedule: str = "constant"        # 'constant' | 'cosine' (annealed to 0 over max_epochs, after a 1-epoch warm-up)
@@ -75,7 +76,7 @@ def build_unet(in_channels: int, num_classes: int, cfg: SegConfig | None = None)
     from monai.networks.nets import UNet
     cfg = cfg or SegConfig()
     return UNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, channels=tuple(cfg.channels),
-                strides=tuple(cfg.strides), num_res_units=cfg.num_res_units, dropout=cfg.dropout)
+                strides=tuple(cfg.strides), num_res_units=cfg.num_res_units, dropout=cfg.dropout, norm=cfg.norm)
 
 def unet_features(model: nn.Module, batch_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
     "A callable mapping images `(N, C, H, W)` in [0, 1] to pooled bottleneck features `(N, F)` (float32, CPU)."

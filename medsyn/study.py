@@ -24,18 +24,18 @@ from .stats import (ARM, BASELINE, COMPARE_COLUMNS, compare_arms, design_mde, fr
 from .train import load_checkpoint, train_gan
 
 # %% auto 0
-__all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'REPORT_TABLES', 'REPORT_FIGURES', 'PARAMETERS_MARKER',
-           'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs',
-           'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table', 'save_figure', 'plot_pairs',
-           'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest', 'write_manifest',
-           'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done', 'dataset_name',
-           'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
+__all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALITY_METRICS', 'REPORT_TABLES', 'REPORT_FIGURES',
+           'PARAMETERS_MARKER', 'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid',
+           'gan_jobs', 'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table', 'save_figure',
+           'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest',
+           'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done',
+           'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
            'dataset_fingerprint', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row',
            'train_study_gan', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'synthetic_inputs',
            'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
-           'stage_segment', 'quality_rows', 'stage_quality', 'stage_report', 'study_notebooks_dir', 'ensure_kernel',
-           'notebook_config', 'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset',
-           'aggregate_tables', 'aggregate', 'study_main']
+           'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
+           'study_notebooks_dir', 'ensure_kernel', 'notebook_config', 'notebook_parameters', 'load_study_notebook',
+           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond")}
@@ -641,22 +641,44 @@ def quality_rows(result: dict) -> list[dict]:
             rows.append(dict(metric=key, value=float(leaf), display=f"{float(leaf):.4g}", error=""))
     return rows
 
+QUALITY_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "dice", "mask_stats")
+
+def reference_halves(train_subjects: Sequence[str], seed: int = 0) -> tuple[list[str], list[str]]:
+    "Two disjoint halves of the training subjects (seeded): the real-vs-real reference of every quality metric."
+    subs = list(np.random.default_rng(seed).permutation(sorted(train_subjects)))
+    check(len(subs) >= 2, f"the real-vs-real reference needs at least 2 training subjects, got {subs}")
+    return sorted(subs[: len(subs) // 2]), sorted(subs[len(subs) // 2:])
+
+def quality_comparisons(cfg: StudyConfig, real, split: dict, fingerprint: str, lay: RunLayout, log: Callable = print) -> list[tuple]:
+    """`(label, variant, real_dir, other_dir, max_samples)` of one fold: every synthetic set vs the whole real training set,
+    and the matched pair at one N — synthetic vs real half A, and real half B vs half A (the scale of every metric)."""
+    fold = split["fold"]
+    half_a, half_b = reference_halves(split["train"], cfg.split_seed + fold)
+    dir_a = write_real_subset(real, half_a, lay.root / "real" / f"fold{fold}_halfA", fingerprint, log)
+    dir_b = write_real_subset(real, half_b, lay.root / "real" / f"fold{fold}_halfB", fingerprint, log)
+    n = min(len(load_canonical(dir_a)), len(load_canonical(dir_b)), cfg.n_quality)
+    out = [("real half B vs half A", "real", dir_a, dir_b, n)]
+    for v in cfg.variants:
+        out += [("synthetic vs real train", v, lay.real_subset(fold, 1.0), lay.synthetic(v, fold, 1.0), cfg.n_quality),
+                ("synthetic vs half A", v, dir_a, lay.synthetic(v, fold, 1.0), n)]
+    return out
+
 def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
-    "FID/KID/LPIPS/precision-recall/domain-FID/mask statistics of every synthetic set against its fold's real training set."
+    """FID/KID/LPIPS/precision-recall/domain-FID/image-mask Dice/mask statistics of every synthetic set against its fold's
+    real training set, and next to it the real-vs-real reference at the same N."""
     t0, lay, rows = time.time(), RunLayout(out_dir), []
-    seed0 = cfg.seeds[0]
-    for variant in cfg.variants:
-        for fold in range(cfg.folds):
-            real_dir, fake_dir = lay.real_subset(fold, 1.0), lay.synthetic(variant, fold, 1.0)
-            unet = lay.cell(cell_id(1.0, "real", 0.0, fold, seed0)) / "unet.pt"
-            log(f"quality: {variant} fold {fold}")
-            res = evaluate(real_dir, fake_dir, metrics=("fid", "kid", "pr", "lpips", "domain_fid", "mask_stats"),
-                           weights_dir=cfg.weights_dir, seg_model=unet if unet.exists() else None,
-                           max_samples=cfg.n_quality, lpips_samples=min(cfg.n_quality, 100), progress=False)
-            rows += [dict(variant=variant, fold=fold, **r) for r in quality_rows(res)]
-    q = pd.DataFrame(rows, columns=["variant", "fold", "metric", "value", "display", "error"])
-    summary = (q.groupby(["variant", "metric"], sort=True)
-               .agg(value=("value", "mean"), sd=("value", "std"), display=("display", "first")).reset_index())
+    info = load_json(lay.prepare_json); real = load_real(cfg, info["data_dir"])
+    for fold in range(cfg.folds):
+        split = split_of(info["splits"], fold, 1.0)
+        unet = lay.cell(cell_id(1.0, "real", 0.0, fold, cfg.seeds[0])) / "unet.pt"
+        for label, variant, real_dir, other_dir, n in quality_comparisons(cfg, real, split, info["dataset_sha256"], lay, log):
+            log(f"quality: fold {fold}: {variant} ({label}, N = {n})")
+            res = evaluate(real_dir, other_dir, metrics=QUALITY_METRICS, weights_dir=cfg.weights_dir, seg_model=unet if unet.exists() else None,
+                           max_samples=n, lpips_samples=min(n, 100), progress=False)
+            rows += [dict(variant=variant, comparison=label, n=n, fold=fold, **r) for r in quality_rows(res)]
+    q = pd.DataFrame(rows, columns=["variant", "comparison", "n", "fold", "metric", "value", "display", "error"])
+    summary = (q.groupby(["variant", "comparison", "metric"], sort=True)
+               .agg(value=("value", "mean"), sd=("value", "std"), n=("n", "mean"), display=("display", "first")).reset_index())
     summary["display"] = [d if d.startswith("n/a") else (f"{v:.4g} ± {s:.2g}" if np.isfinite(s) else f"{v:.4g}")
                           for v, s, d in zip(summary.value, summary.sd, summary.display)]
     outputs = write_table(q, lay.table("quality_per_fold")) + write_table(summary, lay.table("quality"))
@@ -666,13 +688,26 @@ def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
 
 # %% ../nbs/09_study.ipynb
 REPORT_TABLES = [("dataset", "Dataset"), ("folds", "Folds (subjects)"), ("gan_training", "GAN training"),
-                 ("quality", "Image quality of synthetic pairs"), ("dice_summary", "Segmentation: test Dice per subject (mean ± sd) and Wilcoxon vs real-only (Holm)")]
+                 ("quality", "Image quality of synthetic pairs"),
+                 ("dice_summary", "Segmentation: test Dice per subject (seeds averaged; mean ± sd over subjects), paired difference "
+                                  "to real-only with 95 % bootstrap CI, Holm-corrected Wilcoxon p and TOST verdict"),
+                 ("vs_dilution", "Synthetic content vs dilution: each synthetic arm against real-only oversampled to the same sample count"),
+                 ("trivial_baseline", "Does the real-only U-Net beat the intensity-lookup baseline?"),
+                 ("design_power", "Minimum detectable effect (80 % power, two-sided paired t, α = 0.05) for this design"),
+                 ("dice_per_seed", "Variance across U-Net seeds")]
 REPORT_FIGURES = ["dataset_overview", "real_vs_synthetic", "dice_vs_n", "small_data"]
 
 def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Write `report.md` for one dataset from its tables and figures."
     t0, out = time.time(), Path(out_dir)
     parts = [f"# medsyn study: {dataset_name(cfg.dataset)} (profile {cfg.profile})", ""]
+    trivial = out / "tables" / "trivial_baseline.csv"
+    if trivial.exists():
+        t = pd.read_csv(trivial)
+        for r in t[~t.unet_beats_lookup.astype(bool)].itertuples():
+            parts += [f"> **WARNING: on fold {r.fold} (fraction {r.fraction:g}) the real-only U-Net (Dice {r.unet_real:.3f}) does not beat "
+                      f"a per-pixel intensity lookup (Dice {r.lookup:.3f}).** The U-Net has not converged; no effect measured on top "
+                      "of it can be trusted.", ""]
     for stem, title in REPORT_TABLES:
         p = out / "tables" / f"{stem}.md"
         parts += [f"## {title}", "", p.read_text() if p.exists() else "_not produced_", ""]
@@ -764,7 +799,7 @@ def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log:
 def aggregate_tables(root: str | Path, names: Sequence[str]) -> list[Path]:
     "Side-by-side tables of several datasets' results under `root/tables/`."
     root, outputs = Path(root), []
-    for stem in ("dice_summary", "quality", "dataset"):
+    for stem in ("dice_summary", "quality", "dataset", "trivial_baseline"):
         frames = [pd.read_csv(root / n / "tables" / f"{stem}.csv").assign(dataset=n) for n in names if (root / n / "tables" / f"{stem}.csv").exists()]
         if not frames: continue
         all_ = pd.concat(frames, ignore_index=True); all_ = all_[["dataset"] + [c for c in all_.columns if c != "dataset"]]
@@ -774,7 +809,18 @@ def aggregate_tables(root: str | Path, names: Sequence[str]) -> list[Path]:
                        .pivot_table(index=["fraction", "variant", "factor"], columns="dataset", values="cell", aggfunc="first").reset_index()
             side.columns.name = None
             outputs += write_table(side.sort_values(["fraction", "factor", "variant"], ascending=[False, True, True]), root / "tables" / "dice_side_by_side")
+    outputs += rank_tests(root, names)
     return outputs
+
+def rank_tests(root: Path, names: Sequence[str]) -> list[Path]:
+    "Friedman test with Nemenyi post-hoc ranks of the arms across datasets (`tables/arm_ranks`), when at least 3 datasets finished."
+    frames = [pd.read_csv(root / n / "tables" / "dice.csv") for n in names if (root / n / "tables" / "dice.csv").exists()]
+    if not frames: return []
+    res = friedman_nemenyi(dataset_arm_table(pd.concat(frames, ignore_index=True)).dropna(axis=1))   # arms every dataset has
+    if not res.applicable:
+        return write_table(pd.DataFrame([dict(test="Friedman", n_datasets=res.n_datasets, result=res.reason)]), root / "tables" / "arm_ranks")
+    ranks = res.ranks.rename("mean_rank").rename_axis("arm").reset_index().assign(friedman_p=res.p, nemenyi_cd=res.cd, n_datasets=res.n_datasets)
+    return write_table(ranks, root / "tables" / "arm_ranks") + write_table(res.pairwise, root / "tables" / "arm_ranks_pairwise")
 
 def aggregate(root: str | Path, names: Sequence[str], log: Callable = print) -> Path:
     "Aggregate tables and execute the report notebook into `root/report.ipynb` and `root/report.html`."

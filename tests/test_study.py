@@ -4,33 +4,27 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import wilcoxon
 
-from medsyn.study import holm, wilcoxon_vs_baseline, experiment_grid, study_config, study_main
-
-
-def test_holm_matches_hand_example():
-    # m = 4: sorted 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> monotone max 0.06
-    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
-    np.testing.assert_allclose(holm([0.9, 0.8]), [1.0, 1.0])
-    np.testing.assert_allclose(holm([0.02, np.nan, 0.3]), [0.04, np.nan, 0.3])
+from medsyn.core import load_json
+from medsyn.study import RunLayout, experiment_grid, read_manifest, study_config, study_main
 
 
-def test_wilcoxon_matches_scipy_on_known_example():
-    x = np.array([0.81, 0.72, 0.90, 0.65, 0.77, 0.84, 0.70, 0.88])
-    y = np.array([0.78, 0.70, 0.91, 0.60, 0.71, 0.80, 0.69, 0.83])
-    subj = [f"s{i}" for i in range(8)]
-    dice = pd.concat([pd.DataFrame(dict(fraction=1.0, variant=v, factor=f, fold=0, seed=0, subject=subj, dice=d))
-                      for v, f, d in [("real", 0.0, y), ("joint", 1.0, x)]])
-    res = wilcoxon_vs_baseline(dice)
-    assert len(res) == 1 and res.n_pairs[0] == 8
-    assert res.p[0] == pytest.approx(wilcoxon(x, y).pvalue) == pytest.approx(0.0234375)
-    assert res.p_holm[0] == pytest.approx(res.p[0])  # one test: no correction
+def test_trivial_baseline_is_fitted_on_training_subjects_only(monkeypatch):
+    "The intensity lookup sees the training view of the training subjects, never a validation or test subject."
+    from medsyn import segment
+    from medsyn.data import default_dataset, fold_subjects, load_canonical
+    seen = []
+    fit = segment.IntensityLookup.fit
+    monkeypatch.setattr(segment.IntensityLookup, "fit", lambda self, ds, **kw: (seen.append(set(ds.subjects)), fit(self, ds, **kw))[1])
+    real = load_canonical(default_dataset(64))
+    tr, va, te = fold_subjects(real.subjects, 0, 2)
+    scores = segment.lookup_baseline(real, tr, te)
+    assert seen == [set(tr)] and set(scores.subject) == set(te)
 
 
 def test_quick_profile_grid_is_the_documented_one():
     grid = experiment_grid(study_config("quick"))
-    assert set(grid.variant) == {"real", "joint"} and grid.cell.is_unique
+    assert set(grid.variant) == {"real", "joint", "real-oversampled", "real-noaug", "intensity-lookup"} and grid.cell.is_unique
     assert sorted(grid[grid.fraction == 1.0].factor.unique()) == [0, 0.5, 1, 2]
 
 
@@ -43,7 +37,8 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     first = time.time() - t0
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     out = runs / "default"
-    for name in ["dice", "dice_per_class", "dice_summary", "wilcoxon", "quality", "gan_training", "dataset", "folds"]:
+    for name in ["dice", "dice_per_class", "dice_summary", "comparisons", "vs_dilution", "trivial_baseline", "design_power",
+                 "dice_per_seed", "learning_curves", "quality", "gan_training", "dataset", "folds"]:
         for ext in ("csv", "md", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     for name in ["dataset_overview", "samples_joint", "real_vs_synthetic", "dice_vs_n", "small_data"]:
@@ -52,10 +47,20 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     dice = pd.read_csv(out / "tables" / "dice.csv")
     assert {"variant", "n_synthetic", "fold", "subject", "dice"} <= set(dice.columns)
     assert np.isfinite(dice.dice).all() and dice.dice.between(0, 1).all()
-    assert set(dice.variant) == {"real", "joint"} and (dice[dice.variant == "joint"].n_synthetic > 0).all()
+    assert set(dice.variant) == {"real", "joint", "real-oversampled", "real-noaug", "intensity-lookup"}
+    assert (dice[dice.variant == "joint"].n_synthetic > 0).all()
     summary = pd.read_csv(out / "tables" / "dice_summary.csv")
-    assert np.isfinite(summary["mean"]).all()
+    assert np.isfinite(summary["mean"]).all() and set(summary.verdict) <= {"baseline", "better", "worse", "equivalent", "inconclusive"}
+    assert {"mean_delta", "ci_low", "ci_high", "p_holm", "p_tost", "verdict", "mark"} <= set(summary.columns)
+    assert (summary[summary.verdict != "baseline"].n_seeds == 1).all()
+    # the dilution control draws from as many samples, with as many steps per epoch, as its synthetic arm
+    lay = RunLayout(out)
+    for c in experiment_grid(study_config("ci")).query("variant == 'joint'").itertuples():
+        arm, ctrl = read_manifest(lay.cell(c.cell)), read_manifest(lay.cell(c.cell.replace("_joint_", "_real-oversampled_")))
+        assert arm["n_train_samples"] == ctrl["n_train_samples"] > 0 and arm["steps_per_epoch"] == ctrl["steps_per_epoch"]
+        assert arm["inputs"]["n_synthetic"] == ctrl["inputs"]["n_synthetic"] > 0
     quality = pd.read_csv(out / "tables" / "quality_per_fold.csv")
+    assert set(quality.comparison) == {"synthetic vs real train", "synthetic vs half A", "real half B vs half A"}
     assert all(d.startswith("n/a") for d, v in zip(quality.display, quality.value) if not np.isfinite(v))
     assert (runs / "report.html").stat().st_size > 0 and (out / "notebooks" / "04_segmentation.ipynb").exists()
 
