@@ -54,8 +54,9 @@ def resolve(name: str):
 
 # %% ../nbs/11_cli.ipynb
 INTERRUPTED: dict[str, str] = {   # what is true after Ctrl-C, per command
-    "prepare": "nothing was written at --out (an earlier dataset there is unchanged); rerun the command to start again",
-    "generate": "nothing was written at --out (an earlier dataset there is unchanged); rerun the command to start again",
+    "prepare": "--out is as it was before, or the complete new dataset, never half-written (prepare does not resume: "
+               "a rerun starts again)",
+    "generate": "--out is as it was before, or the complete new dataset, never half-written (a rerun starts again)",
     "train": "training stopped after a whole step and saved a checkpoint (a second Ctrl-C keeps the previous one); "
              "rerun the same command to resume",
     "segment": "nothing was written at --out; rerun the command to start again",

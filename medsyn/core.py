@@ -64,9 +64,9 @@ _HOOK_COUNT: dict[str, int] = {}
 
 def _test_hook(point: str) -> None:
     "Tests only: `MEDSYN_TEST_HOOK=POINT:SIGNAL[@N]` sends SIGNAL (KILL, INT, TERM) to this process the N-th time (default 1st) it passes POINT."
-    spec = os.environ.get("MEDSYN_TEST_HOOK")
-    if not spec or spec.split(":", 1)[0] != point: return
-    sig, _, nth = (spec.split(":", 1)[1:] or ["KILL"])[0].partition("@")
+    where, _, what = (os.environ.get("MEDSYN_TEST_HOOK") or "").rpartition(":")
+    if where != point: return
+    sig, _, nth = what.partition("@")
     _HOOK_COUNT[point] = _HOOK_COUNT.get(point, 0) + 1
     if _HOOK_COUNT[point] == int(nth or 1): os.kill(os.getpid(), getattr(signal, "SIG" + (sig or "KILL").upper()))
 
@@ -112,12 +112,17 @@ def remove_stale_leftovers(folder: str | Path, name: str | None = None, kinds=("
 
 @contextlib.contextmanager
 def deferred_sigint() -> Iterator[None]:
-    "Hold SIGINT (Ctrl-C) while the block runs, so that a short critical section (a rename pair) completes; it is delivered after."
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold SIGINT (Ctrl-C) while the block runs, so that a short critical section (a rename pair) completes; it is
+    delivered after. (A Python-level handler: a blocked signal mask would not do, torch's threads would take the signal.)"""
+    if threading.current_thread() is not threading.main_thread():
         yield; return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    got = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
     try: yield
-    finally: signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    finally: signal.signal(signal.SIGINT, old)
+    if got:
+        if callable(old): old(signal.SIGINT, None)            # default_int_handler raises KeyboardInterrupt here
+        elif old == signal.SIG_DFL: signal.raise_signal(signal.SIGINT)
 
 # %% ../nbs/00_core.ipynb
 _CLEANED: set = set()     # (folder, name) pairs whose stale .tmp files this process already removed
@@ -249,10 +254,10 @@ def _swap_in(tmp: Path, path: Path) -> None:
                 _test_hook("atomic_dir:aside")
             try: os.replace(tmp, path)
             except BaseException:
-                if aside is not None: os.replace(aside, path); aside = None
+                if aside is not None and not (path.exists() or path.is_symlink()): os.replace(aside, path); aside = None
                 raise
     finally:
-        if aside is not None and aside.exists():
+        if aside is not None and aside.exists() and (path.exists() or path.is_symlink()):
             if aside.is_dir() and not aside.is_symlink(): shutil.rmtree(aside, ignore_errors=True)
             else: aside.unlink()
 

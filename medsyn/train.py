@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, copy, csv, hashlib, io, json, math, os, random, resource, subprocess, sys, time, warnings
 from dataclasses import dataclass, asdict, fields, replace
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -99,8 +100,9 @@ def split_overrides(overrides: dict, gan_config_cls) -> tuple[dict, dict]:
     gan_names = {f.name for f in fields(gan_config_cls)}
     train_names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - gan_names - train_names)
-    check(not unknown, f"unknown training option(s) {unknown}; GANConfig knows {sorted(gan_names)}, "
-                       f"TrainConfig knows {sorted(train_names)}")
+    near = sorted({m for k in unknown for m in get_close_matches(k, gan_names | train_names, n=2)})
+    check(not unknown, f"unknown training option(s) {unknown}" + (f" (did you mean {', '.join(near)}?)" if near else "")
+                       + f"; GANConfig knows {sorted(gan_names)}, TrainConfig knows {sorted(train_names)}")
     overrides = check_fields(overrides, [TrainConfig, gan_config_cls], flag="--set", fixed=FIXED_GAN_FIELDS)
     return ({k: v for k, v in overrides.items() if k in gan_names},
             {k: v for k, v in overrides.items() if k in train_names and k not in gan_names})
