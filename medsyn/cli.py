@@ -7,10 +7,10 @@ from __future__ import annotations
 import importlib, sys
 from dataclasses import dataclass
 
-from .core import MedsynError
+from .core import MedsynError, os_reason
 
 # %% auto 0
-__all__ = ['SUBCOMMANDS', 'Subcommand', 'usage', 'resolve', 'main']
+__all__ = ['SUBCOMMANDS', 'INTERRUPTED', 'Subcommand', 'usage', 'resolve', 'main']
 
 # %% ../nbs/11_cli.ipynb
 @dataclass(frozen=True)
@@ -53,8 +53,18 @@ def resolve(name: str):
     return fn
 
 # %% ../nbs/11_cli.ipynb
+INTERRUPTED: dict[str, str] = {   # what is true after Ctrl-C, per command
+    "prepare": "--out is as it was before, or the complete new dataset, never half-written (prepare does not resume: "
+               "a rerun starts again)",
+    "generate": "--out is as it was before, or the complete new dataset, never half-written (a rerun starts again)",
+    "train": "training stopped after a whole step and saved a checkpoint (a second Ctrl-C keeps the previous one); "
+             "rerun the same command to resume",
+    "segment": "nothing was written at --out; rerun the command to start again",
+    "evaluate": "nothing was written; rerun the command to start again",
+}
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `medsyn` console script."
+    "Entry point of the `medsyn` console script: user errors exit 2 with one line `medsyn CMD: error: ...`, Ctrl-C exits 130."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage()); return 0
@@ -64,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         code = resolve(argv[0])(argv[1:])
     except MedsynError as e:
         print(f"medsyn {argv[0]}: error: {e}", file=sys.stderr); return 2
+    except OSError as e:        # an environment problem no check caught (disk full, read-only, permissions)
+        print(f"medsyn {argv[0]}: error: {e.filename or ''}{': ' if e.filename else ''}{os_reason(e)} ({e}); "
+              "check the paths and free space, then rerun", file=sys.stderr); return 2
     except KeyboardInterrupt:
-        print(f"medsyn {argv[0]}: interrupted; finished work is saved and a rerun resumes", file=sys.stderr); return 130
+        msg = INTERRUPTED.get(argv[0], "finished work is saved and a rerun resumes")
+        print(f"medsyn {argv[0]}: interrupted; {msg}", file=sys.stderr); return 130
     return int(code or 0)

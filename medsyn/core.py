@@ -4,16 +4,21 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, json, os, random, shutil, tempfile, uuid, warnings
+import contextlib, errno, json, os, random, re, shutil, signal, sys, tempfile, threading, time, types, typing, uuid, warnings
+from dataclasses import fields, is_dataclass
+from datetime import datetime, timezone
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 # %% auto 0
-__all__ = ['MedsynError', 'check', 'runs_dir', 'cache_dir', 'seed_everything', 'choose_device', 'atomic_path',
-           'atomic_write_bytes', 'atomic_write_text', 'save_json', 'load_json', 'atomic_torch_save', 'atomic_dir',
-           'file_digest', 'file_sha256', 'env_flag']
+__all__ = ['PROCESS_START', 'MANIFEST_NAME', 'MedsynError', 'check', 'runs_dir', 'cache_dir', 'seed_everything', 'choose_device',
+           'remove_stale_leftovers', 'deferred_sigint', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
+           'save_json', 'load_json', 'atomic_torch_save', 'medsyn_made', 'check_output_dir', 'os_reason', 'atomic_dir',
+           'file_digest', 'file_sha256', 'env_flag', 'parse_set_items', 'check_fields', 'StopRequest',
+           'sigint_at_step_boundary']
 
 # %% ../nbs/00_core.ipynb
 class MedsynError(Exception):
@@ -52,13 +57,87 @@ def choose_device(device: str = "auto"):
     return dev
 
 # %% ../nbs/00_core.ipynb
+PROCESS_START = time.time()          # leftovers older than this, of a writer that is gone, are stale
+MANIFEST_NAME = ".medsyn.json"       # marks a folder that medsyn made (and so may replace)
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[A-Za-z0-9_-]+)\.(?P<kind>partial|tmp|old)$")
+_HOOK_COUNT: dict[str, int] = {}
+
+def _test_hook(point: str) -> None:
+    "Tests only: `MEDSYN_TEST_HOOK=POINT:SIGNAL[@N]` sends SIGNAL (KILL, INT, TERM) to this process the N-th time (default 1st) it passes POINT."
+    where, _, what = (os.environ.get("MEDSYN_TEST_HOOK") or "").rpartition(":")
+    if where != point: return
+    sig, _, nth = what.partition("@")
+    _HOOK_COUNT[point] = _HOOK_COUNT.get(point, 0) + 1
+    if _HOOK_COUNT[point] == int(nth or 1): os.kill(os.getpid(), getattr(signal, "SIG" + (sig or "KILL").upper()))
+
+def _owner_tag() -> str:
+    "`PID-RANDOM`: the part of a temporary name that says which process writes it."
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+def _writer_alive(tag: str) -> bool:
+    pid = tag.split("-", 1)[0]
+    if not pid.isdigit() or "-" not in tag: return False      # names of older medsyn versions carry no process id
+    if int(pid) == os.getpid(): return True
+    try: os.kill(int(pid), 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OverflowError): return int(pid) < 2 ** 22
+    return True
+
+def remove_stale_leftovers(folder: str | Path, name: str | None = None, kinds=("partial", "tmp", "old"),
+                           quiet: bool = False) -> list[Path]:
+    """Clean up after interrupted medsyn writes in `folder`: `.NAME.TAG.partial|tmp|old` entries (of `name` only,
+    when given) older than this process whose writer is gone are removed, except that an `.old` folder whose
+    original is missing is renamed back to it. Each action is reported on stderr; returns the entries handled."""
+    folder = Path(folder)
+    try: entries = sorted(os.scandir(folder), key=lambda e: -e.stat(follow_symlinks=False).st_mtime)
+    except OSError: return []
+    done = []
+    for e in entries:
+        m = _LEFTOVER.match(e.name)
+        if not m or m["kind"] not in kinds or (name is not None and m["name"] != name) or _writer_alive(m["tag"]): continue
+        p, target = Path(e.path), folder / m["name"]
+        try:
+            if p.lstat().st_mtime >= PROCESS_START: continue
+            if m["kind"] == "old" and not (target.exists() or target.is_symlink()):
+                os.replace(p, target); msg = f"restored {target} (an interrupted replacement had moved it aside to {p.name})"
+            else:
+                if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+                else: p.unlink()
+                msg = f"removed {p}, left over by an interrupted earlier run"
+        except OSError as err:
+            msg = f"could not clean up the leftover {p} ({err}); delete it by hand"
+        if not quiet: print(f"medsyn: {msg}", file=sys.stderr)
+        done.append(p)
+    return done
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) while the block runs, so that a short critical section (a rename pair) completes; it is
+    delivered after. (A Python-level handler: a blocked signal mask would not do, torch's threads would take the signal.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield; return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try: yield
+    finally: signal.signal(signal.SIGINT, old)
+    if got:
+        if callable(old): old(signal.SIGINT, None)            # default_int_handler raises KeyboardInterrupt here
+        elif old == signal.SIG_DFL: signal.raise_signal(signal.SIGINT)
+
+# %% ../nbs/00_core.ipynb
+_CLEANED: set = set()     # (folder, name) pairs whose stale .tmp files this process already removed
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success move it onto `path` atomically, on error delete it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    key = (str(path.parent), path.name)
+    if key not in _CLEANED and not any(p.endswith(".partial") for p in path.parent.parts):   # a fresh build folder has none
+        _CLEANED.add(key); remove_stale_leftovers(path.parent, path.name, kinds=("tmp",))
+    tmp = path.with_name(f".{path.name}.{_owner_tag()}.tmp")
     try:
         yield tmp
+        _test_hook("atomic_path:written")
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -100,17 +179,110 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         torch.save(obj, tmp)
     return Path(path)
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    "Yield a temporary folder beside `path`; rename it to `path` when the block succeeds, delete it otherwise."
+def medsyn_made(path: str | Path, kind: str | None = None) -> bool:
+    """Whether the folder `path` was made by medsyn (of `kind`, e.g. `'dataset'`, when given): it holds medsyn's
+    manifest `.medsyn.json`, or is a canonical dataset (`dataset.json` with `format_version`, `complete`, `n_slices`)."""
     path = Path(path)
-    check(overwrite or not path.exists(), f"{path} already exists; choose another output folder or pass --overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    if not path.is_dir(): return False
+    def read(p):
+        try: return json.loads(p.read_text())
+        except (OSError, ValueError): return None
+    info = read(path / MANIFEST_NAME) if (path / MANIFEST_NAME).is_file() else None
+    if isinstance(info, dict) and info.get("made_by") == "medsyn":
+        return kind is None or info.get("kind") == kind
+    if kind in (None, "dataset") and (path / "dataset.json").is_file():     # datasets written before the manifest existed
+        info = read(path / "dataset.json")
+        return isinstance(info, dict) and {"format_version", "complete", "n_slices"} <= set(info)
+    return False
+
+def _overlap(out: Path, src: Path) -> str | None:
+    "How the output folder `out` overlaps the source `src`: 'is', 'contains', 'is inside', or None."
+    o, s = out.resolve(), src.resolve()
+    if o == s: return "is"
+    if o in s.parents: return "contains"
+    if s in o.parents and src.is_dir(): return "is inside"
+    return None
+
+def check_output_dir(path: str | Path, overwrite: bool = False, kind: str = "dataset", sources=(),
+                     flag: str = "--overwrite", what: str = "--out") -> Path:
+    """Refuse an output folder whose writing could destroy something: one that is, contains or lies inside a
+    source; an existing file; an existing folder without `overwrite`; with `overwrite`, one that medsyn did not make."""
+    path = Path(path)
+    for s in sources:
+        if s is None: continue
+        rel = _overlap(path, Path(s))
+        check(rel is None, f"{path}: {what} {rel} the source {s}; writing there could destroy the source data: "
+                           f"choose a {what} outside it")
+    if path.is_symlink() and not path.exists():
+        raise MedsynError(f"{path}: is a broken symbolic link; remove it or choose another {what}")
+    if path.exists():
+        check(path.is_dir(), f"{path}: is an existing file, not a folder; medsyn does not replace files it did not make: "
+                             f"choose another {what} or move the file away")
+        check(overwrite, f"{path} already exists; choose another output folder or pass {flag} "
+                         f"(which replaces only a {kind} that medsyn made)")
+        check(medsyn_made(path, kind), f"{path}: exists and is not a {kind} made by medsyn (it has no {MANIFEST_NAME} "
+                                       f"or canonical dataset.json); {flag} only replaces medsyn's own output, so choose "
+                                       f"another {what} or move that folder away yourself")
+    return path
+
+_ERRNO_REASONS = {errno.ENOSPC: "disk full (no space left on device)", errno.EROFS: "read-only file system",
+                  errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                  errno.ENOENT: "a parent folder does not exist and cannot be created",
+                  errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a parent is a file, not a folder"}
+
+def os_reason(e: OSError) -> str:
+    "A short, plain reason for an `OSError` (disk full, read-only file system, ...)."
+    return _ERRNO_REASONS.get(e.errno, e.strerror or str(e))
+
+def _mkdtemp_beside(path: Path) -> Path:
+    "A fresh `.NAME.PID-XXXX.partial` folder next to `path`, with a clear error where nothing can be written."
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".partial", dir=path.parent))
+    except OSError as e:
+        raise MedsynError(f"{path}: cannot create the output folder there ({os_reason(e)}: {e.filename or path.parent}); "
+                          "choose a writable location") from e
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    "Move the finished folder `tmp` onto `path`: old one aside, new one in, old one deleted; the old one is restored on failure."
+    aside = None
+    try:
+        with deferred_sigint():
+            if path.exists() or path.is_symlink():
+                aside = path.with_name(f".{path.name}.{_owner_tag()}.old")
+                os.replace(path, aside)
+                _test_hook("atomic_dir:aside")
+            try: os.replace(tmp, path)
+            except BaseException:
+                if aside is not None and not (path.exists() or path.is_symlink()): os.replace(aside, path); aside = None
+                raise
+    finally:
+        if aside is not None and aside.exists() and (path.exists() or path.is_symlink()):
+            if aside.is_dir() and not aside.is_symlink(): shutil.rmtree(aside, ignore_errors=True)
+            else: aside.unlink()
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = False, kind: str = "dataset", sources=()) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; when the block succeeds it replaces `path` (see above), otherwise it
+    is deleted and `path` is left as it was. `overwrite` replaces only a folder medsyn made (of `kind`); `sources`
+    are paths the output may not be, contain or lie inside. An `OSError` while writing (disk full, ...) becomes a
+    `MedsynError` that says the earlier folder is intact."""
+    path = Path(path)
+    remove_stale_leftovers(path.parent, path.name)
+    check_output_dir(path, overwrite, kind, sources)
+    existed = path.exists()
+    tmp = _mkdtemp_beside(path)
+    try:
+        save_json(dict(made_by="medsyn", kind=kind, created=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                  tmp / MANIFEST_NAME)
         yield tmp
-        if path.exists(): shutil.rmtree(path)
-        os.replace(tmp, path)
+        _test_hook("atomic_dir:built")
+        check_output_dir(path, overwrite, kind, sources)     # something may have appeared there meanwhile
+        _swap_in(tmp, path)
+    except OSError as e:
+        kept = f"the earlier {kind} at {path} is unchanged" if existed else f"nothing was written at {path}"
+        raise MedsynError(f"{e.filename or path}: {os_reason(e)} while writing {path}; {kept}"
+                          + ("; free some space or choose another location" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")) from e
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
@@ -133,3 +305,82 @@ def env_flag(name: str, default: bool = False) -> bool:
     "Read a boolean environment variable (`1/true/yes/on`)."
     v = os.environ.get(name)
     return default if v is None else v.strip().lower() in ("1", "true", "yes", "on")
+
+# %% ../nbs/00_core.ipynb
+def parse_set_items(items: list[str], flag: str = "--set") -> dict:
+    "`['a=1', 'b=x']` -> `{'a': 1, 'b': 'x'}` (values read as JSON when they parse, else as strings)."
+    out = {}
+    for it in items:
+        check("=" in it and it.split("=", 1)[0].strip(), f"{flag} {it!r}: expected FIELD=VALUE, e.g. {flag} gamma=1.0")
+        k, v = it.split("=", 1)
+        try: out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError: out[k.strip()] = v
+    return out
+
+def _type_text(t) -> str:
+    if t is type(None): return "null"
+    if typing.get_origin(t) in (typing.Union, types.UnionType): return " or ".join(_type_text(a) for a in typing.get_args(t))
+    return getattr(t, "__name__", str(t))
+
+def _coerce(value, t):
+    "(ok, value converted to type `t`): ints are accepted for floats; bools are not numbers."
+    origin = typing.get_origin(t)
+    if t is Any: return True, value
+    if origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(t):
+            ok, v = _coerce(value, a)
+            if ok: return True, v
+        return False, None
+    if t is type(None): return value is None, None
+    if t is bool: return isinstance(value, bool), value
+    if t is int: return isinstance(value, int) and not isinstance(value, bool), value
+    if t is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    if t is str: return isinstance(value, str), value
+    if origin in (list, tuple) or t in (list, tuple):
+        if not isinstance(value, (list, tuple)): return False, None
+        args = [a for a in typing.get_args(t) if a is not Ellipsis]
+        if not args: return True, (origin or t)(value)
+        conv = [_coerce(v, args[0] if len(args) == 1 or Ellipsis in typing.get_args(t) else args[min(i, len(args) - 1)])
+                for i, v in enumerate(value)]
+        return all(ok for ok, _ in conv), (origin or t)(v for _, v in conv)
+    return True, value          # an annotation this checker does not know: accepted as given
+
+def check_fields(values: dict, classes, flag: str = "--set", fixed: dict | None = None) -> dict:
+    """Check `values` (field -> value) against the fields of the dataclasses `classes`: unknown names, names in
+    `fixed` (field -> why it cannot be set) and wrong types are a `MedsynError`; returns the values converted."""
+    types_ = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls): types_.setdefault(f.name, (hints.get(f.name, Any), cls.__name__))
+    out, fixed = {}, fixed or {}
+    for k, v in values.items():
+        if k in fixed: raise MedsynError(f"{flag} {k}={v!r}: {k} cannot be set this way; {fixed[k]}")
+        if k not in types_:
+            near = get_close_matches(k, list(types_), n=3)
+            raise MedsynError(f"{flag} {k}={v!r}: unknown field {k!r}" + (f"; did you mean {', '.join(near)}?" if near else "")
+                              + f" Known fields: {', '.join(sorted(types_))}")
+        t, owner = types_[k]
+        ok, conv = _coerce(v, t)
+        check(ok, f"{flag} {k}={v!r}: {owner}.{k} must be {_type_text(t)}, got {type(v).__name__} {v!r}")
+        out[k] = conv
+    return out
+
+# %% ../nbs/00_core.ipynb
+class StopRequest:
+    "Set by the first SIGINT inside `sigint_at_step_boundary`; the loop checks `requested` between steps."
+    def __init__(self): self.requested = False
+
+@contextlib.contextmanager
+def sigint_at_step_boundary(message: str = "stopping after the current step (press Ctrl-C again to abort at once)") -> Iterator[StopRequest]:
+    "Within the block the first Ctrl-C sets `stop.requested` (and prints `message`); the second raises `KeyboardInterrupt`."
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread(): yield stop; return
+    def handler(signum, frame):
+        if stop.requested: raise KeyboardInterrupt
+        stop.requested = True
+        print(f"\nmedsyn: {message}", file=sys.stderr)
+    old = signal.signal(signal.SIGINT, handler)
+    try: yield stop
+    finally: signal.signal(signal.SIGINT, old)

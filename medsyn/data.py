@@ -16,17 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .core import MedsynError, check, atomic_dir, atomic_path, cache_dir, file_digest, save_json, load_json
+from .core import MedsynError, check, atomic_dir, atomic_path, cache_dir, check_output_dir, file_digest, save_json, load_json
 
 # %% auto 0
 __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'MNI152_LABELS', 'MNI152_VERSION', 'MNI152_PROVENANCE', 'MSD_TASKS',
            'write_canonical', 'CanonicalDataset', 'load_canonical', 'subject_kfold', 'train_val_test_split',
            'subsample_subjects', 'fold_subjects', 'check_disjoint', 'make_splits', 'Case', 'Study', 'match_files',
-           'read_msd', 'read_nifti_pairs', 'read_image_pairs', 'detect_layout', 'read_study', 'load_case',
-           'normalize_intensity', 'modality_windows', 'volume_to_slices', 'select_slices', 'crop_pad_resize',
-           'study_samples', 'prepare', 'make_synthetic_msd', 'mni152_files', 'mni152_volumes', 'mni152_samples',
-           'prepare_mni152', 'default_dataset', 'msd_resources', 'file_md5', 'verify_checksum', 'download_msd',
-           'plot_dataset_overview', 'save_figure', 'prepare_main']
+           'read_msd', 'read_nifti_pairs', 'read_image_pairs', 'compression_noise', 'detect_layout', 'read_study',
+           'load_case', 'normalize_intensity', 'modality_windows', 'volume_to_slices', 'select_slices',
+           'crop_pad_resize', 'study_samples', 'prepare', 'make_synthetic_msd', 'mni152_files', 'mni152_volumes',
+           'mni152_samples', 'prepare_mni152', 'default_dataset', 'msd_resources', 'file_md5', 'verify_checksum',
+           'download_msd', 'plot_dataset_overview', 'save_figure', 'prepare_main']
 
 # %% ../nbs/01_data.ipynb
 FORMAT_VERSION = 1
@@ -34,6 +34,15 @@ FORMAT_VERSION = 1
 def _safe_id(s: str) -> str:
     "A file-name-safe version of an id (letters, digits, `-`, `_`, `.`)."
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-") or "x"
+
+def _check_foreground(index: pd.DataFrame, out_dir) -> None:
+    "Refuse a dataset whose masks are all background: a segmentation study on it would be meaningless."
+    if (index.fg_fraction > 0).any(): return
+    files = sorted(set(index.source_file) - {""})
+    named = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    raise MedsynError(f"{named or out_dir}: all {len(index)} slices are background only (label 0 everywhere), so {out_dir} "
+                      "would be a segmentation dataset without anything to segment; check that these are the label files "
+                      "(--labels PATTERN) and that they hold non-zero label ids; nothing was written")
 
 def _check_sample(k: int, s: dict, n_mod: int, labels: dict, res) -> tuple[np.ndarray, np.ndarray]:
     "Validate one sample dict for `write_canonical`; return (uint16 image, uint8 mask)."
@@ -54,9 +63,12 @@ def _check_sample(k: int, s: dict, n_mod: int, labels: dict, res) -> tuple[np.nd
 # %% ../nbs/01_data.ipynb
 def write_canonical(out_dir: str | Path, samples: Iterable[dict], *, name: str, modalities: Sequence[str],
                     labels: dict, provenance: str = "", overwrite: bool = False, source: str = "",
-                    axis: int | None = None, folds: int = 5, seed: int = 0, extra_meta: dict | None = None) -> Path:
+                    axis: int | None = None, folds: int = 5, seed: int = 0, extra_meta: dict | None = None,
+                    sources=(), require_foreground: bool = False) -> Path:
     """Write 2D `samples` (dicts with `image` (C,H,W) in [0,1], `mask` (H,W), `subject`, `slice`, optional
-    `source_file`, `spacing`) as a canonical dataset at `out_dir`, atomically, with subject-level splits."""
+    `source_file`, `spacing`) as a canonical dataset at `out_dir`, atomically, with subject-level splits.
+    `overwrite` replaces only a dataset medsyn made; `out_dir` may not be, contain or lie inside any of `sources`.
+    With `require_foreground`, a dataset whose masks are all background is refused."""
     labels = {int(k): str(v) for k, v in labels.items()}
     check(0 in labels, f"{out_dir}: labels {labels} must declare 0 (background)")
     check(len(labels) <= 256 and max(labels) < 256, f"{out_dir}: at most 256 labels with ids < 256 fit a uint8 mask")
@@ -64,7 +76,7 @@ def write_canonical(out_dir: str | Path, samples: Iterable[dict], *, name: str, 
     check(len(modalities) >= 1, f"{out_dir}: at least one modality is needed")
     out_dir = Path(out_dir)
     rows, res, seen = [], None, set()
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, kind="dataset", sources=sources) as tmp:
         (tmp / "samples").mkdir()
         for k, s in enumerate(samples):
             img, mask = _check_sample(k, s, len(modalities), labels, res)
@@ -83,6 +95,7 @@ def write_canonical(out_dir: str | Path, samples: Iterable[dict], *, name: str, 
         check(len(rows) > 0, f"{out_dir}: no samples to write (did any slice contain foreground? "
                              "check the label files or raise --empty-fraction)")
         index = pd.DataFrame(rows)
+        if require_foreground: _check_foreground(index, out_dir)
         index.to_csv(tmp / "index.csv", index=False)
         subjects = sorted(index.subject.unique())
         save_json(make_splits(subjects, k=folds, seed=seed), tmp / "splits.json")
@@ -98,7 +111,11 @@ def write_canonical(out_dir: str | Path, samples: Iterable[dict], *, name: str, 
 # %% ../nbs/01_data.ipynb
 def _check_complete(root: Path) -> dict:
     "Read and validate `root/dataset.json`; raise a `MedsynError` for a missing, partial or foreign folder."
-    check(root.is_dir(), f"{root}: dataset folder not found; run `medsyn prepare SRC --out {root}` first")
+    if not root.is_dir():
+        aside = sorted(root.parent.glob(f".{root.name}.*.old")) if root.parent.is_dir() else []
+        if aside: raise MedsynError(f"{root}: dataset folder not found, but an interrupted replacement left the earlier one at "
+                                    f"{aside[-1]}; rerun the command that wrote {root} (it puts it back first) or rename it back")
+        raise MedsynError(f"{root}: dataset folder not found; run `medsyn prepare SRC --out {root}` first")
     mf = root / "dataset.json"
     check(mf.exists(), f"{mf}: missing, so {root} is not a complete canonical dataset (an interrupted write or a "
                        f"partial copy); re-create it with `medsyn prepare ... --out {root} --overwrite`")
@@ -334,10 +351,15 @@ def read_msd(root: str | Path) -> Study:
     mf = root / "dataset.json"
     check(mf.exists(), f"{mf}: missing; an MSD / nnU-Net folder needs dataset.json, imagesTr/ and labelsTr/")
     meta = load_json(mf)
+    check(isinstance(meta, dict), f"{mf}: must be a JSON object with 'modality' (or 'channel_names'), 'labels' and "
+                                  f"'training' entries (the MSD / nnU-Net dataset.json), got a JSON {type(meta).__name__}; fix the file")
     mods_raw = meta.get("modality") or meta.get("channel_names")
     check(isinstance(mods_raw, dict) and mods_raw, f"{mf}: needs a 'modality' (MSD) or 'channel_names' (nnU-Net v2) entry")
+    check(all(str(k).isdigit() for k in mods_raw), f"{mf}: the keys of 'modality' / 'channel_names' must be channel numbers "
+                                                  f"('0', '1', ...), got {list(mods_raw)}")
     modalities = [str(mods_raw[k]) for k in sorted(mods_raw, key=int)]
-    check("labels" in meta, f"{mf}: needs a 'labels' entry")
+    check(isinstance(meta.get("labels"), dict) and meta["labels"],
+          f"{mf}: needs a 'labels' object mapping ids to names, e.g. {{\"0\": \"background\", \"1\": \"organ\"}}")
     labels = _msd_labels(meta["labels"], mf)
     ending = meta.get("file_ending", ".nii.gz")
     img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
@@ -356,8 +378,15 @@ def read_msd(root: str | Path) -> Study:
         return files
 
     cases = []
-    if meta.get("training"):
-        for e in meta["training"]:
+    training = meta.get("training")
+    check(training is None or isinstance(training, list), f"{mf}: 'training' must be a list of {{\"image\": ..., \"label\": ...}} "
+                                                          f"entries, got a JSON {type(training).__name__}")
+    for k, e in enumerate(training or []):
+        check(isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("label"), str),
+              f"{mf}: 'training' entry {k} ({json.dumps(e)[:80]}) needs 'image' and 'label' file paths, e.g. "
+              '{"image": "./imagesTr/case_001.nii.gz", "label": "./labelsTr/case_001.nii.gz"}; fix or remove it')
+    if training:
+        for e in training:
             lab, img = root / e["label"], root / e["image"]        # "./imagesTr/x.nii.gz" -> root/imagesTr/x.nii.gz
             case = _nii_stem(lab)
             check(lab.exists(), f"{lab}: label of case {case!r} listed in {mf} not found; restore it or remove the case from 'training'")
@@ -431,6 +460,34 @@ def read_image_pairs(root: str | Path, images: str = "images/{subject}.*", masks
         modalities = ["image"] if c == 1 else [f"ch{i}" for i in range(c)]
     return Study(name or root.name, "image", list(modalities), label_names, cases, str(root))
 
+def compression_noise(mask: np.ndarray, rare_share: float = 0.01, min_rare: int = 4) -> dict | None:
+    """Whether a 2D label image looks like lossy-compression noise (a JPEG'd mask): at least `min_rare` rare values
+    (each under `rare_share` of the pixels) that are scattered (under 10 % of their pixels have four equal neighbours)
+    around a few dominant values. Returns `{n_values, rare, dominant}` when it does, else None. Real small labels
+    form solid regions and pass."""
+    vals, counts = np.unique(mask, return_counts=True)
+    share = counts / mask.size
+    rare, dominant = vals[share < rare_share], vals[share >= rare_share]
+    if len(rare) < min_rare or mask.ndim != 2 or min(mask.shape) < 3: return None
+    c = mask[1:-1, 1:-1]
+    solid = np.zeros(mask.shape, bool)
+    solid[1:-1, 1:-1] = (c == mask[:-2, 1:-1]) & (c == mask[2:, 1:-1]) & (c == mask[1:-1, :-2]) & (c == mask[1:-1, 2:])
+    is_rare = np.isin(mask, rare)
+    if (solid & is_rare).sum() >= 0.1 * is_rare.sum(): return None
+    return dict(n_values=len(vals), rare=len(rare), dominant=dominant.tolist())
+
+def _check_not_compression_noise(mask: np.ndarray, path: Path) -> None:
+    "Refuse JPEG masks (lossy: even a 0/1 mask comes back with stray ids) and masks whose values look like compression noise."
+    vals = np.unique(mask)
+    check(path.suffix.lower() not in (".jpg", ".jpeg"),
+          f"{path}: masks stored as JPEG are refused: JPEG is lossy and cannot store label ids exactly (this one has "
+          f"{len(vals)} distinct values {vals[:8].tolist()}{'...' if len(vals) > 8 else ''}); save the masks losslessly as PNG "
+          "with one integer id per label (e.g. 0 background, 1 organ)")
+    noise = compression_noise(mask)
+    check(noise is None, f"{path}: mask values look like lossy-compression noise ({noise and noise['n_values']} distinct values, "
+                         f"{noise and noise['rare']} of them rare and scattered around {noise and noise['dominant']}); "
+                         + "(was it saved as JPEG once?); save the masks losslessly as PNG with one integer id per label (e.g. 0 background, 1 organ)")
+
 def _read_image(path: Path, mask: bool = False) -> np.ndarray:
     "A 2D image file as (C,H,W) float32 in [0,1] (integer types scaled by their range), or a mask as (H,W) int64."
     from PIL import Image
@@ -451,6 +508,7 @@ def _read_image(path: Path, mask: bool = False) -> np.ndarray:
                            "single-channel label images (8-bit grayscale or palette PNG) whose values are label ids")
         check(np.issubdtype(a.dtype, np.integer) or np.array_equal(a, np.round(a)),
               f"{path}: mask values must be integer label ids")
+        _check_not_compression_noise(a, path)
         return a.astype(np.int64)
     a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
     check(bool(np.isfinite(a).all()), f"{path}: image has NaN/inf pixels; replace them (e.g. with 0) and re-export")
@@ -602,13 +660,21 @@ def crop_pad_resize(image: np.ndarray, label: np.ndarray, res: int, crop_thresho
     return x.clamp(0, 1).numpy(), y[:, 0].round().long().numpy(), px
 
 # %% ../nbs/01_data.ipynb
+def _check_label_ids(values, where) -> None:
+    "Label ids must be non-negative integers: 0 is background, and medsyn never renumbers a class into it."
+    neg = sorted(int(v) for v in values if int(v) < 0)
+    check(not neg, f"{where}: negative label values {neg}; label ids must be 0 (background) or positive: "
+                   "relabel them (e.g. -1 -> a positive id, or 0 if it means background) and save the file again")
+
 def _scan_label_values(study: Study) -> dict:
     "Label values used by all label files of `study` (for sources that declare no label names)."
     vals = set()
     for c in study.cases:
         lab = _read_image(c.label, mask=True) if study.kind == "image" else _load_nifti(c.label)[1]
         _check_finite(lab, c.label)
-        vals |= set(np.unique(lab).astype(np.int64).tolist())
+        found = set(np.unique(lab).astype(np.int64).tolist())
+        _check_label_ids(found, c.label)
+        vals |= found
     vals |= {0}
     return {v: ("background" if v == 0 else f"label_{v}") for v in sorted(vals)}
 
@@ -663,8 +729,9 @@ def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int = 2, lay
     "Read the study at `src` (MSD/nnU-Net, NIfTI pairs or PNG/TIFF pairs) and write it as a canonical 2D dataset at `out`."
     check(res >= 4, f"res must be at least 4, got {res}")
     check(0 <= empty_fraction <= 1, f"empty_fraction must be in [0, 1], got {empty_fraction}")
-    check(overwrite or not Path(out).exists(), f"{out} already exists; choose another output folder or pass --overwrite")
+    check_output_dir(out, overwrite, "dataset", sources=[src])    # before reading anything: refuse early
     study = read_study(src, layout, images, labels, modalities, label_names)
+    if study.labels is not None: _check_label_ids(study.labels, f"{src}: declared labels {study.labels}")
     declared = study.labels if study.labels is not None else _scan_label_values(study)
     values = sorted(int(k) for k in declared)
     check(0 in values, f"{src}: the labels {declared} must include 0 (background)")
@@ -675,7 +742,7 @@ def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int = 2, lay
                  empty_slices="all stored; `train` marks those used for training",
                  normalization=dict(percentiles=list(percentiles), windows=dict(zip(study.modalities, modality_windows(study.modalities, ct_window, windows)))))
     return write_canonical(out, samples, name=name or study.name, modalities=study.modalities, labels=new_labels,
-                           provenance=study.provenance, overwrite=overwrite, source=study.source,
+                           provenance=study.provenance, overwrite=overwrite, source=study.source, sources=[src], require_foreground=True,
                            axis=axis if study.kind == "volume" else None, folds=folds, seed=seed, extra_meta=extra)
 
 # %% ../nbs/01_data.ipynb
@@ -823,7 +890,7 @@ def download_msd(task: str = "Task09_Spleen", root: str | Path | None = None, ur
             raise MedsynError(f"could not download {url} ({e}). Without internet, download it on another machine and place it at "
                               f"{tar} (md5 {md5}), then run the command again") from e
     verify_checksum(tar, md5, "md5")
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with atomic_dir(folder, overwrite=True, kind="download", sources=[tar]) as tmp:
         with tarfile.open(tar) as t:
             if hasattr(tarfile, "data_filter"): t.extractall(tmp, filter="data")     # refuses absolute paths and ../ members
             else:

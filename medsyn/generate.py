@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import MedsynError, check, atomic_dir, choose_device, file_sha256
+from .core import MedsynError, check, atomic_dir, check_output_dir, choose_device, file_sha256
 from .train import load_checkpoint, generator_from_checkpoint, grid_rows, save_png, one_hot
 
 # %% auto 0
@@ -37,9 +37,9 @@ def synthesize(G, gcfg, z: torch.Tensor, trunc: float = 0.7, cond: torch.Tensor 
     return image, mask
 
 # %% ../nbs/06_generate.ipynb
-def _labels_of(ck: dict) -> tuple[list[str], dict[int, str]]:
+def _labels_of(ck: dict, path="checkpoint") -> tuple[list[str], dict[int, str]]:
     meta = ck.get("dataset_meta") or {}
-    check("modalities" in meta and "labels" in meta, "checkpoint has no dataset metadata (modalities/labels); "
+    check("modalities" in meta and "labels" in meta, f"{path}: checkpoint has no dataset metadata (modalities/labels); "
           "it was not written by medsyn.train.train_gan - retrain or re-save it with train_gan")
     return list(meta["modalities"]), {int(k): v for k, v in meta["labels"].items()}
 
@@ -54,11 +54,15 @@ def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int =
     or a 'cond' one together with `mask_ckpt` (a 'mask' or 'joint' checkpoint whose masks are used) or
     `masks_from` (a canonical dataset whose real masks are used, sample k <- mask k mod N)."""
     from medsyn.data import write_canonical, load_canonical
-    check(n >= 1 and batch >= 1, f"n ({n}) and batch ({batch}) must be positive")
+    check(n >= 1, f"--n {n}: the number of pairs must be at least 1")
+    check(batch >= 1, f"--batch {batch}: the batch size must be at least 1")
+    check(0 <= trunc <= 2, f"--trunc {trunc}: the truncation psi must be in [0, 2] (1 = no truncation, 0.7 is usual)")
+    sources = [s for s in (ckpt, mask_ckpt, masks_from) if s is not None]
+    check_output_dir(out_dir, overwrite, "dataset", sources=sources)    # refuse before loading anything
     dev = choose_device(device)
     ck = load_checkpoint(ckpt)
     G, gcfg = generator_from_checkpoint(ck, device=dev)
-    modalities, labels = _labels_of(ck)
+    modalities, labels = _labels_of(ck, ckpt)
     prov = dict(generator=_describe(ckpt), cfg=gcfg.cfg, trunc=trunc, seed=seed, n=n,
                 trained_kimg=ck.get("kimg"), selection_metric=ck.get("selection_metric"), metric=ck.get("metric"))
     Gm = mcfg = real_masks = None
@@ -102,7 +106,7 @@ def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int =
                            source_file=str(ckpt))
     out = write_canonical(out_dir, samples(), name=name or f"syn-{gcfg.cfg}-{Path(ckpt).parent.name}",
                           modalities=modalities, labels=labels, provenance=json.dumps(prov, default=str),
-                          overwrite=overwrite, source=str(ckpt))
+                          overwrite=overwrite, source=str(ckpt), sources=sources)
     if png or nifti: write_previews(out, png=png, nifti=nifti)
     return out
 
@@ -131,7 +135,7 @@ def write_previews(ds_dir, png: bool = True, nifti: bool = False, max_png: int =
     ds = load_canonical(ds_dir)
     images, masks = ds.tensors()
     out = Path(ds_dir) / "preview"
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, kind="preview") as tmp:
         if png:
             save_png(grid_rows(images[:32] * 2 - 1, masks[:32]), tmp / "grid.png")
             (tmp / "png").mkdir()

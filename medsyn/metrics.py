@@ -655,6 +655,19 @@ def evaluate_main(argv: list[str]) -> int:
     a = evaluate_parser().parse_args(argv)
     metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
     check(len(metrics) > 0, "--metrics is empty; name at least one metric")
+    unknown = [m for m in metrics if m not in ALL_METRICS]
+    check(not unknown, f"--metrics: unknown metric(s) {unknown}; choose from {','.join(ALL_METRICS)}")
+    for flag, v in (("--batch", a.batch), ("--max-samples", a.max_samples), ("--lpips-samples", a.lpips_samples)):
+        check(v is None or v >= 1, f"{flag} {v}: must be at least 1")
+    for flag, d in (("--real", a.real), ("--fake", a.fake)):
+        check(Path(d).is_dir(), f"{d}: {flag} folder not found; pass a canonical dataset folder (from `medsyn prepare` / `medsyn generate`)")
+    if a.seg_model is not None:                 # refuse a file that is not a U-Net checkpoint now, not as a metric error later
+        try: load_segmentation_model(a.seg_model)
+        except MedsynError: raise
+        except Exception as e:
+            raise MedsynError(f"{a.seg_model}: not a U-Net checkpoint ({type(e).__name__}: {str(e)[:120]}); pass the unet.pt "
+                              "that `medsyn segment` saves to --seg-model") from e
+    if a.out: check(not Path(a.out).is_dir(), f"{a.out}: --out is a folder; give a file name for the JSON, e.g. {Path(a.out) / 'metrics.json'}")
     res = evaluate(a.real, a.fake, metrics, weights_dir=a.weights_dir, seg_model=a.seg_model, batch_size=a.batch,
                    max_samples=a.max_samples, lpips_samples=a.lpips_samples, device=a.device, cache=not a.no_cache, progress=not a.quiet)
     print(json.dumps(res, indent=2))

@@ -377,6 +377,17 @@ def segment_main(argv: list[str]) -> int:
     p.add_argument("--device", default="auto"); p.add_argument("--no-augment", action="store_true")
     p.add_argument("--out", required=True, help="output folder for metrics and the model")
     a = p.parse_args(argv)
+    check(a.folds >= 2, f"--folds {a.folds}: needs at least 2 folds")
+    check(0 <= a.fold < a.folds, f"--fold {a.fold}: must be in 0..{a.folds - 1} for --folds {a.folds}")
+    check(0 < a.fraction <= 1, f"--fraction {a.fraction}: the share of real training subjects must be in (0, 1]")
+    check(a.epochs is None or a.epochs >= 1, f"--epochs {a.epochs}: must be at least 1")
+    check(a.n_synthetic is None or a.n_synthetic >= 0, f"--n-synthetic {a.n_synthetic}: must be 0 or more")
+    out = Path(a.out)
+    check(not out.exists() or out.is_dir(), f"{out}: --out is an existing file, not a folder; choose another --out")
+    for src in [a.train, *a.synthetic]:
+        o, s = out.resolve(), Path(src).resolve()
+        check(o != s and o not in s.parents and s not in o.parents,
+              f"{out}: --out overlaps the dataset {src}; results written there could mix with the data: choose a separate --out")
     from medsyn.data import load_canonical
     over = dict(seed=a.seed, device=a.device, augment=not a.no_augment)
     if a.epochs is not None: over["max_epochs"] = a.epochs
@@ -386,7 +397,8 @@ def segment_main(argv: list[str]) -> int:
     real = load_canonical(a.train)
     train_s, val_s, test_s = fold_subjects(real.subjects, a.fold, a.folds, a.fraction, 0, cfg.val_fraction)
     res = segment_experiment(real, train_s, val_s, test_s, synth, n_syn, cfg, progress=True)
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise MedsynError(f"{out}: cannot create the output folder ({e.strerror}); choose a writable --out") from e
     for name in ("per_class", "per_subject"): atomic_write_text(out / f"{name}.csv", res[name].to_csv(index=False))
     atomic_write_text(out / "history.csv", res["run"].history.to_csv(index=False))
     save_unet(res["run"], out / "unet.pt", fold=a.fold, folds=a.folds, train=str(a.train), synthetic=a.synthetic, n_synthetic=n_syn)

@@ -4,8 +4,9 @@
 
 # %% ../nbs/05_train.ipynb 2
 from __future__ import annotations
-import argparse, copy, csv, io, json, math, os, random, resource, subprocess, sys, time, warnings
+import argparse, copy, csv, hashlib, io, json, math, os, random, resource, subprocess, sys, time, warnings
 from dataclasses import dataclass, asdict, fields, replace
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,14 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from .core import (MedsynError, check, atomic_torch_save, atomic_write_text, atomic_path, save_json,
-                         load_json, seed_everything)
+                         load_json, seed_everything, check_fields, parse_set_items, sigint_at_step_boundary,
+                         remove_stale_leftovers, os_reason, _test_hook)
 
 # %% auto 0
-__all__ = ['TRAIN_PRESETS', 'LABEL_COLORS', 'STATS_METRIC_NAME', 'STATS_COLUMNS', 'TrainConfig', 'train_config',
-           'split_overrides', 'PairData', 'InfiniteSampler', 'pair_batches', 'one_hot', 'toy_dataset', 'StyleGAN2Loss',
-           'lazy_adam', 'ema_beta', 'update_ema', 'colorize_mask', 'grid_rows', 'save_png', 'label_stats_distance',
-           'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'load_checkpoint',
-           'generator_from_checkpoint', 'RunLog', 'train_gan', 'train_parser', 'parse_sets', 'train_main',
+__all__ = ['TRAIN_PRESETS', 'TRAIN_CHOICES', 'FIXED_GAN_FIELDS', 'LABEL_COLORS', 'STATS_METRIC_NAME', 'STATS_COLUMNS',
+           'RESUME_MAY_CHANGE', 'TrainConfig', 'train_config', 'check_train_config', 'split_overrides', 'PairData',
+           'InfiniteSampler', 'pair_batches', 'one_hot', 'toy_dataset', 'StyleGAN2Loss', 'lazy_adam', 'ema_beta',
+           'update_ema', 'colorize_mask', 'grid_rows', 'save_png', 'label_stats_distance', 'fid_feature_fn',
+           'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'load_checkpoint', 'generator_from_checkpoint', 'RunLog',
+           'train_gan', 'run_folder_state', 'move_run_aside', 'data_fingerprint', 'resume_conflicts', 'stored_run',
+           'check_trainable', 'open_run_folder', 'train_parser', 'parse_sets', 'cli_overrides', 'train_main',
            'bench_parser', 'bench_train']
 
 # %% ../nbs/05_train.ipynb
@@ -62,17 +66,44 @@ def train_config(preset: str = "cpu64", **overrides) -> TrainConfig:
     "A `TrainConfig` from a named preset (`'cpu64'`, `'paper256'`) with `overrides`."
     check(preset in TRAIN_PRESETS, f"unknown preset {preset!r}; choose one of {list(TRAIN_PRESETS)}")
     tc = TrainConfig(**{**TRAIN_PRESETS[preset], **overrides})
+    check_train_config(tc)
+    return tc
+
+TRAIN_CHOICES = dict(augment=("auto", "ada", "simple", "none"), metric=("auto", "fid", "stats"),
+                     impl=("auto", "ref", "cpu", "cuda", "compile"))
+
+def check_train_config(tc: TrainConfig) -> TrainConfig:
+    "Refuse values no training can use (each message names the field, as given with `--set`)."
+    for k, choices in TRAIN_CHOICES.items():
+        check(getattr(tc, k) in choices, f"{k}={getattr(tc, k)!r}: choose one of {', '.join(choices)}")
+    for k in ("r1_interval", "pl_interval", "pl_batch_shrink", "ada_interval", "metric_n", "grid_n"):
+        check(getattr(tc, k) >= 1, f"{k}={getattr(tc, k)!r}: must be at least 1")
+    for k in ("lr", "ada_kimg"): check(getattr(tc, k) > 0, f"{k}={getattr(tc, k)!r}: must be positive")
+    for k in ("gamma", "pl_weight"): check(getattr(tc, k) >= 0, f"{k}={getattr(tc, k)!r}: must be 0 (off) or positive")
+    for k in ("beta1", "beta2", "pl_decay", "style_mixing", "ada_target"):
+        check(0 <= getattr(tc, k) <= 1, f"{k}={getattr(tc, k)!r}: must be in [0, 1]")
+    for k in ("ema_kimg", "tick_kimg"):
+        check(getattr(tc, k) is None or getattr(tc, k) > 0, f"{k}={getattr(tc, k)!r}: must be positive (or null for the default)")
+    check(tc.ema_rampup is None or tc.ema_rampup >= 0, f"ema_rampup={tc.ema_rampup!r}: must be >= 0 (or null for none)")
     check(tc.batch >= 2 and tc.batch % tc.pl_batch_shrink == 0,
           f"batch {tc.batch} must be >= 2 and divisible by pl_batch_shrink={tc.pl_batch_shrink}")
     return tc
 
+FIXED_GAN_FIELDS = {"cfg": "choose the variant with --cfg joint|mask|cond",
+                    "resolution": "it is the dataset's image size (re-prepare the data with another --res)",
+                    "img_channels": "it is the dataset's number of modalities",
+                    "num_labels": "it is the dataset's number of labels"}
+
 def split_overrides(overrides: dict, gan_config_cls) -> tuple[dict, dict]:
-    "Route keyword overrides to (`GANConfig`, `TrainConfig`) by field name; unknown names are an error."
+    """Route keyword overrides to (`GANConfig`, `TrainConfig`) by field name, checked against the fields' types;
+    unknown names, wrong types and the fields that the data and `--cfg` decide are an error."""
     gan_names = {f.name for f in fields(gan_config_cls)}
     train_names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - gan_names - train_names)
-    check(not unknown, f"unknown training option(s) {unknown}; GANConfig knows {sorted(gan_names)}, "
-                       f"TrainConfig knows {sorted(train_names)}")
+    near = sorted({m for k in unknown for m in get_close_matches(k, gan_names | train_names, n=2)})
+    check(not unknown, f"unknown training option(s) {unknown}" + (f" (did you mean {', '.join(near)}?)" if near else "")
+                       + f"; GANConfig knows {sorted(gan_names)}, TrainConfig knows {sorted(train_names)}")
+    overrides = check_fields(overrides, [TrainConfig, gan_config_cls], flag="--set", fixed=FIXED_GAN_FIELDS)
     return ({k: v for k, v in overrides.items() if k in gan_names},
             {k: v for k, v in overrides.items() if k in train_names and k not in gan_names})
 
@@ -436,6 +467,7 @@ class GANTrainer:
         self.opt_G.zero_grad(set_to_none=True)
         loss_G = self.loss.g_main(n, cond); loss_G.backward(); self.opt_G.step()
         stats["loss_G"] = loss_G.item()
+        _test_hook("train:step")      # tests: a signal that lands inside a step
         # Greg: lazy path-length regularization
         if tc.pl_weight > 0 and self.step_idx % tc.pl_interval == 0:
             self.opt_G.zero_grad(set_to_none=True)
@@ -556,42 +588,52 @@ def _fmt(v, nd=3): return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: str = "cpu64", resume: bool = True,
               time_budget: float | None = None, seed: int = 0, batch: int | None = None, snap_kimg: float | None = None,
-              mask_source=None, subjects=None, device: str = "auto", progress: bool = True, **overrides) -> Path:
+              mask_source=None, subjects=None, device: str = "auto", progress: bool = True, replace_run: bool = False,
+              **overrides) -> Path:
     """Train a StyleGAN2 `cfg` ('joint' | 'mask' | 'cond') on the canonical dataset `data_dir` for `kimg`
     thousand images; returns the run folder `outdir` (checkpoints, logs, grids). `overrides` set fields of
     `GANConfig` or `TrainConfig`. For 'cond', `mask_source` (a canonical dataset folder) gives the masks used
     for grids and the selection metric (default: the training masks). `subjects` restricts training to those
-    subjects (e.g. the train split)."""
+    subjects (e.g. the train split). A folder holding a run is resumed (`resume`), refused (see `open_run_folder`)
+    or, with `replace_run`, moved aside first. Ctrl-C stops after the current step with a checkpoint."""
     from medsyn.core import choose_device
     from medsyn.data import load_canonical
     N = _nets()
     check(cfg in ("joint", "mask", "cond"), f"unknown --cfg {cfg!r}; choose joint, mask or cond")
-    check(kimg > 0, f"kimg must be positive (got {kimg})")
+    check(isinstance(kimg, (int, float)) and math.isfinite(kimg) and kimg > 0,
+          f"--kimg {kimg}: the training length must be a positive number of thousands of images (e.g. --kimg 20)")
     outdir, data_dir = Path(outdir), Path(data_dir)
-    outdir.mkdir(parents=True, exist_ok=True)
     ds = load_canonical(data_dir)
     if subjects is not None: ds = ds.subset(list(subjects))
     ds = ds.for_training()                 # foreground slices + the empty ones drawn at preparation
     H, W = tuple(ds.resolution)
     check(H == W, f"{data_dir}: the GAN needs square images, this dataset is {H}x{W}; re-prepare it with a square --res")
+    check_trainable(ds, data_dir)
+    # Everything is checked before the run folder is touched: a refused command writes nothing.
+    state, ck = open_run_folder(outdir, resume, replace_run)
     last = outdir / "network-last.pt"
-    ck = load_checkpoint(last) if resume and last.exists() else None
-    gan_over, train_over = split_overrides(overrides, N.GANConfig)
-    if batch is not None: train_over["batch"] = batch
-    if ck is None:
-        gcfg = N.gan_config(preset, **{**gan_over, "cfg": cfg, "resolution": H, "img_channels": len(ds.modalities),
-                                       "num_labels": len(ds.labels)})
-        tc = train_config(preset, **train_over)
-    else:
-        check(ck["gan_config"]["cfg"] == cfg, f"{last} was trained with --cfg {ck['gan_config']['cfg']}, not {cfg}; "
-                                              "use another --outdir or the same --cfg")
-        gcfg, tc = _gan_config_from_dict(ck["gan_config"]), TrainConfig(**ck["train_config"])
-        if "impl" in train_over: tc = replace(tc, impl=train_over["impl"])
-        stored = {**ck["gan_config"], **ck["train_config"]}
-        ignored = {k: v for k, v in {**gan_over, **train_over}.items() if k != "impl" and stored.get(k, v) != v}
-        if ignored: warnings.warn(f"resuming {last}: options {ignored} are ignored, the run keeps its stored config "
-                                  "(use --no-resume or a new --outdir to change them)", RuntimeWarning)
+    gan_over, train_over = split_overrides({**overrides, **({} if batch is None else {"batch": batch})}, N.GANConfig)
+    gcfg = N.gan_config(preset, **{**gan_over, "cfg": cfg, "resolution": H, "img_channels": len(ds.modalities),
+                                   "num_labels": len(ds.labels)})
+    tc = train_config(preset, **train_over)
+    fingerprint = data_fingerprint(ds)
+    if state == "run" and not replace_run:
+        diffs = resume_conflicts(stored_run(outdir, ck), dict(cfg=cfg, seed=seed, gan_config=asdict(gcfg), train_config=asdict(tc),
+                                                              data=dict(fingerprint=fingerprint, legacy=_legacy_data(ds.meta))))
+        check(not diffs, f"{outdir}: cannot resume this run with other settings: {'; '.join(diffs)}. Rerun with the run's own "
+                         "data and options to continue it, choose another --outdir, or pass --replace to move the old run "
+                         "aside and start over (nothing was written)")
+        if ck is not None:
+            gcfg = _gan_config_from_dict(ck["gan_config"])
+            tc = replace(TrainConfig(**ck["train_config"]), **{k: getattr(tc, k) for k in RESUME_MAY_CHANGE})
+    check(len(ds) >= tc.batch, f"{data_dir}: {len(ds)} training samples ({len(ds.subjects)} subject(s)) are fewer than one batch "
+                               f"of {tc.batch}; pass --batch {max(2, len(ds) - len(ds) % 2)} or less, or use more data")
     dev = choose_device(device)
+    if replace_run and state == "run": move_run_aside(outdir)
+    try: outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MedsynError(f"{outdir}: cannot create the run folder ({os_reason(e)}); choose a writable --outdir") from e
+    remove_stale_leftovers(outdir, kinds=("tmp",))
     compile_main = _set_impl(tc.impl)
     seed_everything(seed)
     trainer = GANTrainer(gcfg, tc, dev, compile_main=compile_main)
@@ -607,6 +649,7 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
     selection = SnapshotMetric(tc.metric, gcfg, metric_pairs, tc.metric_n, seed, dev)
     meta = dict(ds.meta)
     run_info = dict(cfg=cfg, preset=preset, kimg=kimg, seed=seed, data_dir=str(data_dir), dataset=meta.get("name"),
+                    data_fingerprint=fingerprint,
                     subjects=None if subjects is None else sorted(map(str, subjects)), n_train_samples=len(ds),
                     gan_config=asdict(gcfg), train_config=asdict(tc), augment=trainer.augment_name,
                     selection_metric=selection.name, device=str(dev), torch=torch.__version__)
@@ -635,6 +678,7 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
         save_png(grid_rows(*rows), outdir / f"grid-{trainer.cur_nimg / 1000:08.3f}kimg.png")
         progress_state["last_snap_nimg"] = trainer.cur_nimg
         ckpt = dict(trainer.state_dict(), progress=dict(progress_state), dataset_meta=meta, data_dir=str(data_dir),
+                    data_fingerprint=fingerprint,
                     selection_metric=selection.name, metric=res, seed=seed, kimg=trainer.cur_nimg / 1000)
         atomic_torch_save(ckpt, last)
         if metric and progress_state["best_kimg"] == trainer.cur_nimg / 1000:
@@ -665,12 +709,18 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
         t_tick, nimg_tick, acc = time.time(), trainer.cur_nimg, {}
         return row
 
+    in_step = False
     try:
+      with sigint_at_step_boundary(f"Ctrl-C: finishing the current step, then saving a checkpoint in {outdir} "
+                                   "(Ctrl-C again aborts at once and keeps the previous checkpoint)") as stop:
         while trainer.cur_nimg < total_nimg:
+            if stop.requested: raise KeyboardInterrupt
             if time_budget is not None and time.time() - t_call + snap_cost * 1.2 + 1.0 > time_budget:
                 stopped = "time budget"; break
             img, mask = next(batches)
+            in_step = True
             for k, v in trainer.step(img, mask).items(): acc.setdefault(k, []).append(v)
+            in_step = False
             for k in ("loss_G", "loss_D"):
                 check(math.isfinite(acc[k][-1]), f"training diverged at kimg {trainer.cur_nimg / 1000:.3f} ({k} is "
                       f"{acc[k][-1]}); resume from {outdir / 'network-best.pt'} with a larger --gamma or lower lr")
@@ -687,10 +737,15 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
                     res = snapshot(metric=True); snap_cost = res.pop("_seconds")
                     row.update(res, metric_name=selection.name)
                 log.add(row, trainer.cur_nimg)
+        if stop.requested: raise KeyboardInterrupt      # asked during the last step: it is complete, save it
     except KeyboardInterrupt:
-        snapshot(metric=False)
-        log.add(tick_row(), trainer.cur_nimg); log.close()
         if bar is not None: bar.close()
+        if in_step:    # a second Ctrl-C inside a step: the networks hold half an update, keep the previous checkpoint
+            log.close()
+            print(f"medsyn train: aborted inside a step; {last} keeps the last whole-step checkpoint", file=sys.stderr)
+            raise
+        snapshot(metric=False)                          # between steps: the state is whole, save it
+        log.add(tick_row(), trainer.cur_nimg); log.close()
         raise
     if progress_state["last_snap_nimg"] != trainer.cur_nimg:   # stopped by the budget (or nothing left to do)
         res = snapshot(metric=True); res.pop("_seconds")
@@ -706,6 +761,102 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
     return outdir
 
 # %% ../nbs/05_train.ipynb
+RESUME_MAY_CHANGE = ("impl", "tick_kimg")        # fields a resume may change: they do not alter the numbers
+
+def _is_run_config(path: Path) -> bool:
+    try: info = json.loads(path.read_text())
+    except (OSError, ValueError): return False
+    return isinstance(info, dict) and "gan_config" in info and "train_config" in info
+
+def run_folder_state(outdir) -> str:
+    "`'missing'`, `'empty'`, `'run'` (a medsyn training run, finished or partial) or `'foreign'` (other files)."
+    outdir = Path(outdir)
+    if not outdir.exists(): return "missing"
+    check(outdir.is_dir(), f"{outdir}: --outdir is an existing file, not a folder; choose another --outdir")
+    names = [p.name for p in outdir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    if not names: return "empty"
+    if "network-last.pt" in names or _is_run_config(outdir / "config.json"): return "run"
+    return "foreign"
+
+def move_run_aside(outdir) -> Path:
+    "Rename the run folder `outdir` to `OUTDIR.replaced-YYYYmmdd-HHMMSS` (never deleted) and say so; returns the new name."
+    outdir = Path(outdir)
+    stamp, k = time.strftime("%Y%m%d-%H%M%S"), 0
+    aside = outdir.with_name(f"{outdir.name}.replaced-{stamp}")
+    while aside.exists(): k += 1; aside = outdir.with_name(f"{outdir.name}.replaced-{stamp}-{k}")
+    os.replace(outdir, aside)
+    print(f"medsyn train: moved the earlier run {outdir} aside to {aside}", file=sys.stderr)
+    return aside
+
+def data_fingerprint(ds) -> dict:
+    "What identifies the training data of a run: labels, modalities, resolution and a hash of the sample ids with their foreground share."
+    idx = ds.index
+    rows = "\n".join(f"{s},{f:.6g}" for s, f in zip(idx.sample_id, idx.fg_fraction))
+    return dict(dataset=ds.meta.get("name"), modalities=list(ds.modalities), labels={str(k): v for k, v in ds.labels.items()},
+                resolution=[int(r) for r in ds.resolution], n_samples=len(ds), n_subjects=len(ds.subjects),
+                samples_sha256=hashlib.sha256(rows.encode()).hexdigest()[:16])
+
+def _legacy_data(meta: dict) -> dict:
+    "The comparable part of a dataset.json (runs written before data fingerprints existed)."
+    return {k: meta.get(k) for k in ("name", "modalities", "labels", "resolution", "n_slices")}
+
+def resume_conflicts(stored: dict, requested: dict) -> list[str]:
+    "The differences between a run's stored settings and a new command's, one readable item each (empty: may resume)."
+    out = []
+    if stored.get("cfg") != requested["cfg"]:
+        out.append(f"it was trained with --cfg {stored.get('cfg')}, not {requested['cfg']}")
+    if stored.get("seed") is not None and stored["seed"] != requested["seed"]:
+        out.append(f"--seed: run {stored['seed']}, now {requested['seed']}")
+    for part in ("gan_config", "train_config"):
+        a, b = stored.get(part) or {}, requested[part]
+        out += [f"{k}: run {a[k]!r}, now {b[k]!r}" for k in sorted(set(a) & set(b))
+                if k not in RESUME_MAY_CHANGE and k != "cfg" and a[k] != b[k]]
+    sd, rd = stored.get("data"), requested["data"]
+    key = "legacy" if stored.get("data_legacy") else "fingerprint"
+    cmp = rd[key]
+    if sd is not None:
+        out += [f"data {k}: run {sd.get(k)!r}, now {cmp.get(k)!r}" for k in sorted(set(sd) | set(cmp)) if sd.get(k) != cmp.get(k)]
+    return out
+
+def stored_run(outdir: Path, ck: dict | None) -> dict:
+    "The settings of the run in `outdir`, from its checkpoint or (a run stopped before its first one) its config.json."
+    if ck is not None:
+        data, legacy = ck.get("data_fingerprint"), "data_fingerprint" not in ck
+        if legacy: data = _legacy_data(ck.get("dataset_meta") or {})
+        return dict(cfg=ck["gan_config"].get("cfg"), seed=ck.get("seed"), gan_config=ck["gan_config"],
+                    train_config=ck["train_config"], data=data, data_legacy=legacy)
+    info = load_json(outdir / "config.json")
+    return dict(cfg=info.get("cfg"), seed=info.get("seed"), gan_config=info.get("gan_config"), train_config=info.get("train_config"),
+                data=info.get("data_fingerprint"), data_legacy=False)
+
+def check_trainable(ds, data_dir) -> None:
+    "Refuse data a mask GAN cannot learn from: no samples, a single label, or masks that are all background."
+    check(len(ds) > 0, f"{data_dir}: no training samples (an empty dataset or an empty subject subset)")
+    check(len(ds.labels) >= 2, f"{data_dir}: declares only the labels {ds.labels}; an image+mask GAN needs background and at "
+                               "least one foreground label: re-prepare the data with its label files")
+    fg = ds.index.fg_fraction.astype(float) > 0
+    check(bool(fg.any()), f"{data_dir}: all {len(ds)} masks are background only (label 0 everywhere); there is nothing to "
+                          "segment or synthesize: re-prepare the data from the right label files")
+
+def open_run_folder(outdir: Path, resume: bool, replace_run: bool) -> tuple[str, dict | None]:
+    "Decide what to do with `outdir`: `(state, checkpoint or None)`; refuses a foreign folder and, without `resume`, a run."
+    state = run_folder_state(outdir)
+    if state == "foreign":
+        raise MedsynError(f"{outdir}: holds files that are not a medsyn training run "
+                          f"({', '.join(sorted(p.name for p in outdir.iterdir())[:4])}...); choose a new or empty --outdir")
+    if state == "run" and not replace_run:
+        check(resume, f"{outdir}: holds a training run; --no-resume would replace it: drop --no-resume to continue it, "
+                      f"pass --replace to move it aside to {outdir.name}.replaced-<time> and start over, or choose another --outdir")
+        last = outdir / "network-last.pt"
+        if last.exists():
+            try: return state, load_checkpoint(last)
+            except MedsynError as e:
+                raise MedsynError(f"{e}. The run in {outdir} cannot resume from it: copy network-best.pt over "
+                                  "network-last.pt to resume from the best snapshot, or pass --replace to move the run "
+                                  "aside and start over") from e
+    return state, None
+
+# %% ../nbs/05_train.ipynb
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medsyn train", description="Train a StyleGAN2 generator on a canonical dataset.")
     p.add_argument("--data", required=True, help="canonical dataset folder (from `medsyn prepare`)")
@@ -715,11 +866,13 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu64", choices=list(TRAIN_PRESETS), help="network + training preset")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
     p.add_argument("--gamma", type=float, default=None, help="R1 weight (default: the preset's; 0.1 for cpu64, 2 for paper256 as the authors)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from OUTDIR/network-last.pt")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue the run in OUTDIR (default); --no-resume refuses a folder that holds a run")
+    p.add_argument("--replace", action="store_true", help="move a run already in OUTDIR aside (OUTDIR.replaced-TIME) and start over")
     p.add_argument("--time-budget", type=float, default=None, help="stop cleanly (with a checkpoint) after this many seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--snap", type=float, default=None, help="snapshot (grid, metric, checkpoint) interval in kimg")
-    p.add_argument("--impl", default="auto", choices=["auto", "ref", "cpu", "cuda", "compile"], help="ops implementation")
+    p.add_argument("--impl", default=None, choices=list(TRAIN_CHOICES["impl"]), help="ops implementation (default auto)")
     p.add_argument("--metric", default=None, choices=["auto", "fid", "stats"], help="snapshot selection metric")
     p.add_argument("--mask-source", default=None, help="cond only: dataset whose masks drive grids and the metric")
     p.add_argument("--device", default="auto")
@@ -730,21 +883,23 @@ def train_parser() -> argparse.ArgumentParser:
 
 def parse_sets(items: list[str]) -> dict:
     "`['a=1', 'b=x']` -> `{'a': 1, 'b': 'x'}` (values read as JSON when they parse, else as strings)."
-    out = {}
-    for it in items:
-        check("=" in it, f"--set {it!r}: expected KEY=VALUE, e.g. --set gamma=1.0")
-        k, v = it.split("=", 1)
-        try: out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError: out[k.strip()] = v
-    return out
+    return parse_set_items(items, "--set")
+
+def cli_overrides(a) -> dict:
+    "The training options of `medsyn train`: the `--set` items and the dedicated flags, which must agree where both are given."
+    sets = parse_sets(a.set)
+    flags = {k: v for k, v in dict(batch=a.batch, gamma=a.gamma, metric=a.metric, impl=a.impl).items() if v is not None}
+    clash = [f"--{k} {v} and --set {k}={sets[k]!r}" for k, v in flags.items() if k in sets and sets[k] != v]
+    check(not clash, f"{'; '.join(clash)} disagree; give each option once")
+    return {**sets, **flags}
 
 def train_main(argv: list[str]) -> int:
     "`medsyn train ...`: parse, then `train_gan`."
     a = train_parser().parse_args(argv)
-    over = {**parse_sets(a.set), **{k: v for k, v in dict(gamma=a.gamma, metric=a.metric).items() if v is not None}}
+    over = cli_overrides(a)
     out = train_gan(a.data, a.outdir, cfg=a.cfg, kimg=a.kimg, preset=a.preset, resume=a.resume, time_budget=a.time_budget,
-                    seed=a.seed, batch=a.batch, snap_kimg=a.snap, mask_source=a.mask_source, device=a.device,
-                    progress=not a.no_progress, impl=a.impl, **over)
+                    seed=a.seed, snap_kimg=a.snap, mask_source=a.mask_source, device=a.device,
+                    progress=not a.no_progress, replace_run=a.replace, **over)
     print(f"run folder: {out}  (best: {out / 'network-best.pt'}, last: {out / 'network-last.pt'})")
     return 0
 
