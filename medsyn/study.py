@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import (MedsynError, check, runs_dir, save_json, load_json, atomic_write_text, atomic_path,
-                         file_sha256)
+from .core import (MedsynError, check, check_fields, runs_dir, save_json, load_json, atomic_write_text, atomic_path,
+                         file_sha256, parse_set_items)
 from .data import (check_disjoint, default_dataset, fold_subjects, load_canonical, plot_dataset_overview,
                          write_canonical)
 from .generate import generate_pairs
@@ -35,7 +35,8 @@ __all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALIT
            'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
            'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
            'study_notebooks_dir', 'ensure_kernel', 'notebook_config', 'notebook_parameters', 'load_study_notebook',
-           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'study_main']
+           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'check_study_inputs',
+           'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond")}
@@ -835,14 +836,14 @@ def aggregate(root: str | Path, names: Sequence[str], log: Callable = print) -> 
     return root / "report.html"
 
 # %% ../nbs/09_study.ipynb
-def _parse_set(items: Sequence[str]) -> dict:
-    out = {}
-    for it in items:
-        check("=" in it, f"--set expects name=value, got {it!r}")
-        k, v = it.split("=", 1)
-        try: out[k] = json.loads(v)
-        except json.JSONDecodeError: out[k] = v
-    return out
+def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict) -> dict:
+    "Refuse, before anything runs, an unknown dataset, an `--out` that is a file, and unknown or wrongly typed `--set` fields."
+    check(not root.exists() or root.is_dir(), f"{root}: --out is an existing file, not a folder; choose another --out or move the file away")
+    for ds in datasets:
+        if ds != "default":
+            check((Path(ds) / "dataset.json").is_file(), f"{ds}: not 'default' and not a canonical dataset folder (no dataset.json); "
+                                                        f"convert raw data with `medsyn prepare SRC --out DIR` and pass DIR")
+    return check_fields(overrides, [StudyConfig], "--set", fixed={"profile": "use --profile", "dataset": "use --datasets"})
 
 def study_main(argv: list[str]) -> int:
     "Entry point of `medsyn study`."
@@ -859,9 +860,12 @@ def study_main(argv: list[str]) -> int:
     # threads slow torch down several-fold; the kernels papermill starts inherit this environment.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = Path(a.out) if a.out else runs_dir()
+    datasets = [d.strip() for d in a.datasets.split(",") if d.strip()]
+    overrides = check_study_inputs(datasets, root, parse_set_items(a.set))
+    cfgs = [study_config(a.profile, dataset=ds, folds=a.folds, gan_kimg=a.kimg, resolution=a.resolution, seeds=a.seeds, **overrides)
+            for ds in datasets]
     names, failed, t0 = [], [], time.time()
-    for ds in [d.strip() for d in a.datasets.split(",") if d.strip()]:
-        cfg = study_config(a.profile, dataset=ds, folds=a.folds, gan_kimg=a.kimg, resolution=a.resolution, seeds=a.seeds, **_parse_set(a.set))
+    for ds, cfg in zip(datasets, cfgs):
         name = dataset_name(ds); names.append(name)
         print(f"[{name}] profile {a.profile}: {len(experiment_grid(cfg))} U-Net cells, {len(gan_jobs(cfg))} GAN runs -> {root / name}", flush=True)
         status = run_dataset(cfg, root / name, force=a.force, log=lambda m: print(m, flush=True))

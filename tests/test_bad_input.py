@@ -16,7 +16,6 @@ from medsyn.data import load_canonical, make_synthetic_msd, write_canonical
 from medsyn.train import toy_dataset, train_gan
 
 TINY = dict(channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)
-STUDY_XFAIL = pytest.mark.xfail(reason="study CLI handled in the study rewrite", strict=False)
 
 
 def refused(capsys, *args, names=(), target=None):
@@ -284,7 +283,7 @@ def test_segment_out_inside_the_data(toy, capsys):
     assert not (toy / "seg").exists()
 
 
-# --- medsyn study (its CLI is being rewritten: these hold the target behaviour) -------------------------------------
+# --- medsyn study: refused before anything runs -------------------------------------
 
 def _study(tmp_path, *args):
     env = dict(os.environ, MEDSYN_RUNS=str(tmp_path / "runs"), OMP_NUM_THREADS="1")
@@ -295,7 +294,6 @@ def _study(tmp_path, *args):
         pytest.fail("medsyn study did not refuse the input (it started running)")
 
 
-@STUDY_XFAIL
 @pytest.mark.parametrize("args,name", [(["--datasets", "no_such_dataset_xyz"], "no_such_dataset_xyz"),
                                        (["--set", "no_such_field=1"], "no_such_field"),
                                        (["--set", "folds=abc"], "folds")], ids=["unknown dataset", "unknown --set field", "wrong-typed --set"])
@@ -304,7 +302,6 @@ def test_study_bad_input(tmp_path, args, name):
     assert r.returncode == 2 and "Traceback" not in r.stderr and name in r.stderr, r.stderr
 
 
-@STUDY_XFAIL
 def test_study_out_is_a_file(tmp_path):
     f = tmp_path / "notes.txt"; f.write_text("mine")
     r = _study(tmp_path, "--profile", "quick", "--out", f)
