@@ -18,12 +18,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 
 from .core import (MedsynError, check, seed_everything, choose_device, atomic_torch_save,
                          save_json, atomic_write_text)
+from .augment import augment_preset
 from .data import check_disjoint, fold_subjects, load_canonical
 from .metrics import HookFeatures, label_scores, unet_bottleneck
 
 # %% auto 0
 __all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'unet_features', 'cfg_bottleneck_channels',
-           'traditional_augmentation', 'SegSamples', 'oversample', 'take_samples', 'predict_slices', 'volume_diagonal',
+           'classical_augmentation', 'SegSamples', 'oversample', 'take_samples', 'predict_slices', 'volume_diagonal',
            'volume_scores', 'evaluate_subjects', 'subject_summary', 'IntensityLookup', 'lookup_baseline', 'SegRun',
            'lr_scheduler', 'train_unet', 'save_unet', 'load_unet', 'load_segmentation_model', 'segment_experiment',
            'segment_main']
@@ -99,34 +100,22 @@ def cfg_bottleneck_channels(model: nn.Module) -> int:
     return convs[-1].out_channels if convs else -1
 
 # %% ../nbs/08_segment.ipynb
-def traditional_augmentation(prob: float = 0.5, seed: int = 0):
-    """MONAI dictionary transforms over keys `image`/`mask` that respect the anatomy of aligned slices: a left-right
-    flip, a small shared affine (±15°, ±10 % scale, ±4 px), mild intensity scale/shift and noise (image only).
-    No up-down flips or 90° rotations: every prepared slice has the same orientation, and tissue contrast is the cue."""
-    from monai.transforms import Compose, RandFlipd, RandAffined, RandScaleIntensityd, RandShiftIntensityd, RandGaussianNoised
-    keys = ["image", "mask"]
-    t = Compose([
-        RandFlipd(keys, prob=prob, spatial_axis=1),
-        RandAffined(keys, prob=prob, rotate_range=(0.26,), scale_range=(0.1, 0.1), translate_range=(4, 4),
-                    mode=("bilinear", "nearest"), padding_mode="zeros"),
-        RandScaleIntensityd("image", factors=0.03, prob=prob * 0.5),
-        RandShiftIntensityd("image", offsets=0.02, prob=prob * 0.5),
-        RandGaussianNoised("image", prob=prob * 0.3, std=0.01),
-    ])
-    t.set_random_state(seed=seed)
-    return t
+def classical_augmentation(seed: int = 0):
+    "`(images (N,C,H,W) in [0,1], masks (N,H,W)) -> augmented (images, masks)` with `medsyn.augment`'s `seg` preset, seeded."
+    pipe, gen = augment_preset("seg"), torch.Generator().manual_seed(seed)
+    def apply(images: torch.Tensor, masks: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        onehot = F.one_hot(masks, num_classes).permute(0, 3, 1, 2).float()
+        x, m = pipe(images * 2 - 1, onehot, generator=gen)
+        return ((x + 1) / 2).clamp(0, 1), m.argmax(1)
+    return apply
 
 class SegSamples(Dataset):
-    "Canonical samples as `{'image': float (C,H,W), 'mask': int64 (H,W)}`, optionally augmented."
-    def __init__(self, ds: Dataset, transform=None):
-        self.ds, self.transform = ds, transform
+    "Canonical samples as `{'image': float (C,H,W) in [0,1], 'mask': int64 (H,W)}`."
+    def __init__(self, ds: Dataset): self.ds = ds
     def __len__(self): return len(self.ds)
     def __getitem__(self, i):
         s = self.ds[i]
-        d = {"image": torch.as_tensor(s["image"], dtype=torch.float32), "mask": torch.as_tensor(s["mask"])[None].float()}
-        if self.transform is not None: d = self.transform(d)
-        img, msk = (torch.as_tensor(getattr(d[k], "as_tensor", lambda: d[k])()) for k in ("image", "mask"))
-        return {"image": img.float().clamp(0, 1), "mask": msk[0].round().long()}
+        return {"image": torch.as_tensor(s["image"], dtype=torch.float32).clamp(0, 1), "mask": torch.as_tensor(s["mask"]).long()}
 
 # %% ../nbs/08_segment.ipynb
 def oversample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
@@ -291,8 +280,8 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
     seed_everything(cfg.seed)
     device = choose_device(cfg.device)
     model = build_unet(in_ch, num_classes, cfg).to(device)
-    aug = traditional_augmentation(seed=cfg.seed) if cfg.augment else None
-    data = ConcatDataset([SegSamples(d, aug) for d in train_sets])
+    aug = classical_augmentation(seed=cfg.seed) if cfg.augment else None
+    data = ConcatDataset([SegSamples(d) for d in train_sets])
     g = torch.Generator().manual_seed(cfg.seed)
     sampler = (RandomSampler(data, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size, generator=g)
                if cfg.steps_per_epoch else RandomSampler(data, generator=g))
@@ -307,7 +296,9 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
     for epoch in epochs:
         model.train(); losses = []
         for batch in loader:
-            x, y = batch["image"].to(device), batch["mask"].to(device)[:, None]
+            x, y = batch["image"], batch["mask"]
+            if aug is not None: x, y = aug(x, y, num_classes)
+            x, y = x.to(device), y.to(device)[:, None]
             loss = loss_fn(model(x), y)
             check(torch.isfinite(loss).item(), f"U-Net loss became {loss.item()} at epoch {epoch}; lower SegConfig.lr")
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step(); losses.append(loss.item()); steps += 1

@@ -31,12 +31,12 @@ __all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALIT
            'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done',
            'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
            'dataset_fingerprint', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row',
-           'train_study_gan', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'synthetic_inputs',
-           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
-           'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
-           'study_notebooks_dir', 'ensure_kernel', 'notebook_config', 'notebook_parameters', 'load_study_notebook',
-           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'check_study_inputs',
-           'study_main']
+           'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs',
+           'synthetic_inputs', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves',
+           'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality',
+           'stage_report', 'study_notebooks_dir', 'ensure_kernel', 'notebook_config', 'notebook_parameters',
+           'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate',
+           'check_study_inputs', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond")}
@@ -427,9 +427,9 @@ def gan_checkpoint(run_dir: str | Path) -> Path:
 
 def gan_inputs(cfg: StudyConfig, gan: str, split: dict, fingerprint: str) -> dict:
     "What a GAN run depends on (its manifest's inputs)."
-    return dict(kind="gan", gan=gan, dataset=fingerprint, subjects=list(split["train"]), preset=cfg.gan_preset,
-                kimg=cfg.gan_kimg[gan], time_budget=cfg.gan_time_budget, overrides=cfg.gan_overrides,
-                seed=cfg.split_seed + split["fold"])
+    return dict(kind="gan", gan=gan, dataset=fingerprint, subjects=list(split["train"]), selection_subjects=list(split["val"]),
+                preset=cfg.gan_preset, kimg=cfg.gan_kimg[gan], time_budget=cfg.gan_time_budget, trunc=cfg.trunc,
+                overrides=cfg.gan_overrides, seed=cfg.split_seed + split["fold"])
 
 def gan_run_row(job, run_dir: Path, seconds: float) -> dict:
     "One row of `tables/gan_training.csv` for a finished run."
@@ -454,11 +454,37 @@ def train_study_gan(cfg: StudyConfig, job, split: dict, data_dir: Path, fingerpr
     log(f"gan: {'resuming' if state == 'unfinished' else 'training'} {run_dir.name} on {len(split['train'])} subjects "
         f"({cfg.gan_kimg[job.gan]:g} kimg, preset {cfg.gan_preset}, budget {cfg.gan_time_budget} s)")
     t0 = time.time()
+    check_disjoint(split["val"], [], split["test"], f"snapshot selection of GAN {run_dir.name}")
     train_gan(data_dir, run_dir, cfg=job.gan, kimg=cfg.gan_kimg[job.gan], preset=cfg.gan_preset, resume=True,
-              time_budget=cfg.gan_time_budget, seed=inputs["seed"], subjects=split["train"], **{"progress": False, **cfg.gan_overrides})
+              time_budget=cfg.gan_time_budget, seed=inputs["seed"], subjects=split["train"], selection_subjects=split["val"],
+              **{"progress": False, "metric_trunc": cfg.trunc, **cfg.gan_overrides})
     seconds = time.time() - t0
     write_manifest(run_dir, inputs, complete=True, seconds=round(seconds, 1))
     return gan_run_row(job, run_dir, seconds)
+
+def gan_snapshots(cfg: StudyConfig, lay: RunLayout) -> pd.DataFrame:
+    "Every snapshot's selection metric (on the validation subjects' real pairs) of every GAN run: `tables/gan_snapshots.csv`."
+    frames = []
+    for job in gan_jobs(cfg).itertuples():
+        st = lay.gan_run(job.gan, job.fold, job.fraction) / "stats.csv"
+        if not st.exists(): continue
+        d = pd.read_csv(st)
+        if "metric" not in d: continue
+        d = d[d.metric.notna()]
+        keep = [c for c in ("kimg", "metric_name", "metric", "fid", "intensity_w1", "area_w1", "missing_labels") if c in d]
+        frames.append(d[keep].assign(gan=job.gan, fold=job.fold, fraction=job.fraction))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["gan", "fold", "fraction", "kimg", "metric"])
+
+def plot_gan_snapshots(snaps: pd.DataFrame):
+    "Selection metric (lower is better) vs kimg for every GAN run; the chosen snapshot is the minimum of each curve."
+    import matplotlib.pyplot as plt, seaborn as sns
+    d = snaps.assign(run=[f"{g} fold {f} frac {x:g}" for g, f, x in zip(snaps.gan, snaps.fold, snaps.fraction)])
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    sns.lineplot(d, x="kimg", y="metric", hue="run", marker="o", ax=ax)
+    ax.set_ylabel(f"{d.metric_name.iloc[0] if 'metric_name' in d else 'metric'} on validation pairs (lower is better)")
+    ax.set_title("GAN snapshot quality vs training length", fontsize=9); ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
 
 def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Train every GAN the grid needs on its cell's training subjects; writes `tables/gan_training`."
@@ -468,6 +494,9 @@ def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> l
             for job in gan_jobs(cfg).itertuples()]
     table = pd.DataFrame(rows, columns=["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds", "checkpoint"])
     outputs = write_table(table, lay.table("gan_training"))
+    snaps = gan_snapshots(cfg, lay)
+    outputs += write_table(snaps, lay.table("gan_snapshots"))
+    if len(snaps): outputs += save_figure(plot_gan_snapshots(snaps), lay.figure("gan_quality_vs_kimg"))
     outputs += [lay.gan_run(j.gan, j.fold, j.fraction) / MANIFEST for j in gan_jobs(cfg).itertuples()]
     log(f"gan: {len(rows)} runs in {time.time() - t0:.0f} s")
     mark_done(lay.root, "gan", cfg, outputs, time.time() - t0)

@@ -52,6 +52,7 @@ class TrainConfig:
     tick_kimg: float | None = None # log interval; None: about 100 rows per run, at least one batch
     metric: str = "auto"           # snapshot selection: 'auto' (FID when Inception weights exist) | 'fid' | 'stats'
     metric_n: int = 256            # generated samples per snapshot evaluation
+    metric_trunc: float = 1.0      # truncation psi of the samples the selection metric scores (the study uses its generation psi)
     grid_n: int = 8                # rows in the sample grid
     impl: str = "auto"             # ops implementation 'auto'|'ref'|'cpu', or 'compile' (torch.compile of the main phases)
 
@@ -364,9 +365,9 @@ def fid_feature_fn(device="cpu"):
 
 class SnapshotMetric:
     "The snapshot-selection metric of a run: FID (when Inception weights exist) or the intensity/label statistics distance."
-    def __init__(self, kind: str, gcfg, pairs: PairData, n: int, seed: int = 0, device="cpu"):
+    def __init__(self, kind: str, gcfg, pairs: PairData, n: int, seed: int = 0, device="cpu", trunc: float = 1.0):
         check(kind in ("auto", "fid", "stats"), f"unknown metric {kind!r}; choose auto, fid or stats")
-        self.gcfg, self.n, self.seed = gcfg, min(n, len(pairs)), seed
+        self.gcfg, self.n, self.seed, self.trunc = gcfg, min(n, len(pairs)), seed, trunc
         idx = np.random.default_rng([seed, 7]).permutation(len(pairs))[: self.n]
         imgs, masks = zip(*(pairs[int(i)] for i in idx))
         self.real_images = (torch.stack(imgs) + 1) / 2
@@ -393,7 +394,7 @@ class SnapshotMetric:
             nb = min(batch, self.n - i)
             z = torch.randn(nb, G_ema.z_dim if hasattr(G_ema, "z_dim") else self.gcfg.z_dim, generator=gen).to(device)
             cond = one_hot(self.real_masks[i:i + nb], self.gcfg.num_labels).to(device) if self.gcfg.cfg == "cond" else None
-            raw = G_ema.synthesis(G_ema.mapping(z, update_emas=False), cond=cond, noise_mode="const")
+            raw = G_ema.synthesis(G_ema.mapping(z, truncation_psi=self.trunc, update_emas=False), cond=cond, noise_mode="const")
             image, probs = _nets().split_output(raw, self.gcfg)
             if image is not None: fake_imgs.append(((image.clamp(-1, 1) + 1) / 2).cpu())
             if probs is not None: fake_masks.append(probs.argmax(1).cpu())
@@ -588,13 +589,14 @@ def _fmt(v, nd=3): return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: str = "cpu64", resume: bool = True,
               time_budget: float | None = None, seed: int = 0, batch: int | None = None, snap_kimg: float | None = None,
-              mask_source=None, subjects=None, device: str = "auto", progress: bool = True, replace_run: bool = False,
-              **overrides) -> Path:
+              mask_source=None, subjects=None, selection_subjects=None, device: str = "auto", progress: bool = True,
+              replace_run: bool = False, **overrides) -> Path:
     """Train a StyleGAN2 `cfg` ('joint' | 'mask' | 'cond') on the canonical dataset `data_dir` for `kimg`
     thousand images; returns the run folder `outdir` (checkpoints, logs, grids). `overrides` set fields of
     `GANConfig` or `TrainConfig`. For 'cond', `mask_source` (a canonical dataset folder) gives the masks used
     for grids and the selection metric (default: the training masks). `subjects` restricts training to those
-    subjects (e.g. the train split). A folder holding a run is resumed (`resume`), refused (see `open_run_folder`)
+    subjects (e.g. the train split); `selection_subjects` picks the snapshot on *those* subjects' real pairs instead
+    (the validation split: snapshot selection on held-out data). A folder holding a run is resumed (`resume`), refused (see `open_run_folder`)
     or, with `replace_run`, moved aside first. Ctrl-C stops after the current step with a checkpoint."""
     from medsyn.core import choose_device
     from medsyn.data import load_canonical
@@ -639,6 +641,11 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
     trainer = GANTrainer(gcfg, tc, dev, compile_main=compile_main)
     pairs = PairData(ds)
     metric_pairs = pairs
+    if selection_subjects is not None:
+        check(subjects is None or not set(map(str, selection_subjects)) & set(map(str, subjects)),
+              f"selection_subjects {sorted(set(map(str, selection_subjects)) & set(map(str, subjects or [])))} are also training subjects; "
+              "select the snapshot on held-out (validation) subjects")
+        metric_pairs = PairData(load_canonical(data_dir).subset(list(selection_subjects)).for_training())
     if mask_source is not None:
         check(cfg == "cond", "mask_source is only used by --cfg cond")
         metric_pairs = PairData(load_canonical(mask_source))
@@ -646,11 +653,12 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
     if ck is not None:
         trainer.load_state_dict(ck, restore_rng=False)
         progress_state.update(ck.get("progress", {}))
-    selection = SnapshotMetric(tc.metric, gcfg, metric_pairs, tc.metric_n, seed, dev)
+    selection = SnapshotMetric(tc.metric, gcfg, metric_pairs, tc.metric_n, seed, dev, tc.metric_trunc)
     meta = dict(ds.meta)
     run_info = dict(cfg=cfg, preset=preset, kimg=kimg, seed=seed, data_dir=str(data_dir), dataset=meta.get("name"),
                     data_fingerprint=fingerprint,
                     subjects=None if subjects is None else sorted(map(str, subjects)), n_train_samples=len(ds),
+                    selection_subjects=None if selection_subjects is None else sorted(map(str, selection_subjects)),
                     gan_config=asdict(gcfg), train_config=asdict(tc), augment=trainer.augment_name,
                     selection_metric=selection.name, device=str(dev), torch=torch.__version__)
     save_json(run_info, outdir / "config.json")
