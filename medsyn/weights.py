@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_weights.ipynb 2
 from __future__ import annotations
-import argparse, datetime, json, os, pickle, re, shutil, subprocess, sys, tarfile, tempfile, time, urllib.request, warnings, zipfile
+import argparse, datetime, http.client, json, os, pickle, re, shutil, subprocess, sys, tarfile, tempfile, time, urllib.request, warnings, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -299,7 +299,7 @@ def download_official(ws: WeightSet, out: Path, timeout: float | None = None) ->
     try:
         with urllib.request.urlopen(ws.url, timeout=_timeout(10.0) if timeout is None else timeout) as r, open(out, "wb") as f:
             shutil.copyfileobj(r, f, 1 << 20)
-    except (OSError, ValueError) as e: raise WeightsUnavailable(f"{ws.url}: {e}") from None
+    except (OSError, ValueError, http.client.HTTPException) as e: raise WeightsUnavailable(f"{ws.url}: {type(e).__name__}: {e}") from None
     digest, prefix = file_sha256(out), official_sha256_prefix(ws.file)
     check(digest.startswith(prefix), f"{ws.url}: the download has sha256 {digest}, its name promises {prefix}...; not installed")
     load_weights_file(out, ws.what)

@@ -194,19 +194,47 @@ def test_cli_weights_status(weight_files, run_medsyn):
     for name in W.WEIGHT_SETS: assert f"{name}: ok" in res.stdout or f"{name}: present" in res.stdout
 
 
-@pytest.mark.slow
-def test_evaluate_reports_numbers_with_fetched_weights(weight_files, tmp_path):
-    "Two halves of the default dataset as real and fake: numeric FID/KID/PR/LPIPS per modality, with their means."
+@pytest.fixture(scope="module")
+def two_halves(tmp_path_factory):
+    "The default dataset split by alternate slabs into two canonical datasets (a real-vs-real pair)."
     from medsyn.data import default_dataset, load_canonical, write_canonical
-    ds = load_canonical(default_dataset(64))
-    subjects = ds.subjects
-    def half(name, subj):
-        part = ds.subset(subj)
+    ds, tmp = load_canonical(default_dataset(64)), tmp_path_factory.mktemp("halves")
+    def half(name, subjects):
+        part = ds.subset(subjects)
         samples = ({"image": part[i]["image"].numpy(), "mask": part[i]["mask"].numpy().astype(np.uint8),
                     "subject": part[i]["subject"], "slice": i} for i in range(len(part)))
-        return write_canonical(tmp_path / name, samples, name=name, modalities=ds.modalities, labels=ds.labels)
-    real, fake = half("real", subjects[::2]), half("fake", subjects[1::2])
-    res = M.evaluate(real, fake, ["fid", "kid", "pr", "lpips"], max_samples=24, lpips_samples=12, batch_size=12, progress=False, cache=False)
+        return write_canonical(tmp / name, samples, name=name, modalities=ds.modalities, labels=ds.labels)
+    return half("real", ds.subjects[::2]), half("fake", ds.subjects[1::2])
+
+
+def test_evaluate_fetches_missing_weights_once_with_a_log_line(weight_files, two_halves, tmp_path, capsys, monkeypatch):
+    "Empty caches and --weights-dir: evaluate fetches the LPIPS trunk there itself (one stderr line), then reports numbers."
+    monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "empty-cache")); monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    for var in (W.INCEPTION_ENV, W.LPIPS_ENV): monkeypatch.delenv(var, raising=False)
+    real, fake = two_halves
+    res = M.evaluate(real, fake, ["lpips"], weights_dir=tmp_path / "w", max_samples=8, lpips_samples=8, progress=False, cache=False)
+    assert isinstance(res["metrics"]["lpips"], dict), res["metrics"]["lpips"]
+    log = capsys.readouterr().err
+    assert log.count("fetching them once") == 1 and str(tmp_path / "w") in log
+    trunk = tmp_path / "w" / W.WEIGHT_SETS["lpips-alex"].converted_file
+    assert trunk.is_file() and W.weight_status("lpips-alex", tmp_path / "w")["state"] == "ok"
+    assert file_sha256(trunk) == file_sha256(weight_files["lpips-alex"])        # the conversion is deterministic
+    M.evaluate(real, fake, ["lpips"], weights_dir=tmp_path / "w", max_samples=8, lpips_samples=8, progress=False, cache=False)
+    assert "fetching" not in capsys.readouterr().err                            # present now: no second fetch
+
+
+def test_evaluate_without_fetch_reports_error_strings(two_halves, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "empty-cache")); monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    for var in (W.INCEPTION_ENV, W.LPIPS_ENV): monkeypatch.delenv(var, raising=False)
+    out = M.evaluate(*two_halves, ["fid", "kid", "lpips"], progress=False, cache=False, fetch=False)["metrics"]
+    assert all(isinstance(out[m], str) and out[m].startswith("error:") for m in ("fid", "kid", "lpips"))
+    assert W.FID_INCEPTION_FILE in out["fid"] and "medsyn weights fetch" in out["fid"] and "alexnet-owt-7be5be79.pth" in out["lpips"]
+
+
+@pytest.mark.slow
+def test_evaluate_reports_numbers_with_fetched_weights(weight_files, two_halves):
+    "Two halves of the default dataset as real and fake: numeric FID/KID/PR/LPIPS per modality, with their means."
+    res = M.evaluate(*two_halves, ["fid", "kid", "pr", "lpips"], max_samples=24, lpips_samples=12, batch_size=12, progress=False, cache=False)
     out = res["metrics"]
     for metric in ("fid", "kid", "pr", "lpips"): assert isinstance(out[metric], dict), out[metric]
     assert np.isfinite(out["fid"]["T1"]) and out["fid"]["T1"] > 0 and out["fid"]["mean_modalities"] == pytest.approx(out["fid"]["T1"])
