@@ -74,11 +74,24 @@ def feature_statistics(features, name: str = "features") -> tuple[np.ndarray, np
     check(len(f) >= 2, f"{name}: {len(f)} sample(s); at least 2 are needed to estimate a covariance (use more samples)")
     return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
 
+def _trace_sqrt_low_rank(r: np.ndarray, f: np.ndarray) -> float:
+    "Tr sqrt(Σr Σf) from the features themselves: with A, B the centred features / sqrt(n-1), Σr Σf = AᵀA BᵀB has the nonzero eigenvalues of (ABᵀ)(ABᵀ)ᵀ, so the trace is the nuclear norm of ABᵀ (n_r × n_f)."
+    a, b = (r - r.mean(0)) / math.sqrt(len(r) - 1), (f - f.mean(0)) / math.sqrt(len(f) - 1)
+    return float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+
 def fid_from_features(real, fake, eps: float = 1e-6) -> float:
-    "Fréchet distance between two feature sets (FID when the features are FID-Inception pool3 features)."
+    """Fréchet distance between two feature sets (FID when the features are FID-Inception pool3 features).
+    With fewer samples than dimensions the covariances are singular and the D×D `sqrtm` (minutes for D = 2048 on a CPU)
+    is replaced by its exact low-rank equivalent (`_trace_sqrt_low_rank`); otherwise pytorch-fid's formula (`frechet_distance`)."""
     r, f = _as_features(real, "real"), _as_features(fake, "fake")
     check(r.shape[1] == f.shape[1], f"real and fake features differ in size ({r.shape[1]} vs {f.shape[1]}); use one extractor for both")
-    return frechet_distance(*feature_statistics(r, "real"), *feature_statistics(f, "fake"), eps=eps)
+    if min(len(r), len(f)) > r.shape[1]:
+        return frechet_distance(*feature_statistics(r, "real"), *feature_statistics(f, "fake"), eps=eps)
+    for x, name in ((r, "real"), (f, "fake")):
+        check(len(x) >= 2, f"{name}: {len(x)} sample(s); at least 2 are needed to estimate a covariance (use more samples)")
+    diff = r.mean(0) - f.mean(0)
+    trace = lambda x: float(((x - x.mean(0)) ** 2).sum() / (len(x) - 1))
+    return float(diff @ diff + trace(r) + trace(f) - 2 * _trace_sqrt_low_rank(r, f))
 
 # %% ../nbs/07_metrics.ipynb
 class RunningFeatureStats:
