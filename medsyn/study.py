@@ -69,12 +69,12 @@ class StudyConfig:
     split_seed: int = 0
 
 PROFILES = {
-    "quick": dict(seg_overrides=dict(max_epochs=10, patience=4)),
+    "quick": dict(synthetic_factors=(0, 1, 2), gan_overrides=dict(metric="stats")),
     "full": dict(resolution=256, folds=5, seeds=(0, 1, 2), synthetic_factors=(0, 0.25, 0.5, 1, 2, 4),
                  variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0),
                  gan_preset="paper256", gan_kimg={"joint": 5000.0, "mask": 5000.0, "cond": 5000.0},
                  gan_time_budget=None, seg_preset="full", n_quality=5000),
-    "ci": dict(folds=2, seeds=(0,), synthetic_factors=(0, 1), fractions=(0.5, 1.0), max_subjects=6,
+    "ci": dict(folds=2, seeds=(0,), synthetic_factors=(0, 1), fractions=(0.5, 1.0), max_subjects=6, gan_overrides=dict(metric="stats"),
                gan_kimg={"joint": 0.1, "mask": 0.1, "cond": 0.1}, gan_time_budget=60.0, n_quality=32,
                seg_overrides=dict(max_epochs=2, steps_per_epoch=4, batch_size=8, channels=(4, 8, 16), strides=(2, 2))),
 }
