@@ -20,13 +20,13 @@ from .core import (MedsynError, check, atomic_torch_save, atomic_write_text, ato
 
 # %% auto 0
 __all__ = ['TRAIN_PRESETS', 'TRAIN_CHOICES', 'FIXED_GAN_FIELDS', 'LABEL_COLORS', 'STATS_METRIC_NAME', 'STATS_COLUMNS',
-           'RESUME_MAY_CHANGE', 'TrainConfig', 'train_config', 'check_train_config', 'split_overrides', 'PairData',
-           'InfiniteSampler', 'pair_batches', 'one_hot', 'toy_dataset', 'StyleGAN2Loss', 'lazy_adam', 'ema_beta',
-           'update_ema', 'colorize_mask', 'grid_rows', 'save_png', 'label_stats_distance', 'fid_feature_fn',
-           'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'load_checkpoint', 'generator_from_checkpoint', 'RunLog',
-           'train_gan', 'run_folder_state', 'move_run_aside', 'data_fingerprint', 'resume_conflicts', 'stored_run',
-           'check_trainable', 'open_run_folder', 'train_parser', 'parse_sets', 'cli_overrides', 'train_main',
-           'bench_parser', 'bench_train']
+           'RESUME_MAY_CHANGE', 'RUN_FOLDER_GUESTS', 'TrainConfig', 'train_config', 'check_train_config',
+           'split_overrides', 'PairData', 'InfiniteSampler', 'pair_batches', 'one_hot', 'toy_dataset', 'StyleGAN2Loss',
+           'lazy_adam', 'ema_beta', 'update_ema', 'colorize_mask', 'grid_rows', 'save_png', 'label_stats_distance',
+           'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'load_checkpoint',
+           'generator_from_checkpoint', 'RunLog', 'train_gan', 'run_folder_state', 'move_run_aside', 'data_fingerprint',
+           'resume_conflicts', 'stored_run', 'check_trainable', 'open_run_folder', 'train_parser', 'parse_sets',
+           'cli_overrides', 'train_main', 'bench_parser', 'bench_train']
 
 # %% ../nbs/05_train.ipynb
 @dataclass
@@ -776,12 +776,15 @@ def _is_run_config(path: Path) -> bool:
     except (OSError, ValueError): return False
     return isinstance(info, dict) and "gan_config" in info and "train_config" in info
 
+RUN_FOLDER_GUESTS = {"manifest.json"}   # the study's artefact manifest (`medsyn.study.write_manifest`) may sit in a run folder
+
 def run_folder_state(outdir) -> str:
     "`'missing'`, `'empty'`, `'run'` (a medsyn training run, finished or partial) or `'foreign'` (other files)."
     outdir = Path(outdir)
     if not outdir.exists(): return "missing"
     check(outdir.is_dir(), f"{outdir}: --outdir is an existing file, not a folder; choose another --outdir")
-    names = [p.name for p in outdir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    names = [p.name for p in outdir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
+             and p.name not in RUN_FOLDER_GUESTS]
     if not names: return "empty"
     if "network-last.pt" in names or _is_run_config(outdir / "config.json"): return "run"
     return "foreign"
