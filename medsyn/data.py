@@ -277,7 +277,7 @@ def make_splits(subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0
     "The `splits.json` content: k-fold (with validation, `fold_subjects`) and train/val/test splits of `subjects` (each omitted when too few)."
     subs = sorted(set(map(str, subjects)))
     out = dict(seed=seed, n_subjects=len(subs), k=k, folds=[], train_val_test=None)
-    if len(subs) >= max(k, 2) and len(subs) - len(subs) // k >= 2:
+    if len(subs) >= max(k, 2) and len(subs) - math.ceil(len(subs) / k) >= 2:   # every fold: one training + one validation subject
         out["folds"] = [dict(zip(("train", "val", "test"), fold_subjects(subs, f, k, 1.0, seed, val_fraction))) for f in range(k)]
     if len(subs) >= 3:
         tr, va, te = train_val_test_split(subs, fractions, seed)
