@@ -30,13 +30,13 @@ __all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALIT
            'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest',
            'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done',
            'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
-           'dataset_fingerprint', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row',
-           'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs',
-           'synthetic_inputs', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves',
-           'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality',
-           'stage_report', 'study_notebooks_dir', 'ensure_kernel', 'notebook_config', 'notebook_parameters',
-           'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate',
-           'check_study_inputs', 'study_main']
+           'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row', 'train_study_gan',
+           'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'synthetic_inputs',
+           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
+           'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
+           'study_notebooks_dir', 'ensure_kernel', 'notebook_config', 'notebook_parameters', 'load_study_notebook',
+           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'check_study_inputs',
+           'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond")}
@@ -141,7 +141,7 @@ def vs_dilution(dice: pd.DataFrame, variants: Sequence[str], margin: float, alph
     "Every synthetic arm × f against its dilution control `real-oversampled` × f (Holm over all of them)."
     frames = []
     for (fraction, factor), g in dice[dice.factor > 0].groupby(["fraction", "factor"], sort=True):
-        if not {CONTROLS["oversampled"], *variants} & set(g.variant) or CONTROLS["oversampled"] not in set(g.variant): continue
+        if CONTROLS["oversampled"] not in set(g.variant): continue
         g = g[g.variant.isin([CONTROLS["oversampled"], *variants])]
         frames.append(compare_arms(g, (CONTROLS["oversampled"], float(factor)), margin, alpha))
     if not frames: return pd.DataFrame(columns=ARM + COMPARE_COLUMNS)
@@ -368,10 +368,6 @@ def folds_table(splits: list[dict]) -> pd.DataFrame:
                               n_train_slices=s["n_train_slices"], train_subjects=" ".join(s["train"]),
                               val_subjects=" ".join(s["val"]), test_subjects=" ".join(s["test"])) for s in splits])
 
-def dataset_fingerprint(data_dir: str | Path) -> str:
-    "SHA-256 of a canonical dataset (metadata, index and every sample file; `medsyn.metrics.dataset_hash`)."
-    return dataset_hash(data_dir)
-
 def write_real_subset(real, subjects: Sequence[str], out_dir: str | Path, fingerprint: str, log: Callable = print) -> Path:
     "The training view of `subjects` as a canonical dataset (what the quality metrics compare with), reused while its inputs match."
     out_dir, inputs = Path(out_dir), dict(kind="real_subset", dataset=fingerprint, subjects=sorted(subjects))
@@ -394,7 +390,7 @@ def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     t0, lay = time.time(), RunLayout(out_dir)
     data_dir = resolve_dataset(cfg); real = load_real(cfg, data_dir)
     splits = study_splits(cfg, real)
-    fingerprint = dataset_fingerprint(data_dir)
+    fingerprint = dataset_hash(data_dir)
     fg = real.index["fg_fraction"] if "fg_fraction" in real.index else pd.Series(np.nan, index=real.index.index)
     info = dict(data_dir=str(data_dir), dataset_sha256=fingerprint, name=real.meta.get("name", dataset_name(cfg.dataset)),
                 modalities=list(real.modalities), labels={int(k): v for k, v in real.labels.items()},
@@ -568,7 +564,7 @@ def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Pa
     syn_dir = lay.synthetic(cell.variant, cell.fold, cell.fraction) if n_syn and cell.variant in VARIANT_GANS else None
     scfg = seg_config(cfg.seg_preset, **{**cfg.seg_overrides, "seed": int(cell.seed),
                                          **({"augment": False} if cell.variant == CONTROLS["noaug"] else {})})
-    inputs = cell_inputs(cell, cfg, split, fingerprint or dataset_fingerprint(real.root), scfg, n_syn, syn_dir)
+    inputs = cell_inputs(cell, cfg, split, fingerprint or dataset_hash(real.root), scfg, n_syn, syn_dir)
     state, why = artefact_state(cdir, inputs)
     if state == "fresh": return pd.read_csv(cdir / "per_class.csv")
     if state != "missing": reset_artefact(cdir, why, "segment", log)
@@ -603,9 +599,9 @@ def _lookup_cell(cell, real, split: dict, cdir: Path, inputs: dict, log: Callabl
         n_real=len(real.subset(split["train"]).for_training()), fold=cell.fold, seed=int(cell.seed))
     cdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cdir / "per_class.csv", per_class.to_csv(index=False))
-    write_manifest(cdir, inputs, complete=True, cell=cell.cell, mean_dice=float(subject_summary(per_class).dice.mean()),
-                   seconds=round(time.time() - t0, 1))
-    log(f"segment: {cell.cell}: intensity lookup dice {subject_summary(per_class).dice.mean():.3f}")
+    mean_dice = float(subject_summary(per_class).dice.mean())
+    write_manifest(cdir, inputs, complete=True, cell=cell.cell, mean_dice=mean_dice, seconds=round(time.time() - t0, 1))
+    log(f"segment: {cell.cell}: intensity lookup dice {mean_dice:.3f}")
     return per_class
 
 def learning_curves(grid: pd.DataFrame, lay: RunLayout) -> pd.DataFrame:
@@ -807,22 +803,22 @@ def execute_notebook(src: Path, dst: Path, parameters: dict, kernel: str, log: C
 
 def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log: Callable = print) -> dict:
     "Execute the stage notebooks for one dataset, skipping finished stages; returns {stage: 'skipped'|'ran'|'failed: ...'}."
-    out, name = Path(out_dir), dataset_name(cfg.dataset)
+    out, lay, name = Path(out_dir), RunLayout(out_dir), dataset_name(cfg.dataset)
     if force and out.exists():
         log(f"[{name}] --force: removing {out} to recompute every stage"); shutil.rmtree(out)
     nbdir, kernel, params, status = study_notebooks_dir(), ensure_kernel(), notebook_parameters(cfg, out), {}
     for stage, nb in STAGES:
         if stage_done(out, stage, cfg):
             log(f"[{name}] {stage}: already finished, skipped"); status[stage] = "skipped"; continue
-        log(f"[{name}] {stage}: running {nb} -> {out / 'notebooks' / nb}"); t0 = time.time()
+        log(f"[{name}] {stage}: running {nb} -> {lay.notebook(nb)}"); t0 = time.time()
         try:
-            execute_notebook(nbdir / nb, out / "notebooks" / nb, params, kernel, log)
+            execute_notebook(nbdir / nb, lay.notebook(nb), params, kernel, log)
         except MedsynError as e:
             status[stage] = f"failed: {e}"
             log(f"[{name}] {stage}: FAILED — {e}\n[{name}] later stages need it and were not run; fix the cause and rerun (finished stages are kept)")
             break
         status[stage] = "ran"; log(f"[{name}] {stage}: finished in {time.time() - t0:.0f} s")
-    save_json(dict(status=status, config=asdict(cfg)), out / "status.json")
+    save_json(dict(status=status, config=asdict(cfg)), lay.status_json)
     return status
 
 # %% ../nbs/09_study.ipynb
