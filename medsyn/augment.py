@@ -6,13 +6,15 @@
 from __future__ import annotations
 import math
 
+import numpy as np
 import torch
+from monai.transforms import Rand2DElastic
 
 from .core import MedsynError, check
 
 # %% auto 0
-__all__ = ['AUGMENT_PRESETS', 'translate2d', 'scale2d', 'rotate2d', 'rotate90', 'warp_bilinear', 'AugmentPipe', 'augment_preset',
-           'AdaptiveAugment']
+__all__ = ['AUGMENT_PRESETS', 'MASK_WARP', 'translate2d', 'scale2d', 'rotate2d', 'rotate90', 'warp_bilinear', 'AugmentPipe',
+           'augment_preset', 'AdaptiveAugment', 'warp_masks']
 
 # %% ../nbs/04_augment.ipynb
 def _matrix(rows: list[list], n: int, device) -> torch.Tensor:
@@ -291,3 +293,26 @@ class AdaptiveAugment:
         self.r_t = state["r_t"]
         self._sign_sum, self._count, self._batches = float(state["sign_sum"]), int(state["count"]), int(state["batches"])
         self.pipe.p.fill_(float(state["p"]))
+
+# %% ../nbs/04_augment.ipynb
+MASK_WARP = dict(rotate=10.0, scale=0.1, translate=0.06, spacing=16, magnitude=(1.0, 3.0))   # degrees, ±fraction, ±fraction of the side, px, px
+
+def warp_masks(masks, seed: int, rotate: float = MASK_WARP["rotate"], scale: float = MASK_WARP["scale"],
+               translate: float = MASK_WARP["translate"], spacing: int = MASK_WARP["spacing"],
+               magnitude: tuple = MASK_WARP["magnitude"], indices=None) -> torch.Tensor:
+    """Random affine (±`rotate`°, ±`scale`, ±`translate` x side) + elastic (control points every `spacing` px, offsets
+    `magnitude` px) warps of integer label maps (N,H,W) with MONAI's `Rand2DElastic`, nearest-neighbour, zero (background)
+    padding. Mask i is warped by a generator seeded with `(seed, indices[i])` (default i): deterministic per seed and sample."""
+    m = torch.as_tensor(np.asarray(masks))
+    check(m.ndim == 3 and not m.is_floating_point(), f"warp_masks: expected integer label maps (N,H,W), got {tuple(m.shape)} {m.dtype}")
+    indices = range(len(m)) if indices is None else list(indices)
+    check(len(indices) == len(m), f"warp_masks: {len(indices)} indices for {len(m)} masks")
+    h, w = m.shape[1:]
+    t = Rand2DElastic(spacing=(spacing, spacing), magnitude_range=tuple(magnitude), prob=1.0, rotate_range=math.radians(rotate),
+                      scale_range=(scale, scale), translate_range=(translate * h, translate * w), mode="nearest", padding_mode="zeros")
+    out = []
+    for mask, k in zip(m, indices):
+        t.set_random_state(state=np.random.RandomState(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0]))
+        out.append(torch.as_tensor(np.asarray(t(mask[None].float())))[0].round().to(m.dtype))
+    return torch.stack(out) if out else m.clone()
+
