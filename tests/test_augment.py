@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from medsyn.augment import AdaptiveAugment, AugmentPipe, augment_preset, warp_bilinear, rotate90
+from medsyn.augment import AdaptiveAugment, AugmentPipe, augment_preset, warp_bilinear, warp_masks, rotate90
 from medsyn.core import MedsynError
 
 GEOMETRIC_OFF = dict(xflip=0, rotate90=0, xint=0, scale=0, rotate=0, aniso=0, xfrac=0)
@@ -173,3 +173,21 @@ def test_warp_paths_agree_and_pipe_impls_match():
     b = augment_preset("ada", p=1.0, warp_impl="gather")(imgs, masks, generator=gen(8))
     torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=0)
     torch.testing.assert_close(a[1], b[1], atol=1e-4, rtol=0)
+
+
+def test_warp_masks_keeps_label_maps_and_is_deterministic_per_sample():
+    "Warped masks (the `warped+cond` variant's layouts) stay integer label maps of the same labels, change, and repeat per seed."
+    yy, xx = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
+    r = ((yy - 24) ** 2 + (xx - 24) ** 2).float().sqrt()
+    masks = torch.stack([torch.bucketize(r + s, torch.tensor([8.0, 14.0, 20.0])).to(torch.uint8) for s in range(4)])
+    masks = 3 - masks.clamp(max=3)                                     # 0 outside ... 3 at the centre
+    out = warp_masks(masks, seed=0)
+    assert out.shape == masks.shape and out.dtype == masks.dtype
+    assert set(out.unique().tolist()) <= set(masks.unique().tolist())
+    changed = (out != masks).float().mean().item()
+    assert 0.01 < changed < 0.5, changed
+    assert torch.equal(out, warp_masks(masks, seed=0))
+    assert torch.equal(out[2:3], warp_masks(masks[2:3], seed=0, indices=[2]))   # same warp alone or in a batch
+    assert not torch.equal(out, warp_masks(masks, seed=1))
+    with pytest.raises(MedsynError, match="integer label maps"):
+        warp_masks(masks.float(), seed=0)
