@@ -51,6 +51,12 @@ def prepare_args(src, out, *extra):
     return ["prepare", src, "--out", out, "--res", "16", "--folds", "2", "--quiet", *extra]
 
 
+def train_args(toy, run, kimg, *extra):
+    "`medsyn train` arguments of the tiny toy runs (the CLI twin of RUN_KW)."
+    return ["train", "--data", toy, "--kimg", kimg, "--outdir", run, "--batch", "4", "--no-progress",
+            "--set", "metric=stats", "--set", "metric_n=8", "--set", "grid_n=2", *extra, *TINY_SETS]
+
+
 # --- 1. --overwrite replaces only medsyn's own output, never the source ----------------------------------------------
 
 @pytest.mark.parametrize("where", ["same", "inside", "containing"])
@@ -127,8 +133,7 @@ def test_sigint_during_the_swap_is_held_until_it_is_done(src, tmp_path):
 
 def test_killed_checkpoint_write_leaves_a_tmp_that_the_next_run_removes(toy, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--data", toy, "--kimg", "0.008", "--outdir", run, "--batch", "4", "--no-progress",
-            "--set", "metric=stats", "--set", "metric_n=8", "--set", "grid_n=2", *TINY_SETS]
+    args = train_args(toy, run, "0.008")
     r = subprocess_medsyn(*args, hook="atomic_path:written:KILL@1")      # the first write of the run: config.json
     assert r.returncode == -signal.SIGKILL
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")], list(run.iterdir())
@@ -251,20 +256,15 @@ def test_second_ctrl_c_inside_a_step_keeps_the_previous_checkpoint(toy, straight
     _assert_same_weights(straight, load_checkpoint(out / "network-last.pt"))
 
 
-def _sigkill_args(toy, run):
-    return ["train", "--data", toy, "--kimg", "0.032", "--outdir", run, "--batch", "4", "--no-progress",
-            "--set", "metric=stats", "--set", "metric_n=8", "--set", "grid_n=2", "--set", "ada_kimg=0.1", *TINY_SETS]
-
-
 def test_sigkill_inside_a_step_resumes_bit_identically(toy, tmp_path):
     # The reference is an uninterrupted run in a subprocess with the same environment: this process may use
     # another number of threads, and float reductions over other thread counts differ in the last bits.
-    assert subprocess_medsyn(*_sigkill_args(toy, tmp_path / "straight")).returncode == 0
+    assert subprocess_medsyn(*train_args(toy, tmp_path / "straight", "0.032", "--set", "ada_kimg=0.1")).returncode == 0
     run = tmp_path / "run"
-    r = subprocess_medsyn(*_sigkill_args(toy, run), hook="train:step:KILL@6")
+    r = subprocess_medsyn(*train_args(toy, run, "0.032", "--set", "ada_kimg=0.1"), hook="train:step:KILL@6")
     assert r.returncode == -signal.SIGKILL
     assert load_checkpoint(run / "network-last.pt")["cur_nimg"] == 16
-    assert subprocess_medsyn(*_sigkill_args(toy, run)).returncode == 0
+    assert subprocess_medsyn(*train_args(toy, run, "0.032", "--set", "ada_kimg=0.1")).returncode == 0
     _assert_same_weights(load_checkpoint(tmp_path / "straight" / "network-last.pt"), load_checkpoint(run / "network-last.pt"))
 
 
