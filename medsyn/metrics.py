@@ -26,9 +26,9 @@ __all__ = ['MASK_PALETTE', 'ALL_METRICS', 'frechet_distance', 'feature_statistic
            'polynomial_kernel', 'mmd2_unbiased', 'kid_from_features', 'precision_recall', 'modality_to_rgb',
            'colorize_masks', 'fid_inception_v3', 'InceptionFeatures', 'unet_bottleneck', 'HookFeatures',
            'iterate_batches', 'stream_features', 'dataset_hash', 'cached_features', 'load_lpips_backbone',
-           'lpips_network', 'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'lpips_scores',
-           'mask_area_fractions', 'mask_label_distances', 'label_scores', 'segmentation_metrics',
-           'load_segmentation_model', 'evaluate', 'evaluate_parser', 'evaluate_main']
+           'lpips_network', 'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size',
+           'matched_nearest', 'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores',
+           'segmentation_metrics', 'load_segmentation_model', 'evaluate', 'evaluate_parser', 'evaluate_main']
 
 # %% ../nbs/07_metrics.ipynb
 def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -358,21 +358,57 @@ def lpips_diversity(emb: torch.Tensor) -> float:
 def _lpips_view(model, channel: int) -> Callable[[dict], torch.Tensor]:
     return lambda batch: lpips_embedding(model, modality_to_rgb(batch["image"], channel))
 
+def matched_pool_size(ref_subjects: Sequence[str]) -> int:
+    "The largest reference pool every query can draw outside its own subject: N_ref minus the largest subject's count."
+    counts = pd.Series(list(ref_subjects), dtype=object).value_counts()
+    return int(len(ref_subjects) - counts.max()) if len(counts) else 0
+
+def matched_nearest(dist: torch.Tensor, query_subjects: Sequence, ref_subjects: Sequence[str], pool_size: int,
+                    seed: int = 0) -> torch.Tensor:
+    """Each query's (row's) smallest distance over `pool_size` reference columns drawn (seeded) from subjects other than
+    the query's own. A generated query has subject `None`: every reference is eligible."""
+    ref = np.asarray(list(ref_subjects), dtype=object)
+    check(tuple(dist.shape) == (len(query_subjects), len(ref)),
+          f"matched_nearest: distances {tuple(dist.shape)} for {len(query_subjects)} queries and {len(ref)} references")
+    rng, out = np.random.default_rng(seed), torch.empty(len(query_subjects))
+    for i, s in enumerate(query_subjects):
+        eligible = np.flatnonzero(ref != s) if s is not None else np.arange(len(ref))
+        check(1 <= pool_size <= len(eligible), f"matched_nearest: query {i} (subject {s!r}) has {len(eligible)} references "
+              f"outside its subject; the matched pool needs {pool_size} (>= 1): the real set needs at least 2 subjects")
+        out[i] = dist[i, torch.from_numpy(rng.choice(eligible, pool_size, replace=False))].min()
+    return out
+
+def _embed(ds, view, n: int, batch_size: int, desc: str, progress: bool) -> tuple[torch.Tensor, list]:
+    "LPIPS embeddings and subjects of `n` seeded samples of `ds`."
+    embs, subjects = [], []
+    for b in iterate_batches(ds, batch_size, n, desc=desc, progress=progress):
+        embs.append(view(b)); subjects += list(b["subject"])
+    return torch.cat(embs), subjects
+
 def lpips_scores(real_ds, fake_ds, model, modalities: Sequence[str], max_samples: int = 100, batch_size: int = 32,
-                 progress: bool = True) -> dict[str, dict[str, float]]:
-    "Per modality: LPIPS diversity of fake and real samples, and nearest-real LPIPS of fake samples."
+                 progress: bool = True, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per modality: LPIPS diversity of fake and real samples, and the matched memorization check: `n` fake and `n` real
+    queries, each against a pool of the same size M drawn from the real set (for a real query, outside its own subject).
+    `nearest_real_min` is the one unmatched number: the closest any fake comes to any real sample (0 = an exact copy)."""
+    n = min(max_samples, len(fake_ds), len(real_ds))
     out = {}
     for c, name in enumerate(modalities):
         view = _lpips_view(model, c)
-        fake = torch.cat([view(b) for b in iterate_batches(fake_ds, batch_size, max_samples, desc=f"LPIPS fake {name}", progress=progress)])
-        real_sub = torch.cat([view(b) for b in iterate_batches(real_ds, batch_size, max_samples, desc=f"LPIPS real {name}", progress=progress)])
-        nearest = torch.full((len(fake),), float("inf"))
+        fake, _ = _embed(fake_ds, view, n, batch_size, f"LPIPS fake {name}", progress)
+        real_q, real_q_subjects = _embed(real_ds, view, n, batch_size, f"LPIPS real {name}", progress)
+        d_fake, d_real, ref_subjects = [], [], []
         for b in iterate_batches(real_ds, batch_size, desc=f"LPIPS nearest-real {name}", progress=progress):
-            nearest = torch.minimum(nearest, lpips_distances(fake, view(b)).min(1).values)   # all real samples, streamed
-        rr = lpips_distances(real_sub, real_sub).fill_diagonal_(float("inf")).min(1).values if len(real_sub) > 1 else torch.tensor([float("nan")])
-        out[name] = {"diversity_fake": lpips_diversity(fake), "diversity_real": lpips_diversity(real_sub),
-                     "nearest_real_mean": float(nearest.mean()), "nearest_real_min": float(nearest.min()),
-                     "nearest_real_within_real_mean": float(rr.mean())}
+            e = view(b)                                                       # all real samples, streamed
+            d_fake.append(lpips_distances(fake, e)); d_real.append(lpips_distances(real_q, e)); ref_subjects += list(b["subject"])
+        pool = matched_pool_size(ref_subjects)
+        nearest = matched_nearest(torch.cat(d_fake, 1), [None] * len(fake), ref_subjects, pool, seed)
+        within = matched_nearest(torch.cat(d_real, 1), real_q_subjects, ref_subjects, pool, seed + 1)
+        out[name] = {"diversity_fake": lpips_diversity(fake), "diversity_real": lpips_diversity(real_q),
+                     "nearest_real_mean": float(nearest.mean()), "nearest_real_min": float(torch.cat(d_fake, 1).min()),
+                     "nearest_real_within_real_mean": float(within.mean()),
+                     "memorization_ratio": float(nearest.mean() / within.mean()),
+                     "copy_rate": float((nearest < torch.quantile(within, 0.05)).float().mean()),
+                     "pool_size": pool, "n_queries": n}
     return out
 
 # %% ../nbs/07_metrics.ipynb
