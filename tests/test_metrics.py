@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from medsyn import evaluate as E
 from medsyn import metrics as M
+from medsyn import segment as S
 from medsyn.core import MedsynError
 
 
@@ -215,18 +217,25 @@ def _random_unet_checkpoint(path, in_channels=2):
     return save_unet(run, path)
 
 
-def test_fallback_segmentation_checkpoint_format(tmp_path, monkeypatch):
-    "Without medsyn.segment's loader, a {'state_dict', 'config'} MONAI UNet checkpoint is read directly."
+def test_plain_monai_segmentation_checkpoint_format(tmp_path):
+    "A {'state_dict', 'config'} MONAI UNet checkpoint written elsewhere is read by the one loader, medsyn.segment's."
     from monai.networks.nets import UNet
-    seg = pytest.importorskip("medsyn.segment")
-    monkeypatch.delattr(seg, "load_segmentation_model", raising=False)
     cfg = dict(spatial_dims=2, in_channels=1, out_channels=3, channels=[4, 8], strides=[2], num_res_units=0, lr=0.1)
     net = UNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k != "lr"})
     torch.save({"state_dict": net.state_dict(), "config": cfg}, tmp_path / "u.pt")
-    got = M.load_segmentation_model(tmp_path / "u.pt")
+    got = S.load_segmentation_model(tmp_path / "u.pt")
     assert got(torch.rand(1, 1, 16, 16)).shape == (1, 3, 16, 16)
     torch.save({"weights": 1}, tmp_path / "bad.pt")
-    with pytest.raises(MedsynError, match="bad.pt"): M.load_segmentation_model(tmp_path / "bad.pt")
+    with pytest.raises(MedsynError, match="bad.pt"): S.load_segmentation_model(tmp_path / "bad.pt")
+
+
+def test_metrics_does_not_import_segment():
+    "The dependencies run one way (metrics <- segment <- evaluate): no import circle."
+    import ast, inspect
+    tree = ast.parse(inspect.getsource(M))
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in names if m.endswith(("segment", "evaluate", "study"))}, names
 
 
 @pytest.fixture
@@ -247,16 +256,16 @@ def test_dataset_hash_tracks_contents(two_sets):
 def test_evaluate_mismatched_channels(tmp_path, two_sets):
     one = _toy_canonical(tmp_path / "one", 2, 0.0, 2, modalities=("CT",))
     with pytest.raises(MedsynError, match="mismatched channels"):
-        M.evaluate(two_sets[0], one, ["mask_stats"], progress=False)
+        E.evaluate(two_sets[0], one, ["mask_stats"], progress=False)
 
 
 def test_evaluate_caches_real_features(tmp_path, two_sets):
     real, fake = two_sets
     ckpt = _random_unet_checkpoint(tmp_path / "unet.pt")
-    a = M.evaluate(real, fake, ["domain_fid"], seg_model=ckpt, progress=False)
+    a = E.evaluate(real, fake, ["domain_fid"], seg_model=ckpt, progress=False)
     files = list((Path(M.cache_dir()) / "features").glob("*.npz"))
     assert len(files) == 1
-    b = M.evaluate(real, fake, ["domain_fid"], seg_model=ckpt, progress=False)
+    b = E.evaluate(real, fake, ["domain_fid"], seg_model=ckpt, progress=False)
     assert a["metrics"]["domain_fid"]["value"] == pytest.approx(b["metrics"]["domain_fid"]["value"], rel=1e-6)
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from medsyn import evaluate as E
 from medsyn import metrics as M
 from medsyn import weights as W
 from medsyn.core import MedsynError, file_sha256
@@ -212,7 +213,7 @@ def test_evaluate_fetches_missing_weights_once_with_a_log_line(weight_files, two
     monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "empty-cache")); monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     for var in (W.INCEPTION_ENV, W.LPIPS_ENV): monkeypatch.delenv(var, raising=False)
     real, fake = two_halves
-    res = M.evaluate(real, fake, ["lpips"], weights_dir=tmp_path / "w", max_samples=8, lpips_samples=8, progress=False, cache=False)
+    res = E.evaluate(real, fake, ["lpips"], weights_dir=tmp_path / "w", max_samples=8, lpips_samples=8, progress=False, cache=False)
     assert isinstance(res["metrics"]["lpips"], dict), res["metrics"]["lpips"]
     log = capsys.readouterr().err
     assert log.count("fetching them once") == 1 and str(tmp_path / "w") in log
@@ -220,14 +221,14 @@ def test_evaluate_fetches_missing_weights_once_with_a_log_line(weight_files, two
     assert trunk.is_file() and W.weight_status("lpips-alex", tmp_path / "w")["state"] == "ok"
     new, old = (torch.load(p, map_location="cpu", weights_only=True) for p in (trunk, weight_files["lpips-alex"]))
     assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)    # the conversion is deterministic
-    M.evaluate(real, fake, ["lpips"], weights_dir=tmp_path / "w", max_samples=8, lpips_samples=8, progress=False, cache=False)
+    E.evaluate(real, fake, ["lpips"], weights_dir=tmp_path / "w", max_samples=8, lpips_samples=8, progress=False, cache=False)
     assert "fetching" not in capsys.readouterr().err                            # present now: no second fetch
 
 
 def test_evaluate_without_fetch_reports_error_strings(two_halves, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "empty-cache")); monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     for var in (W.INCEPTION_ENV, W.LPIPS_ENV): monkeypatch.delenv(var, raising=False)
-    out = M.evaluate(*two_halves, ["fid", "kid", "lpips"], progress=False, cache=False, fetch=False)["metrics"]
+    out = E.evaluate(*two_halves, ["fid", "kid", "lpips"], progress=False, cache=False, fetch=False)["metrics"]
     assert all(isinstance(out[m], str) and out[m].startswith("error:") for m in ("fid", "kid", "lpips"))
     assert W.FID_INCEPTION_FILE in out["fid"] and "medsyn weights fetch" in out["fid"] and "alexnet-owt-7be5be79.pth" in out["lpips"]
 
@@ -235,7 +236,7 @@ def test_evaluate_without_fetch_reports_error_strings(two_halves, tmp_path, monk
 @pytest.mark.slow
 def test_evaluate_reports_numbers_with_fetched_weights(weight_files, two_halves):
     "Two halves of the default dataset as real and fake: numeric FID/KID/PR/LPIPS per modality, with their means."
-    res = M.evaluate(*two_halves, ["fid", "kid", "pr", "lpips"], max_samples=24, lpips_samples=12, batch_size=12, progress=False, cache=False)
+    res = E.evaluate(*two_halves, ["fid", "kid", "pr", "lpips"], max_samples=24, lpips_samples=12, batch_size=12, progress=False, cache=False)
     out = res["metrics"]
     for metric in ("fid", "kid", "pr", "lpips"): assert isinstance(out[metric], dict), out[metric]
     assert np.isfinite(out["fid"]["T1"]) and out["fid"]["T1"] > 0 and out["fid"]["mean_modalities"] == pytest.approx(out["fid"]["T1"])
