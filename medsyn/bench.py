@@ -14,7 +14,8 @@ from .core import MedsynError, check
 from . import ops
 
 # %% auto 0
-__all__ = ['peak_memory_mb', 'time_ms', 'op_cases', 'available_impls', 'bench_ops', 'bench_config', 'bench_compile', 'bench_main']
+__all__ = ['peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases', 'available_impls', 'bench_ops', 'bench_config',
+           'bench_compile', 'bench_main']
 
 # %% ../nbs/10_bench.ipynb
 class _LiveTensorBytes(TorchDispatchMode):
@@ -56,6 +57,31 @@ def time_ms(step: Callable[[], None], device: torch.device, repeats: int = 5, mi
         t0 = time.perf_counter(); step(); sync()
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
+
+def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int = 3, steps_per_round: int = 2,
+                     warmup: int = 1, device: torch.device = torch.device("cpu")) -> dict[str, dict]:
+    """Time several training steps against each other on a shared machine: `warmup` untimed calls of each, then
+    `rounds` rounds in which every variant runs `steps_per_round` timed calls in turn (A A B B C C, A A B B C C, ...),
+    so a change in the machine's load hits all of them alike. Per variant: median / mean / min wall ms, median
+    process-CPU ms, the per-round medians and the warm-up seconds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    wall, cpu, rnd = ({k: [] for k in fns} for _ in range(3))
+    warm = {}
+    for k, fn in fns.items():
+        t0 = time.perf_counter()
+        for _ in range(warmup): fn()
+        sync(); warm[k] = time.perf_counter() - t0
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            got = []
+            for _ in range(steps_per_round):
+                t, c = time.perf_counter(), time.process_time()
+                fn(); sync()
+                got.append((time.perf_counter() - t) * 1000); cpu[k].append((time.process_time() - c) * 1000)
+            wall[k] += got; rnd[k].append(round(statistics.median(got), 1))
+    return {k: dict(ms_per_step=round(statistics.median(wall[k]), 1), ms_per_step_mean=round(statistics.fmean(wall[k]), 1),
+                    ms_per_step_min=round(min(wall[k]), 1), cpu_ms_per_step=round(statistics.median(cpu[k]), 1),
+                    round_medians_ms=rnd[k], timed_steps=len(wall[k]), warmup_s=round(warm[k], 1)) for k in fns}
 
 # %% ../nbs/10_bench.ipynb
 def op_cases(quick: bool = False) -> list[dict]:
