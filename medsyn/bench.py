@@ -14,7 +14,8 @@ from .core import MedsynError, check
 from . import ops
 
 # %% auto 0
-__all__ = ['peak_memory_mb', 'time_ms', 'op_cases', 'available_impls', 'bench_ops', 'bench_config', 'bench_compile', 'bench_main']
+__all__ = ['peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases', 'available_impls', 'bench_ops', 'bench_config',
+           'bench_compile', 'nvlabs_step', 'bench_nvlabs', 'bench_main']
 
 # %% ../nbs/10_bench.ipynb
 class _LiveTensorBytes(TorchDispatchMode):
@@ -56,6 +57,31 @@ def time_ms(step: Callable[[], None], device: torch.device, repeats: int = 5, mi
         t0 = time.perf_counter(); step(); sync()
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
+
+def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int = 3, steps_per_round: int = 2,
+                     warmup: int = 1, device: torch.device = torch.device("cpu")) -> dict[str, dict]:
+    """Time several training steps against each other on a shared machine: `warmup` untimed calls of each, then
+    `rounds` rounds in which every variant runs `steps_per_round` timed calls in turn (A A B B C C, A A B B C C, ...),
+    so a change in the machine's load hits all of them alike. Per variant: median / mean / min wall ms, median
+    process-CPU ms, the per-round medians and the warm-up seconds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    wall, cpu, rnd = ({k: [] for k in fns} for _ in range(3))
+    warm = {}
+    for k, fn in fns.items():
+        t0 = time.perf_counter()
+        for _ in range(warmup): fn()
+        sync(); warm[k] = time.perf_counter() - t0
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            got = []
+            for _ in range(steps_per_round):
+                t, c = time.perf_counter(), time.process_time()
+                fn(); sync()
+                got.append((time.perf_counter() - t) * 1000); cpu[k].append((time.process_time() - c) * 1000)
+            wall[k] += got; rnd[k].append(round(statistics.median(got), 1))
+    return {k: dict(ms_per_step=round(statistics.median(wall[k]), 1), ms_per_step_mean=round(statistics.fmean(wall[k]), 1),
+                    ms_per_step_min=round(min(wall[k]), 1), cpu_ms_per_step=round(statistics.median(cpu[k]), 1),
+                    round_medians_ms=rnd[k], timed_steps=len(wall[k]), warmup_s=round(warm[k], 1)) for k in fns}
 
 # %% ../nbs/10_bench.ipynb
 def op_cases(quick: bool = False) -> list[dict]:
@@ -170,12 +196,65 @@ def bench_compile(quick: bool = False, repeats: int = 5, min_time: float = 0.5) 
     return rows
 
 # %% ../nbs/10_bench.ipynb
+def nvlabs_step(nvlabs_dir, res=64, img_channels=6, batch=8, channel_base=4096, channel_max=256, z_dim=512, w_dim=512,
+                mapping_layers=2, seed=0):
+    "NVlabs' Gmain + Dmain step (reference ops, fp32) from a stylegan2-ada-pytorch checkout: `(step, info)`."
+    from pathlib import Path
+    root = Path(nvlabs_dir).expanduser().resolve()
+    check((root / "training" / "networks.py").exists() and (root / "training" / "loss.py").exists(),
+          f"{root}: not a stylegan2-ada-pytorch checkout (training/networks.py, training/loss.py missing); "
+          "pass --nvlabs-dir pointing at a clone of github.com/NVlabs/stylegan2-ada-pytorch")
+    if str(root) not in sys.path: sys.path.insert(0, str(root))
+    from training.networks import Generator, Discriminator
+    from training.loss import StyleGAN2Loss
+    torch.manual_seed(seed)
+    common = dict(channel_base=channel_base, channel_max=channel_max, num_fp16_res=0, conv_clamp=None)
+    G = Generator(z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=res, img_channels=img_channels,
+                  mapping_kwargs=dict(num_layers=mapping_layers), synthesis_kwargs=common).train().requires_grad_(False)
+    D = Discriminator(c_dim=0, img_resolution=res, img_channels=img_channels, **common).train().requires_grad_(False)
+    loss = StyleGAN2Loss(torch.device("cpu"), G.mapping, G.synthesis, D, style_mixing_prob=0.9, r1_gamma=0.1, pl_weight=2)
+    opt_G = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
+    opt_D = torch.optim.Adam(D.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
+    g = torch.Generator().manual_seed(seed)
+    real = torch.rand(batch, img_channels, res, res, generator=g) * 2 - 1
+    c = torch.zeros(batch, 0)
+
+    def step():
+        for phase, module, opt in (("Gmain", G, opt_G), ("Dmain", D, opt_D)):
+            module.requires_grad_(True); opt.zero_grad(set_to_none=True)
+            loss.accumulate_gradients(phase, real, c, torch.randn(batch, z_dim), c, sync=True, gain=1)
+            module.requires_grad_(False); opt.step()
+
+    return step, dict(G_params=sum(p.numel() for p in G.parameters()), D_params=sum(p.numel() for p in D.parameters()),
+                      ops_impl="ref (NVlabs torch_utils.ops on CPU)", precision="fp32", source=str(root))
+
+def bench_nvlabs(nvlabs_dir, rounds: int = 3, steps_per_round: int = 2, warmup: int = 1, res: int = 64, batch: int = 8) -> dict:
+    "NVlabs ref fp32 vs medsyn default vs medsyn fp32, interleaved in one run; ms/step, img/s, peak memory and ratios."
+    from medsyn.train import bench_step
+    arch = dict(res=res, batch=batch, channel_base=4096, channel_max=256, z_dim=512, w_dim=512, mapping_layers=2)
+    steps, infos = {}, {}
+    steps["nvlabs_ref_fp32"], infos["nvlabs_ref_fp32"] = nvlabs_step(nvlabs_dir, img_channels=6, **arch)
+    for name, prec in (("medsyn_default", "auto"), ("medsyn_fp32", "fp32")):
+        steps[name], infos[name] = bench_step(cfg="joint", img_channels=2, num_labels=4, impl="auto", precision=prec, device="cpu", **arch)
+        infos[name].pop("_trainer")
+    times = time_interleaved(steps, rounds=rounds, steps_per_round=steps_per_round, warmup=warmup)
+    base = times["nvlabs_ref_fp32"]["ms_per_step"]
+    rows = {k: dict(**infos[k], **times[k], img_per_s=round(batch / (times[k]["ms_per_step"] / 1000), 2),
+                    peak_mem_mb=round(peak_memory_mb(steps[k], torch.device("cpu")), 1),
+                    speedup_vs_nvlabs=round(base / times[k]["ms_per_step"], 3)) for k in steps}
+    cfg = dict(arch, cfg="joint", img_channels=2, num_labels=4, rounds=rounds, steps_per_round=steps_per_round, warmup=warmup,
+               peak_mem="peak bytes of live tensors during one extra step (bench.peak_memory_mb)",
+               targets=dict(medsyn_default=2.0, medsyn_fp32=1.6), **bench_config([torch.device("cpu")]))
+    return dict(config=cfg, results=rows)
+
+# %% ../nbs/10_bench.ipynb
 def bench_main(argv: list[str]) -> int:
     "`medsyn bench ops ...` or `medsyn bench train ...`: print one JSON object with the measurements."
     import argparse
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: medsyn bench {ops,train} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
-              "  train  time G/D training steps (medsyn.train.bench_train)")
+        print("usage: medsyn bench {ops,train,nvlabs} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
+              "  train  time G/D training steps (medsyn.train.bench_train)\n"
+              "  nvlabs NVlabs stylegan2-ada-pytorch vs medsyn default and fp32, interleaved (--nvlabs-dir DIR)")
         return 0 if argv else 2
     what, rest = argv[0], argv[1:]
     if what == "train":
@@ -185,7 +264,20 @@ def bench_main(argv: list[str]) -> int:
             raise MedsynError(f"`medsyn bench train` needs medsyn.train.bench_train, which this installation lacks ({e}); "
                               "update medsyn (nbs/ train notebook) and run nbdev_export") from e
         return int(bench_train(rest) or 0)
-    check(what == "ops", f"unknown benchmark {what!r}; choose 'ops' or 'train'")
+    if what == "nvlabs":
+        ap = argparse.ArgumentParser(prog="medsyn bench nvlabs", description="NVlabs stylegan2-ada-pytorch (ref ops, fp32) vs medsyn, interleaved.")
+        ap.add_argument("--nvlabs-dir", required=True, help="a checkout of github.com/NVlabs/stylegan2-ada-pytorch")
+        ap.add_argument("--rounds", type=int, default=3); ap.add_argument("--steps", type=int, default=2, help="timed steps per round")
+        ap.add_argument("--warmup", type=int, default=1); ap.add_argument("--res", type=int, default=64)
+        ap.add_argument("--batch", type=int, default=8)
+        ap.add_argument("--threads", type=int, default=None)
+        a = ap.parse_args(rest)
+        if a.threads: torch.set_num_threads(a.threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            print(json.dumps(bench_nvlabs(a.nvlabs_dir, a.rounds, a.steps, a.warmup, a.res, a.batch)))
+        return 0
+    check(what == "ops", f"unknown benchmark {what!r}; choose 'ops', 'train' or 'nvlabs'")
     ap = argparse.ArgumentParser(prog="medsyn bench ops", description="Time bias_act and upfirdn2d, reference vs compiled.")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds), for tests")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

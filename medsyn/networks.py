@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_networks.ipynb 2
 from __future__ import annotations
-import math, time
+import math, sys, time
 from dataclasses import dataclass, asdict, fields
 from typing import Optional
 
@@ -17,7 +17,8 @@ from . import ops
 from .core import MedsynError, check
 
 # %% auto 0
-__all__ = ['GAN_CFGS', 'MASK_REPRS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES', 'to_pair', 'GANConfig', 'gan_config',
+__all__ = ['GAN_CFGS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLAGS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES',
+           'to_pair', 'cpu_bf16_flags', 'resolve_precision', 'block_dtype', 'GANConfig', 'gan_config',
            'FullyConnectedLayer', 'normalize_2nd_moment', 'conv2d_resample', 'Conv2dLayer', 'MappingNetwork',
            'use_fused_modconv', 'modulated_conv2d', 'SynthesisLayer', 'ToRGBLayer', 'MaskEncoder', 'SynthesisBlock',
            'SynthesisNetwork', 'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer',
@@ -28,6 +29,44 @@ __all__ = ['GAN_CFGS', 'MASK_REPRS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES', '
 # %% ../nbs/03_networks.ipynb
 GAN_CFGS = ('joint', 'mask', 'cond')
 MASK_REPRS = ('softmax', 'straight_through')
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+LOWP_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    "The native-bfloat16 instruction sets this CPU reports in /proc/cpuinfo (`avx512_bf16`, `amx_bf16`); [] if none or unreadable."
+    if cpuinfo is None:
+        try:
+            with open('/proc/cpuinfo') as fh: cpuinfo = fh.read()
+        except OSError: return []
+    flags = set(next((l.split(':', 1)[1].split() for l in cpuinfo.splitlines() if l.startswith('flags')), []))
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+_precision_said: set = set()
+
+def resolve_precision(requested: str, device='cpu', verbose: bool = True) -> str:
+    """The concrete precision ('fp32' | 'bf16' | 'fp16') for `requested` on `device`. 'auto' is 'fp16' on CUDA,
+    'bf16' on a CPU with native bf16 instructions (`cpu_bf16_flags`), else 'fp32'; the choice and its reason are
+    printed once per process and device type (stderr). 'fp16' needs CUDA."""
+    check(requested in PRECISIONS, f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    kind = torch.device(device).type
+    check(requested != 'fp16' or kind == 'cuda', f"precision 'fp16' needs a CUDA device (this run is on {kind}); "
+                                                 "use precision=bf16 or fp32 (or auto) on a CPU")
+    if requested != 'auto': return requested
+    flags = cpu_bf16_flags() if kind == 'cpu' else []
+    if kind == 'cuda': choice, why = 'fp16', 'a CUDA device (NVlabs: fp16 with conv clamping)'
+    elif flags: choice, why = 'bf16', f"this CPU reports {' and '.join(flags)} (native bfloat16)"
+    else: choice, why = 'fp32', f"this {kind} has no native bfloat16 ({' / '.join(BF16_CPU_FLAGS)} absent), so bf16 would be slower"
+    if verbose and kind not in _precision_said:
+        _precision_said.add(kind)
+        print(f"medsyn: precision auto -> {choice}: {why}; the highest resolutions run in {choice}, the rest in fp32 "
+              f"(pass precision=fp32 to turn mixed precision off)", file=sys.stderr)
+    return choice
+
+def block_dtype(precision: str, lowp: bool, device, force_fp32: bool = False) -> torch.dtype:
+    "The dtype of one block: low precision only for a low-precision block (`lowp`) and unless `force_fp32`."
+    if not lowp or force_fp32 or precision == 'fp32': return torch.float32
+    return LOWP_DTYPES[resolve_precision(precision, device)]
 
 @dataclass
 class GANConfig:
@@ -51,6 +90,8 @@ class GANConfig:
     mask_temperature: float = 1.0
     cond_channel_ratio: float = 0.25  # mask-encoder width relative to the synthesis width ('cond')
     channels_last: bool = False
+    precision: str = 'fp32'         # 'auto' | 'fp32' | 'bf16' | 'fp16' (CUDA): dtype of the highest-resolution blocks
+    num_fp16_res: int = 2           # how many of the highest resolutions run in low precision (NVlabs' num_fp16_res)
 
     def __post_init__(self):
         check(self.cfg in GAN_CFGS, f"GANConfig: unknown cfg {self.cfg!r}; use one of {GAN_CFGS}")
@@ -61,6 +102,10 @@ class GANConfig:
         check(self.mask_repr in MASK_REPRS, f"GANConfig: mask_repr must be one of {MASK_REPRS}, got {self.mask_repr!r}")
         check(self.mask_temperature > 0, "GANConfig: mask_temperature must be > 0")
         check(self.fused_modconv in (True, False, 'auto'), f"GANConfig: fused_modconv must be True, False or 'auto', got {self.fused_modconv!r}")
+        check(self.precision in PRECISIONS, f"GANConfig: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check(isinstance(self.num_fp16_res, int) and self.num_fp16_res >= 0, f"GANConfig: num_fp16_res must be an integer >= 0, got {self.num_fp16_res!r}")
+        check(self.precision == 'fp32' or self.num_fp16_res == 0 or self.conv_clamp is not None,
+              f"GANConfig: precision={self.precision!r} needs conv_clamp (NVlabs clamps at 256 in low precision) or precision='fp32'")
 
     @property
     def out_channels(self) -> int:
@@ -81,6 +126,16 @@ class GANConfig:
         "Feature channels at resolution `res`."
         return min(self.channel_base // res, self.channel_max)
 
+    def lowp_resolution(self) -> int | None:
+        "Blocks at this resolution and above run in low precision (None: all fp32), as NVlabs' `fp16_resolution`."
+        if self.precision == 'fp32' or self.num_fp16_res == 0: return None
+        return max(2 ** (int(math.log2(self.resolution)) + 1 - self.num_fp16_res), 8)
+
+    def uses_lowp(self, res: int) -> bool:
+        "Whether the block at resolution `res` may run in low precision (if `precision` resolves to one)."
+        r = self.lowp_resolution()
+        return r is not None and res >= r
+
     def to_dict(self) -> dict: return asdict(self)
 
     @classmethod
@@ -97,10 +152,10 @@ GAN_PRESETS = {
     # as NVlabs' 'auto' config: ~2.4x the images/s of channel base 4096 / max 256, which is what makes a
     # 20-minute run show brain-like pairs (see 05_train).
     'cpu64': dict(resolution=64, channel_base=2048, channel_max=128, z_dim=256, w_dim=256, mapping_layers=2,
-                  fused_modconv='auto'),
+                  fused_modconv='auto', precision='auto'),
     # The authors' settings (Gan-track scripts): 256x256, channel base 16384, max 512, 8-layer mapping.
     'paper256': dict(resolution=256, channel_base=16384, channel_max=512, z_dim=512, w_dim=512, mapping_layers=8,
-                     fused_modconv='auto'),
+                     fused_modconv='auto', precision='auto'),
 }
 
 def gan_config(name: str = 'cpu64', **overrides) -> GANConfig:
@@ -144,7 +199,8 @@ def _split_padding(padding):
     return list(padding)
 
 def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1):
-    "Convolution `w` with FIR up/downsampling by `f` (StyleGAN2 conventions, padding = [x0, x1, y0, y1])."
+    "Convolution `w` with FIR up/downsampling by `f` (StyleGAN2 conventions, padding = [x0, x1, y0, y1]), in x's dtype."
+    w = w.to(x.dtype)
     out_ch, in_pg, kh, kw = w.shape
     fw = f.shape[-1] if f is not None else 1
     fh = f.shape[0] if f is not None else 1
@@ -193,7 +249,8 @@ class Conv2dLayer(nn.Module):
         w = self.weight * (self.weight_gain * gain if linear else self.weight_gain)  # a linear layer's gain goes into w
         x = conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down, padding=self.padding)
         if linear: return x
-        return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return ops.bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
     def extra_repr(self):
         return f'in={self.in_channels}, out={self.out_channels}, act={self.activation}, up={self.up}, down={self.down}'
@@ -235,16 +292,23 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
     N = x.shape[0]
     O, I, kh, kw = weight.shape
     # sum_ik (s_i w_oik)^2 = sum_i s_i^2 (sum_k w_oik^2): an (N,I)x(I,O) product, no N x O x I x k x k tensor
+    # Low precision (x in bf16/fp16): styles, weights and demodulation are computed in fp32 and cast once;
+    # fp16 also pre-scales them to unit max-norm (demodulation undoes it) so the products cannot overflow.
+    if x.dtype == torch.float16 and demodulate:
+        weight = weight * (1 / math.sqrt(I * kh * kw) / weight.norm(float('inf'), dim=[1, 2, 3], keepdim=True))
+        styles = styles / styles.norm(float('inf'), dim=1, keepdim=True)
     dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt() if demodulate else None  # (N, O)
+    if noise is not None: noise = noise.to(x.dtype)
     if not use_fused_modconv(fused_modconv, weight.shape, x.shape):
-        x = x * styles.reshape(N, -1, 1, 1)
+        x = x * styles.to(x.dtype).reshape(N, -1, 1, 1)
         x = conv2d_resample(x, weight, resample_filter, up=up, padding=padding)
         if dcoefs is not None:
-            x = torch.addcmul(noise, x, dcoefs.reshape(N, -1, 1, 1)) if noise is not None else x * dcoefs.reshape(N, -1, 1, 1)
+            dc = dcoefs.to(x.dtype).reshape(N, -1, 1, 1)
+            x = torch.addcmul(noise, x, dc) if noise is not None else x * dc
         elif noise is not None: x = x + noise
         return x
     scale = styles.reshape(N, 1, I) if dcoefs is None else styles.reshape(N, 1, I) * dcoefs.reshape(N, O, 1)
-    w = weight.unsqueeze(0) * scale.unsqueeze(-1).unsqueeze(-1)          # (N, O, I, k, k): one big product
+    w = weight.unsqueeze(0) * scale.unsqueeze(-1).unsqueeze(-1)          # (N, O, I, k, k): one big product (cast in conv2d_resample)
     x = conv2d_resample(x.reshape(1, -1, *x.shape[2:]), w.reshape(-1, I, kh, kw), resample_filter,
                         up=up, padding=padding, groups=N)
     x = x.reshape(N, -1, *x.shape[2:])
@@ -276,7 +340,7 @@ class SynthesisLayer(nn.Module):
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=1,
                              resample_filter=self.resample_filter, fused_modconv=fused_modconv)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(x, self.bias, act='lrelu', gain=ACT_GAIN['lrelu'] * gain, clamp=clamp)
+        return ops.bias_act(x, self.bias.to(x.dtype), act='lrelu', gain=ACT_GAIN['lrelu'] * gain, clamp=clamp)
 
     def extra_repr(self): return f'in={self.in_channels}, out={self.out_channels}, res={self.resolution}, up={self.up}'
 
@@ -293,32 +357,36 @@ class ToRGBLayer(nn.Module):
     def forward(self, x, w, fused_modconv=True):
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
-        return ops.bias_act(x, self.bias, clamp=self.conv_clamp)
+        return ops.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
 # %% ../nbs/03_networks.ipynb
 class MaskEncoder(nn.Module):
-    "One-hot mask (N,K,R,R) -> {res: features} at every resolution R, R/2, ..., 4."
-    def __init__(self, num_labels, resolution, channels: dict, conv_clamp=None):
+    """One-hot mask (N,K,R,R) -> {res: features} at every resolution R, R/2, ..., 4. Each layer runs in the
+    dtype of the resolution it reads (`precision` at the resolutions in `lowp_res`, else fp32)."""
+    def __init__(self, num_labels, resolution, channels: dict, conv_clamp=None, precision='fp32', lowp_res=()):
         super().__init__()
+        self.precision, self.lowp_res = precision, set(lowp_res)
         self.resolutions = [2 ** i for i in range(int(math.log2(resolution)), 1, -1)]
         self.from_mask = Conv2dLayer(num_labels, channels[resolution], 3, activation='lrelu', conv_clamp=conv_clamp)
         self.downs = nn.ModuleList(Conv2dLayer(channels[r], channels[r // 2], 3, activation='lrelu', down=2, conv_clamp=conv_clamp)
                                    for r in self.resolutions[:-1])
 
-    def forward(self, mask):
-        x = self.from_mask(mask)
+    def forward(self, mask, force_fp32=False):
+        dtype = lambda r: block_dtype(self.precision, r in self.lowp_res, mask.device, force_fp32)
+        x = self.from_mask(mask.to(dtype(self.resolutions[0])))
         feats = {self.resolutions[0]: x}
-        for r, down in zip(self.resolutions[1:], self.downs):
-            x = down(x); feats[r] = x
+        for r_in, r, down in zip(self.resolutions, self.resolutions[1:], self.downs):
+            x = down(x.to(dtype(r_in))); feats[r] = x
         return feats
 
 # %% ../nbs/03_networks.ipynb
 class SynthesisBlock(nn.Module):
     "One resolution of the skip generator: (const | up-conv) -> [concat mask features] -> conv -> ToRGB."
     def __init__(self, in_channels, out_channels, w_dim, resolution, out_img_channels, cond_channels=0,
-                 conv_clamp=None, resample_filter=(1, 3, 3, 1)):
+                 conv_clamp=None, resample_filter=(1, 3, 3, 1), precision='fp32', lowp=False):
         super().__init__()
         self.in_channels, self.resolution, self.cond_channels = in_channels, resolution, cond_channels
+        self.precision, self.lowp = precision, lowp   # lowp: this block runs in `precision` (NVlabs' use_fp16)
         self.register_buffer('resample_filter', ops.setup_filter(list(resample_filter)))
         if in_channels == 0: self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else: self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, resample_filter=resample_filter, conv_clamp=conv_clamp)
@@ -327,16 +395,17 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
 
-    def forward(self, x, img, ws, cond_feat=None, noise_mode='random', fused_modconv=True):
+    def forward(self, x, img, ws, cond_feat=None, noise_mode='random', fused_modconv=True, force_fp32=False):
+        dtype = block_dtype(self.precision, self.lowp, ws.device, force_fp32)
         if self.in_channels == 0:
-            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+            x = self.const.to(dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
             i = 0
         else:
-            x = self.conv0(x, ws[:, 0], noise_mode=noise_mode, fused_modconv=fused_modconv)
+            x = self.conv0(x.to(dtype), ws[:, 0], noise_mode=noise_mode, fused_modconv=fused_modconv)
             i = 1
-        if self.cond_channels: x = torch.cat([x, cond_feat], dim=1)
+        if self.cond_channels: x = torch.cat([x, cond_feat.to(dtype)], dim=1)
         x = self.conv1(x, ws[:, i], noise_mode=noise_mode, fused_modconv=fused_modconv)
-        y = self.torgb(x, ws[:, i + 1], fused_modconv=fused_modconv)
+        y = self.torgb(x, ws[:, i + 1], fused_modconv=fused_modconv).to(torch.float32)  # the image skip path stays fp32
         img = y if img is None else ops.upsample2d(img, self.resample_filter).add_(y)
         return x, img
 
@@ -349,28 +418,32 @@ class SynthesisNetwork(nn.Module):
         self.block_resolutions = [2 ** i for i in range(2, int(math.log2(cfg.resolution)) + 1)]
         ch = {r: cfg.channels(r) for r in self.block_resolutions}
         cond_ch = {r: max(8, int(ch[r] * cfg.cond_channel_ratio)) for r in self.block_resolutions} if cfg.cfg == 'cond' else {}
-        self.mask_encoder = MaskEncoder(cfg.num_labels, cfg.resolution, cond_ch, cfg.conv_clamp) if cond_ch else None
+        lowp_res = [r for r in self.block_resolutions if cfg.uses_lowp(r)]
+        self.mask_encoder = MaskEncoder(cfg.num_labels, cfg.resolution, cond_ch, cfg.conv_clamp, cfg.precision, lowp_res) if cond_ch else None
         self.blocks = nn.ModuleList()
         self.num_ws = 0
         for r in self.block_resolutions:
             in_ch = ch[r // 2] if r > 4 else 0
-            blk = SynthesisBlock(in_ch, ch[r], cfg.w_dim, r, cfg.out_channels, cond_channels=cond_ch.get(r, 0), conv_clamp=cfg.conv_clamp)
+            blk = SynthesisBlock(in_ch, ch[r], cfg.w_dim, r, cfg.out_channels, cond_channels=cond_ch.get(r, 0), conv_clamp=cfg.conv_clamp,
+                                 precision=cfg.precision, lowp=cfg.uses_lowp(r))
             self.blocks.append(blk)
             self.num_ws += blk.num_conv
         self.num_ws += 1  # the last ToRGB; earlier ToRGBs share the next block's first w
 
-    def forward(self, ws, cond=None, noise_mode='random', update_emas=False, fused_modconv=None):
+    def forward(self, ws, cond=None, noise_mode='random', update_emas=False, fused_modconv=None, force_fp32=False):
+        "`force_fp32`: every block in fp32 (the path-length regularizer; NVlabs' `force_fp32`)."
         check(ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
               f"SynthesisNetwork: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
         fused = self.cfg.fused_modconv if fused_modconv is None else fused_modconv
-        feats = self.mask_encoder(check_cond(cond, self.cfg, ws.shape[0])) if self.mask_encoder is not None else None
+        feats = self.mask_encoder(check_cond(cond, self.cfg, ws.shape[0]), force_fp32) if self.mask_encoder is not None else None
         if self.mask_encoder is None: check(cond is None, f"cond (a mask) is only used by cfg='cond', this network is cfg={self.cfg.cfg!r}")
         x = img = None
         w_idx = 0
         for blk in self.blocks:
             cur = ws.narrow(1, w_idx, blk.num_conv + blk.num_torgb)
             w_idx += blk.num_conv
-            x, img = blk(x, img, cur, feats[blk.resolution] if feats is not None else None, noise_mode=noise_mode, fused_modconv=fused)
+            x, img = blk(x, img, cur, feats[blk.resolution] if feats is not None else None, noise_mode=noise_mode,
+                         fused_modconv=fused, force_fp32=force_fp32)
         return img
 
 def check_cond(cond, cfg: GANConfig, n: int):
@@ -399,22 +472,27 @@ class Generator(nn.Module):
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(cfg.z_dim, cfg.w_dim, self.num_ws, cfg.mapping_layers, cfg.mapping_lr, cfg.w_avg_beta)
 
-    def forward(self, z, cond=None, truncation_psi=1, truncation_cutoff=None, noise_mode='random', update_emas=False, fused_modconv=None):
+    def forward(self, z, cond=None, truncation_psi=1, truncation_cutoff=None, noise_mode='random', update_emas=False, fused_modconv=None,
+                force_fp32=False):
         ws = self.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, cond=cond, noise_mode=noise_mode, update_emas=update_emas, fused_modconv=fused_modconv)
+        return self.synthesis(ws, cond=cond, noise_mode=noise_mode, update_emas=update_emas, fused_modconv=fused_modconv,
+                              force_fp32=force_fp32)
 
 # %% ../nbs/03_networks.ipynb
 class DiscriminatorBlock(nn.Module):
     "Residual block: [fromrgb] -> conv -> down-conv, plus a 1x1 down-sampled skip."
-    def __init__(self, in_channels, tmp_channels, out_channels, d_in_channels, conv_clamp=None, resample_filter=(1, 3, 3, 1)):
+    def __init__(self, in_channels, tmp_channels, out_channels, d_in_channels, conv_clamp=None, resample_filter=(1, 3, 3, 1),
+                 precision='fp32', lowp=False):
         super().__init__()
         self.in_channels = in_channels
+        self.precision, self.lowp = precision, lowp
         if in_channels == 0: self.fromrgb = Conv2dLayer(d_in_channels, tmp_channels, 1, activation='lrelu', conv_clamp=conv_clamp)
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation='lrelu', conv_clamp=conv_clamp)
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation='lrelu', down=2, resample_filter=resample_filter, conv_clamp=conv_clamp)
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, resample_filter=resample_filter)
 
-    def forward(self, x):
+    def forward(self, x, force_fp32=False):
+        x = x.to(block_dtype(self.precision, self.lowp, x.device, force_fp32))
         if self.in_channels == 0: x = self.fromrgb(x)
         y = self.skip(x, gain=math.sqrt(0.5))
         x = self.conv1(self.conv0(x), gain=math.sqrt(0.5))
@@ -450,6 +528,7 @@ class DiscriminatorEpilogue(nn.Module):
         self.out = FullyConnectedLayer(in_channels, 1)
 
     def forward(self, x, mbstd_segments: int = 1):
+        x = x.to(torch.float32)   # the head (and the logits) are fp32
         if self.mbstd is not None: x = self.mbstd(x, mbstd_segments)
         x = self.conv(x)
         return self.out(self.fc(x.flatten(1)))
@@ -462,11 +541,13 @@ class Discriminator(nn.Module):
         res = [2 ** i for i in range(int(math.log2(cfg.resolution)), 2, -1)]
         self.blocks = nn.ModuleList(
             DiscriminatorBlock(cfg.channels(r) if r < cfg.resolution else 0, cfg.channels(r), cfg.channels(r // 2),
-                               cfg.d_in_channels, conv_clamp=cfg.conv_clamp) for r in res)
+                               cfg.d_in_channels, conv_clamp=cfg.conv_clamp, precision=cfg.precision, lowp=cfg.uses_lowp(r))
+            for r in res)
         self.epilogue = DiscriminatorEpilogue(cfg.channels(4), 4, cfg.mbstd_group, cfg.mbstd_channels, cfg.conv_clamp)
 
-    def forward(self, x, cond=None, mbstd_segments: int = 1):
-        "`mbstd_segments=2` scores a batch of fakes followed by as many reals in one pass (see `MinibatchStdLayer`)."
+    def forward(self, x, cond=None, mbstd_segments: int = 1, force_fp32: bool = False):
+        """`mbstd_segments=2` scores a batch of fakes followed by as many reals in one pass (see `MinibatchStdLayer`);
+        `force_fp32`: every block in fp32 (the R1 regularizer)."""
         if cond is not None:
             check(self.cfg.cfg == 'cond', f"D(x, cond) is only for cfg='cond'; build the input with to_d_input for cfg={self.cfg.cfg!r}")
             x = to_d_input(x, check_cond(cond, self.cfg, x.shape[0]), self.cfg)
@@ -474,7 +555,7 @@ class Discriminator(nn.Module):
         check(x.ndim == 4 and tuple(x.shape[1:]) == (self.in_channels, R, R),
               f"D input must be (N, {self.in_channels}, {R}, {R}) (see to_d_input), got {tuple(x.shape)}")
         if self.cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        for blk in self.blocks: x = blk(x)
+        for blk in self.blocks: x = blk(x, force_fp32)
         return self.epilogue(x, mbstd_segments)
 
 # %% ../nbs/03_networks.ipynb

@@ -25,8 +25,8 @@ __all__ = ['TRAIN_PRESETS', 'TRAIN_CHOICES', 'FIXED_GAN_FIELDS', 'LABEL_COLORS',
            'lazy_adam', 'ema_beta', 'update_ema', 'colorize_mask', 'grid_rows', 'save_png', 'label_stats_distance',
            'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'load_checkpoint',
            'generator_from_checkpoint', 'RunLog', 'train_gan', 'run_folder_state', 'move_run_aside', 'data_fingerprint',
-           'resume_conflicts', 'stored_run', 'check_trainable', 'open_run_folder', 'train_parser', 'parse_sets',
-           'cli_overrides', 'train_main', 'bench_parser', 'bench_train']
+           'resume_conflicts', 'resolve_run_precision', 'stored_run', 'check_trainable', 'open_run_folder',
+           'train_parser', 'parse_sets', 'cli_overrides', 'train_main', 'bench_parser', 'bench_step', 'bench_train']
 
 # %% ../nbs/05_train.ipynb
 @dataclass
@@ -192,8 +192,8 @@ class StyleGAN2Loss:
     @property
     def z_dim(self): return int(getattr(self.G, "z_dim", None) or self.gcfg.z_dim)
 
-    def run_G(self, z, cond=None, update_emas=False, main=False):
-        "Latents -> (raw G output, ws), with style mixing."
+    def run_G(self, z, cond=None, update_emas=False, main=False, force_fp32=False):
+        "Latents -> (raw G output, ws), with style mixing; `force_fp32`: no low-precision blocks (regularizers)."
         mapping = self.fns.get("mapping", self.G.mapping) if main else self.G.mapping
         synthesis = self.fns.get("synthesis", self.G.synthesis) if main else self.G.synthesis
         ws = mapping(z, update_emas=update_emas)
@@ -202,9 +202,9 @@ class StyleGAN2Loss:
             cutoff = int(torch.where(torch.rand([]) < self.tc.style_mixing, cutoff, torch.full_like(cutoff, ws.shape[1])))
             if cutoff < ws.shape[1]:
                 ws = torch.cat([ws[:, :cutoff], mapping(torch.randn_like(z), update_emas=False)[:, cutoff:]], 1)
-        return synthesis(ws, cond=cond, update_emas=update_emas), ws
+        return synthesis(ws, cond=cond, update_emas=update_emas, force_fp32=force_fp32), ws
 
-    def run_D(self, image, mask, main=False, segments: int = 1):
+    def run_D(self, image, mask, main=False, segments: int = 1, force_fp32=False):
         """Augment (image, mask) with one shared geometric transform, then score them with D.
         `segments=2`: the batch is fakes then reals, scored in one pass with separate minibatch-std groups."""
         D = self.fns.get("D", self.D) if main else self.D
@@ -213,8 +213,8 @@ class StyleGAN2Loss:
                 _, mask = self.augment_pipe(mask.new_zeros(mask.shape[0], 1, *mask.shape[2:]), mask)
             else:
                 image, mask = self.augment_pipe(image, mask)
-        if self.gcfg.cfg == "cond": return D(image, cond=mask, mbstd_segments=segments)
-        return D(_nets().real_to_d_input(image, mask, self.gcfg), mbstd_segments=segments)
+        if self.gcfg.cfg == "cond": return D(image, cond=mask, mbstd_segments=segments, force_fp32=force_fp32)
+        return D(_nets().real_to_d_input(image, mask, self.gcfg), mbstd_segments=segments, force_fp32=force_fp32)
 
     def fake_pair(self, raw, cond=None):
         "Raw G output -> (image or None, mask probabilities); for `cond` the mask is the condition."
@@ -228,9 +228,10 @@ class StyleGAN2Loss:
         return F.softplus(-logits).mean()
 
     def g_pl(self, n, cond=None):
-        "Path-length penalty on a `n // pl_batch_shrink` batch (mean, before the interval gain)."
+        "Path-length penalty on a `n // pl_batch_shrink` batch (mean, before the interval gain), in fp32."
         bs = max(n // self.tc.pl_batch_shrink, 1)
-        raw, ws = self.run_G(torch.randn(bs, self.z_dim, device=self.pl_mean.device), None if cond is None else cond[:bs])
+        raw, ws = self.run_G(torch.randn(bs, self.z_dim, device=self.pl_mean.device), None if cond is None else cond[:bs],
+                             force_fp32=True)
         image, probs = self.fake_pair(raw, None if cond is None else cond[:bs])
         out = image if self.gcfg.cfg == "cond" else _nets().real_to_d_input(image, probs, self.gcfg)
         noise = torch.randn_like(out) / math.sqrt(out.shape[2] * out.shape[3])
@@ -253,10 +254,10 @@ class StyleGAN2Loss:
         return F.softplus(fake_logits).mean(), F.softplus(-real_logits).mean(), real_logits.detach()
 
     def d_r1(self, real_img, real_mask):
-        "R1 penalty `gamma/2 |grad D(x)|^2` on reals (mean, before the interval gain); returns (loss, penalty)."
+        "R1 penalty `gamma/2 |grad D(x)|^2` on reals (mean, before the interval gain), in fp32; returns (loss, penalty)."
         mask = real_mask.detach().requires_grad_(self.gcfg.cfg != "cond")
         img = None if real_img is None else real_img.detach().requires_grad_(True)
-        logits = self.run_D(img, mask)
+        logits = self.run_D(img, mask, force_fp32=True)
         inputs = [t for t in (img, mask) if t is not None and t.requires_grad]
         grads = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
         penalty = sum(g.square().sum([1, 2, 3]) for g in grads)
@@ -619,9 +620,11 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
                                    "num_labels": len(ds.labels)})
     tc = train_config(preset, **train_over)
     fingerprint = data_fingerprint(ds)
-    if state == "run" and not replace_run:
-        diffs = resume_conflicts(stored_run(outdir, ck), dict(cfg=cfg, seed=seed, gan_config=asdict(gcfg), train_config=asdict(tc),
-                                                              data=dict(fingerprint=fingerprint, legacy=_legacy_data(ds.meta))))
+    dev = choose_device(device)
+    gcfg, stored = resolve_run_precision(gcfg, dev, stored_run(outdir, ck) if state == "run" and not replace_run else None)
+    if stored is not None:
+        diffs = resume_conflicts(stored, dict(cfg=cfg, seed=seed, gan_config=asdict(gcfg), train_config=asdict(tc),
+                                              data=dict(fingerprint=fingerprint, legacy=_legacy_data(ds.meta))))
         check(not diffs, f"{outdir}: cannot resume this run with other settings: {'; '.join(diffs)}. Rerun with the run's own "
                          "data and options to continue it, choose another --outdir, or pass --replace to move the old run "
                          "aside and start over (nothing was written)")
@@ -630,7 +633,6 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
             tc = replace(TrainConfig(**ck["train_config"]), **{k: getattr(tc, k) for k in RESUME_MAY_CHANGE})
     check(len(ds) >= tc.batch, f"{data_dir}: {len(ds)} training samples ({len(ds.subjects)} subject(s)) are fewer than one batch "
                                f"of {tc.batch}; pass --batch {max(2, len(ds) - len(ds) % 2)} or less, or use more data")
-    dev = choose_device(device)
     if replace_run and state == "run": move_run_aside(outdir)
     try: outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -829,6 +831,15 @@ def resume_conflicts(stored: dict, requested: dict) -> list[str]:
         out += [f"data {k}: run {sd.get(k)!r}, now {cmp.get(k)!r}" for k in sorted(set(sd) | set(cmp)) if sd.get(k) != cmp.get(k)]
     return out
 
+def resolve_run_precision(gcfg, device, stored: dict | None):
+    """`gcfg` with a concrete `precision` (see `medsyn.networks.resolve_precision`), and `stored` passed through. When
+    resuming (`stored`: the run's settings) with precision 'auto', the run keeps the precision it was trained with; an
+    explicit precision must match it (`resume_conflicts`). Runs from before the option (no stored precision) were fp32."""
+    requested = gcfg.precision
+    if stored is not None and requested == "auto":
+        return replace(gcfg, precision=(stored.get("gan_config") or {}).get("precision", "fp32")), stored
+    return replace(gcfg, precision=_nets().resolve_precision(requested, device)), stored
+
 def stored_run(outdir: Path, ck: dict | None) -> dict:
     "The settings of the run in `outdir`, from its checkpoint or (a run stopped before its first one) its config.json."
     if ck is not None:
@@ -884,6 +895,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--snap", type=float, default=None, help="snapshot (grid, metric, checkpoint) interval in kimg")
     p.add_argument("--impl", default=None, choices=list(TRAIN_CHOICES["impl"]), help="ops implementation (default auto)")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="mixed precision of the highest resolutions (default auto: bf16 on a CPU with avx512_bf16/AMX, "
+                        "fp16 on CUDA, else fp32); a resumed run keeps its own")
     p.add_argument("--metric", default=None, choices=["auto", "fid", "stats"], help="snapshot selection metric")
     p.add_argument("--mask-source", default=None, help="cond only: dataset whose masks drive grids and the metric")
     p.add_argument("--device", default="auto")
@@ -899,7 +913,8 @@ def parse_sets(items: list[str]) -> dict:
 def cli_overrides(a) -> dict:
     "The training options of `medsyn train`: the `--set` items and the dedicated flags, which must agree where both are given."
     sets = parse_sets(a.set)
-    flags = {k: v for k, v in dict(batch=a.batch, gamma=a.gamma, metric=a.metric, impl=a.impl).items() if v is not None}
+    flags = {k: v for k, v in dict(batch=a.batch, gamma=a.gamma, metric=a.metric, impl=a.impl,
+                                   precision=getattr(a, "precision", None)).items() if v is not None}
     clash = [f"--{k} {v} and --set {k}={sets[k]!r}" for k, v in flags.items() if k in sets and sets[k] != v]
     check(not clash, f"{'; '.join(clash)} disagree; give each option once")
     return {**sets, **flags}
@@ -916,7 +931,8 @@ def train_main(argv: list[str]) -> int:
 
 # %% ../nbs/05_train.ipynb
 def bench_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsyn bench train", description="Time StyleGAN2 G+D main steps; prints one JSON object.")
+    p = argparse.ArgumentParser(prog="medsyn bench train", description="Time StyleGAN2 G+D main steps; prints one JSON object. "
+                                "Without --impl / --precision it measures what `medsyn train` uses by default here.")
     p.add_argument("--cfg", default="joint", choices=["joint", "mask", "cond"])
     p.add_argument("--res", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
@@ -927,7 +943,9 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--z-dim", type=int, default=512, help="latent size (NVlabs' default 512)")
     p.add_argument("--w-dim", type=int, default=512, help="style size (NVlabs' default 512)")
     p.add_argument("--mapping-layers", type=int, default=2, help="mapping-network depth (NVlabs' 'auto' config: 2)")
-    p.add_argument("--impl", default="ref", help="ops implementation(s), comma-separated: ref,cpu,auto,compile")
+    p.add_argument("--impl", default="auto", help="ops implementation(s), comma-separated: auto,ref,cpu,cuda,compile (default auto, as medsyn train)")
+    p.add_argument("--precision", default="auto", help="precision(s), comma-separated: auto,fp32,bf16,fp16 (default auto, as medsyn train)")
+    p.add_argument("--device", default="auto", help="auto (as medsyn train: CUDA when present), cpu or cuda")
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, allocator)")
     p.add_argument("--preset", default="cpu64")
@@ -935,59 +953,73 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, usually the core count)")
     return p
 
-def _bench_one(a) -> dict:
-    "Measure one implementation in this process."
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def bench_step(cfg="joint", res=64, batch=8, channel_base=4096, channel_max=256, img_channels=2, num_labels=4, z_dim=512,
+               w_dim=512, mapping_layers=2, impl="auto", precision="auto", device="auto", preset="cpu64", seed=0):
+    """One training step to time, as `medsyn train` builds it (`impl`, `precision`, `device` resolved the same way):
+    returns `(step, info)`, `step()` running Gmain + Dmain with both Adam steps on a fixed random batch."""
+    from medsyn.core import choose_device
     N = _nets()
-    compile_main = _set_impl(a.impl)
-    gcfg = N.gan_config(a.preset, cfg=a.cfg, resolution=a.res, img_channels=a.img_channels, num_labels=a.num_labels,
-                        channel_base=a.channel_base, channel_max=a.channel_max,
-                        z_dim=a.z_dim, w_dim=a.w_dim, mapping_layers=a.mapping_layers)
-    tc = train_config(a.preset, batch=a.batch, augment="none")
-    seed_everything(a.seed)
-    tr = GANTrainer(gcfg, tc, "cpu", compile_main=compile_main)
-    note = None
-    if compile_main and not tr.loss.fns:
-        note = "torch.compile failed; measured eager ref ops instead"
-    g = torch.Generator().manual_seed(a.seed)
-    img = torch.rand(a.batch, a.img_channels, a.res, a.res, generator=g) * 2 - 1
-    onehot = one_hot(torch.randint(0, a.num_labels, (a.batch, a.res, a.res), generator=g), a.num_labels)
-    image = None if a.cfg == "mask" else img
-    cond = onehot if a.cfg == "cond" else None
+    dev = choose_device(device)
+    compile_main = _set_impl(impl)
+    gcfg = N.gan_config(preset, cfg=cfg, resolution=res, img_channels=img_channels, num_labels=num_labels,
+                        channel_base=channel_base, channel_max=channel_max, z_dim=z_dim, w_dim=w_dim,
+                        mapping_layers=mapping_layers, precision=precision)
+    gcfg = replace(gcfg, precision=N.resolve_precision(gcfg.precision, dev))
+    tc = train_config(preset, batch=batch, augment="none")
+    seed_everything(seed)
+    tr = GANTrainer(gcfg, tc, dev, compile_main=compile_main)
+    g = torch.Generator().manual_seed(seed)
+    img = (torch.rand(batch, img_channels, res, res, generator=g) * 2 - 1).to(dev)
+    onehot = one_hot(torch.randint(0, num_labels, (batch, res, res), generator=g), num_labels).to(dev)
+    image = None if cfg == "mask" else img
+    cond = onehot if cfg == "cond" else None
 
-    def main_step():
+    def step():
         tr.G.requires_grad_(True); tr.D.requires_grad_(False)
         tr.opt_G.zero_grad(set_to_none=True)
-        tr.loss.g_main(a.batch, cond).backward(); tr.opt_G.step()
+        tr.loss.g_main(batch, cond).backward(); tr.opt_G.step()
         tr.G.requires_grad_(False); tr.D.requires_grad_(True)
         tr.opt_D.zero_grad(set_to_none=True)
         lf, lr, _ = tr.loss.d_main(image, onehot, cond)
         (lf + lr).backward(); tr.opt_D.step()
 
+    from medsyn.ops import active_impl
+    info = dict(impl=impl, ops_impl="ref" if impl == "compile" else active_impl(dev), precision=gcfg.precision,
+                precision_requested=precision, num_fp16_res=gcfg.num_fp16_res, lowp_resolution=gcfg.lowp_resolution(),
+                device=str(dev), torch_compile=bool(compile_main and tr.loss.fns),
+                G_params=sum(p.numel() for p in tr.G.parameters()), D_params=sum(p.numel() for p in tr.D.parameters()),
+                z_dim=gcfg.z_dim, w_dim=gcfg.w_dim, mapping_layers=gcfg.mapping_layers, fused_modconv=gcfg.fused_modconv)
+    info["_trainer"] = tr
+    return step, info
+
+def _bench_one(a) -> dict:
+    "Measure one (implementation, precision) in this process."
+    from medsyn.bench import time_interleaved
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step, info = bench_step(a.cfg, a.res, a.batch, a.channel_base, a.channel_max, a.img_channels, a.num_labels, a.z_dim,
+                            a.w_dim, a.mapping_layers, a.impl, a.precision, a.device, a.preset, a.seed)
+    tr = info.pop("_trainer")
+    note = None
+    if info["impl"] == "compile" and not info["torch_compile"]:
+        note = "torch.compile failed; measured eager ref ops instead"
     t0 = time.perf_counter()
     try:
-        for _ in range(a.warmup): main_step()
+        timing = time_interleaved({"step": step}, rounds=1, steps_per_round=a.steps, warmup=a.warmup, device=torch.device(info["device"]))["step"]
     except Exception as e:  # noqa: BLE001 - a failing compile backend must not hide the eager number
-        if not compile_main: raise
+        if not info["torch_compile"]: raise
         note = f"torch.compile failed at run time ({type(e).__name__}: {str(e)[:200]}); measured eager ref ops instead"
-        tr.loss.fns = {}
-        for _ in range(a.warmup): main_step()
-    warm_s = time.perf_counter() - t0
-    times, cpu_times = [], []
-    for _ in range(a.steps):
-        t, c = time.perf_counter(), time.process_time(); main_step()
-        times.append(time.perf_counter() - t); cpu_times.append(time.process_time() - c)
-    ms = float(np.median(times) * 1000)
-    res = dict(impl=a.impl, ms_per_step=round(ms, 1), ms_per_step_mean=round(float(np.mean(times) * 1000), 1),
-               ms_per_step_min=round(float(np.min(times) * 1000), 1),
-               cpu_ms_per_step=round(float(np.median(cpu_times) * 1000), 1),   # process CPU time: robust to a shared machine at --threads 1
+        tr.loss.fns = {}; info["torch_compile"] = False
+        timing = time_interleaved({"step": step}, rounds=1, steps_per_round=a.steps, warmup=a.warmup, device=torch.device(info["device"]))["step"]
+    ms = timing["ms_per_step"]
+    res = dict(impl=info.pop("impl"), ms_per_step=ms, ms_per_step_mean=timing["ms_per_step_mean"],
+               ms_per_step_min=timing["ms_per_step_min"],
+               cpu_ms_per_step=timing["cpu_ms_per_step"],   # process CPU time: robust to a shared machine at --threads 1
                img_per_s=round(a.batch / (ms / 1000), 2), sec_per_kimg=round(1000 / a.batch * ms / 1000, 1),
-               warmup_s=round(warm_s, 1), peak_mem_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               warmup_s=timing["warmup_s"], peak_mem_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                baseline_rss_mb=round(rss0, 1),
                peak_mem_source="resource.getrusage(RUSAGE_SELF).ru_maxrss: peak RSS of this process incl. Python+torch",
-               ops_impl="ref" if a.impl == "compile" else a.impl, torch_compile=bool(compile_main and tr.loss.fns),
-               G_params=sum(p.numel() for p in tr.G.parameters()), D_params=sum(p.numel() for p in tr.D.parameters()),
-               z_dim=gcfg.z_dim, w_dim=gcfg.w_dim, mapping_layers=gcfg.mapping_layers, fused_modconv=gcfg.fused_modconv)
+               **info)
+    if info["device"].startswith("cuda"): res["cuda_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if note: res["note"] = note
     return res
 
@@ -996,23 +1028,27 @@ def bench_train(argv: list[str] | None = None) -> int:
     a = bench_parser().parse_args(argv if argv is not None else [])
     if a.threads: torch.set_num_threads(a.threads)
     impls = [s.strip() for s in a.impl.split(",") if s.strip()]
+    precisions = [s.strip() for s in a.precision.split(",") if s.strip()]
     config = dict(cfg=a.cfg, res=a.res, batch=a.batch, channel_base=a.channel_base, channel_max=a.channel_max,
                   img_channels=a.img_channels, num_labels=a.num_labels, steps=a.steps, warmup=a.warmup,
                   preset=a.preset, threads=torch.get_num_threads(), cpu_count=os.cpu_count(), torch=torch.__version__,
+                  load_avg_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                   step="Gmain + Dmain (G fwd/bwd through D; G fwd + one D fwd/bwd on [fake; real]) + both Adam steps; "
                        "no augmentation, no R1 / path-length phases")
-    if len(impls) == 1:
-        a.impl = impls[0]
+    if len(impls) == 1 and len(precisions) == 1:
+        a.impl, a.precision = impls[0], precisions[0]
         print(json.dumps(dict(config=config, **_bench_one(a)))); return 0
     results = []
     for impl in impls:
-        args = _replace_arg(list(argv or []), "--impl", impl)
-        proc = subprocess.run([sys.executable, "-c", "import sys; from medsyn.train import bench_train; sys.exit(bench_train(sys.argv[1:]))", *args],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            results.append(dict(impl=impl, error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"))
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1]); r.pop("config", None); results.append(r)
+        for prec in precisions:
+            args = _replace_arg(_replace_arg(list(argv or []), "--impl", impl), "--precision", prec)
+            proc = subprocess.run([sys.executable, "-c", "import sys; from medsyn.train import bench_train; sys.exit(bench_train(sys.argv[1:]))", *args],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                results.append(dict(impl=impl, precision_requested=prec,
+                                    error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"))
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1]); r.pop("config", None); results.append(r)
     ref = next((r for r in results if r.get("impl") == "ref" and "ms_per_step" in r), None)
     if ref is not None:
         for r in results:

@@ -207,3 +207,40 @@ def test_minibatch_std_odd_batch():
     _, D = build_networks(tiny("mask"))
     assert D(torch.randn(6, K, R, R)).shape == (6, 1)
     assert D(torch.randn(1, K, R, R)).shape == (1, 1)
+
+
+# ---------------------------------------------------------------- mixed precision
+def test_resolve_precision_auto_and_one_message(monkeypatch, capsys):
+    import medsyn.networks as N
+    monkeypatch.setattr(N, "_precision_said", set())
+    monkeypatch.setattr(N, "cpu_bf16_flags", lambda cpuinfo=None: ["avx512_bf16"])
+    assert N.resolve_precision("auto", "cpu") == "bf16"
+    assert N.resolve_precision("auto", "cpu") == "bf16"
+    err = capsys.readouterr().err
+    assert err.count("precision auto -> bf16") == 1 and "avx512_bf16" in err
+    monkeypatch.setattr(N, "_precision_said", set())
+    monkeypatch.setattr(N, "cpu_bf16_flags", lambda cpuinfo=None: [])
+    assert N.resolve_precision("auto", "cpu") == "fp32"
+    assert "precision auto -> fp32" in capsys.readouterr().err
+    assert N.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(MedsynError, match="needs a CUDA device"): N.resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("name", GAN_CFGS)
+def test_bf16_blocks_follow_the_fp32_network(name, onehot):
+    "Same weights: bf16 on the highest resolution stays within bf16 rounding; force_fp32 is the fp32 network."
+    torch.manual_seed(0)
+    G32, D32 = build_networks(tiny(name))
+    G16, D16 = build_networks(tiny(name, precision="bf16", num_fp16_res=1))
+    G16.load_state_dict(G32.state_dict()); D16.load_state_dict(D32.state_dict())
+    dtypes = {}
+    for blk in G16.synthesis.blocks: blk.register_forward_hook(lambda m, i, o: dtypes.__setitem__(m.resolution, o[0].dtype))
+    z, cond = torch.randn(N, G32.z_dim), _cond(name, onehot)
+    a, b = G32(z, cond, noise_mode="const"), G16(z, cond, noise_mode="const")
+    assert dtypes == {4: torch.float32, 8: torch.float32, 16: torch.float32, 32: torch.bfloat16}
+    assert b.dtype == torch.float32 and 0 < (a - b).abs().max() < 0.05 * a.abs().max()
+    torch.testing.assert_close(G16(z, cond, noise_mode="const", force_fp32=True), a, atol=1e-5, rtol=1e-5)
+    x = fake_to_d_input(a.detach(), G32.cfg, cond=cond)
+    la, lb = D32(x), D16(x)
+    assert lb.dtype == torch.float32 and (la - lb).abs().max() < 0.05 * (1 + la.abs().max())
+    torch.testing.assert_close(D16(x, force_fp32=True), la, atol=1e-5, rtol=1e-5)

@@ -258,3 +258,38 @@ def test_fake_kernels_give_output_shapes(cpu_ops):
         z = cpu_ops.bias_act(x, torch.empty(3), torch.empty(0), torch.empty(0), torch.empty(0), 0, 1, 3, 0.2, 1.4, -1.0)
     assert tuple(y.shape) == tuple(ops.upsample2d(torch.zeros(2, 3, 7, 9), ops.setup_filter([1, 3, 3, 1]), impl="ref").shape)
     assert tuple(z.shape) == (2, 3, 7, 9)
+
+
+# ---------------------------------------------------------------- bfloat16 (mixed precision on CPU)
+def test_bf16_kernels_match_bf16_reference(cpu_ops):
+    "The CPU kernels in bf16 (float compute, one rounding) against the bf16 reference, at a bf16 tolerance."
+    rows = ops.check_ops(("cpu",), quick=True, dtype=torch.bfloat16)
+    assert [(r["op"], r["status"]) for r in rows] == [("bias_act", "ok"), ("upfirdn2d", "ok")], rows
+
+
+def test_bf16_runs_the_kernels_not_the_fallback(cpu_ops):
+    x = torch.randn(2, 4, 9, 9).to(torch.bfloat16)
+    b = torch.randn(4).to(torch.bfloat16)
+    f = ops.setup_filter([1, 3, 3, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # a fallback to the reference warns
+        y = ops.bias_act(x, b, act="lrelu", clamp=256, impl="cpu")
+        u = ops.upsample2d(x, f, impl="cpu")
+        d = ops.filter2d(x, f, impl="cpu")
+    assert y.dtype == u.dtype == d.dtype == torch.bfloat16
+    # float compute, one rounding: within one bf16 ulp of the float32 result
+    ref = ops.filter2d(x.float(), f, impl="ref")
+    assert (d.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+
+
+@pytest.mark.parametrize("pad", [[0, 0, 0, 0], [2, 1, 2, 1], [-1, 3, 0, -2]])
+def test_filter2d_fast_path_matches_reference(cpu_ops, pad):
+    "up = down = 1 with a separable filter takes the flattened-plane path; odd sizes and negative padding included."
+    gen = torch.Generator().manual_seed(3)
+    for f in (ops.setup_filter([1, 3, 3, 1]), ops.setup_filter([1, 2, 3, 4, 4, 3, 2, 1])):
+        x = torch.randn(3, 2, 13, 11, generator=gen, requires_grad=True)
+        outs = []
+        for impl in ("ref", "cpu"):
+            y = ops.upfirdn2d(x, f, padding=pad, impl=impl)
+            outs.append((y, *torch.autograd.grad(y, x, torch.ones_like(y))))
+        for a, c in zip(*outs): torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)

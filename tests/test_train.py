@@ -106,3 +106,20 @@ def test_short_training_on_the_bundled_dataset(tmp_path):
         diff = (G(z, noise_mode="const") - G0.eval()(z, noise_mode="const")).abs().mean().item()
     assert diff > 1e-3, diff
     assert (out / "network-best.pt").exists() and list(out.glob("grid-*kimg.png"))
+
+
+def test_precision_is_recorded_and_kept_on_resume(toy, tmp_path):
+    "The run stores the precision it resolved to; a resume with 'auto' keeps it, an explicit other one is refused."
+    from medsyn.core import MedsynError
+    kw = dict(cfg="joint", batch=4, progress=False, metric_n=8, grid_n=2, **TINY)
+    run = train_gan(toy, tmp_path / "run", kimg=0.008, precision="fp32", **kw)
+    ck = load_checkpoint(run / "network-last.pt")
+    assert ck["gan_config"]["precision"] == "fp32"
+    assert json.loads((run / "config.json").read_text())["gan_config"]["precision"] == "fp32"
+    train_gan(toy, run, kimg=0.016, **kw)                              # default 'auto': keeps fp32
+    ck = load_checkpoint(run / "network-last.pt")
+    assert ck["cur_nimg"] == 16 and ck["gan_config"]["precision"] == "fp32"
+    with pytest.raises(MedsynError, match="precision: run 'fp32', now 'bf16'"):
+        train_gan(toy, run, kimg=0.024, precision="bf16", **kw)
+    auto = train_gan(toy, tmp_path / "auto", kimg=0.008, **kw)         # a fresh run records a concrete precision
+    assert load_checkpoint(auto / "network-last.pt")["gan_config"]["precision"] in ("fp32", "bf16")

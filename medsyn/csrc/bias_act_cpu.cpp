@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -30,23 +31,24 @@ template <int A, int G> constexpr bool reads_dy() { return G == 2; }
 template <int A> constexpr bool has_2nd_grad() { return A >= medsyn::ACT_TANH; }
 
 // Apply the formula to a span of n elements; the bias is one value (VB=false) or a vector (VB=true).
-template <typename T, int A, int G, bool VB>
+// T is the storage type, C the compute type (float for bfloat16: load, compute in float, round once on store).
+template <typename T, int A, int G, bool VB, typename C = at::opmath_type<T>>
 void bias_act_span(const T* __restrict x, const T* __restrict b, const T* __restrict xr, const T* __restrict yr,
-                   const T* __restrict dy, T* __restrict y, int64_t n, T alpha, T gain, T clamp) {
-    const bool cm = clamp >= T(0);
-    const T b0 = VB ? T(0) : b[0];
+                   const T* __restrict dy, T* __restrict y, int64_t n, C alpha, C gain, C clamp) {
+    const bool cm = clamp >= C(0);
+    const C b0 = VB ? C(0) : C(b[0]);
     for (int64_t j = 0; j < n; ++j) {
-        const T bv = VB ? b[j] : b0;
-        const T xv = reads_xref<A, G>() ? xr[j] : T(0);
-        const T yv = G > 0 ? yr[j] : T(0);
-        const T dv = reads_dy<A, G>() ? dy[j] : T(1);
-        y[j] = medsyn::bias_act_elem<T, A, G>(x[j], bv, xv, yv, dv, alpha, gain, clamp, cm);
+        const C bv = VB ? C(b[j]) : b0;
+        const C xv = reads_xref<A, G>() ? C(xr[j]) : C(0);
+        const C yv = G > 0 ? C(yr[j]) : C(0);
+        const C dv = reads_dy<A, G>() ? C(dy[j]) : C(1);
+        y[j] = T(medsyn::bias_act_elem<C, A, G>(C(x[j]), bv, xv, yv, dv, alpha, gain, clamp, cm));
     }
 }
 
-template <typename T, int A, int G>
+template <typename T, int A, int G, typename C = at::opmath_type<T>>
 void bias_act_loop(const T* x, const T* b, const T* xr, const T* yr, const T* dy, T* y, int64_t N,
-                   int64_t stepB, int64_t sizeB, T alpha, T gain, T clamp) {
+                   int64_t stepB, int64_t sizeB, C alpha, C gain, C clamp) {
     const T zero = T(0);
     // Stand-ins for tensors the formula does not read in this configuration (see reads_*).
     if (!xr) xr = x;
@@ -74,18 +76,18 @@ void bias_act_loop(const T* x, const T* b, const T* xr, const T* yr, const T* dy
     });
 }
 
-template <typename T, int A>
+template <typename T, int A, typename C = at::opmath_type<T>>
 void bias_act_grad_dispatch(int64_t grad, const T* x, const T* b, const T* xr, const T* yr, const T* dy, T* y,
-                            int64_t N, int64_t stepB, int64_t sizeB, T alpha, T gain, T clamp) {
+                            int64_t N, int64_t stepB, int64_t sizeB, C alpha, C gain, C clamp) {
     if (grad == 0) bias_act_loop<T, A, 0>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
     else if (grad == 1) bias_act_loop<T, A, 1>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
     else if constexpr (has_2nd_grad<A>()) bias_act_loop<T, A, 2>(x, b, xr, yr, dy, y, N, stepB, sizeB, alpha, gain, clamp);
     else TORCH_CHECK(false, "medsyn_cpu.bias_act: activation ", A, " has a zero second derivative (grad=2 not needed)");
 }
 
-template <typename T>
+template <typename T, typename C = at::opmath_type<T>>
 void bias_act_typed(int64_t act, int64_t grad, const T* x, const T* b, const T* xr, const T* yr, const T* dy, T* y,
-                    int64_t N, int64_t stepB, int64_t sizeB, T a, T g, T c) {
+                    int64_t N, int64_t stepB, int64_t sizeB, C a, C g, C c) {
 #define MEDSYN_ACT_CASE(ID) case ID: bias_act_grad_dispatch<T, ID>(grad, x, b, xr, yr, dy, y, N, stepB, sizeB, a, g, c); break;
     switch (act) {
         MEDSYN_ACT_CASE(1) MEDSYN_ACT_CASE(2) MEDSYN_ACT_CASE(3) MEDSYN_ACT_CASE(4) MEDSYN_ACT_CASE(5)
@@ -121,13 +123,15 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tens
     if (N == 0) return y;
     const int64_t stepB = b.numel() ? x.stride(dim) : 1;
     const int64_t sizeB = b.numel() ? x.size(dim) : 1;
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "medsyn_cpu.bias_act", [&] {
+    // float32 / float64, and bfloat16 (stored as bf16, computed in float: see bias_act_span)
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "medsyn_cpu.bias_act", [&] {
         using T = scalar_t;
+        using C = at::opmath_type<T>;
         bias_act_typed<T>(act, grad, x.const_data_ptr<T>(), b.numel() ? b.const_data_ptr<T>() : nullptr,
                           xref.numel() ? xref.const_data_ptr<T>() : nullptr,
                           yref.numel() ? yref.const_data_ptr<T>() : nullptr,
                           dy.numel() ? dy.const_data_ptr<T>() : nullptr, y.mutable_data_ptr<T>(), N, stepB, sizeB,
-                          T(alpha), T(gain), T(clamp));
+                          C(alpha), C(gain), C(clamp));
     });
     return y;
 }
