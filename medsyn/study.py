@@ -36,10 +36,11 @@ __all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALIT
            'n_synthetic_for', 'synthetic_needs', 'synthetic_inputs', 'make_synthetic_set', 'stage_generate',
            'cell_inputs', 'run_cell', 'learning_curves', 'dice_table', 'stage_segment', 'quality_rows',
            'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report', 'report_facts', 'table_html',
-           'figure_html', 'Report', 'dice_findings', 'dilution_findings', 'lookup_findings', 'report_notebook',
-           'render_report', 'study_notebooks_dir', 'ensure_kernel', 'study_header', 'notebook_parameters',
-           'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate',
-           'run_config', 'aggregate_findings', 'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
+           'figure_html', 'Report', 'dice_findings', 'dilution_findings', 'lookup_warning', 'lookup_findings',
+           'report_notebook', 'render_report', 'study_notebooks_dir', 'ensure_kernel', 'study_header',
+           'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
+           'rank_tests', 'aggregate', 'run_config', 'aggregate_findings', 'dice_side_by_side_caption',
+           'check_study_inputs', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond")}
@@ -849,8 +850,8 @@ class Report:
         return pd.read_csv(path)
 
     def text(self, markdown: str) -> None:
-        "Show a paragraph of Markdown."
-        display(Markdown(markdown))
+        "Show a paragraph of Markdown (nothing for an empty one)."
+        if markdown: display(Markdown(markdown))
 
     def table(self, table: str | Path | pd.DataFrame, caption: str | None = None) -> None:
         "Show a table (a DataFrame, a CSV path, or the stem of `out_dir/tables/<stem>.csv` captioned by `TABLE_CAPTIONS`); nothing when absent."
@@ -889,15 +890,18 @@ def dilution_findings(vs: pd.DataFrame) -> str:
     if not len(vs): return "No dilution control was run."
     return "\n".join(_arm_sentence(r, "real-oversampled") for r in vs.itertuples())
 
+def lookup_warning(trivial: pd.DataFrame) -> str:
+    "A bold warning naming the (fold, fraction) pairs where the real-only U-Net does not beat the intensity lookup; '' when none."
+    bad = [f"fold {r.fold} at {100 * r.fraction:g} %" for r in trivial[~trivial.unet_beats_lookup.astype(bool)].itertuples()]
+    return (f"**Warning: on {', '.join(bad)} the real-only U-Net does not beat a per-pixel intensity lookup; there it has not "
+            "learned the task and no effect measured on top of it can be trusted.**" if bad else "")
+
 def lookup_findings(trivial: pd.DataFrame) -> str:
-    "Whether the real-only U-Net beat the intensity lookup on every fold, in prose; a bold warning when it did not."
+    "Whether the real-only U-Net beat the intensity lookup on every (fold, fraction), in prose, with `lookup_warning` when it did not."
     if not len(trivial): return "The intensity-lookup control was not run."
     beaten = trivial.unet_beats_lookup.astype(bool)
-    text = (f"The real-only U-Net beat the per-pixel intensity lookup on {beaten.sum()} of {len(trivial)} (fold, fraction) pairs "
-            f"(mean Dice {trivial.unet_real.mean():.3f} against {trivial.lookup.mean():.3f}).")
-    bad = [f"fold {r.fold} at {100 * r.fraction:g} %" for r in trivial[~beaten].itertuples()]
-    return text + (f" **Warning: on {', '.join(bad)} it did not; there the U-Net has not learned the task and no effect measured on "
-                   "top of it can be trusted.**" if bad else "")
+    return (f"The real-only U-Net beat the per-pixel intensity lookup on {beaten.sum()} of {len(trivial)} (fold, fraction) pairs "
+            f"(mean Dice {trivial.unet_real.mean():.3f} against {trivial.lookup.mean():.3f}). " + lookup_warning(trivial)).strip()
 
 # %% ../nbs/09_study.ipynb
 def report_notebook(nb):
@@ -914,7 +918,8 @@ def render_report(notebook: str | Path, html: str | Path, title: str | None = No
     import nbformat
     nb = report_notebook(nbformat.read(str(notebook), as_version=4))
     nb.metadata["title"] = title or Path(html).parent.name
-    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, exclude_raw=True).from_notebook_node(nb)
+    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, exclude_raw=True,
+                           anchor_link_text="").from_notebook_node(nb)
     return atomic_write_text(Path(html), body)
 
 # %% ../nbs/09_study.ipynb
