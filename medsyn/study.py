@@ -4,13 +4,14 @@
 
 # %% ../nbs/09_study.ipynb 2
 from __future__ import annotations
-import argparse, hashlib, json, math, os, shutil, sys, time, traceback
+import argparse, base64, copy, hashlib, json, math, os, shutil, sys, time, traceback
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from IPython.display import HTML, Markdown, display
 
 from .core import (MedsynError, check, check_fields, runs_dir, save_json, load_json, atomic_write_text, atomic_path,
                          file_sha256, parse_set_items)
@@ -20,24 +21,27 @@ from .generate import generate_pairs
 from .evaluate import evaluate
 from .metrics import dataset_hash
 from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
-from .stats import (ARM, BASELINE, COMPARE_COLUMNS, compare_arms, design_mde, friedman_nemenyi, dataset_arm_table, holm,
+from .stats import (ARM, BASELINE, COMPARE_COLUMNS, arm_label, compare_arms, design_mde, friedman_nemenyi, dataset_arm_table, holm,
                           per_seed, seed_mean, summary_table, verdict)
 from .train import load_checkpoint, train_gan
 
 # %% auto 0
 __all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALITY_METRICS', 'REPORT_TABLES', 'REPORT_FIGURES',
-           'PARAMETERS_MARKER', 'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid',
-           'gan_jobs', 'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table', 'save_figure',
-           'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest',
-           'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done',
-           'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
-           'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row', 'train_study_gan',
-           'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'synthetic_inputs',
-           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
-           'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
-           'study_notebooks_dir', 'ensure_kernel', 'notebook_config', 'notebook_parameters', 'load_study_notebook',
-           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'check_study_inputs',
-           'study_main']
+           'TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'PARAMETERS_MARKER', 'ARM_RANKS_CAPTION', 'StudyConfig', 'study_config',
+           'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs', 'vs_dilution', 'trivial_baseline_check',
+           'segmentation_tables', 'write_table', 'save_figure', 'plot_pairs', 'plot_dice_vs_n', 'plot_small_data',
+           'RunLayout', 'artefact_key', 'read_manifest', 'write_manifest', 'changed_inputs', 'artefact_state',
+           'reset_artefact', 'stage_done', 'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real',
+           'study_splits', 'split_of', 'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint',
+           'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan',
+           'n_synthetic_for', 'synthetic_needs', 'synthetic_inputs', 'make_synthetic_set', 'stage_generate',
+           'cell_inputs', 'run_cell', 'learning_curves', 'dice_table', 'stage_segment', 'quality_rows',
+           'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report', 'report_facts', 'table_html',
+           'figure_html', 'Report', 'dice_findings', 'dilution_findings', 'lookup_warning', 'lookup_findings',
+           'report_notebook', 'render_report', 'study_notebooks_dir', 'ensure_kernel', 'study_header',
+           'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
+           'rank_tests', 'aggregate', 'run_config', 'aggregate_findings', 'dice_side_by_side_caption',
+           'check_study_inputs', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond")}
@@ -747,6 +751,179 @@ def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -
     return [report]
 
 # %% ../nbs/09_study.ipynb
+def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
+    "The numbers a dataset report quotes, read from the run (`prepare.json`, `tables/dice.csv`) and `cfg`."
+    lay = RunLayout(out_dir); info = load_json(lay.prepare_json)
+    dice = pd.read_csv(lay.table("dice.csv"))
+    n_test = [len(split_of(info["splits"], f, 1.0)["test"]) for f in range(cfg.folds)]
+    arms = dice[dice.fraction == 1.0][["variant", "factor"]].drop_duplicates().sort_values(["factor", "variant"])
+    return dict(name=info["name"], n_subjects=info["n_subjects"], n_slices=info["n_slices"], modalities=", ".join(info["modalities"]),
+                labels=", ".join(f"{k} = {v}" for k, v in info["labels"].items()), resolution="×".join(map(str, info["resolution"])),
+                folds=cfg.folds, n_test=sum(n_test), n_test_fold=" / ".join(map(str, n_test)), n_seeds=len(cfg.seeds),
+                arms=", ".join(arm_label(v, f) for v, f in arms.itertuples(index=False)), variants=", ".join(cfg.variants),
+                factors=", ".join(f"{f:g}" for f in sorted(cfg.synthetic_factors)), sweep_factor=f"{cfg.sweep_factor:g}",
+                fractions=", ".join(f"{100 * f:g} %" for f in sorted(cfg.fractions)), margin=f"{cfg.equivalence_margin:g}",
+                gan_preset=cfg.gan_preset, gan_kimg=", ".join(f"{g} {k:g}" for g, k in cfg.gan_kimg.items()),
+                gan_budget="no time limit" if cfg.gan_time_budget is None else f"at most {cfg.gan_time_budget:g} s",
+                n_quality=cfg.n_quality, seg_preset=cfg.seg_preset, split_seed=cfg.split_seed, profile=cfg.profile)
+
+_ARMS = ("Arms: real-only (factor 0, with classical augmentation), real-noaug (real-only without classical augmentation), "
+         "intensity-lookup (a per-pixel intensity lookup fitted on the training subjects), the GAN variants ({variants}) adding "
+         "factor × the real training slices as synthetic pairs, and real-oversampled (real slices repeated to the same sample count).")
+_TESTS = ("mean_delta: mean paired difference to real-only over the n = {n_test} test subjects, with its 95 % bootstrap CI "
+          "(ci_low, ci_high); p_wilcoxon: two-sided Wilcoxon signed-rank p; p_holm: Holm-corrected over the arms; p_tost / "
+          "p_tost_holm: equivalence (TOST) p for a margin of ±{margin} Dice; verdict: better / worse when p_holm < 0.05, "
+          "equivalent when p_tost_holm < 0.05, otherwise inconclusive.")
+TABLE_CAPTIONS = {
+    "dataset": "The {name} dataset: {n_subjects} subjects, {n_slices} 2D slices of {resolution} pixels; modalities {modalities}; "
+               "labels {labels}; mean_fg_fraction is the mean share of foreground pixels per slice.",
+    "folds": "Subject-level {folds}-fold cross-validation (split seed {split_seed}): per fold and share of the labelled subjects "
+             "(fraction), the training, validation and test subjects. Every subject is tested exactly once: n = {n_test} test subjects "
+             "({n_test_fold} per fold).",
+    "gan_training": "GAN training, one run per generator, fold and fraction on that fold's training subjects only (preset {gan_preset}; "
+                    "kimg {gan_kimg}; {gan_budget} per run): kimg reached and the snapshot used for sampling.",
+    "quality": "Image quality of the synthetic pairs (variants {variants}) against the fold's real training slices, mean ± sd over the "
+               "{folds} folds (at most {n_quality} samples per set). 'real half B vs half A' compares two disjoint halves of the real "
+               "training subjects at the same N: the value a generator indistinguishable from real data would reach. "
+               "n/a: the metric's network weights are not available on this machine.",
+    "dice_summary": "Test Dice per arm (fraction: share of the labelled subjects used; factor: synthetic pairs added as a multiple of the "
+                    "real training slices). Dice is computed per test subject on the 3D stack of its slices and averaged over "
+                    "{n_seeds} U-Net seed(s); dice: mean ± sd over the n = {n_test} test subjects of the {folds} folds. " + _ARMS + " " + _TESTS,
+    "vs_dilution": "Synthetic content against dilution: every GAN arm compared with real-oversampled at the same factor (the same number "
+                   "of training samples, all real), paired over the n = {n_test} test subjects. " + _TESTS.replace("real-only", "real-oversampled"),
+    "trivial_baseline": "Sanity check per fold: mean test Dice of the real-only U-Net (seeds averaged) and of the per-pixel intensity "
+                        "lookup fitted on the same training subjects ({n_test_fold} test subjects per fold). A U-Net that does not beat "
+                        "the lookup has not learned the task.",
+    "design_power": "Minimum detectable effect of this design: per arm, the number of paired test subjects, the observed sd of the paired "
+                    "Dice differences to real-only, and the smallest mean difference a two-sided paired t-test detects with 80 % power "
+                    "at α = 0.05 (mde).",
+    "dice_per_seed": "Variance across the {n_seeds} U-Net seed(s): per arm, the mean test Dice, the sd between the seed means and the "
+                     "within-subject sd across seeds (RMS over the n = {n_test} test subjects; empty with one seed).",
+}
+FIGURE_CAPTIONS = {
+    "dataset_overview": "The {name} dataset ({n_subjects} subjects, {n_slices} slices, modalities {modalities}): example slices with "
+                        "their label maps and the distribution of the foreground share.",
+    "real_vs_synthetic": "Real training pairs (top rows) next to synthetic pairs of each GAN variant ({variants}) of fold 0; each row "
+                         "shows the image channels and the label map overlaid on the first channel.",
+    "samples": "Synthetic pairs of the {variant} GAN of fold 0 (image channels and label-map overlay).",
+    "dice_vs_n": "Test Dice against the synthetic pairs added (factor × real training slices: {factors}) for every GAN variant and "
+                 "the dilution control real-oversampled; points are means over the n = {n_test} test subjects (seeds averaged), bands "
+                 "their 95 % bootstrap CI. Horizontal lines: real-only (dotted), real-noaug (dashed), intensity lookup (dash-dot).",
+    "small_data": "Small-data sweep: test Dice against the share of labelled subjects used for training ({fractions}), real-only "
+                  "against real + {sweep_factor}× synthetic pairs per variant; mean and 95 % bootstrap CI over the n = {n_test} "
+                  "test subjects (seeds averaged).",
+    "gan_quality_vs_kimg": "GAN snapshot quality against training length (kimg) per run; the marked snapshot is the one used for sampling.",
+}
+
+# %% ../nbs/09_study.ipynb
+def _float_formats(df: pd.DataFrame) -> dict:
+    "Per float column of a report table: p-values to 3 significant digits, everything else to 3 decimals."
+    return {c: ("{:.3g}" if str(c).startswith("p_") or str(c).endswith("_p") else "{:.3f}") for c in df.columns if df[c].dtype.kind == "f"}
+
+def table_html(df: pd.DataFrame, label: str, caption: str) -> str:
+    "`df` as an HTML table with its numbered caption above it (`<caption>`), without the index."
+    return (df.style.hide(axis="index").format(_float_formats(df), na_rep="–")
+            .set_caption(f"<b>{label}.</b> {caption}").set_table_attributes('class="report-table"').to_html())
+
+def figure_html(png: str | Path, label: str, caption: str, width: int = 720) -> str:
+    "A PNG embedded (base64) in a `<figure>` with its numbered `<figcaption>` below it."
+    data = base64.b64encode(Path(png).read_bytes()).decode()
+    return (f'<figure><img src="data:image/png;base64,{data}" style="max-width: {width}px; width: 100%">'
+            f"<figcaption><b>{label}.</b> {caption}</figcaption></figure>")
+
+class Report:
+    "Shows a report's prose, tables and figures; tables and figures are numbered (Table 1, 2, …, Figure 1, 2, …) as they appear."
+    def __init__(self, out_dir: str | Path | None = None, facts: dict | None = None):
+        self.out, self.facts, self.counts = Path(out_dir) if out_dir else None, facts or {}, {"Table": 0, "Figure": 0}
+
+    def next_label(self, kind: str) -> str:
+        "The label the next table / figure will get (for prose that refers to it)."
+        return f"{kind} {self.counts[kind] + 1}"
+
+    def _take(self, kind: str) -> str:
+        label = self.next_label(kind); self.counts[kind] += 1
+        return label
+
+    def read(self, stem: str) -> pd.DataFrame:
+        "The table `out_dir/tables/<stem>.csv` (what the prose is computed from)."
+        path = self.out / "tables" / f"{stem}.csv"
+        check(path.exists(), f"{path}: missing; the stage that writes it has not finished — rerun `medsyn study`")
+        return pd.read_csv(path)
+
+    def text(self, markdown: str) -> None:
+        "Show a paragraph of Markdown (nothing for an empty one)."
+        if markdown: display(Markdown(markdown))
+
+    def table(self, table: str | Path | pd.DataFrame, caption: str | None = None) -> None:
+        "Show a table (a DataFrame, a CSV path, or the stem of `out_dir/tables/<stem>.csv` captioned by `TABLE_CAPTIONS`); nothing when absent."
+        if not isinstance(table, pd.DataFrame):
+            path = Path(table) if Path(table).suffix == ".csv" else self.out / "tables" / f"{table}.csv"
+            if not path.exists(): return
+            table, caption = pd.read_csv(path), caption or TABLE_CAPTIONS[path.stem].format(**self.facts)
+        check(caption is not None, "Report.table: a DataFrame needs a caption")
+        display(HTML(table_html(table, self._take("Table"), caption)))
+
+    def figure(self, figure: str | Path, caption: str | None = None) -> None:
+        "Show a figure (a PNG path, or the stem of `out_dir/figures/<stem>.png` captioned by `FIGURE_CAPTIONS`); nothing when absent."
+        path = Path(figure) if Path(figure).suffix == ".png" else self.out / "figures" / f"{figure}.png"
+        if not path.exists(): return
+        display(HTML(figure_html(path, self._take("Figure"), caption or FIGURE_CAPTIONS[Path(figure).stem].format(**self.facts))))
+
+# %% ../nbs/09_study.ipynb
+def _arm_sentence(r, baseline: str) -> str:
+    "One Markdown bullet: an arm's Dice and its paired difference to `baseline` with CI, Holm p and verdict."
+    dice = f"Dice {r.dice}, " if hasattr(r, "dice") else ""
+    return (f"- **{arm_label(r.variant, r.factor)}** ({100 * r.fraction:g} % of the subjects): {dice}Δ = {r.mean_delta:+.3f} "
+            f"(95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f}) against {baseline}, Holm p = {r.p_holm:.3g}: **{r.verdict}**.")
+
+def dice_findings(summary: pd.DataFrame, n_test: int) -> str:
+    "The segmentation result in prose: the real-only Dice per fraction and every other arm against it (from `dice_summary`)."
+    out = []
+    for fraction, s in summary.groupby("fraction", sort=False):
+        base = s[s.verdict == "baseline"]
+        if len(base): out.append(f"Trained on {100 * fraction:g} % of the labelled subjects' real slices only, the U-Net reached a test "
+                                 f"Dice of {base.dice.iloc[0]} (mean ± sd over n = {n_test} test subjects).")
+        out += [_arm_sentence(r, "real-only") for r in s[s.verdict != "baseline"].itertuples()]
+    return "\n".join(out)
+
+def dilution_findings(vs: pd.DataFrame) -> str:
+    "Every GAN arm against real-oversampled at the same sample count, in prose (from `vs_dilution`)."
+    if not len(vs): return "No dilution control was run."
+    return "\n".join(_arm_sentence(r, "real-oversampled") for r in vs.itertuples())
+
+def lookup_warning(trivial: pd.DataFrame) -> str:
+    "A bold warning naming the (fold, fraction) pairs where the real-only U-Net does not beat the intensity lookup; '' when none."
+    bad = [f"fold {r.fold} at {100 * r.fraction:g} %" for r in trivial[~trivial.unet_beats_lookup.astype(bool)].itertuples()]
+    return (f"**Warning: on {', '.join(bad)} the real-only U-Net does not beat a per-pixel intensity lookup; there it has not "
+            "learned the task and no effect measured on top of it can be trusted.**" if bad else "")
+
+def lookup_findings(trivial: pd.DataFrame) -> str:
+    "Whether the real-only U-Net beat the intensity lookup on every (fold, fraction), in prose, with `lookup_warning` when it did not."
+    if not len(trivial): return "The intensity-lookup control was not run."
+    beaten = trivial.unet_beats_lookup.astype(bool)
+    return (f"The real-only U-Net beat the per-pixel intensity lookup on {beaten.sum()} of {len(trivial)} (fold, fraction) pairs "
+            f"(mean Dice {trivial.unet_real.mean():.3f} against {trivial.lookup.mean():.3f}). " + lookup_warning(trivial)).strip()
+
+# %% ../nbs/09_study.ipynb
+def report_notebook(nb):
+    "A copy of an executed notebook with only what the report shows: Markdown cells and the rich outputs of code cells."
+    nb = copy.deepcopy(nb)
+    for c in nb.cells:
+        if c.cell_type == "code": c.outputs = [o for o in c.outputs if o.get("output_type") != "stream"]
+    nb.cells = [c for c in nb.cells if c.cell_type == "markdown" or (c.cell_type == "code" and c.outputs)]
+    return nb
+
+def render_report(notebook: str | Path, html: str | Path, title: str | None = None) -> Path:
+    "Export an executed report notebook to `html`: no code cells or prompts, no front matter / raw cells, no logs."
+    from nbconvert import HTMLExporter
+    import nbformat
+    nb = report_notebook(nbformat.read(str(notebook), as_version=4))
+    nb.metadata["title"] = title or Path(html).parent.name
+    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, exclude_raw=True,
+                           anchor_link_text="").from_notebook_node(nb)
+    return atomic_write_text(Path(html), body)
+
+# %% ../nbs/09_study.ipynb
 def study_notebooks_dir() -> Path:
     "Folder of the study notebooks (`$MEDSYN_STUDY_NBS`, else `nbs/study` of the source checkout)."
     import medsyn
@@ -767,11 +944,14 @@ def ensure_kernel(name: str = "python3") -> str:
         install(kernel_name=name, prefix=sys.prefix)
         return name
 
-def notebook_config(profile: str = "quick", dataset: str = "default", data_dir=None, resolution=None, kimg=None,
-                    n_synthetic=None, folds=None, seeds=None, overrides: dict | None = None) -> StudyConfig:
-    "The `StudyConfig` of a study notebook's parameters cell (explicit parameters win over `overrides`)."
-    explicit = dict(dataset=data_dir or dataset, resolution=resolution, gan_kimg=kimg, synthetic_factors=n_synthetic, folds=folds, seeds=seeds)
-    return study_config(profile, **{**(overrides or {}), **{k: v for k, v in explicit.items() if v is not None}})
+def study_header(profile: str = "quick", dataset: str = "default", out_dir: str | Path | None = None,
+                 overrides: dict | None = None, quiet: bool = False) -> tuple[StudyConfig, Path]:
+    """The shared first cell of every stage notebook: the `StudyConfig` of its papermill parameters (`profile`, `dataset`
+    and `overrides`, keyed by `StudyConfig` field names) and its results folder, announced in one line unless `quiet`."""
+    cfg = study_config(profile, **{**(overrides or {}), "dataset": dataset})
+    out = study_run_dir(cfg, out_dir)
+    if not quiet: print(f"dataset {cfg.dataset} -> {out} (profile {cfg.profile}, config {config_hash(cfg)})")
+    return cfg, out
 
 def notebook_parameters(cfg: StudyConfig, out_dir: str | Path) -> dict:
     "Papermill parameters that rebuild `cfg` inside a study notebook."
@@ -820,6 +1000,8 @@ def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log:
             log(f"[{name}] {stage}: FAILED — {e}\n[{name}] later stages need it and were not run; fix the cause and rerun (finished stages are kept)")
             break
         status[stage] = "ran"; log(f"[{name}] {stage}: finished in {time.time() - t0:.0f} s")
+    if status.get("report") in ("ran", "skipped") and lay.notebook(STAGES[-1][1]).exists():
+        log(f"[{name}] report: {render_report(lay.notebook(STAGES[-1][1]), out / 'report.html', title=f'medsyn study: {name}')}")
     save_json(dict(status=status, config=asdict(cfg)), lay.status_json)
     return status
 
@@ -852,15 +1034,38 @@ def rank_tests(root: Path, names: Sequence[str]) -> list[Path]:
 
 def aggregate(root: str | Path, names: Sequence[str], log: Callable = print) -> Path:
     "Aggregate tables and execute the report notebook into `root/report.ipynb` and `root/report.html`."
-    from nbconvert import HTMLExporter
-    import nbformat
     root = Path(root).resolve(); aggregate_tables(root, names)
     src = study_notebooks_dir() / "report.ipynb"; dst = root / "report.ipynb"
     execute_notebook(src, dst, dict(root=str(root), datasets=list(names)), ensure_kernel(), log)
-    html, _ = HTMLExporter(exclude_input=False).from_notebook_node(nbformat.read(dst, as_version=4))
-    atomic_write_text(root / "report.html", html)
+    render_report(dst, root / "report.html", title="medsyn study: all datasets")
     log(f"report: {root / 'report.html'}")
     return root / "report.html"
+
+# %% ../nbs/09_study.ipynb
+def run_config(out_dir: str | Path) -> StudyConfig:
+    "The `StudyConfig` a finished dataset run recorded in its `status.json`."
+    path = RunLayout(out_dir).status_json
+    check(path.exists(), f"{path}: missing; run `medsyn study` for this dataset first")
+    return StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in load_json(path)["config"].items()})
+
+def aggregate_findings(facts: dict[str, dict], table_label: str) -> str:
+    "The opening sentence of the aggregate report: which datasets, how many subjects and test subjects each."
+    parts = [f"**{f['name']}** ({f['n_subjects']} subjects; n = {f['n_test']} test subjects over {f['folds']} folds, "
+             f"{f['n_seeds']} U-Net seed(s), profile `{f['profile']}`)" for f in facts.values()]
+    return f"The study ran on {len(facts)} dataset(s) ({table_label}): " + "; ".join(parts) + "."
+
+def dice_side_by_side_caption(facts: dict[str, dict]) -> str:
+    "Caption of `dice_side_by_side`, naming each dataset's number of test subjects."
+    n = ", ".join(f"{f['name']}: n = {f['n_test']}" for f in facts.values())
+    return ("Test Dice per arm (rows: share of the labelled subjects used, arm, synthetic pairs added as a multiple of the real "
+            f"training slices) and dataset (columns): mean ± sd over each dataset's test subjects ({n}), U-Net seeds averaged. "
+            "* marks a Holm-corrected two-sided Wilcoxon signed-rank p < 0.05 against real-only training on the same dataset "
+            "and fraction.")
+
+ARM_RANKS_CAPTION = ("Friedman test across datasets with Nemenyi post-hoc ranks, over the arms every dataset has: mean rank of "
+                     "each arm (1 = highest test Dice), the Friedman p and the Nemenyi critical difference (nemenyi_cd: arms "
+                     "whose mean ranks differ by more differ at α = 0.05). The test needs at least 3 datasets; with fewer the "
+                     "table says so.")
 
 # %% ../nbs/09_study.ipynb
 def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict) -> dict:

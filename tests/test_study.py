@@ -1,5 +1,6 @@
 """The study: statistics against scipy and a hand example, and the CI-sized study end to end (with resume)."""
-import time
+import re, time
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -7,6 +8,41 @@ import pytest
 
 from medsyn.core import load_json
 from medsyn.study import RunLayout, experiment_grid, read_manifest, study_config, study_main
+
+
+class ReportHTML(HTMLParser):
+    "What a rendered report shows: its images, figure captions, tables, table captions and the code blocks nbconvert emits."
+    def __init__(self, html: str):
+        super().__init__(); self.images, self.tables, self.figcaptions, self.captions, self.code = 0, 0, [], [], 0
+        self._in = None; self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        cls = dict(attrs).get("class") or ""
+        self.images += tag == "img"; self.tables += tag == "table"
+        self.code += "jp-InputPrompt" in cls or "hl-ipython" in cls or "input_area" in cls or "jp-OutputPrompt" in cls
+        if tag in ("figcaption", "caption"): self._in = [tag, ""]
+
+    def handle_data(self, data):
+        if self._in: self._in[1] += data
+
+    def handle_endtag(self, tag):
+        if self._in and tag == self._in[0]:
+            (self.figcaptions if tag == "figcaption" else self.captions).append(self._in[1].strip()); self._in = None
+
+
+def assert_reads_like_a_paper(path, n_test: int, min_figures: int):
+    "A rendered report: no code, prompts, logs or front matter; every figure and table numbered and captioned, no unfilled field."
+    html = path.read_text()
+    r = ReportHTML(html)
+    assert r.code == 0, f"{path}: {r.code} code inputs/prompts"
+    for leftover in ("skip_exec", "papermill parameters", "study_header(", "rep.table(",   # front matter, code
+                     'data-mime-type="text/plain"', 'data-mime-type="application/vnd.jupyter.stderr"'):   # logs, reprs
+        assert leftover not in html, f"{path}: shows {leftover!r}"
+    assert r.images == len(r.figcaptions) >= min_figures, (path, r.images, r.figcaptions)
+    assert [c.split(".")[0] for c in r.figcaptions] == [f"Figure {i}" for i in range(1, r.images + 1)]
+    assert r.tables == len(r.captions) > 0 and [c.split(".")[0] for c in r.captions] == [f"Table {i}" for i in range(1, r.tables + 1)]
+    assert not [c for c in r.figcaptions + r.captions if re.search(r"\{\w+\}", c)], "a caption with an unfilled field"
+    assert f"n = {n_test} test subjects" in html, f"{path}: the number of test subjects is not quoted"
 
 
 def test_trivial_baseline_is_fitted_on_training_subjects_only(monkeypatch):
@@ -62,7 +98,10 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     quality = pd.read_csv(out / "tables" / "quality_per_fold.csv")
     assert set(quality.comparison) == {"synthetic vs real train", "synthetic vs half A", "real half B vs half A"}
     assert all(d.startswith("n/a") for d, v in zip(quality.display, quality.value) if not np.isfinite(v))
-    assert (runs / "report.html").stat().st_size > 0 and (out / "notebooks" / "04_segmentation.ipynb").exists()
+    assert (out / "notebooks" / "04_segmentation.ipynb").exists()
+    n_test = dice[dice.variant == "real"].subject.nunique()   # every subject is tested once, in its fold
+    assert_reads_like_a_paper(out / "report.html", n_test, min_figures=5)
+    assert_reads_like_a_paper(runs / "report.html", n_test, min_figures=3)
 
     t0 = time.time()
     res2 = run_medsyn("study", "--profile", "ci", "--out", str(runs), timeout=600)
