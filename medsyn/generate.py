@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .augment import MASK_WARP, warp_masks
 from .core import MedsynError, check, atomic_dir, check_output_dir, choose_device, file_sha256
 from .train import load_checkpoint, generator_from_checkpoint, grid_rows, save_png, one_hot
 
 # %% auto 0
-__all__ = ['latents', 'synthesize', 'generate_pairs', 'sample_masks', 'render_for_mask', 'write_previews', 'generate_parser',
-           'generate_main']
+__all__ = ['latents', 'synthesize', 'warp_settings', 'generate_pairs', 'sample_masks', 'render_for_mask', 'write_previews',
+           'generate_parser', 'generate_main']
 
 # %% ../nbs/06_generate.ipynb
 def latents(seed: int, indices, z_dim: int, stream: int = 0) -> torch.Tensor:
@@ -47,16 +48,27 @@ def _describe(path) -> str:
     p = Path(path)
     return f"{p} (sha256 {file_sha256(p)[:12]})"
 
+def warp_settings(warp: dict | None = None) -> dict:
+    "The `warp_masks` settings: `MASK_WARP` with the keys of `warp` replaced (unknown keys are refused)."
+    warp = dict(warp or {})
+    bad = sorted(set(warp) - set(MASK_WARP))
+    check(not bad, f"mask warp settings {bad} unknown; valid keys: {sorted(MASK_WARP)}")
+    return {**MASK_WARP, **warp}
+
 def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int = 0, mask_ckpt=None, masks_from=None,
                    batch: int = 16, overwrite: bool = False, png: bool = False, nifti: bool = False,
-                   device: str = "auto", name: str | None = None) -> Path:
+                   device: str = "auto", name: str | None = None, warp_seed: int | None = None, warp: dict | None = None) -> Path:
     """Write `n` synthetic image+mask pairs as a canonical dataset at `out_dir`. `ckpt` is a 'joint' checkpoint,
     or a 'cond' one together with `mask_ckpt` (a 'mask' or 'joint' checkpoint whose masks are used) or
-    `masks_from` (a canonical dataset whose real masks are used, sample k <- mask k mod N)."""
+    `masks_from` (a canonical dataset whose real masks are used, sample k <- mask k mod N). With `masks_from`,
+    `warp_seed` deforms mask k with `warp_masks(..., warp_seed, indices=[k], **warp_settings(warp))` before rendering."""
     from medsyn.data import write_canonical, load_canonical
     check(n >= 1, f"--n {n}: the number of pairs must be at least 1")
     check(batch >= 1, f"--batch {batch}: the batch size must be at least 1")
     check(0 <= trunc <= 2, f"--trunc {trunc}: the truncation psi must be in [0, 2] (1 = no truncation, 0.7 is usual)")
+    check(warp_seed is not None or warp is None, "warp settings given without --warp-seed; pass a warp seed to deform the masks")
+    check(warp_seed is None or masks_from is not None, f"--warp-seed {warp_seed}: only real masks (--masks-from) are warped")
+    warp = None if warp_seed is None else warp_settings(warp)
     sources = [s for s in (ckpt, mask_ckpt, masks_from) if s is not None]
     check_output_dir(out_dir, overwrite, "dataset", sources=sources)    # refuse before loading anything
     dev = choose_device(device)
@@ -89,6 +101,7 @@ def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int =
                   f"labels at {gcfg.resolution}x{gcfg.resolution}; prepare the masks with the same labels and --res")
             _, real_masks = mds.tensors() if hasattr(mds, "tensors") else (None, torch.stack([mds[i]["mask"] for i in range(len(mds))]))
             prov["masks_from"] = str(masks_from)
+            if warp is not None: prov["mask_warp"] = dict(seed=int(warp_seed), **warp)
     else:
         check(mask_ckpt is None and masks_from is None, f"{ckpt} is a 'joint' generator; --mask-ckpt/--masks-from are for 'cond'")
 
@@ -99,7 +112,9 @@ def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int =
                 image, mask = synthesize(G, gcfg, latents(seed, idx, gcfg.z_dim), trunc)
             else:
                 if Gm is not None: _, mask = synthesize(Gm, mcfg, latents(seed, idx, mcfg.z_dim, stream=1), trunc)
-                else: mask = real_masks[[k % len(real_masks) for k in idx]]
+                else:
+                    mask = real_masks[[k % len(real_masks) for k in idx]]
+                    if warp is not None: mask = warp_masks(mask, warp_seed, indices=idx, **warp)
                 image, _ = synthesize(G, gcfg, latents(seed, idx, gcfg.z_dim), trunc, cond=one_hot(mask, gcfg.num_labels))
             for j, k in enumerate(idx):
                 yield dict(image=image[j].numpy(), mask=mask[j].numpy().astype(np.uint8), subject=f"syn-{k:05d}", slice=0,
@@ -159,6 +174,7 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mask-ckpt", default=None, help="cond only: 'mask' generator checkpoint that supplies the masks")
     p.add_argument("--masks-from", default=None, help="cond only: canonical dataset whose real masks are used")
+    p.add_argument("--warp-seed", type=int, default=None, help="with --masks-from: deform the real masks (affine + elastic, seeded)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--png", action="store_true", help="also write preview PNGs")
     p.add_argument("--nifti", action="store_true", help="also write preview NIfTI stacks")
@@ -170,6 +186,6 @@ def generate_main(argv: list[str]) -> int:
     "`medsyn generate ...`: parse, then `generate_pairs`."
     a = generate_parser().parse_args(argv)
     out = generate_pairs(a.ckpt, a.out, n=a.n, trunc=a.trunc, seed=a.seed, mask_ckpt=a.mask_ckpt, masks_from=a.masks_from,
-                         batch=a.batch, overwrite=a.overwrite, png=a.png, nifti=a.nifti, device=a.device)
+                         warp_seed=a.warp_seed, batch=a.batch, overwrite=a.overwrite, png=a.png, nifti=a.nifti, device=a.device)
     print(f"wrote {a.n} pairs to {out}")
     return 0

@@ -17,15 +17,21 @@ from .core import (MedsynError, check, check_fields, runs_dir, save_json, load_j
                          file_sha256, parse_set_items)
 from .data import (check_disjoint, default_dataset, fold_subjects, load_canonical, plot_dataset_overview,
                          write_canonical)
+<<<<<<< HEAD
 from .generate import generate_pairs
 from .evaluate import evaluate
 from .metrics import dataset_hash
+=======
+from .generate import generate_pairs, warp_settings
+from .metrics import dataset_hash, evaluate
+>>>>>>> warp
 from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
 from .stats import (ARM, BASELINE, COMPARE_COLUMNS, arm_label, compare_arms, design_mde, friedman_nemenyi, dataset_arm_table, holm,
                           per_seed, seed_mean, summary_table, verdict)
 from .train import load_checkpoint, train_gan
 
 # %% auto 0
+<<<<<<< HEAD
 __all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALITY_METRICS', 'REPORT_TABLES', 'REPORT_FIGURES',
            'TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'PARAMETERS_MARKER', 'ARM_RANKS_CAPTION', 'StudyConfig', 'study_config',
            'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs', 'vs_dilution', 'trivial_baseline_check',
@@ -42,9 +48,25 @@ __all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALIT
            'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
            'rank_tests', 'aggregate', 'run_config', 'aggregate_findings', 'dice_side_by_side_caption',
            'check_study_inputs', 'study_main']
+=======
+__all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALITY_METRICS', 'REPORT_TABLES',
+           'REPORT_FIGURES', 'PARAMETERS_MARKER', 'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at',
+           'experiment_grid', 'gan_jobs', 'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table',
+           'save_figure', 'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key',
+           'read_manifest', 'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done',
+           'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of',
+           'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row',
+           'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs',
+           'mask_source', 'synthetic_inputs', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell',
+           'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons',
+           'stage_quality', 'stage_report', 'study_notebooks_dir', 'ensure_kernel', 'notebook_config',
+           'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
+           'rank_tests', 'aggregate', 'check_study_inputs', 'study_main']
+>>>>>>> warp
 
 # %% ../nbs/09_study.ipynb
-VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond")}
+VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
+WARPED_VARIANTS = ("warped+cond",)   # variants whose masks are the cell's real training masks, deformed (medsyn.augment.warp_masks)
 CONTROLS = {"oversampled": "real-oversampled", "noaug": "real-noaug", "lookup": "intensity-lookup"}   # control -> arm name
 
 @dataclass
@@ -66,6 +88,8 @@ class StudyConfig:
     gan_time_budget: float | None = 300.0   # seconds per GAN training (safety net; None = no limit)
     gan_overrides: dict = field(default_factory=dict)
     trunc: float = 0.7
+    mask_warp: dict = field(default_factory=dict)   # warped+cond: overrides of medsyn.augment.MASK_WARP
+    mask_warp_seed: int = 0             # warped+cond: the warp of mask k in fold f is seeded with (mask_warp_seed + f, k)
     seg_preset: str = "quick"
     seg_overrides: dict = field(default_factory=dict)
     max_subjects: int | None = None     # use only this many subjects (CI)
@@ -80,8 +104,8 @@ PROFILES = {
                  variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0),
                  gan_preset="paper256", gan_kimg={"joint": 5000.0, "mask": 5000.0, "cond": 5000.0},
                  gan_time_budget=None, seg_preset="full", n_quality=5000),
-    "ci": dict(folds=2, seeds=(0,), synthetic_factors=(0, 1), fractions=(0.5, 1.0), max_subjects=6, gan_overrides=dict(metric="stats"),
-               gan_kimg={"joint": 0.1, "mask": 0.1, "cond": 0.1}, gan_time_budget=60.0, n_quality=32,
+    "ci": dict(folds=2, seeds=(0,), synthetic_factors=(0, 1), variants=("joint", "warped+cond"), fractions=(0.5, 1.0), max_subjects=6,
+               gan_overrides=dict(metric="stats"), gan_kimg={"joint": 0.1, "mask": 0.1, "cond": 0.04}, gan_time_budget=60.0, n_quality=32,
                seg_overrides=dict(max_epochs=2, steps_per_epoch=4, batch_size=8, channels=(4, 8, 16), strides=(2, 2))),
 }
 
@@ -100,6 +124,7 @@ def study_config(profile: str = "quick", **overrides) -> StudyConfig:
     cfg = StudyConfig(**kw)
     unknown = [v for v in cfg.variants if v not in VARIANT_GANS]
     check(not unknown, f"unknown GAN variants {unknown}; choose from {sorted(VARIANT_GANS)}")
+    warp_settings(cfg.mask_warp)        # unknown warp keys fail here, before anything runs
     bad_controls = [c for c in cfg.controls if c not in CONTROLS]
     check(not bad_controls, f"unknown controls {bad_controls}; choose from {sorted(CONTROLS)}")
     check(0 in cfg.synthetic_factors, "synthetic_factors must include 0 (the real-only baseline)")
@@ -403,7 +428,7 @@ def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
                 resolution=list(real[0]["image"].shape[1:]), n_subjects=len(real.subjects), n_slices=len(real),
                 subjects=list(real.subjects), splits=splits)
     save_json(info, lay.prepare_json)
-    subsets = [write_real_subset(real, split_of(splits, f, 1.0)["train"], lay.real_subset(f, 1.0), fingerprint, log) for f in range(cfg.folds)]
+    subsets = [write_real_subset(real, s["train"], lay.real_subset(s["fold"], s["fraction"]), fingerprint, log) for s in splits]
     ds_table = pd.DataFrame([dict(dataset=info["name"], subjects=info["n_subjects"], slices=info["n_slices"],
                                   modalities=", ".join(info["modalities"]), labels=", ".join(f"{k}:{v}" for k, v in info["labels"].items()),
                                   resolution="x".join(map(str, info["resolution"])), mean_fg_fraction=float(np.nanmean(fg)) if len(fg) else np.nan)])
@@ -518,12 +543,27 @@ def synthetic_needs(cfg: StudyConfig, splits: list[dict]) -> dict[tuple, int]:
         need[key] = max(need.get(key, 0), n_synthetic_for(c.factor, split_of(splits, c.fold, c.fraction)["n_train_slices"]))
     return need
 
+def mask_source(cfg: StudyConfig, fold: int, fraction: float, lay: RunLayout) -> dict:
+    """Where a warped variant's masks come from: the cell's real training subset (`lay.real_subset`), its subjects (read
+    from the dataset itself), its manifest key, and the warp (seed and `warp_masks` settings)."""
+    src = lay.real_subset(fold, fraction)
+    m = read_manifest(src)
+    check(m is not None and m.get("complete"), f"{src}: the real training subset the warped masks come from is missing or "
+                                               "unfinished; rerun the prepare stage")
+    return dict(key=m["key"], subjects=sorted(load_canonical(src).subjects),
+                warp=dict(seed=cfg.mask_warp_seed + fold, **warp_settings(cfg.mask_warp)))
+
 def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout) -> dict:
-    "What a synthetic set depends on: the checkpoints (by SHA-256) and subjects of its GANs, N, truncation and seed."
+    """What a synthetic set depends on: the checkpoints (by SHA-256) and subjects of its GANs, N, truncation and seed, and for
+    a warped variant its mask source. `gan_subjects` is every subject whose data shaped the set (GAN training subjects and
+    mask-source subjects): what the segment stage checks against the cell's validation and test subjects."""
     ckpts = {g: gan_checkpoint(lay.gan_run(g, fold, fraction)) for g in VARIANT_GANS[variant]}
-    subjects = sorted({s for g in ckpts for s in read_manifest(lay.gan_run(g, fold, fraction))["inputs"]["subjects"]})
+    subjects = {s for g in ckpts for s in read_manifest(lay.gan_run(g, fold, fraction))["inputs"]["subjects"]}
+    masks = mask_source(cfg, fold, fraction, lay) if variant in WARPED_VARIANTS else None
+    if masks is not None: subjects |= set(masks["subjects"])
     return dict(kind="synthetic", variant=variant, n=n, trunc=cfg.trunc, seed=cfg.split_seed + fold,
-                checkpoints={g: file_sha256(p) for g, p in ckpts.items()}, gan_subjects=subjects)
+                checkpoints={g: file_sha256(p) for g, p in ckpts.items()}, gan_subjects=sorted(subjects),
+                **({} if masks is None else dict(masks=masks)))
 
 def make_synthetic_set(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout, log: Callable = print) -> Path:
     "Sample (or reuse) the synthetic set of (variant, fold, fraction) with at least `n` pairs."
@@ -534,6 +574,10 @@ def make_synthetic_set(cfg: StudyConfig, variant: str, fold: int, fraction: floa
     log(f"generate: {n} pairs for {d.name}")
     run = lambda g: gan_checkpoint(lay.gan_run(g, fold, fraction))
     if variant == "joint": generate_pairs(run("joint"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"])
+    elif variant in WARPED_VARIANTS:
+        warp = dict(inputs["masks"]["warp"]); seed = warp.pop("seed")
+        generate_pairs(run("cond"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"], masks_from=lay.real_subset(fold, fraction),
+                       warp_seed=seed, warp=warp)
     else: generate_pairs(run("cond"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"], mask_ckpt=run("mask"))
     write_manifest(d, inputs, complete=True)
     return d

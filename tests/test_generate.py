@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from medsyn.augment import warp_masks
+from medsyn.core import MedsynError
 from medsyn.data import load_canonical
-from medsyn.generate import generate_pairs, render_for_mask, sample_masks
-from medsyn.train import toy_dataset, train_gan
+from medsyn.generate import generate_pairs, latents, render_for_mask, sample_masks, synthesize
+from medsyn.train import generator_from_checkpoint, load_checkpoint, one_hot, toy_dataset, train_gan
 
 TINY = dict(channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)
 
@@ -49,6 +51,32 @@ def test_mask_then_cond_chain_and_real_masks(ckpts, tmp_path):
     _, real = load_canonical(data).tensors()
     _, m2 = load_canonical(generate_pairs(ck["cond"], tmp_path / "real", n=3, masks_from=data)).tensors()
     assert torch.equal(m2, real[:3])
+
+
+def test_warped_real_masks_drive_the_cond_images(ckpts, tmp_path):
+    "warp_seed deforms the real masks only (valid label maps, deterministic per seed); the images are rendered from them."
+    data, ck = ckpts
+    real = load_canonical(data)
+    _, real_masks = real.tensors()
+    n = 15                                                   # more than the 12 real masks: sample k <- mask k mod 12
+    syn = load_canonical(generate_pairs(ck["cond"], tmp_path / "w", n=n, masks_from=data, warp_seed=4, batch=4, seed=2))
+    x, m = syn.tensors()
+    plain = real_masks[[k % len(real_masks) for k in range(n)]]
+    assert m.dtype == plain.dtype and set(m.unique().tolist()) <= set(real.labels) and m.shape == plain.shape
+    assert (m != plain).float().mean() > 0.01 and all(not torch.equal(a, b) for a, b in zip(m, plain))
+    assert torch.equal(m, warp_masks(plain, 4, indices=range(n)))
+    assert json.loads(syn.meta["provenance"])["mask_warp"]["seed"] == 4
+    _, again = load_canonical(generate_pairs(ck["cond"], tmp_path / "w2", n=n, masks_from=data, warp_seed=4, batch=6, seed=2)).tensors()
+    _, other = load_canonical(generate_pairs(ck["cond"], tmp_path / "w3", n=n, masks_from=data, warp_seed=5, seed=2)).tensors()
+    assert torch.equal(again, m) and not torch.equal(other, m)
+    G, gcfg = generator_from_checkpoint(load_checkpoint(ck["cond"]), device="cpu")
+    z = latents(2, range(n), gcfg.z_dim)
+    from_warped, _ = synthesize(G, gcfg, z, 0.7, cond=one_hot(m, gcfg.num_labels))
+    from_plain, _ = synthesize(G, gcfg, z, 0.7, cond=one_hot(plain, gcfg.num_labels))
+    assert torch.allclose(x, from_warped, atol=2e-3)        # the images are the generator's rendering of the warped masks
+    assert (x - from_plain).abs().mean() > 1e-4              # ... not of the unwarped ones
+    with pytest.raises(MedsynError, match="--masks-from"):
+        generate_pairs(ck["cond"], tmp_path / "w4", n=2, mask_ckpt=ck["mask"], warp_seed=0)
 
 
 def test_cond_renders_different_images_for_one_mask(ckpts):

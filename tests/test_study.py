@@ -77,27 +77,28 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
                  "dice_per_seed", "learning_curves", "quality", "gan_training", "dataset", "folds"]:
         for ext in ("csv", "md", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
-    for name in ["dataset_overview", "samples_joint", "real_vs_synthetic", "dice_vs_n", "small_data"]:
+    for name in ["dataset_overview", "samples_joint", "samples_warped_cond", "real_vs_synthetic", "dice_vs_n", "small_data"]:
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
     dice = pd.read_csv(out / "tables" / "dice.csv")
     assert {"variant", "n_synthetic", "fold", "subject", "dice"} <= set(dice.columns)
     assert np.isfinite(dice.dice).all() and dice.dice.between(0, 1).all()
-    assert set(dice.variant) == {"real", "joint", "real-oversampled", "real-noaug", "intensity-lookup"}
-    assert (dice[dice.variant == "joint"].n_synthetic > 0).all()
+    assert set(dice.variant) == {"real", "joint", "warped+cond", "real-oversampled", "real-noaug", "intensity-lookup"}
+    assert (dice[dice.variant.isin(["joint", "warped+cond"])].n_synthetic > 0).all()
     summary = pd.read_csv(out / "tables" / "dice_summary.csv")
     assert np.isfinite(summary["mean"]).all() and set(summary.verdict) <= {"baseline", "better", "worse", "equivalent", "inconclusive"}
     assert {"mean_delta", "ci_low", "ci_high", "p_holm", "p_tost", "verdict", "mark"} <= set(summary.columns)
     assert (summary[summary.verdict != "baseline"].n_seeds == 1).all()
     # the dilution control draws from as many samples, with as many steps per epoch, as its synthetic arm
     lay = RunLayout(out)
-    for c in experiment_grid(study_config("ci")).query("variant == 'joint'").itertuples():
-        arm, ctrl = read_manifest(lay.cell(c.cell)), read_manifest(lay.cell(c.cell.replace("_joint_", "_real-oversampled_")))
+    for c in experiment_grid(study_config("ci")).query("variant in ['joint', 'warped+cond']").itertuples():
+        arm, ctrl = read_manifest(lay.cell(c.cell)), read_manifest(lay.cell(c.cell.replace(f"_{c.variant}_", "_real-oversampled_")))
         assert arm["n_train_samples"] == ctrl["n_train_samples"] > 0 and arm["steps_per_epoch"] == ctrl["steps_per_epoch"]
         assert arm["inputs"]["n_synthetic"] == ctrl["inputs"]["n_synthetic"] > 0
     quality = pd.read_csv(out / "tables" / "quality_per_fold.csv")
     assert set(quality.comparison) == {"synthetic vs real train", "synthetic vs half A", "real half B vs half A"}
     assert all(d.startswith("n/a") for d, v in zip(quality.display, quality.value) if not np.isfinite(v))
+    assert "samples_warped_cond.png" in (out / "report.md").read_text()
     assert (out / "notebooks" / "04_segmentation.ipynb").exists()
     n_test = dice[dice.variant == "real"].subject.nunique()   # every subject is tested once, in its fold
     assert_reads_like_a_paper(out / "report.html", n_test, min_figures=5)

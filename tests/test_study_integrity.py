@@ -4,10 +4,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
-from medsyn.core import load_json
-from medsyn.study import (VARIANT_GANS, RunLayout, experiment_grid, gan_jobs, read_manifest, split_of, stage_gan, stage_generate,
-                          stage_prepare, stage_segment, study_config, study_run_dir)
+from medsyn.core import MedsynError, load_json
+from medsyn.data import load_canonical
+from medsyn.study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, artefact_key, experiment_grid, gan_jobs, load_real,
+                          make_synthetic_set, read_manifest, run_cell, split_of, stage_gan, stage_generate, stage_prepare,
+                          stage_segment, study_config, study_run_dir, synthetic_inputs, write_real_subset)
 
 STAGES = (stage_prepare, stage_gan, stage_generate, stage_segment)
 
@@ -38,6 +41,9 @@ def assert_no_leak(cfg, out):
         if cell.factor > 0 and cell.variant in VARIANT_GANS:
             syn = read_manifest(lay.synthetic(cell.variant, cell.fold, cell.fraction))
             assert set(syn["inputs"]["gan_subjects"]) <= set(split["train"]), cell.cell   # GAN subjects ⊆ the cell's training subjects
+            if cell.variant in WARPED_VARIANTS:                  # the masks came from the cell's own training subjects
+                assert syn["inputs"]["masks"]["subjects"] == sorted(split["train"]), cell.cell
+                assert set(syn["inputs"]["masks"]["subjects"]) <= set(syn["inputs"]["gan_subjects"]), cell.cell
 
 
 @pytest.mark.slow
@@ -80,3 +86,65 @@ def test_stage_notebooks_write_under_the_dataset_actually_used(tmp_path, monkeyp
     cfg = study_config("ci", dataset=str(tmp_path / "my_data"))
     assert study_run_dir(cfg) == tmp_path / "my_data"
     assert study_run_dir(study_config("ci")) == tmp_path / "default"
+
+
+TINY_GAN = dict(metric="stats", batch=4, metric_n=8, grid_n=2, channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)
+
+
+@pytest.fixture(scope="module")
+def warped_run(tmp_path_factory):
+    "A CI-sized study of the warped+cond variant alone, with tiny cond GANs, through the generate stage."
+    out = tmp_path_factory.mktemp("warped") / "default"
+    cfg = study_config("ci", variants=("warped+cond",), fractions=(1.0,), gan_kimg=0.008, gan_overrides=TINY_GAN)
+    for stage in (stage_prepare, stage_gan, stage_generate): stage(cfg, out, log=lambda m: None)
+    return cfg, out
+
+
+def test_warped_masks_come_from_the_cells_training_subjects(warped_run):
+    cfg, out = warped_run
+    lay, info = RunLayout(out), load_json(RunLayout(out).prepare_json)
+    assert [j.gan for j in gan_jobs(cfg).itertuples()] == ["cond"] * cfg.folds
+    for fold in range(cfg.folds):
+        split = split_of(info["splits"], fold, 1.0)
+        src = load_canonical(lay.real_subset(fold, 1.0))
+        assert sorted(src.subjects) == sorted(split["train"])
+        syn_dir = lay.synthetic("warped+cond", fold, 1.0)
+        m = read_manifest(syn_dir)["inputs"]
+        assert m["masks"]["subjects"] == sorted(split["train"]) and set(m["gan_subjects"]) == set(split["train"])
+        assert m["masks"]["warp"]["seed"] == cfg.mask_warp_seed + fold
+        _, real_masks = src.tensors()
+        _, syn_masks = load_canonical(syn_dir).tensors()
+        plain = real_masks[[k % len(real_masks) for k in range(len(syn_masks))]]
+        assert set(syn_masks.unique().tolist()) <= set(src.labels) and not torch.equal(syn_masks, plain)   # warped label maps
+    assert (out / "figures" / "samples_warped_cond.png").stat().st_size > 1000
+
+
+def test_changed_warp_changes_the_synthetic_inputs(warped_run):
+    cfg, out = warped_run
+    lay = RunLayout(out)
+    key = lambda c: artefact_key(synthetic_inputs(c, "warped+cond", 0, 1.0, 10, lay))
+    base = key(cfg)
+    assert key(study_config("ci", **{**_fields(cfg), "mask_warp": dict(rotate=20.0)})) != base
+    assert key(study_config("ci", **{**_fields(cfg), "mask_warp_seed": 7})) != base
+    assert key(study_config("ci", **_fields(cfg))) == base
+    with pytest.raises(MedsynError, match="sheer"):
+        study_config("ci", mask_warp=dict(sheer=0.1))
+
+
+def _fields(cfg):
+    return {k: getattr(cfg, k) for k in ("variants", "fractions", "gan_kimg", "gan_overrides", "mask_warp", "mask_warp_seed")}
+
+
+def test_validation_or_test_subjects_never_supply_masks(warped_run):
+    "Masks from a subset holding a test subject reach gan_subjects, and the segment stage refuses the cell."
+    cfg, out = warped_run
+    lay, info = RunLayout(out), load_json(RunLayout(out).prepare_json)
+    real = load_real(cfg, info["data_dir"])
+    split = split_of(info["splits"], 0, 1.0)
+    leak = split["test"][0]
+    write_real_subset(real, split["train"] + [leak], lay.real_subset(0, 1.0), info["dataset_sha256"], log=lambda m: None)
+    cell = experiment_grid(cfg).query("variant == 'warped+cond' and fold == 0").iloc[0]
+    make_synthetic_set(cfg, "warped+cond", 0, 1.0, 8, lay, log=lambda m: None)
+    assert leak in read_manifest(lay.synthetic("warped+cond", 0, 1.0))["inputs"]["gan_subjects"]
+    with pytest.raises(MedsynError, match=leak):
+        run_cell(cell, cfg, real, info["splits"], out, log=lambda m: None, fingerprint=info["dataset_sha256"])
