@@ -17,52 +17,31 @@ from .core import (MedsynError, check, check_fields, runs_dir, save_json, load_j
                          file_sha256, parse_set_items)
 from .data import (check_disjoint, default_dataset, fold_subjects, load_canonical, plot_dataset_overview,
                          write_canonical)
-<<<<<<< HEAD
-from .generate import generate_pairs
+from .generate import generate_pairs, warp_settings
 from .evaluate import evaluate
 from .metrics import dataset_hash
-=======
-from .generate import generate_pairs, warp_settings
-from .metrics import dataset_hash, evaluate
->>>>>>> warp
 from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
 from .stats import (ARM, BASELINE, COMPARE_COLUMNS, arm_label, compare_arms, design_mde, friedman_nemenyi, dataset_arm_table, holm,
                           per_seed, seed_mean, summary_table, verdict)
 from .train import load_checkpoint, train_gan
 
 # %% auto 0
-<<<<<<< HEAD
-__all__ = ['VARIANT_GANS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALITY_METRICS', 'REPORT_TABLES', 'REPORT_FIGURES',
-           'TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'PARAMETERS_MARKER', 'ARM_RANKS_CAPTION', 'StudyConfig', 'study_config',
-           'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs', 'vs_dilution', 'trivial_baseline_check',
-           'segmentation_tables', 'write_table', 'save_figure', 'plot_pairs', 'plot_dice_vs_n', 'plot_small_data',
-           'RunLayout', 'artefact_key', 'read_manifest', 'write_manifest', 'changed_inputs', 'artefact_state',
-           'reset_artefact', 'stage_done', 'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real',
-           'study_splits', 'split_of', 'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint',
-           'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan',
-           'n_synthetic_for', 'synthetic_needs', 'synthetic_inputs', 'make_synthetic_set', 'stage_generate',
-           'cell_inputs', 'run_cell', 'learning_curves', 'dice_table', 'stage_segment', 'quality_rows',
-           'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report', 'report_facts', 'table_html',
-           'figure_html', 'Report', 'dice_findings', 'dilution_findings', 'lookup_warning', 'lookup_findings',
-           'report_notebook', 'render_report', 'study_notebooks_dir', 'ensure_kernel', 'study_header',
-           'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
-           'rank_tests', 'aggregate', 'run_config', 'aggregate_findings', 'dice_side_by_side_caption',
-           'check_study_inputs', 'study_main']
-=======
 __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALITY_METRICS', 'REPORT_TABLES',
-           'REPORT_FIGURES', 'PARAMETERS_MARKER', 'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at',
-           'experiment_grid', 'gan_jobs', 'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table',
-           'save_figure', 'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key',
-           'read_manifest', 'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done',
-           'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of',
-           'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row',
-           'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs',
-           'mask_source', 'synthetic_inputs', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell',
-           'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons',
-           'stage_quality', 'stage_report', 'study_notebooks_dir', 'ensure_kernel', 'notebook_config',
-           'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
-           'rank_tests', 'aggregate', 'check_study_inputs', 'study_main']
->>>>>>> warp
+           'REPORT_FIGURES', 'TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'PARAMETERS_MARKER', 'ARM_RANKS_CAPTION',
+           'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs',
+           'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table', 'save_figure', 'plot_pairs',
+           'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest', 'write_manifest',
+           'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done', 'dataset_name',
+           'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
+           'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row', 'train_study_gan',
+           'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source',
+           'synthetic_inputs', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves',
+           'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality',
+           'stage_report', 'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
+           'lookup_warning', 'lookup_findings', 'report_notebook', 'render_report', 'study_notebooks_dir',
+           'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook', 'execute_notebook',
+           'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config', 'aggregate_findings',
+           'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
