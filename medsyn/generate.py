@@ -26,12 +26,13 @@ def latents(seed: int, indices, z_dim: int, stream: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def synthesize(G, gcfg, z: torch.Tensor, trunc: float = 0.7, cond: torch.Tensor | None = None):
-    """Run generator `G` (its `gcfg`) on latents `z` with truncation `trunc` and constant noise:
+    """Run generator `G` (its `gcfg`) on latents `z` with truncation `trunc` and constant noise, every block in fp32
+    (whatever precision it trained in: the pairs then do not depend on the batch size, and no label flips by rounding):
     returns (images in [0,1] (N,C,H,W) or None, integer masks (N,H,W) or None)."""
     from medsyn.networks import split_output
     dev = next(G.parameters()).device
     ws = G.mapping(z.to(dev), truncation_psi=trunc, update_emas=False)
-    raw = G.synthesis(ws, cond=None if cond is None else cond.to(dev), noise_mode="const")
+    raw = G.synthesis(ws, cond=None if cond is None else cond.to(dev), noise_mode="const", force_fp32=True)
     image, probs = split_output(raw, gcfg)
     image = None if image is None else ((image.clamp(-1, 1) + 1) / 2).cpu()
     mask = None if probs is None else probs.argmax(1).cpu()
