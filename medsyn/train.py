@@ -619,6 +619,8 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
     gcfg = N.gan_config(preset, **{**gan_over, "cfg": cfg, "resolution": H, "img_channels": len(ds.modalities),
                                    "num_labels": len(ds.labels)})
     tc = train_config(preset, **train_over)
+    check(len(ds) >= tc.batch, f"{data_dir}: {len(ds)} training samples ({len(ds.subjects)} subject(s)) are fewer than one batch "
+                               f"of {tc.batch}; pass --batch {max(2, len(ds) - len(ds) % 2)} or less, or use more data")
     fingerprint = data_fingerprint(ds)
     dev = choose_device(device)
     gcfg, stored = resolve_run_precision(gcfg, dev, stored_run(outdir, ck) if state == "run" and not replace_run else None)
@@ -631,8 +633,6 @@ def train_gan(data_dir, outdir, cfg: str = "joint", kimg: float = 20.0, preset: 
         if ck is not None:
             gcfg = _gan_config_from_dict(ck["gan_config"])
             tc = replace(TrainConfig(**ck["train_config"]), **{k: getattr(tc, k) for k in RESUME_MAY_CHANGE})
-    check(len(ds) >= tc.batch, f"{data_dir}: {len(ds)} training samples ({len(ds.subjects)} subject(s)) are fewer than one batch "
-                               f"of {tc.batch}; pass --batch {max(2, len(ds) - len(ds) % 2)} or less, or use more data")
     if replace_run and state == "run": move_run_aside(outdir)
     try: outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
