@@ -68,7 +68,8 @@ def test_changed_folds_and_split_seed_never_reuse_leaking_artefacts(tmp_path):
         assert not set(r.train_subjects.split()) & set(r.test_subjects.split())
     gan = pd.read_csv(out / "tables" / "gan_training.csv")
     assert list(gan.columns[:7]) == ["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds"]
-    assert len(gan) == 3 * 2 and (gan.kimg_reached >= gan.snapshot_kimg).all()
+    n_gans = len({g for v in b.variants for g in VARIANT_GANS[v]})            # one GAN per (kind, fold, fraction)
+    assert len(gan) == 3 * 2 * n_gans == len(gan_jobs(b)) and (gan.kimg_reached >= gan.snapshot_kimg).all()
 
     log_again = run_stages(b, out)                            # unchanged: nothing is trained or sampled again
     assert not [l for l in log_again if "recomputing" in l or "gan: training" in l or "gan: resuming" in l
