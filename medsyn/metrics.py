@@ -16,10 +16,10 @@ import scipy.stats
 import torch
 from tqdm import tqdm
 
-from .core import MedsynError, atomic_path, cache_dir, check, choose_device, file_sha256, save_json
+from .core import MedsynError, atomic_path, cache_dir, check, file_sha256
 from .weights import (
     FID_HEAD_KEYS, FID_INCEPTION_FILE, FID_INCEPTION_URL, INCEPTION_ENV, LPIPS_BACKBONES, LPIPS_ENV, LPIPS_WEIGHT_SETS,
-    ensure_weights, fid_inception_architecture, find_weight_set, find_weights, load_weights_file, torch_hub_checkpoints)
+    fid_inception_architecture, find_weight_set, find_weights, load_weights_file, torch_hub_checkpoints)
 
 # %% auto 0
 __all__ = ['MASK_PALETTE', 'frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats',
@@ -400,11 +400,11 @@ def lpips_scores(real_ds, fake_ds, model, modalities: Sequence[str], max_samples
         for b in iterate_batches(real_ds, batch_size, desc=f"LPIPS nearest-real {name}", progress=progress):
             e = view(b)                                                       # all real samples, streamed
             d_fake.append(lpips_distances(fake, e)); d_real.append(lpips_distances(real_q, e)); ref_subjects += list(b["subject"])
-        pool = matched_pool_size(ref_subjects)
-        nearest = matched_nearest(torch.cat(d_fake, 1), [None] * len(fake), ref_subjects, pool, seed)
+        pool, d_fake = matched_pool_size(ref_subjects), torch.cat(d_fake, 1)
+        nearest = matched_nearest(d_fake, [None] * len(fake), ref_subjects, pool, seed)
         within = matched_nearest(torch.cat(d_real, 1), real_q_subjects, ref_subjects, pool, seed + 1)
         out[name] = {"diversity_fake": lpips_diversity(fake), "diversity_real": lpips_diversity(real_q),
-                     "nearest_real_mean": float(nearest.mean()), "nearest_real_min": float(torch.cat(d_fake, 1).min()),
+                     "nearest_real_mean": float(nearest.mean()), "nearest_real_min": float(d_fake.min()),
                      "nearest_real_within_real_mean": float(within.mean()),
                      "memorization_ratio": float(nearest.mean() / within.mean()),
                      "copy_rate": float((nearest < torch.quantile(within, 0.05)).float().mean()),
