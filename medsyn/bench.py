@@ -4,18 +4,21 @@
 
 # %% ../nbs/10_bench.ipynb 2
 from __future__ import annotations
-import json, os, platform, statistics, sys, time, warnings, weakref
+import argparse, json, os, platform, resource, statistics, subprocess, sys, time, warnings, weakref
+from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .core import MedsynError, check
 from . import ops
+from .core import check, choose_device, seed_everything
+from .networks import gan_config, mask_to_onehot, resolve_precision
+from .train import GANTrainer, select_ops_impl, train_config
 
 # %% auto 0
 __all__ = ['peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases', 'available_impls', 'bench_ops', 'bench_config',
-           'bench_compile', 'nvlabs_step', 'bench_nvlabs', 'bench_main']
+           'bench_compile', 'bench_parser', 'bench_step', 'bench_train', 'nvlabs_step', 'bench_nvlabs', 'bench_main']
 
 # %% ../nbs/10_bench.ipynb
 class _LiveTensorBytes(TorchDispatchMode):
@@ -196,6 +199,138 @@ def bench_compile(quick: bool = False, repeats: int = 5, min_time: float = 0.5) 
     return rows
 
 # %% ../nbs/10_bench.ipynb
+def bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medsyn bench train", description="Time StyleGAN2 G+D main steps; prints one JSON object. "
+                                "Without --impl / --precision it measures what `medsyn train` uses by default here.")
+    p.add_argument("--kind", "--cfg", dest="kind", default="joint", choices=["joint", "mask", "cond"])
+    p.add_argument("--res", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--channel-base", type=int, default=4096)
+    p.add_argument("--channel-max", type=int, default=256)
+    p.add_argument("--img-channels", type=int, default=2)
+    p.add_argument("--num-labels", type=int, default=4)
+    p.add_argument("--z-dim", type=int, default=512, help="latent size (NVlabs' default 512)")
+    p.add_argument("--w-dim", type=int, default=512, help="style size (NVlabs' default 512)")
+    p.add_argument("--mapping-layers", type=int, default=2, help="mapping-network depth (NVlabs' 'auto' config: 2)")
+    p.add_argument("--impl", default="auto", help="ops implementation(s), comma-separated: auto,ref,cpu,cuda,compile (default auto, as medsyn train)")
+    p.add_argument("--precision", default="auto", help="precision(s), comma-separated: auto,fp32,bf16,fp16 (default auto, as medsyn train)")
+    p.add_argument("--device", default="auto", help="auto (as medsyn train: CUDA when present), cpu or cuda")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, allocator)")
+    p.add_argument("--preset", default="cpu64")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, usually the core count)")
+    return p
+
+def bench_step(kind="joint", res=64, batch=8, channel_base=4096, channel_max=256, img_channels=2, num_labels=4, z_dim=512,
+               w_dim=512, mapping_layers=2, impl="auto", precision="auto", device="auto", preset="cpu64", seed=0):
+    """One training step to time, as `medsyn train` builds it (`impl`, `precision`, `device` resolved the same way):
+    returns `(step, info)`, `step()` running Gmain + Dmain with both Adam steps on a fixed random batch."""
+    dev = choose_device(device)
+    compile_main = select_ops_impl(impl)
+    gcfg = gan_config(preset, kind=kind, resolution=res, img_channels=img_channels, num_labels=num_labels,
+                        channel_base=channel_base, channel_max=channel_max, z_dim=z_dim, w_dim=w_dim,
+                        mapping_layers=mapping_layers, precision=precision)
+    gcfg = replace(gcfg, precision=resolve_precision(gcfg.precision, dev))
+    tc = train_config(preset, batch=batch, augment="none")
+    seed_everything(seed)
+    tr = GANTrainer(gcfg, tc, dev, compile_main=compile_main)
+    g = torch.Generator().manual_seed(seed)
+    img = (torch.rand(batch, img_channels, res, res, generator=g) * 2 - 1).to(dev)
+    onehot = mask_to_onehot(torch.randint(0, num_labels, (batch, res, res), generator=g), num_labels).to(dev)
+    image = None if kind == "mask" else img
+    cond = onehot if kind == "cond" else None
+
+    def step():
+        tr.G.requires_grad_(True); tr.D.requires_grad_(False)
+        tr.opt_G.zero_grad(set_to_none=True)
+        tr.loss.g_main(batch, cond).backward(); tr.opt_G.step()
+        tr.G.requires_grad_(False); tr.D.requires_grad_(True)
+        tr.opt_D.zero_grad(set_to_none=True)
+        lf, lr, _ = tr.loss.d_main(image, onehot, cond)
+        (lf + lr).backward(); tr.opt_D.step()
+
+    info = dict(impl=impl, ops_impl="ref" if impl == "compile" else ops.active_impl(dev), precision=gcfg.precision,
+                precision_requested=precision, num_fp16_res=gcfg.num_fp16_res, lowp_resolution=gcfg.lowp_resolution(),
+                device=str(dev), torch_compile=bool(compile_main and tr.loss.fns),
+                G_params=sum(p.numel() for p in tr.G.parameters()), D_params=sum(p.numel() for p in tr.D.parameters()),
+                z_dim=gcfg.z_dim, w_dim=gcfg.w_dim, mapping_layers=gcfg.mapping_layers, fused_modconv=gcfg.fused_modconv)
+    info["_trainer"] = tr
+    return step, info
+
+def _bench_one(a) -> dict:
+    "Measure one (implementation, precision) in this process."
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step, info = bench_step(a.kind, a.res, a.batch, a.channel_base, a.channel_max, a.img_channels, a.num_labels, a.z_dim,
+                            a.w_dim, a.mapping_layers, a.impl, a.precision, a.device, a.preset, a.seed)
+    tr = info.pop("_trainer")
+    note = None
+    if info["impl"] == "compile" and not info["torch_compile"]:
+        note = "torch.compile failed; measured eager ref ops instead"
+    try:
+        timing = time_interleaved({"step": step}, rounds=1, steps_per_round=a.steps, warmup=a.warmup, device=torch.device(info["device"]))["step"]
+    except Exception as e:  # noqa: BLE001 - a failing compile backend must not hide the eager number
+        if not info["torch_compile"]: raise
+        note = f"torch.compile failed at run time ({type(e).__name__}: {str(e)[:200]}); measured eager ref ops instead"
+        tr.loss.fns = {}; info["torch_compile"] = False
+        timing = time_interleaved({"step": step}, rounds=1, steps_per_round=a.steps, warmup=a.warmup, device=torch.device(info["device"]))["step"]
+    ms = timing["ms_per_step"]
+    res = dict(impl=info.pop("impl"), ms_per_step=ms, ms_per_step_mean=timing["ms_per_step_mean"],
+               ms_per_step_min=timing["ms_per_step_min"],
+               cpu_ms_per_step=timing["cpu_ms_per_step"],   # process CPU time: robust to a shared machine at --threads 1
+               img_per_s=round(a.batch / (ms / 1000), 2), sec_per_kimg=round(1000 / a.batch * ms / 1000, 1),
+               warmup_s=timing["warmup_s"], peak_mem_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               baseline_rss_mb=round(rss0, 1),
+               peak_mem_source="resource.getrusage(RUSAGE_SELF).ru_maxrss: peak RSS of this process incl. Python+torch",
+               **info)
+    if info["device"].startswith("cuda"): res["cuda_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if note: res["note"] = note
+    return res
+
+def bench_train(argv: list[str] | None = None) -> int:
+    "`medsyn bench train ...`: print one JSON object with ms_per_step, img_per_s, sec_per_kimg, peak_mem_mb and the config."
+    a = bench_parser().parse_args(argv if argv is not None else [])
+    if a.threads: torch.set_num_threads(a.threads)
+    impls = [s.strip() for s in a.impl.split(",") if s.strip()]
+    precisions = [s.strip() for s in a.precision.split(",") if s.strip()]
+    config = dict(kind=a.kind, res=a.res, batch=a.batch, channel_base=a.channel_base, channel_max=a.channel_max,
+                  img_channels=a.img_channels, num_labels=a.num_labels, steps=a.steps, warmup=a.warmup,
+                  preset=a.preset, threads=torch.get_num_threads(), cpu_count=os.cpu_count(), torch=torch.__version__,
+                  load_avg_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                  step="Gmain + Dmain (G fwd/bwd through D; G fwd + one D fwd/bwd on [fake; real]) + both Adam steps; "
+                       "no augmentation, no R1 / path-length phases")
+    if len(impls) == 1 and len(precisions) == 1:
+        a.impl, a.precision = impls[0], precisions[0]
+        print(json.dumps(dict(config=config, **_bench_one(a)))); return 0
+    results = []
+    for impl in impls:
+        for prec in precisions:
+            args = _replace_arg(_replace_arg(list(argv or []), "--impl", impl), "--precision", prec)
+            proc = subprocess.run([sys.executable, "-c", "import sys; from medsyn.bench import bench_train; sys.exit(bench_train(sys.argv[1:]))", *args],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                results.append(dict(impl=impl, precision_requested=prec,
+                                    error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"))
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1]); r.pop("config", None); results.append(r)
+    ref = next((r for r in results if r.get("impl") == "ref" and "ms_per_step" in r), None)
+    if ref is not None:
+        for r in results:
+            if "ms_per_step" in r: r["speedup_vs_ref"] = round(ref["ms_per_step"] / r["ms_per_step"], 3)
+    print(json.dumps(dict(config=config, results=results)))
+    return 0
+
+def _replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
+    "`argv` with `flag VALUE` (or `flag=VALUE`) replaced by `flag value`."
+    out, skip = [], False
+    for i, x in enumerate(argv):
+        if skip: skip = False; continue
+        if x == flag: skip = True; continue
+        if x.startswith(flag + "="): continue
+        out.append(x)
+    return out + [flag, value]
+
+# %% ../nbs/10_bench.ipynb
 def nvlabs_step(nvlabs_dir, res=64, img_channels=6, batch=8, channel_base=4096, channel_max=256, z_dim=512, w_dim=512,
                 mapping_layers=2, seed=0):
     "NVlabs' Gmain + Dmain step (reference ops, fp32) from a stylegan2-ada-pytorch checkout: `(step, info)`."
@@ -230,19 +365,18 @@ def nvlabs_step(nvlabs_dir, res=64, img_channels=6, batch=8, channel_base=4096, 
 
 def bench_nvlabs(nvlabs_dir, rounds: int = 3, steps_per_round: int = 2, warmup: int = 1, res: int = 64, batch: int = 8) -> dict:
     "NVlabs ref fp32 vs medsyn default vs medsyn fp32, interleaved in one run; ms/step, img/s, peak memory and ratios."
-    from medsyn.train import bench_step
     arch = dict(res=res, batch=batch, channel_base=4096, channel_max=256, z_dim=512, w_dim=512, mapping_layers=2)
     steps, infos = {}, {}
     steps["nvlabs_ref_fp32"], infos["nvlabs_ref_fp32"] = nvlabs_step(nvlabs_dir, img_channels=6, **arch)
     for name, prec in (("medsyn_default", "auto"), ("medsyn_fp32", "fp32")):
-        steps[name], infos[name] = bench_step(cfg="joint", img_channels=2, num_labels=4, impl="auto", precision=prec, device="cpu", **arch)
+        steps[name], infos[name] = bench_step(kind="joint", img_channels=2, num_labels=4, impl="auto", precision=prec, device="cpu", **arch)
         infos[name].pop("_trainer")
     times = time_interleaved(steps, rounds=rounds, steps_per_round=steps_per_round, warmup=warmup)
     base = times["nvlabs_ref_fp32"]["ms_per_step"]
     rows = {k: dict(**infos[k], **times[k], img_per_s=round(batch / (times[k]["ms_per_step"] / 1000), 2),
                     peak_mem_mb=round(peak_memory_mb(steps[k], torch.device("cpu")), 1),
                     speedup_vs_nvlabs=round(base / times[k]["ms_per_step"], 3)) for k in steps}
-    cfg = dict(arch, cfg="joint", img_channels=2, num_labels=4, rounds=rounds, steps_per_round=steps_per_round, warmup=warmup,
+    cfg = dict(arch, kind="joint", img_channels=2, num_labels=4, rounds=rounds, steps_per_round=steps_per_round, warmup=warmup,
                peak_mem="peak bytes of live tensors during one extra step (bench.peak_memory_mb)",
                targets=dict(medsyn_default=2.0, medsyn_fp32=1.6), **bench_config([torch.device("cpu")]))
     return dict(config=cfg, results=rows)
@@ -253,16 +387,11 @@ def bench_main(argv: list[str]) -> int:
     import argparse
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: medsyn bench {ops,train,nvlabs} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
-              "  train  time G/D training steps (medsyn.train.bench_train)\n"
+              "  train  time G/D training steps (bench_train)\n"
               "  nvlabs NVlabs stylegan2-ada-pytorch vs medsyn default and fp32, interleaved (--nvlabs-dir DIR)")
         return 0 if argv else 2
     what, rest = argv[0], argv[1:]
     if what == "train":
-        try:
-            from medsyn.train import bench_train
-        except ImportError as e:
-            raise MedsynError(f"`medsyn bench train` needs medsyn.train.bench_train, which this installation lacks ({e}); "
-                              "update medsyn (nbs/ train notebook) and run nbdev_export") from e
         return int(bench_train(rest) or 0)
     if what == "nvlabs":
         ap = argparse.ArgumentParser(prog="medsyn bench nvlabs", description="NVlabs stylegan2-ada-pytorch (ref ops, fp32) vs medsyn, interleaved.")

@@ -4,8 +4,8 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, errno, json, os, random, re, shutil, signal, sys, tempfile, threading, time, types, typing, uuid, warnings
-from dataclasses import fields, is_dataclass
+import contextlib, errno, json, os, random, re, shutil, signal, sys, tempfile, threading, time, types, typing, uuid
+from dataclasses import fields
 from datetime import datetime, timezone
 from difflib import get_close_matches
 from pathlib import Path

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .core import MedsynError, check, atomic_dir, atomic_path, cache_dir, check_output_dir, file_digest, save_json, load_json
+from .viz import label_cmap
 
 # %% auto 0
 __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'MNI152_LABELS', 'MNI152_VERSION', 'MNI152_PROVENANCE', 'MSD_TASKS',
@@ -26,7 +27,7 @@ __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'MNI152_LABELS', 'MNI152_VERSION'
            'load_case', 'normalize_intensity', 'modality_windows', 'volume_to_slices', 'select_slices',
            'crop_pad_resize', 'study_samples', 'prepare', 'make_synthetic_msd', 'mni152_files', 'mni152_volumes',
            'mni152_samples', 'prepare_mni152', 'default_dataset', 'msd_resources', 'file_md5', 'verify_checksum',
-           'download_msd', 'plot_dataset_overview', 'save_figure', 'prepare_main']
+           'download_msd', 'plot_dataset_overview', 'toy_dataset', 'prepare_main']
 
 # %% ../nbs/01_data.ipynb
 FORMAT_VERSION = 1
@@ -904,21 +905,15 @@ def download_msd(task: str = "Task09_Spleen", root: str | Path | None = None, ur
     return folder
 
 # %% ../nbs/01_data.ipynb
-def _label_cmap(n: int):
-    import matplotlib.colors as mcolors, matplotlib.pyplot as plt
-    base = plt.get_cmap("tab10")
-    return mcolors.ListedColormap([(0, 0, 0, 0)] + [base(i % 10) for i in range(max(n - 1, 1))])
-
 def plot_dataset_overview(ds: CanonicalDataset | str | Path, n: int = 4, alpha: float = 0.45):
     "Figure: `n` samples (rows) with each modality and a mask overlay, plus the label histogram of the whole dataset."
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
     ds = ds if isinstance(ds, CanonicalDataset) else load_canonical(ds)
     check(len(ds) > 0, f"{ds.root}: empty dataset")
     order = ds.index.sort_values("fg_fraction", ascending=False).index.to_numpy()
     pick = order[np.linspace(0, max(len(order) // 2 - 1, 0), min(n, len(ds))).round().astype(int)]   # structured slices, spread out
     C, K = len(ds.modalities), max(ds.labels) + 1
-    cmap = _label_cmap(K)
+    cmap = label_cmap(K)
     fig = plt.figure(figsize=(2.1 * (C + 1), 2.1 * len(pick) + 2.4), layout="constrained")
     gs = fig.add_gridspec(len(pick) + 1, C + 1, height_ratios=[1] * len(pick) + [1.1])
     for r, i in enumerate(pick):
@@ -941,14 +936,22 @@ def plot_dataset_overview(ds: CanonicalDataset | str | Path, n: int = 4, alpha: 
     ax.set_title(f"{ds.meta['name']}: {len(ds)} slices, {len(ds.subjects)} subjects, {ds.resolution[0]}×{ds.resolution[1]}", fontsize=9)
     return fig
 
-def save_figure(fig, path: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
-    "Save `fig` atomically as `path.png` and `path.pdf` (path without suffix); returns the written paths."
-    out = []
-    for fmt in formats:
-        p = Path(f"{path}.{fmt}")
-        with atomic_path(p) as tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-        out.append(p)
-    return out
+# %% ../nbs/01_data.ipynb
+def toy_dataset(out, n: int = 16, res: int = 32, n_modalities: int = 2, seed: int = 0, overwrite: bool = True) -> Path:
+    "Write a tiny synthetic canonical dataset (labels background / ring / core) for tests; returns its folder."
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:res, :res]
+    def samples():
+        for i in range(n):
+            cy, cx = rng.uniform(res * 0.3, res * 0.7, 2); r = rng.uniform(res * 0.1, res * 0.2)
+            d = np.hypot(yy - cy, xx - cx)
+            mask = (d < 1.6 * r).astype(np.uint8) + (d < 0.8 * r)
+            image = np.stack([np.clip(0.15 + (0.3 + 0.1 * c) * (mask > 0) + 0.3 * (mask == 2) + 0.05 * rng.standard_normal((res, res)), 0, 1)
+                              for c in range(n_modalities)])
+            yield dict(image=image, mask=mask, subject=f"toy{i // 4:02d}", slice=i % 4)
+    return write_canonical(out, samples(), name="toy", modalities=[f"m{c}" for c in range(n_modalities)],
+                           labels={0: "background", 1: "ring", 2: "core"}, provenance="synthetic test data (medsyn.data.toy_dataset)",
+                           overwrite=overwrite)
 
 # %% ../nbs/01_data.ipynb
 def _pairs_arg(s: str, what: str) -> tuple[float, float]:

@@ -12,7 +12,8 @@ import torch
 
 from .augment import MASK_WARP, warp_masks
 from .core import MedsynError, check, atomic_dir, check_output_dir, choose_device, file_sha256
-from .train import load_checkpoint, generator_from_checkpoint, grid_rows, save_png, one_hot
+from .networks import generator_from_checkpoint, load_checkpoint, mask_to_onehot
+from .viz import grid_rows, save_png
 
 # %% auto 0
 __all__ = ['latents', 'synthesize', 'warp_settings', 'generate_pairs', 'sample_masks', 'render_for_mask', 'write_previews',
@@ -76,20 +77,20 @@ def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int =
     ck = load_checkpoint(ckpt)
     G, gcfg = generator_from_checkpoint(ck, device=dev)
     modalities, labels = _labels_of(ck, ckpt)
-    prov = dict(generator=_describe(ckpt), cfg=gcfg.cfg, trunc=trunc, seed=seed, n=n,
+    prov = dict(generator=_describe(ckpt), kind=gcfg.kind, trunc=trunc, seed=seed, n=n,
                 trained_kimg=ck.get("kimg"), selection_metric=ck.get("selection_metric"), metric=ck.get("metric"))
     Gm = mcfg = real_masks = None
-    if gcfg.cfg == "mask":
+    if gcfg.kind == "mask":
         raise MedsynError(f"{ckpt} is a 'mask' generator (label maps only); pairs need images: pass a 'cond' "
                           f"checkpoint as --ckpt and this one as --mask-ckpt (or use sample_masks for masks alone)")
-    if gcfg.cfg == "cond":
+    if gcfg.kind == "cond":
         check((mask_ckpt is None) != (masks_from is None),
               f"{ckpt} is a 'cond' generator (image given mask): pass exactly one of --mask-ckpt (a mask generator) "
               "or --masks-from (a canonical dataset with real masks)")
         if mask_ckpt is not None:
             mck = load_checkpoint(mask_ckpt)
             Gm, mcfg = generator_from_checkpoint(mck, device=dev)
-            check(mcfg.cfg in ("mask", "joint"), f"{mask_ckpt} is a {mcfg.cfg!r} generator; --mask-ckpt needs 'mask' (or 'joint')")
+            check(mcfg.kind in ("mask", "joint"), f"{mask_ckpt} is a {mcfg.kind!r} generator; --mask-ckpt needs 'mask' (or 'joint')")
             check(mcfg.num_labels == gcfg.num_labels and mcfg.resolution == gcfg.resolution,
                   f"{mask_ckpt} makes {mcfg.num_labels} labels at {mcfg.resolution}px but {ckpt} expects "
                   f"{gcfg.num_labels} at {gcfg.resolution}px; use generators trained on the same dataset")
@@ -109,18 +110,18 @@ def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int =
     def samples():
         for start in range(0, n, batch):
             idx = list(range(start, min(start + batch, n)))
-            if gcfg.cfg == "joint":
+            if gcfg.kind == "joint":
                 image, mask = synthesize(G, gcfg, latents(seed, idx, gcfg.z_dim), trunc)
             else:
                 if Gm is not None: _, mask = synthesize(Gm, mcfg, latents(seed, idx, mcfg.z_dim, stream=1), trunc)
                 else:
                     mask = real_masks[[k % len(real_masks) for k in idx]]
                     if warp is not None: mask = warp_masks(mask, warp_seed, indices=idx, **warp)
-                image, _ = synthesize(G, gcfg, latents(seed, idx, gcfg.z_dim), trunc, cond=one_hot(mask, gcfg.num_labels))
+                image, _ = synthesize(G, gcfg, latents(seed, idx, gcfg.z_dim), trunc, cond=mask_to_onehot(mask, gcfg.num_labels))
             for j, k in enumerate(idx):
                 yield dict(image=image[j].numpy(), mask=mask[j].numpy().astype(np.uint8), subject=f"syn-{k:05d}", slice=0,
                            source_file=str(ckpt))
-    out = write_canonical(out_dir, samples(), name=name or f"syn-{gcfg.cfg}-{Path(ckpt).parent.name}",
+    out = write_canonical(out_dir, samples(), name=name or f"syn-{gcfg.kind}-{Path(ckpt).parent.name}",
                           modalities=modalities, labels=labels, provenance=json.dumps(prov, default=str),
                           overwrite=overwrite, source=str(ckpt), sources=sources)
     if png or nifti: write_previews(out, png=png, nifti=nifti)
@@ -131,7 +132,7 @@ def sample_masks(ckpt, n: int = 16, trunc: float = 0.7, seed: int = 0, batch: in
     "Integer masks (n,H,W) from a 'mask' or 'joint' checkpoint (the same masks `generate_pairs` uses with --mask-ckpt)."
     ck = load_checkpoint(ckpt)
     G, gcfg = generator_from_checkpoint(ck, device=choose_device(device))
-    check(gcfg.cfg in ("mask", "joint"), f"{ckpt} is a {gcfg.cfg!r} generator; masks come from 'mask' or 'joint'")
+    check(gcfg.kind in ("mask", "joint"), f"{ckpt} is a {gcfg.kind!r} generator; masks come from 'mask' or 'joint'")
     return torch.cat([synthesize(G, gcfg, latents(seed, range(s, min(s + batch, n)), gcfg.z_dim, stream=1), trunc)[1]
                       for s in range(0, n, batch)])
 
@@ -140,8 +141,8 @@ def render_for_mask(ckpt, mask: torch.Tensor, n: int = 8, trunc: float = 0.7, se
     "`n` images (n,C,H,W) in [0,1] that a 'cond' checkpoint renders for one integer mask (H,W)."
     ck = load_checkpoint(ckpt)
     G, gcfg = generator_from_checkpoint(ck, device=choose_device(device))
-    check(gcfg.cfg == "cond", f"{ckpt} is a {gcfg.cfg!r} generator; rendering a given mask needs 'cond'")
-    cond = one_hot(mask.long()[None].expand(n, -1, -1), gcfg.num_labels)
+    check(gcfg.kind == "cond", f"{ckpt} is a {gcfg.kind!r} generator; rendering a given mask needs 'cond'")
+    cond = mask_to_onehot(mask.long()[None].expand(n, -1, -1), gcfg.num_labels)
     return synthesize(G, gcfg, latents(seed, range(n), gcfg.z_dim), trunc, cond=cond)[0]
 
 # %% ../nbs/06_generate.ipynb

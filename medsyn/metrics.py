@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_metrics.ipynb 2
 from __future__ import annotations
-import hashlib, math, os, sys, warnings
+import hashlib, math, sys, warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 from unittest import mock
@@ -18,17 +18,17 @@ from tqdm import tqdm
 
 from .core import MedsynError, atomic_path, cache_dir, check, file_sha256
 from .weights import (
-    FID_HEAD_KEYS, FID_INCEPTION_FILE, FID_INCEPTION_URL, INCEPTION_ENV, LPIPS_BACKBONES, LPIPS_ENV, LPIPS_WEIGHT_SETS,
-    fid_inception_architecture, find_weight_set, find_weights, load_weights_file, torch_hub_checkpoints)
+    FID_HEAD_KEYS, FID_INCEPTION_FILE, FID_INCEPTION_URL, LPIPS_BACKBONES, LPIPS_ENV, LPIPS_WEIGHT_SETS,
+    fid_inception_architecture, find_weight_set, find_weights, load_weights_file)
+from .viz import LABEL_PALETTE, palette_index
 
 # %% auto 0
-__all__ = ['MASK_PALETTE', 'frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats',
-           'polynomial_kernel', 'mmd2_unbiased', 'kid_from_features', 'precision_recall', 'modality_to_rgb',
-           'colorize_masks', 'fid_inception_v3', 'InceptionFeatures', 'unet_bottleneck', 'HookFeatures',
-           'iterate_batches', 'stream_features', 'dataset_hash', 'cached_features', 'load_lpips_backbone',
-           'lpips_network', 'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size',
-           'matched_nearest', 'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores',
-           'segmentation_metrics']
+__all__ = ['frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats', 'polynomial_kernel',
+           'mmd2_unbiased', 'kid_from_features', 'precision_recall', 'modality_to_rgb', 'colorize_masks',
+           'fid_inception_v3', 'InceptionFeatures', 'unet_bottleneck', 'HookFeatures', 'iterate_batches',
+           'stream_features', 'dataset_hash', 'cached_features', 'load_lpips_backbone', 'lpips_network',
+           'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size', 'matched_nearest',
+           'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores', 'segmentation_metrics']
 
 # %% ../nbs/07_metrics.ipynb
 def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -175,22 +175,17 @@ def precision_recall(real, fake, k: int = 3, block: int = 1024) -> dict[str, flo
     return {"precision": precision, "recall": recall}
 
 # %% ../nbs/07_metrics.ipynb
-MASK_PALETTE = np.array([[0, 0, 0], [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-                         [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.float32) / 255
-
 def modality_to_rgb(images: torch.Tensor, channel: int) -> torch.Tensor:
     "Channel `channel` of (N, C, H, W) images in [0,1], clamped and repeated to (N, 3, H, W)."
     check(images.ndim == 4, f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
     check(0 <= channel < images.shape[1], f"channel {channel} requested but the images have {images.shape[1]} channel(s)")
     return images[:, channel:channel + 1].float().clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
 
-def colorize_masks(masks: torch.Tensor, palette: np.ndarray | None = None) -> torch.Tensor:
-    "Label masks (N, H, W) → RGB images (N, 3, H, W) in [0,1] with a fixed palette (`MASK_PALETTE`, cycled past its length)."
+def colorize_masks(masks: torch.Tensor) -> torch.Tensor:
+    "Label masks (N, H, W) → RGB images (N, 3, H, W) in [0,1] in `medsyn.viz.LABEL_PALETTE` (what FID reads of a mask)."
     check(masks.ndim == 3, f"expected masks of shape (N, H, W), got {tuple(masks.shape)}")
-    lut = torch.as_tensor(MASK_PALETTE if palette is None else palette, dtype=torch.float32)
-    labels = masks.long().clamp(min=0)
-    labels = torch.where(labels == 0, labels, (labels - 1) % (len(lut) - 1) + 1)
-    return lut.to(masks.device)[labels].permute(0, 3, 1, 2).contiguous()
+    lut = torch.as_tensor(LABEL_PALETTE.astype(np.float32) / 255)
+    return lut.to(masks.device)[palette_index(masks)].permute(0, 3, 1, 2).contiguous()
 
 # %% ../nbs/07_metrics.ipynb
 def fid_inception_v3(weights_path: str | Path) -> torch.nn.Module:

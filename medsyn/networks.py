@@ -5,6 +5,7 @@
 # %% ../nbs/03_networks.ipynb 2
 from __future__ import annotations
 import math, sys, time
+from pathlib import Path
 from dataclasses import dataclass, asdict, fields
 from typing import Optional
 
@@ -17,17 +18,17 @@ from . import ops
 from .core import MedsynError, check
 
 # %% auto 0
-__all__ = ['GAN_CFGS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLAGS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES',
+__all__ = ['GAN_KINDS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLAGS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES',
            'to_pair', 'cpu_bf16_flags', 'resolve_precision', 'block_dtype', 'GANConfig', 'gan_config',
            'FullyConnectedLayer', 'normalize_2nd_moment', 'conv2d_resample', 'Conv2dLayer', 'MappingNetwork',
            'use_fused_modconv', 'modulated_conv2d', 'SynthesisLayer', 'ToRGBLayer', 'MaskEncoder', 'SynthesisBlock',
            'SynthesisNetwork', 'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer',
            'DiscriminatorEpilogue', 'Discriminator', 'mask_probs', 'split_output', 'hard_mask', 'to_pair01',
            'real_to_gan', 'to_d_input', 'real_to_d_input', 'fake_to_d_input', 'build_networks', 'count_params',
-           'time_gd_step']
+           'load_checkpoint', 'generator_from_checkpoint', 'time_gd_step']
 
 # %% ../nbs/03_networks.ipynb
-GAN_CFGS = ('joint', 'mask', 'cond')
+GAN_KINDS = ('joint', 'mask', 'cond')
 MASK_REPRS = ('softmax', 'straight_through')
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 LOWP_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -70,8 +71,8 @@ def block_dtype(precision: str, lowp: bool, device, force_fp32: bool = False) ->
 
 @dataclass
 class GANConfig:
-    "Architecture of one study variant (`cfg`), its data shape and its width."
-    cfg: str = 'joint'              # 'joint' | 'mask' | 'cond'
+    "Architecture of one study variant (`kind`), its data shape and its width."
+    kind: str = 'joint'             # the variant: 'joint' | 'mask' | 'cond'
     resolution: int = 64            # output H = W, a power of two >= 8
     img_channels: int = 1           # C: image modalities
     num_labels: int = 2             # K: mask labels, background included
@@ -94,11 +95,11 @@ class GANConfig:
     num_fp16_res: int = 2           # how many of the highest resolutions run in low precision (NVlabs' num_fp16_res)
 
     def __post_init__(self):
-        check(self.cfg in GAN_CFGS, f"GANConfig: unknown cfg {self.cfg!r}; use one of {GAN_CFGS}")
+        check(self.kind in GAN_KINDS, f"GANConfig: unknown kind {self.kind!r}; use one of {GAN_KINDS}")
         r = self.resolution
         check(r >= 8 and r & (r - 1) == 0, f"GANConfig: resolution must be a power of two >= 8, got {r}")
         check(self.num_labels >= 2, f"GANConfig: num_labels (K) must be >= 2 (background + one label), got {self.num_labels}")
-        check(self.cfg == 'mask' or self.img_channels >= 1, f"GANConfig: cfg={self.cfg!r} needs img_channels >= 1")
+        check(self.kind == 'mask' or self.img_channels >= 1, f"GANConfig: kind={self.kind!r} needs img_channels >= 1")
         check(self.mask_repr in MASK_REPRS, f"GANConfig: mask_repr must be one of {MASK_REPRS}, got {self.mask_repr!r}")
         check(self.mask_temperature > 0, "GANConfig: mask_temperature must be > 0")
         check(self.fused_modconv in (True, False, 'auto'), f"GANConfig: fused_modconv must be True, False or 'auto', got {self.fused_modconv!r}")
@@ -110,17 +111,17 @@ class GANConfig:
     @property
     def out_channels(self) -> int:
         "Channels of G's raw output: C+K ('joint'), K ('mask'), C ('cond')."
-        return {'joint': self.img_channels + self.num_labels, 'mask': self.num_labels, 'cond': self.img_channels}[self.cfg]
+        return {'joint': self.img_channels + self.num_labels, 'mask': self.num_labels, 'cond': self.img_channels}[self.kind]
 
     @property
     def d_in_channels(self) -> int:
         "Channels D reads: image and mask for 'joint' and 'cond', mask only for 'mask'."
-        return self.num_labels if self.cfg == 'mask' else self.img_channels + self.num_labels
+        return self.num_labels if self.kind == 'mask' else self.img_channels + self.num_labels
 
     @property
-    def has_image(self) -> bool: return self.cfg != 'mask'
+    def has_image(self) -> bool: return self.kind != 'mask'
     @property
-    def has_mask_output(self) -> bool: return self.cfg != 'cond'
+    def has_mask_output(self) -> bool: return self.kind != 'cond'
 
     def channels(self, res: int) -> int:
         "Feature channels at resolution `res`."
@@ -140,7 +141,8 @@ class GANConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> 'GANConfig':
-        "Rebuild from `to_dict()` output (e.g. a checkpoint); unknown keys are an error."
+        "Rebuild from `to_dict()` output (e.g. a checkpoint; checkpoints before 0.1 name the variant `cfg`); unknown keys are an error."
+        if 'cfg' in d and 'kind' not in d: d = {('kind' if k == 'cfg' else k): v for k, v in d.items()}
         names = {f.name for f in fields(cls)}
         bad = sorted(set(d) - names)
         check(not bad, f"GANConfig.from_dict: unknown keys {bad}; the checkpoint was written by another medsyn version")
@@ -417,7 +419,7 @@ class SynthesisNetwork(nn.Module):
         self.cfg, self.w_dim, self.img_resolution = cfg, cfg.w_dim, cfg.resolution
         self.block_resolutions = [2 ** i for i in range(2, int(math.log2(cfg.resolution)) + 1)]
         ch = {r: cfg.channels(r) for r in self.block_resolutions}
-        cond_ch = {r: max(8, int(ch[r] * cfg.cond_channel_ratio)) for r in self.block_resolutions} if cfg.cfg == 'cond' else {}
+        cond_ch = {r: max(8, int(ch[r] * cfg.cond_channel_ratio)) for r in self.block_resolutions} if cfg.kind == 'cond' else {}
         lowp_res = [r for r in self.block_resolutions if cfg.uses_lowp(r)]
         self.mask_encoder = MaskEncoder(cfg.num_labels, cfg.resolution, cond_ch, cfg.conv_clamp, cfg.precision, lowp_res) if cond_ch else None
         self.blocks = nn.ModuleList()
@@ -436,7 +438,7 @@ class SynthesisNetwork(nn.Module):
               f"SynthesisNetwork: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
         fused = self.cfg.fused_modconv if fused_modconv is None else fused_modconv
         feats = self.mask_encoder(check_cond(cond, self.cfg, ws.shape[0]), force_fp32) if self.mask_encoder is not None else None
-        if self.mask_encoder is None: check(cond is None, f"cond (a mask) is only used by cfg='cond', this network is cfg={self.cfg.cfg!r}")
+        if self.mask_encoder is None: check(cond is None, f"cond (a mask) is only used by kind='cond', this network is kind={self.cfg.kind!r}")
         x = img = None
         w_idx = 0
         for blk in self.blocks:
@@ -449,7 +451,7 @@ class SynthesisNetwork(nn.Module):
 def check_cond(cond, cfg: GANConfig, n: int):
     "Validate a 'cond' mask: float (n or 1, K, R, R) one-hot/soft; int label maps (N, R, R) are one-hot encoded."
     R, K = cfg.resolution, cfg.num_labels
-    check(cond is not None, f"cfg='cond' needs cond: a one-hot mask (N, {K}, {R}, {R}); see mask_to_onehot")
+    check(cond is not None, f"kind='cond' needs cond: a one-hot mask (N, {K}, {R}, {R}); see mask_to_onehot")
     if not torch.is_floating_point(cond): cond = mask_to_onehot(cond, K)
     if cond.ndim == 4 and cond.shape[0] == 1 and n > 1: cond = cond.expand(n, -1, -1, -1)  # one mask, many images
     check(tuple(cond.shape) == (n, K, R, R), f"cond must be (N={n}, K={K}, {R}, {R}) or (1, K, {R}, {R}), got {tuple(cond.shape)}")
@@ -549,7 +551,7 @@ class Discriminator(nn.Module):
         """`mbstd_segments=2` scores a batch of fakes followed by as many reals in one pass (see `MinibatchStdLayer`);
         `force_fp32`: every block in fp32 (the R1 regularizer)."""
         if cond is not None:
-            check(self.cfg.cfg == 'cond', f"D(x, cond) is only for cfg='cond'; build the input with to_d_input for cfg={self.cfg.cfg!r}")
+            check(self.cfg.kind == 'cond', f"D(x, cond) is only for kind='cond'; build the input with to_d_input for kind={self.cfg.kind!r}")
             x = to_d_input(x, check_cond(cond, self.cfg, x.shape[0]), self.cfg)
         R = self.img_resolution
         check(x.ndim == 4 and tuple(x.shape[1:]) == (self.in_channels, R, R),
@@ -569,10 +571,10 @@ def mask_probs(logits: torch.Tensor, cfg: GANConfig) -> torch.Tensor:
 
 def split_output(raw: torch.Tensor, cfg: GANConfig):
     "Raw G output -> (image in ~[-1,1] or None, mask probabilities (softmax over K) or None)."
-    check(raw.ndim == 4 and raw.shape[1] == cfg.out_channels, f"split_output: expected (N, {cfg.out_channels}, H, W) for cfg={cfg.cfg!r}, got {tuple(raw.shape)}")
+    check(raw.ndim == 4 and raw.shape[1] == cfg.out_channels, f"split_output: expected (N, {cfg.out_channels}, H, W) for kind={cfg.kind!r}, got {tuple(raw.shape)}")
     C = cfg.img_channels
-    if cfg.cfg == 'joint': return raw[:, :C], mask_probs(raw[:, C:], cfg)
-    if cfg.cfg == 'mask': return None, mask_probs(raw, cfg)
+    if cfg.kind == 'joint': return raw[:, :C], mask_probs(raw[:, C:], cfg)
+    if cfg.kind == 'mask': return None, mask_probs(raw, cfg)
     return raw, None
 
 to_pair = split_output
@@ -593,10 +595,10 @@ def real_to_gan(image01: torch.Tensor, mask: torch.Tensor, cfg: GANConfig):
 
 def to_d_input(image, mask, cfg: GANConfig) -> torch.Tensor:
     "The discriminator's input from an image in [-1,1] (None for 'mask') and a one-hot/probability mask."
-    check(mask is not None and mask.shape[1] == cfg.num_labels, f"to_d_input: cfg={cfg.cfg!r} needs a mask with K={cfg.num_labels} channels")
+    check(mask is not None and mask.shape[1] == cfg.num_labels, f"to_d_input: kind={cfg.kind!r} needs a mask with K={cfg.num_labels} channels")
     m = mask * 2 - 1
-    if cfg.cfg == 'mask': return m
-    check(image is not None and image.shape[1] == cfg.img_channels, f"to_d_input: cfg={cfg.cfg!r} needs an image with C={cfg.img_channels} channels")
+    if cfg.kind == 'mask': return m
+    check(image is not None and image.shape[1] == cfg.img_channels, f"to_d_input: kind={cfg.kind!r} needs an image with C={cfg.img_channels} channels")
     return torch.cat([image, m.to(image.dtype)], dim=1)
 
 def real_to_d_input(image, mask_onehot, cfg: GANConfig) -> torch.Tensor:
@@ -606,7 +608,7 @@ def real_to_d_input(image, mask_onehot, cfg: GANConfig) -> torch.Tensor:
 def fake_to_d_input(raw, cfg: GANConfig, cond=None) -> torch.Tensor:
     "D input for G's raw output; for 'cond' pass the conditioning mask `cond` it was generated from."
     image, probs = split_output(raw, cfg)
-    if cfg.cfg == 'cond': probs = check_cond(cond, cfg, raw.shape[0])
+    if cfg.kind == 'cond': probs = check_cond(cond, cfg, raw.shape[0])
     return to_d_input(image, probs, cfg)
 
 def build_networks(cfg: GANConfig):
@@ -618,6 +620,23 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 # %% ../nbs/03_networks.ipynb
+def load_checkpoint(path) -> dict:
+    "Read a medsyn GAN checkpoint (our own file: full unpickling is needed for the RNG states)."
+    path = Path(path)
+    check(path.exists(), f"{path}: checkpoint not found; train one with `medsyn train` or fix the path")
+    try: ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e: raise MedsynError(f"{path}: unreadable checkpoint ({e}); use network-best.pt / retrain") from e
+    check(isinstance(ck, dict) and "gan_config" in ck and "G_ema" in ck, f"{path}: not a medsyn GAN checkpoint")
+    return ck
+
+def generator_from_checkpoint(ck: dict, which: str = "G_ema", device="cpu"):
+    "Rebuild the generator stored in a checkpoint dict: `(G, gcfg)`, in eval mode without gradients."
+    gcfg = GANConfig.from_dict(ck["gan_config"])
+    G, _ = build_networks(gcfg)
+    G.load_state_dict(ck[which])
+    return G.to(device).eval().requires_grad_(False), gcfg
+
+# %% ../nbs/03_networks.ipynb
 def time_gd_step(cfg: GANConfig, batch: int = 8, steps: int = 3, warmup: int = 1, fused_modconv=None) -> dict:
     """Median wall and process-CPU milliseconds of one G+D step: G pass through a frozen D with backward, then D on
     reals and (graph-free) fakes with backward; no regularizers (the main loss phases of StyleGAN2's loop)."""
@@ -626,7 +645,7 @@ def time_gd_step(cfg: GANConfig, batch: int = 8, steps: int = 3, warmup: int = 1
     R, K = cfg.resolution, cfg.num_labels
     cond = mask_to_onehot(torch.randint(0, K, (batch, R, R)), K)
     real = real_to_d_input(torch.rand(batch, cfg.img_channels, R, R) * 2 - 1, cond, cfg)
-    cond = cond if cfg.cfg == 'cond' else None
+    cond = cond if cfg.kind == 'cond' else None
     wall, cpu = [], []
     for i in range(warmup + steps):
         t0, c0 = time.perf_counter(), time.process_time()

@@ -5,7 +5,7 @@
 # %% ../nbs/08_segment.ipynb 2
 from __future__ import annotations
 import argparse, copy, inspect, json, math, time
-from dataclasses import dataclass, asdict, field, replace
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Sequence
 

@@ -4,8 +4,8 @@
 
 # %% ../nbs/09_study.ipynb 2
 from __future__ import annotations
-import argparse, base64, copy, hashlib, json, math, os, shutil, sys, time, traceback
-from dataclasses import dataclass, asdict, field, replace
+import argparse, base64, copy, hashlib, json, os, shutil, sys, time
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML, Markdown, display
 
-from .core import (MedsynError, check, check_fields, runs_dir, save_json, load_json, atomic_write_text, atomic_path,
+from .core import (MedsynError, check, check_fields, runs_dir, save_json, load_json, atomic_write_text,
                          file_sha256, parse_set_items)
 from .data import (check_disjoint, default_dataset, fold_subjects, load_canonical, plot_dataset_overview,
                          write_canonical)
@@ -23,16 +23,18 @@ from .metrics import dataset_hash
 from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
 from .stats import (ARM, BASELINE, COMPARE_COLUMNS, arm_label, compare_arms, design_mde, friedman_nemenyi, dataset_arm_table, holm,
                           per_seed, seed_mean, summary_table, verdict)
-from .train import load_checkpoint, train_gan
+from .networks import load_checkpoint
+from .train import train_gan
+from .viz import label_cmap, save_figure
 
 # %% auto 0
 __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALITY_METRICS', 'REPORT_TABLES',
            'REPORT_FIGURES', 'TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'PARAMETERS_MARKER', 'ARM_RANKS_CAPTION',
            'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs',
-           'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table', 'save_figure', 'plot_pairs',
-           'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest', 'write_manifest',
-           'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done', 'dataset_name',
-           'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
+           'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table', 'save_study_figure',
+           'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest',
+           'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done',
+           'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
            'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row', 'train_study_gan',
            'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source',
            'synthetic_inputs', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves',
@@ -189,21 +191,9 @@ def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".4f") -> li
     return [csv, md, tex]
 
 # %% ../nbs/09_study.ipynb
-def save_figure(fig, stem: str | Path, dpi: int = 120) -> list[Path]:
-    "Save a matplotlib figure as `stem.png` and `stem.pdf` (atomically) and close it."
-    import matplotlib.pyplot as plt
-    stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True); out = []
-    for ext in (".png", ".pdf"):
-        with atomic_path(stem.with_suffix(ext)) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=ext[1:])
-        out.append(stem.with_suffix(ext))
-    plt.close(fig)
-    return out
-
-def _label_cmap(num_labels: int):
-    import matplotlib.colors as mcolors, matplotlib.pyplot as plt
-    colors = [(0, 0, 0, 0)] + [plt.get_cmap("tab10")(i % 10) for i in range(num_labels - 1)]
-    return mcolors.ListedColormap(colors)
+def save_study_figure(fig, stem: str | Path) -> list[Path]:
+    "A study figure as `stem.png` and `stem.pdf` at 120 dpi (`medsyn.viz.save_figure`), closed after saving."
+    return save_figure(fig, stem, dpi=120, close=True)
 
 def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[str] | None = None,
                labels: dict | None = None, title: str | None = None):
@@ -212,7 +202,7 @@ def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[s
     first = next(iter(datasets.values()))
     C = int(first[0]["image"].shape[0]); modalities = list(modalities or getattr(first, "modalities", None) or [f"ch{c}" for c in range(C)])
     labels = labels or getattr(first, "labels", None) or {0: "background", 1: "fg"}
-    K = max(int(k) for k in labels) + 1; cmap = _label_cmap(K)
+    K = max(int(k) for k in labels) + 1; cmap = label_cmap(K)
     rows = [(name, ds, i) for name, ds in datasets.items()
             for i in np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)]
     fig, axes = plt.subplots(len(rows), C + 1, figsize=(1.6 * (C + 1), 1.6 * len(rows)), squeeze=False)
@@ -413,7 +403,7 @@ def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
                                   resolution="x".join(map(str, info["resolution"])), mean_fg_fraction=float(np.nanmean(fg)) if len(fg) else np.nan)])
     outputs = [lay.prepare_json] + [s / MANIFEST for s in subsets] + write_table(ds_table, lay.table("dataset"))
     outputs += write_table(folds_table(splits), lay.table("folds"))
-    outputs += save_figure(_overview_figure(real), lay.figure("dataset_overview"))
+    outputs += save_study_figure(_overview_figure(real), lay.figure("dataset_overview"))
     log(f"prepare: {info['name']} with {info['n_subjects']} subjects / {info['n_slices']} slices from {data_dir} ({time.time() - t0:.0f} s)")
     mark_done(lay.root, "prepare", cfg, outputs, time.time() - t0)
     return outputs
@@ -461,7 +451,7 @@ def train_study_gan(cfg: StudyConfig, job, split: dict, data_dir: Path, fingerpr
         f"({cfg.gan_kimg[job.gan]:g} kimg, preset {cfg.gan_preset}, budget {cfg.gan_time_budget} s)")
     t0 = time.time()
     check_disjoint(split["val"], [], split["test"], f"snapshot selection of GAN {run_dir.name}")
-    train_gan(data_dir, run_dir, cfg=job.gan, kimg=cfg.gan_kimg[job.gan], preset=cfg.gan_preset, resume=True,
+    train_gan(data_dir, run_dir, kind=job.gan, kimg=cfg.gan_kimg[job.gan], preset=cfg.gan_preset, resume=True,
               time_budget=cfg.gan_time_budget, seed=inputs["seed"], subjects=split["train"], selection_subjects=split["val"],
               **{"progress": False, "metric_trunc": cfg.trunc, **cfg.gan_overrides})
     seconds = time.time() - t0
@@ -502,7 +492,7 @@ def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> l
     outputs = write_table(table, lay.table("gan_training"))
     snaps = gan_snapshots(cfg, lay)
     outputs += write_table(snaps, lay.table("gan_snapshots"))
-    if len(snaps): outputs += save_figure(plot_gan_snapshots(snaps), lay.figure("gan_quality_vs_kimg"))
+    if len(snaps): outputs += save_study_figure(plot_gan_snapshots(snaps), lay.figure("gan_quality_vs_kimg"))
     outputs += [lay.gan_run(j.gan, j.fold, j.fraction) / MANIFEST for j in gan_jobs(cfg).itertuples()]
     log(f"gan: {len(rows)} runs in {time.time() - t0:.0f} s")
     mark_done(lay.root, "gan", cfg, outputs, time.time() - t0)
@@ -569,9 +559,9 @@ def stage_generate(cfg: StudyConfig, out_dir: str | Path, log: Callable = print)
     real = load_real(cfg, info["data_dir"])
     sets = {"real": real, **{v: load_canonical(lay.synthetic(v, 0, 1.0)) for v in cfg.variants}}
     for variant in cfg.variants:
-        outputs += save_figure(plot_pairs({f"{variant}": sets[variant]}, n=6, seed=1, modalities=real.modalities, labels=real.labels,
+        outputs += save_study_figure(plot_pairs({f"{variant}": sets[variant]}, n=6, seed=1, modalities=real.modalities, labels=real.labels,
                                           title=f"{variant}: synthetic pairs (fold 0)"), lay.figure(f"samples_{variant.replace('+', '_')}"))
-    outputs += save_figure(plot_pairs(sets, n=3, seed=2, modalities=real.modalities, labels=real.labels, title="real vs synthetic"),
+    outputs += save_study_figure(plot_pairs(sets, n=3, seed=2, modalities=real.modalities, labels=real.labels, title="real vs synthetic"),
                            lay.figure("real_vs_synthetic"))
     mark_done(lay.root, "generate", cfg, outputs, time.time() - t0)
     return outputs
@@ -664,9 +654,9 @@ def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     for r in beaten.itertuples():
         log(f"segment: WARNING: on fold {r.fold} (fraction {r.fraction:g}) the real-only U-Net ({r.unet_real:.3f}) does not beat "
             f"the intensity lookup ({r.lookup:.3f}); it has not converged, so no comparison built on it can be trusted")
-    outputs += save_figure(plot_dice_vs_n(dice, title=f"{info['name']}: Dice vs synthetic pairs"), lay.figure("dice_vs_n"))
+    outputs += save_study_figure(plot_dice_vs_n(dice, title=f"{info['name']}: Dice vs synthetic pairs"), lay.figure("dice_vs_n"))
     if len(cfg.fractions) > 1:
-        outputs += save_figure(plot_small_data(dice, cfg.sweep_factor, title=f"{info['name']}: small-data sweep"), lay.figure("small_data"))
+        outputs += save_study_figure(plot_small_data(dice, cfg.sweep_factor, title=f"{info['name']}: small-data sweep"), lay.figure("small_data"))
     log(f"segment: done in {time.time() - t0:.0f} s")
     mark_done(lay.root, "segment", cfg, outputs, time.time() - t0)
     return outputs

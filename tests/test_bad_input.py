@@ -13,7 +13,8 @@ import medsyn.core as C
 import medsyn.data as D
 from medsyn.cli import main
 from medsyn.data import load_canonical, make_synthetic_msd, write_canonical
-from medsyn.train import toy_dataset, train_gan
+from medsyn.data import toy_dataset
+from medsyn.train import train_gan
 
 TINY = dict(channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)
 
@@ -54,7 +55,7 @@ def toy(root):
 @pytest.fixture(scope="module")
 def ckpts(root, toy):
     kw = dict(batch=4, progress=False, metric_n=8, grid_n=2, **TINY)
-    return {cfg: train_gan(toy, root / f"run-{cfg}", cfg=cfg, kimg=0.008, **kw) / "network-last.pt" for cfg in ("joint", "mask")}
+    return {cfg: train_gan(toy, root / f"run-{cfg}", kind=cfg, kimg=0.008, **kw) / "network-last.pt" for cfg in ("joint", "mask")}
 
 
 def _nifti_pairs(folder: Path, label_fn, n=3):

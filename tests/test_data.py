@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from medsyn.core import MedsynError, save_json
+from medsyn.viz import save_figure
 from medsyn.data import (FORMAT_VERSION, MNI152_LABELS, default_dataset, download_msd, file_md5, load_canonical,
-                         make_synthetic_msd, mni152_volumes, plot_dataset_overview, prepare, read_msd, save_figure,
+                         make_synthetic_msd, mni152_volumes, plot_dataset_overview, prepare, read_msd,
                          subject_kfold, subsample_subjects, train_val_test_split, verify_checksum, write_canonical)
 
 LABELS = {0: "background", 1: "organ", 2: "lesion"}

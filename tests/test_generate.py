@@ -1,7 +1,6 @@
 """Integration tests of medsyn.generate: canonical output, determinism, the mask -> cond chain and the CLI."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,7 +8,9 @@ from medsyn.augment import warp_masks
 from medsyn.core import MedsynError
 from medsyn.data import load_canonical
 from medsyn.generate import generate_pairs, latents, render_for_mask, sample_masks, synthesize
-from medsyn.train import generator_from_checkpoint, load_checkpoint, one_hot, toy_dataset, train_gan
+from medsyn.data import toy_dataset
+from medsyn.networks import generator_from_checkpoint, load_checkpoint, mask_to_onehot
+from medsyn.train import train_gan
 
 TINY = dict(channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)
 
@@ -18,7 +19,7 @@ TINY = dict(channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     data = toy_dataset(root / "toy", n=12, res=32)
-    ck = {cfg: train_gan(data, root / cfg, cfg=cfg, kimg=0.008, batch=4, progress=False, metric_n=8, grid_n=2, **TINY) / "network-last.pt"
+    ck = {cfg: train_gan(data, root / cfg, kind=cfg, kimg=0.008, batch=4, progress=False, metric_n=8, grid_n=2, **TINY) / "network-last.pt"
           for cfg in ("joint", "mask", "cond")}
     return data, ck
 
@@ -71,8 +72,8 @@ def test_warped_real_masks_drive_the_cond_images(ckpts, tmp_path):
     assert torch.equal(again, m) and not torch.equal(other, m)
     G, gcfg = generator_from_checkpoint(load_checkpoint(ck["cond"]), device="cpu")
     z = latents(2, range(n), gcfg.z_dim)
-    from_warped, _ = synthesize(G, gcfg, z, 0.7, cond=one_hot(m, gcfg.num_labels))
-    from_plain, _ = synthesize(G, gcfg, z, 0.7, cond=one_hot(plain, gcfg.num_labels))
+    from_warped, _ = synthesize(G, gcfg, z, 0.7, cond=mask_to_onehot(m, gcfg.num_labels))
+    from_plain, _ = synthesize(G, gcfg, z, 0.7, cond=mask_to_onehot(plain, gcfg.num_labels))
     assert torch.allclose(x, from_warped, atol=2e-3)        # the images are the generator's rendering of the warped masks
     assert (x - from_plain).abs().mean() > 1e-4              # ... not of the unwarped ones
     with pytest.raises(MedsynError, match="--masks-from"):

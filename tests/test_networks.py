@@ -15,7 +15,7 @@ R, C, K, N = 32, 2, 3, 4
 
 
 def tiny(cfg, **kw):
-    return GANConfig(cfg=cfg, resolution=R, img_channels=C, num_labels=K, z_dim=32, w_dim=32, mapping_layers=2,
+    return GANConfig(kind=cfg, resolution=R, img_channels=C, num_labels=K, z_dim=32, w_dim=32, mapping_layers=2,
                      channel_base=256, channel_max=32, **kw)
 
 
@@ -173,7 +173,7 @@ def test_representation_helpers():
 
 
 def test_bad_configs():
-    with pytest.raises(MedsynError, match="unknown cfg"): gan_config("cpu64", cfg="pairs")
+    with pytest.raises(MedsynError, match="unknown kind"): gan_config("cpu64", kind="pairs")
     with pytest.raises(MedsynError, match="power of two"): gan_config("cpu64", resolution=48)
     with pytest.raises(MedsynError, match="unknown fields"): gan_config("cpu64", channelbase=1)
     with pytest.raises(MedsynError, match="unknown preset"): gan_config("gpu1024")
@@ -182,7 +182,7 @@ def test_bad_configs():
 def test_param_counts_of_presets():
     counts = {}
     for preset in ("cpu64", "paper256"):
-        G, D = build_networks(gan_config(preset, cfg="joint", img_channels=4, num_labels=4))
+        G, D = build_networks(gan_config(preset, kind="joint", img_channels=4, num_labels=4))
         counts[preset] = (count_params(G), count_params(D))
     print(counts)
     assert counts["cpu64"][0] < counts["paper256"][0] and counts["cpu64"][1] < counts["paper256"][1]

@@ -9,12 +9,14 @@ import torch
 from medsyn.cli import main
 from medsyn.core import MedsynError, medsyn_made
 from medsyn.data import load_canonical, make_synthetic_msd
-from medsyn.train import StyleGAN2Loss, load_checkpoint, toy_dataset, train_gan
+from medsyn.data import toy_dataset
+from medsyn.networks import load_checkpoint
+from medsyn.train import StyleGAN2Loss, train_gan
 
 TINY = dict(channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)
 TINY_SETS = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
 # metric=stats: the snapshot metric must not depend on whether Inception weights sit in the cache
-RUN_KW = dict(cfg="joint", batch=4, progress=False, metric="stats", metric_n=8, grid_n=2, ada_kimg=0.1, **TINY)
+RUN_KW = dict(kind="joint", batch=4, progress=False, metric="stats", metric_n=8, grid_n=2, ada_kimg=0.1, **TINY)
 
 
 def tree_digest(root: Path) -> dict:

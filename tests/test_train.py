@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from medsyn.core import seed_everything
-from medsyn.train import (GANTrainer, STATS_METRIC_NAME, bench_train, load_checkpoint, toy_dataset, train_config,
-                          train_gan, generator_from_checkpoint)
+from medsyn.bench import bench_train
+from medsyn.data import toy_dataset
+from medsyn.networks import generator_from_checkpoint, load_checkpoint
+from medsyn.train import train_gan
 
 TINY = dict(channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)
 
@@ -21,7 +23,7 @@ def toy(tmp_path_factory):
 @pytest.mark.parametrize("cfg", ["joint", "mask", "cond"])
 def test_resume_is_bit_exact(toy, tmp_path, cfg):
     "k steps straight == k/2 steps, stop, resume, k/2 steps (G, D, G_ema, optimizers, ADA state)."
-    kw = dict(cfg=cfg, batch=4, progress=False, metric_n=8, grid_n=2, ada_kimg=0.1, **TINY)
+    kw = dict(kind=cfg, batch=4, progress=False, metric_n=8, grid_n=2, ada_kimg=0.1, **TINY)
     a = train_gan(toy, tmp_path / "a", kimg=0.032, **kw)
     train_gan(toy, tmp_path / "b", kimg=0.016, **kw)
     b = train_gan(toy, tmp_path / "b", kimg=0.032, **kw)
@@ -60,7 +62,7 @@ def test_cli_train_with_overrides(toy, tmp_path, run_medsyn):
                      "--set", "z_dim=32", "--set", "w_dim=32", "--set", "metric_n=8")
     assert res.returncode == 0, res.stderr[-2000:]
     ck = load_checkpoint(tmp_path / "run" / "network-last.pt")
-    assert ck["gan_config"]["cfg"] == "mask" and ck["gan_config"]["channel_base"] == 256 and ck["cur_nimg"] == 8
+    assert ck["gan_config"]["kind"] == "mask" and ck["gan_config"]["channel_base"] == 256 and ck["cur_nimg"] == 8
 
 
 def test_bench_train_prints_one_json(capsys):
@@ -75,7 +77,7 @@ def test_bench_train_prints_one_json(capsys):
 
 
 def test_bench_train_compares_impls():
-    proc = subprocess.run([sys.executable, "-c", "import sys; from medsyn.train import bench_train; sys.exit(bench_train(sys.argv[1:]))",
+    proc = subprocess.run([sys.executable, "-c", "import sys; from medsyn.bench import bench_train; sys.exit(bench_train(sys.argv[1:]))",
                            "--res", "16", "--batch", "4", "--channel-base", "128", "--channel-max", "16", "--img-channels", "1",
                            "--num-labels", "2", "--steps", "1", "--warmup", "1", "--impl", "ref,cpu"],
                           capture_output=True, text=True, timeout=600)
@@ -91,7 +93,7 @@ def test_short_training_on_the_bundled_dataset(tmp_path):
     "cpu64 joint on the real default dataset: losses stay finite, G output changes, a selection metric is logged."
     from medsyn.data import default_dataset
     data = default_dataset(64)
-    out = train_gan(data, tmp_path / "run", cfg="joint", kimg=0.048, seed=0, progress=False, metric_n=64, time_budget=100)
+    out = train_gan(data, tmp_path / "run", kind="joint", kimg=0.048, seed=0, progress=False, metric_n=64, time_budget=100)
     stats = pd.read_csv(out / "stats.csv")
     assert len(stats) >= 2 and np.isfinite(stats[["loss_G", "loss_D"]].values).all()
     assert np.isfinite(stats.metric.dropna().values).all() and len(stats.metric.dropna()) >= 1
@@ -111,7 +113,7 @@ def test_short_training_on_the_bundled_dataset(tmp_path):
 def test_precision_is_recorded_and_kept_on_resume(toy, tmp_path):
     "The run stores the precision it resolved to; a resume with 'auto' keeps it, an explicit other one is refused."
     from medsyn.core import MedsynError
-    kw = dict(cfg="joint", batch=4, progress=False, metric_n=8, grid_n=2, **TINY)
+    kw = dict(kind="joint", batch=4, progress=False, metric_n=8, grid_n=2, **TINY)
     run = train_gan(toy, tmp_path / "run", kimg=0.008, precision="fp32", **kw)
     ck = load_checkpoint(run / "network-last.pt")
     assert ck["gan_config"]["precision"] == "fp32"
