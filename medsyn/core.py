@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ['PROCESS_START', 'MANIFEST_NAME', 'MedsynError', 'check', 'runs_dir', 'cache_dir', 'seed_everything', 'choose_device',
            'remove_stale_leftovers', 'deferred_sigint', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
            'save_json', 'load_json', 'atomic_torch_save', 'medsyn_made', 'check_output_dir', 'os_reason', 'atomic_dir',
-           'file_digest', 'file_sha256', 'env_flag', 'parse_set_items', 'check_fields', 'StopRequest',
+           'file_digest', 'file_sha256', 'env_flag', 'parse_set_items', 'check_fields', 'from_preset', 'StopRequest',
            'sigint_at_step_boundary']
 
 # %% ../nbs/00_core.ipynb
@@ -366,6 +366,21 @@ def check_fields(values: dict, classes, flag: str = "--set", fixed: dict | None 
         check(ok, f"{flag} {k}={v!r}: {owner}.{k} must be {_type_text(t)}, got {type(v).__name__} {v!r}")
         out[k] = conv
     return out
+
+# %% ../nbs/00_core.ipynb
+def from_preset(cls, presets: dict[str, dict], name: str, overrides: dict | None = None):
+    """The dataclass `cls` from the row `presets[name]` (its keys that are fields of `cls`) with `overrides` applied;
+    an unknown preset or field is a `MedsynError` naming the valid ones. Lists become tuples where the field's
+    default is a tuple (values read from JSON). `cls.__post_init__` validates the result."""
+    check(name in presets, f"{cls.__name__}: unknown preset {name!r}; choose one of {sorted(presets)}")
+    names = {f.name: f for f in fields(cls)}
+    overrides = dict(overrides or {})
+    bad = sorted(set(overrides) - set(names))
+    check(not bad, f"unknown {cls.__name__} fields {bad}; valid fields: {sorted(names)}")
+    kw = {**{k: v for k, v in presets[name].items() if k in names}, **overrides}
+    for k, v in kw.items():
+        if isinstance(v, list) and isinstance(names[k].default, tuple): kw[k] = tuple(v)
+    return cls(**kw)
 
 # %% ../nbs/00_core.ipynb
 class StopRequest:

@@ -12,7 +12,8 @@ import torch
 
 from .augment import MASK_WARP, warp_masks
 from .core import MedsynError, check, atomic_dir, check_output_dir, choose_device, file_sha256
-from .networks import generator_from_checkpoint, load_checkpoint, mask_to_onehot
+from .data import load_canonical, write_canonical
+from .networks import generator_from_checkpoint, load_checkpoint, mask_to_onehot, to_pair01
 from .viz import grid_rows, save_png
 
 # %% auto 0
@@ -30,14 +31,11 @@ def synthesize(G, gcfg, z: torch.Tensor, trunc: float = 0.7, cond: torch.Tensor 
     """Run generator `G` (its `gcfg`) on latents `z` with truncation `trunc` and constant noise, every block in fp32
     (whatever precision it trained in: the pairs then do not depend on the batch size, and no label flips by rounding):
     returns (images in [0,1] (N,C,H,W) or None, integer masks (N,H,W) or None)."""
-    from medsyn.networks import split_output
     dev = next(G.parameters()).device
     ws = G.mapping(z.to(dev), truncation_psi=trunc, update_emas=False)
     raw = G.synthesis(ws, cond=None if cond is None else cond.to(dev), noise_mode="const", force_fp32=True)
-    image, probs = split_output(raw, gcfg)
-    image = None if image is None else ((image.clamp(-1, 1) + 1) / 2).cpu()
-    mask = None if probs is None else probs.argmax(1).cpu()
-    return image, mask
+    image, mask = to_pair01(raw, gcfg)
+    return (None if image is None else image.cpu()), (None if mask is None else mask.cpu())
 
 # %% ../nbs/06_generate.ipynb
 def _labels_of(ck: dict, path="checkpoint") -> tuple[list[str], dict[int, str]]:
@@ -64,7 +62,6 @@ def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int =
     or a 'cond' one together with `mask_ckpt` (a 'mask' or 'joint' checkpoint whose masks are used) or
     `masks_from` (a canonical dataset whose real masks are used, sample k <- mask k mod N). With `masks_from`,
     `warp_seed` deforms mask k with `warp_masks(..., warp_seed, indices=[k], **warp_settings(warp))` before rendering."""
-    from medsyn.data import write_canonical, load_canonical
     check(n >= 1, f"--n {n}: the number of pairs must be at least 1")
     check(batch >= 1, f"--batch {batch}: the batch size must be at least 1")
     check(0 <= trunc <= 2, f"--trunc {trunc}: the truncation psi must be in [0, 2] (1 = no truncation, 0.7 is usual)")
@@ -101,7 +98,7 @@ def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int =
             check(len(mds.labels) == gcfg.num_labels and tuple(mds.resolution) == (gcfg.resolution,) * 2,
                   f"{masks_from}: {len(mds.labels)} labels at {mds.resolution} but {ckpt} expects {gcfg.num_labels} "
                   f"labels at {gcfg.resolution}x{gcfg.resolution}; prepare the masks with the same labels and --res")
-            _, real_masks = mds.tensors() if hasattr(mds, "tensors") else (None, torch.stack([mds[i]["mask"] for i in range(len(mds))]))
+            _, real_masks = mds.tensors()
             prov["masks_from"] = str(masks_from)
             if warp is not None: prov["mask_warp"] = dict(seed=int(warp_seed), **warp)
     else:
@@ -148,7 +145,6 @@ def render_for_mask(ckpt, mask: torch.Tensor, n: int = 8, trunc: float = 0.7, se
 # %% ../nbs/06_generate.ipynb
 def write_previews(ds_dir, png: bool = True, nifti: bool = False, max_png: int = 1000) -> Path:
     "Write `ds_dir/preview/` (PNG and/or NIfTI views of a canonical dataset), atomically."
-    from medsyn.data import load_canonical
     ds = load_canonical(ds_dir)
     images, masks = ds.tensors()
     out = Path(ds_dir) / "preview"

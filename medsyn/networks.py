@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .core import MedsynError, check
+from .core import MedsynError, check, from_preset
 
 # %% auto 0
 __all__ = ['GAN_KINDS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLAGS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES',
@@ -153,20 +153,21 @@ GAN_PRESETS = {
     # CPU: 64x64 on 2 cores. Narrow (channels 128 at 4-16 px, 64 at 32 px, 32 at 64 px) and a 2-layer mapping
     # as NVlabs' 'auto' config: ~2.4x the images/s of channel base 4096 / max 256, which is what makes a
     # 20-minute run show brain-like pairs (see 05_train).
+    # Training (`medsyn.train.TrainConfig`): gamma is NVlabs' heuristic 0.0002 * res^2 / batch (= 0.1 at 64 px, batch 8);
+    # ada_kimg 100: p can rise by at most 0.2 in a 20-kimg run (with 20 it hit 0.9 and rotations leaked).
     'cpu64': dict(resolution=64, channel_base=2048, channel_max=128, z_dim=256, w_dim=256, mapping_layers=2,
-                  fused_modconv='auto', precision='auto'),
+                  fused_modconv='auto', precision='auto',
+                  batch=8, gamma=0.1, ada_kimg=100.0, metric_n=256),
     # The authors' settings (Gan-track scripts): 256x256, channel base 16384, max 512, 8-layer mapping.
+    # Training: batch 24 and R1 gamma 2 as the authors (the `TrainConfig` default), ADA speed 500 kimg.
     'paper256': dict(resolution=256, channel_base=16384, channel_max=512, z_dim=512, w_dim=512, mapping_layers=8,
-                     fused_modconv='auto', precision='auto'),
+                     fused_modconv='auto', precision='auto',
+                     batch=24, ada_kimg=500.0, metric_n=5000, grid_n=12),
 }
 
 def gan_config(name: str = 'cpu64', **overrides) -> GANConfig:
-    "The preset `name` ('cpu64' | 'paper256') with `overrides` (any `GANConfig` field) applied."
-    check(name in GAN_PRESETS, f"gan_config: unknown preset {name!r}; use one of {sorted(GAN_PRESETS)}")
-    names = {f.name for f in fields(GANConfig)}
-    bad = sorted(set(overrides) - names)
-    check(not bad, f"gan_config: unknown fields {bad}; valid fields: {sorted(names)}")
-    return GANConfig(**{**GAN_PRESETS[name], **overrides})
+    "The network of the GAN preset `name` ('cpu64' | 'paper256') with `overrides` (any `GANConfig` field) applied."
+    return from_preset(GANConfig, GAN_PRESETS, name, overrides)
 
 # %% ../nbs/03_networks.ipynb
 ACT_GAIN = {'linear': 1.0, 'lrelu': math.sqrt(2), 'relu': math.sqrt(2)}

@@ -18,7 +18,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from .core import (MedsynError, check, seed_everything, choose_device, atomic_torch_save,
+from .core import (MedsynError, check, from_preset, seed_everything, choose_device, atomic_torch_save,
                          save_json, atomic_write_text)
 from .augment import augment_preset
 from .data import check_disjoint, fold_subjects, load_canonical
@@ -53,6 +53,12 @@ class SegConfig:
     num_workers: int = 0
     seed: int = 0
 
+    def __post_init__(self):
+        self.channels, self.strides = tuple(self.channels), tuple(self.strides)
+        check(len(self.strides) == len(self.channels) - 1,
+              f"SegConfig: need len(strides) == len(channels) - 1, got {self.strides} and {self.channels}")
+        check(self.lr_schedule in ("constant", "cosine"), f"SegConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+
 SEG_PRESETS = {
     # tuned on the default dataset (64², 2 CPU cores): batch norm, lr 1e-2 annealed over 40 epochs of 30 steps. The
     # full-resolution first level (stride 1, only 4 channels) lets raw intensities reach the output: without it the U-Net
@@ -65,16 +71,7 @@ SEG_PRESETS = {
 
 def seg_config(preset: str = "quick", **overrides) -> SegConfig:
     "A `SegConfig` from a named preset (`quick` | `full`) with field overrides."
-    check(preset in SEG_PRESETS, f"unknown segmentation preset {preset!r}; choose one of {sorted(SEG_PRESETS)}")
-    names = set(SegConfig.__dataclass_fields__)
-    bad = sorted(set(overrides) - names)
-    check(not bad, f"unknown SegConfig fields {bad}; valid fields: {sorted(names)}")
-    kw = {**SEG_PRESETS[preset], **overrides}
-    for k in ("channels", "strides"): kw[k] = tuple(kw[k])
-    cfg = SegConfig(**kw)
-    check(len(cfg.strides) == len(cfg.channels) - 1, f"SegConfig: need len(strides) == len(channels) - 1, got {cfg.strides} and {cfg.channels}")
-    check(cfg.lr_schedule in ("constant", "cosine"), f"SegConfig.lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
-    return cfg
+    return from_preset(SegConfig, SEG_PRESETS, preset, overrides)
 
 # %% ../nbs/08_segment.ipynb
 def build_unet(in_channels: int, num_classes: int, cfg: SegConfig | None = None) -> nn.Module:
@@ -402,7 +399,6 @@ def segment_main(argv: list[str]) -> int:
         o, s = out.resolve(), Path(src).resolve()
         check(o != s and o not in s.parents and s not in o.parents,
               f"{out}: --out overlaps the dataset {src}; results written there could mix with the data: choose a separate --out")
-    from medsyn.data import load_canonical
     over = dict(seed=a.seed, device=a.device, augment=not a.no_augment)
     if a.epochs is not None: over["max_epochs"] = a.epochs
     cfg = seg_config(a.preset, **over)

@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML, Markdown, display
 
-from .core import (MedsynError, check, check_fields, runs_dir, save_json, load_json, atomic_write_text,
+import medsyn
+
+from .core import (MedsynError, check, check_fields, from_preset, runs_dir, save_json, load_json, atomic_write_text,
                          file_sha256, parse_set_items)
 from .data import (check_disjoint, default_dataset, fold_subjects, load_canonical, plot_dataset_overview,
                          write_canonical)
@@ -78,6 +80,17 @@ class StudyConfig:
     weights_dir: str | None = None      # folder with Inception / LPIPS weights for FID, KID, LPIPS
     split_seed: int = 0
 
+    def __post_init__(self):
+        for k in ("seeds", "synthetic_factors", "variants", "fractions", "controls"): setattr(self, k, tuple(getattr(self, k)))
+        unknown = [v for v in self.variants if v not in VARIANT_GANS]
+        check(not unknown, f"unknown GAN variants {unknown}; choose from {sorted(VARIANT_GANS)}")
+        warp_settings(self.mask_warp)        # unknown warp keys fail here, before anything runs
+        bad_controls = [c for c in self.controls if c not in CONTROLS]
+        check(not bad_controls, f"unknown controls {bad_controls}; choose from {sorted(CONTROLS)}")
+        check(0 in self.synthetic_factors, "synthetic_factors must include 0 (the real-only baseline)")
+        check(1.0 in self.fractions, "fractions must include 1.0 (all training subjects)")
+        check(self.folds >= 2, f"folds must be >= 2 (got {self.folds}): each fold needs held-out test subjects")
+
 PROFILES = {
     # quick: the 30-minute budget goes to U-Nets that converge (they must beat the intensity lookup) before more factors
     "quick": dict(synthetic_factors=(0, 1), gan_time_budget=240.0, gan_overrides=dict(metric="stats")),
@@ -92,26 +105,10 @@ PROFILES = {
 
 def study_config(profile: str = "quick", **overrides) -> StudyConfig:
     "A `StudyConfig` for a named profile (`quick` | `full` | `ci`) with field overrides (None values are ignored)."
-    check(profile in PROFILES, f"unknown study profile {profile!r}; choose one of {sorted(PROFILES)}")
-    names = set(StudyConfig.__dataclass_fields__)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    bad = sorted(set(overrides) - names)
-    check(not bad, f"unknown StudyConfig fields {bad}; valid fields: {sorted(names)}")
-    kw = {**PROFILES[profile], **overrides, "profile": profile}
     if "gan_kimg" in overrides and not isinstance(overrides["gan_kimg"], dict):  # one number for every GAN
-        kw["gan_kimg"] = {g: float(overrides["gan_kimg"]) for g in ("joint", "mask", "cond")}
-    for k in ("seeds", "synthetic_factors", "variants", "fractions", "controls"):
-        if k in kw: kw[k] = tuple(kw[k])
-    cfg = StudyConfig(**kw)
-    unknown = [v for v in cfg.variants if v not in VARIANT_GANS]
-    check(not unknown, f"unknown GAN variants {unknown}; choose from {sorted(VARIANT_GANS)}")
-    warp_settings(cfg.mask_warp)        # unknown warp keys fail here, before anything runs
-    bad_controls = [c for c in cfg.controls if c not in CONTROLS]
-    check(not bad_controls, f"unknown controls {bad_controls}; choose from {sorted(CONTROLS)}")
-    check(0 in cfg.synthetic_factors, "synthetic_factors must include 0 (the real-only baseline)")
-    check(1.0 in cfg.fractions, "fractions must include 1.0 (all training subjects)")
-    check(cfg.folds >= 2, f"folds must be >= 2 (got {cfg.folds}): each fold needs held-out test subjects")
-    return cfg
+        overrides["gan_kimg"] = {g: float(overrides["gan_kimg"]) for g in ("joint", "mask", "cond")}
+    return from_preset(StudyConfig, PROFILES, profile, {**overrides, "profile": profile})
 
 def config_hash(cfg: StudyConfig) -> str:
     "Short hash of a configuration (what the done markers record)."
@@ -939,7 +936,6 @@ def render_report(notebook: str | Path, html: str | Path, title: str | None = No
 # %% ../nbs/09_study.ipynb
 def study_notebooks_dir() -> Path:
     "Folder of the study notebooks (`$MEDSYN_STUDY_NBS`, else `nbs/study` of the source checkout)."
-    import medsyn
     cands = ([Path(os.environ["MEDSYN_STUDY_NBS"])] if os.environ.get("MEDSYN_STUDY_NBS") else []) + \
             [Path(medsyn.__file__).resolve().parents[1] / "nbs" / "study"]
     for c in cands:
@@ -1059,7 +1055,7 @@ def run_config(out_dir: str | Path) -> StudyConfig:
     "The `StudyConfig` a finished dataset run recorded in its `status.json`."
     path = RunLayout(out_dir).status_json
     check(path.exists(), f"{path}: missing; run `medsyn study` for this dataset first")
-    return StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in load_json(path)["config"].items()})
+    return StudyConfig(**load_json(path)["config"])
 
 def aggregate_findings(facts: dict[str, dict], table_label: str) -> str:
     "The opening sentence of the aggregate report: which datasets, how many subjects and test subjects each."

@@ -8,7 +8,7 @@ import argparse, copy, csv, hashlib, io, json, math, os, random, sys, time, warn
 from dataclasses import dataclass, asdict, fields, replace
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -18,21 +18,22 @@ from tqdm.auto import tqdm
 
 from .augment import AdaptiveAugment, augment_preset
 from .core import (MedsynError, check, atomic_torch_save, atomic_write_text, choose_device, load_json, save_json,
-                         seed_everything, check_fields, parse_set_items, sigint_at_step_boundary,
+                         seed_everything, check_fields, from_preset, parse_set_items, sigint_at_step_boundary,
                          remove_stale_leftovers, os_reason, _test_hook)
 from .data import load_canonical
 from .metrics import InceptionFeatures, fid_from_features, modality_to_rgb
-from .networks import (GANConfig, build_networks, gan_config, load_checkpoint, mask_to_onehot, real_to_d_input,
-                             resolve_precision, split_output)
+from .networks import (GAN_KINDS, GAN_PRESETS, GANConfig, build_networks, gan_config, load_checkpoint, mask_to_onehot, real_to_d_input,
+                             resolve_precision, split_output, to_pair01)
 from .ops import set_default_impl
 from .viz import grid_rows, save_png
 
 # %% auto 0
-__all__ = ['TRAIN_PRESETS', 'TRAIN_CHOICES', 'FIXED_GAN_FIELDS', 'STATS_METRIC_NAME', 'STATS_COLUMNS', 'RESUME_MAY_CHANGE',
-           'RUN_FOLDER_GUESTS', 'TrainConfig', 'train_config', 'check_train_config', 'split_overrides', 'PairData',
-           'InfiniteSampler', 'pair_batches', 'StyleGAN2Loss', 'lazy_adam', 'ema_beta', 'update_ema',
-           'label_stats_distance', 'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'RunLog',
-           'select_ops_impl', 'train_gan', 'run_folder_state', 'move_run_aside', 'data_fingerprint', 'resume_conflicts',
+__all__ = ['TRAIN_CHOICES', 'FIXED_GAN_FIELDS', 'STATS_METRIC_NAME', 'STATS_COLUMNS', 'RESUME_MAY_CHANGE', 'RUN_FOLDER_GUESTS',
+           'TrainConfig', 'train_config', 'check_train_config', 'split_overrides', 'PairData', 'InfiniteSampler',
+           'pair_batches', 'StyleGAN2Loss', 'lazy_adam', 'ema_beta', 'update_ema', 'label_stats_distance',
+           'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'RunLog', 'select_ops_impl',
+           'RunConfig', 'RunPlan', 'plan_run', 'selection_pairs', 'prepare_run_folder', 'run_record', 'TrainingLoop',
+           'train_gan', 'run_folder_state', 'move_run_aside', 'data_fingerprint', 'resume_conflicts',
            'resolve_run_precision', 'stored_run', 'check_trainable', 'open_run_folder', 'train_parser', 'parse_sets',
            'cli_overrides', 'train_main']
 
@@ -64,19 +65,11 @@ class TrainConfig:
     grid_n: int = 8                # rows in the sample grid
     impl: str = "auto"             # ops implementation 'auto'|'ref'|'cpu', or 'compile' (torch.compile of the main phases)
 
-TRAIN_PRESETS: dict[str, dict] = {
-    # gamma: NVlabs' heuristic 0.0002 * res^2 / batch (= 0.1 at 64 px, batch 8); the authors' 2 is for 256 px.
-    # ada_kimg 100: p can rise by at most 0.2 in a 20-kimg run (with 20 it hit 0.9 and rotations leaked).
-    "cpu64": dict(batch=8, gamma=0.1, ada_kimg=100.0, metric_n=256),
-    "paper256": dict(batch=24, ada_kimg=500.0, metric_n=5000, grid_n=12),
-}
+    def __post_init__(self): check_train_config(self)
 
 def train_config(preset: str = "cpu64", **overrides) -> TrainConfig:
-    "A `TrainConfig` from a named preset (`'cpu64'`, `'paper256'`) with `overrides`."
-    check(preset in TRAIN_PRESETS, f"unknown preset {preset!r}; choose one of {list(TRAIN_PRESETS)}")
-    tc = TrainConfig(**{**TRAIN_PRESETS[preset], **overrides})
-    check_train_config(tc)
-    return tc
+    "The training settings of the GAN preset `preset` (`medsyn.networks.GAN_PRESETS`: 'cpu64' | 'paper256') with `overrides`."
+    return from_preset(TrainConfig, GAN_PRESETS, preset, overrides)
 
 TRAIN_CHOICES = dict(augment=("auto", "ada", "simple", "none"), metric=("auto", "fid", "stats"),
                      impl=("auto", "ref", "cpu", "cuda", "compile"))
@@ -124,10 +117,7 @@ class PairData(torch.utils.data.Dataset):
         C, (H, W) = len(ds.modalities), tuple(ds.resolution)
         self.images = self.masks = None
         if len(ds) * (C * 4 + 8) * H * W <= cache_bytes:
-            if hasattr(ds, "tensors"): images, masks = ds.tensors()
-            else:
-                items = [ds[i] for i in range(len(ds))]
-                images, masks = torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
+            images, masks = ds.tensors()
             self.images, self.masks = images.float().mul(2).sub(1), masks.long()
     def __len__(self): return len(self.ds)
     def __getitem__(self, i):
@@ -169,7 +159,7 @@ class StyleGAN2Loss:
         self.fns = main_fns or {}   # optional compiled mapping / synthesis / D for the main phases
 
     @property
-    def z_dim(self): return int(getattr(self.G, "z_dim", None) or self.gcfg.z_dim)
+    def z_dim(self): return self.gcfg.z_dim
 
     def run_G(self, z, cond=None, update_emas=False, main=False, force_fp32=False):
         "Latents -> (raw G output, ws), with style mixing; `force_fp32`: no low-precision blocks (regularizers)."
@@ -336,12 +326,12 @@ class SnapshotMetric:
         fake_imgs, fake_masks = [], []
         for i in range(0, self.n, batch):
             nb = min(batch, self.n - i)
-            z = torch.randn(nb, G_ema.z_dim if hasattr(G_ema, "z_dim") else self.gcfg.z_dim, generator=gen).to(device)
+            z = torch.randn(nb, self.gcfg.z_dim, generator=gen).to(device)
             cond = mask_to_onehot(self.real_masks[i:i + nb], self.gcfg.num_labels).to(device) if self.gcfg.kind == "cond" else None
             raw = G_ema.synthesis(G_ema.mapping(z, truncation_psi=self.trunc, update_emas=False), cond=cond, noise_mode="const")
-            image, probs = split_output(raw, self.gcfg)
-            if image is not None: fake_imgs.append(((image.clamp(-1, 1) + 1) / 2).cpu())
-            if probs is not None: fake_masks.append(probs.argmax(1).cpu())
+            image, mask = to_pair01(raw, self.gcfg)
+            if image is not None: fake_imgs.append(image.cpu())
+            if mask is not None: fake_masks.append(mask.cpu())
         fi = torch.cat(fake_imgs) if fake_imgs else None
         fm = torch.cat(fake_masks) if fake_masks else (self.real_masks if self.gcfg.kind == "cond" else None)
         if self.features is not None:
@@ -500,7 +490,235 @@ def select_ops_impl(impl: str) -> bool:
     set_default_impl("ref" if impl == "compile" else impl)   # torch.compile traces the plain-PyTorch ops
     return impl == "compile"
 
-def _fmt(v, nd=3): return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+# %% ../nbs/05_train.ipynb
+@dataclass
+class RunConfig:
+    "One run's variant, length, seed and time budget: what `train_gan` adds to a `GANConfig` and a `TrainConfig`."
+    kind: str = "joint"                # the variant: 'joint' | 'mask' | 'cond'
+    kimg: float = 20.0                 # training length in thousands of real images shown to D
+    preset: str = "cpu64"              # network + training preset (`gan_config`, `train_config`)
+    seed: int = 0
+    time_budget: float | None = None   # seconds; the run stops cleanly with a checkpoint when it would exceed them
+    snap_kimg: float | None = None     # snapshot interval; None: kimg / 10, at least 4 batches
+
+    def __post_init__(self):
+        check(self.kind in GAN_KINDS, f"unknown --kind {self.kind!r}; choose joint, mask or cond")
+        check(isinstance(self.kimg, (int, float)) and math.isfinite(self.kimg) and self.kimg > 0,
+              f"--kimg {self.kimg}: the training length must be a positive number of thousands of images (e.g. --kimg 20)")
+
+@dataclass
+class RunPlan:
+    "Everything decided about a run before its folder is touched (`plan_run`)."
+    run: RunConfig
+    data_dir: Path
+    outdir: Path
+    ds: Any                  # the training samples (a `medsyn.data.CanonicalDataset`)
+    gcfg: GANConfig
+    tc: TrainConfig
+    fingerprint: dict        # `data_fingerprint(ds)`
+    device: torch.device
+    state: str               # `run_folder_state(outdir)`
+    ck: dict | None          # the checkpoint to resume from
+
+    @property
+    def last(self) -> Path: return self.outdir / "network-last.pt"
+
+def plan_run(data_dir, outdir, run: RunConfig, subjects=None, resume: bool = True, replace_run: bool = False,
+             device: str = "auto", overrides: dict | None = None) -> RunPlan:
+    """Check the data, the run folder and the settings (`overrides`: `GANConfig` / `TrainConfig` fields) and decide the
+    run's configs; a resumed run keeps its own. Writes nothing: a refused run leaves `outdir` as it was."""
+    outdir, data_dir = Path(outdir), Path(data_dir)
+    ds = load_canonical(data_dir)
+    if subjects is not None: ds = ds.subset(list(subjects))
+    ds = ds.for_training()                 # foreground slices + the empty ones drawn at preparation
+    H, W = tuple(ds.resolution)
+    check(H == W, f"{data_dir}: the GAN needs square images, this dataset is {H}x{W}; re-prepare it with a square --res")
+    check_trainable(ds, data_dir)
+    state, ck = open_run_folder(outdir, resume, replace_run)
+    gan_over, train_over = split_overrides(overrides or {}, GANConfig)
+    gcfg = gan_config(run.preset, **{**gan_over, "kind": run.kind, "resolution": H, "img_channels": len(ds.modalities),
+                                     "num_labels": len(ds.labels)})
+    tc = train_config(run.preset, **train_over)
+    check(len(ds) >= tc.batch, f"{data_dir}: {len(ds)} training samples ({len(ds.subjects)} subject(s)) are fewer than one batch "
+                               f"of {tc.batch}; pass --batch {max(2, len(ds) - len(ds) % 2)} or less, or use more data")
+    fingerprint, dev = data_fingerprint(ds), choose_device(device)
+    gcfg, stored = resolve_run_precision(gcfg, dev, stored_run(outdir, ck) if state == "run" and not replace_run else None)
+    if stored is not None:
+        diffs = resume_conflicts(stored, dict(kind=run.kind, seed=run.seed, gan_config=asdict(gcfg), train_config=asdict(tc),
+                                              data=dict(fingerprint=fingerprint, legacy=_legacy_data(ds.meta))))
+        check(not diffs, f"{outdir}: cannot resume this run with other settings: {'; '.join(diffs)}. Rerun with the run's own "
+                         "data and options to continue it, choose another --outdir, or pass --replace to move the old run "
+                         "aside and start over (nothing was written)")
+        if ck is not None:
+            gcfg = GANConfig.from_dict(ck["gan_config"])
+            tc = replace(TrainConfig(**ck["train_config"]), **{k: getattr(tc, k) for k in RESUME_MAY_CHANGE})
+    return RunPlan(run, data_dir, outdir, ds, gcfg, tc, fingerprint, dev, state, ck)
+
+def selection_pairs(plan: RunPlan, pairs: PairData, subjects=None, selection_subjects=None, mask_source=None) -> PairData:
+    """The real pairs that the snapshot metric and the grids use: the training pairs, the held-out `selection_subjects`
+    of the same dataset, or (for 'cond') the masks of the dataset `mask_source`."""
+    if selection_subjects is not None:
+        both = sorted(set(map(str, selection_subjects)) & set(map(str, subjects or [])))
+        check(not both, f"selection_subjects {both} are also training subjects; select the snapshot on held-out (validation) subjects")
+        pairs = PairData(load_canonical(plan.data_dir).subset(list(selection_subjects)).for_training())
+    if mask_source is not None:
+        check(plan.run.kind == "cond", "mask_source is only used by --kind cond")
+        pairs = PairData(load_canonical(mask_source))
+    return pairs
+
+def prepare_run_folder(plan: RunPlan, replace_run: bool = False) -> None:
+    "Move an earlier run aside (`replace_run`), create `outdir` and clear temporary leftovers of a killed run."
+    if replace_run and plan.state == "run": move_run_aside(plan.outdir)
+    try: plan.outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MedsynError(f"{plan.outdir}: cannot create the run folder ({os_reason(e)}); choose a writable --outdir") from e
+    remove_stale_leftovers(plan.outdir, kinds=("tmp",))
+
+def run_record(plan: RunPlan, trainer: GANTrainer, selection: SnapshotMetric, subjects=None, selection_subjects=None) -> dict:
+    "The run's `config.json`: what was trained on which data with which settings."
+    ids = lambda s: None if s is None else sorted(map(str, s))
+    return dict(kind=plan.run.kind, preset=plan.run.preset, kimg=plan.run.kimg, seed=plan.run.seed, data_dir=str(plan.data_dir),
+                dataset=plan.ds.meta.get("name"), data_fingerprint=plan.fingerprint, subjects=ids(subjects),
+                n_train_samples=len(plan.ds), selection_subjects=ids(selection_subjects), gan_config=asdict(plan.gcfg),
+                train_config=asdict(plan.tc), augment=trainer.augment_name, selection_metric=selection.name,
+                device=str(plan.device), torch=torch.__version__)
+
+# %% ../nbs/05_train.ipynb
+class TrainingLoop:
+    """The loop of one run: steps, a stats row every tick, a snapshot (grid, selection metric, checkpoints) every
+    `snap_kimg`, the time budget, and Ctrl-C (finish the step, save, stop)."""
+    def __init__(self, plan: RunPlan, trainer: GANTrainer, pairs: PairData, metric_pairs: PairData, selection: SnapshotMetric):
+        self.plan, self.trainer, self.pairs, self.selection = plan, trainer, pairs, selection
+        run, tc = plan.run, plan.tc
+        self.best = dict(best_metric=float("inf"), best_kimg=None, elapsed_s=0.0, last_snap_nimg=-1)
+        if plan.ck is not None: self.best.update(plan.ck.get("progress", {}))
+        self.log = RunLog(plan.outdir, trainer.cur_nimg if plan.ck is not None else None)
+        # Fixed latents / masks for the grids (own generators: the global RNG is left alone).
+        self.grid_z = torch.randn(tc.grid_n, plan.gcfg.z_dim, generator=torch.Generator().manual_seed(run.seed + 777)).to(plan.device)
+        grid_idx = np.random.default_rng([run.seed, 3]).permutation(len(metric_pairs))[: tc.grid_n]
+        self.grid_img, self.grid_mask = (torch.stack(t) for t in zip(*(metric_pairs[int(i)] for i in grid_idx)))
+        if plan.ck is None:
+            save_png(grid_rows(self.grid_img if run.kind != "mask" else None, self.grid_mask), plan.outdir / "grid-reals.png")
+        self.total_nimg = int(round(run.kimg * 1000))
+        self.tick_nimg = max(tc.batch, int((tc.tick_kimg if tc.tick_kimg else run.kimg / 100) * 1000))
+        self.snap_nimg = max(tc.batch, int((run.snap_kimg if run.snap_kimg else max(run.kimg / 10, tc.batch * 4 / 1000)) * 1000))
+        self.acc, self.snap_cost = {}, 0.0
+
+    def grid(self) -> np.ndarray:
+        "This snapshot's sample grid: the fixed latents (and, for 'cond', the fixed masks) through G_ema."
+        G, gcfg = self.trainer.G_ema, self.plan.gcfg
+        with torch.no_grad():
+            cond = mask_to_onehot(self.grid_mask, gcfg.num_labels).to(self.plan.device) if gcfg.kind == "cond" else None
+            image, mask = to_pair01(G.synthesis(G.mapping(self.grid_z, update_emas=False), cond=cond, noise_mode="const"), gcfg)
+        image = None if image is None else image * 2 - 1
+        return grid_rows(*((self.grid_mask, self.grid_img, image) if gcfg.kind == "cond" else (image, mask)))
+
+    def snapshot(self, metric: bool = True) -> dict:
+        "Grid, selection metric (`metric`), network-last.pt and, when the metric improved, network-best.pt; returns the metric."
+        t0, tr, plan = time.time(), self.trainer, self.plan
+        res = {}
+        if metric:
+            res = self.selection(tr.G_ema)
+            res["metric"] = res["total"]
+            if res["total"] < self.best["best_metric"]:
+                self.best.update(best_metric=res["total"], best_kimg=tr.cur_nimg / 1000)
+        save_png(self.grid(), plan.outdir / f"grid-{tr.cur_nimg / 1000:08.3f}kimg.png")
+        self.best["last_snap_nimg"] = tr.cur_nimg
+        ckpt = dict(tr.state_dict(), progress=dict(self.best), dataset_meta=dict(plan.ds.meta), data_dir=str(plan.data_dir),
+                    data_fingerprint=plan.fingerprint, selection_metric=self.selection.name, metric=res, seed=plan.run.seed,
+                    kimg=tr.cur_nimg / 1000)
+        atomic_torch_save(ckpt, plan.last)
+        if metric and self.best["best_kimg"] == tr.cur_nimg / 1000:
+            atomic_torch_save(ckpt, plan.outdir / "network-best.pt")
+        self.snap_cost = time.time() - t0
+        return res
+
+    def tick_row(self) -> dict:
+        "The stats row of the steps since the last one (means), with the image count and the speed."
+        tr = self.trainer
+        dt, dn = time.time() - self.t_tick, tr.cur_nimg - self.nimg_tick
+        self.best["elapsed_s"] += dt
+        row = {k: float(np.mean(v)) for k, v in self.acc.items()}
+        row.update(kimg=round(tr.cur_nimg / 1000, 4), step=tr.step_idx, elapsed_s=round(self.best["elapsed_s"], 2),
+                   sec_per_kimg=dt / max(dn, 1) * 1000, augment_p=tr.augment_p)
+        self.t_tick, self.nimg_tick, self.acc = time.time(), tr.cur_nimg, {}
+        return row
+
+    def step(self, img, mask) -> None:
+        "One training step; its stats join the current tick; a non-finite loss stops the run with advice."
+        for k, v in self.trainer.step(img, mask).items(): self.acc.setdefault(k, []).append(v)
+        for k in ("loss_G", "loss_D"):
+            check(math.isfinite(self.acc[k][-1]), f"training diverged at kimg {self.trainer.cur_nimg / 1000:.3f} ({k} is "
+                  f"{self.acc[k][-1]}); resume from {self.plan.outdir / 'network-best.pt'} with a larger --gamma or lower lr")
+
+    def after_step(self) -> None:
+        "Write a stats row when a tick ends and take a snapshot when one is due."
+        n, b = self.trainer.cur_nimg, self.plan.tc.batch
+        snap_due = n // self.snap_nimg > (n - b) // self.snap_nimg or n >= self.total_nimg
+        if snap_due or n // self.tick_nimg > (n - b) // self.tick_nimg:
+            row = self.tick_row()
+            if snap_due: row.update(self.snapshot(metric=True), metric_name=self.selection.name)
+            self.log.add(row, n)
+
+    def out_of_time(self, t_start: float) -> bool:
+        "Whether one more step and the final snapshot would overrun the time budget."
+        budget = self.plan.run.time_budget
+        return budget is not None and time.time() - t_start + self.snap_cost * 1.2 + 1.0 > budget
+
+    def progress_bar(self):
+        tr = self.trainer
+        return tqdm(total=round(self.plan.run.kimg, 3), initial=round(tr.cur_nimg / 1000, 3), unit="kimg", dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]")
+
+    def show_progress(self, bar) -> None:
+        tr, el = self.trainer, time.time() - self.t_tick
+        bar.update(round(self.plan.tc.batch / 1000, 3))
+        bar.set_postfix_str(f"s/kimg {el / max(tr.cur_nimg - self.nimg_tick, 1) * 1000:.0f} G {self.acc['loss_G'][-1]:.3f} "
+                            f"D {self.acc['loss_D'][-1]:.3f} p {tr.augment_p:.3f}", refresh=False)
+
+    def finish(self) -> None:
+        "The last snapshot with its metric, unless the last step already took one (stopped by the budget, or resumed at the end)."
+        if self.best["last_snap_nimg"] == self.trainer.cur_nimg: return
+        res = dict(self.snapshot(metric=True), metric_name=self.selection.name)
+        if self.acc or not self.log.rows:
+            self.log.add({**self.tick_row(), **res}, self.trainer.cur_nimg)
+        else:                                                  # the last tick row is at this image count
+            self.log.update_last(res, self.trainer.cur_nimg)
+
+    def run(self, progress: bool = True) -> str | None:
+        "Train until `kimg` (returns None) or the time budget ('time budget'); Ctrl-C saves a checkpoint and re-raises."
+        tr, plan = self.trainer, self.plan
+        if plan.ck is not None: _set_rng_state(plan.ck["rng"])   # last thing before the loop: nothing above may draw from it
+        batches = pair_batches(self.pairs, plan.tc.batch, plan.run.seed, tr.cur_nimg, plan.device)
+        t_start = self.t_tick = time.time()
+        self.nimg_tick, stopped, in_step = tr.cur_nimg, None, False
+        bar = self.progress_bar() if progress else None
+        try:
+          with sigint_at_step_boundary(f"Ctrl-C: finishing the current step, then saving a checkpoint in {plan.outdir} "
+                                       "(Ctrl-C again aborts at once and keeps the previous checkpoint)") as stop:
+            while tr.cur_nimg < self.total_nimg:
+                if stop.requested: raise KeyboardInterrupt
+                if self.out_of_time(t_start): stopped = "time budget"; break
+                img, mask = next(batches)
+                in_step = True
+                self.step(img, mask)
+                in_step = False
+                if bar is not None: self.show_progress(bar)
+                self.after_step()
+            if stop.requested: raise KeyboardInterrupt      # asked during the last step: it is complete, save it
+        except KeyboardInterrupt:
+            if bar is not None: bar.close()
+            if in_step:    # a second Ctrl-C inside a step: the networks hold half an update, keep the previous checkpoint
+                self.log.close()
+                print(f"medsyn train: aborted inside a step; {plan.last} keeps the last whole-step checkpoint", file=sys.stderr)
+                raise
+            self.snapshot(metric=False)                     # between steps: the state is whole, save it
+            self.log.add(self.tick_row(), tr.cur_nimg); self.log.close()
+            raise
+        self.finish()
+        self.log.close()
+        if bar is not None: bar.close()
+        return stopped
 
 def train_gan(data_dir, outdir, kind: str = "joint", kimg: float = 20.0, preset: str = "cpu64", resume: bool = True,
               time_budget: float | None = None, seed: int = 0, batch: int | None = None, snap_kimg: float | None = None,
@@ -513,172 +731,22 @@ def train_gan(data_dir, outdir, kind: str = "joint", kimg: float = 20.0, preset:
     subjects (e.g. the train split); `selection_subjects` picks the snapshot on *those* subjects' real pairs instead
     (the validation split: snapshot selection on held-out data). A folder holding a run is resumed (`resume`), refused (see `open_run_folder`)
     or, with `replace_run`, moved aside first. Ctrl-C stops after the current step with a checkpoint."""
-    check(kind in ("joint", "mask", "cond"), f"unknown --kind {kind!r}; choose joint, mask or cond")
-    check(isinstance(kimg, (int, float)) and math.isfinite(kimg) and kimg > 0,
-          f"--kimg {kimg}: the training length must be a positive number of thousands of images (e.g. --kimg 20)")
-    outdir, data_dir = Path(outdir), Path(data_dir)
-    ds = load_canonical(data_dir)
-    if subjects is not None: ds = ds.subset(list(subjects))
-    ds = ds.for_training()                 # foreground slices + the empty ones drawn at preparation
-    H, W = tuple(ds.resolution)
-    check(H == W, f"{data_dir}: the GAN needs square images, this dataset is {H}x{W}; re-prepare it with a square --res")
-    check_trainable(ds, data_dir)
-    # Everything is checked before the run folder is touched: a refused command writes nothing.
-    state, ck = open_run_folder(outdir, resume, replace_run)
-    last = outdir / "network-last.pt"
-    gan_over, train_over = split_overrides({**overrides, **({} if batch is None else {"batch": batch})}, GANConfig)
-    gcfg = gan_config(preset, **{**gan_over, "kind": kind, "resolution": H, "img_channels": len(ds.modalities),
-                                   "num_labels": len(ds.labels)})
-    tc = train_config(preset, **train_over)
-    check(len(ds) >= tc.batch, f"{data_dir}: {len(ds)} training samples ({len(ds.subjects)} subject(s)) are fewer than one batch "
-                               f"of {tc.batch}; pass --batch {max(2, len(ds) - len(ds) % 2)} or less, or use more data")
-    fingerprint = data_fingerprint(ds)
-    dev = choose_device(device)
-    gcfg, stored = resolve_run_precision(gcfg, dev, stored_run(outdir, ck) if state == "run" and not replace_run else None)
-    if stored is not None:
-        diffs = resume_conflicts(stored, dict(kind=kind, seed=seed, gan_config=asdict(gcfg), train_config=asdict(tc),
-                                              data=dict(fingerprint=fingerprint, legacy=_legacy_data(ds.meta))))
-        check(not diffs, f"{outdir}: cannot resume this run with other settings: {'; '.join(diffs)}. Rerun with the run's own "
-                         "data and options to continue it, choose another --outdir, or pass --replace to move the old run "
-                         "aside and start over (nothing was written)")
-        if ck is not None:
-            gcfg = GANConfig.from_dict(ck["gan_config"])
-            tc = replace(TrainConfig(**ck["train_config"]), **{k: getattr(tc, k) for k in RESUME_MAY_CHANGE})
-    if replace_run and state == "run": move_run_aside(outdir)
-    try: outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MedsynError(f"{outdir}: cannot create the run folder ({os_reason(e)}); choose a writable --outdir") from e
-    remove_stale_leftovers(outdir, kinds=("tmp",))
-    compile_main = select_ops_impl(tc.impl)
-    seed_everything(seed)
-    trainer = GANTrainer(gcfg, tc, dev, compile_main=compile_main)
-    pairs = PairData(ds)
-    metric_pairs = pairs
-    if selection_subjects is not None:
-        check(subjects is None or not set(map(str, selection_subjects)) & set(map(str, subjects)),
-              f"selection_subjects {sorted(set(map(str, selection_subjects)) & set(map(str, subjects or [])))} are also training subjects; "
-              "select the snapshot on held-out (validation) subjects")
-        metric_pairs = PairData(load_canonical(data_dir).subset(list(selection_subjects)).for_training())
-    if mask_source is not None:
-        check(kind == "cond", "mask_source is only used by --kind cond")
-        metric_pairs = PairData(load_canonical(mask_source))
-    progress_state = dict(best_metric=float("inf"), best_kimg=None, elapsed_s=0.0, last_snap_nimg=-1)
-    if ck is not None:
-        trainer.load_state_dict(ck, restore_rng=False)
-        progress_state.update(ck.get("progress", {}))
-    selection = SnapshotMetric(tc.metric, gcfg, metric_pairs, tc.metric_n, seed, dev, tc.metric_trunc)
-    meta = dict(ds.meta)
-    run_info = dict(kind=kind, preset=preset, kimg=kimg, seed=seed, data_dir=str(data_dir), dataset=meta.get("name"),
-                    data_fingerprint=fingerprint,
-                    subjects=None if subjects is None else sorted(map(str, subjects)), n_train_samples=len(ds),
-                    selection_subjects=None if selection_subjects is None else sorted(map(str, selection_subjects)),
-                    gan_config=asdict(gcfg), train_config=asdict(tc), augment=trainer.augment_name,
-                    selection_metric=selection.name, device=str(dev), torch=torch.__version__)
-    save_json(run_info, outdir / "config.json")
-    log = RunLog(outdir, trainer.cur_nimg if ck is not None else None)
-    # Fixed latents / masks for the grids (own generator: the global RNG is left alone).
-    g = torch.Generator().manual_seed(seed + 777)
-    grid_z = torch.randn(tc.grid_n, int(getattr(trainer.G, "z_dim", gcfg.z_dim)), generator=g).to(dev)
-    grid_idx = np.random.default_rng([seed, 3]).permutation(len(metric_pairs))[: tc.grid_n]
-    grid_img, grid_mask = (torch.stack(t) for t in zip(*(metric_pairs[int(i)] for i in grid_idx)))
-    if ck is None: save_png(grid_rows(grid_img if kind != "mask" else None, grid_mask), outdir / "grid-reals.png")
-
-    def snapshot(metric: bool = True) -> dict:
-        t0 = time.time()
-        res = {}
-        if metric:
-            res = selection(trainer.G_ema)
-            res["metric"] = res["total"]
-            if res["total"] < progress_state["best_metric"]:
-                progress_state.update(best_metric=res["total"], best_kimg=trainer.cur_nimg / 1000)
-        with torch.no_grad():
-            cond = mask_to_onehot(grid_mask, gcfg.num_labels).to(dev) if kind == "cond" else None
-            raw = trainer.G_ema.synthesis(trainer.G_ema.mapping(grid_z, update_emas=False), cond=cond, noise_mode="const")
-            image, probs = split_output(raw, gcfg)
-        rows = (grid_mask, grid_img, image) if kind == "cond" else (image, None if probs is None else probs.argmax(1))
-        save_png(grid_rows(*rows), outdir / f"grid-{trainer.cur_nimg / 1000:08.3f}kimg.png")
-        progress_state["last_snap_nimg"] = trainer.cur_nimg
-        ckpt = dict(trainer.state_dict(), progress=dict(progress_state), dataset_meta=meta, data_dir=str(data_dir),
-                    data_fingerprint=fingerprint,
-                    selection_metric=selection.name, metric=res, seed=seed, kimg=trainer.cur_nimg / 1000)
-        atomic_torch_save(ckpt, last)
-        if metric and progress_state["best_kimg"] == trainer.cur_nimg / 1000:
-            atomic_torch_save(ckpt, outdir / "network-best.pt")
-        res["_seconds"] = time.time() - t0
-        return res
-
-    if ck is not None: _set_rng_state(ck["rng"])   # last thing before the loop: nothing above may draw from it
-    total_nimg = int(round(kimg * 1000))
-    tick_nimg = max(tc.batch, int((tc.tick_kimg if tc.tick_kimg else kimg / 100) * 1000))
-    snap_nimg = max(tc.batch, int((snap_kimg if snap_kimg else max(kimg / 10, tc.batch * 4 / 1000)) * 1000))
-    batches = pair_batches(pairs, tc.batch, seed, trainer.cur_nimg, dev)
-    t_call, t_tick, nimg_tick = time.time(), time.time(), trainer.cur_nimg
-    snap_cost, acc, stopped = 0.0, {}, None
-    bar = None
-    if progress:
-        bar = tqdm(total=round(kimg, 3), initial=round(trainer.cur_nimg / 1000, 3), unit="kimg", dynamic_ncols=True,
-                   bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]")
-
-    def tick_row():
-        nonlocal t_tick, nimg_tick, acc
-        dt, dn = time.time() - t_tick, trainer.cur_nimg - nimg_tick
-        progress_state["elapsed_s"] += dt
-        row = {k: float(np.mean(v)) for k, v in acc.items()}
-        row.update(kimg=round(trainer.cur_nimg / 1000, 4), step=trainer.step_idx, elapsed_s=round(progress_state["elapsed_s"], 2),
-                   sec_per_kimg=dt / max(dn, 1) * 1000, augment_p=trainer.augment_p)
-        t_tick, nimg_tick, acc = time.time(), trainer.cur_nimg, {}
-        return row
-
-    in_step = False
-    try:
-      with sigint_at_step_boundary(f"Ctrl-C: finishing the current step, then saving a checkpoint in {outdir} "
-                                   "(Ctrl-C again aborts at once and keeps the previous checkpoint)") as stop:
-        while trainer.cur_nimg < total_nimg:
-            if stop.requested: raise KeyboardInterrupt
-            if time_budget is not None and time.time() - t_call + snap_cost * 1.2 + 1.0 > time_budget:
-                stopped = "time budget"; break
-            img, mask = next(batches)
-            in_step = True
-            for k, v in trainer.step(img, mask).items(): acc.setdefault(k, []).append(v)
-            in_step = False
-            for k in ("loss_G", "loss_D"):
-                check(math.isfinite(acc[k][-1]), f"training diverged at kimg {trainer.cur_nimg / 1000:.3f} ({k} is "
-                      f"{acc[k][-1]}); resume from {outdir / 'network-best.pt'} with a larger --gamma or lower lr")
-            if bar is not None:
-                bar.update(round(tc.batch / 1000, 3))
-                el = time.time() - t_tick
-                bar.set_postfix_str(f"s/kimg {el / max(trainer.cur_nimg - nimg_tick, 1) * 1000:.0f} G {acc['loss_G'][-1]:.3f} "
-                                    f"D {acc['loss_D'][-1]:.3f} p {trainer.augment_p:.3f}", refresh=False)
-            snap_due = (trainer.cur_nimg // snap_nimg > (trainer.cur_nimg - tc.batch) // snap_nimg
-                        or trainer.cur_nimg >= total_nimg)
-            if snap_due or trainer.cur_nimg // tick_nimg > (trainer.cur_nimg - tc.batch) // tick_nimg:
-                row = tick_row()
-                if snap_due:
-                    res = snapshot(metric=True); snap_cost = res.pop("_seconds")
-                    row.update(res, metric_name=selection.name)
-                log.add(row, trainer.cur_nimg)
-        if stop.requested: raise KeyboardInterrupt      # asked during the last step: it is complete, save it
-    except KeyboardInterrupt:
-        if bar is not None: bar.close()
-        if in_step:    # a second Ctrl-C inside a step: the networks hold half an update, keep the previous checkpoint
-            log.close()
-            print(f"medsyn train: aborted inside a step; {last} keeps the last whole-step checkpoint", file=sys.stderr)
-            raise
-        snapshot(metric=False)                          # between steps: the state is whole, save it
-        log.add(tick_row(), trainer.cur_nimg); log.close()
-        raise
-    if progress_state["last_snap_nimg"] != trainer.cur_nimg:   # stopped by the budget (or nothing left to do)
-        res = snapshot(metric=True); res.pop("_seconds")
-        if acc or not log.rows:
-            row = tick_row(); row.update(res, metric_name=selection.name); log.add(row, trainer.cur_nimg)
-        else:                                                  # the last tick row is at this image count
-            log.update_last(dict(res, metric_name=selection.name), trainer.cur_nimg)
-    log.close()
-    if bar is not None:
-        bar.close()
+    run = RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg)
+    plan = plan_run(data_dir, outdir, run, subjects, resume, replace_run, device,
+                    {**overrides, **({} if batch is None else {"batch": batch})})
+    pairs = PairData(plan.ds)
+    metric_pairs = selection_pairs(plan, pairs, subjects, selection_subjects, mask_source)
+    prepare_run_folder(plan, replace_run)
+    compile_main = select_ops_impl(plan.tc.impl)
+    seed_everything(seed)      # the networks' initial weights; nothing may draw from the global RNG before the trainer
+    trainer = GANTrainer(plan.gcfg, plan.tc, plan.device, compile_main=compile_main)
+    if plan.ck is not None: trainer.load_state_dict(plan.ck, restore_rng=False)
+    selection = SnapshotMetric(plan.tc.metric, plan.gcfg, metric_pairs, plan.tc.metric_n, seed, plan.device, plan.tc.metric_trunc)
+    save_json(run_record(plan, trainer, selection, subjects, selection_subjects), plan.outdir / "config.json")
+    stopped = TrainingLoop(plan, trainer, pairs, metric_pairs, selection).run(progress)
     if stopped: print(f"stopped at {trainer.cur_nimg / 1000:.3f} kimg: {stopped} of {time_budget:.0f} s reached; "
                       f"rerun the same command to continue", file=sys.stderr)
-    return outdir
+    return plan.outdir
 
 # %% ../nbs/05_train.ipynb
 RESUME_MAY_CHANGE = ("impl", "tick_kimg")        # fields a resume may change: they do not alter the numbers
@@ -797,7 +865,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help="generator variant (--cfg: the same, NVlabs' spelling)")
     p.add_argument("--kimg", type=float, required=True, help="training length in thousands of real images shown to D")
     p.add_argument("--outdir", required=True, help="run folder (checkpoints, logs, grids)")
-    p.add_argument("--preset", default="cpu64", choices=list(TRAIN_PRESETS), help="network + training preset")
+    p.add_argument("--preset", default="cpu64", choices=list(GAN_PRESETS), help="network + training preset")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
     p.add_argument("--gamma", type=float, default=None, help="R1 weight (default: the preset's; 0.1 for cpu64, 2 for paper256 as the authors)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
