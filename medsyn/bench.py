@@ -12,13 +12,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import ops
-from .core import check, choose_device, seed_everything
-from .networks import gan_config, mask_to_onehot, resolve_precision
+from .core import call_with_args, check, choose_device, seed_everything, signature_parser
+from .networks import GAN_KINDS, gan_config, mask_to_onehot, resolve_precision
 from .train import GANTrainer, select_ops_impl, train_config
 
 # %% auto 0
 __all__ = ['peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases', 'available_impls', 'bench_ops', 'bench_config',
-           'bench_compile', 'bench_parser', 'bench_step', 'bench_train', 'nvlabs_step', 'bench_nvlabs', 'bench_main']
+           'bench_compile', 'bench_step', 'bench_parser', 'bench_train', 'nvlabs_step', 'bench_nvlabs', 'bench_main']
 
 # %% ../nbs/10_bench.ipynb
 class _LiveTensorBytes(TorchDispatchMode):
@@ -199,31 +199,21 @@ def bench_compile(quick: bool = False, repeats: int = 5, min_time: float = 0.5) 
     return rows
 
 # %% ../nbs/10_bench.ipynb
-def bench_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsyn bench train", description="Time StyleGAN2 G+D main steps; prints one JSON object. "
-                                "Without --impl / --precision it measures what `medsyn train` uses by default here.")
-    p.add_argument("--kind", "--cfg", dest="kind", default="joint", choices=["joint", "mask", "cond"])
-    p.add_argument("--res", type=int, default=64)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--channel-base", type=int, default=4096)
-    p.add_argument("--channel-max", type=int, default=256)
-    p.add_argument("--img-channels", type=int, default=2)
-    p.add_argument("--num-labels", type=int, default=4)
-    p.add_argument("--z-dim", type=int, default=512, help="latent size (NVlabs' default 512)")
-    p.add_argument("--w-dim", type=int, default=512, help="style size (NVlabs' default 512)")
-    p.add_argument("--mapping-layers", type=int, default=2, help="mapping-network depth (NVlabs' 'auto' config: 2)")
-    p.add_argument("--impl", default="auto", help="ops implementation(s), comma-separated: auto,ref,cpu,cuda,compile (default auto, as medsyn train)")
-    p.add_argument("--precision", default="auto", help="precision(s), comma-separated: auto,fp32,bf16,fp16 (default auto, as medsyn train)")
-    p.add_argument("--device", default="auto", help="auto (as medsyn train: CUDA when present), cpu or cuda")
-    p.add_argument("--steps", type=int, default=5, help="timed steps")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, allocator)")
-    p.add_argument("--preset", default="cpu64")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, usually the core count)")
-    return p
-
-def bench_step(kind="joint", res=64, batch=8, channel_base=4096, channel_max=256, img_channels=2, num_labels=4, z_dim=512,
-               w_dim=512, mapping_layers=2, impl="auto", precision="auto", device="auto", preset="cpu64", seed=0):
+def bench_step(kind: str = "joint",           # generator variant: joint | mask | cond
+               res: int = 64,                 # resolution
+               batch: int = 8,                # images per step
+               channel_base: int = 4096,      # channels at resolution r: min(channel_base // r, channel_max)
+               channel_max: int = 256,
+               img_channels: int = 2,         # image modalities
+               num_labels: int = 4,           # mask labels, background included
+               z_dim: int = 512,              # latent size (NVlabs' default 512)
+               w_dim: int = 512,              # style size (NVlabs' default 512)
+               mapping_layers: int = 2,       # mapping-network depth (NVlabs' 'auto' config: 2)
+               impl: str = "auto",            # ops implementation(s), comma-separated: auto,ref,cpu,cuda,compile (auto: as medsyn train)
+               precision: str = "auto",       # precision(s), comma-separated: auto,fp32,bf16,fp16 (auto: as medsyn train)
+               device: str = "auto",          # auto (as medsyn train: CUDA when present), cpu or cuda
+               preset: str = "cpu64",         # the GAN preset whose other settings are used
+               seed: int = 0):
     """One training step to time, as `medsyn train` builds it (`impl`, `precision`, `device` resolved the same way):
     returns `(step, info)`, `step()` running Gmain + Dmain with both Adam steps on a fixed random batch."""
     dev = choose_device(device)
@@ -261,8 +251,7 @@ def bench_step(kind="joint", res=64, batch=8, channel_base=4096, channel_max=256
 def _bench_one(a) -> dict:
     "Measure one (implementation, precision) in this process."
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    step, info = bench_step(a.kind, a.res, a.batch, a.channel_base, a.channel_max, a.img_channels, a.num_labels, a.z_dim,
-                            a.w_dim, a.mapping_layers, a.impl, a.precision, a.device, a.preset, a.seed)
+    step, info = call_with_args(bench_step, a)
     tr = info.pop("_trainer")
     note = None
     if info["impl"] == "compile" and not info["torch_compile"]:
@@ -286,6 +275,16 @@ def _bench_one(a) -> dict:
     if info["device"].startswith("cuda"): res["cuda_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if note: res["note"] = note
     return res
+
+def bench_parser() -> argparse.ArgumentParser:
+    "`medsyn bench train`'s options: `bench_step`'s parameters, and how many steps to time."
+    p = signature_parser(bench_step, "medsyn bench train", "Time StyleGAN2 G+D main steps; prints one JSON object. Without "
+                         "--impl / --precision it measures what `medsyn train` uses by default here.",
+                         aliases=dict(kind=["--cfg"]), choices=dict(kind=GAN_KINDS))
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, allocator)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, usually the core count)")
+    return p
 
 def bench_train(argv: list[str] | None = None) -> int:
     "`medsyn bench train ...`: print one JSON object with ms_per_step, img_per_s, sec_per_kimg, peak_mem_mb and the config."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, errno, json, os, random, re, shutil, signal, sys, tempfile, threading, time, types, typing, uuid
+import argparse, contextlib, errno, inspect, json, os, random, re, shutil, signal, sys, tempfile, threading, time, types, typing, uuid
 from dataclasses import fields
 from datetime import datetime, timezone
 from difflib import get_close_matches
@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from fastcore.docments import docments
 
 # %% auto 0
 __all__ = ['PROCESS_START', 'MANIFEST_NAME', 'MedsynError', 'check', 'runs_dir', 'cache_dir', 'seed_everything', 'choose_device',
            'remove_stale_leftovers', 'deferred_sigint', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
            'save_json', 'load_json', 'atomic_torch_save', 'medsyn_made', 'check_output_dir', 'os_reason', 'atomic_dir',
-           'file_digest', 'file_sha256', 'env_flag', 'parse_set_items', 'check_fields', 'from_preset', 'StopRequest',
+           'file_digest', 'file_sha256', 'env_flag', 'parse_set_items', 'check_fields', 'from_preset', 'flag_name',
+           'signature_parser', 'add_field_options', 'add_set_option', 'call_with_args', 'StopRequest',
            'sigint_at_step_boundary']
 
 # %% ../nbs/00_core.ipynb
@@ -381,6 +383,55 @@ def from_preset(cls, presets: dict[str, dict], name: str, overrides: dict | None
     for k, v in kw.items():
         if isinstance(v, list) and isinstance(names[k].default, tuple): kw[k] = tuple(v)
     return cls(**kw)
+
+# %% ../nbs/00_core.ipynb
+def _option_type(t, default):
+    "The argparse `type` for an annotation (`X | None` -> X) or, without one, the default's type; str otherwise."
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        t = args[0] if len(args) == 1 else None
+    if t in (int, float, str): return t
+    return type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else str
+
+def flag_name(name: str) -> str: return "--" + name.replace("_", "-")
+
+def signature_parser(fn, prog: str, description: str | None = None, skip=(), aliases: dict | None = None,
+                     required=(), defaults: dict | None = None, choices: dict | None = None) -> argparse.ArgumentParser:
+    """An argparse parser generated from `fn`'s signature: one `--kebab-name` option per parameter not in `skip` (with
+    its `aliases`), the signature's default (or `defaults[name]`), a type from the annotation, the parameter's comment as
+    help; bool parameters become `--name/--no-name`; parameters without a default, or in `required`, are required."""
+    aliases, defaults, choices = aliases or {}, defaults or {}, choices or {}
+    hints, docs = typing.get_type_hints(fn), docments(fn)
+    p = argparse.ArgumentParser(prog=prog, description=description or (inspect.getdoc(fn) or "").split("\n")[0])
+    for name, par in inspect.signature(fn).parameters.items():
+        if name in skip or par.kind in (par.VAR_KEYWORD, par.VAR_POSITIONAL): continue
+        default = defaults.get(name, None if par.default is par.empty else par.default)
+        kw = dict(dest=name, default=default, help=docs.get(name))
+        if hints.get(name) is bool or isinstance(default, bool): kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw.update(type=_option_type(hints.get(name), default), choices=choices.get(name),
+                      required=(par.default is par.empty and name not in defaults) or name in required)
+        p.add_argument(flag_name(name), *aliases.get(name, ()), **kw)
+    return p
+
+def add_field_options(p: argparse.ArgumentParser, cls, names, choices: dict | None = None) -> argparse.ArgumentParser:
+    "Options `--name` for the fields `names` of the dataclass `cls` (default None: the preset decides; help: the field's comment)."
+    hints, docs, choices = typing.get_type_hints(cls), docments(cls), choices or {}
+    for name in names:
+        p.add_argument(flag_name(name), dest=name, default=None, type=_option_type(hints[name], None), choices=choices.get(name),
+                       help=f"{cls.__name__}.{name}: {docs.get(name) or ''} (default: the preset's)")
+    return p
+
+def add_set_option(p: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
+    "The one `--set FIELD=VALUE` option (repeatable) of every command that takes configuration fields."
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help=f"set any {what} field, e.g. --set gamma=1 (values read as JSON, repeatable)")
+    return p
+
+def call_with_args(fn, args: argparse.Namespace, **extra):
+    "Call `fn` with the parsed options that are its parameters, plus `extra`."
+    params = inspect.signature(fn).parameters
+    return fn(**{k: v for k, v in vars(args).items() if k in params}, **extra)
 
 # %% ../nbs/00_core.ipynb
 class StopRequest:

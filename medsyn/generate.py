@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .augment import MASK_WARP, warp_masks
-from .core import MedsynError, check, atomic_dir, check_output_dir, choose_device, file_sha256
+from .core import MedsynError, call_with_args, check, atomic_dir, check_output_dir, choose_device, file_sha256, signature_parser
 from .data import load_canonical, write_canonical
 from .networks import generator_from_checkpoint, load_checkpoint, mask_to_onehot, to_pair01
 from .viz import grid_rows, save_png
@@ -55,9 +55,22 @@ def warp_settings(warp: dict | None = None) -> dict:
     check(not bad, f"mask warp settings {bad} unknown; valid keys: {sorted(MASK_WARP)}")
     return {**MASK_WARP, **warp}
 
-def generate_pairs(ckpt, out_dir, n: int = 1000, trunc: float = 0.7, seed: int = 0, mask_ckpt=None, masks_from=None,
-                   batch: int = 16, overwrite: bool = False, png: bool = False, nifti: bool = False,
-                   device: str = "auto", name: str | None = None, warp_seed: int | None = None, warp: dict | None = None) -> Path:
+def generate_pairs(ckpt,                               # 'joint' or 'cond' checkpoint (network-best.pt of a run)
+                   out_dir,                            # output dataset folder
+                   n: int = 1000,                      # number of pairs
+                   trunc: float = 0.7,                 # truncation psi (1 = none)
+                   seed: int = 0,                      # seed of the latents (pair k depends on (seed, k) only)
+                   mask_ckpt: str | None = None,       # cond only: 'mask' (or 'joint') generator checkpoint that supplies the masks
+                   masks_from: str | None = None,      # cond only: canonical dataset whose real masks are used
+                   batch: int = 16,                    # pairs per forward pass
+                   overwrite: bool = False,            # replace an existing output dataset
+                   png: bool = False,                  # also write preview PNGs
+                   nifti: bool = False,                # also write preview NIfTI stacks
+                   device: str = "auto",               # auto | cpu | cuda
+                   name: str | None = None,            # dataset name (default: syn-<kind>-<run folder>)
+                   warp_seed: int | None = None,       # with masks_from: deform the real masks (affine + elastic, seeded)
+                   warp: dict | None = None,           # with warp_seed: overrides of `medsyn.augment.MASK_WARP`
+                   ) -> Path:
     """Write `n` synthetic image+mask pairs as a canonical dataset at `out_dir`. `ckpt` is a 'joint' checkpoint,
     or a 'cond' one together with `mask_ckpt` (a 'mask' or 'joint' checkpoint whose masks are used) or
     `masks_from` (a canonical dataset whose real masks are used, sample k <- mask k mod N). With `masks_from`,
@@ -164,26 +177,13 @@ def write_previews(ds_dir, png: bool = True, nifti: bool = False, max_png: int =
 
 # %% ../nbs/06_generate.ipynb
 def generate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsyn generate", description="Sample synthetic image+mask pairs into a canonical dataset.")
-    p.add_argument("--ckpt", required=True, help="'joint' or 'cond' checkpoint (network-best.pt of a run)")
-    p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--n", type=int, default=1000, help="number of pairs")
-    p.add_argument("--trunc", type=float, default=0.7, help="truncation psi (1 = none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mask-ckpt", default=None, help="cond only: 'mask' generator checkpoint that supplies the masks")
-    p.add_argument("--masks-from", default=None, help="cond only: canonical dataset whose real masks are used")
-    p.add_argument("--warp-seed", type=int, default=None, help="with --masks-from: deform the real masks (affine + elastic, seeded)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--png", action="store_true", help="also write preview PNGs")
-    p.add_argument("--nifti", action="store_true", help="also write preview NIfTI stacks")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--device", default="auto")
-    return p
+    "`medsyn generate`'s options: `generate_pairs`'s parameters."
+    return signature_parser(generate_pairs, "medsyn generate", "Sample synthetic image+mask pairs into a canonical dataset.",
+                            skip=("warp",), aliases=dict(out_dir=["--out"]))
 
 def generate_main(argv: list[str]) -> int:
     "`medsyn generate ...`: parse, then `generate_pairs`."
     a = generate_parser().parse_args(argv)
-    out = generate_pairs(a.ckpt, a.out, n=a.n, trunc=a.trunc, seed=a.seed, mask_ckpt=a.mask_ckpt, masks_from=a.masks_from,
-                         warp_seed=a.warp_seed, batch=a.batch, overwrite=a.overwrite, png=a.png, nifti=a.nifti, device=a.device)
+    out = call_with_args(generate_pairs, a)
     print(f"wrote {a.n} pairs to {out}")
     return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb 2
 from __future__ import annotations
-import argparse, copy, csv, hashlib, io, json, math, os, random, sys, time, warnings
+import argparse, copy, csv, hashlib, inspect, io, json, math, os, random, sys, time, warnings
 from dataclasses import dataclass, asdict, fields, replace
 from difflib import get_close_matches
 from pathlib import Path
@@ -17,25 +17,26 @@ from scipy.stats import wasserstein_distance
 from tqdm.auto import tqdm
 
 from .augment import AdaptiveAugment, augment_preset
-from .core import (MedsynError, check, atomic_torch_save, atomic_write_text, choose_device, load_json, save_json,
+from .core import (MedsynError, check, add_field_options, add_set_option, atomic_torch_save, call_with_args,
+                         signature_parser, flag_name, atomic_write_text, choose_device, load_json, save_json,
                          seed_everything, check_fields, from_preset, parse_set_items, sigint_at_step_boundary,
                          remove_stale_leftovers, os_reason, _test_hook)
 from .data import load_canonical
 from .metrics import InceptionFeatures, fid_from_features, modality_to_rgb
-from .networks import (GAN_KINDS, GAN_PRESETS, GANConfig, build_networks, gan_config, load_checkpoint, mask_to_onehot, real_to_d_input,
+from .networks import (GAN_KINDS, GAN_PRESETS, PRECISIONS, GANConfig, build_networks, gan_config, load_checkpoint, mask_to_onehot, real_to_d_input,
                              resolve_precision, split_output, to_pair01)
 from .ops import set_default_impl
 from .viz import grid_rows, save_png
 
 # %% auto 0
 __all__ = ['TRAIN_CHOICES', 'FIXED_GAN_FIELDS', 'STATS_METRIC_NAME', 'STATS_COLUMNS', 'RESUME_MAY_CHANGE', 'RUN_FOLDER_GUESTS',
-           'TrainConfig', 'train_config', 'check_train_config', 'split_overrides', 'PairData', 'InfiniteSampler',
-           'pair_batches', 'StyleGAN2Loss', 'lazy_adam', 'ema_beta', 'update_ema', 'label_stats_distance',
-           'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'RunLog', 'select_ops_impl',
-           'RunConfig', 'RunPlan', 'plan_run', 'selection_pairs', 'prepare_run_folder', 'run_record', 'TrainingLoop',
-           'train_gan', 'run_folder_state', 'move_run_aside', 'data_fingerprint', 'resume_conflicts',
-           'resolve_run_precision', 'stored_run', 'check_trainable', 'open_run_folder', 'train_parser', 'parse_sets',
-           'cli_overrides', 'train_main']
+           'FIELD_FLAGS', 'TrainConfig', 'train_config', 'check_train_config', 'split_overrides', 'PairData',
+           'InfiniteSampler', 'pair_batches', 'StyleGAN2Loss', 'lazy_adam', 'ema_beta', 'update_ema',
+           'label_stats_distance', 'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'RunLog',
+           'select_ops_impl', 'RunConfig', 'RunPlan', 'plan_run', 'selection_pairs', 'prepare_run_folder', 'run_record',
+           'TrainingLoop', 'train_gan', 'run_folder_state', 'move_run_aside', 'data_fingerprint', 'resume_conflicts',
+           'resolve_run_precision', 'stored_run', 'check_trainable', 'open_run_folder', 'train_parser', 'cli_overrides',
+           'train_main']
 
 # %% ../nbs/05_train.ipynb
 @dataclass
@@ -720,10 +721,23 @@ class TrainingLoop:
         if bar is not None: bar.close()
         return stopped
 
-def train_gan(data_dir, outdir, kind: str = "joint", kimg: float = 20.0, preset: str = "cpu64", resume: bool = True,
-              time_budget: float | None = None, seed: int = 0, batch: int | None = None, snap_kimg: float | None = None,
-              mask_source=None, subjects=None, selection_subjects=None, device: str = "auto", progress: bool = True,
-              replace_run: bool = False, **overrides) -> Path:
+def train_gan(data_dir,                            # canonical dataset folder (from `medsyn prepare`)
+              outdir,                              # run folder (checkpoints, logs, grids)
+              kind: str = "joint",                 # generator variant: joint | mask | cond
+              kimg: float = 20.0,                  # training length in thousands of real images shown to D
+              preset: str = "cpu64",               # network + training preset (`medsyn.networks.GAN_PRESETS`)
+              resume: bool = True,                 # continue the run in OUTDIR; --no-resume refuses a folder that holds a run
+              time_budget: float | None = None,    # stop cleanly (with a checkpoint) after this many seconds
+              seed: int = 0,                       # seed of the initial weights, the data order and the grids
+              batch: int | None = None,            # batch size (default: the preset's)
+              snap_kimg: float | None = None,      # snapshot (grid, metric, checkpoint) interval in kimg
+              mask_source: str | None = None,      # cond only: dataset whose masks drive the grids and the metric
+              subjects=None,                       # train on these subjects of the dataset only
+              selection_subjects=None,             # select the snapshot on these held-out subjects' pairs
+              device: str = "auto",                # auto | cpu | cuda
+              progress: bool = True,               # show a progress bar
+              replace_run: bool = False,           # move a run already in OUTDIR aside (OUTDIR.replaced-TIME) and start over
+              **overrides) -> Path:
     """Train a StyleGAN2 `kind` ('joint' | 'mask' | 'cond') on the canonical dataset `data_dir` for `kimg`
     thousand images; returns the run folder `outdir` (checkpoints, logs, grids). `overrides` set fields of
     `GANConfig` or `TrainConfig`. For 'cond', `mask_source` (a canonical dataset folder) gives the masks used
@@ -858,43 +872,25 @@ def open_run_folder(outdir: Path, resume: bool, replace_run: bool) -> tuple[str,
     return state, None
 
 # %% ../nbs/05_train.ipynb
+FIELD_FLAGS = {TrainConfig: ("batch", "gamma", "metric", "impl"), GANConfig: ("precision",)}   # fields with their own flag
+
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsyn train", description="Train a StyleGAN2 generator on a canonical dataset.")
-    p.add_argument("--data", required=True, help="canonical dataset folder (from `medsyn prepare`)")
-    p.add_argument("--kind", "--cfg", dest="kind", default="joint", choices=["joint", "mask", "cond"],
-                   help="generator variant (--cfg: the same, NVlabs' spelling)")
-    p.add_argument("--kimg", type=float, required=True, help="training length in thousands of real images shown to D")
-    p.add_argument("--outdir", required=True, help="run folder (checkpoints, logs, grids)")
-    p.add_argument("--preset", default="cpu64", choices=list(GAN_PRESETS), help="network + training preset")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
-    p.add_argument("--gamma", type=float, default=None, help="R1 weight (default: the preset's; 0.1 for cpu64, 2 for paper256 as the authors)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue the run in OUTDIR (default); --no-resume refuses a folder that holds a run")
-    p.add_argument("--replace", action="store_true", help="move a run already in OUTDIR aside (OUTDIR.replaced-TIME) and start over")
-    p.add_argument("--time-budget", type=float, default=None, help="stop cleanly (with a checkpoint) after this many seconds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--snap", type=float, default=None, help="snapshot (grid, metric, checkpoint) interval in kimg")
-    p.add_argument("--impl", default=None, choices=list(TRAIN_CHOICES["impl"]), help="ops implementation (default auto)")
-    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
-                   help="mixed precision of the highest resolutions (default auto: bf16 on a CPU with avx512_bf16/AMX, "
-                        "fp16 on CUDA, else fp32); a resumed run keeps its own")
-    p.add_argument("--metric", default=None, choices=["auto", "fid", "stats"], help="snapshot selection metric")
-    p.add_argument("--mask-source", default=None, help="cond only: dataset whose masks drive grids and the metric")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any GANConfig / TrainConfig field, e.g. --set channel_base=8192 (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    return p
+    "`medsyn train`'s options: `train_gan`'s parameters, the flags of `FIELD_FLAGS` and `--set` for any other field."
+    p = signature_parser(train_gan, "medsyn train", "Train a StyleGAN2 generator on a canonical dataset.",
+                         skip=("subjects", "selection_subjects", "batch"), required=("kimg",),
+                         aliases=dict(data_dir=["--data"], kind=["--cfg"], snap_kimg=["--snap"], replace_run=["--replace"]),
+                         choices=dict(kind=GAN_KINDS, preset=list(GAN_PRESETS)))
+    add_field_options(p, TrainConfig, FIELD_FLAGS[TrainConfig], choices=TRAIN_CHOICES)
+    add_field_options(p, GANConfig, FIELD_FLAGS[GANConfig], choices=dict(precision=PRECISIONS))
+    return add_set_option(p, "GANConfig / TrainConfig")
 
-def parse_sets(items: list[str]) -> dict:
-    "`['a=1', 'b=x']` -> `{'a': 1, 'b': 'x'}` (values read as JSON when they parse, else as strings)."
-    return parse_set_items(items, "--set")
-
-def cli_overrides(a) -> dict:
-    "The training options of `medsyn train`: the `--set` items and the dedicated flags, which must agree where both are given."
-    sets = parse_sets(a.set)
-    flags = {k: v for k, v in dict(batch=a.batch, gamma=a.gamma, metric=a.metric, impl=a.impl,
-                                   precision=getattr(a, "precision", None)).items() if v is not None}
+def cli_overrides(a: argparse.Namespace) -> dict:
+    "The configuration fields of `medsyn train`: the `--set` items and the field flags, which must agree where both are given."
+    sets = parse_set_items(a.set)
+    own = [k for k in sets if k in inspect.signature(train_gan).parameters and k != "batch"]
+    check(not own, f"--set {own[0] if own else ''}: not a GANConfig / TrainConfig field; "
+                   f"it has its own option {flag_name(own[0]) if own else ''}" + (f" ({FIXED_GAN_FIELDS[own[0]]})" if own and own[0] in FIXED_GAN_FIELDS else ""))
+    flags = {k: getattr(a, k) for names in FIELD_FLAGS.values() for k in names if getattr(a, k) is not None}
     clash = [f"--{k} {v} and --set {k}={sets[k]!r}" for k, v in flags.items() if k in sets and sets[k] != v]
     check(not clash, f"{'; '.join(clash)} disagree; give each option once")
     return {**sets, **flags}
@@ -902,9 +898,6 @@ def cli_overrides(a) -> dict:
 def train_main(argv: list[str]) -> int:
     "`medsyn train ...`: parse, then `train_gan`."
     a = train_parser().parse_args(argv)
-    over = cli_overrides(a)
-    out = train_gan(a.data, a.outdir, kind=a.kind, kimg=a.kimg, preset=a.preset, resume=a.resume, time_budget=a.time_budget,
-                    seed=a.seed, snap_kimg=a.snap, mask_source=a.mask_source, device=a.device,
-                    progress=not a.no_progress, replace_run=a.replace, **over)
+    out = call_with_args(train_gan, a, **cli_overrides(a))
     print(f"run folder: {out}  (best: {out / 'network-best.pt'}, last: {out / 'network-last.pt'})")
     return 0
