@@ -422,16 +422,16 @@ def add_field_options(p: argparse.ArgumentParser, cls, names, choices: dict | No
                        help=f"{cls.__name__}.{name}: {docs.get(name) or ''} (default: the preset's)")
     return p
 
-def add_set_option(p: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
+def add_set_option(p: argparse.ArgumentParser, what: str, example: str = "gamma=1") -> argparse.ArgumentParser:
     "The one `--set FIELD=VALUE` option (repeatable) of every command that takes configuration fields."
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help=f"set any {what} field, e.g. --set gamma=1 (values read as JSON, repeatable)")
+                   help=f"set any {what} field, e.g. --set {example} (values read as JSON, repeatable)")
     return p
 
 def call_with_args(fn, args: argparse.Namespace, **extra):
-    "Call `fn` with the parsed options that are its parameters, plus `extra`."
+    "Call `fn` with the parsed options that are its parameters, and `extra` (which wins where both name a parameter)."
     params = inspect.signature(fn).parameters
-    return fn(**{k: v for k, v in vars(args).items() if k in params}, **extra)
+    return fn(**{**{k: v for k, v in vars(args).items() if k in params}, **extra})
 
 # %% ../nbs/00_core.ipynb
 class StopRequest:

@@ -15,7 +15,7 @@ from IPython.display import HTML, Markdown, display
 
 import medsyn
 
-from .core import (MedsynError, check, check_fields, from_preset, runs_dir, save_json, load_json, atomic_write_text,
+from .core import (MedsynError, add_field_options, add_set_option, check, check_fields, from_preset, runs_dir, save_json, load_json, atomic_write_text,
                          file_sha256, parse_set_items)
 from .data import (check_disjoint, default_dataset, fold_subjects, load_canonical, plot_dataset_overview,
                          write_canonical)
@@ -58,7 +58,7 @@ class StudyConfig:
     profile: str = "quick"
     dataset: str = "default"            # 'default' (the bundled dataset) or a canonical dataset folder
     resolution: int = 64                # only used for the bundled default dataset
-    folds: int = 2
+    folds: int = 2                      # cross-validation folds: every subject is a test subject once
     seeds: tuple = (0,)                 # U-Net seeds per cell
     synthetic_factors: tuple = (0, 0.5, 1, 2)  # N = factor x real training slices (0 = real-only baseline)
     variants: tuple = ("joint",)        # keys of VARIANT_GANS
@@ -1093,10 +1093,10 @@ def study_main(argv: list[str]) -> int:
     p.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     p.add_argument("--out", default=None, help="root folder of the runs (default $MEDSYN_RUNS or ./runs)")
     p.add_argument("--force", action="store_true", help="recompute every stage (deletes runs/<dataset>/)")
-    p.add_argument("--folds", type=int); p.add_argument("--kimg", type=float); p.add_argument("--resolution", type=int)
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="override any StudyConfig field")
-    a = p.parse_args(argv)
+    add_field_options(p, StudyConfig, ["folds", "resolution"])
+    p.add_argument("--kimg", type=float, help="StudyConfig.gan_kimg: one training length (kimg) for every GAN (default: the profile's)")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="StudyConfig.seeds, comma-separated, e.g. 0,1,2")
+    a = add_set_option(p, "StudyConfig", "n_quality=64").parse_args(argv)
     # OpenMP threads that sleep instead of spinning while they wait: on a shared 2-core machine spinning
     # threads slow torch down several-fold; the kernels papermill starts inherit this environment.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
