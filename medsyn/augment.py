@@ -22,20 +22,24 @@ def _matrix(rows: list[list], n: int, device) -> torch.Tensor:
     entries = [torch.as_tensor(e, dtype=torch.float32, device=device).expand(n) for row in rows for e in row]
     return torch.stack(entries, dim=-1).reshape(n, len(rows), len(rows[0]))
 
+# %% ../nbs/04_augment.ipynb
 def translate2d(tx, ty, n: int = 1, device=None) -> torch.Tensor:
     "(n,3,3) translations by `(tx, ty)` pixels."
     return _matrix([[1, 0, tx], [0, 1, ty], [0, 0, 1]], n, device)
 
+# %% ../nbs/04_augment.ipynb
 def scale2d(sx, sy, n: int = 1, device=None) -> torch.Tensor:
     "(n,3,3) axis-aligned scalings."
     return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], n, device)
 
+# %% ../nbs/04_augment.ipynb
 def rotate2d(theta, n: int = 1, device=None) -> torch.Tensor:
     "(n,3,3) rotations by `theta` radians."
     theta = torch.as_tensor(theta, dtype=torch.float32, device=device)
     c, s = torch.cos(theta), torch.sin(theta)
     return _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]], n, device)
 
+# %% ../nbs/04_augment.ipynb
 def rotate90(k: torch.Tensor) -> torch.Tensor:
     "(n,3,3) exact rotations by `k * 90°` (k integer tensor), entries exactly 0/±1."
     k = k.long() % 4
@@ -49,6 +53,7 @@ def _reflect_index(idx: torch.Tensor, n: int) -> torch.Tensor:
     idx = idx.remainder(2 * n)
     return torch.where(idx >= n, 2 * n - 1 - idx, idx)
 
+# %% ../nbs/04_augment.ipynb
 def _source_coords(matrix: torch.Tensor, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     "Source pixel coordinates (N, H*W) in x and y for every output pixel under the inverse warps `matrix`."
     cx, cy = (w - 1) / 2, (h - 1) / 2
@@ -58,11 +63,13 @@ def _source_coords(matrix: torch.Tensor, h: int, w: int, device) -> tuple[torch.
     src = matrix.to(device, torch.float32)[:, :2, :] @ grid                                 # (N, 2, HW)
     return src[:, 0] + cx, src[:, 1] + cy
 
+# %% ../nbs/04_augment.ipynb
 def _gather(x: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
     "x (N,C,H,W) read at integer pixel indices (N, H*W) -> (N, C, H*W)."
     n, c, h, w = x.shape
     return x.reshape(n, c, h * w).gather(2, (iy * w + ix).unsqueeze(1).expand(n, c, iy.shape[1]))
 
+# %% ../nbs/04_augment.ipynb
 def _warp_gather(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
     "Bilinear sampling at (sx, sy) written out with four gathers on mirrored indices."
     n, c, h, w = x.shape
@@ -75,6 +82,7 @@ def _warp_gather(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.T
            + _gather(x, iy1, ix0) * ((1 - fx) * fy) + _gather(x, iy1, ix1) * (fx * fy))
     return out.reshape(n, c, h, w)
 
+# %% ../nbs/04_augment.ipynb
 def _warp_grid_sample(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     "The same warp with `torch.nn.functional.grid_sample` (normalized coords, align_corners=False)."
     n, c, h, w = x.shape
@@ -84,6 +92,7 @@ def _warp_grid_sample(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
                                            align_corners=False)
 
+# %% ../nbs/04_augment.ipynb
 def warp_bilinear(x: torch.Tensor, matrix: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     "Resample `x` (N,C,H,W) so output pixel q reads `x` at `matrix[n] @ q` (centred pixel coords), mirror padding."
     check(impl in ("auto", "gather", "grid_sample"), f"warp_bilinear: impl must be 'auto', 'gather' or 'grid_sample', got {impl!r}")

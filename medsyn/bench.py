@@ -40,6 +40,7 @@ class _LiveTensorBytes(TorchDispatchMode):
             weakref.finalize(t, self._release, ptr, nbytes)
         return out
 
+# %% ../nbs/10_bench.ipynb
 def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
     "Peak memory (MiB) allocated while running `step()` once."
     if device.type == "cuda":
@@ -51,6 +52,7 @@ def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
         step()
     return m.peak / 2**20
 
+# %% ../nbs/10_bench.ipynb
 def time_ms(step: Callable[[], None], device: torch.device, repeats: int = 5, min_time: float = 0.5) -> float:
     "Median wall time (ms) of `step()` after one warm-up call: at least `repeats` calls or `min_time` seconds."
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -61,6 +63,7 @@ def time_ms(step: Callable[[], None], device: torch.device, repeats: int = 5, mi
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
+# %% ../nbs/10_bench.ipynb
 def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int = 3, steps_per_round: int = 2,
                      warmup: int = 1, device: torch.device = torch.device("cpu")) -> dict[str, dict]:
     """Time several training steps against each other on a shared machine: `warmup` untimed calls of each, then
@@ -120,11 +123,13 @@ def _fwd_bwd(fn, impl, inputs):
         y.backward(torch.ones_like(y))
     return step
 
+# %% ../nbs/10_bench.ipynb
 def available_impls(device: torch.device) -> list[str]:
     "Implementations that run on `device` here: 'ref' plus the compiled one when it builds."
     kind = "cuda" if device.type == "cuda" else "cpu"
     return ["ref"] + ([kind] if ops.load_plugin(kind).ops is not None else [])
 
+# %% ../nbs/10_bench.ipynb
 def bench_ops(quick: bool = False, device: str = "auto", repeats: int = 5, min_time: float = 0.5,
               compile: bool = False) -> dict:
     """Time forward+backward of every op case with every available implementation on `device`
@@ -148,6 +153,7 @@ def bench_ops(quick: bool = False, device: str = "auto", repeats: int = 5, min_t
     if compile: rows += bench_compile(quick=quick, repeats=repeats, min_time=min_time)
     return {"ops": rows, "config": bench_config(devices)}
 
+# %% ../nbs/10_bench.ipynb
 def bench_config(devices) -> dict:
     "What the numbers were measured on."
     cpu = platform.processor()
@@ -167,6 +173,7 @@ def _composite(impl, x, b, f):
     "bias_act (lrelu, clamp) then upsample2d: a StyleGAN2 synthesis layer without its convolution."
     return ops.upsample2d(ops.bias_act(x, b, act="lrelu", clamp=256, impl=impl), f, impl=impl)
 
+# %% ../nbs/10_bench.ipynb
 def bench_compile(quick: bool = False, repeats: int = 5, min_time: float = 0.5) -> list[dict]:
     "Rows for `torch.compile` of the reference composite vs eager 'ref' and the compiled CPU kernels."
     dev = torch.device("cpu")
@@ -248,6 +255,7 @@ def bench_step(kind: str = "joint",           # generator variant: joint | mask 
     info["_trainer"] = tr
     return step, info
 
+# %% ../nbs/10_bench.ipynb
 def _bench_one(a) -> dict:
     "Measure one (implementation, precision) in this process."
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -276,6 +284,7 @@ def _bench_one(a) -> dict:
     if note: res["note"] = note
     return res
 
+# %% ../nbs/10_bench.ipynb
 def bench_parser() -> argparse.ArgumentParser:
     "`medsyn bench train`'s options: `bench_step`'s parameters, and how many steps to time."
     p = signature_parser(bench_step, "medsyn bench train", "Time StyleGAN2 G+D main steps; prints one JSON object. Without "
@@ -286,6 +295,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, usually the core count)")
     return p
 
+# %% ../nbs/10_bench.ipynb
 def bench_train(argv: list[str] | None = None) -> int:
     "`medsyn bench train ...`: print one JSON object with ms_per_step, img_per_s, sec_per_kimg, peak_mem_mb and the config."
     a = bench_parser().parse_args(argv if argv is not None else [])
@@ -319,6 +329,7 @@ def bench_train(argv: list[str] | None = None) -> int:
     print(json.dumps(dict(config=config, results=results)))
     return 0
 
+# %% ../nbs/10_bench.ipynb
 def _replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
     "`argv` with `flag VALUE` (or `flag=VALUE`) replaced by `flag value`."
     out, skip = [], False
@@ -362,6 +373,7 @@ def nvlabs_step(nvlabs_dir, res=64, img_channels=6, batch=8, channel_base=4096, 
     return step, dict(G_params=sum(p.numel() for p in G.parameters()), D_params=sum(p.numel() for p in D.parameters()),
                       ops_impl="ref (NVlabs torch_utils.ops on CPU)", precision="fp32", source=str(root))
 
+# %% ../nbs/10_bench.ipynb
 def bench_nvlabs(nvlabs_dir, rounds: int = 3, steps_per_round: int = 2, warmup: int = 1, res: int = 64, batch: int = 8) -> dict:
     "NVlabs ref fp32 vs medsyn default vs medsyn fp32, interleaved in one run; ms/step, img/s, peak memory and ratios."
     arch = dict(res=res, batch=batch, channel_base=4096, channel_max=256, z_dim=512, w_dim=512, mapping_layers=2)

@@ -42,6 +42,7 @@ def usage() -> str:
     lines += ["", "Run `medsyn <command> --help` for the options of one command."]
     return "\n".join(lines)
 
+# %% ../nbs/11_cli.ipynb
 def resolve(name: str):
     "Import and return the entry point of subcommand `name`, with a clear error when it is unknown or unavailable."
     if name not in SUBCOMMANDS:

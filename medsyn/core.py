@@ -36,6 +36,7 @@ def runs_dir() -> Path:
     "Root folder for study outputs (`$MEDSYN_RUNS`, default `./runs`)."
     return Path(os.environ.get("MEDSYN_RUNS", "runs"))
 
+# %% ../nbs/00_core.ipynb
 def cache_dir() -> Path:
     "Folder for weights, downloads and cached statistics (`$MEDSYN_CACHE`, default `~/.cache/medsyn`)."
     p = Path(os.environ.get("MEDSYN_CACHE", Path.home() / ".cache" / "medsyn"))
@@ -49,6 +50,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
 
+# %% ../nbs/00_core.ipynb
 def choose_device(device: str = "auto"):
     "Return a `torch.device`: `'auto'` picks CUDA when available, else CPU; asking for a missing GPU is an error."
     import torch
@@ -72,10 +74,12 @@ def _test_hook(point: str) -> None:
     _HOOK_COUNT[point] = _HOOK_COUNT.get(point, 0) + 1
     if _HOOK_COUNT[point] == int(nth or 1): os.kill(os.getpid(), getattr(signal, "SIG" + (sig or "KILL").upper()))
 
+# %% ../nbs/00_core.ipynb
 def _owner_tag() -> str:
     "`PID-RANDOM`: the part of a temporary name that says which process writes it."
     return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
+# %% ../nbs/00_core.ipynb
 def _writer_alive(tag: str) -> bool:
     pid = tag.split("-", 1)[0]
     if not pid.isdigit() or "-" not in tag: return False      # names of older medsyn versions carry no process id
@@ -85,6 +89,7 @@ def _writer_alive(tag: str) -> bool:
     except (PermissionError, OverflowError): return int(pid) < 2 ** 22
     return True
 
+# %% ../nbs/00_core.ipynb
 def remove_stale_leftovers(folder: str | Path, name: str | None = None, kinds=("partial", "tmp", "old"),
                            quiet: bool = False) -> list[Path]:
     """Clean up after interrupted medsyn writes in `folder`: `.NAME.TAG.partial|tmp|old` entries (of `name` only,
@@ -112,6 +117,7 @@ def remove_stale_leftovers(folder: str | Path, name: str | None = None, kinds=("
         done.append(p)
     return done
 
+# %% ../nbs/00_core.ipynb
 @contextlib.contextmanager
 def deferred_sigint() -> Iterator[None]:
     """Hold SIGINT (Ctrl-C) while the block runs, so that a short critical section (a rename pair) completes; it is
@@ -144,6 +150,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists(): tmp.unlink()
 
+# %% ../nbs/00_core.ipynb
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` atomically."
     with atomic_path(path) as tmp:
@@ -151,14 +158,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data); f.flush(); os.fsync(f.fileno())
     return Path(path)
 
+# %% ../nbs/00_core.ipynb
 def atomic_write_text(path: str | Path, text: str) -> Path:
     "Write `text` (UTF-8) to `path` atomically."
     return atomic_write_bytes(path, text.encode("utf-8"))
 
+# %% ../nbs/00_core.ipynb
 def save_json(obj: Any, path: str | Path) -> Path:
     "Write `obj` as indented JSON atomically (NumPy scalars and paths are converted)."
     return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
+# %% ../nbs/00_core.ipynb
 def load_json(path: str | Path) -> Any:
     "Read JSON from `path`, naming the file when it is missing or corrupt."
     path = Path(path)
@@ -166,6 +176,7 @@ def load_json(path: str | Path) -> Any:
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise MedsynError(f"{path}: not valid JSON ({e}); delete it or restore it from a backup") from e
 
+# %% ../nbs/00_core.ipynb
 def _json_default(o):
     if isinstance(o, (np.integer,)): return int(o)
     if isinstance(o, (np.floating,)): return float(o)
@@ -181,6 +192,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         torch.save(obj, tmp)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb
 def medsyn_made(path: str | Path, kind: str | None = None) -> bool:
     """Whether the folder `path` was made by medsyn (of `kind`, e.g. `'dataset'`, when given): it holds medsyn's
     manifest `.medsyn.json`, or is a canonical dataset (`dataset.json` with `format_version`, `complete`, `n_slices`)."""
@@ -197,6 +209,7 @@ def medsyn_made(path: str | Path, kind: str | None = None) -> bool:
         return isinstance(info, dict) and {"format_version", "complete", "n_slices"} <= set(info)
     return False
 
+# %% ../nbs/00_core.ipynb
 def _overlap(out: Path, src: Path) -> str | None:
     "How the output folder `out` overlaps the source `src`: 'is', 'contains', 'is inside', or None."
     o, s = out.resolve(), src.resolve()
@@ -205,6 +218,7 @@ def _overlap(out: Path, src: Path) -> str | None:
     if s in o.parents and src.is_dir(): return "is inside"
     return None
 
+# %% ../nbs/00_core.ipynb
 def check_output_dir(path: str | Path, overwrite: bool = False, kind: str = "dataset", sources=(),
                      flag: str = "--overwrite", what: str = "--out") -> Path:
     """Refuse an output folder whose writing could destroy something: one that is, contains or lies inside a
@@ -227,6 +241,7 @@ def check_output_dir(path: str | Path, overwrite: bool = False, kind: str = "dat
                                        f"another {what} or move that folder away yourself")
     return path
 
+# %% ../nbs/00_core.ipynb
 _ERRNO_REASONS = {errno.ENOSPC: "disk full (no space left on device)", errno.EROFS: "read-only file system",
                   errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
                   errno.ENOENT: "a parent folder does not exist and cannot be created",
@@ -236,6 +251,7 @@ def os_reason(e: OSError) -> str:
     "A short, plain reason for an `OSError` (disk full, read-only file system, ...)."
     return _ERRNO_REASONS.get(e.errno, e.strerror or str(e))
 
+# %% ../nbs/00_core.ipynb
 def _mkdtemp_beside(path: Path) -> Path:
     "A fresh `.NAME.PID-XXXX.partial` folder next to `path`, with a clear error where nothing can be written."
     try:
@@ -245,6 +261,7 @@ def _mkdtemp_beside(path: Path) -> Path:
         raise MedsynError(f"{path}: cannot create the output folder there ({os_reason(e)}: {e.filename or path.parent}); "
                           "choose a writable location") from e
 
+# %% ../nbs/00_core.ipynb
 def _swap_in(tmp: Path, path: Path) -> None:
     "Move the finished folder `tmp` onto `path`: old one aside, new one in, old one deleted; the old one is restored on failure."
     aside = None
@@ -263,6 +280,7 @@ def _swap_in(tmp: Path, path: Path) -> None:
             if aside.is_dir() and not aside.is_symlink(): shutil.rmtree(aside, ignore_errors=True)
             else: aside.unlink()
 
+# %% ../nbs/00_core.ipynb
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False, kind: str = "dataset", sources=()) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; when the block succeeds it replaces `path` (see above), otherwise it
@@ -299,10 +317,12 @@ def file_digest(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) ->
         for block in iter(lambda: f.read(chunk), b""): h.update(block)
     return h.hexdigest()
 
+# %% ../nbs/00_core.ipynb
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     "SHA-256 hex digest of a file, read in chunks."
     return file_digest(path, "sha256", chunk)
 
+# %% ../nbs/00_core.ipynb
 def env_flag(name: str, default: bool = False) -> bool:
     "Read a boolean environment variable (`1/true/yes/on`)."
     v = os.environ.get(name)
@@ -319,11 +339,13 @@ def parse_set_items(items: list[str], flag: str = "--set") -> dict:
         except json.JSONDecodeError: out[k.strip()] = v
     return out
 
+# %% ../nbs/00_core.ipynb
 def _type_text(t) -> str:
     if t is type(None): return "null"
     if typing.get_origin(t) in (typing.Union, types.UnionType): return " or ".join(_type_text(a) for a in typing.get_args(t))
     return getattr(t, "__name__", str(t))
 
+# %% ../nbs/00_core.ipynb
 def _coerce(value, t):
     "(ok, value converted to type `t`): ints are accepted for floats; bools are not numbers."
     origin = typing.get_origin(t)
@@ -349,6 +371,7 @@ def _coerce(value, t):
         return all(ok for ok, _ in conv), (origin or t)(v for _, v in conv)
     return True, value          # an annotation this checker does not know: accepted as given
 
+# %% ../nbs/00_core.ipynb
 def check_fields(values: dict, classes, flag: str = "--set", fixed: dict | None = None) -> dict:
     """Check `values` (field -> value) against the fields of the dataclasses `classes`: unknown names, names in
     `fixed` (field -> why it cannot be set) and wrong types are a `MedsynError`; returns the values converted."""
@@ -393,8 +416,10 @@ def _option_type(t, default):
     if t in (int, float, str): return t
     return type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else str
 
+# %% ../nbs/00_core.ipynb
 def flag_name(name: str) -> str: return "--" + name.replace("_", "-")
 
+# %% ../nbs/00_core.ipynb
 def signature_parser(fn, prog: str, description: str | None = None, skip=(), aliases: dict | None = None,
                      required=(), defaults: dict | None = None, choices: dict | None = None) -> argparse.ArgumentParser:
     """An argparse parser generated from `fn`'s signature: one `--kebab-name` option per parameter not in `skip` (with
@@ -414,6 +439,7 @@ def signature_parser(fn, prog: str, description: str | None = None, skip=(), ali
         p.add_argument(flag_name(name), *aliases.get(name, ()), **kw)
     return p
 
+# %% ../nbs/00_core.ipynb
 def add_field_options(p: argparse.ArgumentParser, cls, names, choices: dict | None = None) -> argparse.ArgumentParser:
     "Options `--name` for the fields `names` of the dataclass `cls` (default None: the preset decides; help: the field's comment)."
     hints, docs, choices = typing.get_type_hints(cls), docments(cls), choices or {}
@@ -422,12 +448,14 @@ def add_field_options(p: argparse.ArgumentParser, cls, names, choices: dict | No
                        help=f"{cls.__name__}.{name}: {docs.get(name) or ''} (default: the preset's)")
     return p
 
+# %% ../nbs/00_core.ipynb
 def add_set_option(p: argparse.ArgumentParser, what: str, example: str = "gamma=1") -> argparse.ArgumentParser:
     "The one `--set FIELD=VALUE` option (repeatable) of every command that takes configuration fields."
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help=f"set any {what} field, e.g. --set {example} (values read as JSON, repeatable)")
     return p
 
+# %% ../nbs/00_core.ipynb
 def call_with_args(fn, args: argparse.Namespace, **extra):
     "Call `fn` with the parsed options that are its parameters, and `extra` (which wins where both name a parameter)."
     params = inspect.signature(fn).parameters
@@ -438,6 +466,7 @@ class StopRequest:
     "Set by the first SIGINT inside `sigint_at_step_boundary`; the loop checks `requested` between steps."
     def __init__(self): self.requested = False
 
+# %% ../nbs/00_core.ipynb
 @contextlib.contextmanager
 def sigint_at_step_boundary(message: str = "stopping after the current step (press Ctrl-C again to abort at once)") -> Iterator[StopRequest]:
     "Within the block the first Ctrl-C sets `stop.requested` (and prints `message`); the second raises `KeyboardInterrupt`."

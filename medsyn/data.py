@@ -36,6 +36,7 @@ def _safe_id(s: str) -> str:
     "A file-name-safe version of an id (letters, digits, `-`, `_`, `.`)."
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-") or "x"
 
+# %% ../nbs/01_data.ipynb
 def _check_foreground(index: pd.DataFrame, out_dir) -> None:
     "Refuse a dataset whose masks are all background: a segmentation study on it would be meaningless."
     if (index.fg_fraction > 0).any(): return
@@ -45,6 +46,7 @@ def _check_foreground(index: pd.DataFrame, out_dir) -> None:
                       "would be a segmentation dataset without anything to segment; check that these are the label files "
                       "(--labels PATTERN) and that they hold non-zero label ids; nothing was written")
 
+# %% ../nbs/01_data.ipynb
 def _check_sample(k: int, s: dict, n_mod: int, labels: dict, res) -> tuple[np.ndarray, np.ndarray]:
     "Validate one sample dict for `write_canonical`; return (uint16 image, uint8 mask)."
     where = f"sample {k} (subject {s.get('subject')!r}, slice {s.get('slice')!r}, source {s.get('source_file', '?')})"
@@ -127,6 +129,7 @@ def _check_complete(root: Path) -> dict:
           f"(`medsyn prepare ... --overwrite`)")
     return meta
 
+# %% ../nbs/01_data.ipynb
 class CanonicalDataset(Dataset):
     "A prepared 2D image+mask dataset: `ds[i]` is `{image: float32 (C,H,W) in [0,1], mask: int64 (H,W), subject, sample_id}`."
     def __init__(self, root: str | Path, index: pd.DataFrame | None = None, meta: dict | None = None):
@@ -214,6 +217,7 @@ class CanonicalDataset(Dataset):
         return (f"CanonicalDataset({self.meta['name']!r}: {len(self)} slices, {len(self.subjects)} subjects, "
                 f"modalities={self.modalities}, labels={self.labels}, resolution={self.resolution})")
 
+# %% ../nbs/01_data.ipynb
 def load_canonical(path: str | Path) -> CanonicalDataset:
     "Open a prepared canonical dataset folder (checked to be complete and of the current format)."
     return CanonicalDataset(path)
@@ -223,6 +227,7 @@ def _permuted(subjects: Iterable[str], seed: int) -> list[str]:
     subs = sorted(set(map(str, subjects)))
     return [subs[i] for i in np.random.default_rng(seed).permutation(len(subs))]
 
+# %% ../nbs/01_data.ipynb
 def subject_kfold(subjects: Iterable[str], k: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
     "Deterministic k-fold split of subject ids: a list of `(train_subjects, test_subjects)`, each test set disjoint."
     subs = _permuted(subjects, seed)
@@ -230,6 +235,7 @@ def subject_kfold(subjects: Iterable[str], k: int = 5, seed: int = 0) -> list[tu
     parts = np.array_split(np.arange(len(subs)), k)
     return [(sorted(subs[j] for j in range(len(subs)) if j not in set(p)), sorted(subs[j] for j in p)) for p in parts]
 
+# %% ../nbs/01_data.ipynb
 def train_val_test_split(subjects: Iterable[str], fractions: Sequence[float] = (0.6, 0.2, 0.2),
                          seed: int = 0) -> tuple[list[str], list[str], list[str]]:
     "Deterministic subject-level train/val/test split (default 60/20/20); val and test get at least one subject each."
@@ -244,12 +250,14 @@ def train_val_test_split(subjects: Iterable[str], fractions: Sequence[float] = (
     test, val, train = subs[:n_test], subs[n_test:n_test + n_val], subs[n_test + n_val:]
     return sorted(train), sorted(val), sorted(test)
 
+# %% ../nbs/01_data.ipynb
 def subsample_subjects(subjects: Iterable[str], fraction: float, seed: int = 0) -> list[str]:
     "`fraction` (0..1] of the subjects, at least one; nested: for one seed a smaller fraction is a subset of a larger one."
     check(0 < fraction <= 1, f"fraction must be in (0, 1], got {fraction}")
     subs = _permuted(subjects, seed + 7919)
     return sorted(subs[:max(1, int(round(fraction * len(subs))))])
 
+# %% ../nbs/01_data.ipynb
 def fold_subjects(subjects: Iterable[str], fold: int = 0, k: int = 5, fraction: float = 1.0, seed: int = 0,
                   val_fraction: float = 0.2) -> tuple[list[str], list[str], list[str]]:
     """`(train, val, test)` subjects of k-fold `fold`: the fold's test part, and `fraction` of the other (labelled)
@@ -266,6 +274,7 @@ def fold_subjects(subjects: Iterable[str], fold: int = 0, k: int = 5, fraction: 
     chosen = labelled[:n]
     return sorted(chosen[n_val:]), sorted(chosen[:n_val]), sorted(test)
 
+# %% ../nbs/01_data.ipynb
 def check_disjoint(train: Iterable[str], val: Iterable[str], test: Iterable[str], what: str = "training") -> None:
     "`MedsynError` naming the subjects when `train` shares any with `val` or `test` (the run-time leak guard)."
     train = set(map(str, train))
@@ -274,6 +283,7 @@ def check_disjoint(train: Iterable[str], val: Iterable[str], test: Iterable[str]
         check(not both, f"{what}: subjects {both} are both training and {name} subjects of this cell; "
                         "this would leak held-out data into training (a bug in the caller's splits)")
 
+# %% ../nbs/01_data.ipynb
 def make_splits(subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0.6, 0.2, 0.2), val_fraction: float = 0.2) -> dict:
     "The `splits.json` content: k-fold (with validation, `fold_subjects`) and train/val/test splits of `subjects` (each omitted when too few)."
     subs = sorted(set(map(str, subjects)))
@@ -294,6 +304,7 @@ class Case:
     label: Path
     slice: int | None = None      # 2D sources: the slice number parsed from the file name
 
+# %% ../nbs/01_data.ipynb
 @dataclass
 class Study:
     "What a reader found: the cases and the metadata needed to prepare them."
@@ -305,12 +316,14 @@ class Study:
     source: str
     provenance: str = ""
 
+# %% ../nbs/01_data.ipynb
 def _nii_stem(p: Path) -> str:
     n = p.name
     for suf in (".nii.gz", ".nii", ".mha", ".nrrd"):
         if n.endswith(suf): return n[: -len(suf)]
     return p.stem
 
+# %% ../nbs/01_data.ipynb
 def _pattern_regex(pattern: str) -> re.Pattern:
     "Turn a glob pattern with `{subject}` / `{slice}` placeholders into a regex with named groups."
     out, pos = "", 0
@@ -321,6 +334,7 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     out += re.escape(pattern[pos:]).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
     return re.compile(out + "$")
 
+# %% ../nbs/01_data.ipynb
 def match_files(root: str | Path, pattern: str) -> dict[tuple[str, int | None], Path]:
     "Files under `root` matching `pattern` (glob with a `{subject}` and optional `{slice}` placeholder), keyed by (subject, slice)."
     root = Path(root)
@@ -346,6 +360,7 @@ def _msd_labels(raw: dict, path: Path) -> dict:
         raise MedsynError(f"{path}: 'labels' must map ids to names (MSD) or names to integer ids (nnU-Net v2); "
                           f"got {raw} (region-based nnU-Net labels are not supported)") from e
 
+# %% ../nbs/01_data.ipynb
 def read_msd(root: str | Path) -> Study:
     "Read a Medical Segmentation Decathlon / nnU-Net (v1 or v2) dataset folder."
     root = Path(root)
@@ -434,6 +449,7 @@ def read_nifti_pairs(root: str | Path, images: str | dict = "images/{subject}.ni
         check(not extra, f"{found[extra[0]] if extra else ''}: image without a label file (pattern {labels!r}); add its label or remove it")
     return Study(name or root.name, "volume", list(modalities), label_names, cases, str(root))
 
+# %% ../nbs/01_data.ipynb
 def _read_header_shape(path: Path) -> tuple:
     import nibabel as nib
     try: return tuple(nib.load(str(path)).shape)
@@ -461,6 +477,7 @@ def read_image_pairs(root: str | Path, images: str = "images/{subject}.*", masks
         modalities = ["image"] if c == 1 else [f"ch{i}" for i in range(c)]
     return Study(name or root.name, "image", list(modalities), label_names, cases, str(root))
 
+# %% ../nbs/01_data.ipynb
 def compression_noise(mask: np.ndarray, rare_share: float = 0.01, min_rare: int = 4) -> dict | None:
     """Whether a 2D label image looks like lossy-compression noise (a JPEG'd mask): at least `min_rare` rare values
     (each under `rare_share` of the pixels) that are scattered (under 10 % of their pixels have four equal neighbours)
@@ -477,6 +494,7 @@ def compression_noise(mask: np.ndarray, rare_share: float = 0.01, min_rare: int 
     if (solid & is_rare).sum() >= 0.1 * is_rare.sum(): return None
     return dict(n_values=len(vals), rare=len(rare), dominant=dominant.tolist())
 
+# %% ../nbs/01_data.ipynb
 def _check_not_compression_noise(mask: np.ndarray, path: Path) -> None:
     "Refuse JPEG masks (lossy: even a 0/1 mask comes back with stray ids) and masks whose values look like compression noise."
     vals = np.unique(mask)
@@ -489,6 +507,7 @@ def _check_not_compression_noise(mask: np.ndarray, path: Path) -> None:
                          f"{noise and noise['rare']} of them rare and scattered around {noise and noise['dominant']}); "
                          + "(was it saved as JPEG once?); save the masks losslessly as PNG with one integer id per label (e.g. 0 background, 1 organ)")
 
+# %% ../nbs/01_data.ipynb
 def _read_image(path: Path, mask: bool = False) -> np.ndarray:
     "A 2D image file as (C,H,W) float32 in [0,1] (integer types scaled by their range), or a mask as (H,W) int64."
     from PIL import Image
@@ -530,6 +549,7 @@ def detect_layout(src: str | Path) -> str:
     raise MedsynError(f"{src}: no NIfTI (.nii/.nii.gz) or 2D image (.png/.tif) files found; medsyn reads the MSD/nnU-Net layout, "
                       "NIfTI image/label pairs and PNG/TIFF image/mask pairs")
 
+# %% ../nbs/01_data.ipynb
 def read_study(src: str | Path, layout: str = "auto", images=None, labels=None, modalities=None, label_names=None) -> Study:
     "Read `src` with the reader for `layout` (`auto|msd|nifti|png`); `images`/`labels` patterns override the defaults."
     layout = detect_layout(src) if layout == "auto" else layout
@@ -553,10 +573,12 @@ def _load_nifti(path: Path):
         raise MedsynError(f"{path}: cannot read NIfTI ({type(e).__name__}: {e}); the file is unreadable or corrupt, "
                           "re-export or re-download it") from e
 
+# %% ../nbs/01_data.ipynb
 def _check_finite(a: np.ndarray, path: Path):
     bad = int((~np.isfinite(a)).sum())
     check(bad == 0, f"{path}: {bad} NaN/inf voxels; replace them (e.g. nan_to_num with 0) and save the file again")
 
+# %% ../nbs/01_data.ipynb
 def load_case(case: Case, modalities: Sequence[str], labels: dict | None = None):
     """Load and check a 3D case: returns `(image float32 (C,X,Y,Z), label int64 (X,Y,Z), spacing (3,), affine)` in RAS.
     `labels` (ids -> names) restricts the allowed label values."""
@@ -610,6 +632,7 @@ def normalize_intensity(vol: np.ndarray, window: tuple[float, float] | None = No
     if hi <= lo: return np.zeros_like(vol)
     return np.clip((vol - lo) / (hi - lo), 0, 1).astype(np.float32)
 
+# %% ../nbs/01_data.ipynb
 def modality_windows(modalities: Sequence[str], ct_window=(-1000.0, 2000.0), windows: dict | None = None) -> list:
     "The fixed window of each modality: `windows[name]` if given, `ct_window` for modalities named CT, else None (percentiles)."
     windows = {k.lower(): v for k, v in (windows or {}).items()}
@@ -627,6 +650,7 @@ def volume_to_slices(image: np.ndarray, label: np.ndarray, spacing: Sequence[flo
     lab = np.flip(lab, -1).swapaxes(-1, -2)
     return np.ascontiguousarray(img), np.ascontiguousarray(lab), (inplane[1], inplane[0])
 
+# %% ../nbs/01_data.ipynb
 def select_slices(label: np.ndarray, empty_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
     "Indices of slices to keep: all with foreground plus `empty_fraction` of the empty ones (seeded, rounded to nearest)."
     fg = (label.reshape(len(label), -1) > 0).any(1)
@@ -635,6 +659,7 @@ def select_slices(label: np.ndarray, empty_fraction: float = 0.1, seed: int = 0)
     keep = np.flatnonzero(fg).tolist() + (np.random.default_rng(seed).choice(empty, n, replace=False).tolist() if n else [])
     return np.array(sorted(keep), dtype=int)
 
+# %% ../nbs/01_data.ipynb
 def crop_pad_resize(image: np.ndarray, label: np.ndarray, res: int, crop_threshold: float | None = 0.01,
                     spacing: Sequence[float] = (1.0, 1.0)):
     """Crop image (C,S,H,W) / label (S,H,W) to the in-plane bounding box of intensities above `crop_threshold` or
@@ -667,6 +692,7 @@ def _check_label_ids(values, where) -> None:
     check(not neg, f"{where}: negative label values {neg}; label ids must be 0 (background) or positive: "
                    "relabel them (e.g. -1 -> a positive id, or 0 if it means background) and save the file again")
 
+# %% ../nbs/01_data.ipynb
 def _scan_label_values(study: Study) -> dict:
     "Label values used by all label files of `study` (for sources that declare no label names)."
     vals = set()
@@ -679,9 +705,11 @@ def _scan_label_values(study: Study) -> dict:
     vals |= {0}
     return {v: ("background" if v == 0 else f"label_{v}") for v in sorted(vals)}
 
+# %% ../nbs/01_data.ipynb
 def _case_seed(seed: int, subject: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{subject}".encode()).digest()[:4], "little")
 
+# %% ../nbs/01_data.ipynb
 def study_samples(study: Study, res: int = 256, axis: int = 2, empty_fraction: float = 0.1, seed: int = 0,
                   ct_window=(-1000.0, 2000.0), windows: dict | None = None, percentiles=(0.5, 99.5),
                   crop_threshold: float | None = 0.01, progress: bool = False) -> Iterator[dict]:
@@ -715,6 +743,7 @@ def study_samples(study: Study, res: int = 256, axis: int = 2, empty_fraction: f
             yield dict(image=x[s], mask=y[s], subject=c.subject, slice=s, source_file=str(c.images[0]), spacing=(px, px),
                        slice_spacing=float(spacing[axis]), train=s in train)
 
+# %% ../nbs/01_data.ipynb
 def _remap(samples: Iterable[dict], values: Sequence[int]) -> Iterator[dict]:
     "Map label values to contiguous ids 0..K-1 (identity when they already are)."
     values = list(values)
@@ -722,6 +751,7 @@ def _remap(samples: Iterable[dict], values: Sequence[int]) -> Iterator[dict]:
     lut = np.zeros(max(values) + 1, dtype=np.int64); lut[values] = np.arange(len(values))
     for s in samples: yield {**s, "mask": lut[s["mask"]]}
 
+# %% ../nbs/01_data.ipynb
 def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int = 2, layout: str = "auto",
             empty_fraction: float = 0.1, ct_window=(-1000.0, 2000.0), windows: dict | None = None,
             percentiles=(0.5, 99.5), folds: int = 5, seed: int = 0, overwrite: bool = False,
@@ -800,6 +830,7 @@ def mni152_files() -> dict[str, Path]:
     for f in files.values(): check(f.exists(), f"{f}: missing from the installed nilearn; reinstall it: pip install --force-reinstall nilearn")
     return files
 
+# %% ../nbs/01_data.ipynb
 def mni152_volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "The template as RAS arrays: T1 float32 (X,Y,Z) in 0..255, labels uint8 (X,Y,Z) (`MNI152_LABELS`), and the affine."
     files = mni152_files()
@@ -813,6 +844,7 @@ def mni152_volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels[box] = np.where(brain[box], np.where((rest > g) & (rest > w), 3, np.where(g >= w, 1, 2)), 0)
     return t1, labels, img.affine
 
+# %% ../nbs/01_data.ipynb
 def mni152_samples(res: int = 64, axis: int = 2, n_slabs: int = 10, gap: int = 2) -> Iterator[dict]:
     "Canonical 2D samples of the template: slices with brain, grouped into `n_slabs` pseudo-subjects."
     t1, lab, aff = mni152_volumes()
@@ -829,6 +861,7 @@ def mni152_samples(res: int = 64, axis: int = 2, n_slabs: int = 10, gap: int = 2
             yield dict(image=x[j], mask=y[j], subject=f"mni152-slab{s:02d}", slice=int(keep[j]), source_file=src,
                        spacing=(px, px), slice_spacing=spacing[axis])
 
+# %% ../nbs/01_data.ipynb
 def prepare_mni152(out: str | Path, res: int = 64, axis: int = 2, n_slabs: int = 10, gap: int = 2,
                    overwrite: bool = False, folds: int = 5, seed: int = 0) -> Path:
     "Write the MNI ICBM152 default dataset (T1 + GM/WM/CSF labels, slab pseudo-subjects) as a canonical dataset."
@@ -837,6 +870,7 @@ def prepare_mni152(out: str | Path, res: int = 64, axis: int = 2, n_slabs: int =
                            source="nilearn:" + str(mni152_files()["t1"].parent), axis=axis, folds=folds, seed=seed,
                            extra_meta=dict(pseudo_subjects=True, n_slabs=n_slabs, slab_gap=gap, recipe_version=MNI152_VERSION))
 
+# %% ../nbs/01_data.ipynb
 def default_dataset(res: int = 64, axis: int = 2) -> Path:
     "The bundled real default dataset (MNI ICBM152, see above) as a canonical folder, prepared once into the cache (offline)."
     path = cache_dir() / "datasets" / f"mni152-f{FORMAT_VERSION}-v{MNI152_VERSION}-r{res}-a{axis}"
@@ -862,10 +896,12 @@ def msd_resources() -> dict[str, tuple[str, str]]:
     "`{task: (url, md5)}` for the MSD tasks (the URLs and checksums MONAI's `DecathlonDataset` uses)."
     return {t: (_MSD_URL.format(t), md5) for t, md5 in MSD_TASKS.items()}
 
+# %% ../nbs/01_data.ipynb
 def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     "MD5 hex digest of a file, read in chunks."
     return file_digest(path, "md5", chunk)
 
+# %% ../nbs/01_data.ipynb
 def verify_checksum(path: str | Path, expected: str, algo: str = "md5") -> Path:
     "Check `path` against the published `expected` digest (`md5` or `sha256`); raise a `MedsynError` naming the file if it differs."
     got = file_digest(path, algo)
@@ -873,6 +909,7 @@ def verify_checksum(path: str | Path, expected: str, algo: str = "md5") -> Path:
                                            "incomplete or corrupt: delete the file and download it again")
     return Path(path)
 
+# %% ../nbs/01_data.ipynb
 def download_msd(task: str = "Task09_Spleen", root: str | Path | None = None, url: str | None = None,
                  md5: str | None = None, timeout: float = 60) -> Path:
     "Return the extracted MSD `task` folder under `root` (default `cache_dir()/msd`), downloading and verifying the tarball if needed."
@@ -961,6 +998,7 @@ def _pairs_arg(s: str, what: str) -> tuple[float, float]:
     except ValueError as e:
         raise MedsynError(f"{what} must be LOW,HIGH (e.g. -1000,2000), got {s!r}") from e
 
+# %% ../nbs/01_data.ipynb
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medsyn prepare", description="Convert NIfTI / MSD / PNG data into a canonical 2D image+mask dataset.")
     p.add_argument("src", help="dataset folder, an MSD task name (e.g. Task09_Spleen), or 'mni152' (bundled default)")
@@ -983,6 +1021,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
+# %% ../nbs/01_data.ipynb
 def prepare_main(argv: list[str]) -> int:
     "`medsyn prepare`: parse `argv` and run `prepare` (or the bundled/downloaded sources); prints a summary."
     argv = list(argv)

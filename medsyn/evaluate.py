@@ -30,6 +30,7 @@ ALL_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "dice", "mask_stats")
 def _error(e: Exception) -> str:
     return f"error: {e}"
 
+# %% ../nbs/07a_evaluate.ipynb
 def _finite(obj):
     "Replace NaN/inf floats by None so the JSON output is strict JSON."
     if isinstance(obj, dict): return {k: _finite(v) for k, v in obj.items()}
@@ -38,10 +39,12 @@ def _finite(obj):
     if isinstance(obj, np.integer): return int(obj)
     return obj
 
+# %% ../nbs/07a_evaluate.ipynb
 def _fetch_note(fetch_errors: dict, name: str) -> str:
     "What went wrong fetching weight set `name` (empty when it was not tried or did not fail)."
     return f" (fetching it failed: {fetch_errors[name]})" if name in fetch_errors else ""
 
+# %% ../nbs/07a_evaluate.ipynb
 def _mean_modalities(per_modality: dict, mods: Sequence[str], keys: Sequence[str]) -> dict[str, float]:
     "Mean over modalities of each value `keys` of per-modality result dicts."
     return {k: float(np.mean([per_modality[m][k] for m in mods])) for k in keys}
@@ -52,6 +55,7 @@ def _inception_views(ext: InceptionFeatures, modalities: Sequence[str]) -> dict[
     views["mask"] = lambda b: ext(colorize_masks(b["mask"]))
     return views
 
+# %% ../nbs/07a_evaluate.ipynb
 def inception_features(real_dir, real, fake, mods, weights_dir, dev, cache: bool, kw: dict):
     "Inception features (real from the cache, fake streamed) of every modality and of the colorized masks."
     ext = InceptionFeatures(weights_dir=weights_dir, device=dev)
@@ -59,6 +63,7 @@ def inception_features(real_dir, real, fake, mods, weights_dir, dev, cache: bool
     return (cached_features(real_dir, real, views, ext.key + "-v1", cache=cache, desc="Inception real", **kw),
             stream_features(fake, views, desc="Inception fake", **kw))
 
+# %% ../nbs/07a_evaluate.ipynb
 def inception_metrics(feats, metrics: Sequence[str], mods: Sequence[str]) -> dict:
     "FID and KID per modality and on the colorized masks, from `inception_features`."
     r, f, out = *feats, {}
@@ -83,6 +88,7 @@ def domain_features(net: torch.nn.Module, seg_model, real_dir, real, fake, dev, 
     return (cached_features(real_dir, real, views, hook.key, cache=cache, desc="domain real", **kw)["domain"],
             stream_features(fake, views, desc="domain fake", **kw)["domain"])
 
+# %% ../nbs/07a_evaluate.ipynb
 def pr_metric(inc_feats, dom_feats, mods: Sequence[str], inc_err: str | None, seg_err: str | None, fid_entry) -> dict | str:
     "Precision/recall on Inception features, else on the domain features, else an error saying why neither exists."
     try:
@@ -109,11 +115,13 @@ def _predict_masks(model: torch.nn.Module, ds, batch_size: int, device, progress
         slices = index.set_index("sample_id").loc[ids, "slice"].to_numpy()
     return torch.cat(preds), torch.cat(trues), subjects, slices
 
+# %% ../nbs/07a_evaluate.ipynb
 def _summary(df: pd.DataFrame) -> dict:
     cols = [c for c in df.columns if c.startswith(("dice_", "hd95_"))]
     return {"n_subjects": len(df), "mean": df[cols].mean().to_dict(), "sd": df[cols].std().to_dict(),
             "per_subject": df.to_dict(orient="records")}
 
+# %% ../nbs/07a_evaluate.ipynb
 def dice_metric(net: torch.nn.Module, seg_model, real, fake, labels: dict, batch_size: int, dev, progress: bool) -> dict | str:
     "The U-Net's per-subject Dice/HD95 on the real set and on the fake pairs (image–mask consistency)."
     try:
@@ -124,6 +132,7 @@ def dice_metric(net: torch.nn.Module, seg_model, real, fake, labels: dict, batch
         return {"model": str(seg_model), **res}
     except MedsynError as e: return _error(e)
 
+# %% ../nbs/07a_evaluate.ipynb
 def mask_stats_metric(real, fake, labels: dict, batch_size: int, max_samples: int | None, progress: bool) -> dict | str:
     "Label-statistics distances between the real and the fake masks (no network)."
     try:
@@ -142,6 +151,7 @@ def load_pair(real_dir, fake_dir):
           f"mismatched channels: {real_dir} has modalities {list(real.modalities)}, {fake_dir} has {list(fake.modalities)}; compare datasets of the same kind")
     return real, fake
 
+# %% ../nbs/07a_evaluate.ipynb
 def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] = ALL_METRICS, weights_dir: str | Path | None = None,
              seg_model: str | Path | None = None, batch_size: int = 32, max_samples: int | None = None,
              lpips_samples: int = 100, device="cpu", cache: bool = True, progress: bool = True, fetch: bool = True) -> dict:
@@ -208,6 +218,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
+# %% ../nbs/07a_evaluate.ipynb
 def evaluate_main(argv: list[str]) -> int:
     "`medsyn evaluate`: print one JSON object of metrics; non-zero exit only if no requested metric was computed."
     a = evaluate_parser().parse_args(argv)

@@ -26,6 +26,7 @@ def latents(seed: int, indices, z_dim: int, stream: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.random.default_rng([seed, stream, int(k)]).standard_normal(z_dim)
                                       for k in indices]).astype(np.float32))
 
+# %% ../nbs/06_generate.ipynb
 @torch.no_grad()
 def synthesize(G, gcfg, z: torch.Tensor, trunc: float = 0.7, cond: torch.Tensor | None = None):
     """Run generator `G` (its `gcfg`) on latents `z` with truncation `trunc` and constant noise, every block in fp32
@@ -44,10 +45,12 @@ def _labels_of(ck: dict, path="checkpoint") -> tuple[list[str], dict[int, str]]:
           "it was not written by medsyn.train.train_gan - retrain or re-save it with train_gan")
     return list(meta["modalities"]), {int(k): v for k, v in meta["labels"].items()}
 
+# %% ../nbs/06_generate.ipynb
 def _describe(path) -> str:
     p = Path(path)
     return f"{p} (sha256 {file_sha256(p)[:12]})"
 
+# %% ../nbs/06_generate.ipynb
 def warp_settings(warp: dict | None = None) -> dict:
     "The `warp_masks` settings: `MASK_WARP` with the keys of `warp` replaced (unknown keys are refused)."
     warp = dict(warp or {})
@@ -55,6 +58,7 @@ def warp_settings(warp: dict | None = None) -> dict:
     check(not bad, f"mask warp settings {bad} unknown; valid keys: {sorted(MASK_WARP)}")
     return {**MASK_WARP, **warp}
 
+# %% ../nbs/06_generate.ipynb
 def generate_pairs(ckpt,                               # 'joint' or 'cond' checkpoint (network-best.pt of a run)
                    out_dir,                            # output dataset folder
                    n: int = 1000,                      # number of pairs
@@ -146,6 +150,7 @@ def sample_masks(ckpt, n: int = 16, trunc: float = 0.7, seed: int = 0, batch: in
     return torch.cat([synthesize(G, gcfg, latents(seed, range(s, min(s + batch, n)), gcfg.z_dim, stream=1), trunc)[1]
                       for s in range(0, n, batch)])
 
+# %% ../nbs/06_generate.ipynb
 @torch.no_grad()
 def render_for_mask(ckpt, mask: torch.Tensor, n: int = 8, trunc: float = 0.7, seed: int = 0, device: str = "auto") -> torch.Tensor:
     "`n` images (n,C,H,W) in [0,1] that a 'cond' checkpoint renders for one integer mask (H,W)."
@@ -181,6 +186,7 @@ def generate_parser() -> argparse.ArgumentParser:
     return signature_parser(generate_pairs, "medsyn generate", "Sample synthetic image+mask pairs into a canonical dataset.",
                             skip=("warp",), aliases=dict(out_dir=["--out"]))
 
+# %% ../nbs/06_generate.ipynb
 def generate_main(argv: list[str]) -> int:
     "`medsyn generate ...`: parse, then `generate_pairs`."
     a = generate_parser().parse_args(argv)

@@ -39,6 +39,7 @@ def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
     singular = any(issubclass(w.category, scipy.linalg.LinAlgWarning) for w in caught)
     return np.asarray(root), singular
 
+# %% ../nbs/07_metrics.ipynb
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, imag_tol: float = 1e-3) -> float:
     "Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (pytorch-fid's stable formula)."
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
@@ -68,17 +69,20 @@ def _as_features(features, name: str) -> np.ndarray:
     check(np.isfinite(f).all(), f"{name}: features contain NaN/inf; check the images and the feature network")
     return f
 
+# %% ../nbs/07_metrics.ipynb
 def feature_statistics(features, name: str = "features") -> tuple[np.ndarray, np.ndarray]:
     "Mean and (unbiased) covariance of a (N, D) feature array; needs N >= 2."
     f = _as_features(features, name)
     check(len(f) >= 2, f"{name}: {len(f)} sample(s); at least 2 are needed to estimate a covariance (use more samples)")
     return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
 
+# %% ../nbs/07_metrics.ipynb
 def _trace_sqrt_low_rank(r: np.ndarray, f: np.ndarray) -> float:
     "Tr sqrt(Σr Σf) from the features themselves: with A, B the centred features / sqrt(n-1), Σr Σf = AᵀA BᵀB has the nonzero eigenvalues of (ABᵀ)(ABᵀ)ᵀ, so the trace is the nuclear norm of ABᵀ (n_r × n_f)."
     a, b = (r - r.mean(0)) / math.sqrt(len(r) - 1), (f - f.mean(0)) / math.sqrt(len(f) - 1)
     return float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
 
+# %% ../nbs/07_metrics.ipynb
 def fid_from_features(real, fake, eps: float = 1e-6) -> float:
     """Fréchet distance between two feature sets (FID when the features are FID-Inception pool3 features).
     With fewer samples than dimensions the covariances are singular and the D×D `sqrtm` (minutes for D = 2048 on a CPU)
@@ -136,6 +140,7 @@ def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: floa
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
     return (gamma * (x @ y.T) + coef0) ** degree
 
+# %% ../nbs/07_metrics.ipynb
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray, **kernel) -> float:
     "Unbiased MMD² between samples x (m, D) and y (n, D) with `polynomial_kernel`."
     m, n = len(x), len(y)
@@ -143,6 +148,7 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, **kernel) -> float:
     kxx, kyy, kxy = polynomial_kernel(x, x, **kernel), polynomial_kernel(y, y, **kernel), polynomial_kernel(x, y, **kernel)
     return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.sum() / (m * n))
 
+# %% ../nbs/07_metrics.ipynb
 def kid_from_features(real, fake, num_subsets: int = 100, subset_size: int = 1000, degree: int = 3,
                       gamma: float | None = None, coef0: float = 1.0, seed: int = 0) -> tuple[float, float]:
     "KID (mean and std over subsets) between two feature sets, as in torch-fidelity."
@@ -160,10 +166,12 @@ def _kth_neighbour_radii(x: torch.Tensor, k: int, block: int) -> torch.Tensor:
     "Distance of each row of x to its k-th nearest other row."
     return torch.cat([torch.cdist(x[i:i + block], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), block)])
 
+# %% ../nbs/07_metrics.ipynb
 def _inside_manifold(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, block: int) -> torch.Tensor:
     "For each query row: is it within radius of some reference row?"
     return torch.cat([(torch.cdist(query[i:i + block], ref) <= radii[None]).any(1) for i in range(0, len(query), block)])
 
+# %% ../nbs/07_metrics.ipynb
 def precision_recall(real, fake, k: int = 3, block: int = 1024) -> dict[str, float]:
     "Improved precision and recall (k-NN manifolds, Kynkäänniemi et al. 2019) between two feature sets."
     r, f = _as_features(real, "real"), _as_features(fake, "fake")
@@ -181,6 +189,7 @@ def modality_to_rgb(images: torch.Tensor, channel: int) -> torch.Tensor:
     check(0 <= channel < images.shape[1], f"channel {channel} requested but the images have {images.shape[1]} channel(s)")
     return images[:, channel:channel + 1].float().clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
 
+# %% ../nbs/07_metrics.ipynb
 def colorize_masks(masks: torch.Tensor) -> torch.Tensor:
     "Label masks (N, H, W) → RGB images (N, 3, H, W) in [0,1] in `medsyn.viz.LABEL_PALETTE` (what FID reads of a mask)."
     check(masks.ndim == 3, f"expected masks of shape (N, H, W), got {tuple(masks.shape)}")
@@ -204,6 +213,7 @@ def fid_inception_v3(weights_path: str | Path) -> torch.nn.Module:
         model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True)
     return model.eval()
 
+# %% ../nbs/07_metrics.ipynb
 class InceptionFeatures:
     "Callable: RGB images (N, 3, H, W) in [0,1] → (N, 2048) FID Inception pool3 features."
     def __init__(self, weights_path: str | Path | None = None, weights_dir: str | Path | None = None, device="cpu"):
@@ -228,6 +238,7 @@ def unet_bottleneck(unet: torch.nn.Module) -> torch.nn.Module:
         node = skips[0].submodule
         if not any(isinstance(m, SkipConnection) for m in node.children()): return node
 
+# %% ../nbs/07_metrics.ipynb
 class HookFeatures:
     "Callable: images → global-average-pooled output of `layer` while `model` runs (default: U-Net bottleneck)."
     def __init__(self, model: torch.nn.Module, layer: torch.nn.Module | None = None, device="cpu", key: str = "domain"):
@@ -256,6 +267,7 @@ def iterate_batches(ds, batch_size: int = 32, max_samples: int | None = None, se
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx.tolist()), batch_size=batch_size, shuffle=False, num_workers=0)
     yield from tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
 
+# %% ../nbs/07_metrics.ipynb
 def stream_features(ds, views: dict[str, Callable[[dict], np.ndarray]], batch_size: int = 32,
                     max_samples: int | None = None, desc: str = "features", progress: bool = True) -> dict[str, RunningFeatureStats]:
     "Run every view (batch → (B, D) features) over the dataset once; returns running statistics per view."
@@ -264,6 +276,7 @@ def stream_features(ds, views: dict[str, Callable[[dict], np.ndarray]], batch_si
         for name, view in views.items(): stats[name].update(view(batch))
     return stats
 
+# %% ../nbs/07_metrics.ipynb
 def dataset_hash(path: str | Path) -> str:
     "SHA-256 over a canonical dataset's dataset.json, index.csv and sample files (names and contents)."
     path = Path(path)
@@ -274,6 +287,7 @@ def dataset_hash(path: str | Path) -> str:
         if f.is_file(): h.update(f.relative_to(path).as_posix().encode()); h.update(file_sha256(f).encode())
     return h.hexdigest()
 
+# %% ../nbs/07_metrics.ipynb
 def cached_features(ds_dir: str | Path, ds, views: dict[str, Callable], key: str, cache: bool = True, **kw) -> dict[str, RunningFeatureStats]:
     "`stream_features`, cached on disk by dataset hash + extractor key (only the features are stored; stats are recomputed)."
     if not cache: return stream_features(ds, views, **kw)
@@ -312,6 +326,7 @@ def load_lpips_backbone(model: torch.nn.Module, path: str | Path, net: str = "al
             module.load_state_dict(tv.features[int(name)].state_dict())
     return model
 
+# %% ../nbs/07_metrics.ipynb
 def lpips_network(net: str = "alex", backbone_path: str | Path | None = None, weights_dir: str | Path | None = None, device="cpu"):
     "`lpips.LPIPS` with calibration weights from the wheel and the ImageNet backbone from a local file (official or converted)."
     import lpips
@@ -324,6 +339,7 @@ def lpips_network(net: str = "alex", backbone_path: str | Path | None = None, we
         model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
     return load_lpips_backbone(model, path, net).eval().to(device)
 
+# %% ../nbs/07_metrics.ipynb
 @torch.no_grad()
 def lpips_embedding(model, images: torch.Tensor) -> torch.Tensor:
     "Embed RGB images in [0,1] so that squared Euclidean distance between embeddings = LPIPS."
@@ -338,11 +354,13 @@ def lpips_embedding(model, images: torch.Tensor) -> torch.Tensor:
         parts.append(f.flatten(1) / math.sqrt(f.shape[2] * f.shape[3]))
     return torch.cat(parts, 1).cpu()
 
+# %% ../nbs/07_metrics.ipynb
 def lpips_distances(a: torch.Tensor, b: torch.Tensor, block: int = 256) -> torch.Tensor:
     "All-pairs LPIPS (Na, Nb) between two sets of `lpips_embedding`s."
     a, b = a.double(), b.double()
     return torch.cat([torch.cdist(a[i:i + block], b).pow(2) for i in range(0, len(a), block)]).float()
 
+# %% ../nbs/07_metrics.ipynb
 def lpips_diversity(emb: torch.Tensor) -> float:
     "Mean LPIPS over all distinct pairs of a set of embeddings."
     check(len(emb) >= 2, f"LPIPS diversity needs at least 2 samples, got {len(emb)}")
@@ -353,11 +371,13 @@ def lpips_diversity(emb: torch.Tensor) -> float:
 def _lpips_view(model, channel: int) -> Callable[[dict], torch.Tensor]:
     return lambda batch: lpips_embedding(model, modality_to_rgb(batch["image"], channel))
 
+# %% ../nbs/07_metrics.ipynb
 def matched_pool_size(ref_subjects: Sequence[str]) -> int:
     "The largest reference pool every query can draw outside its own subject: N_ref minus the largest subject's count."
     counts = pd.Series(list(ref_subjects), dtype=object).value_counts()
     return int(len(ref_subjects) - counts.max()) if len(counts) else 0
 
+# %% ../nbs/07_metrics.ipynb
 def matched_nearest(dist: torch.Tensor, query_subjects: Sequence, ref_subjects: Sequence[str], pool_size: int,
                     seed: int = 0) -> torch.Tensor:
     """Each query's (row's) smallest distance over `pool_size` reference columns drawn (seeded) from subjects other than
@@ -373,6 +393,7 @@ def matched_nearest(dist: torch.Tensor, query_subjects: Sequence, ref_subjects: 
         out[i] = dist[i, torch.from_numpy(rng.choice(eligible, pool_size, replace=False))].min()
     return out
 
+# %% ../nbs/07_metrics.ipynb
 def _embed(ds, view, n: int, batch_size: int, desc: str, progress: bool) -> tuple[torch.Tensor, list]:
     "LPIPS embeddings and subjects of `n` seeded samples of `ds`."
     embs, subjects = [], []
@@ -380,6 +401,7 @@ def _embed(ds, view, n: int, batch_size: int, desc: str, progress: bool) -> tupl
         embs.append(view(b)); subjects += list(b["subject"])
     return torch.cat(embs), subjects
 
+# %% ../nbs/07_metrics.ipynb
 def lpips_scores(real_ds, fake_ds, model, modalities: Sequence[str], max_samples: int = 100, batch_size: int = 32,
                  progress: bool = True, seed: int = 0) -> dict[str, dict[str, float]]:
     """Per modality: LPIPS diversity of fake and real samples, and the matched memorization check: `n` fake and `n` real
@@ -413,6 +435,7 @@ def mask_area_fractions(masks: torch.Tensor, num_classes: int) -> np.ndarray:
     check(int(m.max()) < num_classes and int(m.min()) >= 0, f"mask labels outside 0..{num_classes - 1}; check the dataset's labels")
     return torch.stack([(m == k).double().mean(1) for k in range(num_classes)], 1).numpy()
 
+# %% ../nbs/07_metrics.ipynb
 def mask_label_distances(real_fracs: np.ndarray, fake_fracs: np.ndarray, labels: dict[int, str]) -> dict[str, float]:
     "Distances between two sets of per-sample label area fractions (from `mask_area_fractions`)."
     check(len(real_fracs) > 0 and len(fake_fracs) > 0, "label statistics need at least one real and one fake mask")
@@ -439,6 +462,7 @@ def label_scores(pred, target, num_classes: int, include_background: bool = Fals
         hd = HausdorffDistanceMetric(include_background=include_background, percentile=95, reduction="none")(p, t, spacing=spacing)[0] if hd95 else None
     return dice.numpy(), (None if hd is None else hd.numpy())
 
+# %% ../nbs/07_metrics.ipynb
 def segmentation_metrics(pred, target, subjects: Sequence[str], labels: dict[int, str], slices: Sequence[int] | None = None,
                          include_background: bool = False, aggregate: str = "subject", spacing=None) -> pd.DataFrame:
     "Per-subject Dice and HD95 per class (+ means) from 2D predicted and true label maps (N, H, W)."

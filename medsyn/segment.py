@@ -59,6 +59,7 @@ class SegConfig:
               f"SegConfig: need len(strides) == len(channels) - 1, got {self.strides} and {self.channels}")
         check(self.lr_schedule in ("constant", "cosine"), f"SegConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
+# %% ../nbs/08_segment.ipynb
 SEG_PRESETS = {
     # tuned on the default dataset (64², 2 CPU cores): batch norm, lr 1e-2 annealed over 40 epochs of 30 steps. The
     # full-resolution first level (stride 1, only 4 channels) lets raw intensities reach the output: without it the U-Net
@@ -80,6 +81,7 @@ def build_unet(in_channels: int, num_classes: int, cfg: SegConfig | None = None)
     return UNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, channels=tuple(cfg.channels),
                 strides=tuple(cfg.strides), num_res_units=cfg.num_res_units, dropout=cfg.dropout, norm=cfg.norm)
 
+# %% ../nbs/08_segment.ipynb
 def unet_features(model: nn.Module, batch_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
     "A callable mapping images `(N, C, H, W)` in [0, 1] to pooled bottleneck features `(N, F)` (float32, CPU)."
     block, device = unet_bottleneck(model), next(model.parameters()).device
@@ -95,6 +97,7 @@ def unet_features(model: nn.Module, batch_size: int = 64) -> Callable[[torch.Ten
     features.dim = cfg_bottleneck_channels(model)
     return features
 
+# %% ../nbs/08_segment.ipynb
 def cfg_bottleneck_channels(model: nn.Module) -> int:
     "Number of feature maps the bottleneck block outputs."
     convs = [m for m in unet_bottleneck(model).modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
@@ -110,6 +113,7 @@ def classical_augmentation(seed: int = 0):
         return ((x + 1) / 2).clamp(0, 1), m.argmax(1)
     return apply
 
+# %% ../nbs/08_segment.ipynb
 class SegSamples(Dataset):
     "Canonical samples as `{'image': float (C,H,W) in [0,1], 'mask': int64 (H,W)}`."
     def __init__(self, ds: Dataset): self.ds = ds
@@ -126,6 +130,7 @@ def oversample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     order = np.concatenate([rng.permutation(len(ds)) for _ in range(n // len(ds) + 1)])[:n]
     return Subset(ds, order.tolist())
 
+# %% ../nbs/08_segment.ipynb
 def take_samples(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     "The first `n` samples of a random permutation of `ds` (synthetic sets: how many pairs to add)."
     check(n <= len(ds), f"asked for {n} synthetic samples but the synthetic set has only {len(ds)}; generate more with `medsyn generate --n {n}`")
@@ -142,6 +147,7 @@ def _subject_groups(ds) -> dict[str, list[int]]:
     order = idx.sort_values(["subject", "slice"], kind="stable")
     return {s: g.index.tolist() for s, g in order.groupby("subject", sort=True)}
 
+# %% ../nbs/08_segment.ipynb
 @torch.no_grad()
 def predict_slices(model: nn.Module, ds: Dataset, positions: Sequence[int], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     "Predicted label maps and ground-truth masks `(D, H, W)` for the samples at `positions`."
@@ -156,10 +162,12 @@ def predict_slices(model: nn.Module, ds: Dataset, positions: Sequence[int], batc
     finally: model.train(was_training)
     return torch.cat(preds), torch.cat(gts)
 
+# %% ../nbs/08_segment.ipynb
 def volume_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
     "Length of the diagonal of a `(D, H, W)` volume with voxel size `spacing` (the worst-case surface distance)."
     return float(np.sqrt(sum((n * sp) ** 2 for n, sp in zip(shape, spacing))))
 
+# %% ../nbs/08_segment.ipynb
 def volume_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, hd95: bool = True,
                   spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     """Dice and HD95 (in the units of `spacing` = (slice, row, col)) per foreground class for label volumes `(D, H, W)`
@@ -176,6 +184,7 @@ def volume_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, hd95: 
     check(np.isfinite(hd[in_pred & in_gt]).all(), f"HD95 is not finite for a class present on both sides: {hd}")
     return dice, hd
 
+# %% ../nbs/08_segment.ipynb
 def evaluate_subjects(model: nn.Module, ds: Dataset, labels: dict[int, str] | None = None,
                       hd95: bool = True, batch_size: int = 32) -> pd.DataFrame:
     "Per-subject, per-class Dice and HD95 of `model` on `ds` (one 3D stack per subject); long DataFrame."
@@ -193,6 +202,7 @@ def evaluate_subjects(model: nn.Module, ds: Dataset, labels: dict[int, str] | No
                              gt_pixels=int((gt == c).sum()), pred_pixels=int((pred == c).sum())))
     return pd.DataFrame(rows)
 
+# %% ../nbs/08_segment.ipynb
 def subject_summary(per_class: pd.DataFrame) -> pd.DataFrame:
     "One row per subject: mean Dice and HD95 over the foreground classes present in ground truth or prediction, and how many were absent."
     return (per_class.groupby("subject", sort=True)
@@ -229,6 +239,7 @@ class IntensityLookup(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.one_hot(self.table[self._codes(x)], self.num_classes).permute(0, 3, 1, 2).float()
 
+# %% ../nbs/08_segment.ipynb
 def lookup_baseline(real, train_subjects: Sequence[str], test_subjects: Sequence[str], bins: int | None = None) -> pd.DataFrame:
     "Per-subject, per-class scores of an `IntensityLookup` fitted on the training view of `train_subjects` only."
     train = real.subset(list(train_subjects)).for_training()
@@ -250,6 +261,7 @@ class SegRun:
     n_train_samples: int = 0             # samples the sampler draws from (real + synthetic / oversampled)
     steps: int = 0                       # optimizer steps taken
 
+# %% ../nbs/08_segment.ipynb
 def _check_compatible(sets: Sequence[Dataset]) -> tuple[int, dict]:
     "Channel count and label map shared by all datasets (error if they disagree)."
     shapes = [tuple(ds[0]["image"].shape) for ds in sets]
@@ -261,12 +273,14 @@ def _check_compatible(sets: Sequence[Dataset]) -> tuple[int, dict]:
           f"training sets declare different labels {known}; synthetic sets must come from a GAN trained on the same dataset")
     return shapes[0][0], ({int(k): v for k, v in known[0].items()} if known else None)
 
+# %% ../nbs/08_segment.ipynb
 def lr_scheduler(opt, cfg: SegConfig, steps_per_epoch: int):
     "The learning-rate schedule of `cfg` per optimizer step: constant, or a 1-epoch linear warm-up then cosine to 0 at `max_epochs`."
     if cfg.lr_schedule == "constant": return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     warm, total = max(1, steps_per_epoch), max(2, steps_per_epoch * cfg.max_epochs)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
 
+# %% ../nbs/08_segment.ipynb
 def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig | None = None,
                labels: dict[int, str] | None = None, progress: bool = False, log: Callable[[str], None] | None = None) -> SegRun:
     "Train a U-Net on the concatenation of `train_sets`, early-stopping on the mean Dice of `val_set`'s subjects."
@@ -321,6 +335,7 @@ def save_unet(run: SegRun, path: str | Path, **meta) -> Path:
                               "in_channels": run.in_channels, "labels": run.labels, "best_epoch": run.best_epoch,
                               "best_val_dice": run.best_val_dice, "meta": meta}, path)
 
+# %% ../nbs/08_segment.ipynb
 def _unet_from_medsyn(ck: dict) -> nn.Module:
     "The U-Net of a `save_unet` checkpoint dict, weights loaded."
     cfg = SegConfig(**{**ck["config"], "channels": tuple(ck["config"]["channels"]), "strides": tuple(ck["config"]["strides"])})
@@ -328,6 +343,7 @@ def _unet_from_medsyn(ck: dict) -> nn.Module:
     model.load_state_dict(ck["state_dict"])
     return model
 
+# %% ../nbs/08_segment.ipynb
 def _unet_from_monai_kwargs(ck: dict, path: Path) -> nn.Module:
     "A MONAI `UNet` from a plain `{'state_dict', 'config': UNet keyword arguments}` file (a U-Net trained elsewhere)."
     allowed = inspect.signature(UNet).parameters
@@ -337,6 +353,7 @@ def _unet_from_monai_kwargs(ck: dict, path: Path) -> nn.Module:
     except RuntimeError as e: raise MedsynError(f"{path}: state_dict does not match its config ({str(e)[:200]})") from e
     return model
 
+# %% ../nbs/08_segment.ipynb
 def load_unet(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     "Rebuild a U-Net saved by `save_unet`; returns `(model in eval mode, checkpoint dict without weights)`."
     path = Path(path)
@@ -345,6 +362,7 @@ def load_unet(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     check(isinstance(ck, dict) and "state_dict" in ck, f"{path}: not a medsyn U-Net checkpoint (no state_dict); retrain it")
     return _unet_from_medsyn(ck).to(device).eval(), {k: v for k, v in ck.items() if k != "state_dict"}
 
+# %% ../nbs/08_segment.ipynb
 def load_segmentation_model(path: str | Path, device: str = "cpu") -> nn.Module:
     """The segmentation network of a checkpoint, in eval mode: a `save_unet` file (`medsyn segment`'s unet.pt), or a plain
     `{'state_dict', 'config'}` file whose config holds MONAI `UNet` keyword arguments. The one loader behind `medsyn evaluate`."""

@@ -30,11 +30,13 @@ def arm_keys(df: pd.DataFrame) -> list[str]:
     "Columns naming an arm in `df`: `dataset` (when present), fraction, variant, factor."
     return (["dataset"] if "dataset" in df.columns else []) + ARM
 
+# %% ../nbs/08b_stats.ipynb
 def _require(df: pd.DataFrame, cols: Sequence[str], who: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     check(not missing, f"{who}: the table lacks columns {missing}; pass the study's per-subject table "
                        f"(tables/dice.csv, made by medsyn.study.dice_table) with columns {list(cols)}")
 
+# %% ../nbs/08b_stats.ipynb
 def seed_mean(dice: pd.DataFrame, value: str | Sequence[str] = "dice") -> pd.DataFrame:
     "Mean of `value` over U-Net seeds per (arm, fold, subject), with n_synthetic, n_real and n_seeds."
     values = [value] if isinstance(value, str) else list(value)
@@ -54,6 +56,7 @@ def _is_arm(df: pd.DataFrame, arm: tuple) -> pd.Series:
     variant, factor = arm
     return (df.variant == variant) & np.isclose(df.factor.astype(float), float(factor))
 
+# %% ../nbs/08b_stats.ipynb
 def paired_differences(dice: pd.DataFrame, baseline: tuple = BASELINE, value: str = "dice",
                        average_seeds: bool = True) -> pd.DataFrame:
     "Per (arm, fold, subject) difference `value` − baseline `value` (seed-averaged), for every arm ≠ baseline."
@@ -83,6 +86,7 @@ def wilcoxon_p(d: Sequence[float]) -> float:
     if np.allclose(d, 0): return 1.0
     return float(scipy.stats.wilcoxon(d).pvalue)
 
+# %% ../nbs/08b_stats.ipynb
 def bootstrap_ci(d: Sequence[float], n_boot: int = 10000, level: float = 0.95, seed: int = 0,
                  method: str = "BCa") -> tuple[float, float]:
     "BCa (default) bootstrap CI of the mean of `d` over subjects, via `scipy.stats.bootstrap`."
@@ -101,6 +105,7 @@ def bootstrap_ci(d: Sequence[float], n_boot: int = 10000, level: float = 0.95, s
     if not (np.isfinite(ci.low) and np.isfinite(ci.high)): ci = boot("percentile")
     return (float(ci.low), float(ci.high))
 
+# %% ../nbs/08b_stats.ipynb
 def tost_paired(d: Sequence[float], margin: float) -> float:
     "Paired-t TOST p for equivalence of the mean of `d` within ±`margin` (max of the two one-sided p)."
     check(margin > 0, f"tost_paired: the equivalence margin must be > 0, got {margin}")
@@ -133,6 +138,7 @@ def arm_statistics(d: Sequence[float], margin: float = 0.02, n_boot: int = 10000
                 sd_delta=float(d.std(ddof=1)) if len(d) > 1 else np.nan, ci_low=lo, ci_high=hi,
                 p_wilcoxon=wilcoxon_p(d), p_tost=tost_paired(d, margin))
 
+# %% ../nbs/08b_stats.ipynb
 def verdict(mean_delta: float, p_holm: float, p_tost_holm: float, alpha: float = 0.05,
             higher_is_better: bool = True) -> tuple[str, str]:
     "(verdict, mark) of one arm from its mean difference and Holm-adjusted Wilcoxon and TOST p."
@@ -142,6 +148,7 @@ def verdict(mean_delta: float, p_holm: float, p_tost_holm: float, alpha: float =
     if p_tost_holm < alpha: return "equivalent", "≈"
     return "inconclusive", ""
 
+# %% ../nbs/08b_stats.ipynb
 def compare_arms(dice: pd.DataFrame, baseline: tuple = BASELINE, margin: float = 0.02, alpha: float = 0.05,
                  value: str = "dice", higher_is_better: bool = True, n_boot: int = 10000, level: float = 0.95,
                  seed: int = 0) -> pd.DataFrame:
@@ -165,6 +172,7 @@ def min_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: float =
     es = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
     return float(np.squeeze(es) * sd)
 
+# %% ../nbs/08b_stats.ipynb
 def design_mde(dice: pd.DataFrame, baseline: tuple = BASELINE, value: str = "dice", alpha: float = 0.05,
                power: float = 0.8) -> pd.DataFrame:
     "Per arm ≠ baseline: n_subjects, observed sd of the paired differences and the minimum detectable effect."
@@ -191,6 +199,7 @@ def simulate_study(n_sims: int = 500, n_subjects: int = 10, n_seeds: int = 3, fo
                              n_synthetic=arm * 100, n_real=100, fold=fold[subj], seed=sd,
                              subject=np.char.add("s", subj.astype(str)), dice=value.ravel()))
 
+# %% ../nbs/08b_stats.ipynb
 def rejection_rate(dice: pd.DataFrame, pooled: bool = False, alpha: float = 0.05) -> float:
     "Fraction of simulated studies (one per fraction) whose Wilcoxon test of `joint` vs `real` has p < alpha."
     d = paired_differences(dice, BASELINE, average_seeds=not pooled).sort_values("fraction", kind="stable")
@@ -199,6 +208,7 @@ def rejection_rate(dice: pd.DataFrame, pooled: bool = False, alpha: float = 0.05
     D = d.delta.to_numpy().reshape(len(sizes), -1)
     return float(np.mean(scipy.stats.wilcoxon(D, axis=1).pvalue < alpha))
 
+# %% ../nbs/08b_stats.ipynb
 def simulate_type1(n_sims: int = 500, n_subjects: int = 10, n_seeds: int = 3, folds: int = 2, seed: int = 0,
                    pooled: bool = False, alpha: float = 0.05, **noise) -> float:
     "Type-I error of the Wilcoxon test under a true null, seeds averaged (or pooled as subjects with `pooled=True`)."
@@ -218,6 +228,7 @@ class FriedmanNemenyi:
     cd: float = np.nan
     pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["arm_a", "arm_b", "rank_diff", "p", "significant"]))
 
+# %% ../nbs/08b_stats.ipynb
 def friedman_nemenyi(table: pd.DataFrame, alpha: float = 0.05, higher_is_better: bool = True,
                      min_datasets: int = 3) -> FriedmanNemenyi:
     "Friedman p, Nemenyi average ranks, critical difference and pairwise p over datasets (rows) × arms (columns)."
@@ -236,10 +247,12 @@ def friedman_nemenyi(table: pd.DataFrame, alpha: float = 0.05, higher_is_better:
     pw["significant"] = pw.rank_diff > cd
     return FriedmanNemenyi(True, "", N, k, float(stat), float(p), ranks, cd, pw)
 
+# %% ../nbs/08b_stats.ipynb
 def arm_label(variant: str, factor: float) -> str:
     "Column label of an arm in across-dataset tables, e.g. 'joint×1'."
     return f"{variant}×{float(factor):g}"
 
+# %% ../nbs/08b_stats.ipynb
 def dataset_arm_table(dice: pd.DataFrame, fraction: float | None = None, value: str = "dice") -> pd.DataFrame:
     "Datasets × arms table of the mean (over subjects, seeds averaged first) of `value` at one fraction."
     _require(dice, ["dataset"] + ARM, "dataset_arm_table")
@@ -262,6 +275,7 @@ def arm_means(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
     if "n_synthetic" in g.columns: g["n_synthetic"] = g.n_synthetic.round().astype(int)
     return g
 
+# %% ../nbs/08b_stats.ipynb
 def summary_table(dice: pd.DataFrame, baseline: tuple = BASELINE, margin: float = 0.02, alpha: float = 0.05,
                   value: str = "dice", higher_is_better: bool = True, stats: pd.DataFrame | None = None, **kw) -> pd.DataFrame:
     "Every arm's mean ± sd (seeds averaged, over subjects) with `compare_arms` columns; the study's dice_summary."
@@ -274,12 +288,14 @@ def summary_table(dice: pd.DataFrame, baseline: tuple = BASELINE, margin: float 
     out["significant"] = out.p_holm < alpha
     return out.sort_values(keys[:-3] + ["fraction", "factor", "variant"], ascending=[True] * (len(keys) - 3) + [False, True, True]).reset_index(drop=True)
 
+# %% ../nbs/08b_stats.ipynb
 def seed_table(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
     "Per (arm, seed): the number of test subjects and the mean of `value` over them (all folds)."
     _require(dice, ARM + UNIT + ["seed", value], "seed_table")
     keys = arm_keys(dice)
     return dice.groupby(keys + ["seed"], sort=True).agg(n_subjects=(value, "size"), mean=(value, "mean")).reset_index()
 
+# %% ../nbs/08b_stats.ipynb
 def per_seed(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
     "Per arm: n_seeds, mean, sd between the seed means, and the within-subject sd across seeds (RMS over subjects)."
     st = seed_table(dice, value); keys = arm_keys(st)

@@ -91,6 +91,7 @@ class StudyConfig:
         check(1.0 in self.fractions, "fractions must include 1.0 (all training subjects)")
         check(self.folds >= 2, f"folds must be >= 2 (got {self.folds}): each fold needs held-out test subjects")
 
+# %% ../nbs/09_study.ipynb
 PROFILES = {
     # quick: the 30-minute budget goes to U-Nets that converge (they must beat the intensity lookup) before more factors
     "quick": dict(synthetic_factors=(0, 1), gan_time_budget=240.0, gan_overrides=dict(metric="stats")),
@@ -110,6 +111,7 @@ def study_config(profile: str = "quick", **overrides) -> StudyConfig:
         overrides["gan_kimg"] = {g: float(overrides["gan_kimg"]) for g in ("joint", "mask", "cond")}
     return from_preset(StudyConfig, PROFILES, profile, {**overrides, "profile": profile})
 
+# %% ../nbs/09_study.ipynb
 def config_hash(cfg: StudyConfig) -> str:
     "Short hash of a configuration (what the done markers record)."
     return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -119,12 +121,14 @@ def cell_id(fraction: float, variant: str, factor: float, fold: int, seed: int) 
     "File-system name of one experiment cell."
     return f"frac{fraction:g}_{variant}_x{factor:g}_fold{fold}_seed{seed}"
 
+# %% ../nbs/09_study.ipynb
 def arms_at(cfg: StudyConfig, factor: float, seed: int) -> list[str]:
     "The arms (variants) of one factor: real-only and its controls at 0, the GAN variants and the dilution control above 0."
     if factor == 0:
         return ["real"] + [CONTROLS[c] for c in ("noaug", "lookup") if c in cfg.controls and (c != "lookup" or seed == cfg.seeds[0])]
     return list(cfg.variants) + ([CONTROLS["oversampled"]] if "oversampled" in cfg.controls and cfg.variants else [])
 
+# %% ../nbs/09_study.ipynb
 def experiment_grid(cfg: StudyConfig) -> pd.DataFrame:
     "All U-Net trainings of the study: columns fraction, variant, factor, fold, seed, cell."
     rows = []
@@ -139,6 +143,7 @@ def experiment_grid(cfg: StudyConfig) -> pd.DataFrame:
     grid["cell"] = [cell_id(*r) for r in grid[["fraction", "variant", "factor", "fold", "seed"]].itertuples(index=False)]
     return grid
 
+# %% ../nbs/09_study.ipynb
 def gan_jobs(cfg: StudyConfig) -> pd.DataFrame:
     "The GAN trainings the grid needs: columns gan (joint|mask|cond), fold, fraction, name."
     rows = [dict(gan=g, fold=fold, fraction=float(f), name=f"{g}_fold{fold}_frac{f:g}")
@@ -159,6 +164,7 @@ def vs_dilution(dice: pd.DataFrame, variants: Sequence[str], margin: float, alph
     out[["verdict", "mark"]] = [verdict(m, p, t, alpha) for m, p, t in zip(out.mean_delta, out.p_holm, out.p_tost_holm)]
     return out
 
+# %% ../nbs/09_study.ipynb
 def trivial_baseline_check(dice: pd.DataFrame) -> pd.DataFrame:
     "Per (fraction, fold): the real-only U-Net's mean Dice (seeds averaged) next to the intensity lookup's, and whether it beats it."
     m = seed_mean(dice).groupby(["fraction", "variant", "fold"]).dice.mean().unstack("variant")
@@ -167,6 +173,7 @@ def trivial_baseline_check(dice: pd.DataFrame) -> pd.DataFrame:
     out["unet_beats_lookup"] = out.unet_real > out.lookup
     return out
 
+# %% ../nbs/09_study.ipynb
 def segmentation_tables(dice: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     "The study's segmentation tables from the per-subject Dice (`dice.csv`): summary, comparisons, controls, variance, power."
     stats = compare_arms(dice, BASELINE, cfg.equivalence_margin)
@@ -192,6 +199,7 @@ def save_study_figure(fig, stem: str | Path) -> list[Path]:
     "A study figure as `stem.png` and `stem.pdf` at 120 dpi (`medsyn.viz.save_figure`), closed after saving."
     return save_figure(fig, stem, dpi=120, close=True)
 
+# %% ../nbs/09_study.ipynb
 def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[str] | None = None,
                labels: dict | None = None, title: str | None = None):
     "Grid of image channels + mask overlay: `n` random samples per dataset in `datasets` ({row title: dataset})."
@@ -217,6 +225,7 @@ def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[s
     fig.tight_layout()
     return fig
 
+# %% ../nbs/09_study.ipynb
 def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None = None):
     "Dice vs pairs added per variant and the dilution control (seeds averaged; 95 % CI over subjects); real-only controls as lines."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -232,6 +241,7 @@ def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None 
     fig.tight_layout()
     return fig
 
+# %% ../nbs/09_study.ipynb
 def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | None = None):
     "Seaborn plot of Dice vs share of real training subjects: real only vs real + `sweep_factor`x synthetic per variant."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -266,28 +276,33 @@ class RunLayout:
         return self.root / "synthetic" / f"{variant.replace('+', '_')}_fold{fold}_frac{fraction:g}"
     def cell(self, cell: str) -> Path: return self.root / "cells" / cell
 
+# %% ../nbs/09_study.ipynb
 MANIFEST = "manifest.json"
 
 def artefact_key(inputs: dict) -> str:
     "Hash of an artefact's inputs (what its manifest records)."
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/09_study.ipynb
 def read_manifest(folder: str | Path) -> dict | None:
     "The manifest of an artefact folder, or None when there is none (or it is unreadable)."
     p = Path(folder) / MANIFEST
     try: return load_json(p) if p.is_file() else None
     except (OSError, ValueError): return None
 
+# %% ../nbs/09_study.ipynb
 def write_manifest(folder: str | Path, inputs: dict, complete: bool, **info) -> Path:
     "Write (atomically) the manifest of an artefact: its inputs, their key, whether it is complete, and `info`."
     return save_json(dict(key=artefact_key(inputs), complete=complete, inputs=inputs, **info,
                           written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), Path(folder) / MANIFEST)
 
+# %% ../nbs/09_study.ipynb
 def changed_inputs(old: dict | None, new: dict) -> list[str]:
     "Names of the top-level inputs that differ between a manifest's inputs and `new`."
     if old is None: return ["no manifest"]
     return sorted(k for k in set(old) | set(new) if old.get(k) != json.loads(json.dumps(new.get(k), default=str)))
 
+# %% ../nbs/09_study.ipynb
 def artefact_state(folder: str | Path, inputs: dict) -> tuple[str, str]:
     "`('fresh' | 'unfinished' | 'stale' | 'missing', reason)` of an artefact folder for these inputs."
     folder = Path(folder)
@@ -297,6 +312,7 @@ def artefact_state(folder: str | Path, inputs: dict) -> tuple[str, str]:
         return ("fresh", "") if m.get("complete") else ("unfinished", "interrupted before it finished")
     return "stale", "made from other inputs: " + ", ".join(changed_inputs((m or {}).get("inputs") if m else None, inputs))
 
+# %% ../nbs/09_study.ipynb
 def reset_artefact(folder: str | Path, reason: str, what: str, log: Callable = print) -> None:
     "Remove an artefact folder that cannot be reused (the study made it; the log says why)."
     log(f"{what}: recomputing {folder} ({reason})")
@@ -314,6 +330,7 @@ def stage_done(out_dir: str | Path, stage: str, cfg: StudyConfig | None = None) 
     if cfg is not None and m.get("config_hash") != config_hash(cfg): return False
     return all((Path(out_dir) / p).exists() for p in m.get("outputs", []))
 
+# %% ../nbs/09_study.ipynb
 def mark_done(out_dir: str | Path, stage: str, cfg: StudyConfig, outputs: Sequence, seconds: float) -> Path:
     "Write the done marker of `stage` (outputs relative to `out_dir`)."
     out_dir = Path(out_dir)
@@ -326,10 +343,12 @@ def dataset_name(dataset: str) -> str:
     "Folder name under `runs/` for a dataset argument (`default` or a path)."
     return "default" if dataset == "default" else Path(str(dataset).rstrip("/")).name
 
+# %% ../nbs/09_study.ipynb
 def study_run_dir(cfg: StudyConfig, out_dir: str | Path | None = None) -> Path:
     "The results folder of `cfg`'s dataset: `out_dir` when given, else `runs/<name of the dataset actually used>`."
     return Path(out_dir) if out_dir else runs_dir() / dataset_name(cfg.dataset)
 
+# %% ../nbs/09_study.ipynb
 def resolve_dataset(cfg: StudyConfig) -> Path:
     "The canonical folder of `cfg.dataset` (preparing the bundled default dataset when needed)."
     if cfg.dataset == "default": return Path(default_dataset(res=cfg.resolution))
@@ -337,12 +356,14 @@ def resolve_dataset(cfg: StudyConfig) -> Path:
     check((p / "dataset.json").exists(), f"{p}: not a canonical dataset (no dataset.json); convert raw data with `medsyn prepare` first")
     return p
 
+# %% ../nbs/09_study.ipynb
 def load_real(cfg: StudyConfig, data_dir: str | Path | None = None):
     "The real dataset of the study (its first `max_subjects` subjects when set)."
     ds = load_canonical(data_dir or resolve_dataset(cfg))
     if cfg.max_subjects: ds = ds.subset(sorted(ds.subjects)[:cfg.max_subjects])
     return ds
 
+# %% ../nbs/09_study.ipynb
 def study_splits(cfg: StudyConfig, real) -> list[dict]:
     "Train/val/test subjects and real training slice counts for every (fold, fraction), from `medsyn.data.fold_subjects`."
     val_fraction = seg_config(cfg.seg_preset, **cfg.seg_overrides).val_fraction
@@ -355,16 +376,19 @@ def study_splits(cfg: StudyConfig, real) -> list[dict]:
                             n_train_slices=len(real.subset(tr).for_training())))
     return out
 
+# %% ../nbs/09_study.ipynb
 def split_of(splits: list[dict], fold: int, fraction: float) -> dict:
     "The split of (fold, fraction)."
     return next(s for s in splits if s["fold"] == fold and s["fraction"] == float(fraction))
 
+# %% ../nbs/09_study.ipynb
 def folds_table(splits: list[dict]) -> pd.DataFrame:
     "`tables/folds.csv`: per fold and fraction the train / validation / test subjects (space-separated ids) and counts."
     return pd.DataFrame([dict(fold=s["fold"], fraction=s["fraction"], n_train=len(s["train"]), n_val=len(s["val"]), n_test=len(s["test"]),
                               n_train_slices=s["n_train_slices"], train_subjects=" ".join(s["train"]),
                               val_subjects=" ".join(s["val"]), test_subjects=" ".join(s["test"])) for s in splits])
 
+# %% ../nbs/09_study.ipynb
 def write_real_subset(real, subjects: Sequence[str], out_dir: str | Path, fingerprint: str, log: Callable = print) -> Path:
     "The training view of `subjects` as a canonical dataset (what the quality metrics compare with), reused while its inputs match."
     out_dir, inputs = Path(out_dir), dict(kind="real_subset", dataset=fingerprint, subjects=sorted(subjects))
@@ -382,6 +406,7 @@ def write_real_subset(real, subjects: Sequence[str], out_dir: str | Path, finger
     write_manifest(out_dir, inputs, complete=True)
     return out_dir
 
+# %% ../nbs/09_study.ipynb
 def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Resolve the dataset, write `prepare.json`, the dataset and fold tables, the real training subsets and the overview figure."
     t0, lay = time.time(), RunLayout(out_dir)
@@ -405,6 +430,7 @@ def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     mark_done(lay.root, "prepare", cfg, outputs, time.time() - t0)
     return outputs
 
+# %% ../nbs/09_study.ipynb
 def _overview_figure(real):
     "The dataset overview figure of `medsyn.data.plot_dataset_overview`."
     fig = plot_dataset_overview(real)
@@ -418,12 +444,14 @@ def gan_checkpoint(run_dir: str | Path) -> Path:
         if (run_dir / name).exists(): return run_dir / name
     raise MedsynError(f"{run_dir}: no network-best.pt or network-last.pt; (re)run the GAN stage or `medsyn train --outdir {run_dir}`")
 
+# %% ../nbs/09_study.ipynb
 def gan_inputs(cfg: StudyConfig, gan: str, split: dict, fingerprint: str) -> dict:
     "What a GAN run depends on (its manifest's inputs)."
     return dict(kind="gan", gan=gan, dataset=fingerprint, subjects=list(split["train"]), selection_subjects=list(split["val"]),
                 preset=cfg.gan_preset, kimg=cfg.gan_kimg[gan], time_budget=cfg.gan_time_budget, trunc=cfg.trunc,
                 overrides=cfg.gan_overrides, seed=cfg.split_seed + split["fold"])
 
+# %% ../nbs/09_study.ipynb
 def gan_run_row(job, run_dir: Path, seconds: float) -> dict:
     "One row of `tables/gan_training.csv` for a finished run."
     ckpt = gan_checkpoint(run_dir)
@@ -433,6 +461,7 @@ def gan_run_row(job, run_dir: Path, seconds: float) -> dict:
                 kimg_reached=round(float(last["kimg"]), 3), snapshot_kimg=round(float(used["kimg"]), 3),
                 seconds=round(seconds, 1), checkpoint=ckpt.name)
 
+# %% ../nbs/09_study.ipynb
 def train_study_gan(cfg: StudyConfig, job, split: dict, data_dir: Path, fingerprint: str, lay: RunLayout, log: Callable = print) -> dict:
     "Train (or reuse, or resume) the GAN of one job on its cell's training subjects; returns its `gan_training` row."
     run_dir, inputs = lay.gan_run(job.gan, job.fold, job.fraction), gan_inputs(cfg, job.gan, split, fingerprint)
@@ -455,6 +484,7 @@ def train_study_gan(cfg: StudyConfig, job, split: dict, data_dir: Path, fingerpr
     write_manifest(run_dir, inputs, complete=True, seconds=round(seconds, 1))
     return gan_run_row(job, run_dir, seconds)
 
+# %% ../nbs/09_study.ipynb
 def gan_snapshots(cfg: StudyConfig, lay: RunLayout) -> pd.DataFrame:
     "Every snapshot's selection metric (on the validation subjects' real pairs) of every GAN run: `tables/gan_snapshots.csv`."
     frames = []
@@ -468,6 +498,7 @@ def gan_snapshots(cfg: StudyConfig, lay: RunLayout) -> pd.DataFrame:
         frames.append(d[keep].assign(gan=job.gan, fold=job.fold, fraction=job.fraction))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["gan", "fold", "fraction", "kimg", "metric"])
 
+# %% ../nbs/09_study.ipynb
 def plot_gan_snapshots(snaps: pd.DataFrame):
     "Selection metric (lower is better) vs kimg for every GAN run; the chosen snapshot is the minimum of each curve."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -479,6 +510,7 @@ def plot_gan_snapshots(snaps: pd.DataFrame):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/09_study.ipynb
 def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Train every GAN the grid needs on its cell's training subjects; writes `tables/gan_training`."
     t0, lay = time.time(), RunLayout(out_dir)
@@ -500,6 +532,7 @@ def n_synthetic_for(factor: float, n_train_slices: int) -> int:
     "Number of synthetic pairs for a factor of the real training slice count."
     return int(round(factor * n_train_slices))
 
+# %% ../nbs/09_study.ipynb
 def synthetic_needs(cfg: StudyConfig, splits: list[dict]) -> dict[tuple, int]:
     "How many pairs each synthetic set `(variant, fold, fraction)` must hold (the largest N among the cells that use it)."
     need = {}
@@ -509,6 +542,7 @@ def synthetic_needs(cfg: StudyConfig, splits: list[dict]) -> dict[tuple, int]:
         need[key] = max(need.get(key, 0), n_synthetic_for(c.factor, split_of(splits, c.fold, c.fraction)["n_train_slices"]))
     return need
 
+# %% ../nbs/09_study.ipynb
 def mask_source(cfg: StudyConfig, fold: int, fraction: float, lay: RunLayout) -> dict:
     """Where a warped variant's masks come from: the cell's real training subset (`lay.real_subset`), its subjects (read
     from the dataset itself), its manifest key, and the warp (seed and `warp_masks` settings)."""
@@ -519,6 +553,7 @@ def mask_source(cfg: StudyConfig, fold: int, fraction: float, lay: RunLayout) ->
     return dict(key=m["key"], subjects=sorted(load_canonical(src).subjects),
                 warp=dict(seed=cfg.mask_warp_seed + fold, **warp_settings(cfg.mask_warp)))
 
+# %% ../nbs/09_study.ipynb
 def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout) -> dict:
     """What a synthetic set depends on: the checkpoints (by SHA-256) and subjects of its GANs, N, truncation and seed, and for
     a warped variant its mask source. `gan_subjects` is every subject whose data shaped the set (GAN training subjects and
@@ -531,6 +566,7 @@ def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float,
                 checkpoints={g: file_sha256(p) for g, p in ckpts.items()}, gan_subjects=sorted(subjects),
                 **({} if masks is None else dict(masks=masks)))
 
+# %% ../nbs/09_study.ipynb
 def make_synthetic_set(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout, log: Callable = print) -> Path:
     "Sample (or reuse) the synthetic set of (variant, fold, fraction) with at least `n` pairs."
     d, inputs = lay.synthetic(variant, fold, fraction), synthetic_inputs(cfg, variant, fold, fraction, n, lay)
@@ -548,6 +584,7 @@ def make_synthetic_set(cfg: StudyConfig, variant: str, fold: int, fraction: floa
     write_manifest(d, inputs, complete=True)
     return d
 
+# %% ../nbs/09_study.ipynb
 def stage_generate(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Sample the synthetic sets and draw the sample grids (per variant, and real vs synthetic)."
     t0, lay = time.time(), RunLayout(out_dir)
@@ -571,6 +608,7 @@ def cell_inputs(cell, cfg: StudyConfig, split: dict, fingerprint: str, scfg, n_s
                 variant=cell.variant, factor=float(cell.factor), n_synthetic=n_syn, synthetic=None if syn is None else syn["key"],
                 seg_config=asdict(scfg))
 
+# %% ../nbs/09_study.ipynb
 def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Path, log: Callable = print,
              fingerprint: str | None = None) -> pd.DataFrame:
     "Train/evaluate the U-Net of one grid cell (cached in `cells/<cell>/` under its manifest); per-subject, per-class rows."
@@ -607,6 +645,7 @@ def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Pa
         f"in {time.time() - t0:.0f} s ({len(run.history)} epochs, best {run.best_epoch})")
     return per_class
 
+# %% ../nbs/09_study.ipynb
 def _lookup_cell(cell, real, split: dict, cdir: Path, inputs: dict, log: Callable) -> pd.DataFrame:
     "The intensity-lookup control of one (fold, fraction): fitted on the cell's training subjects, scored like a U-Net."
     t0 = time.time()
@@ -620,18 +659,21 @@ def _lookup_cell(cell, real, split: dict, cdir: Path, inputs: dict, log: Callabl
     log(f"segment: {cell.cell}: intensity lookup dice {mean_dice:.3f}")
     return per_class
 
+# %% ../nbs/09_study.ipynb
 def learning_curves(grid: pd.DataFrame, lay: RunLayout) -> pd.DataFrame:
     "Every U-Net cell's per-epoch loss and validation Dice (`tables/learning_curves.csv`)."
     frames = [pd.read_csv(lay.cell(c.cell) / "history.csv").assign(cell=c.cell, variant=c.variant, factor=c.factor, fold=c.fold, seed=c.seed)
               for c in grid.itertuples() if (lay.cell(c.cell) / "history.csv").exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
+# %% ../nbs/09_study.ipynb
 def dice_table(per_class: pd.DataFrame) -> pd.DataFrame:
     "Per-subject Dice/HD95 (mm; mean over the foreground classes present in ground truth or prediction) of every cell: the study's `dice.csv`."
     keys = ["fraction", "variant", "factor", "n_synthetic", "n_real", "fold", "seed", "subject"]
     return (per_class.groupby(keys, sort=True).agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"),
                                                    classes_absent=("absent", "sum")).reset_index())
 
+# %% ../nbs/09_study.ipynb
 def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Run (or read back) every cell of the grid; write the Dice tables, the tests and the Dice figures."
     t0, lay = time.time(), RunLayout(out_dir)
@@ -668,6 +710,7 @@ def _flatten(d, prefix: str = "") -> dict:
         else: out[key] = v
     return out
 
+# %% ../nbs/09_study.ipynb
 def quality_rows(result: dict) -> list[dict]:
     "Rows (metric, value, display) from a `medsyn.evaluate.evaluate` result; unavailable metrics become `n/a (...)`, never numbers."
     import re
@@ -683,6 +726,7 @@ def quality_rows(result: dict) -> list[dict]:
             rows.append(dict(metric=key, value=float(leaf), display=f"{float(leaf):.4g}", error=""))
     return rows
 
+# %% ../nbs/09_study.ipynb
 QUALITY_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "dice", "mask_stats")
 
 def reference_halves(train_subjects: Sequence[str], seed: int = 0) -> tuple[list[str], list[str]]:
@@ -691,6 +735,7 @@ def reference_halves(train_subjects: Sequence[str], seed: int = 0) -> tuple[list
     check(len(subs) >= 2, f"the real-vs-real reference needs at least 2 training subjects, got {subs}")
     return sorted(subs[: len(subs) // 2]), sorted(subs[len(subs) // 2:])
 
+# %% ../nbs/09_study.ipynb
 def quality_comparisons(cfg: StudyConfig, real, split: dict, fingerprint: str, lay: RunLayout, log: Callable = print) -> list[tuple]:
     """`(label, variant, real_dir, other_dir, max_samples)` of one fold: every synthetic set vs the whole real training set,
     and the matched pair at one N — synthetic vs real half A, and real half B vs half A (the scale of every metric)."""
@@ -705,6 +750,7 @@ def quality_comparisons(cfg: StudyConfig, real, split: dict, fingerprint: str, l
                 ("synthetic vs half A", v, dir_a, lay.synthetic(v, fold, 1.0), n)]
     return out
 
+# %% ../nbs/09_study.ipynb
 def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     """FID/KID/LPIPS/precision-recall/domain-FID/image-mask Dice/mask statistics of every synthetic set against its fold's
     real training set, and next to it the real-vs-real reference at the same N."""
@@ -830,17 +876,20 @@ def _float_formats(df: pd.DataFrame) -> dict:
     "Per float column of a report table: p-values to 3 significant digits, everything else to 3 decimals."
     return {c: ("{:.3g}" if str(c).startswith("p_") or str(c).endswith("_p") else "{:.3f}") for c in df.columns if df[c].dtype.kind == "f"}
 
+# %% ../nbs/09_study.ipynb
 def table_html(df: pd.DataFrame, label: str, caption: str) -> str:
     "`df` as an HTML table with its numbered caption above it (`<caption>`), without the index."
     return (df.style.hide(axis="index").format(_float_formats(df), na_rep="–")
             .set_caption(f"<b>{label}.</b> {caption}").set_table_attributes('class="report-table"').to_html())
 
+# %% ../nbs/09_study.ipynb
 def figure_html(png: str | Path, label: str, caption: str, width: int = 720) -> str:
     "A PNG embedded (base64) in a `<figure>` with its numbered `<figcaption>` below it."
     data = base64.b64encode(Path(png).read_bytes()).decode()
     return (f'<figure><img src="data:image/png;base64,{data}" style="max-width: {width}px; width: 100%">'
             f"<figcaption><b>{label}.</b> {caption}</figcaption></figure>")
 
+# %% ../nbs/09_study.ipynb
 class Report:
     "Shows a report's prose, tables and figures; tables and figures are numbered (Table 1, 2, …, Figure 1, 2, …) as they appear."
     def __init__(self, out_dir: str | Path | None = None, facts: dict | None = None):
@@ -886,6 +935,7 @@ def _arm_sentence(r, baseline: str) -> str:
     return (f"- **{arm_label(r.variant, r.factor)}** ({100 * r.fraction:g} % of the subjects): {dice}Δ = {r.mean_delta:+.3f} "
             f"(95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f}) against {baseline}, Holm p = {r.p_holm:.3g}: **{r.verdict}**.")
 
+# %% ../nbs/09_study.ipynb
 def dice_findings(summary: pd.DataFrame, n_test: int) -> str:
     "The segmentation result in prose: the real-only Dice per fraction and every other arm against it (from `dice_summary`)."
     out = []
@@ -896,17 +946,20 @@ def dice_findings(summary: pd.DataFrame, n_test: int) -> str:
         out += [_arm_sentence(r, "real-only") for r in s[s.verdict != "baseline"].itertuples()]
     return "\n".join(out)
 
+# %% ../nbs/09_study.ipynb
 def dilution_findings(vs: pd.DataFrame) -> str:
     "Every GAN arm against real-oversampled at the same sample count, in prose (from `vs_dilution`)."
     if not len(vs): return "No dilution control was run."
     return "\n".join(_arm_sentence(r, "real-oversampled") for r in vs.itertuples())
 
+# %% ../nbs/09_study.ipynb
 def lookup_warning(trivial: pd.DataFrame) -> str:
     "A bold warning naming the (fold, fraction) pairs where the real-only U-Net does not beat the intensity lookup; '' when none."
     bad = [f"fold {r.fold} at {100 * r.fraction:g} %" for r in trivial[~trivial.unet_beats_lookup.astype(bool)].itertuples()]
     return (f"**Warning: on {', '.join(bad)} the real-only U-Net does not beat a per-pixel intensity lookup; there it has not "
             "learned the task and no effect measured on top of it can be trusted.**" if bad else "")
 
+# %% ../nbs/09_study.ipynb
 def lookup_findings(trivial: pd.DataFrame) -> str:
     "Whether the real-only U-Net beat the intensity lookup on every (fold, fraction), in prose, with `lookup_warning` when it did not."
     if not len(trivial): return "The intensity-lookup control was not run."
@@ -923,6 +976,7 @@ def report_notebook(nb):
     nb.cells = [c for c in nb.cells if c.cell_type == "markdown" or (c.cell_type == "code" and c.outputs)]
     return nb
 
+# %% ../nbs/09_study.ipynb
 def render_report(notebook: str | Path, html: str | Path, title: str | None = None) -> Path:
     "Export an executed report notebook to `html`: no code cells or prompts, no front matter / raw cells, no logs."
     from nbconvert import HTMLExporter
@@ -943,6 +997,7 @@ def study_notebooks_dir() -> Path:
     raise MedsynError(f"study notebooks not found in {[str(c) for c in cands]}; install medsyn from a source checkout "
                       "(`pip install -e .`) or point MEDSYN_STUDY_NBS at the nbs/study folder")
 
+# %% ../nbs/09_study.ipynb
 def ensure_kernel(name: str = "python3") -> str:
     "Name of a Jupyter kernel papermill can start (installing this Python's ipykernel spec when missing)."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -953,6 +1008,7 @@ def ensure_kernel(name: str = "python3") -> str:
         install(kernel_name=name, prefix=sys.prefix)
         return name
 
+# %% ../nbs/09_study.ipynb
 def study_header(profile: str = "quick", dataset: str = "default", out_dir: str | Path | None = None,
                  overrides: dict | None = None, quiet: bool = False) -> tuple[StudyConfig, Path]:
     """The shared first cell of every stage notebook: the `StudyConfig` of its papermill parameters (`profile`, `dataset`
@@ -962,12 +1018,14 @@ def study_header(profile: str = "quick", dataset: str = "default", out_dir: str 
     if not quiet: print(f"dataset {cfg.dataset} -> {out} (profile {cfg.profile}, config {config_hash(cfg)})")
     return cfg, out
 
+# %% ../nbs/09_study.ipynb
 def notebook_parameters(cfg: StudyConfig, out_dir: str | Path) -> dict:
     "Papermill parameters that rebuild `cfg` inside a study notebook."
     base = asdict(study_config(cfg.profile))
     over = {k: v for k, v in asdict(cfg).items() if k not in ("profile", "dataset") and v != base[k]}
     return json.loads(json.dumps(dict(dataset=cfg.dataset, out_dir=str(Path(out_dir).resolve()), profile=cfg.profile, overrides=over)))
 
+# %% ../nbs/09_study.ipynb
 PARAMETERS_MARKER = "# papermill parameters"
 
 def load_study_notebook(src: str | Path):
@@ -982,6 +1040,7 @@ def load_study_notebook(src: str | Path):
     nb.metadata.setdefault("language_info", {"name": "python"})
     return nb
 
+# %% ../nbs/09_study.ipynb
 def execute_notebook(src: Path, dst: Path, parameters: dict, kernel: str, log: Callable = print) -> None:
     "Run one notebook with papermill, streaming its output; a failing cell becomes a `MedsynError` naming the notebook."
     import papermill as pm
@@ -992,6 +1051,7 @@ def execute_notebook(src: Path, dst: Path, parameters: dict, kernel: str, log: C
     except pm.PapermillExecutionError as e:
         raise MedsynError(f"{src.name} failed with {e.ename}: {str(e.evalue).strip()[:2000]} (executed notebook with the traceback: {dst})") from None
 
+# %% ../nbs/09_study.ipynb
 def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log: Callable = print) -> dict:
     "Execute the stage notebooks for one dataset, skipping finished stages; returns {stage: 'skipped'|'ran'|'failed: ...'}."
     out, lay, name = Path(out_dir), RunLayout(out_dir), dataset_name(cfg.dataset)
@@ -1031,6 +1091,7 @@ def aggregate_tables(root: str | Path, names: Sequence[str]) -> list[Path]:
     outputs += rank_tests(root, names)
     return outputs
 
+# %% ../nbs/09_study.ipynb
 def rank_tests(root: Path, names: Sequence[str]) -> list[Path]:
     "Friedman test with Nemenyi post-hoc ranks of the arms across datasets (`tables/arm_ranks`), when at least 3 datasets finished."
     frames = [pd.read_csv(root / n / "tables" / "dice.csv") for n in names if (root / n / "tables" / "dice.csv").exists()]
@@ -1041,6 +1102,7 @@ def rank_tests(root: Path, names: Sequence[str]) -> list[Path]:
     ranks = res.ranks.rename("mean_rank").rename_axis("arm").reset_index().assign(friedman_p=res.p, nemenyi_cd=res.cd, n_datasets=res.n_datasets)
     return write_table(ranks, root / "tables" / "arm_ranks") + write_table(res.pairwise, root / "tables" / "arm_ranks_pairwise")
 
+# %% ../nbs/09_study.ipynb
 def aggregate(root: str | Path, names: Sequence[str], log: Callable = print) -> Path:
     "Aggregate tables and execute the report notebook into `root/report.ipynb` and `root/report.html`."
     root = Path(root).resolve(); aggregate_tables(root, names)
@@ -1057,12 +1119,14 @@ def run_config(out_dir: str | Path) -> StudyConfig:
     check(path.exists(), f"{path}: missing; run `medsyn study` for this dataset first")
     return StudyConfig(**load_json(path)["config"])
 
+# %% ../nbs/09_study.ipynb
 def aggregate_findings(facts: dict[str, dict], table_label: str) -> str:
     "The opening sentence of the aggregate report: which datasets, how many subjects and test subjects each."
     parts = [f"**{f['name']}** ({f['n_subjects']} subjects; n = {f['n_test']} test subjects over {f['folds']} folds, "
              f"{f['n_seeds']} U-Net seed(s), profile `{f['profile']}`)" for f in facts.values()]
     return f"The study ran on {len(facts)} dataset(s) ({table_label}): " + "; ".join(parts) + "."
 
+# %% ../nbs/09_study.ipynb
 def dice_side_by_side_caption(facts: dict[str, dict]) -> str:
     "Caption of `dice_side_by_side`, naming each dataset's number of test subjects."
     n = ", ".join(f"{f['name']}: n = {f['n_test']}" for f in facts.values())
@@ -1086,6 +1150,7 @@ def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict) -> 
                                                         f"convert raw data with `medsyn prepare SRC --out DIR` and pass DIR")
     return check_fields(overrides, [StudyConfig], "--set", fixed={"profile": "use --profile", "dataset": "use --datasets"})
 
+# %% ../nbs/09_study.ipynb
 def study_main(argv: list[str]) -> int:
     "Entry point of `medsyn study`."
     p = argparse.ArgumentParser(prog="medsyn study", description="Run the augmentation study notebooks with papermill.")

