@@ -22,7 +22,7 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "prepare":  Subcommand("medsyn.data", "prepare_main", "convert NIfTI / MSD / PNG data into a canonical 2D image+mask dataset"),
-    "train":    Subcommand("medsyn.train", "train_main", "train a StyleGAN2 generator (--cfg joint | mask | cond)"),
+    "train":    Subcommand("medsyn.train", "train_main", "train a StyleGAN2 generator (--kind joint | mask | cond)"),
     "generate": Subcommand("medsyn.generate", "generate_main", "sample synthetic image+mask pairs from a checkpoint"),
     "segment":  Subcommand("medsyn.segment", "segment_main", "train and evaluate a MONAI U-Net on real (+ synthetic) data"),
     "evaluate": Subcommand("medsyn.evaluate", "evaluate_main", "FID / KID / LPIPS / precision-recall / domain FID / Dice as JSON"),

@@ -17,8 +17,8 @@ from .networks import generator_from_checkpoint, load_checkpoint, mask_to_onehot
 from .viz import grid_rows, save_png
 
 # %% auto 0
-__all__ = ['latents', 'synthesize', 'warp_settings', 'generate_pairs', 'sample_masks', 'render_for_mask', 'write_previews',
-           'generate_parser', 'generate_main']
+__all__ = ['latents', 'synthesize', 'warp_settings', 'mask_supplier', 'generate_pairs', 'sample_masks', 'render_for_mask',
+           'write_previews', 'generate_parser', 'generate_main']
 
 # %% ../nbs/06_generate.ipynb
 def latents(seed: int, indices, z_dim: int, stream: int = 0) -> torch.Tensor:
@@ -59,6 +59,42 @@ def warp_settings(warp: dict | None = None) -> dict:
     return {**MASK_WARP, **warp}
 
 # %% ../nbs/06_generate.ipynb
+def mask_supplier(gcfg, ckpt, mask_ckpt=None, masks_from=None, warp_seed: int | None = None, warp: dict | None = None,
+                  seed: int = 0, trunc: float = 0.7, device="cpu"):
+    """Where the masks of the generator `gcfg` (checkpoint `ckpt`) come from: `(masks, provenance)`, `masks(indices)` giving
+    the integer label maps of those pairs. 'cond': the 'mask'/'joint' generator `mask_ckpt` (latent stream 1) or the real
+    masks of the dataset `masks_from` (mask k mod N, deformed by `warp_masks` when `warp_seed` is given); 'joint': `None`
+    (it draws its own masks). A 'mask' generator makes no pairs."""
+    if gcfg.kind == "mask":
+        raise MedsynError(f"{ckpt} is a 'mask' generator (label maps only); pairs need images: pass a 'cond' "
+                          f"checkpoint as --ckpt and this one as --mask-ckpt (or use sample_masks for masks alone)")
+    if gcfg.kind == "joint":
+        check(mask_ckpt is None and masks_from is None, f"{ckpt} is a 'joint' generator; --mask-ckpt/--masks-from are for 'cond'")
+        return None, {}
+    check((mask_ckpt is None) != (masks_from is None),
+          f"{ckpt} is a 'cond' generator (image given mask): pass exactly one of --mask-ckpt (a mask generator) "
+          "or --masks-from (a canonical dataset with real masks)")
+    if mask_ckpt is not None:
+        Gm, mcfg = generator_from_checkpoint(load_checkpoint(mask_ckpt), device=device)
+        check(mcfg.kind in ("mask", "joint"), f"{mask_ckpt} is a {mcfg.kind!r} generator; --mask-ckpt needs 'mask' (or 'joint')")
+        check(mcfg.num_labels == gcfg.num_labels and mcfg.resolution == gcfg.resolution,
+              f"{mask_ckpt} makes {mcfg.num_labels} labels at {mcfg.resolution}px but {ckpt} expects "
+              f"{gcfg.num_labels} at {gcfg.resolution}px; use generators trained on the same dataset")
+        return (lambda idx: synthesize(Gm, mcfg, latents(seed, idx, mcfg.z_dim, stream=1), trunc)[1]), \
+               dict(mask_generator=_describe(mask_ckpt))
+    mds = load_canonical(masks_from)
+    check(len(mds) > 0, f"{masks_from}: no samples to take masks from")
+    check(len(mds.labels) == gcfg.num_labels and tuple(mds.resolution) == (gcfg.resolution,) * 2,
+          f"{masks_from}: {len(mds.labels)} labels at {mds.resolution} but {ckpt} expects {gcfg.num_labels} "
+          f"labels at {gcfg.resolution}x{gcfg.resolution}; prepare the masks with the same labels and --res")
+    _, real_masks = mds.tensors()
+    prov = dict(masks_from=str(masks_from), **({} if warp is None else dict(mask_warp=dict(seed=int(warp_seed), **warp))))
+    def masks(idx):
+        mask = real_masks[[k % len(real_masks) for k in idx]]
+        return mask if warp is None else warp_masks(mask, warp_seed, indices=idx, **warp)
+    return masks, prov
+
+# %% ../nbs/06_generate.ipynb
 def generate_pairs(ckpt,                               # 'joint' or 'cond' checkpoint (network-best.pt of a run)
                    out_dir,                            # output dataset folder
                    n: int = 1000,                      # number of pairs
@@ -93,45 +129,17 @@ def generate_pairs(ckpt,                               # 'joint' or 'cond' check
     modalities, labels = _labels_of(ck, ckpt)
     prov = dict(generator=_describe(ckpt), kind=gcfg.kind, trunc=trunc, seed=seed, n=n,
                 trained_kimg=ck.get("kimg"), selection_metric=ck.get("selection_metric"), metric=ck.get("metric"))
-    Gm = mcfg = real_masks = None
-    if gcfg.kind == "mask":
-        raise MedsynError(f"{ckpt} is a 'mask' generator (label maps only); pairs need images: pass a 'cond' "
-                          f"checkpoint as --ckpt and this one as --mask-ckpt (or use sample_masks for masks alone)")
-    if gcfg.kind == "cond":
-        check((mask_ckpt is None) != (masks_from is None),
-              f"{ckpt} is a 'cond' generator (image given mask): pass exactly one of --mask-ckpt (a mask generator) "
-              "or --masks-from (a canonical dataset with real masks)")
-        if mask_ckpt is not None:
-            mck = load_checkpoint(mask_ckpt)
-            Gm, mcfg = generator_from_checkpoint(mck, device=dev)
-            check(mcfg.kind in ("mask", "joint"), f"{mask_ckpt} is a {mcfg.kind!r} generator; --mask-ckpt needs 'mask' (or 'joint')")
-            check(mcfg.num_labels == gcfg.num_labels and mcfg.resolution == gcfg.resolution,
-                  f"{mask_ckpt} makes {mcfg.num_labels} labels at {mcfg.resolution}px but {ckpt} expects "
-                  f"{gcfg.num_labels} at {gcfg.resolution}px; use generators trained on the same dataset")
-            prov["mask_generator"] = _describe(mask_ckpt)
-        else:
-            mds = load_canonical(masks_from)
-            check(len(mds) > 0, f"{masks_from}: no samples to take masks from")
-            check(len(mds.labels) == gcfg.num_labels and tuple(mds.resolution) == (gcfg.resolution,) * 2,
-                  f"{masks_from}: {len(mds.labels)} labels at {mds.resolution} but {ckpt} expects {gcfg.num_labels} "
-                  f"labels at {gcfg.resolution}x{gcfg.resolution}; prepare the masks with the same labels and --res")
-            _, real_masks = mds.tensors()
-            prov["masks_from"] = str(masks_from)
-            if warp is not None: prov["mask_warp"] = dict(seed=int(warp_seed), **warp)
-    else:
-        check(mask_ckpt is None and masks_from is None, f"{ckpt} is a 'joint' generator; --mask-ckpt/--masks-from are for 'cond'")
+    masks, mask_prov = mask_supplier(gcfg, ckpt, mask_ckpt, masks_from, warp_seed, warp, seed, trunc, dev)
+    prov.update(mask_prov)
 
     def samples():
         for start in range(0, n, batch):
             idx = list(range(start, min(start + batch, n)))
-            if gcfg.kind == "joint":
-                image, mask = synthesize(G, gcfg, latents(seed, idx, gcfg.z_dim), trunc)
+            z = latents(seed, idx, gcfg.z_dim)
+            if masks is None: image, mask = synthesize(G, gcfg, z, trunc)          # 'joint' draws its own masks
             else:
-                if Gm is not None: _, mask = synthesize(Gm, mcfg, latents(seed, idx, mcfg.z_dim, stream=1), trunc)
-                else:
-                    mask = real_masks[[k % len(real_masks) for k in idx]]
-                    if warp is not None: mask = warp_masks(mask, warp_seed, indices=idx, **warp)
-                image, _ = synthesize(G, gcfg, latents(seed, idx, gcfg.z_dim), trunc, cond=mask_to_onehot(mask, gcfg.num_labels))
+                mask = masks(idx)
+                image, _ = synthesize(G, gcfg, z, trunc, cond=mask_to_onehot(mask, gcfg.num_labels))
             for j, k in enumerate(idx):
                 yield dict(image=image[j].numpy(), mask=mask[j].numpy().astype(np.uint8), subject=f"syn-{k:05d}", slice=0,
                            source_file=str(ckpt))

@@ -32,7 +32,7 @@ for res in 64 256; do
   step "bench_train_${res}" 120 medsyn bench train --device cuda --res "$res" --impl cuda --precision fp32,fp16 --steps 5 --warmup 2
 done
 DATA=$("$PY" -c "from medsyn.data import default_dataset; print(default_dataset(64))")
-step train_2min 170 medsyn train --data "$DATA" --cfg joint --kimg 1000 --time-budget 120 --device cuda --no-progress \
+step train_2min 170 medsyn train --data "$DATA" --kind joint --kimg 1000 --time-budget 120 --device cuda --no-progress \
   --outdir "$OUT/train" --replace
 echo "GPU_CHECK_SUMMARY {\"failed_steps\": $fail, \"outdir\": \"$OUT\"}"
 exit $(( fail > 0 ))
