@@ -424,7 +424,8 @@ def signature_parser(fn, prog: str, description: str | None = None, skip=(), ali
                      required=(), defaults: dict | None = None, choices: dict | None = None) -> argparse.ArgumentParser:
     """An argparse parser generated from `fn`'s signature: one `--kebab-name` option per parameter not in `skip` (with
     its `aliases`), the signature's default (or `defaults[name]`), a type from the annotation, the parameter's comment as
-    help; bool parameters become `--name/--no-name`; parameters without a default, or in `required`, are required."""
+    help; bool parameters become `--name/--no-name`, `list[...]` ones a repeatable option; parameters without a default,
+    or in `required`, are required."""
     aliases, defaults, choices = aliases or {}, defaults or {}, choices or {}
     hints, docs = typing.get_type_hints(fn), docments(fn)
     p = argparse.ArgumentParser(prog=prog, description=description or (inspect.getdoc(fn) or "").split("\n")[0])
@@ -433,6 +434,7 @@ def signature_parser(fn, prog: str, description: str | None = None, skip=(), ali
         default = defaults.get(name, None if par.default is par.empty else par.default)
         kw = dict(dest=name, default=default, help=docs.get(name))
         if hints.get(name) is bool or isinstance(default, bool): kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hints.get(name)) is list: kw.update(action="append", default=list(default or []))
         else:
             kw.update(type=_option_type(hints.get(name), default), choices=choices.get(name),
                       required=(par.default is par.empty and name not in defaults) or name in required)

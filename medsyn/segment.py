@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_segment.ipynb 2
 from __future__ import annotations
-import argparse, copy, inspect, json, math, time
+import copy, inspect, json, math, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,7 +18,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from .core import (MedsynError, check, from_preset, seed_everything, choose_device, atomic_torch_save,
+from .core import (MedsynError, call_with_args, check, from_preset, signature_parser, seed_everything, choose_device, atomic_torch_save,
                          save_json, atomic_write_text)
 from .augment import augment_preset
 from .data import check_disjoint, fold_subjects, load_canonical
@@ -29,7 +29,7 @@ __all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'unet_feature
            'classical_augmentation', 'SegSamples', 'oversample', 'take_samples', 'predict_slices', 'volume_diagonal',
            'volume_scores', 'evaluate_subjects', 'subject_summary', 'IntensityLookup', 'lookup_baseline', 'SegRun',
            'lr_scheduler', 'train_unet', 'save_unet', 'load_unet', 'load_segmentation_model', 'segment_experiment',
-           'segment_main']
+           'segment_run', 'segment_main']
 
 # %% ../nbs/08_segment.ipynb
 @dataclass
@@ -393,47 +393,54 @@ def segment_experiment(real, train_subjects: Sequence[str], val_subjects: Sequen
                 train_subjects=list(train_subjects), val_subjects=list(val_subjects), test_subjects=list(test_subjects))
 
 # %% ../nbs/08_segment.ipynb
-def segment_main(argv: list[str]) -> int:
-    "Entry point of `medsyn segment`."
-    p = argparse.ArgumentParser(prog="medsyn segment", description="Train and evaluate a MONAI U-Net on real (+ synthetic) data.")
-    p.add_argument("--train", required=True, help="real canonical dataset folder")
-    p.add_argument("--synthetic", action="append", default=[], help="synthetic canonical dataset folder (repeatable)")
-    p.add_argument("--n-synthetic", type=int, default=None, help="synthetic pairs to add (default: all of them)")
-    p.add_argument("--fold", type=int, default=0); p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--fraction", type=float, default=1.0, help="share of the real training subjects to use")
-    p.add_argument("--preset", default="quick", choices=sorted(SEG_PRESETS))
-    p.add_argument("--epochs", type=int, default=None); p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto"); p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--out", required=True, help="output folder for metrics and the model")
-    a = p.parse_args(argv)
-    check(a.folds >= 2, f"--folds {a.folds}: needs at least 2 folds")
-    check(0 <= a.fold < a.folds, f"--fold {a.fold}: must be in 0..{a.folds - 1} for --folds {a.folds}")
-    check(0 < a.fraction <= 1, f"--fraction {a.fraction}: the share of real training subjects must be in (0, 1]")
-    check(a.epochs is None or a.epochs >= 1, f"--epochs {a.epochs}: must be at least 1")
-    check(a.n_synthetic is None or a.n_synthetic >= 0, f"--n-synthetic {a.n_synthetic}: must be 0 or more")
-    out = Path(a.out)
+def segment_run(train,                          # real canonical dataset folder
+                out,                            # output folder for metrics and the model
+                synthetic: list[str] = (),      # synthetic canonical dataset folders (repeatable)
+                n_synthetic: int | None = None, # synthetic pairs to add (default: all of them)
+                fold: int = 0,                  # the test fold
+                folds: int = 5,                 # cross-validation folds of the real subjects
+                fraction: float = 1.0,          # share of the real training subjects to use
+                preset: str = "quick",          # U-Net preset (`SEG_PRESETS`)
+                epochs: int | None = None,      # SegConfig.max_epochs (default: the preset's)
+                seed: int = 0,
+                device: str = "auto",           # auto | cpu | cuda
+                augment: bool = True,           # classical augmentation (MONAI transforms)
+                ) -> dict:
+    """Train a U-Net on fold `fold` of the real dataset `train` (+ synthetic pairs), score its test subjects and write
+    `per_class.csv`, `per_subject.csv`, `history.csv`, `unet.pt` and `summary.json` to `out`; returns the summary."""
+    check(folds >= 2, f"--folds {folds}: needs at least 2 folds")
+    check(0 <= fold < folds, f"--fold {fold}: must be in 0..{folds - 1} for --folds {folds}")
+    check(0 < fraction <= 1, f"--fraction {fraction}: the share of real training subjects must be in (0, 1]")
+    check(epochs is None or epochs >= 1, f"--epochs {epochs}: must be at least 1")
+    check(n_synthetic is None or n_synthetic >= 0, f"--n-synthetic {n_synthetic}: must be 0 or more")
+    out = Path(out)
     check(not out.exists() or out.is_dir(), f"{out}: --out is an existing file, not a folder; choose another --out")
-    for src in [a.train, *a.synthetic]:
+    for src in [train, *synthetic]:
         o, s = out.resolve(), Path(src).resolve()
         check(o != s and o not in s.parents and s not in o.parents,
               f"{out}: --out overlaps the dataset {src}; results written there could mix with the data: choose a separate --out")
-    over = dict(seed=a.seed, device=a.device, augment=not a.no_augment)
-    if a.epochs is not None: over["max_epochs"] = a.epochs
-    cfg = seg_config(a.preset, **over)
-    synth = [load_canonical(s) for s in a.synthetic]
-    n_syn = sum(len(s) for s in synth) if a.n_synthetic is None else a.n_synthetic
-    real = load_canonical(a.train)
-    train_s, val_s, test_s = fold_subjects(real.subjects, a.fold, a.folds, a.fraction, 0, cfg.val_fraction)
+    cfg = seg_config(preset, seed=seed, device=device, augment=augment, **({} if epochs is None else dict(max_epochs=epochs)))
+    synth = [load_canonical(s) for s in synthetic]
+    n_syn = sum(len(s) for s in synth) if n_synthetic is None else n_synthetic
+    real = load_canonical(train)
+    train_s, val_s, test_s = fold_subjects(real.subjects, fold, folds, fraction, 0, cfg.val_fraction)
     res = segment_experiment(real, train_s, val_s, test_s, synth, n_syn, cfg, progress=True)
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise MedsynError(f"{out}: cannot create the output folder ({e.strerror}); choose a writable --out") from e
     for name in ("per_class", "per_subject"): atomic_write_text(out / f"{name}.csv", res[name].to_csv(index=False))
     atomic_write_text(out / "history.csv", res["run"].history.to_csv(index=False))
-    save_unet(res["run"], out / "unet.pt", fold=a.fold, folds=a.folds, train=str(a.train), synthetic=a.synthetic, n_synthetic=n_syn)
-    summary = dict(train=str(a.train), synthetic=a.synthetic, n_synthetic=n_syn, fold=a.fold, folds=a.folds, fraction=a.fraction,
+    save_unet(res["run"], out / "unet.pt", fold=fold, folds=folds, train=str(train), synthetic=list(synthetic), n_synthetic=n_syn)
+    summary = dict(train=str(train), synthetic=list(synthetic), n_synthetic=n_syn, fold=fold, folds=folds, fraction=fraction,
                    n_real=int(res["n_real"]), test_subjects=res["test_subjects"], mean_dice=float(res["per_subject"].dice.mean()),
                    mean_hd95_mm=float(res["per_subject"].hd95_mm.mean()), best_epoch=res["run"].best_epoch,
                    best_val_dice=res["run"].best_val_dice, seconds=round(res["run"].seconds, 1), config=asdict(cfg))
     save_json(summary, out / "summary.json")
-    print(json.dumps(summary))
+    return summary
+
+# %% ../nbs/08_segment.ipynb
+def segment_main(argv: list[str]) -> int:
+    "`medsyn segment ...`: parse (options generated from `segment_run`), run, print the summary as JSON."
+    a = signature_parser(segment_run, "medsyn segment", "Train and evaluate a MONAI U-Net on real (+ synthetic) data.",
+                         choices=dict(preset=sorted(SEG_PRESETS))).parse_args(argv)
+    print(json.dumps(call_with_args(segment_run, a)))
     return 0

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from medsyn import ops
 from medsyn.core import MedsynError
-from medsyn.networks import (GAN_CFGS, GANConfig, Generator, SynthesisLayer, build_networks, count_params,
+from medsyn.networks import (GAN_KINDS, GANConfig, Generator, SynthesisLayer, build_networks, count_params,
                              fake_to_d_input, gan_config, hard_mask, mask_probs, mask_to_onehot, real_to_d_input,
                              real_to_gan, split_output, to_d_input, to_pair)
 
@@ -29,7 +29,7 @@ def _cond(name, onehot):
     return onehot if name == "cond" else None
 
 
-@pytest.mark.parametrize("name", GAN_CFGS)
+@pytest.mark.parametrize("name", GAN_KINDS)
 def test_shapes_and_dtypes(name, onehot):
     torch.manual_seed(0)
     G, D = build_networks(tiny(name))
@@ -60,7 +60,7 @@ def test_masks_are_distributions(name):
     assert hard_mask(probs).dtype == torch.int64 and int(hard_mask(probs).max()) < K
 
 
-@pytest.mark.parametrize("name", GAN_CFGS)
+@pytest.mark.parametrize("name", GAN_KINDS)
 def test_gradients_reach_every_parameter(name, onehot):
     torch.manual_seed(0)
     G, D = build_networks(tiny(name))
@@ -71,7 +71,7 @@ def test_gradients_reach_every_parameter(name, onehot):
         assert p.grad.abs().sum() > 0, f"zero gradient for {pname}"
 
 
-@pytest.mark.parametrize("name", GAN_CFGS)
+@pytest.mark.parametrize("name", GAN_KINDS)
 def test_r1_double_backward(name, onehot):
     torch.manual_seed(0)
     _, D = build_networks(tiny(name))
@@ -111,7 +111,7 @@ def test_cond_output_follows_mask(onehot):
     torch.testing.assert_close(D(img, cond=onehot), D(real_to_d_input(img, onehot, G.cfg)))
 
 
-@pytest.mark.parametrize("name", GAN_CFGS)
+@pytest.mark.parametrize("name", GAN_KINDS)
 def test_fused_equals_nonfused(name, onehot):
     torch.manual_seed(0)
     G, _ = build_networks(tiny(name))
@@ -226,7 +226,7 @@ def test_resolve_precision_auto_and_one_message(monkeypatch, capsys):
     with pytest.raises(MedsynError, match="needs a CUDA device"): N.resolve_precision("fp16", "cpu")
 
 
-@pytest.mark.parametrize("name", GAN_CFGS)
+@pytest.mark.parametrize("name", GAN_KINDS)
 def test_bf16_blocks_follow_the_fp32_network(name, onehot):
     "Same weights: bf16 on the highest resolution stays within bf16 rounding; force_fp32 is the fp32 network."
     torch.manual_seed(0)

@@ -1,0 +1,35 @@
+"""Keep only the outputs of a notebook that carry meaning: figures (one PNG each) and tables/text results.
+
+Usage: python tools/trim_outputs.py nbs/NAME.ipynb [...]
+
+After executing a notebook to store its figures (`jupyter nbconvert --to notebook --execute --inplace`), this
+drops stderr streams (warnings, progress bars), duplicate JPEG renderings of a PNG, and execution counts,
+so that only what a reader should see is kept and diffs stay small. Run `nbdev_clean` afterwards.
+"""
+import json, sys
+from pathlib import Path
+
+
+def trim(path: Path) -> int:
+    nb = json.loads(path.read_text())
+    dropped = 0
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code": continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr": dropped += 1; continue
+            data = out.get("data")
+            if data and "image/png" in data:
+                out["data"] = {k: v for k, v in data.items() if k in ("image/png", "text/plain")}
+            kept.append(out)
+        cell["outputs"] = kept
+        cell["execution_count"] = None
+        for out in kept:
+            if "execution_count" in out: out["execution_count"] = None
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return dropped
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(f"{name}: dropped {trim(Path(name))} stderr output(s)")
