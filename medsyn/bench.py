@@ -28,7 +28,8 @@ class _LiveTensorBytes(TorchDispatchMode):
         self.live, self.peak, self._ptrs = 0, 0, set()
 
     def _release(self, ptr, nbytes):
-        self._ptrs.discard(ptr); self.live -= nbytes
+        self._ptrs.discard(ptr)
+        self.live -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -36,7 +37,9 @@ class _LiveTensorBytes(TorchDispatchMode):
             if not isinstance(t, torch.Tensor) or t.device.type != "cpu": continue
             ptr, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
             if nbytes == 0 or ptr in self._ptrs: continue
-            self._ptrs.add(ptr); self.live += nbytes; self.peak = max(self.peak, self.live)
+            self._ptrs.add(ptr)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
             weakref.finalize(t, self._release, ptr, nbytes)
         return out
 
@@ -44,9 +47,11 @@ class _LiveTensorBytes(TorchDispatchMode):
 def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
     "Peak memory (MiB) allocated while running `step()` once."
     if device.type == "cuda":
-        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        step(); torch.cuda.synchronize()
+        step()
+        torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     with _LiveTensorBytes() as m:
         step()
@@ -56,10 +61,13 @@ def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
 def time_ms(step: Callable[[], None], device: torch.device, repeats: int = 5, min_time: float = 0.5) -> float:
     "Median wall time (ms) of `step()` after one warm-up call: at least `repeats` calls or `min_time` seconds."
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    step(); sync()
+    step()
+    sync()
     times, t_start = [], time.perf_counter()
     while len(times) < repeats or (time.perf_counter() - t_start < min_time and len(times) < 50):
-        t0 = time.perf_counter(); step(); sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
@@ -76,15 +84,19 @@ def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int = 3, steps_
     for k, fn in fns.items():
         t0 = time.perf_counter()
         for _ in range(warmup): fn()
-        sync(); warm[k] = time.perf_counter() - t0
+        sync()
+        warm[k] = time.perf_counter() - t0
     for _ in range(rounds):
         for k, fn in fns.items():
             got = []
             for _ in range(steps_per_round):
                 t, c = time.perf_counter(), time.process_time()
-                fn(); sync()
-                got.append((time.perf_counter() - t) * 1000); cpu[k].append((time.process_time() - c) * 1000)
-            wall[k] += got; rnd[k].append(round(statistics.median(got), 1))
+                fn()
+                sync()
+                got.append((time.perf_counter() - t) * 1000)
+                cpu[k].append((time.process_time() - c) * 1000)
+            wall[k] += got
+            rnd[k].append(round(statistics.median(got), 1))
     return {k: dict(ms_per_step=round(statistics.median(wall[k]), 1), ms_per_step_mean=round(statistics.fmean(wall[k]), 1),
                     ms_per_step_min=round(min(wall[k]), 1), cpu_ms_per_step=round(statistics.median(cpu[k]), 1),
                     round_medians_ms=rnd[k], timed_steps=len(wall[k]), warmup_s=round(warm[k], 1)) for k in fns}
@@ -179,7 +191,8 @@ def bench_compile(quick: bool = False, repeats: int = 5, min_time: float = 0.5) 
     dev = torch.device("cpu")
     shape = (2, 16, 8, 8) if quick else (8, 128, 32, 32)
     torch.manual_seed(0)
-    x = torch.randn(shape, requires_grad=True); b = torch.randn(shape[1], requires_grad=True)
+    x = torch.randn(shape, requires_grad=True)
+    b = torch.randn(shape[1], requires_grad=True)
     f = ops.setup_filter([1, 3, 3, 1])
     case = f"bias_act+upsample2d {list(shape)}"
     compiled = torch.compile(lambda x, b: _composite("ref", x, b, f))
@@ -239,13 +252,17 @@ def bench_step(kind: str = "joint",           # generator variant: joint | mask 
     cond = onehot if kind == "cond" else None
 
     def step():
-        tr.G.requires_grad_(True); tr.D.requires_grad_(False)
+        tr.G.requires_grad_(True)
+        tr.D.requires_grad_(False)
         tr.opt_G.zero_grad(set_to_none=True)
-        tr.loss.g_main(batch, cond).backward(); tr.opt_G.step()
-        tr.G.requires_grad_(False); tr.D.requires_grad_(True)
+        tr.loss.g_main(batch, cond).backward()
+        tr.opt_G.step()
+        tr.G.requires_grad_(False)
+        tr.D.requires_grad_(True)
         tr.opt_D.zero_grad(set_to_none=True)
         lf, lr, _ = tr.loss.d_main(image, onehot, cond)
-        (lf + lr).backward(); tr.opt_D.step()
+        (lf + lr).backward()
+        tr.opt_D.step()
 
     info = dict(impl=impl, ops_impl="ref" if impl == "compile" else ops.active_impl(dev), precision=gcfg.precision,
                 precision_requested=precision, num_fp16_res=gcfg.num_fp16_res, lowp_resolution=gcfg.lowp_resolution(),
@@ -269,7 +286,8 @@ def _bench_one(a) -> dict:
     except Exception as e:  # noqa: BLE001 - a failing compile backend must not hide the eager number
         if not info["torch_compile"]: raise
         note = f"torch.compile failed at run time ({type(e).__name__}: {str(e)[:200]}); measured eager ref ops instead"
-        tr.loss.fns = {}; info["torch_compile"] = False
+        tr.loss.fns = {}
+        info["torch_compile"] = False
         timing = time_interleaved({"step": step}, rounds=1, steps_per_round=a.steps, warmup=a.warmup, device=torch.device(info["device"]))["step"]
     ms = timing["ms_per_step"]
     res = dict(impl=info.pop("impl"), ms_per_step=ms, ms_per_step_mean=timing["ms_per_step_mean"],
@@ -310,7 +328,8 @@ def bench_train(argv: list[str] | None = None) -> int:
                        "no augmentation, no R1 / path-length phases")
     if len(impls) == 1 and len(precisions) == 1:
         a.impl, a.precision = impls[0], precisions[0]
-        print(json.dumps(dict(config=config, **_bench_one(a)))); return 0
+        print(json.dumps(dict(config=config, **_bench_one(a))))
+        return 0
     results = []
     for impl in impls:
         for prec in precisions:
@@ -321,7 +340,9 @@ def bench_train(argv: list[str] | None = None) -> int:
                 results.append(dict(impl=impl, precision_requested=prec,
                                     error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"))
                 continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1]); r.pop("config", None); results.append(r)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r.pop("config", None)
+            results.append(r)
     ref = next((r for r in results if r.get("impl") == "ref" and "ms_per_step" in r), None)
     if ref is not None:
         for r in results:
@@ -366,9 +387,11 @@ def nvlabs_step(nvlabs_dir, res=64, img_channels=6, batch=8, channel_base=4096, 
 
     def step():
         for phase, module, opt in (("Gmain", G, opt_G), ("Dmain", D, opt_D)):
-            module.requires_grad_(True); opt.zero_grad(set_to_none=True)
+            module.requires_grad_(True)
+            opt.zero_grad(set_to_none=True)
             loss.accumulate_gradients(phase, real, c, torch.randn(batch, z_dim), c, sync=True, gain=1)
-            module.requires_grad_(False); opt.step()
+            module.requires_grad_(False)
+            opt.step()
 
     return step, dict(G_params=sum(p.numel() for p in G.parameters()), D_params=sum(p.numel() for p in D.parameters()),
                       ops_impl="ref (NVlabs torch_utils.ops on CPU)", precision="fp32", source=str(root))
@@ -407,8 +430,10 @@ def bench_main(argv: list[str]) -> int:
     if what == "nvlabs":
         ap = argparse.ArgumentParser(prog="medsyn bench nvlabs", description="NVlabs stylegan2-ada-pytorch (ref ops, fp32) vs medsyn, interleaved.")
         ap.add_argument("--nvlabs-dir", required=True, help="a checkout of github.com/NVlabs/stylegan2-ada-pytorch")
-        ap.add_argument("--rounds", type=int, default=3); ap.add_argument("--steps", type=int, default=2, help="timed steps per round")
-        ap.add_argument("--warmup", type=int, default=1); ap.add_argument("--res", type=int, default=64)
+        ap.add_argument("--rounds", type=int, default=3)
+        ap.add_argument("--steps", type=int, default=2, help="timed steps per round")
+        ap.add_argument("--warmup", type=int, default=1)
+        ap.add_argument("--res", type=int, default=64)
         ap.add_argument("--batch", type=int, default=8)
         ap.add_argument("--threads", type=int, default=None)
         a = ap.parse_args(rest)

@@ -69,17 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `medsyn` console script: user errors exit 2 with one line `medsyn CMD: error: ...`, Ctrl-C exits 130."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage()); return 0
+        print(usage())
+        return 0
     if argv[0] in ("-V", "--version"):
-        from medsyn import __version__; print(__version__); return 0
+        from medsyn import __version__
+        print(__version__)
+        return 0
     try:
         code = resolve(argv[0])(argv[1:])
     except MedsynError as e:
-        print(f"medsyn {argv[0]}: error: {e}", file=sys.stderr); return 2
+        print(f"medsyn {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:        # an environment problem no check caught (disk full, read-only, permissions)
         print(f"medsyn {argv[0]}: error: {e.filename or ''}{': ' if e.filename else ''}{os_reason(e)} ({e}); "
               "check the paths and free space, then rerun", file=sys.stderr); return 2
     except KeyboardInterrupt:
         msg = INTERRUPTED.get(argv[0], "finished work is saved and a rerun resumes")
-        print(f"medsyn {argv[0]}: interrupted; {msg}", file=sys.stderr); return 130
+        print(f"medsyn {argv[0]}: interrupted; {msg}", file=sys.stderr)
+        return 130
     return int(code or 0)

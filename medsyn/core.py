@@ -47,7 +47,9 @@ def cache_dir() -> Path:
 def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and torch (CPU and CUDA) for a reproducible run."
     import torch
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
 
 # %% ../nbs/00_core.ipynb
@@ -106,7 +108,8 @@ def remove_stale_leftovers(folder: str | Path, name: str | None = None, kinds=("
         try:
             if p.lstat().st_mtime >= PROCESS_START: continue
             if m["kind"] == "old" and not (target.exists() or target.is_symlink()):
-                os.replace(p, target); msg = f"restored {target} (an interrupted replacement had moved it aside to {p.name})"
+                os.replace(p, target)
+                msg = f"restored {target} (an interrupted replacement had moved it aside to {p.name})"
             else:
                 if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
                 else: p.unlink()
@@ -123,7 +126,8 @@ def deferred_sigint() -> Iterator[None]:
     """Hold SIGINT (Ctrl-C) while the block runs, so that a short critical section (a rename pair) completes; it is
     delivered after. (A Python-level handler: a blocked signal mask would not do, torch's threads would take the signal.)"""
     if threading.current_thread() is not threading.main_thread():
-        yield; return
+        yield
+        return
     got = []
     old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
     try: yield
@@ -138,10 +142,12 @@ _CLEANED: set = set()     # (folder, name) pairs whose stale .tmp files this pro
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success move it onto `path` atomically, on error delete it."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     key = (str(path.parent), path.name)
     if key not in _CLEANED and not any(p.endswith(".partial") for p in path.parent.parts):   # a fresh build folder has none
-        _CLEANED.add(key); remove_stale_leftovers(path.parent, path.name, kinds=("tmp",))
+        _CLEANED.add(key)
+        remove_stale_leftovers(path.parent, path.name, kinds=("tmp",))
     tmp = path.with_name(f".{path.name}.{_owner_tag()}.tmp")
     try:
         yield tmp
@@ -155,7 +161,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` atomically."
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
     return Path(path)
 
 # %% ../nbs/00_core.ipynb
@@ -421,23 +429,23 @@ def flag_name(name: str) -> str: return "--" + name.replace("_", "-")
 
 # %% ../nbs/00_core.ipynb
 def signature_parser(fn, prog: str, description: str | None = None, skip=(), aliases: dict | None = None,
-                     required=(), defaults: dict | None = None, choices: dict | None = None) -> argparse.ArgumentParser:
+                     required=(), choices: dict | None = None) -> argparse.ArgumentParser:
     """An argparse parser generated from `fn`'s signature: one `--kebab-name` option per parameter not in `skip` (with
-    its `aliases`), the signature's default (or `defaults[name]`), a type from the annotation, the parameter's comment as
+    its `aliases` and `choices`), the signature's default, a type from the annotation, the parameter's comment as
     help; bool parameters become `--name/--no-name`, `list[...]` ones a repeatable option; parameters without a default,
     or in `required`, are required."""
-    aliases, defaults, choices = aliases or {}, defaults or {}, choices or {}
+    aliases, choices = aliases or {}, choices or {}
     hints, docs = typing.get_type_hints(fn), docments(fn)
     p = argparse.ArgumentParser(prog=prog, description=description or (inspect.getdoc(fn) or "").split("\n")[0])
     for name, par in inspect.signature(fn).parameters.items():
         if name in skip or par.kind in (par.VAR_KEYWORD, par.VAR_POSITIONAL): continue
-        default = defaults.get(name, None if par.default is par.empty else par.default)
+        default = None if par.default is par.empty else par.default
         kw = dict(dest=name, default=default, help=docs.get(name))
         if hints.get(name) is bool or isinstance(default, bool): kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hints.get(name)) is list: kw.update(action="append", default=list(default or []))
         else:
             kw.update(type=_option_type(hints.get(name), default), choices=choices.get(name),
-                      required=(par.default is par.empty and name not in defaults) or name in required)
+                      required=par.default is par.empty or name in required)
         p.add_argument(flag_name(name), *aliases.get(name, ()), **kw)
     return p
 

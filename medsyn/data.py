@@ -748,7 +748,8 @@ def _remap(samples: Iterable[dict], values: Sequence[int]) -> Iterator[dict]:
     "Map label values to contiguous ids 0..K-1 (identity when they already are)."
     values = list(values)
     if values == list(range(len(values))): yield from samples; return
-    lut = np.zeros(max(values) + 1, dtype=np.int64); lut[values] = np.arange(len(values))
+    lut = np.zeros(max(values) + 1, dtype=np.int64)
+    lut[values] = np.arange(len(values))
     for s in samples: yield {**s, "mask": lut[s["mask"]]}
 
 # %% ../nbs/01_data.ipynb
@@ -781,18 +782,22 @@ def make_synthetic_msd(root: str | Path, n_subjects: int = 4, shape=(24, 20, 16)
                        four_d: bool = True, seed: int = 0) -> Path:
     "Write a tiny synthetic MSD-layout dataset (for tests and examples only): labels 0 background, 1 organ, 2 lesion."
     import nibabel as nib
-    root = Path(root); rng = np.random.default_rng(seed)
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True); (root / "labelsTr").mkdir(exist_ok=True)
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
     training = []
     for i in range(n_subjects):
-        c = rng.uniform(-0.2, 0.2, 3); r = rng.uniform(0.45, 0.6, 3)
+        c = rng.uniform(-0.2, 0.2, 3)
+        r = rng.uniform(0.45, 0.6, 3)
         organ = (((grid - c[:, None, None, None]) / r[:, None, None, None]) ** 2).sum(0) < 1
         lesion = organ & ((((grid - c[:, None, None, None] - 0.15) / 0.18) ** 2).sum(0) < 1)
         lab = organ.astype(np.uint8) + lesion.astype(np.uint8)
         chans = [(100 * (k + 1) + 50 * lab + rng.normal(0, 5, shape) + 20 * (grid[0] > 0.5)).astype(np.float32) for k in range(len(modalities))]
         case = f"synth_{i:03d}"
-        aff = np.diag([1.5, 1.0, 2.0, 1.0]); aff[:3, 3] = -np.array(shape) / 2
+        aff = np.diag([1.5, 1.0, 2.0, 1.0])
+        aff[:3, 3] = -np.array(shape) / 2
         if four_d: nib.save(nib.Nifti1Image(np.stack(chans, -1), aff), root / "imagesTr" / f"{case}.nii.gz")
         else:
             for k, ch in enumerate(chans): nib.save(nib.Nifti1Image(ch, aff), root / "imagesTr" / f"{case}_{k:04d}.nii.gz")
@@ -875,7 +880,8 @@ def default_dataset(res: int = 64, axis: int = 2) -> Path:
     "The bundled real default dataset (MNI ICBM152, see above) as a canonical folder, prepared once into the cache (offline)."
     path = cache_dir() / "datasets" / f"mni152-f{FORMAT_VERSION}-v{MNI152_VERSION}-r{res}-a{axis}"
     try:
-        _check_complete(path); return path
+        _check_complete(path)
+        return path
     except MedsynError:
         pass
     try: prepare_mni152(path, res=res, axis=axis, overwrite=path.exists())
@@ -956,7 +962,9 @@ def plot_dataset_overview(ds: CanonicalDataset | str | Path, n: int = 4, alpha: 
     for r, i in enumerate(pick):
         s = ds[int(i)]
         for c in range(C + 1):
-            ax = fig.add_subplot(gs[r, c]); ax.set_xticks([]); ax.set_yticks([])
+            ax = fig.add_subplot(gs[r, c])
+            ax.set_xticks([])
+            ax.set_yticks([])
             ax.imshow(s["image"][min(c, C - 1)].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             if c == C: ax.imshow(s["mask"].numpy(), cmap=cmap, vmin=0, vmax=K - 1, alpha=alpha, interpolation="nearest")
             if r == 0: ax.set_title(ds.modalities[c] if c < C else "mask overlay", fontsize=9)
@@ -969,7 +977,9 @@ def plot_dataset_overview(ds: CanonicalDataset | str | Path, n: int = 4, alpha: 
     xs = np.arange(K)
     ax.bar(xs - 0.2, counts / counts.sum(), 0.4, color=[cmap(k) if k else (0.6, 0.6, 0.6, 1) for k in range(K)], label="share of pixels")
     ax.bar(xs + 0.2, present, 0.4, color="none", edgecolor="k", hatch="//", label="share of slices containing it")
-    ax.set_xticks(xs, names, fontsize=8); ax.set_ylim(0, 1); ax.legend(fontsize=7, loc="upper right")
+    ax.set_xticks(xs, names, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper right")
     ax.set_title(f"{ds.meta['name']}: {len(ds)} slices, {len(ds.subjects)} subjects, {ds.resolution[0]}×{ds.resolution[1]}", fontsize=9)
     return fig
 
@@ -980,7 +990,8 @@ def toy_dataset(out, n: int = 16, res: int = 32, n_modalities: int = 2, seed: in
     yy, xx = np.mgrid[:res, :res]
     def samples():
         for i in range(n):
-            cy, cx = rng.uniform(res * 0.3, res * 0.7, 2); r = rng.uniform(res * 0.1, res * 0.2)
+            cy, cx = rng.uniform(res * 0.3, res * 0.7, 2)
+            r = rng.uniform(res * 0.1, res * 0.2)
             d = np.hypot(yy - cy, xx - cx)
             mask = (d < 1.6 * r).astype(np.uint8) + (d < 0.8 * r)
             image = np.stack([np.clip(0.15 + (0.3 + 0.1 * c) * (mask > 0) + 0.3 * (mask == 2) + 0.05 * rng.standard_normal((res, res)), 0, 1)
@@ -1048,7 +1059,8 @@ def prepare_main(argv: list[str]) -> int:
         windows = {}
         for w in a.window:
             check("=" in w, f"--window must be MOD=LOW,HIGH, got {w!r}")
-            m, v = w.split("=", 1); windows[m] = _pairs_arg(v, "--window")
+            m, v = w.split("=", 1)
+            windows[m] = _pairs_arg(v, "--window")
         out = prepare(src, a.out, res=a.res, axis=a.axis, layout=a.layout, empty_fraction=a.empty_fraction,
                       ct_window=_pairs_arg(a.ct_window, "--ct-window"), windows=windows, folds=a.folds, seed=a.seed,
                       overwrite=a.overwrite, images=imgs, labels=a.labels, label_names=names,

@@ -107,8 +107,10 @@ def _predict_masks(model: torch.nn.Module, ds, batch_size: int, device, progress
     preds, trues, subjects, ids = [], [], [], []
     with torch.no_grad():
         for b in iterate_batches(ds, batch_size, desc=desc, progress=progress):
-            preds.append(model(b["image"].to(device).float()).argmax(1).cpu()); trues.append(b["mask"])
-            subjects += list(b["subject"]); ids += list(b.get("sample_id", []))
+            preds.append(model(b["image"].to(device).float()).argmax(1).cpu())
+            trues.append(b["mask"])
+            subjects += list(b["subject"])
+            ids += list(b.get("sample_id", []))
     index = getattr(ds, "index", None)
     slices = None
     if index is not None and "slice" in index and len(ids) == len(subjects):
@@ -146,7 +148,8 @@ def mask_stats_metric(real, fake, labels: dict, batch_size: int, max_samples: in
 def load_pair(real_dir, fake_dir):
     "The real and fake canonical datasets, checked to be non-empty and of the same modalities."
     real, fake = load_canonical(real_dir), load_canonical(fake_dir)
-    check(len(real) > 0, f"{real_dir}: the real dataset is empty"); check(len(fake) > 0, f"{fake_dir}: the fake dataset is empty")
+    check(len(real) > 0, f"{real_dir}: the real dataset is empty")
+    check(len(fake) > 0, f"{fake_dir}: the fake dataset is empty")
     check(list(real.modalities) == list(fake.modalities),
           f"mismatched channels: {real_dir} has modalities {list(real.modalities)}, {fake_dir} has {list(fake.modalities)}; compare datasets of the same kind")
     return real, fake

@@ -398,7 +398,8 @@ def _embed(ds, view, n: int, batch_size: int, desc: str, progress: bool) -> tupl
     "LPIPS embeddings and subjects of `n` seeded samples of `ds`."
     embs, subjects = [], []
     for b in iterate_batches(ds, batch_size, n, desc=desc, progress=progress):
-        embs.append(view(b)); subjects += list(b["subject"])
+        embs.append(view(b))
+        subjects += list(b["subject"])
     return torch.cat(embs), subjects
 
 # %% ../nbs/07_metrics.ipynb
@@ -416,7 +417,9 @@ def lpips_scores(real_ds, fake_ds, model, modalities: Sequence[str], max_samples
         d_fake, d_real, ref_subjects = [], [], []
         for b in iterate_batches(real_ds, batch_size, desc=f"LPIPS nearest-real {name}", progress=progress):
             e = view(b)                                                       # all real samples, streamed
-            d_fake.append(lpips_distances(fake, e)); d_real.append(lpips_distances(real_q, e)); ref_subjects += list(b["subject"])
+            d_fake.append(lpips_distances(fake, e))
+            d_real.append(lpips_distances(real_q, e))
+            ref_subjects += list(b["subject"])
         pool, d_fake = matched_pool_size(ref_subjects), torch.cat(d_fake, 1)
         nearest = matched_nearest(d_fake, [None] * len(fake), ref_subjects, pool, seed)
         within = matched_nearest(torch.cat(d_real, 1), real_q_subjects, ref_subjects, pool, seed + 1)

@@ -152,13 +152,15 @@ def _subject_groups(ds) -> dict[str, list[int]]:
 def predict_slices(model: nn.Module, ds: Dataset, positions: Sequence[int], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     "Predicted label maps and ground-truth masks `(D, H, W)` for the samples at `positions`."
     device = next(model.parameters()).device
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     preds, gts = [], []
     try:
         for i in range(0, len(positions), batch_size):
             items = [ds[j] for j in positions[i:i + batch_size]]
             x = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items]).to(device)
-            preds.append(model(x).argmax(1).cpu()); gts.append(torch.stack([torch.as_tensor(it["mask"]).long() for it in items]))
+            preds.append(model(x).argmax(1).cpu())
+            gts.append(torch.stack([torch.as_tensor(it["mask"]).long() for it in items]))
     finally: model.train(was_training)
     return torch.cat(preds), torch.cat(gts)
 
@@ -176,7 +178,9 @@ def volume_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, hd95: 
     dice, hd = label_scores(pred, gt, num_classes, ignore_empty=False, hd95=hd95, spacing=list(map(float, spacing)))
     present = lambda v: np.array([bool((v == c).any()) for c in range(1, num_classes)])
     in_pred, in_gt = present(pred), present(gt)
-    dice = dice.astype(float); dice[~in_pred & ~in_gt] = np.nan; dice[in_pred ^ in_gt] = 0.0
+    dice = dice.astype(float)
+    dice[~in_pred & ~in_gt] = np.nan
+    dice[in_pred ^ in_gt] = 0.0
     if hd is None: return dice, np.full(num_classes - 1, np.nan)
     hd = hd.astype(float)
     hd[in_pred ^ in_gt] = volume_diagonal(gt.shape, spacing)
@@ -306,16 +310,23 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
     best, best_epoch, best_state, rows, t0, waited, steps = -math.inf, -1, None, [], time.time(), 0, 0
     epochs = range(cfg.max_epochs)
     if progress:
-        from tqdm.auto import tqdm; epochs = tqdm(epochs, desc="U-Net", unit="epoch")
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc="U-Net", unit="epoch")
     for epoch in epochs:
-        model.train(); losses = []
+        model.train()
+        losses = []
         for batch in loader:
             x, y = batch["image"], batch["mask"]
             if aug is not None: x, y = aug(x, y, num_classes)
             x, y = x.to(device), y.to(device)[:, None]
             loss = loss_fn(model(x), y)
             check(torch.isfinite(loss).item(), f"U-Net loss became {loss.item()} at epoch {epoch}; lower SegConfig.lr")
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step(); losses.append(loss.item()); steps += 1
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            steps += 1
         val = subject_summary(evaluate_subjects(model, val_set, labels, hd95=False))["dice"].mean()
         improved = val > best
         if improved: best, best_epoch, best_state, waited = val, epoch, copy.deepcopy(model.state_dict()), 0

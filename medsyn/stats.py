@@ -63,7 +63,8 @@ def paired_differences(dice: pd.DataFrame, baseline: tuple = BASELINE, value: st
     _require(dice, ARM + UNIT + ["seed", value], "paired_differences")
     t = seed_mean(dice, value) if average_seeds else dice
     unit = UNIT if average_seeds else ["fold", "seed", "subject"]
-    keys = arm_keys(t); within = [k for k in keys if k not in ("variant", "factor")]
+    keys = arm_keys(t)
+    within = [k for k in keys if k not in ("variant", "factor")]
     is_base = _is_arm(t, baseline)
     arms = sorted({(v, float(f)) for v, f in zip(t.variant, t.factor)})
     check(is_base.any(), f"paired_differences: the table has no baseline arm variant={baseline[0]!r} factor={baseline[1]}; "
@@ -98,7 +99,8 @@ def bootstrap_ci(d: Sequence[float], n_boot: int = 10000, level: float = 0.95, s
     if np.ptp(d) == 0: return (float(d[0]), float(d[0]))
     def boot(m):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning); warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
             return scipy.stats.bootstrap((d,), np.mean, n_resamples=n_boot, confidence_level=level, method=m,
                                          vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
     ci = boot(method)
@@ -119,8 +121,10 @@ def tost_paired(d: Sequence[float], margin: float) -> float:
 # %% ../nbs/08b_stats.ipynb
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     "Holm–Bonferroni adjusted p-values (NaNs stay NaN and do not count as tests)."
-    p = np.asarray(pvalues, dtype=float); out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p)); m = len(ok)
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
     order = ok[np.argsort(p[ok], kind="stable")]
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     out[order] = adjusted
@@ -133,7 +137,8 @@ COMPARE_COLUMNS = ["n_subjects", "mean_delta", "sd_delta", "ci_low", "ci_high", 
 
 def arm_statistics(d: Sequence[float], margin: float = 0.02, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> dict:
     "Unadjusted statistics of one arm's paired differences `d`: n, mean, sd, bootstrap CI, Wilcoxon p, TOST p."
-    d = np.asarray(d, dtype=float); lo, hi = bootstrap_ci(d, n_boot, level, seed)
+    d = np.asarray(d, dtype=float)
+    lo, hi = bootstrap_ci(d, n_boot, level, seed)
     return dict(n_subjects=len(d), mean_delta=float(d.mean()) if len(d) else np.nan,
                 sd_delta=float(d.std(ddof=1)) if len(d) > 1 else np.nan, ci_low=lo, ci_high=hi,
                 p_wilcoxon=wilcoxon_p(d), p_tost=tost_paired(d, margin))
@@ -176,7 +181,8 @@ def min_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: float =
 def design_mde(dice: pd.DataFrame, baseline: tuple = BASELINE, value: str = "dice", alpha: float = 0.05,
                power: float = 0.8) -> pd.DataFrame:
     "Per arm ≠ baseline: n_subjects, observed sd of the paired differences and the minimum detectable effect."
-    diffs = paired_differences(dice, baseline, value); keys = arm_keys(diffs)
+    diffs = paired_differences(dice, baseline, value)
+    keys = arm_keys(diffs)
     g = diffs.groupby(keys, sort=True).delta.agg(n_subjects="size", sd_delta="std").reset_index()
     g["mde"] = [min_detectable_effect(n, s, alpha, power) if n >= 2 and np.isfinite(s) else np.nan
                 for n, s in zip(g.n_subjects, g.sd_delta)]
@@ -189,7 +195,8 @@ def simulate_study(n_sims: int = 500, n_subjects: int = 10, n_seeds: int = 3, fo
     "`n_sims` simulated studies in the Dice-table layout (study i is fraction=i); arm `joint`×1 adds `effect`."
     check(n_subjects >= folds >= 1 and n_seeds >= 1 and n_sims >= 1,
           f"simulate_study: need n_sims, n_seeds >= 1 and n_subjects >= folds >= 1, got {n_sims}, {n_seeds}, {n_subjects}, {folds}")
-    rng = np.random.default_rng(seed); S, A, N, K = n_sims, 2, n_subjects, n_seeds
+    rng = np.random.default_rng(seed)
+    S, A, N, K = n_sims, 2, n_subjects, n_seeds
     fold = np.arange(N) * folds // N                                     # contiguous subjects per fold
     value = (0.75 + subject_sd * rng.normal(size=(S, 1, N, 1)) + interaction_sd * rng.normal(size=(S, A, N, 1))
              + seed_sd * rng.normal(size=(S, A, N, K)) + model_sd * rng.normal(size=(S, A, folds, K))[:, :, fold, :]
@@ -232,7 +239,8 @@ class FriedmanNemenyi:
 def friedman_nemenyi(table: pd.DataFrame, alpha: float = 0.05, higher_is_better: bool = True,
                      min_datasets: int = 3) -> FriedmanNemenyi:
     "Friedman p, Nemenyi average ranks, critical difference and pairwise p over datasets (rows) × arms (columns)."
-    t = pd.DataFrame(table).astype(float); N, k = t.shape
+    t = pd.DataFrame(table).astype(float)
+    N, k = t.shape
     check(not t.isna().any().any(), f"friedman_nemenyi: the table has missing values in {t.columns[t.isna().any()].tolist()}; "
                                     "every arm must have a value on every dataset (drop the arm or the dataset)")
     if N < min_datasets or k < 3:
@@ -262,13 +270,15 @@ def dataset_arm_table(dice: pd.DataFrame, fraction: float | None = None, value: 
     sm = seed_mean(dice[dice.fraction == fraction], value)
     m = sm.groupby(["dataset", "variant", "factor"], sort=True)[value].mean().reset_index()
     m["arm"] = [arm_label(v, f) for v, f in zip(m.variant, m.factor)]
-    out = m.pivot(index="dataset", columns="arm", values=value); out.columns.name = None
+    out = m.pivot(index="dataset", columns="arm", values=value)
+    out.columns.name = None
     return out
 
 # %% ../nbs/08b_stats.ipynb
 def arm_means(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
     "Per arm: n_synthetic (mean over folds), n_subjects, n_seeds, mean and sd over subjects of the seed-averaged value."
-    sm = seed_mean(dice, value); keys = arm_keys(sm)
+    sm = seed_mean(dice, value)
+    keys = arm_keys(sm)
     extra = {"n_synthetic": ("n_synthetic", "mean")} if "n_synthetic" in sm.columns else {}
     g = sm.groupby(keys, sort=True).agg(**extra, n_subjects=(value, "size"), n_seeds=("n_seeds", "max"),
                                          mean=(value, "mean"), sd=(value, "std")).reset_index()
@@ -279,7 +289,8 @@ def arm_means(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
 def summary_table(dice: pd.DataFrame, baseline: tuple = BASELINE, margin: float = 0.02, alpha: float = 0.05,
                   value: str = "dice", higher_is_better: bool = True, stats: pd.DataFrame | None = None, **kw) -> pd.DataFrame:
     "Every arm's mean ± sd (seeds averaged, over subjects) with `compare_arms` columns; the study's dice_summary."
-    g = arm_means(dice, value); keys = arm_keys(g)
+    g = arm_means(dice, value)
+    keys = arm_keys(g)
     g[value] = [f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else f"{m:.3f}" for m, s in zip(g["mean"], g.sd)]
     stats = compare_arms(dice, baseline, margin, alpha, value, higher_is_better, **kw) if stats is None else stats
     out = g.merge(stats[keys + COMPARE_COLUMNS].drop(columns="n_subjects"), on=keys, how="left")
@@ -298,7 +309,8 @@ def seed_table(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
 # %% ../nbs/08b_stats.ipynb
 def per_seed(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
     "Per arm: n_seeds, mean, sd between the seed means, and the within-subject sd across seeds (RMS over subjects)."
-    st = seed_table(dice, value); keys = arm_keys(st)
+    st = seed_table(dice, value)
+    keys = arm_keys(st)
     between = st.groupby(keys, sort=True).agg(n_seeds=("seed", "size"), mean=("mean", "mean"), sd_between_seeds=("mean", "std"))
     var = dice.groupby(keys + UNIT, sort=True)[value].var().groupby(keys).mean()
     return between.assign(sd_within_subject=np.sqrt(var)).reset_index()

@@ -185,7 +185,8 @@ def segmentation_tables(dice: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.Da
 # %% ../nbs/09_study.ipynb
 def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".4f") -> list[Path]:
     "Write `df` as `stem.csv`, `stem.md` and `stem.tex` (atomically); returns the paths."
-    stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     csv, md, tex = (stem.with_suffix(s) for s in (".csv", ".md", ".tex"))
     atomic_write_text(csv, df.to_csv(index=False))
     atomic_write_text(md, df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
@@ -205,14 +206,17 @@ def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[s
     "Grid of image channels + mask overlay: `n` random samples per dataset in `datasets` ({row title: dataset})."
     import matplotlib.pyplot as plt
     first = next(iter(datasets.values()))
-    C = int(first[0]["image"].shape[0]); modalities = list(modalities or getattr(first, "modalities", None) or [f"ch{c}" for c in range(C)])
+    C = int(first[0]["image"].shape[0])
+    modalities = list(modalities or getattr(first, "modalities", None) or [f"ch{c}" for c in range(C)])
     labels = labels or getattr(first, "labels", None) or {0: "background", 1: "fg"}
-    K = max(int(k) for k in labels) + 1; cmap = label_cmap(K)
+    K = max(int(k) for k in labels) + 1
+    cmap = label_cmap(K)
     rows = [(name, ds, i) for name, ds in datasets.items()
             for i in np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)]
     fig, axes = plt.subplots(len(rows), C + 1, figsize=(1.6 * (C + 1), 1.6 * len(rows)), squeeze=False)
     for r, (name, ds, i) in enumerate(rows):
-        s = ds[int(i)]; img, mask = np.asarray(s["image"], dtype=float), np.asarray(s["mask"])
+        s = ds[int(i)]
+        img, mask = np.asarray(s["image"], dtype=float), np.asarray(s["mask"])
         for c in range(C):
             axes[r, c].imshow(img[c], cmap="gray", vmin=0, vmax=1)
             if r == 0: axes[r, c].set_title(modalities[c], fontsize=8)
@@ -234,10 +238,12 @@ def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None 
     curves = pd.concat([d[d.variant.isin(added)]] + [base.assign(variant=v) for v in added]) if added else base
     fig, ax = plt.subplots(figsize=(5, 3.4))
     sns.lineplot(curves, x="factor", y="dice", hue="variant", marker="o", errorbar=("ci", 95), ax=ax, seed=0)
-    ax.set_xlabel("pairs added (x real training slices)"); ax.set_ylabel("test Dice (per subject, seeds averaged)")
+    ax.set_xlabel("pairs added (x real training slices)")
+    ax.set_ylabel("test Dice (per subject, seeds averaged)")
     for v, ls in (("real", ":"), (CONTROLS["noaug"], "--"), (CONTROLS["lookup"], "-.")):
         if (d.variant == v).any(): ax.axhline(d[d.variant == v].dice.mean(), color="gray", ls=ls, lw=1, label=v if v != "real" else "real only")
-    ax.set_title(title or "Dice vs amount of synthetic data", fontsize=9); ax.legend(fontsize=7)
+    ax.set_title(title or "Dice vs amount of synthetic data", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -251,7 +257,9 @@ def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | 
     fig, ax = plt.subplots(figsize=(5, 3.4))
     dodge = 0.25 if d.setting.nunique() > 1 else False
     sns.pointplot(d, x="subjects (%)", y="dice", hue="setting", errorbar=("ci", 95), dodge=dodge, ax=ax, seed=0)
-    ax.set_ylabel("test Dice (per subject)"); ax.set_title(title or "Small-data sweep", fontsize=9); ax.legend(fontsize=7)
+    ax.set_ylabel("test Dice (per subject)")
+    ax.set_title(title or "Small-data sweep", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -395,7 +403,8 @@ def write_real_subset(real, subjects: Sequence[str], out_dir: str | Path, finger
     state, why = artefact_state(out_dir, inputs)
     if state == "fresh": return out_dir
     if state != "missing": reset_artefact(out_dir, why, "prepare", log)
-    sub = real.subset(list(subjects)).for_training(); index = sub.index.reset_index(drop=True)
+    sub = real.subset(list(subjects)).for_training()
+    index = sub.index.reset_index(drop=True)
     def samples():
         for i in range(len(sub)):
             s = sub[i]
@@ -410,7 +419,8 @@ def write_real_subset(real, subjects: Sequence[str], out_dir: str | Path, finger
 def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Resolve the dataset, write `prepare.json`, the dataset and fold tables, the real training subsets and the overview figure."
     t0, lay = time.time(), RunLayout(out_dir)
-    data_dir = resolve_dataset(cfg); real = load_real(cfg, data_dir)
+    data_dir = resolve_dataset(cfg)
+    real = load_real(cfg, data_dir)
     splits = study_splits(cfg, real)
     fingerprint = dataset_hash(data_dir)
     fg = real.index["fg_fraction"] if "fg_fraction" in real.index else pd.Series(np.nan, index=real.index.index)
@@ -506,7 +516,8 @@ def plot_gan_snapshots(snaps: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(5, 3.4))
     sns.lineplot(d, x="kimg", y="metric", hue="run", marker="o", ax=ax)
     ax.set_ylabel(f"{d.metric_name.iloc[0] if 'metric_name' in d else 'metric'} on validation pairs (lower is better)")
-    ax.set_title("GAN snapshot quality vs training length", fontsize=9); ax.legend(fontsize=6)
+    ax.set_title("GAN snapshot quality vs training length", fontsize=9)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -514,7 +525,8 @@ def plot_gan_snapshots(snaps: pd.DataFrame):
 def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Train every GAN the grid needs on its cell's training subjects; writes `tables/gan_training`."
     t0, lay = time.time(), RunLayout(out_dir)
-    info = load_json(lay.prepare_json); data_dir = Path(info["data_dir"])
+    info = load_json(lay.prepare_json)
+    data_dir = Path(info["data_dir"])
     rows = [train_study_gan(cfg, job, split_of(info["splits"], job.fold, job.fraction), data_dir, info["dataset_sha256"], lay, log)
             for job in gan_jobs(cfg).itertuples()]
     table = pd.DataFrame(rows, columns=["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds", "checkpoint"])
@@ -577,7 +589,8 @@ def make_synthetic_set(cfg: StudyConfig, variant: str, fold: int, fraction: floa
     run = lambda g: gan_checkpoint(lay.gan_run(g, fold, fraction))
     if variant == "joint": generate_pairs(run("joint"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"])
     elif variant in WARPED_VARIANTS:
-        warp = dict(inputs["masks"]["warp"]); seed = warp.pop("seed")
+        warp = dict(inputs["masks"]["warp"])
+        seed = warp.pop("seed")
         generate_pairs(run("cond"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"], masks_from=lay.real_subset(fold, fraction),
                        warp_seed=seed, warp=warp)
     else: generate_pairs(run("cond"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"], mask_ckpt=run("mask"))
@@ -612,7 +625,8 @@ def cell_inputs(cell, cfg: StudyConfig, split: dict, fingerprint: str, scfg, n_s
 def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Path, log: Callable = print,
              fingerprint: str | None = None) -> pd.DataFrame:
     "Train/evaluate the U-Net of one grid cell (cached in `cells/<cell>/` under its manifest); per-subject, per-class rows."
-    lay = RunLayout(out_dir); cdir = lay.cell(cell.cell)
+    lay = RunLayout(out_dir)
+    cdir = lay.cell(cell.cell)
     split = split_of(splits, cell.fold, cell.fraction)
     n_syn = n_synthetic_for(cell.factor, split["n_train_slices"])
     syn_dir = lay.synthetic(cell.variant, cell.fold, cell.fraction) if n_syn and cell.variant in VARIANT_GANS else None
@@ -677,13 +691,15 @@ def dice_table(per_class: pd.DataFrame) -> pd.DataFrame:
 def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Run (or read back) every cell of the grid; write the Dice tables, the tests and the Dice figures."
     t0, lay = time.time(), RunLayout(out_dir)
-    info = load_json(lay.prepare_json); real = load_real(cfg, info["data_dir"])
+    info = load_json(lay.prepare_json)
+    real = load_real(cfg, info["data_dir"])
     grid = experiment_grid(cfg)
     log(f"segment: {len(grid)} cells (cached in {lay.root / 'cells'})")
     per_class = pd.concat([run_cell(c, cfg, real, info["splits"], lay.root, log, info["dataset_sha256"]) for c in grid.itertuples()],
                           ignore_index=True)
     per_class.insert(0, "dataset", info["name"])
-    dice = dice_table(per_class); dice.insert(0, "dataset", info["name"])
+    dice = dice_table(per_class)
+    dice.insert(0, "dataset", info["name"])
     check(np.isfinite(dice.dice).all(), f"non-finite Dice values in {lay.root / 'cells'}; delete the offending cell folders and rerun")
     outputs = write_table(dice, lay.table("dice")) + write_table(per_class, lay.table("dice_per_class"))
     outputs += write_table(learning_curves(grid, lay), lay.table("learning_curves"))
@@ -720,7 +736,8 @@ def quality_rows(result: dict) -> list[dict]:
             msg = (v or "not computed").removeprefix("error: ").strip()
             missing = re.search(r"([\w.-]+\.(?:pth|pt|pkl|npz|ckpt))\b", msg)
             short = f"missing {missing.group(1)}" if missing and "not found" in msg else msg.split(";")[0][:120]
-            rows.append(dict(metric=metric, value=np.nan, display=f"n/a ({short})", error=msg)); continue
+            rows.append(dict(metric=metric, value=np.nan, display=f"n/a ({short})", error=msg))
+            continue
         for key, leaf in _flatten(v, metric).items():
             if isinstance(leaf, bool) or not isinstance(leaf, (int, float, np.integer, np.floating)): continue
             rows.append(dict(metric=key, value=float(leaf), display=f"{float(leaf):.4g}", error=""))
@@ -755,7 +772,8 @@ def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     """FID/KID/LPIPS/precision-recall/domain-FID/image-mask Dice/mask statistics of every synthetic set against its fold's
     real training set, and next to it the real-vs-real reference at the same N."""
     t0, lay, rows = time.time(), RunLayout(out_dir), []
-    info = load_json(lay.prepare_json); real = load_real(cfg, info["data_dir"])
+    info = load_json(lay.prepare_json)
+    real = load_real(cfg, info["data_dir"])
     for fold in range(cfg.folds):
         split = split_of(info["splits"], fold, 1.0)
         unet = lay.cell(cell_id(1.0, "real", 0.0, fold, cfg.seeds[0])) / "unet.pt"
@@ -809,7 +827,8 @@ def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -
 # %% ../nbs/09_study.ipynb
 def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
     "The numbers a dataset report quotes, read from the run (`prepare.json`, `tables/dice.csv`) and `cfg`."
-    lay = RunLayout(out_dir); info = load_json(lay.prepare_json)
+    lay = RunLayout(out_dir)
+    info = load_json(lay.prepare_json)
     dice = pd.read_csv(lay.table("dice.csv"))
     n_test = [len(split_of(info["splits"], f, 1.0)["test"]) for f in range(cfg.folds)]
     arms = dice[dice.fraction == 1.0][["variant", "factor"]].drop_duplicates().sort_values(["factor", "variant"])
@@ -900,7 +919,8 @@ class Report:
         return f"{kind} {self.counts[kind] + 1}"
 
     def _take(self, kind: str) -> str:
-        label = self.next_label(kind); self.counts[kind] += 1
+        label = self.next_label(kind)
+        self.counts[kind] += 1
         return label
 
     def read(self, stem: str) -> pd.DataFrame:
@@ -1002,7 +1022,8 @@ def ensure_kernel(name: str = "python3") -> str:
     "Name of a Jupyter kernel papermill can start (installing this Python's ipykernel spec when missing)."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     try:
-        KernelSpecManager().get_kernel_spec(name); return name
+        KernelSpecManager().get_kernel_spec(name)
+        return name
     except NoSuchKernel:
         from ipykernel.kernelspec import install
         install(kernel_name=name, prefix=sys.prefix)
@@ -1056,19 +1077,24 @@ def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log:
     "Execute the stage notebooks for one dataset, skipping finished stages; returns {stage: 'skipped'|'ran'|'failed: ...'}."
     out, lay, name = Path(out_dir), RunLayout(out_dir), dataset_name(cfg.dataset)
     if force and out.exists():
-        log(f"[{name}] --force: removing {out} to recompute every stage"); shutil.rmtree(out)
+        log(f"[{name}] --force: removing {out} to recompute every stage")
+        shutil.rmtree(out)
     nbdir, kernel, params, status = study_notebooks_dir(), ensure_kernel(), notebook_parameters(cfg, out), {}
     for stage, nb in STAGES:
         if stage_done(out, stage, cfg):
-            log(f"[{name}] {stage}: already finished, skipped"); status[stage] = "skipped"; continue
-        log(f"[{name}] {stage}: running {nb} -> {lay.notebook(nb)}"); t0 = time.time()
+            log(f"[{name}] {stage}: already finished, skipped")
+            status[stage] = "skipped"
+            continue
+        log(f"[{name}] {stage}: running {nb} -> {lay.notebook(nb)}")
+        t0 = time.time()
         try:
             execute_notebook(nbdir / nb, lay.notebook(nb), params, kernel, log)
         except MedsynError as e:
             status[stage] = f"failed: {e}"
             log(f"[{name}] {stage}: FAILED — {e}\n[{name}] later stages need it and were not run; fix the cause and rerun (finished stages are kept)")
             break
-        status[stage] = "ran"; log(f"[{name}] {stage}: finished in {time.time() - t0:.0f} s")
+        status[stage] = "ran"
+        log(f"[{name}] {stage}: finished in {time.time() - t0:.0f} s")
     if status.get("report") in ("ran", "skipped") and lay.notebook(STAGES[-1][1]).exists():
         log(f"[{name}] report: {render_report(lay.notebook(STAGES[-1][1]), out / 'report.html', title=f'medsyn study: {name}')}")
     save_json(dict(status=status, config=asdict(cfg)), lay.status_json)
@@ -1081,7 +1107,8 @@ def aggregate_tables(root: str | Path, names: Sequence[str]) -> list[Path]:
     for stem in ("dice_summary", "quality", "dataset", "trivial_baseline"):
         frames = [pd.read_csv(root / n / "tables" / f"{stem}.csv").assign(dataset=n) for n in names if (root / n / "tables" / f"{stem}.csv").exists()]
         if not frames: continue
-        all_ = pd.concat(frames, ignore_index=True); all_ = all_[["dataset"] + [c for c in all_.columns if c != "dataset"]]
+        all_ = pd.concat(frames, ignore_index=True)
+        all_ = all_[["dataset"] + [c for c in all_.columns if c != "dataset"]]
         outputs += write_table(all_, root / "tables" / f"{stem}_all")
         if stem == "dice_summary":
             side = all_.assign(cell=lambda d: d.dice + np.where(d.significant.fillna(False).astype(bool), " *", "")) \
@@ -1105,8 +1132,10 @@ def rank_tests(root: Path, names: Sequence[str]) -> list[Path]:
 # %% ../nbs/09_study.ipynb
 def aggregate(root: str | Path, names: Sequence[str], log: Callable = print) -> Path:
     "Aggregate tables and execute the report notebook into `root/report.ipynb` and `root/report.html`."
-    root = Path(root).resolve(); aggregate_tables(root, names)
-    src = study_notebooks_dir() / "report.ipynb"; dst = root / "report.ipynb"
+    root = Path(root).resolve()
+    aggregate_tables(root, names)
+    src = study_notebooks_dir() / "report.ipynb"
+    dst = root / "report.ipynb"
     execute_notebook(src, dst, dict(root=str(root), datasets=list(names)), ensure_kernel(), log)
     render_report(dst, root / "report.html", title="medsyn study: all datasets")
     log(f"report: {root / 'report.html'}")
@@ -1172,7 +1201,8 @@ def study_main(argv: list[str]) -> int:
             for ds in datasets]
     names, failed, t0 = [], [], time.time()
     for ds, cfg in zip(datasets, cfgs):
-        name = dataset_name(ds); names.append(name)
+        name = dataset_name(ds)
+        names.append(name)
         print(f"[{name}] profile {a.profile}: {len(experiment_grid(cfg))} U-Net cells, {len(gan_jobs(cfg))} GAN runs -> {root / name}", flush=True)
         status = run_dataset(cfg, root / name, force=a.force, log=lambda m: print(m, flush=True))
         if any(s.startswith("failed") for s in status.values()): failed.append(name)

@@ -359,7 +359,9 @@ def _rng_state() -> dict:
 
 # %% ../nbs/05_train.ipynb
 def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"]); np.random.set_state(s["numpy"]); random.setstate(s["python"])
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
 # %% ../nbs/05_train.ipynb
@@ -409,31 +411,41 @@ class GANTrainer:
         cond = onehot if kind == "cond" else None
         stats = {}
         # Gmain (D frozen: gradients flow through it to G only)
-        self.G.requires_grad_(True); self.D.requires_grad_(False)
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
-        loss_G = self.loss.g_main(n, cond); loss_G.backward(); self.opt_G.step()
+        loss_G = self.loss.g_main(n, cond)
+        loss_G.backward()
+        self.opt_G.step()
         stats["loss_G"] = loss_G.item()
         _test_hook("train:step")      # tests: a signal that lands inside a step
         # Greg: lazy path-length regularization
         if tc.pl_weight > 0 and self.step_idx % tc.pl_interval == 0:
             self.opt_G.zero_grad(set_to_none=True)
-            pl = self.loss.g_pl(n, cond); (pl * tc.pl_interval).backward(); self.opt_G.step()
+            pl = self.loss.g_pl(n, cond)
+            (pl * tc.pl_interval).backward()
+            self.opt_G.step()
             stats["pl_penalty"] = pl.item() / tc.pl_weight
         # Dmain
-        self.G.requires_grad_(False); self.D.requires_grad_(True)
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         l_fake, l_real, real_logits = self.loss.d_main(image, onehot, cond)
-        (l_fake + l_real).backward(); self.opt_D.step()
+        (l_fake + l_real).backward()
+        self.opt_D.step()
         stats.update(loss_D=(l_fake + l_real).item(), loss_D_fake=l_fake.item(), loss_D_real=l_real.item())
         if self.ada is not None: self.ada.accumulate(real_logits)
         # Dreg: lazy R1
         if tc.gamma > 0 and self.step_idx % tc.r1_interval == 0:
             self.opt_D.zero_grad(set_to_none=True)
-            r1, penalty = self.loss.d_r1(image, onehot); (r1 * tc.r1_interval).backward(); self.opt_D.step()
+            r1, penalty = self.loss.d_r1(image, onehot)
+            (r1 * tc.r1_interval).backward()
+            self.opt_D.step()
             stats["r1_penalty"] = penalty.item()
         self.G.requires_grad_(True)
         update_ema(self.G_ema, self.G, ema_beta(tc, self.cur_nimg))
-        self.cur_nimg += n; self.step_idx += 1
+        self.cur_nimg += n
+        self.step_idx += 1
         if self.ada is not None: self.ada.update(n)
         stats["augment_p"] = self.augment_p
         return stats
@@ -450,8 +462,11 @@ class GANTrainer:
                     cur_nimg=self.cur_nimg, step=self.step_idx, rng=_rng_state())
 
     def load_state_dict(self, s: dict, restore_rng: bool = True) -> None:
-        self.G.load_state_dict(s["G"]); self.D.load_state_dict(s["D"]); self.G_ema.load_state_dict(s["G_ema"])
-        self.opt_G.load_state_dict(s["opt_G"]); self.opt_D.load_state_dict(s["opt_D"])
+        self.G.load_state_dict(s["G"])
+        self.D.load_state_dict(s["D"])
+        self.G_ema.load_state_dict(s["G_ema"])
+        self.opt_G.load_state_dict(s["opt_G"])
+        self.opt_D.load_state_dict(s["opt_D"])
         if s.get("augment_pipe") is not None and isinstance(self.augment_pipe, torch.nn.Module):
             self.augment_pipe.load_state_dict(s["augment_pipe"])
         if s.get("augment") is not None and self.ada is not None: self.ada.load_state_dict(s["augment"])
@@ -482,7 +497,9 @@ class RunLog:
     def add(self, row: dict, nimg: int) -> None:
         self.rows.append({k: row.get(k, "") for k in STATS_COLUMNS})
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=STATS_COLUMNS); w.writeheader(); w.writerows(self.rows)
+        w = csv.DictWriter(buf, fieldnames=STATS_COLUMNS)
+        w.writeheader()
+        w.writerows(self.rows)
         atomic_write_text(self.path, buf.getvalue())
         if self.tb is not None:
             for k, v in row.items():
@@ -733,7 +750,8 @@ class TrainingLoop:
                 print(f"medsyn train: aborted inside a step; {plan.last} keeps the last whole-step checkpoint", file=sys.stderr)
                 raise
             self.snapshot(metric=False)                     # between steps: the state is whole, save it
-            self.log.add(self.tick_row(), tr.cur_nimg); self.log.close()
+            self.log.add(self.tick_row(), tr.cur_nimg)
+            self.log.close()
             raise
         self.finish()
         self.log.close()

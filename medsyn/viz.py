@@ -70,7 +70,8 @@ def save_png(rgb: np.ndarray, path) -> Path:
 def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150, close: bool = False) -> list[Path]:
     "Save a matplotlib figure atomically as `stem.png`, `stem.pdf` (the folder is created); `close` closes the figure."
     import matplotlib.pyplot as plt
-    stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
         p = Path(f"{stem}.{fmt}")

