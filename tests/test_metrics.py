@@ -14,6 +14,7 @@ from medsyn import evaluate as E
 from medsyn import metrics as M
 from medsyn import segment as S
 from medsyn.core import MedsynError
+from medsyn.weights import INCEPTION_ENV
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,7 @@ def offline_caches(tmp_path, monkeypatch):
     "Empty medsyn and torch hub caches, so no test depends on weights present on the machine."
     monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "medsyn-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
     monkeypatch.delenv(M.LPIPS_ENV, raising=False)
 
 
@@ -147,7 +148,7 @@ def test_segmentation_spacing_scales_hd95():
 
 def test_missing_weights_name_the_file():
     with pytest.raises(MedsynError) as e: M.InceptionFeatures()
-    for part in (M.FID_INCEPTION_FILE, M.FID_INCEPTION_URL, M.INCEPTION_ENV, "weights_path"): assert part in str(e.value)
+    for part in (M.FID_INCEPTION_FILE, M.FID_INCEPTION_URL, INCEPTION_ENV, "weights_path"): assert part in str(e.value)
     with pytest.raises(MedsynError) as e: M.lpips_network()
     for part in ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", M.LPIPS_ENV, "backbone_path"):
         assert part in str(e.value)
@@ -164,7 +165,7 @@ def test_inception_loading_plumbing(tmp_path, monkeypatch):
     feats = ext(torch.rand(3, 3, 40, 40))
     assert feats.shape == (3, 2048) and np.isfinite(feats).all()
     other = tmp_path / "elsewhere.pth"; torch.save(state, other)
-    monkeypatch.setenv(M.INCEPTION_ENV, str(other))                   # env var wins over the hub cache
+    monkeypatch.setenv(INCEPTION_ENV, str(other))                   # env var wins over the hub cache
     assert M.InceptionFeatures().path == other
 
 

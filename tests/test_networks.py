@@ -175,7 +175,7 @@ def test_representation_helpers():
 def test_bad_configs():
     with pytest.raises(MedsynError, match="unknown kind"): gan_config("cpu64", kind="pairs")
     with pytest.raises(MedsynError, match="power of two"): gan_config("cpu64", resolution=48)
-    with pytest.raises(MedsynError, match="unknown fields"): gan_config("cpu64", channelbase=1)
+    with pytest.raises(MedsynError, match="unknown GANConfig fields"): gan_config("cpu64", channelbase=1)
     with pytest.raises(MedsynError, match="unknown preset"): gan_config("gpu1024")
 
 
