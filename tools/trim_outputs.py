@@ -1,10 +1,11 @@
-"""Keep only the outputs of a notebook that carry meaning: figures (one PNG each) and tables/text results.
+"""Keep only the outputs of a notebook that carry meaning: figures (one PNG each) and tables (HTML).
 
 Usage: python tools/trim_outputs.py nbs/NAME.ipynb [...]
 
 After executing a notebook to store its figures (`jupyter nbconvert --to notebook --execute --inplace`), this
-drops stderr streams (warnings, progress bars), duplicate JPEG renderings of a PNG, and execution counts,
-so that only what a reader should see is kept and diffs stay small. Run `nbdev_clean` afterwards.
+drops printed streams (warnings, progress bars, logs with temporary paths), plain-text results, duplicate JPEG
+renderings of a PNG and execution counts, so that only what a reader should see is kept and diffs stay small.
+Run `nbdev_clean` afterwards.
 """
 import json, sys
 from pathlib import Path
@@ -17,10 +18,12 @@ def trim(path: Path) -> int:
         if cell["cell_type"] != "code": continue
         kept = []
         for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream" and out.get("name") == "stderr": dropped += 1; continue
-            data = out.get("data")
-            if data and "image/png" in data:
-                out["data"] = {k: v for k, v in data.items() if k in ("image/png", "text/plain")}
+            data = out.get("data") or {}
+            if "image/png" in data: out["data"] = {k: v for k, v in data.items() if k in ("image/png", "text/plain")}
+            elif "text/html" in data: out["data"] = {k: v for k, v in data.items() if k in ("text/html", "text/plain")}
+            else:
+                dropped += 1
+                continue
             kept.append(out)
         cell["outputs"] = kept
         cell["execution_count"] = None
@@ -32,4 +35,4 @@ def trim(path: Path) -> int:
 
 if __name__ == "__main__":
     for name in sys.argv[1:]:
-        print(f"{name}: dropped {trim(Path(name))} stderr output(s)")
+        print(f"{name}: dropped {trim(Path(name))} output(s) without a figure or table")
