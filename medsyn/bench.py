@@ -142,8 +142,12 @@ def available_impls(device: torch.device) -> list[str]:
     return ["ref"] + ([kind] if ops.load_plugin(kind).ops is not None else [])
 
 # %% ../nbs/10_bench.ipynb
-def bench_ops(quick: bool = False, device: str = "auto", repeats: int = 5, min_time: float = 0.5,
-              compile: bool = False) -> dict:
+def bench_ops(quick: bool = False,        # tiny shapes (seconds), for tests
+              device: str = "auto",       # auto (CUDA when present, plus CPU) | cpu | cuda
+              repeats: int = 5,           # minimum timed repeats per case
+              min_time: float = 0.5,      # minimum seconds of timed repeats per case
+              compile: bool = False,      # also benchmark torch.compile on a composite of the reference ops
+              ) -> dict:
     """Time forward+backward of every op case with every available implementation on `device`
     ('auto': CUDA when present, plus CPU). Returns `{"ops": [...], "config": {...}}`."""
     devices = [torch.device("cpu")]
@@ -397,7 +401,13 @@ def nvlabs_step(nvlabs_dir, res=64, img_channels=6, batch=8, channel_base=4096, 
                       ops_impl="ref (NVlabs torch_utils.ops on CPU)", precision="fp32", source=str(root))
 
 # %% ../nbs/10_bench.ipynb
-def bench_nvlabs(nvlabs_dir, rounds: int = 3, steps_per_round: int = 2, warmup: int = 1, res: int = 64, batch: int = 8) -> dict:
+def bench_nvlabs(nvlabs_dir,                # a checkout of github.com/NVlabs/stylegan2-ada-pytorch
+                 rounds: int = 3,           # interleaved rounds (each variant once per round)
+                 steps_per_round: int = 2,  # timed steps per round
+                 warmup: int = 1,           # untimed steps first
+                 res: int = 64,             # resolution
+                 batch: int = 8,            # images per step
+                 ) -> dict:
     "NVlabs ref fp32 vs medsyn default vs medsyn fp32, interleaved in one run; ms/step, img/s, peak memory and ratios."
     arch = dict(res=res, batch=batch, channel_base=4096, channel_max=256, z_dim=512, w_dim=512, mapping_layers=2)
     steps, infos = {}, {}
@@ -417,43 +427,28 @@ def bench_nvlabs(nvlabs_dir, rounds: int = 3, steps_per_round: int = 2, warmup: 
 
 # %% ../nbs/10_bench.ipynb
 def bench_main(argv: list[str]) -> int:
-    "`medsyn bench ops ...` or `medsyn bench train ...`: print one JSON object with the measurements."
-    import argparse
+    "`medsyn bench ops|train|nvlabs ...`: print one JSON object with the measurements (options generated from the functions)."
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: medsyn bench {ops,train,nvlabs} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
               "  train  time G/D training steps (bench_train)\n"
               "  nvlabs NVlabs stylegan2-ada-pytorch vs medsyn default and fp32, interleaved (--nvlabs-dir DIR)")
         return 0 if argv else 2
     what, rest = argv[0], argv[1:]
-    if what == "train":
-        return int(bench_train(rest) or 0)
+    if what == "train": return int(bench_train(rest) or 0)
+    check(what in ("ops", "nvlabs"), f"unknown benchmark {what!r}; choose 'ops', 'train' or 'nvlabs'")
     if what == "nvlabs":
-        ap = argparse.ArgumentParser(prog="medsyn bench nvlabs", description="NVlabs stylegan2-ada-pytorch (ref ops, fp32) vs medsyn, interleaved.")
-        ap.add_argument("--nvlabs-dir", required=True, help="a checkout of github.com/NVlabs/stylegan2-ada-pytorch")
-        ap.add_argument("--rounds", type=int, default=3)
-        ap.add_argument("--steps", type=int, default=2, help="timed steps per round")
-        ap.add_argument("--warmup", type=int, default=1)
-        ap.add_argument("--res", type=int, default=64)
-        ap.add_argument("--batch", type=int, default=8)
-        ap.add_argument("--threads", type=int, default=None)
-        a = ap.parse_args(rest)
-        if a.threads: torch.set_num_threads(a.threads)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            print(json.dumps(bench_nvlabs(a.nvlabs_dir, a.rounds, a.steps, a.warmup, a.res, a.batch)))
-        return 0
-    check(what == "ops", f"unknown benchmark {what!r}; choose 'ops', 'train' or 'nvlabs'")
-    ap = argparse.ArgumentParser(prog="medsyn bench ops", description="Time bias_act and upfirdn2d, reference vs compiled.")
-    ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds), for tests")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--repeats", type=int, default=5, help="minimum timed repeats per case")
-    ap.add_argument("--min-time", type=float, default=0.5, help="minimum seconds of timed repeats per case")
-    ap.add_argument("--compile", action="store_true", help="also benchmark torch.compile on a composite of the reference ops")
-    args = ap.parse_args(rest)
-    check(args.device != "cuda" or torch.cuda.is_available(), "--device cuda: torch sees no CUDA GPU; use --device cpu")
+        p = signature_parser(bench_nvlabs, "medsyn bench nvlabs", "NVlabs stylegan2-ada-pytorch (ref ops, fp32) vs medsyn, interleaved.",
+                             aliases=dict(steps_per_round=["--steps"]))
+        p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+        fn = bench_nvlabs
+    else:
+        p = signature_parser(bench_ops, "medsyn bench ops", "Time bias_act and upfirdn2d, reference vs compiled.",
+                             choices=dict(device=["auto", "cpu", "cuda"]))
+        fn = bench_ops
+    a = p.parse_args(rest)
+    if getattr(a, "threads", None): torch.set_num_threads(a.threads)
+    check(getattr(a, "device", "auto") != "cuda" or torch.cuda.is_available(), "--device cuda: torch sees no CUDA GPU; use --device cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = bench_ops(quick=args.quick, device=args.device, repeats=args.repeats, min_time=args.min_time,
-                           compile=args.compile)
-    print(json.dumps(result))
+        print(json.dumps(call_with_args(fn, a)))
     return 0
