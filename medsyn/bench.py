@@ -255,18 +255,9 @@ def bench_step(kind: str = "joint",           # generator variant: joint | mask 
     image = None if kind == "mask" else img
     cond = onehot if kind == "cond" else None
 
-    def step():
-        tr.G.requires_grad_(True)
-        tr.D.requires_grad_(False)
-        tr.opt_G.zero_grad(set_to_none=True)
-        tr.loss.g_main(batch, cond).backward()
-        tr.opt_G.step()
-        tr.G.requires_grad_(False)
-        tr.D.requires_grad_(True)
-        tr.opt_D.zero_grad(set_to_none=True)
-        lf, lr, _ = tr.loss.d_main(image, onehot, cond)
-        (lf + lr).backward()
-        tr.opt_D.step()
+    def step():                                   # the main phases of `GANTrainer.step`, exactly as training runs them
+        tr.gmain(batch, cond)
+        tr.dmain(image, onehot, cond)
 
     info = dict(impl=impl, ops_impl="ref" if impl == "compile" else ops.active_impl(dev), precision=gcfg.precision,
                 precision_requested=precision, num_fp16_res=gcfg.num_fp16_res, lowp_resolution=gcfg.lowp_resolution(),

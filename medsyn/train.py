@@ -403,21 +403,33 @@ class GANTrainer:
     def augment_p(self) -> float:
         return float(self.augment_pipe.p) if self.augment_pipe is not None else 0.0
 
-    def step(self, real_img: torch.Tensor, real_mask: torch.Tensor) -> dict:
-        "One StyleGAN2 iteration (Gmain, Greg, Dmain, Dreg, EMA, ADA update) on a real batch; returns scalar stats."
-        tc, kind, n = self.tc, self.gcfg.kind, real_mask.shape[0]
-        onehot = mask_to_onehot(real_mask, self.gcfg.num_labels)
-        image = None if kind == "mask" else real_img
-        cond = onehot if kind == "cond" else None
-        stats = {}
-        # Gmain (D frozen: gradients flow through it to G only)
+    def gmain(self, n: int, cond=None) -> torch.Tensor:
+        "Gmain: G's adversarial loss through a frozen D (gradients reach G only), backward, Adam step; returns the loss."
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         loss_G = self.loss.g_main(n, cond)
         loss_G.backward()
         self.opt_G.step()
-        stats["loss_G"] = loss_G.item()
+        return loss_G
+
+    def dmain(self, image, onehot, cond=None):
+        "Dmain: D's loss on fakes and reals (G without a graph), backward, Adam step; returns (fake loss, real loss, real logits)."
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        l_fake, l_real, real_logits = self.loss.d_main(image, onehot, cond)
+        (l_fake + l_real).backward()
+        self.opt_D.step()
+        return l_fake, l_real, real_logits
+
+    def step(self, real_img: torch.Tensor, real_mask: torch.Tensor) -> dict:
+        "One StyleGAN2 iteration (Gmain, Greg, Dmain, Dreg, EMA, ADA update) on a real batch; returns scalar stats."
+        tc, kind, n = self.tc, self.gcfg.kind, real_mask.shape[0]
+        onehot = mask_to_onehot(real_mask, self.gcfg.num_labels)
+        image = None if kind == "mask" else real_img
+        cond = onehot if kind == "cond" else None
+        stats = {"loss_G": self.gmain(n, cond).item()}
         _test_hook("train:step")      # tests: a signal that lands inside a step
         # Greg: lazy path-length regularization
         if tc.pl_weight > 0 and self.step_idx % tc.pl_interval == 0:
@@ -426,13 +438,7 @@ class GANTrainer:
             (pl * tc.pl_interval).backward()
             self.opt_G.step()
             stats["pl_penalty"] = pl.item() / tc.pl_weight
-        # Dmain
-        self.G.requires_grad_(False)
-        self.D.requires_grad_(True)
-        self.opt_D.zero_grad(set_to_none=True)
-        l_fake, l_real, real_logits = self.loss.d_main(image, onehot, cond)
-        (l_fake + l_real).backward()
-        self.opt_D.step()
+        l_fake, l_real, real_logits = self.dmain(image, onehot, cond)
         stats.update(loss_D=(l_fake + l_real).item(), loss_D_fake=l_fake.item(), loss_D_real=l_real.item())
         if self.ada is not None: self.ada.accumulate(real_logits)
         # Dreg: lazy R1
