@@ -237,6 +237,7 @@ def bench_step(kind: str = "joint",           # generator variant: joint | mask 
                precision: str = "auto",       # precision(s), comma-separated: auto,fp32,bf16,fp16 (auto: as medsyn train)
                device: str = "auto",          # auto (as medsyn train: CUDA when present), cpu or cuda
                preset: str = "cpu64",         # the GAN preset whose other settings are used
+               fused_modconv: str = "auto",   # modulated conv: true (grouped conv) | false (scaled activations) | auto (per layer)
                seed: int = 0):
     """One training step to time, as `medsyn train` builds it (`impl`, `precision`, `device` resolved the same way):
     returns `(step, info)`, `step()` running Gmain + Dmain with both Adam steps on a fixed random batch."""
@@ -244,7 +245,8 @@ def bench_step(kind: str = "joint",           # generator variant: joint | mask 
     compile_main = select_ops_impl(impl)
     gcfg = gan_config(preset, kind=kind, resolution=res, img_channels=img_channels, num_labels=num_labels,
                         channel_base=channel_base, channel_max=channel_max, z_dim=z_dim, w_dim=w_dim,
-                        mapping_layers=mapping_layers, precision=precision)
+                        mapping_layers=mapping_layers, precision=precision,
+                        fused_modconv={"true": True, "false": False}.get(fused_modconv.lower(), fused_modconv))
     gcfg = replace(gcfg, precision=resolve_precision(gcfg.precision, dev))
     tc = train_config(preset, batch=batch, augment="none")
     seed_everything(seed)

@@ -4,12 +4,11 @@
 
 # %% ../nbs/03_networks.ipynb 2
 from __future__ import annotations
-import math, sys, time
+import math, sys
 from pathlib import Path
 from dataclasses import dataclass, asdict, fields
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,7 +24,7 @@ __all__ = ['GAN_KINDS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLA
            'SynthesisNetwork', 'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer',
            'DiscriminatorEpilogue', 'Discriminator', 'mask_probs', 'split_output', 'hard_mask', 'to_pair01',
            'real_to_gan', 'to_d_input', 'real_to_d_input', 'fake_to_d_input', 'build_networks', 'count_params',
-           'load_checkpoint', 'generator_from_checkpoint', 'time_gd_step']
+           'load_checkpoint', 'generator_from_checkpoint']
 
 # %% ../nbs/03_networks.ipynb
 GAN_KINDS = ('joint', 'mask', 'cond')
@@ -636,25 +635,3 @@ def generator_from_checkpoint(ck: dict, which: str = "G_ema", device="cpu"):
     G, _ = build_networks(gcfg)
     G.load_state_dict(ck[which])
     return G.to(device).eval().requires_grad_(False), gcfg
-
-# %% ../nbs/03_networks.ipynb
-def time_gd_step(cfg: GANConfig, batch: int = 8, steps: int = 3, warmup: int = 1, fused_modconv=None) -> dict:
-    """Median wall and process-CPU milliseconds of one G+D step: G pass through a frozen D with backward, then D on
-    reals and (graph-free) fakes with backward; no regularizers (the main loss phases of StyleGAN2's loop)."""
-    torch.manual_seed(0)
-    G, D = build_networks(cfg)
-    R, K = cfg.resolution, cfg.num_labels
-    cond = mask_to_onehot(torch.randint(0, K, (batch, R, R)), K)
-    real = real_to_d_input(torch.rand(batch, cfg.img_channels, R, R) * 2 - 1, cond, cfg)
-    cond = cond if cfg.kind == 'cond' else None
-    wall, cpu = [], []
-    for i in range(warmup + steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        z = torch.randn(batch, cfg.z_dim)
-        D.requires_grad_(False)   # G phase: gradients for G only
-        F.softplus(-D(fake_to_d_input(G(z, cond, fused_modconv=fused_modconv), cfg, cond=cond))).mean().backward()
-        D.requires_grad_(True)    # D phase: G runs without a graph
-        with torch.no_grad(): fake = G(z, cond, fused_modconv=fused_modconv)
-        (F.softplus(D(fake_to_d_input(fake, cfg, cond=cond))).mean() + F.softplus(-D(real)).mean()).backward()
-        if i >= warmup: wall.append((time.perf_counter() - t0) * 1000); cpu.append((time.process_time() - c0) * 1000)
-    return dict(wall_ms=float(np.median(wall)), cpu_ms=float(np.median(cpu)), batch=batch, threads=torch.get_num_threads())
