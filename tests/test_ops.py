@@ -382,3 +382,13 @@ def test_filter2d_fast_path_matches_reference(cpu_ops, pad):
             y = ops.upfirdn2d(x, f, padding=pad, impl=impl)
             outs.append((y, *torch.autograd.grad(y, x, torch.ones_like(y))))
         for a, c in zip(*outs): torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+
+
+def test_keep_freed_memory(cpu_ops, monkeypatch):
+    "Loading the CPU ops tunes glibc's allocator once; MEDSYN_KEEP_FREED_MEMORY=0 leaves it alone."
+    import sys as _sys
+    if _sys.platform.startswith("linux"):
+        assert ops.keep_freed_memory() in (True, False) and ops.keep_freed_memory() == ops.keep_freed_memory()
+    monkeypatch.setattr(ops, "_malloc_tuned", None)
+    monkeypatch.setenv("MEDSYN_KEEP_FREED_MEMORY", "0")
+    assert ops.keep_freed_memory() is False
