@@ -289,8 +289,11 @@ def use_fused_modconv(fused_modconv, weight_shape, x_shape) -> bool:
     O, I, kh, kw = weight_shape
     return O * kh * kw < x_shape[2] * x_shape[3]
 
-def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None, demodulate=True, fused_modconv=True):
-    "Per-sample modulated (and demodulated) convolution of `x` (N,I,H,W) by `weight` (O,I,k,k) and `styles` (N,I)."
+def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None, demodulate=True, fused_modconv=True,
+                     bias=None, activation='linear', act_gain=1.0, clamp=None):
+    """Per-sample modulated (and demodulated) convolution of `x` (N,I,H,W) by `weight` (O,I,k,k) and `styles` (N,I), plus
+    `noise` (N or 1,1,H,W); optionally followed by `bias` (O), `activation` ('linear' | 'relu' | 'lrelu') with gain `act_gain`
+    and `clamp`. Everything after the convolution is one `ops.demod_bias_act` pass."""
     N = x.shape[0]
     O, I, kh, kw = weight.shape
     # sum_ik (s_i w_oik)^2 = sum_i s_i^2 (sum_k w_oik^2): an (N,I)x(I,O) product, no N x O x I x k x k tensor
@@ -300,21 +303,19 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
         weight = weight * (1 / math.sqrt(I * kh * kw) / weight.norm(float('inf'), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float('inf'), dim=1, keepdim=True)
     dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt() if demodulate else None  # (N, O)
-    if noise is not None: noise = noise.to(x.dtype)
+    identity = noise is None and bias is None and activation == 'linear' and act_gain == 1 and clamp is None
+    def epilogue(x, d):  # demodulation scale (non-fused path), noise, bias, activation, gain, clamp: one pass
+        if d is None and identity: return x
+        return ops.demod_bias_act(x, d, noise, bias, act=activation, gain=act_gain, clamp=clamp)
     if not use_fused_modconv(fused_modconv, weight.shape, x.shape):
         x = x * styles.to(x.dtype).reshape(N, -1, 1, 1)
         x = conv2d_resample(x, weight, resample_filter, up=up, padding=padding)
-        if dcoefs is not None:
-            dc = dcoefs.to(x.dtype).reshape(N, -1, 1, 1)
-            x = torch.addcmul(noise, x, dc) if noise is not None else x * dc
-        elif noise is not None: x = x + noise
-        return x
+        return epilogue(x, dcoefs)
     scale = styles.reshape(N, 1, I) if dcoefs is None else styles.reshape(N, 1, I) * dcoefs.reshape(N, O, 1)
     w = weight.unsqueeze(0) * scale.unsqueeze(-1).unsqueeze(-1)          # (N, O, I, k, k): one big product (cast in conv2d_resample)
     x = conv2d_resample(x.reshape(1, -1, *x.shape[2:]), w.reshape(-1, I, kh, kw), resample_filter,
                         up=up, padding=padding, groups=N)
-    x = x.reshape(N, -1, *x.shape[2:])
-    return x.add_(noise) if noise is not None else x
+    return epilogue(x.reshape(N, -1, *x.shape[2:]), None)
 
 # %% ../nbs/03_networks.ipynb
 NOISE_MODES = ('random', 'const', 'none')
@@ -339,10 +340,10 @@ class SynthesisLayer(nn.Module):
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device, dtype=x.dtype) * self.noise_strength
         elif noise_mode == 'const':
             noise = (self.noise_const * self.noise_strength).expand(x.shape[0], 1, -1, -1)
-        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=1,
-                             resample_filter=self.resample_filter, fused_modconv=fused_modconv)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(x, self.bias.to(x.dtype), act='lrelu', gain=ACT_GAIN['lrelu'] * gain, clamp=clamp)
+        return modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=1, resample_filter=self.resample_filter,
+                                fused_modconv=fused_modconv, bias=self.bias, activation='lrelu', act_gain=ACT_GAIN['lrelu'] * gain,
+                                clamp=clamp)
 
     def extra_repr(self): return f'in={self.in_channels}, out={self.out_channels}, res={self.resolution}, up={self.up}'
 
@@ -358,8 +359,8 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x, w, fused_modconv=True):
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
-        return ops.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+        return modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv, bias=self.bias,
+                                clamp=self.conv_clamp)
 
 # %% ../nbs/03_networks.ipynb
 class MaskEncoder(nn.Module):

@@ -84,6 +84,91 @@ def test_bias_act_clamp_gradient_is_masked(cpu_ops):
         assert (x.grad[0, 0] == 0) == (act != "swish"), (act, x.grad)  # swish(-5) = -0.03 is not clamped
 
 
+# ---------------------------------------------------------------- demod_bias_act (modulation epilogue), vs reference
+@pytest.mark.parametrize("act", ["linear", "relu", "lrelu"])
+def test_demod_bias_act_matches_reference(cpu_ops, act):
+    "Outputs, first-order gradients (one-pass kernel and the create_graph path) and second-order gradients, float32."
+    gen = torch.Generator().manual_seed(5)
+    shapes = [((2, 5, 7, 3), False), ((2, 6, 5, 3), True), ((3, 17, 9, 11), False), ((2, 16, 4, 4), True), ((1, 1, 1, 1), False)]
+    for (shape, cl), (gain, clamp), has in itertools.product(shapes, [(None, None), (0.7, 0.5), (1.4, 1.0)],
+                                                            itertools.product([True, False], repeat=3)):
+        err, scale = ops._compare_demod("cpu", shape, cl, act, gain, clamp, *has, gen, CPU)
+        assert err <= _tol(scale), (shape, cl, act, gain, clamp, has, err)
+
+
+def test_demod_bias_act_is_the_synthesis_epilogue(cpu_ops):
+    "x * d + noise, then bias_act: the composition the synthesis layer ran before (addcmul + bias_act)."
+    gen = torch.Generator().manual_seed(6)
+    x, d = torch.randn(4, 8, 6, 6, generator=gen), torch.rand(4, 8, generator=gen) + 0.5
+    nz, b = torch.randn(4, 1, 6, 6, generator=gen), torch.randn(8, generator=gen)
+    old = ops.bias_act(torch.addcmul(nz, x, d[:, :, None, None]), b, act="lrelu", gain=2 ** 0.5, clamp=0.8, impl="cpu")
+    torch.testing.assert_close(ops.demod_bias_act(x, d, nz, b, act="lrelu", gain=2 ** 0.5, clamp=0.8, impl="cpu"), old)
+    # a noise of batch 1 is broadcast over the samples (the 'const' noise mode), its gradient summed
+    n1 = nz[:1].clone().requires_grad_(True)
+    y = ops.demod_bias_act(x, d, n1, b, impl="cpu")
+    g, = torch.autograd.grad(y.sum(), n1)
+    yr = ops.demod_bias_act_ref(x, d, n1, b)
+    gr, = torch.autograd.grad(yr.sum(), n1)
+    torch.testing.assert_close(y, yr); torch.testing.assert_close(g, gr)
+
+
+def test_demod_bias_act_backward_is_deterministic_and_layout_preserving(cpu_ops):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(8, 16, 12, 12, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    d = (torch.rand(8, 16, generator=gen) + 0.5).requires_grad_(True)
+    nz = torch.randn(8, 1, 12, 12, generator=gen, requires_grad=True)
+    b = torch.randn(16, generator=gen, requires_grad=True)
+    y = ops.demod_bias_act(x, d, nz, b, clamp=1.0, impl="cpu")
+    assert y.is_contiguous(memory_format=torch.channels_last), "channels-last in, channels-last out"
+    dy = torch.randn(y.shape, generator=gen)
+    first = torch.autograd.grad(y, [x, d, nz, b], dy, retain_graph=True)
+    for threads in (1, 2):
+        old = torch.get_num_threads(); torch.set_num_threads(threads)
+        try: again = torch.autograd.grad(y, [x, d, nz, b], dy, retain_graph=True)
+        finally: torch.set_num_threads(old)
+        for a, c in zip(first, again): assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("impl", ["ref", "cpu"])
+def test_demod_bias_act_gradcheck(cpu_ops, impl):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    d = (torch.rand(2, 3, dtype=torch.float64, generator=gen) + 0.5).requires_grad_(True)
+    nz = torch.randn(2, 1, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=gen, requires_grad=True)
+    for act, gain, clamp, cl in [("lrelu", None, None, False), ("lrelu", 1.3, 0.9, True), ("relu", 1.3, 0.9, False), ("linear", 0.7, 0.6, True)]:
+        xx = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True) if cl else x
+        fn = lambda x, d, n, b: ops.demod_bias_act(x, d, n, b, act=act, gain=gain, clamp=clamp, impl=impl)
+        assert gradcheck(fn, (xx, d, nz, b)) and gradgradcheck(fn, (xx, d, nz, b)), (act, gain, clamp, cl)
+        fn2 = lambda x, n: ops.demod_bias_act(x, None, n, None, act=act, gain=gain, clamp=clamp, impl=impl)
+        assert gradcheck(fn2, (xx, nz)) and gradgradcheck(fn2, (xx, nz)), (act, "no d, no b")
+
+
+def test_demod_bias_act_bf16(cpu_ops):
+    "bfloat16: float compute, one rounding; within bf16 rounding of the float32 result, and no fallback warning."
+    gen = torch.Generator().manual_seed(9)
+    x, d = torch.randn(2, 8, 9, 9, generator=gen), torch.rand(2, 8, generator=gen) + 0.5
+    nz, b = torch.randn(2, 1, 9, 9, generator=gen), torch.randn(8, generator=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = ops.demod_bias_act(*(t.to(torch.bfloat16) for t in (x, d, nz, b)), act="lrelu", clamp=256, impl="cpu")
+    assert y.dtype == torch.bfloat16
+    ref = ops.demod_bias_act_ref(*(t.to(torch.bfloat16).float() for t in (x, d, nz, b)), act="lrelu", clamp=256)
+    assert (y.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+
+
+def test_demod_bias_act_bad_arguments():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(MedsynError, match="zero second derivative"):
+        ops.demod_bias_act(x, act="tanh")
+    with pytest.raises(MedsynError, match="d must be"):
+        ops.demod_bias_act(x, torch.ones(3, 2))
+    with pytest.raises(MedsynError, match="noise must be"):
+        ops.demod_bias_act(x, noise=torch.ones(2, 3, 4, 4))
+    with pytest.raises(MedsynError, match="b must be"):
+        ops.demod_bias_act(x, b=torch.ones(4))
+
+
 # ---------------------------------------------------------------- upfirdn2d, float32, vs reference
 @pytest.mark.parametrize("up,down", list(itertools.product([1, 2, 3, 4], [1, 2, 3, 4])))
 def test_upfirdn2d_matches_reference(cpu_ops, up, down):
@@ -205,7 +290,7 @@ def test_bad_arguments_are_clear_errors():
 def test_ops_check_command(cpu_ops, capsys):
     assert ops.ops_main(["--check", "--impl", "cpu", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "bias_act" in out and "upfirdn2d" in out and "MISMATCH" not in out
+    assert "bias_act" in out and "upfirdn2d" in out and "demod_bias_act" in out and "MISMATCH" not in out
 
 
 def test_bench_ops_quick_prints_json(cpu_ops, run_medsyn):
@@ -256,15 +341,19 @@ def test_fake_kernels_give_output_shapes(cpu_ops):
         x = torch.empty(2, 3, 7, 9)
         y = cpu_ops.upfirdn2d(x, torch.empty(4, 4), 2, 2, 1, 1, 2, 1, 2, 1, False, 4.0)
         z = cpu_ops.bias_act(x, torch.empty(3), torch.empty(0), torch.empty(0), torch.empty(0), 0, 1, 3, 0.2, 1.4, -1.0)
+        e = cpu_ops.demod_bias_act(x, torch.empty(2, 3), torch.empty(2, 1, 7, 9), torch.empty(3), 3, 0.2, 1.4, -1.0)
+        dx, dd, dn, db = cpu_ops.demod_bias_act_grad(x, x, torch.empty(2, 3), x, True, True, True, True, 3, 0.2, 1.4, -1.0)
     assert tuple(y.shape) == tuple(ops.upsample2d(torch.zeros(2, 3, 7, 9), ops.setup_filter([1, 3, 3, 1]), impl="ref").shape)
     assert tuple(z.shape) == (2, 3, 7, 9)
+    assert tuple(e.shape) == tuple(dx.shape) == (2, 3, 7, 9)
+    assert (tuple(dd.shape), tuple(dn.shape), tuple(db.shape)) == ((2, 3), (2, 1, 7, 9), (3,))
 
 
 # ---------------------------------------------------------------- bfloat16 (mixed precision on CPU)
 def test_bf16_kernels_match_bf16_reference(cpu_ops):
     "The CPU kernels in bf16 (float compute, one rounding) against the bf16 reference, at a bf16 tolerance."
     rows = ops.check_ops(("cpu",), quick=True, dtype=torch.bfloat16)
-    assert [(r["op"], r["status"]) for r in rows] == [("bias_act", "ok"), ("upfirdn2d", "ok")], rows
+    assert [(r["op"], r["status"]) for r in rows] == [("bias_act", "ok"), ("upfirdn2d", "ok"), ("demod_bias_act", "ok")], rows
 
 
 def test_bf16_runs_the_kernels_not_the_fallback(cpu_ops):
@@ -293,3 +382,13 @@ def test_filter2d_fast_path_matches_reference(cpu_ops, pad):
             y = ops.upfirdn2d(x, f, padding=pad, impl=impl)
             outs.append((y, *torch.autograd.grad(y, x, torch.ones_like(y))))
         for a, c in zip(*outs): torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+
+
+def test_keep_freed_memory(cpu_ops, monkeypatch):
+    "Loading the CPU ops tunes glibc's allocator once; MEDSYN_KEEP_FREED_MEMORY=0 leaves it alone."
+    import sys as _sys
+    if _sys.platform.startswith("linux"):
+        assert ops.keep_freed_memory() in (True, False) and ops.keep_freed_memory() == ops.keep_freed_memory()
+    monkeypatch.setattr(ops, "_malloc_tuned", None)
+    monkeypatch.setenv("MEDSYN_KEEP_FREED_MEMORY", "0")
+    assert ops.keep_freed_memory() is False

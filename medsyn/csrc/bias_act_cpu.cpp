@@ -30,6 +30,32 @@ template <int A, int G> constexpr bool reads_xref() { return G > 0 && A == medsy
 template <int A, int G> constexpr bool reads_dy() { return G == 2; }
 template <int A> constexpr bool has_2nd_grad() { return A >= medsyn::ACT_TANH; }
 
+// linear / relu / lrelu, forward and first derivative, written for the vectorizer: the same values as
+// medsyn::bias_act_elem, but max/min instead of ternaries on the data (gcc compiles `x > 0 ? x : alpha * x`
+// to a branch that mispredicts on half of the elements: about 10x slower on AVX2) and no division by the gain
+// (the sign of act's input is the sign of yref times the sign of the gain). The clamp propagates NaN as torch.clamp.
+template <int A, int G> constexpr bool piecewise_linear() { return A <= medsyn::ACT_LRELU && G < 2; }
+
+template <typename C, int A, int G>
+inline C piecewise_linear_elem(C x, C bv, C yref, C alpha, C gain, C sg, C clamp, bool cm) {
+    if constexpr (G == 0) {
+        const C z = x + bv;
+        C a = z;
+        if constexpr (A == medsyn::ACT_RELU) a = std::max(z, C(0));
+        if constexpr (A == medsyn::ACT_LRELU) a = std::max(z, C(0)) + alpha * std::min(z, C(0));
+        C y = a * gain;
+        if (cm) y = std::min(std::max(y, -clamp), clamp);
+        return y;
+    } else {
+        C slope = C(1);
+        if constexpr (A == medsyn::ACT_RELU) slope = sg * yref > C(0) ? C(1) : C(0);
+        if constexpr (A == medsyn::ACT_LRELU) slope = sg * yref > C(0) ? C(1) : alpha;
+        C g = x * gain * slope;
+        if (cm) g = std::abs(yref) < clamp ? g : C(0);
+        return g;
+    }
+}
+
 // Apply the formula to a span of n elements; the bias is one value (VB=false) or a vector (VB=true).
 // T is the storage type, C the compute type (float for bfloat16: load, compute in float, round once on store).
 template <typename T, int A, int G, bool VB, typename C = at::opmath_type<T>>
@@ -37,6 +63,15 @@ void bias_act_span(const T* __restrict x, const T* __restrict b, const T* __rest
                    const T* __restrict dy, T* __restrict y, int64_t n, C alpha, C gain, C clamp) {
     const bool cm = clamp >= C(0);
     const C b0 = VB ? C(0) : C(b[0]);
+    if constexpr (piecewise_linear<A, G>()) {
+        const C sg = gain < C(0) ? C(-1) : C(1);
+        for (int64_t j = 0; j < n; ++j) {
+            const C bv = VB ? C(b[j]) : b0;
+            const C yv = G > 0 ? C(yr[j]) : C(0);
+            y[j] = T(piecewise_linear_elem<C, A, G>(C(x[j]), bv, yv, alpha, gain, sg, clamp, cm));
+        }
+        return;
+    }
     for (int64_t j = 0; j < n; ++j) {
         const C bv = VB ? C(b[j]) : b0;
         const C xv = reads_xref<A, G>() ? C(xr[j]) : C(0);
