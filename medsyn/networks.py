@@ -42,6 +42,7 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     flags = set(next((l.split(':', 1)[1].split() for l in cpuinfo.splitlines() if l.startswith('flags')), []))
     return [f for f in BF16_CPU_FLAGS if f in flags]
 
+# %% ../nbs/03_networks.ipynb
 _precision_said: set = set()
 
 def resolve_precision(requested: str, device='cpu', verbose: bool = True) -> str:
@@ -63,11 +64,13 @@ def resolve_precision(requested: str, device='cpu', verbose: bool = True) -> str
               f"(pass precision=fp32 to turn mixed precision off)", file=sys.stderr)
     return choice
 
+# %% ../nbs/03_networks.ipynb
 def block_dtype(precision: str, lowp: bool, device, force_fp32: bool = False) -> torch.dtype:
     "The dtype of one block: low precision only for a low-precision block (`lowp`) and unless `force_fp32`."
     if not lowp or force_fp32 or precision == 'fp32': return torch.float32
     return LOWP_DTYPES[resolve_precision(precision, device)]
 
+# %% ../nbs/03_networks.ipynb
 @dataclass
 class GANConfig:
     "Architecture of one study variant (`kind`), its data shape and its width."
@@ -190,6 +193,7 @@ class FullyConnectedLayer(nn.Module):
 
     def extra_repr(self): return f'in={self.in_features}, out={self.out_features}, act={self.activation}'
 
+# %% ../nbs/03_networks.ipynb
 def normalize_2nd_moment(x, dim=1, eps=1e-8):
     "Scale `x` to unit mean square along `dim` (StyleGAN's pixel norm of z)."
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
@@ -200,6 +204,7 @@ def _split_padding(padding):
     if len(padding) == 2: return [padding[0], padding[0], padding[1], padding[1]]
     return list(padding)
 
+# %% ../nbs/03_networks.ipynb
 def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1):
     "Convolution `w` with FIR up/downsampling by `f` (StyleGAN2 conventions, padding = [x0, x1, y0, y1]), in x's dtype."
     w = w.to(x.dtype)
@@ -209,9 +214,15 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1):
     px0, px1, py0, py1 = _split_padding(padding)
     check(up in (1, 2) and down in (1, 2) and not (up > 1 and down > 1), f"conv2d_resample: unsupported up={up} down={down}")
     if up > 1:
-        px0 += (fw + up - 1) // 2; px1 += (fw - up) // 2; py0 += (fh + up - 1) // 2; py1 += (fh - up) // 2
+        px0 += (fw + up - 1) // 2
+        px1 += (fw - up) // 2
+        py0 += (fh + up - 1) // 2
+        py1 += (fh - up) // 2
     if down > 1:
-        px0 += (fw - down + 1) // 2; px1 += (fw - down) // 2; py0 += (fh - down + 1) // 2; py1 += (fh - down) // 2
+        px0 += (fw - down + 1) // 2
+        px1 += (fw - down) // 2
+        py0 += (fh - down + 1) // 2
+        py1 += (fh - down) // 2
     if down > 1 and kw == 1 and kh == 1:   # 1x1: downsample first, then convolve (4x fewer MACs)
         x = ops.upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1])
         return F.conv2d(x, w, groups=groups)
@@ -221,7 +232,10 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1):
     if up > 1:                              # strided transposed convolution, then filter
         if groups == 1: w = w.transpose(0, 1)
         else: w = w.reshape(groups, out_ch // groups, in_pg, kh, kw).transpose(1, 2).reshape(groups * in_pg, out_ch // groups, kh, kw)
-        px0 -= kw - 1; px1 -= kw - up; py0 -= kh - 1; py1 -= kh - up
+        px0 -= kw - 1
+        px1 -= kw - up
+        py0 -= kh - 1
+        py1 -= kh - up
         pxt, pyt = max(min(-px0, -px1), 0), max(min(-py0, -py1), 0)
         x = F.conv_transpose2d(x, w, stride=up, padding=[pyt, pxt], groups=groups)
         return ops.upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2)
@@ -289,6 +303,7 @@ def use_fused_modconv(fused_modconv, weight_shape, x_shape) -> bool:
     O, I, kh, kw = weight_shape
     return O * kh * kw < x_shape[2] * x_shape[3]
 
+# %% ../nbs/03_networks.ipynb
 def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None, demodulate=True, fused_modconv=True,
                      bias=None, activation='linear', act_gain=1.0, clamp=None):
     """Per-sample modulated (and demodulated) convolution of `x` (N,I,H,W) by `weight` (O,I,k,k) and `styles` (N,I), plus
@@ -347,6 +362,7 @@ class SynthesisLayer(nn.Module):
 
     def extra_repr(self): return f'in={self.in_channels}, out={self.out_channels}, res={self.resolution}, up={self.up}'
 
+# %% ../nbs/03_networks.ipynb
 class ToRGBLayer(nn.Module):
     "1x1 modulated conv (no demodulation) to the output channels."
     def __init__(self, in_channels, out_channels, w_dim, conv_clamp=None):
@@ -379,7 +395,8 @@ class MaskEncoder(nn.Module):
         x = self.from_mask(mask.to(dtype(self.resolutions[0])))
         feats = {self.resolutions[0]: x}
         for r_in, r, down in zip(self.resolutions, self.resolutions[1:], self.downs):
-            x = down(x.to(dtype(r_in))); feats[r] = x
+            x = down(x.to(dtype(r_in)))
+            feats[r] = x
         return feats
 
 # %% ../nbs/03_networks.ipynb
@@ -449,6 +466,7 @@ class SynthesisNetwork(nn.Module):
                          fused_modconv=fused, force_fp32=force_fp32)
         return img
 
+# %% ../nbs/03_networks.ipynb
 def check_cond(cond, cfg: GANConfig, n: int):
     "Validate a 'cond' mask: float (n or 1, K, R, R) one-hot/soft; int label maps (N, R, R) are one-hot encoded."
     R, K = cfg.resolution, cfg.num_labels
@@ -458,6 +476,7 @@ def check_cond(cond, cfg: GANConfig, n: int):
     check(tuple(cond.shape) == (n, K, R, R), f"cond must be (N={n}, K={K}, {R}, {R}) or (1, K, {R}, {R}), got {tuple(cond.shape)}")
     return cond
 
+# %% ../nbs/03_networks.ipynb
 def mask_to_onehot(mask: torch.Tensor, num_labels: int) -> torch.Tensor:
     "Integer label map (N,H,W) -> float one-hot (N,K,H,W)."
     check(not torch.is_floating_point(mask), "mask_to_onehot expects an integer label map (N, H, W)")
@@ -501,6 +520,7 @@ class DiscriminatorBlock(nn.Module):
         x = self.conv1(self.conv0(x), gain=math.sqrt(0.5))
         return y.add_(x)
 
+# %% ../nbs/03_networks.ipynb
 class MinibatchStdLayer(nn.Module):
     """Append the std of features over groups of `group_size` samples as `num_channels` extra channels.
     `segments=S` treats the batch as S equal consecutive chunks (e.g. fakes then reals) and forms groups
@@ -521,6 +541,7 @@ class MinibatchStdLayer(nn.Module):
         y = y.reshape(segments, 1, -1, F_, 1, 1).repeat(1, G, 1, 1, H, W).reshape(N, F_, H, W)
         return torch.cat([x, y], dim=1)
 
+# %% ../nbs/03_networks.ipynb
 class DiscriminatorEpilogue(nn.Module):
     "4x4 head: minibatch-std, 3x3 conv, dense, dense -> one logit."
     def __init__(self, in_channels, resolution=4, mbstd_group=4, mbstd_channels=1, conv_clamp=None):
@@ -536,6 +557,7 @@ class DiscriminatorEpilogue(nn.Module):
         x = self.conv(x)
         return self.out(self.fc(x.flatten(1)))
 
+# %% ../nbs/03_networks.ipynb
 class Discriminator(nn.Module):
     "Residual StyleGAN2 discriminator: D(x) -> logits (N, 1), x = `to_d_input(...)` (N, d_in_channels, R, R)."
     def __init__(self, cfg: GANConfig):
@@ -570,6 +592,7 @@ def mask_probs(logits: torch.Tensor, cfg: GANConfig) -> torch.Tensor:
         p = hard + p - p.detach()
     return p
 
+# %% ../nbs/03_networks.ipynb
 def split_output(raw: torch.Tensor, cfg: GANConfig):
     "Raw G output -> (image in ~[-1,1] or None, mask probabilities (softmax over K) or None)."
     check(raw.ndim == 4 and raw.shape[1] == cfg.out_channels, f"split_output: expected (N, {cfg.out_channels}, H, W) for kind={cfg.kind!r}, got {tuple(raw.shape)}")
@@ -578,22 +601,26 @@ def split_output(raw: torch.Tensor, cfg: GANConfig):
     if cfg.kind == 'mask': return None, mask_probs(raw, cfg)
     return raw, None
 
+# %% ../nbs/03_networks.ipynb
 to_pair = split_output
 
 def hard_mask(probs: torch.Tensor) -> torch.Tensor:
     "Mask probabilities / one-hot (N,K,H,W) -> integer label map (N,H,W) by argmax."
     return probs.argmax(dim=1)
 
+# %% ../nbs/03_networks.ipynb
 def to_pair01(raw: torch.Tensor, cfg: GANConfig):
     "Raw G output -> (image clamped to [0,1] or None, int64 label map (N,H,W) or None), the dataset's convention."
     image, probs = split_output(raw, cfg)
     return (None if image is None else ((image.clamp(-1, 1) + 1) / 2),
             None if probs is None else hard_mask(probs))
 
+# %% ../nbs/03_networks.ipynb
 def real_to_gan(image01: torch.Tensor, mask: torch.Tensor, cfg: GANConfig):
     "A data batch (image (N,C,H,W) in [0,1], int mask (N,H,W)) -> (image in [-1,1], one-hot mask (N,K,H,W))."
     return image01 * 2 - 1, mask_to_onehot(mask, cfg.num_labels)
 
+# %% ../nbs/03_networks.ipynb
 def to_d_input(image, mask, cfg: GANConfig) -> torch.Tensor:
     "The discriminator's input from an image in [-1,1] (None for 'mask') and a one-hot/probability mask."
     check(mask is not None and mask.shape[1] == cfg.num_labels, f"to_d_input: kind={cfg.kind!r} needs a mask with K={cfg.num_labels} channels")
@@ -602,20 +629,24 @@ def to_d_input(image, mask, cfg: GANConfig) -> torch.Tensor:
     check(image is not None and image.shape[1] == cfg.img_channels, f"to_d_input: kind={cfg.kind!r} needs an image with C={cfg.img_channels} channels")
     return torch.cat([image, m.to(image.dtype)], dim=1)
 
+# %% ../nbs/03_networks.ipynb
 def real_to_d_input(image, mask_onehot, cfg: GANConfig) -> torch.Tensor:
     "D input for a real (image in [-1,1], one-hot mask) pair; same representation as `fake_to_d_input`."
     return to_d_input(image, mask_onehot, cfg)
 
+# %% ../nbs/03_networks.ipynb
 def fake_to_d_input(raw, cfg: GANConfig, cond=None) -> torch.Tensor:
     "D input for G's raw output; for 'cond' pass the conditioning mask `cond` it was generated from."
     image, probs = split_output(raw, cfg)
     if cfg.kind == 'cond': probs = check_cond(cond, cfg, raw.shape[0])
     return to_d_input(image, probs, cfg)
 
+# %% ../nbs/03_networks.ipynb
 def build_networks(cfg: GANConfig):
     "Fresh (G, D) for `cfg`."
     return Generator(cfg), Discriminator(cfg)
 
+# %% ../nbs/03_networks.ipynb
 def count_params(module: nn.Module) -> int:
     "Number of trainable parameters."
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -630,6 +661,7 @@ def load_checkpoint(path) -> dict:
     check(isinstance(ck, dict) and "gan_config" in ck and "G_ema" in ck, f"{path}: not a medsyn GAN checkpoint")
     return ck
 
+# %% ../nbs/03_networks.ipynb
 def generator_from_checkpoint(ck: dict, which: str = "G_ema", device="cpu"):
     "Rebuild the generator stored in a checkpoint dict: `(G, gcfg)`, in eval mode without gradients."
     gcfg = GANConfig.from_dict(ck["gan_config"])

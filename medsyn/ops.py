@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_ops.ipynb 2
 from __future__ import annotations
-import os, sys, time, threading, warnings
+import argparse, ctypes, hashlib, os, platform, sys, time, threading, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -12,8 +12,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tabulate import tabulate
 
-from .core import MedsynError, check, cache_dir
+import medsyn
+from .core import check, cache_dir, env_flag
 
 # %% auto 0
 __all__ = ['IMPLS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHECKED', 'DTYPE_TOL', 'set_default_impl', 'get_default_impl',
@@ -32,10 +34,12 @@ def set_default_impl(name: str) -> None:
     check(name in IMPLS, f"unknown ops implementation {name!r}; choose one of {IMPLS} (set_default_impl or $MEDSYN_OPS_IMPL)")
     _default_impl = name
 
+# %% ../nbs/02_ops.ipynb
 def get_default_impl() -> str:
     "The implementation `impl='auto'` resolves to (see `set_default_impl`)."
     return _default_impl
 
+# %% ../nbs/02_ops.ipynb
 _warned: set[str] = set()
 
 def _warn_once(key: str, msg: str) -> None:
@@ -47,9 +51,9 @@ def _warn_once(key: str, msg: str) -> None:
 # %% ../nbs/02_ops.ipynb
 def csrc_dir() -> Path:
     "Folder with the C++/CUDA kernel sources shipped with medsyn."
-    import medsyn
     return Path(medsyn.__file__).resolve().parent / "csrc"
 
+# %% ../nbs/02_ops.ipynb
 PLUGIN_SOURCES = {"cpu": ["bias_act_cpu.cpp", "upfirdn2d_cpu.cpp", "demod_bias_act_cpu.cpp"], "cuda": ["ops_cuda.cpp", "bias_act.cu", "upfirdn2d.cu"]}
 
 @dataclass
@@ -60,12 +64,12 @@ class PluginStatus:
     error: str | None = None
     seconds: float = 0.0
 
+# %% ../nbs/02_ops.ipynb
 _plugins: dict[str, PluginStatus] = {}
 _plugin_lock = threading.Lock()
 
 def _cpu_key() -> str:
     "A short id of this CPU model and its instruction-set flags (part of the build folder name)."
-    import hashlib, platform
     info = platform.machine()
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -73,11 +77,12 @@ def _cpu_key() -> str:
     except OSError: info += platform.processor()
     return hashlib.sha1(info.encode()).hexdigest()[:10]
 
+# %% ../nbs/02_ops.ipynb
 def native_flags() -> bool:
     "Whether the CPU kernels are built with `-march=native` (`$MEDSYN_OPS_NATIVE`, default on)."
-    from medsyn.core import env_flag
     return env_flag("MEDSYN_OPS_NATIVE", True)
 
+# %% ../nbs/02_ops.ipynb
 def extensions_dir(kind: str = "cpu") -> Path:
     """Build folder for the compiled ops, under medsyn's cache folder. The name includes Python and torch
     versions and, for `-march=native` CPU builds, the CPU model, so a shared cache never hands a binary
@@ -88,6 +93,7 @@ def extensions_dir(kind: str = "cpu") -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
 
+# %% ../nbs/02_ops.ipynb
 def _cuda_unavailable_reason() -> str | None:
     "Why the CUDA plugin cannot be built here, or None when it can be tried."
     if not torch.cuda.is_available(): return "torch sees no CUDA GPU"
@@ -95,6 +101,7 @@ def _cuda_unavailable_reason() -> str | None:
     if cpp_extension.CUDA_HOME is None: return "no CUDA toolkit found (install nvcc or set CUDA_HOME)"
     return None
 
+# %% ../nbs/02_ops.ipynb
 def _build(kind: str) -> PluginStatus:
     "Compile (or load from cache) the `kind` plugin; never raises."
     t0 = time.perf_counter()
@@ -118,6 +125,7 @@ def _build(kind: str) -> PluginStatus:
         msg = " ".join(str(e).split())
         return PluginStatus(kind, error=f"{type(e).__name__}: {msg[-800:]}", seconds=time.perf_counter() - t0)
 
+# %% ../nbs/02_ops.ipynb
 def _register_fake_kernels(namespace: str) -> None:
     "Shape-only versions of the ops, so `torch.compile` can trace through them."
     def bias_act_fake(x, b, xref, yref, dy, grad, dim, act, alpha, gain, clamp):
@@ -139,35 +147,35 @@ def _register_fake_kernels(namespace: str) -> None:
         try: torch.library.register_fake(f"{namespace}::{op}", fn)
         except Exception: pass  # already registered in this process, or an older torch
 
+# %% ../nbs/02_ops.ipynb
 def load_plugin(kind: str) -> PluginStatus:
     "Build or load the compiled ops for `kind` ('cpu' or 'cuda') once per process and return its status."
     check(kind in PLUGIN_SOURCES, f"unknown plugin {kind!r}; choose 'cpu' or 'cuda'")
     with _plugin_lock:
         if kind not in _plugins:
             _plugins[kind] = _build(kind)
-            if kind == "cpu" and _plugins[kind].ops is not None: keep_freed_memory()
         return _plugins[kind]
 
+# %% ../nbs/02_ops.ipynb
 _malloc_tuned = None
 
 def keep_freed_memory() -> bool:
     """glibc only: serve large tensors from the heap and keep freed memory in the process (`mallopt`: mmap threshold
     1 GiB, trim threshold 2 GiB) instead of mapping and unmapping every multi-megabyte activation, which costs a page
-    fault per 4 KiB on every training step (measured: 1.12x faster StyleGAN2 steps on 2 cores). Called once when the
-    compiled CPU ops load; `$MEDSYN_KEEP_FREED_MEMORY=0` turns it off. Returns whether the settings were applied."""
+    fault per 4 KiB on every training step (measured: 1.12x faster StyleGAN2 steps on 2 cores). Called by
+    `medsyn.train.GANTrainer`; `$MEDSYN_KEEP_FREED_MEMORY=0` turns it off. Returns whether the settings were applied."""
     global _malloc_tuned
     if _malloc_tuned is not None: return _malloc_tuned
-    from medsyn.core import env_flag
     _malloc_tuned = False
     if not env_flag("MEDSYN_KEEP_FREED_MEMORY", True) or not sys.platform.startswith("linux"): return False
     try:
-        import ctypes
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
         _malloc_tuned = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 31))
     except (OSError, AttributeError): pass  # not glibc (musl, ...): nothing to tune
     return _malloc_tuned
 
+# %% ../nbs/02_ops.ipynb
 def plugin_error(kind: str) -> str | None:
     "Why the `kind` plugin is unusable (building it if needed), or None when it works."
     return load_plugin(kind).error
@@ -194,6 +202,7 @@ def _resolve(impl: str, x: torch.Tensor) -> tuple[str, object]:
         return "ref", None
     return kind, st.ops
 
+# %% ../nbs/02_ops.ipynb
 def active_impl(device="cpu") -> str:
     "What `impl='auto'` runs on `device` now: 'ref', 'cpu' or 'cuda' (builds the compiled ops if needed)."
     kind, _ = _resolve("auto", torch.empty(0, device=device))
@@ -210,6 +219,7 @@ class ActSpec:
     ref: str
     has_2nd_grad: bool
 
+# %% ../nbs/02_ops.ipynb
 _SQRT2 = float(np.sqrt(2))
 activation_funcs: dict[str, ActSpec] = {
     "linear":   ActSpec(lambda x, **_: x,                                    0.0, 1.0,    1, "",  False),
@@ -255,12 +265,14 @@ def _null_tensor(like: torch.Tensor) -> torch.Tensor:
     if key not in _null: _null[key] = torch.empty([0], device=like.device, dtype=like.dtype)
     return _null[key]
 
+# %% ../nbs/02_ops.ipynb
 def _mem_format(x: torch.Tensor):
     "Keep channels-last tensors channels-last; everything else contiguous."
     if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
 
+# %% ../nbs/02_ops.ipynb
 _bias_act_cache: dict = {}
 
 def _bias_act_function(ops, dim, act, alpha, gain, clamp):
@@ -349,6 +361,7 @@ def _parse_scaling(scaling) -> tuple[int, int]:
     check(sx >= 1 and sy >= 1, f"scaling factors must be >= 1, got {scaling!r}")
     return sx, sy
 
+# %% ../nbs/02_ops.ipynb
 def _parse_padding(padding) -> tuple[int, int, int, int]:
     "An int, `[x, y]` or `[x0, x1, y0, y1]` padding as `(x0, x1, y0, y1)`."
     if isinstance(padding, int): padding = [padding, padding]
@@ -357,6 +370,7 @@ def _parse_padding(padding) -> tuple[int, int, int, int]:
     if len(padding) == 2: padding = [padding[0], padding[0], padding[1], padding[1]]
     return tuple(padding)
 
+# %% ../nbs/02_ops.ipynb
 def _get_filter_size(f) -> tuple[int, int]:
     "Filter width and height (`f=None` is the 1x1 identity)."
     if f is None: return 1, 1
@@ -463,7 +477,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="au
         return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
     check(f.ndim in (1, 2) and f.dtype == torch.float32, "upfirdn2d: f must be a 1D or 2D float32 tensor (use setup_filter)")
     check(f.device == x.device, f"upfirdn2d: filter on {f.device} but x on {x.device}")
-    upx, upy = _parse_scaling(up); downx, downy = _parse_scaling(down)
+    upx, upy = _parse_scaling(up)
+    downx, downy = _parse_scaling(down)
     px0, px1, py0, py1 = _parse_padding(padding)
     fw, fh = _get_filter_size(f)
     check(x.shape[3] * upx + px0 + px1 >= fw and x.shape[2] * upy + py0 + py1 >= fh,
@@ -478,6 +493,7 @@ def filter2d(x, f, padding=0, flip_filter=False, gain=1, impl="auto"):
     p = [px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2]
     return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
 
+# %% ../nbs/02_ops.ipynb
 def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1, impl="auto"):
     "Upsample a batch of images by `up` with the FIR filter `f` (output size `H * up`, plus `padding`)."
     upx, upy = _parse_scaling(up)
@@ -486,6 +502,7 @@ def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1, impl="auto"):
     p = [px0 + (fw + upx - 1) // 2, px1 + (fw - upx) // 2, py0 + (fh + upy - 1) // 2, py1 + (fh - upy) // 2]
     return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
 
+# %% ../nbs/02_ops.ipynb
 def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl="auto"):
     "Downsample a batch of images by `down` with the FIR filter `f` (output size `H // down`, plus `padding`)."
     downx, downy = _parse_scaling(down)
@@ -507,6 +524,7 @@ def _check_epilogue(x, d, noise, b, act, who):
     check(noise is None or (noise.ndim == 4 and noise.shape[1] == 1 and noise.shape[0] in (1, N) and tuple(noise.shape[2:]) == (H, W)),
           f"{who}: noise must be [N or 1, 1, H, W] = {[N, 1, H, W]}, got {None if noise is None else list(noise.shape)}")
 
+# %% ../nbs/02_ops.ipynb
 def demod_bias_act_ref(x, d=None, noise=None, b=None, act="lrelu", alpha=None, gain=None, clamp=None):
     "Plain-PyTorch modulation epilogue `clamp(gain * act(x * d[n,c] + noise[n,0] + b[c]))`: the definition."
     _check_epilogue(x, d, noise, b, act, "demod_bias_act")
@@ -570,6 +588,7 @@ def _demod_bias_act_function(ops, act, alpha, gain, clamp):
     _demod_cache[key] = DemodBiasAct
     return DemodBiasAct
 
+# %% ../nbs/02_ops.ipynb
 def demod_bias_act(x, d=None, noise=None, b=None, act="lrelu", alpha=None, gain=None, clamp=None, impl="auto"):
     """The modulation epilogue `clamp(gain * act(x * d[n,c] + noise[n,0,h,w] + b[c]), -clamp, clamp)` of a synthesis
     layer, for `x` [N, C, H, W], demodulation coefficients `d` [N, C], `noise` [N or 1, 1, H, W] and bias `b` [C]
@@ -599,6 +618,7 @@ def _bias_act_cases(quick: bool):
                 if quick and (i + j) % 3: continue
                 yield shape, dim, cl, act, gain, clamp
 
+# %% ../nbs/02_ops.ipynb
 def _upfirdn2d_cases(quick: bool):
     "Parameter grid for upfirdn2d: (shape, filter, up, down, padding, flip, gain)."
     filters = {"4x4 rank-1": setup_filter([1, 3, 3, 1]), "8-tap separable": setup_filter([1, 2, 3, 4, 4, 3, 2, 1]),
@@ -615,10 +635,12 @@ def _upfirdn2d_cases(quick: bool):
                     if quick and k % 7: continue
                     yield (2, 3, 7, 9), fname, f, up, down, pad, bool(k % 2), 1.0 if k % 3 else 2.0
 
+# %% ../nbs/02_ops.ipynb
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     "Largest absolute difference and largest |a|."
     return float((a - b).abs().max()) if a.numel() else 0.0, float(a.abs().max()) if a.numel() else 0.0
 
+# %% ../nbs/02_ops.ipynb
 def _compare_bias_act(impl, shape, dim, cl, act, gain, clamp, gen, dev, dtype=torch.float32) -> tuple[float, float]:
     x = torch.randn(shape, generator=gen).to(dev, dtype)
     if cl: x = x.contiguous(memory_format=torch.channels_last)
@@ -640,6 +662,7 @@ def _compare_bias_act(impl, shape, dim, cl, act, gain, clamp, gen, dev, dtype=to
     errs = [_max_err(a.float(), c.float()) for a, c in zip(*outs)]
     return max(e for e, _ in errs), max(m for _, m in errs)
 
+# %% ../nbs/02_ops.ipynb
 def _off_clamp_edge(x, b, dim, act, gain, clamp):
     """Move inputs whose output lies within low-precision rounding of the clamp (1/64 relative) to x = 0.25 - b
     (well inside the clamp for these tests, and off every activation's kink at 0). There the clamp's gradient
@@ -649,6 +672,7 @@ def _off_clamp_edge(x, b, dim, act, gain, clamp):
     edge = (y.abs() - clamp).abs() <= clamp / 64
     return torch.where(edge, 0.25 - bb, x)
 
+# %% ../nbs/02_ops.ipynb
 def _demod_cases(quick: bool):
     "Parameter grid for demod_bias_act: (shape, channels_last, act, gain, clamp, has_d, has_noise, has_b)."
     shapes = [((2, 5, 7, 3), False), ((2, 6, 5, 3), True), ((3, 4, 1, 9), False), ((1, 1, 1, 1), False)]
@@ -661,6 +685,7 @@ def _demod_cases(quick: bool):
                     if quick and k % 5: continue
                     yield (shape, cl, act, gain, clamp, *has)
 
+# %% ../nbs/02_ops.ipynb
 def _compare_demod(impl, shape, cl, act, gain, clamp, has_d, has_n, has_b, gen, dev, dtype=torch.float32) -> tuple[float, float]:
     """Outputs, the four gradients (by the one-pass backward, and by the differentiable one that `create_graph=True`
     takes) and second-order gradients (of a function of all four gradients, with respect to every input) of `impl`
@@ -690,6 +715,7 @@ def _compare_demod(impl, shape, cl, act, gain, clamp, has_d, has_n, has_b, gen, 
     errs = [_max_err(a.float(), c.float()) for a, c in zip(*outs)]
     return max(e for e, _ in errs), max(m for _, m in errs)
 
+# %% ../nbs/02_ops.ipynb
 def _off_epilogue_edges(x, d, nz, b, act, gain, clamp):
     """Low precision: move the elements whose pre-activation z = x d + noise + b lies within rounding of the kink at 0, or
     whose output lies within rounding of the clamp, to z = 0.25 (there either answer of the rounded comparison is right)."""
@@ -704,6 +730,7 @@ def _off_epilogue_edges(x, d, nz, b, act, gain, clamp):
         edge |= (y.abs() - clamp).abs() <= clamp / 32
     return torch.where(edge, (0.25 - rest) / dd, xf).to(x.dtype).contiguous(memory_format=_mem_format(x))
 
+# %% ../nbs/02_ops.ipynb
 def _compare_upfirdn2d(impl, shape, f, up, down, pad, flip, gain, gen, dev, dtype=torch.float32) -> tuple[float, float]:
     x = torch.randn(shape, generator=gen).to(dev, dtype)
     f = f.to(dev)
@@ -717,6 +744,7 @@ def _compare_upfirdn2d(impl, shape, f, up, down, pad, flip, gain, gen, dev, dtyp
     errs = [_max_err(a.float(), c.float()) for a, c in zip(*outs)]
     return max(e for e, _ in errs), max(m for _, m in errs)
 
+# %% ../nbs/02_ops.ipynb
 OPS_CHECKED = ("bias_act", "upfirdn2d", "demod_bias_act")
 DTYPE_TOL = {torch.float32: 1e-4, torch.float64: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
@@ -749,15 +777,16 @@ def check_ops(impls=("cpu", "cuda"), quick: bool = False, tol: float | None = No
                 else:
                     shape, fname, f, *rest = case
                     err, scale = compare(impl, shape, f, *rest, gen, dev, dtype)
-                n += 1; worst = max(worst, err)
+                n += 1
+                worst = max(worst, err)
                 if not err <= tol * (1 + scale): bad.append((fname, *rest) if op == "upfirdn2d" else case)
             rows.append(dict(impl=impl, op=op, dtype=str(dtype).replace("torch.", ""), status="MISMATCH" if bad else "ok", max_abs_err=worst, cases=n,
                              compile_s=round(st.seconds, 1), detail=f"first failing case: {bad[0]}" if bad else ""))
     return rows
 
+# %% ../nbs/02_ops.ipynb
 def format_check_table(rows: list[dict]) -> str:
     "The rows of `check_ops` as a plain-text table."
-    from tabulate import tabulate
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     return tabulate([[r["impl"], r["op"], r["status"], fmt(r["max_abs_err"], ".2e"), r["cases"], fmt(r["compile_s"], ".1f"),
                       (r["detail"] or "")[:100]] for r in rows],
@@ -766,7 +795,6 @@ def format_check_table(rows: list[dict]) -> str:
 # %% ../nbs/02_ops.ipynb
 def ops_main(argv: list[str]) -> int:
     "`medsyn ops --check [--impl cpu,cuda] [--quick]`: build the compiled ops and check them against the reference."
-    import argparse
     ap = argparse.ArgumentParser(prog="medsyn ops", description="Compile medsyn's custom ops and check them against the reference.")
     ap.add_argument("--check", action="store_true", help="compile every op and run the equivalence checks (the default)")
     ap.add_argument("--impl", default="cpu,cuda", help="comma-separated implementations to check (default: cpu,cuda)")

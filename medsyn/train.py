@@ -25,6 +25,7 @@ from .data import load_canonical
 from .metrics import InceptionFeatures, fid_from_features, modality_to_rgb
 from .networks import (GAN_KINDS, GAN_PRESETS, PRECISIONS, GANConfig, build_networks, gan_config, load_checkpoint, mask_to_onehot, real_to_d_input,
                              resolve_precision, split_output, to_pair01)
+from . import ops
 from .ops import set_default_impl
 from .viz import grid_rows, save_png
 
@@ -376,6 +377,7 @@ class GANTrainer:
     "Networks, optimizers, loss, augmentation and counters of one GAN run; `step` runs one iteration."
     def __init__(self, gcfg, tc: TrainConfig, device="cpu", compile_main: bool = False):
         self.gcfg, self.tc, self.device = gcfg, tc, torch.device(device)
+        ops.keep_freed_memory()      # no page faults for each step's multi-MB activations (glibc; see medsyn.ops)
         self.G, self.D = (m.to(self.device).train() for m in build_networks(gcfg))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_G = lazy_adam(self.G.parameters(), tc, tc.pl_interval if tc.pl_weight > 0 else None)

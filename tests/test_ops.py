@@ -385,7 +385,7 @@ def test_filter2d_fast_path_matches_reference(cpu_ops, pad):
 
 
 def test_keep_freed_memory(cpu_ops, monkeypatch):
-    "Loading the CPU ops tunes glibc's allocator once; MEDSYN_KEEP_FREED_MEMORY=0 leaves it alone."
+    "keep_freed_memory tunes glibc's allocator once (GANTrainer calls it); MEDSYN_KEEP_FREED_MEMORY=0 leaves it alone."
     import sys as _sys
     if _sys.platform.startswith("linux"):
         assert ops.keep_freed_memory() in (True, False) and ops.keep_freed_memory() == ops.keep_freed_memory()
