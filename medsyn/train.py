@@ -943,9 +943,10 @@ def train_parser() -> argparse.ArgumentParser:
 def cli_overrides(a: argparse.Namespace) -> dict:
     "The configuration fields of `medsyn train`: the `--set` items and the field flags, which must agree where both are given."
     sets = parse_set_items(a.set)
-    own = [k for k in sets if k in inspect.signature(train_gan).parameters and k != "batch"]
-    check(not own, f"--set {own[0] if own else ''}: not a GANConfig / TrainConfig field; "
-                   f"it has its own option {flag_name(own[0]) if own else ''}" + (f" ({FIXED_GAN_FIELDS[own[0]]})" if own and own[0] in FIXED_GAN_FIELDS else ""))
+    params = inspect.signature(train_gan).parameters
+    for k in sets:     # train_gan's own arguments (batch is also a TrainConfig field) have their own options
+        check(k == "batch" or k not in params, f"--set {k}: not a GANConfig / TrainConfig field; it has its own option "
+                                               f"{flag_name(k)}" + (f" ({FIXED_GAN_FIELDS[k]})" if k in FIXED_GAN_FIELDS else ""))
     flags = {k: getattr(a, k) for names in FIELD_FLAGS.values() for k in names if getattr(a, k) is not None}
     clash = [f"--{k} {v} and --set {k}={sets[k]!r}" for k, v in flags.items() if k in sets and sets[k] != v]
     check(not clash, f"{'; '.join(clash)} disagree; give each option once")
