@@ -4,21 +4,29 @@
 
 # %% ../nbs/10_bench.ipynb 2
 from __future__ import annotations
-import argparse, json, os, platform, resource, statistics, subprocess, sys, time, warnings, weakref
+import argparse, json, os, platform, resource, shutil, statistics, subprocess, sys, time, warnings, weakref
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import ops
-from .core import call_with_args, check, choose_device, seed_everything, signature_parser
-from .networks import GAN_KINDS, gan_config, mask_to_onehot, resolve_precision
-from .train import GANTrainer, select_ops_impl, train_config
+from .core import call_with_args, check, choose_device, load_json, seed_everything, signature_parser
+from .data import load_canonical
+from .evaluate import evaluate
+from .networks import GAN_KINDS, gan_config, load_checkpoint, mask_to_onehot, resolve_precision
+from .study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, experiment_grid, gan_checkpoint, load_real, mask_source,
+                          quality_rows, run_cell, sample_variant, save_study_figure, split_of, stage_prepare, study_config,
+                          write_real_subset, write_table)
+from .train import GANTrainer, select_ops_impl, train_config, train_gan
 
 # %% auto 0
-__all__ = ['peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases', 'available_impls', 'bench_ops', 'bench_config',
-           'bench_compile', 'bench_step', 'bench_parser', 'bench_train', 'nvlabs_step', 'bench_nvlabs', 'bench_main']
+__all__ = ['QUALITY_COLUMNS', 'peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases', 'available_impls', 'bench_ops',
+           'bench_config', 'bench_compile', 'bench_step', 'bench_parser', 'bench_train', 'nvlabs_step', 'bench_nvlabs',
+           'plot_quality_vs_minutes', 'bench_quality', 'bench_main']
 
 # %% ../nbs/10_bench.ipynb
 class _LiveTensorBytes(TorchDispatchMode):
@@ -419,17 +427,110 @@ def bench_nvlabs(nvlabs_dir,                # a checkout of github.com/NVlabs/st
     return dict(config=cfg, results=rows)
 
 # %% ../nbs/10_bench.ipynb
+QUALITY_COLUMNS = ("domain_pr/precision", "domain_pr/recall", "mask_stats/label_hist_tv", "fid/T1")
+
+def _train_for(run_dir: Path, gan: str, seconds: float, data_dir, split: dict, cfg) -> float:
+    "Continue the bench's GAN run `run_dir` for `seconds` of training (resumable); returns the wall seconds it took."
+    t0 = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_gan(data_dir, run_dir, kind=gan, kimg=100_000.0, preset=cfg.gan_preset, resume=True, time_budget=max(seconds, 1.0),
+                  seed=cfg.split_seed + split["fold"], subjects=split["train"], selection_subjects=split["val"],
+                  **{"progress": False, "metric_trunc": cfg.trunc, **cfg.gan_overrides})
+    return time.time() - t0
+
+def _score(ref_dir, fake_dir, unet, n: int, **row) -> list[dict]:
+    "Quality rows (`medsyn.study.quality_rows`) of one synthetic or real set against one real set."
+    res = evaluate(ref_dir, fake_dir, metrics=("fid", "domain_pr", "domain_fid", "mask_stats"), seg_model=unet, max_samples=n,
+                   progress=False)
+    return [dict(row, n=n, **r) for r in quality_rows(res)]
+
+
+# %% ../nbs/10_bench.ipynb
+def plot_quality_vs_minutes(table: pd.DataFrame):
+    "One panel per quality metric against GAN training minutes: a line per (variant, comparison), the real reference dashed."
+    import matplotlib.pyplot as plt, seaborn as sns
+    metrics = [m for m in QUALITY_COLUMNS if m in set(table.metric) and table[table.metric == m].value.notna().any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
+    syn, ref = table[table.variant != "real"], table[table.variant == "real"]
+    for ax, m in zip(axes[0], metrics):
+        sns.lineplot(data=syn[syn.metric == m], x="minutes", y="value", hue="variant", style="comparison", marker="o", ax=ax,
+                     legend=ax is axes[0][-1])
+        for v in ref[ref.metric == m].value.dropna(): ax.axhline(v, color="gray", ls="--", lw=1)
+        ax.set(title=m, xlabel="GAN training (CPU minutes)", ylabel="")
+    if len(metrics): axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle("Quality of the synthetic pairs vs training time (dashed: real train vs held-out)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# %% ../nbs/10_bench.ipynb
+def bench_quality(out: str = "runs/bench_quality",       # folder for the study layout, the bench GAN runs, tables and figure
+                  variants: list[str] = ["joint", "warped+cond"],  # study variants (`medsyn.study.VARIANT_GANS`) to train and score
+                  minutes: list[float] = [1.0, 2.0, 4.0, 8.0],     # GAN training minutes per generator at which every variant is scored
+                  profile: str = "quick",                 # study profile: dataset, GAN preset, overrides, truncation and warp
+                  fold: int = 0,                          # the fold whose training subjects train the GANs
+                  force: bool = False,                    # start the bench GAN runs over (delete OUT/bench)
+                  ) -> dict:
+    """Image quality of each variant's pairs against CPU minutes of GAN training, on one fold of a study profile. Each GAN is
+    trained in resumable steps up to every entry of `minutes`; after each step the variant's pairs (as many as the fold's
+    training slices, made exactly as the study makes them) are scored against the real training slices and against the
+    held-out test subjects, next to the real-vs-held-out reference. Writes `tables/quality_vs_minutes.csv` and
+    `figures/quality_vs_minutes.png` under `out`; returns the JSON summary (also the last line printed by the CLI)."""
+    check(list(minutes) == sorted(minutes) and minutes and minutes[0] > 0, f"--minutes {minutes}: give increasing positive minutes")
+    cfg = study_config(profile, variants=tuple(variants))
+    lay, bench = RunLayout(out), Path(out) / "bench"
+    if bench.exists():
+        check(force, f"{bench}: holds the GAN runs of an earlier bench; pass --force to start them over (or choose another --out)")
+        shutil.rmtree(bench)
+    stage_prepare(cfg, out, log=lambda m: None)
+    info = load_json(lay.prepare_json)
+    split, real = split_of(info["splits"], fold, 1.0), load_real(cfg, info["data_dir"])
+    real_cell = experiment_grid(cfg).query("variant == 'real' and fold == @fold and fraction == 1.0").iloc[0]
+    run_cell(real_cell, cfg, real, info["splits"], out, fingerprint=info["dataset_sha256"])   # its bottleneck = domain features
+    unet, train_dir = lay.cell(real_cell.cell) / "unet.pt", lay.real_subset(fold, 1.0)
+    test_dir = write_real_subset(real, split["test"], lay.root / "real" / f"fold{fold}_test", info["dataset_sha256"], lambda m: None)
+    n = min(split["n_train_slices"], len(load_canonical(test_dir)))
+    rows = _score(test_dir, train_dir, unet, n, variant="real", comparison="real train vs held-out", minutes=0.0, kimg=0.0)
+    spent, gans = {}, sorted({g for v in variants for g in VARIANT_GANS[v]})
+    for target in minutes:
+        for g in gans:
+            spent[g] = spent.get(g, 0.0) + _train_for(bench / f"{g}_fold{fold}", g, target * 60 - spent.get(g, 0.0),
+                                                      info["data_dir"], split, cfg)
+        for v in variants:
+            ckpts = {g: gan_checkpoint(bench / f"{g}_fold{fold}") for g in VARIANT_GANS[v]}
+            warp = mask_source(cfg, fold, 1.0, lay)["warp"] if v in WARPED_VARIANTS else None
+            pairs = sample_variant(v, ckpts, bench / f"pairs_{v.replace('+', '_')}_{target:g}min", split["n_train_slices"], cfg.trunc,
+                                   cfg.split_seed + fold, train_dir, warp)
+            row = dict(variant=v, minutes=sum(spent[g] for g in VARIANT_GANS[v]) / 60,
+                       kimg=sum(load_checkpoint(c).get("kimg", 0.0) for c in ckpts.values()))
+            rows += _score(train_dir, pairs, unet, n, comparison="synthetic vs real train", **row)
+            rows += _score(test_dir, pairs, unet, n, comparison="synthetic vs held-out", **row)
+    table = pd.DataFrame(rows)
+    outputs = write_table(table, lay.table("quality_vs_minutes"))
+    outputs += save_study_figure(plot_quality_vs_minutes(table), lay.figure("quality_vs_minutes"))
+    wide = table[table.metric.isin(QUALITY_COLUMNS)].pivot_table(index=["variant", "comparison", "minutes", "kimg"], columns="metric",
+                                                                  values="value").reset_index()
+    return dict(bench="quality_vs_minutes", profile=profile, fold=fold, n=n, gan_preset=cfg.gan_preset, gan_overrides=cfg.gan_overrides,
+                config=bench_config([torch.device("cpu")]), rows=wide.round(4).to_dict("records"), outputs=[str(o) for o in outputs])
+
+
+# %% ../nbs/10_bench.ipynb
 def bench_main(argv: list[str]) -> int:
     "`medsyn bench ops|train|nvlabs ...`: print one JSON object with the measurements (options generated from the functions)."
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: medsyn bench {ops,train,nvlabs} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
+        print("usage: medsyn bench {ops,train,nvlabs,quality} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
               "  train  time G/D training steps (bench_train)\n"
-              "  nvlabs NVlabs stylegan2-ada-pytorch vs medsyn default and fp32, interleaved (--nvlabs-dir DIR)")
+              "  nvlabs NVlabs stylegan2-ada-pytorch vs medsyn default and fp32, interleaved (--nvlabs-dir DIR)\n"
+              "  quality image quality of each study variant's pairs vs CPU minutes of GAN training")
         return 0 if argv else 2
     what, rest = argv[0], argv[1:]
     if what == "train": return int(bench_train(rest) or 0)
-    check(what in ("ops", "nvlabs"), f"unknown benchmark {what!r}; choose 'ops', 'train' or 'nvlabs'")
-    if what == "nvlabs":
+    check(what in ("ops", "nvlabs", "quality"), f"unknown benchmark {what!r}; choose 'ops', 'train', 'nvlabs' or 'quality'")
+    if what == "quality":
+        p = signature_parser(bench_quality, "medsyn bench quality", "Quality of each study variant's pairs vs CPU minutes of GAN training.")
+        fn = bench_quality
+    elif what == "nvlabs":
         p = signature_parser(bench_nvlabs, "medsyn bench nvlabs", "NVlabs stylegan2-ada-pytorch (ref ops, fp32) vs medsyn, interleaved.",
                              aliases=dict(steps_per_round=["--steps"]))
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

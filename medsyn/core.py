@@ -19,8 +19,8 @@ __all__ = ['PROCESS_START', 'MANIFEST_NAME', 'MedsynError', 'check', 'runs_dir',
            'remove_stale_leftovers', 'deferred_sigint', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
            'save_json', 'load_json', 'atomic_torch_save', 'medsyn_made', 'check_output_dir', 'os_reason', 'atomic_dir',
            'file_digest', 'file_sha256', 'env_flag', 'parse_set_items', 'check_fields', 'from_preset', 'flag_name',
-           'signature_parser', 'add_field_options', 'add_set_option', 'call_with_args', 'StopRequest',
-           'sigint_at_step_boundary']
+           'RepeatableOption', 'signature_parser', 'add_field_options', 'add_set_option', 'call_with_args',
+           'StopRequest', 'sigint_at_step_boundary']
 
 # %% ../nbs/00_core.ipynb
 class MedsynError(Exception):
@@ -428,6 +428,13 @@ def _option_type(t, default):
 def flag_name(name: str) -> str: return "--" + name.replace("_", "-")
 
 # %% ../nbs/00_core.ipynb
+class RepeatableOption(argparse.Action):
+    "A repeatable option (`--x A --x B`) whose given values replace its default list instead of extending it."
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, ([] if items is self.default else list(items)) + [values])
+
+# %% ../nbs/00_core.ipynb
 def signature_parser(fn, prog: str, description: str | None = None, skip=(), aliases: dict | None = None,
                      required=(), choices: dict | None = None) -> argparse.ArgumentParser:
     """An argparse parser generated from `fn`'s signature: one `--kebab-name` option per parameter not in `skip` (with
@@ -442,7 +449,9 @@ def signature_parser(fn, prog: str, description: str | None = None, skip=(), ali
         default = None if par.default is par.empty else par.default
         kw = dict(dest=name, default=default, help=docs.get(name))
         if hints.get(name) is bool or isinstance(default, bool): kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(hints.get(name)) is list: kw.update(action="append", default=list(default or []))
+        elif typing.get_origin(hints.get(name)) is list:
+            item = (typing.get_args(hints[name]) or (str,))[0]
+            kw.update(action=RepeatableOption, default=list(default or []), type=item if item in (int, float) else str)
         else:
             kw.update(type=_option_type(hints.get(name), default), choices=choices.get(name),
                       required=par.default is par.empty or name in required)

@@ -25,7 +25,7 @@ __all__ = ['ALL_METRICS', 'inception_features', 'inception_metrics', 'domain_fea
            'mask_stats_metric', 'load_pair', 'evaluate', 'evaluate_parser', 'evaluate_main']
 
 # %% ../nbs/07a_evaluate.ipynb
-ALL_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "dice", "mask_stats")
+ALL_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "domain_pr", "dice", "mask_stats")
 
 def _error(e: Exception) -> str:
     return f"error: {e}"
@@ -157,9 +157,9 @@ def load_pair(real_dir, fake_dir):
 # %% ../nbs/07a_evaluate.ipynb
 def evaluate(real_dir: str | Path,                      # canonical dataset of real samples
              fake_dir: str | Path,                      # canonical dataset of synthetic samples
-             metrics: Sequence[str] = ALL_METRICS,      # fid, kid, pr, lpips, domain_fid, dice, mask_stats (command line: comma-separated; default all)
+             metrics: Sequence[str] = ALL_METRICS,      # fid, kid, pr, lpips, domain_fid, domain_pr, dice, mask_stats (command line: comma-separated; default all)
              weights_dir: str | Path | None = None,     # folder holding the Inception and/or LPIPS AlexNet weights
-             seg_model: str | Path | None = None,       # U-Net checkpoint trained on the real training split (domain_fid, dice, pr fallback)
+             seg_model: str | Path | None = None,       # U-Net checkpoint trained on the real training split (domain_fid, domain_pr, dice, pr fallback)
              batch_size: int = 32,                      # batch size for feature extraction
              max_samples: int | None = None,            # use a deterministic random subset of at most N samples per set
              lpips_samples: int = 100,                  # samples per set for LPIPS diversity and the matched memorization check
@@ -188,13 +188,13 @@ def evaluate(real_dir: str | Path,                      # canonical dataset of r
     else: out.update({m: inc_err for m in ("fid", "kid") if m in wanted})
 
     net = dom_feats = seg_err = None
-    if {"domain_fid", "dice"} & wanted or ("pr" in wanted and inc_feats is None):
+    if {"domain_fid", "domain_pr", "dice"} & wanted or ("pr" in wanted and inc_feats is None):
         if seg_model is None:
             seg_err = "error: needs --seg-model PATH, a U-Net trained on the real training split (`medsyn segment` saves one)"
         else:
             try:
                 net = load_segmentation_model(seg_model, device=dev)
-                if {"domain_fid", "pr"} & wanted: dom_feats = domain_features(net, seg_model, real_dir, real, fake, dev, cache, kw)
+                if {"domain_fid", "domain_pr", "pr"} & wanted: dom_feats = domain_features(net, seg_model, real_dir, real, fake, dev, cache, kw)
             except MedsynError as e: seg_err = _error(e)
     if "domain_fid" in wanted:
         if dom_feats is None: out["domain_fid"] = seg_err
@@ -202,6 +202,10 @@ def evaluate(real_dir: str | Path,                      # canonical dataset of r
             try: out["domain_fid"] = {"value": fid_from_features(dom_feats[0].features, dom_feats[1].features),
                                       "features": f"U-Net bottleneck, global-average-pooled ({dom_feats[0].features.shape[1]}-d)", "model": str(seg_model)}
             except MedsynError as e: out["domain_fid"] = _error(e)
+    if "domain_pr" in wanted:
+        try: out["domain_pr"] = seg_err if dom_feats is None else {
+            "features": "domain (segmentation U-Net bottleneck)", **precision_recall(dom_feats[0].features, dom_feats[1].features)}
+        except MedsynError as e: out["domain_pr"] = _error(e)
     if "pr" in wanted: out["pr"] = pr_metric(inc_feats, dom_feats, mods, inc_err, seg_err, out.get("fid"))
     if "lpips" in wanted:
         try:

@@ -21,10 +21,10 @@ __all__ = ['GAN_KINDS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLA
            'to_pair', 'cpu_bf16_flags', 'resolve_precision', 'block_dtype', 'GANConfig', 'gan_config',
            'FullyConnectedLayer', 'normalize_2nd_moment', 'conv2d_resample', 'Conv2dLayer', 'MappingNetwork',
            'use_fused_modconv', 'modulated_conv2d', 'SynthesisLayer', 'ToRGBLayer', 'MaskEncoder', 'SynthesisBlock',
-           'SynthesisNetwork', 'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer',
-           'DiscriminatorEpilogue', 'Discriminator', 'mask_probs', 'split_output', 'hard_mask', 'to_pair01',
-           'real_to_gan', 'to_d_input', 'real_to_d_input', 'fake_to_d_input', 'build_networks', 'count_params',
-           'load_checkpoint', 'generator_from_checkpoint']
+           'LabelIntensity', 'SynthesisNetwork', 'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock',
+           'MinibatchStdLayer', 'DiscriminatorEpilogue', 'Discriminator', 'mask_probs', 'split_output', 'hard_mask',
+           'to_pair01', 'real_to_gan', 'to_d_input', 'real_to_d_input', 'fake_to_d_input', 'build_networks',
+           'count_params', 'load_checkpoint', 'generator_from_checkpoint']
 
 # %% ../nbs/03_networks.ipynb
 GAN_KINDS = ('joint', 'mask', 'cond')
@@ -92,6 +92,7 @@ class GANConfig:
     mask_repr: str = 'softmax'      # 'softmax' | 'straight_through'
     mask_temperature: float = 1.0
     cond_channel_ratio: float = 0.25  # mask-encoder width relative to the synthesis width ('cond')
+    cond_skip: bool = False         # 'cond': add a learned intensity per label (`LabelIntensity`) to the image; G learns the rest
     channels_last: bool = False
     precision: str = 'fp32'         # 'auto' | 'fp32' | 'bf16' | 'fp16' (CUDA): dtype of the highest-resolution blocks
     num_fp16_res: int = 2           # how many of the highest resolutions run in low precision (NVlabs' num_fp16_res)
@@ -157,9 +158,11 @@ GAN_PRESETS = {
     # 20-minute run show brain-like pairs (see 05_train).
     # Training (`medsyn.train.TrainConfig`): gamma is NVlabs' heuristic 0.0002 * res^2 / batch (= 0.1 at 64 px, batch 8);
     # ada_kimg 100: p can rise by at most 0.2 in a 20-kimg run (with 20 it hit 0.9 and rotations leaked).
+    # cond: the per-label skip with a learned blur (`LabelIntensity`) and pix2pix's L1 term (weight 100) render brain slices
+    # that follow the mask within ~500 steps; adversarial training alone still draws haze at 1.8 kimg (`medsyn bench quality`).
     'cpu64': dict(resolution=64, channel_base=2048, channel_max=128, z_dim=256, w_dim=256, mapping_layers=2,
-                  fused_modconv='auto', precision='auto',
-                  batch=8, gamma=0.1, ada_kimg=100.0, metric_n=256),
+                  fused_modconv='auto', precision='auto', cond_skip=True,
+                  batch=8, gamma=0.1, ada_kimg=100.0, metric_n=256, recon_weight=100.0),
     # The authors' settings (Gan-track scripts): 256x256, channel base 16384, max 512, 8-layer mapping.
     # Training: batch 24 and R1 gamma 2 as the authors (the `TrainConfig` default), ADA speed 500 kimg.
     'paper256': dict(resolution=256, channel_base=16384, channel_max=512, z_dim=512, w_dim=512, mapping_layers=8,
@@ -430,6 +433,23 @@ class SynthesisBlock(nn.Module):
         return x, img
 
 # %% ../nbs/03_networks.ipynb
+class LabelIntensity(nn.Module):
+    """The 'cond' generator's mask-to-image skip (`GANConfig.cond_skip`): a linear image model of the mask, the one-hot
+    labels convolved with a learned `kernel`×`kernel` filter per (channel, label), i.e. an intensity per tissue blurred by a
+    point-spread function (partial volume at the tissue borders). Added to the synthesised image; zero at initialisation.
+    Each tap learns at `lr_multiplier / kernel²` times the optimizer's rate, so that a label's intensity (the sum of its
+    taps) moves `lr_multiplier` times faster than G's other weights: the tissue means and the blur are in place after a
+    few dozen steps and the synthesis network spends its capacity on what a mask does not say (texture, noise, bias field)."""
+    def __init__(self, num_labels: int, channels: int, kernel: int = 5, lr_multiplier: float = 10.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels, num_labels, kernel, kernel))
+        self.lr_multiplier, self.pad = lr_multiplier / kernel ** 2, kernel // 2
+
+    def forward(self, onehot: torch.Tensor) -> torch.Tensor:
+        x = F.pad(onehot.float(), [self.pad] * 4, mode='replicate')     # the border continues the outermost label
+        return F.conv2d(x, self.weight.float() * self.lr_multiplier)
+
+# %% ../nbs/03_networks.ipynb
 class SynthesisNetwork(nn.Module):
     "ws (N, num_ws, w_dim) [+ one-hot mask for 'cond'] -> raw output (N, out_channels, R, R)."
     def __init__(self, cfg: GANConfig):
@@ -440,6 +460,7 @@ class SynthesisNetwork(nn.Module):
         cond_ch = {r: max(8, int(ch[r] * cfg.cond_channel_ratio)) for r in self.block_resolutions} if cfg.kind == 'cond' else {}
         lowp_res = [r for r in self.block_resolutions if cfg.uses_lowp(r)]
         self.mask_encoder = MaskEncoder(cfg.num_labels, cfg.resolution, cond_ch, cfg.conv_clamp, cfg.precision, lowp_res) if cond_ch else None
+        self.label_intensity = LabelIntensity(cfg.num_labels, cfg.img_channels) if cond_ch and cfg.cond_skip else None
         self.blocks = nn.ModuleList()
         self.num_ws = 0
         for r in self.block_resolutions:
@@ -455,7 +476,8 @@ class SynthesisNetwork(nn.Module):
         check(ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
               f"SynthesisNetwork: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
         fused = self.cfg.fused_modconv if fused_modconv is None else fused_modconv
-        feats = self.mask_encoder(check_cond(cond, self.cfg, ws.shape[0]), force_fp32) if self.mask_encoder is not None else None
+        if self.mask_encoder is not None: cond = check_cond(cond, self.cfg, ws.shape[0])
+        feats = self.mask_encoder(cond, force_fp32) if self.mask_encoder is not None else None
         if self.mask_encoder is None: check(cond is None, f"cond (a mask) is only used by kind='cond', this network is kind={self.cfg.kind!r}")
         x = img = None
         w_idx = 0
@@ -464,7 +486,7 @@ class SynthesisNetwork(nn.Module):
             w_idx += blk.num_conv
             x, img = blk(x, img, cur, feats[blk.resolution] if feats is not None else None, noise_mode=noise_mode,
                          fused_modconv=fused, force_fp32=force_fp32)
-        return img
+        return img if self.label_intensity is None else img + self.label_intensity(cond)
 
 # %% ../nbs/03_networks.ipynb
 def check_cond(cond, cfg: GANConfig, n: int):

@@ -39,13 +39,13 @@ __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'MANIFEST'
            'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
            'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row', 'train_study_gan',
            'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source',
-           'synthetic_inputs', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves',
-           'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality',
-           'stage_report', 'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
-           'lookup_warning', 'lookup_findings', 'report_notebook', 'render_report', 'study_notebooks_dir',
-           'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook', 'execute_notebook',
-           'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config', 'aggregate_findings',
-           'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
+           'synthetic_inputs', 'sample_variant', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell',
+           'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons',
+           'stage_quality', 'stage_report', 'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings',
+           'dilution_findings', 'lookup_warning', 'lookup_findings', 'report_notebook', 'render_report',
+           'study_notebooks_dir', 'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook',
+           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config',
+           'aggregate_findings', 'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
@@ -93,8 +93,11 @@ class StudyConfig:
 
 # %% ../nbs/09_study.ipynb
 PROFILES = {
-    # quick: the 30-minute budget goes to U-Nets that converge (they must beat the intensity lookup) before more factors
-    "quick": dict(synthetic_factors=(0, 1), gan_time_budget=240.0, gan_overrides=dict(metric="stats")),
+    # quick: the 30-minute budget goes to U-Nets that converge (they must beat the intensity lookup) before more factors, and to
+    # the one variant whose pairs look like brain slices after minutes of CPU: warped+cond, its cond GAN narrower (channel base
+    # 1024, max 64) at batch 4, i.e. 500 steps in 2 kimg (see `medsyn bench quality`); joint needs far more (`--set variants=...`)
+    "quick": dict(synthetic_factors=(0, 1), variants=("warped+cond",), gan_time_budget=240.0,
+                  gan_overrides=dict(metric="stats", batch=4, channel_base=1024, channel_max=64)),
     "full": dict(resolution=256, folds=5, seeds=(0, 1, 2), synthetic_factors=(0, 0.25, 0.5, 1, 2, 4),
                  variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0),
                  gan_preset="paper256", gan_kimg={"joint": 5000.0, "mask": 5000.0, "cond": 5000.0},
@@ -579,6 +582,18 @@ def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float,
                 **({} if masks is None else dict(masks=masks)))
 
 # %% ../nbs/09_study.ipynb
+def sample_variant(variant: str, ckpts: dict, out: Path, n: int, trunc: float, seed: int, mask_dir: Path | None = None,
+                   warp: dict | None = None, overwrite: bool = False) -> Path:
+    """Write `n` pairs of a study variant from its GAN checkpoints `ckpts` ({kind: path}): 'joint' samples both, 'mask+cond'
+    renders the mask GAN's masks, a warped variant renders the real masks of `mask_dir` deformed by `warp` ({seed, settings})."""
+    if variant == "joint": return generate_pairs(ckpts["joint"], out, n=n, trunc=trunc, seed=seed, overwrite=overwrite)
+    if variant in WARPED_VARIANTS:
+        warp = dict(warp)
+        return generate_pairs(ckpts["cond"], out, n=n, trunc=trunc, seed=seed, masks_from=mask_dir, warp_seed=warp.pop("seed"),
+                              warp=warp, overwrite=overwrite)
+    return generate_pairs(ckpts["cond"], out, n=n, trunc=trunc, seed=seed, mask_ckpt=ckpts["mask"], overwrite=overwrite)
+
+# %% ../nbs/09_study.ipynb
 def make_synthetic_set(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout, log: Callable = print) -> Path:
     "Sample (or reuse) the synthetic set of (variant, fold, fraction) with at least `n` pairs."
     d, inputs = lay.synthetic(variant, fold, fraction), synthetic_inputs(cfg, variant, fold, fraction, n, lay)
@@ -586,14 +601,8 @@ def make_synthetic_set(cfg: StudyConfig, variant: str, fold: int, fraction: floa
     if state == "fresh": log(f"generate: {d.name} reused ({n} pairs)"); return d
     if state != "missing": reset_artefact(d, why, "generate", log)
     log(f"generate: {n} pairs for {d.name}")
-    run = lambda g: gan_checkpoint(lay.gan_run(g, fold, fraction))
-    if variant == "joint": generate_pairs(run("joint"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"])
-    elif variant in WARPED_VARIANTS:
-        warp = dict(inputs["masks"]["warp"])
-        seed = warp.pop("seed")
-        generate_pairs(run("cond"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"], masks_from=lay.real_subset(fold, fraction),
-                       warp_seed=seed, warp=warp)
-    else: generate_pairs(run("cond"), d, n=n, trunc=cfg.trunc, seed=inputs["seed"], mask_ckpt=run("mask"))
+    ckpts = {g: gan_checkpoint(lay.gan_run(g, fold, fraction)) for g in VARIANT_GANS[variant]}
+    sample_variant(variant, ckpts, d, n, cfg.trunc, inputs["seed"], lay.real_subset(fold, fraction), inputs.get("masks", {}).get("warp"))
     write_manifest(d, inputs, complete=True)
     return d
 
@@ -744,7 +753,7 @@ def quality_rows(result: dict) -> list[dict]:
     return rows
 
 # %% ../nbs/09_study.ipynb
-QUALITY_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "dice", "mask_stats")
+QUALITY_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "domain_pr", "dice", "mask_stats")
 
 def reference_halves(train_subjects: Sequence[str], seed: int = 0) -> tuple[list[str], list[str]]:
     "Two disjoint halves of the training subjects (seeded): the real-vs-real reference of every quality metric."
@@ -754,17 +763,23 @@ def reference_halves(train_subjects: Sequence[str], seed: int = 0) -> tuple[list
 
 # %% ../nbs/09_study.ipynb
 def quality_comparisons(cfg: StudyConfig, real, split: dict, fingerprint: str, lay: RunLayout, log: Callable = print) -> list[tuple]:
-    """`(label, variant, real_dir, other_dir, max_samples)` of one fold: every synthetic set vs the whole real training set,
-    and the matched pair at one N — synthetic vs real half A, and real half B vs half A (the scale of every metric)."""
+    """`(label, variant, real_dir, other_dir, max_samples)` of one fold: every synthetic set vs the whole real training set;
+    the matched pair at one N — synthetic vs real half A, and real half B vs half A (the scale of every metric); and the
+    held-out pair — synthetic vs the fold's test subjects (never seen by the GAN), next to real train vs the same test
+    subjects at the same N (what a generator that reproduced its training slices perfectly would score)."""
     fold = split["fold"]
+    train_dir = lay.real_subset(fold, 1.0)
     half_a, half_b = reference_halves(split["train"], cfg.split_seed + fold)
     dir_a = write_real_subset(real, half_a, lay.root / "real" / f"fold{fold}_halfA", fingerprint, log)
     dir_b = write_real_subset(real, half_b, lay.root / "real" / f"fold{fold}_halfB", fingerprint, log)
+    test_dir = write_real_subset(real, split["test"], lay.root / "real" / f"fold{fold}_test", fingerprint, log)
     n = min(len(load_canonical(dir_a)), len(load_canonical(dir_b)), cfg.n_quality)
-    out = [("real half B vs half A", "real", dir_a, dir_b, n)]
+    n_held = min(len(load_canonical(train_dir)), len(load_canonical(test_dir)), cfg.n_quality)
+    out = [("real half B vs half A", "real", dir_a, dir_b, n), ("real train vs held-out", "real", test_dir, train_dir, n_held)]
     for v in cfg.variants:
-        out += [("synthetic vs real train", v, lay.real_subset(fold, 1.0), lay.synthetic(v, fold, 1.0), cfg.n_quality),
-                ("synthetic vs half A", v, dir_a, lay.synthetic(v, fold, 1.0), n)]
+        out += [("synthetic vs real train", v, train_dir, lay.synthetic(v, fold, 1.0), cfg.n_quality),
+                ("synthetic vs half A", v, dir_a, lay.synthetic(v, fold, 1.0), n),
+                ("synthetic vs held-out", v, test_dir, lay.synthetic(v, fold, 1.0), n_held)]
     return out
 
 # %% ../nbs/09_study.ipynb
@@ -860,6 +875,8 @@ TABLE_CAPTIONS = {
     "quality": "Image quality of the synthetic pairs (variants {variants}) against the fold's real training slices, mean ± sd over the "
                "{folds} folds (at most {n_quality} samples per set). 'real half B vs half A' compares two disjoint halves of the real "
                "training subjects at the same N: the value a generator indistinguishable from real data would reach. "
+               "'synthetic vs held-out' scores the pairs against the fold's test subjects, which no GAN saw; 'real train vs held-out' "
+               "is its reference at the same N. domain_pr: precision/recall (k = 3) on the real-only U-Net's bottleneck features. "
                "n/a: the metric's network weights are not available on this machine.",
     "dice_summary": "Test Dice per arm (fraction: share of the labelled subjects used; factor: synthetic pairs added as a multiple of the "
                     "real training slices). Dice is computed per test subject on the 3D stack of its slices and averaged over "

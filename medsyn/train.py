@@ -54,6 +54,7 @@ class TrainConfig:
     pl_interval: int = 4           # lazy path length: every 4 G steps
     pl_batch_shrink: int = 2
     style_mixing: float = 0.9
+    recon_weight: float = 0.0      # cond only: weight of the L1 distance between G(z, real mask) and that mask's real image (pix2pix)
     ema_kimg: float | None = None  # EMA half-life in kimg; None: batch * 10 / 32 (StyleGAN2-ADA)
     ema_rampup: float | None = 0.05
     augment: str = "auto"          # 'auto' ('ada' for joint/mask, 'simple' for cond) | 'ada' | 'simple' | 'none'
@@ -85,7 +86,7 @@ def check_train_config(tc: TrainConfig) -> TrainConfig:
     for k in ("r1_interval", "pl_interval", "pl_batch_shrink", "ada_interval", "metric_n", "grid_n"):
         check(getattr(tc, k) >= 1, f"{k}={getattr(tc, k)!r}: must be at least 1")
     for k in ("lr", "ada_kimg"): check(getattr(tc, k) > 0, f"{k}={getattr(tc, k)!r}: must be positive")
-    for k in ("gamma", "pl_weight"): check(getattr(tc, k) >= 0, f"{k}={getattr(tc, k)!r}: must be 0 (off) or positive")
+    for k in ("gamma", "pl_weight", "recon_weight"): check(getattr(tc, k) >= 0, f"{k}={getattr(tc, k)!r}: must be 0 (off) or positive")
     for k in ("beta1", "beta2", "pl_decay", "style_mixing", "ada_target"):
         check(0 <= getattr(tc, k) <= 1, f"{k}={getattr(tc, k)!r}: must be in [0, 1]")
     for k in ("ema_kimg", "tick_kimg"):
@@ -197,11 +198,17 @@ class StyleGAN2Loss:
         image, probs = split_output(raw, self.gcfg)
         return image, (cond if self.gcfg.kind == "cond" else probs)
 
-    def g_main(self, n, cond=None):
-        "Non-saturating G loss `softplus(-D(G(z)))` (mean); backward is the caller's."
+    def g_main(self, n, cond=None, real_img=None):
+        """Non-saturating G loss `softplus(-D(G(z)))` (mean), plus for `cond` with `recon_weight > 0` the L1 distance
+        between the images rendered from the real masks `cond` and their real images `real_img`; backward is the caller's.
+        Returns (total loss, the reconstruction L1 or None)."""
         raw, _ = self.run_G(torch.randn(n, self.z_dim, device=self.pl_mean.device), cond, main=True)
-        logits = self.run_D(*self.fake_pair(raw, cond), main=True)
-        return F.softplus(-logits).mean()
+        image, mask = self.fake_pair(raw, cond)
+        loss = F.softplus(-self.run_D(image, mask, main=True)).mean()
+        if self.gcfg.kind != "cond" or self.tc.recon_weight == 0: return loss, None
+        check(real_img is not None, "recon_weight > 0 needs the real images of the conditioning masks")
+        l1 = (image.float() - real_img.float()).abs().mean()
+        return loss + self.tc.recon_weight * l1, l1.detach()
 
     def g_pl(self, n, cond=None):
         "Path-length penalty on a `n // pl_batch_shrink` batch (mean, before the interval gain), in fp32."
@@ -405,15 +412,16 @@ class GANTrainer:
     def augment_p(self) -> float:
         return float(self.augment_pipe.p) if self.augment_pipe is not None else 0.0
 
-    def gmain(self, n: int, cond=None) -> torch.Tensor:
-        "Gmain: G's adversarial loss through a frozen D (gradients reach G only), backward, Adam step; returns the loss."
+    def gmain(self, n: int, cond=None, real_img=None) -> tuple:
+        """Gmain: G's loss through a frozen D (gradients reach G only), backward, Adam step; returns
+        (loss, reconstruction L1 or None)."""
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
-        loss_G = self.loss.g_main(n, cond)
+        loss_G, recon = self.loss.g_main(n, cond, real_img)
         loss_G.backward()
         self.opt_G.step()
-        return loss_G
+        return loss_G, recon
 
     def dmain(self, image, onehot, cond=None):
         "Dmain: D's loss on fakes and reals (G without a graph), backward, Adam step; returns (fake loss, real loss, real logits)."
@@ -431,7 +439,8 @@ class GANTrainer:
         onehot = mask_to_onehot(real_mask, self.gcfg.num_labels)
         image = None if kind == "mask" else real_img
         cond = onehot if kind == "cond" else None
-        stats = {"loss_G": self.gmain(n, cond).item()}
+        loss_G, recon = self.gmain(n, cond, real_img if kind == "cond" else None)
+        stats = {"loss_G": loss_G.item(), **({} if recon is None else {"recon_l1": recon.item()})}
         _test_hook("train:step")      # tests: a signal that lands inside a step
         # Greg: lazy path-length regularization
         if tc.pl_weight > 0 and self.step_idx % tc.pl_interval == 0:
@@ -485,7 +494,7 @@ class GANTrainer:
 # %% ../nbs/05_train.ipynb
 STATS_COLUMNS = ["kimg", "step", "elapsed_s", "sec_per_kimg", "loss_G", "loss_D", "loss_D_real", "loss_D_fake",
                  "r1_penalty", "pl_penalty", "augment_p", "metric_name", "metric", "fid", "intensity_w1", "area_w1",
-                 "class_intensity_w1"]
+                 "class_intensity_w1", "recon_l1"]
 
 class RunLog:
     "stats.csv (rewritten atomically) + TensorBoard scalars for one run folder."

@@ -60,7 +60,7 @@ def test_trivial_baseline_is_fitted_on_training_subjects_only(monkeypatch):
 
 def test_quick_profile_grid_is_the_documented_one():
     grid = experiment_grid(study_config("quick"))
-    assert set(grid.variant) == {"real", "joint", "real-oversampled", "real-noaug", "intensity-lookup"} and grid.cell.is_unique
+    assert set(grid.variant) == {"real", "warped+cond", "real-oversampled", "real-noaug", "intensity-lookup"} and grid.cell.is_unique
     assert sorted(grid[grid.fraction == 1.0].factor.unique()) == [0, 1] and len(grid) == 10   # 5 arms x 2 folds
 
 
@@ -96,7 +96,8 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
         assert arm["n_train_samples"] == ctrl["n_train_samples"] > 0 and arm["steps_per_epoch"] == ctrl["steps_per_epoch"]
         assert arm["inputs"]["n_synthetic"] == ctrl["inputs"]["n_synthetic"] > 0
     quality = pd.read_csv(out / "tables" / "quality_per_fold.csv")
-    assert set(quality.comparison) == {"synthetic vs real train", "synthetic vs half A", "real half B vs half A"}
+    assert set(quality.comparison) == {"synthetic vs real train", "synthetic vs half A", "real half B vs half A",
+                                       "synthetic vs held-out", "real train vs held-out"}
     assert all(d.startswith("n/a") for d, v in zip(quality.display, quality.value) if not np.isfinite(v))
     assert "samples_warped_cond.png" in (out / "report.md").read_text()
     assert (out / "notebooks" / "04_segmentation.ipynb").exists()

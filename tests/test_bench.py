@@ -1,0 +1,34 @@
+"""`medsyn bench quality`: quality of each study variant's pairs against GAN training minutes, at CI size."""
+import json
+
+import pandas as pd
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_quality_scores_every_variant_at_every_step(run_medsyn, tmp_path):
+    out = tmp_path / "bq"
+    args = ["bench", "quality", "--out", str(out), "--profile", "ci", "--variants", "joint", "--variants", "warped+cond",
+            "--minutes", "0.05", "--minutes", "0.1"]
+    res = run_medsyn(*args, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    t = pd.read_csv(out / "tables" / "quality_vs_minutes.csv")
+    assert (out / "figures" / "quality_vs_minutes.png").stat().st_size > 0
+    syn = t[t.variant != "real"]
+    assert set(syn.variant) == {"joint", "warped+cond"} and set(syn.comparison) == {"synthetic vs real train", "synthetic vs held-out"}
+    assert set(t[t.variant == "real"].comparison) == {"real train vs held-out"}
+    # two training steps per variant, each later than the one before; the GAN really trained in between
+    for v, g in syn.groupby("variant"):
+        steps = sorted(g.minutes.unique())
+        assert len(steps) == 2 and steps[0] > 0 and steps[1] > steps[0], (v, steps)
+        assert g[g.minutes == steps[1]].kimg.iloc[0] > g[g.minutes == steps[0]].kimg.iloc[0] > 0
+    prec = syn[syn.metric == "domain_pr/precision"].value
+    assert len(prec) == 8 and prec.between(0, 1).all()
+    # warped+cond masks are the real training masks (lightly deformed): their label histogram stays close to the real one
+    tv = syn[(syn.metric == "mask_stats/label_hist_tv") & (syn.comparison == "synthetic vs real train")]
+    assert (tv[tv.variant == "warped+cond"].value < 0.1).all()
+    assert {r["variant"] for r in summary["rows"]} == {"real", "joint", "warped+cond"}
+    # a second run refuses to mix with the first one's GAN runs unless told to start over
+    again = run_medsyn(*args, timeout=300)
+    assert again.returncode != 0 and "--force" in again.stderr
