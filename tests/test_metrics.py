@@ -260,6 +260,15 @@ def test_evaluate_mismatched_channels(tmp_path, two_sets):
         E.evaluate(two_sets[0], one, ["mask_stats"], progress=False)
 
 
+def test_domain_pr_is_one_for_a_set_against_itself_and_needs_a_seg_model(tmp_path, two_sets):
+    real, fake = two_sets
+    ckpt = _random_unet_checkpoint(tmp_path / "unet.pt")
+    same = E.evaluate(real, real, ["domain_pr"], seg_model=ckpt, progress=False, cache=False)["metrics"]["domain_pr"]
+    assert same["precision"] == same["recall"] == 1.0 and same["features"].startswith("domain")
+    missing = E.evaluate(real, fake, ["domain_pr"], progress=False)["metrics"]["domain_pr"]
+    assert missing.startswith("error:") and "--seg-model" in missing
+
+
 def test_evaluate_caches_real_features(tmp_path, two_sets):
     real, fake = two_sets
     ckpt = _random_unet_checkpoint(tmp_path / "unet.pt")
@@ -283,6 +292,7 @@ def test_cli_reports_missing_weights_as_errors(run_medsyn, tmp_path, two_sets):
     # random-init U-Net: plumbing of domain FID / PR / Dice only
     assert np.isfinite(out["domain_fid"]["value"]) and out["domain_fid"]["value"] >= 0
     assert out["pr"]["features"].startswith("domain") and 0 <= out["pr"]["precision"] <= 1
+    assert {k: out["domain_pr"][k] for k in ("precision", "recall")} == {k: out["pr"][k] for k in ("precision", "recall")}
     assert out["dice"]["real"]["n_subjects"] == 4 and len(out["dice"]["fake"]["per_subject"]) == 3
     assert "area_w1_lesion" in out["mask_stats"]
 
