@@ -456,10 +456,10 @@ def plot_quality_vs_minutes(table: pd.DataFrame):
     for ax, m in zip(axes[0], metrics):
         sns.lineplot(data=syn[syn.metric == m], x="minutes", y="value", hue="variant", style="comparison", marker="o", ax=ax,
                      legend=ax is axes[0][-1])
-        for v in ref[ref.metric == m].value.dropna(): ax.axhline(v, color="gray", ls="--", lw=1)
+        for v in ref[ref.metric == m].value.dropna(): ax.axhline(v, color="gray", ls=":", lw=1.5)
         ax.set(title=m, xlabel="GAN training (CPU minutes)", ylabel="")
     if len(metrics): axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle("Quality of the synthetic pairs vs training time (dashed: real train vs held-out)", fontsize=10)
+    fig.suptitle("Quality of the synthetic pairs vs GAN training time (gray dotted: real train vs held-out, the reference)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -486,7 +486,7 @@ def bench_quality(out: str = "runs/bench_quality",       # folder for the study 
     stage_prepare(cfg, out, log=lambda m: None)
     info = load_json(lay.prepare_json)
     split, real = split_of(info["splits"], fold, 1.0), load_real(cfg, info["data_dir"])
-    real_cell = experiment_grid(cfg).query("variant == 'real' and fold == @fold and fraction == 1.0").iloc[0]
+    real_cell = next(experiment_grid(cfg).query("variant == 'real' and fold == @fold and fraction == 1.0").itertuples())
     run_cell(real_cell, cfg, real, info["splits"], out, fingerprint=info["dataset_sha256"])   # its bottleneck = domain features
     unet, train_dir = lay.cell(real_cell.cell) / "unet.pt", lay.real_subset(fold, 1.0)
     test_dir = write_real_subset(real, split["test"], lay.root / "real" / f"fold{fold}_test", info["dataset_sha256"], lambda m: None)

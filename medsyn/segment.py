@@ -341,10 +341,12 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
 
 # %% ../nbs/08_segment.ipynb
 def save_unet(run: SegRun, path: str | Path, **meta) -> Path:
-    "Write a trained U-Net (state dict + config + labels + `meta`) atomically."
+    """Write a trained U-Net (state dict + config + labels + `meta`) atomically. NumPy scalars in `meta` are stored as Python
+    numbers: `torch.load(weights_only=True)`, which `load_unet` uses, refuses NumPy objects."""
+    meta = {k: v.item() if isinstance(v, np.generic) else v for k, v in meta.items()}
     return atomic_torch_save({"state_dict": run.model.state_dict(), "config": asdict(run.config),
                               "in_channels": run.in_channels, "labels": run.labels, "best_epoch": run.best_epoch,
-                              "best_val_dice": run.best_val_dice, "meta": meta}, path)
+                              "best_val_dice": float(run.best_val_dice), "meta": meta}, path)
 
 # %% ../nbs/08_segment.ipynb
 def _unet_from_medsyn(ck: dict) -> nn.Module:
