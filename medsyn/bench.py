@@ -448,7 +448,7 @@ def _score(ref_dir, fake_dir, unet, n: int, **row) -> list[dict]:
 
 # %% ../nbs/10_bench.ipynb
 def plot_quality_vs_minutes(table: pd.DataFrame):
-    "One panel per quality metric against GAN training minutes: a line per (variant, comparison), the real reference dashed."
+    "One panel per quality metric against GAN training minutes: a line per (variant, comparison), the real reference dotted."
     import matplotlib.pyplot as plt, seaborn as sns
     metrics = [m for m in QUALITY_COLUMNS if m in set(table.metric) and table[table.metric == m].value.notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
