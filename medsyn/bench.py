@@ -489,7 +489,7 @@ def bench_quality(out: str = "runs/bench_quality",       # folder for the study 
     real_cell = next(experiment_grid(cfg).query("variant == 'real' and fold == @fold and fraction == 1.0").itertuples())
     run_cell(real_cell, cfg, real, info["splits"], out, fingerprint=info["dataset_sha256"])   # its bottleneck = domain features
     unet, train_dir = lay.cell(real_cell.cell) / "unet.pt", lay.real_subset(fold, 1.0)
-    test_dir = write_real_subset(real, split["test"], lay.root / "real" / f"fold{fold}_test", info["dataset_sha256"], lambda m: None)
+    test_dir = write_real_subset(real, split["test"], lay.held_out(fold), info["dataset_sha256"], lambda m: None)
     n = min(split["n_train_slices"], len(load_canonical(test_dir)))
     rows = _score(test_dir, train_dir, unet, n, variant="real", comparison="real train vs held-out", minutes=0.0, kimg=0.0)
     spent, gans = {}, sorted({g for v in variants for g in VARIANT_GANS[v]})

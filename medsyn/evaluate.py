@@ -21,8 +21,8 @@ from .segment import load_segmentation_model
 from .weights import LPIPS_WEIGHT_SETS, ensure_weights
 
 # %% auto 0
-__all__ = ['ALL_METRICS', 'inception_features', 'inception_metrics', 'domain_features', 'pr_metric', 'dice_metric',
-           'mask_stats_metric', 'load_pair', 'evaluate', 'evaluate_parser', 'evaluate_main']
+__all__ = ['ALL_METRICS', 'inception_features', 'inception_metrics', 'domain_features', 'domain_pr_metric', 'pr_metric',
+           'dice_metric', 'mask_stats_metric', 'load_pair', 'evaluate', 'evaluate_parser', 'evaluate_main']
 
 # %% ../nbs/07a_evaluate.ipynb
 ALL_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "domain_pr", "dice", "mask_stats")
@@ -89,14 +89,20 @@ def domain_features(net: torch.nn.Module, seg_model, real_dir, real, fake, dev, 
             stream_features(fake, views, desc="domain fake", **kw)["domain"])
 
 # %% ../nbs/07a_evaluate.ipynb
+def domain_pr_metric(dom_feats, seg_err: str | None) -> dict | str:
+    "Precision/recall (k = 3) on the domain features (real, fake), or the error saying why there are none."
+    if dom_feats is None: return seg_err
+    try: return {"features": "domain (segmentation U-Net bottleneck)", **precision_recall(dom_feats[0].features, dom_feats[1].features)}
+    except MedsynError as e: return _error(e)
+
+# %% ../nbs/07a_evaluate.ipynb
 def pr_metric(inc_feats, dom_feats, mods: Sequence[str], inc_err: str | None, seg_err: str | None, fid_entry) -> dict | str:
     "Precision/recall on Inception features, else on the domain features, else an error saying why neither exists."
     try:
         if inc_feats is not None:
             pr = {m: precision_recall(inc_feats[0][m].features, inc_feats[1][m].features) for m in mods}
             return {"features": "fid-inception-pool3", **pr, "mean_modalities": _mean_modalities(pr, mods, ("precision", "recall"))}
-        if dom_feats is not None:
-            return {"features": "domain (segmentation U-Net bottleneck)", **precision_recall(dom_feats[0].features, dom_feats[1].features)}
+        if dom_feats is not None: return domain_pr_metric(dom_feats, seg_err)
         why = "see the 'fid' entry" if isinstance(fid_entry, str) else inc_err[7:]
         return f"error: no features available: the FID Inception network is unavailable ({why}) and domain features {seg_err[7:]}"
     except MedsynError as e: return _error(e)
@@ -202,10 +208,7 @@ def evaluate(real_dir: str | Path,                      # canonical dataset of r
             try: out["domain_fid"] = {"value": fid_from_features(dom_feats[0].features, dom_feats[1].features),
                                       "features": f"U-Net bottleneck, global-average-pooled ({dom_feats[0].features.shape[1]}-d)", "model": str(seg_model)}
             except MedsynError as e: out["domain_fid"] = _error(e)
-    if "domain_pr" in wanted:
-        try: out["domain_pr"] = seg_err if dom_feats is None else {
-            "features": "domain (segmentation U-Net bottleneck)", **precision_recall(dom_feats[0].features, dom_feats[1].features)}
-        except MedsynError as e: out["domain_pr"] = _error(e)
+    if "domain_pr" in wanted: out["domain_pr"] = domain_pr_metric(dom_feats, seg_err)
     if "pr" in wanted: out["pr"] = pr_metric(inc_feats, dom_feats, mods, inc_err, seg_err, out.get("fid"))
     if "lpips" in wanted:
         try:

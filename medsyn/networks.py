@@ -476,9 +476,12 @@ class SynthesisNetwork(nn.Module):
         check(ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
               f"SynthesisNetwork: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
         fused = self.cfg.fused_modconv if fused_modconv is None else fused_modconv
-        if self.mask_encoder is not None: cond = check_cond(cond, self.cfg, ws.shape[0])
-        feats = self.mask_encoder(cond, force_fp32) if self.mask_encoder is not None else None
-        if self.mask_encoder is None: check(cond is None, f"cond (a mask) is only used by kind='cond', this network is kind={self.cfg.kind!r}")
+        if self.mask_encoder is None:
+            check(cond is None, f"cond (a mask) is only used by kind='cond', this network is kind={self.cfg.kind!r}")
+            feats = None
+        else:
+            cond = check_cond(cond, self.cfg, ws.shape[0])
+            feats = self.mask_encoder(cond, force_fp32)
         x = img = None
         w_idx = 0
         for blk in self.blocks:

@@ -282,6 +282,7 @@ class RunLayout:
     def figure(self, stem: str) -> Path: return self.root / "figures" / stem
     def notebook(self, name: str) -> Path: return self.root / "notebooks" / name
     def real_subset(self, fold: int, fraction: float) -> Path: return self.root / "real" / f"fold{fold}_frac{fraction:g}"
+    def held_out(self, fold: int) -> Path: return self.root / "real" / f"fold{fold}_test"   # the fold's test subjects (quality)
     def gan_run(self, gan: str, fold: int, fraction: float) -> Path: return self.root / "gan" / f"{gan}_fold{fold}_frac{fraction:g}"
     def synthetic(self, variant: str, fold: int, fraction: float) -> Path:
         return self.root / "synthetic" / f"{variant.replace('+', '_')}_fold{fold}_frac{fraction:g}"
@@ -772,7 +773,7 @@ def quality_comparisons(cfg: StudyConfig, real, split: dict, fingerprint: str, l
     half_a, half_b = reference_halves(split["train"], cfg.split_seed + fold)
     dir_a = write_real_subset(real, half_a, lay.root / "real" / f"fold{fold}_halfA", fingerprint, log)
     dir_b = write_real_subset(real, half_b, lay.root / "real" / f"fold{fold}_halfB", fingerprint, log)
-    test_dir = write_real_subset(real, split["test"], lay.root / "real" / f"fold{fold}_test", fingerprint, log)
+    test_dir = write_real_subset(real, split["test"], lay.held_out(fold), fingerprint, log)
     n = min(len(load_canonical(dir_a)), len(load_canonical(dir_b)), cfg.n_quality)
     n_held = min(len(load_canonical(train_dir)), len(load_canonical(test_dir)), cfg.n_quality)
     out = [("real half B vs half A", "real", dir_a, dir_b, n), ("real train vs held-out", "real", test_dir, train_dir, n_held)]

@@ -439,7 +439,7 @@ class GANTrainer:
         onehot = mask_to_onehot(real_mask, self.gcfg.num_labels)
         image = None if kind == "mask" else real_img
         cond = onehot if kind == "cond" else None
-        loss_G, recon = self.gmain(n, cond, real_img if kind == "cond" else None)
+        loss_G, recon = self.gmain(n, cond, image)
         stats = {"loss_G": loss_G.item(), **({} if recon is None else {"recon_l1": recon.item()})}
         _test_hook("train:step")      # tests: a signal that lands inside a step
         # Greg: lazy path-length regularization
