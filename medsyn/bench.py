@@ -125,14 +125,24 @@ def op_cases(quick: bool = False) -> list[dict]:
             f = f4(dev)
             return (x,), lambda impl, x: fn(x, f, impl=impl, **kw)
         return dict(op="upfirdn2d", case=f"{name} {list(shape)}", make=make)
+    def demod_case(shape):
+        def make(dev):
+            n, c, h, w = shape
+            x = torch.randn(shape, device=dev, requires_grad=True)
+            d = (torch.rand(n, c, device=dev) + 0.5).requires_grad_(True)
+            nz = torch.randn(n, 1, h, w, device=dev, requires_grad=True)
+            b = torch.randn(c, device=dev, requires_grad=True)
+            return (x, d, nz, b), lambda impl, x, d, nz, b: ops.demod_bias_act(x, d, nz, b, act="lrelu", clamp=256, impl=impl)
+        return dict(op="demod_bias_act", case=f"scale+noise+lrelu+clamp {list(shape)}", make=make)
     if quick:
         return [bias_case((2, 16, 8, 8)), ufd_case("upsample2d", ops.upsample2d, (2, 8, 8, 8)),
-                ufd_case("downsample2d", ops.downsample2d, (2, 8, 8, 8))]
+                ufd_case("downsample2d", ops.downsample2d, (2, 8, 8, 8)), demod_case((2, 8, 8, 8))]
     return [bias_case((8, 512, 8, 8)), bias_case((8, 256, 32, 32)), bias_case((8, 64, 128, 128)),
             ufd_case("upsample2d", ops.upsample2d, (8, 512, 16, 16)), ufd_case("upsample2d", ops.upsample2d, (8, 128, 64, 64)),
             ufd_case("upsample2d", ops.upsample2d, (8, 3, 128, 128)),
             ufd_case("filter2d", ops.filter2d, (8, 256, 33, 33), padding=[0, 0, 0, 0]),
-            ufd_case("downsample2d", ops.downsample2d, (8, 128, 64, 64)), ufd_case("downsample2d", ops.downsample2d, (8, 64, 256, 256))]
+            ufd_case("downsample2d", ops.downsample2d, (8, 128, 64, 64)), ufd_case("downsample2d", ops.downsample2d, (8, 64, 256, 256)),
+            demod_case((8, 256, 16, 16)), demod_case((8, 128, 32, 32)), demod_case((8, 64, 64, 64))]
 
 # %% ../nbs/10_bench.ipynb
 def _fwd_bwd(fn, impl, inputs):
@@ -536,7 +546,7 @@ def bench_main(argv: list[str]) -> int:
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
         fn = bench_nvlabs
     else:
-        p = signature_parser(bench_ops, "medsyn bench ops", "Time bias_act and upfirdn2d, reference vs compiled.",
+        p = signature_parser(bench_ops, "medsyn bench ops", "Time bias_act, upfirdn2d and demod_bias_act, reference vs compiled.",
                              choices=dict(device=["auto", "cpu", "cuda"]))
         fn = bench_ops
     a = p.parse_args(rest)

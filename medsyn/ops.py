@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_ops.ipynb 2
 from __future__ import annotations
-import argparse, ctypes, hashlib, os, platform, sys, time, threading, warnings
+import argparse, ctypes, glob, hashlib, json, os, platform, subprocess, sys, time, threading, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,11 +18,11 @@ import medsyn
 from .core import check, cache_dir, env_flag
 
 # %% auto 0
-__all__ = ['IMPLS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHECKED', 'DTYPE_TOL', 'set_default_impl', 'get_default_impl',
-           'csrc_dir', 'PluginStatus', 'native_flags', 'extensions_dir', 'load_plugin', 'keep_freed_memory',
-           'plugin_error', 'active_impl', 'ActSpec', 'bias_act_ref', 'bias_act', 'setup_filter', 'upfirdn2d_ref',
-           'upfirdn2d', 'filter2d', 'upsample2d', 'downsample2d', 'demod_bias_act_ref', 'demod_bias_act', 'check_ops',
-           'format_check_table', 'ops_main']
+__all__ = ['IMPLS', 'KERNEL_OPS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHECKED', 'DTYPE_TOL', 'set_default_impl',
+           'get_default_impl', 'csrc_dir', 'PluginStatus', 'native_flags', 'extensions_dir', 'load_plugin',
+           'compile_cuda', 'keep_freed_memory', 'plugin_error', 'active_impl', 'ActSpec', 'bias_act_ref', 'bias_act',
+           'setup_filter', 'upfirdn2d_ref', 'upfirdn2d', 'filter2d', 'upsample2d', 'downsample2d', 'demod_bias_act_ref',
+           'demod_bias_act', 'check_ops', 'format_check_table', 'ops_main']
 
 # %% ../nbs/02_ops.ipynb
 IMPLS = ("auto", "ref", "cpu", "cuda")
@@ -54,7 +54,8 @@ def csrc_dir() -> Path:
     return Path(medsyn.__file__).resolve().parent / "csrc"
 
 # %% ../nbs/02_ops.ipynb
-PLUGIN_SOURCES = {"cpu": ["bias_act_cpu.cpp", "upfirdn2d_cpu.cpp", "demod_bias_act_cpu.cpp"], "cuda": ["ops_cuda.cpp", "bias_act.cu", "upfirdn2d.cu"]}
+KERNEL_OPS = ("bias_act", "upfirdn2d", "demod_bias_act", "demod_bias_act_grad")   # what each plugin registers
+PLUGIN_SOURCES = {"cpu": ["bias_act_cpu.cpp", "upfirdn2d_cpu.cpp", "demod_bias_act_cpu.cpp"], "cuda": ["ops_cuda.cpp", "bias_act.cu", "upfirdn2d.cu", "demod_bias_act.cu"]}
 
 @dataclass
 class PluginStatus:
@@ -94,20 +95,32 @@ def extensions_dir(kind: str = "cpu") -> Path:
     return p
 
 # %% ../nbs/02_ops.ipynb
-def _cuda_unavailable_reason() -> str | None:
-    "Why the CUDA plugin cannot be built here, or None when it can be tried."
-    if not torch.cuda.is_available(): return "torch sees no CUDA GPU"
+def _cuda_unavailable_reason(need_gpu: bool = True) -> str | None:
+    "Why the CUDA plugin cannot be built here (`need_gpu=False`: compiled only, not run), or None when it can be tried."
+    if need_gpu and not torch.cuda.is_available(): return "torch sees no CUDA GPU"
+    if torch.version.cuda is None: return f"this torch build ({torch.__version__}) has no CUDA support"
     from torch.utils import cpp_extension
     if cpp_extension.CUDA_HOME is None: return "no CUDA toolkit found (install nvcc or set CUDA_HOME)"
     return None
 
+def _cudart_ldflags() -> list[str]:
+    """`-L` flags for the CUDA runtime when CUDA_HOME has no `lib64/libcudart.so` (torch links `-lcudart`): e.g. a
+    toolkit reached through a `/usr/local/bin/nvcc` wrapper, whose CUDA_HOME torch guesses as `/usr/local`."""
+    from torch.utils import cpp_extension
+    home = cpp_extension.CUDA_HOME
+    if home and glob.glob(os.path.join(home, "lib64", "libcudart.so*")): return []
+    for d in [os.path.join(home or "", "lib"), *sorted(glob.glob("/usr/local/cuda*/lib64")), *sorted(glob.glob("/usr/local/cuda*/lib"))]:
+        if os.path.exists(os.path.join(d, "libcudart.so")): return [f"-L{d}"]
+    return []
+
 # %% ../nbs/02_ops.ipynb
-def _build(kind: str) -> PluginStatus:
-    "Compile (or load from cache) the `kind` plugin; never raises."
+def _build(kind: str, need_gpu: bool = True, build_dir: Path | None = None) -> PluginStatus:
+    """Compile (or load from cache) the `kind` plugin; never raises. `need_gpu=False` builds the CUDA plugin on a
+    machine without a GPU (see `compile_cuda`)."""
     t0 = time.perf_counter()
     try:
         if kind == "cuda":
-            reason = _cuda_unavailable_reason()
+            reason = _cuda_unavailable_reason(need_gpu)
             if reason: return PluginStatus(kind, error=reason)
         from torch.utils import cpp_extension
         sources = [csrc_dir() / s for s in PLUGIN_SOURCES[kind]]
@@ -116,9 +129,9 @@ def _build(kind: str) -> PluginStatus:
         name = f"medsyn_{kind}"
         cflags = ["-O3", "-fopenmp"] + (["-march=native"] if native_flags() else []) if kind == "cpu" else ["-O3"]
         cpp_extension.load(name=name, sources=[str(s) for s in sources], extra_cflags=cflags,
-                           extra_ldflags=["-fopenmp"] if kind == "cpu" else [],
+                           extra_ldflags=["-fopenmp"] if kind == "cpu" else _cudart_ldflags(),
                            extra_cuda_cflags=["-O3", "--use_fast_math"], extra_include_paths=[str(csrc_dir())],
-                           build_directory=str(extensions_dir(kind)), is_python_module=False, verbose=False)
+                           build_directory=str(build_dir or extensions_dir(kind)), is_python_module=False, verbose=False)
         _register_fake_kernels(name)
         return PluginStatus(kind, ops=getattr(torch.ops, name), seconds=time.perf_counter() - t0)
     except Exception as e:  # a broken toolchain must never stop training
@@ -141,8 +154,8 @@ def _register_fake_kernels(namespace: str) -> None:
         n, c, h, w = y.shape
         return (torch.empty_like(y) if need_dx else y.new_empty([0]), y.new_empty([n, c] if need_dd else [0]),
                 y.new_empty([n, 1, h, w] if need_dnoise else [0]), y.new_empty([c] if need_db else [0]))
-    fakes = [("bias_act", bias_act_fake), ("upfirdn2d", upfirdn2d_fake)]
-    if namespace == "medsyn_cpu": fakes += [("demod_bias_act", demod_bias_act_fake), ("demod_bias_act_grad", demod_bias_act_grad_fake)]
+    fakes = [("bias_act", bias_act_fake), ("upfirdn2d", upfirdn2d_fake), ("demod_bias_act", demod_bias_act_fake),
+             ("demod_bias_act_grad", demod_bias_act_grad_fake)]
     for op, fn in fakes:
         try: torch.library.register_fake(f"{namespace}::{op}", fn)
         except Exception: pass  # already registered in this process, or an older torch
@@ -155,6 +168,35 @@ def load_plugin(kind: str) -> PluginStatus:
         if kind not in _plugins:
             _plugins[kind] = _build(kind)
         return _plugins[kind]
+
+# %% ../nbs/02_ops.ipynb
+def compile_cuda(arch: str | None = "9.0",   # TORCH_CUDA_ARCH_LIST for the build (None: torch's choice / the environment's)
+                 timeout: float = 900) -> dict:
+    """Compile and link the CUDA plugin without a GPU, in a subprocess; returns `{ok, error, seconds, ops, build_dir}`
+    (`ops`: which of `KERNEL_OPS` the built library registers; `ok` needs all of them)."""
+    reason = _cuda_unavailable_reason(need_gpu=False)
+    if reason: return dict(ok=False, error=reason, seconds=0.0, ops=[], build_dir=None)
+    build_dir = extensions_dir(f"cuda-sm{arch.replace('.', '')}-compiled" if arch else "cuda-compiled")
+    env = dict(os.environ, **({"TORCH_CUDA_ARCH_LIST": arch} if arch else {}))
+    code = ("import json, torch; from pathlib import Path; from medsyn import ops; "
+            f"st = ops._build('cuda', need_gpu=False, build_dir=Path({str(build_dir)!r})); "
+            "names = [n for n in ops.KERNEL_OPS if hasattr(torch.ops.medsyn_cuda, n)] if st.error is None else []; "
+            "print(json.dumps(dict(error=st.error, seconds=round(st.seconds, 1), ops=names)))")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(ok=False, error=f"the CUDA build took over {timeout:.0f} s", seconds=round(time.perf_counter() - t0, 1), ops=[],
+                    build_dir=str(build_dir))
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = " ".join(proc.stderr.split())[-800:]
+        return dict(ok=False, error=f"build process exited {proc.returncode}: {tail}", seconds=round(time.perf_counter() - t0, 1),
+                    ops=[], build_dir=str(build_dir))
+    r = json.loads(lines[-1])
+    missing = [n for n in KERNEL_OPS if n not in r["ops"]]
+    error = r["error"] or (f"the library does not register {missing}" if missing else None)
+    return dict(ok=error is None, error=error, seconds=r["seconds"], ops=r["ops"], build_dir=str(build_dir))
 
 # %% ../nbs/02_ops.ipynb
 _malloc_tuned = None
@@ -598,10 +640,6 @@ def demod_bias_act(x, d=None, noise=None, b=None, act="lrelu", alpha=None, gain=
     if kind == "ref": return demod_bias_act_ref(x, d, noise, b, act, alpha, gain, clamp)
     for t, name in ((d, "d"), (noise, "noise"), (b, "b")):
         check(t is None or t.device == x.device, f"demod_bias_act: {name} on {t.device if t is not None else ''} but x on {x.device}")
-    if kind == "cuda":  # no CUDA kernel of its own: scale and noise by torch ops, then the CUDA bias_act kernel
-        if d is not None: x = x * d.to(x.dtype).reshape(*d.shape, 1, 1)
-        if noise is not None: x = x + noise.to(x.dtype)
-        return bias_act(x, b, dim=1, act=act, alpha=alpha, gain=gain, clamp=clamp, impl="cuda")
     _, alpha, gain, clamp = _act_params(act, alpha, gain, clamp)
     cast = lambda t: None if t is None else t.to(x.dtype)
     if noise is not None and noise.shape[0] != x.shape[0]: noise = noise.expand(x.shape[0], -1, -1, -1)
@@ -794,15 +832,21 @@ def format_check_table(rows: list[dict]) -> str:
 
 # %% ../nbs/02_ops.ipynb
 def ops_main(argv: list[str]) -> int:
-    "`medsyn ops --check [--impl cpu,cuda] [--quick]`: build the compiled ops and check them against the reference."
+    "`medsyn ops --check [--impl cpu,cuda] [--quick]`: build the compiled ops and check them against the reference; `--compile-only`: compile the CUDA kernels."
     ap = argparse.ArgumentParser(prog="medsyn ops", description="Compile medsyn's custom ops and check them against the reference.")
     ap.add_argument("--check", action="store_true", help="compile every op and run the equivalence checks (the default)")
     ap.add_argument("--impl", default="cpu,cuda", help="comma-separated implementations to check (default: cpu,cuda)")
     ap.add_argument("--quick", action="store_true", help="a smaller grid of cases")
     ap.add_argument("--tol", type=float, default=None, help="relative tolerance (default: 1e-4 for float32, 5e-2 for bfloat16)")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="compile and link the CUDA kernels without running them (no GPU needed; needs nvcc); prints JSON")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
                     help="precision of the inputs (bfloat16: CPU kernels; float16: CUDA kernels)")
     args = ap.parse_args(argv)
+    if args.compile_only:
+        r = compile_cuda()
+        print(json.dumps(r))
+        return 0 if r["ok"] else 1
     impls = [s.strip() for s in args.impl.split(",") if s.strip()]
     for s in impls: check(s in ("cpu", "cuda"), f"--impl: unknown implementation {s!r}; choose cpu and/or cuda")
     with warnings.catch_warnings():

@@ -5,7 +5,7 @@ the fallback rules, and the `medsyn ops` / `medsyn bench ops` commands.
 The CPU kernels are compiled once per test session (cached on disk under medsyn's cache folder;
 `medsyn.ops.load_plugin` also caches them per process). CUDA tests are marked `cuda` and skipped
 without a GPU (tests/conftest.py)."""
-import itertools, json, warnings
+import itertools, json, os, shutil, warnings
 
 import pytest
 import torch
@@ -274,6 +274,16 @@ def test_cuda_plugin_is_never_built_without_a_gpu():
     assert st.ops is None and "no CUDA GPU" in st.error and st.seconds < 1.0
 
 
+def test_cuda_kernels_compile_and_link_without_a_gpu():
+    """Every CUDA kernel compiles and links with nvcc on a machine without a GPU, and the library registers all
+    four ops; whether they compute the right numbers is checked on a GPU (the `cuda` tests, tools/gpu_check.sh)."""
+    if shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"): pytest.skip("no CUDA toolkit (nvcc) on this machine")
+    if torch.version.cuda is None: pytest.skip("this torch build has no CUDA support")
+    r = ops.compile_cuda()
+    assert r["ok"], r["error"]
+    assert set(r["ops"]) == set(ops.KERNEL_OPS) == {"bias_act", "upfirdn2d", "demod_bias_act", "demod_bias_act_grad"}, r["ops"]
+
+
 def test_bad_arguments_are_clear_errors():
     x = torch.randn(1, 1, 4, 4)
     with pytest.raises(MedsynError, match="smaller than the filter"):
@@ -298,7 +308,8 @@ def test_bench_ops_quick_prints_json(cpu_ops, run_medsyn):
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(res.stdout)
     impls = {(r["op"], r["impl"]) for r in data["ops"]}
-    assert {("bias_act", "ref"), ("bias_act", "cpu"), ("upfirdn2d", "ref"), ("upfirdn2d", "cpu")} <= impls
+    assert {("bias_act", "ref"), ("bias_act", "cpu"), ("upfirdn2d", "ref"), ("upfirdn2d", "cpu"),
+            ("demod_bias_act", "ref"), ("demod_bias_act", "cpu")} <= impls
     assert all(r["ms"] > 0 and r["speedup_vs_ref"] > 0 for r in data["ops"])
     assert data["config"]["torch"] == torch.__version__
 
