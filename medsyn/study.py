@@ -25,7 +25,7 @@ from .metrics import dataset_hash
 from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
 from .stats import (ARM, BASELINE, COMPARE_COLUMNS, arm_label, compare_arms, design_mde, friedman_nemenyi, dataset_arm_table, holm,
                           per_seed, seed_mean, summary_table, verdict)
-from .networks import load_checkpoint
+from .networks import GAN_KINDS, load_checkpoint
 from .train import train_gan
 from .viz import label_cmap, save_figure
 
@@ -37,15 +37,15 @@ __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'MANIFEST'
            'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest',
            'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done',
            'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
-           'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_inputs', 'gan_run_row', 'train_study_gan',
-           'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source',
-           'synthetic_inputs', 'sample_variant', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell',
-           'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons',
-           'stage_quality', 'stage_report', 'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings',
-           'dilution_findings', 'lookup_warning', 'lookup_findings', 'report_notebook', 'render_report',
-           'study_notebooks_dir', 'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook',
-           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config',
-           'aggregate_findings', 'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
+           'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for', 'gan_inputs', 'gan_run_row',
+           'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs',
+           'mask_source', 'synthetic_inputs', 'sample_variant', 'make_synthetic_set', 'stage_generate', 'cell_inputs',
+           'run_cell', 'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves',
+           'quality_comparisons', 'stage_quality', 'stage_report', 'report_facts', 'table_html', 'figure_html',
+           'Report', 'dice_findings', 'dilution_findings', 'lookup_warning', 'lookup_findings', 'report_notebook',
+           'render_report', 'study_notebooks_dir', 'ensure_kernel', 'study_header', 'notebook_parameters',
+           'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate',
+           'run_config', 'aggregate_findings', 'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
@@ -69,7 +69,7 @@ class StudyConfig:
     gan_preset: str = "cpu64"
     gan_kimg: dict = field(default_factory=lambda: {"joint": 4.0, "mask": 2.0, "cond": 2.0})
     gan_time_budget: float | None = 300.0   # seconds per GAN training (safety net; None = no limit)
-    gan_overrides: dict = field(default_factory=dict)
+    gan_overrides: dict = field(default_factory=dict)   # GANConfig/TrainConfig fields for every GAN; under a kind ('joint', 'mask', 'cond'): that kind's only
     trunc: float = 0.7
     mask_warp: dict = field(default_factory=dict)   # warped+cond: overrides of medsyn.augment.MASK_WARP
     mask_warp_seed: int = 0             # warped+cond: the warp of mask k in fold f is seeded with (mask_warp_seed + f, k)
@@ -90,6 +90,8 @@ class StudyConfig:
         check(0 in self.synthetic_factors, "synthetic_factors must include 0 (the real-only baseline)")
         check(1.0 in self.fractions, "fractions must include 1.0 (all training subjects)")
         check(self.folds >= 2, f"folds must be >= 2 (got {self.folds}): each fold needs held-out test subjects")
+        bad_kinds = [k for k, v in self.gan_overrides.items() if isinstance(v, dict) and k not in GAN_KINDS]
+        check(not bad_kinds, f"gan_overrides: {bad_kinds} hold settings but are not GAN kinds; per-kind settings go under one of {GAN_KINDS}")
 
 # %% ../nbs/09_study.ipynb
 PROFILES = {
@@ -97,7 +99,7 @@ PROFILES = {
     # the one variant whose pairs look like brain slices after minutes of CPU: warped+cond, its cond GAN narrower (channel base
     # 1024, max 64) at batch 4, i.e. 500 steps in 2 kimg (see `medsyn bench quality`); joint needs far more (`--set variants=...`)
     "quick": dict(synthetic_factors=(0, 1), variants=("warped+cond",), gan_time_budget=240.0,
-                  gan_overrides=dict(metric="stats", batch=4, channel_base=1024, channel_max=64)),
+                  gan_overrides=dict(metric="stats", cond=dict(batch=4, channel_base=1024, channel_max=64))),
     "full": dict(resolution=256, folds=5, seeds=(0, 1, 2), synthetic_factors=(0, 0.25, 0.5, 1, 2, 4),
                  variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0),
                  gan_preset="paper256", gan_kimg={"joint": 5000.0, "mask": 5000.0, "cond": 5000.0},
@@ -459,11 +461,17 @@ def gan_checkpoint(run_dir: str | Path) -> Path:
     raise MedsynError(f"{run_dir}: no network-best.pt or network-last.pt; (re)run the GAN stage or `medsyn train --outdir {run_dir}`")
 
 # %% ../nbs/09_study.ipynb
+def gan_overrides_for(cfg: StudyConfig, gan: str) -> dict:
+    "The GANConfig/TrainConfig overrides of the `gan` kind's runs: the shared entries of `cfg.gan_overrides`, then its `gan` entry."
+    shared = {k: v for k, v in cfg.gan_overrides.items() if k not in GAN_KINDS}
+    return {**shared, **cfg.gan_overrides.get(gan, {})}
+
+# %% ../nbs/09_study.ipynb
 def gan_inputs(cfg: StudyConfig, gan: str, split: dict, fingerprint: str) -> dict:
     "What a GAN run depends on (its manifest's inputs)."
     return dict(kind="gan", gan=gan, dataset=fingerprint, subjects=list(split["train"]), selection_subjects=list(split["val"]),
                 preset=cfg.gan_preset, kimg=cfg.gan_kimg[gan], time_budget=cfg.gan_time_budget, trunc=cfg.trunc,
-                overrides=cfg.gan_overrides, seed=cfg.split_seed + split["fold"])
+                overrides=gan_overrides_for(cfg, gan), seed=cfg.split_seed + split["fold"])
 
 # %% ../nbs/09_study.ipynb
 def gan_run_row(job, run_dir: Path, seconds: float) -> dict:
@@ -493,7 +501,7 @@ def train_study_gan(cfg: StudyConfig, job, split: dict, data_dir: Path, fingerpr
     check_disjoint(split["val"], [], split["test"], f"snapshot selection of GAN {run_dir.name}")
     train_gan(data_dir, run_dir, kind=job.gan, kimg=cfg.gan_kimg[job.gan], preset=cfg.gan_preset, resume=True,
               time_budget=cfg.gan_time_budget, seed=inputs["seed"], subjects=split["train"], selection_subjects=split["val"],
-              **{"progress": False, "metric_trunc": cfg.trunc, **cfg.gan_overrides})
+              **{"progress": False, "metric_trunc": cfg.trunc, **gan_overrides_for(cfg, job.gan)})
     seconds = time.time() - t0
     write_manifest(run_dir, inputs, complete=True, seconds=round(seconds, 1))
     return gan_run_row(job, run_dir, seconds)
