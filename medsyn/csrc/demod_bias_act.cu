@@ -27,6 +27,7 @@
 #include "cuda_launch.cuh"
 
 #include "bias_act.h"
+#include "demod_bias_act.h"
 
 namespace {
 
@@ -34,10 +35,8 @@ using medsyn_cuda::sm_count;
 
 constexpr int kPlaneThreads = 256;   // threads of a block of the plane pass (a power of two, for the tree sum)
 
-// Where element (n, c, j) lives, j = h * W + w: NCHW or NHWC.
-struct Layout {
-    int64_t N, C, HW;
-    bool cl;
+// Where element (n, c, j) lives, j = h * W + w: NCHW or NHWC (the shape checked by medsyn::epilogue_shape).
+struct Layout : medsyn::EpilogueShape {
     __device__ __forceinline__ int64_t at(int64_t n, int64_t c, int64_t j) const {
         return cl ? (n * HW + j) * C + c : (n * C + c) * HW + j;
     }
@@ -51,17 +50,26 @@ struct EpilogueParams {
     double alpha, gain, clamp;
 };
 
+// The activation's scalars in the accumulation type, read once per thread.
+template <typename acc>
+struct ActScalars {
+    acc alpha, gain, clamp;
+    bool cm;   // clamp >= 0: clamp the output / mask the gradient
+    template <typename T>
+    __device__ __forceinline__ explicit ActScalars(const EpilogueParams<T>& p)
+        : alpha((acc)p.alpha), gain((acc)p.gain), clamp((acc)p.clamp), cm(p.clamp >= 0) {}
+};
+
 // g = dy * gain * act'(.) * [|y| < clamp], from the saved output (bias_act_elem's first derivative).
 template <typename acc, int A>
-__device__ __forceinline__ acc epilogue_grad(acc dy, acc y, acc alpha, acc gain, acc clamp, bool cm) {
-    return medsyn::bias_act_elem<acc, A, 1>(dy, acc(0), acc(0), y, acc(1), alpha, gain, clamp, cm);
+__device__ __forceinline__ acc epilogue_grad(acc dy, acc y, const ActScalars<acc>& k) {
+    return medsyn::bias_act_elem<acc, A, 1>(dy, acc(0), acc(0), y, acc(1), k.alpha, k.gain, k.clamp, k.cm);
 }
 
 template <typename T, int A>
 __global__ void forward_kernel(EpilogueParams<T> p) {
     using acc = at::opmath_type<T>;
-    const acc alpha = (acc)p.alpha, gain = (acc)p.gain, clamp = (acc)p.clamp;
-    const bool cm = p.clamp >= 0;
+    const ActScalars<acc> k(p);
     const Layout s = p.s;
     const int64_t total = s.N * s.C * s.HW;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)blockDim.x * gridDim.x) {
@@ -72,7 +80,7 @@ __global__ void forward_kernel(EpilogueParams<T> p) {
         if (p.d) z *= (acc)p.d[n * s.C + c];
         if (p.noise) z += (acc)p.noise[n * s.HW + j];
         const acc bv = p.b ? (acc)p.b[c] : acc(0);
-        p.out[i] = (T)medsyn::bias_act_elem<acc, A, 0>(z, bv, acc(0), acc(0), acc(1), alpha, gain, clamp, cm);
+        p.out[i] = (T)medsyn::bias_act_elem<acc, A, 0>(z, bv, acc(0), acc(0), acc(1), k.alpha, k.gain, k.clamp, k.cm);
     }
 }
 
@@ -82,15 +90,14 @@ __global__ void plane_grad_kernel(EpilogueParams<T> p) {
     using acc = at::opmath_type<T>;
     __shared__ acc s_gx[kPlaneThreads];
     __shared__ acc s_g[kPlaneThreads];
-    const acc alpha = (acc)p.alpha, gain = (acc)p.gain, clamp = (acc)p.clamp;
-    const bool cm = p.clamp >= 0;
+    const ActScalars<acc> k(p);
     const Layout s = p.s;
     const int64_t plane = blockIdx.x, n = plane / s.C, c = plane % s.C;
     const acc dv = p.d ? (acc)p.d[plane] : acc(1);
     acc sgx = acc(0), sg = acc(0);
     for (int64_t j = threadIdx.x; j < s.HW; j += blockDim.x) {
         const int64_t i = s.at(n, c, j);
-        const acc g = epilogue_grad<acc, A>((acc)p.dy[i], (acc)p.y[i], alpha, gain, clamp, cm);
+        const acc g = epilogue_grad<acc, A>((acc)p.dy[i], (acc)p.y[i], k);
         if (DX) p.out[i] = (T)(g * dv);
         if (DD) sgx += g * (acc)p.x[i];
         sg += g;
@@ -98,10 +105,10 @@ __global__ void plane_grad_kernel(EpilogueParams<T> p) {
     s_gx[threadIdx.x] = sgx;
     s_g[threadIdx.x] = sg;
     __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {   // fixed-order tree: deterministic
-        if (threadIdx.x < k) {
-            s_gx[threadIdx.x] += s_gx[threadIdx.x + k];
-            s_g[threadIdx.x] += s_g[threadIdx.x + k];
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {   // fixed-order tree: deterministic
+        if (threadIdx.x < half) {
+            s_gx[threadIdx.x] += s_gx[threadIdx.x + half];
+            s_g[threadIdx.x] += s_g[threadIdx.x + half];
         }
         __syncthreads();
     }
@@ -115,15 +122,14 @@ __global__ void plane_grad_kernel(EpilogueParams<T> p) {
 template <typename T, int A>
 __global__ void noise_grad_kernel(EpilogueParams<T> p) {
     using acc = at::opmath_type<T>;
-    const acc alpha = (acc)p.alpha, gain = (acc)p.gain, clamp = (acc)p.clamp;
-    const bool cm = p.clamp >= 0;
+    const ActScalars<acc> k(p);
     const Layout s = p.s;
     for (int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; q < s.N * s.HW; q += (int64_t)blockDim.x * gridDim.x) {
         const int64_t n = q / s.HW, j = q % s.HW;
         acc t = acc(0);
         for (int64_t c = 0; c < s.C; ++c) {
             const int64_t i = s.at(n, c, j);
-            t += epilogue_grad<acc, A>((acc)p.dy[i], (acc)p.y[i], alpha, gain, clamp, cm);
+            t += epilogue_grad<acc, A>((acc)p.dy[i], (acc)p.y[i], k);
         }
         p.dn[q] = (T)t;
     }
@@ -135,22 +141,7 @@ int grid_for(int64_t work, int threads) {
 
 Layout check_x(const at::Tensor& x, const char* who) {
     TORCH_CHECK(x.is_cuda(), who, ": x must be a CUDA tensor");
-    TORCH_CHECK(x.dim() == 4, who, ": x must be 4D [N, C, H, W]");
-    const bool cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-    TORCH_CHECK(x.is_contiguous() || cl, who, ": x must be contiguous or channels-last");
-    return Layout{x.size(0), x.size(1), x.size(2) * x.size(3), cl};
-}
-
-void check_opt(const at::Tensor& t, const at::Tensor& x, std::vector<int64_t> shape, const char* name, const char* who) {
-    if (t.numel() == 0) return;
-    TORCH_CHECK(t.device() == x.device() && t.dtype() == x.dtype(), who, ": ", name, " must have the device and dtype of x");
-    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.is_contiguous(), who, ": ", name, " must be a contiguous tensor of shape ",
-                at::IntArrayRef(shape));
-}
-
-void check_act(int64_t act, const char* who) {
-    TORCH_CHECK(act == medsyn::ACT_LINEAR || act == medsyn::ACT_RELU || act == medsyn::ACT_LRELU,
-                who, ": only linear, relu and lrelu (zero second derivative) are supported, got activation id ", act);
+    return Layout{medsyn::epilogue_shape(x, who)};
 }
 
 // Runtime activation id -> template argument.
@@ -197,10 +188,10 @@ at::Tensor medsyn_demod_bias_act_cuda(const at::Tensor& x, const at::Tensor& d, 
                                       int64_t act, double alpha, double gain, double clamp) {
     const char* who = "medsyn_cuda.demod_bias_act";
     const Layout s = check_x(x, who);
-    check_opt(d, x, {s.N, s.C}, "d", who);
-    check_opt(noise, x, {s.N, 1, x.size(2), x.size(3)}, "noise", who);
-    check_opt(b, x, {s.C}, "b", who);
-    check_act(act, who);
+    medsyn::check_epilogue_arg(d, x, {s.N, s.C}, "d", who);
+    medsyn::check_epilogue_arg(noise, x, {s.N, 1, x.size(2), x.size(3)}, "noise", who);
+    medsyn::check_epilogue_arg(b, x, {s.C}, "b", who);
+    medsyn::check_epilogue_act(act, who);
     const at::cuda::OptionalCUDAGuard guard(x.device());
     at::Tensor y = at::empty_like(x);
     if (x.numel() == 0) return y;
@@ -223,29 +214,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> medsyn_demod_bias_act
         bool need_dnoise, bool need_db, int64_t act, double alpha, double gain, double clamp) {
     const char* who = "medsyn_cuda.demod_bias_act_grad";
     const Layout s = check_x(y, who);
-    TORCH_CHECK(dy.sizes() == y.sizes() && dy.strides() == y.strides() && dy.dtype() == y.dtype() && dy.device() == y.device(),
-                who, ": dy must have the shape, layout, dtype and device of y");
-    TORCH_CHECK(!need_dd || (x.sizes() == y.sizes() && x.strides() == y.strides() && x.dtype() == y.dtype() && x.device() == y.device()),
-                who, ": the gradient of d needs x with the shape, layout, dtype and device of y");
-    TORCH_CHECK(!need_dd || d.numel() > 0, who, ": the gradient of d was asked for but d is not given");
-    check_opt(d, y, {s.N, s.C}, "d", who);
-    check_act(act, who);
+    medsyn::check_epilogue_grad_args(dy, x, d, y, need_dd, act, s, who);
     const at::cuda::OptionalCUDAGuard guard(y.device());
-    auto opts = y.options();
-    at::Tensor dx = need_dx ? at::empty_like(y) : at::empty({0}, opts);
-    at::Tensor dd = need_dd ? at::empty({s.N, s.C}, opts) : at::empty({0}, opts);
-    at::Tensor dn = need_dnoise ? at::empty({s.N, 1, y.size(2), y.size(3)}, opts) : at::empty({0}, opts);
-    at::Tensor db = at::empty({need_db ? s.C : 0}, opts);
-    if (y.numel() == 0) {
-        if (need_dd) dd.zero_();
-        if (need_dnoise) dn.zero_();
-        if (need_db) db.zero_();
-        return {dx, dd, dn, db};
-    }
+    at::Tensor dx, dd, dn, db;
+    std::tie(dx, dd, dn, db) = medsyn::alloc_epilogue_grads(y, s, need_dx, need_dd, need_dnoise, need_db);
+    if (y.numel() == 0) return {dx, dd, dn, db};
     AT_DISPATCH_FLOATING_TYPES_AND_HALF(y.scalar_type(), "medsyn_cuda.demod_bias_act_grad", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         // per-sample bias sums in the accumulation type; summed over samples below
-        at::Tensor dbn = at::empty({s.N, s.C}, opts.dtype(c10::CppTypeToScalarType<acc_t>::value));
+        at::Tensor dbn = at::empty({s.N, s.C}, y.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         EpilogueParams<scalar_t> p{};
         p.x = need_dd ? x.const_data_ptr<scalar_t>() : nullptr;
         p.d = d.numel() ? d.const_data_ptr<scalar_t>() : nullptr;

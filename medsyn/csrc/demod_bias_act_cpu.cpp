@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "bias_act.h"
+#include "demod_bias_act.h"
 
 namespace {
 
@@ -59,21 +60,11 @@ inline C grad_elem(C dy, C y, C alpha, C gain, C sg, C clamp, bool cm) {
     return g;
 }
 
-struct Dims { int64_t N, Cc, HW; bool cl; };
+using Dims = medsyn::EpilogueShape;
 
 Dims check_x(const at::Tensor& x, const char* who) {
     TORCH_CHECK(x.device().is_cpu(), who, ": x must be a CPU tensor");
-    TORCH_CHECK(x.dim() == 4, who, ": x must be 4D [N, C, H, W]");
-    const bool cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-    TORCH_CHECK(x.is_contiguous() || cl, who, ": x must be contiguous or channels-last");
-    return Dims{x.size(0), x.size(1), x.size(2) * x.size(3), cl};
-}
-
-void check_opt(const at::Tensor& t, const at::Tensor& x, std::vector<int64_t> shape, const char* name, const char* who) {
-    if (t.numel() == 0) return;
-    TORCH_CHECK(t.device() == x.device() && t.dtype() == x.dtype(), who, ": ", name, " must have the device and dtype of x");
-    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.is_contiguous(), who, ": ", name, " must be a contiguous tensor of shape ",
-                at::IntArrayRef(shape));
+    return medsyn::epilogue_shape(x, who);
 }
 
 //----------------------------------------------------------------------------------------------
@@ -82,7 +73,7 @@ void check_opt(const at::Tensor& t, const at::Tensor& x, std::vector<int64_t> sh
 template <typename T, int A, typename C = at::opmath_type<T>>
 void fwd_typed(const T* x, const T* d, const T* nz, const T* b, T* y, Dims s, C alpha, C gain, C clamp) {
     const bool cm = clamp >= C(0);
-    const int64_t N = s.N, Cc = s.Cc, HW = s.HW;
+    const int64_t N = s.N, Cc = s.C, HW = s.HW;
     if (!s.cl) {  // NCHW: one (n, c) plane per task, per-plane scalars d and b, noise a row over hw
         at::parallel_for(0, N * Cc, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t p0, int64_t p1) {
             for (int64_t p = p0; p < p1; ++p) {
@@ -124,11 +115,10 @@ at::Tensor demod_bias_act_cpu(const at::Tensor& x, const at::Tensor& d, const at
                               int64_t act, double alpha, double gain, double clamp) {
     const char* who = "medsyn_cpu.demod_bias_act";
     Dims s = check_x(x, who);
-    check_opt(d, x, {s.N, s.Cc}, "d", who);
-    check_opt(noise, x, {s.N, 1, x.size(2), x.size(3)}, "noise", who);
-    check_opt(b, x, {s.Cc}, "b", who);
-    TORCH_CHECK(act == medsyn::ACT_LINEAR || act == medsyn::ACT_RELU || act == medsyn::ACT_LRELU,
-                who, ": only linear, relu and lrelu (zero second derivative) are supported, got activation id ", act);
+    medsyn::check_epilogue_arg(d, x, {s.N, s.C}, "d", who);
+    medsyn::check_epilogue_arg(noise, x, {s.N, 1, x.size(2), x.size(3)}, "noise", who);
+    medsyn::check_epilogue_arg(b, x, {s.C}, "b", who);
+    medsyn::check_epilogue_act(act, who);
     at::Tensor y = at::empty_like(x);
     if (x.numel() == 0) return y;
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "medsyn_cpu.demod_bias_act", [&] {
@@ -170,7 +160,7 @@ void grad_typed(const T* dy, const T* x, const T* d, const T* y, T* dx, T* dd, T
                 C alpha, C gain, C clamp) {
     const bool cm = clamp >= C(0);
     const C sg = gain < C(0) ? C(-1) : C(1);
-    const int64_t N = s.N, Cc = s.Cc, HW = s.HW;
+    const int64_t N = s.N, Cc = s.C, HW = s.HW;
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
         std::vector<C> acc(DN && !s.cl ? HW : 0);   // dnoise row of one sample (NCHW: summed over planes)
         std::vector<C> ddv(s.cl ? Cc : 0), dbv(s.cl ? Cc : 0), dvec(s.cl ? Cc : 0);
@@ -236,29 +226,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> demod_bias_act_grad_c
         bool need_dnoise, bool need_db, int64_t act, double alpha, double gain, double clamp) {
     const char* who = "medsyn_cpu.demod_bias_act_grad";
     Dims s = check_x(y, who);
-    TORCH_CHECK(dy.sizes() == y.sizes() && dy.strides() == y.strides() && dy.dtype() == y.dtype(), who,
-                ": dy must have the shape, layout and dtype of y");
-    TORCH_CHECK(!need_dd || (x.sizes() == y.sizes() && x.strides() == y.strides() && x.dtype() == y.dtype()), who,
-                ": the gradient of d needs x with the shape, layout and dtype of y");
-    TORCH_CHECK(!need_dd || d.numel() > 0, who, ": the gradient of d was asked for but d is not given");
-    check_opt(d, y, {s.N, s.Cc}, "d", who);
-    TORCH_CHECK(act == medsyn::ACT_LINEAR || act == medsyn::ACT_RELU || act == medsyn::ACT_LRELU,
-                who, ": only linear, relu and lrelu are supported, got activation id ", act);
-    auto opts = y.options();
-    at::Tensor dx = need_dx ? at::empty_like(y) : at::empty({0}, opts);
-    at::Tensor dd = need_dd ? at::empty({s.N, s.Cc}, opts) : at::empty({0}, opts);
-    at::Tensor dn = need_dnoise ? at::empty({s.N, 1, y.size(2), y.size(3)}, opts) : at::empty({0}, opts);
-    at::Tensor db = at::empty({need_db ? s.Cc : 0}, opts);
-    if (y.numel() == 0) {
-        if (need_dd) dd.zero_();
-        if (need_dnoise) dn.zero_();
-        if (need_db) db.zero_();
-        return {dx, dd, dn, db};
-    }
+    medsyn::check_epilogue_grad_args(dy, x, d, y, need_dd, act, s, who);
+    at::Tensor dx, dd, dn, db;
+    std::tie(dx, dd, dn, db) = medsyn::alloc_epilogue_grads(y, s, need_dx, need_dd, need_dnoise, need_db);
+    if (y.numel() == 0) return {dx, dd, dn, db};
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "medsyn_cpu.demod_bias_act_grad", [&] {
         using T = scalar_t;
         using C = at::opmath_type<T>;
-        std::vector<C> dbn(s.N * s.Cc);   // per-sample bias sums (always computed: one add per element)
+        std::vector<C> dbn(s.N * s.C);   // per-sample bias sums (always computed: one add per element)
         const T* dp = d.numel() ? d.const_data_ptr<T>() : nullptr;
         const T* xp = need_dd ? x.const_data_ptr<T>() : nullptr;
         T* dxp = need_dx ? dx.mutable_data_ptr<T>() : nullptr;
@@ -274,9 +249,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> demod_bias_act_grad_c
             grad_dispatch<T, medsyn::ACT_LRELU>(need_dx, need_dd, need_dnoise, dyp, xp, dp, yp, dxp, ddp, dnp, dbn.data(), s, C(alpha), C(gain), C(clamp));
         if (need_db) {  // fixed-order reduction over samples: deterministic
             T* out = db.mutable_data_ptr<T>();
-            for (int64_t c = 0; c < s.Cc; ++c) {
+            for (int64_t c = 0; c < s.C; ++c) {
                 C t = C(0);
-                for (int64_t n = 0; n < s.N; ++n) t += dbn[n * s.Cc + c];
+                for (int64_t n = 0; n < s.N; ++n) t += dbn[n * s.C + c];
                 out[c] = T(t);
             }
         }
