@@ -18,8 +18,8 @@ from .core import call_with_args, check, choose_device, load_json, seed_everythi
 from .data import load_canonical
 from .evaluate import evaluate
 from .networks import GAN_KINDS, gan_config, load_checkpoint, mask_to_onehot, resolve_precision
-from .study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, experiment_grid, gan_checkpoint, gan_overrides_for, load_real, mask_source,
-                          quality_rows, run_cell, sample_variant, save_study_figure, split_of, stage_prepare, study_config,
+from .study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, experiment_grid, gan_checkpoint, load_real, mask_source,
+                          quality_rows, run_cell, sample_variant, save_study_figure, split_of, stage_prepare, study_config, study_gan_kwargs,
                           write_real_subset, write_table)
 from .train import GANTrainer, select_ops_impl, train_config, train_gan
 
@@ -446,7 +446,7 @@ def _train_for(run_dir: Path, gan: str, seconds: float, data_dir, split: dict, c
         warnings.simplefilter("ignore")
         train_gan(data_dir, run_dir, kind=gan, kimg=100_000.0, preset=cfg.gan_preset, resume=True, time_budget=max(seconds, 1.0),
                   seed=cfg.split_seed + split["fold"], subjects=split["train"], selection_subjects=split["val"],
-                  **{"progress": False, "metric_trunc": cfg.trunc, **gan_overrides_for(cfg, gan)})
+                  **study_gan_kwargs(cfg, gan))
     return time.time() - t0
 
 def _score(ref_dir, fake_dir, unet, n: int, **row) -> list[dict]:

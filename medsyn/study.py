@@ -37,15 +37,16 @@ __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'MANIFEST'
            'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key', 'read_manifest',
            'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done', 'mark_done',
            'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of', 'folds_table',
-           'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for', 'gan_inputs', 'gan_run_row',
-           'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs',
-           'mask_source', 'synthetic_inputs', 'sample_variant', 'make_synthetic_set', 'stage_generate', 'cell_inputs',
-           'run_cell', 'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves',
-           'quality_comparisons', 'stage_quality', 'stage_report', 'report_facts', 'table_html', 'figure_html',
-           'Report', 'dice_findings', 'dilution_findings', 'lookup_warning', 'lookup_findings', 'report_notebook',
-           'render_report', 'study_notebooks_dir', 'ensure_kernel', 'study_header', 'notebook_parameters',
-           'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate',
-           'run_config', 'aggregate_findings', 'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
+           'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for', 'study_gan_kwargs',
+           'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan',
+           'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs', 'sample_variant',
+           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
+           'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
+           'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
+           'lookup_warning', 'lookup_findings', 'report_notebook', 'render_report', 'study_notebooks_dir',
+           'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook', 'execute_notebook',
+           'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config', 'aggregate_findings',
+           'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
@@ -90,6 +91,8 @@ class StudyConfig:
         check(0 in self.synthetic_factors, "synthetic_factors must include 0 (the real-only baseline)")
         check(1.0 in self.fractions, "fractions must include 1.0 (all training subjects)")
         check(self.folds >= 2, f"folds must be >= 2 (got {self.folds}): each fold needs held-out test subjects")
+        not_dicts = [k for k in GAN_KINDS if k in self.gan_overrides and not isinstance(self.gan_overrides[k], dict)]
+        check(not not_dicts, f"gan_overrides: {not_dicts} must map a GAN kind to its own settings, e.g. {{'cond': {{'batch': 4}}}}")
         bad_kinds = [k for k, v in self.gan_overrides.items() if isinstance(v, dict) and k not in GAN_KINDS]
         check(not bad_kinds, f"gan_overrides: {bad_kinds} hold settings but are not GAN kinds; per-kind settings go under one of {GAN_KINDS}")
 
@@ -466,6 +469,10 @@ def gan_overrides_for(cfg: StudyConfig, gan: str) -> dict:
     shared = {k: v for k, v in cfg.gan_overrides.items() if k not in GAN_KINDS}
     return {**shared, **cfg.gan_overrides.get(gan, {})}
 
+def study_gan_kwargs(cfg: StudyConfig, gan: str) -> dict:
+    "The `train_gan` settings every study GAN of kind `gan` trains with (the study's GAN runs and `medsyn bench quality`)."
+    return {"progress": False, "metric_trunc": cfg.trunc, **gan_overrides_for(cfg, gan)}
+
 # %% ../nbs/09_study.ipynb
 def gan_inputs(cfg: StudyConfig, gan: str, split: dict, fingerprint: str) -> dict:
     "What a GAN run depends on (its manifest's inputs)."
@@ -501,7 +508,7 @@ def train_study_gan(cfg: StudyConfig, job, split: dict, data_dir: Path, fingerpr
     check_disjoint(split["val"], [], split["test"], f"snapshot selection of GAN {run_dir.name}")
     train_gan(data_dir, run_dir, kind=job.gan, kimg=cfg.gan_kimg[job.gan], preset=cfg.gan_preset, resume=True,
               time_budget=cfg.gan_time_budget, seed=inputs["seed"], subjects=split["train"], selection_subjects=split["val"],
-              **{"progress": False, "metric_trunc": cfg.trunc, **gan_overrides_for(cfg, job.gan)})
+              **study_gan_kwargs(cfg, job.gan))
     seconds = time.time() - t0
     write_manifest(run_dir, inputs, complete=True, seconds=round(seconds, 1))
     return gan_run_row(job, run_dir, seconds)
