@@ -74,7 +74,10 @@ def _test_hook(point: str) -> None:
     if where != point: return
     sig, _, nth = what.partition("@")
     _HOOK_COUNT[point] = _HOOK_COUNT.get(point, 0) + 1
-    if _HOOK_COUNT[point] == int(nth or 1): os.kill(os.getpid(), getattr(signal, "SIG" + (sig or "KILL").upper()))
+    if _HOOK_COUNT[point] != int(nth or 1): return
+    signum = getattr(signal, "SIG" + (sig or "KILL").upper())
+    if signum == signal.SIGKILL: os.kill(os.getpid(), signum)
+    else: signal.raise_signal(signum)     # to this thread, its Python handler run before it returns: no race with torch's threads
 
 # %% ../nbs/00_core.ipynb
 def _owner_tag() -> str:
