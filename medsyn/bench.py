@@ -14,11 +14,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import ops
-from .core import call_with_args, check, choose_device, load_json, seed_everything, signature_parser
+from .core import (add_set_option, call_with_args, check, check_fields, choose_device, load_json, parse_set_items, seed_everything,
+                         signature_parser)
 from .data import load_canonical
 from .evaluate import evaluate
 from .networks import GAN_KINDS, gan_config, load_checkpoint, mask_to_onehot, resolve_precision
-from .study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, experiment_grid, gan_checkpoint, load_real, mask_source,
+from .study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, StudyConfig, experiment_grid, gan_checkpoint, load_real, mask_source,
                           quality_rows, run_cell, sample_variant, save_study_figure, split_of, stage_prepare, study_config, study_gan_kwargs,
                           write_real_subset, write_table)
 from .train import GANTrainer, select_ops_impl, train_config, train_gan
@@ -439,13 +440,13 @@ def bench_nvlabs(nvlabs_dir,                # a checkout of github.com/NVlabs/st
 # %% ../nbs/10_bench.ipynb
 QUALITY_COLUMNS = ("domain_pr/precision", "domain_pr/recall", "mask_stats/label_hist_tv", "fid/T1")
 
-def _train_for(run_dir: Path, gan: str, seconds: float, data_dir, split: dict, cfg) -> float:
+def _train_for(run_dir: Path, gan: str, seconds: float, data_dir, split: dict, cfg, seed: int) -> float:
     "Continue the bench's GAN run `run_dir` for `seconds` of training (resumable); returns the wall seconds it took."
     t0 = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train_gan(data_dir, run_dir, kind=gan, kimg=100_000.0, preset=cfg.gan_preset, resume=True, time_budget=max(seconds, 1.0),
-                  seed=cfg.split_seed + split["fold"], subjects=split["train"], selection_subjects=split["val"],
+                  seed=seed, subjects=split["train"], selection_subjects=split["val"],
                   **study_gan_kwargs(cfg, gan))
     return time.time() - t0
 
@@ -481,17 +482,24 @@ def bench_quality(out: str = "runs/bench_quality",       # folder for the study 
                   profile: str = "quick",                 # study profile: dataset, GAN preset, overrides, truncation and warp
                   fold: int = 0,                          # the fold whose training subjects train the GANs
                   force: bool = False,                    # start the bench GAN runs over (delete OUT/bench)
+                  gan_seed: int | None = None,            # seed of the bench GANs (default: the study's, split_seed + fold)
+                  tag: str = "",                          # names this bench's GAN runs, table and figure: benches under one OUT share its real U-Net
+                  overrides: dict | None = None,          # StudyConfig fields (the CLI's --set), e.g. {'gan_overrides': {'precision': 'fp32'}}
                   ) -> dict:
     """Image quality of each variant's pairs against CPU minutes of GAN training, on one fold of a study profile. Each GAN is
     trained in resumable steps up to every entry of `minutes`; after each step the variant's pairs (as many as the fold's
     training slices, made exactly as the study makes them) are scored against the real training slices and against the
     held-out test subjects, next to the real-vs-held-out reference. Writes `tables/quality_vs_minutes.csv` and
-    `figures/quality_vs_minutes.png` under `out`; returns the JSON summary (also the last line printed by the CLI)."""
+    `figures/quality_vs_minutes.png` under `out` (`quality_vs_minutes-TAG` with a `tag`); returns the JSON summary (also the
+    last line printed by the CLI)."""
     check(list(minutes) == sorted(minutes) and minutes and minutes[0] > 0, f"--minutes {minutes}: give increasing positive minutes")
-    cfg = study_config(profile, variants=tuple(variants))
-    lay, bench = RunLayout(out), Path(out) / "bench"
+    check(tag == "" or tag.replace("-", "").replace("_", "").isalnum(), f"--tag {tag!r}: use letters, digits, '-' and '_' only")
+    cfg = study_config(profile, **{**(overrides or {}), "variants": tuple(variants)})
+    name = "quality_vs_minutes" + (f"-{tag}" if tag else "")
+    lay, bench = RunLayout(out), Path(out) / ("bench" + (f"-{tag}" if tag else ""))
+    seed = cfg.split_seed + fold if gan_seed is None else gan_seed
     if bench.exists():
-        check(force, f"{bench}: holds the GAN runs of an earlier bench; pass --force to start them over (or choose another --out)")
+        check(force, f"{bench}: holds the GAN runs of an earlier bench; pass --force to start them over (or choose another --out or --tag)")
         shutil.rmtree(bench)
     stage_prepare(cfg, out, log=lambda m: None)
     info = load_json(lay.prepare_json)
@@ -501,27 +509,30 @@ def bench_quality(out: str = "runs/bench_quality",       # folder for the study 
     unet, train_dir = lay.cell(real_cell.cell) / "unet.pt", lay.real_subset(fold, 1.0)
     test_dir = write_real_subset(real, split["test"], lay.held_out(fold), info["dataset_sha256"], lambda m: None)
     n = min(split["n_train_slices"], len(load_canonical(test_dir)))
-    rows = _score(test_dir, train_dir, unet, n, variant="real", comparison="real train vs held-out", minutes=0.0, kimg=0.0)
+    rows = _score(test_dir, train_dir, unet, n, variant="real", comparison="real train vs held-out", minutes=0.0, kimg=0.0,
+                  kimg_trained=0.0)
     spent, gans = {}, sorted({g for v in variants for g in VARIANT_GANS[v]})
     for target in minutes:
         for g in gans:
             spent[g] = spent.get(g, 0.0) + _train_for(bench / f"{g}_fold{fold}", g, target * 60 - spent.get(g, 0.0),
-                                                      info["data_dir"], split, cfg)
+                                                      info["data_dir"], split, cfg, seed)
         for v in variants:
             ckpts = {g: gan_checkpoint(bench / f"{g}_fold{fold}") for g in VARIANT_GANS[v]}
             warp = mask_source(cfg, fold, 1.0, lay)["warp"] if v in WARPED_VARIANTS else None
             pairs = sample_variant(v, ckpts, bench / f"pairs_{v.replace('+', '_')}_{target:g}min", split["n_train_slices"], cfg.trunc,
                                    cfg.split_seed + fold, train_dir, warp)
             row = dict(variant=v, minutes=sum(spent[g] for g in VARIANT_GANS[v]) / 60,
-                       kimg=sum(load_checkpoint(c).get("kimg", 0.0) for c in ckpts.values()))
+                       kimg=sum(load_checkpoint(c).get("kimg", 0.0) for c in ckpts.values()),          # the snapshot the study samples
+                       kimg_trained=sum(load_checkpoint(bench / f"{g}_fold{fold}" / "network-last.pt")["kimg"] for g in VARIANT_GANS[v]))
             rows += _score(train_dir, pairs, unet, n, comparison="synthetic vs real train", **row)
             rows += _score(test_dir, pairs, unet, n, comparison="synthetic vs held-out", **row)
     table = pd.DataFrame(rows)
-    outputs = write_table(table, lay.table("quality_vs_minutes"))
-    outputs += save_study_figure(plot_quality_vs_minutes(table), lay.figure("quality_vs_minutes"))
-    wide = table[table.metric.isin(QUALITY_COLUMNS)].pivot_table(index=["variant", "comparison", "minutes", "kimg"], columns="metric",
+    outputs = write_table(table.assign(tag=tag, gan_seed=seed), lay.table(name))
+    outputs += save_study_figure(plot_quality_vs_minutes(table), lay.figure(name))
+    wide = table[table.metric.isin(QUALITY_COLUMNS)].pivot_table(index=["variant", "comparison", "minutes", "kimg", "kimg_trained"], columns="metric",
                                                                   values="value").reset_index()
-    return dict(bench="quality_vs_minutes", profile=profile, fold=fold, n=n, gan_preset=cfg.gan_preset, gan_overrides=cfg.gan_overrides,
+    return dict(bench="quality_vs_minutes", tag=tag, profile=profile, fold=fold, n=n, gan_seed=seed, gan_preset=cfg.gan_preset,
+                gan_overrides=cfg.gan_overrides,
                 config=bench_config([torch.device("cpu")]), rows=wide.round(4).to_dict("records"), outputs=[str(o) for o in outputs])
 
 
@@ -538,7 +549,8 @@ def bench_main(argv: list[str]) -> int:
     if what == "train": return int(bench_train(rest) or 0)
     check(what in ("ops", "nvlabs", "quality"), f"unknown benchmark {what!r}; choose 'ops', 'train', 'nvlabs' or 'quality'")
     if what == "quality":
-        p = signature_parser(bench_quality, "medsyn bench quality", "Quality of each study variant's pairs vs CPU minutes of GAN training.")
+        p = add_set_option(signature_parser(bench_quality, "medsyn bench quality", "Quality of each study variant's pairs vs CPU minutes "
+                                            "of GAN training.", skip=("overrides",)), "StudyConfig", "'gan_overrides={\"precision\": \"fp32\"}'")
         fn = bench_quality
     elif what == "nvlabs":
         p = signature_parser(bench_nvlabs, "medsyn bench nvlabs", "NVlabs stylegan2-ada-pytorch (ref ops, fp32) vs medsyn, interleaved.",
@@ -554,5 +566,7 @@ def bench_main(argv: list[str]) -> int:
     check(getattr(a, "device", "auto") != "cuda" or torch.cuda.is_available(), "--device cuda: torch sees no CUDA GPU; use --device cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        print(json.dumps(call_with_args(fn, a)))
+        extra = {} if what != "quality" else dict(overrides=check_fields(parse_set_items(a.set), [StudyConfig], "--set",
+                                                                          fixed={"variants": "use --variants", "profile": "use --profile"}))
+        print(json.dumps(call_with_args(fn, a, **extra)))
     return 0

@@ -95,7 +95,7 @@ class GANConfig:
     cond_skip: bool = False         # 'cond': add a learned intensity per label (`LabelIntensity`) to the image; G learns the rest
     channels_last: bool = False
     precision: str = 'fp32'         # 'auto' | 'fp32' | 'bf16' | 'fp16' (CUDA): dtype of the highest-resolution blocks
-    num_fp16_res: int = 2           # how many of the highest resolutions run in low precision (NVlabs' num_fp16_res)
+    num_fp16_res: int = 4           # how many of the highest resolutions run in low precision (NVlabs' train.py: 4)
 
     def __post_init__(self):
         check(self.kind in GAN_KINDS, f"GANConfig: unknown kind {self.kind!r}; use one of {GAN_KINDS}")

@@ -22,7 +22,8 @@ def test_bench_quality_scores_every_variant_at_every_step(run_medsyn, tmp_path):
     for v, g in syn.groupby("variant"):
         steps = sorted(g.minutes.unique())
         assert len(steps) == 2 and steps[0] > 0 and steps[1] > steps[0], (v, steps)
-        assert g[g.minutes == steps[1]].kimg.iloc[0] > g[g.minutes == steps[0]].kimg.iloc[0] > 0
+        assert g[g.minutes == steps[1]].kimg_trained.iloc[0] > g[g.minutes == steps[0]].kimg_trained.iloc[0] > 0
+        assert (g.kimg > 0).all() and (g.kimg <= g.kimg_trained).all()        # the snapshot used is one the run reached
     prec = syn[syn.metric == "domain_pr/precision"].value
     assert len(prec) == 8 and prec.between(0, 1).all()
     # warped+cond masks are the real training masks (lightly deformed): their label histogram stays close to the real one
@@ -32,3 +33,16 @@ def test_bench_quality_scores_every_variant_at_every_step(run_medsyn, tmp_path):
     # a second run refuses to mix with the first one's GAN runs unless told to start over
     again = run_medsyn(*args, timeout=300)
     assert again.returncode != 0 and "--force" in again.stderr
+    # a tagged bench in the same OUT reuses its real-only U-Net; --set and --gan-seed reach its GAN runs
+    unets = {p: p.stat().st_mtime_ns for p in out.rglob("unet.pt")}
+    tagged = run_medsyn("bench", "quality", "--out", str(out), "--profile", "ci", "--variants", "warped+cond", "--minutes", "0.05",
+                        "--tag", "fp32-s7", "--gan-seed", "7", "--set", 'gan_overrides={"metric": "stats", "precision": "fp32"}',
+                        timeout=600)
+    assert tagged.returncode == 0, tagged.stdout[-3000:] + tagged.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("unet.pt")} == unets
+    run = json.loads((out / "bench-fp32-s7" / "cond_fold0" / "config.json").read_text())
+    assert run["seed"] == 7 and run["gan_config"]["precision"] == "fp32", run
+    t2 = pd.read_csv(out / "tables" / "quality_vs_minutes-fp32-s7.csv")
+    assert set(t2.tag) == {"fp32-s7"} and set(t2.gan_seed) == {7} and set(t2.variant) == {"real", "warped+cond"}
+    assert (out / "figures" / "quality_vs_minutes-fp32-s7.png").stat().st_size > 0
+    assert pd.read_csv(out / "tables" / "quality_vs_minutes.csv").equals(t)      # the untagged bench's table is untouched
