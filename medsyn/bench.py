@@ -458,17 +458,17 @@ def _score(ref_dir, fake_dir, unet, n: int, **row) -> list[dict]:
 
 
 # %% ../nbs/10_bench.ipynb
-def plot_quality_vs_minutes(table: pd.DataFrame):
-    "One panel per quality metric against GAN training minutes: a line per (variant, comparison), the real reference dotted."
+def plot_quality_vs_minutes(table: pd.DataFrame, x: str = "minutes", hue: str = "variant", style: str = "comparison"):
+    """One panel per quality metric against GAN training minutes (or another column `x`, e.g. `kimg_trained`): a line per
+    (`hue`, `style`), the real reference dotted."""
     import matplotlib.pyplot as plt, seaborn as sns
     metrics = [m for m in QUALITY_COLUMNS if m in set(table.metric) and table[table.metric == m].value.notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
     syn, ref = table[table.variant != "real"], table[table.variant == "real"]
     for ax, m in zip(axes[0], metrics):
-        sns.lineplot(data=syn[syn.metric == m], x="minutes", y="value", hue="variant", style="comparison", marker="o", ax=ax,
-                     legend=ax is axes[0][-1])
+        sns.lineplot(data=syn[syn.metric == m], x=x, y="value", hue=hue, style=style, marker="o", ax=ax, legend=ax is axes[0][-1])
         for v in ref[ref.metric == m].value.dropna(): ax.axhline(v, color="gray", ls=":", lw=1.5)
-        ax.set(title=m, xlabel="GAN training (CPU minutes)", ylabel="")
+        ax.set(title=m, xlabel="GAN training (CPU minutes)" if x == "minutes" else x, ylabel="")
     if len(metrics): axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle("Quality of the synthetic pairs vs GAN training time (gray dotted: real train vs held-out, the reference)", fontsize=10)
     fig.tight_layout()

@@ -100,9 +100,10 @@ class StudyConfig:
 PROFILES = {
     # quick: the 30-minute budget goes to U-Nets that converge (they must beat the intensity lookup) before more factors, and to
     # the one variant whose pairs look like brain slices after minutes of CPU: warped+cond, its cond GAN narrower (channel base
-    # 1024, max 64) at batch 4, i.e. 500 steps in 2 kimg (see `medsyn bench quality`); joint needs far more (`--set variants=...`)
+    # 1024, max 64) at batch 4, i.e. 500 steps in 2 kimg (see `medsyn bench quality`); joint needs far more (`--set variants=...`).
+    # That narrow net runs in fp32: its small convolutions gain nothing from bf16 (152 ms/step fp32, 148-161 bf16; 10_bench).
     "quick": dict(synthetic_factors=(0, 1), variants=("warped+cond",), gan_time_budget=240.0,
-                  gan_overrides=dict(metric="stats", cond=dict(batch=4, channel_base=1024, channel_max=64))),
+                  gan_overrides=dict(metric="stats", cond=dict(batch=4, channel_base=1024, channel_max=64, precision="fp32"))),
     "full": dict(resolution=256, folds=5, seeds=(0, 1, 2), synthetic_factors=(0, 0.25, 0.5, 1, 2, 4),
                  variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0),
                  gan_preset="paper256", gan_kimg={"joint": 5000.0, "mask": 5000.0, "cond": 5000.0},
