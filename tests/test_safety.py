@@ -35,8 +35,10 @@ def subprocess_medsyn(*args, hook=None, cwd=None):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("MEDSYN_TEST_HOOK", None)
     if hook: env["MEDSYN_TEST_HOOK"] = hook
-    return subprocess.run([sys.executable, "-c", "import sys; from medsyn.cli import main; sys.exit(main())", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
+    # Ctrl-C as in a terminal: a background job (CI, `cmd &`) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler, so the child starts from the interpreter's default one.
+    code = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from medsyn.cli import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")
