@@ -495,8 +495,8 @@ def bench_quality(out: str = "runs/bench_quality",       # folder for the study 
     check(list(minutes) == sorted(minutes) and minutes and minutes[0] > 0, f"--minutes {minutes}: give increasing positive minutes")
     check(tag == "" or tag.replace("-", "").replace("_", "").isalnum(), f"--tag {tag!r}: use letters, digits, '-' and '_' only")
     cfg = study_config(profile, **{**(overrides or {}), "variants": tuple(variants)})
-    name = "quality_vs_minutes" + (f"-{tag}" if tag else "")
-    lay, bench = RunLayout(out), Path(out) / ("bench" + (f"-{tag}" if tag else ""))
+    suffix = f"-{tag}" if tag else ""
+    name, lay, bench = "quality_vs_minutes" + suffix, RunLayout(out), Path(out) / ("bench" + suffix)
     seed = cfg.split_seed + fold if gan_seed is None else gan_seed
     if bench.exists():
         check(force, f"{bench}: holds the GAN runs of an earlier bench; pass --force to start them over (or choose another --out or --tag)")
@@ -512,18 +512,18 @@ def bench_quality(out: str = "runs/bench_quality",       # folder for the study 
     rows = _score(test_dir, train_dir, unet, n, variant="real", comparison="real train vs held-out", minutes=0.0, kimg=0.0,
                   kimg_trained=0.0)
     spent, gans = {}, sorted({g for v in variants for g in VARIANT_GANS[v]})
+    run_dirs = {g: bench / f"{g}_fold{fold}" for g in gans}
     for target in minutes:
         for g in gans:
-            spent[g] = spent.get(g, 0.0) + _train_for(bench / f"{g}_fold{fold}", g, target * 60 - spent.get(g, 0.0),
-                                                      info["data_dir"], split, cfg, seed)
+            spent[g] = spent.get(g, 0.0) + _train_for(run_dirs[g], g, target * 60 - spent.get(g, 0.0), info["data_dir"], split, cfg, seed)
         for v in variants:
-            ckpts = {g: gan_checkpoint(bench / f"{g}_fold{fold}") for g in VARIANT_GANS[v]}
+            ckpts = {g: gan_checkpoint(run_dirs[g]) for g in VARIANT_GANS[v]}
             warp = mask_source(cfg, fold, 1.0, lay)["warp"] if v in WARPED_VARIANTS else None
             pairs = sample_variant(v, ckpts, bench / f"pairs_{v.replace('+', '_')}_{target:g}min", split["n_train_slices"], cfg.trunc,
                                    cfg.split_seed + fold, train_dir, warp)
             row = dict(variant=v, minutes=sum(spent[g] for g in VARIANT_GANS[v]) / 60,
                        kimg=sum(load_checkpoint(c).get("kimg", 0.0) for c in ckpts.values()),          # the snapshot the study samples
-                       kimg_trained=sum(load_checkpoint(bench / f"{g}_fold{fold}" / "network-last.pt")["kimg"] for g in VARIANT_GANS[v]))
+                       kimg_trained=sum(load_checkpoint(run_dirs[g] / "network-last.pt")["kimg"] for g in VARIANT_GANS[v]))
             rows += _score(train_dir, pairs, unet, n, comparison="synthetic vs real train", **row)
             rows += _score(test_dir, pairs, unet, n, comparison="synthetic vs held-out", **row)
     table = pd.DataFrame(rows)
