@@ -12,13 +12,14 @@ from typing import Callable
 import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from . import ops
 from .core import (add_set_option, call_with_args, check, check_fields, choose_device, load_json, parse_set_items, seed_everything,
                          signature_parser)
 from .data import load_canonical
 from .evaluate import evaluate
-from .networks import GAN_KINDS, gan_config, load_checkpoint, mask_to_onehot, resolve_precision
+from .networks import GAN_KINDS, cpu_bf16_flags, gan_config, load_checkpoint, mask_to_onehot, resolve_precision
 from .study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, StudyConfig, experiment_grid, gan_checkpoint, load_real, mask_source,
                           quality_rows, run_cell, sample_variant, save_study_figure, split_of, stage_prepare, study_config, study_gan_kwargs,
                           write_real_subset, write_table)
@@ -26,8 +27,8 @@ from .train import GANTrainer, select_ops_impl, train_config, train_gan
 
 # %% auto 0
 __all__ = ['QUALITY_COLUMNS', 'peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases', 'available_impls', 'bench_ops',
-           'bench_config', 'bench_compile', 'bench_step', 'bench_parser', 'bench_train', 'nvlabs_step', 'bench_nvlabs',
-           'plot_quality_vs_minutes', 'bench_quality', 'bench_main']
+           'bench_config', 'bench_compile', 'bench_step', 'bench_parser', 'bench_train', 'nvlabs_step', 'step_gflop',
+           'matmul_peak_gflops', 'roofline', 'bench_nvlabs', 'plot_quality_vs_minutes', 'bench_quality', 'bench_main']
 
 # %% ../nbs/10_bench.ipynb
 class _LiveTensorBytes(TorchDispatchMode):
@@ -413,6 +414,33 @@ def nvlabs_step(nvlabs_dir, res=64, img_channels=6, batch=8, channel_base=4096, 
                       ops_impl="ref (NVlabs torch_utils.ops on CPU)", precision="fp32", source=str(root))
 
 # %% ../nbs/10_bench.ipynb
+def step_gflop(step: Callable[[], None]) -> dict:
+    """GFLOPs of one call of `step` (torch's `FlopCounterMode`): `{"gflop": total, "by_op": {op: gflop}}`.
+    The counter charges a grouped convolution's weight gradient `groups` times too much: count on a model without
+    grouped convolutions (NVlabs' training path, or medsyn with `fused_modconv=False`)."""
+    with FlopCounterMode(display=False) as fc:
+        step()
+    by_op = {str(op).removeprefix("aten."): round(v / 1e9, 3) for op, v in fc.get_flop_counts().get("Global", {}).items()}
+    return dict(gflop=fc.get_total_flops() / 1e9, by_op=by_op)
+
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    "Best GFLOP/s of an `n` x `n` x `n` `torch.mm` in `dtype` on the CPU: the compute ceiling of the roofline."
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+def roofline(gflop: float, peaks: dict[str, float], base_ms: float) -> dict:
+    """Per precision: its GEMM peak, the fastest possible step (`floor_ms`: every FLOP at the peak, nothing else costs
+    time) and the largest possible ratio to a step of `base_ms` (`max_speedup`)."""
+    return {k: dict(peak_gflops=round(p, 1), floor_ms=round(gflop / p * 1e3, 1), max_speedup=round(base_ms / (gflop / p * 1e3), 3))
+            for k, p in peaks.items()}
+
+# %% ../nbs/10_bench.ipynb
 def bench_nvlabs(nvlabs_dir,                # a checkout of github.com/NVlabs/stylegan2-ada-pytorch
                  rounds: int = 3,           # interleaved rounds (each variant once per round)
                  steps_per_round: int = 2,  # timed steps per round
@@ -420,7 +448,8 @@ def bench_nvlabs(nvlabs_dir,                # a checkout of github.com/NVlabs/st
                  res: int = 64,             # resolution
                  batch: int = 8,            # images per step
                  ) -> dict:
-    "NVlabs ref fp32 vs medsyn default vs medsyn fp32, interleaved in one run; ms/step, img/s, peak memory and ratios."
+    """NVlabs ref fp32 vs medsyn default vs medsyn fp32, interleaved in one run; ms/step, img/s, peak memory and ratios,
+    and the roofline (the fastest step this CPU allows at each precision, and the ratio it would give)."""
     arch = dict(res=res, batch=batch, channel_base=4096, channel_max=256, z_dim=512, w_dim=512, mapping_layers=2)
     steps, infos = {}, {}
     steps["nvlabs_ref_fp32"], infos["nvlabs_ref_fp32"] = nvlabs_step(nvlabs_dir, img_channels=6, **arch)
@@ -429,13 +458,20 @@ def bench_nvlabs(nvlabs_dir,                # a checkout of github.com/NVlabs/st
         infos[name].pop("_trainer")
     times = time_interleaved(steps, rounds=rounds, steps_per_round=steps_per_round, warmup=warmup)
     base = times["nvlabs_ref_fp32"]["ms_per_step"]
+    flops = step_gflop(steps["nvlabs_ref_fp32"])     # the architecture's FLOPs per step (see the roofline above)
     rows = {k: dict(**infos[k], **times[k], img_per_s=round(batch / (times[k]["ms_per_step"] / 1000), 2),
                     peak_mem_mb=round(peak_memory_mb(steps[k], torch.device("cpu")), 1),
+                    achieved_gflops=round(flops["gflop"] / (times[k]["ms_per_step"] / 1000), 1),
                     speedup_vs_nvlabs=round(base / times[k]["ms_per_step"], 3)) for k in steps}
+    peaks = {"fp32": matmul_peak_gflops(torch.float32)}
+    if cpu_bf16_flags(): peaks["bf16"] = matmul_peak_gflops(torch.bfloat16)
+    bound = dict(gflop_per_step=round(flops["gflop"], 2), gflop_by_op=flops["by_op"],
+                 gflop_source="FlopCounterMode on the NVlabs step (the same architecture, no grouped convolutions)",
+                 peak_source="best torch.mm 2048^3 in this run", **roofline(flops["gflop"], peaks, base))
     cfg = dict(arch, kind="joint", img_channels=2, num_labels=4, rounds=rounds, steps_per_round=steps_per_round, warmup=warmup,
                peak_mem="peak bytes of live tensors during one extra step (bench.peak_memory_mb)",
                targets=dict(medsyn_default=2.0, medsyn_fp32=1.6), **bench_config([torch.device("cpu")]))
-    return dict(config=cfg, results=rows)
+    return dict(config=cfg, results=rows, roofline=bound)
 
 # %% ../nbs/10_bench.ipynb
 QUALITY_COLUMNS = ("domain_pr/precision", "domain_pr/recall", "mask_stats/label_hist_tv", "fid/T1")

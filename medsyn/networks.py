@@ -300,11 +300,15 @@ class MappingNetwork(nn.Module):
     def extra_repr(self): return f'z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}'
 
 # %% ../nbs/03_networks.ipynb
-def use_fused_modconv(fused_modconv, weight_shape, x_shape) -> bool:
-    "Resolve `fused_modconv` True / False / 'auto' ('auto': fused iff the per-sample weights are smaller than the input maps)."
+def use_fused_modconv(fused_modconv, weight_shape, x_shape, up: int = 1, dtype: torch.dtype = torch.float32) -> bool:
+    """Resolve `fused_modconv` True / False / 'auto'. 'auto': fused iff the per-sample weights are smaller than the
+    input maps (`O k^2 < H W`), except for 3x3 layers in low precision or with upsampling, which always run non-fused
+    (oneDNN's grouped bf16 and grouped transposed convolutions are the slow ones; see the measurements above)."""
     if fused_modconv != 'auto': return bool(fused_modconv)
     O, I, kh, kw = weight_shape
-    return O * kh * kw < x_shape[2] * x_shape[3]
+    small = O * kh * kw < x_shape[2] * x_shape[3]
+    if kh * kw == 1: return small                      # ToRGB
+    return small and up == 1 and dtype in (torch.float32, torch.float64)
 
 # %% ../nbs/03_networks.ipynb
 def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None, demodulate=True, fused_modconv=True,
@@ -325,7 +329,7 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
     def epilogue(x, d):  # demodulation scale (non-fused path), noise, bias, activation, gain, clamp: one pass
         if d is None and identity: return x
         return ops.demod_bias_act(x, d, noise, bias, act=activation, gain=act_gain, clamp=clamp)
-    if not use_fused_modconv(fused_modconv, weight.shape, x.shape):
+    if not use_fused_modconv(fused_modconv, weight.shape, x.shape, up=up, dtype=x.dtype):
         x = x * styles.to(x.dtype).reshape(N, -1, 1, 1)
         x = conv2d_resample(x, weight, resample_filter, up=up, padding=padding)
         return epilogue(x, dcoefs)
