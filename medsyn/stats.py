@@ -18,7 +18,7 @@ from .core import MedsynError, check
 # %% auto 0
 __all__ = ['ARM', 'UNIT', 'BASELINE', 'EXPLORATORY', 'VERDICTS', 'COMPARE_COLUMNS', 'arm_keys', 'seed_mean', 'paired_differences',
            'wilcoxon_p', 'bootstrap_ci', 'tost_paired', 'holm', 'fold_mean_squares', 'run_t', 't_inference',
-           'fold_arrays', 'arm_statistics', 'verdict', 'arm_rows', 'add_verdicts', 'compare_arms',
+           'mean_t_interval', 'fold_arrays', 'arm_statistics', 'verdict', 'arm_rows', 'add_verdicts', 'compare_arms',
            'min_detectable_effect', 'design_mde', 'simulate_study', 'simulated_differences', 'rejection_rate',
            'simulate_type1', 'ci_coverage', 'FriedmanNemenyi', 'friedman_nemenyi', 'arm_label', 'dataset_arm_table',
            'arm_means', 'summary_table', 'seed_table', 'run_sd', 'per_seed']
@@ -177,6 +177,14 @@ def t_inference(mean, se, df, margin: float, level: float = 0.95) -> dict:
     return dict(ci_low=np.where(flat, mean, mean - half), ci_high=np.where(flat, mean, mean + half),
                 p_test=np.where(flat, np.where(mean == 0, 1.0, 0.0), p),
                 p_tost=np.where(flat, np.where(np.abs(mean) < margin, 0.0, 1.0), p_tost))
+
+# %% ../nbs/08b_stats.ipynb
+def mean_t_interval(x: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    "t-interval of the mean of `x` over subjects (the error bars of the study's figures; small-n bootstrap intervals are too narrow)."
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0: return (float(x.mean()), float(x.mean())) if len(x) else (np.nan, np.nan)
+    lo, hi = scipy.stats.t.interval(level, len(x) - 1, loc=x.mean(), scale=scipy.stats.sem(x))
+    return float(lo), float(hi)
 
 # %% ../nbs/08b_stats.ipynb
 def fold_arrays(arm: pd.DataFrame, base: pd.DataFrame, value: str = "dice", untrained: Sequence[str] = ()) -> tuple[list[np.ndarray], int]:

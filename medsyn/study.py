@@ -24,7 +24,7 @@ from .evaluate import evaluate
 from .metrics import dataset_hash
 from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
 from .stats import (ARM, BASELINE, COMPARE_COLUMNS, EXPLORATORY, add_verdicts, arm_label, arm_rows, arm_statistics, compare_arms,
-                          design_mde, friedman_nemenyi, dataset_arm_table, fold_arrays, per_seed, seed_mean, summary_table)
+                          design_mde, friedman_nemenyi, dataset_arm_table, fold_arrays, mean_t_interval, per_seed, seed_mean, summary_table)
 from .networks import GAN_KINDS, load_checkpoint
 from .train import train_gan
 from .viz import label_cmap, save_figure
@@ -249,13 +249,13 @@ def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[s
 
 # %% ../nbs/09_study.ipynb
 def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None = None):
-    "Dice vs pairs added per variant and the dilution control (seeds averaged; 95 % CI over subjects); real-only controls as lines."
+    "Dice vs pairs added per variant and the dilution control (seeds averaged; 95 % t-interval over subjects); real-only controls as lines."
     import matplotlib.pyplot as plt, seaborn as sns
     d = seed_mean(dice[dice.fraction == fraction])
     base, added = d[d.variant == "real"], sorted(d[d.factor > 0].variant.unique())
     curves = pd.concat([d[d.variant.isin(added)]] + [base.assign(variant=v) for v in added]) if added else base
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    sns.lineplot(curves, x="factor", y="dice", hue="variant", marker="o", errorbar=("ci", 95), ax=ax, seed=0)
+    sns.lineplot(curves, x="factor", y="dice", hue="variant", marker="o", errorbar=mean_t_interval, ax=ax)
     ax.set_xlabel("pairs added (x real training slices)")
     ax.set_ylabel("test Dice (per subject, seeds averaged)")
     for v, ls in (("real", ":"), (CONTROLS["noaug"], "--"), (CONTROLS["lookup"], "-.")):
@@ -274,7 +274,7 @@ def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | 
     d["subjects (%)"] = (d.fraction * 100).round().astype(int)
     fig, ax = plt.subplots(figsize=(5, 3.4))
     dodge = 0.25 if d.setting.nunique() > 1 else False
-    sns.pointplot(d, x="subjects (%)", y="dice", hue="setting", errorbar=("ci", 95), dodge=dodge, ax=ax, seed=0)
+    sns.pointplot(d, x="subjects (%)", y="dice", hue="setting", errorbar=mean_t_interval, dodge=dodge, ax=ax)
     ax.set_ylabel("test Dice (per subject)")
     ax.set_title(title or "Small-data sweep", fontsize=9)
     ax.legend(fontsize=7)
@@ -930,9 +930,9 @@ FIGURE_CAPTIONS = {
     "samples": "Synthetic pairs of the {variant} GAN of fold 0 (image channels and label-map overlay).",
     "dice_vs_n": "Test Dice against the synthetic pairs added (factor × real training slices: {factors}) for every GAN variant and "
                  "the dilution control real-oversampled; points are means over the n = {n_test} test subjects (seeds averaged), bands "
-                 "their 95 % bootstrap CI. Horizontal lines: real-only (dotted), real-noaug (dashed), intensity lookup (dash-dot).",
+                 "their 95 % t-interval over subjects. Horizontal lines: real-only (dotted), real-noaug (dashed), intensity lookup (dash-dot).",
     "small_data": "Small-data sweep: test Dice against the share of labelled subjects used for training ({fractions}), real-only "
-                  "against real + {sweep_factor}× synthetic pairs per variant; mean and 95 % bootstrap CI over the n = {n_test} "
+                  "against real + {sweep_factor}× synthetic pairs per variant; mean and 95 % t-interval over the n = {n_test} "
                   "test subjects (seeds averaged).",
     "gan_quality_vs_kimg": "GAN snapshot quality against training length (kimg) per run; the marked snapshot is the one used for sampling.",
 }
