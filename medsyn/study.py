@@ -43,10 +43,10 @@ __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'LOOKUP_CO
            'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
            'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
            'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
-           'lookup_warning', 'lookup_findings', 'report_notebook', 'render_report', 'study_notebooks_dir',
-           'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook', 'execute_notebook',
-           'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config', 'aggregate_findings',
-           'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
+           'lookup_warning', 'lookup_findings', 'seed_findings', 'report_notebook', 'render_report',
+           'study_notebooks_dir', 'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook',
+           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config',
+           'aggregate_findings', 'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
@@ -1056,6 +1056,19 @@ def lookup_findings(trivial: pd.DataFrame) -> str:
             f"{real.dice_lookup.mean():.3f})")
     if len(others): text += f"; the other arms on {int(others.beats_lookup.astype(bool).sum())} of {len(others)} (arm, fold, fraction) triples"
     return (text + ". " + lookup_warning(trivial)).strip()
+
+# %% ../nbs/09_study.ipynb
+def seed_findings(seeds: pd.DataFrame) -> str:
+    "What the seed table (`dice_per_seed`) says about training noise, in prose; with one seed, that it cannot say anything."
+    trained = seeds[seeds.variant != CONTROLS["lookup"]]
+    if not len(trained) or (trained.n_seeds < 2).all():
+        return ("With one U-Net seed per arm and fold the training noise is not estimated: a single training is shared by all test "
+                "subjects of its fold, so every comparison above is exploratory.")
+    real = trained[(trained.variant == "real") & (trained.fraction == trained.fraction.max())]
+    r = (real if len(real) else trained).iloc[0]
+    return (f"Over {r.n_seeds} seeds, one training of {arm_label(r.variant, r.factor)} shifts the Dice of all test subjects of its fold "
+            f"by sd_run = {r.sd_run:.4f} (the seed means differ by sd {r.sd_between_seeds:.4f}); the comparisons count the trainings "
+            "as replicates, so this noise is inside their intervals.")
 
 # %% ../nbs/09_study.ipynb
 def report_notebook(nb):
