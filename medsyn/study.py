@@ -939,8 +939,11 @@ FIGURE_CAPTIONS = {
 
 # %% ../nbs/09_study.ipynb
 def _float_formats(df: pd.DataFrame) -> dict:
-    "Per float column of a report table: p-values to 3 significant digits, everything else to 3 decimals."
-    return {c: ("{:.3g}" if str(c).startswith("p_") or str(c).endswith("_p") else "{:.3f}") for c in df.columns if df[c].dtype.kind == "f"}
+    "Per float column of a report table: p-values to 3 significant digits, counts (n_…) and df as such, everything else to 3 decimals."
+    def fmt(c: str) -> str:
+        if c.startswith("p_") or c.endswith("_p"): return "{:.3g}"
+        return "{:.0f}" if c.startswith("n_") else "{:.1f}" if c == "df" else "{:.3f}"
+    return {c: fmt(str(c)) for c in df.columns if df[c].dtype.kind == "f"}
 
 # %% ../nbs/09_study.ipynb
 def table_html(df: pd.DataFrame, label: str, caption: str) -> str:
