@@ -6,8 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medsyn.core import load_json
-from medsyn.study import RunLayout, experiment_grid, read_manifest, study_config, study_main
+import shutil
+
+from medsyn.core import load_json, save_json
+from medsyn.study import (STAGES, RunLayout, ensure_kernel, execute_notebook, experiment_grid, notebook_parameters, read_manifest,
+                          render_report, run_config, study_config, study_main, study_notebooks_dir, write_table)
+
+HOSTILE = "<img src=x onerror=alert(1)>"
 
 
 class ReportHTML(HTMLParser):
@@ -64,6 +69,29 @@ def test_quick_profile_grid_is_the_documented_one():
     assert sorted(grid[grid.fraction == 1.0].factor.unique()) == [0, 1] and len(grid) == 10   # 5 arms x 2 folds
 
 
+def assert_report_quotes_names_as_text(out, copy):
+    """The finished study `out`, its names replaced by markup as a hostile `dataset.json` and hostile subject ids would
+    bring them (prepare record and every table's text columns), reported again: every name shows as text, no markup."""
+    shutil.copytree(out, copy)
+    lay = RunLayout(copy)
+    info = load_json(lay.prepare_json)
+    info.update(name=HOSTILE, modalities=[f"{m} {HOSTILE}" for m in info["modalities"]],
+                labels={k: f"{v} {HOSTILE}" for k, v in info["labels"].items()})
+    save_json(info, lay.prepare_json)
+    for csv in (copy / "tables").glob("*.csv"):
+        t = pd.read_csv(csv)
+        for c in [c for c in ("dataset", "subject", "subjects", "train", "val", "test", "label", "class") if c in t.columns]:
+            t[c] = t[c].astype(str) + " " + HOSTILE
+        write_table(t, csv.with_suffix(""))
+    nb = STAGES[-1][1]
+    execute_notebook(study_notebooks_dir() / nb, lay.notebook(nb), notebook_parameters(run_config(copy), copy), ensure_kernel())
+    html = render_report(lay.notebook(nb), copy / "report.html", title=f"medsyn study: {HOSTILE}").read_text()
+    assert html.count("&lt;img src=x onerror=alert") >= 3, "the hostile names are not quoted in the report"
+    assert "<img src=x" not in html and "onerror=alert(1)>" not in html, "a name from the user's files became markup"
+    for md in [copy / "report.md", *(copy / "tables").glob("*.md")]:
+        assert "<img" not in md.read_text(), md
+
+
 @pytest.mark.slow
 def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     "The smallest study runs end to end; tables/figures exist and are finite; a rerun skips every stage."
@@ -104,6 +132,7 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     n_test = dice[dice.variant == "real"].subject.nunique()   # every subject is tested once, in its fold
     assert_reads_like_a_paper(out / "report.html", n_test, min_figures=5)
     assert_reads_like_a_paper(runs / "report.html", n_test, min_figures=3)
+    assert_report_quotes_names_as_text(out, tmp_path / "hostile" / "default")
 
     t0 = time.time()
     res2 = run_medsyn("study", "--profile", "ci", "--out", str(runs), timeout=600)
