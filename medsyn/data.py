@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import argparse, hashlib, json, math, os, re, shutil, tarfile, time, urllib.error, urllib.request
+import argparse, hashlib, json, math, os, re, shutil, tarfile, time, urllib.error, urllib.request, warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,14 +20,16 @@ from .core import MedsynError, check, atomic_dir, atomic_path, cache_dir, check_
 from .viz import label_cmap
 
 # %% auto 0
-__all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'MNI152_LABELS', 'MNI152_VERSION', 'MNI152_PROVENANCE', 'MSD_TASKS',
-           'write_canonical', 'CanonicalDataset', 'load_canonical', 'subject_kfold', 'train_val_test_split',
-           'subsample_subjects', 'fold_subjects', 'check_disjoint', 'make_splits', 'Case', 'Study', 'match_files',
-           'read_msd', 'read_nifti_pairs', 'read_image_pairs', 'compression_noise', 'detect_layout', 'read_study',
-           'load_case', 'normalize_intensity', 'modality_windows', 'volume_to_slices', 'select_slices',
-           'crop_pad_resize', 'study_samples', 'prepare', 'make_synthetic_msd', 'mni152_files', 'mni152_volumes',
-           'mni152_samples', 'prepare_mni152', 'default_dataset', 'msd_resources', 'file_md5', 'verify_checksum',
-           'download_msd', 'plot_dataset_overview', 'toy_dataset', 'prepare_main']
+__all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'RELEASES', 'CT_WINDOWS', 'AXIS_NAMES', 'LABEL_SCHEMES', 'MNI152_LABELS',
+           'MNI152_VERSION', 'MNI152_PROVENANCE', 'MSD_TASKS', 'write_canonical', 'CanonicalDataset', 'load_canonical',
+           'subject_kfold', 'train_val_test_split', 'subsample_subjects', 'fold_subjects', 'check_disjoint',
+           'make_splits', 'Case', 'Study', 'match_files', 'read_msd', 'read_nifti_pairs', 'read_image_pairs',
+           'compression_noise', 'detect_layout', 'detect_release', 'read_release', 'read_study', 'load_case',
+           'normalize_intensity', 'ct_window_range', 'modality_windows', 'volume_to_slices', 'select_slices',
+           'crop_pad_resize', 'study_samples', 'parse_label_map', 'map_labels', 'prepare', 'make_synthetic_msd',
+           'make_release_copy', 'mni152_files', 'mni152_volumes', 'mni152_samples', 'prepare_mni152', 'default_dataset',
+           'msd_resources', 'file_md5', 'verify_checksum', 'download_msd', 'plot_dataset_overview', 'toy_dataset',
+           'prepare_main']
 
 # %% ../nbs/01_data.ipynb
 FORMAT_VERSION = 1
@@ -315,6 +317,9 @@ class Study:
     cases: list[Case]
     source: str
     provenance: str = ""
+    skipped: int = 0              # unlabelled cases left out (test folders, KiTS19 cases 210-299)
+    regions: dict | None = None   # {region name: [label ids]} for nested labels (nnU-Net v2 regions, `brats-regions`)
+    release: str | None = None    # the key of `RELEASES` that was read, if any
 
 # %% ../nbs/01_data.ipynb
 def _nii_stem(p: Path) -> str:
@@ -324,41 +329,111 @@ def _nii_stem(p: Path) -> str:
     return p.stem
 
 # %% ../nbs/01_data.ipynb
+def _glob_part(s: str, pattern: str) -> str:
+    "Regex of a glob fragment: `**/` any folders, `*` and `?` within one path part, `[sS]` / `[!.]` classes as in a shell."
+    out, i = "", 0
+    while i < len(s):
+        if s.startswith("**/", i):
+            out, i = out + "(?:[^/]+/)*", i + 3
+            continue
+        c = s[i]
+        if c == "[":
+            j = s.find("]", i + 2)
+            check(j > 0, f"pattern {pattern!r}: the '[' of {s[i:]!r} opens a character class that is never closed; "
+                         "close it (e.g. '*[sS]eg*.nii*') or remove the '['")
+            body = s[i + 1:j]
+            neg, body = body.startswith("!"), body[1:] if body.startswith("!") else body
+            out += "[" + ("^" if neg else "") + "".join("\\" + ch if ch in "\\^[]" else ch for ch in body) + "]"
+            i = j
+        else: out += "[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c)
+        i += 1
+    return out
+
+# %% ../nbs/01_data.ipynb
 def _pattern_regex(pattern: str) -> re.Pattern:
-    "Turn a glob pattern with `{subject}` / `{slice}` placeholders into a regex with named groups."
-    out, pos = "", 0
+    """Turn a glob pattern with `{subject}` / `{slice}` placeholders into a regex with named groups. A placeholder may
+    appear several times, and then holds the same value everywhere (`{subject}/{subject}_t1.nii.gz`)."""
+    check("{subject}" in pattern, f"pattern {pattern!r} needs a {{subject}} placeholder, e.g. 'images/{{subject}}.nii.gz' "
+                                  "or '{subject}/{subject}_t1.nii.gz' (one folder per subject)")
+    bad = sorted(set(re.findall(r"\{([^{}]*)\}", pattern)) - {"subject", "slice"})
+    check(not bad, f"pattern {pattern!r}: unknown placeholder(s) {', '.join('{' + b + '}' for b in bad)}; only {{subject}} and "
+                   "{slice} exist: write * for any other varying part of a name")
+    check(not pattern.startswith("/") and ".." not in pattern.split("/"),
+          f"pattern {pattern!r} must be relative to the dataset folder (no leading '/', no '..'); move SRC up instead")
+    out, pos, seen = "", 0, set()
     for m in re.finditer(r"\{(subject|slice)\}", pattern):
-        out += re.escape(pattern[pos:m.start()]).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
-        out += "(?P<subject>[^/]+?)" if m.group(1) == "subject" else r"(?P<slice>\d+)"
+        out += _glob_part(pattern[pos:m.start()], pattern)
+        g = m.group(1)
+        out += f"(?P={g})" if g in seen else "(?P<subject>[^/]+?)" if g == "subject" else r"(?P<slice>\d+)"
+        seen.add(g)
         pos = m.end()
-    out += re.escape(pattern[pos:]).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+    out += _glob_part(pattern[pos:], pattern)
     return re.compile(out + "$")
 
 # %% ../nbs/01_data.ipynb
+def _walk_files(root: Path, max_depth: int | None = None) -> Iterator[str]:
+    """Relative POSIX paths of the files under `root`, sorted, following symlinked files and folders (a folder that
+    links back to one of its parents is not entered again), skipping hidden and macOS `._*` files."""
+    def walk(d: Path, rel: str, depth: int, parents: frozenset):
+        real = os.path.realpath(d)
+        if real in parents: return
+        try: entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e: raise MedsynError(f"{d}: cannot list the folder ({e.strerror}); check that it exists and is readable") from e
+        for e in entries:
+            if e.name.startswith("."): continue
+            if e.is_dir():
+                if max_depth is None or depth < max_depth: yield from walk(Path(e.path), rel + e.name + "/", depth + 1, parents | {real})
+            elif e.is_file(): yield rel + e.name
+    yield from walk(Path(root), "", 0, frozenset())
+
+# %% ../nbs/01_data.ipynb
 def match_files(root: str | Path, pattern: str) -> dict[tuple[str, int | None], Path]:
-    "Files under `root` matching `pattern` (glob with a `{subject}` and optional `{slice}` placeholder), keyed by (subject, slice)."
+    """Files under `root` matching `pattern` (glob with `{subject}` and optional `{slice}` placeholders, `**/` for any
+    folders), keyed by (subject, slice); symlinked files and folders are followed."""
     root = Path(root)
-    check("{subject}" in pattern, f"pattern {pattern!r} needs a {{subject}} placeholder, e.g. 'images/{{subject}}.nii.gz'")
     rx = _pattern_regex(pattern)
     found = {}
-    for p in sorted(root.glob(pattern.replace("{subject}", "*").replace("{slice}", "*"))):
-        if p.name.startswith("._") or not p.is_file(): continue
-        m = rx.match(p.relative_to(root).as_posix())
+    for rel in _walk_files(root, None if "**" in pattern else pattern.count("/")):
+        m = rx.match(rel)
         if not m: continue
+        p = root / rel
         key = (m["subject"], int(m["slice"]) if "slice" in rx.groupindex else None)
         check(key not in found, f"{p}: matches pattern {pattern!r} with the same subject as {found.get(key)}; make the pattern more specific")
         found[key] = p
     return found
 
 # %% ../nbs/01_data.ipynb
-def _msd_labels(raw: dict, path: Path) -> dict:
-    "MSD (`{'0': 'background'}`) or nnU-Net v2 (`{'background': 0}`) labels as `{int: name}`."
+def _no_match(root: Path, pattern: str, option: str) -> str:
+    "The message for a pattern that matches nothing: an empty folder, or what is there instead."
+    files = list(_walk_files(root, 6))
+    if not files: return f"{root}: empty folder; put the images and labels there (see `medsyn prepare --help` for the layouts)"
+    data = [f for f in files if f.endswith((".nii", ".nii.gz", ".dcm")) or Path(f).suffix.lower() in IMAGE_SUFFIXES] or files
+    return (f"{root}: no file matches {pattern!r} ({len(files)} files there, e.g. {', '.join(data[:3])}); fix the pattern "
+            f"({option} relative to {root}, with {{subject}} where the subject id is, e.g. '{{subject}}/{{subject}}_t1.nii.gz'), "
+            "or let `medsyn prepare` detect a known release (--preset)")
+
+# %% ../nbs/01_data.ipynb
+def _msd_labels(raw: dict, path: Path) -> tuple[dict, dict | None]:
+    """MSD (`{'0': 'background'}`) or nnU-Net v2 (`{'background': 0}`) labels as `({int: name}, None)`; nnU-Net v2
+    region labels (`{'whole tumor': [1, 2, 3], 'tumor core': [2, 3], ...}`) as `({plain id: name}, {region: [ids]})`,
+    each plain id named after the smallest region that holds it (the label files store the plain ids)."""
     try:
-        if all(isinstance(v, str) for v in raw.values()): return {int(k): v for k, v in raw.items()}
-        return {int(v): str(k) for k, v in raw.items()}
+        if all(isinstance(v, str) for v in raw.values()): return {int(k): v for k, v in raw.items()}, None
+        if not any(isinstance(v, list) for v in raw.values()): return {int(v): str(k) for k, v in raw.items()}, None
+        regions = {str(k): sorted({int(i) for i in (v if isinstance(v, list) else [v])}) for k, v in raw.items()}
     except (TypeError, ValueError) as e:
-        raise MedsynError(f"{path}: 'labels' must map ids to names (MSD) or names to integer ids (nnU-Net v2); "
-                          f"got {raw} (region-based nnU-Net labels are not supported)") from e
+        raise MedsynError(f"{path}: 'labels' must map ids to names (MSD), names to integer ids (nnU-Net v2) or region names to "
+                          f"lists of ids (nnU-Net v2 regions); got {raw}; fix the file") from e
+    plain = sorted({i for ids in regions.values() for i in ids} | {0})
+    labels = {i: min((n for n, ids in regions.items() if i in ids), key=lambda n: len(regions[n]), default="background") for i in plain}
+    return labels, {n: ids for n, ids in regions.items() if ids != [0]}
+
+# %% ../nbs/01_data.ipynb
+def _msd_unlabelled(root: Path, meta: dict, n_mod: int, ending: str) -> int:
+    "Number of unlabelled (test) cases of an MSD / nnU-Net folder: its 'test' list, else the cases in imagesTs/."
+    if isinstance(meta.get("test"), list) and meta["test"]: return len(meta["test"])
+    files = [f for f in _walk_files(root / "imagesTs", 0) if f.endswith(ending)] if (root / "imagesTs").is_dir() else []
+    return len({re.sub(r"_\d{4}$", "", f[: -len(ending)]) for f in files}) if n_mod > 1 or any(re.search(r"_\d{4}$", f[: -len(ending)]) for f in files) else len(files)
 
 # %% ../nbs/01_data.ipynb
 def read_msd(root: str | Path) -> Study:
@@ -376,7 +451,7 @@ def read_msd(root: str | Path) -> Study:
     modalities = [str(mods_raw[k]) for k in sorted(mods_raw, key=int)]
     check(isinstance(meta.get("labels"), dict) and meta["labels"],
           f"{mf}: needs a 'labels' object mapping ids to names, e.g. {{\"0\": \"background\", \"1\": \"organ\"}}")
-    labels = _msd_labels(meta["labels"], mf)
+    labels, regions = _msd_labels(meta["labels"], mf)
     ending = meta.get("file_ending", ".nii.gz")
     img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
     for d in (img_dir, lab_dir): check(d.is_dir(), f"{d}: folder missing; an MSD / nnU-Net dataset keeps its training data in imagesTr/ and labelsTr/")
@@ -414,27 +489,31 @@ def read_msd(root: str | Path) -> Study:
             cases.append(Case(case, channel_files(case, img_dir / f"{case}{ending}"), lab))
     check(len(cases) > 0, f"{lab_dir}: empty folder (no label files ending in {ending}); an MSD / nnU-Net dataset needs labelled training cases")
     prov = " ".join(str(meta.get(k, "")) for k in ("description", "reference", "licence", "license", "release") if meta.get(k))
-    return Study(str(meta.get("name", root.name)), "volume", modalities, labels, cases, str(root), prov)
+    return Study(str(meta.get("name", root.name)), "volume", modalities, labels, cases, str(root), prov,
+                 skipped=_msd_unlabelled(root, meta, len(modalities), ending), regions=regions)
 
 # %% ../nbs/01_data.ipynb
 def read_nifti_pairs(root: str | Path, images: str | dict = "images/{subject}.nii*", labels: str = "labels/{subject}.nii*",
-                     modalities: Sequence[str] | None = None, label_names: dict | None = None, name: str | None = None) -> Study:
+                     modalities: Sequence[str] | None = None, label_names: dict | None = None, name: str | None = None,
+                     skip_unlabelled: bool = False) -> Study:
     """Read NIfTI image/label pairs matched by patterns with a `{subject}` placeholder. `images` is one pattern
-    (3D, or 4D with modalities on the last axis) or `{modality: pattern}` for one file per modality."""
+    (3D, or 4D with modalities on the last axis) or `{modality: pattern}` for one file per modality. With
+    `skip_unlabelled`, subjects with images but no label (test cases) are counted in `Study.skipped` instead of refused."""
     root = Path(root)
     check(root.is_dir(), f"{root}: folder not found")
     lab_files = match_files(root, labels)
-    check(len(lab_files) > 0, f"{root}: empty folder: no label file matches {labels!r}; pass the label pattern (--labels)")
+    check(len(lab_files) > 0, _no_match(root, labels, "--labels"))
     if isinstance(images, dict):
+        check(modalities is None or list(modalities) == list(images), f"{root}: --modalities {list(modalities or [])} conflicts with the "
+              f"modality names of the per-modality --images patterns {list(images)}; drop --modalities (the MOD= names are used)")
         per_mod = {m: match_files(root, p) for m, p in images.items()}
         modalities = list(images)
     else:
         per_mod = {"": match_files(root, images)}
-        check(len(per_mod[""]) > 0, f"{root}: empty folder: no image file matches {images!r}; pass the image pattern (--images)")
-        if modalities is None:
-            first = next(iter(per_mod[""].values()))
-            shape = _read_header_shape(first)
+        if modalities is None and per_mod[""]:
+            shape = _read_header_shape(next(iter(per_mod[""].values())))
             modalities = [f"ch{c}" for c in range(shape[3])] if len(shape) == 4 and shape[3] > 1 else ["image"]
+    for m, found in per_mod.items(): check(len(found) > 0, _no_match(root, images[m] if m else images, "--images"))
     cases = []
     for key, lab in lab_files.items():
         files = []
@@ -444,10 +523,12 @@ def read_nifti_pairs(root: str | Path, images: str | dict = "images/{subject}.ni
                                 f"(pattern {pat!r}); add the missing image or remove the label")
             files.append(found[key])
         cases.append(Case(key[0], files, lab))
-    for m, found in per_mod.items():
-        extra = sorted(set(found) - set(lab_files))
-        check(not extra, f"{found[extra[0]] if extra else ''}: image without a label file (pattern {labels!r}); add its label or remove it")
-    return Study(name or root.name, "volume", list(modalities), label_names, cases, str(root))
+    unlabelled = sorted(set().union(*per_mod.values()) - set(lab_files))
+    if not skip_unlabelled:
+        for m, found in per_mod.items():
+            extra = sorted(set(found) - set(lab_files))
+            check(not extra, f"{found[extra[0]] if extra else ''}: image without a label file (pattern {labels!r}); add its label or remove it")
+    return Study(name or root.name, "volume", list(modalities), label_names, cases, str(root), skipped=len(unlabelled))
 
 # %% ../nbs/01_data.ipynb
 def _read_header_shape(path: Path) -> tuple:
@@ -467,8 +548,8 @@ def read_image_pairs(root: str | Path, images: str = "images/{subject}.*", masks
     check(root.is_dir(), f"{root}: folder not found")
     imgs = {k: p for k, p in match_files(root, images).items() if p.suffix.lower() in IMAGE_SUFFIXES}
     msks = {k: p for k, p in match_files(root, masks).items() if p.suffix.lower() in IMAGE_SUFFIXES}
-    check(len(msks) > 0, f"{root}: empty folder: no mask file matches {masks!r}; pass the mask pattern (--labels)")
-    check(len(imgs) > 0, f"{root}: empty folder: no image file matches {images!r}; pass the image pattern (--images)")
+    check(len(msks) > 0, _no_match(root, masks, "--labels"))
+    check(len(imgs) > 0, _no_match(root, images, "--images"))
     for k, p in imgs.items(): check(k in msks, f"{p}: image without a mask (pattern {masks!r}); add its mask or remove it")
     for k, p in msks.items(): check(k in imgs, f"{p}: mask without an image (pattern {images!r}); add its image or remove it")
     cases = [Case(k[0], [imgs[k]], msks[k], k[1]) for k in sorted(msks, key=lambda k: (k[0], k[1] or 0))]
@@ -538,22 +619,113 @@ def _read_image(path: Path, mask: bool = False) -> np.ndarray:
 
 # %% ../nbs/01_data.ipynb
 def detect_layout(src: str | Path) -> str:
-    "Guess the layout of `src`: `'msd'` (dataset.json + imagesTr/), `'png'` (2D image files) or `'nifti'`."
+    "Guess the layout of `src`: `'msd'` (dataset.json + imagesTr/), `'png'` (2D image files) or `'nifti'`; symlinks are followed."
     src = Path(src)
     check(src.is_dir(), f"{src}: folder not found; pass a dataset folder, an MSD task name (e.g. Task09_Spleen) or 'mni152'")
     if (src / "dataset.json").exists() and (src / "imagesTr").is_dir(): return "msd"
-    files = [p for p in src.rglob("*") if p.is_file() and not p.name.startswith("._")]
+    files = list(_walk_files(src, 6))
     check(len(files) > 0, f"{src}: empty folder; put the images and labels there (see `medsyn prepare --help` for the layouts)")
-    if any(p.name.endswith((".nii", ".nii.gz")) for p in files): return "nifti"
-    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files): return "png"
+    if any(f.endswith((".nii", ".nii.gz")) for f in files): return "nifti"
+    if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files): return "png"
     raise MedsynError(f"{src}: no NIfTI (.nii/.nii.gz) or 2D image (.png/.tif) files found; medsyn reads the MSD/nnU-Net layout, "
                       "NIfTI image/label pairs and PNG/TIFF image/mask pairs")
 
 # %% ../nbs/01_data.ipynb
-def read_study(src: str | Path, layout: str = "auto", images=None, labels=None, modalities=None, label_names=None) -> Study:
-    "Read `src` with the reader for `layout` (`auto|msd|nifti|png`); `images`/`labels` patterns override the defaults."
+_BRATS_NAMES = {0: "background", 1: "necrotic tumour core", 2: "peritumoral oedema"}
+RELEASES: dict[str, dict] = {
+    "brats2020": dict(title="BraTS 2020", detect="**/BraTS20_*/BraTS20_*_flair.nii*",
+                      images={m: f"**/{{subject}}/{{subject}}_{s}.nii*" for m, s in (("T1", "t1"), ("T1Gd", "t1ce"), ("T2", "t2"), ("FLAIR", "flair"))},
+                      labels="**/{subject}/*[sS]eg*.nii*",          # case 355's label is W39_1998.09.19_Segm.nii
+                      label_names={**_BRATS_NAMES, 4: "enhancing tumour"}),
+    "brats2021": dict(title="BraTS 2021", detect="**/BraTS2021_*/BraTS2021_*_flair.nii*",
+                      images={m: f"**/{{subject}}/{{subject}}_{s}.nii*" for m, s in (("T1", "t1"), ("T1Gd", "t1ce"), ("T2", "t2"), ("FLAIR", "flair"))},
+                      labels="**/{subject}/{subject}_seg.nii*", label_names={**_BRATS_NAMES, 4: "enhancing tumour"}),
+    "brats2023-gli": dict(title="BraTS 2023 (GLI)", detect="**/BraTS-GLI-*/BraTS-GLI-*-t2f.nii*",
+                          images={m: f"**/{{subject}}/{{subject}}-{s}.nii*" for m, s in (("T1", "t1n"), ("T1Gd", "t1c"), ("T2", "t2w"), ("FLAIR", "t2f"))},
+                          labels="**/{subject}/{subject}-seg.nii*", label_names={**_BRATS_NAMES, 3: "enhancing tumour"}),
+    "kits19": dict(title="KiTS19", detect="**/case_*/imaging.nii*", markers=["**/kits.json"],
+                   images={"CT": "**/{subject}/imaging.nii*"}, labels="**/{subject}/segmentation.nii*",
+                   label_names={0: "background", 1: "kidney", 2: "tumour"}, ct_window="abdomen"),
+    "kits23": dict(title="KiTS23", detect="**/case_*/imaging.nii*", markers=["**/kits23.json", "**/case_*/instances/*.nii*"],
+                   images={"CT": "**/{subject}/imaging.nii*"}, labels="**/{subject}/segmentation.nii*",
+                   label_names={0: "background", 1: "kidney", 2: "tumour", 3: "cyst"}, ct_window="abdomen"),
+    "ibsr18": dict(title="IBSR18", detect="**/IBSR_*/IBSR_*_ana_strip.nii*",
+                   images={"T1": "**/{subject}/{subject}_ana_strip.nii*"}, labels="**/{subject}/{subject}_segTRI_ana.nii*",
+                   label_names={0: "background", 1: "CSF", 2: "grey matter", 3: "white matter"},
+                   axis=1),                                          # coronal: IBSR's acquisition plane (1.5 mm)
+    "msd": dict(title="Medical Segmentation Decathlon", layout="msd", ct_window="abdomen", task_windows={"Task06_Lung": "lung"}),
+    "nnunet-v1": dict(title="nnU-Net v1 raw (TaskXXX)", layout="msd"),
+    "nnunet-v2": dict(title="nnU-Net v2 raw (DatasetXXX)", layout="msd"),
+}
+
+# %% ../nbs/01_data.ipynb
+def _glob_regex(glob: str) -> re.Pattern:
+    return re.compile(_glob_part(glob, glob) + "$")
+
+# %% ../nbs/01_data.ipynb
+def detect_release(src: str | Path) -> str | None:
+    """The key of `RELEASES` that `src` is laid out as, or None. MSD / nnU-Net folders are told apart by their
+    `dataset.json` (`channel_names`: nnU-Net v2) and folder name (`TaskNN_`: MSD, `TaskNNN_`: nnU-Net v1)."""
+    src = Path(src)
+    check(src.is_dir(), f"{src}: folder not found; pass a dataset folder, an MSD task name (e.g. Task09_Spleen) or 'mni152'")
+    if (src / "dataset.json").is_file() and (src / "imagesTr").is_dir():
+        meta = load_json(src / "dataset.json")
+        if isinstance(meta, dict) and "channel_names" in meta: return "nnunet-v2"
+        return "nnunet-v1" if re.match(r"Task\d{3,}_", src.name) else "msd"
+    files = list(_walk_files(src, 4))
+    def hit(glob): return any(_glob_regex(glob).match(f) for f in files)
+    shaped = [k for k, r in RELEASES.items() if r.get("detect") and hit(r["detect"])]
+    marked = [k for k in shaped if not RELEASES[k].get("markers") or any(hit(m) for m in RELEASES[k]["markers"])]
+    check(len(marked) == 1 or not shaped, f"{src}: looks like {' or '.join(RELEASES[k]['title'] for k in shaped)} but none of "
+          f"{[m for k in shaped for m in RELEASES[k].get('markers', [])]} is there to tell which; pass "
+          f"{' or '.join('--preset ' + k for k in shaped)}")
+    return marked[0] if marked else None
+
+# %% ../nbs/01_data.ipynb
+def _rename(study: Study, modalities: Sequence[str] | None, label_names: dict | None, where: str) -> Study:
+    "Apply --modalities / --label-names to a study whose reader knows its channels and labels (same count / same ids), or refuse."
+    if modalities is not None:
+        check(len(modalities) == len(study.modalities), f"{where}: --modalities {list(modalities)} names {len(modalities)} channels but "
+              f"the data has {len(study.modalities)} ({study.modalities}); give one name per channel, in this order")
+        study.modalities = list(modalities)
+    if label_names is not None:
+        names = {int(k): str(v) for k, v in label_names.items()}
+        unknown = sorted(set(names) - set(study.labels or {}))
+        check(study.labels is None or not unknown, f"{where}: --label-names gives ids {unknown} that the data does not have "
+              f"(its labels are {study.labels}); rename existing ids, or map ids with --label-map")
+        study.labels = {**(study.labels or {}), **names}
+    return study
+
+# %% ../nbs/01_data.ipynb
+def read_release(src: str | Path, release: str, modalities=None, label_names=None) -> Study:
+    "Read `src` as the known release `release` (a key of `RELEASES`); `modalities` / `label_names` rename its channels / labels."
+    check(release in RELEASES, f"unknown preset {release!r}; choose one of {sorted(RELEASES)} (or 'none' for your own patterns)")
+    row = RELEASES[release]
+    if row.get("layout") == "msd": study = read_msd(src)
+    else:
+        study = read_nifti_pairs(src, dict(row["images"]), row["labels"], label_names=dict(row["label_names"]), skip_unlabelled=True)
+        study.provenance = f"{row['title']} ({release} layout)"
+    study.release = release
+    return _rename(study, modalities, label_names, f"{src} ({row['title']})")
+
+# %% ../nbs/01_data.ipynb
+def read_study(src: str | Path, layout: str = "auto", images=None, labels=None, modalities=None, label_names=None,
+               preset: str | None = "auto") -> Study:
+    """Read `src`: as a known release (`preset`, detected when `'auto'` and no patterns are given; None or `'none'`: never),
+    else with the reader for `layout` (`auto|msd|nifti|png`), where `images`/`labels` patterns override the defaults.
+    An option that the chosen reader cannot use is refused, naming it."""
+    if preset == "auto": preset = detect_release(src) if layout == "auto" and images is None and labels is None else None
+    if preset not in (None, "none"):
+        given = [o for o, v in (("--images", images), ("--labels", labels)) if v]
+        check(not given, f"{src}: {' and '.join(given)} do not apply to --preset {preset} (its file names are built in); drop them, "
+                         "or pass --preset none to read the folder with your own patterns")
+        return read_release(src, preset, modalities, label_names)
     layout = detect_layout(src) if layout == "auto" else layout
-    if layout == "msd": return read_msd(src)
+    if layout == "msd":
+        given = [o for o, v in (("--images", images), ("--labels", labels)) if v]
+        check(not given, f"{src}: {' and '.join(given)} do not apply to an MSD / nnU-Net folder (its files are listed in dataset.json); "
+                         "drop them, or pass --layout nifti to use your own patterns")
+        return _rename(read_msd(src), modalities, label_names, str(src))
     if layout == "nifti":
         return read_nifti_pairs(src, images or "images/{subject}.nii*", labels or "labels/{subject}.nii*", modalities, label_names)
     if layout == "png":
@@ -633,10 +805,32 @@ def normalize_intensity(vol: np.ndarray, window: tuple[float, float] | None = No
     return np.clip((vol - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 # %% ../nbs/01_data.ipynb
-def modality_windows(modalities: Sequence[str], ct_window=(-1000.0, 2000.0), windows: dict | None = None) -> list:
-    "The fixed window of each modality: `windows[name]` if given, `ct_window` for modalities named CT, else None (percentiles)."
+CT_WINDOWS = {                       # HU (low, high) = level -/+ width/2
+    "wide": (-1000.0, 2000.0),       # air to dense bone: every tissue, little contrast (the default without a task)
+    "soft-tissue": (-160.0, 240.0),  # W400 L40
+    "abdomen": (-150.0, 250.0),      # W400 L50: liver, spleen, kidney, pancreas
+    "liver": (-45.0, 105.0),         # W150 L30
+    "lung": (-1350.0, 150.0),        # W1500 L-600
+    "bone": (-500.0, 1300.0),        # W1800 L400
+    "brain": (0.0, 80.0),            # W80 L40
+}
+
+def ct_window_range(window) -> tuple[float, float]:
+    "A CT window as (low, high) HU: a name of `CT_WINDOWS` or a (low, high) pair."
+    if isinstance(window, str):
+        check(window in CT_WINDOWS, f"unknown CT window {window!r}; choose one of {sorted(CT_WINDOWS)} or give LOW,HIGH in HU (e.g. -150,250)")
+        return CT_WINDOWS[window]
+    lo, hi = (float(v) for v in window)
+    check(hi > lo, f"CT window {window}: HIGH must be above LOW")
+    return lo, hi
+
+# %% ../nbs/01_data.ipynb
+def modality_windows(modalities: Sequence[str], ct_window="wide", windows: dict | None = None) -> list:
+    """The fixed window of each modality: `windows[name]` if given, `ct_window` (a `CT_WINDOWS` name or a pair) for
+    modalities named CT, else None (percentiles)."""
     windows = {k.lower(): v for k, v in (windows or {}).items()}
-    return [windows.get(m.lower(), tuple(ct_window) if (ct_window is not None and re.fullmatch(r"(?i).*\bct\b.*", m)) else None)
+    ct = ct_window_range(ct_window) if ct_window is not None else None
+    return [ct_window_range(windows[m.lower()]) if m.lower() in windows else ct if (ct is not None and re.fullmatch(r"(?i).*\bct\b.*", m)) else None
             for m in modalities]
 
 # %% ../nbs/01_data.ipynb
@@ -710,12 +904,33 @@ def _case_seed(seed: int, subject: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{subject}".encode()).digest()[:4], "little")
 
 # %% ../nbs/01_data.ipynb
+AXIS_NAMES = ("sagittal", "coronal", "axial")
+
+def _orientation_notes(path: Path, spacing: Sequence[float], axis: int) -> dict[str, str]:
+    """Problems of a volume's orientation, `{kind: message}`: a header without orientation (qform and sform codes 0),
+    and a slicing axis that is not the one with the coarsest spacing (slices across the acquisition planes)."""
+    import nibabel as nib
+    notes = {}
+    try: h = nib.load(str(path)).header
+    except Exception: return notes
+    if int(h.get("qform_code", 1)) == 0 and int(h.get("sform_code", 1)) == 0:
+        notes["no orientation"] = (f"{path}: the header has no orientation (qform_code = sform_code = 0), so left/right and the "
+                                   "plane of each axis are guesses from the voxel order; look at the prepared slices, fix the header, or choose --axis")
+    coarse = int(np.argmax(spacing))
+    if spacing[coarse] > 1.25 * spacing[axis]:
+        notes["slicing axis"] = (f"{path}: slicing along axis {axis} ({AXIS_NAMES[axis]}, {spacing[axis]:.3g} mm) but axis {coarse} "
+                                 f"({AXIS_NAMES[coarse]}) has the coarsest spacing ({spacing[coarse]:.3g} mm): the slices cut across the "
+                                 f"acquisition planes; pass --axis {coarse}, or fix the affine if it is wrong (KiTS19's first release)")
+    return notes
+
+# %% ../nbs/01_data.ipynb
 def study_samples(study: Study, res: int = 256, axis: int = 2, empty_fraction: float = 0.1, seed: int = 0,
-                  ct_window=(-1000.0, 2000.0), windows: dict | None = None, percentiles=(0.5, 99.5),
-                  crop_threshold: float | None = 0.01, progress: bool = False) -> Iterator[dict]:
+                  ct_window="wide", windows: dict | None = None, percentiles=(0.5, 99.5),
+                  crop_threshold: float | None = 0.01, progress: bool = False, notes: list | None = None) -> Iterator[dict]:
     """Yield canonical 2D samples (before label remapping) for every case of `study`: every slice, with `train`
     set on the foreground slices and on `empty_fraction` of the empty ones (per volume; over all images of a
-    2D layout, where each image is its own slice)."""
+    2D layout, where each image is its own slice). Orientation problems are warned about once per kind, with their
+    count, at the end, and appended to `notes`."""
     from tqdm.auto import tqdm
     wins = modality_windows(study.modalities, ct_window, windows)
     if study.kind == "image":
@@ -733,8 +948,10 @@ def study_samples(study: Study, res: int = 256, axis: int = 2, empty_fraction: f
             yield dict(image=x[0], mask=y[0], subject=c.subject, slice=c.slice or 0, source_file=str(c.images[0]), spacing=(px, px),
                        slice_spacing=px, train=k in train)
         return
+    found = {}
     for c in tqdm(study.cases, disable=not progress, desc="cases"):
         img, lab, spacing, _ = load_case(c, study.modalities, study.labels)
+        for kind, msg in _orientation_notes(c.images[0], spacing, axis).items(): found.setdefault(kind, []).append(msg)
         img = np.stack([normalize_intensity(v, w, percentiles) for v, w in zip(img, wins)])
         img2, lab2, sp2 = volume_to_slices(img, lab, spacing, axis)
         x, y, px = crop_pad_resize(img2, lab2, res, crop_threshold, sp2)
@@ -742,37 +959,112 @@ def study_samples(study: Study, res: int = 256, axis: int = 2, empty_fraction: f
         for s in range(len(x)):
             yield dict(image=x[s], mask=y[s], subject=c.subject, slice=s, source_file=str(c.images[0]), spacing=(px, px),
                        slice_spacing=float(spacing[axis]), train=s in train)
+    for kind, msgs in found.items():
+        msg = f"{len(msgs)} of {len(study.cases)} volumes: {msgs[0]}"
+        if notes is not None: notes.append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
 
 # %% ../nbs/01_data.ipynb
-def _remap(samples: Iterable[dict], values: Sequence[int]) -> Iterator[dict]:
-    "Map label values to contiguous ids 0..K-1 (identity when they already are)."
-    values = list(values)
-    if values == list(range(len(values))): yield from samples; return
-    lut = np.zeros(max(values) + 1, dtype=np.int64)
-    lut[values] = np.arange(len(values))
+def _relabel(samples: Iterable[dict], mapping: dict[int, int]) -> Iterator[dict]:
+    "Map the label ids of every sample's mask with `mapping` (identity when it is one)."
+    if all(k == v for k, v in mapping.items()): yield from samples; return
+    lut = np.zeros(max(mapping) + 1, dtype=np.int64)
+    for k, v in mapping.items(): lut[k] = v
     for s in samples: yield {**s, "mask": lut[s["mask"]]}
 
 # %% ../nbs/01_data.ipynb
-def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int = 2, layout: str = "auto",
-            empty_fraction: float = 0.1, ct_window=(-1000.0, 2000.0), windows: dict | None = None,
+LABEL_SCHEMES = {
+    "brats-regions": dict(
+        classes=[(1, "whole tumour", r"o?edema|snfh|\bed\b"), (2, "tumour core", r"non.?enhanc|necro|\bncr\b|\bnetc?\b"),
+                 (3, "enhancing tumour", r"enhanc|\bet\b")],
+        regions={"whole tumour": [1, 2, 3], "tumour core": [2, 3], "enhancing tumour": [3]}),
+}
+
+# %% ../nbs/01_data.ipynb
+def parse_label_map(spec: str) -> dict[int, int] | str:
+    "`'4=3'` / `'1=2,2=1,4=3'` as `{old: new}`, or the name of a `LABEL_SCHEMES` scheme."
+    if spec in LABEL_SCHEMES: return spec
+    try: return {int(k): int(v) for k, v in (kv.split("=", 1) for kv in spec.split(","))}
+    except ValueError as e:
+        raise MedsynError(f"--label-map must be OLD=NEW[,OLD=NEW...] with integer ids (e.g. 4=3) or one of {sorted(LABEL_SCHEMES)}, "
+                          f"got {spec!r}") from e
+
+# %% ../nbs/01_data.ipynb
+def _scheme_mapping(labels: dict[int, str], scheme: str) -> dict[int, int]:
+    "Map every label of `labels` onto `scheme`'s classes by its name."
+    classes, out = LABEL_SCHEMES[scheme]["classes"], {}
+    for old, name in labels.items():
+        new = 0 if old == 0 else next((n for n, _, rx in classes if re.search(rx, name, re.I)), None)
+        check(new is not None, f"label {old} ({name!r}) is none of the classes of --label-map {scheme} ({[c[1] for c in classes]}); "
+                               "name it with --label-names (e.g. 1=necrotic core) or map ids yourself (--label-map OLD=NEW)")
+        out[old] = new
+    return out
+
+# %% ../nbs/01_data.ipynb
+def map_labels(labels: dict, spec: str | dict | None, regions: dict | None = None) -> tuple[dict, dict, dict | None]:
+    """Apply a label map to declared `labels` `{id: name}`: returns `(new labels, {old id: new id}, regions)`. `spec` is
+    None, `{old: new}`, a string for `parse_label_map`, or a scheme name; ids mapped together keep all their names."""
+    labels = {int(k): str(v) for k, v in labels.items()}
+    if not spec: return labels, {k: k for k in labels}, regions
+    spec = parse_label_map(spec) if isinstance(spec, str) else {int(k): int(v) for k, v in spec.items()}
+    if isinstance(spec, str):
+        mapping = _scheme_mapping(labels, spec)
+        names = {n: name for n, name, _ in LABEL_SCHEMES[spec]["classes"]}
+        used = set(mapping.values())
+        return ({0: labels.get(0, "background"), **{n: names[n] for n in sorted(used - {0})}}, mapping,
+                {r: [i for i in ids if i in used] for r, ids in LABEL_SCHEMES[spec]["regions"].items()})
+    unknown = sorted(set(spec) - set(labels))
+    check(not unknown, f"--label-map maps ids {unknown} that are not labels of this data ({labels}); map existing ids")
+    check(all(v >= 0 for v in spec.values()), f"--label-map {spec}: new ids must be 0 (background) or positive")
+    mapping = {k: spec.get(k, k) for k in labels}
+    new = {}
+    for old in sorted(labels): new.setdefault(mapping[old], []).append(labels[old])
+    out = {k: ("background" if k == 0 else " + ".join(dict.fromkeys(v))) for k, v in sorted(new.items())}
+    return out, mapping, None
+
+# %% ../nbs/01_data.ipynb
+def _describe(study: Study, row: dict, labels: dict, axis: int, ct_window) -> str:
+    "One line on what `prepare` found: the release (or layout), channels, labels, cases, skipped unlabelled cases."
+    what = f"{row['title']} (--preset {study.release})" if row else f"{study.kind} layout"
+    ct = f"; CT window {ct_window}" if any(re.fullmatch(r"(?i).*\bct\b.*", m) for m in study.modalities) else ""
+    return (f"detected {what} at {study.source}: {len(study.cases)} labelled cases"
+            + (f", {study.skipped} unlabelled skipped" if study.skipped else "")
+            + f"; channels {', '.join(study.modalities)}; labels {labels}; slices along axis {axis} ({AXIS_NAMES[axis]}){ct}")
+
+# %% ../nbs/01_data.ipynb
+def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int | None = None, layout: str = "auto",
+            empty_fraction: float = 0.1, ct_window=None, windows: dict | None = None,
             percentiles=(0.5, 99.5), folds: int = 5, seed: int = 0, overwrite: bool = False,
             images=None, labels=None, modalities=None, label_names: dict | None = None,
-            name: str | None = None, crop_threshold: float | None = 0.01, progress: bool = False) -> Path:
-    "Read the study at `src` (MSD/nnU-Net, NIfTI pairs or PNG/TIFF pairs) and write it as a canonical 2D dataset at `out`."
+            name: str | None = None, crop_threshold: float | None = 0.01, progress: bool = False,
+            preset: str | None = "auto", label_map=None, log=None) -> Path:
+    """Read the study at `src` (a known release of `RELEASES`, MSD/nnU-Net, NIfTI pairs or PNG/TIFF pairs) and write it
+    as a canonical 2D dataset at `out`. `axis` and `ct_window` (a `CT_WINDOWS` name or a HU pair) default to the
+    release's (else axial and `wide`); `label_map` maps label ids (`map_labels`); `log` receives what was detected."""
     check(res >= 4, f"res must be at least 4, got {res}")
     check(0 <= empty_fraction <= 1, f"empty_fraction must be in [0, 1], got {empty_fraction}")
     check_output_dir(out, overwrite, "dataset", sources=[src])    # before reading anything: refuse early
-    study = read_study(src, layout, images, labels, modalities, label_names)
+    study = read_study(src, layout, images, labels, modalities, label_names, preset)
+    row = RELEASES.get(study.release or "", {})
+    axis = row.get("axis", 2) if axis is None else axis
+    ct_window = (row.get("task_windows", {}).get(Path(src).name) or row.get("ct_window") or "wide") if ct_window is None else ct_window
     if study.labels is not None: _check_label_ids(study.labels, f"{src}: declared labels {study.labels}")
     declared = study.labels if study.labels is not None else _scan_label_values(study)
-    values = sorted(int(k) for k in declared)
-    check(0 in values, f"{src}: the labels {declared} must include 0 (background)")
+    check(0 in {int(k) for k in declared}, f"{src}: the labels {declared} must include 0 (background)")
     study.labels = {int(k): v for k, v in declared.items()}
-    new_labels = {i: study.labels[v] for i, v in enumerate(values)}
-    samples = _remap(study_samples(study, res, axis, empty_fraction, seed, ct_window, windows, percentiles, crop_threshold, progress), values)
-    extra = dict(label_values={str(i): v for i, v in enumerate(values)}, layout=study.kind, empty_fraction=empty_fraction,
-                 empty_slices="all stored; `train` marks those used for training",
-                 normalization=dict(percentiles=list(percentiles), windows=dict(zip(study.modalities, modality_windows(study.modalities, ct_window, windows)))))
+    mapped, mapping, regions = map_labels(study.labels, label_map, study.regions)
+    new_ids = sorted(mapped)
+    final = {old: new_ids.index(new) for old, new in mapping.items()}
+    new_labels = {i: mapped[v] for i, v in enumerate(new_ids)}
+    if log: log(_describe(study, row, mapped, axis, ct_window))
+    notes = []
+    samples = _relabel(study_samples(study, res, axis, empty_fraction, seed, ct_window, windows, percentiles, crop_threshold, progress, notes), final)
+    extra = dict(label_values={str(i): sorted(o for o, n in final.items() if n == i) for i in range(len(new_ids))}, layout=study.kind,
+                 release=study.release, skipped_unlabelled=study.skipped, label_map=label_map if isinstance(label_map, (str, type(None))) else
+                 {str(k): v for k, v in label_map.items()}, regions={r: [new_ids.index(i) for i in ids] for r, ids in regions.items()} if regions else None,
+                 empty_fraction=empty_fraction, empty_slices="all stored; `train` marks those used for training", warnings=notes,
+                 normalization=dict(percentiles=list(percentiles), ct_window=ct_window if isinstance(ct_window, str) else list(ct_window),
+                                    windows=dict(zip(study.modalities, modality_windows(study.modalities, ct_window, windows)))))
     return write_canonical(out, samples, name=name or study.name, modalities=study.modalities, labels=new_labels,
                            provenance=study.provenance, overwrite=overwrite, source=study.source, sources=[src], require_foreground=True,
                            axis=axis if study.kind == "volume" else None, folds=folds, seed=seed, extra_meta=extra)
@@ -807,6 +1099,123 @@ def make_synthetic_msd(root: str | Path, n_subjects: int = 4, shape=(24, 20, 16)
                    modality={str(k): m for k, m in enumerate(modalities)}, labels={"0": "background", "1": "organ", "2": "lesion"},
                    numTraining=n_subjects, training=training if four_d else []), root / "dataset.json")
     return root
+
+# %% ../nbs/01_data.ipynb
+_BRATS_MODS = {"brats2020": ("t1", "t1ce", "t2", "flair"), "brats2021": ("t1", "t1ce", "t2", "flair"), "brats2023-gli": ("t1n", "t1c", "t2w", "t2f")}
+_RELEASE_COPIES = {   # layer ids (outer, middle, inner) -> the release's label ids; folders, case names, files
+    "brats2020": dict(ids=(2, 4, 1), top="MICCAI_BraTS2020_TrainingData", test="MICCAI_BraTS2020_ValidationData",
+                      case="BraTS20_Training_{i:03d}", test_case="BraTS20_Validation_{i:03d}", sep="_", ext=".nii"),
+    "brats2021": dict(ids=(2, 4, 1), top="RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021", test="RSNA_ASNR_MICCAI_BraTS2021_ValidationData",
+                      case="BraTS2021_{i:05d}", test_case="BraTS2021_{i:05d}", sep="_", ext=".nii.gz"),
+    "brats2023-gli": dict(ids=(2, 3, 1), top="ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", test="ASNR-MICCAI-BraTS2023-GLI-Challenge-ValidationData",
+                          case="BraTS-GLI-{i:05d}-000", test_case="BraTS-GLI-{i:05d}-000", sep="-", ext=".nii.gz"),
+    "kits19": dict(ids=(1, 2, 2), top="kits19/data", test="kits19/data", case="case_{i:05d}", test_case="case_{i:05d}", first_test=210),
+    "kits23": dict(ids=(1, 2, 3), top="kits23/dataset", case="case_{i:05d}"),
+    "ibsr18": dict(ids=(1, 2, 3), top="IBSR_nifti_stripped", case="IBSR_{i:02d}", first=1),
+    "msd": dict(ids=(1, 3, 2), top="Task01_BrainTumour"),
+    "nnunet-v1": dict(ids=(1, 2, 2), top="nnUNet_raw_data/Task501_KidneyCT"),
+    "nnunet-v2": dict(ids=(1, 3, 2), top="Dataset137_BraTS2021"),
+}
+
+# %% ../nbs/01_data.ipynb
+def _phantom(shape, rng, ids, ct: bool = False):
+    "A body with an off-centre three-layer lesion: (label with the release's `ids`, image whose intensity rises with the layer)."
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    body = ((grid / 0.9) ** 2).sum(0) < 1
+    c = np.array([0.3, -0.2, 0.1]) + rng.uniform(-0.05, 0.05, 3)
+    layer = sum(((((grid - c[:, None, None, None]) / r) ** 2).sum(0) < 1).astype(np.int64) for r in (0.45, 0.3, 0.18))
+    lut = np.array((0, *ids))
+    img = np.where(body, 40.0 + 100.0 * layer, -1000.0 if ct else 0.0) + rng.normal(0, 3, shape) * body
+    return lut[layer].astype(np.uint8), img
+
+# %% ../nbs/01_data.ipynb
+def _write_nii(path: Path, data: np.ndarray, affine: np.ndarray, dtype, coded: bool = True) -> None:
+    import nibabel as nib
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
+    if not coded: img.header.set_qform(None, code=0); img.header.set_sform(None, code=0)
+    nib.save(img, str(path))
+
+# %% ../nbs/01_data.ipynb
+def make_release_copy(release: str, root: str | Path, n_subjects: int = 3, n_unlabelled: int = 1, shape=(20, 24, 16), seed: int = 0) -> Path:
+    """Write a tiny copy of a known release (`RELEASES` key) in its exact on-disk layout under `root`; returns the folder to
+    pass to `medsyn prepare`. `shape` is (x, y, z) in RAS before each release's own voxel order."""
+    root, rng, spec = Path(root), np.random.default_rng(seed), _RELEASE_COPIES[release]
+    top = root / spec["top"]
+    def case_files(i: int, labelled: bool):
+        lab, img = _phantom(shape, rng, spec["ids"], ct=release in ("kits19", "kits23", "nnunet-v1"))
+        return lab if labelled else None, img
+    if release in _BRATS_MODS:
+        aff = np.array([[-1.0, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]])
+        for i in range(n_subjects + n_unlabelled):
+            labelled = i < n_subjects
+            case = (spec["case"] if labelled else spec["test_case"]).format(i=i + 1 if labelled else 1001 + i)
+            d = (top if labelled else root / spec["test"]) / case
+            lab, img = case_files(i, labelled)
+            for k, m in enumerate(_BRATS_MODS[release]): _write_nii(d / f"{case}{spec['sep']}{m}{spec['ext']}", img * (1 + 0.2 * k), aff, np.int16)
+            if lab is not None:
+                quirk = release == "brats2020" and i == n_subjects - 1          # BraTS20_Training_355's label file name
+                _write_nii(d / ("W39_1998.09.19_Segm.nii" if quirk else f"{case}{spec['sep']}seg{spec['ext']}"), lab, aff, np.uint8)
+        (top / f"._{spec['case'].format(i=1)}").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+        if release == "brats2020":
+            (top / "name_mapping.csv").write_text("Grade,BraTS_2019_subject_ID,BraTS_2020_subject_ID\nHGG,BraTS19_2013_2_1,BraTS20_Training_001\n")
+            (top / "survival_info.csv").write_text("Brats20ID,Age,Survival_days,Extent_of_Resection\nBraTS20_Training_001,60.463,289,GTR\n")
+        return root
+    if release in ("kits19", "kits23"):
+        aff = np.array([[0, 0, -0.8, 0], [0, -0.8, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1]])     # voxels (z, y, x): slices first
+        n_un = n_unlabelled if release == "kits19" else 0
+        for i in range(n_subjects + n_un):
+            labelled = i < n_subjects
+            d = top / spec["case"].format(i=i if labelled else spec["first_test"] + i - n_subjects)
+            lab, img = case_files(i, labelled)
+            _write_nii(d / "imaging.nii.gz", img.transpose(2, 1, 0)[::-1, ::-1, ::-1], aff, np.int16)
+            if lab is not None: _write_nii(d / "segmentation.nii.gz", lab.transpose(2, 1, 0)[::-1, ::-1, ::-1], aff, np.uint8)
+            if release == "kits23" and lab is not None:
+                _write_nii(d / "instances" / "kidney_instance-1_annotation-1.nii.gz", (lab.transpose(2, 1, 0) == 1)[::-1, ::-1, ::-1], aff, np.uint8)
+        (top / ("kits.json" if release == "kits19" else "kits23.json")).write_text(json.dumps([{"case_id": spec["case"].format(i=0)}]))
+        return root
+    if release == "ibsr18":
+        aff = np.diag([0.9375, 1.5, 0.9375, 1.0])
+        for i in range(n_subjects):
+            case = spec["case"].format(i=i + spec["first"])
+            lab, img = case_files(i, True)
+            _write_nii(top / case / f"{case}_ana_strip.nii.gz", img[..., None], aff, np.int16, coded=False)
+            _write_nii(top / case / f"{case}_ana.nii.gz", img[..., None] + 5, aff, np.int16, coded=False)
+            _write_nii(top / case / f"{case}_segTRI_ana.nii.gz", lab[..., None], aff, np.uint8, coded=False)
+            _write_nii(top / case / f"{case}_seg_ana.nii.gz", (lab * 10)[..., None], aff, np.uint8, coded=False)
+        (top / "README.txt").write_text("IBSR_V2.0 skull-stripped NIfTI\n")
+        return root
+    return _msd_copy(release, top, n_subjects, n_unlabelled, case_files)
+
+# %% ../nbs/01_data.ipynb
+def _msd_copy(release: str, top: Path, n_subjects: int, n_unlabelled: int, case_files) -> Path:
+    "The MSD (Task01, 4D images), nnU-Net v1 (Task501, CT) and nnU-Net v2 (Dataset137, region labels) copies."
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    chans = {"msd": ["FLAIR", "T1w", "t1gd", "T2w"], "nnunet-v1": ["CT"], "nnunet-v2": ["T1", "T1ce", "T2", "Flair"]}[release]
+    prefix = {"msd": "BRATS_{i:03d}", "nnunet-v1": "case_{i:05d}", "nnunet-v2": "BraTS2021_{i:05d}"}[release]
+    training, test = [], []
+    for i in range(n_subjects + n_unlabelled):
+        labelled = i < n_subjects
+        case = prefix.format(i=i + 1 if labelled else 900 + i)
+        lab, img = case_files(i, labelled)
+        folder = top / ("imagesTr" if labelled else "imagesTs")
+        if release == "msd": _write_nii(folder / f"{case}.nii.gz", np.stack([img * (1 + 0.2 * k) for k in range(4)], -1), aff, np.float32)
+        else:
+            for k in range(len(chans)): _write_nii(folder / f"{case}_{k:04d}.nii.gz", img * (1 + 0.2 * k), aff, np.float32)
+        if lab is not None: _write_nii(top / "labelsTr" / f"{case}.nii.gz", lab, aff, np.uint8)
+        (training if labelled else test).append(case)
+    (top / "imagesTr" / f"._{training[0]}.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    if release == "nnunet-v2":
+        meta = dict(channel_names={str(k): c for k, c in enumerate(chans)}, numTraining=len(training), file_ending=".nii.gz",
+                    labels={"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}, regions_class_order=[1, 2, 3])
+    else:
+        names = {"msd": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+                 "nnunet-v1": {"0": "background", "1": "kidney", "2": "tumour"}}[release]
+        meta = dict(name=top.name.split("_", 1)[1], modality={str(k): c for k, c in enumerate(chans)}, labels=names, numTraining=len(training),
+                    training=[{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in training],
+                    test=[f"./imagesTs/{c}.nii.gz" for c in test])
+    save_json(meta, top / "dataset.json")
+    return top
 
 # %% ../nbs/01_data.ipynb
 MNI152_LABELS = {0: "background", 1: "gray matter", 2: "white matter", 3: "CSF"}
@@ -1009,17 +1418,28 @@ def _pairs_arg(s: str, what: str) -> tuple[float, float]:
     except ValueError as e:
         raise MedsynError(f"{what} must be LOW,HIGH (e.g. -1000,2000), got {s!r}") from e
 
+def _window_arg(s: str, what: str):
+    "A window option: a `CT_WINDOWS` name (checked) or LOW,HIGH."
+    if s in CT_WINDOWS or not re.search(r"\d", s): return ct_window_range(s) and s
+    return _pairs_arg(s, what)
+
 # %% ../nbs/01_data.ipynb
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medsyn prepare", description="Convert NIfTI / MSD / PNG data into a canonical 2D image+mask dataset.")
     p.add_argument("src", help="dataset folder, an MSD task name (e.g. Task09_Spleen), or 'mni152' (bundled default)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--res", type=int, default=256, help="output size in pixels (square)")
-    p.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slicing axis in RAS: 0 sagittal, 1 coronal, 2 axial")
+    p.add_argument("--axis", type=int, default=None, choices=(0, 1, 2), help="slicing axis in RAS: 0 sagittal, 1 coronal, 2 axial "
+                   "(default: the release's, else 2)")
     p.add_argument("--layout", default="auto", choices=("auto", "msd", "nifti", "png"))
+    p.add_argument("--preset", default="auto", choices=("auto", "none", *RELEASES),
+                   help="read SRC as this known release (default: detected from its folders and file names; none: never)")
+    p.add_argument("--label-map", default=None, metavar="OLD=NEW,...|SCHEME",
+                   help=f"map label ids, e.g. 4=3, or a named scheme: {', '.join(LABEL_SCHEMES)}")
     p.add_argument("--empty-fraction", type=float, default=0.1, help="fraction of slices without foreground to keep")
-    p.add_argument("--ct-window", default="-1000,2000", help="HU window for modalities named CT, LOW,HIGH")
-    p.add_argument("--window", action="append", default=[], metavar="MOD=LOW,HIGH", help="fixed window for one modality (repeatable)")
+    p.add_argument("--ct-window", default=None, help=f"HU window for modalities named CT: LOW,HIGH or one of {', '.join(CT_WINDOWS)} "
+                   "(default: the release's task window, else wide = -1000,2000)")
+    p.add_argument("--window", action="append", default=[], metavar="MOD=LOW,HIGH", help="fixed window for one modality, LOW,HIGH or a CT window name (repeatable)")
     p.add_argument("--images", action="append", default=[], metavar="[MOD=]PATTERN",
                    help="image file pattern with {subject} (and {slice} for 2D), relative to SRC; repeat as MOD=PATTERN per modality")
     p.add_argument("--labels", default=None, metavar="PATTERN", help="label/mask file pattern with {subject}")
@@ -1041,7 +1461,7 @@ def prepare_main(argv: list[str]) -> int:
     a = _parser().parse_args([x for x in argv if x != ""])
     t0 = time.time()
     if a.src == "mni152":
-        out = prepare_mni152(a.out, res=a.res, axis=a.axis, overwrite=a.overwrite, folds=a.folds, seed=a.seed)
+        out = prepare_mni152(a.out, res=a.res, axis=2 if a.axis is None else a.axis, overwrite=a.overwrite, folds=a.folds, seed=a.seed)
     else:
         src = Path(a.src)
         if not src.exists() and re.fullmatch(r"Task\d\d_\w+", a.src): src = download_msd(a.src)
@@ -1060,12 +1480,14 @@ def prepare_main(argv: list[str]) -> int:
         for w in a.window:
             check("=" in w, f"--window must be MOD=LOW,HIGH, got {w!r}")
             m, v = w.split("=", 1)
-            windows[m] = _pairs_arg(v, "--window")
+            windows[m] = _window_arg(v, "--window")
         out = prepare(src, a.out, res=a.res, axis=a.axis, layout=a.layout, empty_fraction=a.empty_fraction,
-                      ct_window=_pairs_arg(a.ct_window, "--ct-window"), windows=windows, folds=a.folds, seed=a.seed,
-                      overwrite=a.overwrite, images=imgs, labels=a.labels, label_names=names,
-                      modalities=a.modalities.split(",") if a.modalities else None, name=a.name, progress=not a.quiet)
+                      ct_window=_window_arg(a.ct_window, "--ct-window") if a.ct_window else None, windows=windows, folds=a.folds,
+                      seed=a.seed, overwrite=a.overwrite, images=imgs, labels=a.labels, label_names=names,
+                      modalities=a.modalities.split(",") if a.modalities else None, name=a.name, progress=not a.quiet,
+                      preset=a.preset, label_map=a.label_map, log=lambda m: print(m, flush=True))
     ds = load_canonical(out)
     print(json.dumps(dict(out=str(out), name=ds.meta["name"], n_subjects=len(ds.subjects), n_slices=len(ds),
-                          modalities=ds.modalities, labels=ds.labels, resolution=list(ds.resolution), seconds=round(time.time() - t0, 2))))
+                          modalities=ds.modalities, labels=ds.labels, resolution=list(ds.resolution), release=ds.meta.get("release"),
+                          skipped_unlabelled=ds.meta.get("skipped_unlabelled", 0), seconds=round(time.time() - t0, 2))))
     return 0
