@@ -501,6 +501,7 @@ def read_nifti_pairs(root: str | Path, images: str | dict = "images/{subject}.ni
     `skip_unlabelled`, subjects with images but no label (test cases) are counted in `Study.skipped` instead of refused."""
     root = Path(root)
     check(root.is_dir(), f"{root}: folder not found")
+    for p in [labels, *(images.values() if isinstance(images, dict) else [images])]: _pattern_regex(p)   # every pattern error first
     lab_files = match_files(root, labels)
     check(len(lab_files) > 0, _no_match(root, labels, "--labels"))
     if isinstance(images, dict):
@@ -546,6 +547,7 @@ def read_image_pairs(root: str | Path, images: str = "images/{subject}.*", masks
     "Read 2D image/mask pairs (PNG/TIFF/...) matched by patterns with `{subject}` and optional `{slice}` placeholders."
     root = Path(root)
     check(root.is_dir(), f"{root}: folder not found")
+    for p in (images, masks): _pattern_regex(p)
     imgs = {k: p for k, p in match_files(root, images).items() if p.suffix.lower() in IMAGE_SUFFIXES}
     msks = {k: p for k, p in match_files(root, masks).items() if p.suffix.lower() in IMAGE_SUFFIXES}
     check(len(msks) > 0, _no_match(root, masks, "--labels"))
@@ -1133,7 +1135,9 @@ def _write_nii(path: Path, data: np.ndarray, affine: np.ndarray, dtype, coded: b
     import nibabel as nib
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
-    if not coded: img.header.set_qform(None, code=0); img.header.set_sform(None, code=0)
+    if not coded:                              # IBSR: no orientation codes, only the voxel sizes
+        img.set_qform(None, code=0)
+        img.set_sform(None, code=0)
     nib.save(img, str(path))
 
 # %% ../nbs/01_data.ipynb
