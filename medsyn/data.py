@@ -706,7 +706,7 @@ def read_release(src: str | Path, release: str, modalities=None, label_names=Non
     if row.get("layout") == "msd": study = read_msd(src)
     else:
         study = read_nifti_pairs(src, dict(row["images"]), row["labels"], label_names=dict(row["label_names"]), skip_unlabelled=True)
-        study.provenance = f"{row['title']} ({release} layout)"
+        study.name, study.provenance = row["title"], f"{row['title']} ({release} layout)"
     study.release = release
     return _rename(study, modalities, label_names, f"{src} ({row['title']})")
 

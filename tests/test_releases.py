@@ -173,3 +173,13 @@ def test_orientation_warnings(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")                           # the right axis: no warning
         prepare(kits, tmp_path / "o3", res=16, axis=0)
+
+
+def test_study_refuses_too_few_subjects_before_training(tmp_path):
+    "The study checks its dataset up front: a 3-subject BraTS copy fails in seconds, naming how many subjects the profile needs."
+    from medsyn.study import study_main
+    src = make_release_copy("brats2020", tmp_path / "src")
+    prepare(src, tmp_path / "ds", res=64)
+    with pytest.raises(MedsynError, match="3 subjects .* too few for profile ci: .* need at least 6 subjects"):
+        study_main(["--profile", "ci", "--datasets", str(tmp_path / "ds"), "--out", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs" / "ds").exists()
