@@ -1424,8 +1424,9 @@ def _pairs_arg(s: str, what: str) -> tuple[float, float]:
 
 def _window_arg(s: str, what: str):
     "A window option: a `CT_WINDOWS` name (checked) or LOW,HIGH."
-    if s in CT_WINDOWS or not re.search(r"\d", s): return ct_window_range(s) and s
-    return _pairs_arg(s, what)
+    if re.search(r"\d", s): return _pairs_arg(s, what)
+    ct_window_range(s)                         # an unknown name is refused here, listing the known ones
+    return s
 
 # %% ../nbs/01_data.ipynb
 def _parser() -> argparse.ArgumentParser:
