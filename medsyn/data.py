@@ -1061,7 +1061,8 @@ def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int | None =
     if log: log(_describe(study, row, mapped, axis, ct_window))
     notes = []
     samples = _relabel(study_samples(study, res, axis, empty_fraction, seed, ct_window, windows, percentiles, crop_threshold, progress, notes), final)
-    extra = dict(label_values={str(i): sorted(o for o, n in final.items() if n == i) for i in range(len(new_ids))}, layout=study.kind,
+    olds = [sorted(o for o, n in final.items() if n == i) for i in range(len(new_ids))]      # the ids in the source files of each new id
+    extra = dict(label_values={str(i): o[0] if len(o) == 1 else o for i, o in enumerate(olds)}, layout=study.kind,
                  release=study.release, skipped_unlabelled=study.skipped, label_map=label_map if isinstance(label_map, (str, type(None))) else
                  {str(k): v for k, v in label_map.items()}, regions={r: [new_ids.index(i) for i in ids] for r, ids in regions.items()} if regions else None,
                  empty_fraction=empty_fraction, empty_slices="all stored; `train` marks those used for training", warnings=notes,

@@ -43,7 +43,7 @@ def test_release_prepares_with_one_command(release, tmp_path):
     # label ids: the layers (outer, middle, inner) of the copy carry the release's ids, renumbered 0..K-1 in order
     ids = _RELEASE_COPIES[release]["ids"]
     src_ids = sorted({0, *ids} | ({int(k) for k in RELEASES[release].get("label_names", {})}))
-    assert {int(k): v for k, v in meta["label_values"].items()} == {i: [v] for i, v in enumerate(src_ids)}
+    assert {int(k): v for k, v in meta["label_values"].items()} == dict(enumerate(src_ids))
     if "label_names" in RELEASES[release]:
         assert ds.labels == {i: RELEASES[release]["label_names"][v] for i, v in enumerate(src_ids)}
     # image and mask stay aligned: thresholding the image gives the mask back, and intensity rises layer by layer
@@ -141,7 +141,7 @@ def test_brats_regions_put_two_releases_on_one_scheme(tmp_path):
         assert m["label_map"] == "brats-regions"
     assert np.array_equal(masks[0], masks[1])              # the same phantom: the same ids everywhere after the map
     _, _, meta = _prepared("brats2020", tmp_path / "num", label_map="4=3")
-    assert meta["label_map"] == "4=3" and meta["labels"]["3"] == "enhancing tumour" and meta["label_values"]["3"] == [4]   # the ids in the source files
+    assert meta["label_map"] == "4=3" and meta["labels"]["3"] == "enhancing tumour" and meta["label_values"]["3"] == 4   # the ids in the source files
 
 
 def test_nnunet_v2_region_labels(tmp_path):
