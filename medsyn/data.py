@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import argparse, hashlib, json, math, os, re, shutil, tarfile, time, urllib.error, urllib.request, warnings
+import argparse, hashlib, json, math, os, re, shutil, tarfile, tempfile, time, urllib.error, urllib.request, warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,12 +24,12 @@ __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'RELEASES', 'CT_WINDOWS', 'AXIS_N
            'MNI152_VERSION', 'MNI152_PROVENANCE', 'MSD_TASKS', 'write_canonical', 'CanonicalDataset', 'load_canonical',
            'subject_kfold', 'train_val_test_split', 'subsample_subjects', 'fold_subjects', 'check_disjoint',
            'make_splits', 'Case', 'Study', 'match_files', 'read_msd', 'read_nifti_pairs', 'read_image_pairs',
-           'compression_noise', 'detect_layout', 'detect_release', 'read_release', 'read_study', 'load_case',
-           'normalize_intensity', 'ct_window_range', 'modality_windows', 'volume_to_slices', 'select_slices',
-           'crop_pad_resize', 'study_samples', 'parse_label_map', 'map_labels', 'prepare', 'make_synthetic_msd',
-           'make_release_copy', 'mni152_files', 'mni152_volumes', 'mni152_samples', 'prepare_mni152', 'default_dataset',
-           'msd_resources', 'file_md5', 'verify_checksum', 'download_msd', 'plot_dataset_overview', 'toy_dataset',
-           'prepare_main']
+           'compression_noise', 'detect_layout', 'detect_release', 'read_release', 'read_study', 'read_dicom',
+           'load_case', 'normalize_intensity', 'ct_window_range', 'modality_windows', 'volume_to_slices',
+           'select_slices', 'crop_pad_resize', 'study_samples', 'parse_label_map', 'map_labels', 'prepare',
+           'make_synthetic_msd', 'make_release_copy', 'make_dicom_copy', 'mni152_files', 'mni152_volumes',
+           'mni152_samples', 'prepare_mni152', 'default_dataset', 'msd_resources', 'file_md5', 'verify_checksum',
+           'download_msd', 'plot_dataset_overview', 'toy_dataset', 'prepare_main']
 
 # %% ../nbs/01_data.ipynb
 FORMAT_VERSION = 1
@@ -320,6 +320,8 @@ class Study:
     skipped: int = 0              # unlabelled cases left out (test folders, KiTS19 cases 210-299)
     regions: dict | None = None   # {region name: [label ids]} for nested labels (nnU-Net v2 regions, `brats-regions`)
     release: str | None = None    # the key of `RELEASES` that was read, if any
+    workdir: str | None = None    # a temporary folder the reader wrote (DICOM converted to NIfTI); `prepare` removes it
+
 
 # %% ../nbs/01_data.ipynb
 def _nii_stem(p: Path) -> str:
@@ -621,7 +623,7 @@ def _read_image(path: Path, mask: bool = False) -> np.ndarray:
 
 # %% ../nbs/01_data.ipynb
 def detect_layout(src: str | Path) -> str:
-    "Guess the layout of `src`: `'msd'` (dataset.json + imagesTr/), `'png'` (2D image files) or `'nifti'`; symlinks are followed."
+    "Guess the layout of `src`: `'msd'` (dataset.json + imagesTr/), `'nifti'`, `'png'` (2D image files) or `'dicom'`; symlinks are followed."
     src = Path(src)
     check(src.is_dir(), f"{src}: folder not found; pass a dataset folder, an MSD task name (e.g. Task09_Spleen) or 'mni152'")
     if (src / "dataset.json").exists() and (src / "imagesTr").is_dir(): return "msd"
@@ -629,8 +631,9 @@ def detect_layout(src: str | Path) -> str:
     check(len(files) > 0, f"{src}: empty folder; put the images and labels there (see `medsyn prepare --help` for the layouts)")
     if any(f.endswith((".nii", ".nii.gz")) for f in files): return "nifti"
     if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files): return "png"
-    raise MedsynError(f"{src}: no NIfTI (.nii/.nii.gz) or 2D image (.png/.tif) files found; medsyn reads the MSD/nnU-Net layout, "
-                      "NIfTI image/label pairs and PNG/TIFF image/mask pairs")
+    if any(_is_dicom(src / f) for f in files[:200]): return "dicom"
+    raise MedsynError(f"{src}: no NIfTI (.nii/.nii.gz), 2D image (.png/.tif) or DICOM files found; medsyn reads the MSD/nnU-Net layout, "
+                      "NIfTI image/label pairs, PNG/TIFF image/mask pairs and DICOM series with RTSTRUCT / DICOM-SEG")
 
 # %% ../nbs/01_data.ipynb
 _BRATS_NAMES = {0: "background", 1: "necrotic tumour core", 2: "peritumoral oedema"}
@@ -712,17 +715,23 @@ def read_release(src: str | Path, release: str, modalities=None, label_names=Non
 
 # %% ../nbs/01_data.ipynb
 def read_study(src: str | Path, layout: str = "auto", images=None, labels=None, modalities=None, label_names=None,
-               preset: str | None = "auto") -> Study:
+               preset: str | None = "auto", roi: Sequence[str] | None = None) -> Study:
     """Read `src`: as a known release (`preset`, detected when `'auto'` and no patterns are given; None or `'none'`: never),
-    else with the reader for `layout` (`auto|msd|nifti|png`), where `images`/`labels` patterns override the defaults.
+    else with the reader for `layout` (`auto|msd|nifti|png|dicom`; `roi` chooses DICOM ROIs), where `images`/`labels` patterns override the defaults.
     An option that the chosen reader cannot use is refused, naming it."""
     if preset == "auto": preset = detect_release(src) if layout == "auto" and images is None and labels is None else None
     if preset not in (None, "none"):
-        given = [o for o, v in (("--images", images), ("--labels", labels)) if v]
+        given = [o for o, v in (("--images", images), ("--labels", labels), ("--roi", roi)) if v]
         check(not given, f"{src}: {' and '.join(given)} do not apply to --preset {preset} (its file names are built in); drop them, "
                          "or pass --preset none to read the folder with your own patterns")
         return read_release(src, preset, modalities, label_names)
     layout = detect_layout(src) if layout == "auto" else layout
+    check(not roi or layout == "dicom", f"{src}: --roi chooses RTSTRUCT ROIs / SEG segments of DICOM data, but this is read as {layout}; drop --roi")
+    if layout == "dicom":
+        given = [o for o, v in (("--images", images), ("--labels", labels), ("--label-names", label_names)) if v]
+        check(not given, f"{src}: {' and '.join(given)} do not apply to DICOM (series, ROIs and their names come from the files); "
+                         "drop them (choose ROIs with --roi)")
+        return _rename(read_dicom(src, roi), modalities, None, str(src))
     if layout == "msd":
         given = [o for o, v in (("--images", images), ("--labels", labels)) if v]
         check(not given, f"{src}: {' and '.join(given)} do not apply to an MSD / nnU-Net folder (its files are listed in dataset.json); "
@@ -733,7 +742,183 @@ def read_study(src: str | Path, layout: str = "auto", images=None, labels=None, 
     if layout == "png":
         masks = labels or ("masks/{subject}.*" if (Path(src) / "masks").is_dir() else "labels/{subject}.*")
         return read_image_pairs(src, images or "images/{subject}.*", masks, modalities, label_names)
-    raise MedsynError(f"unknown layout {layout!r}; choose auto, msd, nifti or png")
+    raise MedsynError(f"unknown layout {layout!r}; choose auto, msd, nifti, png or dicom")
+
+# %% ../nbs/01_data.ipynb
+def _is_dicom(path: Path) -> bool:
+    "Whether `path` starts like a DICOM Part 10 file (128-byte preamble, then 'DICM')."
+    try:
+        with open(path, "rb") as f: return f.read(132)[128:] == b"DICM"
+    except OSError: return False
+
+# %% ../nbs/01_data.ipynb
+def _dicom_headers(root: Path) -> list:
+    "Headers (no pixels) of every DICOM file under `root`, symlinks followed, non-DICOM files skipped; each with `.path` set."
+    import pydicom
+    out = []
+    for rel in _walk_files(root):
+        p = root / rel
+        if not _is_dicom(p): continue
+        try: ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+        except Exception as e:
+            raise MedsynError(f"{p}: cannot read DICOM header ({type(e).__name__}: {e}); the file is damaged, re-export it or remove it") from e
+        ds.path = p
+        out.append(ds)
+    return out
+
+# %% ../nbs/01_data.ipynb
+def _dicom_volume(headers: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One image series as `(volume float32 (cols, rows, slices), RAS affine, SOPInstanceUIDs in slice order)`, slices
+    sorted along the slice normal, CT in HU; uneven or duplicate slice positions and mixed orientations are errors."""
+    import pydicom
+    first = headers[0]
+    where = f"{first.path.parent} (series {first.get('SeriesNumber', '?')}, {first.SeriesInstanceUID})"
+    for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        missing = [h.path.name for h in headers if tag not in h]
+        check(not missing, f"{where}: slices {missing[:3]} have no {tag}; medsyn reads cross-sectional CT/MR series with full geometry")
+    iop = np.array(first.ImageOrientationPatient, float)
+    check(all(np.allclose(np.array(h.ImageOrientationPatient, float), iop, atol=1e-4) for h in headers),
+          f"{where}: slices with different orientations (a localizer or a reformatted series mixed in); keep one orientation per series")
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    order = sorted(headers, key=lambda h: float(np.dot(normal, np.array(h.ImagePositionPatient, float))))
+    pos = np.array([np.array(h.ImagePositionPatient, float) for h in order])
+    steps = np.diff(pos @ normal)
+    check(len(order) >= 2 and (steps > 1e-3).all(), f"{where}: {len(order)} slices with duplicate positions or fewer than 2 slices; "
+          "one volume per series is expected (remove repeated acquisitions)")
+    check(np.allclose(steps, steps.mean(), rtol=0.05, atol=0.01), f"{where}: uneven slice spacing {sorted(set(np.round(steps, 2)))} mm (missing "
+          "slices?); export the complete series or resample it")
+    dr, dc = (float(v) for v in first.PixelSpacing)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * dc, col * dr, (pos[-1] - pos[0]) / (len(pos) - 1), pos[0]
+    slices = []
+    for h in order:
+        try: full = pydicom.dcmread(str(h.path))
+        except Exception as e: raise MedsynError(f"{h.path}: cannot read DICOM pixels ({type(e).__name__}: {e}); re-export the series") from e
+        check((full.Rows, full.Columns) == (first.Rows, first.Columns), f"{h.path}: {full.Rows}x{full.Columns} pixels, the rest of {where} "
+                                                                       f"{first.Rows}x{first.Columns}; keep one image size per series")
+        slices.append(full.pixel_array.astype(np.float32) * float(full.get("RescaleSlope", 1)) + float(full.get("RescaleIntercept", 0)))
+    vol = np.stack(slices, -1).transpose(1, 0, 2)                                     # (rows, cols, k) -> (cols, rows, k)
+    return np.ascontiguousarray(vol), np.diag([-1.0, -1, 1, 1]) @ lps, [str(h.SOPInstanceUID) for h in order]
+
+# %% ../nbs/01_data.ipynb
+def _rasterise_contours(contours: list[np.ndarray], ras_affine: np.ndarray, shape: tuple, where: str) -> np.ndarray:
+    "Closed planar contours (N,3 points in LPS mm) as a boolean mask on the grid of `ras_affine`; contours on one slice combine by XOR (holes)."
+    from PIL import Image, ImageDraw
+    inv = np.linalg.inv(np.diag([-1.0, -1, 1, 1]) @ ras_affine)                     # LPS mm -> voxel (col, row, slice)
+    mask = np.zeros(shape, bool)
+    for pts in contours:
+        ijk = (inv @ np.c_[pts, np.ones(len(pts))].T)[:3].T
+        k = int(round(float(ijk[:, 2].mean())))
+        check(np.allclose(ijk[:, 2], k, atol=0.1) and 0 <= k < shape[2],
+              f"{where}: a contour lies between slices or outside the image (slice {ijk[:, 2].mean():.2f} of {shape[2]}); the RTSTRUCT "
+              "was drawn on another series or grid")
+        canvas = Image.new("1", (shape[1], shape[0]))                                # (width = rows axis, height = cols axis)
+        ImageDraw.Draw(canvas).polygon([(float(r), float(c)) for c, r in ijk[:, :2]], fill=1, outline=1)
+        mask[:, :, k] ^= np.asarray(canvas, dtype=bool)
+    return mask
+
+# %% ../nbs/01_data.ipynb
+def _rtstruct_rois(rs, path: Path) -> dict[str, list[np.ndarray]]:
+    "`{ROI name: [contour points (N,3) in LPS mm]}` of an RTSTRUCT (closed planar contours only; points are skipped)."
+    names = {int(r.ROINumber): str(r.ROIName) for r in rs.get("StructureSetROISequence", [])}
+    out = {n: [] for n in names.values()}
+    for rc in rs.get("ROIContourSequence", []):
+        name = names.get(int(rc.ReferencedROINumber))
+        check(name is not None, f"{path}: ROIContourSequence refers to ROI number {rc.ReferencedROINumber}, which StructureSetROISequence "
+                                "does not name; the RTSTRUCT is inconsistent, re-export it")
+        for c in rc.get("ContourSequence", []):
+            if c.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR": continue
+            pts = np.array(c.ContourData, float).reshape(-1, 3)
+            if len(pts) >= 3: out[name].append(pts)
+    return out
+
+# %% ../nbs/01_data.ipynb
+def _referenced_series(ann, path: Path) -> str:
+    "The SeriesInstanceUID an RTSTRUCT or SEG was drawn on."
+    if ann.Modality == "SEG":
+        refs = [r.SeriesInstanceUID for r in ann.get("ReferencedSeriesSequence", [])]
+    else:
+        refs = [s.SeriesInstanceUID for f in ann.get("ReferencedFrameOfReferenceSequence", []) for st in f.get("RTReferencedStudySequence", [])
+                for s in st.get("RTReferencedSeriesSequence", [])]
+    check(len(set(refs)) == 1, f"{path}: the {ann.Modality} references {len(set(refs))} image series ({sorted(set(refs))[:3]}); medsyn needs "
+                               "exactly one (export one annotation per series)")
+    return refs[0]
+
+# %% ../nbs/01_data.ipynb
+def _annotation_labels(ann, uids: list[str], shape: tuple, affine: np.ndarray) -> dict[str, np.ndarray]:
+    "`{ROI / segment name: boolean mask}` of an RTSTRUCT or DICOM-SEG on the grid of one series."
+    if ann.Modality == "RTSTRUCT":
+        return {n: _rasterise_contours(c, affine, shape, f"{ann.path} ROI {n!r}") for n, c in _rtstruct_rois(ann, ann.path).items()}
+    import highdicom as hd
+    try:
+        seg = hd.seg.segread(str(ann.path))
+        arr = seg.get_pixels_by_source_instance(uids, combine_segments=False, assert_missing_frames_are_empty=True)
+    except Exception as e:
+        raise MedsynError(f"{ann.path}: cannot map the DICOM-SEG onto its series ({type(e).__name__}: {e}); check that it references "
+                          "the slices of this series, or re-export it") from e
+    names = [str(s.SegmentLabel) for s in seg.SegmentSequence]
+    return {n: arr[..., i].transpose(2, 1, 0) > 0 for i, n in enumerate(names)}             # (slices, rows, cols) -> (cols, rows, slices)
+
+# %% ../nbs/01_data.ipynb
+def _dicom_cases(series: dict, by_series: dict, wanted, roi, workdir: Path) -> tuple[list[str], list[Case]]:
+    "Convert every annotated series to a NIfTI image + label pair under `workdir`: (label names in id order, cases)."
+    import nibabel as nib
+    names, cases = [], []
+    patients = [str(series[u][0].get("PatientID", "") or u) for u in by_series]
+    for uid, ann in by_series.items():
+        vol, affine, uids = _dicom_volume(series[uid])
+        masks = _annotation_labels(ann, uids, vol.shape, affine)
+        if wanted:
+            have = {n.lower(): n for n in masks}
+            missing = [r for r, w in zip(roi, wanted) if w not in have]
+            check(not missing, f"{ann.path}: no ROI named {missing}; it has {sorted(masks)} (choose with --roi)")
+            masks = {have[w]: masks[have[w]] for w in wanted}
+        lab = np.zeros(vol.shape, np.uint8)
+        for n, m in masks.items():                                                  # later ROIs win where ROIs overlap
+            if n not in names: names.append(n)
+            lab[m] = names.index(n) + 1
+        h = series[uid][0]
+        pid = str(h.get("PatientID", "") or uid)
+        subject = pid if patients.count(pid) == 1 else f"{pid}-{h.get('SeriesNumber', uid[-6:])}"
+        img_p, lab_p = workdir / f"{_safe_id(subject)}_image.nii.gz", workdir / f"{_safe_id(subject)}_label.nii.gz"
+        nib.save(nib.Nifti1Image(vol, affine), str(img_p))
+        nib.save(nib.Nifti1Image(lab, affine), str(lab_p))
+        cases.append(Case(subject, [img_p], lab_p))
+    return names, cases
+
+# %% ../nbs/01_data.ipynb
+def read_dicom(root: str | Path, roi: Sequence[str] | None = None, workdir: str | Path | None = None, name: str | None = None) -> Study:
+    """Read CT/MR series with an RTSTRUCT or DICOM-SEG under `root` (any tree); each annotated series becomes a case, written
+    as NIfTI under `workdir` (a new temporary folder when None, recorded in `Study.workdir`). `roi` chooses ROIs / segments
+    by name (case-insensitive) and orders their label ids; by default every name, in order of first appearance."""
+    root = Path(root)
+    check(root.is_dir(), f"{root}: folder not found")
+    headers = _dicom_headers(root)
+    check(headers, f"{root}: no DICOM files (Part 10, with the 'DICM' marker) found; export the series and their RTSTRUCT / SEG there")
+    series, anns = {}, []
+    for h in headers:
+        if h.get("Modality") in ("RTSTRUCT", "SEG"): anns.append(h)
+        elif "ImagePositionPatient" in h: series.setdefault(str(h.SeriesInstanceUID), []).append(h)
+    check(anns, f"{root}: {len(series)} image series but no RTSTRUCT or DICOM-SEG; medsyn needs the delineations (export them with the images)")
+    by_series = {}
+    for a in anns:
+        uid = _referenced_series(a, a.path)
+        check(uid in series, f"{a.path}: the {a.Modality} was drawn on series {uid}, which is not under {root}; export that series too")
+        check(uid not in by_series, f"{a.path} and {by_series.get(uid, a).path}: two annotations of one series; keep one (or split them into two folders)")
+        by_series[uid] = a
+    modalities = sorted({str(series[u][0].Modality) for u in by_series})
+    check(len(modalities) == 1, f"{root}: annotated series of modalities {modalities}; prepare CT and MR separately (one channel per dataset)")
+    wanted = [r.lower() for r in roi] if roi else None
+    created = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="medsyn-dicom-")) if created else Path(workdir)
+    try: names, cases = _dicom_cases(series, by_series, wanted, roi, workdir)
+    except BaseException:
+        if created: shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    labels = {0: "background", **{i + 1: n for i, n in enumerate(names)}}
+    return Study(name or root.name, "volume", modalities, labels, cases, str(root), f"DICOM {modalities[0]} series with RTSTRUCT / DICOM-SEG",
+                 skipped=len(series) - len(by_series), workdir=str(workdir))
 
 # %% ../nbs/01_data.ipynb
 def _load_nifti(path: Path):
@@ -1027,26 +1212,16 @@ def map_labels(labels: dict, spec: str | dict | None, regions: dict | None = Non
 # %% ../nbs/01_data.ipynb
 def _describe(study: Study, row: dict, labels: dict, axis: int, ct_window) -> str:
     "One line on what `prepare` found: the release (or layout), channels, labels, cases, skipped unlabelled cases."
-    what = f"{row['title']} (--preset {study.release})" if row else f"{study.kind} layout"
+    what = f"{row['title']} (--preset {study.release})" if row else study.provenance if study.workdir else f"{study.kind} layout"
     ct = f"; CT window {ct_window}" if any(re.fullmatch(r"(?i).*\bct\b.*", m) for m in study.modalities) else ""
     return (f"detected {what} at {study.source}: {len(study.cases)} labelled cases"
             + (f", {study.skipped} unlabelled skipped" if study.skipped else "")
             + f"; channels {', '.join(study.modalities)}; labels {labels}; slices along axis {axis} ({AXIS_NAMES[axis]}){ct}")
 
 # %% ../nbs/01_data.ipynb
-def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int | None = None, layout: str = "auto",
-            empty_fraction: float = 0.1, ct_window=None, windows: dict | None = None,
-            percentiles=(0.5, 99.5), folds: int = 5, seed: int = 0, overwrite: bool = False,
-            images=None, labels=None, modalities=None, label_names: dict | None = None,
-            name: str | None = None, crop_threshold: float | None = 0.01, progress: bool = False,
-            preset: str | None = "auto", label_map=None, log=None) -> Path:
-    """Read the study at `src` (a known release of `RELEASES`, MSD/nnU-Net, NIfTI pairs or PNG/TIFF pairs) and write it
-    as a canonical 2D dataset at `out`. `axis` and `ct_window` (a `CT_WINDOWS` name or a HU pair) default to the
-    release's (else axial and `wide`); `label_map` maps label ids (`map_labels`); `log` receives what was detected."""
-    check(res >= 4, f"res must be at least 4, got {res}")
-    check(0 <= empty_fraction <= 1, f"empty_fraction must be in [0, 1], got {empty_fraction}")
-    check_output_dir(out, overwrite, "dataset", sources=[src])    # before reading anything: refuse early
-    study = read_study(src, layout, images, labels, modalities, label_names, preset)
+def _prepare_study(study: Study, src, out, res, axis, empty_fraction, ct_window, windows, percentiles, folds, seed, overwrite,
+                   name, crop_threshold, progress, label_map, log) -> Path:
+    "The body of `prepare` once the study is read."
     row = RELEASES.get(study.release or "", {})
     axis = row.get("axis", 2) if axis is None else axis
     ct_window = (row.get("task_windows", {}).get(Path(src).name) or row.get("ct_window") or "wide") if ct_window is None else ct_window
@@ -1071,6 +1246,27 @@ def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int | None =
     return write_canonical(out, samples, name=name or study.name, modalities=study.modalities, labels=new_labels,
                            provenance=study.provenance, overwrite=overwrite, source=study.source, sources=[src], require_foreground=True,
                            axis=axis if study.kind == "volume" else None, folds=folds, seed=seed, extra_meta=extra)
+
+# %% ../nbs/01_data.ipynb
+def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int | None = None, layout: str = "auto",
+            empty_fraction: float = 0.1, ct_window=None, windows: dict | None = None,
+            percentiles=(0.5, 99.5), folds: int = 5, seed: int = 0, overwrite: bool = False,
+            images=None, labels=None, modalities=None, label_names: dict | None = None,
+            name: str | None = None, crop_threshold: float | None = 0.01, progress: bool = False,
+            preset: str | None = "auto", label_map=None, log=None, roi: Sequence[str] | None = None) -> Path:
+    """Read the study at `src` (a known release of `RELEASES`, MSD/nnU-Net, NIfTI pairs or PNG/TIFF pairs) and write it
+    as a canonical 2D dataset at `out`. `axis` and `ct_window` (a `CT_WINDOWS` name or a HU pair) default to the
+    release's (else axial and `wide`); `label_map` maps label ids (`map_labels`); `roi` chooses DICOM ROIs; `log` receives
+    what was detected."""
+    check(res >= 4, f"res must be at least 4, got {res}")
+    check(0 <= empty_fraction <= 1, f"empty_fraction must be in [0, 1], got {empty_fraction}")
+    check_output_dir(out, overwrite, "dataset", sources=[src])    # before reading anything: refuse early
+    study = read_study(src, layout, images, labels, modalities, label_names, preset, roi)
+    try: return _prepare_study(study, src, out, res, axis, empty_fraction, ct_window, windows, percentiles, folds, seed, overwrite,
+                               name, crop_threshold, progress, label_map, log)
+    finally:
+        if study.workdir: shutil.rmtree(study.workdir, ignore_errors=True)
+
 
 # %% ../nbs/01_data.ipynb
 def make_synthetic_msd(root: str | Path, n_subjects: int = 4, shape=(24, 20, 16), modalities=("T1", "T2"),
@@ -1221,6 +1417,112 @@ def _msd_copy(release: str, top: Path, n_subjects: int, n_unlabelled: int, case_
                     test=[f"./imagesTs/{c}.nii.gz" for c in test])
     save_json(meta, top / "dataset.json")
     return top
+
+# %% ../nbs/01_data.ipynb
+def _mask_outline(m: np.ndarray) -> list | None:
+    "A polygon (voxel (i, j) points, counter-clockwise) around a convex 2D mask: for each of 64 directions from its centre, the farthest voxel inside."
+    if m.sum() < 3: return None
+    ii, jj = np.nonzero(m)
+    ci, cj = ii.mean(), jj.mean()
+    ang = np.arctan2(jj - cj, ii - ci)
+    bins = np.round((ang + np.pi) / (2 * np.pi) * 64).astype(int) % 64
+    d = np.hypot(ii - ci, jj - cj)
+    pts = []
+    for b in range(64):
+        sel = np.flatnonzero(bins == b)
+        if len(sel): pts.append((float(ii[sel[d[sel].argmax()]]), float(jj[sel[d[sel].argmax()]])))
+    return pts if len(pts) >= 3 else None
+
+# %% ../nbs/01_data.ipynb
+def _dicom_slice(vol: np.ndarray, k: int, common: dict, spacing=(0.8, 0.8, 2.5)):
+    "One CT slice of `vol` (cols, rows, slices) in HU as a pydicom dataset (axial, LPS positions), stored as uint16 with intercept -1024."
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for key, v in common.items(): setattr(ds, key, v)
+    ds.InstanceNumber, ds.ImageOrientationPatient = k + 1, [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [-100.0, -120.0, 30.0 + k * spacing[2]]
+    ds.PixelSpacing, ds.SliceThickness = [spacing[1], spacing[0]], spacing[2]
+    ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, "MONOCHROME2", 16, 16, 15, 0
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+    ds.PixelData = np.clip(vol[:, :, k].T + 1024, 0, 65535).astype(np.uint16).tobytes()
+    return ds
+
+# %% ../nbs/01_data.ipynb
+def _rtstruct_for(slices: list, rois: dict[str, np.ndarray], common: dict):
+    "An RTSTRUCT with one ROI per `rois` entry (name -> boolean mask (cols, rows, slices)), its contours traced as polygons per slice."
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as Seq
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from PIL import Image
+    rs = Dataset()
+    rs.file_meta = FileMetaDataset()
+    rs.file_meta.MediaStorageSOPClassUID = rs.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    rs.file_meta.MediaStorageSOPInstanceUID = rs.SOPInstanceUID = generate_uid()
+    rs.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for key, v in common.items(): setattr(rs, key, v)
+    rs.Modality, rs.SeriesInstanceUID, rs.SeriesNumber, rs.StructureSetLabel = "RTSTRUCT", generate_uid(), 99, "medsyn test"
+    s0 = slices[0]
+    ref_series = Dataset(); ref_series.SeriesInstanceUID = s0.SeriesInstanceUID
+    ref_study = Dataset(); ref_study.ReferencedSOPInstanceUID = s0.StudyInstanceUID; ref_study.RTReferencedSeriesSequence = Seq([ref_series])
+    ref_for = Dataset(); ref_for.FrameOfReferenceUID = s0.FrameOfReferenceUID; ref_for.RTReferencedStudySequence = Seq([ref_study])
+    rs.ReferencedFrameOfReferenceSequence = Seq([ref_for])
+    rs.StructureSetROISequence, rs.ROIContourSequence = Seq(), Seq()
+    for n, (name, mask) in enumerate(rois.items(), 1):
+        r = Dataset(); r.ROINumber, r.ReferencedFrameOfReferenceUID, r.ROIName, r.ROIGenerationAlgorithm = n, s0.FrameOfReferenceUID, name, "MANUAL"
+        rs.StructureSetROISequence.append(r)
+        rc = Dataset(); rc.ReferencedROINumber, rc.ContourSequence = n, Seq()
+        for k, s in enumerate(slices):
+            ring = _mask_outline(mask[:, :, k])
+            if ring is None: continue
+            dc, dr = float(s.PixelSpacing[1]), float(s.PixelSpacing[0])
+            x0, y0, z = (float(v) for v in s.ImagePositionPatient)
+            c = Dataset(); c.ContourGeometricType = "CLOSED_PLANAR"; c.NumberOfContourPoints = len(ring)
+            c.ContourData = [round(float(v), 3) for i, j in ring for v in (x0 + i * dc, y0 + j * dr, z)]
+            rc.ContourSequence.append(c)
+        rs.ROIContourSequence.append(rc)
+    return rs
+
+# %% ../nbs/01_data.ipynb
+def make_dicom_copy(root: str | Path, n_subjects: int = 2, annotation: str = "rtstruct", shape=(32, 28, 10), seed: int = 0) -> Path:
+    """Write a tiny hospital-style DICOM export under `root` (for tests and examples): per patient a CT series (files in
+    reverse slice order, no extension) and its `annotation` ('rtstruct': ROIs 'Kidney' and 'Tumour' as contours, or 'seg':
+    a DICOM-SEG written with highdicom), one unannotated series, a README and a macOS `._` file. Returns `root`."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+    root, rng = Path(root), np.random.default_rng(seed)
+    for i in range(n_subjects + 1):
+        lab, img = _phantom(shape, rng, (1, 2, 2), ct=True)
+        common = dict(PatientID=f"PAT{i:03d}", PatientName=f"Test^{i}", PatientBirthDate="19700101", PatientSex="O", StudyInstanceUID=generate_uid(),
+                      StudyID="1", StudyDate="20240101", StudyTime="120000", AccessionNumber=f"A{i}", ReferringPhysicianName="", Modality="CT",
+                      SeriesInstanceUID=generate_uid(), SeriesNumber=2, FrameOfReferenceUID=generate_uid(), Manufacturer="medsyn")
+        slices = [_dicom_slice(img, k, common) for k in range(shape[2])]
+        d = root / f"PAT{i:03d}" / "CT_abdomen"
+        d.mkdir(parents=True, exist_ok=True)
+        for k, s in enumerate(reversed(slices)): s.save_as(str(d / f"IM{k:05d}"), enforce_file_format=True)
+        if i == n_subjects: continue                                               # the last series has no annotation
+        rois = {"Kidney": lab >= 1, "Tumour": lab >= 2}
+        if annotation == "rtstruct": ann = _rtstruct_for(slices, rois, {k: v for k, v in common.items() if k != "SeriesInstanceUID"})
+        else:
+            desc = [hd.seg.SegmentDescription(segment_number=n, segment_label=name, segmented_property_category=codes.SCT.Organ,
+                                              segmented_property_type=codes.SCT.Kidney, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+                    for n, name in enumerate(rois, 1)]
+            arr = np.stack([np.stack([m[:, :, k].T for k in range(shape[2])]) for m in rois.values()], -1).astype(np.uint8)
+            ann = hd.seg.Segmentation(source_images=slices, pixel_array=arr, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                                      segment_descriptions=desc, series_instance_uid=generate_uid(), series_number=100, sop_instance_uid=generate_uid(),
+                                      instance_number=1, manufacturer="medsyn", manufacturer_model_name="make_dicom_copy", software_versions="1",
+                                      device_serial_number="0")
+        ann.save_as(str(root / f"PAT{i:03d}" / f"{annotation.upper()}.dcm"), enforce_file_format=True)
+    (root / "README.txt").write_text("export from the PACS\n")
+    (root / "._README.txt").write_bytes(b"\x00\x05\x16\x07")
+    return root
 
 # %% ../nbs/01_data.ipynb
 MNI152_LABELS = {0: "background", 1: "gray matter", 2: "white matter", 3: "CSF"}
@@ -1431,13 +1733,15 @@ def _window_arg(s: str, what: str):
 
 # %% ../nbs/01_data.ipynb
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsyn prepare", description="Convert NIfTI / MSD / PNG data into a canonical 2D image+mask dataset.")
+    p = argparse.ArgumentParser(prog="medsyn prepare", description="Convert NIfTI / MSD / nnU-Net / PNG / DICOM data into a canonical 2D image+mask dataset.")
     p.add_argument("src", help="dataset folder, an MSD task name (e.g. Task09_Spleen), or 'mni152' (bundled default)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--res", type=int, default=256, help="output size in pixels (square)")
     p.add_argument("--axis", type=int, default=None, choices=(0, 1, 2), help="slicing axis in RAS: 0 sagittal, 1 coronal, 2 axial "
                    "(default: the release's, else 2)")
-    p.add_argument("--layout", default="auto", choices=("auto", "msd", "nifti", "png"))
+    p.add_argument("--layout", default="auto", choices=("auto", "msd", "nifti", "png", "dicom"))
+    p.add_argument("--roi", action="append", default=[], metavar="NAME", help="DICOM: an RTSTRUCT ROI / SEG segment to keep, in label-id "
+                   "order (repeatable; default: all)")
     p.add_argument("--preset", default="auto", choices=("auto", "none", *RELEASES),
                    help="read SRC as this known release (default: detected from its folders and file names; none: never)")
     p.add_argument("--label-map", default=None, metavar="OLD=NEW,...|SCHEME",
@@ -1491,7 +1795,8 @@ def prepare_main(argv: list[str]) -> int:
                       ct_window=_window_arg(a.ct_window, "--ct-window") if a.ct_window else None, windows=windows, folds=a.folds,
                       seed=a.seed, overwrite=a.overwrite, images=imgs, labels=a.labels, label_names=names,
                       modalities=a.modalities.split(",") if a.modalities else None, name=a.name, progress=not a.quiet,
-                      preset=a.preset, label_map=a.label_map, log=lambda m: print(m, flush=True))
+                      preset=a.preset, label_map=a.label_map, roi=a.roi or None,
+                      log=lambda m: print(m, flush=True))
     ds = load_canonical(out)
     print(json.dumps(dict(out=str(out), name=ds.meta["name"], n_subjects=len(ds.subjects), n_slices=len(ds),
                           modalities=ds.modalities, labels=ds.labels, resolution=list(ds.resolution), release=ds.meta.get("release"),

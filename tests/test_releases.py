@@ -183,3 +183,46 @@ def test_study_refuses_too_few_subjects_before_training(tmp_path):
     with pytest.raises(MedsynError, match="3 subjects .* too few for profile ci: .* need at least 6 subjects"):
         study_main(["--profile", "ci", "--datasets", str(tmp_path / "ds"), "--out", str(tmp_path / "runs")])
     assert not (tmp_path / "runs" / "ds").exists()
+
+
+@pytest.mark.parametrize("annotation", ["rtstruct", "seg"])
+def test_dicom_series_with_rtstruct_or_seg(annotation, tmp_path, monkeypatch):
+    "A hospital-style export: CT series (files in reverse order), RTSTRUCT contours or a DICOM-SEG, one unannotated series."
+    import tempfile
+    from medsyn.data import make_dicom_copy
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    src = make_dicom_copy(tmp_path / "src", annotation=annotation)
+    ds = load_canonical(prepare(src, tmp_path / "out", res=32, ct_window="abdomen"))
+    meta = ds.meta
+    assert ds.modalities == ["CT"] and ds.labels == {0: "background", 1: "Kidney", 2: "Tumour"}
+    assert ds.subjects == ["PAT000", "PAT001"] and meta["skipped_unlabelled"] == 1
+    assert ds.index.groupby("subject").size().tolist() == [10, 10]
+    assert meta["normalization"]["windows"] == {"CT": list(CT_WINDOWS["abdomen"])}          # HU from RescaleIntercept
+    img, mask = _stack(ds)
+    fg, body = mask > 0, (mask == 0) & (img > 0.05)
+    thr = (np.median(img[body]) + np.median(img[fg])) / 2
+    dice = 2 * ((img > thr) & fg).sum() / ((img > thr).sum() + fg.sum())
+    assert dice > 0.9, dice                                               # contours land on the right voxels
+    assert np.median(img[mask == 1]) < np.median(img[mask == 2])
+    assert not list((tmp_path / "tmp").iterdir())                         # the NIfTI conversion is removed
+    one = load_canonical(prepare(src, tmp_path / "out2", res=32, roi=["tumour"]))
+    assert one.labels == {0: "background", 1: "Tumour"}
+
+
+def test_dicom_errors_name_the_file(tmp_path):
+    from medsyn.data import make_dicom_copy
+    src = make_dicom_copy(tmp_path / "src", n_subjects=1)
+    with pytest.raises(MedsynError, match=r"RTSTRUCT.dcm: no ROI named \['Liver'\]; it has \['Kidney', 'Tumour'\]"):
+        prepare(src, tmp_path / "o1", roi=["Liver"])
+    with pytest.raises(MedsynError, match="--roi do not apply to --preset kits23"):
+        prepare(make_release_copy("kits23", tmp_path / "k"), tmp_path / "o1", roi=["Kidney"])
+    with pytest.raises(MedsynError, match="--images do not apply to DICOM"):
+        prepare(src, tmp_path / "o1", layout="dicom", images="{subject}/x")
+    (src / "PAT000" / "CT_abdomen" / "IM00004").unlink()                  # a slice missing in the middle
+    with pytest.raises(MedsynError, match=r"CT_abdomen \(series 2, .*uneven slice spacing"):
+        prepare(src, tmp_path / "o2")
+    shutil.rmtree(src / "PAT000" / "CT_abdomen")
+    with pytest.raises(MedsynError, match="RTSTRUCT.dcm: the RTSTRUCT was drawn on series .* which is not under"):
+        prepare(src, tmp_path / "o3")
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
