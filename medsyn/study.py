@@ -431,8 +431,9 @@ def check_study_dataset(cfg: StudyConfig, log: Callable = print) -> StudyConfig:
     capped = f" (max_subjects = {cfg.max_subjects} of profile {cfg.profile})" if cfg.max_subjects else ""
     check(n >= need, f"{cfg.dataset}: {n} subjects{capped} are too few for profile {cfg.profile}: {cfg.folds} folds, fractions "
                      f"{', '.join(f'{f:g}' for f in sorted(cfg.fractions))}, a validation share of {val_fraction:g} and two real halves for the "
-                     f"quality reference need at least {need} subjects; prepare more subjects, or lower --folds, or drop the small fractions "
-                     "(--set fractions=[1.0])" + (", or raise --set max_subjects" if cfg.max_subjects and cfg.max_subjects < need else ""))
+                     f"quality reference need at least {need} subjects; prepare more subjects, or lower --folds"
+                     + (", or drop the small fractions (--set fractions=[1.0])" if len(cfg.fractions) > 1 else "")
+                     + (", or raise --set max_subjects" if cfg.max_subjects and cfg.max_subjects < need else ""))
     res = tuple(real.resolution)
     check(res == (cfg.resolution, cfg.resolution),
           f"{cfg.dataset}: prepared at {res[0]}x{res[1]} but profile {cfg.profile} trains at {cfg.resolution}x{cfg.resolution}; prepare it again "
