@@ -1223,6 +1223,10 @@ def _prepare_study(study: Study, src, out, res, axis, empty_fraction, ct_window,
                    name, crop_threshold, progress, label_map, log) -> Path:
     "The body of `prepare` once the study is read."
     row = RELEASES.get(study.release or "", {})
+    check(study.kind == "volume" or axis is None, f"{src}: --axis does not apply to 2D images (each image is one slice); drop it")
+    unknown = sorted(set(k.lower() for k in (windows or {})) - {m.lower() for m in study.modalities})
+    check(not unknown, f"{src}: --window names modalities {unknown} that the data does not have (its channels are {study.modalities}); "
+                       "use one of those names")
     axis = row.get("axis", 2) if axis is None else axis
     ct_window = (row.get("task_windows", {}).get(Path(src).name) or row.get("ct_window") or "wide") if ct_window is None else ct_window
     if study.labels is not None: _check_label_ids(study.labels, f"{src}: declared labels {study.labels}")
@@ -1771,6 +1775,10 @@ def prepare_main(argv: list[str]) -> int:
     a = _parser().parse_args([x for x in argv if x != ""])
     t0 = time.time()
     if a.src == "mni152":
+        ignored = [o for o, v in (("--layout", a.layout != "auto"), ("--preset", a.preset != "auto"), ("--images", a.images), ("--labels", a.labels),
+                                  ("--label-names", a.label_names), ("--label-map", a.label_map), ("--modalities", a.modalities), ("--roi", a.roi),
+                                  ("--window", a.window), ("--ct-window", a.ct_window), ("--name", a.name)) if v]
+        check(not ignored, f"mni152: {', '.join(ignored)} do not apply to the bundled dataset (only --res, --axis, --folds, --seed, --overwrite); drop them")
         out = prepare_mni152(a.out, res=a.res, axis=2 if a.axis is None else a.axis, overwrite=a.overwrite, folds=a.folds, seed=a.seed)
     else:
         src = Path(a.src)

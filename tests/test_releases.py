@@ -226,3 +226,18 @@ def test_dicom_errors_name_the_file(tmp_path):
     with pytest.raises(MedsynError, match="RTSTRUCT.dcm: the RTSTRUCT was drawn on series .* which is not under"):
         prepare(src, tmp_path / "o3")
     assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+
+
+def test_options_that_do_not_apply_are_named(tmp_path):
+    src = make_release_copy("kits23", tmp_path / "src")
+    with pytest.raises(MedsynError, match=r"--window names modalities \['t2'\] that the data does not have \(its channels are \['CT'\]\)"):
+        prepare(src, tmp_path / "o1", windows={"T2": (0, 1900)})
+    with pytest.raises(MedsynError, match="--label-map do not apply to the bundled dataset"):
+        prepare_main(["mni152", "--out", str(tmp_path / "o2"), "--label-map", "4=3"])
+    from PIL import Image
+    (tmp_path / "png/images").mkdir(parents=True); (tmp_path / "png/masks").mkdir()
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "png/images/a.png")
+    Image.fromarray(np.eye(8, dtype=np.uint8)).save(tmp_path / "png/masks/a.png")
+    with pytest.raises(MedsynError, match="--axis does not apply to 2D images"):
+        prepare(tmp_path / "png", tmp_path / "o3", axis=0)
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
