@@ -1342,6 +1342,52 @@ def _write_nii(path: Path, data: np.ndarray, affine: np.ndarray, dtype, coded: b
     nib.save(img, str(path))
 
 # %% ../nbs/01_data.ipynb
+def _brats_copy(release: str, root: Path, top: Path, spec: dict, n_subjects: int, n_unlabelled: int, case_files) -> None:
+    "BraTS 2020/2021/2023: one folder per case, one file per channel, LPS 1 mm grid, int16 images, uint8 labels; validation cases unlabelled."
+    aff = np.array([[-1.0, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]])
+    for i in range(n_subjects + n_unlabelled):
+        labelled = i < n_subjects
+        case = (spec["case"] if labelled else spec["test_case"]).format(i=i + 1 if labelled else 1001 + i)
+        d = (top if labelled else root / spec["test"]) / case
+        lab, img = case_files(i, labelled)
+        for k, m in enumerate(_BRATS_MODS[release]): _write_nii(d / f"{case}{spec['sep']}{m}{spec['ext']}", img * (1 + 0.2 * k), aff, np.int16)
+        if lab is not None:
+            quirk = release == "brats2020" and i == n_subjects - 1          # BraTS20_Training_355's label file name
+            _write_nii(d / ("W39_1998.09.19_Segm.nii" if quirk else f"{case}{spec['sep']}seg{spec['ext']}"), lab, aff, np.uint8)
+    (top / f"._{spec['case'].format(i=1)}").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    if release == "brats2020":
+        (top / "name_mapping.csv").write_text("Grade,BraTS_2019_subject_ID,BraTS_2020_subject_ID\nHGG,BraTS19_2013_2_1,BraTS20_Training_001\n")
+        (top / "survival_info.csv").write_text("Brats20ID,Age,Survival_days,Extent_of_Resection\nBraTS20_Training_001,60.463,289,GTR\n")
+
+# %% ../nbs/01_data.ipynb
+def _kits_copy(release: str, top: Path, spec: dict, n_subjects: int, n_unlabelled: int, case_files) -> None:
+    "KiTS19/23: case_XXXXX/imaging + segmentation stored slices-first; KiTS19's unlabelled cases from 210, KiTS23's instances/."
+    aff = np.array([[0, 0, -0.8, 0], [0, -0.8, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1]])     # voxels (z, y, x): slices first
+    n_un = n_unlabelled if release == "kits19" else 0
+    for i in range(n_subjects + n_un):
+        labelled = i < n_subjects
+        d = top / spec["case"].format(i=i if labelled else spec["first_test"] + i - n_subjects)
+        lab, img = case_files(i, labelled)
+        _write_nii(d / "imaging.nii.gz", img.transpose(2, 1, 0)[::-1, ::-1, ::-1], aff, np.int16)
+        if lab is not None: _write_nii(d / "segmentation.nii.gz", lab.transpose(2, 1, 0)[::-1, ::-1, ::-1], aff, np.uint8)
+        if release == "kits23" and lab is not None:
+            _write_nii(d / "instances" / "kidney_instance-1_annotation-1.nii.gz", (lab.transpose(2, 1, 0) == 1)[::-1, ::-1, ::-1], aff, np.uint8)
+    (top / ("kits.json" if release == "kits19" else "kits23.json")).write_text(json.dumps([{"case_id": spec["case"].format(i=0)}]))
+
+# %% ../nbs/01_data.ipynb
+def _ibsr_copy(top: Path, spec: dict, n_subjects: int, case_files) -> None:
+    "IBSR18: 4D (x, y, z, 1) files without orientation codes, 0.94 x 1.5 x 0.94 mm, skull-stripped T1 and the segTRI / seg labels."
+    aff = np.diag([0.9375, 1.5, 0.9375, 1.0])
+    for i in range(n_subjects):
+        case = spec["case"].format(i=i + spec["first"])
+        lab, img = case_files(i, True)
+        _write_nii(top / case / f"{case}_ana_strip.nii.gz", img[..., None], aff, np.int16, coded=False)
+        _write_nii(top / case / f"{case}_ana.nii.gz", img[..., None] + 5, aff, np.int16, coded=False)
+        _write_nii(top / case / f"{case}_segTRI_ana.nii.gz", lab[..., None], aff, np.uint8, coded=False)
+        _write_nii(top / case / f"{case}_seg_ana.nii.gz", (lab * 10)[..., None], aff, np.uint8, coded=False)
+    (top / "README.txt").write_text("IBSR_V2.0 skull-stripped NIfTI\n")
+
+# %% ../nbs/01_data.ipynb
 def make_release_copy(release: str, root: str | Path, n_subjects: int = 3, n_unlabelled: int = 1, shape=(20, 24, 16), seed: int = 0) -> Path:
     """Write a tiny copy of a known release (`RELEASES` key) in its exact on-disk layout under `root`; returns the folder to
     pass to `medsyn prepare`. `shape` is (x, y, z) in RAS before each release's own voxel order."""
@@ -1350,47 +1396,12 @@ def make_release_copy(release: str, root: str | Path, n_subjects: int = 3, n_unl
     def case_files(i: int, labelled: bool):
         lab, img = _phantom(shape, rng, spec["ids"], ct=release in ("kits19", "kits23", "nnunet-v1"))
         return lab if labelled else None, img
-    if release in _BRATS_MODS:
-        aff = np.array([[-1.0, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]])
-        for i in range(n_subjects + n_unlabelled):
-            labelled = i < n_subjects
-            case = (spec["case"] if labelled else spec["test_case"]).format(i=i + 1 if labelled else 1001 + i)
-            d = (top if labelled else root / spec["test"]) / case
-            lab, img = case_files(i, labelled)
-            for k, m in enumerate(_BRATS_MODS[release]): _write_nii(d / f"{case}{spec['sep']}{m}{spec['ext']}", img * (1 + 0.2 * k), aff, np.int16)
-            if lab is not None:
-                quirk = release == "brats2020" and i == n_subjects - 1          # BraTS20_Training_355's label file name
-                _write_nii(d / ("W39_1998.09.19_Segm.nii" if quirk else f"{case}{spec['sep']}seg{spec['ext']}"), lab, aff, np.uint8)
-        (top / f"._{spec['case'].format(i=1)}").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
-        if release == "brats2020":
-            (top / "name_mapping.csv").write_text("Grade,BraTS_2019_subject_ID,BraTS_2020_subject_ID\nHGG,BraTS19_2013_2_1,BraTS20_Training_001\n")
-            (top / "survival_info.csv").write_text("Brats20ID,Age,Survival_days,Extent_of_Resection\nBraTS20_Training_001,60.463,289,GTR\n")
-        return root
-    if release in ("kits19", "kits23"):
-        aff = np.array([[0, 0, -0.8, 0], [0, -0.8, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1]])     # voxels (z, y, x): slices first
-        n_un = n_unlabelled if release == "kits19" else 0
-        for i in range(n_subjects + n_un):
-            labelled = i < n_subjects
-            d = top / spec["case"].format(i=i if labelled else spec["first_test"] + i - n_subjects)
-            lab, img = case_files(i, labelled)
-            _write_nii(d / "imaging.nii.gz", img.transpose(2, 1, 0)[::-1, ::-1, ::-1], aff, np.int16)
-            if lab is not None: _write_nii(d / "segmentation.nii.gz", lab.transpose(2, 1, 0)[::-1, ::-1, ::-1], aff, np.uint8)
-            if release == "kits23" and lab is not None:
-                _write_nii(d / "instances" / "kidney_instance-1_annotation-1.nii.gz", (lab.transpose(2, 1, 0) == 1)[::-1, ::-1, ::-1], aff, np.uint8)
-        (top / ("kits.json" if release == "kits19" else "kits23.json")).write_text(json.dumps([{"case_id": spec["case"].format(i=0)}]))
-        return root
-    if release == "ibsr18":
-        aff = np.diag([0.9375, 1.5, 0.9375, 1.0])
-        for i in range(n_subjects):
-            case = spec["case"].format(i=i + spec["first"])
-            lab, img = case_files(i, True)
-            _write_nii(top / case / f"{case}_ana_strip.nii.gz", img[..., None], aff, np.int16, coded=False)
-            _write_nii(top / case / f"{case}_ana.nii.gz", img[..., None] + 5, aff, np.int16, coded=False)
-            _write_nii(top / case / f"{case}_segTRI_ana.nii.gz", lab[..., None], aff, np.uint8, coded=False)
-            _write_nii(top / case / f"{case}_seg_ana.nii.gz", (lab * 10)[..., None], aff, np.uint8, coded=False)
-        (top / "README.txt").write_text("IBSR_V2.0 skull-stripped NIfTI\n")
-        return root
-    return _msd_copy(release, top, n_subjects, n_unlabelled, case_files)
+    if release in _BRATS_MODS: _brats_copy(release, root, top, spec, n_subjects, n_unlabelled, case_files)
+    elif release in ("kits19", "kits23"): _kits_copy(release, top, spec, n_subjects, n_unlabelled, case_files)
+    elif release == "ibsr18": _ibsr_copy(top, spec, n_subjects, case_files)
+    else: return _msd_copy(release, top, n_subjects, n_unlabelled, case_files)
+    return root
+
 
 # %% ../nbs/01_data.ipynb
 def _msd_copy(release: str, top: Path, n_subjects: int, n_unlabelled: int, case_files) -> Path:
