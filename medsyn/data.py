@@ -1450,13 +1450,15 @@ def _mask_outline(m: np.ndarray) -> list | None:
 
 # %% ../nbs/01_data.ipynb
 def _dicom_slice(vol: np.ndarray, k: int, common: dict, spacing=(0.8, 0.8, 2.5)):
-    "One CT slice of `vol` (cols, rows, slices) in HU as a pydicom dataset (axial, LPS positions), stored as uint16 with intercept -1024."
+    """One slice of `vol` (cols, rows, slices) as a pydicom dataset (axial, LPS positions) of the modality in `common`: CT in HU,
+    stored as uint16 with intercept -1024, or MR stored as is."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ct = common["Modality"] == "CT"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2" if ct else "1.2.840.10008.5.1.4.1.1.4"
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     for key, v in common.items(): setattr(ds, key, v)
@@ -1465,8 +1467,8 @@ def _dicom_slice(vol: np.ndarray, k: int, common: dict, spacing=(0.8, 0.8, 2.5))
     ds.PixelSpacing, ds.SliceThickness = [spacing[1], spacing[0]], spacing[2]
     ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, "MONOCHROME2", 16, 16, 15, 0
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-    ds.PixelData = np.clip(vol[:, :, k].T + 1024, 0, 65535).astype(np.uint16).tobytes()
+    if ct: ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+    ds.PixelData = np.clip(vol[:, :, k].T + (1024 if ct else 0), 0, 65535).astype(np.uint16).tobytes()
     return ds
 
 # %% ../nbs/01_data.ipynb
@@ -1505,8 +1507,9 @@ def _rtstruct_for(slices: list, rois: dict[str, np.ndarray], common: dict):
     return rs
 
 # %% ../nbs/01_data.ipynb
-def make_dicom_copy(root: str | Path, n_subjects: int = 2, annotation: str = "rtstruct", shape=(32, 28, 10), seed: int = 0) -> Path:
-    """Write a tiny hospital-style DICOM export under `root` (for tests and examples): per patient a CT series (files in
+def make_dicom_copy(root: str | Path, n_subjects: int = 2, annotation: str = "rtstruct", shape=(32, 28, 10), seed: int = 0,
+                    modality: str = "CT") -> Path:
+    """Write a tiny hospital-style DICOM export under `root` (for tests and examples): per patient a CT or MR series (files in
     reverse slice order, no extension) and its `annotation` ('rtstruct': ROIs 'Kidney' and 'Tumour' as contours, or 'seg':
     a DICOM-SEG written with highdicom), one unannotated series, a README and a macOS `._` file. Returns `root`."""
     import highdicom as hd
@@ -1514,12 +1517,12 @@ def make_dicom_copy(root: str | Path, n_subjects: int = 2, annotation: str = "rt
     from pydicom.uid import generate_uid
     root, rng = Path(root), np.random.default_rng(seed)
     for i in range(n_subjects + 1):
-        lab, img = _phantom(shape, rng, (1, 2, 2), ct=True)
+        lab, img = _phantom(shape, rng, (1, 2, 2), ct=modality == "CT")
         common = dict(PatientID=f"PAT{i:03d}", PatientName=f"Test^{i}", PatientBirthDate="19700101", PatientSex="O", StudyInstanceUID=generate_uid(),
-                      StudyID="1", StudyDate="20240101", StudyTime="120000", AccessionNumber=f"A{i}", ReferringPhysicianName="", Modality="CT",
+                      StudyID="1", StudyDate="20240101", StudyTime="120000", AccessionNumber=f"A{i}", ReferringPhysicianName="", Modality=modality,
                       SeriesInstanceUID=generate_uid(), SeriesNumber=2, FrameOfReferenceUID=generate_uid(), Manufacturer="medsyn")
         slices = [_dicom_slice(img, k, common) for k in range(shape[2])]
-        d = root / f"PAT{i:03d}" / "CT_abdomen"
+        d = root / f"PAT{i:03d}" / f"{modality}_abdomen"
         d.mkdir(parents=True, exist_ok=True)
         for k, s in enumerate(reversed(slices)): s.save_as(str(d / f"IM{k:05d}"), enforce_file_format=True)
         if i == n_subjects: continue                                               # the last series has no annotation

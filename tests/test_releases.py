@@ -185,20 +185,20 @@ def test_study_refuses_too_few_subjects_before_training(tmp_path):
     assert not (tmp_path / "runs" / "ds").exists()
 
 
-@pytest.mark.parametrize("annotation", ["rtstruct", "seg"])
-def test_dicom_series_with_rtstruct_or_seg(annotation, tmp_path, monkeypatch):
+@pytest.mark.parametrize("annotation,modality", [("rtstruct", "CT"), ("seg", "CT"), ("rtstruct", "MR")])
+def test_dicom_series_with_rtstruct_or_seg(annotation, modality, tmp_path, monkeypatch):
     "A hospital-style export: CT series (files in reverse order), RTSTRUCT contours or a DICOM-SEG, one unannotated series."
     import tempfile
     from medsyn.data import make_dicom_copy
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    src = make_dicom_copy(tmp_path / "src", annotation=annotation)
+    src = make_dicom_copy(tmp_path / "src", annotation=annotation, modality=modality)
     ds = load_canonical(prepare(src, tmp_path / "out", res=32, ct_window="abdomen"))
     meta = ds.meta
-    assert ds.modalities == ["CT"] and ds.labels == {0: "background", 1: "Kidney", 2: "Tumour"}
+    assert ds.modalities == [modality] and ds.labels == {0: "background", 1: "Kidney", 2: "Tumour"}
     assert ds.subjects == ["PAT000", "PAT001"] and meta["skipped_unlabelled"] == 1
     assert ds.index.groupby("subject").size().tolist() == [10, 10]
-    assert meta["normalization"]["windows"] == {"CT": list(CT_WINDOWS["abdomen"])}          # HU from RescaleIntercept
+    assert meta["normalization"]["windows"] == {modality: list(CT_WINDOWS["abdomen"]) if modality == "CT" else None}   # HU: RescaleIntercept
     img, mask = _stack(ds)
     fg, body = mask > 0, (mask == 0) & (img > 0.05)
     thr = (np.median(img[body]) + np.median(img[fg])) / 2
