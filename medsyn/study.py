@@ -36,13 +36,13 @@ __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'MANIFEST'
            'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'escape_text', 'write_table',
            'save_study_figure', 'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key',
            'read_manifest', 'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done',
-           'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of',
-           'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for',
-           'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots',
-           'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs', 'sample_variant',
-           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
-           'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
-           'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
+           'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits',
+           'check_study_dataset', 'split_of', 'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint',
+           'gan_overrides_for', 'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots',
+           'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs',
+           'sample_variant', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves',
+           'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality',
+           'stage_report', 'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
            'lookup_warning', 'lookup_findings', 'report_notebook', 'render_report', 'study_notebooks_dir',
            'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook', 'execute_notebook',
            'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config', 'aggregate_findings',
@@ -408,6 +408,45 @@ def study_splits(cfg: StudyConfig, real) -> list[dict]:
             out.append(dict(fold=fold, fraction=float(fraction), train=tr, val=va, test=te,
                             n_train_slices=len(real.subset(tr).for_training())))
     return out
+
+# %% ../nbs/09_study.ipynb
+def _subjects_needed(cfg: StudyConfig, val_fraction: float, limit: int = 1000) -> int:
+    """The fewest subjects for which every (fold, fraction) has training, validation and test subjects, and the full
+    training set of every fold at least 2 (the two real halves of the quality reference, `reference_halves`)."""
+    def enough(n):
+        ids = [f"s{i:04d}" for i in range(n)]
+        try: splits = [(fr, *fold_subjects(ids, f, cfg.folds, fr, cfg.split_seed, val_fraction)) for f in range(cfg.folds) for fr in cfg.fractions]
+        except MedsynError: return False
+        return all(len(tr) >= (2 if fr == 1.0 else 1) and va and te for fr, tr, va, te in splits)
+    return next((n for n in range(cfg.folds, limit) if enough(n)), limit)
+
+# %% ../nbs/09_study.ipynb
+def check_study_dataset(cfg: StudyConfig, log: Callable = print) -> StudyConfig:
+    """Check a user's dataset against `cfg` before any stage runs: enough subjects (the message says how many and what to change),
+    the profile's resolution; returns `cfg` with the fractions that give identical subject sets merged into the larger one."""
+    if cfg.dataset == "default": return cfg
+    real, name = load_real(cfg), dataset_name(cfg.dataset)
+    val_fraction = seg_config(cfg.seg_preset, **cfg.seg_overrides).val_fraction
+    n, need = len(real.subjects), _subjects_needed(cfg, val_fraction)
+    capped = f" (max_subjects = {cfg.max_subjects} of profile {cfg.profile})" if cfg.max_subjects else ""
+    check(n >= need, f"{cfg.dataset}: {n} subjects{capped} are too few for profile {cfg.profile}: {cfg.folds} folds, fractions "
+                     f"{', '.join(f'{f:g}' for f in sorted(cfg.fractions))}, a validation share of {val_fraction:g} and two real halves for the "
+                     f"quality reference need at least {need} subjects; prepare more subjects, or lower --folds"
+                     + (", or drop the small fractions (--set fractions=[1.0])" if len(cfg.fractions) > 1 else "")
+                     + (", or raise --set max_subjects" if cfg.max_subjects and cfg.max_subjects < need else ""))
+    res = tuple(real.resolution)
+    check(res == (cfg.resolution, cfg.resolution),
+          f"{cfg.dataset}: prepared at {res[0]}x{res[1]} but profile {cfg.profile} trains at {cfg.resolution}x{cfg.resolution}; prepare it again "
+          f"with `medsyn prepare SRC --out DIR --res {cfg.resolution}`, or pass --resolution {res[0]} to run at the dataset's resolution "
+          f"(every model {(res[0] / cfg.resolution) ** 2:g}x the profile's size)")
+    sets = {f: [fold_subjects(real.subjects, k, cfg.folds, f, cfg.split_seed, val_fraction)[:2] for k in range(cfg.folds)] for f in cfg.fractions}
+    keep = []
+    for f in sorted(cfg.fractions, reverse=True):
+        same = next((g for g in keep if sets[g] == sets[f]), None)
+        if same is None: keep.append(f)
+        else: log(f"[{name}] fraction {f:g} selects the same training and validation subjects as {same:g} in every fold "
+                  f"({n} subjects): computed once, as {same:g}")
+    return cfg if len(keep) == len(cfg.fractions) else StudyConfig(**{**asdict(cfg), "fractions": tuple(sorted(keep))})
 
 # %% ../nbs/09_study.ipynb
 def split_of(splits: list[dict], fold: int, fraction: float) -> dict:
@@ -1248,8 +1287,8 @@ def study_main(argv: list[str]) -> int:
     root = Path(a.out) if a.out else runs_dir()
     datasets = [d.strip() for d in a.datasets.split(",") if d.strip()]
     overrides = check_study_inputs(datasets, root, parse_set_items(a.set))
-    cfgs = [study_config(a.profile, dataset=ds, folds=a.folds, gan_kimg=a.kimg, resolution=a.resolution, seeds=a.seeds, **overrides)
-            for ds in datasets]
+    cfgs = [check_study_dataset(study_config(a.profile, dataset=ds, folds=a.folds, gan_kimg=a.kimg, resolution=a.resolution, seeds=a.seeds,
+                                             **overrides), log=lambda m: print(m, flush=True)) for ds in datasets]
     names, failed, t0 = [], [], time.time()
     for ds, cfg in zip(datasets, cfgs):
         name = dataset_name(ds)
