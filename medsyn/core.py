@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import argparse, contextlib, errno, inspect, json, os, random, re, shutil, signal, sys, tempfile, threading, time, types, typing, uuid
+import argparse, collections, contextlib, errno, inspect, json, os, pickle, pickletools, random, re, shutil, signal, sys, tempfile, threading, time, types, typing, uuid, zipfile
 from dataclasses import fields
 from datetime import datetime, timezone
 from difflib import get_close_matches
@@ -15,12 +15,14 @@ import numpy as np
 from fastcore.docments import docments
 
 # %% auto 0
-__all__ = ['PROCESS_START', 'MANIFEST_NAME', 'MedsynError', 'check', 'runs_dir', 'cache_dir', 'seed_everything', 'choose_device',
-           'remove_stale_leftovers', 'deferred_sigint', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
-           'save_json', 'load_json', 'atomic_torch_save', 'medsyn_made', 'check_output_dir', 'os_reason', 'atomic_dir',
-           'file_digest', 'file_sha256', 'env_flag', 'parse_set_items', 'check_fields', 'from_preset', 'flag_name',
-           'RepeatableOption', 'signature_parser', 'add_field_options', 'add_set_option', 'call_with_args',
-           'StopRequest', 'sigint_at_step_boundary']
+__all__ = ['PROCESS_START', 'MANIFEST_NAME', 'PLAIN_TYPES', 'NVLABS_MODULES', 'SAFE_GLOBAL_PREFIXES', 'MedsynError', 'check',
+           'runs_dir', 'cache_dir', 'seed_everything', 'choose_device', 'remove_stale_leftovers', 'deferred_sigint',
+           'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'save_json', 'load_json', 'to_plain',
+           'pickle_globals', 'torch_file_globals', 'UnsafeFileError', 'unsafe_file_message', 'load_torch_file',
+           'atomic_torch_save', 'medsyn_made', 'check_output_dir', 'os_reason', 'atomic_dir', 'file_digest',
+           'file_sha256', 'env_flag', 'parse_set_items', 'check_fields', 'from_preset', 'flag_name', 'RepeatableOption',
+           'signature_parser', 'add_field_options', 'add_set_option', 'call_with_args', 'StopRequest',
+           'sigint_at_step_boundary']
 
 # %% ../nbs/00_core.ipynb
 class MedsynError(Exception):
@@ -196,11 +198,92 @@ def _json_default(o):
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
 
 # %% ../nbs/00_core.ipynb
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    "`torch.save` to `path` atomically."
+PLAIN_TYPES = (str, int, float, bool, type(None), bytes)   # what a weights-only load rebuilds besides tensors and containers
+
+def to_plain(obj: Any, where: str = "checkpoint") -> Any:
+    """`obj` as data that `torch.load(weights_only=True)` reads back: NumPy arrays become tensors (unsigned types wider
+    than a byte as int64), NumPy scalars Python numbers; dicts, lists and tuples are walked; any other object is refused."""
     import torch
+    if isinstance(obj, np.generic): return obj.item()       # first: np.float64 is also a Python float
+    if isinstance(obj, (torch.Tensor, torch.dtype, torch.device, torch.Size, *PLAIN_TYPES)): return obj
+    if isinstance(obj, np.ndarray):
+        check(obj.dtype.kind in "biuf", f"{where}: holds a NumPy array of {obj.dtype}, which cannot be stored as data")
+        return torch.from_numpy(np.ascontiguousarray(obj.astype(np.int64) if obj.dtype.kind == "u" and obj.itemsize > 1 else obj))
+    if isinstance(obj, dict):
+        out = {to_plain(k, where): to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return type(obj)(out) if type(obj) in (dict, collections.OrderedDict) else out
+    if isinstance(obj, (list, tuple)):
+        items = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise MedsynError(f"{where}: holds a {type(obj).__module__}.{type(obj).__qualname__} object; medsyn stores only tensors, "
+                      "numbers, strings, lists and dicts, so that reading the file can never run code")
+
+# %% ../nbs/00_core.ipynb
+def pickle_globals(data: bytes) -> list[str]:
+    "The `module.name` callables that the pickle `data` would import, read from its opcodes (`pickletools`) without running it."
+    found, strings = set(), []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"): found.add(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2: found.add(".".join(strings[-2:]))
+            if isinstance(arg, str) and "UNICODE" in op.name: strings.append(arg)
+    except Exception: pass      # a truncated or foreign stream: what was read so far
+    return sorted(found)
+
+# %% ../nbs/00_core.ipynb
+def torch_file_globals(path: str | Path, limit: int = 1 << 22) -> list[str]:
+    "`pickle_globals` of a torch file: the `data.pkl` inside a zip checkpoint, else the first `limit` bytes of a plain pickle."
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                return pickle_globals(z.read(name)) if name else []
+        with open(path, "rb") as f: return pickle_globals(f.read(limit))
+    except (OSError, zipfile.BadZipFile): return []
+
+# %% ../nbs/00_core.ipynb
+class UnsafeFileError(MedsynError):
+    "A file from outside that would run code when opened: refused, never read."
+
+NVLABS_MODULES = ("dnnlib.", "torch_utils.", "training.networks")   # what NVlabs stylegan2-ada / stylegan3 network pickles import
+SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode")   # what a weights-only load builds
+
+def unsafe_file_message(path: Path, what: str, found: list[str]) -> str:
+    "Why `path` is refused and the way out: an NVlabs network pickle, or a file (an older medsyn one) holding Python objects."
+    if any(g.startswith(NVLABS_MODULES) for g in found):
+        return (f"{path}: is an NVlabs StyleGAN2-ADA / StyleGAN3 network pickle (it imports {', '.join(found[:3])}), not a medsyn "
+                f"{what}. medsyn does not open it: unpickling it would run the code it carries. Train a medsyn GAN with "
+                "`medsyn train` instead")
+    shown = [g for g in found if not g.startswith(SAFE_GLOBAL_PREFIXES)] or found
+    return (f"{path}: refused: besides tensors, numbers and strings this {what} holds Python objects ({', '.join(shown[:4])}) "
+            "and reading them could run code. Files written by this medsyn version never do; one written by medsyn 0.1 "
+            f"may (NumPy RNG states and numbers). If you trust where the file came from, rewrite it once as data with "
+            f"`medsyn checkpoint upgrade {path} --out NEW.pt --trust` and use NEW.pt")
+
+# %% ../nbs/00_core.ipynb
+def load_torch_file(path: str | Path, what: str = "checkpoint", map_location="cpu") -> Any:
+    """`torch.load(path, weights_only=True)`: tensors, numbers, strings, lists and dicts only. A file that would import other
+    Python objects raises `UnsafeFileError` (nothing of it runs); an unreadable one a `MedsynError`; both name the file."""
+    import torch
+    path = Path(path)
+    check(path.is_file(), f"{path}: {what} not found; check the path")
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e: error = e
+    except Exception as e:
+        raise MedsynError(f"{path}: cannot be read as a {what} ({type(e).__name__}: {str(e)[:200]}); it is truncated or not a "
+                          "torch file: copy it again or use another one") from None
+    found = torch_file_globals(path)
+    if [g for g in found if not g.startswith(SAFE_GLOBAL_PREFIXES)]: raise UnsafeFileError(unsafe_file_message(path, what, found))
+    raise MedsynError(f"{path}: cannot be read as a {what} ({str(error).splitlines()[0][:200]}); it is damaged: copy it again")
+
+# %% ../nbs/00_core.ipynb
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    "`torch.save` of `to_plain(obj)` to `path` atomically: the file is data that `load_torch_file` reads back."
+    import torch
+    plain = to_plain(obj, str(path))
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(plain, tmp)
     return Path(path)
 
 # %% ../nbs/00_core.ipynb

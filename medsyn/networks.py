@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_networks.ipynb 2
 from __future__ import annotations
-import math, sys
+import argparse, math, sys
 from pathlib import Path
 from dataclasses import dataclass, asdict, fields
 from typing import Optional
@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .core import MedsynError, check, from_preset
+from .core import (MedsynError, UnsafeFileError, atomic_torch_save, check, from_preset, load_torch_file, signature_parser,
+                         torch_file_globals, unsafe_file_message, NVLABS_MODULES)
 
 # %% auto 0
 __all__ = ['GAN_KINDS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLAGS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES',
@@ -24,7 +25,8 @@ __all__ = ['GAN_KINDS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLA
            'LabelIntensity', 'SynthesisNetwork', 'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock',
            'MinibatchStdLayer', 'DiscriminatorEpilogue', 'Discriminator', 'mask_probs', 'split_output', 'hard_mask',
            'to_pair01', 'real_to_gan', 'to_d_input', 'real_to_d_input', 'fake_to_d_input', 'build_networks',
-           'count_params', 'load_checkpoint', 'generator_from_checkpoint']
+           'count_params', 'load_checkpoint', 'generator_from_checkpoint', 'is_medsyn_checkpoint', 'upgrade_checkpoint',
+           'checkpoint_parser', 'checkpoint_main']
 
 # %% ../nbs/03_networks.ipynb
 GAN_KINDS = ('joint', 'mask', 'cond')
@@ -682,12 +684,12 @@ def count_params(module: nn.Module) -> int:
 
 # %% ../nbs/03_networks.ipynb
 def load_checkpoint(path) -> dict:
-    "Read a medsyn GAN checkpoint (our own file: full unpickling is needed for the RNG states)."
+    "Read a medsyn GAN checkpoint as data (`weights_only`); a file holding other Python objects is refused, never run."
     path = Path(path)
     check(path.exists(), f"{path}: checkpoint not found; train one with `medsyn train` or fix the path")
-    try: ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e: raise MedsynError(f"{path}: unreadable checkpoint ({e}); use network-best.pt / retrain") from e
-    check(isinstance(ck, dict) and "gan_config" in ck and "G_ema" in ck, f"{path}: not a medsyn GAN checkpoint")
+    ck = load_torch_file(path, "GAN checkpoint")
+    check(isinstance(ck, dict) and "gan_config" in ck and "G_ema" in ck,
+          f"{path}: not a medsyn GAN checkpoint (no gan_config / G_ema); pass a network-best.pt or network-last.pt of `medsyn train`")
     return ck
 
 # %% ../nbs/03_networks.ipynb
@@ -697,3 +699,46 @@ def generator_from_checkpoint(ck: dict, which: str = "G_ema", device="cpu"):
     G, _ = build_networks(gcfg)
     G.load_state_dict(ck[which])
     return G.to(device).eval().requires_grad_(False), gcfg
+
+# %% ../nbs/03_networks.ipynb
+def is_medsyn_checkpoint(ck) -> bool:
+    "Whether a loaded object is a medsyn GAN checkpoint (`gan_config`, `G_ema`) or U-Net checkpoint (`state_dict`, `config`)."
+    return isinstance(ck, dict) and ({"gan_config", "G_ema"} <= set(ck) or {"state_dict", "config"} <= set(ck))
+
+# %% ../nbs/03_networks.ipynb
+def upgrade_checkpoint(old: Path,           # the older medsyn checkpoint (left as it is)
+                       out: Path,           # where to write the checkpoint as data (a new file)
+                       trust: bool = False  # confirm that you trust the file: upgrading unpickles it, which can run code
+                       ) -> Path:
+    "Rewrite a trusted older medsyn checkpoint as data (NumPy parts as tensors and numbers); returns `out`."
+    old, out = Path(old), Path(out)
+    check(old.is_file(), f"{old}: checkpoint not found; check the path")
+    check(old.resolve() != out.resolve(), f"{out}: --out must be a new file; the original {old} stays as it is")
+    found = torch_file_globals(old)
+    if any(g.startswith(NVLABS_MODULES) for g in found): raise UnsafeFileError(unsafe_file_message(old, "checkpoint", found))
+    check(trust, f"{old}: upgrading unpickles the whole file, and a pickle can run any code it names "
+                 f"({', '.join(found[:4]) or 'nothing readable'}); pass --trust only if you trust where the file came from")
+    try: ck = torch.load(old, map_location="cpu", weights_only=False)
+    except Exception as e: raise MedsynError(f"{old}: cannot be unpickled ({type(e).__name__}: {str(e)[:200]}); nothing to upgrade") from None
+    check(is_medsyn_checkpoint(ck), f"{old}: not a medsyn checkpoint (neither gan_config + G_ema nor state_dict + config); "
+                                    "medsyn upgrades only its own files")
+    atomic_torch_save(ck, out)
+    load_torch_file(out)     # the new file is data
+    return out
+
+# %% ../nbs/03_networks.ipynb
+def checkpoint_parser() -> argparse.ArgumentParser:
+    "`medsyn checkpoint upgrade OLD --out NEW --trust`: the options of `upgrade_checkpoint`, OLD as a positional argument."
+    p = argparse.ArgumentParser(prog="medsyn checkpoint", description="Work with medsyn checkpoint files.")
+    sub = p.add_subparsers(dest="action", required=True, metavar="upgrade")
+    up = signature_parser(upgrade_checkpoint, "medsyn checkpoint upgrade", skip=("old",))
+    up.add_argument("old", type=Path, help="the older medsyn checkpoint (left as it is)")
+    sub.add_parser("upgrade", parents=[up], add_help=False, help=up.description, description=up.description)
+    return p
+
+def checkpoint_main(argv: list[str]) -> int:
+    "`medsyn checkpoint upgrade OLD --out NEW --trust`."
+    a = checkpoint_parser().parse_args(argv)
+    out = upgrade_checkpoint(a.old, Path(a.out), a.trust)
+    print(f"{out}: {a.old} rewritten as data; it loads with weights_only=True")
+    return 0

@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from .core import (MedsynError, call_with_args, check, from_preset, signature_parser, seed_everything, choose_device, atomic_torch_save,
-                         save_json, atomic_write_text)
+                         save_json, atomic_write_text, load_torch_file)
 from .augment import augment_preset
 from .data import check_disjoint, fold_subjects, load_canonical
 from .metrics import HookFeatures, label_scores, unet_bottleneck
@@ -341,9 +341,8 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
 
 # %% ../nbs/08_segment.ipynb
 def save_unet(run: SegRun, path: str | Path, **meta) -> Path:
-    """Write a trained U-Net (state dict + config + labels + `meta`) atomically. NumPy scalars in `meta` are stored as Python
-    numbers: `torch.load(weights_only=True)`, which `load_unet` uses, refuses NumPy objects."""
-    meta = {k: v.item() if isinstance(v, np.generic) else v for k, v in meta.items()}
+    """Write a trained U-Net (state dict + config + labels + `meta`) atomically, as data (`atomic_torch_save`: NumPy scalars
+    in `meta` become Python numbers), so that `load_unet` reads it with `weights_only=True`."""
     return atomic_torch_save({"state_dict": run.model.state_dict(), "config": asdict(run.config),
                               "in_channels": run.in_channels, "labels": run.labels, "best_epoch": run.best_epoch,
                               "best_val_dice": float(run.best_val_dice), "meta": meta}, path)
@@ -368,10 +367,10 @@ def _unet_from_monai_kwargs(ck: dict, path: Path) -> nn.Module:
 
 # %% ../nbs/08_segment.ipynb
 def load_unet(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    "Rebuild a U-Net saved by `save_unet`; returns `(model in eval mode, checkpoint dict without weights)`."
+    "Rebuild a U-Net saved by `save_unet` (read as data); returns `(model in eval mode, checkpoint dict without weights)`."
     path = Path(path)
     check(path.exists(), f"{path}: U-Net checkpoint not found; train one with `medsyn segment --out {path.parent}`")
-    ck = torch.load(path, map_location=device, weights_only=False)
+    ck = load_torch_file(path, "U-Net checkpoint", map_location=device)
     check(isinstance(ck, dict) and "state_dict" in ck, f"{path}: not a medsyn U-Net checkpoint (no state_dict); retrain it")
     return _unet_from_medsyn(ck).to(device).eval(), {k: v for k, v in ck.items() if k != "state_dict"}
 
@@ -381,8 +380,7 @@ def load_segmentation_model(path: str | Path, device: str = "cpu") -> nn.Module:
     `{'state_dict', 'config'}` file whose config holds MONAI `UNet` keyword arguments. The one loader behind `medsyn evaluate`."""
     path = Path(path)
     check(path.is_file(), f"{path}: segmentation model not found; train one with `medsyn segment` and pass its checkpoint to --seg-model")
-    try: ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise MedsynError(f"{path}: cannot be read as a segmentation checkpoint ({e})") from e
+    ck = load_torch_file(path, "segmentation checkpoint")
     check(isinstance(ck, dict) and "state_dict" in ck and "config" in ck,
           f"{path}: expected a `medsyn segment` unet.pt or a dict with 'state_dict' and 'config' (MONAI UNet keyword arguments)")
     model = _unet_from_medsyn(ck) if {"in_channels", "labels"} <= set(ck) else _unet_from_monai_kwargs(ck, path)

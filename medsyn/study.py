@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_study.ipynb 2
 from __future__ import annotations
-import argparse, base64, copy, hashlib, json, os, shutil, sys, time
+import argparse, base64, copy, hashlib, html, json, os, shutil, sys, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,16 +33,16 @@ from .viz import label_cmap, save_figure
 __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'LOOKUP_COLUMNS', 'MANIFEST', 'STAGES', 'QUALITY_METRICS',
            'REPORT_TABLES', 'REPORT_FIGURES', 'TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'PARAMETERS_MARKER',
            'ARM_RANKS_CAPTION', 'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid',
-           'gan_jobs', 'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'write_table',
+           'gan_jobs', 'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'escape_text', 'write_table',
            'save_study_figure', 'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key',
            'read_manifest', 'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done',
-           'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of',
-           'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for',
-           'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots',
-           'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs', 'sample_variant',
-           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
-           'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
-           'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
+           'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits',
+           'check_study_dataset', 'split_of', 'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint',
+           'gan_overrides_for', 'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots',
+           'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs',
+           'sample_variant', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves',
+           'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality',
+           'stage_report', 'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
            'lookup_warning', 'lookup_findings', 'seed_findings', 'report_notebook', 'render_report',
            'study_notebooks_dir', 'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook',
            'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config',
@@ -201,13 +201,28 @@ def segmentation_tables(dice: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.Da
                 design_power=design_mde(dice, BASELINE, untrained=untrained, stats=stats))
 
 # %% ../nbs/09_study.ipynb
+_MARKDOWN_ACTIVE = str.maketrans({c: f"&#{ord(c)};" for c in "[]()*_`|\\#!~"})
+
+def escape_text(value) -> str:
+    "`value` as text that HTML and Markdown show as it is: `<`, `>`, `&`, quotes and Markdown's active characters escaped."
+    return html.escape(str(value), quote=True).translate(_MARKDOWN_ACTIVE)
+
+# %% ../nbs/09_study.ipynb
+def _markdown_text(df: pd.DataFrame) -> pd.DataFrame:
+    "A copy of `df` whose text cells and column names are `escape_text`-ed (numbers stay numbers)."
+    out = df.copy()
+    for c in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[c]): out[c] = out[c].map(lambda v: escape_text(v) if isinstance(v, str) else v)
+    out.columns = [escape_text(c) for c in out.columns]
+    return out
+
 def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".4f") -> list[Path]:
-    "Write `df` as `stem.csv`, `stem.md` and `stem.tex` (atomically); returns the paths."
+    "Write `df` as `stem.csv`, `stem.md` and `stem.tex` (atomically; names quoted as text in both); returns the paths."
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv, md, tex = (stem.with_suffix(s) for s in (".csv", ".md", ".tex"))
     atomic_write_text(csv, df.to_csv(index=False))
-    atomic_write_text(md, df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    atomic_write_text(md, _markdown_text(df).to_markdown(index=False, floatfmt=floatfmt) + "\n")
     fmt = {c: (lambda v, f=floatfmt: format(v, f) if isinstance(v, (float, np.floating)) and np.isfinite(v) else str(v))
            for c in df.columns if df[c].dtype.kind == "f"}
     atomic_write_text(tex, df.to_latex(index=False, formatters=fmt, escape=True))
@@ -402,6 +417,45 @@ def study_splits(cfg: StudyConfig, real) -> list[dict]:
             out.append(dict(fold=fold, fraction=float(fraction), train=tr, val=va, test=te,
                             n_train_slices=len(real.subset(tr).for_training())))
     return out
+
+# %% ../nbs/09_study.ipynb
+def _subjects_needed(cfg: StudyConfig, val_fraction: float, limit: int = 1000) -> int:
+    """The fewest subjects for which every (fold, fraction) has training, validation and test subjects, and the full
+    training set of every fold at least 2 (the two real halves of the quality reference, `reference_halves`)."""
+    def enough(n):
+        ids = [f"s{i:04d}" for i in range(n)]
+        try: splits = [(fr, *fold_subjects(ids, f, cfg.folds, fr, cfg.split_seed, val_fraction)) for f in range(cfg.folds) for fr in cfg.fractions]
+        except MedsynError: return False
+        return all(len(tr) >= (2 if fr == 1.0 else 1) and va and te for fr, tr, va, te in splits)
+    return next((n for n in range(cfg.folds, limit) if enough(n)), limit)
+
+# %% ../nbs/09_study.ipynb
+def check_study_dataset(cfg: StudyConfig, log: Callable = print) -> StudyConfig:
+    """Check a user's dataset against `cfg` before any stage runs: enough subjects (the message says how many and what to change),
+    the profile's resolution; returns `cfg` with the fractions that give identical subject sets merged into the larger one."""
+    if cfg.dataset == "default": return cfg
+    real, name = load_real(cfg), dataset_name(cfg.dataset)
+    val_fraction = seg_config(cfg.seg_preset, **cfg.seg_overrides).val_fraction
+    n, need = len(real.subjects), _subjects_needed(cfg, val_fraction)
+    capped = f" (max_subjects = {cfg.max_subjects} of profile {cfg.profile})" if cfg.max_subjects else ""
+    check(n >= need, f"{cfg.dataset}: {n} subjects{capped} are too few for profile {cfg.profile}: {cfg.folds} folds, fractions "
+                     f"{', '.join(f'{f:g}' for f in sorted(cfg.fractions))}, a validation share of {val_fraction:g} and two real halves for the "
+                     f"quality reference need at least {need} subjects; prepare more subjects, or lower --folds"
+                     + (", or drop the small fractions (--set fractions=[1.0])" if len(cfg.fractions) > 1 else "")
+                     + (", or raise --set max_subjects" if cfg.max_subjects and cfg.max_subjects < need else ""))
+    res = tuple(real.resolution)
+    check(res == (cfg.resolution, cfg.resolution),
+          f"{cfg.dataset}: prepared at {res[0]}x{res[1]} but profile {cfg.profile} trains at {cfg.resolution}x{cfg.resolution}; prepare it again "
+          f"with `medsyn prepare SRC --out DIR --res {cfg.resolution}`, or pass --resolution {res[0]} to run at the dataset's resolution "
+          f"(every model {(res[0] / cfg.resolution) ** 2:g}x the profile's size)")
+    sets = {f: [fold_subjects(real.subjects, k, cfg.folds, f, cfg.split_seed, val_fraction)[:2] for k in range(cfg.folds)] for f in cfg.fractions}
+    keep = []
+    for f in sorted(cfg.fractions, reverse=True):
+        same = next((g for g in keep if sets[g] == sets[f]), None)
+        if same is None: keep.append(f)
+        else: log(f"[{name}] fraction {f:g} selects the same training and validation subjects as {same:g} in every fold "
+                  f"({n} subjects): computed once, as {same:g}")
+    return cfg if len(keep) == len(cfg.fractions) else StudyConfig(**{**asdict(cfg), "fractions": tuple(sorted(keep))})
 
 # %% ../nbs/09_study.ipynb
 def split_of(splits: list[dict], fold: int, fraction: float) -> dict:
@@ -846,7 +900,7 @@ REPORT_FIGURES = ["dataset_overview", "real_vs_synthetic", "dice_vs_n", "small_d
 def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Write `report.md` for one dataset from its tables and figures."
     t0, out = time.time(), Path(out_dir)
-    parts = [f"# medsyn study: {dataset_name(cfg.dataset)} (profile {cfg.profile})", ""]
+    parts = [f"# medsyn study: {escape_text(dataset_name(cfg.dataset))} (profile {cfg.profile})", ""]
     trivial = out / "tables" / "trivial_baseline.csv"
     warning = lookup_warning(pd.read_csv(trivial)) if trivial.exists() else ""
     if warning: parts += [f"> {warning}", ""]
@@ -862,13 +916,14 @@ def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -
 
 # %% ../nbs/09_study.ipynb
 def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
-    "The numbers a dataset report quotes, read from the run (`prepare.json`, `tables/dice.csv`) and `cfg`."
+    """The numbers a dataset report quotes, read from the run (`prepare.json`, `tables/dice.csv`) and `cfg`; its texts (the
+    dataset's name, modalities and labels come from the user's files) are `escape_text`-ed for the report's HTML and Markdown."""
     lay = RunLayout(out_dir)
     info = load_json(lay.prepare_json)
     dice = pd.read_csv(lay.table("dice.csv"))
     n_test = [len(split_of(info["splits"], f, 1.0)["test"]) for f in range(cfg.folds)]
     arms = dice[dice.fraction == 1.0][["variant", "factor"]].drop_duplicates().sort_values(["factor", "variant"])
-    return dict(name=info["name"], n_subjects=info["n_subjects"], n_slices=info["n_slices"], modalities=", ".join(info["modalities"]),
+    facts = dict(name=info["name"], n_subjects=info["n_subjects"], n_slices=info["n_slices"], modalities=", ".join(info["modalities"]),
                 labels=", ".join(f"{k} = {v}" for k, v in info["labels"].items()), resolution="×".join(map(str, info["resolution"])),
                 folds=cfg.folds, n_test=sum(n_test), n_test_fold=" / ".join(map(str, n_test)), n_seeds=len(cfg.seeds),
                 arms=", ".join(arm_label(v, f) for v, f in arms.itertuples(index=False)), variants=", ".join(cfg.variants),
@@ -877,6 +932,7 @@ def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
                 gan_preset=cfg.gan_preset, gan_kimg=", ".join(f"{g} {k:g}" for g, k in cfg.gan_kimg.items()),
                 gan_budget="no time limit" if cfg.gan_time_budget is None else f"at most {cfg.gan_time_budget:g} s",
                 n_quality=cfg.n_quality, seg_preset=cfg.seg_preset, split_seed=cfg.split_seed, profile=cfg.profile)
+    return {k: escape_text(v) if isinstance(v, str) else v for k, v in facts.items()}
 
 _ARMS = ("Arms: real-only (factor 0, with classical augmentation), real-noaug (real-only without classical augmentation), "
          "intensity-lookup (a per-pixel intensity lookup fitted on the training subjects), the GAN variants ({variants}) adding "
@@ -947,8 +1003,8 @@ def _float_formats(df: pd.DataFrame) -> dict:
 
 # %% ../nbs/09_study.ipynb
 def table_html(df: pd.DataFrame, label: str, caption: str) -> str:
-    "`df` as an HTML table with its numbered caption above it (`<caption>`), without the index."
-    return (df.style.hide(axis="index").format(_float_formats(df), na_rep="–")
+    "`df` as an HTML table (cells and column names escaped) with its numbered caption above it (`<caption>`), without the index."
+    return (df.style.hide(axis="index").format(_float_formats(df), na_rep="–", escape="html").format_index(escape="html", axis=1)
             .set_caption(f"<b>{label}.</b> {caption}").set_table_attributes('class="report-table"').to_html())
 
 # %% ../nbs/09_study.ipynb
@@ -1283,8 +1339,8 @@ def study_main(argv: list[str]) -> int:
     root = Path(a.out) if a.out else runs_dir()
     datasets = [d.strip() for d in a.datasets.split(",") if d.strip()]
     overrides = check_study_inputs(datasets, root, parse_set_items(a.set))
-    cfgs = [study_config(a.profile, dataset=ds, folds=a.folds, gan_kimg=a.kimg, resolution=a.resolution, seeds=a.seeds, **overrides)
-            for ds in datasets]
+    cfgs = [check_study_dataset(study_config(a.profile, dataset=ds, folds=a.folds, gan_kimg=a.kimg, resolution=a.resolution, seeds=a.seeds,
+                                             **overrides), log=lambda m: print(m, flush=True)) for ds in datasets]
     names, failed, t0 = [], [], time.time()
     for ds, cfg in zip(datasets, cfgs):
         name = dataset_name(ds)

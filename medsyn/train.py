@@ -20,7 +20,7 @@ from .augment import AdaptiveAugment, augment_preset
 from .core import (MedsynError, check, add_field_options, add_set_option, atomic_torch_save, call_with_args,
                          signature_parser, flag_name, atomic_write_text, choose_device, load_json, save_json,
                          seed_everything, check_fields, from_preset, parse_set_items, sigint_at_step_boundary,
-                         remove_stale_leftovers, os_reason, _test_hook)
+                         remove_stale_leftovers, os_reason, to_plain, load_torch_file, UnsafeFileError, _test_hook)
 from .data import load_canonical
 from .metrics import InceptionFeatures, fid_from_features, modality_to_rgb
 from .networks import (GAN_KINDS, GAN_PRESETS, PRECISIONS, GANConfig, build_networks, gan_config, load_checkpoint, mask_to_onehot, real_to_d_input,
@@ -361,14 +361,22 @@ class SnapshotMetric:
 
 # %% ../nbs/05_train.ipynb
 def _rng_state() -> dict:
-    s = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+    "The global RNG states (torch, NumPy, Python, CUDA) as data: NumPy's key array as an int64 tensor (`to_plain`)."
+    s = dict(torch=torch.get_rng_state(), numpy=to_plain(np.random.get_state(), "numpy RNG state"), python=random.getstate())
     if torch.cuda.is_available(): s["cuda"] = torch.cuda.get_rng_state_all()
     return s
 
 # %% ../nbs/05_train.ipynb
+def _numpy_rng(state) -> tuple:
+    "NumPy's `get_state()` tuple from its stored form (the key array as a tensor, or as an array)."
+    kind, keys, *rest = state
+    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys)
+    return (kind, keys.astype(np.uint32), *rest)
+
 def _set_rng_state(s: dict) -> None:
+    "Restore the states of `_rng_state`."
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    np.random.set_state(_numpy_rng(s["numpy"]))
     random.setstate(s["python"])
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
@@ -929,6 +937,7 @@ def open_run_folder(outdir: Path, resume: bool, replace_run: bool) -> tuple[str,
         last = outdir / "network-last.pt"
         if last.exists():
             try: return state, load_checkpoint(last)
+            except UnsafeFileError: raise      # its message says how to upgrade a trusted file
             except MedsynError as e:
                 raise MedsynError(f"{e}. The run in {outdir} cannot resume from it: copy network-best.pt over "
                                   "network-last.pt to resume from the best snapshot, or pass --replace to move the run "

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .core import MedsynError, atomic_path, atomic_torch_save, cache_dir, check, file_sha256, load_json, save_json
+from .core import MedsynError, atomic_path, atomic_torch_save, cache_dir, check, file_sha256, load_json, load_torch_file, save_json
 
 # %% auto 0
 __all__ = ['FID_INCEPTION_FILE', 'FID_INCEPTION_URL', 'INCEPTION_ENV', 'LPIPS_BACKBONES', 'LPIPS_ENV', 'WEIGHT_SETS',
@@ -70,10 +70,10 @@ def find_weights(file_name: str, url: str, env_var: str, path: str | Path | None
 
 # %% ../nbs/06a_weights.ipynb
 def load_weights_file(path: str | Path, what: str) -> dict:
-    "torch.load a state dict (tensors only, `weights_only=True`) with an error naming the file."
+    "A state dict read as data (`load_torch_file`: tensors only, `weights_only=True`), with an error naming the file."
     path = Path(path)
-    try: state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise MedsynError(f"{path}: cannot be read as {what} weights ({e}); re-download the file") from e
+    try: state = load_torch_file(path, f"{what} weights file")
+    except MedsynError as e: raise MedsynError(f"{e}. Re-download the file (`medsyn weights fetch`)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict): state = state["state_dict"]
     check(isinstance(state, dict), f"{path}: expected a state dict for {what}, found {type(state).__name__}")
     return state

@@ -6,10 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medsyn.core import load_json
+import shutil
+
+from medsyn.core import load_json, save_json
 from medsyn.stats import EXPLORATORY, VERDICTS
-from medsyn.study import (RunLayout, dice_findings, experiment_grid, lookup_findings, lookup_warning, read_manifest, segmentation_tables,
-                          study_config, study_main, trivial_baseline_check)
+from medsyn.study import (STAGES, RunLayout, dice_findings, ensure_kernel, execute_notebook, experiment_grid, lookup_findings,
+                          lookup_warning, notebook_parameters, read_manifest, render_report, run_config, segmentation_tables,
+                          study_config, study_main, study_notebooks_dir, trivial_baseline_check, write_table)
+
+HOSTILE = "<img src=x onerror=alert(1)>"
 
 
 class ReportHTML(HTMLParser):
@@ -115,6 +120,29 @@ def test_report_prose_never_outruns_the_tables():
             assert rows.set_index("variant").verdict["warped+cond"] == "worse"                   # −0.04 with 2 trainings per fold
 
 
+def assert_report_quotes_names_as_text(out, copy):
+    """The finished study `out`, its names replaced by markup as a hostile `dataset.json` and hostile subject ids would
+    bring them (prepare record and every table's text columns), reported again: every name shows as text, no markup."""
+    shutil.copytree(out, copy)
+    lay = RunLayout(copy)
+    info = load_json(lay.prepare_json)
+    info.update(name=HOSTILE, modalities=[f"{m} {HOSTILE}" for m in info["modalities"]],
+                labels={k: f"{v} {HOSTILE}" for k, v in info["labels"].items()})
+    save_json(info, lay.prepare_json)
+    for csv in (copy / "tables").glob("*.csv"):
+        t = pd.read_csv(csv)
+        for c in [c for c in ("dataset", "subject", "subjects", "train", "val", "test", "label", "class") if c in t.columns]:
+            t[c] = t[c].astype(str) + " " + HOSTILE
+        write_table(t, csv.with_suffix(""))
+    nb = STAGES[-1][1]
+    execute_notebook(study_notebooks_dir() / nb, lay.notebook(nb), notebook_parameters(run_config(copy), copy), ensure_kernel())
+    html = render_report(lay.notebook(nb), copy / "report.html", title=f"medsyn study: {HOSTILE}").read_text()
+    assert html.count("&lt;img src=x onerror=alert") >= 3, "the hostile names are not quoted in the report"
+    assert "<img src=x" not in html and "onerror=alert(1)>" not in html, "a name from the user's files became markup"
+    for md in [copy / "report.md", *(copy / "tables").glob("*.md")]:
+        assert "<img" not in md.read_text(), md
+
+
 @pytest.mark.slow
 def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     "The smallest study runs end to end; tables/figures exist and are finite; a rerun skips every stage."
@@ -164,6 +192,7 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     n_test = dice[dice.variant == "real"].subject.nunique()   # every subject is tested once, in its fold
     assert_reads_like_a_paper(out / "report.html", n_test, min_figures=5)
     assert_reads_like_a_paper(runs / "report.html", n_test, min_figures=3)
+    assert_report_quotes_names_as_text(out, tmp_path / "hostile" / "default")
 
     t0 = time.time()
     res2 = run_medsyn("study", "--profile", "ci", "--out", str(runs), timeout=600)
