@@ -261,7 +261,7 @@ def lazy_adam(params, tc: TrainConfig, reg_interval: int | None) -> torch.optim.
 
 # %% ../nbs/05_train.ipynb
 def ema_beta(tc: TrainConfig, cur_nimg: int) -> float:
-    "EMA decay per step: half-life `ema_kimg` (default batch*10/32 kimg), ramped up over the first 5 % of images."
+    "EMA decay per step: half-life `ema_kimg` (default `batch * 10 / 32` kimg), ramped up over the first 5 % of images."
     ema_nimg = (tc.ema_kimg if tc.ema_kimg is not None else tc.batch * 10 / 32) * 1000
     if tc.ema_rampup is not None: ema_nimg = min(ema_nimg, cur_nimg * tc.ema_rampup)
     return 0.5 ** (tc.batch / max(ema_nimg, 1e-8))
