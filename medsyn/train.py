@@ -797,7 +797,7 @@ def train_gan(data_dir,                            # canonical dataset folder (f
     thousand images; returns the run folder `outdir` (checkpoints, logs, grids). `overrides` set fields of
     `GANConfig` or `TrainConfig`. For 'cond', `mask_source` (a canonical dataset folder) gives the masks used
     for grids and the selection metric (default: the training masks). `subjects` restricts training to those
-    subjects (e.g. the train split); `selection_subjects` picks the snapshot on *those* subjects' real pairs instead
+    subjects (e.g. the train split); `selection_subjects` picks the snapshot on those subjects' real pairs instead
     (the validation split: snapshot selection on held-out data). A folder holding a run is resumed (`resume`), refused (see `open_run_folder`)
     or, with `replace_run`, moved aside first. Ctrl-C stops after the current step with a checkpoint."""
     run = RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg)
