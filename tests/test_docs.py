@@ -109,3 +109,53 @@ def test_site_build_output_that_points_at_notebooks_fails():
                  "[WARNING] Could not convert TeX math x, rendering as TeX", "WARN: unable to resolve link"]:
         assert check_docs.BAD_BUILD_LINES.search(line), line
     assert not check_docs.BAD_BUILD_LINES.search("Output created: _docs/index.html")
+
+
+def test_results_page_from_a_report_notebook(tmp_path):
+    "tools/record_results.py: the stamp, the report's prose and figures, code folded, logs dropped, never executed."
+    import base64, io
+    import nbformat
+    from PIL import Image
+    import record_results
+    buf = io.BytesIO(); Image.new("RGB", (1600, 400), (200, 30, 30)).save(buf, "PNG")
+    png = base64.b64encode(buf.getvalue()).decode()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_raw_cell("---\nskip_exec: true\n---"), nbformat.v4.new_markdown_cell("# Does it help?\n\nProse."),
+        nbformat.v4.new_code_cell("rep.figure('x')", outputs=[
+            nbformat.v4.new_output("stream", name="stderr", text="a log line"),
+            nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Image>"}),
+            nbformat.v4.new_output("display_data", data={"text/html": f'<figure><img src="data:image/png;base64,{png}"><figcaption>F</figcaption></figure>'})]),
+        nbformat.v4.new_code_cell("x = 1")])
+    nbformat.write(nb, str(tmp_path / "06_report.ipynb"))
+    rec = {"command": "medsyn study --profile quick", "started": "2026-12-07 10:54 UTC", "commit": "abc1234",
+           "machine": "a CPU, 2 CPU cores", "wall_s": 1500}
+    page = record_results.results_notebook(tmp_path / "06_report.ipynb", rec)
+    text = json.dumps(page.dict() if hasattr(page, "dict") else page)
+    assert page.cells[0].cell_type == "raw" and "skip_exec: true" in page.cells[0].source
+    head = page.cells[1].source
+    assert head.startswith("# Results") and all(v in head for v in ["2026-12-07 10:54 UTC", "`abc1234`", "a CPU, 2 CPU cores", "25.0 min"])
+    assert "## Does it help?" in text and "a log line" not in text and "x = 1" not in text
+    fig = page.cells[3]
+    assert fig.source.startswith("#| echo: false") and len(fig.outputs) == 2
+    small = [fig.outputs[0]["data"]["image/png"], re.search(r"base64,([^\"]+)", fig.outputs[1]["data"]["text/html"]).group(1)]
+    for b64 in small:
+        im = Image.open(io.BytesIO(base64.b64decode(b64)))
+        assert im.width <= 1100 and im.mode == "P" and len(b64) < len(png)
+
+
+def test_results_page_is_a_stamped_recorded_run():
+    "The committed Results page: made by tools/record_results.py, stamped, with the report's tables and figures."
+    page = ROOT / "nbs" / "results.ipynb"
+    assert page.exists(), "nbs/results.ipynb is missing: run `python tools/record_results.py`"
+    nb = json.loads(page.read_text())
+    src = ["".join(c["source"]) for c in nb["cells"]]
+    assert "skip_exec: true" in src[0] and src[1].startswith("# Results")
+    for field in ["| started |", "| commit |", "| machine |", "| wall time |"]: assert field in src[1], field
+    outs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    html = ["".join(o.get("data", {}).get("text/html", "")) for o in outs]
+    assert sum(h.count("data:image/png;base64,") for h in html) >= 3, "fewer than 3 figures"
+    assert sum(h.count("<figcaption>") for h in html) >= 3, "figures without captions"
+    assert sum("<table" in "".join(o.get("data", {}).get("text/html", "")) or "|---" in "".join(o.get("data", {}).get("text/markdown", ""))
+               for o in outs) >= 3, "fewer than 3 tables"
+    assert not [o for o in outs if o.get("output_type") in ("error", "stream")]
+    assert page.stat().st_size < 1_500_000, f"{page.name} is {page.stat().st_size} bytes: keep the figures small"

@@ -13,13 +13,14 @@ notebook small. The page is never executed by `nbdev_test` or the site build (`s
 recorded, and stays until this script is run again.
 """
 from __future__ import annotations
-import argparse, base64, copy, io, json, os, platform, subprocess, sys, tempfile, time
+import argparse, base64, copy, io, json, os, re, platform, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "nbs" / "results.ipynb"
 COMMAND = "medsyn study --profile quick"
+DATA_URI = re.compile(r"(data:image/png;base64,)([A-Za-z0-9+/=]+)")
 
 
 def machine() -> str:
@@ -80,7 +81,11 @@ def results_notebook(report: Path, rec: dict):
             c.execution_count = None
             for o in c.outputs:
                 if "execution_count" in o: o["execution_count"] = None
-                if "image/png" in o.get("data", {}): o["data"]["image/png"] = small_png(o["data"]["image/png"])
+                data = o.get("data", {})
+                if "image/png" in data: data["image/png"] = small_png(data["image/png"])
+                if "text/html" in data:   # the report's figures: <figure><img src="data:image/png;base64,..."> with a caption
+                    html = "".join(data["text/html"])
+                    data["text/html"] = DATA_URI.sub(lambda m: m.group(1) + small_png(m.group(2)), html)
         else: continue
         c.pop("id", None); c.metadata = {}
         cells.append(c)
@@ -93,7 +98,8 @@ def results_notebook(report: Path, rec: dict):
                 "when the site is built.\n\n"
                 "| recorded run | |\n|---|---|\n"
                 f"| started | {rec['started']} |\n| commit | `{rec['commit']}` |\n| machine | {rec['machine']} |\n"
-                f"| wall time | {rec['wall_s'] / 60:.1f} min ({rec['wall_s']} s) |\n\n"
+                f"| wall time | {rec['wall_s'] / 60:.1f} min ({rec['wall_s']} s) |\n"
+                + (f"| note | {rec['note']} |\n" if rec.get("note") else "") + "\n"
                 "The bundled default is one brain split into slabs that act as pseudo-subjects, and the quick profile "
                 "trains every GAN and U-Net for minutes on a CPU: the run shows the whole pipeline and how the report "
                 "reads, not an answer to the study's question.")]
