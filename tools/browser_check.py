@@ -129,7 +129,7 @@ def search_finds(drv, base: str, term: str, shot: Path | None) -> list[str]:
     return []
 
 
-def screenshot(drv, path: Path, max_height: int = 6000):
+def screenshot(drv, path: Path, max_height: int = 16000):
     "Screenshot of the whole page (up to max_height pixels)."
     h = min(max_height, int(drv.execute_script("return document.documentElement.scrollHeight")))
     w = drv.get_window_size()["width"]

@@ -83,13 +83,16 @@ def results_notebook(report: Path, rec: dict):
                 if "execution_count" in o: o["execution_count"] = None
                 data = o.get("data", {})
                 if "image/png" in data: data["image/png"] = small_png(data["image/png"])
-                if "text/html" in data:   # the report's figures: <figure><img src="data:image/png;base64,..."> with a caption
-                    html = "".join(data["text/html"])
-                    data["text/html"] = DATA_URI.sub(lambda m: m.group(1) + small_png(m.group(2)), html)
+                if "text/html" in data:   # the report's tables and figures (<figure><img src="data:image/png;base64,...">)
+                    html = DATA_URI.sub(lambda m: m.group(1) + small_png(m.group(2)), "".join(data["text/html"]))
+                    # As markdown (raw HTML passes through pandoc unchanged): Quarto adds require.js and jQuery from a
+                    # CDN to every page with a text/html output, and the site must work offline.
+                    o["data"] = {"text/markdown": html}
         else: continue
         c.metadata = {}
         cells.append(c)
-    head = [nbformat.v4.new_raw_cell("---\nskip_exec: true\nskip_showdoc: true\n---"),
+    # image: the page's preview picture; without it Quarto takes the first figure, a data: URI, as og:image.
+    head = [nbformat.v4.new_raw_cell("---\nskip_exec: true\nskip_showdoc: true\nimage: images/quick_samples_warped_cond.png\n---"),
             nbformat.v4.new_markdown_cell(
                 "# Results\n\n> The study's report from a recorded run of the README's main job on the bundled default dataset.\n\n"
                 f"Made by `python tools/record_results.py`: a run of `{rec['command']}` (profile `quick`, dataset `default`), "
