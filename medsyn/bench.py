@@ -115,7 +115,7 @@ def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int = 3, steps_
 
 # %% ../nbs/10_bench.ipynb
 def op_cases(quick: bool = False) -> list[dict]:
-    "Benchmark cases: op name, case label, and a function making (inputs, fn(impl, *inputs)) for a device."
+    "Benchmark cases: op name, case label, and a function making `(inputs, fn(impl, *inputs))` for a device."
     f4 = lambda dev: ops.setup_filter([1, 3, 3, 1], device=dev)
     def bias_case(shape):
         def make(dev):

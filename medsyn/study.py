@@ -1276,7 +1276,7 @@ def aggregate(root: str | Path, names: Sequence[str], log: Callable = print) -> 
     "Aggregate tables and execute the report notebook into `root/report.ipynb` and `root/report.html`."
     root = Path(root).resolve()
     aggregate_tables(root, names)
-    src = study_notebooks_dir() / "report.ipynb"
+    src = study_notebooks_dir() / "07_aggregate.ipynb"
     dst = root / "report.ipynb"
     execute_notebook(src, dst, dict(root=str(root), datasets=list(names)), ensure_kernel(), log)
     render_report(dst, root / "report.html", title="medsyn study: all datasets")
