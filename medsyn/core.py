@@ -271,11 +271,11 @@ def load_torch_file(path: str | Path, what: str = "checkpoint", map_location="cp
     try: return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e: error = e
     except Exception as e:
-        raise MedsynError(f"{path}: cannot be read as a {what} ({type(e).__name__}: {str(e)[:200]}); it is truncated or not a "
-                          "torch file: copy it again or use another one") from None
+        raise MedsynError(f"{path}: unreadable {what} ({type(e).__name__}: {str(e)[:200]}); it is truncated or not a torch "
+                          "file: copy it again or use another one") from None
     found = torch_file_globals(path)
     if [g for g in found if not g.startswith(SAFE_GLOBAL_PREFIXES)]: raise UnsafeFileError(unsafe_file_message(path, what, found))
-    raise MedsynError(f"{path}: cannot be read as a {what} ({str(error).splitlines()[0][:200]}); it is damaged: copy it again")
+    raise MedsynError(f"{path}: unreadable {what} ({str(error).splitlines()[0][:200]}); it is damaged: copy it again")
 
 # %% ../nbs/00_core.ipynb
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
