@@ -236,6 +236,7 @@ def _rank_env(rank: int, nproc: int, port: int, kwargs: dict, device_type: str) 
     e = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), MEDSYN_LAUNCHER="nproc", MEDSYN_RANK_CALL=json.dumps(kwargs))
     e.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if f"MEDSYN_TEST_HOOK_RANK{rank}" in e: e["MEDSYN_TEST_HOOK"] = e[f"MEDSYN_TEST_HOOK_RANK{rank}"]   # tests: a signal to one rank
     if device_type == "cuda": e.setdefault("NCCL_SOCKET_IFNAME", "lo")
     else: e.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return e
