@@ -1065,6 +1065,9 @@ def train_gan(data_dir,                            # canonical dataset folder (f
     env = dist_env(nproc=nproc)
     if nproc is not None and nproc > 1 and env.source == "single":
         call = {k: v for k, v in args.items() if k not in ("overrides", "args")}
+        tc = plan_run(data_dir, outdir, RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg), subjects, resume, replace_run,
+                      device, {**overrides, **({} if batch is None else {"batch": batch})}).tc   # refuse bad settings once, here
+        rank_share(tc.batch, tc.batch_gpu or tc.batch // nproc, 0, nproc)
         launch("medsyn.train:train_gan", rank_call(call, overrides), nproc, check_nproc(nproc, device).type)
         return Path(outdir)
     group = RankGroup(env, rank_device(choose_device(device), env)).start()

@@ -90,7 +90,7 @@ def assert_same_run(a: dict, b: dict, what: str, tol: float = 0.0) -> dict:
     print(f"{what}: max |delta| G {d['G']:.3g}, D {d['D']:.3g}, G_ema {d['G_ema']:.3g}; p {a['augment']['p']} vs {b['augment']['p']}")
     assert a["cur_nimg"] == b["cur_nimg"], (a["cur_nimg"], b["cur_nimg"])
     for k in ("G", "D", "G_ema"): assert d[k] <= tol, f"{what}: {k} differs by {d[k]}"
-    assert a["augment"]["p"] == b["augment"]["p"] and a["augment"]["p"] > 0, (a["augment"], b["augment"])
+    assert a["augment"] == b["augment"] and a["augment"]["r_t"] is not None, (a["augment"], b["augment"])   # p and ADA's statistic
     assert torch.allclose(a["pl_mean"], b["pl_mean"], rtol=0, atol=tol) and float(a["pl_mean"]) > 0
     return d
 
@@ -139,30 +139,29 @@ def test_two_ranks_equal_one_process_cond_under_torchrun_env(toy, tmp_path):
 def test_dead_rank_sigterm_and_resume_with_any_process_count(toy, joint_pair, tmp_path):
     """From the 2-rank joint run at 3 steps: (a) rank 1 is SIGKILLed inside step 5 -> the launcher names it, rank 0 stops,
     step 4's checkpoint stays; (b) resumed as SLURM tasks, rank 0 gets SIGTERM inside step 5 -> both finish it and save;
-    (c) resumed with --nproc 2 to step 6: equal to the uninterrupted 2-rank run, and to a 1-process continuation."""
-    for name in ("killed", "straight", "single"): shutil.copytree(joint_pair / "two", tmp_path / name)
+    (c) that 2-rank checkpoint resumed in one process to step 6 equals the uninterrupted 2-rank run, bit for bit."""
+    for name in ("killed", "straight"): shutil.copytree(joint_pair / "two", tmp_path / name)
     t0 = time.time()
     r = one(train_args(toy, tmp_path / "killed", "0.024", "joint", "--nproc", "2"), env=dict(MEDSYN_TEST_HOOK_RANK1="train:step:KILL@2"),
-            timeout=120)
+            timeout=240)
     took = time.time() - t0
     assert r["rc"] == 2 and "rank 1 of 2" in r["err"] and "killed by SIGKILL" in r["err"], r["err"]
-    assert "TIMEOUT" not in r["err"] and took < 110, took
+    assert "TIMEOUT" not in r["err"] and took < 200, took       # no hang: rank 0 stopped on its own (grace 30 s, timeouts 60 s)
+    print(f"rank 1 killed: the run ended after {took:.0f} s (process start-up included)")
     assert load_checkpoint(tmp_path / "killed" / "network-last.pt")["cur_nimg"] == 16
     slurm = [dict(SLURM_PROCID=str(k), SLURM_NTASKS="2", SLURM_LOCALID=str(k), SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4242",
                   **({"MEDSYN_TEST_HOOK": "train:step:TERM@1"} if k == 0 else {})) for k in range(2)]
     res = run_processes(train_args(toy, tmp_path / "killed", "0.024"), slurm)
     assert [x["rc"] for x in res] == [130, 130], [x["err"] for x in res]
     assert "SIGTERM" in res[0]["err"]
-    assert load_checkpoint(tmp_path / "killed" / "network-last.pt")["cur_nimg"] == 20
-    r = one(train_args(toy, tmp_path / "killed", "0.024", "joint", "--nproc", "2"))
+    ck = load_checkpoint(tmp_path / "killed" / "network-last.pt")
+    assert (ck["cur_nimg"], ck["world_size"], len(ck["rng_ranks"])) == (20, 2, 2)
+    r = one(train_args(toy, tmp_path / "killed", "0.024"), netns=False)              # one process continues the 2-rank run
     assert r["rc"] == 0, r["err"]
     r = one(train_args(toy, tmp_path / "straight", "0.024", "joint", "--nproc", "2"))
     assert r["rc"] == 0, r["err"]
-    r = one(train_args(toy, tmp_path / "single", "0.024"), netns=False)
-    assert r["rc"] == 0, r["err"]
-    straight = load_checkpoint(tmp_path / "straight" / "network-last.pt")
-    assert_same_run(straight, load_checkpoint(tmp_path / "killed" / "network-last.pt"), "kill + SIGTERM + resume vs uninterrupted (2 ranks)")
-    assert_same_run(straight, load_checkpoint(tmp_path / "single" / "network-last.pt"), "2-rank checkpoint resumed in 1 process vs 2 ranks")
+    assert_same_run(load_checkpoint(tmp_path / "straight" / "network-last.pt"), load_checkpoint(tmp_path / "killed" / "network-last.pt"),
+                    "2 ranks killed, resumed by SLURM tasks, SIGTERM, resumed in 1 process vs 2 ranks uninterrupted")
 
 
 def test_mismatched_world_size_is_refused(toy, tmp_path, monkeypatch):
