@@ -120,28 +120,36 @@ def build_lock_timeout() -> float:
     try: return float(raw)
     except ValueError: raise MedsynError(f"MEDSYN_BUILD_LOCK_TIMEOUT={raw!r}: give a number of seconds") from None
 
+def _last_activity(build_dir: Path) -> float:
+    "When anything in `build_dir` last changed (a running build writes objects and logs there)."
+    return max([build_dir.stat().st_mtime] + [p.stat().st_mtime for p in build_dir.iterdir() if p.name != ".medsyn-build.lock"])
+
 @contextlib.contextmanager
 def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
-    """Hold the build lock of `build_dir` (an `flock` on `.medsyn-build.lock`): wait at most `timeout` seconds for a build
-    in another process; then refuse torch's own `lock` file if it stays there (left by a killed build), naming the folder."""
+    """Hold the build lock of `build_dir` (an `flock` on `.medsyn-build.lock`) while a build runs there. Waits for a build in
+    another process as long as the folder shows activity; after `timeout` seconds without any, or when torch's own `lock`
+    file (left by a killed build) has seen none for `timeout` seconds, raises an error naming the folder."""
     timeout = build_lock_timeout() if timeout is None else timeout
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(build_dir / ".medsyn-build.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    idle = lambda: time.time() - _last_activity(build_dir) > timeout
     try:
-        deadline = time.monotonic() + timeout
+        start = time.time()
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                check(time.monotonic() < deadline, f"{build_dir}: another process has been building the compiled ops here for over "
-                      f"{timeout:.0f} s; let it finish (or stop it) and rerun; MEDSYN_BUILD_LOCK_TIMEOUT sets the wait")
-                time.sleep(0.1)
+                check(time.time() - start < timeout or not idle(), f"{build_dir}: another process holds the build lock of the compiled "
+                      f"ops and nothing changed there for {timeout:.0f} s; stop it and rerun (MEDSYN_BUILD_LOCK_TIMEOUT sets the wait)")
+                time.sleep(0.2)
         torch_lock = build_dir / "lock"
-        while torch_lock.exists() and time.monotonic() < deadline: time.sleep(0.1)   # a build outside this lock (older medsyn)
-        check(not torch_lock.exists(), f"{build_dir}: holds the lock file 'lock' of a build of the compiled ops that was killed "
-              f"(torch would wait for it for ever); remove it with `rm {torch_lock}` (or remove the folder {build_dir}) and rerun")
+        while torch_lock.exists():      # a build outside this lock (an older medsyn) is alive while the folder changes
+            check(not idle(), f"{build_dir}: holds the lock file 'lock' of a build of the compiled ops that was killed (nothing "
+                  f"changed there for {timeout:.0f} s; torch would wait for it for ever); remove it with `rm {torch_lock}` (or "
+                  f"remove the folder {build_dir}) and rerun")
+            time.sleep(0.2)
         yield
     finally:
         os.close(fd)          # releases the flock
