@@ -20,9 +20,10 @@ from .core import MedsynError, check, cache_dir, env_flag
 # %% auto 0
 __all__ = ['IMPLS', 'KERNEL_OPS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHECKED', 'DTYPE_TOL', 'set_default_impl',
            'get_default_impl', 'csrc_dir', 'PluginStatus', 'native_flags', 'extensions_dir', 'build_lock_timeout',
-           'build_lock', 'load_plugin', 'compile_cuda', 'keep_freed_memory', 'plugin_error', 'active_impl', 'ActSpec',
-           'bias_act_ref', 'bias_act', 'setup_filter', 'upfirdn2d_ref', 'upfirdn2d', 'filter2d', 'upsample2d',
-           'downsample2d', 'demod_bias_act_ref', 'demod_bias_act', 'check_ops', 'format_check_table', 'ops_main']
+           'torch_lock_is_a_file', 'build_lock', 'load_plugin', 'compile_cuda', 'keep_freed_memory', 'plugin_error',
+           'active_impl', 'ActSpec', 'bias_act_ref', 'bias_act', 'setup_filter', 'upfirdn2d_ref', 'upfirdn2d',
+           'filter2d', 'upsample2d', 'downsample2d', 'demod_bias_act_ref', 'demod_bias_act', 'check_ops',
+           'format_check_table', 'ops_main']
 
 # %% ../nbs/02_ops.ipynb
 IMPLS = ("auto", "ref", "cpu", "cuda")
@@ -124,6 +125,11 @@ def _last_activity(build_dir: Path) -> float:
     "When anything in `build_dir` last changed (a running build writes objects and logs there)."
     return max([build_dir.stat().st_mtime] + [p.stat().st_mtime for p in build_dir.iterdir() if p.name != ".medsyn-build.lock"])
 
+def torch_lock_is_a_file() -> bool:
+    "Whether this torch's `cpp_extension` blocks on the mere existence of a build folder's `lock` file (`FileBaton`)."
+    from torch.utils import cpp_extension
+    return hasattr(cpp_extension, "FileBaton")
+
 @contextlib.contextmanager
 def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
     """Hold the build lock of `build_dir` (an `flock` on `.medsyn-build.lock`) while a build runs there. Waits for a build in
@@ -145,7 +151,7 @@ def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
                       f"ops and nothing changed there for {timeout:.0f} s; stop it and rerun (MEDSYN_BUILD_LOCK_TIMEOUT sets the wait)")
                 time.sleep(0.2)
         torch_lock = build_dir / "lock"
-        while torch_lock.exists():      # a build outside this lock (an older medsyn) is alive while the folder changes
+        while torch_lock_is_a_file() and torch_lock.exists():      # a build outside this lock (an older medsyn) is alive while the folder changes
             check(not idle(), f"{build_dir}: holds the lock file 'lock' of a build of the compiled ops that was killed (nothing "
                   f"changed there for {timeout:.0f} s; torch would wait for it for ever); remove it with `rm {torch_lock}` (or "
                   f"remove the folder {build_dir}) and rerun")
