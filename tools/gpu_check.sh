@@ -45,7 +45,7 @@ if [ "$NGPU" -ge 2 ]; then
     --nproc 2 --outdir "$OUT/train_dist" --replace
 else
   NPROC=1
-  step dist_torchrun1 240 "$PY" -m torch.distributed.run --standalone --nproc-per-node=1 -m medsyn.cli train --data "$DATA" \
+  step dist_torchrun1 240 "$PY" -m torch.distributed.run --standalone --nproc-per-node=1 --no-python medsyn train --data "$DATA" \
     --kind joint --kimg 1000 --time-budget 60 --device cuda --no-progress --outdir "$OUT/train_dist" --replace
 fi
 D256="$OUT/toy256"
