@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_bench.ipynb 2
 from __future__ import annotations
-import argparse, json, os, platform, resource, shutil, statistics, subprocess, sys, tempfile, time, warnings, weakref
+import argparse, hashlib, json, os, platform, resource, shutil, statistics, subprocess, sys, tempfile, time, warnings, weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -12,6 +12,7 @@ from typing import Callable
 import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import ops
@@ -27,9 +28,9 @@ from .train import GANTrainer, PairData, pair_batches, select_ops_impl, train_co
 
 # %% auto 0
 __all__ = ['QUALITY_COLUMNS', 'NVLABS_SEC_PER_KIMG_256', 'peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases',
-           'available_impls', 'bench_ops', 'bench_config', 'bench_compile', 'bench_step', 'bench_parser', 'bench_train',
-           'nvlabs_step', 'step_gflop', 'matmul_peak_gflops', 'roofline', 'bench_nvlabs', 'plot_quality_vs_minutes',
-           'bench_quality', 'bench_data', 'bench_main']
+           'available_impls', 'bench_ops', 'bench_config', 'bench_compile', 'bench_step', 'AtenCalls', 'step_signature',
+           'bench_parser', 'bench_train', 'nvlabs_step', 'step_gflop', 'matmul_peak_gflops', 'roofline', 'bench_nvlabs',
+           'plot_quality_vs_minutes', 'bench_quality', 'bench_data', 'bench_main']
 
 # %% ../nbs/10_bench.ipynb
 class _LiveTensorBytes(TorchDispatchMode):
@@ -114,7 +115,7 @@ def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int = 3, steps_
 
 # %% ../nbs/10_bench.ipynb
 def op_cases(quick: bool = False) -> list[dict]:
-    "Benchmark cases: op name, case label, and a function making (inputs, fn(impl, *inputs)) for a device."
+    "Benchmark cases: op name, case label, and a function making `(inputs, fn(impl, *inputs))` for a device."
     f4 = lambda dev: ops.setup_filter([1, 3, 3, 1], device=dev)
     def bias_case(shape):
         def make(dev):
@@ -279,16 +280,41 @@ def bench_step(kind: str = "joint",           # generator variant: joint | mask 
     cond = onehot if kind == "cond" else None
 
     def step():                                   # the main phases of `GANTrainer.step`, exactly as training runs them
-        tr.gmain(batch, cond)
+        tr.gmain(batch, cond, image)
         tr.dmain(image, onehot, cond)
 
     info = dict(impl=impl, ops_impl="ref" if impl == "compile" else ops.active_impl(dev), precision=gcfg.precision,
                 precision_requested=precision, num_fp16_res=gcfg.num_fp16_res, lowp_resolution=gcfg.lowp_resolution(),
                 device=str(dev), torch_compile=bool(compile_main and tr.loss.fns),
                 G_params=sum(p.numel() for p in tr.G.parameters()), D_params=sum(p.numel() for p in tr.D.parameters()),
-                z_dim=gcfg.z_dim, w_dim=gcfg.w_dim, mapping_layers=gcfg.mapping_layers, fused_modconv=gcfg.fused_modconv)
+                z_dim=gcfg.z_dim, w_dim=gcfg.w_dim, mapping_layers=gcfg.mapping_layers, fused_modconv=gcfg.fused_modconv,
+                conv_clamp=gcfg.conv_clamp, channels_last=gcfg.channels_last)
     info["_trainer"] = tr
     return step, info
+
+# %% ../nbs/10_bench.ipynb
+class AtenCalls(TorchDispatchMode):
+    "Records every aten call made inside it: the op and the dtype, shape and memory layout of each tensor argument."
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        layout = lambda t: "cl" if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last) else ""
+        self.calls.append(f"{func}:" + ",".join(f"{t.dtype}{tuple(t.shape)}{layout(t)}" for t in tensors))
+        return func(*args, **kwargs)
+
+# %% ../nbs/10_bench.ipynb
+def step_signature(step: Callable, seed: int = 0) -> dict:
+    """What one call of `step` computes: the number of its aten calls and a SHA-256 of them (`AtenCalls`); equal means the
+    same computation. The step runs with the global RNG seeded (`seed`, restored afterwards), since style mixing draws
+    whether it happens; take it after a warm-up step, as the first step of a process also allocates a few caches."""
+    with torch.random.fork_rng(), AtenCalls() as rec:
+        torch.manual_seed(seed)
+        step()
+    return dict(aten_calls=len(rec.calls), aten_sha256=hashlib.sha256("\n".join(rec.calls).encode()).hexdigest()[:16])
 
 # %% ../nbs/10_bench.ipynb
 def _bench_one(a) -> dict:
@@ -316,6 +342,7 @@ def _bench_one(a) -> dict:
                baseline_rss_mb=round(rss0, 1),
                peak_mem_source="resource.getrusage(RUSAGE_SELF).ru_maxrss: peak RSS of this process incl. Python+torch",
                **info)
+    if not res["torch_compile"]: res["step_signature"] = step_signature(step)   # one more step, after the warm-up ones
     if info["device"].startswith("cuda"): res["cuda_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if note: res["note"] = note
     return res

@@ -23,30 +23,30 @@ from .generate import generate_pairs, warp_settings
 from .evaluate import evaluate
 from .metrics import dataset_hash
 from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
-from .stats import (ARM, BASELINE, COMPARE_COLUMNS, arm_label, compare_arms, design_mde, friedman_nemenyi, dataset_arm_table, holm,
-                          per_seed, seed_mean, summary_table, verdict)
+from .stats import (ARM, BASELINE, COMPARE_COLUMNS, EXPLORATORY, add_verdicts, arm_label, arm_rows, arm_statistics, compare_arms,
+                          design_mde, friedman_nemenyi, dataset_arm_table, fold_arrays, mean_t_interval, per_seed, seed_mean, summary_table)
 from .networks import GAN_KINDS, load_checkpoint
 from .train import train_gan
 from .viz import label_cmap, save_figure
 
 # %% auto 0
-__all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'MANIFEST', 'STAGES', 'QUALITY_METRICS', 'REPORT_TABLES',
-           'REPORT_FIGURES', 'TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'PARAMETERS_MARKER', 'ARM_RANKS_CAPTION',
-           'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs',
-           'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'escape_text', 'write_table',
+__all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'LOOKUP_COLUMNS', 'MANIFEST', 'STAGES', 'QUALITY_METRICS',
+           'REPORT_TABLES', 'REPORT_FIGURES', 'TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'PARAMETERS_MARKER',
+           'ARM_RANKS_CAPTION', 'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid',
+           'gan_jobs', 'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'escape_text', 'write_table',
            'save_study_figure', 'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'RunLayout', 'artefact_key',
            'read_manifest', 'write_manifest', 'changed_inputs', 'artefact_state', 'reset_artefact', 'stage_done',
-           'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'split_of',
-           'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for',
-           'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots',
-           'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs', 'sample_variant',
-           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
-           'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality', 'stage_report',
-           'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
-           'lookup_warning', 'lookup_findings', 'report_notebook', 'render_report', 'study_notebooks_dir',
-           'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook', 'execute_notebook',
-           'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config', 'aggregate_findings',
-           'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
+           'mark_done', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits',
+           'check_study_dataset', 'split_of', 'folds_table', 'write_real_subset', 'stage_prepare', 'gan_checkpoint',
+           'gan_overrides_for', 'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots',
+           'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs',
+           'sample_variant', 'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves',
+           'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality',
+           'stage_report', 'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings', 'dilution_findings',
+           'lookup_warning', 'lookup_findings', 'seed_findings', 'report_notebook', 'render_report',
+           'study_notebooks_dir', 'ensure_kernel', 'study_header', 'notebook_parameters', 'load_study_notebook',
+           'execute_notebook', 'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config',
+           'aggregate_findings', 'dice_side_by_side_caption', 'check_study_inputs', 'study_main']
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
@@ -102,7 +102,9 @@ PROFILES = {
     # the one variant whose pairs look like brain slices after minutes of CPU: warped+cond, its cond GAN narrower (channel base
     # 1024, max 64) at batch 4, i.e. 500 steps in 2 kimg (see `medsyn bench quality`); joint needs far more (`--set variants=...`).
     # That narrow net runs in fp32: its small convolutions gain nothing from bf16 (152 ms/step fp32, 148-161 bf16; 10_bench).
-    "quick": dict(synthetic_factors=(0, 1), variants=("warped+cond",), gan_time_budget=240.0,
+    # Two U-Net seeds: the headline comparison (warped+cond vs real-only) needs >= 2 trainings per arm and fold for a verdict
+    # (medsyn.stats.run_t); they are paid for by dropping the oversampled and no-augmentation controls (full and ci keep them).
+    "quick": dict(synthetic_factors=(0, 1), variants=("warped+cond",), gan_time_budget=240.0, seeds=(0, 1), controls=("lookup",),
                   gan_overrides=dict(metric="stats", cond=dict(batch=4, channel_base=1024, channel_max=64, precision="fp32"))),
     "full": dict(resolution=256, folds=5, seeds=(0, 1, 2), synthetic_factors=(0, 0.25, 0.5, 1, 2, 4),
                  variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0),
@@ -161,35 +163,42 @@ def gan_jobs(cfg: StudyConfig) -> pd.DataFrame:
 
 # %% ../nbs/09_study.ipynb
 def vs_dilution(dice: pd.DataFrame, variants: Sequence[str], margin: float, alpha: float = 0.05) -> pd.DataFrame:
-    "Every synthetic arm × f against its dilution control `real-oversampled` × f (Holm over all of them)."
+    "Every synthetic arm × f against its dilution control `real-oversampled` × f; Holm over all of them (a family of one: none)."
     frames = []
     for (fraction, factor), g in dice[dice.factor > 0].groupby(["fraction", "factor"], sort=True):
         if CONTROLS["oversampled"] not in set(g.variant): continue
         g = g[g.variant.isin([CONTROLS["oversampled"], *variants])]
-        frames.append(compare_arms(g, (CONTROLS["oversampled"], float(factor)), margin, alpha))
+        frames.append(arm_rows(g, (CONTROLS["oversampled"], float(factor)), margin))
     if not frames: return pd.DataFrame(columns=ARM + COMPARE_COLUMNS)
-    out = pd.concat(frames, ignore_index=True)
-    out["p_holm"], out["p_tost_holm"] = holm(out.p_wilcoxon), holm(out.p_tost)
-    out[["verdict", "mark"]] = [verdict(m, p, t, alpha) for m, p, t in zip(out.mean_delta, out.p_holm, out.p_tost_holm)]
-    return out
+    return add_verdicts(pd.concat(frames, ignore_index=True), margin, alpha)
 
 # %% ../nbs/09_study.ipynb
-def trivial_baseline_check(dice: pd.DataFrame) -> pd.DataFrame:
-    "Per (fraction, fold): the real-only U-Net's mean Dice (seeds averaged) next to the intensity lookup's, and whether it beats it."
-    m = seed_mean(dice).groupby(["fraction", "variant", "fold"]).dice.mean().unstack("variant")
-    if "real" not in m or CONTROLS["lookup"] not in m: return pd.DataFrame(columns=["fraction", "fold", "unet_real", "lookup", "unet_beats_lookup"])
-    out = m[["real", CONTROLS["lookup"]]].rename(columns={"real": "unet_real", CONTROLS["lookup"]: "lookup"}).reset_index()
-    out["unet_beats_lookup"] = out.unet_real > out.lookup
-    return out
+LOOKUP_COLUMNS = ["fraction", "fold", "variant", "factor", "n_subjects", "n_runs", "dice", "dice_lookup", "mean_delta", "ci_low", "ci_high",
+                  "p_test", "beats_lookup"]
+
+def trivial_baseline_check(dice: pd.DataFrame, margin: float = 0.02, level: float = 0.95) -> pd.DataFrame:
+    "Per (fraction, fold), every arm against the intensity lookup: mean Dice of both, the paired t (`arm_statistics`), `beats_lookup` = CI above 0."
+    lookup, rows = CONTROLS["lookup"], []
+    for (fraction, fold), g in dice.groupby(["fraction", "fold"], sort=True):
+        base = g[g.variant == lookup]
+        if not len(base): continue
+        for (variant, factor), a in g[g.variant != lookup].groupby(["variant", "factor"], sort=True):
+            folds, n_runs = fold_arrays(a, base, "dice", untrained=(lookup,))
+            st = arm_statistics(folds, margin, level)
+            rows.append(dict(fraction=fraction, fold=fold, variant=variant, factor=factor, n_subjects=st["n_subjects"], n_runs=n_runs,
+                             dice=a.dice.mean(), dice_lookup=base.dice.mean(), mean_delta=st["mean_delta"], ci_low=st["ci_low"],
+                             ci_high=st["ci_high"], p_test=st["p_test"], beats_lookup=bool(st["ci_low"] > 0)))
+    return pd.DataFrame(rows, columns=LOOKUP_COLUMNS)
 
 # %% ../nbs/09_study.ipynb
 def segmentation_tables(dice: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     "The study's segmentation tables from the per-subject Dice (`dice.csv`): summary, comparisons, controls, variance, power."
-    stats = compare_arms(dice, BASELINE, cfg.equivalence_margin)
+    untrained = (CONTROLS["lookup"],)
+    stats = compare_arms(dice, BASELINE, cfg.equivalence_margin, untrained=untrained)
     return dict(dice_summary=summary_table(dice, BASELINE, cfg.equivalence_margin, stats=stats), comparisons=stats,
                 vs_dilution=vs_dilution(dice, cfg.variants, cfg.equivalence_margin),
-                trivial_baseline=trivial_baseline_check(dice), dice_per_seed=per_seed(dice),
-                design_power=design_mde(dice, BASELINE))
+                trivial_baseline=trivial_baseline_check(dice, cfg.equivalence_margin), dice_per_seed=per_seed(dice),
+                design_power=design_mde(dice, BASELINE, untrained=untrained, stats=stats))
 
 # %% ../nbs/09_study.ipynb
 _MARKDOWN_ACTIVE = str.maketrans({c: f"&#{ord(c)};" for c in "[]()*_`|\\#!~"})
@@ -255,13 +264,13 @@ def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[s
 
 # %% ../nbs/09_study.ipynb
 def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None = None):
-    "Dice vs pairs added per variant and the dilution control (seeds averaged; 95 % CI over subjects); real-only controls as lines."
+    "Dice vs pairs added per variant and the dilution control (seeds averaged; 95 % t-interval over subjects); real-only controls as lines."
     import matplotlib.pyplot as plt, seaborn as sns
     d = seed_mean(dice[dice.fraction == fraction])
     base, added = d[d.variant == "real"], sorted(d[d.factor > 0].variant.unique())
     curves = pd.concat([d[d.variant.isin(added)]] + [base.assign(variant=v) for v in added]) if added else base
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    sns.lineplot(curves, x="factor", y="dice", hue="variant", marker="o", errorbar=("ci", 95), ax=ax, seed=0)
+    sns.lineplot(curves, x="factor", y="dice", hue="variant", marker="o", errorbar=mean_t_interval, ax=ax)
     ax.set_xlabel("pairs added (x real training slices)")
     ax.set_ylabel("test Dice (per subject, seeds averaged)")
     for v, ls in (("real", ":"), (CONTROLS["noaug"], "--"), (CONTROLS["lookup"], "-.")):
@@ -280,7 +289,7 @@ def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | 
     d["subjects (%)"] = (d.fraction * 100).round().astype(int)
     fig, ax = plt.subplots(figsize=(5, 3.4))
     dodge = 0.25 if d.setting.nunique() > 1 else False
-    sns.pointplot(d, x="subjects (%)", y="dice", hue="setting", errorbar=("ci", 95), dodge=dodge, ax=ax, seed=0)
+    sns.pointplot(d, x="subjects (%)", y="dice", hue="setting", errorbar=mean_t_interval, dodge=dodge, ax=ax)
     ax.set_ylabel("test Dice (per subject)")
     ax.set_title(title or "Small-data sweep", fontsize=9)
     ax.legend(fontsize=7)
@@ -408,6 +417,45 @@ def study_splits(cfg: StudyConfig, real) -> list[dict]:
             out.append(dict(fold=fold, fraction=float(fraction), train=tr, val=va, test=te,
                             n_train_slices=len(real.subset(tr).for_training())))
     return out
+
+# %% ../nbs/09_study.ipynb
+def _subjects_needed(cfg: StudyConfig, val_fraction: float, limit: int = 1000) -> int:
+    """The fewest subjects for which every (fold, fraction) has training, validation and test subjects, and the full
+    training set of every fold at least 2 (the two real halves of the quality reference, `reference_halves`)."""
+    def enough(n):
+        ids = [f"s{i:04d}" for i in range(n)]
+        try: splits = [(fr, *fold_subjects(ids, f, cfg.folds, fr, cfg.split_seed, val_fraction)) for f in range(cfg.folds) for fr in cfg.fractions]
+        except MedsynError: return False
+        return all(len(tr) >= (2 if fr == 1.0 else 1) and va and te for fr, tr, va, te in splits)
+    return next((n for n in range(cfg.folds, limit) if enough(n)), limit)
+
+# %% ../nbs/09_study.ipynb
+def check_study_dataset(cfg: StudyConfig, log: Callable = print) -> StudyConfig:
+    """Check a user's dataset against `cfg` before any stage runs: enough subjects (the message says how many and what to change),
+    the profile's resolution; returns `cfg` with the fractions that give identical subject sets merged into the larger one."""
+    if cfg.dataset == "default": return cfg
+    real, name = load_real(cfg), dataset_name(cfg.dataset)
+    val_fraction = seg_config(cfg.seg_preset, **cfg.seg_overrides).val_fraction
+    n, need = len(real.subjects), _subjects_needed(cfg, val_fraction)
+    capped = f" (max_subjects = {cfg.max_subjects} of profile {cfg.profile})" if cfg.max_subjects else ""
+    check(n >= need, f"{cfg.dataset}: {n} subjects{capped} are too few for profile {cfg.profile}: {cfg.folds} folds, fractions "
+                     f"{', '.join(f'{f:g}' for f in sorted(cfg.fractions))}, a validation share of {val_fraction:g} and two real halves for the "
+                     f"quality reference need at least {need} subjects; prepare more subjects, or lower --folds"
+                     + (", or drop the small fractions (--set fractions=[1.0])" if len(cfg.fractions) > 1 else "")
+                     + (", or raise --set max_subjects" if cfg.max_subjects and cfg.max_subjects < need else ""))
+    res = tuple(real.resolution)
+    check(res == (cfg.resolution, cfg.resolution),
+          f"{cfg.dataset}: prepared at {res[0]}x{res[1]} but profile {cfg.profile} trains at {cfg.resolution}x{cfg.resolution}; prepare it again "
+          f"with `medsyn prepare SRC --out DIR --res {cfg.resolution}`, or pass --resolution {res[0]} to run at the dataset's resolution "
+          f"(every model {(res[0] / cfg.resolution) ** 2:g}x the profile's size)")
+    sets = {f: [fold_subjects(real.subjects, k, cfg.folds, f, cfg.split_seed, val_fraction)[:2] for k in range(cfg.folds)] for f in cfg.fractions}
+    keep = []
+    for f in sorted(cfg.fractions, reverse=True):
+        same = next((g for g in keep if sets[g] == sets[f]), None)
+        if same is None: keep.append(f)
+        else: log(f"[{name}] fraction {f:g} selects the same training and validation subjects as {same:g} in every fold "
+                  f"({n} subjects): computed once, as {same:g}")
+    return cfg if len(keep) == len(cfg.fractions) else StudyConfig(**{**asdict(cfg), "fractions": tuple(sorted(keep))})
 
 # %% ../nbs/09_study.ipynb
 def split_of(splits: list[dict], fold: int, fraction: float) -> dict:
@@ -744,12 +792,11 @@ def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     check(np.isfinite(dice.dice).all(), f"non-finite Dice values in {lay.root / 'cells'}; delete the offending cell folders and rerun")
     outputs = write_table(dice, lay.table("dice")) + write_table(per_class, lay.table("dice_per_class"))
     outputs += write_table(learning_curves(grid, lay), lay.table("learning_curves"))
-    for stem, table in segmentation_tables(dice.drop(columns="dataset"), cfg).items():
+    tables = segmentation_tables(dice.drop(columns="dataset"), cfg)
+    for stem, table in tables.items():
         outputs += write_table(table, lay.table(stem))
-    beaten = trivial_baseline_check(dice.drop(columns="dataset")).query("~unet_beats_lookup")
-    for r in beaten.itertuples():
-        log(f"segment: WARNING: on fold {r.fold} (fraction {r.fraction:g}) the real-only U-Net ({r.unet_real:.3f}) does not beat "
-            f"the intensity lookup ({r.lookup:.3f}); it has not converged, so no comparison built on it can be trusted")
+    warning = lookup_warning(tables["trivial_baseline"])
+    if warning: log(f"segment: {warning.replace('**', '')}")
     outputs += save_study_figure(plot_dice_vs_n(dice, title=f"{info['name']}: Dice vs synthetic pairs"), lay.figure("dice_vs_n"))
     if len(cfg.fractions) > 1:
         outputs += save_study_figure(plot_small_data(dice, cfg.sweep_factor, title=f"{info['name']}: small-data sweep"), lay.figure("small_data"))
@@ -843,10 +890,10 @@ def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
 REPORT_TABLES = [("dataset", "Dataset"), ("folds", "Folds (subjects)"), ("gan_training", "GAN training"),
                  ("quality", "Image quality of synthetic pairs"),
                  ("dice_summary", "Segmentation: test Dice per subject (seeds averaged; mean ± sd over subjects), paired difference "
-                                  "to real-only with 95 % bootstrap CI, Holm-corrected Wilcoxon p and TOST verdict"),
+                                  "to real-only with its 95 % t-interval (test subjects and trainings as replicates), Holm-corrected p and verdict"),
                  ("vs_dilution", "Synthetic content vs dilution: each synthetic arm against real-only oversampled to the same sample count"),
-                 ("trivial_baseline", "Does the real-only U-Net beat the intensity-lookup baseline?"),
-                 ("design_power", "Minimum detectable effect (80 % power, two-sided paired t, α = 0.05) for this design"),
+                 ("trivial_baseline", "Does each arm beat the intensity-lookup baseline? (paired 95 % CI per fold)"),
+                 ("design_power", "Minimum detectable effect (80 % power) of the test the verdicts use, at Holm's level"),
                  ("dice_per_seed", "Variance across U-Net seeds")]
 REPORT_FIGURES = ["dataset_overview", "real_vs_synthetic", "dice_vs_n", "small_data"]
 
@@ -855,12 +902,8 @@ def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -
     t0, out = time.time(), Path(out_dir)
     parts = [f"# medsyn study: {escape_text(dataset_name(cfg.dataset))} (profile {cfg.profile})", ""]
     trivial = out / "tables" / "trivial_baseline.csv"
-    if trivial.exists():
-        t = pd.read_csv(trivial)
-        for r in t[~t.unet_beats_lookup.astype(bool)].itertuples():
-            parts += [f"> **WARNING: on fold {r.fold} (fraction {r.fraction:g}) the real-only U-Net (Dice {r.unet_real:.3f}) does not beat "
-                      f"a per-pixel intensity lookup (Dice {r.lookup:.3f}).** The U-Net has not converged; no effect measured on top "
-                      "of it can be trusted.", ""]
+    warning = lookup_warning(pd.read_csv(trivial)) if trivial.exists() else ""
+    if warning: parts += [f"> {warning}", ""]
     for stem, title in REPORT_TABLES:
         p = out / "tables" / f"{stem}.md"
         parts += [f"## {title}", "", p.read_text() if p.exists() else "_not produced_", ""]
@@ -894,10 +937,15 @@ def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
 _ARMS = ("Arms: real-only (factor 0, with classical augmentation), real-noaug (real-only without classical augmentation), "
          "intensity-lookup (a per-pixel intensity lookup fitted on the training subjects), the GAN variants ({variants}) adding "
          "factor × the real training slices as synthetic pairs, and real-oversampled (real slices repeated to the same sample count).")
-_TESTS = ("mean_delta: mean paired difference to real-only over the n = {n_test} test subjects, with its 95 % bootstrap CI "
-          "(ci_low, ci_high); p_wilcoxon: two-sided Wilcoxon signed-rank p; p_holm: Holm-corrected over the arms; p_tost / "
-          "p_tost_holm: equivalence (TOST) p for a margin of ±{margin} Dice; verdict: better / worse when p_holm < 0.05, "
-          "equivalent when p_tost_holm < 0.05, otherwise inconclusive.")
+_TESTS = ("mean_delta: mean paired difference to real-only over the n = {n_test} test subjects and the trainings of their fold "
+          "(n_runs: trainings per fold of the arm and its baseline, paired by seed); sd_delta: sd over subjects of the seed-averaged "
+          "difference; se_delta, df: its standard error and Satterthwaite degrees of freedom, with test subjects and training runs as "
+          "crossed random effects (medsyn.stats.run_t); ci_low, ci_high: its 95 % t-interval; p_test: two-sided t-test of no "
+          "difference and p_tost: equivalence (TOST) p for a margin of ±{margin} Dice, both from the same t; p_holm, p_tost_holm: "
+          "Holm-corrected over the n_tests comparisons of the table (uncorrected when n_tests = 1); verdict: 'exploratory: one training "
+          "per fold' with fewer than 2 trainings per fold (the interval is then conditional on that training), better / worse when "
+          "p_holm < 0.05 and |mean_delta| > {margin}, equivalent when p_tost_holm < 0.05, otherwise inconclusive; p_verdict: the p the "
+          "verdict rests on.")
 TABLE_CAPTIONS = {
     "dataset": "The {name} dataset: {n_subjects} subjects, {n_slices} 2D slices of {resolution} pixels; modalities {modalities}; "
                "labels {labels}; mean_fg_fraction is the mean share of foreground pixels per slice.",
@@ -917,14 +965,18 @@ TABLE_CAPTIONS = {
                     "{n_seeds} U-Net seed(s); dice: mean ± sd over the n = {n_test} test subjects of the {folds} folds. " + _ARMS + " " + _TESTS,
     "vs_dilution": "Synthetic content against dilution: every GAN arm compared with real-oversampled at the same factor (the same number "
                    "of training samples, all real), paired over the n = {n_test} test subjects. " + _TESTS.replace("real-only", "real-oversampled"),
-    "trivial_baseline": "Sanity check per fold: mean test Dice of the real-only U-Net (seeds averaged) and of the per-pixel intensity "
-                        "lookup fitted on the same training subjects ({n_test_fold} test subjects per fold). A U-Net that does not beat "
-                        "the lookup has not learned the task.",
-    "design_power": "Minimum detectable effect of this design: per arm, the number of paired test subjects, the observed sd of the paired "
-                    "Dice differences to real-only, and the smallest mean difference a two-sided paired t-test detects with 80 % power "
-                    "at α = 0.05 (mde).",
+    "trivial_baseline": "Sanity check per fold ({n_test_fold} test subjects per fold): every arm against the per-pixel intensity lookup "
+                        "fitted on the same training subjects: mean test Dice of the arm (over its trainings) and of the lookup, the paired "
+                        "difference with its 95 % t-interval and p (trainings as replicates with two or more per fold, otherwise "
+                        "conditional on the one training); beats_lookup: the interval lies above 0. A real-only U-Net that does not beat "
+                        "the lookup has not shown that it learned the task.",
+    "design_power": "Minimum detectable effect of the test the verdicts use: per arm, the paired test subjects, the trainings per fold, "
+                    "the standard error and degrees of freedom of the run-aware paired t, the size of its Holm family (n_tests), the level "
+                    "of Holm's first step (alpha_test = 0.05 / n_tests) and mde: the smallest true mean difference that test detects with "
+                    "80 % power at alpha_test. A better / worse verdict also needs |Δ| > {margin}.",
     "dice_per_seed": "Variance across the {n_seeds} U-Net seed(s): per arm, the mean test Dice, the sd between the seed means and the "
-                     "within-subject sd across seeds (RMS over the n = {n_test} test subjects; empty with one seed).",
+                     "within-subject sd across seeds (RMS over the n = {n_test} test subjects) and sd_run, the sd of one training's effect on all "
+                     "test subjects of its fold (runs × subjects ANOVA per fold, pooled); empty with one seed.",
 }
 FIGURE_CAPTIONS = {
     "dataset_overview": "The {name} dataset ({n_subjects} subjects, {n_slices} slices, modalities {modalities}): example slices with "
@@ -934,17 +986,20 @@ FIGURE_CAPTIONS = {
     "samples": "Synthetic pairs of the {variant} GAN of fold 0 (image channels and label-map overlay).",
     "dice_vs_n": "Test Dice against the synthetic pairs added (factor × real training slices: {factors}) for every GAN variant and "
                  "the dilution control real-oversampled; points are means over the n = {n_test} test subjects (seeds averaged), bands "
-                 "their 95 % bootstrap CI. Horizontal lines: real-only (dotted), real-noaug (dashed), intensity lookup (dash-dot).",
+                 "their 95 % t-interval over subjects. Horizontal lines: real-only (dotted), real-noaug (dashed), intensity lookup (dash-dot).",
     "small_data": "Small-data sweep: test Dice against the share of labelled subjects used for training ({fractions}), real-only "
-                  "against real + {sweep_factor}× synthetic pairs per variant; mean and 95 % bootstrap CI over the n = {n_test} "
+                  "against real + {sweep_factor}× synthetic pairs per variant; mean and 95 % t-interval over the n = {n_test} "
                   "test subjects (seeds averaged).",
     "gan_quality_vs_kimg": "GAN snapshot quality against training length (kimg) per run; the marked snapshot is the one used for sampling.",
 }
 
 # %% ../nbs/09_study.ipynb
 def _float_formats(df: pd.DataFrame) -> dict:
-    "Per float column of a report table: p-values to 3 significant digits, everything else to 3 decimals."
-    return {c: ("{:.3g}" if str(c).startswith("p_") or str(c).endswith("_p") else "{:.3f}") for c in df.columns if df[c].dtype.kind == "f"}
+    "Per float column of a report table: p-values to 3 significant digits, counts (n_…) and df as such, everything else to 3 decimals."
+    def fmt(c: str) -> str:
+        if c.startswith("p_") or c.endswith("_p"): return "{:.3g}"
+        return "{:.0f}" if c.startswith("n_") else "{:.1f}" if c == "df" else "{:.3f}"
+    return {c: fmt(str(c)) for c in df.columns if df[c].dtype.kind == "f"}
 
 # %% ../nbs/09_study.ipynb
 def table_html(df: pd.DataFrame, label: str, caption: str) -> str:
@@ -1000,11 +1055,20 @@ class Report:
         display(HTML(figure_html(path, self._take("Figure"), caption or FIGURE_CAPTIONS[Path(figure).stem].format(**self.facts))))
 
 # %% ../nbs/09_study.ipynb
+def _p_phrase(r) -> str:
+    "The p a verdict rests on, named by its test; 'Holm' only over a family of more than one."
+    h = "Holm " if r.n_tests > 1 else ""
+    if r.verdict == EXPLORATORY: return "no test interpreted (the interval ignores training noise)"
+    if r.verdict == "equivalent": return f"equivalence (TOST) {h}p = {r.p_tost_holm:.3g}"
+    if r.verdict in ("better", "worse"): return f"{h}p = {r.p_holm:.3g}"
+    return f"{h}p = {r.p_holm:.3g}, equivalence (TOST) {h}p = {r.p_tost_holm:.3g}"
+
 def _arm_sentence(r, baseline: str) -> str:
-    "One Markdown bullet: an arm's Dice and its paired difference to `baseline` with CI, Holm p and verdict."
+    "One Markdown bullet: an arm's Dice and its paired difference to `baseline` with CI, trainings per fold, the p its verdict rests on."
     dice = f"Dice {r.dice}, " if hasattr(r, "dice") else ""
     return (f"- **{arm_label(r.variant, r.factor)}** ({100 * r.fraction:g} % of the subjects): {dice}Δ = {r.mean_delta:+.3f} "
-            f"(95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f}) against {baseline}, Holm p = {r.p_holm:.3g}: **{r.verdict}**.")
+            f"(95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f}, {r.n_runs:.0f} training(s) per fold) against {baseline}, {_p_phrase(r)}: "
+            f"**{r.verdict}**.")
 
 # %% ../nbs/09_study.ipynb
 def dice_findings(summary: pd.DataFrame, n_test: int) -> str:
@@ -1024,19 +1088,46 @@ def dilution_findings(vs: pd.DataFrame) -> str:
     return "\n".join(_arm_sentence(r, "real-oversampled") for r in vs.itertuples())
 
 # %% ../nbs/09_study.ipynb
+def _lookup_where(r) -> str:
+    return f"fold {r.fold} at {100 * r.fraction:g} % (Δ = {r.mean_delta:+.3f}, 95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f})"
+
 def lookup_warning(trivial: pd.DataFrame) -> str:
-    "A bold warning naming the (fold, fraction) pairs where the real-only U-Net does not beat the intensity lookup; '' when none."
-    bad = [f"fold {r.fold} at {100 * r.fraction:g} %" for r in trivial[~trivial.unet_beats_lookup.astype(bool)].itertuples()]
-    return (f"**Warning: on {', '.join(bad)} the real-only U-Net does not beat a per-pixel intensity lookup; there it has not "
-            "learned the task and no effect measured on top of it can be trusted.**" if bad else "")
+    "Bold warnings naming every (fold, fraction) where the real-only U-Net, then any other arm, is no better than the lookup (CI reaching 0)."
+    weak = trivial[~trivial.beats_lookup.astype(bool)]
+    real, others = weak[weak.variant == "real"], weak[weak.variant != "real"]
+    parts = []
+    if len(real):
+        parts.append(f"**Warning: on {'; '.join(_lookup_where(r) for r in real.itertuples())} the real-only U-Net is no better than a "
+                     "per-pixel intensity lookup; there it has not shown that it learned the task, and no effect measured on top of it "
+                     "can be trusted.**")
+    if len(others):
+        parts.append("**No better than a per-pixel intensity lookup either: " + "; ".join(
+            f"{arm_label(r.variant, r.factor)} on {_lookup_where(r)}" for r in others.itertuples()) + ".**")
+    return " ".join(parts)
 
 # %% ../nbs/09_study.ipynb
 def lookup_findings(trivial: pd.DataFrame) -> str:
-    "Whether the real-only U-Net beat the intensity lookup on every (fold, fraction), in prose, with `lookup_warning` when it did not."
+    "How many (fold, fraction) pairs the real-only U-Net and the other arms beat the lookup on (CI above 0), with `lookup_warning`."
     if not len(trivial): return "The intensity-lookup control was not run."
-    beaten = trivial.unet_beats_lookup.astype(bool)
-    return (f"The real-only U-Net beat the per-pixel intensity lookup on {beaten.sum()} of {len(trivial)} (fold, fraction) pairs "
-            f"(mean Dice {trivial.unet_real.mean():.3f} against {trivial.lookup.mean():.3f}). " + lookup_warning(trivial)).strip()
+    real, others = trivial[trivial.variant == "real"], trivial[trivial.variant != "real"]
+    text = (f"The real-only U-Net beats the per-pixel intensity lookup (the 95 % CI of the paired Dice difference lies above 0) on "
+            f"{int(real.beats_lookup.astype(bool).sum())} of {len(real)} (fold, fraction) pairs (mean Dice {real.dice.mean():.3f} against "
+            f"{real.dice_lookup.mean():.3f})")
+    if len(others): text += f"; the other arms on {int(others.beats_lookup.astype(bool).sum())} of {len(others)} (arm, fold, fraction) triples"
+    return (text + ". " + lookup_warning(trivial)).strip()
+
+# %% ../nbs/09_study.ipynb
+def seed_findings(seeds: pd.DataFrame) -> str:
+    "What the seed table (`dice_per_seed`) says about training noise, in prose; with one seed, that it cannot say anything."
+    trained = seeds[seeds.variant != CONTROLS["lookup"]]
+    if not len(trained) or (trained.n_seeds < 2).all():
+        return ("With one U-Net seed per arm and fold the training noise is not estimated: a single training is shared by all test "
+                "subjects of its fold, so every comparison above is exploratory.")
+    real = trained[(trained.variant == "real") & (trained.fraction == trained.fraction.max())]
+    r = (real if len(real) else trained).iloc[0]
+    return (f"Over {r.n_seeds} seeds, one training of {arm_label(r.variant, r.factor)} shifts the Dice of all test subjects of its fold "
+            f"by sd_run = {r.sd_run:.4f} (the seed means differ by sd {r.sd_between_seeds:.4f}); the comparisons count the trainings "
+            "as replicates, so this noise is inside their intervals.")
 
 # %% ../nbs/09_study.ipynb
 def report_notebook(nb):
@@ -1185,7 +1276,7 @@ def aggregate(root: str | Path, names: Sequence[str], log: Callable = print) -> 
     "Aggregate tables and execute the report notebook into `root/report.ipynb` and `root/report.html`."
     root = Path(root).resolve()
     aggregate_tables(root, names)
-    src = study_notebooks_dir() / "report.ipynb"
+    src = study_notebooks_dir() / "07_aggregate.ipynb"
     dst = root / "report.ipynb"
     execute_notebook(src, dst, dict(root=str(root), datasets=list(names)), ensure_kernel(), log)
     render_report(dst, root / "report.html", title="medsyn study: all datasets")
@@ -1212,8 +1303,8 @@ def dice_side_by_side_caption(facts: dict[str, dict]) -> str:
     n = ", ".join(f"{f['name']}: n = {f['n_test']}" for f in facts.values())
     return ("Test Dice per arm (rows: share of the labelled subjects used, arm, synthetic pairs added as a multiple of the real "
             f"training slices) and dataset (columns): mean ± sd over each dataset's test subjects ({n}), U-Net seeds averaged. "
-            "* marks a Holm-corrected two-sided Wilcoxon signed-rank p < 0.05 against real-only training on the same dataset "
-            "and fraction.")
+            "* marks a better or worse verdict against real-only training on the same dataset and fraction (run-aware paired t "
+            "with at least 2 trainings per fold, Holm-corrected p < 0.05 and |Δ| beyond the equivalence margin).")
 
 ARM_RANKS_CAPTION = ("Friedman test across datasets with Nemenyi post-hoc ranks, over the arms every dataset has: mean rank of "
                      "each arm (1 = highest test Dice), the Friedman p and the Nemenyi critical difference (nemenyi_cd: arms "
@@ -1248,8 +1339,8 @@ def study_main(argv: list[str]) -> int:
     root = Path(a.out) if a.out else runs_dir()
     datasets = [d.strip() for d in a.datasets.split(",") if d.strip()]
     overrides = check_study_inputs(datasets, root, parse_set_items(a.set))
-    cfgs = [study_config(a.profile, dataset=ds, folds=a.folds, gan_kimg=a.kimg, resolution=a.resolution, seeds=a.seeds, **overrides)
-            for ds in datasets]
+    cfgs = [check_study_dataset(study_config(a.profile, dataset=ds, folds=a.folds, gan_kimg=a.kimg, resolution=a.resolution, seeds=a.seeds,
+                                             **overrides), log=lambda m: print(m, flush=True)) for ds in datasets]
     names, failed, t0 = [], [], time.time()
     for ds, cfg in zip(datasets, cfgs):
         name = dataset_name(ds)

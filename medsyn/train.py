@@ -306,7 +306,7 @@ def lazy_adam(params, tc: TrainConfig, reg_interval: int | None) -> torch.optim.
 
 # %% ../nbs/05_train.ipynb
 def ema_beta(tc: TrainConfig, cur_nimg: int) -> float:
-    "EMA decay per step: half-life `ema_kimg` (default batch*10/32 kimg), ramped up over the first 5 % of images."
+    "EMA decay per step: half-life `ema_kimg` (default `batch * 10 / 32` kimg), ramped up over the first 5 % of images."
     ema_nimg = (tc.ema_kimg if tc.ema_kimg is not None else tc.batch * 10 / 32) * 1000
     if tc.ema_rampup is not None: ema_nimg = min(ema_nimg, cur_nimg * tc.ema_rampup)
     return 0.5 ** (tc.batch / max(ema_nimg, 1e-8))
@@ -1053,7 +1053,7 @@ def train_gan(data_dir,                            # canonical dataset folder (f
     thousand images; returns the run folder `outdir` (checkpoints, logs, grids). `overrides` set fields of
     `GANConfig` or `TrainConfig`. For 'cond', `mask_source` (a canonical dataset folder) gives the masks used
     for grids and the selection metric (default: the training masks). `subjects` restricts training to those
-    subjects (e.g. the train split); `selection_subjects` picks the snapshot on *those* subjects' real pairs instead
+    subjects (e.g. the train split); `selection_subjects` picks the snapshot on those subjects' real pairs instead
     (the validation split: snapshot selection on held-out data). A folder holding a run is resumed (`resume`), refused (see `open_run_folder`)
     or, with `replace_run`, moved aside first. Ctrl-C (or SIGTERM) stops after the current step with a checkpoint.
 

@@ -3,6 +3,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 
 @pytest.mark.slow
@@ -46,3 +47,33 @@ def test_bench_quality_scores_every_variant_at_every_step(run_medsyn, tmp_path):
     assert set(t2.tag) == {"fp32-s7"} and set(t2.gan_seed) == {7} and set(t2.variant) == {"real", "warped+cond"}
     assert (out / "figures" / "quality_vs_minutes-fp32-s7.png").stat().st_size > 0
     assert pd.read_csv(out / "tables" / "quality_vs_minutes.csv").equals(t)      # the untagged bench's table is untouched
+
+
+def test_auto_on_a_cpu_without_bf16_is_the_explicit_fp32_step(monkeypatch):
+    """On a CPU without native bf16 (flags faked), precision auto builds and runs exactly the fp32 step: same JSON settings,
+    same modules and settings, same weights, bit-identical outputs and the same aten calls."""
+    import medsyn.bench as B, medsyn.networks as N
+    no_bf16 = lambda cpuinfo=None: []
+    monkeypatch.setattr(N, "cpu_bf16_flags", no_bf16)
+    monkeypatch.setattr(B, "cpu_bf16_flags", no_bf16)
+    arch = dict(kind="cond", res=32, batch=4, channel_base=512, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2,
+                img_channels=2, num_labels=3, device="cpu", impl="auto")
+    built = {p: B.bench_step(precision=p, **arch) for p in ("auto", "fp32")}
+    (sa, ia), (sb, ib) = built["auto"], built["fp32"]
+    ta, tb = ia.pop("_trainer"), ib.pop("_trainer")
+    assert ia.pop("precision_requested") == "auto" and ib.pop("precision_requested") == "fp32"
+    assert ia == ib and ia["precision"] == "fp32" and ia["lowp_resolution"] is None
+
+    def settings(m):
+        return [(n, type(x).__name__, sorted((k, repr(v)) for k, v in vars(x).items() if not k.startswith("_") and k != "training"))
+                for n, x in m.named_modules()]
+    for a, b in ((ta.G, tb.G), (ta.D, tb.D)):
+        assert settings(a) == settings(b)
+        sda, sdb = a.state_dict(), b.state_dict()
+        assert sda.keys() == sdb.keys() and all(torch.equal(sda[k], sdb[k]) and sda[k].dtype == sdb[k].dtype for k in sda)
+    z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    cond = torch.nn.functional.one_hot(torch.randint(0, 3, (4, 32, 32), generator=torch.Generator().manual_seed(2)), 3).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        assert torch.equal(ta.G(z, cond, noise_mode="const"), tb.G(z, cond, noise_mode="const"))
+    sa(); sb()                     # warm-up: the first step of a process also allocates caches
+    assert B.step_signature(sa) == B.step_signature(sb)

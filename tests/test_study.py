@@ -9,8 +9,10 @@ import pytest
 import shutil
 
 from medsyn.core import load_json, save_json
-from medsyn.study import (STAGES, RunLayout, ensure_kernel, execute_notebook, experiment_grid, notebook_parameters, read_manifest,
-                          render_report, run_config, study_config, study_main, study_notebooks_dir, write_table)
+from medsyn.stats import EXPLORATORY, VERDICTS
+from medsyn.study import (STAGES, RunLayout, dice_findings, ensure_kernel, execute_notebook, experiment_grid, lookup_findings,
+                          lookup_warning, notebook_parameters, read_manifest, render_report, run_config, segmentation_tables,
+                          study_config, study_main, study_notebooks_dir, trivial_baseline_check, write_table)
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -65,8 +67,57 @@ def test_trivial_baseline_is_fitted_on_training_subjects_only(monkeypatch):
 
 def test_quick_profile_grid_is_the_documented_one():
     grid = experiment_grid(study_config("quick"))
-    assert set(grid.variant) == {"real", "warped+cond", "real-oversampled", "real-noaug", "intensity-lookup"} and grid.cell.is_unique
-    assert sorted(grid[grid.fraction == 1.0].factor.unique()) == [0, 1] and len(grid) == 10   # 5 arms x 2 folds
+    assert set(grid.variant) == {"real", "warped+cond", "intensity-lookup"} and grid.cell.is_unique
+    assert sorted(grid[grid.fraction == 1.0].factor.unique()) == [0, 1] and len(grid) == 10   # (2 seeds x 2 arms + lookup) x 2 folds
+    trained = grid[grid.variant.isin(["real", "warped+cond"])]
+    assert (trained.groupby(["variant", "fold"]).seed.nunique() >= 2).all()    # the headline comparison can get a verdict
+    assert {"real-oversampled", "real-noaug"} <= set(experiment_grid(study_config("full")).variant)   # full keeps the controls
+
+
+def toy_dice(seeds=(0, 1), lookup=(0.86, 0.70), n=5, seed=0):
+    "Two folds of n subjects: real-only U-Net near 0.865 / 0.80, warped+cond 0.04 lower, a deterministic lookup per fold."
+    rng = np.random.default_rng(seed); rows = []
+    level = {(f, i): (0.865, 0.80)[f] + 0.03 * rng.normal() for f in (0, 1) for i in range(n)}
+    for s in seeds:
+        run = {(v, f): 0.005 * rng.normal() for v in ("real", "warped+cond") for f in (0, 1)}
+        for (f, i), x in level.items():
+            for v, fac, shift in (("real", 0.0, 0.0), ("warped+cond", 1.0, -0.04)):
+                rows.append(dict(fraction=1.0, variant=v, factor=fac, n_synthetic=int(50 * fac), n_real=50, fold=f, seed=s,
+                                 subject=f"f{f}s{i}", dice=x + shift + run[(v, f)] + 0.003 * rng.normal()))
+            if s == seeds[0]:
+                rows.append(dict(fraction=1.0, variant="intensity-lookup", factor=0.0, n_synthetic=0, n_real=50, fold=f, seed=s,
+                                 subject=f"f{f}s{i}", dice=lookup[f] + (x - (0.865, 0.80)[f]) + 0.03 * rng.normal()))
+    return pd.DataFrame(rows)
+
+
+def test_lookup_wording_on_a_fold_where_they_tie():
+    "Fold 0: the U-Net's mean is above the lookup's but the paired CI reaches 0: 'no better than', never 'beats'."
+    t = trivial_baseline_check(toy_dice())
+    real = t[t.variant == "real"].set_index("fold")
+    assert real.dice[0] > real.dice_lookup[0] and real.ci_low[0] < 0 and not real.beats_lookup[0]   # a tie, not a win
+    assert real.beats_lookup[1] and real.ci_low[1] > 0
+    w = lookup_warning(t)
+    assert "fold 0 at 100 %" in w and "the real-only U-Net is no better than a per-pixel intensity lookup" in w and "fold 1" not in w.split("either")[0]
+    assert "beats" not in w and "on 1 of 2 (fold, fraction) pairs" in lookup_findings(t)
+    assert set(t.variant) == {"real", "warped+cond"} and (t.n_runs == 2).all()               # every arm, trainings counted
+
+
+def test_report_prose_never_outruns_the_tables():
+    "Each sentence carries its table row's verdict and the p it rests on; one training per fold gives no better/worse anywhere."
+    for seeds in [(0,), (0, 1)]:
+        tabs = segmentation_tables(toy_dice(seeds), study_config("quick"))
+        summ = tabs["dice_summary"]
+        text = dice_findings(summ, 10)
+        rows = summ[summ.verdict != "baseline"]
+        assert set(rows.verdict) <= set(VERDICTS)
+        for r in rows.itertuples():
+            line = next(l for l in text.splitlines() if f"**{r.variant}×{r.factor:g}**" in l)
+            assert line.endswith(f"**{r.verdict}**.")
+            if r.verdict != EXPLORATORY: assert f"p = {r.p_verdict:.3g}" in line
+        if seeds == (0,):
+            assert set(rows.verdict) == {EXPLORATORY} and not any(f"**{v}**" in text for v in ("better", "worse", "equivalent"))
+        else:
+            assert rows.set_index("variant").verdict["warped+cond"] == "worse"                   # −0.04 with 2 trainings per fold
 
 
 def assert_report_quotes_names_as_text(out, copy):
@@ -114,9 +165,18 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     assert set(dice.variant) == {"real", "joint", "warped+cond", "real-oversampled", "real-noaug", "intensity-lookup"}
     assert (dice[dice.variant.isin(["joint", "warped+cond"])].n_synthetic > 0).all()
     summary = pd.read_csv(out / "tables" / "dice_summary.csv")
-    assert np.isfinite(summary["mean"]).all() and set(summary.verdict) <= {"baseline", "better", "worse", "equivalent", "inconclusive"}
-    assert {"mean_delta", "ci_low", "ci_high", "p_holm", "p_tost", "verdict", "mark"} <= set(summary.columns)
+    assert np.isfinite(summary["mean"]).all() and set(summary.verdict) <= {"baseline", *VERDICTS}
+    assert {"mean_delta", "ci_low", "ci_high", "p_test", "p_holm", "p_tost", "n_runs", "verdict", "mark", "p_verdict"} <= set(summary.columns)
     assert (summary[summary.verdict != "baseline"].n_seeds == 1).all()
+    # one training per fold: the tables support no verdict, so neither table nor report prints one
+    assert set(summary[summary.verdict != "baseline"].verdict) == {EXPLORATORY}
+    assert set(pd.read_csv(out / "tables" / "vs_dilution.csv").verdict) == {EXPLORATORY}
+    trivial = pd.read_csv(out / "tables" / "trivial_baseline.csv")
+    for html in (out / "report.html", out / "report.md"):
+        text = html.read_text()
+        assert not any(w in text for w in ("<strong>better</strong>", "<strong>worse</strong>", "<strong>equivalent</strong>",
+                                           "**better**", "**worse**", "**equivalent**")), html
+        assert ("no better than a per-pixel intensity lookup" in text.lower()) == (not trivial.beats_lookup.all()), html
     # the dilution control draws from as many samples, with as many steps per epoch, as its synthetic arm
     lay = RunLayout(out)
     for c in experiment_grid(study_config("ci")).query("variant in ['joint', 'warped+cond']").itertuples():

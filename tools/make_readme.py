@@ -1,17 +1,18 @@
-"""Write README.md from nbs/index.ipynb.
+"""Write README.md from nbs/index.ipynb: the README's one generator.
 
-`nbdev_readme` does this with Quarto. Where Quarto is not installed this script produces the same
-content (the notebook's markdown cells, code cells as fenced blocks) so the README never drifts
-from the front page. `--check` exits 1 when README.md differs from what index.ipynb gives.
+The README is the front page's markdown cells verbatim and its shown code cells as fenced blocks, with
+or without Quarto. `nbdev_readme` (a Quarto rendering in another format) is not used: settings.ini points
+`readme_nb` at README.md itself, so `nbdev_docs` leaves README.md alone. `--check` exits 1 when README.md
+differs from what index.ipynb gives.
 """
 from __future__ import annotations
-import shutil, subprocess, sys
+import sys
 from pathlib import Path
 
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = "<!-- This file is generated from nbs/index.ipynb (nbdev_readme or tools/make_readme.py); edit the notebook. -->\n\n"
+HEADER = "<!-- This file is generated from nbs/index.ipynb by tools/make_readme.py; edit the notebook. -->\n\n"
 
 
 def readme_text(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
@@ -34,10 +35,8 @@ def main(argv: list[str]) -> int:
             return 1
         print("README.md matches nbs/index.ipynb")
         return 0
-    if shutil.which("quarto") and "--no-quarto" not in argv:
-        return subprocess.call(["nbdev_readme"], cwd=ROOT)
     target.write_text(readme_text())
-    print(f"wrote {target} from nbs/index.ipynb (quarto not installed: plain markdown rendering)")
+    print(f"wrote {target} from nbs/index.ipynb")
     return 0
 
 
