@@ -1228,6 +1228,9 @@ def _prepare_study(study: Study, src, out, res, axis, empty_fraction, ct_window,
     check(not unknown, f"{src}: --window names modalities {unknown} that the data does not have (its channels are {study.modalities}); "
                        "use one of those names")
     axis = row.get("axis", 2) if axis is None else axis
+    check(ct_window is None or any(re.fullmatch(r"(?i).*\bct\b.*", m) for m in study.modalities),
+          f"{src}: --ct-window applies to CT channels and this dataset has none (modalities {', '.join(study.modalities)}): drop it, "
+          "name the CT channel with --modalities, or set a channel's window with --window MOD=LOW,HIGH")
     ct_window = (row.get("task_windows", {}).get(Path(src).name) or row.get("ct_window") or "wide") if ct_window is None else ct_window
     if study.labels is not None: _check_label_ids(study.labels, f"{src}: declared labels {study.labels}")
     declared = study.labels if study.labels is not None else _scan_label_values(study)

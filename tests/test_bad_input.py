@@ -242,7 +242,7 @@ def test_generate_missing_truncated_wrong_variant(ckpts, tmp_path, capsys):
     out = tmp_path / "syn"
     refused(capsys, "generate", "--ckpt", tmp_path / "none.pt", "--out", out, "--n", "2", names=[tmp_path / "none.pt"], target=out)
     bad = tmp_path / "trunc.pt"; bad.write_bytes(ckpts["joint"].read_bytes()[:500])
-    refused(capsys, "generate", "--ckpt", bad, "--out", out, "--n", "2", names=[bad, "unreadable checkpoint"], target=out)
+    refused(capsys, "generate", "--ckpt", bad, "--out", out, "--n", "2", names=[bad, "unreadable GAN checkpoint"], target=out)
     refused(capsys, "generate", "--ckpt", ckpts["mask"], "--out", out, "--n", "2", names=[ckpts["mask"], "'mask' generator"], target=out)
 
 

@@ -323,7 +323,7 @@ def test_download_msd_offline_message_and_checksum(tmp_path):
 def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
     src = make_synthetic_msd(tmp_path / "Task96_Cli", n_subjects=5)
     res = run_medsyn("prepare", str(src), "--out", str(tmp_path / "out"), "--res", "16", "--axis", "2", "--layout", "msd",
-                     "--empty-fraction", "0.5", "--ct-window", "-1000,2000", "--folds", "5", "--seed", "1", "--quiet")
+                     "--empty-fraction", "0.5", "--folds", "5", "--seed", "1", "--quiet")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["n_subjects"] == 5 and summary["resolution"] == [16, 16]
@@ -331,6 +331,8 @@ def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
     assert len(ds) == summary["n_slices"] and len(ds.splits["folds"]) == 5
     res = run_medsyn("prepare", str(src), "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "already exists" in res.stderr and "--overwrite" in res.stderr
+    res = run_medsyn("prepare", str(src), "--out", str(tmp_path / "mr"), "--ct-window", "-1000,2000")   # T1/T2: no CT channel
+    assert res.returncode == 2 and "--ct-window applies to CT channels" in res.stderr and not (tmp_path / "mr").exists()
     res = run_medsyn("prepare", "--help")
     assert res.returncode == 0 and "--empty-fraction" in res.stdout and "--ct-window" in res.stdout
     res = run_medsyn("prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"))
