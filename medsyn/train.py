@@ -1056,7 +1056,6 @@ def train_gan(data_dir,                            # canonical dataset folder (f
     subjects (e.g. the train split); `selection_subjects` picks the snapshot on those subjects' real pairs instead
     (the validation split: snapshot selection on held-out data). A folder holding a run is resumed (`resume`), refused (see `open_run_folder`)
     or, with `replace_run`, moved aside first. Ctrl-C (or SIGTERM) stops after the current step with a checkpoint.
-
     Several processes: `nproc=K` starts K ranks on this machine; under `torchrun` or SLURM's `srun` every process
     is a rank already (`medsyn.distributed.dist_env`). The global batch `batch` is split over the ranks (`batch_gpu`
     images per micro-batch, with gradient accumulation), and K processes compute what one process with the same
