@@ -43,8 +43,8 @@ def rotate2d(theta, n: int = 1, device=None) -> torch.Tensor:
 def rotate90(k: torch.Tensor) -> torch.Tensor:
     "(n,3,3) exact rotations by `k * 90°` (k integer tensor), entries exactly 0/±1."
     k = k.long() % 4
-    cos = torch.tensor([1., 0., -1., 0.], device=k.device)[k]
-    sin = torch.tensor([0., 1., 0., -1.], device=k.device)[k]
+    cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=k.device)[k]
+    sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=k.device)[k]
     return _matrix([[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]], k.shape[0], k.device)
 
 # %% ../nbs/04_augment.ipynb
@@ -57,10 +57,13 @@ def _reflect_index(idx: torch.Tensor, n: int) -> torch.Tensor:
 def _source_coords(matrix: torch.Tensor, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     "Source pixel coordinates (N, H*W) in x and y for every output pixel under the inverse warps `matrix`."
     cx, cy = (w - 1) / 2, (h - 1) / 2
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32) - cy,
-                            torch.arange(w, device=device, dtype=torch.float32) - cx, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float32) - cy,
+        torch.arange(w, device=device, dtype=torch.float32) - cx,
+        indexing="ij",
+    )
     grid = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(h * w, device=device)])  # (3, HW)
-    src = matrix.to(device, torch.float32)[:, :2, :] @ grid                                 # (N, 2, HW)
+    src = matrix.to(device, torch.float32)[:, :2, :] @ grid  # (N, 2, HW)
     return src[:, 0] + cx, src[:, 1] + cy
 
 # %% ../nbs/04_augment.ipynb
@@ -78,8 +81,12 @@ def _warp_gather(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.T
     x0, y0 = x0.long(), y0.long()
     ix0, ix1 = _reflect_index(x0, w), _reflect_index(x0 + 1, w)
     iy0, iy1 = _reflect_index(y0, h), _reflect_index(y0 + 1, h)
-    out = (_gather(x, iy0, ix0) * ((1 - fx) * (1 - fy)) + _gather(x, iy0, ix1) * (fx * (1 - fy))
-           + _gather(x, iy1, ix0) * ((1 - fx) * fy) + _gather(x, iy1, ix1) * (fx * fy))
+    out = (
+        _gather(x, iy0, ix0) * ((1 - fx) * (1 - fy))
+        + _gather(x, iy0, ix1) * (fx * (1 - fy))
+        + _gather(x, iy1, ix0) * ((1 - fx) * fy)
+        + _gather(x, iy1, ix1) * (fx * fy)
+    )
     return out.reshape(n, c, h, w)
 
 # %% ../nbs/04_augment.ipynb
@@ -89,15 +96,20 @@ def _warp_grid_sample(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     to_norm = torch.diag(torch.tensor([2 / w, 2 / h, 1.0], device=x.device))  # centred pixels -> [-1, 1]
     theta = (to_norm @ matrix.to(x.device, torch.float32) @ torch.linalg.inv(to_norm))[:, :2]
     grid = torch.nn.functional.affine_grid(theta, [n, c, h, w], align_corners=False)
-    return torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
-                                           align_corners=False)
+    return torch.nn.functional.grid_sample(
+        x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False
+    )
 
 # %% ../nbs/04_augment.ipynb
 def warp_bilinear(x: torch.Tensor, matrix: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     "Resample `x` (N,C,H,W) so output pixel q reads `x` at `matrix[n] @ q` (centred pixel coords), mirror padding."
-    check(impl in ("auto", "gather", "grid_sample"), f"warp_bilinear: impl must be 'auto', 'gather' or 'grid_sample', got {impl!r}")
+    check(
+        impl in ("auto", "gather", "grid_sample"),
+        f"warp_bilinear: impl must be 'auto', 'gather' or 'grid_sample', got {impl!r}",
+    )
     n, c, h, w = x.shape
-    if impl == "grid_sample": return _warp_grid_sample(x, matrix)
+    if impl == "grid_sample":
+        return _warp_grid_sample(x, matrix)
     sx, sy = _source_coords(matrix, h, w, x.device)
     if impl == "auto" and torch.equal(sx, sx.round()) and torch.equal(sy, sy.round()):
         return _gather(x, _reflect_index(sy.long(), h), _reflect_index(sx.long(), w)).reshape(n, c, h, w)
@@ -106,25 +118,69 @@ def warp_bilinear(x: torch.Tensor, matrix: torch.Tensor, impl: str = "auto") -> 
 # %% ../nbs/04_augment.ipynb
 _GEOMETRIC = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
 
+
 class AugmentPipe(torch.nn.Module):
     "ADA augmentation of images (N,C,H,W in [-1,1]) and optional one-hot/soft masks (N,K,H,W) with one shared warp per sample."
-    def __init__(self, xflip: float = 0, rotate90: float = 0, xint: float = 0, scale: float = 0,
-                 rotate: float = 0, aniso: float = 0, xfrac: float = 0, brightness: float = 0,
-                 contrast: float = 0, noise: float = 0, cutout: float = 0, *, p: float = 0.0,
-                 xint_max: float = 0.125, scale_std: float = 0.2, rotate_max: float = 1.0,
-                 aniso_std: float = 0.2, xfrac_std: float = 0.125, brightness_std: float = 0.2,
-                 contrast_std: float = 0.5, noise_std: float = 0.1, cutout_size: float = 0.5,
-                 color_per_channel: bool = False, warp_impl: str = "auto"):
+
+    def __init__(
+        self,
+        xflip: float = 0,
+        rotate90: float = 0,
+        xint: float = 0,
+        scale: float = 0,
+        rotate: float = 0,
+        aniso: float = 0,
+        xfrac: float = 0,
+        brightness: float = 0,
+        contrast: float = 0,
+        noise: float = 0,
+        cutout: float = 0,
+        *,
+        p: float = 0.0,
+        xint_max: float = 0.125,
+        scale_std: float = 0.2,
+        rotate_max: float = 1.0,
+        aniso_std: float = 0.2,
+        xfrac_std: float = 0.125,
+        brightness_std: float = 0.2,
+        contrast_std: float = 0.5,
+        noise_std: float = 0.1,
+        cutout_size: float = 0.5,
+        color_per_channel: bool = False,
+        warp_impl: str = "auto",
+    ):
         super().__init__()
-        self.probs = dict(xflip=xflip, rotate90=rotate90, xint=xint, scale=scale, rotate=rotate, aniso=aniso,
-                          xfrac=xfrac, brightness=brightness, contrast=contrast, noise=noise, cutout=cutout)
+        self.probs = dict(
+            xflip=xflip,
+            rotate90=rotate90,
+            xint=xint,
+            scale=scale,
+            rotate=rotate,
+            aniso=aniso,
+            xfrac=xfrac,
+            brightness=brightness,
+            contrast=contrast,
+            noise=noise,
+            cutout=cutout,
+        )
         for name, v in self.probs.items():
             check(float(v) >= 0, f"AugmentPipe: probability multiplier {name}={v} must be >= 0")
-        self.params = dict(xint_max=xint_max, scale_std=scale_std, rotate_max=rotate_max, aniso_std=aniso_std,
-                           xfrac_std=xfrac_std, brightness_std=brightness_std, contrast_std=contrast_std,
-                           noise_std=noise_std, cutout_size=cutout_size)
+        self.params = dict(
+            xint_max=xint_max,
+            scale_std=scale_std,
+            rotate_max=rotate_max,
+            aniso_std=aniso_std,
+            xfrac_std=xfrac_std,
+            brightness_std=brightness_std,
+            contrast_std=contrast_std,
+            noise_std=noise_std,
+            cutout_size=cutout_size,
+        )
         self.color_per_channel = bool(color_per_channel)
-        check(warp_impl in ("auto", "gather", "grid_sample"), f"AugmentPipe: warp_impl must be 'auto', 'gather' or 'grid_sample', got {warp_impl!r}")
+        check(
+            warp_impl in ("auto", "gather", "grid_sample"),
+            f"AugmentPipe: warp_impl must be 'auto', 'gather' or 'grid_sample', got {warp_impl!r}",
+        )
         self.warp_impl = warp_impl
         self.register_buffer("p", torch.tensor(float(p), dtype=torch.float32))
 
@@ -135,19 +191,29 @@ class AugmentPipe(torch.nn.Module):
     # -- random draws: on the generator's device (or the data's, without one), then moved -------------
     def _draws(self, generator, device):
         gdev = generator.device if generator is not None else device
-        def rand(*shape): return torch.rand(shape, generator=generator, device=gdev).to(device)
-        def randn(*shape): return torch.randn(shape, generator=generator, device=gdev).to(device)
+
+        def rand(*shape):
+            return torch.rand(shape, generator=generator, device=gdev).to(device)
+
+        def randn(*shape):
+            return torch.randn(shape, generator=generator, device=gdev).to(device)
+
         return rand, randn
 
-    def geometric_matrix(self, n: int, h: int, w: int, generator: torch.Generator | None = None,
-                         device=None) -> torch.Tensor | None:
+    def geometric_matrix(
+        self, n: int, h: int, w: int, generator: torch.Generator | None = None, device=None
+    ) -> torch.Tensor | None:
         "Sample the (n,3,3) inverse warps (output -> source, centred pixel coords); None when no geometric transform is enabled."
         pr, pa = self.probs, self.params
-        if not any(pr[k] for k in _GEOMETRIC): return None
+        if not any(pr[k] for k in _GEOMETRIC):
+            return None
         device = device if device is not None else self.p.device
         rand, randn = self._draws(generator, device)
         p = self.p.to(device)
-        def fires(mult): return rand(n) < p * mult
+
+        def fires(mult):
+            return rand(n) < p * mult
+
         G = torch.eye(3, device=device).expand(n, 3, 3)
         if pr["xflip"]:
             i = torch.where(fires(pr["xflip"]), torch.floor(rand(n) * 2), torch.zeros(n, device=device))
@@ -187,7 +253,10 @@ class AugmentPipe(torch.nn.Module):
         rand, randn = self._draws(generator, images.device)
         p = self.p.to(images.device)
         shape = (n, c if self.color_per_channel else 1, 1, 1)
-        def fires(mult): return (rand(n) < p * mult).reshape(n, 1, 1, 1)
+
+        def fires(mult):
+            return (rand(n) < p * mult).reshape(n, 1, 1, 1)
+
         if pr["brightness"]:
             b = randn(*shape) * pa["brightness_std"]
             images = images + torch.where(fires(pr["brightness"]), b, torch.zeros_like(b)).to(images.dtype)
@@ -211,26 +280,34 @@ class AugmentPipe(torch.nn.Module):
             centre = rand(n, 2).reshape(n, 2, 1, 1)
             xs = ((torch.arange(w, device=images.device) + 0.5) / w).reshape(1, 1, 1, w)
             ys = ((torch.arange(h, device=images.device) + 0.5) / h).reshape(1, 1, h, 1)
-            keep = ((xs - centre[:, :1]).abs() >= pa["cutout_size"] / 2) | ((ys - centre[:, 1:]).abs() >= pa["cutout_size"] / 2)
+            keep = ((xs - centre[:, :1]).abs() >= pa["cutout_size"] / 2) | (
+                (ys - centre[:, 1:]).abs() >= pa["cutout_size"] / 2
+            )
             images = images * (keep | ~on).to(images.dtype)
         return images
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         "Augment a batch; returns `(images, masks)` with the same shapes (masks None if not given)."
-        check(images.ndim == 4 and images.is_floating_point(),
-              f"AugmentPipe: images must be a float (N,C,H,W) tensor, got {tuple(images.shape)} {images.dtype}")
+        check(
+            images.ndim == 4 and images.is_floating_point(),
+            f"AugmentPipe: images must be a float (N,C,H,W) tensor, got {tuple(images.shape)} {images.dtype}",
+        )
         if masks is not None:
-            check(masks.ndim == 4 and masks.shape[0] == images.shape[0] and masks.shape[2:] == images.shape[2:],
-                  f"AugmentPipe: masks {tuple(masks.shape)} must be (N,K,H,W) matching images {tuple(images.shape)}; "
-                  "convert label maps with torch.nn.functional.one_hot(mask, K).permute(0, 3, 1, 2).float()")
+            check(
+                masks.ndim == 4 and masks.shape[0] == images.shape[0] and masks.shape[2:] == images.shape[2:],
+                f"AugmentPipe: masks {tuple(masks.shape)} must be (N,K,H,W) matching images {tuple(images.shape)}; "
+                "convert label maps with torch.nn.functional.one_hot(mask, K).permute(0, 3, 1, 2).float()",
+            )
         n, c, h, w = images.shape
         G = self.geometric_matrix(n, h, w, generator, images.device)
         if G is not None and not torch.equal(G, torch.eye(3, device=G.device).expand_as(G)):
             x = images if masks is None else torch.cat([images, masks.to(images.dtype)], dim=1)
             x = warp_bilinear(x, G, self.warp_impl)
             images = x[:, :c]
-            if masks is not None: masks = x[:, c:].to(masks.dtype)
+            if masks is not None:
+                masks = x[:, c:].to(masks.dtype)
         images = self.color(images, generator)
         images = self.corrupt(images, generator)
         return images, masks
@@ -248,6 +325,7 @@ AUGMENT_PRESETS: dict[str, dict] = {
 }
 AUGMENT_PRESETS["bgc"] = AUGMENT_PRESETS["ada"]
 
+
 def augment_preset(name: str, **overrides) -> AugmentPipe:
     "An `AugmentPipe` from a named preset ('ada'/'bgc', 'bg', 'simple', 'none'); keyword overrides replace preset values."
     check(name in AUGMENT_PRESETS, f"augment_preset: unknown preset {name!r}; choose one of {sorted(AUGMENT_PRESETS)}")
@@ -255,13 +333,19 @@ def augment_preset(name: str, **overrides) -> AugmentPipe:
     try:
         return AugmentPipe(**kwargs)
     except TypeError as e:
-        raise MedsynError(f"augment_preset({name!r}): bad override ({e}); valid keys are the AugmentPipe arguments") from None
+        raise MedsynError(
+            f"augment_preset({name!r}): bad override ({e}); valid keys are the AugmentPipe arguments"
+        ) from None
 
 # %% ../nbs/04_augment.ipynb
 class AdaptiveAugment:
     "Tune `pipe.p` from the sign of the discriminator's real logits (Karras et al. 2020, r_t heuristic)."
+
     def __init__(self, pipe: AugmentPipe, target: float = 0.6, speed_kimg: float = 500, interval: int = 4):
-        check(speed_kimg > 0 and interval >= 1, f"AdaptiveAugment: need speed_kimg > 0 and interval >= 1, got {speed_kimg}, {interval}")
+        check(
+            speed_kimg > 0 and interval >= 1,
+            f"AdaptiveAugment: need speed_kimg > 0 and interval >= 1, got {speed_kimg}, {interval}",
+        )
         self.pipe, self.target, self.speed_kimg, self.interval = pipe, float(target), float(speed_kimg), int(interval)
         self.r_t: float | None = None
         self._reset()
@@ -288,7 +372,8 @@ class AdaptiveAugment:
 
     def update(self, batch_size: int) -> float:
         "Adjust p once `interval` minibatches are accumulated (else no-op); returns the current p."
-        if self._batches < self.interval or self._count == 0: return self.p
+        if self._batches < self.interval or self._count == 0:
+            return self.p
         self.r_t = float(self._sign_sum) / self._count
         step = batch_size * self._batches / (self.speed_kimg * 1000)
         p = min(max(self.p + math.copysign(step, self.r_t - self.target) * (self.r_t != self.target), 0.0), 1.0)
@@ -298,36 +383,73 @@ class AdaptiveAugment:
 
     def state_dict(self) -> dict:
         "Everything needed to resume: p, settings, last r_t and the partial accumulation."
-        return dict(p=self.p, target=self.target, speed_kimg=self.speed_kimg, interval=self.interval, r_t=self.r_t,
-                    sign_sum=float(self._sign_sum), count=self._count, batches=self._batches)
+        return dict(
+            p=self.p,
+            target=self.target,
+            speed_kimg=self.speed_kimg,
+            interval=self.interval,
+            r_t=self.r_t,
+            sign_sum=float(self._sign_sum),
+            count=self._count,
+            batches=self._batches,
+        )
 
     def load_state_dict(self, state: dict) -> None:
         "Restore a `state_dict()` (also sets the pipe's p)."
-        self.target, self.speed_kimg, self.interval = float(state["target"]), float(state["speed_kimg"]), int(state["interval"])
+        self.target, self.speed_kimg, self.interval = (
+            float(state["target"]),
+            float(state["speed_kimg"]),
+            int(state["interval"]),
+        )
         self.r_t = state["r_t"]
-        self._sign_sum, self._count, self._batches = float(state["sign_sum"]), int(state["count"]), int(state["batches"])
+        self._sign_sum, self._count, self._batches = (
+            float(state["sign_sum"]),
+            int(state["count"]),
+            int(state["batches"]),
+        )
         self.pipe.p.fill_(float(state["p"]))
 
 # %% ../nbs/04_augment.ipynb
-MASK_WARP = dict(rotate=10.0, scale=0.1, translate=0.06, spacing=16, magnitude=(1.0, 3.0))   # degrees, ±fraction, ±fraction of the side, px, px
+MASK_WARP = dict(
+    rotate=10.0, scale=0.1, translate=0.06, spacing=16, magnitude=(1.0, 3.0)
+)  # degrees, ±fraction, ±fraction of the side, px, px
 
-def warp_masks(masks, seed: int, rotate: float = MASK_WARP["rotate"], scale: float = MASK_WARP["scale"],
-               translate: float = MASK_WARP["translate"], spacing: int = MASK_WARP["spacing"],
-               magnitude: tuple = MASK_WARP["magnitude"], indices=None) -> torch.Tensor:
+
+def warp_masks(
+    masks,
+    seed: int,
+    rotate: float = MASK_WARP["rotate"],
+    scale: float = MASK_WARP["scale"],
+    translate: float = MASK_WARP["translate"],
+    spacing: int = MASK_WARP["spacing"],
+    magnitude: tuple = MASK_WARP["magnitude"],
+    indices=None,
+) -> torch.Tensor:
     """Random affine (±`rotate`°, ±`scale`, ±`translate` x side) + elastic (control points every `spacing` px, offsets
     `magnitude` px) warps of integer label maps (N,H,W) with MONAI's `Rand2DElastic`, nearest-neighbour, zero (background)
     padding. Mask i is warped by a generator seeded with `(seed, indices[i])` (default i): deterministic per seed and sample."""
     m = torch.as_tensor(np.asarray(masks))
-    check(m.ndim == 3 and not m.is_floating_point(), f"warp_masks: expected integer label maps (N,H,W), got {tuple(m.shape)} {m.dtype}")
+    check(
+        m.ndim == 3 and not m.is_floating_point(),
+        f"warp_masks: expected integer label maps (N,H,W), got {tuple(m.shape)} {m.dtype}",
+    )
     indices = range(len(m)) if indices is None else list(indices)
     check(len(indices) == len(m), f"warp_masks: {len(indices)} indices for {len(m)} masks")
     h, w = m.shape[1:]
-    t = Rand2DElastic(spacing=(spacing, spacing), magnitude_range=tuple(magnitude), prob=1.0, rotate_range=math.radians(rotate),
-                      scale_range=(scale, scale), translate_range=(translate * h, translate * w), mode="nearest", padding_mode="zeros")
+    t = Rand2DElastic(
+        spacing=(spacing, spacing),
+        magnitude_range=tuple(magnitude),
+        prob=1.0,
+        rotate_range=math.radians(rotate),
+        scale_range=(scale, scale),
+        translate_range=(translate * h, translate * w),
+        mode="nearest",
+        padding_mode="zeros",
+    )
     out = []
     for mask, k in zip(m, indices):
-        t.set_random_state(state=np.random.RandomState(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0]))
+        t.set_random_state(
+            state=np.random.RandomState(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0])
+        )
         out.append(torch.as_tensor(np.asarray(t(mask[None].float())))[0].round().to(m.dtype))
     return torch.stack(out) if out else m.clone()
-
-

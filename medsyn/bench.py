@@ -16,14 +16,40 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import ops
-from .core import (add_set_option, call_with_args, check, check_fields, choose_device, load_json, parse_set_items, seed_everything,
-                         signature_parser)
+from medsyn.core import (
+    add_set_option,
+    call_with_args,
+    check,
+    check_fields,
+    choose_device,
+    load_json,
+    parse_set_items,
+    seed_everything,
+    signature_parser,
+)
 from .data import load_canonical, toy_dataset
 from .evaluate import evaluate
 from .networks import GAN_KINDS, cpu_bf16_flags, gan_config, load_checkpoint, mask_to_onehot, resolve_precision
-from .study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, StudyConfig, experiment_grid, gan_checkpoint, load_real, mask_source,
-                          quality_rows, run_cell, sample_variant, save_study_figure, split_of, stage_prepare, study_config, study_gan_kwargs,
-                          write_real_subset, write_table)
+from medsyn.study import (
+    VARIANT_GANS,
+    WARPED_VARIANTS,
+    RunLayout,
+    StudyConfig,
+    experiment_grid,
+    gan_checkpoint,
+    load_real,
+    mask_source,
+    quality_rows,
+    run_cell,
+    sample_variant,
+    save_study_figure,
+    split_of,
+    stage_prepare,
+    study_config,
+    study_gan_kwargs,
+    write_real_subset,
+    write_table,
+)
 from .train import GANTrainer, PairData, pair_batches, select_ops_impl, train_config, train_gan
 
 # %% auto 0
@@ -35,6 +61,7 @@ __all__ = ['QUALITY_COLUMNS', 'NVLABS_SEC_PER_KIMG_256', 'peak_memory_mb', 'time
 # %% ../nbs/10_bench.ipynb
 class _LiveTensorBytes(TorchDispatchMode):
     "Track the bytes of live tensors created by ops inside the block (peak in `.peak`)."
+
     def __init__(self):
         super().__init__()
         self.live, self.peak, self._ptrs = 0, 0, set()
@@ -45,10 +72,12 @@ class _LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in (out if isinstance(out, (tuple, list)) else [out]):
-            if not isinstance(t, torch.Tensor) or t.device.type != "cpu": continue
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+                continue
             ptr, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
-            if nbytes == 0 or ptr in self._ptrs: continue
+            if nbytes == 0 or ptr in self._ptrs:
+                continue
             self._ptrs.add(ptr)
             self.live += nbytes
             self.peak = max(self.peak, self.live)
@@ -84,8 +113,13 @@ def time_ms(step: Callable[[], None], device: torch.device, repeats: int = 5, mi
     return statistics.median(times)
 
 # %% ../nbs/10_bench.ipynb
-def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int = 3, steps_per_round: int = 2,
-                     warmup: int = 1, device: torch.device = torch.device("cpu")) -> dict[str, dict]:
+def time_interleaved(
+    fns: dict[str, Callable[[], None]],
+    rounds: int = 3,
+    steps_per_round: int = 2,
+    warmup: int = 1,
+    device: torch.device = torch.device("cpu"),
+) -> dict[str, dict]:
     """Time several training steps against each other on a shared machine: `warmup` untimed calls of each, then
     `rounds` rounds in which every variant runs `steps_per_round` timed calls in turn (A A B B C C, A A B B C C, ...),
     so a change in the machine's load hits all of them alike. Per variant: median / mean / min wall ms, median
@@ -95,7 +129,8 @@ def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int = 3, steps_
     warm = {}
     for k, fn in fns.items():
         t0 = time.perf_counter()
-        for _ in range(warmup): fn()
+        for _ in range(warmup):
+            fn()
         sync()
         warm[k] = time.perf_counter() - t0
     for _ in range(rounds):
@@ -109,26 +144,40 @@ def time_interleaved(fns: dict[str, Callable[[], None]], rounds: int = 3, steps_
                 cpu[k].append((time.process_time() - c) * 1000)
             wall[k] += got
             rnd[k].append(round(statistics.median(got), 1))
-    return {k: dict(ms_per_step=round(statistics.median(wall[k]), 1), ms_per_step_mean=round(statistics.fmean(wall[k]), 1),
-                    ms_per_step_min=round(min(wall[k]), 1), cpu_ms_per_step=round(statistics.median(cpu[k]), 1),
-                    round_medians_ms=rnd[k], timed_steps=len(wall[k]), warmup_s=round(warm[k], 1)) for k in fns}
+    return {
+        k: dict(
+            ms_per_step=round(statistics.median(wall[k]), 1),
+            ms_per_step_mean=round(statistics.fmean(wall[k]), 1),
+            ms_per_step_min=round(min(wall[k]), 1),
+            cpu_ms_per_step=round(statistics.median(cpu[k]), 1),
+            round_medians_ms=rnd[k],
+            timed_steps=len(wall[k]),
+            warmup_s=round(warm[k], 1),
+        )
+        for k in fns
+    }
 
 # %% ../nbs/10_bench.ipynb
 def op_cases(quick: bool = False) -> list[dict]:
     "Benchmark cases: op name, case label, and a function making `(inputs, fn(impl, *inputs))` for a device."
     f4 = lambda dev: ops.setup_filter([1, 3, 3, 1], device=dev)
+
     def bias_case(shape):
         def make(dev):
             x = torch.randn(shape, device=dev, requires_grad=True)
             b = torch.randn(shape[1], device=dev, requires_grad=True)
             return (x, b), lambda impl, x, b: ops.bias_act(x, b, act="lrelu", clamp=256, impl=impl)
+
         return dict(op="bias_act", case=f"lrelu+clamp {list(shape)}", make=make)
+
     def ufd_case(name, fn, shape, **kw):
         def make(dev):
             x = torch.randn(shape, device=dev, requires_grad=True)
             f = f4(dev)
             return (x,), lambda impl, x: fn(x, f, impl=impl, **kw)
+
         return dict(op="upfirdn2d", case=f"{name} {list(shape)}", make=make)
+
     def demod_case(shape):
         def make(dev):
             n, c, h, w = shape
@@ -136,25 +185,44 @@ def op_cases(quick: bool = False) -> list[dict]:
             d = (torch.rand(n, c, device=dev) + 0.5).requires_grad_(True)
             nz = torch.randn(n, 1, h, w, device=dev, requires_grad=True)
             b = torch.randn(c, device=dev, requires_grad=True)
-            return (x, d, nz, b), lambda impl, x, d, nz, b: ops.demod_bias_act(x, d, nz, b, act="lrelu", clamp=256, impl=impl)
+            return (x, d, nz, b), lambda impl, x, d, nz, b: ops.demod_bias_act(
+                x, d, nz, b, act="lrelu", clamp=256, impl=impl
+            )
+
         return dict(op="demod_bias_act", case=f"scale+noise+lrelu+clamp {list(shape)}", make=make)
+
     if quick:
-        return [bias_case((2, 16, 8, 8)), ufd_case("upsample2d", ops.upsample2d, (2, 8, 8, 8)),
-                ufd_case("downsample2d", ops.downsample2d, (2, 8, 8, 8)), demod_case((2, 8, 8, 8))]
-    return [bias_case((8, 512, 8, 8)), bias_case((8, 256, 32, 32)), bias_case((8, 64, 128, 128)),
-            ufd_case("upsample2d", ops.upsample2d, (8, 512, 16, 16)), ufd_case("upsample2d", ops.upsample2d, (8, 128, 64, 64)),
-            ufd_case("upsample2d", ops.upsample2d, (8, 3, 128, 128)),
-            ufd_case("filter2d", ops.filter2d, (8, 256, 33, 33), padding=[0, 0, 0, 0]),
-            ufd_case("downsample2d", ops.downsample2d, (8, 128, 64, 64)), ufd_case("downsample2d", ops.downsample2d, (8, 64, 256, 256)),
-            demod_case((8, 256, 16, 16)), demod_case((8, 128, 32, 32)), demod_case((8, 64, 64, 64))]
+        return [
+            bias_case((2, 16, 8, 8)),
+            ufd_case("upsample2d", ops.upsample2d, (2, 8, 8, 8)),
+            ufd_case("downsample2d", ops.downsample2d, (2, 8, 8, 8)),
+            demod_case((2, 8, 8, 8)),
+        ]
+    return [
+        bias_case((8, 512, 8, 8)),
+        bias_case((8, 256, 32, 32)),
+        bias_case((8, 64, 128, 128)),
+        ufd_case("upsample2d", ops.upsample2d, (8, 512, 16, 16)),
+        ufd_case("upsample2d", ops.upsample2d, (8, 128, 64, 64)),
+        ufd_case("upsample2d", ops.upsample2d, (8, 3, 128, 128)),
+        ufd_case("filter2d", ops.filter2d, (8, 256, 33, 33), padding=[0, 0, 0, 0]),
+        ufd_case("downsample2d", ops.downsample2d, (8, 128, 64, 64)),
+        ufd_case("downsample2d", ops.downsample2d, (8, 64, 256, 256)),
+        demod_case((8, 256, 16, 16)),
+        demod_case((8, 128, 32, 32)),
+        demod_case((8, 64, 64, 64)),
+    ]
 
 # %% ../nbs/10_bench.ipynb
 def _fwd_bwd(fn, impl, inputs):
     "One forward+backward step of `fn` with implementation `impl`."
+
     def step():
-        for t in inputs: t.grad = None
+        for t in inputs:
+            t.grad = None
         y = fn(impl, *inputs)
         y.backward(torch.ones_like(y))
+
     return step
 
 # %% ../nbs/10_bench.ipynb
@@ -164,17 +232,20 @@ def available_impls(device: torch.device) -> list[str]:
     return ["ref"] + ([kind] if ops.load_plugin(kind).ops is not None else [])
 
 # %% ../nbs/10_bench.ipynb
-def bench_ops(quick: bool = False,        # tiny shapes (seconds), for tests
-              device: str = "auto",       # auto (CUDA when present, plus CPU) | cpu | cuda
-              repeats: int = 5,           # minimum timed repeats per case
-              min_time: float = 0.5,      # minimum seconds of timed repeats per case
-              compile: bool = False,      # also benchmark torch.compile on a composite of the reference ops
-              ) -> dict:
+def bench_ops(
+    quick: bool = False,  # tiny shapes (seconds), for tests
+    device: str = "auto",  # auto (CUDA when present, plus CPU) | cpu | cuda
+    repeats: int = 5,  # minimum timed repeats per case
+    min_time: float = 0.5,  # minimum seconds of timed repeats per case
+    compile: bool = False,  # also benchmark torch.compile on a composite of the reference ops
+) -> dict:
     """Time forward+backward of every op case with every available implementation on `device`
     ('auto': CUDA when present, plus CPU). Returns `{"ops": [...], "config": {...}}`."""
     devices = [torch.device("cpu")]
-    if device == "auto" and torch.cuda.is_available(): devices.append(torch.device("cuda"))
-    elif device != "auto": devices = [torch.device(device)]
+    if device == "auto" and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    elif device != "auto":
+        devices = [torch.device(device)]
     rows = []
     for dev in devices:
         impls = available_impls(dev)
@@ -185,25 +256,46 @@ def bench_ops(quick: bool = False,        # tiny shapes (seconds), for tests
             for impl in impls:
                 step = _fwd_bwd(fn, impl, inputs)
                 ms = time_ms(step, dev, repeats=repeats, min_time=min_time)
-                if impl == "ref": ref_ms = ms
-                rows.append(dict(op=case["op"], case=case["case"], device=dev.type, impl=impl, ms=round(ms, 3),
-                                 speedup_vs_ref=round(ref_ms / ms, 2), peak_mem_mb=round(peak_memory_mb(step, dev), 2)))
-    if compile: rows += bench_compile(quick=quick, repeats=repeats, min_time=min_time)
+                if impl == "ref":
+                    ref_ms = ms
+                rows.append(
+                    dict(
+                        op=case["op"],
+                        case=case["case"],
+                        device=dev.type,
+                        impl=impl,
+                        ms=round(ms, 3),
+                        speedup_vs_ref=round(ref_ms / ms, 2),
+                        peak_mem_mb=round(peak_memory_mb(step, dev), 2),
+                    )
+                )
+    if compile:
+        rows += bench_compile(quick=quick, repeats=repeats, min_time=min_time)
     return {"ops": rows, "config": bench_config(devices)}
 
 # %% ../nbs/10_bench.ipynb
 def bench_config(devices) -> dict:
     "What the numbers were measured on."
     cpu = platform.processor()
-    try: cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): pass
-    cfg = dict(torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
-               cpu=cpu, cpu_capability=torch.backends.cpu.get_cpu_capability(), cores=os.cpu_count(),
-               load_avg_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-               devices=[d.type for d in devices], default_impl=ops.get_default_impl(),
-               compile_s={k: round(st.seconds, 1) for k, st in ops._plugins.items() if st.ops is not None},
-               timing="median of >= repeats forward+backward calls after one warm-up")
-    if torch.cuda.is_available(): cfg["gpu"] = torch.cuda.get_device_name()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cfg = dict(
+        torch=torch.__version__,
+        python=platform.python_version(),
+        threads=torch.get_num_threads(),
+        cpu=cpu,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        cores=os.cpu_count(),
+        load_avg_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        devices=[d.type for d in devices],
+        default_impl=ops.get_default_impl(),
+        compile_s={k: round(st.seconds, 1) for k, st in ops._plugins.items() if st.ops is not None},
+        timing="median of >= repeats forward+backward calls after one warm-up",
+    )
+    if torch.cuda.is_available():
+        cfg["gpu"] = torch.cuda.get_device_name()
     return cfg
 
 # %% ../nbs/10_bench.ipynb
@@ -222,9 +314,12 @@ def bench_compile(quick: bool = False, repeats: int = 5, min_time: float = 0.5) 
     f = ops.setup_filter([1, 3, 3, 1])
     case = f"bias_act+upsample2d {list(shape)}"
     compiled = torch.compile(lambda x, b: _composite("ref", x, b, f))
-    variants = {"ref": lambda impl, x, b: _composite("ref", x, b, f),
-                "torch.compile(ref)": lambda impl, x, b: compiled(x, b)}
-    if ops.load_plugin("cpu").ops is not None: variants["cpu"] = lambda impl, x, b: _composite("cpu", x, b, f)
+    variants = {
+        "ref": lambda impl, x, b: _composite("ref", x, b, f),
+        "torch.compile(ref)": lambda impl, x, b: compiled(x, b),
+    }
+    if ops.load_plugin("cpu").ops is not None:
+        variants["cpu"] = lambda impl, x, b: _composite("cpu", x, b, f)
     rows, ref_ms = [], None
     for name, fn in variants.items():
         step = _fwd_bwd(fn, name, (x, b))
@@ -232,43 +327,76 @@ def bench_compile(quick: bool = False, repeats: int = 5, min_time: float = 0.5) 
         try:
             step()
         except Exception as e:  # Inductor needs a working C++ compiler
-            rows.append(dict(op="composite", case=case, device="cpu", impl=name, ms=None, speedup_vs_ref=None,
-                             peak_mem_mb=None, error=f"{type(e).__name__}: {str(e)[:300]}"))
+            rows.append(
+                dict(
+                    op="composite",
+                    case=case,
+                    device="cpu",
+                    impl=name,
+                    ms=None,
+                    speedup_vs_ref=None,
+                    peak_mem_mb=None,
+                    error=f"{type(e).__name__}: {str(e)[:300]}",
+                )
+            )
             continue
         first_s = time.perf_counter() - t0
         ms = time_ms(step, dev, repeats=repeats, min_time=min_time)
-        if name == "ref": ref_ms = ms
+        if name == "ref":
+            ref_ms = ms
         # the dispatch-mode memory tracker cannot see inside an Inductor graph: no memory number for it
         mem = None if name.startswith("torch.compile") else round(peak_memory_mb(step, dev), 2)
-        rows.append(dict(op="composite", case=case, device="cpu", impl=name, ms=round(ms, 3),
-                         speedup_vs_ref=round(ref_ms / ms, 2), peak_mem_mb=mem, first_call_s=round(first_s, 2)))
+        rows.append(
+            dict(
+                op="composite",
+                case=case,
+                device="cpu",
+                impl=name,
+                ms=round(ms, 3),
+                speedup_vs_ref=round(ref_ms / ms, 2),
+                peak_mem_mb=mem,
+                first_call_s=round(first_s, 2),
+            )
+        )
     return rows
 
 # %% ../nbs/10_bench.ipynb
-def bench_step(kind: str = "joint",           # generator variant: joint | mask | cond
-               res: int = 64,                 # resolution
-               batch: int = 8,                # images per step
-               channel_base: int = 4096,      # channels at resolution r: min(channel_base // r, channel_max)
-               channel_max: int = 256,
-               img_channels: int = 2,         # image modalities
-               num_labels: int = 4,           # mask labels, background included
-               z_dim: int = 512,              # latent size (NVlabs' default 512)
-               w_dim: int = 512,              # style size (NVlabs' default 512)
-               mapping_layers: int = 2,       # mapping-network depth (NVlabs' 'auto' config: 2)
-               impl: str = "auto",            # ops implementation(s), comma-separated: auto,ref,cpu,cuda,compile (auto: as medsyn train)
-               precision: str = "auto",       # precision(s), comma-separated: auto,fp32,bf16,fp16 (auto: as medsyn train)
-               device: str = "auto",          # auto (as medsyn train: CUDA when present), cpu or cuda
-               preset: str = "cpu64",         # the GAN preset whose other settings are used
-               fused_modconv: str = "auto",   # modulated conv: true (grouped conv) | false (scaled activations) | auto (per layer)
-               seed: int = 0):
+def bench_step(
+    kind: str = "joint",  # generator variant: joint | mask | cond
+    res: int = 64,  # resolution
+    batch: int = 8,  # images per step
+    channel_base: int = 4096,  # channels at resolution r: min(channel_base // r, channel_max)
+    channel_max: int = 256,
+    img_channels: int = 2,  # image modalities
+    num_labels: int = 4,  # mask labels, background included
+    z_dim: int = 512,  # latent size (NVlabs' default 512)
+    w_dim: int = 512,  # style size (NVlabs' default 512)
+    mapping_layers: int = 2,  # mapping-network depth (NVlabs' 'auto' config: 2)
+    impl: str = "auto",  # ops implementation(s), comma-separated: auto,ref,cpu,cuda,compile (auto: as medsyn train)
+    precision: str = "auto",  # precision(s), comma-separated: auto,fp32,bf16,fp16 (auto: as medsyn train)
+    device: str = "auto",  # auto (as medsyn train: CUDA when present), cpu or cuda
+    preset: str = "cpu64",  # the GAN preset whose other settings are used
+    fused_modconv: str = "auto",  # modulated conv: true (grouped conv) | false (scaled activations) | auto (per layer)
+    seed: int = 0,
+):
     """One training step to time, as `medsyn train` builds it (`impl`, `precision`, `device` resolved the same way):
     returns `(step, info)`, `step()` running Gmain + Dmain with both Adam steps on a fixed random batch."""
     dev = choose_device(device)
     compile_main = select_ops_impl(impl)
-    gcfg = gan_config(preset, kind=kind, resolution=res, img_channels=img_channels, num_labels=num_labels,
-                        channel_base=channel_base, channel_max=channel_max, z_dim=z_dim, w_dim=w_dim,
-                        mapping_layers=mapping_layers, precision=precision,
-                        fused_modconv={"true": True, "false": False}.get(fused_modconv.lower(), fused_modconv))
+    gcfg = gan_config(
+        preset,
+        kind=kind,
+        resolution=res,
+        img_channels=img_channels,
+        num_labels=num_labels,
+        channel_base=channel_base,
+        channel_max=channel_max,
+        z_dim=z_dim,
+        w_dim=w_dim,
+        mapping_layers=mapping_layers,
+        precision=precision,
+        fused_modconv={"true": True, "false": False}.get(fused_modconv.lower(), fused_modconv),
+    )
     gcfg = replace(gcfg, precision=resolve_precision(gcfg.precision, dev))
     tc = train_config(preset, batch=batch, augment="none")
     seed_everything(seed)
@@ -279,22 +407,35 @@ def bench_step(kind: str = "joint",           # generator variant: joint | mask 
     image = None if kind == "mask" else img
     cond = onehot if kind == "cond" else None
 
-    def step():                                   # the main phases of `GANTrainer.step`, exactly as training runs them
+    def step():  # the main phases of `GANTrainer.step`, exactly as training runs them
         tr.gmain(batch, cond, image)
         tr.dmain(image, onehot, cond)
 
-    info = dict(impl=impl, ops_impl="ref" if impl == "compile" else ops.active_impl(dev), precision=gcfg.precision,
-                precision_requested=precision, num_fp16_res=gcfg.num_fp16_res, lowp_resolution=gcfg.lowp_resolution(),
-                device=str(dev), torch_compile=bool(compile_main and tr.loss.fns),
-                G_params=sum(p.numel() for p in tr.G.parameters()), D_params=sum(p.numel() for p in tr.D.parameters()),
-                z_dim=gcfg.z_dim, w_dim=gcfg.w_dim, mapping_layers=gcfg.mapping_layers, fused_modconv=gcfg.fused_modconv,
-                conv_clamp=gcfg.conv_clamp, channels_last=gcfg.channels_last)
+    info = dict(
+        impl=impl,
+        ops_impl="ref" if impl == "compile" else ops.active_impl(dev),
+        precision=gcfg.precision,
+        precision_requested=precision,
+        num_fp16_res=gcfg.num_fp16_res,
+        lowp_resolution=gcfg.lowp_resolution(),
+        device=str(dev),
+        torch_compile=bool(compile_main and tr.loss.fns),
+        G_params=sum(p.numel() for p in tr.G.parameters()),
+        D_params=sum(p.numel() for p in tr.D.parameters()),
+        z_dim=gcfg.z_dim,
+        w_dim=gcfg.w_dim,
+        mapping_layers=gcfg.mapping_layers,
+        fused_modconv=gcfg.fused_modconv,
+        conv_clamp=gcfg.conv_clamp,
+        channels_last=gcfg.channels_last,
+    )
     info["_trainer"] = tr
     return step, info
 
 # %% ../nbs/10_bench.ipynb
 class AtenCalls(TorchDispatchMode):
     "Records every aten call made inside it: the op and the dtype, shape and memory layout of each tensor argument."
+
     def __init__(self):
         super().__init__()
         self.calls = []
@@ -302,7 +443,9 @@ class AtenCalls(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        layout = lambda t: "cl" if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last) else ""
+        layout = lambda t: (
+            "cl" if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last) else ""
+        )
         self.calls.append(f"{func}:" + ",".join(f"{t.dtype}{tuple(t.shape)}{layout(t)}" for t in tensors))
         return func(*args, **kwargs)
 
@@ -326,51 +469,85 @@ def _bench_one(a) -> dict:
     if info["impl"] == "compile" and not info["torch_compile"]:
         note = "torch.compile failed; measured eager ref ops instead"
     try:
-        timing = time_interleaved({"step": step}, rounds=1, steps_per_round=a.steps, warmup=a.warmup, device=torch.device(info["device"]))["step"]
+        timing = time_interleaved(
+            {"step": step}, rounds=1, steps_per_round=a.steps, warmup=a.warmup, device=torch.device(info["device"])
+        )["step"]
     except Exception as e:  # noqa: BLE001 - a failing compile backend must not hide the eager number
-        if not info["torch_compile"]: raise
+        if not info["torch_compile"]:
+            raise
         note = f"torch.compile failed at run time ({type(e).__name__}: {str(e)[:200]}); measured eager ref ops instead"
         tr.loss.fns = {}
         info["torch_compile"] = False
-        timing = time_interleaved({"step": step}, rounds=1, steps_per_round=a.steps, warmup=a.warmup, device=torch.device(info["device"]))["step"]
+        timing = time_interleaved(
+            {"step": step}, rounds=1, steps_per_round=a.steps, warmup=a.warmup, device=torch.device(info["device"])
+        )["step"]
     ms = timing["ms_per_step"]
-    res = dict(impl=info.pop("impl"), ms_per_step=ms, ms_per_step_mean=timing["ms_per_step_mean"],
-               ms_per_step_min=timing["ms_per_step_min"],
-               cpu_ms_per_step=timing["cpu_ms_per_step"],   # process CPU time: robust to a shared machine at --threads 1
-               img_per_s=round(a.batch / (ms / 1000), 2), sec_per_kimg=round(1000 / a.batch * ms / 1000, 1),
-               warmup_s=timing["warmup_s"], peak_mem_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               baseline_rss_mb=round(rss0, 1),
-               peak_mem_source="resource.getrusage(RUSAGE_SELF).ru_maxrss: peak RSS of this process incl. Python+torch",
-               **info)
-    if not res["torch_compile"]: res["step_signature"] = step_signature(step)   # one more step, after the warm-up ones
-    if info["device"].startswith("cuda"): res["cuda_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    if note: res["note"] = note
+    res = dict(
+        impl=info.pop("impl"),
+        ms_per_step=ms,
+        ms_per_step_mean=timing["ms_per_step_mean"],
+        ms_per_step_min=timing["ms_per_step_min"],
+        cpu_ms_per_step=timing["cpu_ms_per_step"],  # process CPU time: robust to a shared machine at --threads 1
+        img_per_s=round(a.batch / (ms / 1000), 2),
+        sec_per_kimg=round(1000 / a.batch * ms / 1000, 1),
+        warmup_s=timing["warmup_s"],
+        peak_mem_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        baseline_rss_mb=round(rss0, 1),
+        peak_mem_source="resource.getrusage(RUSAGE_SELF).ru_maxrss: peak RSS of this process incl. Python+torch",
+        **info,
+    )
+    if not res["torch_compile"]:
+        res["step_signature"] = step_signature(step)  # one more step, after the warm-up ones
+    if info["device"].startswith("cuda"):
+        res["cuda_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if note:
+        res["note"] = note
     return res
 
 # %% ../nbs/10_bench.ipynb
 def bench_parser() -> argparse.ArgumentParser:
     "`medsyn bench train`'s options: `bench_step`'s parameters, and how many steps to time."
-    p = signature_parser(bench_step, "medsyn bench train", "Time StyleGAN2 G+D main steps; prints one JSON object. Without "
-                         "--impl / --precision it measures what `medsyn train` uses by default here.",
-                         aliases=dict(kind=["--cfg"]), choices=dict(kind=GAN_KINDS))
+    p = signature_parser(
+        bench_step,
+        "medsyn bench train",
+        "Time StyleGAN2 G+D main steps; prints one JSON object. Without "
+        "--impl / --precision it measures what `medsyn train` uses by default here.",
+        aliases=dict(kind=["--cfg"]),
+        choices=dict(kind=GAN_KINDS),
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, allocator)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, usually the core count)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice, usually the core count)"
+    )
     return p
 
 # %% ../nbs/10_bench.ipynb
 def bench_train(argv: list[str] | None = None) -> int:
     "`medsyn bench train ...`: print one JSON object with ms_per_step, img_per_s, sec_per_kimg, peak_mem_mb and the config."
     a = bench_parser().parse_args(argv if argv is not None else [])
-    if a.threads: torch.set_num_threads(a.threads)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     impls = [s.strip() for s in a.impl.split(",") if s.strip()]
     precisions = [s.strip() for s in a.precision.split(",") if s.strip()]
-    config = dict(kind=a.kind, res=a.res, batch=a.batch, channel_base=a.channel_base, channel_max=a.channel_max,
-                  img_channels=a.img_channels, num_labels=a.num_labels, steps=a.steps, warmup=a.warmup,
-                  preset=a.preset, threads=torch.get_num_threads(), cpu_count=os.cpu_count(), torch=torch.__version__,
-                  load_avg_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                  step="Gmain + Dmain (G fwd/bwd through D; G fwd + one D fwd/bwd on [fake; real]) + both Adam steps; "
-                       "no augmentation, no R1 / path-length phases")
+    config = dict(
+        kind=a.kind,
+        res=a.res,
+        batch=a.batch,
+        channel_base=a.channel_base,
+        channel_max=a.channel_max,
+        img_channels=a.img_channels,
+        num_labels=a.num_labels,
+        steps=a.steps,
+        warmup=a.warmup,
+        preset=a.preset,
+        threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+        torch=torch.__version__,
+        load_avg_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        step="Gmain + Dmain (G fwd/bwd through D; G fwd + one D fwd/bwd on [fake; real]) + both Adam steps; "
+        "no augmentation, no R1 / path-length phases",
+    )
     if len(impls) == 1 and len(precisions) == 1:
         a.impl, a.precision = impls[0], precisions[0]
         print(json.dumps(dict(config=config, **_bench_one(a))))
@@ -379,11 +556,26 @@ def bench_train(argv: list[str] | None = None) -> int:
     for impl in impls:
         for prec in precisions:
             args = _replace_arg(_replace_arg(list(argv or []), "--impl", impl), "--precision", prec)
-            proc = subprocess.run([sys.executable, "-c", "import sys; from medsyn.bench import bench_train; sys.exit(bench_train(sys.argv[1:]))", *args],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from medsyn.bench import bench_train; sys.exit(bench_train(sys.argv[1:]))",
+                    *args,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
-                results.append(dict(impl=impl, precision_requested=prec,
-                                    error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"))
+                results.append(
+                    dict(
+                        impl=impl,
+                        precision_requested=prec,
+                        error=proc.stderr.strip().splitlines()[-1]
+                        if proc.stderr.strip()
+                        else f"exit {proc.returncode}",
+                    )
+                )
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r.pop("config", None)
@@ -391,7 +583,8 @@ def bench_train(argv: list[str] | None = None) -> int:
     ref = next((r for r in results if r.get("impl") == "ref" and "ms_per_step" in r), None)
     if ref is not None:
         for r in results:
-            if "ms_per_step" in r: r["speedup_vs_ref"] = round(ref["ms_per_step"] / r["ms_per_step"], 3)
+            if "ms_per_step" in r:
+                r["speedup_vs_ref"] = round(ref["ms_per_step"] / r["ms_per_step"], 3)
     print(json.dumps(dict(config=config, results=results)))
     return 0
 
@@ -400,30 +593,63 @@ def _replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
     "`argv` with `flag VALUE` (or `flag=VALUE`) replaced by `flag value`."
     out, skip = [], False
     for i, x in enumerate(argv):
-        if skip: skip = False; continue
-        if x == flag: skip = True; continue
-        if x.startswith(flag + "="): continue
+        if skip:
+            skip = False
+            continue
+        if x == flag:
+            skip = True
+            continue
+        if x.startswith(flag + "="):
+            continue
         out.append(x)
     return out + [flag, value]
 
 # %% ../nbs/10_bench.ipynb
-def nvlabs_step(nvlabs_dir, res=64, img_channels=6, batch=8, channel_base=4096, channel_max=256, z_dim=512, w_dim=512,
-                mapping_layers=2, seed=0):
+def nvlabs_step(
+    nvlabs_dir,
+    res=64,
+    img_channels=6,
+    batch=8,
+    channel_base=4096,
+    channel_max=256,
+    z_dim=512,
+    w_dim=512,
+    mapping_layers=2,
+    seed=0,
+):
     "NVlabs' Gmain + Dmain step (reference ops, fp32) from a stylegan2-ada-pytorch checkout: `(step, info)`."
     from pathlib import Path
+
     root = Path(nvlabs_dir).expanduser().resolve()
-    check((root / "training" / "networks.py").exists() and (root / "training" / "loss.py").exists(),
-          f"{root}: not a stylegan2-ada-pytorch checkout (training/networks.py, training/loss.py missing); "
-          "pass --nvlabs-dir pointing at a clone of github.com/NVlabs/stylegan2-ada-pytorch")
-    if str(root) not in sys.path: sys.path.insert(0, str(root))
+    check(
+        (root / "training" / "networks.py").exists() and (root / "training" / "loss.py").exists(),
+        f"{root}: not a stylegan2-ada-pytorch checkout (training/networks.py, training/loss.py missing); "
+        "pass --nvlabs-dir pointing at a clone of github.com/NVlabs/stylegan2-ada-pytorch",
+    )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     from training.networks import Generator, Discriminator
     from training.loss import StyleGAN2Loss
+
     torch.manual_seed(seed)
     common = dict(channel_base=channel_base, channel_max=channel_max, num_fp16_res=0, conv_clamp=None)
-    G = Generator(z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=res, img_channels=img_channels,
-                  mapping_kwargs=dict(num_layers=mapping_layers), synthesis_kwargs=common).train().requires_grad_(False)
+    G = (
+        Generator(
+            z_dim=z_dim,
+            c_dim=0,
+            w_dim=w_dim,
+            img_resolution=res,
+            img_channels=img_channels,
+            mapping_kwargs=dict(num_layers=mapping_layers),
+            synthesis_kwargs=common,
+        )
+        .train()
+        .requires_grad_(False)
+    )
     D = Discriminator(c_dim=0, img_resolution=res, img_channels=img_channels, **common).train().requires_grad_(False)
-    loss = StyleGAN2Loss(torch.device("cpu"), G.mapping, G.synthesis, D, style_mixing_prob=0.9, r1_gamma=0.1, pl_weight=2)
+    loss = StyleGAN2Loss(
+        torch.device("cpu"), G.mapping, G.synthesis, D, style_mixing_prob=0.9, r1_gamma=0.1, pl_weight=2
+    )
     opt_G = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
     opt_D = torch.optim.Adam(D.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
     g = torch.Generator().manual_seed(seed)
@@ -438,8 +664,13 @@ def nvlabs_step(nvlabs_dir, res=64, img_channels=6, batch=8, channel_base=4096, 
             module.requires_grad_(False)
             opt.step()
 
-    return step, dict(G_params=sum(p.numel() for p in G.parameters()), D_params=sum(p.numel() for p in D.parameters()),
-                      ops_impl="ref (NVlabs torch_utils.ops on CPU)", precision="fp32", source=str(root))
+    return step, dict(
+        G_params=sum(p.numel() for p in G.parameters()),
+        D_params=sum(p.numel() for p in D.parameters()),
+        ops_impl="ref (NVlabs torch_utils.ops on CPU)",
+        precision="fp32",
+        source=str(root),
+    )
 
 # %% ../nbs/10_bench.ipynb
 def step_gflop(step: Callable[[], None]) -> dict:
@@ -448,8 +679,11 @@ def step_gflop(step: Callable[[], None]) -> dict:
     grouped convolutions (NVlabs' training path, or medsyn with `fused_modconv=False`)."""
     with FlopCounterMode(display=False) as fc:
         step()
-    by_op = {str(op).removeprefix("aten."): round(v / 1e9, 3) for op, v in fc.get_flop_counts().get("Global", {}).items()}
+    by_op = {
+        str(op).removeprefix("aten."): round(v / 1e9, 3) for op, v in fc.get_flop_counts().get("Global", {}).items()
+    }
     return dict(gflop=fc.get_total_flops() / 1e9, by_op=by_op)
+
 
 def matmul_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
     "Best GFLOP/s of an `n` x `n` x `n` `torch.mm` in `dtype` on the CPU: the compute ceiling of the roofline."
@@ -460,168 +694,274 @@ def matmul_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeat
         t = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
+
 
 def roofline(gflop: float, peaks: dict[str, float], base_ms: float) -> dict:
     """Per precision: its GEMM peak, the fastest possible step (`floor_ms`: every FLOP at the peak, nothing else costs
     time) and the largest possible ratio to a step of `base_ms` (`max_speedup`)."""
-    return {k: dict(peak_gflops=round(p, 1), floor_ms=round(gflop / p * 1e3, 1), max_speedup=round(base_ms / (gflop / p * 1e3), 3))
-            for k, p in peaks.items()}
+    return {
+        k: dict(
+            peak_gflops=round(p, 1),
+            floor_ms=round(gflop / p * 1e3, 1),
+            max_speedup=round(base_ms / (gflop / p * 1e3), 3),
+        )
+        for k, p in peaks.items()
+    }
 
 # %% ../nbs/10_bench.ipynb
-def bench_nvlabs(nvlabs_dir,                # a checkout of github.com/NVlabs/stylegan2-ada-pytorch
-                 rounds: int = 3,           # interleaved rounds (each variant once per round)
-                 steps_per_round: int = 2,  # timed steps per round
-                 warmup: int = 1,           # untimed steps first
-                 res: int = 64,             # resolution
-                 batch: int = 8,            # images per step
-                 ) -> dict:
+def bench_nvlabs(
+    nvlabs_dir,  # a checkout of github.com/NVlabs/stylegan2-ada-pytorch
+    rounds: int = 3,  # interleaved rounds (each variant once per round)
+    steps_per_round: int = 2,  # timed steps per round
+    warmup: int = 1,  # untimed steps first
+    res: int = 64,  # resolution
+    batch: int = 8,  # images per step
+) -> dict:
     """NVlabs ref fp32 vs medsyn default vs medsyn fp32, interleaved in one run; ms/step, img/s, peak memory and ratios,
     and the roofline (the fastest step this CPU allows at each precision, and the ratio it would give)."""
     arch = dict(res=res, batch=batch, channel_base=4096, channel_max=256, z_dim=512, w_dim=512, mapping_layers=2)
     steps, infos = {}, {}
     steps["nvlabs_ref_fp32"], infos["nvlabs_ref_fp32"] = nvlabs_step(nvlabs_dir, img_channels=6, **arch)
     for name, prec in (("medsyn_default", "auto"), ("medsyn_fp32", "fp32")):
-        steps[name], infos[name] = bench_step(kind="joint", img_channels=2, num_labels=4, impl="auto", precision=prec, device="cpu", **arch)
+        steps[name], infos[name] = bench_step(
+            kind="joint", img_channels=2, num_labels=4, impl="auto", precision=prec, device="cpu", **arch
+        )
         infos[name].pop("_trainer")
     times = time_interleaved(steps, rounds=rounds, steps_per_round=steps_per_round, warmup=warmup)
     base = times["nvlabs_ref_fp32"]["ms_per_step"]
-    flops = step_gflop(steps["nvlabs_ref_fp32"])     # the architecture's FLOPs per step (see the roofline above)
-    rows = {k: dict(**infos[k], **times[k], img_per_s=round(batch / (times[k]["ms_per_step"] / 1000), 2),
-                    peak_mem_mb=round(peak_memory_mb(steps[k], torch.device("cpu")), 1),
-                    achieved_gflops=round(flops["gflop"] / (times[k]["ms_per_step"] / 1000), 1),
-                    speedup_vs_nvlabs=round(base / times[k]["ms_per_step"], 3)) for k in steps}
+    flops = step_gflop(steps["nvlabs_ref_fp32"])  # the architecture's FLOPs per step (see the roofline above)
+    rows = {
+        k: dict(
+            **infos[k],
+            **times[k],
+            img_per_s=round(batch / (times[k]["ms_per_step"] / 1000), 2),
+            peak_mem_mb=round(peak_memory_mb(steps[k], torch.device("cpu")), 1),
+            achieved_gflops=round(flops["gflop"] / (times[k]["ms_per_step"] / 1000), 1),
+            speedup_vs_nvlabs=round(base / times[k]["ms_per_step"], 3),
+        )
+        for k in steps
+    }
     peaks = {"fp32": matmul_peak_gflops(torch.float32)}
-    if cpu_bf16_flags(): peaks["bf16"] = matmul_peak_gflops(torch.bfloat16)
-    bound = dict(gflop_per_step=round(flops["gflop"], 2), gflop_by_op=flops["by_op"],
-                 gflop_source="FlopCounterMode on the NVlabs step (the same architecture, no grouped convolutions)",
-                 peak_source="best torch.mm 2048^3 in this run", **roofline(flops["gflop"], peaks, base))
-    cfg = dict(arch, kind="joint", img_channels=2, num_labels=4, rounds=rounds, steps_per_round=steps_per_round, warmup=warmup,
-               peak_mem="peak bytes of live tensors during one extra step (bench.peak_memory_mb)",
-               targets=dict(medsyn_default=2.0, medsyn_fp32=1.6), **bench_config([torch.device("cpu")]))
+    if cpu_bf16_flags():
+        peaks["bf16"] = matmul_peak_gflops(torch.bfloat16)
+    bound = dict(
+        gflop_per_step=round(flops["gflop"], 2),
+        gflop_by_op=flops["by_op"],
+        gflop_source="FlopCounterMode on the NVlabs step (the same architecture, no grouped convolutions)",
+        peak_source="best torch.mm 2048^3 in this run",
+        **roofline(flops["gflop"], peaks, base),
+    )
+    cfg = dict(
+        arch,
+        kind="joint",
+        img_channels=2,
+        num_labels=4,
+        rounds=rounds,
+        steps_per_round=steps_per_round,
+        warmup=warmup,
+        peak_mem="peak bytes of live tensors during one extra step (bench.peak_memory_mb)",
+        targets=dict(medsyn_default=2.0, medsyn_fp32=1.6),
+        **bench_config([torch.device("cpu")]),
+    )
     return dict(config=cfg, results=rows, roofline=bound)
 
 # %% ../nbs/10_bench.ipynb
 QUALITY_COLUMNS = ("domain_pr/precision", "domain_pr/recall", "mask_stats/label_hist_tv", "fid/T1")
+
 
 def _train_for(run_dir: Path, gan: str, seconds: float, data_dir, split: dict, cfg, seed: int) -> float:
     "Continue the bench's GAN run `run_dir` for `seconds` of training (resumable); returns the wall seconds it took."
     t0 = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train_gan(data_dir, run_dir, kind=gan, kimg=100_000.0, preset=cfg.gan_preset, resume=True, time_budget=max(seconds, 1.0),
-                  seed=seed, subjects=split["train"], selection_subjects=split["val"],
-                  **study_gan_kwargs(cfg, gan))
+        train_gan(
+            data_dir,
+            run_dir,
+            kind=gan,
+            kimg=100_000.0,
+            preset=cfg.gan_preset,
+            resume=True,
+            time_budget=max(seconds, 1.0),
+            seed=seed,
+            subjects=split["train"],
+            selection_subjects=split["val"],
+            **study_gan_kwargs(cfg, gan),
+        )
     return time.time() - t0
+
 
 def _score(ref_dir, fake_dir, unet, n: int, **row) -> list[dict]:
     "Quality rows (`medsyn.study.quality_rows`) of one synthetic or real set against one real set."
-    res = evaluate(ref_dir, fake_dir, metrics=("fid", "domain_pr", "domain_fid", "mask_stats"), seg_model=unet, max_samples=n,
-                   progress=False)
+    res = evaluate(
+        ref_dir,
+        fake_dir,
+        metrics=("fid", "domain_pr", "domain_fid", "mask_stats"),
+        seg_model=unet,
+        max_samples=n,
+        progress=False,
+    )
     return [dict(row, n=n, **r) for r in quality_rows(res)]
-
-
 
 # %% ../nbs/10_bench.ipynb
 def plot_quality_vs_minutes(table: pd.DataFrame, x: str = "minutes", hue: str = "variant", style: str = "comparison"):
     """One panel per quality metric against GAN training minutes (or another column `x`, e.g. `kimg_trained`): a line per
     (`hue`, `style`), the real reference dotted."""
     import matplotlib.pyplot as plt, seaborn as sns
+
     metrics = [m for m in QUALITY_COLUMNS if m in set(table.metric) and table[table.metric == m].value.notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
     syn, ref = table[table.variant != "real"], table[table.variant == "real"]
     for ax, m in zip(axes[0], metrics):
-        sns.lineplot(data=syn[syn.metric == m], x=x, y="value", hue=hue, style=style, marker="o", ax=ax, legend=ax is axes[0][-1])
-        for v in ref[ref.metric == m].value.dropna(): ax.axhline(v, color="gray", ls=":", lw=1.5)
+        sns.lineplot(
+            data=syn[syn.metric == m], x=x, y="value", hue=hue, style=style, marker="o", ax=ax, legend=ax is axes[0][-1]
+        )
+        for v in ref[ref.metric == m].value.dropna():
+            ax.axhline(v, color="gray", ls=":", lw=1.5)
         ax.set(title=m, xlabel="GAN training (CPU minutes)" if x == "minutes" else x, ylabel="")
-    if len(metrics): axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle("Quality of the synthetic pairs vs GAN training time (gray dotted: real train vs held-out, the reference)", fontsize=10)
+    if len(metrics):
+        axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(
+        "Quality of the synthetic pairs vs GAN training time (gray dotted: real train vs held-out, the reference)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
-
-
 # %% ../nbs/10_bench.ipynb
-def bench_quality(out: str = "runs/bench_quality",       # folder for the study layout, the bench GAN runs, tables and figure
-                  variants: list[str] = ["joint", "warped+cond"],  # study variants (`medsyn.study.VARIANT_GANS`) to train and score
-                  minutes: list[float] = [1.0, 2.0, 4.0, 8.0],     # GAN training minutes per generator at which every variant is scored
-                  profile: str = "quick",                 # study profile: dataset, GAN preset, overrides, truncation and warp
-                  fold: int = 0,                          # the fold whose training subjects train the GANs
-                  force: bool = False,                    # start the bench GAN runs over (delete OUT/bench)
-                  gan_seed: int | None = None,            # seed of the bench GANs (default: the study's, split_seed + fold)
-                  tag: str = "",                          # names this bench's GAN runs, table and figure: benches under one OUT share its real U-Net
-                  overrides: dict | None = None,          # StudyConfig fields (the CLI's --set), e.g. {'gan_overrides': {'precision': 'fp32'}}
-                  ) -> dict:
+def bench_quality(
+    out: str = "runs/bench_quality",  # folder for the study layout, the bench GAN runs, tables and figure
+    variants: list[str] = ["joint", "warped+cond"],  # study variants (`medsyn.study.VARIANT_GANS`) to train and score
+    minutes: list[float] = [1.0, 2.0, 4.0, 8.0],  # GAN training minutes per generator at which every variant is scored
+    profile: str = "quick",  # study profile: dataset, GAN preset, overrides, truncation and warp
+    fold: int = 0,  # the fold whose training subjects train the GANs
+    force: bool = False,  # start the bench GAN runs over (delete OUT/bench)
+    gan_seed: int | None = None,  # seed of the bench GANs (default: the study's, split_seed + fold)
+    tag: str = "",  # names this bench's GAN runs, table and figure: benches under one OUT share its real U-Net
+    overrides: dict
+    | None = None,  # StudyConfig fields (the CLI's --set), e.g. {'gan_overrides': {'precision': 'fp32'}}
+) -> dict:
     """Image quality of each variant's pairs against CPU minutes of GAN training, on one fold of a study profile. Each GAN is
     trained in resumable steps up to every entry of `minutes`; after each step the variant's pairs (as many as the fold's
     training slices, made exactly as the study makes them) are scored against the real training slices and against the
     held-out test subjects, next to the real-vs-held-out reference. Writes `tables/quality_vs_minutes.csv` and
     `figures/quality_vs_minutes.png` under `out` (`quality_vs_minutes-TAG` with a `tag`); returns the JSON summary (also the
     last line printed by the CLI)."""
-    check(list(minutes) == sorted(minutes) and minutes and minutes[0] > 0, f"--minutes {minutes}: give increasing positive minutes")
-    check(tag == "" or tag.replace("-", "").replace("_", "").isalnum(), f"--tag {tag!r}: use letters, digits, '-' and '_' only")
+    check(
+        list(minutes) == sorted(minutes) and minutes and minutes[0] > 0,
+        f"--minutes {minutes}: give increasing positive minutes",
+    )
+    check(
+        tag == "" or tag.replace("-", "").replace("_", "").isalnum(),
+        f"--tag {tag!r}: use letters, digits, '-' and '_' only",
+    )
     cfg = study_config(profile, **{**(overrides or {}), "variants": tuple(variants)})
     suffix = f"-{tag}" if tag else ""
     name, lay, bench = "quality_vs_minutes" + suffix, RunLayout(out), Path(out) / ("bench" + suffix)
     seed = cfg.split_seed + fold if gan_seed is None else gan_seed
     if bench.exists():
-        check(force, f"{bench}: holds the GAN runs of an earlier bench; pass --force to start them over (or choose another --out or --tag)")
+        check(
+            force,
+            f"{bench}: holds the GAN runs of an earlier bench; pass --force to start them over (or choose another --out or --tag)",
+        )
         shutil.rmtree(bench)
     stage_prepare(cfg, out, log=lambda m: None)
     info = load_json(lay.prepare_json)
     split, real = split_of(info["splits"], fold, 1.0), load_real(cfg, info["data_dir"])
     real_cell = next(experiment_grid(cfg).query("variant == 'real' and fold == @fold and fraction == 1.0").itertuples())
-    run_cell(real_cell, cfg, real, info["splits"], out, fingerprint=info["dataset_sha256"])   # its bottleneck = domain features
+    run_cell(
+        real_cell, cfg, real, info["splits"], out, fingerprint=info["dataset_sha256"]
+    )  # its bottleneck = domain features
     unet, train_dir = lay.cell(real_cell.cell) / "unet.pt", lay.real_subset(fold, 1.0)
     test_dir = write_real_subset(real, split["test"], lay.held_out(fold), info["dataset_sha256"], lambda m: None)
     n = min(split["n_train_slices"], len(load_canonical(test_dir)))
-    rows = _score(test_dir, train_dir, unet, n, variant="real", comparison="real train vs held-out", minutes=0.0, kimg=0.0,
-                  kimg_trained=0.0)
+    rows = _score(
+        test_dir,
+        train_dir,
+        unet,
+        n,
+        variant="real",
+        comparison="real train vs held-out",
+        minutes=0.0,
+        kimg=0.0,
+        kimg_trained=0.0,
+    )
     spent, gans = {}, sorted({g for v in variants for g in VARIANT_GANS[v]})
     run_dirs = {g: bench / f"{g}_fold{fold}" for g in gans}
     for target in minutes:
         for g in gans:
-            spent[g] = spent.get(g, 0.0) + _train_for(run_dirs[g], g, target * 60 - spent.get(g, 0.0), info["data_dir"], split, cfg, seed)
+            spent[g] = spent.get(g, 0.0) + _train_for(
+                run_dirs[g], g, target * 60 - spent.get(g, 0.0), info["data_dir"], split, cfg, seed
+            )
         for v in variants:
             ckpts = {g: gan_checkpoint(run_dirs[g]) for g in VARIANT_GANS[v]}
             warp = mask_source(cfg, fold, 1.0, lay)["warp"] if v in WARPED_VARIANTS else None
-            pairs = sample_variant(v, ckpts, bench / f"pairs_{v.replace('+', '_')}_{target:g}min", split["n_train_slices"], cfg.trunc,
-                                   cfg.split_seed + fold, train_dir, warp)
-            row = dict(variant=v, minutes=sum(spent[g] for g in VARIANT_GANS[v]) / 60,
-                       kimg=sum(load_checkpoint(c).get("kimg", 0.0) for c in ckpts.values()),          # the snapshot the study samples
-                       kimg_trained=sum(load_checkpoint(run_dirs[g] / "network-last.pt")["kimg"] for g in VARIANT_GANS[v]))
+            pairs = sample_variant(
+                v,
+                ckpts,
+                bench / f"pairs_{v.replace('+', '_')}_{target:g}min",
+                split["n_train_slices"],
+                cfg.trunc,
+                cfg.split_seed + fold,
+                train_dir,
+                warp,
+            )
+            row = dict(
+                variant=v,
+                minutes=sum(spent[g] for g in VARIANT_GANS[v]) / 60,
+                kimg=sum(load_checkpoint(c).get("kimg", 0.0) for c in ckpts.values()),  # the snapshot the study samples
+                kimg_trained=sum(load_checkpoint(run_dirs[g] / "network-last.pt")["kimg"] for g in VARIANT_GANS[v]),
+            )
             rows += _score(train_dir, pairs, unet, n, comparison="synthetic vs real train", **row)
             rows += _score(test_dir, pairs, unet, n, comparison="synthetic vs held-out", **row)
     table = pd.DataFrame(rows)
     outputs = write_table(table.assign(tag=tag, gan_seed=seed), lay.table(name))
     outputs += save_study_figure(plot_quality_vs_minutes(table), lay.figure(name))
-    wide = table[table.metric.isin(QUALITY_COLUMNS)].pivot_table(index=["variant", "comparison", "minutes", "kimg", "kimg_trained"], columns="metric",
-                                                                  values="value").reset_index()
-    return dict(bench="quality_vs_minutes", tag=tag, profile=profile, fold=fold, n=n, gan_seed=seed, gan_preset=cfg.gan_preset,
-                gan_overrides=cfg.gan_overrides,
-                config=bench_config([torch.device("cpu")]), rows=wide.round(4).to_dict("records"), outputs=[str(o) for o in outputs])
-
-
+    wide = (
+        table[table.metric.isin(QUALITY_COLUMNS)]
+        .pivot_table(
+            index=["variant", "comparison", "minutes", "kimg", "kimg_trained"], columns="metric", values="value"
+        )
+        .reset_index()
+    )
+    return dict(
+        bench="quality_vs_minutes",
+        tag=tag,
+        profile=profile,
+        fold=fold,
+        n=n,
+        gan_seed=seed,
+        gan_preset=cfg.gan_preset,
+        gan_overrides=cfg.gan_overrides,
+        config=bench_config([torch.device("cpu")]),
+        rows=wide.round(4).to_dict("records"),
+        outputs=[str(o) for o in outputs],
+    )
 
 # %% ../nbs/10_bench.ipynb
-NVLABS_SEC_PER_KIMG_256 = {"1 x V100": 21.6, "4 x V100": 5.6}   # stylegan2-ada-pytorch's published 256² speeds (issue #30)
+NVLABS_SEC_PER_KIMG_256 = {
+    "1 x V100": 21.6,
+    "4 x V100": 5.6,
+}  # stylegan2-ada-pytorch's published 256² speeds (issue #30)
 
-def bench_data(res: int = 256,                      # image side of the synthetic dataset
-               channels: int = 4,                   # image modalities of the synthetic dataset
-               n: int = 128,                        # samples in the synthetic dataset
-               batch: int = 32,                     # images per loaded batch
-               workers: str = "0,2,4",              # loader processes to time, comma-separated
-               seconds: float = 5.0,                # timed seconds per setting (after the first batch)
-               data: str | None = None,             # a canonical dataset folder to read instead of the synthetic one
-               step_img_per_s: float | None = None  # a measured training rate (images/s, all GPUs) to compare with
-               ) -> dict:
+
+def bench_data(
+    res: int = 256,  # image side of the synthetic dataset
+    channels: int = 4,  # image modalities of the synthetic dataset
+    n: int = 128,  # samples in the synthetic dataset
+    batch: int = 32,  # images per loaded batch
+    workers: str = "0,2,4",  # loader processes to time, comma-separated
+    seconds: float = 5.0,  # timed seconds per setting (after the first batch)
+    data: str | None = None,  # a canonical dataset folder to read instead of the synthetic one
+    step_img_per_s: float | None = None,  # a measured training rate (images/s, all GPUs) to compare with
+) -> dict:
     "Samples/s of the training loader for each worker count, next to the images/s a GAN step consumes (NVlabs' 256² figures)."
     tmp = None
     if data is None:
         tmp = tempfile.mkdtemp(prefix="medsyn-bench-data-")
         data = toy_dataset(Path(tmp) / "data", n=n, res=res, n_modalities=channels)
     try:
-        pairs = PairData(load_canonical(data), cache_bytes=0)            # streamed, as a dataset beyond the RAM cache
+        pairs = PairData(load_canonical(data), cache_bytes=0)  # streamed, as a dataset beyond the RAM cache
         rows = []
         for w in [int(x) for x in str(workers).split(",")]:
             it = pair_batches(pairs, batch, seed=0, workers=w)
@@ -632,52 +972,107 @@ def bench_data(res: int = 256,                      # image side of the syntheti
             while time.perf_counter() - t0 < seconds or k == 0:
                 next(it)
                 k += 1
-            rows.append(dict(workers=w, img_per_s=round(k * batch / (time.perf_counter() - t0), 1), first_batch_s=round(first, 2)))
+            rows.append(
+                dict(
+                    workers=w, img_per_s=round(k * batch / (time.perf_counter() - t0), 1), first_batch_s=round(first, 2)
+                )
+            )
             del it
         need = {k: round(1000 / v, 1) for k, v in NVLABS_SEC_PER_KIMG_256.items()}
-        if step_img_per_s: need["measured"] = step_img_per_s
+        if step_img_per_s:
+            need["measured"] = step_img_per_s
         best = max(r["img_per_s"] for r in rows)
-        return dict(loader=rows, step_img_per_s=need, keeps_up={k: best >= v for k, v in need.items()},
-                    config=dict(res=pairs.ds.resolution, channels=len(pairs.ds.modalities), n=len(pairs), batch=batch, cpus=os.cpu_count()))
+        return dict(
+            loader=rows,
+            step_img_per_s=need,
+            keeps_up={k: best >= v for k, v in need.items()},
+            config=dict(
+                res=pairs.ds.resolution,
+                channels=len(pairs.ds.modalities),
+                n=len(pairs),
+                batch=batch,
+                cpus=os.cpu_count(),
+            ),
+        )
     finally:
-        if tmp: shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/10_bench.ipynb
 def bench_main(argv: list[str]) -> int:
     "`medsyn bench ops|train|nvlabs|quality|data ...`: print one JSON object with the measurements (options generated from the functions)."
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: medsyn bench {ops,train,nvlabs,quality} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
-              "  train  time G/D training steps (bench_train)\n"
-              "  nvlabs NVlabs stylegan2-ada-pytorch vs medsyn default and fp32, interleaved (--nvlabs-dir DIR)\n"
-              "  quality image quality of each study variant's pairs vs CPU minutes of GAN training\n"
-              "  data   samples/s of the training data loader (workers, no RAM cache) vs the GAN step's rate")
+        print(
+            "usage: medsyn bench {ops,train,nvlabs,quality} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
+            "  train  time G/D training steps (bench_train)\n"
+            "  nvlabs NVlabs stylegan2-ada-pytorch vs medsyn default and fp32, interleaved (--nvlabs-dir DIR)\n"
+            "  quality image quality of each study variant's pairs vs CPU minutes of GAN training\n"
+            "  data   samples/s of the training data loader (workers, no RAM cache) vs the GAN step's rate"
+        )
         return 0 if argv else 2
     what, rest = argv[0], argv[1:]
-    if what == "train": return int(bench_train(rest) or 0)
-    check(what in ("ops", "nvlabs", "quality", "data"), f"unknown benchmark {what!r}; choose 'ops', 'train', 'nvlabs', 'quality' or 'data'")
+    if what == "train":
+        return int(bench_train(rest) or 0)
+    check(
+        what in ("ops", "nvlabs", "quality", "data"),
+        f"unknown benchmark {what!r}; choose 'ops', 'train', 'nvlabs', 'quality' or 'data'",
+    )
     if what == "data":
-        p = signature_parser(bench_data, "medsyn bench data", "Samples/s of the training data loader (streamed, with workers) "
-                                         "against the rate a 256² GAN step consumes.")
+        p = signature_parser(
+            bench_data,
+            "medsyn bench data",
+            "Samples/s of the training data loader (streamed, with workers) against the rate a 256² GAN step consumes.",
+        )
         fn = bench_data
     elif what == "quality":
-        p = add_set_option(signature_parser(bench_quality, "medsyn bench quality", "Quality of each study variant's pairs vs CPU minutes "
-                                            "of GAN training.", skip=("overrides",)), "StudyConfig", "'gan_overrides={\"precision\": \"fp32\"}'")
+        p = add_set_option(
+            signature_parser(
+                bench_quality,
+                "medsyn bench quality",
+                "Quality of each study variant's pairs vs CPU minutes of GAN training.",
+                skip=("overrides",),
+            ),
+            "StudyConfig",
+            "'gan_overrides={\"precision\": \"fp32\"}'",
+        )
         fn = bench_quality
     elif what == "nvlabs":
-        p = signature_parser(bench_nvlabs, "medsyn bench nvlabs", "NVlabs stylegan2-ada-pytorch (ref ops, fp32) vs medsyn, interleaved.",
-                             aliases=dict(steps_per_round=["--steps"]))
+        p = signature_parser(
+            bench_nvlabs,
+            "medsyn bench nvlabs",
+            "NVlabs stylegan2-ada-pytorch (ref ops, fp32) vs medsyn, interleaved.",
+            aliases=dict(steps_per_round=["--steps"]),
+        )
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
         fn = bench_nvlabs
     else:
-        p = signature_parser(bench_ops, "medsyn bench ops", "Time bias_act, upfirdn2d and demod_bias_act, reference vs compiled.",
-                             choices=dict(device=["auto", "cpu", "cuda"]))
+        p = signature_parser(
+            bench_ops,
+            "medsyn bench ops",
+            "Time bias_act, upfirdn2d and demod_bias_act, reference vs compiled.",
+            choices=dict(device=["auto", "cpu", "cuda"]),
+        )
         fn = bench_ops
     a = p.parse_args(rest)
-    if getattr(a, "threads", None): torch.set_num_threads(a.threads)
-    check(getattr(a, "device", "auto") != "cuda" or torch.cuda.is_available(), "--device cuda: torch sees no CUDA GPU; use --device cpu")
+    if getattr(a, "threads", None):
+        torch.set_num_threads(a.threads)
+    check(
+        getattr(a, "device", "auto") != "cuda" or torch.cuda.is_available(),
+        "--device cuda: torch sees no CUDA GPU; use --device cpu",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        extra = {} if what != "quality" else dict(overrides=check_fields(parse_set_items(a.set), [StudyConfig], "--set",
-                                                                          fixed={"variants": "use --variants", "profile": "use --profile"}))
+        extra = (
+            {}
+            if what != "quality"
+            else dict(
+                overrides=check_fields(
+                    parse_set_items(a.set),
+                    [StudyConfig],
+                    "--set",
+                    fixed={"variants": "use --variants", "profile": "use --profile"},
+                )
+            )
+        )
         print(json.dumps(call_with_args(fn, a, **extra)))
     return 0

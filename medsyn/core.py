@@ -31,7 +31,8 @@ class MedsynError(Exception):
 # %% ../nbs/00_core.ipynb
 def check(cond: bool, msg: str) -> None:
     "Raise `MedsynError(msg)` unless `cond` holds."
-    if not cond: raise MedsynError(msg)
+    if not cond:
+        raise MedsynError(msg)
 
 # %% ../nbs/00_core.ipynb
 def runs_dir() -> Path:
@@ -49,37 +50,50 @@ def cache_dir() -> Path:
 def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and torch (CPU and CUDA) for a reproducible run."
     import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 # %% ../nbs/00_core.ipynb
 def choose_device(device: str = "auto"):
     "Return a `torch.device`: `'auto'` picks CUDA when available, else CPU; asking for a missing GPU is an error."
     import torch
-    if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
-    check(dev.type != "cuda" or torch.cuda.is_available(),
-          f"device {device!r} requested but torch sees no CUDA GPU; pass --device cpu (or auto)")
+    check(
+        dev.type != "cuda" or torch.cuda.is_available(),
+        f"device {device!r} requested but torch sees no CUDA GPU; pass --device cpu (or auto)",
+    )
     return dev
 
 # %% ../nbs/00_core.ipynb
-PROCESS_START = time.time()          # leftovers older than this, of a writer that is gone, are stale
-MANIFEST_NAME = ".medsyn.json"       # marks a folder that medsyn made (and so may replace)
+PROCESS_START = time.time()  # leftovers older than this, of a writer that is gone, are stale
+MANIFEST_NAME = ".medsyn.json"  # marks a folder that medsyn made (and so may replace)
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[A-Za-z0-9_-]+)\.(?P<kind>partial|tmp|old)$")
 _HOOK_COUNT: dict[str, int] = {}
+
 
 def _test_hook(point: str) -> None:
     "Tests only: `MEDSYN_TEST_HOOK=POINT:SIGNAL[@N]` sends SIGNAL (KILL, INT, TERM) to this process the N-th time (default 1st) it passes POINT."
     where, _, what = (os.environ.get("MEDSYN_TEST_HOOK") or "").rpartition(":")
-    if where != point: return
+    if where != point:
+        return
     sig, _, nth = what.partition("@")
     _HOOK_COUNT[point] = _HOOK_COUNT.get(point, 0) + 1
-    if _HOOK_COUNT[point] != int(nth or 1): return
+    if _HOOK_COUNT[point] != int(nth or 1):
+        return
     signum = getattr(signal, "SIG" + (sig or "KILL").upper())
-    if signum == signal.SIGKILL: os.kill(os.getpid(), signum)
-    else: signal.raise_signal(signum)     # to this thread, its Python handler run before it returns: no race with torch's threads
+    if signum == signal.SIGKILL:
+        os.kill(os.getpid(), signum)
+    else:
+        signal.raise_signal(
+            signum
+        )  # to this thread, its Python handler run before it returns: no race with torch's threads
 
 # %% ../nbs/00_core.ipynb
 def _owner_tag() -> str:
@@ -89,39 +103,52 @@ def _owner_tag() -> str:
 # %% ../nbs/00_core.ipynb
 def _writer_alive(tag: str) -> bool:
     pid = tag.split("-", 1)[0]
-    if not pid.isdigit() or "-" not in tag: return False      # names of older medsyn versions carry no process id
-    if int(pid) == os.getpid(): return True
-    try: os.kill(int(pid), 0)
-    except ProcessLookupError: return False
-    except (PermissionError, OverflowError): return int(pid) < 2 ** 22
+    if not pid.isdigit() or "-" not in tag:
+        return False  # names of older medsyn versions carry no process id
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return int(pid) < 2**22
     return True
 
 # %% ../nbs/00_core.ipynb
-def remove_stale_leftovers(folder: str | Path, name: str | None = None, kinds=("partial", "tmp", "old"),
-                           quiet: bool = False) -> list[Path]:
+def remove_stale_leftovers(
+    folder: str | Path, name: str | None = None, kinds=("partial", "tmp", "old"), quiet: bool = False
+) -> list[Path]:
     """Clean up after interrupted medsyn writes in `folder`: `.NAME.TAG.partial|tmp|old` entries (of `name` only,
     when given) older than this process whose writer is gone are removed, except that an `.old` folder whose
     original is missing is renamed back to it. Each action is reported on stderr; returns the entries handled."""
     folder = Path(folder)
-    try: entries = sorted(os.scandir(folder), key=lambda e: -e.stat(follow_symlinks=False).st_mtime)
-    except OSError: return []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: -e.stat(follow_symlinks=False).st_mtime)
+    except OSError:
+        return []
     done = []
     for e in entries:
         m = _LEFTOVER.match(e.name)
-        if not m or m["kind"] not in kinds or (name is not None and m["name"] != name) or _writer_alive(m["tag"]): continue
+        if not m or m["kind"] not in kinds or (name is not None and m["name"] != name) or _writer_alive(m["tag"]):
+            continue
         p, target = Path(e.path), folder / m["name"]
         try:
-            if p.lstat().st_mtime >= PROCESS_START: continue
+            if p.lstat().st_mtime >= PROCESS_START:
+                continue
             if m["kind"] == "old" and not (target.exists() or target.is_symlink()):
                 os.replace(p, target)
                 msg = f"restored {target} (an interrupted replacement had moved it aside to {p.name})"
             else:
-                if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
-                else: p.unlink()
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 msg = f"removed {p}, left over by an interrupted earlier run"
         except OSError as err:
             msg = f"could not clean up the leftover {p} ({err}); delete it by hand"
-        if not quiet: print(f"medsyn: {msg}", file=sys.stderr)
+        if not quiet:
+            print(f"medsyn: {msg}", file=sys.stderr)
         done.append(p)
     return done
 
@@ -135,14 +162,19 @@ def deferred_sigint() -> Iterator[None]:
         return
     got = []
     old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
-    try: yield
-    finally: signal.signal(signal.SIGINT, old)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
     if got:
-        if callable(old): old(signal.SIGINT, None)            # default_int_handler raises KeyboardInterrupt here
-        elif old == signal.SIG_DFL: signal.raise_signal(signal.SIGINT)
+        if callable(old):
+            old(signal.SIGINT, None)  # default_int_handler raises KeyboardInterrupt here
+        elif old == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 # %% ../nbs/00_core.ipynb
-_CLEANED: set = set()     # (folder, name) pairs whose stale .tmp files this process already removed
+_CLEANED: set = set()  # (folder, name) pairs whose stale .tmp files this process already removed
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -150,7 +182,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = (str(path.parent), path.name)
-    if key not in _CLEANED and not any(p.endswith(".partial") for p in path.parent.parts):   # a fresh build folder has none
+    if key not in _CLEANED and not any(
+        p.endswith(".partial") for p in path.parent.parts
+    ):  # a fresh build folder has none
         _CLEANED.add(key)
         remove_stale_leftovers(path.parent, path.name, kinds=("tmp",))
     tmp = path.with_name(f".{path.name}.{_owner_tag()}.tmp")
@@ -159,7 +193,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _test_hook("atomic_path:written")
         os.replace(tmp, path)
     finally:
-        if tmp.exists(): tmp.unlink()
+        if tmp.exists():
+            tmp.unlink()
 
 # %% ../nbs/00_core.ipynb
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -186,37 +221,58 @@ def load_json(path: str | Path) -> Any:
     "Read JSON from `path`, naming the file when it is missing or corrupt."
     path = Path(path)
     check(path.exists(), f"{path}: file not found")
-    try: return json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise MedsynError(f"{path}: not valid JSON ({e}); delete it or restore it from a backup") from e
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MedsynError(f"{path}: not valid JSON ({e}); delete it or restore it from a backup") from e
 
 # %% ../nbs/00_core.ipynb
 def _json_default(o):
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, (np.floating,)): return float(o)
-    if isinstance(o, np.ndarray): return o.tolist()
-    if isinstance(o, Path): return str(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
 
 # %% ../nbs/00_core.ipynb
-PLAIN_TYPES = (str, int, float, bool, type(None), bytes)   # what a weights-only load rebuilds besides tensors and containers
+PLAIN_TYPES = (
+    str,
+    int,
+    float,
+    bool,
+    type(None),
+    bytes,
+)  # what a weights-only load rebuilds besides tensors and containers
+
 
 def to_plain(obj: Any, where: str = "checkpoint") -> Any:
     """`obj` as data that `torch.load(weights_only=True)` reads back: NumPy arrays become tensors (unsigned types wider
     than a byte as int64), NumPy scalars Python numbers; dicts, lists and tuples are walked; any other object is refused."""
     import torch
-    if isinstance(obj, np.generic): return obj.item()       # first: np.float64 is also a Python float
-    if isinstance(obj, (torch.Tensor, torch.dtype, torch.device, torch.Size, *PLAIN_TYPES)): return obj
+
+    if isinstance(obj, np.generic):
+        return obj.item()  # first: np.float64 is also a Python float
+    if isinstance(obj, (torch.Tensor, torch.dtype, torch.device, torch.Size, *PLAIN_TYPES)):
+        return obj
     if isinstance(obj, np.ndarray):
         check(obj.dtype.kind in "biuf", f"{where}: holds a NumPy array of {obj.dtype}, which cannot be stored as data")
-        return torch.from_numpy(np.ascontiguousarray(obj.astype(np.int64) if obj.dtype.kind == "u" and obj.itemsize > 1 else obj))
+        return torch.from_numpy(
+            np.ascontiguousarray(obj.astype(np.int64) if obj.dtype.kind == "u" and obj.itemsize > 1 else obj)
+        )
     if isinstance(obj, dict):
         out = {to_plain(k, where): to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
         return type(obj)(out) if type(obj) in (dict, collections.OrderedDict) else out
     if isinstance(obj, (list, tuple)):
         items = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)
-    raise MedsynError(f"{where}: holds a {type(obj).__module__}.{type(obj).__qualname__} object; medsyn stores only tensors, "
-                      "numbers, strings, lists and dicts, so that reading the file can never run code")
+    raise MedsynError(
+        f"{where}: holds a {type(obj).__module__}.{type(obj).__qualname__} object; medsyn stores only tensors, "
+        "numbers, strings, lists and dicts, so that reading the file can never run code"
+    )
 
 # %% ../nbs/00_core.ipynb
 def pickle_globals(data: bytes) -> list[str]:
@@ -224,10 +280,14 @@ def pickle_globals(data: bytes) -> list[str]:
     found, strings = set(), []
     try:
         for op, arg, _ in pickletools.genops(data):
-            if op.name in ("GLOBAL", "INST"): found.add(arg.replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2: found.add(".".join(strings[-2:]))
-            if isinstance(arg, str) and "UNICODE" in op.name: strings.append(arg)
-    except Exception: pass      # a truncated or foreign stream: what was read so far
+            if op.name in ("GLOBAL", "INST"):
+                found.add(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add(".".join(strings[-2:]))
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+    except Exception:
+        pass  # a truncated or foreign stream: what was read so far
     return sorted(found)
 
 # %% ../nbs/00_core.ipynb
@@ -239,48 +299,67 @@ def torch_file_globals(path: str | Path, limit: int = 1 << 22) -> list[str]:
             with zipfile.ZipFile(path) as z:
                 name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
                 return pickle_globals(z.read(name)) if name else []
-        with open(path, "rb") as f: return pickle_globals(f.read(limit))
-    except (OSError, zipfile.BadZipFile): return []
+        with open(path, "rb") as f:
+            return pickle_globals(f.read(limit))
+    except (OSError, zipfile.BadZipFile):
+        return []
 
 # %% ../nbs/00_core.ipynb
 class UnsafeFileError(MedsynError):
     "A file from outside that would run code when opened: refused, never read."
 
-NVLABS_MODULES = ("dnnlib.", "torch_utils.", "training.networks")   # what NVlabs stylegan2-ada / stylegan3 network pickles import
-SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode")   # what a weights-only load builds
+
+NVLABS_MODULES = (
+    "dnnlib.",
+    "torch_utils.",
+    "training.networks",
+)  # what NVlabs stylegan2-ada / stylegan3 network pickles import
+SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode")  # what a weights-only load builds
+
 
 def unsafe_file_message(path: Path, what: str, found: list[str]) -> str:
     "Why `path` is refused and the way out: an NVlabs network pickle, or a file (an older medsyn one) holding Python objects."
     if any(g.startswith(NVLABS_MODULES) for g in found):
-        return (f"{path}: is an NVlabs StyleGAN2-ADA / StyleGAN3 network pickle (it imports {', '.join(found[:3])}), not a medsyn "
-                f"{what}. medsyn does not open it: unpickling it would run the code it carries. Train a medsyn GAN with "
-                "`medsyn train` instead")
+        return (
+            f"{path}: is an NVlabs StyleGAN2-ADA / StyleGAN3 network pickle (it imports {', '.join(found[:3])}), not a medsyn "
+            f"{what}. medsyn does not open it: unpickling it would run the code it carries. Train a medsyn GAN with "
+            "`medsyn train` instead"
+        )
     shown = [g for g in found if not g.startswith(SAFE_GLOBAL_PREFIXES)] or found
-    return (f"{path}: refused: besides tensors, numbers and strings this {what} holds Python objects ({', '.join(shown[:4])}) "
-            "and reading them could run code. Files written by this medsyn version never do; one written by medsyn 0.1 "
-            f"may (NumPy RNG states and numbers). If you trust where the file came from, rewrite it once as data with "
-            f"`medsyn checkpoint upgrade {path} --out NEW.pt --trust` and use NEW.pt")
+    return (
+        f"{path}: refused: besides tensors, numbers and strings this {what} holds Python objects ({', '.join(shown[:4])}) "
+        "and reading them could run code. Files written by this medsyn version never do; one written by medsyn 0.1 "
+        f"may (NumPy RNG states and numbers). If you trust where the file came from, rewrite it once as data with "
+        f"`medsyn checkpoint upgrade {path} --out NEW.pt --trust` and use NEW.pt"
+    )
 
 # %% ../nbs/00_core.ipynb
 def load_torch_file(path: str | Path, what: str = "checkpoint", map_location="cpu") -> Any:
     """`torch.load(path, weights_only=True)`: tensors, numbers, strings, lists and dicts only. A file that would import other
     Python objects raises `UnsafeFileError` (nothing of it runs); an unreadable one a `MedsynError`; both name the file."""
     import torch
+
     path = Path(path)
     check(path.is_file(), f"{path}: {what} not found; check the path")
-    try: return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e: error = e
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        error = e
     except Exception as e:
-        raise MedsynError(f"{path}: unreadable {what} ({type(e).__name__}: {str(e)[:200]}); it is truncated or not a torch "
-                          "file: copy it again or use another one") from None
+        raise MedsynError(
+            f"{path}: unreadable {what} ({type(e).__name__}: {str(e)[:200]}); it is truncated or not a torch "
+            "file: copy it again or use another one"
+        ) from None
     found = torch_file_globals(path)
-    if [g for g in found if not g.startswith(SAFE_GLOBAL_PREFIXES)]: raise UnsafeFileError(unsafe_file_message(path, what, found))
+    if [g for g in found if not g.startswith(SAFE_GLOBAL_PREFIXES)]:
+        raise UnsafeFileError(unsafe_file_message(path, what, found))
     raise MedsynError(f"{path}: unreadable {what} ({str(error).splitlines()[0][:200]}); it is damaged: copy it again")
 
 # %% ../nbs/00_core.ipynb
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     "`torch.save` of `to_plain(obj)` to `path` atomically: the file is data that `load_torch_file` reads back."
     import torch
+
     plain = to_plain(obj, str(path))
     with atomic_path(path) as tmp:
         torch.save(plain, tmp)
@@ -291,14 +370,19 @@ def medsyn_made(path: str | Path, kind: str | None = None) -> bool:
     """Whether the folder `path` was made by medsyn (of `kind`, e.g. `'dataset'`, when given): it holds medsyn's
     manifest `.medsyn.json`, or is a canonical dataset (`dataset.json` with `format_version`, `complete`, `n_slices`)."""
     path = Path(path)
-    if not path.is_dir(): return False
+    if not path.is_dir():
+        return False
+
     def read(p):
-        try: return json.loads(p.read_text())
-        except (OSError, ValueError): return None
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+
     info = read(path / MANIFEST_NAME) if (path / MANIFEST_NAME).is_file() else None
     if isinstance(info, dict) and info.get("made_by") == "medsyn":
         return kind is None or info.get("kind") == kind
-    if kind in (None, "dataset") and (path / "dataset.json").is_file():     # datasets written before the manifest existed
+    if kind in (None, "dataset") and (path / "dataset.json").is_file():  # datasets written before the manifest existed
         info = read(path / "dataset.json")
         return isinstance(info, dict) and {"format_version", "complete", "n_slices"} <= set(info)
     return False
@@ -307,39 +391,67 @@ def medsyn_made(path: str | Path, kind: str | None = None) -> bool:
 def _overlap(out: Path, src: Path) -> str | None:
     "How the output folder `out` overlaps the source `src`: 'is', 'contains', 'is inside', or None."
     o, s = out.resolve(), src.resolve()
-    if o == s: return "is"
-    if o in s.parents: return "contains"
-    if s in o.parents and src.is_dir(): return "is inside"
+    if o == s:
+        return "is"
+    if o in s.parents:
+        return "contains"
+    if s in o.parents and src.is_dir():
+        return "is inside"
     return None
 
 # %% ../nbs/00_core.ipynb
-def check_output_dir(path: str | Path, overwrite: bool = False, kind: str = "dataset", sources=(),
-                     flag: str = "--overwrite", what: str = "--out") -> Path:
+def check_output_dir(
+    path: str | Path,
+    overwrite: bool = False,
+    kind: str = "dataset",
+    sources=(),
+    flag: str = "--overwrite",
+    what: str = "--out",
+) -> Path:
     """Refuse an output folder whose writing could destroy something: one that is, contains or lies inside a
     source; an existing file; an existing folder without `overwrite`; with `overwrite`, one that medsyn did not make."""
     path = Path(path)
     for s in sources:
-        if s is None: continue
+        if s is None:
+            continue
         rel = _overlap(path, Path(s))
-        check(rel is None, f"{path}: {what} {rel} the source {s}; writing there could destroy the source data: "
-                           f"choose a {what} outside it")
+        check(
+            rel is None,
+            f"{path}: {what} {rel} the source {s}; writing there could destroy the source data: "
+            f"choose a {what} outside it",
+        )
     if path.is_symlink() and not path.exists():
         raise MedsynError(f"{path}: is a broken symbolic link; remove it or choose another {what}")
     if path.exists():
-        check(path.is_dir(), f"{path}: is an existing file, not a folder; medsyn does not replace files it did not make: "
-                             f"choose another {what} or move the file away")
-        check(overwrite, f"{path} already exists; choose another output folder or pass {flag} "
-                         f"(which replaces only a {kind} that medsyn made)")
-        check(medsyn_made(path, kind), f"{path}: exists and is not a {kind} made by medsyn (it has no {MANIFEST_NAME} "
-                                       f"or canonical dataset.json); {flag} only replaces medsyn's own output, so choose "
-                                       f"another {what} or move that folder away yourself")
+        check(
+            path.is_dir(),
+            f"{path}: is an existing file, not a folder; medsyn does not replace files it did not make: "
+            f"choose another {what} or move the file away",
+        )
+        check(
+            overwrite,
+            f"{path} already exists; choose another output folder or pass {flag} "
+            f"(which replaces only a {kind} that medsyn made)",
+        )
+        check(
+            medsyn_made(path, kind),
+            f"{path}: exists and is not a {kind} made by medsyn (it has no {MANIFEST_NAME} "
+            f"or canonical dataset.json); {flag} only replaces medsyn's own output, so choose "
+            f"another {what} or move that folder away yourself",
+        )
     return path
 
 # %% ../nbs/00_core.ipynb
-_ERRNO_REASONS = {errno.ENOSPC: "disk full (no space left on device)", errno.EROFS: "read-only file system",
-                  errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-                  errno.ENOENT: "a parent folder does not exist and cannot be created",
-                  errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a parent is a file, not a folder"}
+_ERRNO_REASONS = {
+    errno.ENOSPC: "disk full (no space left on device)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "a parent folder does not exist and cannot be created",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOTDIR: "a parent is a file, not a folder",
+}
+
 
 def os_reason(e: OSError) -> str:
     "A short, plain reason for an `OSError` (disk full, read-only file system, ...)."
@@ -352,8 +464,10 @@ def _mkdtemp_beside(path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".partial", dir=path.parent))
     except OSError as e:
-        raise MedsynError(f"{path}: cannot create the output folder there ({os_reason(e)}: {e.filename or path.parent}); "
-                          "choose a writable location") from e
+        raise MedsynError(
+            f"{path}: cannot create the output folder there ({os_reason(e)}: {e.filename or path.parent}); "
+            "choose a writable location"
+        ) from e
 
 # %% ../nbs/00_core.ipynb
 def _swap_in(tmp: Path, path: Path) -> None:
@@ -365,14 +479,19 @@ def _swap_in(tmp: Path, path: Path) -> None:
                 aside = path.with_name(f".{path.name}.{_owner_tag()}.old")
                 os.replace(path, aside)
                 _test_hook("atomic_dir:aside")
-            try: os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
             except BaseException:
-                if aside is not None and not (path.exists() or path.is_symlink()): os.replace(aside, path); aside = None
+                if aside is not None and not (path.exists() or path.is_symlink()):
+                    os.replace(aside, path)
+                    aside = None
                 raise
     finally:
         if aside is not None and aside.exists() and (path.exists() or path.is_symlink()):
-            if aside.is_dir() and not aside.is_symlink(): shutil.rmtree(aside, ignore_errors=True)
-            else: aside.unlink()
+            if aside.is_dir() and not aside.is_symlink():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                aside.unlink()
 
 # %% ../nbs/00_core.ipynb
 @contextlib.contextmanager
@@ -387,28 +506,37 @@ def atomic_dir(path: str | Path, overwrite: bool = False, kind: str = "dataset",
     existed = path.exists()
     tmp = _mkdtemp_beside(path)
     try:
-        save_json(dict(made_by="medsyn", kind=kind, created=datetime.now(timezone.utc).isoformat(timespec="seconds")),
-                  tmp / MANIFEST_NAME)
+        save_json(
+            dict(made_by="medsyn", kind=kind, created=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+            tmp / MANIFEST_NAME,
+        )
         yield tmp
         _test_hook("atomic_dir:built")
-        check_output_dir(path, overwrite, kind, sources)     # something may have appeared there meanwhile
+        check_output_dir(path, overwrite, kind, sources)  # something may have appeared there meanwhile
         _swap_in(tmp, path)
     except OSError as e:
         kept = f"the earlier {kind} at {path} is unchanged" if existed else f"nothing was written at {path}"
-        raise MedsynError(f"{e.filename or path}: {os_reason(e)} while writing {path}; {kept}"
-                          + ("; free some space or choose another location" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")) from e
+        raise MedsynError(
+            f"{e.filename or path}: {os_reason(e)} while writing {path}; {kept}"
+            + ("; free some space or choose another location" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+        ) from e
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/00_core.ipynb
 def file_digest(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> str:
     "Hex digest of a file with any `hashlib` algorithm (`sha256`, `md5`, ...), read in chunks."
     import hashlib
-    check(algo.lower() in hashlib.algorithms_available,
-          f"cannot hash {path}: unknown hash algorithm {algo!r}; use one of {sorted(hashlib.algorithms_guaranteed)}")
+
+    check(
+        algo.lower() in hashlib.algorithms_available,
+        f"cannot hash {path}: unknown hash algorithm {algo!r}; use one of {sorted(hashlib.algorithms_guaranteed)}",
+    )
     h = hashlib.new(algo)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""): h.update(block)
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb
@@ -429,41 +557,55 @@ def parse_set_items(items: list[str], flag: str = "--set") -> dict:
     for it in items:
         check("=" in it and it.split("=", 1)[0].strip(), f"{flag} {it!r}: expected FIELD=VALUE, e.g. {flag} gamma=1.0")
         k, v = it.split("=", 1)
-        try: out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError: out[k.strip()] = v
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
     return out
 
 # %% ../nbs/00_core.ipynb
 def _type_text(t) -> str:
-    if t is type(None): return "null"
-    if typing.get_origin(t) in (typing.Union, types.UnionType): return " or ".join(_type_text(a) for a in typing.get_args(t))
+    if t is type(None):
+        return "null"
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(a) for a in typing.get_args(t))
     return getattr(t, "__name__", str(t))
 
 # %% ../nbs/00_core.ipynb
 def _coerce(value, t):
     "(ok, value converted to type `t`): ints are accepted for floats; bools are not numbers."
     origin = typing.get_origin(t)
-    if t is Any: return True, value
+    if t is Any:
+        return True, value
     if origin in (typing.Union, types.UnionType):
         for a in typing.get_args(t):
             ok, v = _coerce(value, a)
-            if ok: return True, v
+            if ok:
+                return True, v
         return False, None
-    if t is type(None): return value is None, None
-    if t is bool: return isinstance(value, bool), value
-    if t is int: return isinstance(value, int) and not isinstance(value, bool), value
+    if t is type(None):
+        return value is None, None
+    if t is bool:
+        return isinstance(value, bool), value
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
     if t is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else None
-    if t is str: return isinstance(value, str), value
+    if t is str:
+        return isinstance(value, str), value
     if origin in (list, tuple) or t in (list, tuple):
-        if not isinstance(value, (list, tuple)): return False, None
+        if not isinstance(value, (list, tuple)):
+            return False, None
         args = [a for a in typing.get_args(t) if a is not Ellipsis]
-        if not args: return True, (origin or t)(value)
-        conv = [_coerce(v, args[0] if len(args) == 1 or Ellipsis in typing.get_args(t) else args[min(i, len(args) - 1)])
-                for i, v in enumerate(value)]
+        if not args:
+            return True, (origin or t)(value)
+        conv = [
+            _coerce(v, args[0] if len(args) == 1 or Ellipsis in typing.get_args(t) else args[min(i, len(args) - 1)])
+            for i, v in enumerate(value)
+        ]
         return all(ok for ok, _ in conv), (origin or t)(v for _, v in conv)
-    return True, value          # an annotation this checker does not know: accepted as given
+    return True, value  # an annotation this checker does not know: accepted as given
 
 # %% ../nbs/00_core.ipynb
 def check_fields(values: dict, classes, flag: str = "--set", fixed: dict | None = None) -> dict:
@@ -472,14 +614,19 @@ def check_fields(values: dict, classes, flag: str = "--set", fixed: dict | None 
     types_ = {}
     for cls in classes:
         hints = typing.get_type_hints(cls)
-        for f in fields(cls): types_.setdefault(f.name, (hints.get(f.name, Any), cls.__name__))
+        for f in fields(cls):
+            types_.setdefault(f.name, (hints.get(f.name, Any), cls.__name__))
     out, fixed = {}, fixed or {}
     for k, v in values.items():
-        if k in fixed: raise MedsynError(f"{flag} {k}={v!r}: {k} cannot be set this way; {fixed[k]}")
+        if k in fixed:
+            raise MedsynError(f"{flag} {k}={v!r}: {k} cannot be set this way; {fixed[k]}")
         if k not in types_:
             near = get_close_matches(k, list(types_), n=3)
-            raise MedsynError(f"{flag} {k}={v!r}: unknown field {k!r}" + (f"; did you mean {', '.join(near)}?" if near else "")
-                              + f" Known fields: {', '.join(sorted(types_))}")
+            raise MedsynError(
+                f"{flag} {k}={v!r}: unknown field {k!r}"
+                + (f"; did you mean {', '.join(near)}?" if near else "")
+                + f" Known fields: {', '.join(sorted(types_))}"
+            )
         t, owner = types_[k]
         ok, conv = _coerce(v, t)
         check(ok, f"{flag} {k}={v!r}: {owner}.{k} must be {_type_text(t)}, got {type(v).__name__} {v!r}")
@@ -498,7 +645,8 @@ def from_preset(cls, presets: dict[str, dict], name: str, overrides: dict | None
     check(not bad, f"unknown {cls.__name__} fields {bad}; valid fields: {sorted(names)}")
     kw = {**{k: v for k, v in presets[name].items() if k in names}, **overrides}
     for k, v in kw.items():
-        if isinstance(v, list) and isinstance(names[k].default, tuple): kw[k] = tuple(v)
+        if isinstance(v, list) and isinstance(names[k].default, tuple):
+            kw[k] = tuple(v)
     return cls(**kw)
 
 # %% ../nbs/00_core.ipynb
@@ -507,22 +655,32 @@ def _option_type(t, default):
     if typing.get_origin(t) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(t) if a is not type(None)]
         t = args[0] if len(args) == 1 else None
-    if t in (int, float, str): return t
+    if t in (int, float, str):
+        return t
     return type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else str
 
 # %% ../nbs/00_core.ipynb
-def flag_name(name: str) -> str: return "--" + name.replace("_", "-")
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 # %% ../nbs/00_core.ipynb
 class RepeatableOption(argparse.Action):
     "A repeatable option (`--x A --x B`) whose given values replace its default list instead of extending it."
+
     def __call__(self, parser, namespace, values, option_string=None):
         items = getattr(namespace, self.dest)
         setattr(namespace, self.dest, ([] if items is self.default else list(items)) + [values])
 
 # %% ../nbs/00_core.ipynb
-def signature_parser(fn, prog: str, description: str | None = None, skip=(), aliases: dict | None = None,
-                     required=(), choices: dict | None = None) -> argparse.ArgumentParser:
+def signature_parser(
+    fn,
+    prog: str,
+    description: str | None = None,
+    skip=(),
+    aliases: dict | None = None,
+    required=(),
+    choices: dict | None = None,
+) -> argparse.ArgumentParser:
     """An argparse parser generated from `fn`'s signature: one `--kebab-name` option per parameter not in `skip` (with
     its `aliases` and `choices`), the signature's default, a type from the annotation, the parameter's comment as
     help; bool parameters become `--name/--no-name`, `list[...]` ones a repeatable option; parameters without a default,
@@ -531,16 +689,21 @@ def signature_parser(fn, prog: str, description: str | None = None, skip=(), ali
     hints, docs = typing.get_type_hints(fn), docments(fn)
     p = argparse.ArgumentParser(prog=prog, description=description or (inspect.getdoc(fn) or "").split("\n")[0])
     for name, par in inspect.signature(fn).parameters.items():
-        if name in skip or par.kind in (par.VAR_KEYWORD, par.VAR_POSITIONAL): continue
+        if name in skip or par.kind in (par.VAR_KEYWORD, par.VAR_POSITIONAL):
+            continue
         default = None if par.default is par.empty else par.default
         kw = dict(dest=name, default=default, help=docs.get(name))
-        if hints.get(name) is bool or isinstance(default, bool): kw["action"] = argparse.BooleanOptionalAction
+        if hints.get(name) is bool or isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hints.get(name)) is list:
             item = (typing.get_args(hints[name]) or (str,))[0]
             kw.update(action=RepeatableOption, default=list(default or []), type=item if item in (int, float) else str)
         else:
-            kw.update(type=_option_type(hints.get(name), default), choices=choices.get(name),
-                      required=par.default is par.empty or name in required)
+            kw.update(
+                type=_option_type(hints.get(name), default),
+                choices=choices.get(name),
+                required=par.default is par.empty or name in required,
+            )
         p.add_argument(flag_name(name), *aliases.get(name, ()), **kw)
     return p
 
@@ -549,15 +712,26 @@ def add_field_options(p: argparse.ArgumentParser, cls, names, choices: dict | No
     "Options `--name` for the fields `names` of the dataclass `cls` (default None: the preset decides; help: the field's comment)."
     hints, docs, choices = typing.get_type_hints(cls), docments(cls), choices or {}
     for name in names:
-        p.add_argument(flag_name(name), dest=name, default=None, type=_option_type(hints[name], None), choices=choices.get(name),
-                       help=f"{cls.__name__}.{name}: {docs.get(name) or ''} (default: the preset's)")
+        p.add_argument(
+            flag_name(name),
+            dest=name,
+            default=None,
+            type=_option_type(hints[name], None),
+            choices=choices.get(name),
+            help=f"{cls.__name__}.{name}: {docs.get(name) or ''} (default: the preset's)",
+        )
     return p
 
 # %% ../nbs/00_core.ipynb
 def add_set_option(p: argparse.ArgumentParser, what: str, example: str = "gamma=1") -> argparse.ArgumentParser:
     "The one `--set FIELD=VALUE` option (repeatable) of every command that takes configuration fields."
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help=f"set any {what} field, e.g. --set {example} (values read as JSON, repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=f"set any {what} field, e.g. --set {example} (values read as JSON, repeatable)",
+    )
     return p
 
 # %% ../nbs/00_core.ipynb
@@ -569,18 +743,29 @@ def call_with_args(fn, args: argparse.Namespace, **extra):
 # %% ../nbs/00_core.ipynb
 class StopRequest:
     "Set by the first SIGINT inside `sigint_at_step_boundary`; the loop checks `requested` between steps."
-    def __init__(self): self.requested = False
+
+    def __init__(self):
+        self.requested = False
 
 # %% ../nbs/00_core.ipynb
 @contextlib.contextmanager
-def sigint_at_step_boundary(message: str = "stopping after the current step (press Ctrl-C again to abort at once)") -> Iterator[StopRequest]:
+def sigint_at_step_boundary(
+    message: str = "stopping after the current step (press Ctrl-C again to abort at once)",
+) -> Iterator[StopRequest]:
     "Within the block the first Ctrl-C sets `stop.requested` (and prints `message`); the second raises `KeyboardInterrupt`."
     stop = StopRequest()
-    if threading.current_thread() is not threading.main_thread(): yield stop; return
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
     def handler(signum, frame):
-        if stop.requested: raise KeyboardInterrupt
+        if stop.requested:
+            raise KeyboardInterrupt
         stop.requested = True
         print(f"\nmedsyn: {message}", file=sys.stderr)
+
     old = signal.signal(signal.SIGINT, handler)
-    try: yield stop
-    finally: signal.signal(signal.SIGINT, old)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -16,7 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .core import MedsynError, check, atomic_dir, atomic_path, cache_dir, check_output_dir, file_digest, save_json, load_json
+from medsyn.core import (
+    MedsynError,
+    check,
+    atomic_dir,
+    atomic_path,
+    cache_dir,
+    check_output_dir,
+    file_digest,
+    save_json,
+    load_json,
+)
 from .viz import label_cmap
 
 # %% auto 0
@@ -34,6 +44,7 @@ __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'RELEASES', 'CT_WINDOWS', 'AXIS_N
 # %% ../nbs/01_data.ipynb
 FORMAT_VERSION = 1
 
+
 def _safe_id(s: str) -> str:
     "A file-name-safe version of an id (letters, digits, `-`, `_`, `.`)."
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-") or "x"
@@ -41,35 +52,59 @@ def _safe_id(s: str) -> str:
 # %% ../nbs/01_data.ipynb
 def _check_foreground(index: pd.DataFrame, out_dir) -> None:
     "Refuse a dataset whose masks are all background: a segmentation study on it would be meaningless."
-    if (index.fg_fraction > 0).any(): return
+    if (index.fg_fraction > 0).any():
+        return
     files = sorted(set(index.source_file) - {""})
     named = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-    raise MedsynError(f"{named or out_dir}: all {len(index)} slices are background only (label 0 everywhere), so {out_dir} "
-                      "would be a segmentation dataset without anything to segment; check that these are the label files "
-                      "(--labels PATTERN) and that they hold non-zero label ids; nothing was written")
+    raise MedsynError(
+        f"{named or out_dir}: all {len(index)} slices are background only (label 0 everywhere), so {out_dir} "
+        "would be a segmentation dataset without anything to segment; check that these are the label files "
+        "(--labels PATTERN) and that they hold non-zero label ids; nothing was written"
+    )
 
 # %% ../nbs/01_data.ipynb
 def _check_sample(k: int, s: dict, n_mod: int, labels: dict, res) -> tuple[np.ndarray, np.ndarray]:
     "Validate one sample dict for `write_canonical`; return (uint16 image, uint8 mask)."
     where = f"sample {k} (subject {s.get('subject')!r}, slice {s.get('slice')!r}, source {s.get('source_file', '?')})"
     img, mask = np.asarray(s["image"], dtype=np.float32), np.asarray(s["mask"])
-    check(img.ndim == 3 and img.shape[0] == n_mod,
-          f"{where}: image must be (C,H,W) with C={n_mod} modalities, got shape {img.shape}")
+    check(
+        img.ndim == 3 and img.shape[0] == n_mod,
+        f"{where}: image must be (C,H,W) with C={n_mod} modalities, got shape {img.shape}",
+    )
     check(mask.shape == img.shape[1:], f"{where}: mask shape {mask.shape} differs from image shape {img.shape[1:]}")
-    check(res is None or tuple(img.shape[1:]) == tuple(res),
-          f"{where}: all samples must share one resolution; got {img.shape[1:]} after {tuple(res) if res else None}")
+    check(
+        res is None or tuple(img.shape[1:]) == tuple(res),
+        f"{where}: all samples must share one resolution; got {img.shape[1:]} after {tuple(res) if res else None}",
+    )
     check(bool(np.isfinite(img).all()), f"{where}: image has NaN/inf values; fix the source data")
-    check(img.min() >= -1e-3 and img.max() <= 1 + 1e-3,
-          f"{where}: image values must be normalized to [0, 1], got [{img.min():.3g}, {img.max():.3g}]")
+    check(
+        img.min() >= -1e-3 and img.max() <= 1 + 1e-3,
+        f"{where}: image values must be normalized to [0, 1], got [{img.min():.3g}, {img.max():.3g}]",
+    )
     vals = set(np.unique(mask).tolist())
-    check(vals <= set(labels), f"{where}: mask has label ids {sorted(vals - set(labels))} not declared in labels {labels}")
+    check(
+        vals <= set(labels), f"{where}: mask has label ids {sorted(vals - set(labels))} not declared in labels {labels}"
+    )
     return (np.clip(img, 0, 1) * 65535 + 0.5).astype(np.uint16), mask.astype(np.uint8)
 
 # %% ../nbs/01_data.ipynb
-def write_canonical(out_dir: str | Path, samples: Iterable[dict], *, name: str, modalities: Sequence[str],
-                    labels: dict, provenance: str = "", overwrite: bool = False, source: str = "",
-                    axis: int | None = None, folds: int = 5, seed: int = 0, extra_meta: dict | None = None,
-                    sources=(), require_foreground: bool = False) -> Path:
+def write_canonical(
+    out_dir: str | Path,
+    samples: Iterable[dict],
+    *,
+    name: str,
+    modalities: Sequence[str],
+    labels: dict,
+    provenance: str = "",
+    overwrite: bool = False,
+    source: str = "",
+    axis: int | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    extra_meta: dict | None = None,
+    sources=(),
+    require_foreground: bool = False,
+) -> Path:
     """Write 2D `samples` (dicts with `image` (C,H,W) in [0,1], `mask` (H,W), `subject`, `slice`, optional
     `source_file`, `spacing`) as a canonical dataset at `out_dir`, atomically, with subject-level splits.
     `overwrite` replaces only a dataset medsyn made; `out_dir` may not be, contain or lie inside any of `sources`.
@@ -87,30 +122,56 @@ def write_canonical(out_dir: str | Path, samples: Iterable[dict], *, name: str, 
             img, mask = _check_sample(k, s, len(modalities), labels, res)
             res = img.shape[1:]
             sid = _safe_id(s.get("sample_id") or f"{s['subject']}_{int(s['slice']):04d}")
-            check(sid not in seen, f"{out_dir}: duplicate sample id {sid!r} (subject {s['subject']!r}, slice {s['slice']}); "
-                                   "give every 2D sample a unique (subject, slice)")
+            check(
+                sid not in seen,
+                f"{out_dir}: duplicate sample id {sid!r} (subject {s['subject']!r}, slice {s['slice']}); "
+                "give every 2D sample a unique (subject, slice)",
+            )
             seen.add(sid)
             rel = f"samples/{sid}.npz"
             np.savez_compressed(tmp / rel, image=img, mask=mask)
             sp = s.get("spacing") or (1.0, 1.0)
-            rows.append(dict(sample_id=sid, subject=str(s["subject"]), slice=int(s["slice"]), file=rel,
-                             source_file=str(s.get("source_file", "")), spacing_0=float(sp[0]), spacing_1=float(sp[1]),
-                             spacing_slice=float(s.get("slice_spacing", sp[0])), fg_fraction=float((mask > 0).mean()),
-                             train=bool(s.get("train", True))))
-        check(len(rows) > 0, f"{out_dir}: no samples to write (did any slice contain foreground? "
-                             "check the label files or raise --empty-fraction)")
+            rows.append(
+                dict(
+                    sample_id=sid,
+                    subject=str(s["subject"]),
+                    slice=int(s["slice"]),
+                    file=rel,
+                    source_file=str(s.get("source_file", "")),
+                    spacing_0=float(sp[0]),
+                    spacing_1=float(sp[1]),
+                    spacing_slice=float(s.get("slice_spacing", sp[0])),
+                    fg_fraction=float((mask > 0).mean()),
+                    train=bool(s.get("train", True)),
+                )
+            )
+        check(
+            len(rows) > 0,
+            f"{out_dir}: no samples to write (did any slice contain foreground? "
+            "check the label files or raise --empty-fraction)",
+        )
         index = pd.DataFrame(rows)
-        if require_foreground: _check_foreground(index, out_dir)
+        if require_foreground:
+            _check_foreground(index, out_dir)
         index.to_csv(tmp / "index.csv", index=False)
         subjects = sorted(index.subject.unique())
         save_json(make_splits(subjects, k=folds, seed=seed), tmp / "splits.json")
-        meta = dict(format_version=FORMAT_VERSION, complete=True, name=name, modalities=modalities,
-                    labels={str(k): v for k, v in sorted(labels.items())}, resolution=[int(r) for r in res],
-                    axis=axis, source=str(source), provenance=provenance,
-                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    n_subjects=len(subjects), n_slices=len(rows))
+        meta = dict(
+            format_version=FORMAT_VERSION,
+            complete=True,
+            name=name,
+            modalities=modalities,
+            labels={str(k): v for k, v in sorted(labels.items())},
+            resolution=[int(r) for r in res],
+            axis=axis,
+            source=str(source),
+            provenance=provenance,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            n_subjects=len(subjects),
+            n_slices=len(rows),
+        )
         meta.update(extra_meta or {})
-        save_json(meta, tmp / "dataset.json")   # written last: its presence marks a complete dataset
+        save_json(meta, tmp / "dataset.json")  # written last: its presence marks a complete dataset
     return out_dir
 
 # %% ../nbs/01_data.ipynb
@@ -118,22 +179,31 @@ def _check_complete(root: Path) -> dict:
     "Read and validate `root/dataset.json`; raise a `MedsynError` for a missing, partial or foreign folder."
     if not root.is_dir():
         aside = sorted(root.parent.glob(f".{root.name}.*.old")) if root.parent.is_dir() else []
-        if aside: raise MedsynError(f"{root}: dataset folder not found, but an interrupted replacement left the earlier one at "
-                                    f"{aside[-1]}; rerun the command that wrote {root} (it puts it back first) or rename it back")
+        if aside:
+            raise MedsynError(
+                f"{root}: dataset folder not found, but an interrupted replacement left the earlier one at "
+                f"{aside[-1]}; rerun the command that wrote {root} (it puts it back first) or rename it back"
+            )
         raise MedsynError(f"{root}: dataset folder not found; run `medsyn prepare SRC --out {root}` first")
     mf = root / "dataset.json"
-    check(mf.exists(), f"{mf}: missing, so {root} is not a complete canonical dataset (an interrupted write or a "
-                       f"partial copy); re-create it with `medsyn prepare ... --out {root} --overwrite`")
+    check(
+        mf.exists(),
+        f"{mf}: missing, so {root} is not a complete canonical dataset (an interrupted write or a "
+        f"partial copy); re-create it with `medsyn prepare ... --out {root} --overwrite`",
+    )
     meta = load_json(mf)
-    check(meta.get("format_version") == FORMAT_VERSION and meta.get("complete") is True,
-          f"{mf}: format_version {meta.get('format_version')!r} / complete={meta.get('complete')!r}, expected "
-          f"format_version {FORMAT_VERSION} and complete=true; re-create the dataset with this medsyn version "
-          f"(`medsyn prepare ... --overwrite`)")
+    check(
+        meta.get("format_version") == FORMAT_VERSION and meta.get("complete") is True,
+        f"{mf}: format_version {meta.get('format_version')!r} / complete={meta.get('complete')!r}, expected "
+        f"format_version {FORMAT_VERSION} and complete=true; re-create the dataset with this medsyn version "
+        f"(`medsyn prepare ... --overwrite`)",
+    )
     return meta
 
 # %% ../nbs/01_data.ipynb
 class CanonicalDataset(Dataset):
     "A prepared 2D image+mask dataset: `ds[i]` is `{image: float32 (C,H,W) in [0,1], mask: int64 (H,W), subject, sample_id}`."
+
     def __init__(self, root: str | Path, index: pd.DataFrame | None = None, meta: dict | None = None):
         self.root = Path(root)
         self.meta = meta if meta is not None else _check_complete(self.root)
@@ -141,54 +211,78 @@ class CanonicalDataset(Dataset):
             ip = self.root / "index.csv"
             check(ip.exists(), f"{ip}: missing; re-create the dataset with `medsyn prepare ... --overwrite`")
             index = pd.read_csv(ip, dtype={"subject": str, "sample_id": str, "source_file": str}, keep_default_na=False)
-            check(len(index) == self.meta["n_slices"],
-                  f"{ip}: has {len(index)} rows but dataset.json says n_slices={self.meta['n_slices']}; the folder is "
-                  "incomplete or was edited; re-create it with `medsyn prepare ... --overwrite`")
+            check(
+                len(index) == self.meta["n_slices"],
+                f"{ip}: has {len(index)} rows but dataset.json says n_slices={self.meta['n_slices']}; the folder is "
+                "incomplete or was edited; re-create it with `medsyn prepare ... --overwrite`",
+            )
             present = set(os.listdir(self.root / "samples")) if (self.root / "samples").is_dir() else set()
             missing = [f for f in index.file if Path(f).name not in present]
-            check(not missing, f"{self.root / missing[0] if missing else ''}: {len(missing)} sample files listed in index.csv "
-                               "are missing; re-create the dataset with `medsyn prepare ... --overwrite`")
+            check(
+                not missing,
+                f"{self.root / missing[0] if missing else ''}: {len(missing)} sample files listed in index.csv "
+                "are missing; re-create the dataset with `medsyn prepare ... --overwrite`",
+            )
         self.index = index.reset_index(drop=True)
         self.modalities = list(self.meta["modalities"])
         self.labels = {int(k): v for k, v in self.meta["labels"].items()}
         self.subjects = sorted(self.index.subject.unique().tolist())
         self.resolution = tuple(self.meta["resolution"])
 
-    def __len__(self): return len(self.index)
+    def __len__(self):
+        return len(self.index)
 
     def load_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         "The stored arrays of sample `i`: (uint16 image (C,H,W), uint8 mask (H,W))."
         path = self.root / self.index.file[i]
         try:
-            with np.load(path) as z: return z["image"], z["mask"]
+            with np.load(path) as z:
+                return z["image"], z["mask"]
         except Exception as e:
-            raise MedsynError(f"{path}: unreadable sample ({type(e).__name__}: {e}); re-create the dataset with "
-                              "`medsyn prepare ... --overwrite`") from e
+            raise MedsynError(
+                f"{path}: unreadable sample ({type(e).__name__}: {e}); re-create the dataset with "
+                "`medsyn prepare ... --overwrite`"
+            ) from e
 
     def __getitem__(self, i: int) -> dict:
-        if i < 0: i += len(self)
-        if not 0 <= i < len(self): raise IndexError(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
         img, mask = self.load_arrays(i)
-        return dict(image=torch.from_numpy(img.astype(np.float32) / 65535.0), mask=torch.from_numpy(mask.astype(np.int64)),
-                    subject=self.index.subject[i], sample_id=self.index.sample_id[i])
+        return dict(
+            image=torch.from_numpy(img.astype(np.float32) / 65535.0),
+            mask=torch.from_numpy(mask.astype(np.int64)),
+            subject=self.index.subject[i],
+            sample_id=self.index.sample_id[i],
+        )
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         "All samples in memory: images float32 (N,C,H,W) in [0,1] and masks int64 (N,H,W)."
         arrs = [self.load_arrays(i) for i in range(len(self))]
-        if not arrs: return torch.zeros(0, len(self.modalities), *self.resolution), torch.zeros(0, *self.resolution, dtype=torch.long)
-        return (torch.from_numpy(np.stack([a for a, _ in arrs]).astype(np.float32) / 65535.0),
-                torch.from_numpy(np.stack([m for _, m in arrs]).astype(np.int64)))
+        if not arrs:
+            return torch.zeros(0, len(self.modalities), *self.resolution), torch.zeros(
+                0, *self.resolution, dtype=torch.long
+            )
+        return (
+            torch.from_numpy(np.stack([a for a, _ in arrs]).astype(np.float32) / 65535.0),
+            torch.from_numpy(np.stack([m for _, m in arrs]).astype(np.int64)),
+        )
 
     def subset(self, subjects: Iterable[str]) -> "CanonicalDataset":
         "The samples of `subjects` only (all must exist in this dataset)."
         subjects = [str(s) for s in subjects]
         unknown = sorted(set(subjects) - set(self.subjects))
-        check(not unknown, f"{self.root}: subjects {unknown[:5]} are not in this dataset (it has {len(self.subjects)} subjects)")
+        check(
+            not unknown,
+            f"{self.root}: subjects {unknown[:5]} are not in this dataset (it has {len(self.subjects)} subjects)",
+        )
         return CanonicalDataset(self.root, self.index[self.index.subject.isin(set(subjects))], self.meta)
 
     def for_training(self) -> "CanonicalDataset":
         "The samples used to *train* models: all foreground slices plus the empty ones drawn at preparation (`train` column)."
-        if "train" not in self.index: return self
+        if "train" not in self.index:
+            return self
         keep = self.index.train.astype(str).str.lower().isin(["true", "1"])
         return CanonicalDataset(self.root, self.index[keep.to_numpy()], self.meta)
 
@@ -211,13 +305,17 @@ class CanonicalDataset(Dataset):
         if fold is None:
             check(part in ("train", "val", "test"), f"part must be train, val or test, got {part!r}")
             return self.subset(sp["train_val_test"][part])
-        check(part in ("train", "val", "test") and 0 <= fold < len(sp["folds"]) and part in sp["folds"][fold],
-              f"fold {fold} / part {part!r} not in {self.root}/splits.json (older datasets have no 'val' part: re-prepare them)")
+        check(
+            part in ("train", "val", "test") and 0 <= fold < len(sp["folds"]) and part in sp["folds"][fold],
+            f"fold {fold} / part {part!r} not in {self.root}/splits.json (older datasets have no 'val' part: re-prepare them)",
+        )
         return self.subset(sp["folds"][fold][part])
 
     def __repr__(self):
-        return (f"CanonicalDataset({self.meta['name']!r}: {len(self)} slices, {len(self.subjects)} subjects, "
-                f"modalities={self.modalities}, labels={self.labels}, resolution={self.resolution})")
+        return (
+            f"CanonicalDataset({self.meta['name']!r}: {len(self)} slices, {len(self.subjects)} subjects, "
+            f"modalities={self.modalities}, labels={self.labels}, resolution={self.resolution})"
+        )
 
 # %% ../nbs/01_data.ipynb
 def load_canonical(path: str | Path) -> CanonicalDataset:
@@ -238,18 +336,21 @@ def subject_kfold(subjects: Iterable[str], k: int = 5, seed: int = 0) -> list[tu
     return [(sorted(subs[j] for j in range(len(subs)) if j not in set(p)), sorted(subs[j] for j in p)) for p in parts]
 
 # %% ../nbs/01_data.ipynb
-def train_val_test_split(subjects: Iterable[str], fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                         seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+def train_val_test_split(
+    subjects: Iterable[str], fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0
+) -> tuple[list[str], list[str], list[str]]:
     "Deterministic subject-level train/val/test split (default 60/20/20); val and test get at least one subject each."
     subs = _permuted(subjects, seed)
-    check(len(fractions) == 3 and abs(sum(fractions) - 1) < 1e-6 and min(fractions) >= 0,
-          f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    check(
+        len(fractions) == 3 and abs(sum(fractions) - 1) < 1e-6 and min(fractions) >= 0,
+        f"fractions must be three non-negative numbers summing to 1, got {fractions}",
+    )
     check(len(subs) >= 3, f"a train/val/test split needs at least 3 subjects, got {len(subs)}")
     n = len(subs)
     n_val = max(1, int(round(fractions[1] * n))) if fractions[1] > 0 else 0
     n_test = max(1, int(round(fractions[2] * n))) if fractions[2] > 0 else 0
     check(n - n_val - n_test >= 1, f"{n} subjects are too few for fractions {fractions}")
-    test, val, train = subs[:n_test], subs[n_test:n_test + n_val], subs[n_test + n_val:]
+    test, val, train = subs[:n_test], subs[n_test : n_test + n_val], subs[n_test + n_val :]
     return sorted(train), sorted(val), sorted(test)
 
 # %% ../nbs/01_data.ipynb
@@ -257,11 +358,12 @@ def subsample_subjects(subjects: Iterable[str], fraction: float, seed: int = 0) 
     "`fraction` (0..1] of the subjects, at least one; nested: for one seed a smaller fraction is a subset of a larger one."
     check(0 < fraction <= 1, f"fraction must be in (0, 1], got {fraction}")
     subs = _permuted(subjects, seed + 7919)
-    return sorted(subs[:max(1, int(round(fraction * len(subs))))])
+    return sorted(subs[: max(1, int(round(fraction * len(subs))))])
 
 # %% ../nbs/01_data.ipynb
-def fold_subjects(subjects: Iterable[str], fold: int = 0, k: int = 5, fraction: float = 1.0, seed: int = 0,
-                  val_fraction: float = 0.2) -> tuple[list[str], list[str], list[str]]:
+def fold_subjects(
+    subjects: Iterable[str], fold: int = 0, k: int = 5, fraction: float = 1.0, seed: int = 0, val_fraction: float = 0.2
+) -> tuple[list[str], list[str], list[str]]:
     """`(train, val, test)` subjects of k-fold `fold`: the fold's test part, and `fraction` of the other (labelled)
     subjects split into training and validation. The fraction applies to train and validation together, so a
     cell never sees more labelled subjects than its fraction says; smaller fractions are nested in larger ones."""
@@ -270,8 +372,11 @@ def fold_subjects(subjects: Iterable[str], fold: int = 0, k: int = 5, fraction: 
     check(0 <= fold < len(folds), f"fold {fold} out of range: the split has {len(folds)} folds (0..{len(folds) - 1})")
     labelled, test = _permuted(folds[fold][0], seed + 1000 * fold + 1), folds[fold][1]
     n = max(2, int(math.floor(fraction * len(labelled) + 0.5)))
-    check(len(labelled) >= 2 and n <= len(labelled), f"fold {fold}: {len(labelled)} labelled subjects are too few for "
-                                                     "one training and one validation subject; use fewer folds or more subjects")
+    check(
+        len(labelled) >= 2 and n <= len(labelled),
+        f"fold {fold}: {len(labelled)} labelled subjects are too few for "
+        "one training and one validation subject; use fewer folds or more subjects",
+    )
     n_val = min(n - 1, max(1, int(math.floor(val_fraction * n + 0.5))))
     chosen = labelled[:n]
     return sorted(chosen[n_val:]), sorted(chosen[:n_val]), sorted(test)
@@ -282,16 +387,25 @@ def check_disjoint(train: Iterable[str], val: Iterable[str], test: Iterable[str]
     train = set(map(str, train))
     for name, other in (("validation", val), ("test", test)):
         both = sorted(train & set(map(str, other)))
-        check(not both, f"{what}: subjects {both} are both training and {name} subjects of this cell; "
-                        "this would leak held-out data into training (a bug in the caller's splits)")
+        check(
+            not both,
+            f"{what}: subjects {both} are both training and {name} subjects of this cell; "
+            "this would leak held-out data into training (a bug in the caller's splits)",
+        )
 
 # %% ../nbs/01_data.ipynb
-def make_splits(subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0.6, 0.2, 0.2), val_fraction: float = 0.2) -> dict:
+def make_splits(
+    subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0.6, 0.2, 0.2), val_fraction: float = 0.2
+) -> dict:
     "The `splits.json` content: k-fold (with validation, `fold_subjects`) and train/val/test splits of `subjects` (each omitted when too few)."
     subs = sorted(set(map(str, subjects)))
     out = dict(seed=seed, n_subjects=len(subs), k=k, folds=[], train_val_test=None)
-    if len(subs) >= max(k, 2) and len(subs) - math.ceil(len(subs) / k) >= 2:   # every fold: one training + one validation subject
-        out["folds"] = [dict(zip(("train", "val", "test"), fold_subjects(subs, f, k, 1.0, seed, val_fraction))) for f in range(k)]
+    if (
+        len(subs) >= max(k, 2) and len(subs) - math.ceil(len(subs) / k) >= 2
+    ):  # every fold: one training + one validation subject
+        out["folds"] = [
+            dict(zip(("train", "val", "test"), fold_subjects(subs, f, k, 1.0, seed, val_fraction))) for f in range(k)
+        ]
     if len(subs) >= 3:
         tr, va, te = train_val_test_split(subs, fractions, seed)
         out["train_val_test"] = dict(fractions=list(fractions), train=tr, val=va, test=te)
@@ -301,33 +415,35 @@ def make_splits(subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0
 @dataclass
 class Case:
     "One subject of a study: image file(s) (one 4D file, or one file per modality) and a label file."
+
     subject: str
     images: list[Path]
     label: Path
-    slice: int | None = None      # 2D sources: the slice number parsed from the file name
+    slice: int | None = None  # 2D sources: the slice number parsed from the file name
 
 # %% ../nbs/01_data.ipynb
 @dataclass
 class Study:
     "What a reader found: the cases and the metadata needed to prepare them."
+
     name: str
-    kind: str                     # 'volume' (NIfTI) or 'image' (2D PNG/TIFF)
+    kind: str  # 'volume' (NIfTI) or 'image' (2D PNG/TIFF)
     modalities: list[str]
-    labels: dict | None           # {value: name}; None = infer from the label files
+    labels: dict | None  # {value: name}; None = infer from the label files
     cases: list[Case]
     source: str
     provenance: str = ""
-    skipped: int = 0              # unlabelled cases left out (test folders, KiTS19 cases 210-299)
-    regions: dict | None = None   # {region name: [label ids]} for nested labels (nnU-Net v2 regions, `brats-regions`)
-    release: str | None = None    # the key of `RELEASES` that was read, if any
-    workdir: str | None = None    # a temporary folder the reader wrote (DICOM converted to NIfTI); `prepare` removes it
-
+    skipped: int = 0  # unlabelled cases left out (test folders, KiTS19 cases 210-299)
+    regions: dict | None = None  # {region name: [label ids]} for nested labels (nnU-Net v2 regions, `brats-regions`)
+    release: str | None = None  # the key of `RELEASES` that was read, if any
+    workdir: str | None = None  # a temporary folder the reader wrote (DICOM converted to NIfTI); `prepare` removes it
 
 # %% ../nbs/01_data.ipynb
 def _nii_stem(p: Path) -> str:
     n = p.name
     for suf in (".nii.gz", ".nii", ".mha", ".nrrd"):
-        if n.endswith(suf): return n[: -len(suf)]
+        if n.endswith(suf):
+            return n[: -len(suf)]
     return p.stem
 
 # %% ../nbs/01_data.ipynb
@@ -341,13 +457,17 @@ def _glob_part(s: str, pattern: str) -> str:
         c = s[i]
         if c == "[":
             j = s.find("]", i + 2)
-            check(j > 0, f"pattern {pattern!r}: the '[' of {s[i:]!r} opens a character class that is never closed; "
-                         "close it (e.g. '*[sS]eg*.nii*') or remove the '['")
-            body = s[i + 1:j]
+            check(
+                j > 0,
+                f"pattern {pattern!r}: the '[' of {s[i:]!r} opens a character class that is never closed; "
+                "close it (e.g. '*[sS]eg*.nii*') or remove the '['",
+            )
+            body = s[i + 1 : j]
             neg, body = body.startswith("!"), body[1:] if body.startswith("!") else body
             out += "[" + ("^" if neg else "") + "".join("\\" + ch if ch in "\\^[]" else ch for ch in body) + "]"
             i = j
-        else: out += "[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c)
+        else:
+            out += "[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c)
         i += 1
     return out
 
@@ -355,16 +475,24 @@ def _glob_part(s: str, pattern: str) -> str:
 def _pattern_regex(pattern: str) -> re.Pattern:
     """Turn a glob pattern with `{subject}` / `{slice}` placeholders into a regex with named groups. A placeholder may
     appear several times, and then holds the same value everywhere (`{subject}/{subject}_t1.nii.gz`)."""
-    check("{subject}" in pattern, f"pattern {pattern!r} needs a {{subject}} placeholder, e.g. 'images/{{subject}}.nii.gz' "
-                                  "or '{subject}/{subject}_t1.nii.gz' (one folder per subject)")
+    check(
+        "{subject}" in pattern,
+        f"pattern {pattern!r} needs a {{subject}} placeholder, e.g. 'images/{{subject}}.nii.gz' "
+        "or '{subject}/{subject}_t1.nii.gz' (one folder per subject)",
+    )
     bad = sorted(set(re.findall(r"\{([^{}]*)\}", pattern)) - {"subject", "slice"})
-    check(not bad, f"pattern {pattern!r}: unknown placeholder(s) {', '.join('{' + b + '}' for b in bad)}; only {{subject}} and "
-                   "{slice} exist: write * for any other varying part of a name")
-    check(not pattern.startswith("/") and ".." not in pattern.split("/"),
-          f"pattern {pattern!r} must be relative to the dataset folder (no leading '/', no '..'); move SRC up instead")
+    check(
+        not bad,
+        f"pattern {pattern!r}: unknown placeholder(s) {', '.join('{' + b + '}' for b in bad)}; only {{subject}} and "
+        "{slice} exist: write * for any other varying part of a name",
+    )
+    check(
+        not pattern.startswith("/") and ".." not in pattern.split("/"),
+        f"pattern {pattern!r} must be relative to the dataset folder (no leading '/', no '..'); move SRC up instead",
+    )
     out, pos, seen = "", 0, set()
     for m in re.finditer(r"\{(subject|slice)\}", pattern):
-        out += _glob_part(pattern[pos:m.start()], pattern)
+        out += _glob_part(pattern[pos : m.start()], pattern)
         g = m.group(1)
         out += f"(?P={g})" if g in seen else "(?P<subject>[^/]+?)" if g == "subject" else r"(?P<slice>\d+)"
         seen.add(g)
@@ -376,16 +504,26 @@ def _pattern_regex(pattern: str) -> re.Pattern:
 def _walk_files(root: Path, max_depth: int | None = None) -> Iterator[str]:
     """Relative POSIX paths of the files under `root`, sorted, following symlinked files and folders (a folder that
     links back to one of its parents is not entered again), skipping hidden and macOS `._*` files."""
+
     def walk(d: Path, rel: str, depth: int, parents: frozenset):
         real = os.path.realpath(d)
-        if real in parents: return
-        try: entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError as e: raise MedsynError(f"{d}: cannot list the folder ({e.strerror}); check that it exists and is readable") from e
+        if real in parents:
+            return
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            raise MedsynError(
+                f"{d}: cannot list the folder ({e.strerror}); check that it exists and is readable"
+            ) from e
         for e in entries:
-            if e.name.startswith("."): continue
+            if e.name.startswith("."):
+                continue
             if e.is_dir():
-                if max_depth is None or depth < max_depth: yield from walk(Path(e.path), rel + e.name + "/", depth + 1, parents | {real})
-            elif e.is_file(): yield rel + e.name
+                if max_depth is None or depth < max_depth:
+                    yield from walk(Path(e.path), rel + e.name + "/", depth + 1, parents | {real})
+            elif e.is_file():
+                yield rel + e.name
+
     yield from walk(Path(root), "", 0, frozenset())
 
 # %% ../nbs/01_data.ipynb
@@ -397,10 +535,14 @@ def match_files(root: str | Path, pattern: str) -> dict[tuple[str, int | None], 
     found = {}
     for rel in _walk_files(root, None if "**" in pattern else pattern.count("/")):
         m = rx.match(rel)
-        if not m: continue
+        if not m:
+            continue
         p = root / rel
         key = (m["subject"], int(m["slice"]) if "slice" in rx.groupindex else None)
-        check(key not in found, f"{p}: matches pattern {pattern!r} with the same subject as {found.get(key)}; make the pattern more specific")
+        check(
+            key not in found,
+            f"{p}: matches pattern {pattern!r} with the same subject as {found.get(key)}; make the pattern more specific",
+        )
         found[key] = p
     return found
 
@@ -408,11 +550,16 @@ def match_files(root: str | Path, pattern: str) -> dict[tuple[str, int | None], 
 def _no_match(root: Path, pattern: str, option: str) -> str:
     "The message for a pattern that matches nothing: an empty folder, or what is there instead."
     files = list(_walk_files(root, 6))
-    if not files: return f"{root}: empty folder; put the images and labels there (see `medsyn prepare --help` for the layouts)"
-    data = [f for f in files if f.endswith((".nii", ".nii.gz", ".dcm")) or Path(f).suffix.lower() in IMAGE_SUFFIXES] or files
-    return (f"{root}: no file matches {pattern!r} ({len(files)} files there, e.g. {', '.join(data[:3])}); fix the pattern "
-            f"({option} relative to {root}, with {{subject}} where the subject id is, e.g. '{{subject}}/{{subject}}_t1.nii.gz'), "
-            "or let `medsyn prepare` detect a known release (--preset)")
+    if not files:
+        return f"{root}: empty folder; put the images and labels there (see `medsyn prepare --help` for the layouts)"
+    data = [
+        f for f in files if f.endswith((".nii", ".nii.gz", ".dcm")) or Path(f).suffix.lower() in IMAGE_SUFFIXES
+    ] or files
+    return (
+        f"{root}: no file matches {pattern!r} ({len(files)} files there, e.g. {', '.join(data[:3])}); fix the pattern "
+        f"({option} relative to {root}, with {{subject}} where the subject id is, e.g. '{{subject}}/{{subject}}_t1.nii.gz'), "
+        "or let `medsyn prepare` detect a known release (--preset)"
+    )
 
 # %% ../nbs/01_data.ipynb
 def _msd_labels(raw: dict, path: Path) -> tuple[dict, dict | None]:
@@ -420,22 +567,34 @@ def _msd_labels(raw: dict, path: Path) -> tuple[dict, dict | None]:
     region labels (`{'whole tumor': [1, 2, 3], 'tumor core': [2, 3], ...}`) as `({plain id: name}, {region: [ids]})`,
     each plain id named after the smallest region that holds it (the label files store the plain ids)."""
     try:
-        if all(isinstance(v, str) for v in raw.values()): return {int(k): v for k, v in raw.items()}, None
-        if not any(isinstance(v, list) for v in raw.values()): return {int(v): str(k) for k, v in raw.items()}, None
+        if all(isinstance(v, str) for v in raw.values()):
+            return {int(k): v for k, v in raw.items()}, None
+        if not any(isinstance(v, list) for v in raw.values()):
+            return {int(v): str(k) for k, v in raw.items()}, None
         regions = {str(k): sorted({int(i) for i in (v if isinstance(v, list) else [v])}) for k, v in raw.items()}
     except (TypeError, ValueError) as e:
-        raise MedsynError(f"{path}: 'labels' must map ids to names (MSD), names to integer ids (nnU-Net v2) or region names to "
-                          f"lists of ids (nnU-Net v2 regions); got {raw}; fix the file") from e
+        raise MedsynError(
+            f"{path}: 'labels' must map ids to names (MSD), names to integer ids (nnU-Net v2) or region names to "
+            f"lists of ids (nnU-Net v2 regions); got {raw}; fix the file"
+        ) from e
     plain = sorted({i for ids in regions.values() for i in ids} | {0})
-    labels = {i: min((n for n, ids in regions.items() if i in ids), key=lambda n: len(regions[n]), default="background") for i in plain}
+    labels = {
+        i: min((n for n, ids in regions.items() if i in ids), key=lambda n: len(regions[n]), default="background")
+        for i in plain
+    }
     return labels, {n: ids for n, ids in regions.items() if ids != [0]}
 
 # %% ../nbs/01_data.ipynb
 def _msd_unlabelled(root: Path, meta: dict, n_mod: int, ending: str) -> int:
     "Number of unlabelled (test) cases of an MSD / nnU-Net folder: its 'test' list, else the cases in imagesTs/."
-    if isinstance(meta.get("test"), list) and meta["test"]: return len(meta["test"])
+    if isinstance(meta.get("test"), list) and meta["test"]:
+        return len(meta["test"])
     files = [f for f in _walk_files(root / "imagesTs", 0) if f.endswith(ending)] if (root / "imagesTs").is_dir() else []
-    return len({re.sub(r"_\d{4}$", "", f[: -len(ending)]) for f in files}) if n_mod > 1 or any(re.search(r"_\d{4}$", f[: -len(ending)]) for f in files) else len(files)
+    return (
+        len({re.sub(r"_\d{4}$", "", f[: -len(ending)]) for f in files})
+        if n_mod > 1 or any(re.search(r"_\d{4}$", f[: -len(ending)]) for f in files)
+        else len(files)
+    )
 
 # %% ../nbs/01_data.ipynb
 def read_msd(root: str | Path) -> Study:
@@ -444,71 +603,123 @@ def read_msd(root: str | Path) -> Study:
     mf = root / "dataset.json"
     check(mf.exists(), f"{mf}: missing; an MSD / nnU-Net folder needs dataset.json, imagesTr/ and labelsTr/")
     meta = load_json(mf)
-    check(isinstance(meta, dict), f"{mf}: must be a JSON object with 'modality' (or 'channel_names'), 'labels' and "
-                                  f"'training' entries (the MSD / nnU-Net dataset.json), got a JSON {type(meta).__name__}; fix the file")
+    check(
+        isinstance(meta, dict),
+        f"{mf}: must be a JSON object with 'modality' (or 'channel_names'), 'labels' and "
+        f"'training' entries (the MSD / nnU-Net dataset.json), got a JSON {type(meta).__name__}; fix the file",
+    )
     mods_raw = meta.get("modality") or meta.get("channel_names")
-    check(isinstance(mods_raw, dict) and mods_raw, f"{mf}: needs a 'modality' (MSD) or 'channel_names' (nnU-Net v2) entry")
-    check(all(str(k).isdigit() for k in mods_raw), f"{mf}: the keys of 'modality' / 'channel_names' must be channel numbers "
-                                                  f"('0', '1', ...), got {list(mods_raw)}")
+    check(
+        isinstance(mods_raw, dict) and mods_raw, f"{mf}: needs a 'modality' (MSD) or 'channel_names' (nnU-Net v2) entry"
+    )
+    check(
+        all(str(k).isdigit() for k in mods_raw),
+        f"{mf}: the keys of 'modality' / 'channel_names' must be channel numbers ('0', '1', ...), got {list(mods_raw)}",
+    )
     modalities = [str(mods_raw[k]) for k in sorted(mods_raw, key=int)]
-    check(isinstance(meta.get("labels"), dict) and meta["labels"],
-          f"{mf}: needs a 'labels' object mapping ids to names, e.g. {{\"0\": \"background\", \"1\": \"organ\"}}")
+    check(
+        isinstance(meta.get("labels"), dict) and meta["labels"],
+        f"{mf}: needs a 'labels' object mapping ids to names, e.g. {{\"0\": \"background\", \"1\": \"organ\"}}",
+    )
     labels, regions = _msd_labels(meta["labels"], mf)
     ending = meta.get("file_ending", ".nii.gz")
     img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
-    for d in (img_dir, lab_dir): check(d.is_dir(), f"{d}: folder missing; an MSD / nnU-Net dataset keeps its training data in imagesTr/ and labelsTr/")
+    for d in (img_dir, lab_dir):
+        check(
+            d.is_dir(),
+            f"{d}: folder missing; an MSD / nnU-Net dataset keeps its training data in imagesTr/ and labelsTr/",
+        )
 
     def channel_files(case: str, single: Path | None) -> list[Path]:
-        if single is not None and single.exists(): return [single]
+        if single is not None and single.exists():
+            return [single]
         files = [img_dir / f"{case}_{c:04d}{ending}" for c in range(len(modalities))]
         have = [f.exists() for f in files]
         if not any(have):
-            raise MedsynError(f"{single or files[0]}: image of case {case!r} not found (looked for {single.name + ' and ' if single else ''}"
-                              f"{files[0].name}); check imagesTr/ or the 'training' list in {mf}")
+            raise MedsynError(
+                f"{single or files[0]}: image of case {case!r} not found (looked for {single.name + ' and ' if single else ''}"
+                f"{files[0].name}); check imagesTr/ or the 'training' list in {mf}"
+            )
         missing = [f.name for f, h in zip(files, have) if not h]
-        check(not missing, f"{img_dir}: case {case!r} is missing modality files {missing} "
-                           f"(dataset.json declares {len(modalities)} modalities {modalities}); add them or fix 'modality'")
+        check(
+            not missing,
+            f"{img_dir}: case {case!r} is missing modality files {missing} "
+            f"(dataset.json declares {len(modalities)} modalities {modalities}); add them or fix 'modality'",
+        )
         return files
 
     cases = []
     training = meta.get("training")
-    check(training is None or isinstance(training, list), f"{mf}: 'training' must be a list of {{\"image\": ..., \"label\": ...}} "
-                                                          f"entries, got a JSON {type(training).__name__}")
+    check(
+        training is None or isinstance(training, list),
+        f"{mf}: 'training' must be a list of {{\"image\": ..., \"label\": ...}} "
+        f"entries, got a JSON {type(training).__name__}",
+    )
     for k, e in enumerate(training or []):
-        check(isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("label"), str),
-              f"{mf}: 'training' entry {k} ({json.dumps(e)[:80]}) needs 'image' and 'label' file paths, e.g. "
-              '{"image": "./imagesTr/case_001.nii.gz", "label": "./labelsTr/case_001.nii.gz"}; fix or remove it')
+        check(
+            isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("label"), str),
+            f"{mf}: 'training' entry {k} ({json.dumps(e)[:80]}) needs 'image' and 'label' file paths, e.g. "
+            '{"image": "./imagesTr/case_001.nii.gz", "label": "./labelsTr/case_001.nii.gz"}; fix or remove it',
+        )
     if training:
         for e in training:
-            lab, img = root / e["label"], root / e["image"]        # "./imagesTr/x.nii.gz" -> root/imagesTr/x.nii.gz
+            lab, img = root / e["label"], root / e["image"]  # "./imagesTr/x.nii.gz" -> root/imagesTr/x.nii.gz
             case = _nii_stem(lab)
-            check(lab.exists(), f"{lab}: label of case {case!r} listed in {mf} not found; restore it or remove the case from 'training'")
+            check(
+                lab.exists(),
+                f"{lab}: label of case {case!r} listed in {mf} not found; restore it or remove the case from 'training'",
+            )
             cases.append(Case(case, channel_files(case, img), lab))
     else:
         for lab in sorted(lab_dir.glob(f"*{ending}")):
-            if lab.name.startswith("._"): continue
+            if lab.name.startswith("._"):
+                continue
             case = lab.name[: -len(ending)]
             cases.append(Case(case, channel_files(case, img_dir / f"{case}{ending}"), lab))
-    check(len(cases) > 0, f"{lab_dir}: empty folder (no label files ending in {ending}); an MSD / nnU-Net dataset needs labelled training cases")
-    prov = " ".join(str(meta.get(k, "")) for k in ("description", "reference", "licence", "license", "release") if meta.get(k))
-    return Study(str(meta.get("name", root.name)), "volume", modalities, labels, cases, str(root), prov,
-                 skipped=_msd_unlabelled(root, meta, len(modalities), ending), regions=regions)
+    check(
+        len(cases) > 0,
+        f"{lab_dir}: empty folder (no label files ending in {ending}); an MSD / nnU-Net dataset needs labelled training cases",
+    )
+    prov = " ".join(
+        str(meta.get(k, "")) for k in ("description", "reference", "licence", "license", "release") if meta.get(k)
+    )
+    return Study(
+        str(meta.get("name", root.name)),
+        "volume",
+        modalities,
+        labels,
+        cases,
+        str(root),
+        prov,
+        skipped=_msd_unlabelled(root, meta, len(modalities), ending),
+        regions=regions,
+    )
 
 # %% ../nbs/01_data.ipynb
-def read_nifti_pairs(root: str | Path, images: str | dict = "images/{subject}.nii*", labels: str = "labels/{subject}.nii*",
-                     modalities: Sequence[str] | None = None, label_names: dict | None = None, name: str | None = None,
-                     skip_unlabelled: bool = False) -> Study:
+def read_nifti_pairs(
+    root: str | Path,
+    images: str | dict = "images/{subject}.nii*",
+    labels: str = "labels/{subject}.nii*",
+    modalities: Sequence[str] | None = None,
+    label_names: dict | None = None,
+    name: str | None = None,
+    skip_unlabelled: bool = False,
+) -> Study:
     """Read NIfTI image/label pairs matched by patterns with a `{subject}` placeholder. `images` is one pattern
     (3D, or 4D with modalities on the last axis) or `{modality: pattern}` for one file per modality. With
     `skip_unlabelled`, subjects with images but no label (test cases) are counted in `Study.skipped` instead of refused."""
     root = Path(root)
     check(root.is_dir(), f"{root}: folder not found")
-    for p in [labels, *(images.values() if isinstance(images, dict) else [images])]: _pattern_regex(p)   # every pattern error first
+    for p in [labels, *(images.values() if isinstance(images, dict) else [images])]:
+        _pattern_regex(p)  # every pattern error first
     lab_files = match_files(root, labels)
     check(len(lab_files) > 0, _no_match(root, labels, "--labels"))
     if isinstance(images, dict):
-        check(modalities is None or list(modalities) == list(images), f"{root}: --modalities {list(modalities or [])} conflicts with the "
-              f"modality names of the per-modality --images patterns {list(images)}; drop --modalities (the MOD= names are used)")
+        check(
+            modalities is None or list(modalities) == list(images),
+            f"{root}: --modalities {list(modalities or [])} conflicts with the "
+            f"modality names of the per-modality --images patterns {list(images)}; drop --modalities (the MOD= names are used)",
+        )
         per_mod = {m: match_files(root, p) for m, p in images.items()}
         modalities = list(images)
     else:
@@ -516,46 +727,67 @@ def read_nifti_pairs(root: str | Path, images: str | dict = "images/{subject}.ni
         if modalities is None and per_mod[""]:
             shape = _read_header_shape(next(iter(per_mod[""].values())))
             modalities = [f"ch{c}" for c in range(shape[3])] if len(shape) == 4 and shape[3] > 1 else ["image"]
-    for m, found in per_mod.items(): check(len(found) > 0, _no_match(root, images[m] if m else images, "--images"))
+    for m, found in per_mod.items():
+        check(len(found) > 0, _no_match(root, images[m] if m else images, "--images"))
     cases = []
     for key, lab in lab_files.items():
         files = []
         for m, found in per_mod.items():
             pat = images[m] if m else images
-            check(key in found, f"{lab}: no {'modality ' + repr(m) if m else 'image'} file for subject {key[0]!r} "
-                                f"(pattern {pat!r}); add the missing image or remove the label")
+            check(
+                key in found,
+                f"{lab}: no {'modality ' + repr(m) if m else 'image'} file for subject {key[0]!r} "
+                f"(pattern {pat!r}); add the missing image or remove the label",
+            )
             files.append(found[key])
         cases.append(Case(key[0], files, lab))
     unlabelled = sorted(set().union(*per_mod.values()) - set(lab_files))
     if not skip_unlabelled:
         for m, found in per_mod.items():
             extra = sorted(set(found) - set(lab_files))
-            check(not extra, f"{found[extra[0]] if extra else ''}: image without a label file (pattern {labels!r}); add its label or remove it")
+            check(
+                not extra,
+                f"{found[extra[0]] if extra else ''}: image without a label file (pattern {labels!r}); add its label or remove it",
+            )
     return Study(name or root.name, "volume", list(modalities), label_names, cases, str(root), skipped=len(unlabelled))
 
 # %% ../nbs/01_data.ipynb
 def _read_header_shape(path: Path) -> tuple:
     import nibabel as nib
-    try: return tuple(nib.load(str(path)).shape)
+
+    try:
+        return tuple(nib.load(str(path)).shape)
     except Exception as e:
-        raise MedsynError(f"{path}: cannot read NIfTI header ({type(e).__name__}: {e}); the file is unreadable or corrupt, "
-                          "re-export or re-download it") from e
+        raise MedsynError(
+            f"{path}: cannot read NIfTI header ({type(e).__name__}: {e}); the file is unreadable or corrupt, "
+            "re-export or re-download it"
+        ) from e
 
 # %% ../nbs/01_data.ipynb
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
-def read_image_pairs(root: str | Path, images: str = "images/{subject}.*", masks: str = "masks/{subject}.*",
-                     modalities: Sequence[str] | None = None, label_names: dict | None = None, name: str | None = None) -> Study:
+
+def read_image_pairs(
+    root: str | Path,
+    images: str = "images/{subject}.*",
+    masks: str = "masks/{subject}.*",
+    modalities: Sequence[str] | None = None,
+    label_names: dict | None = None,
+    name: str | None = None,
+) -> Study:
     "Read 2D image/mask pairs (PNG/TIFF/...) matched by patterns with `{subject}` and optional `{slice}` placeholders."
     root = Path(root)
     check(root.is_dir(), f"{root}: folder not found")
-    for p in (images, masks): _pattern_regex(p)
+    for p in (images, masks):
+        _pattern_regex(p)
     imgs = {k: p for k, p in match_files(root, images).items() if p.suffix.lower() in IMAGE_SUFFIXES}
     msks = {k: p for k, p in match_files(root, masks).items() if p.suffix.lower() in IMAGE_SUFFIXES}
     check(len(msks) > 0, _no_match(root, masks, "--labels"))
     check(len(imgs) > 0, _no_match(root, images, "--images"))
-    for k, p in imgs.items(): check(k in msks, f"{p}: image without a mask (pattern {masks!r}); add its mask or remove it")
-    for k, p in msks.items(): check(k in imgs, f"{p}: mask without an image (pattern {images!r}); add its image or remove it")
+    for k, p in imgs.items():
+        check(k in msks, f"{p}: image without a mask (pattern {masks!r}); add its mask or remove it")
+    for k, p in msks.items():
+        check(k in imgs, f"{p}: mask without an image (pattern {images!r}); add its image or remove it")
     cases = [Case(k[0], [imgs[k]], msks[k], k[1]) for k in sorted(msks, key=lambda k: (k[0], k[1] or 0))]
     if modalities is None:
         c = _read_image(cases[0].images[0]).shape[0]
@@ -571,53 +803,76 @@ def compression_noise(mask: np.ndarray, rare_share: float = 0.01, min_rare: int 
     vals, counts = np.unique(mask, return_counts=True)
     share = counts / mask.size
     rare, dominant = vals[share < rare_share], vals[share >= rare_share]
-    if len(rare) < min_rare or mask.ndim != 2 or min(mask.shape) < 3: return None
+    if len(rare) < min_rare or mask.ndim != 2 or min(mask.shape) < 3:
+        return None
     c = mask[1:-1, 1:-1]
     solid = np.zeros(mask.shape, bool)
     solid[1:-1, 1:-1] = (c == mask[:-2, 1:-1]) & (c == mask[2:, 1:-1]) & (c == mask[1:-1, :-2]) & (c == mask[1:-1, 2:])
     is_rare = np.isin(mask, rare)
-    if (solid & is_rare).sum() >= 0.1 * is_rare.sum(): return None
+    if (solid & is_rare).sum() >= 0.1 * is_rare.sum():
+        return None
     return dict(n_values=len(vals), rare=len(rare), dominant=dominant.tolist())
 
 # %% ../nbs/01_data.ipynb
 def _check_not_compression_noise(mask: np.ndarray, path: Path) -> None:
     "Refuse JPEG masks (lossy: even a 0/1 mask comes back with stray ids) and masks whose values look like compression noise."
     vals = np.unique(mask)
-    check(path.suffix.lower() not in (".jpg", ".jpeg"),
-          f"{path}: masks stored as JPEG are refused: JPEG is lossy and cannot store label ids exactly (this one has "
-          f"{len(vals)} distinct values {vals[:8].tolist()}{'...' if len(vals) > 8 else ''}); save the masks losslessly as PNG "
-          "with one integer id per label (e.g. 0 background, 1 organ)")
+    check(
+        path.suffix.lower() not in (".jpg", ".jpeg"),
+        f"{path}: masks stored as JPEG are refused: JPEG is lossy and cannot store label ids exactly (this one has "
+        f"{len(vals)} distinct values {vals[:8].tolist()}{'...' if len(vals) > 8 else ''}); save the masks losslessly as PNG "
+        "with one integer id per label (e.g. 0 background, 1 organ)",
+    )
     noise = compression_noise(mask)
-    check(noise is None, f"{path}: mask values look like lossy-compression noise ({noise and noise['n_values']} distinct values, "
-                         f"{noise and noise['rare']} of them rare and scattered around {noise and noise['dominant']}); "
-                         + "(was it saved as JPEG once?); save the masks losslessly as PNG with one integer id per label (e.g. 0 background, 1 organ)")
+    check(
+        noise is None,
+        f"{path}: mask values look like lossy-compression noise ({noise and noise['n_values']} distinct values, "
+        f"{noise and noise['rare']} of them rare and scattered around {noise and noise['dominant']}); "
+        + "(was it saved as JPEG once?); save the masks losslessly as PNG with one integer id per label (e.g. 0 background, 1 organ)",
+    )
 
 # %% ../nbs/01_data.ipynb
 def _read_image(path: Path, mask: bool = False) -> np.ndarray:
     "A 2D image file as (C,H,W) float32 in [0,1] (integer types scaled by their range), or a mask as (H,W) int64."
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             n_frames = getattr(im, "n_frames", 1)
-            check(n_frames == 1, f"{path}: has {n_frames} pages/frames (a 3D stack?); save one 2D slice per file, "
-                                 "or convert the stack to NIfTI and use --layout nifti")
-            if im.mode == "P" and not mask: im = im.convert("RGB")
+            check(
+                n_frames == 1,
+                f"{path}: has {n_frames} pages/frames (a 3D stack?); save one 2D slice per file, "
+                "or convert the stack to NIfTI and use --layout nifti",
+            )
+            if im.mode == "P" and not mask:
+                im = im.convert("RGB")
             a = np.array(im)
-    except MedsynError: raise
+    except MedsynError:
+        raise
     except Exception as e:
-        raise MedsynError(f"{path}: cannot read image ({type(e).__name__}: {e}); the file is unreadable or corrupt, re-export it") from e
-    if a.ndim == 3 and a.shape[2] == 4: a = a[..., :3]                      # drop alpha
-    if a.ndim == 3 and all(np.array_equal(a[..., 0], a[..., c]) for c in range(1, a.shape[2])): a = a[..., 0]
+        raise MedsynError(
+            f"{path}: cannot read image ({type(e).__name__}: {e}); the file is unreadable or corrupt, re-export it"
+        ) from e
+    if a.ndim == 3 and a.shape[2] == 4:
+        a = a[..., :3]  # drop alpha
+    if a.ndim == 3 and all(np.array_equal(a[..., 0], a[..., c]) for c in range(1, a.shape[2])):
+        a = a[..., 0]
     if mask:
-        check(a.ndim == 2, f"{path}: mask has {a.shape[2] if a.ndim == 3 else a.ndim} colour channels; save masks as "
-                           "single-channel label images (8-bit grayscale or palette PNG) whose values are label ids")
-        check(np.issubdtype(a.dtype, np.integer) or np.array_equal(a, np.round(a)),
-              f"{path}: mask values must be integer label ids")
+        check(
+            a.ndim == 2,
+            f"{path}: mask has {a.shape[2] if a.ndim == 3 else a.ndim} colour channels; save masks as "
+            "single-channel label images (8-bit grayscale or palette PNG) whose values are label ids",
+        )
+        check(
+            np.issubdtype(a.dtype, np.integer) or np.array_equal(a, np.round(a)),
+            f"{path}: mask values must be integer label ids",
+        )
         _check_not_compression_noise(a, path)
         return a.astype(np.int64)
     a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
     check(bool(np.isfinite(a).all()), f"{path}: image has NaN/inf pixels; replace them (e.g. with 0) and re-export")
-    if np.issubdtype(a.dtype, np.integer): return (a / float(np.iinfo(a.dtype).max)).astype(np.float32)
+    if np.issubdtype(a.dtype, np.integer):
+        return (a / float(np.iinfo(a.dtype).max)).astype(np.float32)
     lo, hi = float(a.min()), float(a.max())
     return ((a - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
 
@@ -625,40 +880,90 @@ def _read_image(path: Path, mask: bool = False) -> np.ndarray:
 def detect_layout(src: str | Path) -> str:
     "Guess the layout of `src`: `'msd'` (dataset.json + imagesTr/), `'nifti'`, `'png'` (2D image files) or `'dicom'`; symlinks are followed."
     src = Path(src)
-    check(src.is_dir(), f"{src}: folder not found; pass a dataset folder, an MSD task name (e.g. Task09_Spleen) or 'mni152'")
-    if (src / "dataset.json").exists() and (src / "imagesTr").is_dir(): return "msd"
+    check(
+        src.is_dir(),
+        f"{src}: folder not found; pass a dataset folder, an MSD task name (e.g. Task09_Spleen) or 'mni152'",
+    )
+    if (src / "dataset.json").exists() and (src / "imagesTr").is_dir():
+        return "msd"
     files = list(_walk_files(src, 6))
-    check(len(files) > 0, f"{src}: empty folder; put the images and labels there (see `medsyn prepare --help` for the layouts)")
-    if any(f.endswith((".nii", ".nii.gz")) for f in files): return "nifti"
-    if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files): return "png"
-    if any(_is_dicom(src / f) for f in files[:200]): return "dicom"
-    raise MedsynError(f"{src}: no NIfTI (.nii/.nii.gz), 2D image (.png/.tif) or DICOM files found; medsyn reads the MSD/nnU-Net layout, "
-                      "NIfTI image/label pairs, PNG/TIFF image/mask pairs and DICOM series with RTSTRUCT / DICOM-SEG")
+    check(
+        len(files) > 0,
+        f"{src}: empty folder; put the images and labels there (see `medsyn prepare --help` for the layouts)",
+    )
+    if any(f.endswith((".nii", ".nii.gz")) for f in files):
+        return "nifti"
+    if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files):
+        return "png"
+    if any(_is_dicom(src / f) for f in files[:200]):
+        return "dicom"
+    raise MedsynError(
+        f"{src}: no NIfTI (.nii/.nii.gz), 2D image (.png/.tif) or DICOM files found; medsyn reads the MSD/nnU-Net layout, "
+        "NIfTI image/label pairs, PNG/TIFF image/mask pairs and DICOM series with RTSTRUCT / DICOM-SEG"
+    )
 
 # %% ../nbs/01_data.ipynb
 _BRATS_NAMES = {0: "background", 1: "necrotic tumour core", 2: "peritumoral oedema"}
 RELEASES: dict[str, dict] = {
-    "brats2020": dict(title="BraTS 2020", detect="**/BraTS20_*/BraTS20_*_flair.nii*",
-                      images={m: f"**/{{subject}}/{{subject}}_{s}.nii*" for m, s in (("T1", "t1"), ("T1Gd", "t1ce"), ("T2", "t2"), ("FLAIR", "flair"))},
-                      labels="**/{subject}/*[sS]eg*.nii*",          # case 355's label is W39_1998.09.19_Segm.nii
-                      label_names={**_BRATS_NAMES, 4: "enhancing tumour"}),
-    "brats2021": dict(title="BraTS 2021", detect="**/BraTS2021_*/BraTS2021_*_flair.nii*",
-                      images={m: f"**/{{subject}}/{{subject}}_{s}.nii*" for m, s in (("T1", "t1"), ("T1Gd", "t1ce"), ("T2", "t2"), ("FLAIR", "flair"))},
-                      labels="**/{subject}/{subject}_seg.nii*", label_names={**_BRATS_NAMES, 4: "enhancing tumour"}),
-    "brats2023-gli": dict(title="BraTS 2023 (GLI)", detect="**/BraTS-GLI-*/BraTS-GLI-*-t2f.nii*",
-                          images={m: f"**/{{subject}}/{{subject}}-{s}.nii*" for m, s in (("T1", "t1n"), ("T1Gd", "t1c"), ("T2", "t2w"), ("FLAIR", "t2f"))},
-                          labels="**/{subject}/{subject}-seg.nii*", label_names={**_BRATS_NAMES, 3: "enhancing tumour"}),
-    "kits19": dict(title="KiTS19", detect="**/case_*/imaging.nii*", markers=["**/kits.json"],
-                   images={"CT": "**/{subject}/imaging.nii*"}, labels="**/{subject}/segmentation.nii*",
-                   label_names={0: "background", 1: "kidney", 2: "tumour"}, ct_window="abdomen"),
-    "kits23": dict(title="KiTS23", detect="**/case_*/imaging.nii*", markers=["**/kits23.json", "**/case_*/instances/*.nii*"],
-                   images={"CT": "**/{subject}/imaging.nii*"}, labels="**/{subject}/segmentation.nii*",
-                   label_names={0: "background", 1: "kidney", 2: "tumour", 3: "cyst"}, ct_window="abdomen"),
-    "ibsr18": dict(title="IBSR18", detect="**/IBSR_*/IBSR_*_ana_strip.nii*",
-                   images={"T1": "**/{subject}/{subject}_ana_strip.nii*"}, labels="**/{subject}/{subject}_segTRI_ana.nii*",
-                   label_names={0: "background", 1: "CSF", 2: "grey matter", 3: "white matter"},
-                   axis=1),                                          # coronal: IBSR's acquisition plane (1.5 mm)
-    "msd": dict(title="Medical Segmentation Decathlon", layout="msd", ct_window="abdomen", task_windows={"Task06_Lung": "lung"}),
+    "brats2020": dict(
+        title="BraTS 2020",
+        detect="**/BraTS20_*/BraTS20_*_flair.nii*",
+        images={
+            m: f"**/{{subject}}/{{subject}}_{s}.nii*"
+            for m, s in (("T1", "t1"), ("T1Gd", "t1ce"), ("T2", "t2"), ("FLAIR", "flair"))
+        },
+        labels="**/{subject}/*[sS]eg*.nii*",  # case 355's label is W39_1998.09.19_Segm.nii
+        label_names={**_BRATS_NAMES, 4: "enhancing tumour"},
+    ),
+    "brats2021": dict(
+        title="BraTS 2021",
+        detect="**/BraTS2021_*/BraTS2021_*_flair.nii*",
+        images={
+            m: f"**/{{subject}}/{{subject}}_{s}.nii*"
+            for m, s in (("T1", "t1"), ("T1Gd", "t1ce"), ("T2", "t2"), ("FLAIR", "flair"))
+        },
+        labels="**/{subject}/{subject}_seg.nii*",
+        label_names={**_BRATS_NAMES, 4: "enhancing tumour"},
+    ),
+    "brats2023-gli": dict(
+        title="BraTS 2023 (GLI)",
+        detect="**/BraTS-GLI-*/BraTS-GLI-*-t2f.nii*",
+        images={
+            m: f"**/{{subject}}/{{subject}}-{s}.nii*"
+            for m, s in (("T1", "t1n"), ("T1Gd", "t1c"), ("T2", "t2w"), ("FLAIR", "t2f"))
+        },
+        labels="**/{subject}/{subject}-seg.nii*",
+        label_names={**_BRATS_NAMES, 3: "enhancing tumour"},
+    ),
+    "kits19": dict(
+        title="KiTS19",
+        detect="**/case_*/imaging.nii*",
+        markers=["**/kits.json"],
+        images={"CT": "**/{subject}/imaging.nii*"},
+        labels="**/{subject}/segmentation.nii*",
+        label_names={0: "background", 1: "kidney", 2: "tumour"},
+        ct_window="abdomen",
+    ),
+    "kits23": dict(
+        title="KiTS23",
+        detect="**/case_*/imaging.nii*",
+        markers=["**/kits23.json", "**/case_*/instances/*.nii*"],
+        images={"CT": "**/{subject}/imaging.nii*"},
+        labels="**/{subject}/segmentation.nii*",
+        label_names={0: "background", 1: "kidney", 2: "tumour", 3: "cyst"},
+        ct_window="abdomen",
+    ),
+    "ibsr18": dict(
+        title="IBSR18",
+        detect="**/IBSR_*/IBSR_*_ana_strip.nii*",
+        images={"T1": "**/{subject}/{subject}_ana_strip.nii*"},
+        labels="**/{subject}/{subject}_segTRI_ana.nii*",
+        label_names={0: "background", 1: "CSF", 2: "grey matter", 3: "white matter"},
+        axis=1,
+    ),  # coronal: IBSR's acquisition plane (1.5 mm)
+    "msd": dict(
+        title="Medical Segmentation Decathlon", layout="msd", ct_window="abdomen", task_windows={"Task06_Lung": "lung"}
+    ),
     "nnunet-v1": dict(title="nnU-Net v1 raw (TaskXXX)", layout="msd"),
     "nnunet-v2": dict(title="nnU-Net v2 raw (DatasetXXX)", layout="msd"),
 }
@@ -672,73 +977,118 @@ def detect_release(src: str | Path) -> str | None:
     """The key of `RELEASES` that `src` is laid out as, or None. MSD / nnU-Net folders are told apart by their
     `dataset.json` (`channel_names`: nnU-Net v2) and folder name (`TaskNN_`: MSD, `TaskNNN_`: nnU-Net v1)."""
     src = Path(src)
-    check(src.is_dir(), f"{src}: folder not found; pass a dataset folder, an MSD task name (e.g. Task09_Spleen) or 'mni152'")
+    check(
+        src.is_dir(),
+        f"{src}: folder not found; pass a dataset folder, an MSD task name (e.g. Task09_Spleen) or 'mni152'",
+    )
     if (src / "dataset.json").is_file() and (src / "imagesTr").is_dir():
         meta = load_json(src / "dataset.json")
-        if isinstance(meta, dict) and "channel_names" in meta: return "nnunet-v2"
+        if isinstance(meta, dict) and "channel_names" in meta:
+            return "nnunet-v2"
         return "nnunet-v1" if re.match(r"Task\d{3,}_", src.name) else "msd"
     files = list(_walk_files(src, 4))
-    def hit(glob): return any(_glob_regex(glob).match(f) for f in files)
+
+    def hit(glob):
+        return any(_glob_regex(glob).match(f) for f in files)
+
     shaped = [k for k, r in RELEASES.items() if r.get("detect") and hit(r["detect"])]
     marked = [k for k in shaped if not RELEASES[k].get("markers") or any(hit(m) for m in RELEASES[k]["markers"])]
-    check(len(marked) == 1 or not shaped, f"{src}: looks like {' or '.join(RELEASES[k]['title'] for k in shaped)} but none of "
-          f"{[m for k in shaped for m in RELEASES[k].get('markers', [])]} is there to tell which; pass "
-          f"{' or '.join('--preset ' + k for k in shaped)}")
+    check(
+        len(marked) == 1 or not shaped,
+        f"{src}: looks like {' or '.join(RELEASES[k]['title'] for k in shaped)} but none of "
+        f"{[m for k in shaped for m in RELEASES[k].get('markers', [])]} is there to tell which; pass "
+        f"{' or '.join('--preset ' + k for k in shaped)}",
+    )
     return marked[0] if marked else None
 
 # %% ../nbs/01_data.ipynb
 def _rename(study: Study, modalities: Sequence[str] | None, label_names: dict | None, where: str) -> Study:
     "Apply --modalities / --label-names to a study whose reader knows its channels and labels (same count / same ids), or refuse."
     if modalities is not None:
-        check(len(modalities) == len(study.modalities), f"{where}: --modalities {list(modalities)} names {len(modalities)} channels but "
-              f"the data has {len(study.modalities)} ({study.modalities}); give one name per channel, in this order")
+        check(
+            len(modalities) == len(study.modalities),
+            f"{where}: --modalities {list(modalities)} names {len(modalities)} channels but "
+            f"the data has {len(study.modalities)} ({study.modalities}); give one name per channel, in this order",
+        )
         study.modalities = list(modalities)
     if label_names is not None:
         names = {int(k): str(v) for k, v in label_names.items()}
         unknown = sorted(set(names) - set(study.labels or {}))
-        check(study.labels is None or not unknown, f"{where}: --label-names gives ids {unknown} that the data does not have "
-              f"(its labels are {study.labels}); rename existing ids, or map ids with --label-map")
+        check(
+            study.labels is None or not unknown,
+            f"{where}: --label-names gives ids {unknown} that the data does not have "
+            f"(its labels are {study.labels}); rename existing ids, or map ids with --label-map",
+        )
         study.labels = {**(study.labels or {}), **names}
     return study
 
 # %% ../nbs/01_data.ipynb
 def read_release(src: str | Path, release: str, modalities=None, label_names=None) -> Study:
     "Read `src` as the known release `release` (a key of `RELEASES`); `modalities` / `label_names` rename its channels / labels."
-    check(release in RELEASES, f"unknown preset {release!r}; choose one of {sorted(RELEASES)} (or 'none' for your own patterns)")
+    check(
+        release in RELEASES,
+        f"unknown preset {release!r}; choose one of {sorted(RELEASES)} (or 'none' for your own patterns)",
+    )
     row = RELEASES[release]
-    if row.get("layout") == "msd": study = read_msd(src)
+    if row.get("layout") == "msd":
+        study = read_msd(src)
     else:
-        study = read_nifti_pairs(src, dict(row["images"]), row["labels"], label_names=dict(row["label_names"]), skip_unlabelled=True)
+        study = read_nifti_pairs(
+            src, dict(row["images"]), row["labels"], label_names=dict(row["label_names"]), skip_unlabelled=True
+        )
         study.name, study.provenance = row["title"], f"{row['title']} ({release} layout)"
     study.release = release
     return _rename(study, modalities, label_names, f"{src} ({row['title']})")
 
 # %% ../nbs/01_data.ipynb
-def read_study(src: str | Path, layout: str = "auto", images=None, labels=None, modalities=None, label_names=None,
-               preset: str | None = "auto", roi: Sequence[str] | None = None) -> Study:
+def read_study(
+    src: str | Path,
+    layout: str = "auto",
+    images=None,
+    labels=None,
+    modalities=None,
+    label_names=None,
+    preset: str | None = "auto",
+    roi: Sequence[str] | None = None,
+) -> Study:
     """Read `src`: as a known release (`preset`, detected when `'auto'` and no patterns are given; None or `'none'`: never),
     else with the reader for `layout` (`auto|msd|nifti|png|dicom`; `roi` chooses DICOM ROIs), where `images`/`labels` patterns override the defaults.
     An option that the chosen reader cannot use is refused, naming it."""
-    if preset == "auto": preset = detect_release(src) if layout == "auto" and images is None and labels is None else None
+    if preset == "auto":
+        preset = detect_release(src) if layout == "auto" and images is None and labels is None else None
     if preset not in (None, "none"):
         given = [o for o, v in (("--images", images), ("--labels", labels), ("--roi", roi)) if v]
-        check(not given, f"{src}: {' and '.join(given)} do not apply to --preset {preset} (its file names are built in); drop them, "
-                         "or pass --preset none to read the folder with your own patterns")
+        check(
+            not given,
+            f"{src}: {' and '.join(given)} do not apply to --preset {preset} (its file names are built in); drop them, "
+            "or pass --preset none to read the folder with your own patterns",
+        )
         return read_release(src, preset, modalities, label_names)
     layout = detect_layout(src) if layout == "auto" else layout
-    check(not roi or layout == "dicom", f"{src}: --roi chooses RTSTRUCT ROIs / SEG segments of DICOM data, but this is read as {layout}; drop --roi")
+    check(
+        not roi or layout == "dicom",
+        f"{src}: --roi chooses RTSTRUCT ROIs / SEG segments of DICOM data, but this is read as {layout}; drop --roi",
+    )
     if layout == "dicom":
         given = [o for o, v in (("--images", images), ("--labels", labels), ("--label-names", label_names)) if v]
-        check(not given, f"{src}: {' and '.join(given)} do not apply to DICOM (series, ROIs and their names come from the files); "
-                         "drop them (choose ROIs with --roi)")
+        check(
+            not given,
+            f"{src}: {' and '.join(given)} do not apply to DICOM (series, ROIs and their names come from the files); "
+            "drop them (choose ROIs with --roi)",
+        )
         return _rename(read_dicom(src, roi), modalities, None, str(src))
     if layout == "msd":
         given = [o for o, v in (("--images", images), ("--labels", labels)) if v]
-        check(not given, f"{src}: {' and '.join(given)} do not apply to an MSD / nnU-Net folder (its files are listed in dataset.json); "
-                         "drop them, or pass --layout nifti to use your own patterns")
+        check(
+            not given,
+            f"{src}: {' and '.join(given)} do not apply to an MSD / nnU-Net folder (its files are listed in dataset.json); "
+            "drop them, or pass --layout nifti to use your own patterns",
+        )
         return _rename(read_msd(src), modalities, label_names, str(src))
     if layout == "nifti":
-        return read_nifti_pairs(src, images or "images/{subject}.nii*", labels or "labels/{subject}.nii*", modalities, label_names)
+        return read_nifti_pairs(
+            src, images or "images/{subject}.nii*", labels or "labels/{subject}.nii*", modalities, label_names
+        )
     if layout == "png":
         masks = labels or ("masks/{subject}.*" if (Path(src) / "masks").is_dir() else "labels/{subject}.*")
         return read_image_pairs(src, images or "images/{subject}.*", masks, modalities, label_names)
@@ -748,20 +1098,27 @@ def read_study(src: str | Path, layout: str = "auto", images=None, labels=None, 
 def _is_dicom(path: Path) -> bool:
     "Whether `path` starts like a DICOM Part 10 file (128-byte preamble, then 'DICM')."
     try:
-        with open(path, "rb") as f: return f.read(132)[128:] == b"DICM"
-    except OSError: return False
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 # %% ../nbs/01_data.ipynb
 def _dicom_headers(root: Path) -> list:
     "Headers (no pixels) of every DICOM file under `root`, symlinks followed, non-DICOM files skipped; each with `.path` set."
     import pydicom
+
     out = []
     for rel in _walk_files(root):
         p = root / rel
-        if not _is_dicom(p): continue
-        try: ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+        if not _is_dicom(p):
+            continue
+        try:
+            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
         except Exception as e:
-            raise MedsynError(f"{p}: cannot read DICOM header ({type(e).__name__}: {e}); the file is damaged, re-export it or remove it") from e
+            raise MedsynError(
+                f"{p}: cannot read DICOM header ({type(e).__name__}: {e}); the file is damaged, re-export it or remove it"
+            ) from e
         ds.path = p
         out.append(ds)
     return out
@@ -771,49 +1128,74 @@ def _dicom_volume(headers: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One image series as `(volume float32 (cols, rows, slices), RAS affine, SOPInstanceUIDs in slice order)`, slices
     sorted along the slice normal, CT in HU; uneven or duplicate slice positions and mixed orientations are errors."""
     import pydicom
+
     first = headers[0]
     where = f"{first.path.parent} (series {first.get('SeriesNumber', '?')}, {first.SeriesInstanceUID})"
     for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         missing = [h.path.name for h in headers if tag not in h]
-        check(not missing, f"{where}: slices {missing[:3]} have no {tag}; medsyn reads cross-sectional CT/MR series with full geometry")
+        check(
+            not missing,
+            f"{where}: slices {missing[:3]} have no {tag}; medsyn reads cross-sectional CT/MR series with full geometry",
+        )
     iop = np.array(first.ImageOrientationPatient, float)
-    check(all(np.allclose(np.array(h.ImageOrientationPatient, float), iop, atol=1e-4) for h in headers),
-          f"{where}: slices with different orientations (a localizer or a reformatted series mixed in); keep one orientation per series")
+    check(
+        all(np.allclose(np.array(h.ImageOrientationPatient, float), iop, atol=1e-4) for h in headers),
+        f"{where}: slices with different orientations (a localizer or a reformatted series mixed in); keep one orientation per series",
+    )
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     order = sorted(headers, key=lambda h: float(np.dot(normal, np.array(h.ImagePositionPatient, float))))
     pos = np.array([np.array(h.ImagePositionPatient, float) for h in order])
     steps = np.diff(pos @ normal)
-    check(len(order) >= 2 and (steps > 1e-3).all(), f"{where}: {len(order)} slices with duplicate positions or fewer than 2 slices; "
-          "one volume per series is expected (remove repeated acquisitions)")
-    check(np.allclose(steps, steps.mean(), rtol=0.05, atol=0.01), f"{where}: uneven slice spacing {sorted(set(np.round(steps, 2)))} mm (missing "
-          "slices?); export the complete series or resample it")
+    check(
+        len(order) >= 2 and (steps > 1e-3).all(),
+        f"{where}: {len(order)} slices with duplicate positions or fewer than 2 slices; "
+        "one volume per series is expected (remove repeated acquisitions)",
+    )
+    check(
+        np.allclose(steps, steps.mean(), rtol=0.05, atol=0.01),
+        f"{where}: uneven slice spacing {sorted(set(np.round(steps, 2)))} mm (missing "
+        "slices?); export the complete series or resample it",
+    )
     dr, dc = (float(v) for v in first.PixelSpacing)
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * dc, col * dr, (pos[-1] - pos[0]) / (len(pos) - 1), pos[0]
     slices = []
     for h in order:
-        try: full = pydicom.dcmread(str(h.path))
-        except Exception as e: raise MedsynError(f"{h.path}: cannot read DICOM pixels ({type(e).__name__}: {e}); re-export the series") from e
-        check((full.Rows, full.Columns) == (first.Rows, first.Columns), f"{h.path}: {full.Rows}x{full.Columns} pixels, the rest of {where} "
-                                                                       f"{first.Rows}x{first.Columns}; keep one image size per series")
-        slices.append(full.pixel_array.astype(np.float32) * float(full.get("RescaleSlope", 1)) + float(full.get("RescaleIntercept", 0)))
-    vol = np.stack(slices, -1).transpose(1, 0, 2)                                     # (rows, cols, k) -> (cols, rows, k)
+        try:
+            full = pydicom.dcmread(str(h.path))
+        except Exception as e:
+            raise MedsynError(
+                f"{h.path}: cannot read DICOM pixels ({type(e).__name__}: {e}); re-export the series"
+            ) from e
+        check(
+            (full.Rows, full.Columns) == (first.Rows, first.Columns),
+            f"{h.path}: {full.Rows}x{full.Columns} pixels, the rest of {where} "
+            f"{first.Rows}x{first.Columns}; keep one image size per series",
+        )
+        slices.append(
+            full.pixel_array.astype(np.float32) * float(full.get("RescaleSlope", 1))
+            + float(full.get("RescaleIntercept", 0))
+        )
+    vol = np.stack(slices, -1).transpose(1, 0, 2)  # (rows, cols, k) -> (cols, rows, k)
     return np.ascontiguousarray(vol), np.diag([-1.0, -1, 1, 1]) @ lps, [str(h.SOPInstanceUID) for h in order]
 
 # %% ../nbs/01_data.ipynb
 def _rasterise_contours(contours: list[np.ndarray], ras_affine: np.ndarray, shape: tuple, where: str) -> np.ndarray:
     "Closed planar contours (N,3 points in LPS mm) as a boolean mask on the grid of `ras_affine`; contours on one slice combine by XOR (holes)."
     from PIL import Image, ImageDraw
-    inv = np.linalg.inv(np.diag([-1.0, -1, 1, 1]) @ ras_affine)                     # LPS mm -> voxel (col, row, slice)
+
+    inv = np.linalg.inv(np.diag([-1.0, -1, 1, 1]) @ ras_affine)  # LPS mm -> voxel (col, row, slice)
     mask = np.zeros(shape, bool)
     for pts in contours:
         ijk = (inv @ np.c_[pts, np.ones(len(pts))].T)[:3].T
         k = int(round(float(ijk[:, 2].mean())))
-        check(np.allclose(ijk[:, 2], k, atol=0.1) and 0 <= k < shape[2],
-              f"{where}: a contour lies between slices or outside the image (slice {ijk[:, 2].mean():.2f} of {shape[2]}); the RTSTRUCT "
-              "was drawn on another series or grid")
-        canvas = Image.new("1", (shape[1], shape[0]))                                # (width = rows axis, height = cols axis)
+        check(
+            np.allclose(ijk[:, 2], k, atol=0.1) and 0 <= k < shape[2],
+            f"{where}: a contour lies between slices or outside the image (slice {ijk[:, 2].mean():.2f} of {shape[2]}); the RTSTRUCT "
+            "was drawn on another series or grid",
+        )
+        canvas = Image.new("1", (shape[1], shape[0]))  # (width = rows axis, height = cols axis)
         ImageDraw.Draw(canvas).polygon([(float(r), float(c)) for c, r in ijk[:, :2]], fill=1, outline=1)
         mask[:, :, k] ^= np.asarray(canvas, dtype=bool)
     return mask
@@ -825,12 +1207,17 @@ def _rtstruct_rois(rs, path: Path) -> dict[str, list[np.ndarray]]:
     out = {n: [] for n in names.values()}
     for rc in rs.get("ROIContourSequence", []):
         name = names.get(int(rc.ReferencedROINumber))
-        check(name is not None, f"{path}: ROIContourSequence refers to ROI number {rc.ReferencedROINumber}, which StructureSetROISequence "
-                                "does not name; the RTSTRUCT is inconsistent, re-export it")
+        check(
+            name is not None,
+            f"{path}: ROIContourSequence refers to ROI number {rc.ReferencedROINumber}, which StructureSetROISequence "
+            "does not name; the RTSTRUCT is inconsistent, re-export it",
+        )
         for c in rc.get("ContourSequence", []):
-            if c.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR": continue
+            if c.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR":
+                continue
             pts = np.array(c.ContourData, float).reshape(-1, 3)
-            if len(pts) >= 3: out[name].append(pts)
+            if len(pts) >= 3:
+                out[name].append(pts)
     return out
 
 # %% ../nbs/01_data.ipynb
@@ -839,31 +1226,47 @@ def _referenced_series(ann, path: Path) -> str:
     if ann.Modality == "SEG":
         refs = [r.SeriesInstanceUID for r in ann.get("ReferencedSeriesSequence", [])]
     else:
-        refs = [s.SeriesInstanceUID for f in ann.get("ReferencedFrameOfReferenceSequence", []) for st in f.get("RTReferencedStudySequence", [])
-                for s in st.get("RTReferencedSeriesSequence", [])]
-    check(len(set(refs)) == 1, f"{path}: the {ann.Modality} references {len(set(refs))} image series ({sorted(set(refs))[:3]}); medsyn needs "
-                               "exactly one (export one annotation per series)")
+        refs = [
+            s.SeriesInstanceUID
+            for f in ann.get("ReferencedFrameOfReferenceSequence", [])
+            for st in f.get("RTReferencedStudySequence", [])
+            for s in st.get("RTReferencedSeriesSequence", [])
+        ]
+    check(
+        len(set(refs)) == 1,
+        f"{path}: the {ann.Modality} references {len(set(refs))} image series ({sorted(set(refs))[:3]}); medsyn needs "
+        "exactly one (export one annotation per series)",
+    )
     return refs[0]
 
 # %% ../nbs/01_data.ipynb
 def _annotation_labels(ann, uids: list[str], shape: tuple, affine: np.ndarray) -> dict[str, np.ndarray]:
     "`{ROI / segment name: boolean mask}` of an RTSTRUCT or DICOM-SEG on the grid of one series."
     if ann.Modality == "RTSTRUCT":
-        return {n: _rasterise_contours(c, affine, shape, f"{ann.path} ROI {n!r}") for n, c in _rtstruct_rois(ann, ann.path).items()}
+        return {
+            n: _rasterise_contours(c, affine, shape, f"{ann.path} ROI {n!r}")
+            for n, c in _rtstruct_rois(ann, ann.path).items()
+        }
     import highdicom as hd
+
     try:
         seg = hd.seg.segread(str(ann.path))
         arr = seg.get_pixels_by_source_instance(uids, combine_segments=False, assert_missing_frames_are_empty=True)
     except Exception as e:
-        raise MedsynError(f"{ann.path}: cannot map the DICOM-SEG onto its series ({type(e).__name__}: {e}); check that it references "
-                          "the slices of this series, or re-export it") from e
+        raise MedsynError(
+            f"{ann.path}: cannot map the DICOM-SEG onto its series ({type(e).__name__}: {e}); check that it references "
+            "the slices of this series, or re-export it"
+        ) from e
     names = [str(s.SegmentLabel) for s in seg.SegmentSequence]
-    return {n: arr[..., i].transpose(2, 1, 0) > 0 for i, n in enumerate(names)}             # (slices, rows, cols) -> (cols, rows, slices)
+    return {
+        n: arr[..., i].transpose(2, 1, 0) > 0 for i, n in enumerate(names)
+    }  # (slices, rows, cols) -> (cols, rows, slices)
 
 # %% ../nbs/01_data.ipynb
 def _dicom_cases(series: dict, by_series: dict, wanted, roi, workdir: Path) -> tuple[list[str], list[Case]]:
     "Convert every annotated series to a NIfTI image + label pair under `workdir`: (label names in id order, cases)."
     import nibabel as nib
+
     names, cases = [], []
     patients = [str(series[u][0].get("PatientID", "") or u) for u in by_series]
     for uid, ann in by_series.items():
@@ -875,8 +1278,9 @@ def _dicom_cases(series: dict, by_series: dict, wanted, roi, workdir: Path) -> t
             check(not missing, f"{ann.path}: no ROI named {missing}; it has {sorted(masks)} (choose with --roi)")
             masks = {have[w]: masks[have[w]] for w in wanted}
         lab = np.zeros(vol.shape, np.uint8)
-        for n, m in masks.items():                                                  # later ROIs win where ROIs overlap
-            if n not in names: names.append(n)
+        for n, m in masks.items():  # later ROIs win where ROIs overlap
+            if n not in names:
+                names.append(n)
             lab[m] = names.index(n) + 1
         h = series[uid][0]
         pid = str(h.get("PatientID", "") or uid)
@@ -888,49 +1292,83 @@ def _dicom_cases(series: dict, by_series: dict, wanted, roi, workdir: Path) -> t
     return names, cases
 
 # %% ../nbs/01_data.ipynb
-def read_dicom(root: str | Path, roi: Sequence[str] | None = None, workdir: str | Path | None = None, name: str | None = None) -> Study:
+def read_dicom(
+    root: str | Path, roi: Sequence[str] | None = None, workdir: str | Path | None = None, name: str | None = None
+) -> Study:
     """Read CT/MR series with an RTSTRUCT or DICOM-SEG under `root` (any tree); each annotated series becomes a case, written
     as NIfTI under `workdir` (a new temporary folder when None, recorded in `Study.workdir`). `roi` chooses ROIs / segments
     by name (case-insensitive) and orders their label ids; by default every name, in order of first appearance."""
     root = Path(root)
     check(root.is_dir(), f"{root}: folder not found")
     headers = _dicom_headers(root)
-    check(headers, f"{root}: no DICOM files (Part 10, with the 'DICM' marker) found; export the series and their RTSTRUCT / SEG there")
+    check(
+        headers,
+        f"{root}: no DICOM files (Part 10, with the 'DICM' marker) found; export the series and their RTSTRUCT / SEG there",
+    )
     series, anns = {}, []
     for h in headers:
-        if h.get("Modality") in ("RTSTRUCT", "SEG"): anns.append(h)
-        elif "ImagePositionPatient" in h: series.setdefault(str(h.SeriesInstanceUID), []).append(h)
-    check(anns, f"{root}: {len(series)} image series but no RTSTRUCT or DICOM-SEG; medsyn needs the delineations (export them with the images)")
+        if h.get("Modality") in ("RTSTRUCT", "SEG"):
+            anns.append(h)
+        elif "ImagePositionPatient" in h:
+            series.setdefault(str(h.SeriesInstanceUID), []).append(h)
+    check(
+        anns,
+        f"{root}: {len(series)} image series but no RTSTRUCT or DICOM-SEG; medsyn needs the delineations (export them with the images)",
+    )
     by_series = {}
     for a in anns:
         uid = _referenced_series(a, a.path)
-        check(uid in series, f"{a.path}: the {a.Modality} was drawn on series {uid}, which is not under {root}; export that series too")
-        check(uid not in by_series, f"{a.path} and {by_series.get(uid, a).path}: two annotations of one series; keep one (or split them into two folders)")
+        check(
+            uid in series,
+            f"{a.path}: the {a.Modality} was drawn on series {uid}, which is not under {root}; export that series too",
+        )
+        check(
+            uid not in by_series,
+            f"{a.path} and {by_series.get(uid, a).path}: two annotations of one series; keep one (or split them into two folders)",
+        )
         by_series[uid] = a
     modalities = sorted({str(series[u][0].Modality) for u in by_series})
-    check(len(modalities) == 1, f"{root}: annotated series of modalities {modalities}; prepare CT and MR separately (one channel per dataset)")
+    check(
+        len(modalities) == 1,
+        f"{root}: annotated series of modalities {modalities}; prepare CT and MR separately (one channel per dataset)",
+    )
     wanted = [r.lower() for r in roi] if roi else None
     created = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="medsyn-dicom-")) if created else Path(workdir)
-    try: names, cases = _dicom_cases(series, by_series, wanted, roi, workdir)
+    try:
+        names, cases = _dicom_cases(series, by_series, wanted, roi, workdir)
     except BaseException:
-        if created: shutil.rmtree(workdir, ignore_errors=True)
+        if created:
+            shutil.rmtree(workdir, ignore_errors=True)
         raise
     labels = {0: "background", **{i + 1: n for i, n in enumerate(names)}}
-    return Study(name or root.name, "volume", modalities, labels, cases, str(root), f"DICOM {modalities[0]} series with RTSTRUCT / DICOM-SEG",
-                 skipped=len(series) - len(by_series), workdir=str(workdir))
+    return Study(
+        name or root.name,
+        "volume",
+        modalities,
+        labels,
+        cases,
+        str(root),
+        f"DICOM {modalities[0]} series with RTSTRUCT / DICOM-SEG",
+        skipped=len(series) - len(by_series),
+        workdir=str(workdir),
+    )
 
 # %% ../nbs/01_data.ipynb
 def _load_nifti(path: Path):
     "Load a NIfTI file reoriented to RAS, and its data as float32, naming the file if it cannot be read."
     import nibabel as nib
+
     try:
         img = nib.as_closest_canonical(nib.load(str(path)))
         return img, np.asarray(img.get_fdata(dtype=np.float32))
-    except MedsynError: raise
+    except MedsynError:
+        raise
     except Exception as e:
-        raise MedsynError(f"{path}: cannot read NIfTI ({type(e).__name__}: {e}); the file is unreadable or corrupt, "
-                          "re-export or re-download it") from e
+        raise MedsynError(
+            f"{path}: cannot read NIfTI ({type(e).__name__}: {e}); the file is unreadable or corrupt, "
+            "re-export or re-download it"
+        ) from e
 
 # %% ../nbs/01_data.ipynb
 def _check_finite(a: np.ndarray, path: Path):
@@ -943,69 +1381,110 @@ def load_case(case: Case, modalities: Sequence[str], labels: dict | None = None)
     `labels` (ids -> names) restricts the allowed label values."""
     n_mod = len(modalities)
     lab_img, lab = _load_nifti(case.label)
-    if lab.ndim == 4 and lab.shape[3] == 1: lab = lab[..., 0]
-    check(lab.ndim == 3, f"{case.label}: label is {lab.ndim}D with shape {lab.shape}; labels must be one 3D volume of integer ids"
-                         + (" (a 4D label looks like one-hot channels: store argmax ids instead)" if lab.ndim == 4 else
-                            " (2D data: use --layout png)" if lab.ndim == 2 else ""))
+    if lab.ndim == 4 and lab.shape[3] == 1:
+        lab = lab[..., 0]
+    check(
+        lab.ndim == 3,
+        f"{case.label}: label is {lab.ndim}D with shape {lab.shape}; labels must be one 3D volume of integer ids"
+        + (
+            " (a 4D label looks like one-hot channels: store argmax ids instead)"
+            if lab.ndim == 4
+            else " (2D data: use --layout png)"
+            if lab.ndim == 2
+            else ""
+        ),
+    )
     chans = []
     for f in case.images:
         img, a = _load_nifti(f)
         if a.ndim == 4 and len(case.images) == 1:
-            check(a.shape[3] == n_mod, f"{f}: 4D image with {a.shape[3]} volumes but {n_mod} modalities {list(modalities)} are declared; "
-                                       "missing modalities (or declare the modalities the file holds)")
+            check(
+                a.shape[3] == n_mod,
+                f"{f}: 4D image with {a.shape[3]} volumes but {n_mod} modalities {list(modalities)} are declared; "
+                "missing modalities (or declare the modalities the file holds)",
+            )
             chans += [a[..., c] for c in range(a.shape[3])]
         else:
-            if a.ndim == 4 and a.shape[3] == 1: a = a[..., 0]
-            check(a.ndim == 3, f"{f}: image is {a.ndim}D with shape {a.shape}; expected a 3D volume"
-                               + (" (2D data: use --layout png)" if a.ndim == 2 else
-                                  " (4D: put all modalities in one 4D file, or one 3D file per modality)" if a.ndim == 4 else ""))
+            if a.ndim == 4 and a.shape[3] == 1:
+                a = a[..., 0]
+            check(
+                a.ndim == 3,
+                f"{f}: image is {a.ndim}D with shape {a.shape}; expected a 3D volume"
+                + (
+                    " (2D data: use --layout png)"
+                    if a.ndim == 2
+                    else " (4D: put all modalities in one 4D file, or one 3D file per modality)"
+                    if a.ndim == 4
+                    else ""
+                ),
+            )
             chans.append(a)
-        check(img.shape[:3] == lab_img.shape[:3],
-              f"{case.label}: label shape {lab_img.shape[:3]} differs from image {f} shape {img.shape[:3]}; resample the label onto the image grid")
-        check(np.allclose(img.affine, lab_img.affine, atol=1e-3),
-              f"{case.label}: label affine differs from image {f} affine (they do not cover the same voxels in world space):\n"
-              f"image {np.round(img.affine, 3).tolist()}\nlabel {np.round(lab_img.affine, 3).tolist()}\nresample the label onto the image grid")
+        check(
+            img.shape[:3] == lab_img.shape[:3],
+            f"{case.label}: label shape {lab_img.shape[:3]} differs from image {f} shape {img.shape[:3]}; resample the label onto the image grid",
+        )
+        check(
+            np.allclose(img.affine, lab_img.affine, atol=1e-3),
+            f"{case.label}: label affine differs from image {f} affine (they do not cover the same voxels in world space):\n"
+            f"image {np.round(img.affine, 3).tolist()}\nlabel {np.round(lab_img.affine, 3).tolist()}\nresample the label onto the image grid",
+        )
         _check_finite(a, f)
-    check(len(chans) == n_mod, f"{case.images[0]}: case {case.subject!r} has {len(chans)} image channels but {n_mod} modalities "
-                               f"{list(modalities)} are declared; missing modalities")
+    check(
+        len(chans) == n_mod,
+        f"{case.images[0]}: case {case.subject!r} has {len(chans)} image channels but {n_mod} modalities "
+        f"{list(modalities)} are declared; missing modalities",
+    )
     _check_finite(lab, case.label)
-    check(np.array_equal(lab, np.round(lab)), f"{case.label}: label has non-integer values; labels must be integer ids, not probabilities")
+    check(
+        np.array_equal(lab, np.round(lab)),
+        f"{case.label}: label has non-integer values; labels must be integer ids, not probabilities",
+    )
     lab = lab.astype(np.int64)
     if labels is not None:
         extra = sorted(set(np.unique(lab).tolist()) - set(int(k) for k in labels))
-        check(not extra, f"{case.label}: label values {extra} are not declared in the labels {labels}; fix the label file or declare them")
+        check(
+            not extra,
+            f"{case.label}: label values {extra} are not declared in the labels {labels}; fix the label file or declare them",
+        )
     spacing = tuple(float(z) for z in lab_img.header.get_zooms()[:3])
     return np.stack(chans), lab, spacing, lab_img.affine
 
 # %% ../nbs/01_data.ipynb
-def normalize_intensity(vol: np.ndarray, window: tuple[float, float] | None = None,
-                        percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+def normalize_intensity(
+    vol: np.ndarray, window: tuple[float, float] | None = None, percentiles: tuple[float, float] = (0.5, 99.5)
+) -> np.ndarray:
     "Scale `vol` to [0,1]: clip to a fixed `window` (e.g. CT HU) or to its own percentiles over non-background voxels."
     vol = np.asarray(vol, dtype=np.float32)
-    if window is not None: lo, hi = map(float, window)
+    if window is not None:
+        lo, hi = map(float, window)
     else:
         fg = vol[vol > vol.min()]
         ref = fg if fg.size >= 0.01 * vol.size else vol.ravel()
         lo, hi = (float(v) for v in np.percentile(ref, percentiles))
         lo = min(lo, float(vol.min())) if percentiles[0] == 0 else lo
-    if hi <= lo: return np.zeros_like(vol)
+    if hi <= lo:
+        return np.zeros_like(vol)
     return np.clip((vol - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 # %% ../nbs/01_data.ipynb
-CT_WINDOWS = {                       # HU (low, high) = level -/+ width/2
-    "wide": (-1000.0, 2000.0),       # air to dense bone: every tissue, little contrast (the default without a task)
+CT_WINDOWS = {  # HU (low, high) = level -/+ width/2
+    "wide": (-1000.0, 2000.0),  # air to dense bone: every tissue, little contrast (the default without a task)
     "soft-tissue": (-160.0, 240.0),  # W400 L40
-    "abdomen": (-150.0, 250.0),      # W400 L50: liver, spleen, kidney, pancreas
-    "liver": (-45.0, 105.0),         # W150 L30
-    "lung": (-1350.0, 150.0),        # W1500 L-600
-    "bone": (-500.0, 1300.0),        # W1800 L400
-    "brain": (0.0, 80.0),            # W80 L40
+    "abdomen": (-150.0, 250.0),  # W400 L50: liver, spleen, kidney, pancreas
+    "liver": (-45.0, 105.0),  # W150 L30
+    "lung": (-1350.0, 150.0),  # W1500 L-600
+    "bone": (-500.0, 1300.0),  # W1800 L400
+    "brain": (0.0, 80.0),  # W80 L40
 }
+
 
 def ct_window_range(window) -> tuple[float, float]:
     "A CT window as (low, high) HU: a name of `CT_WINDOWS` or a (low, high) pair."
     if isinstance(window, str):
-        check(window in CT_WINDOWS, f"unknown CT window {window!r}; choose one of {sorted(CT_WINDOWS)} or give LOW,HIGH in HU (e.g. -150,250)")
+        check(
+            window in CT_WINDOWS,
+            f"unknown CT window {window!r}; choose one of {sorted(CT_WINDOWS)} or give LOW,HIGH in HU (e.g. -150,250)",
+        )
         return CT_WINDOWS[window]
     lo, hi = (float(v) for v in window)
     check(hi > lo, f"CT window {window}: HIGH must be above LOW")
@@ -1017,17 +1496,23 @@ def modality_windows(modalities: Sequence[str], ct_window="wide", windows: dict 
     modalities named CT, else None (percentiles)."""
     windows = {k.lower(): v for k, v in (windows or {}).items()}
     ct = ct_window_range(ct_window) if ct_window is not None else None
-    return [ct_window_range(windows[m.lower()]) if m.lower() in windows else ct if (ct is not None and re.fullmatch(r"(?i).*\bct\b.*", m)) else None
-            for m in modalities]
+    return [
+        ct_window_range(windows[m.lower()])
+        if m.lower() in windows
+        else ct
+        if (ct is not None and re.fullmatch(r"(?i).*\bct\b.*", m))
+        else None
+        for m in modalities
+    ]
 
 # %% ../nbs/01_data.ipynb
 def volume_to_slices(image: np.ndarray, label: np.ndarray, spacing: Sequence[float], axis: int = 2):
     "Reslice a RAS case: image (C,X,Y,Z), label (X,Y,Z) -> image (C,S,H,W), label (S,H,W), in-plane spacing (row, col)."
     check(axis in (0, 1, 2), f"axis must be 0, 1 or 2, got {axis}")
-    img = np.moveaxis(image, 1 + axis, 1)                      # (C,S,I,J)
-    lab = np.moveaxis(label, axis, 0)                          # (S,I,J)
-    inplane = [spacing[a] for a in range(3) if a != axis]      # (I, J)
-    img = np.flip(img, -1).swapaxes(-1, -2)                    # rows = J reversed, cols = I
+    img = np.moveaxis(image, 1 + axis, 1)  # (C,S,I,J)
+    lab = np.moveaxis(label, axis, 0)  # (S,I,J)
+    inplane = [spacing[a] for a in range(3) if a != axis]  # (I, J)
+    img = np.flip(img, -1).swapaxes(-1, -2)  # rows = J reversed, cols = I
     lab = np.flip(lab, -1).swapaxes(-1, -2)
     return np.ascontiguousarray(img), np.ascontiguousarray(lab), (inplane[1], inplane[0])
 
@@ -1037,12 +1522,19 @@ def select_slices(label: np.ndarray, empty_fraction: float = 0.1, seed: int = 0)
     fg = (label.reshape(len(label), -1) > 0).any(1)
     empty = np.flatnonzero(~fg)
     n = int(math.floor(empty_fraction * len(empty) + 0.5))
-    keep = np.flatnonzero(fg).tolist() + (np.random.default_rng(seed).choice(empty, n, replace=False).tolist() if n else [])
+    keep = np.flatnonzero(fg).tolist() + (
+        np.random.default_rng(seed).choice(empty, n, replace=False).tolist() if n else []
+    )
     return np.array(sorted(keep), dtype=int)
 
 # %% ../nbs/01_data.ipynb
-def crop_pad_resize(image: np.ndarray, label: np.ndarray, res: int, crop_threshold: float | None = 0.01,
-                    spacing: Sequence[float] = (1.0, 1.0)):
+def crop_pad_resize(
+    image: np.ndarray,
+    label: np.ndarray,
+    res: int,
+    crop_threshold: float | None = 0.01,
+    spacing: Sequence[float] = (1.0, 1.0),
+):
     """Crop image (C,S,H,W) / label (S,H,W) to the in-plane bounding box of intensities above `crop_threshold` or
     foreground (None: no crop), resize so that pixels become square (using `spacing` (row, col)) and the longer side
     is `res` (images bilinear, antialiased when shrinking; masks nearest), then pad to `res`×`res` with background.
@@ -1051,13 +1543,13 @@ def crop_pad_resize(image: np.ndarray, label: np.ndarray, res: int, crop_thresho
         occupied = (image.max(0) > crop_threshold).any(0) | (label > 0).any(0)
         if occupied.any():
             rows, cols = np.flatnonzero(occupied.any(1)), np.flatnonzero(occupied.any(0))
-            image = image[..., rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-            label = label[..., rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+            image = image[..., rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            label = label[..., rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = label.shape[-2:]
-    px = max(h * spacing[0], w * spacing[1]) / res                              # output pixel size
+    px = max(h * spacing[0], w * spacing[1]) / res  # output pixel size
     nh, nw = (min(res, max(1, int(round(n * sp / px)))) for n, sp in ((h, spacing[0]), (w, spacing[1])))
-    x = torch.from_numpy(np.ascontiguousarray(image.swapaxes(0, 1)))           # (S,C,H,W)
-    y = torch.from_numpy(np.ascontiguousarray(label))[:, None].float()          # (S,1,H,W)
+    x = torch.from_numpy(np.ascontiguousarray(image.swapaxes(0, 1)))  # (S,C,H,W)
+    y = torch.from_numpy(np.ascontiguousarray(label))[:, None].float()  # (S,1,H,W)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h or nw < w)
         y = F.interpolate(y, size=(nh, nw), mode="nearest-exact")
@@ -1070,8 +1562,11 @@ def crop_pad_resize(image: np.ndarray, label: np.ndarray, res: int, crop_thresho
 def _check_label_ids(values, where) -> None:
     "Label ids must be non-negative integers: 0 is background, and medsyn never renumbers a class into it."
     neg = sorted(int(v) for v in values if int(v) < 0)
-    check(not neg, f"{where}: negative label values {neg}; label ids must be 0 (background) or positive: "
-                   "relabel them (e.g. -1 -> a positive id, or 0 if it means background) and save the file again")
+    check(
+        not neg,
+        f"{where}: negative label values {neg}; label ids must be 0 (background) or positive: "
+        "relabel them (e.g. -1 -> a positive id, or 0 if it means background) and save the file again",
+    )
 
 # %% ../nbs/01_data.ipynb
 def _scan_label_values(study: Study) -> dict:
@@ -1093,88 +1588,150 @@ def _case_seed(seed: int, subject: str) -> int:
 # %% ../nbs/01_data.ipynb
 AXIS_NAMES = ("sagittal", "coronal", "axial")
 
+
 def _orientation_notes(path: Path, spacing: Sequence[float], axis: int) -> dict[str, str]:
     """Problems of a volume's orientation, `{kind: message}`: a header without orientation (qform and sform codes 0),
     and a slicing axis that is not the one with the coarsest spacing (slices across the acquisition planes)."""
     import nibabel as nib
+
     notes = {}
-    try: h = nib.load(str(path)).header
-    except Exception: return notes
+    try:
+        h = nib.load(str(path)).header
+    except Exception:
+        return notes
     if int(h.get("qform_code", 1)) == 0 and int(h.get("sform_code", 1)) == 0:
-        notes["no orientation"] = (f"{path}: the header has no orientation (qform_code = sform_code = 0), so left/right and the "
-                                   "plane of each axis are guesses from the voxel order; look at the prepared slices, fix the header, or choose --axis")
+        notes["no orientation"] = (
+            f"{path}: the header has no orientation (qform_code = sform_code = 0), so left/right and the "
+            "plane of each axis are guesses from the voxel order; look at the prepared slices, fix the header, or choose --axis"
+        )
     coarse = int(np.argmax(spacing))
     if spacing[coarse] > 1.25 * spacing[axis]:
-        notes["slicing axis"] = (f"{path}: slicing along axis {axis} ({AXIS_NAMES[axis]}, {spacing[axis]:.3g} mm) but axis {coarse} "
-                                 f"({AXIS_NAMES[coarse]}) has the coarsest spacing ({spacing[coarse]:.3g} mm): the slices cut across the "
-                                 f"acquisition planes; pass --axis {coarse}, or fix the affine if it is wrong (KiTS19's first release)")
+        notes["slicing axis"] = (
+            f"{path}: slicing along axis {axis} ({AXIS_NAMES[axis]}, {spacing[axis]:.3g} mm) but axis {coarse} "
+            f"({AXIS_NAMES[coarse]}) has the coarsest spacing ({spacing[coarse]:.3g} mm): the slices cut across the "
+            f"acquisition planes; pass --axis {coarse}, or fix the affine if it is wrong (KiTS19's first release)"
+        )
     return notes
 
 # %% ../nbs/01_data.ipynb
-def study_samples(study: Study, res: int = 256, axis: int = 2, empty_fraction: float = 0.1, seed: int = 0,
-                  ct_window="wide", windows: dict | None = None, percentiles=(0.5, 99.5),
-                  crop_threshold: float | None = 0.01, progress: bool = False, notes: list | None = None) -> Iterator[dict]:
+def study_samples(
+    study: Study,
+    res: int = 256,
+    axis: int = 2,
+    empty_fraction: float = 0.1,
+    seed: int = 0,
+    ct_window="wide",
+    windows: dict | None = None,
+    percentiles=(0.5, 99.5),
+    crop_threshold: float | None = 0.01,
+    progress: bool = False,
+    notes: list | None = None,
+) -> Iterator[dict]:
     """Yield canonical 2D samples (before label remapping) for every case of `study`: every slice, with `train`
     set on the foreground slices and on `empty_fraction` of the empty ones (per volume; over all images of a
     2D layout, where each image is its own slice). Orientation problems are warned about once per kind, with their
     count, at the end, and appended to `notes`."""
     from tqdm.auto import tqdm
+
     wins = modality_windows(study.modalities, ct_window, windows)
     if study.kind == "image":
         empty = np.array([not (_read_image(c.label, mask=True) > 0).any() for c in study.cases], dtype=bool)
-        train = set(select_slices((~empty).astype(np.int64)[:, None], empty_fraction, _case_seed(seed, "images")).tolist())
+        train = set(
+            select_slices((~empty).astype(np.int64)[:, None], empty_fraction, _case_seed(seed, "images")).tolist()
+        )
         for k, c in enumerate(tqdm(study.cases, disable=not progress, desc="slices")):
             img, lab = _read_image(c.images[0]), _read_image(c.label, mask=True)
-            check(img.shape[0] == len(study.modalities), f"{c.images[0]}: has {img.shape[0]} channels but {len(study.modalities)} "
-                                                         f"modalities {study.modalities} are declared; missing modalities")
-            check(img.shape[1:] == lab.shape, f"{c.label}: mask shape {lab.shape} differs from image {c.images[0]} shape {img.shape[1:]}")
+            check(
+                img.shape[0] == len(study.modalities),
+                f"{c.images[0]}: has {img.shape[0]} channels but {len(study.modalities)} "
+                f"modalities {study.modalities} are declared; missing modalities",
+            )
+            check(
+                img.shape[1:] == lab.shape,
+                f"{c.label}: mask shape {lab.shape} differs from image {c.images[0]} shape {img.shape[1:]}",
+            )
             if study.labels is not None:
                 extra = sorted(set(np.unique(lab).tolist()) - set(study.labels))
-                check(not extra, f"{c.label}: mask values {extra} are not declared in the labels {study.labels}; fix the mask or declare them")
+                check(
+                    not extra,
+                    f"{c.label}: mask values {extra} are not declared in the labels {study.labels}; fix the mask or declare them",
+                )
             x, y, px = crop_pad_resize(img[:, None], lab[None], res, crop_threshold)
-            yield dict(image=x[0], mask=y[0], subject=c.subject, slice=c.slice or 0, source_file=str(c.images[0]), spacing=(px, px),
-                       slice_spacing=px, train=k in train)
+            yield dict(
+                image=x[0],
+                mask=y[0],
+                subject=c.subject,
+                slice=c.slice or 0,
+                source_file=str(c.images[0]),
+                spacing=(px, px),
+                slice_spacing=px,
+                train=k in train,
+            )
         return
     found = {}
     for c in tqdm(study.cases, disable=not progress, desc="cases"):
         img, lab, spacing, _ = load_case(c, study.modalities, study.labels)
-        for kind, msg in _orientation_notes(c.images[0], spacing, axis).items(): found.setdefault(kind, []).append(msg)
+        for kind, msg in _orientation_notes(c.images[0], spacing, axis).items():
+            found.setdefault(kind, []).append(msg)
         img = np.stack([normalize_intensity(v, w, percentiles) for v, w in zip(img, wins)])
         img2, lab2, sp2 = volume_to_slices(img, lab, spacing, axis)
         x, y, px = crop_pad_resize(img2, lab2, res, crop_threshold, sp2)
-        train = set(select_slices(y, empty_fraction, _case_seed(seed, c.subject)).tolist())   # empty as the model sees it
+        train = set(
+            select_slices(y, empty_fraction, _case_seed(seed, c.subject)).tolist()
+        )  # empty as the model sees it
         for s in range(len(x)):
-            yield dict(image=x[s], mask=y[s], subject=c.subject, slice=s, source_file=str(c.images[0]), spacing=(px, px),
-                       slice_spacing=float(spacing[axis]), train=s in train)
+            yield dict(
+                image=x[s],
+                mask=y[s],
+                subject=c.subject,
+                slice=s,
+                source_file=str(c.images[0]),
+                spacing=(px, px),
+                slice_spacing=float(spacing[axis]),
+                train=s in train,
+            )
     for kind, msgs in found.items():
         msg = f"{len(msgs)} of {len(study.cases)} volumes: {msgs[0]}"
-        if notes is not None: notes.append(msg)
+        if notes is not None:
+            notes.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
 
 # %% ../nbs/01_data.ipynb
 def _relabel(samples: Iterable[dict], mapping: dict[int, int]) -> Iterator[dict]:
     "Map the label ids of every sample's mask with `mapping` (identity when it is one)."
-    if all(k == v for k, v in mapping.items()): yield from samples; return
+    if all(k == v for k, v in mapping.items()):
+        yield from samples
+        return
     lut = np.zeros(max(mapping) + 1, dtype=np.int64)
-    for k, v in mapping.items(): lut[k] = v
-    for s in samples: yield {**s, "mask": lut[s["mask"]]}
+    for k, v in mapping.items():
+        lut[k] = v
+    for s in samples:
+        yield {**s, "mask": lut[s["mask"]]}
 
 # %% ../nbs/01_data.ipynb
 LABEL_SCHEMES = {
     "brats-regions": dict(
-        classes=[(1, "whole tumour", r"o?edema|snfh|\bed\b"), (2, "tumour core", r"non.?enhanc|necro|\bncr\b|\bnetc?\b"),
-                 (3, "enhancing tumour", r"enhanc|\bet\b")],
-        regions={"whole tumour": [1, 2, 3], "tumour core": [2, 3], "enhancing tumour": [3]}),
+        classes=[
+            (1, "whole tumour", r"o?edema|snfh|\bed\b"),
+            (2, "tumour core", r"non.?enhanc|necro|\bncr\b|\bnetc?\b"),
+            (3, "enhancing tumour", r"enhanc|\bet\b"),
+        ],
+        regions={"whole tumour": [1, 2, 3], "tumour core": [2, 3], "enhancing tumour": [3]},
+    ),
 }
 
 # %% ../nbs/01_data.ipynb
 def parse_label_map(spec: str) -> dict[int, int] | str:
     "`'4=3'` / `'1=2,2=1,4=3'` as `{old: new}`, or the name of a `LABEL_SCHEMES` scheme."
-    if spec in LABEL_SCHEMES: return spec
-    try: return {int(k): int(v) for k, v in (kv.split("=", 1) for kv in spec.split(","))}
+    if spec in LABEL_SCHEMES:
+        return spec
+    try:
+        return {int(k): int(v) for k, v in (kv.split("=", 1) for kv in spec.split(","))}
     except ValueError as e:
-        raise MedsynError(f"--label-map must be OLD=NEW[,OLD=NEW...] with integer ids (e.g. 4=3) or one of {sorted(LABEL_SCHEMES)}, "
-                          f"got {spec!r}") from e
+        raise MedsynError(
+            f"--label-map must be OLD=NEW[,OLD=NEW...] with integer ids (e.g. 4=3) or one of {sorted(LABEL_SCHEMES)}, "
+            f"got {spec!r}"
+        ) from e
 
 # %% ../nbs/01_data.ipynb
 def _scheme_mapping(labels: dict[int, str], scheme: str) -> dict[int, int]:
@@ -1182,8 +1739,11 @@ def _scheme_mapping(labels: dict[int, str], scheme: str) -> dict[int, int]:
     classes, out = LABEL_SCHEMES[scheme]["classes"], {}
     for old, name in labels.items():
         new = 0 if old == 0 else next((n for n, _, rx in classes if re.search(rx, name, re.I)), None)
-        check(new is not None, f"label {old} ({name!r}) is none of the classes of --label-map {scheme} ({[c[1] for c in classes]}); "
-                               "name it with --label-names (e.g. 1=necrotic core) or map ids yourself (--label-map OLD=NEW)")
+        check(
+            new is not None,
+            f"label {old} ({name!r}) is none of the classes of --label-map {scheme} ({[c[1] for c in classes]}); "
+            "name it with --label-names (e.g. 1=necrotic core) or map ids yourself (--label-map OLD=NEW)",
+        )
         out[old] = new
     return out
 
@@ -1192,47 +1752,90 @@ def map_labels(labels: dict, spec: str | dict | None, regions: dict | None = Non
     """Apply a label map to declared `labels` `{id: name}`: returns `(new labels, {old id: new id}, regions)`. `spec` is
     None, `{old: new}`, a string for `parse_label_map`, or a scheme name; ids mapped together keep all their names."""
     labels = {int(k): str(v) for k, v in labels.items()}
-    if not spec: return labels, {k: k for k in labels}, regions
+    if not spec:
+        return labels, {k: k for k in labels}, regions
     spec = parse_label_map(spec) if isinstance(spec, str) else {int(k): int(v) for k, v in spec.items()}
     if isinstance(spec, str):
         mapping = _scheme_mapping(labels, spec)
         names = {n: name for n, name, _ in LABEL_SCHEMES[spec]["classes"]}
         used = set(mapping.values())
-        return ({0: labels.get(0, "background"), **{n: names[n] for n in sorted(used - {0})}}, mapping,
-                {r: [i for i in ids if i in used] for r, ids in LABEL_SCHEMES[spec]["regions"].items()})
+        return (
+            {0: labels.get(0, "background"), **{n: names[n] for n in sorted(used - {0})}},
+            mapping,
+            {r: [i for i in ids if i in used] for r, ids in LABEL_SCHEMES[spec]["regions"].items()},
+        )
     unknown = sorted(set(spec) - set(labels))
     check(not unknown, f"--label-map maps ids {unknown} that are not labels of this data ({labels}); map existing ids")
     check(all(v >= 0 for v in spec.values()), f"--label-map {spec}: new ids must be 0 (background) or positive")
     mapping = {k: spec.get(k, k) for k in labels}
     new = {}
-    for old in sorted(labels): new.setdefault(mapping[old], []).append(labels[old])
+    for old in sorted(labels):
+        new.setdefault(mapping[old], []).append(labels[old])
     out = {k: ("background" if k == 0 else " + ".join(dict.fromkeys(v))) for k, v in sorted(new.items())}
     return out, mapping, None
 
 # %% ../nbs/01_data.ipynb
 def _describe(study: Study, row: dict, labels: dict, axis: int, ct_window) -> str:
     "One line on what `prepare` found: the release (or layout), channels, labels, cases, skipped unlabelled cases."
-    what = f"{row['title']} (--preset {study.release})" if row else study.provenance if study.workdir else f"{study.kind} layout"
+    what = (
+        f"{row['title']} (--preset {study.release})"
+        if row
+        else study.provenance
+        if study.workdir
+        else f"{study.kind} layout"
+    )
     ct = f"; CT window {ct_window}" if any(re.fullmatch(r"(?i).*\bct\b.*", m) for m in study.modalities) else ""
-    return (f"detected {what} at {study.source}: {len(study.cases)} labelled cases"
-            + (f", {study.skipped} unlabelled skipped" if study.skipped else "")
-            + f"; channels {', '.join(study.modalities)}; labels {labels}; slices along axis {axis} ({AXIS_NAMES[axis]}){ct}")
+    return (
+        f"detected {what} at {study.source}: {len(study.cases)} labelled cases"
+        + (f", {study.skipped} unlabelled skipped" if study.skipped else "")
+        + f"; channels {', '.join(study.modalities)}; labels {labels}; slices along axis {axis} ({AXIS_NAMES[axis]}){ct}"
+    )
 
 # %% ../nbs/01_data.ipynb
-def _prepare_study(study: Study, src, out, res, axis, empty_fraction, ct_window, windows, percentiles, folds, seed, overwrite,
-                   name, crop_threshold, progress, label_map, log) -> Path:
+def _prepare_study(
+    study: Study,
+    src,
+    out,
+    res,
+    axis,
+    empty_fraction,
+    ct_window,
+    windows,
+    percentiles,
+    folds,
+    seed,
+    overwrite,
+    name,
+    crop_threshold,
+    progress,
+    label_map,
+    log,
+) -> Path:
     "The body of `prepare` once the study is read."
     row = RELEASES.get(study.release or "", {})
-    check(study.kind == "volume" or axis is None, f"{src}: --axis does not apply to 2D images (each image is one slice); drop it")
+    check(
+        study.kind == "volume" or axis is None,
+        f"{src}: --axis does not apply to 2D images (each image is one slice); drop it",
+    )
     unknown = sorted(set(k.lower() for k in (windows or {})) - {m.lower() for m in study.modalities})
-    check(not unknown, f"{src}: --window names modalities {unknown} that the data does not have (its channels are {study.modalities}); "
-                       "use one of those names")
+    check(
+        not unknown,
+        f"{src}: --window names modalities {unknown} that the data does not have (its channels are {study.modalities}); "
+        "use one of those names",
+    )
     axis = row.get("axis", 2) if axis is None else axis
-    check(ct_window is None or any(re.fullmatch(r"(?i).*\bct\b.*", m) for m in study.modalities),
-          f"{src}: --ct-window applies to CT channels and this dataset has none (modalities {', '.join(study.modalities)}): drop it, "
-          "name the CT channel with --modalities, or set a channel's window with --window MOD=LOW,HIGH")
-    ct_window = (row.get("task_windows", {}).get(Path(src).name) or row.get("ct_window") or "wide") if ct_window is None else ct_window
-    if study.labels is not None: _check_label_ids(study.labels, f"{src}: declared labels {study.labels}")
+    check(
+        ct_window is None or any(re.fullmatch(r"(?i).*\bct\b.*", m) for m in study.modalities),
+        f"{src}: --ct-window applies to CT channels and this dataset has none (modalities {', '.join(study.modalities)}): drop it, "
+        "name the CT channel with --modalities, or set a channel's window with --window MOD=LOW,HIGH",
+    )
+    ct_window = (
+        (row.get("task_windows", {}).get(Path(src).name) or row.get("ct_window") or "wide")
+        if ct_window is None
+        else ct_window
+    )
+    if study.labels is not None:
+        _check_label_ids(study.labels, f"{src}: declared labels {study.labels}")
     declared = study.labels if study.labels is not None else _scan_label_values(study)
     check(0 in {int(k) for k in declared}, f"{src}: the labels {declared} must include 0 (background)")
     study.labels = {int(k): v for k, v in declared.items()}
@@ -1240,46 +1843,121 @@ def _prepare_study(study: Study, src, out, res, axis, empty_fraction, ct_window,
     new_ids = sorted(mapped)
     final = {old: new_ids.index(new) for old, new in mapping.items()}
     new_labels = {i: mapped[v] for i, v in enumerate(new_ids)}
-    if log: log(_describe(study, row, mapped, axis, ct_window))
+    if log:
+        log(_describe(study, row, mapped, axis, ct_window))
     notes = []
-    samples = _relabel(study_samples(study, res, axis, empty_fraction, seed, ct_window, windows, percentiles, crop_threshold, progress, notes), final)
-    olds = [sorted(o for o, n in final.items() if n == i) for i in range(len(new_ids))]      # the ids in the source files of each new id
-    extra = dict(label_values={str(i): o[0] if len(o) == 1 else o for i, o in enumerate(olds)}, layout=study.kind,
-                 release=study.release, skipped_unlabelled=study.skipped, label_map=label_map if isinstance(label_map, (str, type(None))) else
-                 {str(k): v for k, v in label_map.items()}, regions={r: [new_ids.index(i) for i in ids] for r, ids in regions.items()} if regions else None,
-                 empty_fraction=empty_fraction, empty_slices="all stored; `train` marks those used for training", warnings=notes,
-                 normalization=dict(percentiles=list(percentiles), ct_window=ct_window if isinstance(ct_window, str) else list(ct_window),
-                                    windows=dict(zip(study.modalities, modality_windows(study.modalities, ct_window, windows)))))
-    return write_canonical(out, samples, name=name or study.name, modalities=study.modalities, labels=new_labels,
-                           provenance=study.provenance, overwrite=overwrite, source=study.source, sources=[src], require_foreground=True,
-                           axis=axis if study.kind == "volume" else None, folds=folds, seed=seed, extra_meta=extra)
+    samples = _relabel(
+        study_samples(
+            study, res, axis, empty_fraction, seed, ct_window, windows, percentiles, crop_threshold, progress, notes
+        ),
+        final,
+    )
+    olds = [
+        sorted(o for o, n in final.items() if n == i) for i in range(len(new_ids))
+    ]  # the ids in the source files of each new id
+    extra = dict(
+        label_values={str(i): o[0] if len(o) == 1 else o for i, o in enumerate(olds)},
+        layout=study.kind,
+        release=study.release,
+        skipped_unlabelled=study.skipped,
+        label_map=label_map if isinstance(label_map, (str, type(None))) else {str(k): v for k, v in label_map.items()},
+        regions={r: [new_ids.index(i) for i in ids] for r, ids in regions.items()} if regions else None,
+        empty_fraction=empty_fraction,
+        empty_slices="all stored; `train` marks those used for training",
+        warnings=notes,
+        normalization=dict(
+            percentiles=list(percentiles),
+            ct_window=ct_window if isinstance(ct_window, str) else list(ct_window),
+            windows=dict(zip(study.modalities, modality_windows(study.modalities, ct_window, windows))),
+        ),
+    )
+    return write_canonical(
+        out,
+        samples,
+        name=name or study.name,
+        modalities=study.modalities,
+        labels=new_labels,
+        provenance=study.provenance,
+        overwrite=overwrite,
+        source=study.source,
+        sources=[src],
+        require_foreground=True,
+        axis=axis if study.kind == "volume" else None,
+        folds=folds,
+        seed=seed,
+        extra_meta=extra,
+    )
 
 # %% ../nbs/01_data.ipynb
-def prepare(src: str | Path, out: str | Path, res: int = 256, axis: int | None = None, layout: str = "auto",
-            empty_fraction: float = 0.1, ct_window=None, windows: dict | None = None,
-            percentiles=(0.5, 99.5), folds: int = 5, seed: int = 0, overwrite: bool = False,
-            images=None, labels=None, modalities=None, label_names: dict | None = None,
-            name: str | None = None, crop_threshold: float | None = 0.01, progress: bool = False,
-            preset: str | None = "auto", label_map=None, log=None, roi: Sequence[str] | None = None) -> Path:
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    res: int = 256,
+    axis: int | None = None,
+    layout: str = "auto",
+    empty_fraction: float = 0.1,
+    ct_window=None,
+    windows: dict | None = None,
+    percentiles=(0.5, 99.5),
+    folds: int = 5,
+    seed: int = 0,
+    overwrite: bool = False,
+    images=None,
+    labels=None,
+    modalities=None,
+    label_names: dict | None = None,
+    name: str | None = None,
+    crop_threshold: float | None = 0.01,
+    progress: bool = False,
+    preset: str | None = "auto",
+    label_map=None,
+    log=None,
+    roi: Sequence[str] | None = None,
+) -> Path:
     """Read the study at `src` (a known release of `RELEASES`, MSD/nnU-Net, NIfTI pairs or PNG/TIFF pairs) and write it
     as a canonical 2D dataset at `out`. `axis` and `ct_window` (a `CT_WINDOWS` name or a HU pair) default to the
     release's (else axial and `wide`); `label_map` maps label ids (`map_labels`); `roi` chooses DICOM ROIs; `log` receives
     what was detected."""
     check(res >= 4, f"res must be at least 4, got {res}")
     check(0 <= empty_fraction <= 1, f"empty_fraction must be in [0, 1], got {empty_fraction}")
-    check_output_dir(out, overwrite, "dataset", sources=[src])    # before reading anything: refuse early
+    check_output_dir(out, overwrite, "dataset", sources=[src])  # before reading anything: refuse early
     study = read_study(src, layout, images, labels, modalities, label_names, preset, roi)
-    try: return _prepare_study(study, src, out, res, axis, empty_fraction, ct_window, windows, percentiles, folds, seed, overwrite,
-                               name, crop_threshold, progress, label_map, log)
+    try:
+        return _prepare_study(
+            study,
+            src,
+            out,
+            res,
+            axis,
+            empty_fraction,
+            ct_window,
+            windows,
+            percentiles,
+            folds,
+            seed,
+            overwrite,
+            name,
+            crop_threshold,
+            progress,
+            label_map,
+            log,
+        )
     finally:
-        if study.workdir: shutil.rmtree(study.workdir, ignore_errors=True)
-
+        if study.workdir:
+            shutil.rmtree(study.workdir, ignore_errors=True)
 
 # %% ../nbs/01_data.ipynb
-def make_synthetic_msd(root: str | Path, n_subjects: int = 4, shape=(24, 20, 16), modalities=("T1", "T2"),
-                       four_d: bool = True, seed: int = 0) -> Path:
+def make_synthetic_msd(
+    root: str | Path,
+    n_subjects: int = 4,
+    shape=(24, 20, 16),
+    modalities=("T1", "T2"),
+    four_d: bool = True,
+    seed: int = 0,
+) -> Path:
     "Write a tiny synthetic MSD-layout dataset (for tests and examples only): labels 0 background, 1 organ, 2 lesion."
     import nibabel as nib
+
     root = Path(root)
     rng = np.random.default_rng(seed)
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -1292,30 +1970,76 @@ def make_synthetic_msd(root: str | Path, n_subjects: int = 4, shape=(24, 20, 16)
         organ = (((grid - c[:, None, None, None]) / r[:, None, None, None]) ** 2).sum(0) < 1
         lesion = organ & ((((grid - c[:, None, None, None] - 0.15) / 0.18) ** 2).sum(0) < 1)
         lab = organ.astype(np.uint8) + lesion.astype(np.uint8)
-        chans = [(100 * (k + 1) + 50 * lab + rng.normal(0, 5, shape) + 20 * (grid[0] > 0.5)).astype(np.float32) for k in range(len(modalities))]
+        chans = [
+            (100 * (k + 1) + 50 * lab + rng.normal(0, 5, shape) + 20 * (grid[0] > 0.5)).astype(np.float32)
+            for k in range(len(modalities))
+        ]
         case = f"synth_{i:03d}"
         aff = np.diag([1.5, 1.0, 2.0, 1.0])
         aff[:3, 3] = -np.array(shape) / 2
-        if four_d: nib.save(nib.Nifti1Image(np.stack(chans, -1), aff), root / "imagesTr" / f"{case}.nii.gz")
+        if four_d:
+            nib.save(nib.Nifti1Image(np.stack(chans, -1), aff), root / "imagesTr" / f"{case}.nii.gz")
         else:
-            for k, ch in enumerate(chans): nib.save(nib.Nifti1Image(ch, aff), root / "imagesTr" / f"{case}_{k:04d}.nii.gz")
+            for k, ch in enumerate(chans):
+                nib.save(nib.Nifti1Image(ch, aff), root / "imagesTr" / f"{case}_{k:04d}.nii.gz")
         nib.save(nib.Nifti1Image(lab, aff), root / "labelsTr" / f"{case}.nii.gz")
         training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
-    save_json(dict(name="Synthetic", description="synthetic test data (ellipsoids in noise)", tensorImageSize="4D" if four_d else "3D",
-                   modality={str(k): m for k, m in enumerate(modalities)}, labels={"0": "background", "1": "organ", "2": "lesion"},
-                   numTraining=n_subjects, training=training if four_d else []), root / "dataset.json")
+    save_json(
+        dict(
+            name="Synthetic",
+            description="synthetic test data (ellipsoids in noise)",
+            tensorImageSize="4D" if four_d else "3D",
+            modality={str(k): m for k, m in enumerate(modalities)},
+            labels={"0": "background", "1": "organ", "2": "lesion"},
+            numTraining=n_subjects,
+            training=training if four_d else [],
+        ),
+        root / "dataset.json",
+    )
     return root
 
 # %% ../nbs/01_data.ipynb
-_BRATS_MODS = {"brats2020": ("t1", "t1ce", "t2", "flair"), "brats2021": ("t1", "t1ce", "t2", "flair"), "brats2023-gli": ("t1n", "t1c", "t2w", "t2f")}
-_RELEASE_COPIES = {   # layer ids (outer, middle, inner) -> the release's label ids; folders, case names, files
-    "brats2020": dict(ids=(2, 4, 1), top="MICCAI_BraTS2020_TrainingData", test="MICCAI_BraTS2020_ValidationData",
-                      case="BraTS20_Training_{i:03d}", test_case="BraTS20_Validation_{i:03d}", sep="_", ext=".nii"),
-    "brats2021": dict(ids=(2, 4, 1), top="RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021", test="RSNA_ASNR_MICCAI_BraTS2021_ValidationData",
-                      case="BraTS2021_{i:05d}", test_case="BraTS2021_{i:05d}", sep="_", ext=".nii.gz"),
-    "brats2023-gli": dict(ids=(2, 3, 1), top="ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", test="ASNR-MICCAI-BraTS2023-GLI-Challenge-ValidationData",
-                          case="BraTS-GLI-{i:05d}-000", test_case="BraTS-GLI-{i:05d}-000", sep="-", ext=".nii.gz"),
-    "kits19": dict(ids=(1, 2, 2), top="kits19/data", test="kits19/data", case="case_{i:05d}", test_case="case_{i:05d}", first_test=210),
+_BRATS_MODS = {
+    "brats2020": ("t1", "t1ce", "t2", "flair"),
+    "brats2021": ("t1", "t1ce", "t2", "flair"),
+    "brats2023-gli": ("t1n", "t1c", "t2w", "t2f"),
+}
+_RELEASE_COPIES = {  # layer ids (outer, middle, inner) -> the release's label ids; folders, case names, files
+    "brats2020": dict(
+        ids=(2, 4, 1),
+        top="MICCAI_BraTS2020_TrainingData",
+        test="MICCAI_BraTS2020_ValidationData",
+        case="BraTS20_Training_{i:03d}",
+        test_case="BraTS20_Validation_{i:03d}",
+        sep="_",
+        ext=".nii",
+    ),
+    "brats2021": dict(
+        ids=(2, 4, 1),
+        top="RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021",
+        test="RSNA_ASNR_MICCAI_BraTS2021_ValidationData",
+        case="BraTS2021_{i:05d}",
+        test_case="BraTS2021_{i:05d}",
+        sep="_",
+        ext=".nii.gz",
+    ),
+    "brats2023-gli": dict(
+        ids=(2, 3, 1),
+        top="ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData",
+        test="ASNR-MICCAI-BraTS2023-GLI-Challenge-ValidationData",
+        case="BraTS-GLI-{i:05d}-000",
+        test_case="BraTS-GLI-{i:05d}-000",
+        sep="-",
+        ext=".nii.gz",
+    ),
+    "kits19": dict(
+        ids=(1, 2, 2),
+        top="kits19/data",
+        test="kits19/data",
+        case="case_{i:05d}",
+        test_case="case_{i:05d}",
+        first_test=210,
+    ),
     "kits23": dict(ids=(1, 2, 3), top="kits23/dataset", case="case_{i:05d}"),
     "ibsr18": dict(ids=(1, 2, 3), top="IBSR_nifti_stripped", case="IBSR_{i:02d}", first=1),
     "msd": dict(ids=(1, 3, 2), top="Task01_BrainTumour"),
@@ -1337,15 +2061,18 @@ def _phantom(shape, rng, ids, ct: bool = False):
 # %% ../nbs/01_data.ipynb
 def _write_nii(path: Path, data: np.ndarray, affine: np.ndarray, dtype, coded: bool = True) -> None:
     import nibabel as nib
+
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
-    if not coded:                              # IBSR: no orientation codes, only the voxel sizes
+    if not coded:  # IBSR: no orientation codes, only the voxel sizes
         img.set_qform(None, code=0)
         img.set_sform(None, code=0)
     nib.save(img, str(path))
 
 # %% ../nbs/01_data.ipynb
-def _brats_copy(release: str, root: Path, top: Path, spec: dict, n_subjects: int, n_unlabelled: int, case_files) -> None:
+def _brats_copy(
+    release: str, root: Path, top: Path, spec: dict, n_subjects: int, n_unlabelled: int, case_files
+) -> None:
     "BraTS 2020/2021/2023: one folder per case, one file per channel, LPS 1 mm grid, int16 images, uint8 labels; validation cases unlabelled."
     aff = np.array([[-1.0, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]])
     for i in range(n_subjects + n_unlabelled):
@@ -1353,29 +2080,44 @@ def _brats_copy(release: str, root: Path, top: Path, spec: dict, n_subjects: int
         case = (spec["case"] if labelled else spec["test_case"]).format(i=i + 1 if labelled else 1001 + i)
         d = (top if labelled else root / spec["test"]) / case
         lab, img = case_files(i, labelled)
-        for k, m in enumerate(_BRATS_MODS[release]): _write_nii(d / f"{case}{spec['sep']}{m}{spec['ext']}", img * (1 + 0.2 * k), aff, np.int16)
+        for k, m in enumerate(_BRATS_MODS[release]):
+            _write_nii(d / f"{case}{spec['sep']}{m}{spec['ext']}", img * (1 + 0.2 * k), aff, np.int16)
         if lab is not None:
-            quirk = release == "brats2020" and i == n_subjects - 1          # BraTS20_Training_355's label file name
-            _write_nii(d / ("W39_1998.09.19_Segm.nii" if quirk else f"{case}{spec['sep']}seg{spec['ext']}"), lab, aff, np.uint8)
+            quirk = release == "brats2020" and i == n_subjects - 1  # BraTS20_Training_355's label file name
+            _write_nii(
+                d / ("W39_1998.09.19_Segm.nii" if quirk else f"{case}{spec['sep']}seg{spec['ext']}"), lab, aff, np.uint8
+            )
     (top / f"._{spec['case'].format(i=1)}").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
     if release == "brats2020":
-        (top / "name_mapping.csv").write_text("Grade,BraTS_2019_subject_ID,BraTS_2020_subject_ID\nHGG,BraTS19_2013_2_1,BraTS20_Training_001\n")
-        (top / "survival_info.csv").write_text("Brats20ID,Age,Survival_days,Extent_of_Resection\nBraTS20_Training_001,60.463,289,GTR\n")
+        (top / "name_mapping.csv").write_text(
+            "Grade,BraTS_2019_subject_ID,BraTS_2020_subject_ID\nHGG,BraTS19_2013_2_1,BraTS20_Training_001\n"
+        )
+        (top / "survival_info.csv").write_text(
+            "Brats20ID,Age,Survival_days,Extent_of_Resection\nBraTS20_Training_001,60.463,289,GTR\n"
+        )
 
 # %% ../nbs/01_data.ipynb
 def _kits_copy(release: str, top: Path, spec: dict, n_subjects: int, n_unlabelled: int, case_files) -> None:
     "KiTS19/23: case_XXXXX/imaging + segmentation stored slices-first; KiTS19's unlabelled cases from 210, KiTS23's instances/."
-    aff = np.array([[0, 0, -0.8, 0], [0, -0.8, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1]])     # voxels (z, y, x): slices first
+    aff = np.array([[0, 0, -0.8, 0], [0, -0.8, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1]])  # voxels (z, y, x): slices first
     n_un = n_unlabelled if release == "kits19" else 0
     for i in range(n_subjects + n_un):
         labelled = i < n_subjects
         d = top / spec["case"].format(i=i if labelled else spec["first_test"] + i - n_subjects)
         lab, img = case_files(i, labelled)
         _write_nii(d / "imaging.nii.gz", img.transpose(2, 1, 0)[::-1, ::-1, ::-1], aff, np.int16)
-        if lab is not None: _write_nii(d / "segmentation.nii.gz", lab.transpose(2, 1, 0)[::-1, ::-1, ::-1], aff, np.uint8)
+        if lab is not None:
+            _write_nii(d / "segmentation.nii.gz", lab.transpose(2, 1, 0)[::-1, ::-1, ::-1], aff, np.uint8)
         if release == "kits23" and lab is not None:
-            _write_nii(d / "instances" / "kidney_instance-1_annotation-1.nii.gz", (lab.transpose(2, 1, 0) == 1)[::-1, ::-1, ::-1], aff, np.uint8)
-    (top / ("kits.json" if release == "kits19" else "kits23.json")).write_text(json.dumps([{"case_id": spec["case"].format(i=0)}]))
+            _write_nii(
+                d / "instances" / "kidney_instance-1_annotation-1.nii.gz",
+                (lab.transpose(2, 1, 0) == 1)[::-1, ::-1, ::-1],
+                aff,
+                np.uint8,
+            )
+    (top / ("kits.json" if release == "kits19" else "kits23.json")).write_text(
+        json.dumps([{"case_id": spec["case"].format(i=0)}])
+    )
 
 # %% ../nbs/01_data.ipynb
 def _ibsr_copy(top: Path, spec: dict, n_subjects: int, case_files) -> None:
@@ -1391,26 +2133,35 @@ def _ibsr_copy(top: Path, spec: dict, n_subjects: int, case_files) -> None:
     (top / "README.txt").write_text("IBSR_V2.0 skull-stripped NIfTI\n")
 
 # %% ../nbs/01_data.ipynb
-def make_release_copy(release: str, root: str | Path, n_subjects: int = 3, n_unlabelled: int = 1, shape=(20, 24, 16), seed: int = 0) -> Path:
+def make_release_copy(
+    release: str, root: str | Path, n_subjects: int = 3, n_unlabelled: int = 1, shape=(20, 24, 16), seed: int = 0
+) -> Path:
     """Write a tiny copy of a known release (`RELEASES` key) in its exact on-disk layout under `root`; returns the folder to
     pass to `medsyn prepare`. `shape` is (x, y, z) in RAS before each release's own voxel order."""
     root, rng, spec = Path(root), np.random.default_rng(seed), _RELEASE_COPIES[release]
     top = root / spec["top"]
+
     def case_files(i: int, labelled: bool):
         lab, img = _phantom(shape, rng, spec["ids"], ct=release in ("kits19", "kits23", "nnunet-v1"))
         return lab if labelled else None, img
-    if release in _BRATS_MODS: _brats_copy(release, root, top, spec, n_subjects, n_unlabelled, case_files)
-    elif release in ("kits19", "kits23"): _kits_copy(release, top, spec, n_subjects, n_unlabelled, case_files)
-    elif release == "ibsr18": _ibsr_copy(top, spec, n_subjects, case_files)
-    else: return _msd_copy(release, top, n_subjects, n_unlabelled, case_files)
-    return root
 
+    if release in _BRATS_MODS:
+        _brats_copy(release, root, top, spec, n_subjects, n_unlabelled, case_files)
+    elif release in ("kits19", "kits23"):
+        _kits_copy(release, top, spec, n_subjects, n_unlabelled, case_files)
+    elif release == "ibsr18":
+        _ibsr_copy(top, spec, n_subjects, case_files)
+    else:
+        return _msd_copy(release, top, n_subjects, n_unlabelled, case_files)
+    return root
 
 # %% ../nbs/01_data.ipynb
 def _msd_copy(release: str, top: Path, n_subjects: int, n_unlabelled: int, case_files) -> Path:
     "The MSD (Task01, 4D images), nnU-Net v1 (Task501, CT) and nnU-Net v2 (Dataset137, region labels) copies."
     aff = np.diag([1.0, 1.0, 1.0, 1.0])
-    chans = {"msd": ["FLAIR", "T1w", "t1gd", "T2w"], "nnunet-v1": ["CT"], "nnunet-v2": ["T1", "T1ce", "T2", "Flair"]}[release]
+    chans = {"msd": ["FLAIR", "T1w", "t1gd", "T2w"], "nnunet-v1": ["CT"], "nnunet-v2": ["T1", "T1ce", "T2", "Flair"]}[
+        release
+    ]
     prefix = {"msd": "BRATS_{i:03d}", "nnunet-v1": "case_{i:05d}", "nnunet-v2": "BraTS2021_{i:05d}"}[release]
     training, test = [], []
     for i in range(n_subjects + n_unlabelled):
@@ -1418,28 +2169,46 @@ def _msd_copy(release: str, top: Path, n_subjects: int, n_unlabelled: int, case_
         case = prefix.format(i=i + 1 if labelled else 900 + i)
         lab, img = case_files(i, labelled)
         folder = top / ("imagesTr" if labelled else "imagesTs")
-        if release == "msd": _write_nii(folder / f"{case}.nii.gz", np.stack([img * (1 + 0.2 * k) for k in range(4)], -1), aff, np.float32)
+        if release == "msd":
+            _write_nii(
+                folder / f"{case}.nii.gz", np.stack([img * (1 + 0.2 * k) for k in range(4)], -1), aff, np.float32
+            )
         else:
-            for k in range(len(chans)): _write_nii(folder / f"{case}_{k:04d}.nii.gz", img * (1 + 0.2 * k), aff, np.float32)
-        if lab is not None: _write_nii(top / "labelsTr" / f"{case}.nii.gz", lab, aff, np.uint8)
+            for k in range(len(chans)):
+                _write_nii(folder / f"{case}_{k:04d}.nii.gz", img * (1 + 0.2 * k), aff, np.float32)
+        if lab is not None:
+            _write_nii(top / "labelsTr" / f"{case}.nii.gz", lab, aff, np.uint8)
         (training if labelled else test).append(case)
     (top / "imagesTr" / f"._{training[0]}.nii.gz").write_bytes(b"\x00\x05\x16\x07")
     if release == "nnunet-v2":
-        meta = dict(channel_names={str(k): c for k, c in enumerate(chans)}, numTraining=len(training), file_ending=".nii.gz",
-                    labels={"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}, regions_class_order=[1, 2, 3])
+        meta = dict(
+            channel_names={str(k): c for k, c in enumerate(chans)},
+            numTraining=len(training),
+            file_ending=".nii.gz",
+            labels={"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
+            regions_class_order=[1, 2, 3],
+        )
     else:
-        names = {"msd": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-                 "nnunet-v1": {"0": "background", "1": "kidney", "2": "tumour"}}[release]
-        meta = dict(name=top.name.split("_", 1)[1], modality={str(k): c for k, c in enumerate(chans)}, labels=names, numTraining=len(training),
-                    training=[{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in training],
-                    test=[f"./imagesTs/{c}.nii.gz" for c in test])
+        names = {
+            "msd": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+            "nnunet-v1": {"0": "background", "1": "kidney", "2": "tumour"},
+        }[release]
+        meta = dict(
+            name=top.name.split("_", 1)[1],
+            modality={str(k): c for k, c in enumerate(chans)},
+            labels=names,
+            numTraining=len(training),
+            training=[{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in training],
+            test=[f"./imagesTs/{c}.nii.gz" for c in test],
+        )
     save_json(meta, top / "dataset.json")
     return top
 
 # %% ../nbs/01_data.ipynb
 def _mask_outline(m: np.ndarray) -> list | None:
     "A polygon (voxel (i, j) points, counter-clockwise) around a convex 2D mask: for each of 64 directions from its centre, the farthest voxel inside."
-    if m.sum() < 3: return None
+    if m.sum() < 3:
+        return None
     ii, jj = np.nonzero(m)
     ci, cj = ii.mean(), jj.mean()
     ang = np.arctan2(jj - cj, ii - ci)
@@ -1448,7 +2217,8 @@ def _mask_outline(m: np.ndarray) -> list | None:
     pts = []
     for b in range(64):
         sel = np.flatnonzero(bins == b)
-        if len(sel): pts.append((float(ii[sel[d[sel].argmax()]]), float(jj[sel[d[sel].argmax()]])))
+        if len(sel):
+            pts.append((float(ii[sel[d[sel].argmax()]]), float(jj[sel[d[sel].argmax()]])))
     return pts if len(pts) >= 3 else None
 
 # %% ../nbs/01_data.ipynb
@@ -1458,19 +2228,31 @@ def _dicom_slice(vol: np.ndarray, k: int, common: dict, spacing=(0.8, 0.8, 2.5))
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ct = common["Modality"] == "CT"
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2" if ct else "1.2.840.10008.5.1.4.1.1.4"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = (
+        "1.2.840.10008.5.1.4.1.1.2" if ct else "1.2.840.10008.5.1.4.1.1.4"
+    )
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for key, v in common.items(): setattr(ds, key, v)
+    for key, v in common.items():
+        setattr(ds, key, v)
     ds.InstanceNumber, ds.ImageOrientationPatient = k + 1, [1, 0, 0, 0, 1, 0]
     ds.ImagePositionPatient = [-100.0, -120.0, 30.0 + k * spacing[2]]
     ds.PixelSpacing, ds.SliceThickness = [spacing[1], spacing[0]], spacing[2]
     ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, "MONOCHROME2", 16, 16, 15, 0
-    if ct: ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+    (
+        ds.SamplesPerPixel,
+        ds.PhotometricInterpretation,
+        ds.BitsAllocated,
+        ds.BitsStored,
+        ds.HighBit,
+        ds.PixelRepresentation,
+    ) = 1, "MONOCHROME2", 16, 16, 15, 0
+    if ct:
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
     ds.PixelData = np.clip(vol[:, :, k].T + (1024 if ct else 0), 0, 65535).astype(np.uint16).tobytes()
     return ds
 
@@ -1481,65 +2263,130 @@ def _rtstruct_for(slices: list, rois: dict[str, np.ndarray], common: dict):
     from pydicom.sequence import Sequence as Seq
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     from PIL import Image
+
     rs = Dataset()
     rs.file_meta = FileMetaDataset()
     rs.file_meta.MediaStorageSOPClassUID = rs.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
     rs.file_meta.MediaStorageSOPInstanceUID = rs.SOPInstanceUID = generate_uid()
     rs.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for key, v in common.items(): setattr(rs, key, v)
-    rs.Modality, rs.SeriesInstanceUID, rs.SeriesNumber, rs.StructureSetLabel = "RTSTRUCT", generate_uid(), 99, "medsyn test"
+    for key, v in common.items():
+        setattr(rs, key, v)
+    rs.Modality, rs.SeriesInstanceUID, rs.SeriesNumber, rs.StructureSetLabel = (
+        "RTSTRUCT",
+        generate_uid(),
+        99,
+        "medsyn test",
+    )
     s0 = slices[0]
-    ref_series = Dataset(); ref_series.SeriesInstanceUID = s0.SeriesInstanceUID
-    ref_study = Dataset(); ref_study.ReferencedSOPInstanceUID = s0.StudyInstanceUID; ref_study.RTReferencedSeriesSequence = Seq([ref_series])
-    ref_for = Dataset(); ref_for.FrameOfReferenceUID = s0.FrameOfReferenceUID; ref_for.RTReferencedStudySequence = Seq([ref_study])
+    ref_series = Dataset()
+    ref_series.SeriesInstanceUID = s0.SeriesInstanceUID
+    ref_study = Dataset()
+    ref_study.ReferencedSOPInstanceUID = s0.StudyInstanceUID
+    ref_study.RTReferencedSeriesSequence = Seq([ref_series])
+    ref_for = Dataset()
+    ref_for.FrameOfReferenceUID = s0.FrameOfReferenceUID
+    ref_for.RTReferencedStudySequence = Seq([ref_study])
     rs.ReferencedFrameOfReferenceSequence = Seq([ref_for])
     rs.StructureSetROISequence, rs.ROIContourSequence = Seq(), Seq()
     for n, (name, mask) in enumerate(rois.items(), 1):
-        r = Dataset(); r.ROINumber, r.ReferencedFrameOfReferenceUID, r.ROIName, r.ROIGenerationAlgorithm = n, s0.FrameOfReferenceUID, name, "MANUAL"
+        r = Dataset()
+        r.ROINumber, r.ReferencedFrameOfReferenceUID, r.ROIName, r.ROIGenerationAlgorithm = (
+            n,
+            s0.FrameOfReferenceUID,
+            name,
+            "MANUAL",
+        )
         rs.StructureSetROISequence.append(r)
-        rc = Dataset(); rc.ReferencedROINumber, rc.ContourSequence = n, Seq()
+        rc = Dataset()
+        rc.ReferencedROINumber, rc.ContourSequence = n, Seq()
         for k, s in enumerate(slices):
             ring = _mask_outline(mask[:, :, k])
-            if ring is None: continue
+            if ring is None:
+                continue
             dc, dr = float(s.PixelSpacing[1]), float(s.PixelSpacing[0])
             x0, y0, z = (float(v) for v in s.ImagePositionPatient)
-            c = Dataset(); c.ContourGeometricType = "CLOSED_PLANAR"; c.NumberOfContourPoints = len(ring)
+            c = Dataset()
+            c.ContourGeometricType = "CLOSED_PLANAR"
+            c.NumberOfContourPoints = len(ring)
             c.ContourData = [round(float(v), 3) for i, j in ring for v in (x0 + i * dc, y0 + j * dr, z)]
             rc.ContourSequence.append(c)
         rs.ROIContourSequence.append(rc)
     return rs
 
 # %% ../nbs/01_data.ipynb
-def make_dicom_copy(root: str | Path, n_subjects: int = 2, annotation: str = "rtstruct", shape=(32, 28, 10), seed: int = 0,
-                    modality: str = "CT") -> Path:
+def make_dicom_copy(
+    root: str | Path,
+    n_subjects: int = 2,
+    annotation: str = "rtstruct",
+    shape=(32, 28, 10),
+    seed: int = 0,
+    modality: str = "CT",
+) -> Path:
     """Write a tiny hospital-style DICOM export under `root` (for tests and examples): per patient a CT or MR series (files in
     reverse slice order, no extension) and its `annotation` ('rtstruct': ROIs 'Kidney' and 'Tumour' as contours, or 'seg':
     a DICOM-SEG written with highdicom), one unannotated series, a README and a macOS `._` file. Returns `root`."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
+
     root, rng = Path(root), np.random.default_rng(seed)
     for i in range(n_subjects + 1):
         lab, img = _phantom(shape, rng, (1, 2, 2), ct=modality == "CT")
-        common = dict(PatientID=f"PAT{i:03d}", PatientName=f"Test^{i}", PatientBirthDate="19700101", PatientSex="O", StudyInstanceUID=generate_uid(),
-                      StudyID="1", StudyDate="20240101", StudyTime="120000", AccessionNumber=f"A{i}", ReferringPhysicianName="", Modality=modality,
-                      SeriesInstanceUID=generate_uid(), SeriesNumber=2, FrameOfReferenceUID=generate_uid(), Manufacturer="medsyn")
+        common = dict(
+            PatientID=f"PAT{i:03d}",
+            PatientName=f"Test^{i}",
+            PatientBirthDate="19700101",
+            PatientSex="O",
+            StudyInstanceUID=generate_uid(),
+            StudyID="1",
+            StudyDate="20240101",
+            StudyTime="120000",
+            AccessionNumber=f"A{i}",
+            ReferringPhysicianName="",
+            Modality=modality,
+            SeriesInstanceUID=generate_uid(),
+            SeriesNumber=2,
+            FrameOfReferenceUID=generate_uid(),
+            Manufacturer="medsyn",
+        )
         slices = [_dicom_slice(img, k, common) for k in range(shape[2])]
         d = root / f"PAT{i:03d}" / f"{modality}_abdomen"
         d.mkdir(parents=True, exist_ok=True)
-        for k, s in enumerate(reversed(slices)): s.save_as(str(d / f"IM{k:05d}"), enforce_file_format=True)
-        if i == n_subjects: continue                                               # the last series has no annotation
+        for k, s in enumerate(reversed(slices)):
+            s.save_as(str(d / f"IM{k:05d}"), enforce_file_format=True)
+        if i == n_subjects:
+            continue  # the last series has no annotation
         rois = {"Kidney": lab >= 1, "Tumour": lab >= 2}
-        if annotation == "rtstruct": ann = _rtstruct_for(slices, rois, {k: v for k, v in common.items() if k != "SeriesInstanceUID"})
+        if annotation == "rtstruct":
+            ann = _rtstruct_for(slices, rois, {k: v for k, v in common.items() if k != "SeriesInstanceUID"})
         else:
-            desc = [hd.seg.SegmentDescription(segment_number=n, segment_label=name, segmented_property_category=codes.SCT.Organ,
-                                              segmented_property_type=codes.SCT.Kidney, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
-                    for n, name in enumerate(rois, 1)]
-            arr = np.stack([np.stack([m[:, :, k].T for k in range(shape[2])]) for m in rois.values()], -1).astype(np.uint8)
-            ann = hd.seg.Segmentation(source_images=slices, pixel_array=arr, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                                      segment_descriptions=desc, series_instance_uid=generate_uid(), series_number=100, sop_instance_uid=generate_uid(),
-                                      instance_number=1, manufacturer="medsyn", manufacturer_model_name="make_dicom_copy", software_versions="1",
-                                      device_serial_number="0")
+            desc = [
+                hd.seg.SegmentDescription(
+                    segment_number=n,
+                    segment_label=name,
+                    segmented_property_category=codes.SCT.Organ,
+                    segmented_property_type=codes.SCT.Kidney,
+                    algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+                )
+                for n, name in enumerate(rois, 1)
+            ]
+            arr = np.stack([np.stack([m[:, :, k].T for k in range(shape[2])]) for m in rois.values()], -1).astype(
+                np.uint8
+            )
+            ann = hd.seg.Segmentation(
+                source_images=slices,
+                pixel_array=arr,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=desc,
+                series_instance_uid=generate_uid(),
+                series_number=100,
+                sop_instance_uid=generate_uid(),
+                instance_number=1,
+                manufacturer="medsyn",
+                manufacturer_model_name="make_dicom_copy",
+                software_versions="1",
+                device_serial_number="0",
+            )
         ann.save_as(str(root / f"PAT{i:03d}" / f"{annotation.upper()}.dcm"), enforce_file_format=True)
     (root / "README.txt").write_text("export from the PACS\n")
     (root / "._README.txt").write_bytes(b"\x00\x05\x16\x07")
@@ -1547,7 +2394,7 @@ def make_dicom_copy(root: str | Path, n_subjects: int = 2, annotation: str = "rt
 
 # %% ../nbs/01_data.ipynb
 MNI152_LABELS = {0: "background", 1: "gray matter", 2: "white matter", 3: "CSF"}
-MNI152_VERSION = 3          # bump when the recipe below changes: cached copies are then rebuilt
+MNI152_VERSION = 3  # bump when the recipe below changes: cached copies are then rebuilt
 MNI152_PROVENANCE = (
     "MNI ICBM152 2009a nonlinear T1 template (symmetric by its file names) with gray/white-matter probability maps "
     "(files mni_icbm152_{{t1,gm,wm}}_tal_nlin_sym_09a_converted.nii.gz shipped in the nilearn package, rescaled to 8 bit by nilearn). "
@@ -1559,17 +2406,24 @@ MNI152_PROVENANCE = (
     "Permission to use, copy, modify, and distribute without fee is granted provided that the copyright notice appears in all copies; "
     "provided 'as is' without warranty (nilearn's dataset description lists the license as 'unknown'); "
     "see http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009. "
-    "Cite: Fonov et al., NeuroImage 54(1), 2011; Fonov et al., NeuroImage 47(S1), 2009.")
+    "Cite: Fonov et al., NeuroImage 54(1), 2011; Fonov et al., NeuroImage 47(S1), 2009."
+)
+
 
 def mni152_files() -> dict[str, Path]:
     "Paths of the MNI ICBM152 2009 T1, GM and WM files inside the installed nilearn package."
     try:
         import nilearn
     except ImportError as e:
-        raise MedsynError("the default dataset needs nilearn (it ships the MNI ICBM152 template): pip install 'nilearn>=0.10'") from e
+        raise MedsynError(
+            "the default dataset needs nilearn (it ships the MNI ICBM152 template): pip install 'nilearn>=0.10'"
+        ) from e
     d = Path(nilearn.__file__).parent / "datasets" / "data"
     files = {k: d / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
-    for f in files.values(): check(f.exists(), f"{f}: missing from the installed nilearn; reinstall it: pip install --force-reinstall nilearn")
+    for f in files.values():
+        check(
+            f.exists(), f"{f}: missing from the installed nilearn; reinstall it: pip install --force-reinstall nilearn"
+        )
     return files
 
 # %% ../nbs/01_data.ipynb
@@ -1578,9 +2432,9 @@ def mni152_volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     files = mni152_files()
     (img, t1), (_, gm), (_, wm) = (_load_nifti(files[k]) for k in ("t1", "gm", "wm"))
     brain = t1 > 0
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(brain))     # bounding box of the brain
-    g, w = gm[box].astype(np.int16), wm[box].astype(np.int16)        # probabilities x 255 (8-bit files)
-    rest = np.clip(255 - g - w, 0, None)                              # 1 - pGM - pWM
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(brain))  # bounding box of the brain
+    g, w = gm[box].astype(np.int16), wm[box].astype(np.int16)  # probabilities x 255 (8-bit files)
+    rest = np.clip(255 - g - w, 0, None)  # 1 - pGM - pWM
     # argmax of (rest, GM, WM) inside the brain (T1 > 0): rest -> CSF; ties go to the template's own maps (GM before WM)
     labels = np.zeros(t1.shape, np.uint8)
     labels[box] = np.where(brain[box], np.where((rest > g) & (rest > w), 3, np.where(g >= w, 1, 2)), 0)
@@ -1599,18 +2453,43 @@ def mni152_samples(res: int = 64, axis: int = 2, n_slabs: int = 10, gap: int = 2
     slabs = np.array_split(np.arange(len(keep)), n_slabs)
     src = str(mni152_files()["t1"])
     for s, idx in enumerate(slabs):
-        for j in (idx[gap:] if s > 0 else idx):
-            yield dict(image=x[j], mask=y[j], subject=f"mni152-slab{s:02d}", slice=int(keep[j]), source_file=src,
-                       spacing=(px, px), slice_spacing=spacing[axis])
+        for j in idx[gap:] if s > 0 else idx:
+            yield dict(
+                image=x[j],
+                mask=y[j],
+                subject=f"mni152-slab{s:02d}",
+                slice=int(keep[j]),
+                source_file=src,
+                spacing=(px, px),
+                slice_spacing=spacing[axis],
+            )
 
 # %% ../nbs/01_data.ipynb
-def prepare_mni152(out: str | Path, res: int = 64, axis: int = 2, n_slabs: int = 10, gap: int = 2,
-                   overwrite: bool = False, folds: int = 5, seed: int = 0) -> Path:
+def prepare_mni152(
+    out: str | Path,
+    res: int = 64,
+    axis: int = 2,
+    n_slabs: int = 10,
+    gap: int = 2,
+    overwrite: bool = False,
+    folds: int = 5,
+    seed: int = 0,
+) -> Path:
     "Write the MNI ICBM152 default dataset (T1 + GM/WM/CSF labels, slab pseudo-subjects) as a canonical dataset."
-    return write_canonical(out, mni152_samples(res, axis, n_slabs, gap), name="mni152", modalities=["T1"], labels=MNI152_LABELS,
-                           provenance=MNI152_PROVENANCE.format(n_slabs=n_slabs, axis=axis, gap=gap), overwrite=overwrite,
-                           source="nilearn:" + str(mni152_files()["t1"].parent), axis=axis, folds=folds, seed=seed,
-                           extra_meta=dict(pseudo_subjects=True, n_slabs=n_slabs, slab_gap=gap, recipe_version=MNI152_VERSION))
+    return write_canonical(
+        out,
+        mni152_samples(res, axis, n_slabs, gap),
+        name="mni152",
+        modalities=["T1"],
+        labels=MNI152_LABELS,
+        provenance=MNI152_PROVENANCE.format(n_slabs=n_slabs, axis=axis, gap=gap),
+        overwrite=overwrite,
+        source="nilearn:" + str(mni152_files()["t1"].parent),
+        axis=axis,
+        folds=folds,
+        seed=seed,
+        extra_meta=dict(pseudo_subjects=True, n_slabs=n_slabs, slab_gap=gap, recipe_version=MNI152_VERSION),
+    )
 
 # %% ../nbs/01_data.ipynb
 def default_dataset(res: int = 64, axis: int = 2) -> Path:
@@ -1621,19 +2500,27 @@ def default_dataset(res: int = 64, axis: int = 2) -> Path:
         return path
     except MedsynError:
         pass
-    try: prepare_mni152(path, res=res, axis=axis, overwrite=path.exists())
+    try:
+        prepare_mni152(path, res=res, axis=axis, overwrite=path.exists())
     except (MedsynError, OSError):
-        _check_complete(path)        # another process finished it first: fine; otherwise re-raise its error
+        _check_complete(path)  # another process finished it first: fine; otherwise re-raise its error
     return path
 
 # %% ../nbs/01_data.ipynb
 _MSD_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/{}.tar"
-MSD_TASKS: dict[str, str] = {   # task -> MD5 of its tarball, as published by MONAI (`monai.apps.DecathlonDataset.md5`)
-    "Task01_BrainTumour": "240a19d752f0d9e9101544901065d872", "Task02_Heart": "06ee59366e1e5124267b774dbd654057",
-    "Task03_Liver": "a90ec6c4aa7f6a3d087205e23d4e6397", "Task04_Hippocampus": "9d24dba78a72977dbd1d2e110310f31b",
-    "Task05_Prostate": "35138f08b1efaef89d7424d2bcc928db", "Task06_Lung": "8afd997733c7fc0432f71255ba4e52dc",
-    "Task07_Pancreas": "4f7080cfca169fa8066d17ce6eb061e4", "Task08_HepaticVessel": "641d79e80ec66453921d997fbf12a29c",
-    "Task09_Spleen": "410d4a301da4e5b2f6f86ec3ddba524e", "Task10_Colon": "bad7a188931dc2f6acf72b08eb6202d0"}
+MSD_TASKS: dict[str, str] = {  # task -> MD5 of its tarball, as published by MONAI (`monai.apps.DecathlonDataset.md5`)
+    "Task01_BrainTumour": "240a19d752f0d9e9101544901065d872",
+    "Task02_Heart": "06ee59366e1e5124267b774dbd654057",
+    "Task03_Liver": "a90ec6c4aa7f6a3d087205e23d4e6397",
+    "Task04_Hippocampus": "9d24dba78a72977dbd1d2e110310f31b",
+    "Task05_Prostate": "35138f08b1efaef89d7424d2bcc928db",
+    "Task06_Lung": "8afd997733c7fc0432f71255ba4e52dc",
+    "Task07_Pancreas": "4f7080cfca169fa8066d17ce6eb061e4",
+    "Task08_HepaticVessel": "641d79e80ec66453921d997fbf12a29c",
+    "Task09_Spleen": "410d4a301da4e5b2f6f86ec3ddba524e",
+    "Task10_Colon": "bad7a188931dc2f6acf72b08eb6202d0",
+}
+
 
 def msd_resources() -> dict[str, tuple[str, str]]:
     "`{task: (url, md5)}` for the MSD tasks (the URLs and checksums MONAI's `DecathlonDataset` uses)."
@@ -1648,39 +2535,58 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
 def verify_checksum(path: str | Path, expected: str, algo: str = "md5") -> Path:
     "Check `path` against the published `expected` digest (`md5` or `sha256`); raise a `MedsynError` naming the file if it differs."
     got = file_digest(path, algo)
-    check(got.lower() == expected.lower(), f"{path}: {algo} checksum {got} does not match the published {expected}; the download is "
-                                           "incomplete or corrupt: delete the file and download it again")
+    check(
+        got.lower() == expected.lower(),
+        f"{path}: {algo} checksum {got} does not match the published {expected}; the download is "
+        "incomplete or corrupt: delete the file and download it again",
+    )
     return Path(path)
 
 # %% ../nbs/01_data.ipynb
-def download_msd(task: str = "Task09_Spleen", root: str | Path | None = None, url: str | None = None,
-                 md5: str | None = None, timeout: float = 60) -> Path:
+def download_msd(
+    task: str = "Task09_Spleen",
+    root: str | Path | None = None,
+    url: str | None = None,
+    md5: str | None = None,
+    timeout: float = 60,
+) -> Path:
     "Return the extracted MSD `task` folder under `root` (default `cache_dir()/msd`), downloading and verifying the tarball if needed."
     res = msd_resources()
     check(task in res or (url and md5), f"unknown MSD task {task!r}; choose one of {sorted(res)}")
     url, md5 = url or res[task][0], md5 or res[task][1]
     root = Path(root) if root is not None else cache_dir() / "msd"
     folder, tar = root / task, root / f"{task}.tar"
-    if (folder / "dataset.json").exists(): return folder
+    if (folder / "dataset.json").exists():
+        return folder
     if not tar.exists():
         root.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_path(tar) as tmp, urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
                 shutil.copyfileobj(r, f, 1 << 20)
         except (urllib.error.URLError, OSError, TimeoutError) as e:
-            raise MedsynError(f"could not download {url} ({e}). Without internet, download it on another machine and place it at "
-                              f"{tar} (md5 {md5}), then run the command again") from e
+            raise MedsynError(
+                f"could not download {url} ({e}). Without internet, download it on another machine and place it at "
+                f"{tar} (md5 {md5}), then run the command again"
+            ) from e
     verify_checksum(tar, md5, "md5")
     with atomic_dir(folder, overwrite=True, kind="download", sources=[tar]) as tmp:
         with tarfile.open(tar) as t:
-            if hasattr(tarfile, "data_filter"): t.extractall(tmp, filter="data")     # refuses absolute paths and ../ members
+            if hasattr(tarfile, "data_filter"):
+                t.extractall(tmp, filter="data")  # refuses absolute paths and ../ members
             else:
-                bad = [m.name for m in t.getmembers() if m.name.startswith(("/", "..")) or "/../" in m.name or m.issym() or m.islnk()]
+                bad = [
+                    m.name
+                    for m in t.getmembers()
+                    if m.name.startswith(("/", "..")) or "/../" in m.name or m.issym() or m.islnk()
+                ]
                 check(not bad, f"{tar}: unsafe archive members {bad[:3]}; delete the file and download it again")
                 t.extractall(tmp)
         inner = tmp / task
-        check((inner / "dataset.json").exists(), f"{tar}: does not contain {task}/dataset.json; is it the right archive?")
-        for p in inner.iterdir(): shutil.move(str(p), tmp / p.name)
+        check(
+            (inner / "dataset.json").exists(), f"{tar}: does not contain {task}/dataset.json; is it the right archive?"
+        )
+        for p in inner.iterdir():
+            shutil.move(str(p), tmp / p.name)
         inner.rmdir()
     return folder
 
@@ -1688,10 +2594,13 @@ def download_msd(task: str = "Task09_Spleen", root: str | Path | None = None, ur
 def plot_dataset_overview(ds: CanonicalDataset | str | Path, n: int = 4, alpha: float = 0.45):
     "Figure: `n` samples (rows) with each modality and a mask overlay, plus the label histogram of the whole dataset."
     import matplotlib.pyplot as plt
+
     ds = ds if isinstance(ds, CanonicalDataset) else load_canonical(ds)
     check(len(ds) > 0, f"{ds.root}: empty dataset")
     order = ds.index.sort_values("fg_fraction", ascending=False).index.to_numpy()
-    pick = order[np.linspace(0, max(len(order) // 2 - 1, 0), min(n, len(ds))).round().astype(int)]   # structured slices, spread out
+    pick = order[
+        np.linspace(0, max(len(order) // 2 - 1, 0), min(n, len(ds))).round().astype(int)
+    ]  # structured slices, spread out
     C, K = len(ds.modalities), max(ds.labels) + 1
     cmap = label_cmap(K)
     fig = plt.figure(figsize=(2.1 * (C + 1), 2.1 * len(pick) + 2.4), layout="constrained")
@@ -1703,21 +2612,33 @@ def plot_dataset_overview(ds: CanonicalDataset | str | Path, n: int = 4, alpha: 
             ax.set_xticks([])
             ax.set_yticks([])
             ax.imshow(s["image"][min(c, C - 1)].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            if c == C: ax.imshow(s["mask"].numpy(), cmap=cmap, vmin=0, vmax=K - 1, alpha=alpha, interpolation="nearest")
-            if r == 0: ax.set_title(ds.modalities[c] if c < C else "mask overlay", fontsize=9)
-            if c == 0: ax.set_ylabel(f"{s['subject']}\nslice {ds.index.slice[int(i)]}", fontsize=7)
+            if c == C:
+                ax.imshow(s["mask"].numpy(), cmap=cmap, vmin=0, vmax=K - 1, alpha=alpha, interpolation="nearest")
+            if r == 0:
+                ax.set_title(ds.modalities[c] if c < C else "mask overlay", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{s['subject']}\nslice {ds.index.slice[int(i)]}", fontsize=7)
     _, masks = ds.tensors()
     counts = torch.bincount(masks.flatten(), minlength=K).numpy()
     present = np.array([(masks == k).flatten(1).any(1).float().mean().item() for k in range(K)])
     ax = fig.add_subplot(gs[-1, :])
     names = [ds.labels.get(k, str(k)) for k in range(K)]
     xs = np.arange(K)
-    ax.bar(xs - 0.2, counts / counts.sum(), 0.4, color=[cmap(k) if k else (0.6, 0.6, 0.6, 1) for k in range(K)], label="share of pixels")
+    ax.bar(
+        xs - 0.2,
+        counts / counts.sum(),
+        0.4,
+        color=[cmap(k) if k else (0.6, 0.6, 0.6, 1) for k in range(K)],
+        label="share of pixels",
+    )
     ax.bar(xs + 0.2, present, 0.4, color="none", edgecolor="k", hatch="//", label="share of slices containing it")
     ax.set_xticks(xs, names, fontsize=8)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(f"{ds.meta['name']}: {len(ds)} slices, {len(ds.subjects)} subjects, {ds.resolution[0]}×{ds.resolution[1]}", fontsize=9)
+    ax.set_title(
+        f"{ds.meta['name']}: {len(ds)} slices, {len(ds.subjects)} subjects, {ds.resolution[0]}×{ds.resolution[1]}",
+        fontsize=9,
+    )
     return fig
 
 # %% ../nbs/01_data.ipynb
@@ -1725,18 +2646,37 @@ def toy_dataset(out, n: int = 16, res: int = 32, n_modalities: int = 2, seed: in
     "Write a tiny synthetic canonical dataset (labels background / ring / core) for tests; returns its folder."
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:res, :res]
+
     def samples():
         for i in range(n):
             cy, cx = rng.uniform(res * 0.3, res * 0.7, 2)
             r = rng.uniform(res * 0.1, res * 0.2)
             d = np.hypot(yy - cy, xx - cx)
             mask = (d < 1.6 * r).astype(np.uint8) + (d < 0.8 * r)
-            image = np.stack([np.clip(0.15 + (0.3 + 0.1 * c) * (mask > 0) + 0.3 * (mask == 2) + 0.05 * rng.standard_normal((res, res)), 0, 1)
-                              for c in range(n_modalities)])
+            image = np.stack(
+                [
+                    np.clip(
+                        0.15
+                        + (0.3 + 0.1 * c) * (mask > 0)
+                        + 0.3 * (mask == 2)
+                        + 0.05 * rng.standard_normal((res, res)),
+                        0,
+                        1,
+                    )
+                    for c in range(n_modalities)
+                ]
+            )
             yield dict(image=image, mask=mask, subject=f"toy{i // 4:02d}", slice=i % 4)
-    return write_canonical(out, samples(), name="toy", modalities=[f"m{c}" for c in range(n_modalities)],
-                           labels={0: "background", 1: "ring", 2: "core"}, provenance="synthetic test data (medsyn.data.toy_dataset)",
-                           overwrite=overwrite)
+
+    return write_canonical(
+        out,
+        samples(),
+        name="toy",
+        modalities=[f"m{c}" for c in range(n_modalities)],
+        labels={0: "background", 1: "ring", 2: "core"},
+        provenance="synthetic test data (medsyn.data.toy_dataset)",
+        overwrite=overwrite,
+    )
 
 # %% ../nbs/01_data.ipynb
 def _pairs_arg(s: str, what: str) -> tuple[float, float]:
@@ -1746,35 +2686,78 @@ def _pairs_arg(s: str, what: str) -> tuple[float, float]:
     except ValueError as e:
         raise MedsynError(f"{what} must be LOW,HIGH (e.g. -1000,2000), got {s!r}") from e
 
+
 def _window_arg(s: str, what: str):
     "A window option: a `CT_WINDOWS` name (checked) or LOW,HIGH."
-    if re.search(r"\d", s): return _pairs_arg(s, what)
-    ct_window_range(s)                         # an unknown name is refused here, listing the known ones
+    if re.search(r"\d", s):
+        return _pairs_arg(s, what)
+    ct_window_range(s)  # an unknown name is refused here, listing the known ones
     return s
 
 # %% ../nbs/01_data.ipynb
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsyn prepare", description="Convert NIfTI / MSD / nnU-Net / PNG / DICOM data into a canonical 2D image+mask dataset.")
+    p = argparse.ArgumentParser(
+        prog="medsyn prepare",
+        description="Convert NIfTI / MSD / nnU-Net / PNG / DICOM data into a canonical 2D image+mask dataset.",
+    )
     p.add_argument("src", help="dataset folder, an MSD task name (e.g. Task09_Spleen), or 'mni152' (bundled default)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--res", type=int, default=256, help="output size in pixels (square)")
-    p.add_argument("--axis", type=int, default=None, choices=(0, 1, 2), help="slicing axis in RAS: 0 sagittal, 1 coronal, 2 axial "
-                   "(default: the release's, else 2)")
+    p.add_argument(
+        "--axis",
+        type=int,
+        default=None,
+        choices=(0, 1, 2),
+        help="slicing axis in RAS: 0 sagittal, 1 coronal, 2 axial (default: the release's, else 2)",
+    )
     p.add_argument("--layout", default="auto", choices=("auto", "msd", "nifti", "png", "dicom"))
-    p.add_argument("--roi", action="append", default=[], metavar="NAME", help="DICOM: an RTSTRUCT ROI / SEG segment to keep, in label-id "
-                   "order (repeatable; default: all)")
-    p.add_argument("--preset", default="auto", choices=("auto", "none", *RELEASES),
-                   help="read SRC as this known release (default: detected from its folders and file names; none: never)")
-    p.add_argument("--label-map", default=None, metavar="OLD=NEW,...|SCHEME",
-                   help=f"map label ids, e.g. 4=3, or a named scheme: {', '.join(LABEL_SCHEMES)}")
+    p.add_argument(
+        "--roi",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="DICOM: an RTSTRUCT ROI / SEG segment to keep, in label-id order (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--preset",
+        default="auto",
+        choices=("auto", "none", *RELEASES),
+        help="read SRC as this known release (default: detected from its folders and file names; none: never)",
+    )
+    p.add_argument(
+        "--label-map",
+        default=None,
+        metavar="OLD=NEW,...|SCHEME",
+        help=f"map label ids, e.g. 4=3, or a named scheme: {', '.join(LABEL_SCHEMES)}",
+    )
     p.add_argument("--empty-fraction", type=float, default=0.1, help="fraction of slices without foreground to keep")
-    p.add_argument("--ct-window", default=None, help=f"HU window for modalities named CT: LOW,HIGH or one of {', '.join(CT_WINDOWS)} "
-                   "(default: the release's task window, else wide = -1000,2000)")
-    p.add_argument("--window", action="append", default=[], metavar="MOD=LOW,HIGH", help="fixed window for one modality, LOW,HIGH or a CT window name (repeatable)")
-    p.add_argument("--images", action="append", default=[], metavar="[MOD=]PATTERN",
-                   help="image file pattern with {subject} (and {slice} for 2D), relative to SRC; repeat as MOD=PATTERN per modality")
+    p.add_argument(
+        "--ct-window",
+        default=None,
+        help=f"HU window for modalities named CT: LOW,HIGH or one of {', '.join(CT_WINDOWS)} "
+        "(default: the release's task window, else wide = -1000,2000)",
+    )
+    p.add_argument(
+        "--window",
+        action="append",
+        default=[],
+        metavar="MOD=LOW,HIGH",
+        help="fixed window for one modality, LOW,HIGH or a CT window name (repeatable)",
+    )
+    p.add_argument(
+        "--images",
+        action="append",
+        default=[],
+        metavar="[MOD=]PATTERN",
+        help="image file pattern with {subject} (and {slice} for 2D), relative to SRC; repeat as MOD=PATTERN per modality",
+    )
     p.add_argument("--labels", default=None, metavar="PATTERN", help="label/mask file pattern with {subject}")
-    p.add_argument("--label-names", default=None, metavar="0=background,1=organ", help="declared labels (default: from dataset.json or the label files)")
+    p.add_argument(
+        "--label-names",
+        default=None,
+        metavar="0=background,1=organ",
+        help="declared labels (default: from dataset.json or the label files)",
+    )
     p.add_argument("--modalities", default=None, help="comma-separated modality names (single-pattern layouts)")
     p.add_argument("--name", default=None, help="dataset name (default: from dataset.json or the folder name)")
     p.add_argument("--folds", type=int, default=5, help="number of subject-level folds saved in splits.json")
@@ -1787,19 +2770,40 @@ def _parser() -> argparse.ArgumentParser:
 def prepare_main(argv: list[str]) -> int:
     "`medsyn prepare`: parse `argv` and run `prepare` (or the bundled/downloaded sources); prints a summary."
     argv = list(argv)
-    for i in range(len(argv) - 1):          # allow `--ct-window -1000,2000` (argparse would read -1000 as an option)
-        if argv[i] in ("--ct-window", "--window") and argv[i + 1].startswith("-"): argv[i:i + 2] = [f"{argv[i]}={argv[i + 1]}", ""]
+    for i in range(len(argv) - 1):  # allow `--ct-window -1000,2000` (argparse would read -1000 as an option)
+        if argv[i] in ("--ct-window", "--window") and argv[i + 1].startswith("-"):
+            argv[i : i + 2] = [f"{argv[i]}={argv[i + 1]}", ""]
     a = _parser().parse_args([x for x in argv if x != ""])
     t0 = time.time()
     if a.src == "mni152":
-        ignored = [o for o, v in (("--layout", a.layout != "auto"), ("--preset", a.preset != "auto"), ("--images", a.images), ("--labels", a.labels),
-                                  ("--label-names", a.label_names), ("--label-map", a.label_map), ("--modalities", a.modalities), ("--roi", a.roi),
-                                  ("--window", a.window), ("--ct-window", a.ct_window), ("--name", a.name)) if v]
-        check(not ignored, f"mni152: {', '.join(ignored)} do not apply to the bundled dataset (only --res, --axis, --folds, --seed, --overwrite); drop them")
-        out = prepare_mni152(a.out, res=a.res, axis=2 if a.axis is None else a.axis, overwrite=a.overwrite, folds=a.folds, seed=a.seed)
+        ignored = [
+            o
+            for o, v in (
+                ("--layout", a.layout != "auto"),
+                ("--preset", a.preset != "auto"),
+                ("--images", a.images),
+                ("--labels", a.labels),
+                ("--label-names", a.label_names),
+                ("--label-map", a.label_map),
+                ("--modalities", a.modalities),
+                ("--roi", a.roi),
+                ("--window", a.window),
+                ("--ct-window", a.ct_window),
+                ("--name", a.name),
+            )
+            if v
+        ]
+        check(
+            not ignored,
+            f"mni152: {', '.join(ignored)} do not apply to the bundled dataset (only --res, --axis, --folds, --seed, --overwrite); drop them",
+        )
+        out = prepare_mni152(
+            a.out, res=a.res, axis=2 if a.axis is None else a.axis, overwrite=a.overwrite, folds=a.folds, seed=a.seed
+        )
     else:
         src = Path(a.src)
-        if not src.exists() and re.fullmatch(r"Task\d\d_\w+", a.src): src = download_msd(a.src)
+        if not src.exists() and re.fullmatch(r"Task\d\d_\w+", a.src):
+            src = download_msd(a.src)
         imgs = None
         if a.images:
             if all("=" in s and "{" not in s.split("=", 1)[0] for s in a.images):
@@ -1809,21 +2813,53 @@ def prepare_main(argv: list[str]) -> int:
                 imgs = a.images[0]
         names = None
         if a.label_names:
-            try: names = {int(k): v for k, v in (kv.split("=", 1) for kv in a.label_names.split(","))}
-            except ValueError as e: raise MedsynError(f"--label-names must look like 0=background,1=organ, got {a.label_names!r}") from e
+            try:
+                names = {int(k): v for k, v in (kv.split("=", 1) for kv in a.label_names.split(","))}
+            except ValueError as e:
+                raise MedsynError(f"--label-names must look like 0=background,1=organ, got {a.label_names!r}") from e
         windows = {}
         for w in a.window:
             check("=" in w, f"--window must be MOD=LOW,HIGH, got {w!r}")
             m, v = w.split("=", 1)
             windows[m] = _window_arg(v, "--window")
-        out = prepare(src, a.out, res=a.res, axis=a.axis, layout=a.layout, empty_fraction=a.empty_fraction,
-                      ct_window=_window_arg(a.ct_window, "--ct-window") if a.ct_window else None, windows=windows, folds=a.folds,
-                      seed=a.seed, overwrite=a.overwrite, images=imgs, labels=a.labels, label_names=names,
-                      modalities=a.modalities.split(",") if a.modalities else None, name=a.name, progress=not a.quiet,
-                      preset=a.preset, label_map=a.label_map, roi=a.roi or None,
-                      log=lambda m: print(m, flush=True))
+        out = prepare(
+            src,
+            a.out,
+            res=a.res,
+            axis=a.axis,
+            layout=a.layout,
+            empty_fraction=a.empty_fraction,
+            ct_window=_window_arg(a.ct_window, "--ct-window") if a.ct_window else None,
+            windows=windows,
+            folds=a.folds,
+            seed=a.seed,
+            overwrite=a.overwrite,
+            images=imgs,
+            labels=a.labels,
+            label_names=names,
+            modalities=a.modalities.split(",") if a.modalities else None,
+            name=a.name,
+            progress=not a.quiet,
+            preset=a.preset,
+            label_map=a.label_map,
+            roi=a.roi or None,
+            log=lambda m: print(m, flush=True),
+        )
     ds = load_canonical(out)
-    print(json.dumps(dict(out=str(out), name=ds.meta["name"], n_subjects=len(ds.subjects), n_slices=len(ds),
-                          modalities=ds.modalities, labels=ds.labels, resolution=list(ds.resolution), release=ds.meta.get("release"),
-                          skipped_unlabelled=ds.meta.get("skipped_unlabelled", 0), seconds=round(time.time() - t0, 2))))
+    print(
+        json.dumps(
+            dict(
+                out=str(out),
+                name=ds.meta["name"],
+                n_subjects=len(ds.subjects),
+                n_slices=len(ds),
+                modalities=ds.modalities,
+                labels=ds.labels,
+                resolution=list(ds.resolution),
+                release=ds.meta.get("release"),
+                skipped_unlabelled=ds.meta.get("skipped_unlabelled", 0),
+                seconds=round(time.time() - t0, 2),
+            )
+        )
+    )
     return 0

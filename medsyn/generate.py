@@ -11,7 +11,16 @@ import numpy as np
 import torch
 
 from .augment import MASK_WARP, warp_masks
-from .core import MedsynError, call_with_args, check, atomic_dir, check_output_dir, choose_device, file_sha256, signature_parser
+from medsyn.core import (
+    MedsynError,
+    call_with_args,
+    check,
+    atomic_dir,
+    check_output_dir,
+    choose_device,
+    file_sha256,
+    signature_parser,
+)
 from .data import load_canonical, write_canonical
 from .networks import generator_from_checkpoint, load_checkpoint, mask_to_onehot, to_pair01
 from .viz import grid_rows, save_png
@@ -23,8 +32,11 @@ __all__ = ['latents', 'synthesize', 'warp_settings', 'mask_supplier', 'generate_
 # %% ../nbs/06_generate.ipynb
 def latents(seed: int, indices, z_dim: int, stream: int = 0) -> torch.Tensor:
     "Latents `(len(indices), z_dim)`: row `i` is N(0, I) drawn from a generator seeded with `(seed, stream, indices[i])`."
-    return torch.from_numpy(np.stack([np.random.default_rng([seed, stream, int(k)]).standard_normal(z_dim)
-                                      for k in indices]).astype(np.float32))
+    return torch.from_numpy(
+        np.stack([np.random.default_rng([seed, stream, int(k)]).standard_normal(z_dim) for k in indices]).astype(
+            np.float32
+        )
+    )
 
 # %% ../nbs/06_generate.ipynb
 @torch.no_grad()
@@ -41,8 +53,11 @@ def synthesize(G, gcfg, z: torch.Tensor, trunc: float = 0.7, cond: torch.Tensor 
 # %% ../nbs/06_generate.ipynb
 def _labels_of(ck: dict, path="checkpoint") -> tuple[list[str], dict[int, str]]:
     meta = ck.get("dataset_meta") or {}
-    check("modalities" in meta and "labels" in meta, f"{path}: checkpoint has no dataset metadata (modalities/labels); "
-          "it was not written by medsyn.train.train_gan - retrain or re-save it with train_gan")
+    check(
+        "modalities" in meta and "labels" in meta,
+        f"{path}: checkpoint has no dataset metadata (modalities/labels); "
+        "it was not written by medsyn.train.train_gan - retrain or re-save it with train_gan",
+    )
     return list(meta["modalities"]), {int(k): v for k, v in meta["labels"].items()}
 
 # %% ../nbs/06_generate.ipynb
@@ -59,58 +74,87 @@ def warp_settings(warp: dict | None = None) -> dict:
     return {**MASK_WARP, **warp}
 
 # %% ../nbs/06_generate.ipynb
-def mask_supplier(gcfg, ckpt, mask_ckpt=None, masks_from=None, warp_seed: int | None = None, warp: dict | None = None,
-                  seed: int = 0, trunc: float = 0.7, device="cpu"):
+def mask_supplier(
+    gcfg,
+    ckpt,
+    mask_ckpt=None,
+    masks_from=None,
+    warp_seed: int | None = None,
+    warp: dict | None = None,
+    seed: int = 0,
+    trunc: float = 0.7,
+    device="cpu",
+):
     """Where the masks of the generator `gcfg` (checkpoint `ckpt`) come from: `(masks, provenance)`, `masks(indices)` giving
     the integer label maps of those pairs. 'cond': the 'mask'/'joint' generator `mask_ckpt` (latent stream 1) or the real
     masks of the dataset `masks_from` (mask k mod N, deformed by `warp_masks` when `warp_seed` is given); 'joint': `None`
     (it draws its own masks). A 'mask' generator makes no pairs."""
     if gcfg.kind == "mask":
-        raise MedsynError(f"{ckpt} is a 'mask' generator (label maps only); pairs need images: pass a 'cond' "
-                          f"checkpoint as --ckpt and this one as --mask-ckpt (or use sample_masks for masks alone)")
+        raise MedsynError(
+            f"{ckpt} is a 'mask' generator (label maps only); pairs need images: pass a 'cond' "
+            f"checkpoint as --ckpt and this one as --mask-ckpt (or use sample_masks for masks alone)"
+        )
     if gcfg.kind == "joint":
-        check(mask_ckpt is None and masks_from is None, f"{ckpt} is a 'joint' generator; --mask-ckpt/--masks-from are for 'cond'")
+        check(
+            mask_ckpt is None and masks_from is None,
+            f"{ckpt} is a 'joint' generator; --mask-ckpt/--masks-from are for 'cond'",
+        )
         return None, {}
-    check((mask_ckpt is None) != (masks_from is None),
-          f"{ckpt} is a 'cond' generator (image given mask): pass exactly one of --mask-ckpt (a mask generator) "
-          "or --masks-from (a canonical dataset with real masks)")
+    check(
+        (mask_ckpt is None) != (masks_from is None),
+        f"{ckpt} is a 'cond' generator (image given mask): pass exactly one of --mask-ckpt (a mask generator) "
+        "or --masks-from (a canonical dataset with real masks)",
+    )
     if mask_ckpt is not None:
         Gm, mcfg = generator_from_checkpoint(load_checkpoint(mask_ckpt), device=device)
-        check(mcfg.kind in ("mask", "joint"), f"{mask_ckpt} is a {mcfg.kind!r} generator; --mask-ckpt needs 'mask' (or 'joint')")
-        check(mcfg.num_labels == gcfg.num_labels and mcfg.resolution == gcfg.resolution,
-              f"{mask_ckpt} makes {mcfg.num_labels} labels at {mcfg.resolution}px but {ckpt} expects "
-              f"{gcfg.num_labels} at {gcfg.resolution}px; use generators trained on the same dataset")
-        return (lambda idx: synthesize(Gm, mcfg, latents(seed, idx, mcfg.z_dim, stream=1), trunc)[1]), \
-               dict(mask_generator=_describe(mask_ckpt))
+        check(
+            mcfg.kind in ("mask", "joint"),
+            f"{mask_ckpt} is a {mcfg.kind!r} generator; --mask-ckpt needs 'mask' (or 'joint')",
+        )
+        check(
+            mcfg.num_labels == gcfg.num_labels and mcfg.resolution == gcfg.resolution,
+            f"{mask_ckpt} makes {mcfg.num_labels} labels at {mcfg.resolution}px but {ckpt} expects "
+            f"{gcfg.num_labels} at {gcfg.resolution}px; use generators trained on the same dataset",
+        )
+        return (lambda idx: synthesize(Gm, mcfg, latents(seed, idx, mcfg.z_dim, stream=1), trunc)[1]), dict(
+            mask_generator=_describe(mask_ckpt)
+        )
     mds = load_canonical(masks_from)
     check(len(mds) > 0, f"{masks_from}: no samples to take masks from")
-    check(len(mds.labels) == gcfg.num_labels and tuple(mds.resolution) == (gcfg.resolution,) * 2,
-          f"{masks_from}: {len(mds.labels)} labels at {mds.resolution} but {ckpt} expects {gcfg.num_labels} "
-          f"labels at {gcfg.resolution}x{gcfg.resolution}; prepare the masks with the same labels and --res")
+    check(
+        len(mds.labels) == gcfg.num_labels and tuple(mds.resolution) == (gcfg.resolution,) * 2,
+        f"{masks_from}: {len(mds.labels)} labels at {mds.resolution} but {ckpt} expects {gcfg.num_labels} "
+        f"labels at {gcfg.resolution}x{gcfg.resolution}; prepare the masks with the same labels and --res",
+    )
     _, real_masks = mds.tensors()
-    prov = dict(masks_from=str(masks_from), **({} if warp is None else dict(mask_warp=dict(seed=int(warp_seed), **warp))))
+    prov = dict(
+        masks_from=str(masks_from), **({} if warp is None else dict(mask_warp=dict(seed=int(warp_seed), **warp)))
+    )
+
     def masks(idx):
         mask = real_masks[[k % len(real_masks) for k in idx]]
         return mask if warp is None else warp_masks(mask, warp_seed, indices=idx, **warp)
+
     return masks, prov
 
 # %% ../nbs/06_generate.ipynb
-def generate_pairs(ckpt,                               # 'joint' or 'cond' checkpoint (network-best.pt of a run)
-                   out_dir,                            # output dataset folder
-                   n: int = 1000,                      # number of pairs
-                   trunc: float = 0.7,                 # truncation psi (1 = none)
-                   seed: int = 0,                      # seed of the latents (pair k depends on (seed, k) only)
-                   mask_ckpt: str | None = None,       # cond only: 'mask' (or 'joint') generator checkpoint that supplies the masks
-                   masks_from: str | None = None,      # cond only: canonical dataset whose real masks are used
-                   batch: int = 16,                    # pairs per forward pass
-                   overwrite: bool = False,            # replace an existing output dataset
-                   png: bool = False,                  # also write preview PNGs
-                   nifti: bool = False,                # also write preview NIfTI stacks
-                   device: str = "auto",               # auto | cpu | cuda
-                   name: str | None = None,            # dataset name (default: syn-<kind>-<run folder>)
-                   warp_seed: int | None = None,       # with masks_from: deform the real masks (affine + elastic, seeded)
-                   warp: dict | None = None,           # with warp_seed: overrides of `medsyn.augment.MASK_WARP`
-                   ) -> Path:
+def generate_pairs(
+    ckpt,  # 'joint' or 'cond' checkpoint (network-best.pt of a run)
+    out_dir,  # output dataset folder
+    n: int = 1000,  # number of pairs
+    trunc: float = 0.7,  # truncation psi (1 = none)
+    seed: int = 0,  # seed of the latents (pair k depends on (seed, k) only)
+    mask_ckpt: str | None = None,  # cond only: 'mask' (or 'joint') generator checkpoint that supplies the masks
+    masks_from: str | None = None,  # cond only: canonical dataset whose real masks are used
+    batch: int = 16,  # pairs per forward pass
+    overwrite: bool = False,  # replace an existing output dataset
+    png: bool = False,  # also write preview PNGs
+    nifti: bool = False,  # also write preview NIfTI stacks
+    device: str = "auto",  # auto | cpu | cuda
+    name: str | None = None,  # dataset name (default: syn-<kind>-<run folder>)
+    warp_seed: int | None = None,  # with masks_from: deform the real masks (affine + elastic, seeded)
+    warp: dict | None = None,  # with warp_seed: overrides of `medsyn.augment.MASK_WARP`
+) -> Path:
     """Write `n` synthetic image+mask pairs as a canonical dataset at `out_dir`. `ckpt` is a 'joint' checkpoint,
     or a 'cond' one together with `mask_ckpt` (a 'mask' or 'joint' checkpoint whose masks are used) or
     `masks_from` (a canonical dataset whose real masks are used, sample k <- mask k mod N). With `masks_from`,
@@ -118,17 +162,31 @@ def generate_pairs(ckpt,                               # 'joint' or 'cond' check
     check(n >= 1, f"--n {n}: the number of pairs must be at least 1")
     check(batch >= 1, f"--batch {batch}: the batch size must be at least 1")
     check(0 <= trunc <= 2, f"--trunc {trunc}: the truncation psi must be in [0, 2] (1 = no truncation, 0.7 is usual)")
-    check(warp_seed is not None or warp is None, "warp settings given without --warp-seed; pass a warp seed to deform the masks")
-    check(warp_seed is None or masks_from is not None, f"--warp-seed {warp_seed}: only real masks (--masks-from) are warped")
+    check(
+        warp_seed is not None or warp is None,
+        "warp settings given without --warp-seed; pass a warp seed to deform the masks",
+    )
+    check(
+        warp_seed is None or masks_from is not None,
+        f"--warp-seed {warp_seed}: only real masks (--masks-from) are warped",
+    )
     warp = None if warp_seed is None else warp_settings(warp)
     sources = [s for s in (ckpt, mask_ckpt, masks_from) if s is not None]
-    check_output_dir(out_dir, overwrite, "dataset", sources=sources)    # refuse before loading anything
+    check_output_dir(out_dir, overwrite, "dataset", sources=sources)  # refuse before loading anything
     dev = choose_device(device)
     ck = load_checkpoint(ckpt)
     G, gcfg = generator_from_checkpoint(ck, device=dev)
     modalities, labels = _labels_of(ck, ckpt)
-    prov = dict(generator=_describe(ckpt), kind=gcfg.kind, trunc=trunc, seed=seed, n=n,
-                trained_kimg=ck.get("kimg"), selection_metric=ck.get("selection_metric"), metric=ck.get("metric"))
+    prov = dict(
+        generator=_describe(ckpt),
+        kind=gcfg.kind,
+        trunc=trunc,
+        seed=seed,
+        n=n,
+        trained_kimg=ck.get("kimg"),
+        selection_metric=ck.get("selection_metric"),
+        metric=ck.get("metric"),
+    )
     masks, mask_prov = mask_supplier(gcfg, ckpt, mask_ckpt, masks_from, warp_seed, warp, seed, trunc, dev)
     prov.update(mask_prov)
 
@@ -136,31 +194,55 @@ def generate_pairs(ckpt,                               # 'joint' or 'cond' check
         for start in range(0, n, batch):
             idx = list(range(start, min(start + batch, n)))
             z = latents(seed, idx, gcfg.z_dim)
-            if masks is None: image, mask = synthesize(G, gcfg, z, trunc)          # 'joint' draws its own masks
+            if masks is None:
+                image, mask = synthesize(G, gcfg, z, trunc)  # 'joint' draws its own masks
             else:
                 mask = masks(idx)
                 image, _ = synthesize(G, gcfg, z, trunc, cond=mask_to_onehot(mask, gcfg.num_labels))
             for j, k in enumerate(idx):
-                yield dict(image=image[j].numpy(), mask=mask[j].numpy().astype(np.uint8), subject=f"syn-{k:05d}", slice=0,
-                           source_file=str(ckpt))
-    out = write_canonical(out_dir, samples(), name=name or f"syn-{gcfg.kind}-{Path(ckpt).parent.name}",
-                          modalities=modalities, labels=labels, provenance=json.dumps(prov, default=str),
-                          overwrite=overwrite, source=str(ckpt), sources=sources)
-    if png or nifti: write_previews(out, png=png, nifti=nifti)
+                yield dict(
+                    image=image[j].numpy(),
+                    mask=mask[j].numpy().astype(np.uint8),
+                    subject=f"syn-{k:05d}",
+                    slice=0,
+                    source_file=str(ckpt),
+                )
+
+    out = write_canonical(
+        out_dir,
+        samples(),
+        name=name or f"syn-{gcfg.kind}-{Path(ckpt).parent.name}",
+        modalities=modalities,
+        labels=labels,
+        provenance=json.dumps(prov, default=str),
+        overwrite=overwrite,
+        source=str(ckpt),
+        sources=sources,
+    )
+    if png or nifti:
+        write_previews(out, png=png, nifti=nifti)
     return out
 
 # %% ../nbs/06_generate.ipynb
-def sample_masks(ckpt, n: int = 16, trunc: float = 0.7, seed: int = 0, batch: int = 16, device: str = "auto") -> torch.Tensor:
+def sample_masks(
+    ckpt, n: int = 16, trunc: float = 0.7, seed: int = 0, batch: int = 16, device: str = "auto"
+) -> torch.Tensor:
     "Integer masks (n,H,W) from a 'mask' or 'joint' checkpoint (the same masks `generate_pairs` uses with --mask-ckpt)."
     ck = load_checkpoint(ckpt)
     G, gcfg = generator_from_checkpoint(ck, device=choose_device(device))
     check(gcfg.kind in ("mask", "joint"), f"{ckpt} is a {gcfg.kind!r} generator; masks come from 'mask' or 'joint'")
-    return torch.cat([synthesize(G, gcfg, latents(seed, range(s, min(s + batch, n)), gcfg.z_dim, stream=1), trunc)[1]
-                      for s in range(0, n, batch)])
+    return torch.cat(
+        [
+            synthesize(G, gcfg, latents(seed, range(s, min(s + batch, n)), gcfg.z_dim, stream=1), trunc)[1]
+            for s in range(0, n, batch)
+        ]
+    )
 
 # %% ../nbs/06_generate.ipynb
 @torch.no_grad()
-def render_for_mask(ckpt, mask: torch.Tensor, n: int = 8, trunc: float = 0.7, seed: int = 0, device: str = "auto") -> torch.Tensor:
+def render_for_mask(
+    ckpt, mask: torch.Tensor, n: int = 8, trunc: float = 0.7, seed: int = 0, device: str = "auto"
+) -> torch.Tensor:
     "`n` images (n,C,H,W) in [0,1] that a 'cond' checkpoint renders for one integer mask (H,W)."
     ck = load_checkpoint(ckpt)
     G, gcfg = generator_from_checkpoint(ck, device=choose_device(device))
@@ -179,20 +261,30 @@ def write_previews(ds_dir, png: bool = True, nifti: bool = False, max_png: int =
             save_png(grid_rows(images[:32] * 2 - 1, masks[:32]), tmp / "grid.png")
             (tmp / "png").mkdir()
             for i in range(min(len(ds), max_png)):
-                save_png(grid_rows(images[i:i + 1] * 2 - 1, masks[i:i + 1]), tmp / "png" / f"{ds.index.sample_id[i]}.png")
+                save_png(
+                    grid_rows(images[i : i + 1] * 2 - 1, masks[i : i + 1]), tmp / "png" / f"{ds.index.sample_id[i]}.png"
+                )
         if nifti:
             import nibabel as nib
+
             for c, m in enumerate(ds.modalities):
                 vol = images[:, c].permute(1, 2, 0).numpy().astype(np.float32)
                 nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp / f"{m}.nii.gz"))
-            nib.save(nib.Nifti1Image(masks.permute(1, 2, 0).numpy().astype(np.uint8), np.eye(4)), str(tmp / "mask.nii.gz"))
+            nib.save(
+                nib.Nifti1Image(masks.permute(1, 2, 0).numpy().astype(np.uint8), np.eye(4)), str(tmp / "mask.nii.gz")
+            )
     return out
 
 # %% ../nbs/06_generate.ipynb
 def generate_parser() -> argparse.ArgumentParser:
     "`medsyn generate`'s options: `generate_pairs`'s parameters."
-    return signature_parser(generate_pairs, "medsyn generate", "Sample synthetic image+mask pairs into a canonical dataset.",
-                            skip=("warp",), aliases=dict(out_dir=["--out"]))
+    return signature_parser(
+        generate_pairs,
+        "medsyn generate",
+        "Sample synthetic image+mask pairs into a canonical dataset.",
+        skip=("warp",),
+        aliases=dict(out_dir=["--out"]),
+    )
 
 # %% ../nbs/06_generate.ipynb
 def generate_main(argv: list[str]) -> int:

@@ -17,9 +17,18 @@ import torch
 from tqdm import tqdm
 
 from .core import MedsynError, atomic_path, cache_dir, check, file_sha256
-from .weights import (
-    FID_HEAD_KEYS, FID_INCEPTION_FILE, FID_INCEPTION_URL, LPIPS_BACKBONES, LPIPS_ENV, LPIPS_WEIGHT_SETS,
-    fid_inception_architecture, find_weight_set, find_weights, load_weights_file)
+from medsyn.weights import (
+    FID_HEAD_KEYS,
+    FID_INCEPTION_FILE,
+    FID_INCEPTION_URL,
+    LPIPS_BACKBONES,
+    LPIPS_ENV,
+    LPIPS_WEIGHT_SETS,
+    fid_inception_architecture,
+    find_weight_set,
+    find_weights,
+    load_weights_file,
+)
 from .viz import LABEL_PALETTE, palette_index
 
 # %% auto 0
@@ -44,17 +53,26 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, imag_tol: floa
     "Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (pytorch-fid's stable formula)."
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    check(mu1.shape == mu2.shape, f"mean vectors differ in length: {mu1.shape} vs {mu2.shape}; both sets need the same feature extractor")
+    check(
+        mu1.shape == mu2.shape,
+        f"mean vectors differ in length: {mu1.shape} vs {mu2.shape}; both sets need the same feature extractor",
+    )
     d = mu1.shape[0]
-    check(sigma1.shape == sigma2.shape == (d, d), f"covariances must both be {d}x{d}, got {sigma1.shape} and {sigma2.shape}")
+    check(
+        sigma1.shape == sigma2.shape == (d, d),
+        f"covariances must both be {d}x{d}, got {sigma1.shape} and {sigma2.shape}",
+    )
     covmean, singular = _sqrtm(sigma1 @ sigma2)
     if singular or not np.isfinite(covmean).all():
         offset = np.eye(d) * eps
         covmean, _ = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         imag = np.abs(np.diagonal(covmean).imag).max()
-        check(imag <= imag_tol, f"matrix square root has a large imaginary component ({imag:.3g}); the covariances are "
-              "not valid (NaN/inf features or far too few samples); use more samples or check the features")
+        check(
+            imag <= imag_tol,
+            f"matrix square root has a large imaginary component ({imag:.3g}); the covariances are "
+            "not valid (NaN/inf features or far too few samples); use more samples or check the features",
+        )
         covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
@@ -62,7 +80,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, imag_tol: floa
 # %% ../nbs/07_metrics.ipynb
 def _as_features(features, name: str) -> np.ndarray:
     "Check and return a (N, D) float64 array of features."
-    if isinstance(features, torch.Tensor): features = features.detach().cpu().numpy()
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().numpy()
     f = np.asarray(features, dtype=np.float64)
     check(f.ndim == 2, f"{name}: expected a (N, D) array of features, got shape {f.shape}")
     check(len(f) > 0, f"{name}: the set is empty; point the metric at a folder with samples")
@@ -88,11 +107,17 @@ def fid_from_features(real, fake, eps: float = 1e-6) -> float:
     With fewer samples than dimensions the covariances are singular and the D×D `sqrtm` (minutes for D = 2048 on a CPU)
     is replaced by its exact low-rank equivalent (`_trace_sqrt_low_rank`); otherwise pytorch-fid's formula (`frechet_distance`)."""
     r, f = _as_features(real, "real"), _as_features(fake, "fake")
-    check(r.shape[1] == f.shape[1], f"real and fake features differ in size ({r.shape[1]} vs {f.shape[1]}); use one extractor for both")
+    check(
+        r.shape[1] == f.shape[1],
+        f"real and fake features differ in size ({r.shape[1]} vs {f.shape[1]}); use one extractor for both",
+    )
     if min(len(r), len(f)) > r.shape[1]:
         return frechet_distance(*feature_statistics(r, "real"), *feature_statistics(f, "fake"), eps=eps)
     for x, name in ((r, "real"), (f, "fake")):
-        check(len(x) >= 2, f"{name}: {len(x)} sample(s); at least 2 are needed to estimate a covariance (use more samples)")
+        check(
+            len(x) >= 2,
+            f"{name}: {len(x)} sample(s); at least 2 are needed to estimate a covariance (use more samples)",
+        )
     diff = r.mean(0) - f.mean(0)
     trace = lambda x: float(((x - x.mean(0)) ** 2).sum() / (len(x) - 1))
     return float(diff @ diff + trace(r) + trace(f) - 2 * _trace_sqrt_low_rank(r, f))
@@ -100,6 +125,7 @@ def fid_from_features(real, fake, eps: float = 1e-6) -> float:
 # %% ../nbs/07_metrics.ipynb
 class RunningFeatureStats:
     "Streaming mean/covariance of features (Chan et al. update, float64); optionally keeps the features."
+
     def __init__(self, keep_features: bool = True):
         self.n, self.mean, self.m2, self.keep, self._kept = 0, None, None, keep_features, []
 
@@ -107,16 +133,21 @@ class RunningFeatureStats:
         "Add a (B, D) batch of features."
         x = _as_features(feats, "feature batch")
         if self.mean is not None:
-            check(x.shape[1] == self.mean.shape[0], f"feature batch has {x.shape[1]} dims, the statistics have {self.mean.shape[0]}")
+            check(
+                x.shape[1] == self.mean.shape[0],
+                f"feature batch has {x.shape[1]} dims, the statistics have {self.mean.shape[0]}",
+            )
         nb, mb = len(x), x.mean(0)
         m2b = (x - mb).T @ (x - mb)
-        if self.n == 0: self.mean, self.m2 = mb, m2b
+        if self.n == 0:
+            self.mean, self.m2 = mb, m2b
         else:
             n, delta = self.n + nb, mb - self.mean
             self.mean = self.mean + delta * nb / n
             self.m2 = self.m2 + m2b + np.outer(delta, delta) * self.n * nb / n
         self.n += nb
-        if self.keep: self._kept.append(x.astype(np.float32))
+        if self.keep:
+            self._kept.append(x.astype(np.float32))
         return self
 
     @property
@@ -135,7 +166,9 @@ class RunningFeatureStats:
         return cls(keep_features).update(feats)
 
 # %% ../nbs/07_metrics.ipynb
-def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> np.ndarray:
+def polynomial_kernel(
+    x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
+) -> np.ndarray:
     "k(x, y) = (gamma x·y + coef0)^degree with gamma = 1/D by default."
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
     return (gamma * (x @ y.T) + coef0) ** degree
@@ -145,38 +178,67 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, **kernel) -> float:
     "Unbiased MMD² between samples x (m, D) and y (n, D) with `polynomial_kernel`."
     m, n = len(x), len(y)
     check(m >= 2 and n >= 2, f"MMD needs at least 2 samples per set (got {m} and {n})")
-    kxx, kyy, kxy = polynomial_kernel(x, x, **kernel), polynomial_kernel(y, y, **kernel), polynomial_kernel(x, y, **kernel)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.sum() / (m * n))
+    kxx, kyy, kxy = (
+        polynomial_kernel(x, x, **kernel),
+        polynomial_kernel(y, y, **kernel),
+        polynomial_kernel(x, y, **kernel),
+    )
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.sum() / (m * n)
+    )
 
 # %% ../nbs/07_metrics.ipynb
-def kid_from_features(real, fake, num_subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-                      gamma: float | None = None, coef0: float = 1.0, seed: int = 0) -> tuple[float, float]:
+def kid_from_features(
+    real,
+    fake,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> tuple[float, float]:
     "KID (mean and std over subsets) between two feature sets, as in torch-fidelity."
     r, f = _as_features(real, "real"), _as_features(fake, "fake")
     check(r.shape[1] == f.shape[1], f"real and fake features differ in size ({r.shape[1]} vs {f.shape[1]})")
     size = min(subset_size, len(r), len(f))
     check(size >= 2, f"KID needs at least 2 samples per set (got {len(r)} real, {len(f)} fake)")
     rng = np.random.default_rng(seed)
-    vals = [mmd2_unbiased(r[rng.choice(len(r), size, replace=False)], f[rng.choice(len(f), size, replace=False)],
-                          degree=degree, gamma=gamma, coef0=coef0) for _ in range(num_subsets)]
+    vals = [
+        mmd2_unbiased(
+            r[rng.choice(len(r), size, replace=False)],
+            f[rng.choice(len(f), size, replace=False)],
+            degree=degree,
+            gamma=gamma,
+            coef0=coef0,
+        )
+        for _ in range(num_subsets)
+    ]
     return float(np.mean(vals)), float(np.std(vals))
 
 # %% ../nbs/07_metrics.ipynb
 def _kth_neighbour_radii(x: torch.Tensor, k: int, block: int) -> torch.Tensor:
     "Distance of each row of x to its k-th nearest other row."
-    return torch.cat([torch.cdist(x[i:i + block], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), block)])
+    return torch.cat([torch.cdist(x[i : i + block], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), block)])
 
 # %% ../nbs/07_metrics.ipynb
 def _inside_manifold(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, block: int) -> torch.Tensor:
     "For each query row: is it within radius of some reference row?"
-    return torch.cat([(torch.cdist(query[i:i + block], ref) <= radii[None]).any(1) for i in range(0, len(query), block)])
+    return torch.cat(
+        [(torch.cdist(query[i : i + block], ref) <= radii[None]).any(1) for i in range(0, len(query), block)]
+    )
 
 # %% ../nbs/07_metrics.ipynb
 def precision_recall(real, fake, k: int = 3, block: int = 1024) -> dict[str, float]:
     "Improved precision and recall (k-NN manifolds, Kynkäänniemi et al. 2019) between two feature sets."
     r, f = _as_features(real, "real"), _as_features(fake, "fake")
     check(r.shape[1] == f.shape[1], f"real and fake features differ in size ({r.shape[1]} vs {f.shape[1]})")
-    check(len(r) > k and len(f) > k, f"precision/recall with k={k} needs more than {k} samples per set (got {len(r)} real, {len(f)} fake)")
+    check(
+        len(r) > k and len(f) > k,
+        f"precision/recall with k={k} needs more than {k} samples per set (got {len(r)} real, {len(f)} fake)",
+    )
     r, f = torch.from_numpy(r), torch.from_numpy(f)
     precision = _inside_manifold(f, r, _kth_neighbour_radii(r, k, block), block).double().mean().item()
     recall = _inside_manifold(r, f, _kth_neighbour_radii(f, k, block), block).double().mean().item()
@@ -186,8 +248,10 @@ def precision_recall(real, fake, k: int = 3, block: int = 1024) -> dict[str, flo
 def modality_to_rgb(images: torch.Tensor, channel: int) -> torch.Tensor:
     "Channel `channel` of (N, C, H, W) images in [0,1], clamped and repeated to (N, 3, H, W)."
     check(images.ndim == 4, f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
-    check(0 <= channel < images.shape[1], f"channel {channel} requested but the images have {images.shape[1]} channel(s)")
-    return images[:, channel:channel + 1].float().clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
+    check(
+        0 <= channel < images.shape[1], f"channel {channel} requested but the images have {images.shape[1]} channel(s)"
+    )
+    return images[:, channel : channel + 1].float().clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
 
 # %% ../nbs/07_metrics.ipynb
 def colorize_masks(masks: torch.Tensor) -> torch.Tensor:
@@ -200,15 +264,22 @@ def colorize_masks(masks: torch.Tensor) -> torch.Tensor:
 def fid_inception_v3(weights_path: str | Path) -> torch.nn.Module:
     "pytorch-fid's `InceptionV3` (pool3 block) with the FID weights loaded from a local file (only the unused `fc` head may be absent)."
     from pytorch_fid import inception as pfi
+
     path, state = Path(weights_path), load_weights_file(Path(weights_path), "FID Inception-v3")
+
     def local_fid_inception():
         net = fid_inception_architecture()
-        try: missing, unexpected = net.load_state_dict(state, strict=False)
-        except RuntimeError as e: missing, unexpected = [str(e)[:300]], []
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as e:
+            missing, unexpected = [str(e)[:300]], []
         if unexpected or set(missing) - set(FID_HEAD_KEYS):
-            raise MedsynError(f"{path}: not the FID Inception-v3 state dict (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}); "
-                              f"use {FID_INCEPTION_FILE} from {FID_INCEPTION_URL} or run `medsyn weights fetch`")
+            raise MedsynError(
+                f"{path}: not the FID Inception-v3 state dict (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}); "
+                f"use {FID_INCEPTION_FILE} from {FID_INCEPTION_URL} or run `medsyn weights fetch`"
+            )
         return net
+
     with mock.patch.object(pfi, "fid_inception_v3", local_fid_inception):
         model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True)
     return model.eval()
@@ -216,6 +287,7 @@ def fid_inception_v3(weights_path: str | Path) -> torch.nn.Module:
 # %% ../nbs/07_metrics.ipynb
 class InceptionFeatures:
     "Callable: RGB images (N, 3, H, W) in [0,1] → (N, 2048) FID Inception pool3 features."
+
     def __init__(self, weights_path: str | Path | None = None, weights_dir: str | Path | None = None, device="cpu"):
         self.path = find_weight_set("inception", weights_path, weights_dir)
         self.device = torch.device(device)
@@ -224,23 +296,34 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        check(images.ndim == 4 and images.shape[1] == 3, f"Inception expects (N, 3, H, W) images, got {tuple(images.shape)}")
+        check(
+            images.ndim == 4 and images.shape[1] == 3,
+            f"Inception expects (N, 3, H, W) images, got {tuple(images.shape)}",
+        )
         return self.net(images.to(self.device).float())[0].flatten(1).cpu().numpy()
 
 # %% ../nbs/07_metrics.ipynb
 def unet_bottleneck(unet: torch.nn.Module) -> torch.nn.Module:
     "The innermost block of a MONAI `UNet` (body of its deepest `SkipConnection`); `MedsynError` for other models."
     from monai.networks.layers import SkipConnection
+
     node = getattr(unet, "model", None)
     while True:
-        skips = [m for m in node.children() if isinstance(m, SkipConnection)] if isinstance(node, torch.nn.Module) else []
-        check(len(skips) == 1, f"unet_bottleneck: {type(unet).__name__} is not a MONAI UNet; pass the feature layer explicitly")
+        skips = (
+            [m for m in node.children() if isinstance(m, SkipConnection)] if isinstance(node, torch.nn.Module) else []
+        )
+        check(
+            len(skips) == 1,
+            f"unet_bottleneck: {type(unet).__name__} is not a MONAI UNet; pass the feature layer explicitly",
+        )
         node = skips[0].submodule
-        if not any(isinstance(m, SkipConnection) for m in node.children()): return node
+        if not any(isinstance(m, SkipConnection) for m in node.children()):
+            return node
 
 # %% ../nbs/07_metrics.ipynb
 class HookFeatures:
     "Callable: images → global-average-pooled output of `layer` while `model` runs (default: U-Net bottleneck)."
+
     def __init__(self, model: torch.nn.Module, layer: torch.nn.Module | None = None, device="cpu", key: str = "domain"):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -251,46 +334,75 @@ class HookFeatures:
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         captured = []
         handle = self.layer.register_forward_hook(lambda mod, inp, out: captured.append(out))
-        try: self.model(images.to(self.device).float())
-        finally: handle.remove()
+        try:
+            self.model(images.to(self.device).float())
+        finally:
+            handle.remove()
         check(len(captured) > 0, "the feature layer was not used in the forward pass; pass a layer of this model")
         out = captured[-1]
         return (out.flatten(2).mean(-1) if out.ndim > 2 else out).cpu().numpy()
 
 # %% ../nbs/07_metrics.ipynb
-def iterate_batches(ds, batch_size: int = 32, max_samples: int | None = None, seed: int = 0,
-                    desc: str = "batches", progress: bool = True) -> Iterator[dict]:
+def iterate_batches(
+    ds,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+    seed: int = 0,
+    desc: str = "batches",
+    progress: bool = True,
+) -> Iterator[dict]:
     "Batches of a map-style dataset (optionally a deterministic random subset), with a tqdm bar on stderr."
     n = len(ds)
     check(n > 0, f"{desc}: the dataset is empty")
-    idx = np.arange(n) if max_samples is None or max_samples >= n else np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx.tolist()), batch_size=batch_size, shuffle=False, num_workers=0)
+    idx = (
+        np.arange(n)
+        if max_samples is None or max_samples >= n
+        else np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
+    )
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, idx.tolist()), batch_size=batch_size, shuffle=False, num_workers=0
+    )
     yield from tqdm(loader, desc=desc, disable=not progress, file=sys.stderr, leave=False)
 
 # %% ../nbs/07_metrics.ipynb
-def stream_features(ds, views: dict[str, Callable[[dict], np.ndarray]], batch_size: int = 32,
-                    max_samples: int | None = None, desc: str = "features", progress: bool = True) -> dict[str, RunningFeatureStats]:
+def stream_features(
+    ds,
+    views: dict[str, Callable[[dict], np.ndarray]],
+    batch_size: int = 32,
+    max_samples: int | None = None,
+    desc: str = "features",
+    progress: bool = True,
+) -> dict[str, RunningFeatureStats]:
     "Run every view (batch → (B, D) features) over the dataset once; returns running statistics per view."
     stats = {name: RunningFeatureStats() for name in views}
     for batch in iterate_batches(ds, batch_size, max_samples, desc=desc, progress=progress):
-        for name, view in views.items(): stats[name].update(view(batch))
+        for name, view in views.items():
+            stats[name].update(view(batch))
     return stats
 
 # %% ../nbs/07_metrics.ipynb
 def dataset_hash(path: str | Path) -> str:
     "SHA-256 over a canonical dataset's dataset.json, index.csv and sample files (names and contents)."
     path = Path(path)
-    check((path / "dataset.json").is_file(), f"{path}: not a canonical dataset (no dataset.json); prepare it with `medsyn prepare`")
+    check(
+        (path / "dataset.json").is_file(),
+        f"{path}: not a canonical dataset (no dataset.json); prepare it with `medsyn prepare`",
+    )
     h = hashlib.sha256()
     files = [path / "dataset.json", path / "index.csv", *sorted((path / "samples").glob("*"))]
     for f in files:
-        if f.is_file(): h.update(f.relative_to(path).as_posix().encode()); h.update(file_sha256(f).encode())
+        if f.is_file():
+            h.update(f.relative_to(path).as_posix().encode())
+            h.update(file_sha256(f).encode())
     return h.hexdigest()
 
 # %% ../nbs/07_metrics.ipynb
-def cached_features(ds_dir: str | Path, ds, views: dict[str, Callable], key: str, cache: bool = True, **kw) -> dict[str, RunningFeatureStats]:
+def cached_features(
+    ds_dir: str | Path, ds, views: dict[str, Callable], key: str, cache: bool = True, **kw
+) -> dict[str, RunningFeatureStats]:
     "`stream_features`, cached on disk by dataset hash + extractor key (only the features are stored; stats are recomputed)."
-    if not cache: return stream_features(ds, views, **kw)
+    if not cache:
+        return stream_features(ds, views, **kw)
     tag = f"{dataset_hash(ds_dir)[:20]}-{key}-n{kw.get('max_samples') or 'all'}"
     file = cache_dir() / "features" / f"{tag}.npz"
     if file.is_file():
@@ -298,42 +410,63 @@ def cached_features(ds_dir: str | Path, ds, views: dict[str, Callable], key: str
             with np.load(file) as z:
                 if all(f"{v}__features" in z for v in views):
                     return {v: RunningFeatureStats.from_features(z[f"{v}__features"]) for v in views}
-        except (OSError, ValueError): pass      # unreadable cache entry: recompute and overwrite
+        except (OSError, ValueError):
+            pass  # unreadable cache entry: recompute and overwrite
     stats = stream_features(ds, views, **kw)
     arrays = {}
     for v, s in stats.items():
         arrays[f"{v}__features"], arrays[f"{v}__mu"] = s.features, s.mean
-        if s.n >= 2: arrays[f"{v}__sigma"] = s.cov
+        if s.n >= 2:
+            arrays[f"{v}__sigma"] = s.cov
     with atomic_path(file) as tmp:
-        with open(tmp, "wb") as fh: np.savez(fh, **arrays)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
     return stats
 
 # %% ../nbs/07_metrics.ipynb
 def load_lpips_backbone(model: torch.nn.Module, path: str | Path, net: str = "alex") -> torch.nn.Module:
     "Copy torchvision ImageNet backbone weights (a full state dict, or its `features.*` trunk) from a local file into an `lpips.LPIPS` model's slices."
     import torchvision
+
     file_name, url, builder = LPIPS_BACKBONES[net]
     state = load_weights_file(Path(path), f"LPIPS {net} backbone")
     tv = getattr(torchvision.models, builder)(weights=None)
-    trunk_only = bool(state) and all(k.startswith("features.") for k in state)    # the converted trunk: features.* only
+    trunk_only = bool(state) and all(k.startswith("features.") for k in state)  # the converted trunk: features.* only
     try:
-        if trunk_only: tv.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
-        else: tv.load_state_dict(state)
+        if trunk_only:
+            tv.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
+        else:
+            tv.load_state_dict(state)
     except RuntimeError as e:
-        raise MedsynError(f"{path}: not torchvision's {builder} ImageNet state dict ({str(e)[:200]}); use {file_name} from {url}") from e
+        raise MedsynError(
+            f"{path}: not torchvision's {builder} ImageNet state dict ({str(e)[:200]}); use {file_name} from {url}"
+        ) from e
     for k in range(1, model.net.N_slices + 1):
         for name, module in getattr(model.net, f"slice{k}").named_children():
             module.load_state_dict(tv.features[int(name)].state_dict())
     return model
 
 # %% ../nbs/07_metrics.ipynb
-def lpips_network(net: str = "alex", backbone_path: str | Path | None = None, weights_dir: str | Path | None = None, device="cpu"):
+def lpips_network(
+    net: str = "alex", backbone_path: str | Path | None = None, weights_dir: str | Path | None = None, device="cpu"
+):
     "`lpips.LPIPS` with calibration weights from the wheel and the ImageNet backbone from a local file (official or converted)."
     import lpips
+
     check(net in LPIPS_BACKBONES, f"LPIPS net {net!r} not supported; choose one of {list(LPIPS_BACKBONES)}")
     file_name, url, _ = LPIPS_BACKBONES[net]
-    if net in LPIPS_WEIGHT_SETS: path = find_weight_set(LPIPS_WEIGHT_SETS[net], backbone_path, weights_dir)
-    else: path = find_weights(file_name, url, LPIPS_ENV, backbone_path, weights_dir, f"LPIPS {net} backbone (torchvision ImageNet)", "backbone_path")
+    if net in LPIPS_WEIGHT_SETS:
+        path = find_weight_set(LPIPS_WEIGHT_SETS[net], backbone_path, weights_dir)
+    else:
+        path = find_weights(
+            file_name,
+            url,
+            LPIPS_ENV,
+            backbone_path,
+            weights_dir,
+            f"LPIPS {net} backbone (torchvision ImageNet)",
+            "backbone_path",
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
@@ -344,6 +477,7 @@ def lpips_network(net: str = "alex", backbone_path: str | Path | None = None, we
 def lpips_embedding(model, images: torch.Tensor) -> torch.Tensor:
     "Embed RGB images in [0,1] so that squared Euclidean distance between embeddings = LPIPS."
     import lpips
+
     dev = next(model.parameters()).device
     outs = model.net.forward(model.scaling_layer(2 * images.to(dev).float() - 1))
     parts = []
@@ -358,7 +492,7 @@ def lpips_embedding(model, images: torch.Tensor) -> torch.Tensor:
 def lpips_distances(a: torch.Tensor, b: torch.Tensor, block: int = 256) -> torch.Tensor:
     "All-pairs LPIPS (Na, Nb) between two sets of `lpips_embedding`s."
     a, b = a.double(), b.double()
-    return torch.cat([torch.cdist(a[i:i + block], b).pow(2) for i in range(0, len(a), block)]).float()
+    return torch.cat([torch.cdist(a[i : i + block], b).pow(2) for i in range(0, len(a), block)]).float()
 
 # %% ../nbs/07_metrics.ipynb
 def lpips_diversity(emb: torch.Tensor) -> float:
@@ -378,18 +512,24 @@ def matched_pool_size(ref_subjects: Sequence[str]) -> int:
     return int(len(ref_subjects) - counts.max()) if len(counts) else 0
 
 # %% ../nbs/07_metrics.ipynb
-def matched_nearest(dist: torch.Tensor, query_subjects: Sequence, ref_subjects: Sequence[str], pool_size: int,
-                    seed: int = 0) -> torch.Tensor:
+def matched_nearest(
+    dist: torch.Tensor, query_subjects: Sequence, ref_subjects: Sequence[str], pool_size: int, seed: int = 0
+) -> torch.Tensor:
     """Each query's (row's) smallest distance over `pool_size` reference columns drawn (seeded) from subjects other than
     the query's own. A generated query has subject `None`: every reference is eligible."""
     ref = np.asarray(list(ref_subjects), dtype=object)
-    check(tuple(dist.shape) == (len(query_subjects), len(ref)),
-          f"matched_nearest: distances {tuple(dist.shape)} for {len(query_subjects)} queries and {len(ref)} references")
+    check(
+        tuple(dist.shape) == (len(query_subjects), len(ref)),
+        f"matched_nearest: distances {tuple(dist.shape)} for {len(query_subjects)} queries and {len(ref)} references",
+    )
     rng, out = np.random.default_rng(seed), torch.empty(len(query_subjects))
     for i, s in enumerate(query_subjects):
         eligible = np.flatnonzero(ref != s) if s is not None else np.arange(len(ref))
-        check(1 <= pool_size <= len(eligible), f"matched_nearest: query {i} (subject {s!r}) has {len(eligible)} references "
-              f"outside its subject; the matched pool needs {pool_size} (>= 1): the real set needs at least 2 subjects")
+        check(
+            1 <= pool_size <= len(eligible),
+            f"matched_nearest: query {i} (subject {s!r}) has {len(eligible)} references "
+            f"outside its subject; the matched pool needs {pool_size} (>= 1): the real set needs at least 2 subjects",
+        )
         out[i] = dist[i, torch.from_numpy(rng.choice(eligible, pool_size, replace=False))].min()
     return out
 
@@ -403,8 +543,16 @@ def _embed(ds, view, n: int, batch_size: int, desc: str, progress: bool) -> tupl
     return torch.cat(embs), subjects
 
 # %% ../nbs/07_metrics.ipynb
-def lpips_scores(real_ds, fake_ds, model, modalities: Sequence[str], max_samples: int = 100, batch_size: int = 32,
-                 progress: bool = True, seed: int = 0) -> dict[str, dict[str, float]]:
+def lpips_scores(
+    real_ds,
+    fake_ds,
+    model,
+    modalities: Sequence[str],
+    max_samples: int = 100,
+    batch_size: int = 32,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """Per modality: LPIPS diversity of fake and real samples, and the matched memorization check: `n` fake and `n` real
     queries, each against a pool of the same size M drawn from the real set (for a real query, outside its own subject).
     `nearest_real_min` is the one unmatched number: the closest any fake comes to any real sample (0 = an exact copy)."""
@@ -416,26 +564,34 @@ def lpips_scores(real_ds, fake_ds, model, modalities: Sequence[str], max_samples
         real_q, real_q_subjects = _embed(real_ds, view, n, batch_size, f"LPIPS real {name}", progress)
         d_fake, d_real, ref_subjects = [], [], []
         for b in iterate_batches(real_ds, batch_size, desc=f"LPIPS nearest-real {name}", progress=progress):
-            e = view(b)                                                       # all real samples, streamed
+            e = view(b)  # all real samples, streamed
             d_fake.append(lpips_distances(fake, e))
             d_real.append(lpips_distances(real_q, e))
             ref_subjects += list(b["subject"])
         pool, d_fake = matched_pool_size(ref_subjects), torch.cat(d_fake, 1)
         nearest = matched_nearest(d_fake, [None] * len(fake), ref_subjects, pool, seed)
         within = matched_nearest(torch.cat(d_real, 1), real_q_subjects, ref_subjects, pool, seed + 1)
-        out[name] = {"diversity_fake": lpips_diversity(fake), "diversity_real": lpips_diversity(real_q),
-                     "nearest_real_mean": float(nearest.mean()), "nearest_real_min": float(d_fake.min()),
-                     "nearest_real_within_real_mean": float(within.mean()),
-                     "memorization_ratio": float(nearest.mean() / within.mean()),
-                     "copy_rate": float((nearest < torch.quantile(within, 0.05)).float().mean()),
-                     "pool_size": pool, "n_queries": n}
+        out[name] = {
+            "diversity_fake": lpips_diversity(fake),
+            "diversity_real": lpips_diversity(real_q),
+            "nearest_real_mean": float(nearest.mean()),
+            "nearest_real_min": float(d_fake.min()),
+            "nearest_real_within_real_mean": float(within.mean()),
+            "memorization_ratio": float(nearest.mean() / within.mean()),
+            "copy_rate": float((nearest < torch.quantile(within, 0.05)).float().mean()),
+            "pool_size": pool,
+            "n_queries": n,
+        }
     return out
 
 # %% ../nbs/07_metrics.ipynb
 def mask_area_fractions(masks: torch.Tensor, num_classes: int) -> np.ndarray:
     "Per-sample fraction of pixels of each label: (N, H, W) → (N, num_classes)."
     m = masks.long().flatten(1)
-    check(int(m.max()) < num_classes and int(m.min()) >= 0, f"mask labels outside 0..{num_classes - 1}; check the dataset's labels")
+    check(
+        int(m.max()) < num_classes and int(m.min()) >= 0,
+        f"mask labels outside 0..{num_classes - 1}; check the dataset's labels",
+    )
     return torch.stack([(m == k).double().mean(1) for k in range(num_classes)], 1).numpy()
 
 # %% ../nbs/07_metrics.ipynb
@@ -444,7 +600,8 @@ def mask_label_distances(real_fracs: np.ndarray, fake_fracs: np.ndarray, labels:
     check(len(real_fracs) > 0 and len(fake_fracs) > 0, "label statistics need at least one real and one fake mask")
     out = {}
     for k, name in sorted(labels.items()):
-        if k == 0: continue
+        if k == 0:
+            continue
         out[f"area_w1_{name}"] = float(scipy.stats.wasserstein_distance(real_fracs[:, k], fake_fracs[:, k]))
         out[f"presence_diff_{name}"] = float((fake_fracs[:, k] > 0).mean() - (real_fracs[:, k] > 0).mean())
     fg = [v for key, v in out.items() if key.startswith("area_w1_")]
@@ -453,30 +610,57 @@ def mask_label_distances(real_fracs: np.ndarray, fake_fracs: np.ndarray, labels:
     return out
 
 # %% ../nbs/07_metrics.ipynb
-def label_scores(pred, target, num_classes: int, include_background: bool = False, spacing=None,
-                 ignore_empty: bool = True, hd95: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def label_scores(
+    pred,
+    target,
+    num_classes: int,
+    include_background: bool = False,
+    spacing=None,
+    ignore_empty: bool = True,
+    hd95: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     "MONAI Dice and HD95 per class for one pair of label maps (H, W) or volumes (D, H, W); HD95 is None when `hd95=False`."
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
     from monai.networks.utils import one_hot
+
     p, t = (one_hot(torch.as_tensor(v)[None, None].long(), num_classes, dim=1) for v in (pred, target))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dice = DiceMetric(include_background=include_background, reduction="none", ignore_empty=ignore_empty)(p, t)[0]
-        hd = HausdorffDistanceMetric(include_background=include_background, percentile=95, reduction="none")(p, t, spacing=spacing)[0] if hd95 else None
+        hd = (
+            HausdorffDistanceMetric(include_background=include_background, percentile=95, reduction="none")(
+                p, t, spacing=spacing
+            )[0]
+            if hd95
+            else None
+        )
     return dice.numpy(), (None if hd is None else hd.numpy())
 
 # %% ../nbs/07_metrics.ipynb
-def segmentation_metrics(pred, target, subjects: Sequence[str], labels: dict[int, str], slices: Sequence[int] | None = None,
-                         include_background: bool = False, aggregate: str = "subject", spacing=None) -> pd.DataFrame:
+def segmentation_metrics(
+    pred,
+    target,
+    subjects: Sequence[str],
+    labels: dict[int, str],
+    slices: Sequence[int] | None = None,
+    include_background: bool = False,
+    aggregate: str = "subject",
+    spacing=None,
+) -> pd.DataFrame:
     "Per-subject Dice and HD95 per class (+ means) from 2D predicted and true label maps (N, H, W)."
     pred, target = torch.as_tensor(np.asarray(pred)).long(), torch.as_tensor(np.asarray(target)).long()
-    check(pred.ndim == 3 and pred.shape == target.shape, f"pred and target must both be (N, H, W), got {tuple(pred.shape)} and {tuple(target.shape)}")
+    check(
+        pred.ndim == 3 and pred.shape == target.shape,
+        f"pred and target must both be (N, H, W), got {tuple(pred.shape)} and {tuple(target.shape)}",
+    )
     check(len(pred) > 0, "segmentation metrics need at least one sample")
     check(len(subjects) == len(pred), f"{len(subjects)} subject ids for {len(pred)} samples")
     check(aggregate in ("subject", "slice"), f"aggregate must be 'subject' or 'slice', got {aggregate!r}")
     num_classes = max(labels) + 1
-    check(int(max(pred.max(), target.max())) < num_classes, f"labels outside 0..{num_classes - 1} found; check `labels`")
-    names = [labels.get(k, str(k)) for k in range(num_classes)][0 if include_background else 1:]
+    check(
+        int(max(pred.max(), target.max())) < num_classes, f"labels outside 0..{num_classes - 1} found; check `labels`"
+    )
+    names = [labels.get(k, str(k)) for k in range(num_classes)][0 if include_background else 1 :]
     order = np.asarray(slices) if slices is not None else np.arange(len(pred))
     subjects = np.asarray(subjects)
     rows = []

@@ -14,8 +14,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .core import (MedsynError, UnsafeFileError, atomic_torch_save, check, from_preset, load_torch_file, signature_parser,
-                         torch_file_globals, unsafe_file_message, NVLABS_MODULES)
+from medsyn.core import (
+    MedsynError,
+    UnsafeFileError,
+    atomic_torch_save,
+    check,
+    from_preset,
+    load_torch_file,
+    signature_parser,
+    torch_file_globals,
+    unsafe_file_message,
+    NVLABS_MODULES,
+)
 
 # %% auto 0
 __all__ = ['GAN_KINDS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLAGS', 'GAN_PRESETS', 'ACT_GAIN', 'NOISE_MODES',
@@ -35,17 +45,21 @@ PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 LOWP_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
+
 def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     "The native-bfloat16 instruction sets this CPU reports in /proc/cpuinfo (`avx512_bf16`, `amx_bf16`); [] if none or unreadable."
     if cpuinfo is None:
         try:
-            with open('/proc/cpuinfo') as fh: cpuinfo = fh.read()
-        except OSError: return []
+            with open('/proc/cpuinfo') as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return []
     flags = set(next((l.split(':', 1)[1].split() for l in cpuinfo.splitlines() if l.startswith('flags')), []))
     return [f for f in BF16_CPU_FLAGS if f in flags]
 
 # %% ../nbs/03_networks.ipynb
 _precision_said: set = set()
+
 
 def resolve_precision(requested: str, device='cpu', verbose: bool = True) -> str:
     """The concrete precision ('fp32' | 'bf16' | 'fp16') for `requested` on `device`. 'auto' is 'fp16' on CUDA,
@@ -53,70 +67,99 @@ def resolve_precision(requested: str, device='cpu', verbose: bool = True) -> str
     printed once per process and device type (stderr). 'fp16' needs CUDA."""
     check(requested in PRECISIONS, f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
     kind = torch.device(device).type
-    check(requested != 'fp16' or kind == 'cuda', f"precision 'fp16' needs a CUDA device (this run is on {kind}); "
-                                                 "use precision=bf16 or fp32 (or auto) on a CPU")
-    if requested != 'auto': return requested
+    check(
+        requested != 'fp16' or kind == 'cuda',
+        f"precision 'fp16' needs a CUDA device (this run is on {kind}); use precision=bf16 or fp32 (or auto) on a CPU",
+    )
+    if requested != 'auto':
+        return requested
     flags = cpu_bf16_flags() if kind == 'cpu' else []
-    if kind == 'cuda': choice, why = 'fp16', 'a CUDA device (NVlabs: fp16 with conv clamping)'
-    elif flags: choice, why = 'bf16', f"this CPU reports {' and '.join(flags)} (native bfloat16)"
-    else: choice, why = 'fp32', f"this {kind} has no native bfloat16 ({' / '.join(BF16_CPU_FLAGS)} absent), so bf16 would be slower"
+    if kind == 'cuda':
+        choice, why = 'fp16', 'a CUDA device (NVlabs: fp16 with conv clamping)'
+    elif flags:
+        choice, why = 'bf16', f"this CPU reports {' and '.join(flags)} (native bfloat16)"
+    else:
+        choice, why = (
+            'fp32',
+            f"this {kind} has no native bfloat16 ({' / '.join(BF16_CPU_FLAGS)} absent), so bf16 would be slower",
+        )
     if verbose and kind not in _precision_said:
         _precision_said.add(kind)
-        print(f"medsyn: precision auto -> {choice}: {why}; the highest resolutions run in {choice}, the rest in fp32 "
-              f"(pass precision=fp32 to turn mixed precision off)", file=sys.stderr)
+        print(
+            f"medsyn: precision auto -> {choice}: {why}; the highest resolutions run in {choice}, the rest in fp32 "
+            f"(pass precision=fp32 to turn mixed precision off)",
+            file=sys.stderr,
+        )
     return choice
 
 # %% ../nbs/03_networks.ipynb
 def block_dtype(precision: str, lowp: bool, device, force_fp32: bool = False) -> torch.dtype:
     "The dtype of one block: low precision only for a low-precision block (`lowp`) and unless `force_fp32`."
-    if not lowp or force_fp32 or precision == 'fp32': return torch.float32
+    if not lowp or force_fp32 or precision == 'fp32':
+        return torch.float32
     return LOWP_DTYPES[resolve_precision(precision, device)]
 
 # %% ../nbs/03_networks.ipynb
 @dataclass
 class GANConfig:
     "Architecture of one study variant (`kind`), its data shape and its width."
-    kind: str = 'joint'             # the variant: 'joint' | 'mask' | 'cond'
-    resolution: int = 64            # output H = W, a power of two >= 8
-    img_channels: int = 1           # C: image modalities
-    num_labels: int = 2             # K: mask labels, background included
+
+    kind: str = 'joint'  # the variant: 'joint' | 'mask' | 'cond'
+    resolution: int = 64  # output H = W, a power of two >= 8
+    img_channels: int = 1  # C: image modalities
+    num_labels: int = 2  # K: mask labels, background included
     z_dim: int = 512
     w_dim: int = 512
     mapping_layers: int = 8
-    mapping_lr: float = 0.01        # learning-rate multiplier of the mapping network
-    w_avg_beta: float = 0.995       # decay of the tracked average w (truncation centre)
-    channel_base: int = 16384       # channels at resolution r: min(channel_base // r, channel_max)
+    mapping_lr: float = 0.01  # learning-rate multiplier of the mapping network
+    w_avg_beta: float = 0.995  # decay of the tracked average w (truncation centre)
+    channel_base: int = 16384  # channels at resolution r: min(channel_base // r, channel_max)
     channel_max: int = 512
     conv_clamp: Optional[float] = 256
     mbstd_group: int = 4
     mbstd_channels: int = 1
     fused_modconv: bool | str = True  # True: grouped conv; False: scale activations; 'auto': per layer
-    mask_repr: str = 'softmax'      # 'softmax' | 'straight_through'
+    mask_repr: str = 'softmax'  # 'softmax' | 'straight_through'
     mask_temperature: float = 1.0
     cond_channel_ratio: float = 0.25  # mask-encoder width relative to the synthesis width ('cond')
-    cond_skip: bool = False         # 'cond': add a learned intensity per label (`LabelIntensity`) to the image; G learns the rest
+    cond_skip: bool = (
+        False  # 'cond': add a learned intensity per label (`LabelIntensity`) to the image; G learns the rest
+    )
     channels_last: bool = False
-    precision: str = 'fp32'         # 'auto' | 'fp32' | 'bf16' | 'fp16' (CUDA): dtype of the highest-resolution blocks
-    num_fp16_res: int = 4           # how many of the highest resolutions run in low precision (NVlabs' train.py: 4)
+    precision: str = 'fp32'  # 'auto' | 'fp32' | 'bf16' | 'fp16' (CUDA): dtype of the highest-resolution blocks
+    num_fp16_res: int = 4  # how many of the highest resolutions run in low precision (NVlabs' train.py: 4)
 
     def __post_init__(self):
         check(self.kind in GAN_KINDS, f"GANConfig: unknown kind {self.kind!r}; use one of {GAN_KINDS}")
         r = self.resolution
         check(r >= 8 and r & (r - 1) == 0, f"GANConfig: resolution must be a power of two >= 8, got {r}")
-        check(self.num_labels >= 2, f"GANConfig: num_labels (K) must be >= 2 (background + one label), got {self.num_labels}")
+        check(
+            self.num_labels >= 2,
+            f"GANConfig: num_labels (K) must be >= 2 (background + one label), got {self.num_labels}",
+        )
         check(self.kind == 'mask' or self.img_channels >= 1, f"GANConfig: kind={self.kind!r} needs img_channels >= 1")
         check(self.mask_repr in MASK_REPRS, f"GANConfig: mask_repr must be one of {MASK_REPRS}, got {self.mask_repr!r}")
         check(self.mask_temperature > 0, "GANConfig: mask_temperature must be > 0")
-        check(self.fused_modconv in (True, False, 'auto'), f"GANConfig: fused_modconv must be True, False or 'auto', got {self.fused_modconv!r}")
+        check(
+            self.fused_modconv in (True, False, 'auto'),
+            f"GANConfig: fused_modconv must be True, False or 'auto', got {self.fused_modconv!r}",
+        )
         check(self.precision in PRECISIONS, f"GANConfig: precision must be one of {PRECISIONS}, got {self.precision!r}")
-        check(isinstance(self.num_fp16_res, int) and self.num_fp16_res >= 0, f"GANConfig: num_fp16_res must be an integer >= 0, got {self.num_fp16_res!r}")
-        check(self.precision == 'fp32' or self.num_fp16_res == 0 or self.conv_clamp is not None,
-              f"GANConfig: precision={self.precision!r} needs conv_clamp (NVlabs clamps at 256 in low precision) or precision='fp32'")
+        check(
+            isinstance(self.num_fp16_res, int) and self.num_fp16_res >= 0,
+            f"GANConfig: num_fp16_res must be an integer >= 0, got {self.num_fp16_res!r}",
+        )
+        check(
+            self.precision == 'fp32' or self.num_fp16_res == 0 or self.conv_clamp is not None,
+            f"GANConfig: precision={self.precision!r} needs conv_clamp (NVlabs clamps at 256 in low precision) or precision='fp32'",
+        )
 
     @property
     def out_channels(self) -> int:
         "Channels of G's raw output: C+K ('joint'), K ('mask'), C ('cond')."
-        return {'joint': self.img_channels + self.num_labels, 'mask': self.num_labels, 'cond': self.img_channels}[self.kind]
+        return {'joint': self.img_channels + self.num_labels, 'mask': self.num_labels, 'cond': self.img_channels}[
+            self.kind
+        ]
 
     @property
     def d_in_channels(self) -> int:
@@ -124,9 +167,12 @@ class GANConfig:
         return self.num_labels if self.kind == 'mask' else self.img_channels + self.num_labels
 
     @property
-    def has_image(self) -> bool: return self.kind != 'mask'
+    def has_image(self) -> bool:
+        return self.kind != 'mask'
+
     @property
-    def has_mask_output(self) -> bool: return self.kind != 'cond'
+    def has_mask_output(self) -> bool:
+        return self.kind != 'cond'
 
     def channels(self, res: int) -> int:
         "Feature channels at resolution `res`."
@@ -134,7 +180,8 @@ class GANConfig:
 
     def lowp_resolution(self) -> int | None:
         "Blocks at this resolution and above run in low precision (None: all fp32), as NVlabs' `fp16_resolution`."
-        if self.precision == 'fp32' or self.num_fp16_res == 0: return None
+        if self.precision == 'fp32' or self.num_fp16_res == 0:
+            return None
         return max(2 ** (int(math.log2(self.resolution)) + 1 - self.num_fp16_res), 8)
 
     def uses_lowp(self, res: int) -> bool:
@@ -142,12 +189,14 @@ class GANConfig:
         r = self.lowp_resolution()
         return r is not None and res >= r
 
-    def to_dict(self) -> dict: return asdict(self)
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> 'GANConfig':
         "Rebuild from `to_dict()` output (e.g. a checkpoint; checkpoints before 0.1 name the variant `cfg`); unknown keys are an error."
-        if 'cfg' in d and 'kind' not in d: d = {('kind' if k == 'cfg' else k): v for k, v in d.items()}
+        if 'cfg' in d and 'kind' not in d:
+            d = {('kind' if k == 'cfg' else k): v for k, v in d.items()}
         names = {f.name for f in fields(cls)}
         bad = sorted(set(d) - names)
         check(not bad, f"GANConfig.from_dict: unknown keys {bad}; the checkpoint was written by another medsyn version")
@@ -162,15 +211,40 @@ GAN_PRESETS = {
     # ada_kimg 100: p can rise by at most 0.2 in a 20-kimg run (with 20 it hit 0.9 and rotations leaked).
     # cond: the per-label skip with a learned blur (`LabelIntensity`) and pix2pix's L1 term (weight 100) render brain slices
     # that follow the mask within ~500 steps; adversarial training alone still draws haze at 1.8 kimg (`medsyn bench quality`).
-    'cpu64': dict(resolution=64, channel_base=2048, channel_max=128, z_dim=256, w_dim=256, mapping_layers=2,
-                  fused_modconv='auto', precision='auto', cond_skip=True,
-                  batch=8, gamma=0.1, ada_kimg=100.0, metric_n=256, recon_weight=100.0),
+    'cpu64': dict(
+        resolution=64,
+        channel_base=2048,
+        channel_max=128,
+        z_dim=256,
+        w_dim=256,
+        mapping_layers=2,
+        fused_modconv='auto',
+        precision='auto',
+        cond_skip=True,
+        batch=8,
+        gamma=0.1,
+        ada_kimg=100.0,
+        metric_n=256,
+        recon_weight=100.0,
+    ),
     # The authors' settings (Gan-track scripts): 256x256, channel base 16384, max 512, 8-layer mapping.
     # Training: batch 24 and R1 gamma 2 as the authors (the `TrainConfig` default), ADA speed 500 kimg.
-    'paper256': dict(resolution=256, channel_base=16384, channel_max=512, z_dim=512, w_dim=512, mapping_layers=8,
-                     fused_modconv='auto', precision='auto',
-                     batch=24, ada_kimg=500.0, metric_n=5000, grid_n=12),
+    'paper256': dict(
+        resolution=256,
+        channel_base=16384,
+        channel_max=512,
+        z_dim=512,
+        w_dim=512,
+        mapping_layers=8,
+        fused_modconv='auto',
+        precision='auto',
+        batch=24,
+        ada_kimg=500.0,
+        metric_n=5000,
+        grid_n=12,
+    ),
 }
+
 
 def gan_config(name: str = 'cpu64', **overrides) -> GANConfig:
     "The network of the GAN preset `name` ('cpu64' | 'paper256') with `overrides` (any `GANConfig` field) applied."
@@ -179,8 +253,10 @@ def gan_config(name: str = 'cpu64', **overrides) -> GANConfig:
 # %% ../nbs/03_networks.ipynb
 ACT_GAIN = {'linear': 1.0, 'lrelu': math.sqrt(2), 'relu': math.sqrt(2)}
 
+
 class FullyConnectedLayer(nn.Module):
     "Dense layer with equalized learning rate, learning-rate multiplier and `ops.bias_act`."
+
     def __init__(self, in_features, out_features, bias=True, activation='linear', lr_multiplier=1.0, bias_init=0.0):
         super().__init__()
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
@@ -192,11 +268,14 @@ class FullyConnectedLayer(nn.Module):
     def forward(self, x):
         w = self.weight * self.weight_gain
         b = self.bias
-        if b is not None and self.bias_gain != 1: b = b * self.bias_gain
-        if self.activation == 'linear' and b is not None: return torch.addmm(b.unsqueeze(0), x, w.t())
+        if b is not None and self.bias_gain != 1:
+            b = b * self.bias_gain
+        if self.activation == 'linear' and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
         return ops.bias_act(x.matmul(w.t()), b, act=self.activation)
 
-    def extra_repr(self): return f'in={self.in_features}, out={self.out_features}, act={self.activation}'
+    def extra_repr(self):
+        return f'in={self.in_features}, out={self.out_features}, act={self.activation}'
 
 # %% ../nbs/03_networks.ipynb
 def normalize_2nd_moment(x, dim=1, eps=1e-8):
@@ -205,8 +284,10 @@ def normalize_2nd_moment(x, dim=1, eps=1e-8):
 
 # %% ../nbs/03_networks.ipynb
 def _split_padding(padding):
-    if isinstance(padding, int): return [padding] * 4
-    if len(padding) == 2: return [padding[0], padding[0], padding[1], padding[1]]
+    if isinstance(padding, int):
+        return [padding] * 4
+    if len(padding) == 2:
+        return [padding[0], padding[0], padding[1], padding[1]]
     return list(padding)
 
 # %% ../nbs/03_networks.ipynb
@@ -217,7 +298,10 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1):
     fw = f.shape[-1] if f is not None else 1
     fh = f.shape[0] if f is not None else 1
     px0, px1, py0, py1 = _split_padding(padding)
-    check(up in (1, 2) and down in (1, 2) and not (up > 1 and down > 1), f"conv2d_resample: unsupported up={up} down={down}")
+    check(
+        up in (1, 2) and down in (1, 2) and not (up > 1 and down > 1),
+        f"conv2d_resample: unsupported up={up} down={down}",
+    )
     if up > 1:
         px0 += (fw + up - 1) // 2
         px1 += (fw - up) // 2
@@ -228,40 +312,61 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1):
         px1 += (fw - down) // 2
         py0 += (fh - down + 1) // 2
         py1 += (fh - down) // 2
-    if down > 1 and kw == 1 and kh == 1:   # 1x1: downsample first, then convolve (4x fewer MACs)
+    if down > 1 and kw == 1 and kh == 1:  # 1x1: downsample first, then convolve (4x fewer MACs)
         x = ops.upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1])
         return F.conv2d(x, w, groups=groups)
-    if down > 1:                            # filter, then strided convolution
+    if down > 1:  # filter, then strided convolution
         x = ops.upfirdn2d(x, f, padding=[px0, px1, py0, py1])
         return F.conv2d(x, w, stride=down, groups=groups)
-    if up > 1:                              # strided transposed convolution, then filter
-        if groups == 1: w = w.transpose(0, 1)
-        else: w = w.reshape(groups, out_ch // groups, in_pg, kh, kw).transpose(1, 2).reshape(groups * in_pg, out_ch // groups, kh, kw)
+    if up > 1:  # strided transposed convolution, then filter
+        if groups == 1:
+            w = w.transpose(0, 1)
+        else:
+            w = (
+                w.reshape(groups, out_ch // groups, in_pg, kh, kw)
+                .transpose(1, 2)
+                .reshape(groups * in_pg, out_ch // groups, kh, kw)
+            )
         px0 -= kw - 1
         px1 -= kw - up
         py0 -= kh - 1
         py1 -= kh - up
         pxt, pyt = max(min(-px0, -px1), 0), max(min(-py0, -py1), 0)
         x = F.conv_transpose2d(x, w, stride=up, padding=[pyt, pxt], groups=groups)
-        return ops.upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2)
-    if px0 == px1 == py0 == py1 and px0 >= 0: return F.conv2d(x, w, padding=px0, groups=groups)
+        return ops.upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up**2)
+    if px0 == px1 == py0 == py1 and px0 >= 0:
+        return F.conv2d(x, w, padding=px0, groups=groups)
     x = ops.upfirdn2d(x, None, padding=[px0, px1, py0, py1])
     return F.conv2d(x, w, groups=groups)
 
 # %% ../nbs/03_networks.ipynb
 class Conv2dLayer(nn.Module):
     "Convolution with equalized learning rate, optional FIR up/downsampling, `ops.bias_act` and clamping."
-    def __init__(self, in_channels, out_channels, kernel_size, bias=True, activation='linear', up=1, down=1,
-                 resample_filter=(1, 3, 3, 1), conv_clamp=None, channels_last=False):
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        bias=True,
+        activation='linear',
+        up=1,
+        down=1,
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp=None,
+        channels_last=False,
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.activation = in_channels, out_channels, activation
         self.up, self.down, self.conv_clamp = up, down, conv_clamp
         self.register_buffer('resample_filter', ops.setup_filter(list(resample_filter)))
         self.padding = kernel_size // 2
-        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
         self.act_gain = ACT_GAIN[activation]
         mf = torch.channels_last if channels_last else torch.contiguous_format
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=mf))
+        self.weight = nn.Parameter(
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=mf)
+        )
         self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
 
     def forward(self, x, gain=1):
@@ -269,7 +374,8 @@ class Conv2dLayer(nn.Module):
         linear = self.bias is None and self.activation == 'linear' and clamp is None
         w = self.weight * (self.weight_gain * gain if linear else self.weight_gain)  # a linear layer's gain goes into w
         x = conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down, padding=self.padding)
-        if linear: return x
+        if linear:
+            return x
         b = None if self.bias is None else self.bias.to(x.dtype)
         return ops.bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
@@ -279,42 +385,68 @@ class Conv2dLayer(nn.Module):
 # %% ../nbs/03_networks.ipynb
 class MappingNetwork(nn.Module):
     "z -> w (repeated `num_ws` times), with running `w_avg` for the truncation trick."
+
     def __init__(self, z_dim, w_dim, num_ws, num_layers=8, lr_multiplier=0.01, w_avg_beta=0.995):
         super().__init__()
         self.z_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, w_dim, num_ws, w_avg_beta
         feats = [z_dim] + [w_dim] * num_layers
-        self.layers = nn.ModuleList(FullyConnectedLayer(a, b, activation='lrelu', lr_multiplier=lr_multiplier)
-                                    for a, b in zip(feats[:-1], feats[1:]))
+        self.layers = nn.ModuleList(
+            FullyConnectedLayer(a, b, activation='lrelu', lr_multiplier=lr_multiplier)
+            for a, b in zip(feats[:-1], feats[1:])
+        )
         self.register_buffer('w_avg', torch.zeros([w_dim]))
 
     def forward(self, z, truncation_psi=1, truncation_cutoff=None, update_emas=False):
-        check(z.ndim == 2 and z.shape[1] == self.z_dim, f"MappingNetwork: z must be (N, {self.z_dim}), got {tuple(z.shape)}")
+        check(
+            z.ndim == 2 and z.shape[1] == self.z_dim,
+            f"MappingNetwork: z must be (N, {self.z_dim}), got {tuple(z.shape)}",
+        )
         x = normalize_2nd_moment(z)
-        for layer in self.layers: x = layer(x)
+        for layer in self.layers:
+            x = layer(x)
         if update_emas:
-            with torch.no_grad(): self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+            with torch.no_grad():
+                self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
         if truncation_psi != 1:
-            if truncation_cutoff is None: x = self.w_avg.lerp(x, truncation_psi)
-            else: x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+            if truncation_cutoff is None:
+                x = self.w_avg.lerp(x, truncation_psi)
+            else:
+                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
         return x
 
-    def extra_repr(self): return f'z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}'
+    def extra_repr(self):
+        return f'z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}'
 
 # %% ../nbs/03_networks.ipynb
 def use_fused_modconv(fused_modconv, weight_shape, x_shape, up: int = 1, dtype: torch.dtype = torch.float32) -> bool:
     """Resolve `fused_modconv` True / False / 'auto'. 'auto': fused iff the per-sample weights are smaller than the
     input maps (`O k^2 < H W`), except for 3x3 layers in low precision or with upsampling, which always run non-fused
     (oneDNN's grouped bf16 and grouped transposed convolutions are the slow ones; see the measurements above)."""
-    if fused_modconv != 'auto': return bool(fused_modconv)
+    if fused_modconv != 'auto':
+        return bool(fused_modconv)
     O, I, kh, kw = weight_shape
     small = O * kh * kw < x_shape[2] * x_shape[3]
-    if kh * kw == 1: return small                      # ToRGB
+    if kh * kw == 1:
+        return small  # ToRGB
     return small and up == 1 and dtype in (torch.float32, torch.float64)
 
 # %% ../nbs/03_networks.ipynb
-def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None, demodulate=True, fused_modconv=True,
-                     bias=None, activation='linear', act_gain=1.0, clamp=None):
+def modulated_conv2d(
+    x,
+    weight,
+    styles,
+    noise=None,
+    up=1,
+    padding=0,
+    resample_filter=None,
+    demodulate=True,
+    fused_modconv=True,
+    bias=None,
+    activation='linear',
+    act_gain=1.0,
+    clamp=None,
+):
     """Per-sample modulated (and demodulated) convolution of `x` (N,I,H,W) by `weight` (O,I,k,k) and `styles` (N,I), plus
     `noise` (N or 1,1,H,W); optionally followed by `bias` (O), `activation` ('linear' | 'relu' | 'lrelu') with gain `act_gain`
     and `clamp`. Everything after the convolution is one `ops.demod_bias_act` pass."""
@@ -328,27 +460,43 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
         styles = styles / styles.norm(float('inf'), dim=1, keepdim=True)
     dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt() if demodulate else None  # (N, O)
     identity = noise is None and bias is None and activation == 'linear' and act_gain == 1 and clamp is None
+
     def epilogue(x, d):  # demodulation scale (non-fused path), noise, bias, activation, gain, clamp: one pass
-        if d is None and identity: return x
+        if d is None and identity:
+            return x
         return ops.demod_bias_act(x, d, noise, bias, act=activation, gain=act_gain, clamp=clamp)
+
     if not use_fused_modconv(fused_modconv, weight.shape, x.shape, up=up, dtype=x.dtype):
         x = x * styles.to(x.dtype).reshape(N, -1, 1, 1)
         x = conv2d_resample(x, weight, resample_filter, up=up, padding=padding)
         return epilogue(x, dcoefs)
     scale = styles.reshape(N, 1, I) if dcoefs is None else styles.reshape(N, 1, I) * dcoefs.reshape(N, O, 1)
-    w = weight.unsqueeze(0) * scale.unsqueeze(-1).unsqueeze(-1)          # (N, O, I, k, k): one big product (cast in conv2d_resample)
-    x = conv2d_resample(x.reshape(1, -1, *x.shape[2:]), w.reshape(-1, I, kh, kw), resample_filter,
-                        up=up, padding=padding, groups=N)
+    w = weight.unsqueeze(0) * scale.unsqueeze(-1).unsqueeze(
+        -1
+    )  # (N, O, I, k, k): one big product (cast in conv2d_resample)
+    x = conv2d_resample(
+        x.reshape(1, -1, *x.shape[2:]), w.reshape(-1, I, kh, kw), resample_filter, up=up, padding=padding, groups=N
+    )
     return epilogue(x.reshape(N, -1, *x.shape[2:]), None)
 
 # %% ../nbs/03_networks.ipynb
 NOISE_MODES = ('random', 'const', 'none')
 
+
 class SynthesisLayer(nn.Module):
     "Modulated 3x3 conv (+ optional x2 upsampling), noise, bias and leaky ReLU."
-    def __init__(self, in_channels, out_channels, w_dim, resolution, up=1, resample_filter=(1, 3, 3, 1), conv_clamp=None):
+
+    def __init__(
+        self, in_channels, out_channels, w_dim, resolution, up=1, resample_filter=(1, 3, 3, 1), conv_clamp=None
+    ):
         super().__init__()
-        self.in_channels, self.out_channels, self.resolution, self.up, self.conv_clamp = in_channels, out_channels, resolution, up, conv_clamp
+        self.in_channels, self.out_channels, self.resolution, self.up, self.conv_clamp = (
+            in_channels,
+            out_channels,
+            resolution,
+            up,
+            conv_clamp,
+        )
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.register_buffer('resample_filter', ops.setup_filter(list(resample_filter)))
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 3, 3]))
@@ -361,19 +509,35 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         noise = None
         if noise_mode == 'random':
-            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device, dtype=x.dtype) * self.noise_strength
+            noise = (
+                torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device, dtype=x.dtype)
+                * self.noise_strength
+            )
         elif noise_mode == 'const':
             noise = (self.noise_const * self.noise_strength).expand(x.shape[0], 1, -1, -1)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=1, resample_filter=self.resample_filter,
-                                fused_modconv=fused_modconv, bias=self.bias, activation='lrelu', act_gain=ACT_GAIN['lrelu'] * gain,
-                                clamp=clamp)
+        return modulated_conv2d(
+            x,
+            self.weight,
+            styles,
+            noise=noise,
+            up=self.up,
+            padding=1,
+            resample_filter=self.resample_filter,
+            fused_modconv=fused_modconv,
+            bias=self.bias,
+            activation='lrelu',
+            act_gain=ACT_GAIN['lrelu'] * gain,
+            clamp=clamp,
+        )
 
-    def extra_repr(self): return f'in={self.in_channels}, out={self.out_channels}, res={self.resolution}, up={self.up}'
+    def extra_repr(self):
+        return f'in={self.in_channels}, out={self.out_channels}, res={self.resolution}, up={self.up}'
 
 # %% ../nbs/03_networks.ipynb
 class ToRGBLayer(nn.Module):
     "1x1 modulated conv (no demodulation) to the output channels."
+
     def __init__(self, in_channels, out_channels, w_dim, conv_clamp=None):
         super().__init__()
         self.conv_clamp = conv_clamp
@@ -384,20 +548,24 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x, w, fused_modconv=True):
         styles = self.affine(w) * self.weight_gain
-        return modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv, bias=self.bias,
-                                clamp=self.conv_clamp)
+        return modulated_conv2d(
+            x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv, bias=self.bias, clamp=self.conv_clamp
+        )
 
 # %% ../nbs/03_networks.ipynb
 class MaskEncoder(nn.Module):
     """One-hot mask (N,K,R,R) -> {res: features} at every resolution R, R/2, ..., 4. Each layer runs in the
     dtype of the resolution it reads (`precision` at the resolutions in `lowp_res`, else fp32)."""
+
     def __init__(self, num_labels, resolution, channels: dict, conv_clamp=None, precision='fp32', lowp_res=()):
         super().__init__()
         self.precision, self.lowp_res = precision, set(lowp_res)
-        self.resolutions = [2 ** i for i in range(int(math.log2(resolution)), 1, -1)]
+        self.resolutions = [2**i for i in range(int(math.log2(resolution)), 1, -1)]
         self.from_mask = Conv2dLayer(num_labels, channels[resolution], 3, activation='lrelu', conv_clamp=conv_clamp)
-        self.downs = nn.ModuleList(Conv2dLayer(channels[r], channels[r // 2], 3, activation='lrelu', down=2, conv_clamp=conv_clamp)
-                                   for r in self.resolutions[:-1])
+        self.downs = nn.ModuleList(
+            Conv2dLayer(channels[r], channels[r // 2], 3, activation='lrelu', down=2, conv_clamp=conv_clamp)
+            for r in self.resolutions[:-1]
+        )
 
     def forward(self, mask, force_fp32=False):
         dtype = lambda r: block_dtype(self.precision, r in self.lowp_res, mask.device, force_fp32)
@@ -411,15 +579,39 @@ class MaskEncoder(nn.Module):
 # %% ../nbs/03_networks.ipynb
 class SynthesisBlock(nn.Module):
     "One resolution of the skip generator: (const | up-conv) -> [concat mask features] -> conv -> ToRGB."
-    def __init__(self, in_channels, out_channels, w_dim, resolution, out_img_channels, cond_channels=0,
-                 conv_clamp=None, resample_filter=(1, 3, 3, 1), precision='fp32', lowp=False):
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        w_dim,
+        resolution,
+        out_img_channels,
+        cond_channels=0,
+        conv_clamp=None,
+        resample_filter=(1, 3, 3, 1),
+        precision='fp32',
+        lowp=False,
+    ):
         super().__init__()
         self.in_channels, self.resolution, self.cond_channels = in_channels, resolution, cond_channels
-        self.precision, self.lowp = precision, lowp   # lowp: this block runs in `precision` (NVlabs' use_fp16)
+        self.precision, self.lowp = precision, lowp  # lowp: this block runs in `precision` (NVlabs' use_fp16)
         self.register_buffer('resample_filter', ops.setup_filter(list(resample_filter)))
-        if in_channels == 0: self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
-        else: self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, resample_filter=resample_filter, conv_clamp=conv_clamp)
-        self.conv1 = SynthesisLayer(out_channels + cond_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        else:
+            self.conv0 = SynthesisLayer(
+                in_channels,
+                out_channels,
+                w_dim,
+                resolution,
+                up=2,
+                resample_filter=resample_filter,
+                conv_clamp=conv_clamp,
+            )
+        self.conv1 = SynthesisLayer(
+            out_channels + cond_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp
+        )
         self.torgb = ToRGBLayer(out_channels, out_img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
@@ -432,7 +624,8 @@ class SynthesisBlock(nn.Module):
         else:
             x = self.conv0(x.to(dtype), ws[:, 0], noise_mode=noise_mode, fused_modconv=fused_modconv)
             i = 1
-        if self.cond_channels: x = torch.cat([x, cond_feat.to(dtype)], dim=1)
+        if self.cond_channels:
+            x = torch.cat([x, cond_feat.to(dtype)], dim=1)
         x = self.conv1(x, ws[:, i], noise_mode=noise_mode, fused_modconv=fused_modconv)
         y = self.torgb(x, ws[:, i + 1], fused_modconv=fused_modconv).to(torch.float32)  # the image skip path stays fp32
         img = y if img is None else ops.upsample2d(img, self.resample_filter).add_(y)
@@ -446,41 +639,62 @@ class LabelIntensity(nn.Module):
     Each tap learns at `lr_multiplier / kernel²` times the optimizer's rate, so that a label's intensity (the sum of its
     taps) moves `lr_multiplier` times faster than G's other weights: the tissue means and the blur are in place after a
     few dozen steps and the synthesis network spends its capacity on what a mask does not say (texture, noise, bias field)."""
+
     def __init__(self, num_labels: int, channels: int, kernel: int = 5, lr_multiplier: float = 10.0):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(channels, num_labels, kernel, kernel))
-        self.lr_multiplier, self.pad = lr_multiplier / kernel ** 2, kernel // 2
+        self.lr_multiplier, self.pad = lr_multiplier / kernel**2, kernel // 2
 
     def forward(self, onehot: torch.Tensor) -> torch.Tensor:
-        x = F.pad(onehot.float(), [self.pad] * 4, mode='replicate')     # the border continues the outermost label
+        x = F.pad(onehot.float(), [self.pad] * 4, mode='replicate')  # the border continues the outermost label
         return F.conv2d(x, self.weight.float() * self.lr_multiplier)
 
 # %% ../nbs/03_networks.ipynb
 class SynthesisNetwork(nn.Module):
     "ws (N, num_ws, w_dim) [+ one-hot mask for 'cond'] -> raw output (N, out_channels, R, R)."
+
     def __init__(self, cfg: GANConfig):
         super().__init__()
         self.cfg, self.w_dim, self.img_resolution = cfg, cfg.w_dim, cfg.resolution
-        self.block_resolutions = [2 ** i for i in range(2, int(math.log2(cfg.resolution)) + 1)]
+        self.block_resolutions = [2**i for i in range(2, int(math.log2(cfg.resolution)) + 1)]
         ch = {r: cfg.channels(r) for r in self.block_resolutions}
-        cond_ch = {r: max(8, int(ch[r] * cfg.cond_channel_ratio)) for r in self.block_resolutions} if cfg.kind == 'cond' else {}
+        cond_ch = (
+            {r: max(8, int(ch[r] * cfg.cond_channel_ratio)) for r in self.block_resolutions}
+            if cfg.kind == 'cond'
+            else {}
+        )
         lowp_res = [r for r in self.block_resolutions if cfg.uses_lowp(r)]
-        self.mask_encoder = MaskEncoder(cfg.num_labels, cfg.resolution, cond_ch, cfg.conv_clamp, cfg.precision, lowp_res) if cond_ch else None
+        self.mask_encoder = (
+            MaskEncoder(cfg.num_labels, cfg.resolution, cond_ch, cfg.conv_clamp, cfg.precision, lowp_res)
+            if cond_ch
+            else None
+        )
         self.label_intensity = LabelIntensity(cfg.num_labels, cfg.img_channels) if cond_ch and cfg.cond_skip else None
         self.blocks = nn.ModuleList()
         self.num_ws = 0
         for r in self.block_resolutions:
             in_ch = ch[r // 2] if r > 4 else 0
-            blk = SynthesisBlock(in_ch, ch[r], cfg.w_dim, r, cfg.out_channels, cond_channels=cond_ch.get(r, 0), conv_clamp=cfg.conv_clamp,
-                                 precision=cfg.precision, lowp=cfg.uses_lowp(r))
+            blk = SynthesisBlock(
+                in_ch,
+                ch[r],
+                cfg.w_dim,
+                r,
+                cfg.out_channels,
+                cond_channels=cond_ch.get(r, 0),
+                conv_clamp=cfg.conv_clamp,
+                precision=cfg.precision,
+                lowp=cfg.uses_lowp(r),
+            )
             self.blocks.append(blk)
             self.num_ws += blk.num_conv
         self.num_ws += 1  # the last ToRGB; earlier ToRGBs share the next block's first w
 
     def forward(self, ws, cond=None, noise_mode='random', update_emas=False, fused_modconv=None, force_fp32=False):
         "`force_fp32`: every block in fp32 (the path-length regularizer; NVlabs' `force_fp32`)."
-        check(ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
-              f"SynthesisNetwork: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
+        check(
+            ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
+            f"SynthesisNetwork: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}",
+        )
         fused = self.cfg.fused_modconv if fused_modconv is None else fused_modconv
         if self.mask_encoder is None:
             check(cond is None, f"cond (a mask) is only used by kind='cond', this network is kind={self.cfg.kind!r}")
@@ -493,8 +707,15 @@ class SynthesisNetwork(nn.Module):
         for blk in self.blocks:
             cur = ws.narrow(1, w_idx, blk.num_conv + blk.num_torgb)
             w_idx += blk.num_conv
-            x, img = blk(x, img, cur, feats[blk.resolution] if feats is not None else None, noise_mode=noise_mode,
-                         fused_modconv=fused, force_fp32=force_fp32)
+            x, img = blk(
+                x,
+                img,
+                cur,
+                feats[blk.resolution] if feats is not None else None,
+                noise_mode=noise_mode,
+                fused_modconv=fused,
+                force_fp32=force_fp32,
+            )
         return img if self.label_intensity is None else img + self.label_intensity(cond)
 
 # %% ../nbs/03_networks.ipynb
@@ -502,51 +723,104 @@ def check_cond(cond, cfg: GANConfig, n: int):
     "Validate a 'cond' mask: float (n or 1, K, R, R) one-hot/soft; int label maps (N, R, R) are one-hot encoded."
     R, K = cfg.resolution, cfg.num_labels
     check(cond is not None, f"kind='cond' needs cond: a one-hot mask (N, {K}, {R}, {R}); see mask_to_onehot")
-    if not torch.is_floating_point(cond): cond = mask_to_onehot(cond, K)
-    if cond.ndim == 4 and cond.shape[0] == 1 and n > 1: cond = cond.expand(n, -1, -1, -1)  # one mask, many images
-    check(tuple(cond.shape) == (n, K, R, R), f"cond must be (N={n}, K={K}, {R}, {R}) or (1, K, {R}, {R}), got {tuple(cond.shape)}")
+    if not torch.is_floating_point(cond):
+        cond = mask_to_onehot(cond, K)
+    if cond.ndim == 4 and cond.shape[0] == 1 and n > 1:
+        cond = cond.expand(n, -1, -1, -1)  # one mask, many images
+    check(
+        tuple(cond.shape) == (n, K, R, R),
+        f"cond must be (N={n}, K={K}, {R}, {R}) or (1, K, {R}, {R}), got {tuple(cond.shape)}",
+    )
     return cond
 
 # %% ../nbs/03_networks.ipynb
 def mask_to_onehot(mask: torch.Tensor, num_labels: int) -> torch.Tensor:
     "Integer label map (N,H,W) -> float one-hot (N,K,H,W)."
     check(not torch.is_floating_point(mask), "mask_to_onehot expects an integer label map (N, H, W)")
-    check(int(mask.min()) >= 0 and int(mask.max()) < num_labels, f"mask labels must lie in [0, {num_labels - 1}], got [{int(mask.min())}, {int(mask.max())}]")
+    check(
+        int(mask.min()) >= 0 and int(mask.max()) < num_labels,
+        f"mask labels must lie in [0, {num_labels - 1}], got [{int(mask.min())}, {int(mask.max())}]",
+    )
     return F.one_hot(mask.long(), num_labels).permute(0, 3, 1, 2).to(torch.float32)
 
 # %% ../nbs/03_networks.ipynb
 class Generator(nn.Module):
     "Mapping + synthesis. `G(z, cond)` -> raw output (N, out_channels, R, R); see `split_output`."
+
     def __init__(self, cfg: GANConfig):
         super().__init__()
         self.cfg = cfg
-        self.z_dim, self.w_dim, self.img_resolution, self.img_channels = cfg.z_dim, cfg.w_dim, cfg.resolution, cfg.out_channels
+        self.z_dim, self.w_dim, self.img_resolution, self.img_channels = (
+            cfg.z_dim,
+            cfg.w_dim,
+            cfg.resolution,
+            cfg.out_channels,
+        )
         self.synthesis = SynthesisNetwork(cfg)
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(cfg.z_dim, cfg.w_dim, self.num_ws, cfg.mapping_layers, cfg.mapping_lr, cfg.w_avg_beta)
+        self.mapping = MappingNetwork(
+            cfg.z_dim, cfg.w_dim, self.num_ws, cfg.mapping_layers, cfg.mapping_lr, cfg.w_avg_beta
+        )
 
-    def forward(self, z, cond=None, truncation_psi=1, truncation_cutoff=None, noise_mode='random', update_emas=False, fused_modconv=None,
-                force_fp32=False):
-        ws = self.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, cond=cond, noise_mode=noise_mode, update_emas=update_emas, fused_modconv=fused_modconv,
-                              force_fp32=force_fp32)
+    def forward(
+        self,
+        z,
+        cond=None,
+        truncation_psi=1,
+        truncation_cutoff=None,
+        noise_mode='random',
+        update_emas=False,
+        fused_modconv=None,
+        force_fp32=False,
+    ):
+        ws = self.mapping(
+            z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas
+        )
+        return self.synthesis(
+            ws,
+            cond=cond,
+            noise_mode=noise_mode,
+            update_emas=update_emas,
+            fused_modconv=fused_modconv,
+            force_fp32=force_fp32,
+        )
 
 # %% ../nbs/03_networks.ipynb
 class DiscriminatorBlock(nn.Module):
     "Residual block: [fromrgb] -> conv -> down-conv, plus a 1x1 down-sampled skip."
-    def __init__(self, in_channels, tmp_channels, out_channels, d_in_channels, conv_clamp=None, resample_filter=(1, 3, 3, 1),
-                 precision='fp32', lowp=False):
+
+    def __init__(
+        self,
+        in_channels,
+        tmp_channels,
+        out_channels,
+        d_in_channels,
+        conv_clamp=None,
+        resample_filter=(1, 3, 3, 1),
+        precision='fp32',
+        lowp=False,
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.precision, self.lowp = precision, lowp
-        if in_channels == 0: self.fromrgb = Conv2dLayer(d_in_channels, tmp_channels, 1, activation='lrelu', conv_clamp=conv_clamp)
+        if in_channels == 0:
+            self.fromrgb = Conv2dLayer(d_in_channels, tmp_channels, 1, activation='lrelu', conv_clamp=conv_clamp)
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation='lrelu', conv_clamp=conv_clamp)
-        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation='lrelu', down=2, resample_filter=resample_filter, conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(
+            tmp_channels,
+            out_channels,
+            3,
+            activation='lrelu',
+            down=2,
+            resample_filter=resample_filter,
+            conv_clamp=conv_clamp,
+        )
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, resample_filter=resample_filter)
 
     def forward(self, x, force_fp32=False):
         x = x.to(block_dtype(self.precision, self.lowp, x.device, force_fp32))
-        if self.in_channels == 0: x = self.fromrgb(x)
+        if self.in_channels == 0:
+            x = self.fromrgb(x)
         y = self.skip(x, gain=math.sqrt(0.5))
         x = self.conv1(self.conv0(x), gain=math.sqrt(0.5))
         return y.add_(x)
@@ -556,6 +830,7 @@ class MinibatchStdLayer(nn.Module):
     """Append the std of features over groups of `group_size` samples as `num_channels` extra channels.
     `segments=S` treats the batch as S equal consecutive chunks (e.g. fakes then reals) and forms groups
     inside each chunk only, exactly as if D had seen each chunk on its own."""
+
     def __init__(self, group_size, num_channels=1):
         super().__init__()
         self.group_size, self.num_channels = group_size, num_channels
@@ -568,50 +843,68 @@ class MinibatchStdLayer(nn.Module):
         F_ = self.num_channels
         y = x.reshape(segments, G, -1, F_, C // F_, H, W)
         y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1)
-        y = (y + 1e-8).sqrt().mean(dim=[3, 4, 5])                       # (segments, n // G, F)
+        y = (y + 1e-8).sqrt().mean(dim=[3, 4, 5])  # (segments, n // G, F)
         y = y.reshape(segments, 1, -1, F_, 1, 1).repeat(1, G, 1, 1, H, W).reshape(N, F_, H, W)
         return torch.cat([x, y], dim=1)
 
 # %% ../nbs/03_networks.ipynb
 class DiscriminatorEpilogue(nn.Module):
     "4x4 head: minibatch-std, 3x3 conv, dense, dense -> one logit."
+
     def __init__(self, in_channels, resolution=4, mbstd_group=4, mbstd_channels=1, conv_clamp=None):
         super().__init__()
         self.mbstd = MinibatchStdLayer(mbstd_group, mbstd_channels) if mbstd_channels else None
         self.conv = Conv2dLayer(in_channels + mbstd_channels, in_channels, 3, activation='lrelu', conv_clamp=conv_clamp)
-        self.fc = FullyConnectedLayer(in_channels * resolution ** 2, in_channels, activation='lrelu')
+        self.fc = FullyConnectedLayer(in_channels * resolution**2, in_channels, activation='lrelu')
         self.out = FullyConnectedLayer(in_channels, 1)
 
     def forward(self, x, mbstd_segments: int = 1):
-        x = x.to(torch.float32)   # the head (and the logits) are fp32
-        if self.mbstd is not None: x = self.mbstd(x, mbstd_segments)
+        x = x.to(torch.float32)  # the head (and the logits) are fp32
+        if self.mbstd is not None:
+            x = self.mbstd(x, mbstd_segments)
         x = self.conv(x)
         return self.out(self.fc(x.flatten(1)))
 
 # %% ../nbs/03_networks.ipynb
 class Discriminator(nn.Module):
     "Residual StyleGAN2 discriminator: D(x) -> logits (N, 1), x = `to_d_input(...)` (N, d_in_channels, R, R)."
+
     def __init__(self, cfg: GANConfig):
         super().__init__()
         self.cfg, self.img_resolution, self.in_channels = cfg, cfg.resolution, cfg.d_in_channels
-        res = [2 ** i for i in range(int(math.log2(cfg.resolution)), 2, -1)]
+        res = [2**i for i in range(int(math.log2(cfg.resolution)), 2, -1)]
         self.blocks = nn.ModuleList(
-            DiscriminatorBlock(cfg.channels(r) if r < cfg.resolution else 0, cfg.channels(r), cfg.channels(r // 2),
-                               cfg.d_in_channels, conv_clamp=cfg.conv_clamp, precision=cfg.precision, lowp=cfg.uses_lowp(r))
-            for r in res)
+            DiscriminatorBlock(
+                cfg.channels(r) if r < cfg.resolution else 0,
+                cfg.channels(r),
+                cfg.channels(r // 2),
+                cfg.d_in_channels,
+                conv_clamp=cfg.conv_clamp,
+                precision=cfg.precision,
+                lowp=cfg.uses_lowp(r),
+            )
+            for r in res
+        )
         self.epilogue = DiscriminatorEpilogue(cfg.channels(4), 4, cfg.mbstd_group, cfg.mbstd_channels, cfg.conv_clamp)
 
     def forward(self, x, cond=None, mbstd_segments: int = 1, force_fp32: bool = False):
         """`mbstd_segments=2` scores a batch of fakes followed by as many reals in one pass (see `MinibatchStdLayer`);
         `force_fp32`: every block in fp32 (the R1 regularizer)."""
         if cond is not None:
-            check(self.cfg.kind == 'cond', f"D(x, cond) is only for kind='cond'; build the input with to_d_input for kind={self.cfg.kind!r}")
+            check(
+                self.cfg.kind == 'cond',
+                f"D(x, cond) is only for kind='cond'; build the input with to_d_input for kind={self.cfg.kind!r}",
+            )
             x = to_d_input(x, check_cond(cond, self.cfg, x.shape[0]), self.cfg)
         R = self.img_resolution
-        check(x.ndim == 4 and tuple(x.shape[1:]) == (self.in_channels, R, R),
-              f"D input must be (N, {self.in_channels}, {R}, {R}) (see to_d_input), got {tuple(x.shape)}")
-        if self.cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        for blk in self.blocks: x = blk(x, force_fp32)
+        check(
+            x.ndim == 4 and tuple(x.shape[1:]) == (self.in_channels, R, R),
+            f"D input must be (N, {self.in_channels}, {R}, {R}) (see to_d_input), got {tuple(x.shape)}",
+        )
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for blk in self.blocks:
+            x = blk(x, force_fp32)
         return self.epilogue(x, mbstd_segments)
 
 # %% ../nbs/03_networks.ipynb
@@ -626,14 +919,20 @@ def mask_probs(logits: torch.Tensor, cfg: GANConfig) -> torch.Tensor:
 # %% ../nbs/03_networks.ipynb
 def split_output(raw: torch.Tensor, cfg: GANConfig):
     "Raw G output -> (image in ~[-1,1] or None, mask probabilities (softmax over K) or None)."
-    check(raw.ndim == 4 and raw.shape[1] == cfg.out_channels, f"split_output: expected (N, {cfg.out_channels}, H, W) for kind={cfg.kind!r}, got {tuple(raw.shape)}")
+    check(
+        raw.ndim == 4 and raw.shape[1] == cfg.out_channels,
+        f"split_output: expected (N, {cfg.out_channels}, H, W) for kind={cfg.kind!r}, got {tuple(raw.shape)}",
+    )
     C = cfg.img_channels
-    if cfg.kind == 'joint': return raw[:, :C], mask_probs(raw[:, C:], cfg)
-    if cfg.kind == 'mask': return None, mask_probs(raw, cfg)
+    if cfg.kind == 'joint':
+        return raw[:, :C], mask_probs(raw[:, C:], cfg)
+    if cfg.kind == 'mask':
+        return None, mask_probs(raw, cfg)
     return raw, None
 
 # %% ../nbs/03_networks.ipynb
 to_pair = split_output
+
 
 def hard_mask(probs: torch.Tensor) -> torch.Tensor:
     "Mask probabilities / one-hot (N,K,H,W) -> integer label map (N,H,W) by argmax."
@@ -643,8 +942,7 @@ def hard_mask(probs: torch.Tensor) -> torch.Tensor:
 def to_pair01(raw: torch.Tensor, cfg: GANConfig):
     "Raw G output -> (image clamped to [0,1] or None, int64 label map (N,H,W) or None), the dataset's convention."
     image, probs = split_output(raw, cfg)
-    return (None if image is None else ((image.clamp(-1, 1) + 1) / 2),
-            None if probs is None else hard_mask(probs))
+    return (None if image is None else ((image.clamp(-1, 1) + 1) / 2), None if probs is None else hard_mask(probs))
 
 # %% ../nbs/03_networks.ipynb
 def real_to_gan(image01: torch.Tensor, mask: torch.Tensor, cfg: GANConfig):
@@ -654,10 +952,17 @@ def real_to_gan(image01: torch.Tensor, mask: torch.Tensor, cfg: GANConfig):
 # %% ../nbs/03_networks.ipynb
 def to_d_input(image, mask, cfg: GANConfig) -> torch.Tensor:
     "The discriminator's input from an image in [-1,1] (None for 'mask') and a one-hot/probability mask."
-    check(mask is not None and mask.shape[1] == cfg.num_labels, f"to_d_input: kind={cfg.kind!r} needs a mask with K={cfg.num_labels} channels")
+    check(
+        mask is not None and mask.shape[1] == cfg.num_labels,
+        f"to_d_input: kind={cfg.kind!r} needs a mask with K={cfg.num_labels} channels",
+    )
     m = mask * 2 - 1
-    if cfg.kind == 'mask': return m
-    check(image is not None and image.shape[1] == cfg.img_channels, f"to_d_input: kind={cfg.kind!r} needs an image with C={cfg.img_channels} channels")
+    if cfg.kind == 'mask':
+        return m
+    check(
+        image is not None and image.shape[1] == cfg.img_channels,
+        f"to_d_input: kind={cfg.kind!r} needs an image with C={cfg.img_channels} channels",
+    )
     return torch.cat([image, m.to(image.dtype)], dim=1)
 
 # %% ../nbs/03_networks.ipynb
@@ -669,7 +974,8 @@ def real_to_d_input(image, mask_onehot, cfg: GANConfig) -> torch.Tensor:
 def fake_to_d_input(raw, cfg: GANConfig, cond=None) -> torch.Tensor:
     "D input for G's raw output; for 'cond' pass the conditioning mask `cond` it was generated from."
     image, probs = split_output(raw, cfg)
-    if cfg.kind == 'cond': probs = check_cond(cond, cfg, raw.shape[0])
+    if cfg.kind == 'cond':
+        probs = check_cond(cond, cfg, raw.shape[0])
     return to_d_input(image, probs, cfg)
 
 # %% ../nbs/03_networks.ipynb
@@ -688,8 +994,10 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     check(path.exists(), f"{path}: checkpoint not found; train one with `medsyn train` or fix the path")
     ck = load_torch_file(path, "GAN checkpoint")
-    check(isinstance(ck, dict) and "gan_config" in ck and "G_ema" in ck,
-          f"{path}: not a medsyn GAN checkpoint (no gan_config / G_ema); pass a network-best.pt or network-last.pt of `medsyn train`")
+    check(
+        isinstance(ck, dict) and "gan_config" in ck and "G_ema" in ck,
+        f"{path}: not a medsyn GAN checkpoint (no gan_config / G_ema); pass a network-best.pt or network-last.pt of `medsyn train`",
+    )
     return ck
 
 # %% ../nbs/03_networks.ipynb
@@ -706,24 +1014,36 @@ def is_medsyn_checkpoint(ck) -> bool:
     return isinstance(ck, dict) and ({"gan_config", "G_ema"} <= set(ck) or {"state_dict", "config"} <= set(ck))
 
 # %% ../nbs/03_networks.ipynb
-def upgrade_checkpoint(old: Path,           # the older medsyn checkpoint (left as it is)
-                       out: Path,           # where to write the checkpoint as data (a new file)
-                       trust: bool = False  # confirm that you trust the file: upgrading unpickles it, which can run code
-                       ) -> Path:
+def upgrade_checkpoint(
+    old: Path,  # the older medsyn checkpoint (left as it is)
+    out: Path,  # where to write the checkpoint as data (a new file)
+    trust: bool = False,  # confirm that you trust the file: upgrading unpickles it, which can run code
+) -> Path:
     "Rewrite a trusted older medsyn checkpoint as data (NumPy parts as tensors and numbers); returns `out`."
     old, out = Path(old), Path(out)
     check(old.is_file(), f"{old}: checkpoint not found; check the path")
     check(old.resolve() != out.resolve(), f"{out}: --out must be a new file; the original {old} stays as it is")
     found = torch_file_globals(old)
-    if any(g.startswith(NVLABS_MODULES) for g in found): raise UnsafeFileError(unsafe_file_message(old, "checkpoint", found))
-    check(trust, f"{old}: upgrading unpickles the whole file, and a pickle can run any code it names "
-                 f"({', '.join(found[:4]) or 'nothing readable'}); pass --trust only if you trust where the file came from")
-    try: ck = torch.load(old, map_location="cpu", weights_only=False)
-    except Exception as e: raise MedsynError(f"{old}: cannot be unpickled ({type(e).__name__}: {str(e)[:200]}); nothing to upgrade") from None
-    check(is_medsyn_checkpoint(ck), f"{old}: not a medsyn checkpoint (neither gan_config + G_ema nor state_dict + config); "
-                                    "medsyn upgrades only its own files")
+    if any(g.startswith(NVLABS_MODULES) for g in found):
+        raise UnsafeFileError(unsafe_file_message(old, "checkpoint", found))
+    check(
+        trust,
+        f"{old}: upgrading unpickles the whole file, and a pickle can run any code it names "
+        f"({', '.join(found[:4]) or 'nothing readable'}); pass --trust only if you trust where the file came from",
+    )
+    try:
+        ck = torch.load(old, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise MedsynError(
+            f"{old}: cannot be unpickled ({type(e).__name__}: {str(e)[:200]}); nothing to upgrade"
+        ) from None
+    check(
+        is_medsyn_checkpoint(ck),
+        f"{old}: not a medsyn checkpoint (neither gan_config + G_ema nor state_dict + config); "
+        "medsyn upgrades only its own files",
+    )
     atomic_torch_save(ck, out)
-    load_torch_file(out)     # the new file is data
+    load_torch_file(out)  # the new file is data
     return out
 
 # %% ../nbs/03_networks.ipynb
@@ -735,6 +1055,7 @@ def checkpoint_parser() -> argparse.ArgumentParser:
     up.add_argument("old", type=Path, help="the older medsyn checkpoint (left as it is)")
     sub.add_parser("upgrade", parents=[up], add_help=False, help=up.description, description=up.description)
     return p
+
 
 def checkpoint_main(argv: list[str]) -> int:
     "`medsyn checkpoint upgrade OLD --out NEW --trust`."

@@ -29,10 +29,14 @@ __all__ = ['IMPLS', 'KERNEL_OPS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHE
 IMPLS = ("auto", "ref", "cpu", "cuda")
 _default_impl = os.environ.get("MEDSYN_OPS_IMPL", "auto").strip().lower() or "auto"
 
+
 def set_default_impl(name: str) -> None:
     "Set what `impl='auto'` resolves to: `'auto'` (compiled kernel for the tensor's device), `'ref'`, `'cpu'` or `'cuda'`."
     global _default_impl
-    check(name in IMPLS, f"unknown ops implementation {name!r}; choose one of {IMPLS} (set_default_impl or $MEDSYN_OPS_IMPL)")
+    check(
+        name in IMPLS,
+        f"unknown ops implementation {name!r}; choose one of {IMPLS} (set_default_impl or $MEDSYN_OPS_IMPL)",
+    )
     _default_impl = name
 
 # %% ../nbs/02_ops.ipynb
@@ -43,9 +47,11 @@ def get_default_impl() -> str:
 # %% ../nbs/02_ops.ipynb
 _warned: set[str] = set()
 
+
 def _warn_once(key: str, msg: str) -> None:
     "Warn with `msg` once per process for `key`."
-    if key in _warned: return
+    if key in _warned:
+        return
     _warned.add(key)
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
@@ -55,12 +61,17 @@ def csrc_dir() -> Path:
     return Path(medsyn.__file__).resolve().parent / "csrc"
 
 # %% ../nbs/02_ops.ipynb
-KERNEL_OPS = ("bias_act", "upfirdn2d", "demod_bias_act", "demod_bias_act_grad")   # what each plugin registers
-PLUGIN_SOURCES = {"cpu": ["bias_act_cpu.cpp", "upfirdn2d_cpu.cpp", "demod_bias_act_cpu.cpp"], "cuda": ["ops_cuda.cpp", "bias_act.cu", "upfirdn2d.cu", "demod_bias_act.cu"]}
+KERNEL_OPS = ("bias_act", "upfirdn2d", "demod_bias_act", "demod_bias_act_grad")  # what each plugin registers
+PLUGIN_SOURCES = {
+    "cpu": ["bias_act_cpu.cpp", "upfirdn2d_cpu.cpp", "demod_bias_act_cpu.cpp"],
+    "cuda": ["ops_cuda.cpp", "bias_act.cu", "upfirdn2d.cu", "demod_bias_act.cu"],
+}
+
 
 @dataclass
 class PluginStatus:
     "Outcome of building one plugin: the op namespace (or None) and why it failed, plus the build time."
+
     kind: str
     ops: object = None
     error: str | None = None
@@ -70,13 +81,15 @@ class PluginStatus:
 _plugins: dict[str, PluginStatus] = {}
 _plugin_lock = threading.Lock()
 
+
 def _cpu_key() -> str:
     "A short id of this CPU model and its instruction-set flags (part of the build folder name)."
     info = platform.machine()
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         info += "".join(next((l for l in lines if l.startswith(k)), "") for k in ("model name", "flags"))
-    except OSError: info += platform.processor()
+    except OSError:
+        info += platform.processor()
     return hashlib.sha1(info.encode()).hexdigest()[:10]
 
 # %% ../nbs/02_ops.ipynb
@@ -90,7 +103,8 @@ def extensions_dir(kind: str = "cpu") -> Path:
     versions and, for `-march=native` CPU builds, the CPU model, so a shared cache never hands a binary
     to a CPU that cannot run it."""
     tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__.replace('+', '_')}-{kind}"
-    if kind == "cpu": tag += f"-native-{_cpu_key()}" if native_flags() else "-generic"
+    if kind == "cpu":
+        tag += f"-native-{_cpu_key()}" if native_flags() else "-generic"
     p = cache_dir() / "torch_extensions" / tag
     p.mkdir(parents=True, exist_ok=True)
     return p
@@ -98,37 +112,57 @@ def extensions_dir(kind: str = "cpu") -> Path:
 # %% ../nbs/02_ops.ipynb
 def _cuda_unavailable_reason(need_gpu: bool = True) -> str | None:
     "Why the CUDA plugin cannot be built here (`need_gpu=False`: compiled only, not run), or None when it can be tried."
-    if need_gpu and not torch.cuda.is_available(): return "torch sees no CUDA GPU"
-    if torch.version.cuda is None: return f"this torch build ({torch.__version__}) has no CUDA support"
+    if need_gpu and not torch.cuda.is_available():
+        return "torch sees no CUDA GPU"
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
     from torch.utils import cpp_extension
-    if cpp_extension.CUDA_HOME is None: return "no CUDA toolkit found (install nvcc or set CUDA_HOME)"
+
+    if cpp_extension.CUDA_HOME is None:
+        return "no CUDA toolkit found (install nvcc or set CUDA_HOME)"
     return None
+
 
 def _cudart_ldflags() -> list[str]:
     """`-L` flags for the CUDA runtime when CUDA_HOME has no `lib64/libcudart.so` (torch links `-lcudart`): e.g. a
     toolkit reached through a `/usr/local/bin/nvcc` wrapper, whose CUDA_HOME torch guesses as `/usr/local`."""
     from torch.utils import cpp_extension
+
     home = cpp_extension.CUDA_HOME
-    if home and glob.glob(os.path.join(home, "lib64", "libcudart.so*")): return []
-    for d in [os.path.join(home or "", "lib"), *sorted(glob.glob("/usr/local/cuda*/lib64")), *sorted(glob.glob("/usr/local/cuda*/lib"))]:
-        if os.path.exists(os.path.join(d, "libcudart.so")): return [f"-L{d}"]
+    if home and glob.glob(os.path.join(home, "lib64", "libcudart.so*")):
+        return []
+    for d in [
+        os.path.join(home or "", "lib"),
+        *sorted(glob.glob("/usr/local/cuda*/lib64")),
+        *sorted(glob.glob("/usr/local/cuda*/lib")),
+    ]:
+        if os.path.exists(os.path.join(d, "libcudart.so")):
+            return [f"-L{d}"]
     return []
 
 # %% ../nbs/02_ops.ipynb
 def build_lock_timeout() -> float:
     "Seconds to wait for another build or a leftover torch lock: `$MEDSYN_BUILD_LOCK_TIMEOUT`, default 600."
     raw = os.environ.get("MEDSYN_BUILD_LOCK_TIMEOUT", "600")
-    try: return float(raw)
-    except ValueError: raise MedsynError(f"MEDSYN_BUILD_LOCK_TIMEOUT={raw!r}: give a number of seconds") from None
+    try:
+        return float(raw)
+    except ValueError:
+        raise MedsynError(f"MEDSYN_BUILD_LOCK_TIMEOUT={raw!r}: give a number of seconds") from None
+
 
 def _last_activity(build_dir: Path) -> float:
     "When anything in `build_dir` last changed (a running build writes objects and logs there)."
-    return max([build_dir.stat().st_mtime] + [p.stat().st_mtime for p in build_dir.iterdir() if p.name != ".medsyn-build.lock"])
+    return max(
+        [build_dir.stat().st_mtime] + [p.stat().st_mtime for p in build_dir.iterdir() if p.name != ".medsyn-build.lock"]
+    )
+
 
 def torch_lock_is_a_file() -> bool:
     "Whether this torch's `cpp_extension` blocks on the mere existence of a build folder's `lock` file (`FileBaton`)."
     from torch.utils import cpp_extension
+
     return hasattr(cpp_extension, "FileBaton")
+
 
 @contextlib.contextmanager
 def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
@@ -147,18 +181,26 @@ def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                check(time.time() - start < timeout or not idle(), f"{build_dir}: another process holds the build lock of the compiled "
-                      f"ops and nothing changed there for {timeout:.0f} s; stop it and rerun (MEDSYN_BUILD_LOCK_TIMEOUT sets the wait)")
+                check(
+                    time.time() - start < timeout or not idle(),
+                    f"{build_dir}: another process holds the build lock of the compiled "
+                    f"ops and nothing changed there for {timeout:.0f} s; stop it and rerun (MEDSYN_BUILD_LOCK_TIMEOUT sets the wait)",
+                )
                 time.sleep(0.2)
         torch_lock = build_dir / "lock"
-        while torch_lock_is_a_file() and torch_lock.exists():      # a build outside this lock (an older medsyn) is alive while the folder changes
-            check(not idle(), f"{build_dir}: holds the lock file 'lock' of a build of the compiled ops that was killed (nothing "
-                  f"changed there for {timeout:.0f} s; torch would wait for it for ever); remove it with `rm {torch_lock}` (or "
-                  f"remove the folder {build_dir}) and rerun")
+        while (
+            torch_lock_is_a_file() and torch_lock.exists()
+        ):  # a build outside this lock (an older medsyn) is alive while the folder changes
+            check(
+                not idle(),
+                f"{build_dir}: holds the lock file 'lock' of a build of the compiled ops that was killed (nothing "
+                f"changed there for {timeout:.0f} s; torch would wait for it for ever); remove it with `rm {torch_lock}` (or "
+                f"remove the folder {build_dir}) and rerun",
+            )
             time.sleep(0.2)
         yield
     finally:
-        os.close(fd)          # releases the flock
+        os.close(fd)  # releases the flock
 
 # %% ../nbs/02_ops.ipynb
 def _build(kind: str, need_gpu: bool = True, build_dir: Path | None = None) -> PluginStatus:
@@ -169,22 +211,33 @@ def _build(kind: str, need_gpu: bool = True, build_dir: Path | None = None) -> P
     try:
         if kind == "cuda":
             reason = _cuda_unavailable_reason(need_gpu)
-            if reason: return PluginStatus(kind, error=reason)
+            if reason:
+                return PluginStatus(kind, error=reason)
         from torch.utils import cpp_extension
+
         sources = [csrc_dir() / s for s in PLUGIN_SOURCES[kind]]
         missing = [str(s) for s in sources if not s.exists()]
-        if missing: return PluginStatus(kind, error=f"kernel sources missing: {missing} (reinstall medsyn)")
+        if missing:
+            return PluginStatus(kind, error=f"kernel sources missing: {missing} (reinstall medsyn)")
         name = f"medsyn_{kind}"
         cflags = ["-O3", "-fopenmp"] + (["-march=native"] if native_flags() else []) if kind == "cpu" else ["-O3"]
         build_dir = Path(build_dir or extensions_dir(kind))
         with build_lock(build_dir):
-            cpp_extension.load(name=name, sources=[str(s) for s in sources], extra_cflags=cflags,
-                               extra_ldflags=["-fopenmp"] if kind == "cpu" else _cudart_ldflags(),
-                               extra_cuda_cflags=["-O3", "--use_fast_math"], extra_include_paths=[str(csrc_dir())],
-                               build_directory=str(build_dir), is_python_module=False, verbose=False)
+            cpp_extension.load(
+                name=name,
+                sources=[str(s) for s in sources],
+                extra_cflags=cflags,
+                extra_ldflags=["-fopenmp"] if kind == "cpu" else _cudart_ldflags(),
+                extra_cuda_cflags=["-O3", "--use_fast_math"],
+                extra_include_paths=[str(csrc_dir())],
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=False,
+            )
         _register_fake_kernels(name)
         return PluginStatus(kind, ops=getattr(torch.ops, name), seconds=time.perf_counter() - t0)
-    except MedsynError: raise     # the build lock: the user must act (see `build_lock`)
+    except MedsynError:
+        raise  # the build lock: the user must act (see `build_lock`)
     except Exception as e:  # a broken toolchain must never stop training
         msg = " ".join(str(e).split())
         return PluginStatus(kind, error=f"{type(e).__name__}: {msg[-800:]}", seconds=time.perf_counter() - t0)
@@ -192,24 +245,39 @@ def _build(kind: str, need_gpu: bool = True, build_dir: Path | None = None) -> P
 # %% ../nbs/02_ops.ipynb
 def _register_fake_kernels(namespace: str) -> None:
     "Shape-only versions of the ops, so `torch.compile` can trace through them."
+
     def bias_act_fake(x, b, xref, yref, dy, grad, dim, act, alpha, gain, clamp):
         return torch.empty_like(x)
+
     def upfirdn2d_fake(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain):
         fh, fw = f.shape[0], f.shape[-1]
         oh = (x.shape[2] * upy + pady0 + pady1 - fh) // downy + 1
         ow = (x.shape[3] * upx + padx0 + padx1 - fw) // downx + 1
         return x.new_empty([x.shape[0], x.shape[1], oh, ow])
+
     def demod_bias_act_fake(x, d, noise, b, act, alpha, gain, clamp):
         return torch.empty_like(x)
+
     def demod_bias_act_grad_fake(dy, x, d, y, need_dx, need_dd, need_dnoise, need_db, act, alpha, gain, clamp):
         n, c, h, w = y.shape
-        return (torch.empty_like(y) if need_dx else y.new_empty([0]), y.new_empty([n, c] if need_dd else [0]),
-                y.new_empty([n, 1, h, w] if need_dnoise else [0]), y.new_empty([c] if need_db else [0]))
-    fakes = [("bias_act", bias_act_fake), ("upfirdn2d", upfirdn2d_fake), ("demod_bias_act", demod_bias_act_fake),
-             ("demod_bias_act_grad", demod_bias_act_grad_fake)]
+        return (
+            torch.empty_like(y) if need_dx else y.new_empty([0]),
+            y.new_empty([n, c] if need_dd else [0]),
+            y.new_empty([n, 1, h, w] if need_dnoise else [0]),
+            y.new_empty([c] if need_db else [0]),
+        )
+
+    fakes = [
+        ("bias_act", bias_act_fake),
+        ("upfirdn2d", upfirdn2d_fake),
+        ("demod_bias_act", demod_bias_act_fake),
+        ("demod_bias_act_grad", demod_bias_act_grad_fake),
+    ]
     for op, fn in fakes:
-        try: torch.library.register_fake(f"{namespace}::{op}", fn)
-        except Exception: pass  # already registered in this process, or an older torch
+        try:
+            torch.library.register_fake(f"{namespace}::{op}", fn)
+        except Exception:
+            pass  # already registered in this process, or an older torch
 
 # %% ../nbs/02_ops.ipynb
 def load_plugin(kind: str) -> PluginStatus:
@@ -221,29 +289,44 @@ def load_plugin(kind: str) -> PluginStatus:
         return _plugins[kind]
 
 # %% ../nbs/02_ops.ipynb
-def compile_cuda(arch: str | None = "9.0",   # TORCH_CUDA_ARCH_LIST for the build (None: torch's choice / the environment's)
-                 timeout: float = 900) -> dict:
+def compile_cuda(
+    arch: str | None = "9.0",  # TORCH_CUDA_ARCH_LIST for the build (None: torch's choice / the environment's)
+    timeout: float = 900,
+) -> dict:
     """Compile and link the CUDA plugin without a GPU, in a subprocess; returns `{ok, error, seconds, ops, build_dir}`
     (`ops`: which of `KERNEL_OPS` the built library registers; `ok` needs all of them)."""
     reason = _cuda_unavailable_reason(need_gpu=False)
-    if reason: return dict(ok=False, error=reason, seconds=0.0, ops=[], build_dir=None)
+    if reason:
+        return dict(ok=False, error=reason, seconds=0.0, ops=[], build_dir=None)
     build_dir = extensions_dir(f"cuda-sm{arch.replace('.', '')}-compiled" if arch else "cuda-compiled")
     env = dict(os.environ, **({"TORCH_CUDA_ARCH_LIST": arch} if arch else {}))
-    code = ("import json, torch; from pathlib import Path; from medsyn import ops; "
-            f"st = ops._build('cuda', need_gpu=False, build_dir=Path({str(build_dir)!r})); "
-            "names = [n for n in ops.KERNEL_OPS if hasattr(torch.ops.medsyn_cuda, n)] if st.error is None else []; "
-            "print(json.dumps(dict(error=st.error, seconds=round(st.seconds, 1), ops=names)))")
+    code = (
+        "import json, torch; from pathlib import Path; from medsyn import ops; "
+        f"st = ops._build('cuda', need_gpu=False, build_dir=Path({str(build_dir)!r})); "
+        "names = [n for n in ops.KERNEL_OPS if hasattr(torch.ops.medsyn_cuda, n)] if st.error is None else []; "
+        "print(json.dumps(dict(error=st.error, seconds=round(st.seconds, 1), ops=names)))"
+    )
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return dict(ok=False, error=f"the CUDA build took over {timeout:.0f} s", seconds=round(time.perf_counter() - t0, 1), ops=[],
-                    build_dir=str(build_dir))
+        return dict(
+            ok=False,
+            error=f"the CUDA build took over {timeout:.0f} s",
+            seconds=round(time.perf_counter() - t0, 1),
+            ops=[],
+            build_dir=str(build_dir),
+        )
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = " ".join(proc.stderr.split())[-800:]
-        return dict(ok=False, error=f"build process exited {proc.returncode}: {tail}", seconds=round(time.perf_counter() - t0, 1),
-                    ops=[], build_dir=str(build_dir))
+        return dict(
+            ok=False,
+            error=f"build process exited {proc.returncode}: {tail}",
+            seconds=round(time.perf_counter() - t0, 1),
+            ops=[],
+            build_dir=str(build_dir),
+        )
     r = json.loads(lines[-1])
     missing = [n for n in KERNEL_OPS if n not in r["ops"]]
     error = r["error"] or (f"the library does not register {missing}" if missing else None)
@@ -252,20 +335,24 @@ def compile_cuda(arch: str | None = "9.0",   # TORCH_CUDA_ARCH_LIST for the buil
 # %% ../nbs/02_ops.ipynb
 _malloc_tuned = None
 
+
 def keep_freed_memory() -> bool:
     """glibc only: serve large tensors from the heap and keep freed memory in the process (`mallopt`: mmap threshold
     1 GiB, trim threshold 2 GiB) instead of mapping and unmapping every multi-megabyte activation, which costs a page
     fault per 4 KiB on every training step (measured: 1.12x faster StyleGAN2 steps on 2 cores). Called by
     `medsyn.train.GANTrainer`; `$MEDSYN_KEEP_FREED_MEMORY=0` turns it off. Returns whether the settings were applied."""
     global _malloc_tuned
-    if _malloc_tuned is not None: return _malloc_tuned
+    if _malloc_tuned is not None:
+        return _malloc_tuned
     _malloc_tuned = False
-    if not env_flag("MEDSYN_KEEP_FREED_MEMORY", True) or not sys.platform.startswith("linux"): return False
+    if not env_flag("MEDSYN_KEEP_FREED_MEMORY", True) or not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
         _malloc_tuned = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 31))
-    except (OSError, AttributeError): pass  # not glibc (musl, ...): nothing to tune
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, ...): nothing to tune
     return _malloc_tuned
 
 # %% ../nbs/02_ops.ipynb
@@ -275,23 +362,38 @@ def plugin_error(kind: str) -> str | None:
 
 # %% ../nbs/02_ops.ipynb
 # bfloat16 on CPU: the kernels store bf16 and compute in float (see medsyn/csrc)
-_KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64, torch.bfloat16), "cuda": (torch.float16, torch.float32, torch.float64)}
+_KERNEL_DTYPES = {
+    "cpu": (torch.float32, torch.float64, torch.bfloat16),
+    "cuda": (torch.float16, torch.float32, torch.float64),
+}
+
 
 def _resolve(impl: str, x: torch.Tensor) -> tuple[str, object]:
     "Map `impl` to ('ref', None) or (kind, op namespace) for tensor `x`."
     check(impl in IMPLS, f"unknown ops implementation {impl!r}; choose one of {IMPLS}")
-    if impl == "auto": impl = _default_impl
-    if impl == "ref": return "ref", None
+    if impl == "auto":
+        impl = _default_impl
+    if impl == "ref":
+        return "ref", None
     kind = impl if impl != "auto" else ("cuda" if x.device.type == "cuda" else "cpu")
     if kind != x.device.type:
-        _warn_once(f"device-{kind}-{x.device.type}", f"medsyn.ops: impl={kind!r} cannot run on {x.device.type} tensors; using the reference implementation")
+        _warn_once(
+            f"device-{kind}-{x.device.type}",
+            f"medsyn.ops: impl={kind!r} cannot run on {x.device.type} tensors; using the reference implementation",
+        )
         return "ref", None
     if x.dtype not in _KERNEL_DTYPES[kind]:
-        _warn_once(f"dtype-{kind}-{x.dtype}", f"medsyn.ops: the {kind} kernels do not support {x.dtype}; using the reference implementation")
+        _warn_once(
+            f"dtype-{kind}-{x.dtype}",
+            f"medsyn.ops: the {kind} kernels do not support {x.dtype}; using the reference implementation",
+        )
         return "ref", None
     st = load_plugin(kind)
     if st.ops is None:
-        _warn_once(f"build-{kind}", f"medsyn.ops: the compiled {kind} ops are unavailable ({st.error}); using the slower reference implementation")
+        _warn_once(
+            f"build-{kind}",
+            f"medsyn.ops: the compiled {kind} ops are unavailable ({st.error}); using the slower reference implementation",
+        )
         return "ref", None
     return kind, st.ops
 
@@ -305,6 +407,7 @@ def active_impl(device="cpu") -> str:
 @dataclass(frozen=True)
 class ActSpec:
     "One activation: reference function, defaults, kernel index, what the backward needs, and whether f'' is nonzero."
+
     func: Callable
     def_alpha: float
     def_gain: float
@@ -315,25 +418,30 @@ class ActSpec:
 # %% ../nbs/02_ops.ipynb
 _SQRT2 = float(np.sqrt(2))
 activation_funcs: dict[str, ActSpec] = {
-    "linear":   ActSpec(lambda x, **_: x,                                    0.0, 1.0,    1, "",  False),
-    "relu":     ActSpec(lambda x, **_: torch.relu(x),                        0.0, _SQRT2, 2, "y", False),
-    "lrelu":    ActSpec(lambda x, alpha, **_: F.leaky_relu(x, alpha),        0.2, _SQRT2, 3, "y", False),
-    "tanh":     ActSpec(lambda x, **_: torch.tanh(x),                        0.0, 1.0,    4, "y", True),
-    "sigmoid":  ActSpec(lambda x, **_: torch.sigmoid(x),                     0.0, 1.0,    5, "y", True),
-    "elu":      ActSpec(lambda x, **_: F.elu(x),                             0.0, 1.0,    6, "y", True),
-    "selu":     ActSpec(lambda x, **_: F.selu(x),                            0.0, 1.0,    7, "y", True),
-    "softplus": ActSpec(lambda x, **_: F.softplus(x),                        0.0, 1.0,    8, "y", True),
-    "swish":    ActSpec(lambda x, **_: torch.sigmoid(x) * x,                 0.0, _SQRT2, 9, "x", True),
-    "silu":     ActSpec(lambda x, **_: torch.sigmoid(x) * x,                 0.0, _SQRT2, 9, "x", True),
+    "linear": ActSpec(lambda x, **_: x, 0.0, 1.0, 1, "", False),
+    "relu": ActSpec(lambda x, **_: torch.relu(x), 0.0, _SQRT2, 2, "y", False),
+    "lrelu": ActSpec(lambda x, alpha, **_: F.leaky_relu(x, alpha), 0.2, _SQRT2, 3, "y", False),
+    "tanh": ActSpec(lambda x, **_: torch.tanh(x), 0.0, 1.0, 4, "y", True),
+    "sigmoid": ActSpec(lambda x, **_: torch.sigmoid(x), 0.0, 1.0, 5, "y", True),
+    "elu": ActSpec(lambda x, **_: F.elu(x), 0.0, 1.0, 6, "y", True),
+    "selu": ActSpec(lambda x, **_: F.selu(x), 0.0, 1.0, 7, "y", True),
+    "softplus": ActSpec(lambda x, **_: F.softplus(x), 0.0, 1.0, 8, "y", True),
+    "swish": ActSpec(lambda x, **_: torch.sigmoid(x) * x, 0.0, _SQRT2, 9, "x", True),
+    "silu": ActSpec(lambda x, **_: torch.sigmoid(x) * x, 0.0, _SQRT2, 9, "x", True),
 }
+
 
 def _act_params(act, alpha, gain, clamp) -> tuple[ActSpec, float, float, float]:
     "Validate `act` and fill in the defaults; clamp < 0 means no clamping."
     check(act in activation_funcs, f"unknown activation {act!r}; choose one of {sorted(activation_funcs)}")
     spec = activation_funcs[act]
     check(clamp is None or clamp >= 0, f"clamp must be None or >= 0, got {clamp}")
-    return (spec, float(spec.def_alpha if alpha is None else alpha), float(spec.def_gain if gain is None else gain),
-            float(-1 if clamp is None else clamp))
+    return (
+        spec,
+        float(spec.def_alpha if alpha is None else alpha),
+        float(spec.def_gain if gain is None else gain),
+        float(-1 if clamp is None else clamp),
+    )
 
 # %% ../nbs/02_ops.ipynb
 def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
@@ -341,22 +449,29 @@ def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=No
     check(isinstance(x, torch.Tensor), "bias_act: x must be a tensor")
     spec, alpha, gain, clamp = _act_params(act, alpha, gain, clamp)
     if b is not None:
-        check(b.ndim == 1 and 0 <= dim < x.ndim and b.shape[0] == x.shape[dim],
-              f"bias_act: bias of shape {tuple(b.shape)} does not match dimension {dim} of x {tuple(x.shape)}")
+        check(
+            b.ndim == 1 and 0 <= dim < x.ndim and b.shape[0] == x.shape[dim],
+            f"bias_act: bias of shape {tuple(b.shape)} does not match dimension {dim} of x {tuple(x.shape)}",
+        )
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
     x = spec.func(x, alpha=alpha)
-    if gain != 1: x = x * gain
-    if clamp >= 0: x = x.clamp(-clamp, clamp)
+    if gain != 1:
+        x = x * gain
+    if clamp >= 0:
+        x = x.clamp(-clamp, clamp)
     return x
 
 # %% ../nbs/02_ops.ipynb
 _null = {}
 
+
 def _null_tensor(like: torch.Tensor) -> torch.Tensor:
     "An empty tensor on the device/dtype of `like` (the kernels' 'not given')."
     key = (like.device, like.dtype)
-    if key not in _null: _null[key] = torch.empty([0], device=like.device, dtype=like.dtype)
+    if key not in _null:
+        _null[key] = torch.empty([0], device=like.device, dtype=like.dtype)
     return _null[key]
+
 
 def _bias_grad(g: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
     """The bias gradient: `g` summed over every axis but `dim`, returned in `dtype` (the bias's). For a contiguous
@@ -377,14 +492,18 @@ def _mem_format(x: torch.Tensor):
 # %% ../nbs/02_ops.ipynb
 _bias_act_cache: dict = {}
 
+
 def _bias_act_function(ops, dim, act, alpha, gain, clamp):
     "The (cached) autograd Function pair for one kernel namespace and one parameter setting."
     key = (id(ops), dim, act, alpha, gain, clamp)
-    if key in _bias_act_cache: return _bias_act_cache[key]
+    if key in _bias_act_cache:
+        return _bias_act_cache[key]
     spec = activation_funcs[act]
     trivial = act == "linear" and gain == 1 and clamp < 0
+
     def kernel(x, b, xref, yref, dy, grad):
-        if b.numel() and b.dtype != x.dtype: b = b.to(x.dtype)
+        if b.numel() and b.dtype != x.dtype:
+            b = b.to(x.dtype)
         return ops.bias_act(x, b, xref, yref, dy, grad, dim, spec.kernel_idx, alpha, gain, clamp)
 
     class BiasAct(torch.autograd.Function):
@@ -393,8 +512,14 @@ def _bias_act_function(ops, dim, act, alpha, gain, clamp):
             ctx.memory_format = _mem_format(x)
             null = _null_tensor(x)
             b = null if b is None else b
-            y = x if (trivial and b.numel() == 0) else kernel(x.contiguous(memory_format=ctx.memory_format), b.contiguous(), null, null, null, 0)
-            need_x = "x" in spec.ref or spec.has_2nd_grad  # save the inputs themselves (not copies) so double backward reaches them
+            y = (
+                x
+                if (trivial and b.numel() == 0)
+                else kernel(x.contiguous(memory_format=ctx.memory_format), b.contiguous(), null, null, null, 0)
+            )
+            need_x = (
+                "x" in spec.ref or spec.has_2nd_grad
+            )  # save the inputs themselves (not copies) so double backward reaches them
             need_y = "y" in spec.ref or clamp >= 0  # the clamp mask needs the output
             ctx.save_for_backward(x if need_x else null, b if need_x else null, y if need_y else null)
             ctx.has_bias, ctx.b_dtype = b.numel() > 0, b.dtype
@@ -416,8 +541,14 @@ def _bias_act_function(ops, dim, act, alpha, gain, clamp):
         def forward(ctx, dy, x, b, y):
             ctx.memory_format = mf = _mem_format(dy)
             null = _null_tensor(dy)
-            dx = kernel(dy.contiguous(memory_format=mf), b.contiguous(), x.contiguous(memory_format=mf) if x.numel() else x,
-                        y.contiguous(memory_format=mf) if y.numel() else y, null, 1)
+            dx = kernel(
+                dy.contiguous(memory_format=mf),
+                b.contiguous(),
+                x.contiguous(memory_format=mf) if x.numel() else x,
+                y.contiguous(memory_format=mf) if y.numel() else y,
+                null,
+                1,
+            )
             ctx.save_for_backward(dy if spec.has_2nd_grad else null, x, b, y)
             return dx
 
@@ -430,8 +561,14 @@ def _bias_act_function(ops, dim, act, alpha, gain, clamp):
                 d_dy = BiasActGrad.apply(d_dx, x, b, y)
             if spec.has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
                 mf = ctx.memory_format
-                d_x = kernel(d_dx, b.contiguous(), x.contiguous(memory_format=mf) if x.numel() else x,
-                             y.contiguous(memory_format=mf) if y.numel() else y, dy.contiguous(memory_format=mf), 2)
+                d_x = kernel(
+                    d_dx,
+                    b.contiguous(),
+                    x.contiguous(memory_format=mf) if x.numel() else x,
+                    y.contiguous(memory_format=mf) if y.numel() else y,
+                    dy.contiguous(memory_format=mf),
+                    2,
+                )
             if spec.has_2nd_grad and ctx.needs_input_grad[2] and b.numel() > 0:
                 d_b = _bias_grad(d_x, dim, b.dtype)
             return d_dy, d_x, d_b, None
@@ -445,20 +582,26 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     `impl`: 'auto' (compiled for x's device, else reference), 'ref', 'cpu' or 'cuda'."""
     check(isinstance(x, torch.Tensor), "bias_act: x must be a tensor")
     kind, ops = _resolve(impl, x)
-    if kind == "ref": return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
+    if kind == "ref":
+        return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
     spec, alpha, gain, clamp = _act_params(act, alpha, gain, clamp)
     if b is not None:
-        check(b.ndim == 1 and 0 <= dim < x.ndim and b.shape[0] == x.shape[dim],
-              f"bias_act: bias of shape {tuple(b.shape)} does not match dimension {dim} of x {tuple(x.shape)}")
+        check(
+            b.ndim == 1 and 0 <= dim < x.ndim and b.shape[0] == x.shape[dim],
+            f"bias_act: bias of shape {tuple(b.shape)} does not match dimension {dim} of x {tuple(x.shape)}",
+        )
         check(b.device == x.device, f"bias_act: bias on {b.device} but x on {x.device}")
     return _bias_act_function(ops, dim, act, alpha, gain, clamp).apply(x, b)
 
 # %% ../nbs/02_ops.ipynb
 def _parse_scaling(scaling) -> tuple[int, int]:
     "An int or `[x, y]` scaling factor as `(sx, sy)`, each >= 1."
-    if isinstance(scaling, int): scaling = [scaling, scaling]
-    check(isinstance(scaling, (list, tuple)) and len(scaling) == 2 and all(isinstance(s, int) for s in scaling),
-          f"scaling factor must be an int or [x, y], got {scaling!r}")
+    if isinstance(scaling, int):
+        scaling = [scaling, scaling]
+    check(
+        isinstance(scaling, (list, tuple)) and len(scaling) == 2 and all(isinstance(s, int) for s in scaling),
+        f"scaling factor must be an int or [x, y], got {scaling!r}",
+    )
     sx, sy = scaling
     check(sx >= 1 and sy >= 1, f"scaling factors must be >= 1, got {scaling!r}")
     return sx, sy
@@ -466,16 +609,21 @@ def _parse_scaling(scaling) -> tuple[int, int]:
 # %% ../nbs/02_ops.ipynb
 def _parse_padding(padding) -> tuple[int, int, int, int]:
     "An int, `[x, y]` or `[x0, x1, y0, y1]` padding as `(x0, x1, y0, y1)`."
-    if isinstance(padding, int): padding = [padding, padding]
-    check(isinstance(padding, (list, tuple)) and all(isinstance(p, int) for p in padding) and len(padding) in (2, 4),
-          f"padding must be an int, [x, y] or [x0, x1, y0, y1], got {padding!r}")
-    if len(padding) == 2: padding = [padding[0], padding[0], padding[1], padding[1]]
+    if isinstance(padding, int):
+        padding = [padding, padding]
+    check(
+        isinstance(padding, (list, tuple)) and all(isinstance(p, int) for p in padding) and len(padding) in (2, 4),
+        f"padding must be an int, [x, y] or [x0, x1, y0, y1], got {padding!r}",
+    )
+    if len(padding) == 2:
+        padding = [padding[0], padding[0], padding[1], padding[1]]
     return tuple(padding)
 
 # %% ../nbs/02_ops.ipynb
 def _get_filter_size(f) -> tuple[int, int]:
     "Filter width and height (`f=None` is the 1x1 identity)."
-    if f is None: return 1, 1
+    if f is None:
+        return 1, 1
     check(isinstance(f, torch.Tensor) and f.ndim in (1, 2), "the filter must be a 1D or 2D tensor (see setup_filter)")
     fw, fh = f.shape[-1], f.shape[0]
     check(fw >= 1 and fh >= 1, "the filter must not be empty")
@@ -486,13 +634,21 @@ def setup_filter(f, device=torch.device("cpu"), normalize=True, flip_filter=Fals
     """Turn a filter spec (None, a number, a 1D or 2D array) into a float32 tensor for `upfirdn2d`.
     1D filters become separable (kept 1D) when `separable` says so (default: 8 taps or more), else `f ⊗ f`."""
     f = torch.as_tensor(1 if f is None else f, dtype=torch.float32)
-    check(f.ndim in (0, 1, 2) and f.numel() > 0, f"setup_filter: expected a scalar, 1D or 2D filter, got shape {tuple(f.shape)}")
-    if f.ndim == 0: f = f[np.newaxis]
-    if separable is None: separable = f.ndim == 1 and f.numel() >= 8
-    if f.ndim == 1 and not separable: f = torch.outer(f, f)
+    check(
+        f.ndim in (0, 1, 2) and f.numel() > 0,
+        f"setup_filter: expected a scalar, 1D or 2D filter, got shape {tuple(f.shape)}",
+    )
+    if f.ndim == 0:
+        f = f[np.newaxis]
+    if separable is None:
+        separable = f.ndim == 1 and f.numel() >= 8
+    if f.ndim == 1 and not separable:
+        f = torch.outer(f, f)
     check(f.ndim == (1 if separable else 2), "setup_filter: a 2D filter cannot be made separable")
-    if normalize: f = f / f.sum()
-    if flip_filter: f = f.flip(list(range(f.ndim)))
+    if normalize:
+        f = f / f.sum()
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
     f = f * (gain ** (f.ndim / 2))
     return f.to(device=device)
 
@@ -500,27 +656,33 @@ def setup_filter(f, device=torch.device("cpu"), normalize=True, flip_filter=Fals
 def upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     "Plain-PyTorch `upfirdn2d` (zero insertion, `F.pad`, depthwise `F.conv2d`, strided slicing): the definition."
     check(isinstance(x, torch.Tensor) and x.ndim == 4, "upfirdn2d: x must be a 4D tensor [N, C, H, W]")
-    if f is None: f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    check(isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32,
-          "upfirdn2d: f must be a 1D or 2D float32 tensor (use setup_filter)")
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    check(
+        isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32,
+        "upfirdn2d: f must be a 1D or 2D float32 tensor (use setup_filter)",
+    )
     check(not f.requires_grad, "upfirdn2d: the filter must not require grad")
     n, c, ih, iw = x.shape
     upx, upy = _parse_scaling(up)
     downx, downy = _parse_scaling(down)
     px0, px1, py0, py1 = _parse_padding(padding)
     fw, fh = _get_filter_size(f)
-    check(iw * upx + px0 + px1 >= fw and ih * upy + py0 + py1 >= fh,
-          f"upfirdn2d: the padded input ({ih * upy + py0 + py1}x{iw * upx + px0 + px1}) is smaller than the filter ({fh}x{fw})")
+    check(
+        iw * upx + px0 + px1 >= fw and ih * upy + py0 + py1 >= fh,
+        f"upfirdn2d: the padded input ({ih * upy + py0 + py1}x{iw * upx + px0 + px1}) is smaller than the filter ({fh}x{fw})",
+    )
     # 1. upsample by zero insertion
     x = x.reshape([n, c, ih, 1, iw, 1])
     x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
     x = x.reshape([n, c, ih * upy, iw * upx])
     # 2. pad, then crop for negative padding
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
     # 3. FIR filter (conv2d correlates, so flip for a true convolution)
     f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
-    if not flip_filter: f = f.flip(list(range(f.ndim)))
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
     f = f[np.newaxis, np.newaxis].repeat([c, 1] + [1] * f.ndim)
     if f.ndim == 4:
         x = F.conv2d(x, f, groups=c)
@@ -533,6 +695,7 @@ def upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
 # %% ../nbs/02_ops.ipynb
 _upfirdn2d_cache: dict = {}
 
+
 def _upfirdn2d_function(ops, up, down, padding, flip_filter, gain):
     "The (cached) autograd Function for one kernel namespace and one parameter setting."
     upx, upy = _parse_scaling(up)
@@ -540,7 +703,8 @@ def _upfirdn2d_function(ops, up, down, padding, flip_filter, gain):
     px0, px1, py0, py1 = _parse_padding(padding)
     gain = float(gain)
     key = (id(ops), upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), gain)
-    if key in _upfirdn2d_cache: return _upfirdn2d_cache[key]
+    if key in _upfirdn2d_cache:
+        return _upfirdn2d_cache[key]
 
     class Upfirdn2d(torch.autograd.Function):
         @staticmethod
@@ -548,16 +712,22 @@ def _upfirdn2d_function(ops, up, down, padding, flip_filter, gain):
             ctx.x_shape = x.shape
             ctx.save_for_backward(f)
             fk = f.contiguous() if x.dtype == torch.bfloat16 else f.to(x.dtype).contiguous()  # bf16: float32 taps
-            return ops.upfirdn2d(x.contiguous(), fk, upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), gain)
+            return ops.upfirdn2d(
+                x.contiguous(), fk, upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), gain
+            )
 
         @staticmethod
         def backward(ctx, dy):
-            f, = ctx.saved_tensors
+            (f,) = ctx.saved_tensors
             _, _, ih, iw = ctx.x_shape
             _, _, oh, ow = dy.shape
             fw, fh = _get_filter_size(f)
-            p = [fw - px0 - 1, iw * upx - ow * downx + px0 - upx + 1,
-                 fh - py0 - 1, ih * upy - oh * downy + py0 - upy + 1]
+            p = [
+                fw - px0 - 1,
+                iw * upx - ow * downx + px0 - upx + 1,
+                fh - py0 - 1,
+                ih * upy - oh * downy + py0 - upy + 1,
+            ]
             dx = None
             if ctx.needs_input_grad[0]:
                 back = _upfirdn2d_function(ops, [downx, downy], [upx, upy], p, not flip_filter, gain)
@@ -574,17 +744,23 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="au
     `f`: 1D (separable) or 2D float32 filter from `setup_filter`, or None; `impl` as in `bias_act`."""
     check(isinstance(x, torch.Tensor) and x.ndim == 4, "upfirdn2d: x must be a 4D tensor [N, C, H, W]")
     kind, ops = _resolve(impl, x)
-    if f is None: f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     if kind == "ref" or f.requires_grad:
         return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
-    check(f.ndim in (1, 2) and f.dtype == torch.float32, "upfirdn2d: f must be a 1D or 2D float32 tensor (use setup_filter)")
+    check(
+        f.ndim in (1, 2) and f.dtype == torch.float32,
+        "upfirdn2d: f must be a 1D or 2D float32 tensor (use setup_filter)",
+    )
     check(f.device == x.device, f"upfirdn2d: filter on {f.device} but x on {x.device}")
     upx, upy = _parse_scaling(up)
     downx, downy = _parse_scaling(down)
     px0, px1, py0, py1 = _parse_padding(padding)
     fw, fh = _get_filter_size(f)
-    check(x.shape[3] * upx + px0 + px1 >= fw and x.shape[2] * upy + py0 + py1 >= fh,
-          f"upfirdn2d: the padded input ({x.shape[2] * upy + py0 + py1}x{x.shape[3] * upx + px0 + px1}) is smaller than the filter ({fh}x{fw})")
+    check(
+        x.shape[3] * upx + px0 + px1 >= fw and x.shape[2] * upy + py0 + py1 >= fh,
+        f"upfirdn2d: the padded input ({x.shape[2] * upy + py0 + py1}x{x.shape[3] * upx + px0 + px1}) is smaller than the filter ({fh}x{fw})",
+    )
     return _upfirdn2d_function(ops, up, down, padding, flip_filter, gain).apply(x, f)
 
 # %% ../nbs/02_ops.ipynb
@@ -616,46 +792,74 @@ def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl="auto"
 # %% ../nbs/02_ops.ipynb
 _EPILOGUE_ACTS = ("linear", "relu", "lrelu")
 
+
 def _check_epilogue(x, d, noise, b, act, who):
     "Shapes of the modulation epilogue's arguments."
     check(isinstance(x, torch.Tensor) and x.ndim == 4, f"{who}: x must be a 4D tensor [N, C, H, W]")
-    check(act in _EPILOGUE_ACTS, f"{who}: activation {act!r} is not supported; choose one of {_EPILOGUE_ACTS} (zero second derivative)")
+    check(
+        act in _EPILOGUE_ACTS,
+        f"{who}: activation {act!r} is not supported; choose one of {_EPILOGUE_ACTS} (zero second derivative)",
+    )
     N, C, H, W = x.shape
-    check(d is None or tuple(d.shape) == (N, C), f"{who}: d must be [N, C] = {[N, C]}, got {None if d is None else list(d.shape)}")
-    check(b is None or tuple(b.shape) == (C,), f"{who}: b must be [C] = {[C]}, got {None if b is None else list(b.shape)}")
-    check(noise is None or (noise.ndim == 4 and noise.shape[1] == 1 and noise.shape[0] in (1, N) and tuple(noise.shape[2:]) == (H, W)),
-          f"{who}: noise must be [N or 1, 1, H, W] = {[N, 1, H, W]}, got {None if noise is None else list(noise.shape)}")
+    check(
+        d is None or tuple(d.shape) == (N, C),
+        f"{who}: d must be [N, C] = {[N, C]}, got {None if d is None else list(d.shape)}",
+    )
+    check(
+        b is None or tuple(b.shape) == (C,), f"{who}: b must be [C] = {[C]}, got {None if b is None else list(b.shape)}"
+    )
+    check(
+        noise is None
+        or (noise.ndim == 4 and noise.shape[1] == 1 and noise.shape[0] in (1, N) and tuple(noise.shape[2:]) == (H, W)),
+        f"{who}: noise must be [N or 1, 1, H, W] = {[N, 1, H, W]}, got {None if noise is None else list(noise.shape)}",
+    )
 
 # %% ../nbs/02_ops.ipynb
 def demod_bias_act_ref(x, d=None, noise=None, b=None, act="lrelu", alpha=None, gain=None, clamp=None):
     "Plain-PyTorch modulation epilogue `clamp(gain * act(x * d[n,c] + noise[n,0] + b[c]))`: the definition."
     _check_epilogue(x, d, noise, b, act, "demod_bias_act")
-    if d is not None: x = x * d.to(x.dtype).reshape(*d.shape, 1, 1)
-    if noise is not None: x = x + noise.to(x.dtype)
+    if d is not None:
+        x = x * d.to(x.dtype).reshape(*d.shape, 1, 1)
+    if noise is not None:
+        x = x + noise.to(x.dtype)
     return bias_act_ref(x, None if b is None else b.to(x.dtype), dim=1, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 # %% ../nbs/02_ops.ipynb
 _demod_cache: dict = {}
 
+
 def _demod_bias_act_function(ops, act, alpha, gain, clamp):
     "The (cached) autograd Function of the compiled epilogue for one kernel namespace and one parameter setting."
     key = (id(ops), act, alpha, gain, clamp)
-    if key in _demod_cache: return _demod_cache[key]
+    if key in _demod_cache:
+        return _demod_cache[key]
     idx = activation_funcs[act].kernel_idx
 
     class EpilogueMask(torch.autograd.Function):
         "g = dy * gain * act'(.) * [|y| < clamp] from the saved output: linear in dy, so its gradient is itself."
+
         @staticmethod
         def forward(ctx, dy, y):
             ctx.memory_format = mf = _mem_format(y)
             ctx.save_for_backward(y)
             null = _null_tensor(dy)
-            return ops.bias_act(dy.contiguous(memory_format=mf), null, null, y.contiguous(memory_format=mf), null, 1, 1,
-                                idx, alpha, gain, clamp)
+            return ops.bias_act(
+                dy.contiguous(memory_format=mf),
+                null,
+                null,
+                y.contiguous(memory_format=mf),
+                null,
+                1,
+                1,
+                idx,
+                alpha,
+                gain,
+                clamp,
+            )
 
         @staticmethod
         def backward(ctx, dg):
-            y, = ctx.saved_tensors
+            (y,) = ctx.saved_tensors
             return EpilogueMask.apply(dg, y), None
 
     class DemodBiasAct(torch.autograd.Function):
@@ -677,14 +881,28 @@ def _demod_bias_act_function(ops, act, alpha, gain, clamp):
             nx, nd, nn, nb = ctx.needs_input_grad
             if torch.is_grad_enabled():  # create_graph=True: the same formula from differentiable pieces
                 g = EpilogueMask.apply(dy, y)
-                return ((g * d.reshape(*d.shape, 1, 1) if has_d else g) if nx else None,
-                        (g * x).sum([2, 3]) if nd else None,
-                        g.sum(1, keepdim=True) if nn else None,
-                        g.sum([0, 2, 3]) if nb else None)
+                return (
+                    (g * d.reshape(*d.shape, 1, 1) if has_d else g) if nx else None,
+                    (g * x).sum([2, 3]) if nd else None,
+                    g.sum(1, keepdim=True) if nn else None,
+                    g.sum([0, 2, 3]) if nb else None,
+                )
             mf = ctx.memory_format
             null = _null_tensor(y)
-            dx, dd, dn, db = ops.demod_bias_act_grad(dy.contiguous(memory_format=mf), x.contiguous(memory_format=mf) if nd else null,
-                                                     d if has_d else null, y, nx, nd, nn and has_n, nb and has_b, idx, alpha, gain, clamp)
+            dx, dd, dn, db = ops.demod_bias_act_grad(
+                dy.contiguous(memory_format=mf),
+                x.contiguous(memory_format=mf) if nd else null,
+                d if has_d else null,
+                y,
+                nx,
+                nd,
+                nn and has_n,
+                nb and has_b,
+                idx,
+                alpha,
+                gain,
+                clamp,
+            )
             return dx if nx else None, dd if nd else None, dn if nn else None, db if nb else None
 
     _demod_cache[key] = DemodBiasAct
@@ -697,12 +915,17 @@ def demod_bias_act(x, d=None, noise=None, b=None, act="lrelu", alpha=None, gain=
     (each optional; cast to x's dtype). `act`: 'linear', 'relu' or 'lrelu'; `impl` as in `bias_act`."""
     _check_epilogue(x, d, noise, b, act, "demod_bias_act")
     kind, ops = _resolve(impl, x)
-    if kind == "ref": return demod_bias_act_ref(x, d, noise, b, act, alpha, gain, clamp)
+    if kind == "ref":
+        return demod_bias_act_ref(x, d, noise, b, act, alpha, gain, clamp)
     for t, name in ((d, "d"), (noise, "noise"), (b, "b")):
-        check(t is None or t.device == x.device, f"demod_bias_act: {name} on {t.device if t is not None else ''} but x on {x.device}")
+        check(
+            t is None or t.device == x.device,
+            f"demod_bias_act: {name} on {t.device if t is not None else ''} but x on {x.device}",
+        )
     _, alpha, gain, clamp = _act_params(act, alpha, gain, clamp)
     cast = lambda t: None if t is None else t.to(x.dtype)
-    if noise is not None and noise.shape[0] != x.shape[0]: noise = noise.expand(x.shape[0], -1, -1, -1)
+    if noise is not None and noise.shape[0] != x.shape[0]:
+        noise = noise.expand(x.shape[0], -1, -1, -1)
     return _demod_bias_act_function(ops, act, alpha, gain, clamp).apply(x, cast(d), cast(noise), cast(b))
 
 # %% ../nbs/02_ops.ipynb
@@ -713,14 +936,19 @@ def _bias_act_cases(quick: bool):
     for i, act in enumerate(acts):
         for j, (shape, dim, cl) in enumerate(shapes):
             for gain, clamp in [(None, None), (0.7, 0.5)]:
-                if quick and (i + j) % 3: continue
+                if quick and (i + j) % 3:
+                    continue
                 yield shape, dim, cl, act, gain, clamp
 
 # %% ../nbs/02_ops.ipynb
 def _upfirdn2d_cases(quick: bool):
     "Parameter grid for upfirdn2d: (shape, filter, up, down, padding, flip, gain)."
-    filters = {"4x4 rank-1": setup_filter([1, 3, 3, 1]), "8-tap separable": setup_filter([1, 2, 3, 4, 4, 3, 2, 1]),
-               "3x2 full": torch.tensor([[1.0, 2.0], [-0.5, 3.0], [2.0, 0.25]]), "1x1": setup_filter(None)}
+    filters = {
+        "4x4 rank-1": setup_filter([1, 3, 3, 1]),
+        "8-tap separable": setup_filter([1, 2, 3, 4, 4, 3, 2, 1]),
+        "3x2 full": torch.tensor([[1.0, 2.0], [-0.5, 3.0], [2.0, 0.25]]),
+        "1x1": setup_filter(None),
+    }
     paddings = [0, [2, 1, 2, 1], [1, -1, 3, 0], [-2, 2, -1, 1]]
     k = 0
     for fname, f in filters.items():
@@ -728,9 +956,11 @@ def _upfirdn2d_cases(quick: bool):
             for down in (1, 2, 3, 4):
                 for pad in paddings:
                     (px0, px1, py0, py1), (fw, fh) = _parse_padding(pad), _get_filter_size(f)
-                    if 9 * up + px0 + px1 < fw or 7 * up + py0 + py1 < fh: continue  # filter larger than the input
+                    if 9 * up + px0 + px1 < fw or 7 * up + py0 + py1 < fh:
+                        continue  # filter larger than the input
                     k += 1
-                    if quick and k % 7: continue
+                    if quick and k % 7:
+                        continue
                     yield (2, 3, 7, 9), fname, f, up, down, pad, bool(k % 2), 1.0 if k % 3 else 2.0
 
 # %% ../nbs/02_ops.ipynb
@@ -741,11 +971,13 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 # %% ../nbs/02_ops.ipynb
 def _compare_bias_act(impl, shape, dim, cl, act, gain, clamp, gen, dev, dtype=torch.float32) -> tuple[float, float]:
     x = torch.randn(shape, generator=gen).to(dev, dtype)
-    if cl: x = x.contiguous(memory_format=torch.channels_last)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
     b = torch.randn(shape[dim], generator=gen).to(dev, dtype)
     dy = torch.randn(shape, generator=gen).to(dev, dtype)
     r = torch.randn(shape, generator=gen).to(dev, dtype)
-    if dtype in (torch.bfloat16, torch.float16) and clamp is not None: x = _off_clamp_edge(x, b, dim, act, gain, clamp)
+    if dtype in (torch.bfloat16, torch.float16) and clamp is not None:
+        x = _off_clamp_edge(x, b, dim, act, gain, clamp)
     outs = []
     for im in ("ref", impl):
         xi, bi = x.clone().requires_grad_(True), b.clone().requires_grad_(True)
@@ -753,7 +985,8 @@ def _compare_bias_act(impl, shape, dim, cl, act, gain, clamp, gen, dev, dtype=to
         dx, db = torch.autograd.grad(y, [xi, bi], dy, create_graph=True)
         # second order, as in R1: differentiate a function of the gradient
         ddx = ddb = None
-        if dx.requires_grad: ddx, ddb = torch.autograd.grad((dx * r).sum(), [xi, bi], allow_unused=True)
+        if dx.requires_grad:
+            ddx, ddb = torch.autograd.grad((dx * r).sum(), [xi, bi], allow_unused=True)
         ddx = torch.zeros_like(x) if ddx is None else ddx
         ddb = torch.zeros_like(b) if ddb is None else ddb
         outs.append([y.detach(), dx.detach(), db.detach(), ddx, ddb])
@@ -778,25 +1011,36 @@ def _demod_cases(quick: bool):
     for act in _EPILOGUE_ACTS:
         for shape, cl in shapes:
             for gain, clamp in [(None, None), (0.7, 0.5), (1.3, 2.0)]:
-                for has in [(True, True, True), (True, False, True), (False, True, False), (True, True, False), (False, False, True)]:
+                for has in [
+                    (True, True, True),
+                    (True, False, True),
+                    (False, True, False),
+                    (True, True, False),
+                    (False, False, True),
+                ]:
                     k += 1
-                    if quick and k % 5: continue
+                    if quick and k % 5:
+                        continue
                     yield (shape, cl, act, gain, clamp, *has)
 
 # %% ../nbs/02_ops.ipynb
-def _compare_demod(impl, shape, cl, act, gain, clamp, has_d, has_n, has_b, gen, dev, dtype=torch.float32) -> tuple[float, float]:
+def _compare_demod(
+    impl, shape, cl, act, gain, clamp, has_d, has_n, has_b, gen, dev, dtype=torch.float32
+) -> tuple[float, float]:
     """Outputs, the four gradients (by the one-pass backward, and by the differentiable one that `create_graph=True`
     takes) and second-order gradients (of a function of all four gradients, with respect to every input) of `impl`
     against the reference."""
     N, C, H, W = shape
     x = torch.randn(shape, generator=gen).to(dev, dtype)
-    if cl: x = x.contiguous(memory_format=torch.channels_last)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
     d = (torch.rand(N, C, generator=gen) + 0.5).to(dev, dtype) if has_d else None
     nz = torch.randn(N, 1, H, W, generator=gen).to(dev, dtype) if has_n else None
     b = torch.randn(C, generator=gen).to(dev, dtype) if has_b else None
     dy = torch.randn(shape, generator=gen).to(dev, dtype)
     rs = [torch.randn(s, generator=gen).to(dev, dtype) for s in (shape, (N, C), (N, 1, H, W), (C,))]
-    if dtype in (torch.bfloat16, torch.float16): x = _off_epilogue_edges(x, d, nz, b, act, gain, clamp)
+    if dtype in (torch.bfloat16, torch.float16):
+        x = _off_epilogue_edges(x, d, nz, b, act, gain, clamp)
     outs = []
     for im in ("ref", impl):
         ins = [None if t is None else t.clone().requires_grad_(True) for t in (x, d, nz, b)]
@@ -819,7 +1063,9 @@ def _off_epilogue_edges(x, d, nz, b, act, gain, clamp):
     whose output lies within rounding of the clamp, to z = 0.25 (there either answer of the rounded comparison is right)."""
     xf = x.float()
     dd = torch.ones_like(xf) if d is None else d.float()[:, :, None, None].expand_as(xf)
-    rest = torch.zeros_like(xf) + (0 if nz is None else nz.float()) + (0 if b is None else b.float()[None, :, None, None])
+    rest = (
+        torch.zeros_like(xf) + (0 if nz is None else nz.float()) + (0 if b is None else b.float()[None, :, None, None])
+    )
     z = xf * dd + rest
     size = (xf * dd).abs() + rest.abs() + 1e-3
     edge = z.abs() <= size / 32
@@ -837,7 +1083,7 @@ def _compare_upfirdn2d(impl, shape, f, up, down, pad, flip, gain, gen, dev, dtyp
         xi = x.clone().requires_grad_(True)
         y = upfirdn2d(xi, f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain, impl=im)
         dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dev, dtype)
-        dx, = torch.autograd.grad(y, [xi], dy)
+        (dx,) = torch.autograd.grad(y, [xi], dy)
         outs.append([y.detach(), dx])
     errs = [_max_err(a.float(), c.float()) for a, c in zip(*outs)]
     return max(e for e, _ in errs), max(m for _, m in errs)
@@ -846,8 +1092,14 @@ def _compare_upfirdn2d(impl, shape, f, up, down, pad, flip, gain, gen, dev, dtyp
 OPS_CHECKED = ("bias_act", "upfirdn2d", "demod_bias_act")
 DTYPE_TOL = {torch.float32: 1e-4, torch.float64: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
-def check_ops(impls=("cpu", "cuda"), quick: bool = False, tol: float | None = None, seed: int = 0,
-              dtype: torch.dtype = torch.float32) -> list[dict]:
+
+def check_ops(
+    impls=("cpu", "cuda"),
+    quick: bool = False,
+    tol: float | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> list[dict]:
     """Compile each implementation in `impls` and compare it with the reference in `dtype` (outputs, gradients,
     second-order gradients) over a grid of cases; `tol` (relative) defaults to `DTYPE_TOL[dtype]`, since a
     bfloat16 reference rounds after every step (8 mantissa bits) while the kernels round once. One row per (impl, op) with status
@@ -856,63 +1108,124 @@ def check_ops(impls=("cpu", "cuda"), quick: bool = False, tol: float | None = No
     rows = []
     for impl in impls:
         if impl == "cuda" and not torch.cuda.is_available():
-            rows += [dict(impl=impl, op=op, status="skipped", max_abs_err=None, cases=0, compile_s=None,
-                          detail="torch sees no CUDA GPU") for op in OPS_CHECKED]
+            rows += [
+                dict(
+                    impl=impl,
+                    op=op,
+                    status="skipped",
+                    max_abs_err=None,
+                    cases=0,
+                    compile_s=None,
+                    detail="torch sees no CUDA GPU",
+                )
+                for op in OPS_CHECKED
+            ]
             continue
         st = load_plugin(impl)
         if st.ops is None:
-            rows += [dict(impl=impl, op=op, status="unavailable", max_abs_err=None, cases=0, compile_s=round(st.seconds, 1),
-                          detail=st.error) for op in OPS_CHECKED]
+            rows += [
+                dict(
+                    impl=impl,
+                    op=op,
+                    status="unavailable",
+                    max_abs_err=None,
+                    cases=0,
+                    compile_s=round(st.seconds, 1),
+                    detail=st.error,
+                )
+                for op in OPS_CHECKED
+            ]
             continue
         dev = torch.device(impl)
         gen = torch.Generator().manual_seed(seed)
-        for op, cases, compare in [("bias_act", _bias_act_cases(quick), _compare_bias_act),
-                                   ("upfirdn2d", _upfirdn2d_cases(quick), _compare_upfirdn2d),
-                                   ("demod_bias_act", _demod_cases(quick), _compare_demod)]:
+        for op, cases, compare in [
+            ("bias_act", _bias_act_cases(quick), _compare_bias_act),
+            ("upfirdn2d", _upfirdn2d_cases(quick), _compare_upfirdn2d),
+            ("demod_bias_act", _demod_cases(quick), _compare_demod),
+        ]:
             worst, n, bad = 0.0, 0, []
             for case in cases:
-                if op != "upfirdn2d": err, scale = compare(impl, *case, gen, dev, dtype)
+                if op != "upfirdn2d":
+                    err, scale = compare(impl, *case, gen, dev, dtype)
                 else:
                     shape, fname, f, *rest = case
                     err, scale = compare(impl, shape, f, *rest, gen, dev, dtype)
                 n += 1
                 worst = max(worst, err)
-                if not err <= tol * (1 + scale): bad.append((fname, *rest) if op == "upfirdn2d" else case)
-            rows.append(dict(impl=impl, op=op, dtype=str(dtype).replace("torch.", ""), status="MISMATCH" if bad else "ok", max_abs_err=worst, cases=n,
-                             compile_s=round(st.seconds, 1), detail=f"first failing case: {bad[0]}" if bad else ""))
+                if not err <= tol * (1 + scale):
+                    bad.append((fname, *rest) if op == "upfirdn2d" else case)
+            rows.append(
+                dict(
+                    impl=impl,
+                    op=op,
+                    dtype=str(dtype).replace("torch.", ""),
+                    status="MISMATCH" if bad else "ok",
+                    max_abs_err=worst,
+                    cases=n,
+                    compile_s=round(st.seconds, 1),
+                    detail=f"first failing case: {bad[0]}" if bad else "",
+                )
+            )
     return rows
 
 # %% ../nbs/02_ops.ipynb
 def format_check_table(rows: list[dict]) -> str:
     "The rows of `check_ops` as a plain-text table."
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
-    return tabulate([[r["impl"], r["op"], r["status"], fmt(r["max_abs_err"], ".2e"), r["cases"], fmt(r["compile_s"], ".1f"),
-                      (r["detail"] or "")[:100]] for r in rows],
-                    headers=["impl", "op", "status", "max abs err", "cases", "compile s", "detail"])
+    return tabulate(
+        [
+            [
+                r["impl"],
+                r["op"],
+                r["status"],
+                fmt(r["max_abs_err"], ".2e"),
+                r["cases"],
+                fmt(r["compile_s"], ".1f"),
+                (r["detail"] or "")[:100],
+            ]
+            for r in rows
+        ],
+        headers=["impl", "op", "status", "max abs err", "cases", "compile s", "detail"],
+    )
 
 # %% ../nbs/02_ops.ipynb
 def ops_main(argv: list[str]) -> int:
     "`medsyn ops --check [--impl cpu,cuda] [--quick]`: build the compiled ops and check them against the reference; `--compile-only`: compile the CUDA kernels."
-    ap = argparse.ArgumentParser(prog="medsyn ops", description="Compile medsyn's custom ops and check them against the reference.")
-    ap.add_argument("--check", action="store_true", help="compile every op and run the equivalence checks (the default)")
+    ap = argparse.ArgumentParser(
+        prog="medsyn ops", description="Compile medsyn's custom ops and check them against the reference."
+    )
+    ap.add_argument(
+        "--check", action="store_true", help="compile every op and run the equivalence checks (the default)"
+    )
     ap.add_argument("--impl", default="cpu,cuda", help="comma-separated implementations to check (default: cpu,cuda)")
     ap.add_argument("--quick", action="store_true", help="a smaller grid of cases")
-    ap.add_argument("--tol", type=float, default=None, help="relative tolerance (default: 1e-4 for float32, 5e-2 for bfloat16)")
-    ap.add_argument("--compile-only", action="store_true",
-                    help="compile and link the CUDA kernels without running them (no GPU needed; needs nvcc); prints JSON")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
-                    help="precision of the inputs (bfloat16: CPU kernels; float16: CUDA kernels)")
+    ap.add_argument(
+        "--tol", type=float, default=None, help="relative tolerance (default: 1e-4 for float32, 5e-2 for bfloat16)"
+    )
+    ap.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="compile and link the CUDA kernels without running them (no GPU needed; needs nvcc); prints JSON",
+    )
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64", "bfloat16", "float16"],
+        help="precision of the inputs (bfloat16: CPU kernels; float16: CUDA kernels)",
+    )
     args = ap.parse_args(argv)
     if args.compile_only:
         r = compile_cuda()
         print(json.dumps(r))
         return 0 if r["ok"] else 1
     impls = [s.strip() for s in args.impl.split(",") if s.strip()]
-    for s in impls: check(s in ("cpu", "cuda"), f"--impl: unknown implementation {s!r}; choose cpu and/or cuda")
+    for s in impls:
+        check(s in ("cpu", "cuda"), f"--impl: unknown implementation {s!r}; choose cpu and/or cuda")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         rows = check_ops(impls, quick=args.quick, tol=args.tol, dtype=getattr(torch, args.dtype))
     print(format_check_table(rows))
     failed = [r for r in rows if r["status"] in ("MISMATCH", "unavailable")]
-    if failed: print(f"\n{len(failed)} check(s) failed: " + ", ".join(f"{r['impl']}/{r['op']} {r['status']}" for r in failed))
+    if failed:
+        print(f"\n{len(failed)} check(s) failed: " + ", ".join(f"{r['impl']}/{r['op']} {r['status']}" for r in failed))
     return 1 if failed else 0

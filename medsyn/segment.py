@@ -18,8 +18,19 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from .core import (MedsynError, call_with_args, check, from_preset, signature_parser, seed_everything, choose_device, atomic_torch_save,
-                         save_json, atomic_write_text, load_torch_file)
+from medsyn.core import (
+    MedsynError,
+    call_with_args,
+    check,
+    from_preset,
+    signature_parser,
+    seed_everything,
+    choose_device,
+    atomic_torch_save,
+    save_json,
+    atomic_write_text,
+    load_torch_file,
+)
 from .augment import augment_preset
 from .data import check_disjoint, fold_subjects, load_canonical
 from .metrics import HookFeatures, label_scores, unet_bottleneck
@@ -35,40 +46,65 @@ __all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'unet_feature
 @dataclass
 class SegConfig:
     "Hyper-parameters of one U-Net training run."
+
     channels: tuple = (16, 32, 64, 128)  # feature maps per level
-    strides: tuple = (2, 2, 2)           # down-sampling between levels (len = len(channels) - 1)
-    num_res_units: int = 2               # residual units per block
-    norm: str = "instance"               # normalization layers: 'instance' (MONAI's default) or 'batch'
+    strides: tuple = (2, 2, 2)  # down-sampling between levels (len = len(channels) - 1)
+    num_res_units: int = 2  # residual units per block
+    norm: str = "instance"  # normalization layers: 'instance' (MONAI's default) or 'batch'
     dropout: float = 0.0
     lr: float = 1e-3
-    lr_schedule: str = "constant"        # 'constant' | 'cosine' (annealed to 0 over max_epochs, after a 1-epoch warm-up)
+    lr_schedule: str = "constant"  # 'constant' | 'cosine' (annealed to 0 over max_epochs, after a 1-epoch warm-up)
     weight_decay: float = 1e-5
     batch_size: int = 16
     max_epochs: int = 50
-    patience: int = 10                   # epochs without validation-Dice improvement before stopping
-    steps_per_epoch: int | None = None   # fixed optimizer steps per epoch (None = one pass over the data)
-    augment: bool = True                 # traditional augmentation (MONAI transforms)
-    val_fraction: float = 0.2            # share of the training subjects held out for early stopping
+    patience: int = 10  # epochs without validation-Dice improvement before stopping
+    steps_per_epoch: int | None = None  # fixed optimizer steps per epoch (None = one pass over the data)
+    augment: bool = True  # traditional augmentation (MONAI transforms)
+    val_fraction: float = 0.2  # share of the training subjects held out for early stopping
     device: str = "auto"
     num_workers: int = 0
     seed: int = 0
 
     def __post_init__(self):
         self.channels, self.strides = tuple(self.channels), tuple(self.strides)
-        check(len(self.strides) == len(self.channels) - 1,
-              f"SegConfig: need len(strides) == len(channels) - 1, got {self.strides} and {self.channels}")
-        check(self.lr_schedule in ("constant", "cosine"), f"SegConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        check(
+            len(self.strides) == len(self.channels) - 1,
+            f"SegConfig: need len(strides) == len(channels) - 1, got {self.strides} and {self.channels}",
+        )
+        check(
+            self.lr_schedule in ("constant", "cosine"),
+            f"SegConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}",
+        )
 
 # %% ../nbs/08_segment.ipynb
 SEG_PRESETS = {
     # tuned on the default dataset (64², 2 CPU cores): batch norm, lr 1e-2 annealed over 40 epochs of 30 steps. The
     # full-resolution first level (stride 1, only 4 channels) lets raw intensities reach the output: without it the U-Net
     # loses to a per-pixel intensity lookup on fold 0 (test Dice 0.845 vs 0.865; with it and 30 steps/epoch 0.868)
-    "quick": dict(channels=(4, 8, 16, 32, 64), strides=(1, 2, 2, 2), num_res_units=1, batch_size=16, norm="batch",
-                  max_epochs=40, patience=10, steps_per_epoch=30, lr=1e-2, lr_schedule="cosine"),
-    "full": dict(channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2), num_res_units=2, batch_size=24,
-                 max_epochs=200, patience=20, steps_per_epoch=250, lr=1e-3),
+    "quick": dict(
+        channels=(4, 8, 16, 32, 64),
+        strides=(1, 2, 2, 2),
+        num_res_units=1,
+        batch_size=16,
+        norm="batch",
+        max_epochs=40,
+        patience=10,
+        steps_per_epoch=30,
+        lr=1e-2,
+        lr_schedule="cosine",
+    ),
+    "full": dict(
+        channels=(32, 64, 128, 256, 512),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+        batch_size=24,
+        max_epochs=200,
+        patience=20,
+        steps_per_epoch=250,
+        lr=1e-3,
+    ),
 }
+
 
 def seg_config(preset: str = "quick", **overrides) -> SegConfig:
     "A `SegConfig` from a named preset (`quick` | `full`) with field overrides."
@@ -78,22 +114,35 @@ def seg_config(preset: str = "quick", **overrides) -> SegConfig:
 def build_unet(in_channels: int, num_classes: int, cfg: SegConfig | None = None) -> nn.Module:
     "MONAI 2D residual U-Net mapping `(N, in_channels, H, W)` images to `(N, num_classes, H, W)` logits."
     cfg = cfg or SegConfig()
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, channels=tuple(cfg.channels),
-                strides=tuple(cfg.strides), num_res_units=cfg.num_res_units, dropout=cfg.dropout, norm=cfg.norm)
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=tuple(cfg.channels),
+        strides=tuple(cfg.strides),
+        num_res_units=cfg.num_res_units,
+        dropout=cfg.dropout,
+        norm=cfg.norm,
+    )
 
 # %% ../nbs/08_segment.ipynb
 def unet_features(model: nn.Module, batch_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
     "A callable mapping images `(N, C, H, W)` in [0, 1] to pooled bottleneck features `(N, F)` (float32, CPU)."
     block, device = unet_bottleneck(model), next(model.parameters()).device
+
     @torch.no_grad()
     def features(images: torch.Tensor) -> torch.Tensor:
         check(images.ndim == 4, f"unet_features: expected images (N, C, H, W), got shape {tuple(images.shape)}")
         was_training = model.training
         try:
-            hook = HookFeatures(model, layer=block, device=device)   # puts the model in eval mode
-            out = [torch.from_numpy(hook(images[i:i + batch_size])).float() for i in range(0, len(images), batch_size)]
-        finally: model.train(was_training)
+            hook = HookFeatures(model, layer=block, device=device)  # puts the model in eval mode
+            out = [
+                torch.from_numpy(hook(images[i : i + batch_size])).float() for i in range(0, len(images), batch_size)
+            ]
+        finally:
+            model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, 0)
+
     features.dim = cfg_bottleneck_channels(model)
     return features
 
@@ -107,20 +156,30 @@ def cfg_bottleneck_channels(model: nn.Module) -> int:
 def classical_augmentation(seed: int = 0):
     "`(images (N,C,H,W) in [0,1], masks (N,H,W)) -> augmented (images, masks)` with `medsyn.augment`'s `seg` preset, seeded."
     pipe, gen = augment_preset("seg"), torch.Generator().manual_seed(seed)
+
     def apply(images: torch.Tensor, masks: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         onehot = F.one_hot(masks, num_classes).permute(0, 3, 1, 2).float()
         x, m = pipe(images * 2 - 1, onehot, generator=gen)
         return ((x + 1) / 2).clamp(0, 1), m.argmax(1)
+
     return apply
 
 # %% ../nbs/08_segment.ipynb
 class SegSamples(Dataset):
     "Canonical samples as `{'image': float (C,H,W) in [0,1], 'mask': int64 (H,W)}`."
-    def __init__(self, ds: Dataset): self.ds = ds
-    def __len__(self): return len(self.ds)
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
     def __getitem__(self, i):
         s = self.ds[i]
-        return {"image": torch.as_tensor(s["image"], dtype=torch.float32).clamp(0, 1), "mask": torch.as_tensor(s["mask"]).long()}
+        return {
+            "image": torch.as_tensor(s["image"], dtype=torch.float32).clamp(0, 1),
+            "mask": torch.as_tensor(s["mask"]).long(),
+        }
 
 # %% ../nbs/08_segment.ipynb
 def oversample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
@@ -133,7 +192,10 @@ def oversample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
 # %% ../nbs/08_segment.ipynb
 def take_samples(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     "The first `n` samples of a random permutation of `ds` (synthetic sets: how many pairs to add)."
-    check(n <= len(ds), f"asked for {n} synthetic samples but the synthetic set has only {len(ds)}; generate more with `medsyn generate --n {n}`")
+    check(
+        n <= len(ds),
+        f"asked for {n} synthetic samples but the synthetic set has only {len(ds)}; generate more with `medsyn generate --n {n}`",
+    )
     return Subset(ds, np.random.default_rng(seed).permutation(len(ds))[:n].tolist())
 
 # %% ../nbs/08_segment.ipynb
@@ -149,7 +211,9 @@ def _subject_groups(ds) -> dict[str, list[int]]:
 
 # %% ../nbs/08_segment.ipynb
 @torch.no_grad()
-def predict_slices(model: nn.Module, ds: Dataset, positions: Sequence[int], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_slices(
+    model: nn.Module, ds: Dataset, positions: Sequence[int], batch_size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Predicted label maps and ground-truth masks `(D, H, W)` for the samples at `positions`."
     device = next(model.parameters()).device
     was_training = model.training
@@ -157,11 +221,12 @@ def predict_slices(model: nn.Module, ds: Dataset, positions: Sequence[int], batc
     preds, gts = [], []
     try:
         for i in range(0, len(positions), batch_size):
-            items = [ds[j] for j in positions[i:i + batch_size]]
+            items = [ds[j] for j in positions[i : i + batch_size]]
             x = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items]).to(device)
             preds.append(model(x).argmax(1).cpu())
             gts.append(torch.stack([torch.as_tensor(it["mask"]).long() for it in items]))
-    finally: model.train(was_training)
+    finally:
+        model.train(was_training)
     return torch.cat(preds), torch.cat(gts)
 
 # %% ../nbs/08_segment.ipynb
@@ -170,8 +235,13 @@ def volume_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return float(np.sqrt(sum((n * sp) ** 2 for n, sp in zip(shape, spacing))))
 
 # %% ../nbs/08_segment.ipynb
-def volume_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, hd95: bool = True,
-                  spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+def volume_scores(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    num_classes: int,
+    hd95: bool = True,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> tuple[np.ndarray, np.ndarray]:
     """Dice and HD95 (in the units of `spacing` = (slice, row, col)) per foreground class for label volumes `(D, H, W)`
     (MONAI, via `medsyn.metrics.label_scores`). Class absent from both: NaN, NaN (excluded). Absent from one side:
     Dice 0, HD95 = the volume diagonal."""
@@ -181,7 +251,8 @@ def volume_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, hd95: 
     dice = dice.astype(float)
     dice[~in_pred & ~in_gt] = np.nan
     dice[in_pred ^ in_gt] = 0.0
-    if hd is None: return dice, np.full(num_classes - 1, np.nan)
+    if hd is None:
+        return dice, np.full(num_classes - 1, np.nan)
     hd = hd.astype(float)
     hd[in_pred ^ in_gt] = volume_diagonal(gt.shape, spacing)
     hd[~in_pred & ~in_gt] = np.nan
@@ -189,8 +260,9 @@ def volume_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, hd95: 
     return dice, hd
 
 # %% ../nbs/08_segment.ipynb
-def evaluate_subjects(model: nn.Module, ds: Dataset, labels: dict[int, str] | None = None,
-                      hd95: bool = True, batch_size: int = 32) -> pd.DataFrame:
+def evaluate_subjects(
+    model: nn.Module, ds: Dataset, labels: dict[int, str] | None = None, hd95: bool = True, batch_size: int = 32
+) -> pd.DataFrame:
     "Per-subject, per-class Dice and HD95 of `model` on `ds` (one 3D stack per subject); long DataFrame."
     labels = labels or getattr(ds, "labels", None)
     check(labels is not None, "evaluate_subjects: pass labels={id: name} (the dataset has no .labels)")
@@ -201,50 +273,66 @@ def evaluate_subjects(model: nn.Module, ds: Dataset, labels: dict[int, str] | No
         pred, gt = predict_slices(model, ds, positions, batch_size)
         dice, hd = volume_scores(pred, gt, num_classes, hd95, spacing_of(subject))
         for c in range(1, num_classes):
-            rows.append(dict(subject=subject, class_id=c, label=labels.get(c, str(c)), dice=dice[c - 1], hd95_mm=hd[c - 1],
-                             absent=bool(np.isnan(dice[c - 1])), n_slices=len(positions),
-                             gt_pixels=int((gt == c).sum()), pred_pixels=int((pred == c).sum())))
+            rows.append(
+                dict(
+                    subject=subject,
+                    class_id=c,
+                    label=labels.get(c, str(c)),
+                    dice=dice[c - 1],
+                    hd95_mm=hd[c - 1],
+                    absent=bool(np.isnan(dice[c - 1])),
+                    n_slices=len(positions),
+                    gt_pixels=int((gt == c).sum()),
+                    pred_pixels=int((pred == c).sum()),
+                )
+            )
     return pd.DataFrame(rows)
 
 # %% ../nbs/08_segment.ipynb
 def subject_summary(per_class: pd.DataFrame) -> pd.DataFrame:
     "One row per subject: mean Dice and HD95 over the foreground classes present in ground truth or prediction, and how many were absent."
-    return (per_class.groupby("subject", sort=True)
-            .agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"), classes_absent=("absent", "sum")).reset_index())
+    return (
+        per_class.groupby("subject", sort=True)
+        .agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"), classes_absent=("absent", "sum"))
+        .reset_index()
+    )
 
 # %% ../nbs/08_segment.ipynb
 class IntensityLookup(nn.Module):
     "Per-pixel intensity → most frequent label table, fitted on training samples (a no-context control)."
+
     def __init__(self, in_channels: int, num_classes: int, bins: int | None = None):
         super().__init__()
         self.in_channels, self.num_classes = in_channels, num_classes
         self.bins = bins or (64 if in_channels == 1 else 32 if in_channels == 2 else 8)
-        self.register_buffer("table", torch.zeros(self.bins ** in_channels, dtype=torch.long))
-        self.weight = nn.Parameter(torch.zeros(()), requires_grad=False)   # gives the module a device for predict_slices
+        self.register_buffer("table", torch.zeros(self.bins**in_channels, dtype=torch.long))
+        self.weight = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives the module a device for predict_slices
 
     def _codes(self, x: torch.Tensor) -> torch.Tensor:
-        q = (x.clamp(0, 1) * (self.bins - 1)).round().long()             # (N, C, H, W)
+        q = (x.clamp(0, 1) * (self.bins - 1)).round().long()  # (N, C, H, W)
         mult = self.bins ** torch.arange(self.in_channels, device=x.device).view(1, -1, 1, 1)
-        return (q * mult).sum(1)                                          # (N, H, W)
+        return (q * mult).sum(1)  # (N, H, W)
 
     @torch.no_grad()
     def fit(self, ds: Dataset, batch_size: int = 64) -> "IntensityLookup":
         "Count (bin, label) pairs over every sample of `ds` and keep the majority label per bin."
-        counts = torch.zeros(self.bins ** self.in_channels, self.num_classes, dtype=torch.long)
+        counts = torch.zeros(self.bins**self.in_channels, self.num_classes, dtype=torch.long)
         for i in range(0, len(ds), batch_size):
             items = [ds[j] for j in range(i, min(len(ds), i + batch_size))]
             x = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
             y = torch.stack([torch.as_tensor(it["mask"]).long() for it in items])
             idx = self._codes(x).flatten() * self.num_classes + y.flatten()
             counts += torch.bincount(idx, minlength=counts.numel()).view_as(counts)
-        self.table.copy_(counts.argmax(1))                                 # all-zero rows → background (0)
+        self.table.copy_(counts.argmax(1))  # all-zero rows → background (0)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.one_hot(self.table[self._codes(x)], self.num_classes).permute(0, 3, 1, 2).float()
 
 # %% ../nbs/08_segment.ipynb
-def lookup_baseline(real, train_subjects: Sequence[str], test_subjects: Sequence[str], bins: int | None = None) -> pd.DataFrame:
+def lookup_baseline(
+    real, train_subjects: Sequence[str], test_subjects: Sequence[str], bins: int | None = None
+) -> pd.DataFrame:
     "Per-subject, per-class scores of an `IntensityLookup` fitted on the training view of `train_subjects` only."
     train = real.subset(list(train_subjects)).for_training()
     model = IntensityLookup(len(real.modalities), max(real.labels) + 1, bins).fit(train)
@@ -254,6 +342,7 @@ def lookup_baseline(real, train_subjects: Sequence[str], test_subjects: Sequence
 @dataclass
 class SegRun:
     "A trained U-Net and how it got there."
+
     model: nn.Module
     history: pd.DataFrame
     best_epoch: int
@@ -262,31 +351,48 @@ class SegRun:
     in_channels: int
     labels: dict
     seconds: float
-    n_train_samples: int = 0             # samples the sampler draws from (real + synthetic / oversampled)
-    steps: int = 0                       # optimizer steps taken
+    n_train_samples: int = 0  # samples the sampler draws from (real + synthetic / oversampled)
+    steps: int = 0  # optimizer steps taken
 
 # %% ../nbs/08_segment.ipynb
 def _check_compatible(sets: Sequence[Dataset]) -> tuple[int, dict]:
     "Channel count and label map shared by all datasets (error if they disagree)."
     shapes = [tuple(ds[0]["image"].shape) for ds in sets]
-    check(len(set(s[0] for s in shapes)) == 1, f"training sets have different channel counts {shapes}; real and synthetic sets must share modalities")
-    check(len(set(s[1:] for s in shapes)) == 1, f"training sets have different resolutions {shapes}; prepare/generate them at one resolution")
+    check(
+        len(set(s[0] for s in shapes)) == 1,
+        f"training sets have different channel counts {shapes}; real and synthetic sets must share modalities",
+    )
+    check(
+        len(set(s[1:] for s in shapes)) == 1,
+        f"training sets have different resolutions {shapes}; prepare/generate them at one resolution",
+    )
     labels = [getattr(getattr(ds, "dataset", ds), "labels", None) for ds in sets]
     known = [l for l in labels if l is not None]
-    check(all({int(k): v for k, v in l.items()} == {int(k): v for k, v in known[0].items()} for l in known),
-          f"training sets declare different labels {known}; synthetic sets must come from a GAN trained on the same dataset")
+    check(
+        all({int(k): v for k, v in l.items()} == {int(k): v for k, v in known[0].items()} for l in known),
+        f"training sets declare different labels {known}; synthetic sets must come from a GAN trained on the same dataset",
+    )
     return shapes[0][0], ({int(k): v for k, v in known[0].items()} if known else None)
 
 # %% ../nbs/08_segment.ipynb
 def lr_scheduler(opt, cfg: SegConfig, steps_per_epoch: int):
     "The learning-rate schedule of `cfg` per optimizer step: constant, or a 1-epoch linear warm-up then cosine to 0 at `max_epochs`."
-    if cfg.lr_schedule == "constant": return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    if cfg.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     warm, total = max(1, steps_per_epoch), max(2, steps_per_epoch * cfg.max_epochs)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    )
 
 # %% ../nbs/08_segment.ipynb
-def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig | None = None,
-               labels: dict[int, str] | None = None, progress: bool = False, log: Callable[[str], None] | None = None) -> SegRun:
+def train_unet(
+    train_sets: Sequence[Dataset],
+    val_set: Dataset,
+    cfg: SegConfig | None = None,
+    labels: dict[int, str] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> SegRun:
     "Train a U-Net on the concatenation of `train_sets`, early-stopping on the mean Dice of `val_set`'s subjects."
     cfg = cfg or SegConfig()
     train_sets = [d for d in train_sets if len(d) > 0]
@@ -301,8 +407,11 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
     aug = classical_augmentation(seed=cfg.seed) if cfg.augment else None
     data = ConcatDataset([SegSamples(d) for d in train_sets])
     g = torch.Generator().manual_seed(cfg.seed)
-    sampler = (RandomSampler(data, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size, generator=g)
-               if cfg.steps_per_epoch else RandomSampler(data, generator=g))
+    sampler = (
+        RandomSampler(data, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size, generator=g)
+        if cfg.steps_per_epoch
+        else RandomSampler(data, generator=g)
+    )
     loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=False)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -311,13 +420,15 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
     epochs = range(cfg.max_epochs)
     if progress:
         from tqdm.auto import tqdm
+
         epochs = tqdm(epochs, desc="U-Net", unit="epoch")
     for epoch in epochs:
         model.train()
         losses = []
         for batch in loader:
             x, y = batch["image"], batch["mask"]
-            if aug is not None: x, y = aug(x, y, num_classes)
+            if aug is not None:
+                x, y = aug(x, y, num_classes)
             x, y = x.to(device), y.to(device)[:, None]
             loss = loss_fn(model(x), y)
             check(torch.isfinite(loss).item(), f"U-Net loss became {loss.item()} at epoch {epoch}; lower SegConfig.lr")
@@ -329,28 +440,55 @@ def train_unet(train_sets: Sequence[Dataset], val_set: Dataset, cfg: SegConfig |
             steps += 1
         val = subject_summary(evaluate_subjects(model, val_set, labels, hd95=False))["dice"].mean()
         improved = val > best
-        if improved: best, best_epoch, best_state, waited = val, epoch, copy.deepcopy(model.state_dict()), 0
-        else: waited += 1
-        rows.append(dict(epoch=epoch, loss=float(np.mean(losses)), val_dice=float(val), best=bool(improved), seconds=time.time() - t0,
-                         steps=steps, lr=float(opt.param_groups[0]["lr"])))
-        if log: log(f"epoch {epoch}: loss {np.mean(losses):.4f} val dice {val:.4f}{' *' if improved else ''}")
-        if progress: epochs.set_postfix(loss=f"{np.mean(losses):.3f}", val_dice=f"{val:.3f}")
-        if waited >= cfg.patience: break
+        if improved:
+            best, best_epoch, best_state, waited = val, epoch, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+        rows.append(
+            dict(
+                epoch=epoch,
+                loss=float(np.mean(losses)),
+                val_dice=float(val),
+                best=bool(improved),
+                seconds=time.time() - t0,
+                steps=steps,
+                lr=float(opt.param_groups[0]["lr"]),
+            )
+        )
+        if log:
+            log(f"epoch {epoch}: loss {np.mean(losses):.4f} val dice {val:.4f}{' *' if improved else ''}")
+        if progress:
+            epochs.set_postfix(loss=f"{np.mean(losses):.3f}", val_dice=f"{val:.3f}")
+        if waited >= cfg.patience:
+            break
     model.load_state_dict(best_state)
-    return SegRun(model, pd.DataFrame(rows), best_epoch, float(best), cfg, in_ch, labels, time.time() - t0, len(data), steps)
+    return SegRun(
+        model, pd.DataFrame(rows), best_epoch, float(best), cfg, in_ch, labels, time.time() - t0, len(data), steps
+    )
 
 # %% ../nbs/08_segment.ipynb
 def save_unet(run: SegRun, path: str | Path, **meta) -> Path:
     """Write a trained U-Net (state dict + config + labels + `meta`) atomically, as data (`atomic_torch_save`: NumPy scalars
     in `meta` become Python numbers), so that `load_unet` reads it with `weights_only=True`."""
-    return atomic_torch_save({"state_dict": run.model.state_dict(), "config": asdict(run.config),
-                              "in_channels": run.in_channels, "labels": run.labels, "best_epoch": run.best_epoch,
-                              "best_val_dice": float(run.best_val_dice), "meta": meta}, path)
+    return atomic_torch_save(
+        {
+            "state_dict": run.model.state_dict(),
+            "config": asdict(run.config),
+            "in_channels": run.in_channels,
+            "labels": run.labels,
+            "best_epoch": run.best_epoch,
+            "best_val_dice": float(run.best_val_dice),
+            "meta": meta,
+        },
+        path,
+    )
 
 # %% ../nbs/08_segment.ipynb
 def _unet_from_medsyn(ck: dict) -> nn.Module:
     "The U-Net of a `save_unet` checkpoint dict, weights loaded."
-    cfg = SegConfig(**{**ck["config"], "channels": tuple(ck["config"]["channels"]), "strides": tuple(ck["config"]["strides"])})
+    cfg = SegConfig(
+        **{**ck["config"], "channels": tuple(ck["config"]["channels"]), "strides": tuple(ck["config"]["strides"])}
+    )
     model = build_unet(ck["in_channels"], max(int(k) for k in ck["labels"]) + 1, cfg)
     model.load_state_dict(ck["state_dict"])
     return model
@@ -361,8 +499,10 @@ def _unet_from_monai_kwargs(ck: dict, path: Path) -> nn.Module:
     allowed = inspect.signature(UNet).parameters
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ck["config"].items() if k in allowed}
     model = UNet(**{"spatial_dims": 2, **kwargs})
-    try: model.load_state_dict(ck["state_dict"])
-    except RuntimeError as e: raise MedsynError(f"{path}: state_dict does not match its config ({str(e)[:200]})") from e
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except RuntimeError as e:
+        raise MedsynError(f"{path}: state_dict does not match its config ({str(e)[:200]})") from e
     return model
 
 # %% ../nbs/08_segment.ipynb
@@ -371,7 +511,10 @@ def load_unet(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     path = Path(path)
     check(path.exists(), f"{path}: U-Net checkpoint not found; train one with `medsyn segment --out {path.parent}`")
     ck = load_torch_file(path, "U-Net checkpoint", map_location=device)
-    check(isinstance(ck, dict) and "state_dict" in ck, f"{path}: not a medsyn U-Net checkpoint (no state_dict); retrain it")
+    check(
+        isinstance(ck, dict) and "state_dict" in ck,
+        f"{path}: not a medsyn U-Net checkpoint (no state_dict); retrain it",
+    )
     return _unet_from_medsyn(ck).to(device).eval(), {k: v for k, v in ck.items() if k != "state_dict"}
 
 # %% ../nbs/08_segment.ipynb
@@ -379,44 +522,72 @@ def load_segmentation_model(path: str | Path, device: str = "cpu") -> nn.Module:
     """The segmentation network of a checkpoint, in eval mode: a `save_unet` file (`medsyn segment`'s unet.pt), or a plain
     `{'state_dict', 'config'}` file whose config holds MONAI `UNet` keyword arguments. The one loader behind `medsyn evaluate`."""
     path = Path(path)
-    check(path.is_file(), f"{path}: segmentation model not found; train one with `medsyn segment` and pass its checkpoint to --seg-model")
+    check(
+        path.is_file(),
+        f"{path}: segmentation model not found; train one with `medsyn segment` and pass its checkpoint to --seg-model",
+    )
     ck = load_torch_file(path, "segmentation checkpoint")
-    check(isinstance(ck, dict) and "state_dict" in ck and "config" in ck,
-          f"{path}: expected a `medsyn segment` unet.pt or a dict with 'state_dict' and 'config' (MONAI UNet keyword arguments)")
+    check(
+        isinstance(ck, dict) and "state_dict" in ck and "config" in ck,
+        f"{path}: expected a `medsyn segment` unet.pt or a dict with 'state_dict' and 'config' (MONAI UNet keyword arguments)",
+    )
     model = _unet_from_medsyn(ck) if {"in_channels", "labels"} <= set(ck) else _unet_from_monai_kwargs(ck, path)
     return model.to(device).eval()
 
 # %% ../nbs/08_segment.ipynb
-def segment_experiment(real, train_subjects: Sequence[str], val_subjects: Sequence[str], test_subjects: Sequence[str],
-                       synthetic: Sequence = (), n_synthetic: int = 0, cfg: SegConfig | None = None,
-                       progress: bool = False, log=None) -> dict:
+def segment_experiment(
+    real,
+    train_subjects: Sequence[str],
+    val_subjects: Sequence[str],
+    test_subjects: Sequence[str],
+    synthetic: Sequence = (),
+    n_synthetic: int = 0,
+    cfg: SegConfig | None = None,
+    progress: bool = False,
+    log=None,
+) -> dict:
     "Train on the real `train_subjects` (+ `n_synthetic` synthetic pairs), early-stop on `val_subjects`, score `test_subjects`."
     cfg = cfg or SegConfig()
     real = load_canonical(real) if isinstance(real, (str, Path)) else real
     check_disjoint(train_subjects, val_subjects, test_subjects, "U-Net training")
     synth = [load_canonical(s) if isinstance(s, (str, Path)) else s for s in synthetic]
     check(n_synthetic == 0 or synth, f"n_synthetic={n_synthetic} but no synthetic dataset was given")
-    extra = [take_samples(synth[0] if len(synth) == 1 else ConcatDataset(synth), n_synthetic, seed=cfg.seed)] if n_synthetic else []
+    extra = (
+        [take_samples(synth[0] if len(synth) == 1 else ConcatDataset(synth), n_synthetic, seed=cfg.seed)]
+        if n_synthetic
+        else []
+    )
     train = real.subset(list(train_subjects)).for_training()
-    run = train_unet([train] + extra, real.subset(list(val_subjects)), cfg, labels=real.labels, progress=progress, log=log)
+    run = train_unet(
+        [train] + extra, real.subset(list(val_subjects)), cfg, labels=real.labels, progress=progress, log=log
+    )
     per_class = evaluate_subjects(run.model, real.subset(list(test_subjects)), real.labels)
-    return dict(run=run, per_class=per_class, per_subject=subject_summary(per_class), n_real=len(train), n_synthetic=n_synthetic,
-                train_subjects=list(train_subjects), val_subjects=list(val_subjects), test_subjects=list(test_subjects))
+    return dict(
+        run=run,
+        per_class=per_class,
+        per_subject=subject_summary(per_class),
+        n_real=len(train),
+        n_synthetic=n_synthetic,
+        train_subjects=list(train_subjects),
+        val_subjects=list(val_subjects),
+        test_subjects=list(test_subjects),
+    )
 
 # %% ../nbs/08_segment.ipynb
-def segment_run(train,                          # real canonical dataset folder
-                out,                            # output folder for metrics and the model
-                synthetic: list[str] = (),      # synthetic canonical dataset folders (repeatable)
-                n_synthetic: int | None = None, # synthetic pairs to add (default: all of them)
-                fold: int = 0,                  # the test fold
-                folds: int = 5,                 # cross-validation folds of the real subjects
-                fraction: float = 1.0,          # share of the real training subjects to use
-                preset: str = "quick",          # U-Net preset (`SEG_PRESETS`)
-                epochs: int | None = None,      # SegConfig.max_epochs (default: the preset's)
-                seed: int = 0,
-                device: str = "auto",           # auto | cpu | cuda
-                augment: bool = True,           # classical augmentation (MONAI transforms)
-                ) -> dict:
+def segment_run(
+    train,  # real canonical dataset folder
+    out,  # output folder for metrics and the model
+    synthetic: list[str] = (),  # synthetic canonical dataset folders (repeatable)
+    n_synthetic: int | None = None,  # synthetic pairs to add (default: all of them)
+    fold: int = 0,  # the test fold
+    folds: int = 5,  # cross-validation folds of the real subjects
+    fraction: float = 1.0,  # share of the real training subjects to use
+    preset: str = "quick",  # U-Net preset (`SEG_PRESETS`)
+    epochs: int | None = None,  # SegConfig.max_epochs (default: the preset's)
+    seed: int = 0,
+    device: str = "auto",  # auto | cpu | cuda
+    augment: bool = True,  # classical augmentation (MONAI transforms)
+) -> dict:
     """Train a U-Net on fold `fold` of the real dataset `train` (+ synthetic pairs), score its test subjects and write
     `per_class.csv`, `per_subject.csv`, `history.csv`, `unet.pt` and `summary.json` to `out`; returns the summary."""
     check(folds >= 2, f"--folds {folds}: needs at least 2 folds")
@@ -428,30 +599,61 @@ def segment_run(train,                          # real canonical dataset folder
     check(not out.exists() or out.is_dir(), f"{out}: --out is an existing file, not a folder; choose another --out")
     for src in [train, *synthetic]:
         o, s = out.resolve(), Path(src).resolve()
-        check(o != s and o not in s.parents and s not in o.parents,
-              f"{out}: --out overlaps the dataset {src}; results written there could mix with the data: choose a separate --out")
-    cfg = seg_config(preset, seed=seed, device=device, augment=augment, **({} if epochs is None else dict(max_epochs=epochs)))
+        check(
+            o != s and o not in s.parents and s not in o.parents,
+            f"{out}: --out overlaps the dataset {src}; results written there could mix with the data: choose a separate --out",
+        )
+    cfg = seg_config(
+        preset, seed=seed, device=device, augment=augment, **({} if epochs is None else dict(max_epochs=epochs))
+    )
     synth = [load_canonical(s) for s in synthetic]
     n_syn = sum(len(s) for s in synth) if n_synthetic is None else n_synthetic
     real = load_canonical(train)
     train_s, val_s, test_s = fold_subjects(real.subjects, fold, folds, fraction, 0, cfg.val_fraction)
     res = segment_experiment(real, train_s, val_s, test_s, synth, n_syn, cfg, progress=True)
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise MedsynError(f"{out}: cannot create the output folder ({e.strerror}); choose a writable --out") from e
-    for name in ("per_class", "per_subject"): atomic_write_text(out / f"{name}.csv", res[name].to_csv(index=False))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MedsynError(f"{out}: cannot create the output folder ({e.strerror}); choose a writable --out") from e
+    for name in ("per_class", "per_subject"):
+        atomic_write_text(out / f"{name}.csv", res[name].to_csv(index=False))
     atomic_write_text(out / "history.csv", res["run"].history.to_csv(index=False))
-    save_unet(res["run"], out / "unet.pt", fold=fold, folds=folds, train=str(train), synthetic=list(synthetic), n_synthetic=n_syn)
-    summary = dict(train=str(train), synthetic=list(synthetic), n_synthetic=n_syn, fold=fold, folds=folds, fraction=fraction,
-                   n_real=int(res["n_real"]), test_subjects=res["test_subjects"], mean_dice=float(res["per_subject"].dice.mean()),
-                   mean_hd95_mm=float(res["per_subject"].hd95_mm.mean()), best_epoch=res["run"].best_epoch,
-                   best_val_dice=res["run"].best_val_dice, seconds=round(res["run"].seconds, 1), config=asdict(cfg))
+    save_unet(
+        res["run"],
+        out / "unet.pt",
+        fold=fold,
+        folds=folds,
+        train=str(train),
+        synthetic=list(synthetic),
+        n_synthetic=n_syn,
+    )
+    summary = dict(
+        train=str(train),
+        synthetic=list(synthetic),
+        n_synthetic=n_syn,
+        fold=fold,
+        folds=folds,
+        fraction=fraction,
+        n_real=int(res["n_real"]),
+        test_subjects=res["test_subjects"],
+        mean_dice=float(res["per_subject"].dice.mean()),
+        mean_hd95_mm=float(res["per_subject"].hd95_mm.mean()),
+        best_epoch=res["run"].best_epoch,
+        best_val_dice=res["run"].best_val_dice,
+        seconds=round(res["run"].seconds, 1),
+        config=asdict(cfg),
+    )
     save_json(summary, out / "summary.json")
     return summary
 
 # %% ../nbs/08_segment.ipynb
 def segment_main(argv: list[str]) -> int:
     "`medsyn segment ...`: parse (options generated from `segment_run`), run, print the summary as JSON."
-    a = signature_parser(segment_run, "medsyn segment", "Train and evaluate a MONAI U-Net on real (+ synthetic) data.",
-                         choices=dict(preset=sorted(SEG_PRESETS))).parse_args(argv)
+    a = signature_parser(
+        segment_run,
+        "medsyn segment",
+        "Train and evaluate a MONAI U-Net on real (+ synthetic) data.",
+        choices=dict(preset=sorted(SEG_PRESETS)),
+    ).parse_args(argv)
     print(json.dumps(call_with_args(segment_run, a)))
     return 0

@@ -24,9 +24,10 @@ __all__ = ['ARM', 'UNIT', 'BASELINE', 'EXPLORATORY', 'VERDICTS', 'COMPARE_COLUMN
            'arm_means', 'summary_table', 'seed_table', 'run_sd', 'per_seed']
 
 # %% ../nbs/08b_stats.ipynb
-ARM = ["fraction", "variant", "factor"]          # an arm of the study (plus `dataset` when present)
-UNIT = ["fold", "subject"]                       # the independent unit: a test subject of one fold
-BASELINE = ("real", 0.0)                          # (variant, factor) of the default baseline arm
+ARM = ["fraction", "variant", "factor"]  # an arm of the study (plus `dataset` when present)
+UNIT = ["fold", "subject"]  # the independent unit: a test subject of one fold
+BASELINE = ("real", 0.0)  # (variant, factor) of the default baseline arm
+
 
 def arm_keys(df: pd.DataFrame) -> list[str]:
     "Columns naming an arm in `df`: `dataset` (when present), fraction, variant, factor."
@@ -35,8 +36,11 @@ def arm_keys(df: pd.DataFrame) -> list[str]:
 # %% ../nbs/08b_stats.ipynb
 def _require(df: pd.DataFrame, cols: Sequence[str], who: str) -> None:
     missing = [c for c in cols if c not in df.columns]
-    check(not missing, f"{who}: the table lacks columns {missing}; pass the study's per-subject table "
-                       f"(tables/dice.csv, made by medsyn.study.dice_table) with columns {list(cols)}")
+    check(
+        not missing,
+        f"{who}: the table lacks columns {missing}; pass the study's per-subject table "
+        f"(tables/dice.csv, made by medsyn.study.dice_table) with columns {list(cols)}",
+    )
 
 # %% ../nbs/08b_stats.ipynb
 def seed_mean(dice: pd.DataFrame, value: str | Sequence[str] = "dice") -> pd.DataFrame:
@@ -46,12 +50,17 @@ def seed_mean(dice: pd.DataFrame, value: str | Sequence[str] = "dice") -> pd.Dat
     keys = arm_keys(dice) + UNIT
     dup = dice.duplicated(keys + ["seed"])
     if dup.any():
-        raise MedsynError(f"seed_mean: {int(dup.sum())} rows repeat an (arm, fold, seed, subject), e.g. "
-                          f"{dice[dup].iloc[0][keys + ['seed']].to_dict()}; pass the per-subject table (one row per "
-                          "subject and seed, tables/dice.csv), not the per-class one (tables/dice_per_class.csv)")
+        raise MedsynError(
+            f"seed_mean: {int(dup.sum())} rows repeat an (arm, fold, seed, subject), e.g. "
+            f"{dice[dup].iloc[0][keys + ['seed']].to_dict()}; pass the per-subject table (one row per "
+            "subject and seed, tables/dice.csv), not the per-class one (tables/dice_per_class.csv)"
+        )
     kept = {c: (c, "first") for c in ("n_synthetic", "n_real") if c in dice.columns}
-    return (dice.groupby(keys, sort=True).agg(**kept, n_seeds=("seed", "nunique"), **{v: (v, "mean") for v in values})
-            .reset_index())
+    return (
+        dice.groupby(keys, sort=True)
+        .agg(**kept, n_seeds=("seed", "nunique"), **{v: (v, "mean") for v in values})
+        .reset_index()
+    )
 
 # %% ../nbs/08b_stats.ipynb
 def _is_arm(df: pd.DataFrame, arm: tuple) -> pd.Series:
@@ -59,8 +68,9 @@ def _is_arm(df: pd.DataFrame, arm: tuple) -> pd.Series:
     return (df.variant == variant) & np.isclose(df.factor.astype(float), float(factor))
 
 # %% ../nbs/08b_stats.ipynb
-def paired_differences(dice: pd.DataFrame, baseline: tuple = BASELINE, value: str = "dice",
-                       average_seeds: bool = True) -> pd.DataFrame:
+def paired_differences(
+    dice: pd.DataFrame, baseline: tuple = BASELINE, value: str = "dice", average_seeds: bool = True
+) -> pd.DataFrame:
     "Per (arm, fold, subject) difference `value` − baseline `value` (seed-averaged), for every arm ≠ baseline."
     _require(dice, ARM + UNIT + ["seed", value], "paired_differences")
     t = seed_mean(dice, value) if average_seeds else dice
@@ -69,13 +79,21 @@ def paired_differences(dice: pd.DataFrame, baseline: tuple = BASELINE, value: st
     within = [k for k in keys if k not in ("variant", "factor")]
     is_base = _is_arm(t, baseline)
     arms = sorted({(v, float(f)) for v, f in zip(t.variant, t.factor)})
-    check(is_base.any(), f"paired_differences: the table has no baseline arm variant={baseline[0]!r} factor={baseline[1]}; "
-                         f"its arms are {arms}; pass baseline=(variant, factor) of one of them")
+    check(
+        is_base.any(),
+        f"paired_differences: the table has no baseline arm variant={baseline[0]!r} factor={baseline[1]}; "
+        f"its arms are {arms}; pass baseline=(variant, factor) of one of them",
+    )
     base = t[is_base][within + unit + [value]].rename(columns={value: f"{value}_baseline"})
     other = t[~is_base]
-    lacking = set(map(tuple, other[within].drop_duplicates().to_numpy())) - set(map(tuple, base[within].drop_duplicates().to_numpy()))
-    check(not lacking, f"paired_differences: no baseline {baseline} for {within} = {sorted(lacking)}; "
-                       "run the baseline cells of those fractions or choose another baseline")
+    lacking = set(map(tuple, other[within].drop_duplicates().to_numpy())) - set(
+        map(tuple, base[within].drop_duplicates().to_numpy())
+    )
+    check(
+        not lacking,
+        f"paired_differences: no baseline {baseline} for {within} = {sorted(lacking)}; "
+        "run the baseline cells of those fractions or choose another baseline",
+    )
     out = other.merge(base, on=within + unit, how="inner", validate="many_to_one")
     out["delta"] = out[value] - out[f"{value}_baseline"]
     kept = [c for c in ("n_synthetic", "n_real") if c in out.columns]
@@ -85,28 +103,46 @@ def paired_differences(dice: pd.DataFrame, baseline: tuple = BASELINE, value: st
 def wilcoxon_p(d: Sequence[float]) -> float:
     "Two-sided Wilcoxon signed-rank p of paired differences `d` (scipy defaults); 1 if all 0, NaN under 2."
     d = np.asarray(d, dtype=float)
-    if len(d) < 2: return np.nan
-    if np.allclose(d, 0): return 1.0
+    if len(d) < 2:
+        return np.nan
+    if np.allclose(d, 0):
+        return 1.0
     return float(scipy.stats.wilcoxon(d).pvalue)
 
 # %% ../nbs/08b_stats.ipynb
-def bootstrap_ci(d: Sequence[float], n_boot: int = 10000, level: float = 0.95, seed: int = 0,
-                 method: str = "BCa") -> tuple[float, float]:
+def bootstrap_ci(
+    d: Sequence[float], n_boot: int = 10000, level: float = 0.95, seed: int = 0, method: str = "BCa"
+) -> tuple[float, float]:
     "BCa (default) bootstrap CI of the mean of `d` over subjects, via `scipy.stats.bootstrap`."
     d = np.asarray(d, dtype=float)
     check(d.ndim == 1, f"bootstrap_ci: expected a 1-D array of paired differences, got shape {d.shape}")
-    check(np.isfinite(d).all(), f"bootstrap_ci: {int((~np.isfinite(d)).sum())} of {len(d)} differences are NaN/inf "
-                                "(e.g. HD95 of an empty prediction); drop or cap those subjects before comparing arms")
-    if len(d) < 2: return (np.nan, np.nan)
-    if np.ptp(d) == 0: return (float(d[0]), float(d[0]))
+    check(
+        np.isfinite(d).all(),
+        f"bootstrap_ci: {int((~np.isfinite(d)).sum())} of {len(d)} differences are NaN/inf "
+        "(e.g. HD95 of an empty prediction); drop or cap those subjects before comparing arms",
+    )
+    if len(d) < 2:
+        return (np.nan, np.nan)
+    if np.ptp(d) == 0:
+        return (float(d[0]), float(d[0]))
+
     def boot(m):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
-            return scipy.stats.bootstrap((d,), np.mean, n_resamples=n_boot, confidence_level=level, method=m,
-                                         vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
+            return scipy.stats.bootstrap(
+                (d,),
+                np.mean,
+                n_resamples=n_boot,
+                confidence_level=level,
+                method=m,
+                vectorized=True,
+                rng=np.random.default_rng(seed),
+            ).confidence_interval
+
     ci = boot(method)
-    if not (np.isfinite(ci.low) and np.isfinite(ci.high)): ci = boot("percentile")
+    if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
+        ci = boot("percentile")
     return (float(ci.low), float(ci.high))
 
 # %% ../nbs/08b_stats.ipynb
@@ -114,8 +150,10 @@ def tost_paired(d: Sequence[float], margin: float) -> float:
     "Paired-t TOST p for equivalence of the mean of `d` within ±`margin` (max of the two one-sided p)."
     check(margin > 0, f"tost_paired: the equivalence margin must be > 0, got {margin}")
     d = np.asarray(d, dtype=float)
-    if len(d) < 2: return np.nan
-    if np.ptp(d) == 0: return 0.0 if abs(d[0]) < margin else 1.0
+    if len(d) < 2:
+        return np.nan
+    if np.ptp(d) == 0:
+        return 0.0 if abs(d[0]) < margin else 1.0
     p_low = scipy.stats.ttest_1samp(d, -margin, alternative="greater").pvalue
     p_high = scipy.stats.ttest_1samp(d, margin, alternative="less").pvalue
     return float(max(p_low, p_high))
@@ -147,20 +185,25 @@ def fold_mean_squares(D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def run_t(folds: Sequence[np.ndarray]) -> dict:
     "Mean difference over subjects and trainings, its standard error and Satterthwaite df, from one (..., runs, subjects) array per fold."
     arrays = [np.asarray(D, dtype=float) for D in folds]
-    check(len(arrays) > 0 and all(D.ndim >= 2 and D.shape[-1] >= 2 for D in arrays),
-          "run_t: pass one array (..., runs, subjects) of paired differences per fold, each with at least 2 subjects")
+    check(
+        len(arrays) > 0 and all(D.ndim >= 2 and D.shape[-1] >= 2 for D in arrays),
+        "run_t: pass one array (..., runs, subjects) of paired differences per fold, each with at least 2 subjects",
+    )
     N = sum(D.shape[-1] for D in arrays)
     mean = sum(D.mean(-2).sum(-1) for D in arrays) / N
     var, den = 0.0, 0.0
     for D in arrays:
         K, n = D.shape[-2:]
-        w = (n / N) ** 2 / (n * K)                                      # weight of the fold's mean squares in var(mean)
+        w = (n / N) ** 2 / (n * K)  # weight of the fold's mean squares in var(mean)
         ms_run, ms_subject, ms_resid = fold_mean_squares(D)
-        has_run = (ms_run > ms_resid) if K > 1 else np.zeros_like(ms_run, dtype=bool)   # a negative run component is 0
-        terms = [(w * ms_subject, n - 1), (np.where(has_run, w * ms_run, 0.0), K - 1),
-                 (np.where(has_run, -w * ms_resid, 0.0), (K - 1) * (n - 1))]
+        has_run = (ms_run > ms_resid) if K > 1 else np.zeros_like(ms_run, dtype=bool)  # a negative run component is 0
+        terms = [
+            (w * ms_subject, n - 1),
+            (np.where(has_run, w * ms_run, 0.0), K - 1),
+            (np.where(has_run, -w * ms_resid, 0.0), (K - 1) * (n - 1)),
+        ]
         var = var + sum(c for c, _ in terms)
-        den = den + sum(c ** 2 / df for c, df in terms if df > 0)
+        den = den + sum(c**2 / df for c, df in terms if df > 0)
     df = np.asarray(var) ** 2 / np.where(np.asarray(den) > 0, den, np.nan)
     return dict(n_subjects=N, n_runs=min(D.shape[-2] for D in arrays), mean_delta=mean, se_delta=np.sqrt(var), df=df)
 
@@ -169,39 +212,53 @@ def t_inference(mean, se, df, margin: float, level: float = 0.95) -> dict:
     "From one t (mean, se, df): the CI at `level`, the two-sided p of no difference and the TOST p of equivalence within ±margin."
     check(margin > 0, f"t_inference: the equivalence margin must be > 0, got {margin}")
     mean, se, df = (np.asarray(a, dtype=float) for a in (mean, se, df))
-    flat = se == 0                                                    # every difference equal: a degenerate, exact result
+    flat = se == 0  # every difference equal: a degenerate, exact result
     s, d = np.where(flat, 1.0, se), np.where(flat | ~np.isfinite(df), 1.0, df)
     half = scipy.stats.t.ppf(0.5 + level / 2, d) * s
     p = 2 * scipy.stats.t.sf(np.abs(mean) / s, d)
     p_tost = np.maximum(scipy.stats.t.sf((mean + margin) / s, d), scipy.stats.t.cdf((mean - margin) / s, d))
-    return dict(ci_low=np.where(flat, mean, mean - half), ci_high=np.where(flat, mean, mean + half),
-                p_test=np.where(flat, np.where(mean == 0, 1.0, 0.0), p),
-                p_tost=np.where(flat, np.where(np.abs(mean) < margin, 0.0, 1.0), p_tost))
+    return dict(
+        ci_low=np.where(flat, mean, mean - half),
+        ci_high=np.where(flat, mean, mean + half),
+        p_test=np.where(flat, np.where(mean == 0, 1.0, 0.0), p),
+        p_tost=np.where(flat, np.where(np.abs(mean) < margin, 0.0, 1.0), p_tost),
+    )
 
 # %% ../nbs/08b_stats.ipynb
 def mean_t_interval(x: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     "t-interval of the mean of `x` over subjects (the error bars of the study's figures; small-n bootstrap intervals are too narrow)."
     x = np.asarray(x, dtype=float)
-    if len(x) < 2 or np.ptp(x) == 0: return (float(x.mean()), float(x.mean())) if len(x) else (np.nan, np.nan)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return (float(x.mean()), float(x.mean())) if len(x) else (np.nan, np.nan)
     lo, hi = scipy.stats.t.interval(level, len(x) - 1, loc=x.mean(), scale=scipy.stats.sem(x))
     return float(lo), float(hi)
 
 # %% ../nbs/08b_stats.ipynb
-def fold_arrays(arm: pd.DataFrame, base: pd.DataFrame, value: str = "dice", untrained: Sequence[str] = ()) -> tuple[list[np.ndarray], int]:
+def fold_arrays(
+    arm: pd.DataFrame, base: pd.DataFrame, value: str = "dice", untrained: Sequence[str] = ()
+) -> tuple[list[np.ndarray], int]:
     """One (runs × subjects) array of `value` − baseline per fold, trainings paired by seed (a side with one run per fold, e.g. the
     untrained lookup, is paired with every run of the other), and the fewest trainings per fold of the two trained sides."""
     folds, runs = [], []
     for fold, a in arm.groupby("fold", sort=True):
         A = a.pivot(index="seed", columns="subject", values=value)
         B = base[base.fold == fold].pivot(index="seed", columns="subject", values=value)
-        check(set(A.columns) == set(B.columns), f"fold {fold}: the arm and its baseline were scored on different subjects "
-                                                f"({sorted(set(A.columns) ^ set(B.columns))}); pass the study's complete dice table")
+        check(
+            set(A.columns) == set(B.columns),
+            f"fold {fold}: the arm and its baseline were scored on different subjects "
+            f"({sorted(set(A.columns) ^ set(B.columns))}); pass the study's complete dice table",
+        )
         B = B[A.columns]
-        if len(B) == 1: D = A - B.iloc[0]
-        elif len(A) == 1: D = A.iloc[0] - B
+        if len(B) == 1:
+            D = A - B.iloc[0]
+        elif len(A) == 1:
+            D = A.iloc[0] - B
         else:
             seeds = A.index.intersection(B.index)
-            check(len(seeds) > 0, f"fold {fold}: the arm's seeds {list(A.index)} and the baseline's {list(B.index)} share none")
+            check(
+                len(seeds) > 0,
+                f"fold {fold}: the arm's seeds {list(A.index)} and the baseline's {list(B.index)} share none",
+            )
             D = A.loc[seeds] - B.loc[seeds]
         folds.append(D.to_numpy())
         trained = [len(X) for X, t in ((A, a), (B, base)) if not t.variant.isin(untrained).all()]
@@ -211,66 +268,124 @@ def fold_arrays(arm: pd.DataFrame, base: pd.DataFrame, value: str = "dice", untr
 # %% ../nbs/08b_stats.ipynb
 EXPLORATORY = "exploratory: one training per fold"
 VERDICTS = ("better", "worse", "equivalent", "inconclusive", EXPLORATORY)
-COMPARE_COLUMNS = ["n_subjects", "n_runs", "mean_delta", "sd_delta", "se_delta", "df", "ci_low", "ci_high", "p_test", "p_tost",
-                   "p_holm", "p_tost_holm", "n_tests", "verdict", "mark", "p_verdict"]     # the first 10: one arm, unadjusted
+COMPARE_COLUMNS = [
+    "n_subjects",
+    "n_runs",
+    "mean_delta",
+    "sd_delta",
+    "se_delta",
+    "df",
+    "ci_low",
+    "ci_high",
+    "p_test",
+    "p_tost",
+    "p_holm",
+    "p_tost_holm",
+    "n_tests",
+    "verdict",
+    "mark",
+    "p_verdict",
+]  # the first 10: one arm, unadjusted
+
 
 def arm_statistics(folds: Sequence[np.ndarray], margin: float = 0.02, level: float = 0.95) -> dict:
     "Unadjusted statistics of one arm from its per-fold (runs × subjects) differences: `run_t`, its CI, p and TOST p."
     r = run_t(folds)
     inf = t_inference(r["mean_delta"], r["se_delta"], r["df"], margin, level)
     subject_means = np.concatenate([np.asarray(D, dtype=float).mean(0) for D in folds])
-    return {**{k: (float(v) if k not in ("n_subjects", "n_runs") else v) for k, v in r.items()},
-            "sd_delta": float(subject_means.std(ddof=1)), **{k: float(v) for k, v in inf.items()}}
+    return {
+        **{k: (float(v) if k not in ("n_subjects", "n_runs") else v) for k, v in r.items()},
+        "sd_delta": float(subject_means.std(ddof=1)),
+        **{k: float(v) for k, v in inf.items()},
+    }
 
 # %% ../nbs/08b_stats.ipynb
-def verdict(mean_delta: float, ci_low: float, ci_high: float, p_holm: float, p_tost_holm: float, n_runs: int,
-            margin: float = 0.02, alpha: float = 0.05, higher_is_better: bool = True) -> tuple[str, str, float]:
+def verdict(
+    mean_delta: float,
+    ci_low: float,
+    ci_high: float,
+    p_holm: float,
+    p_tost_holm: float,
+    n_runs: int,
+    margin: float = 0.02,
+    alpha: float = 0.05,
+    higher_is_better: bool = True,
+) -> tuple[str, str, float]:
     "(verdict, mark, the p it rests on) of one arm: one t inference, the margin, and at least 2 trainings per fold."
-    if n_runs < 2: return EXPLORATORY, "", np.nan
+    if n_runs < 2:
+        return EXPLORATORY, "", np.nan
     if p_holm < alpha and (ci_low > 0 or ci_high < 0) and abs(mean_delta) > margin:
         up = mean_delta > 0
         return ("better" if up == higher_is_better else "worse"), ("▲*" if up else "▼*"), p_holm
-    if p_tost_holm < alpha: return "equivalent", "≈", p_tost_holm
+    if p_tost_holm < alpha:
+        return "equivalent", "≈", p_tost_holm
     return "inconclusive", "", p_holm
 
 # %% ../nbs/08b_stats.ipynb
-def arm_rows(dice: pd.DataFrame, baseline: tuple = BASELINE, margin: float = 0.02, value: str = "dice", level: float = 0.95,
-             untrained: Sequence[str] = ()) -> pd.DataFrame:
+def arm_rows(
+    dice: pd.DataFrame,
+    baseline: tuple = BASELINE,
+    margin: float = 0.02,
+    value: str = "dice",
+    level: float = 0.95,
+    untrained: Sequence[str] = (),
+) -> pd.DataFrame:
     "One row of unadjusted `arm_statistics` per arm ≠ baseline (within each fraction / dataset); `add_verdicts` completes it."
     _require(dice, ARM + UNIT + ["seed", value], "compare_arms")
     keys = arm_keys(dice)
     within = [k for k in keys if k not in ("variant", "factor")]
     dup = dice.duplicated(keys + UNIT + ["seed"])
-    check(not dup.any(), f"compare_arms: {int(dup.sum())} rows repeat an (arm, fold, seed, subject); pass the per-subject table "
-                         "(tables/dice.csv), not the per-class one (tables/dice_per_class.csv)")
+    check(
+        not dup.any(),
+        f"compare_arms: {int(dup.sum())} rows repeat an (arm, fold, seed, subject); pass the per-subject table "
+        "(tables/dice.csv), not the per-class one (tables/dice_per_class.csv)",
+    )
     is_base = _is_arm(dice, baseline)
     arms = sorted({(v, float(f)) for v, f in zip(dice.variant, dice.factor)})
-    check(is_base.any(), f"compare_arms: the table has no baseline arm variant={baseline[0]!r} factor={baseline[1]}; "
-                         f"its arms are {arms}; pass baseline=(variant, factor) of one of them")
+    check(
+        is_base.any(),
+        f"compare_arms: the table has no baseline arm variant={baseline[0]!r} factor={baseline[1]}; "
+        f"its arms are {arms}; pass baseline=(variant, factor) of one of them",
+    )
     bases = {(k if isinstance(k, tuple) else (k,)): g for k, g in dice[is_base].groupby(within, sort=True)}
     rows = []
     for k, a in dice[~is_base].groupby(keys, sort=True):
         w = tuple(k[i] for i, c in enumerate(keys) if c in within)
-        check(w in bases, f"compare_arms: no baseline {baseline} for {within} = {w}; run the baseline cells of that "
-                                "fraction or choose another baseline")
+        check(
+            w in bases,
+            f"compare_arms: no baseline {baseline} for {within} = {w}; run the baseline cells of that "
+            "fraction or choose another baseline",
+        )
         folds, n_runs = fold_arrays(a, bases[w], value, untrained)
         rows.append({**dict(zip(keys, k)), **arm_statistics(folds, margin, level), "n_runs": n_runs})
     return pd.DataFrame(rows, columns=keys + COMPARE_COLUMNS[:10])
 
 # %% ../nbs/08b_stats.ipynb
-def add_verdicts(rows: pd.DataFrame, margin: float = 0.02, alpha: float = 0.05, higher_is_better: bool = True) -> pd.DataFrame:
+def add_verdicts(
+    rows: pd.DataFrame, margin: float = 0.02, alpha: float = 0.05, higher_is_better: bool = True
+) -> pd.DataFrame:
     "`arm_rows` with Holm over its rows (the family; `n_tests` of them), the verdict, its mark and the p it rests on."
     res = rows.copy()
     res["p_holm"], res["p_tost_holm"] = holm(res.p_test.to_numpy()), holm(res.p_tost.to_numpy())
     res["n_tests"] = int(res.p_test.notna().sum())
-    vm = [verdict(*r, margin, alpha, higher_is_better)
-          for r in res[["mean_delta", "ci_low", "ci_high", "p_holm", "p_tost_holm", "n_runs"]].itertuples(index=False)]
+    vm = [
+        verdict(*r, margin, alpha, higher_is_better)
+        for r in res[["mean_delta", "ci_low", "ci_high", "p_holm", "p_tost_holm", "n_runs"]].itertuples(index=False)
+    ]
     res["verdict"], res["mark"], res["p_verdict"] = [v[0] for v in vm], [v[1] for v in vm], [v[2] for v in vm]
     return res[[c for c in res.columns if c not in COMPARE_COLUMNS] + COMPARE_COLUMNS]
 
 # %% ../nbs/08b_stats.ipynb
-def compare_arms(dice: pd.DataFrame, baseline: tuple = BASELINE, margin: float = 0.02, alpha: float = 0.05,
-                 value: str = "dice", higher_is_better: bool = True, level: float = 0.95, untrained: Sequence[str] = ()) -> pd.DataFrame:
+def compare_arms(
+    dice: pd.DataFrame,
+    baseline: tuple = BASELINE,
+    margin: float = 0.02,
+    alpha: float = 0.05,
+    value: str = "dice",
+    higher_is_better: bool = True,
+    level: float = 0.95,
+    untrained: Sequence[str] = (),
+) -> pd.DataFrame:
     "One row per arm ≠ baseline: the run-aware paired t (mean, CI, p, TOST p), Holm over the arms, the verdict."
     return add_verdicts(arm_rows(dice, baseline, margin, value, level, untrained), margin, alpha, higher_is_better)
 
@@ -279,49 +394,93 @@ def min_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: float =
     "Smallest mean paired difference a two-sided paired t-test on `n` subjects (df = n − 1, n may be fractional) detects with `power`."
     check(n >= 2, f"min_detectable_effect: a paired test needs at least 2 subjects, got n={n}")
     check(sd >= 0 and np.isfinite(sd), f"min_detectable_effect: sd must be finite and >= 0, got {sd}")
-    if sd == 0: return 0.0
+    if sd == 0:
+        return 0.0
     df, tc = n - 1, scipy.stats.t.ppf(1 - alpha / 2, n - 1)
-    def gap(es):                                                        # power of the standardized effect es, minus the target
+
+    def gap(es):  # power of the standardized effect es, minus the target
         nc = es * np.sqrt(n)
         return scipy.stats.nct.sf(tc, df, nc) + np.nan_to_num(scipy.stats.nct.cdf(-tc, df, nc)) - power
+
     return float(scipy.optimize.brentq(gap, 1e-9, 1e3, xtol=1e-12) * sd)
 
 # %% ../nbs/08b_stats.ipynb
-def design_mde(dice: pd.DataFrame, baseline: tuple = BASELINE, value: str = "dice", alpha: float = 0.05, power: float = 0.8,
-               untrained: Sequence[str] = (), stats: pd.DataFrame | None = None) -> pd.DataFrame:
+def design_mde(
+    dice: pd.DataFrame,
+    baseline: tuple = BASELINE,
+    value: str = "dice",
+    alpha: float = 0.05,
+    power: float = 0.8,
+    untrained: Sequence[str] = (),
+    stats: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     "Per arm ≠ baseline: the design's se and df, the level of Holm's first step (α / n_tests) and the effect the test detects at it."
     stats = compare_arms(dice, baseline, value=value, alpha=alpha, untrained=untrained) if stats is None else stats
     keys = arm_keys(stats)
     g = stats[keys + ["n_subjects", "n_runs", "se_delta", "df", "n_tests"]].copy()
     g["alpha_test"] = alpha / g.n_tests.clip(lower=1)
-    g["mde"] = [min_detectable_effect(df + 1, se * np.sqrt(df + 1), a, power) if np.isfinite(df) and df >= 1 and np.isfinite(se) else np.nan
-                for se, df, a in zip(g.se_delta, g.df, g.alpha_test)]
+    g["mde"] = [
+        min_detectable_effect(df + 1, se * np.sqrt(df + 1), a, power)
+        if np.isfinite(df) and df >= 1 and np.isfinite(se)
+        else np.nan
+        for se, df, a in zip(g.se_delta, g.df, g.alpha_test)
+    ]
     return g
 
 # %% ../nbs/08b_stats.ipynb
-def simulate_study(n_sims: int = 500, n_subjects: int = 10, n_seeds: int = 3, folds: int = 2, seed: int = 0,
-                   effect: float = 0.0, subject_sd: float = 0.10, interaction_sd: float = 0.03, seed_sd: float = 0.02,
-                   model_sd: float = 0.0) -> pd.DataFrame:
+def simulate_study(
+    n_sims: int = 500,
+    n_subjects: int = 10,
+    n_seeds: int = 3,
+    folds: int = 2,
+    seed: int = 0,
+    effect: float = 0.0,
+    subject_sd: float = 0.10,
+    interaction_sd: float = 0.03,
+    seed_sd: float = 0.02,
+    model_sd: float = 0.0,
+) -> pd.DataFrame:
     "`n_sims` simulated studies in the Dice-table layout (study i is fraction=i); arm `joint`×1 adds `effect`."
-    check(n_subjects >= folds >= 1 and n_seeds >= 1 and n_sims >= 1,
-          f"simulate_study: need n_sims, n_seeds >= 1 and n_subjects >= folds >= 1, got {n_sims}, {n_seeds}, {n_subjects}, {folds}")
+    check(
+        n_subjects >= folds >= 1 and n_seeds >= 1 and n_sims >= 1,
+        f"simulate_study: need n_sims, n_seeds >= 1 and n_subjects >= folds >= 1, got {n_sims}, {n_seeds}, {n_subjects}, {folds}",
+    )
     rng = np.random.default_rng(seed)
     S, A, N, K = n_sims, 2, n_subjects, n_seeds
-    fold = np.arange(N) * folds // N                                     # contiguous subjects per fold
-    value = (0.75 + subject_sd * rng.normal(size=(S, 1, N, 1)) + interaction_sd * rng.normal(size=(S, A, N, 1))
-             + seed_sd * rng.normal(size=(S, A, N, K)) + model_sd * rng.normal(size=(S, A, folds, K))[:, :, fold, :]
-             + effect * (np.arange(A) == 1)[None, :, None, None])
-    sim, arm, subj, sd = (a.ravel() for a in np.meshgrid(np.arange(S), np.arange(A), np.arange(N), np.arange(K), indexing="ij"))
-    return pd.DataFrame(dict(fraction=sim.astype(float), variant=np.array(["real", "joint"])[arm], factor=arm.astype(float),
-                             n_synthetic=arm * 100, n_real=100, fold=fold[subj], seed=sd,
-                             subject=np.char.add("s", subj.astype(str)), dice=value.ravel()))
+    fold = np.arange(N) * folds // N  # contiguous subjects per fold
+    value = (
+        0.75
+        + subject_sd * rng.normal(size=(S, 1, N, 1))
+        + interaction_sd * rng.normal(size=(S, A, N, 1))
+        + seed_sd * rng.normal(size=(S, A, N, K))
+        + model_sd * rng.normal(size=(S, A, folds, K))[:, :, fold, :]
+        + effect * (np.arange(A) == 1)[None, :, None, None]
+    )
+    sim, arm, subj, sd = (
+        a.ravel() for a in np.meshgrid(np.arange(S), np.arange(A), np.arange(N), np.arange(K), indexing="ij")
+    )
+    return pd.DataFrame(
+        dict(
+            fraction=sim.astype(float),
+            variant=np.array(["real", "joint"])[arm],
+            factor=arm.astype(float),
+            n_synthetic=arm * 100,
+            n_real=100,
+            fold=fold[subj],
+            seed=sd,
+            subject=np.char.add("s", subj.astype(str)),
+            dice=value.ravel(),
+        )
+    )
 
 # %% ../nbs/08b_stats.ipynb
 def simulated_differences(dice: pd.DataFrame) -> list[np.ndarray]:
     "Per fold, the (studies, seeds, subjects) array of `joint` − `real` differences of `simulate_study` studies, paired by seed."
     keys = ["fraction", "fold", "seed", "subject"]
     a, b = (dice[dice.variant == v].sort_values(keys, kind="stable") for v in ("joint", "real"))
-    check((a[keys].to_numpy() == b[keys].to_numpy()).all(), "simulated_differences: pass a table made by simulate_study")
+    check(
+        (a[keys].to_numpy() == b[keys].to_numpy()).all(), "simulated_differences: pass a table made by simulate_study"
+    )
     d, S, K = a.dice.to_numpy() - b.dice.to_numpy(), a.fraction.nunique(), a.seed.nunique()
     return [d[(a.fold == f).to_numpy()].reshape(S, K, -1) for f in sorted(a.fold.unique())]
 
@@ -334,15 +493,29 @@ def rejection_rate(dice: pd.DataFrame, pooled: bool = False, alpha: float = 0.05
         return float(np.mean(t_inference(r["mean_delta"], r["se_delta"], r["df"], 1.0, 1 - alpha)["p_test"] < alpha))
     d = paired_differences(dice, BASELINE, average_seeds=not pooled).sort_values("fraction", kind="stable")
     sizes = d.groupby("fraction").size()
-    check(sizes.nunique() == 1, f"rejection_rate: the simulated studies have different numbers of pairs {sorted(set(sizes))}")
+    check(
+        sizes.nunique() == 1,
+        f"rejection_rate: the simulated studies have different numbers of pairs {sorted(set(sizes))}",
+    )
     D = d.delta.to_numpy().reshape(len(sizes), -1)
     return float(np.mean(scipy.stats.wilcoxon(D, axis=1).pvalue < alpha))
 
 # %% ../nbs/08b_stats.ipynb
-def simulate_type1(n_sims: int = 500, n_subjects: int = 10, n_seeds: int = 3, folds: int = 2, seed: int = 0,
-                   pooled: bool = False, alpha: float = 0.05, method: str = "wilcoxon", **noise) -> float:
+def simulate_type1(
+    n_sims: int = 500,
+    n_subjects: int = 10,
+    n_seeds: int = 3,
+    folds: int = 2,
+    seed: int = 0,
+    pooled: bool = False,
+    alpha: float = 0.05,
+    method: str = "wilcoxon",
+    **noise,
+) -> float:
     "Type-I error under a true null of the subject-level Wilcoxon test (seeds averaged, or `pooled`) or of `run_t`."
-    return rejection_rate(simulate_study(n_sims, n_subjects, n_seeds, folds, seed, effect=0.0, **noise), pooled, alpha, method)
+    return rejection_rate(
+        simulate_study(n_sims, n_subjects, n_seeds, folds, seed, effect=0.0, **noise), pooled, alpha, method
+    )
 
 # %% ../nbs/08b_stats.ipynb
 def ci_coverage(dice: pd.DataFrame, effect: float, level: float = 0.95) -> float:
@@ -355,6 +528,7 @@ def ci_coverage(dice: pd.DataFrame, effect: float, level: float = 0.95) -> float
 @dataclass
 class FriedmanNemenyi:
     "Friedman test over datasets and the Nemenyi post-hoc comparison of arms (ranks: 1 = best)."
+
     applicable: bool
     reason: str
     n_datasets: int
@@ -363,23 +537,38 @@ class FriedmanNemenyi:
     p: float = np.nan
     ranks: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
     cd: float = np.nan
-    pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["arm_a", "arm_b", "rank_diff", "p", "significant"]))
+    pairwise: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["arm_a", "arm_b", "rank_diff", "p", "significant"])
+    )
 
 # %% ../nbs/08b_stats.ipynb
-def friedman_nemenyi(table: pd.DataFrame, alpha: float = 0.05, higher_is_better: bool = True,
-                     min_datasets: int = 3) -> FriedmanNemenyi:
+def friedman_nemenyi(
+    table: pd.DataFrame, alpha: float = 0.05, higher_is_better: bool = True, min_datasets: int = 3
+) -> FriedmanNemenyi:
     "Friedman p, Nemenyi average ranks, critical difference and pairwise p over datasets (rows) × arms (columns)."
     t = pd.DataFrame(table).astype(float)
     N, k = t.shape
-    check(not t.isna().any().any(), f"friedman_nemenyi: the table has missing values in {t.columns[t.isna().any()].tolist()}; "
-                                    "every arm must have a value on every dataset (drop the arm or the dataset)")
+    check(
+        not t.isna().any().any(),
+        f"friedman_nemenyi: the table has missing values in {t.columns[t.isna().any()].tolist()}; "
+        "every arm must have a value on every dataset (drop the arm or the dataset)",
+    )
     if N < min_datasets or k < 3:
-        return FriedmanNemenyi(False, f"not applicable: needs >= {min_datasets} datasets and >= 3 arms, got {N} datasets and {k} arms", N, k)
+        return FriedmanNemenyi(
+            False,
+            f"not applicable: needs >= {min_datasets} datasets and >= 3 arms, got {N} datasets and {k} arms",
+            N,
+            k,
+        )
     stat, p = scipy.stats.friedmanchisquare(*(t[c].to_numpy() for c in t.columns))
-    ranks = pd.Series(scipy.stats.rankdata(-t.to_numpy() if higher_is_better else t.to_numpy(), axis=1).mean(0), index=t.columns, name="rank")
+    ranks = pd.Series(
+        scipy.stats.rankdata(-t.to_numpy() if higher_is_better else t.to_numpy(), axis=1).mean(0),
+        index=t.columns,
+        name="rank",
+    )
     se = np.sqrt(k * (k + 1) / (6 * N))
     cd = float(scipy.stats.studentized_range.ppf(1 - alpha, k, np.inf) / np.sqrt(2) * se)
-    pairs = [(a, b, abs(ranks[a] - ranks[b])) for i, a in enumerate(t.columns) for b in t.columns[i + 1:]]
+    pairs = [(a, b, abs(ranks[a] - ranks[b])) for i, a in enumerate(t.columns) for b in t.columns[i + 1 :]]
     pw = pd.DataFrame(pairs, columns=["arm_a", "arm_b", "rank_diff"])
     pw["p"] = np.clip(scipy.stats.studentized_range.sf(pw.rank_diff.to_numpy() / se * np.sqrt(2), k, np.inf), 0, 1)
     pw["significant"] = pw.rank_diff > cd
@@ -410,14 +599,26 @@ def arm_means(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
     sm = seed_mean(dice, value)
     keys = arm_keys(sm)
     extra = {"n_synthetic": ("n_synthetic", "mean")} if "n_synthetic" in sm.columns else {}
-    g = sm.groupby(keys, sort=True).agg(**extra, n_subjects=(value, "size"), n_seeds=("n_seeds", "max"),
-                                         mean=(value, "mean"), sd=(value, "std")).reset_index()
-    if "n_synthetic" in g.columns: g["n_synthetic"] = g.n_synthetic.round().astype(int)
+    g = (
+        sm.groupby(keys, sort=True)
+        .agg(**extra, n_subjects=(value, "size"), n_seeds=("n_seeds", "max"), mean=(value, "mean"), sd=(value, "std"))
+        .reset_index()
+    )
+    if "n_synthetic" in g.columns:
+        g["n_synthetic"] = g.n_synthetic.round().astype(int)
     return g
 
 # %% ../nbs/08b_stats.ipynb
-def summary_table(dice: pd.DataFrame, baseline: tuple = BASELINE, margin: float = 0.02, alpha: float = 0.05,
-                  value: str = "dice", higher_is_better: bool = True, stats: pd.DataFrame | None = None, **kw) -> pd.DataFrame:
+def summary_table(
+    dice: pd.DataFrame,
+    baseline: tuple = BASELINE,
+    margin: float = 0.02,
+    alpha: float = 0.05,
+    value: str = "dice",
+    higher_is_better: bool = True,
+    stats: pd.DataFrame | None = None,
+    **kw,
+) -> pd.DataFrame:
     "Every arm's mean ± sd (seeds averaged, over subjects) with `compare_arms` columns; the study's dice_summary."
     g = arm_means(dice, value)
     keys = arm_keys(g)
@@ -427,7 +628,9 @@ def summary_table(dice: pd.DataFrame, baseline: tuple = BASELINE, margin: float 
     base = _is_arm(out, baseline).to_numpy()
     out.loc[base, "verdict"], out.loc[base, "mark"] = "baseline", ""
     out["significant"] = out.verdict.isin(["better", "worse"])
-    return out.sort_values(keys[:-3] + ["fraction", "factor", "variant"], ascending=[True] * (len(keys) - 3) + [False, True, True]).reset_index(drop=True)
+    return out.sort_values(
+        keys[:-3] + ["fraction", "factor", "variant"], ascending=[True] * (len(keys) - 3) + [False, True, True]
+    ).reset_index(drop=True)
 
 # %% ../nbs/08b_stats.ipynb
 def seed_table(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
@@ -457,6 +660,8 @@ def per_seed(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
     "Per arm: n_seeds, mean, sd between the seed means, the within-subject sd across seeds (RMS over subjects) and `sd_run`."
     st = seed_table(dice, value)
     keys = arm_keys(st)
-    between = st.groupby(keys, sort=True).agg(n_seeds=("seed", "size"), mean=("mean", "mean"), sd_between_seeds=("mean", "std"))
+    between = st.groupby(keys, sort=True).agg(
+        n_seeds=("seed", "size"), mean=("mean", "mean"), sd_between_seeds=("mean", "std")
+    )
     var = dice.groupby(keys + UNIT, sort=True)[value].var().groupby(keys).mean()
     return between.assign(sd_within_subject=np.sqrt(var)).reset_index().merge(run_sd(dice, value), on=keys, how="left")

@@ -15,16 +15,51 @@ from IPython.display import HTML, Markdown, display
 
 import medsyn
 
-from .core import (MedsynError, add_field_options, add_set_option, check, check_fields, from_preset, runs_dir, save_json, load_json, atomic_write_text,
-                         file_sha256, parse_set_items)
-from .data import (check_disjoint, default_dataset, fold_subjects, load_canonical, plot_dataset_overview,
-                         write_canonical)
+from medsyn.core import (
+    MedsynError,
+    add_field_options,
+    add_set_option,
+    check,
+    check_fields,
+    from_preset,
+    runs_dir,
+    save_json,
+    load_json,
+    atomic_write_text,
+    file_sha256,
+    parse_set_items,
+)
+from medsyn.data import (
+    check_disjoint,
+    default_dataset,
+    fold_subjects,
+    load_canonical,
+    plot_dataset_overview,
+    write_canonical,
+)
 from .generate import generate_pairs, warp_settings
 from .evaluate import evaluate
 from .metrics import dataset_hash
 from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
-from .stats import (ARM, BASELINE, COMPARE_COLUMNS, EXPLORATORY, add_verdicts, arm_label, arm_rows, arm_statistics, compare_arms,
-                          design_mde, friedman_nemenyi, dataset_arm_table, fold_arrays, mean_t_interval, per_seed, seed_mean, summary_table)
+from medsyn.stats import (
+    ARM,
+    BASELINE,
+    COMPARE_COLUMNS,
+    EXPLORATORY,
+    add_verdicts,
+    arm_label,
+    arm_rows,
+    arm_statistics,
+    compare_arms,
+    design_mde,
+    friedman_nemenyi,
+    dataset_arm_table,
+    fold_arrays,
+    mean_t_interval,
+    per_seed,
+    seed_mean,
+    summary_table,
+)
 from .networks import GAN_KINDS, load_checkpoint
 from .train import train_gan
 from .viz import label_cmap, save_figure
@@ -50,51 +85,72 @@ __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'LOOKUP_CO
 
 # %% ../nbs/09_study.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
-WARPED_VARIANTS = ("warped+cond",)   # variants whose masks are the cell's real training masks, deformed (medsyn.augment.warp_masks)
-CONTROLS = {"oversampled": "real-oversampled", "noaug": "real-noaug", "lookup": "intensity-lookup"}   # control -> arm name
+WARPED_VARIANTS = (
+    "warped+cond",
+)  # variants whose masks are the cell's real training masks, deformed (medsyn.augment.warp_masks)
+CONTROLS = {
+    "oversampled": "real-oversampled",
+    "noaug": "real-noaug",
+    "lookup": "intensity-lookup",
+}  # control -> arm name
+
 
 @dataclass
 class StudyConfig:
     "The protocol of one study run on one dataset."
+
     profile: str = "quick"
-    dataset: str = "default"            # 'default' (the bundled dataset) or a canonical dataset folder
-    resolution: int = 64                # only used for the bundled default dataset
-    folds: int = 2                      # cross-validation folds: every subject is a test subject once
-    seeds: tuple = (0,)                 # U-Net seeds per cell
+    dataset: str = "default"  # 'default' (the bundled dataset) or a canonical dataset folder
+    resolution: int = 64  # only used for the bundled default dataset
+    folds: int = 2  # cross-validation folds: every subject is a test subject once
+    seeds: tuple = (0,)  # U-Net seeds per cell
     synthetic_factors: tuple = (0, 0.5, 1, 2)  # N = factor x real training slices (0 = real-only baseline)
-    variants: tuple = ("joint",)        # keys of VARIANT_GANS
-    fractions: tuple = (1.0,)           # small-data sweep: share of the labelled (train + val) subjects; a GAN per fraction
-    sweep_factor: float = 1.0           # synthetic factor compared with real-only in the small-data sweep
-    controls: tuple = ("oversampled", "noaug", "lookup")   # dilution control, no classical augmentation, intensity lookup
-    equivalence_margin: float = 0.02    # TOST margin (Dice) for calling an arm "equivalent" to real-only
+    variants: tuple = ("joint",)  # keys of VARIANT_GANS
+    fractions: tuple = (1.0,)  # small-data sweep: share of the labelled (train + val) subjects; a GAN per fraction
+    sweep_factor: float = 1.0  # synthetic factor compared with real-only in the small-data sweep
+    controls: tuple = (
+        "oversampled",
+        "noaug",
+        "lookup",
+    )  # dilution control, no classical augmentation, intensity lookup
+    equivalence_margin: float = 0.02  # TOST margin (Dice) for calling an arm "equivalent" to real-only
     gan_preset: str = "cpu64"
     gan_kimg: dict = field(default_factory=lambda: {"joint": 4.0, "mask": 2.0, "cond": 2.0})
-    gan_time_budget: float | None = 300.0   # seconds per GAN training (safety net; None = no limit)
-    gan_overrides: dict = field(default_factory=dict)   # GANConfig/TrainConfig fields for every GAN; under a kind ('joint', 'mask', 'cond'): that kind's only
+    gan_time_budget: float | None = 300.0  # seconds per GAN training (safety net; None = no limit)
+    gan_overrides: dict = field(
+        default_factory=dict
+    )  # GANConfig/TrainConfig fields for every GAN; under a kind ('joint', 'mask', 'cond'): that kind's only
     trunc: float = 0.7
-    mask_warp: dict = field(default_factory=dict)   # warped+cond: overrides of medsyn.augment.MASK_WARP
-    mask_warp_seed: int = 0             # warped+cond: the warp of mask k in fold f is seeded with (mask_warp_seed + f, k)
+    mask_warp: dict = field(default_factory=dict)  # warped+cond: overrides of medsyn.augment.MASK_WARP
+    mask_warp_seed: int = 0  # warped+cond: the warp of mask k in fold f is seeded with (mask_warp_seed + f, k)
     seg_preset: str = "quick"
     seg_overrides: dict = field(default_factory=dict)
-    max_subjects: int | None = None     # use only this many subjects (CI)
-    n_quality: int = 128                # samples per set for the image-quality metrics
-    weights_dir: str | None = None      # folder with Inception / LPIPS weights for FID, KID, LPIPS
+    max_subjects: int | None = None  # use only this many subjects (CI)
+    n_quality: int = 128  # samples per set for the image-quality metrics
+    weights_dir: str | None = None  # folder with Inception / LPIPS weights for FID, KID, LPIPS
     split_seed: int = 0
 
     def __post_init__(self):
-        for k in ("seeds", "synthetic_factors", "variants", "fractions", "controls"): setattr(self, k, tuple(getattr(self, k)))
+        for k in ("seeds", "synthetic_factors", "variants", "fractions", "controls"):
+            setattr(self, k, tuple(getattr(self, k)))
         unknown = [v for v in self.variants if v not in VARIANT_GANS]
         check(not unknown, f"unknown GAN variants {unknown}; choose from {sorted(VARIANT_GANS)}")
-        warp_settings(self.mask_warp)        # unknown warp keys fail here, before anything runs
+        warp_settings(self.mask_warp)  # unknown warp keys fail here, before anything runs
         bad_controls = [c for c in self.controls if c not in CONTROLS]
         check(not bad_controls, f"unknown controls {bad_controls}; choose from {sorted(CONTROLS)}")
         check(0 in self.synthetic_factors, "synthetic_factors must include 0 (the real-only baseline)")
         check(1.0 in self.fractions, "fractions must include 1.0 (all training subjects)")
         check(self.folds >= 2, f"folds must be >= 2 (got {self.folds}): each fold needs held-out test subjects")
         not_dicts = [k for k in GAN_KINDS if k in self.gan_overrides and not isinstance(self.gan_overrides[k], dict)]
-        check(not not_dicts, f"gan_overrides: {not_dicts} must map a GAN kind to its own settings, e.g. {{'cond': {{'batch': 4}}}}")
+        check(
+            not not_dicts,
+            f"gan_overrides: {not_dicts} must map a GAN kind to its own settings, e.g. {{'cond': {{'batch': 4}}}}",
+        )
         bad_kinds = [k for k, v in self.gan_overrides.items() if isinstance(v, dict) and k not in GAN_KINDS]
-        check(not bad_kinds, f"gan_overrides: {bad_kinds} hold settings but are not GAN kinds; per-kind settings go under one of {GAN_KINDS}")
+        check(
+            not bad_kinds,
+            f"gan_overrides: {bad_kinds} hold settings but are not GAN kinds; per-kind settings go under one of {GAN_KINDS}",
+        )
 
 # %% ../nbs/09_study.ipynb
 PROFILES = {
@@ -104,16 +160,42 @@ PROFILES = {
     # That narrow net runs in fp32: its small convolutions gain nothing from bf16 (152 ms/step fp32, 148-161 bf16; 10_bench).
     # Two U-Net seeds: the headline comparison (warped+cond vs real-only) needs >= 2 trainings per arm and fold for a verdict
     # (medsyn.stats.run_t); they are paid for by dropping the oversampled and no-augmentation controls (full and ci keep them).
-    "quick": dict(synthetic_factors=(0, 1), variants=("warped+cond",), gan_time_budget=240.0, seeds=(0, 1), controls=("lookup",),
-                  gan_overrides=dict(metric="stats", cond=dict(batch=4, channel_base=1024, channel_max=64, precision="fp32"))),
-    "full": dict(resolution=256, folds=5, seeds=(0, 1, 2), synthetic_factors=(0, 0.25, 0.5, 1, 2, 4),
-                 variants=("joint", "mask+cond"), fractions=(0.1, 0.25, 0.5, 1.0),
-                 gan_preset="paper256", gan_kimg={"joint": 5000.0, "mask": 5000.0, "cond": 5000.0},
-                 gan_time_budget=None, seg_preset="full", n_quality=5000),
-    "ci": dict(folds=2, seeds=(0,), synthetic_factors=(0, 1), variants=("joint", "warped+cond"), fractions=(0.5, 1.0), max_subjects=6,
-               gan_overrides=dict(metric="stats"), gan_kimg={"joint": 0.1, "mask": 0.1, "cond": 0.04}, gan_time_budget=60.0, n_quality=32,
-               seg_overrides=dict(max_epochs=2, steps_per_epoch=4, batch_size=8, channels=(4, 8, 16), strides=(2, 2))),
+    "quick": dict(
+        synthetic_factors=(0, 1),
+        variants=("warped+cond",),
+        gan_time_budget=240.0,
+        seeds=(0, 1),
+        controls=("lookup",),
+        gan_overrides=dict(metric="stats", cond=dict(batch=4, channel_base=1024, channel_max=64, precision="fp32")),
+    ),
+    "full": dict(
+        resolution=256,
+        folds=5,
+        seeds=(0, 1, 2),
+        synthetic_factors=(0, 0.25, 0.5, 1, 2, 4),
+        variants=("joint", "mask+cond"),
+        fractions=(0.1, 0.25, 0.5, 1.0),
+        gan_preset="paper256",
+        gan_kimg={"joint": 5000.0, "mask": 5000.0, "cond": 5000.0},
+        gan_time_budget=None,
+        seg_preset="full",
+        n_quality=5000,
+    ),
+    "ci": dict(
+        folds=2,
+        seeds=(0,),
+        synthetic_factors=(0, 1),
+        variants=("joint", "warped+cond"),
+        fractions=(0.5, 1.0),
+        max_subjects=6,
+        gan_overrides=dict(metric="stats"),
+        gan_kimg={"joint": 0.1, "mask": 0.1, "cond": 0.04},
+        gan_time_budget=60.0,
+        n_quality=32,
+        seg_overrides=dict(max_epochs=2, steps_per_epoch=4, batch_size=8, channels=(4, 8, 16), strides=(2, 2)),
+    ),
 }
+
 
 def study_config(profile: str = "quick", **overrides) -> StudyConfig:
     "A `StudyConfig` for a named profile (`quick` | `full` | `ci`) with field overrides (None values are ignored)."
@@ -136,7 +218,9 @@ def cell_id(fraction: float, variant: str, factor: float, fold: int, seed: int) 
 def arms_at(cfg: StudyConfig, factor: float, seed: int) -> list[str]:
     "The arms (variants) of one factor: real-only and its controls at 0, the GAN variants and the dilution control above 0."
     if factor == 0:
-        return ["real"] + [CONTROLS[c] for c in ("noaug", "lookup") if c in cfg.controls and (c != "lookup" or seed == cfg.seeds[0])]
+        return ["real"] + [
+            CONTROLS[c] for c in ("noaug", "lookup") if c in cfg.controls and (c != "lookup" or seed == cfg.seeds[0])
+        ]
     return list(cfg.variants) + ([CONTROLS["oversampled"]] if "oversampled" in cfg.controls and cfg.variants else [])
 
 # %% ../nbs/09_study.ipynb
@@ -149,45 +233,87 @@ def experiment_grid(cfg: StudyConfig) -> pd.DataFrame:
             for seed in cfg.seeds:
                 for factor in sorted(set(factors)):
                     for variant in arms_at(cfg, factor, seed):
-                        rows.append(dict(fraction=float(fraction), variant=variant, factor=float(factor), fold=fold, seed=seed))
+                        rows.append(
+                            dict(fraction=float(fraction), variant=variant, factor=float(factor), fold=fold, seed=seed)
+                        )
     grid = pd.DataFrame(rows)
-    grid["cell"] = [cell_id(*r) for r in grid[["fraction", "variant", "factor", "fold", "seed"]].itertuples(index=False)]
+    grid["cell"] = [
+        cell_id(*r) for r in grid[["fraction", "variant", "factor", "fold", "seed"]].itertuples(index=False)
+    ]
     return grid
 
 # %% ../nbs/09_study.ipynb
 def gan_jobs(cfg: StudyConfig) -> pd.DataFrame:
     "The GAN trainings the grid needs: columns gan (joint|mask|cond), fold, fraction, name."
-    rows = [dict(gan=g, fold=fold, fraction=float(f), name=f"{g}_fold{fold}_frac{f:g}")
-            for fold in range(cfg.folds) for f in sorted(cfg.fractions) for v in cfg.variants for g in VARIANT_GANS[v]]
-    return pd.DataFrame(rows, columns=["gan", "fold", "fraction", "name"]).drop_duplicates("name").reset_index(drop=True)
+    rows = [
+        dict(gan=g, fold=fold, fraction=float(f), name=f"{g}_fold{fold}_frac{f:g}")
+        for fold in range(cfg.folds)
+        for f in sorted(cfg.fractions)
+        for v in cfg.variants
+        for g in VARIANT_GANS[v]
+    ]
+    return (
+        pd.DataFrame(rows, columns=["gan", "fold", "fraction", "name"]).drop_duplicates("name").reset_index(drop=True)
+    )
 
 # %% ../nbs/09_study.ipynb
 def vs_dilution(dice: pd.DataFrame, variants: Sequence[str], margin: float, alpha: float = 0.05) -> pd.DataFrame:
     "Every synthetic arm × f against its dilution control `real-oversampled` × f; Holm over all of them (a family of one: none)."
     frames = []
     for (fraction, factor), g in dice[dice.factor > 0].groupby(["fraction", "factor"], sort=True):
-        if CONTROLS["oversampled"] not in set(g.variant): continue
+        if CONTROLS["oversampled"] not in set(g.variant):
+            continue
         g = g[g.variant.isin([CONTROLS["oversampled"], *variants])]
         frames.append(arm_rows(g, (CONTROLS["oversampled"], float(factor)), margin))
-    if not frames: return pd.DataFrame(columns=ARM + COMPARE_COLUMNS)
+    if not frames:
+        return pd.DataFrame(columns=ARM + COMPARE_COLUMNS)
     return add_verdicts(pd.concat(frames, ignore_index=True), margin, alpha)
 
 # %% ../nbs/09_study.ipynb
-LOOKUP_COLUMNS = ["fraction", "fold", "variant", "factor", "n_subjects", "n_runs", "dice", "dice_lookup", "mean_delta", "ci_low", "ci_high",
-                  "p_test", "beats_lookup"]
+LOOKUP_COLUMNS = [
+    "fraction",
+    "fold",
+    "variant",
+    "factor",
+    "n_subjects",
+    "n_runs",
+    "dice",
+    "dice_lookup",
+    "mean_delta",
+    "ci_low",
+    "ci_high",
+    "p_test",
+    "beats_lookup",
+]
+
 
 def trivial_baseline_check(dice: pd.DataFrame, margin: float = 0.02, level: float = 0.95) -> pd.DataFrame:
     "Per (fraction, fold), every arm against the intensity lookup: mean Dice of both, the paired t (`arm_statistics`), `beats_lookup` = CI above 0."
     lookup, rows = CONTROLS["lookup"], []
     for (fraction, fold), g in dice.groupby(["fraction", "fold"], sort=True):
         base = g[g.variant == lookup]
-        if not len(base): continue
+        if not len(base):
+            continue
         for (variant, factor), a in g[g.variant != lookup].groupby(["variant", "factor"], sort=True):
             folds, n_runs = fold_arrays(a, base, "dice", untrained=(lookup,))
             st = arm_statistics(folds, margin, level)
-            rows.append(dict(fraction=fraction, fold=fold, variant=variant, factor=factor, n_subjects=st["n_subjects"], n_runs=n_runs,
-                             dice=a.dice.mean(), dice_lookup=base.dice.mean(), mean_delta=st["mean_delta"], ci_low=st["ci_low"],
-                             ci_high=st["ci_high"], p_test=st["p_test"], beats_lookup=bool(st["ci_low"] > 0)))
+            rows.append(
+                dict(
+                    fraction=fraction,
+                    fold=fold,
+                    variant=variant,
+                    factor=factor,
+                    n_subjects=st["n_subjects"],
+                    n_runs=n_runs,
+                    dice=a.dice.mean(),
+                    dice_lookup=base.dice.mean(),
+                    mean_delta=st["mean_delta"],
+                    ci_low=st["ci_low"],
+                    ci_high=st["ci_high"],
+                    p_test=st["p_test"],
+                    beats_lookup=bool(st["ci_low"] > 0),
+                )
+            )
     return pd.DataFrame(rows, columns=LOOKUP_COLUMNS)
 
 # %% ../nbs/09_study.ipynb
@@ -195,13 +321,18 @@ def segmentation_tables(dice: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.Da
     "The study's segmentation tables from the per-subject Dice (`dice.csv`): summary, comparisons, controls, variance, power."
     untrained = (CONTROLS["lookup"],)
     stats = compare_arms(dice, BASELINE, cfg.equivalence_margin, untrained=untrained)
-    return dict(dice_summary=summary_table(dice, BASELINE, cfg.equivalence_margin, stats=stats), comparisons=stats,
-                vs_dilution=vs_dilution(dice, cfg.variants, cfg.equivalence_margin),
-                trivial_baseline=trivial_baseline_check(dice, cfg.equivalence_margin), dice_per_seed=per_seed(dice),
-                design_power=design_mde(dice, BASELINE, untrained=untrained, stats=stats))
+    return dict(
+        dice_summary=summary_table(dice, BASELINE, cfg.equivalence_margin, stats=stats),
+        comparisons=stats,
+        vs_dilution=vs_dilution(dice, cfg.variants, cfg.equivalence_margin),
+        trivial_baseline=trivial_baseline_check(dice, cfg.equivalence_margin),
+        dice_per_seed=per_seed(dice),
+        design_power=design_mde(dice, BASELINE, untrained=untrained, stats=stats),
+    )
 
 # %% ../nbs/09_study.ipynb
 _MARKDOWN_ACTIVE = str.maketrans({c: f"&#{ord(c)};" for c in "[]()*_`|\\#!~"})
+
 
 def escape_text(value) -> str:
     "`value` as text that HTML and Markdown show as it is: `<`, `>`, `&`, quotes and Markdown's active characters escaped."
@@ -212,9 +343,11 @@ def _markdown_text(df: pd.DataFrame) -> pd.DataFrame:
     "A copy of `df` whose text cells and column names are `escape_text`-ed (numbers stay numbers)."
     out = df.copy()
     for c in out.columns:
-        if not pd.api.types.is_numeric_dtype(out[c]): out[c] = out[c].map(lambda v: escape_text(v) if isinstance(v, str) else v)
+        if not pd.api.types.is_numeric_dtype(out[c]):
+            out[c] = out[c].map(lambda v: escape_text(v) if isinstance(v, str) else v)
     out.columns = [escape_text(c) for c in out.columns]
     return out
+
 
 def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".4f") -> list[Path]:
     "Write `df` as `stem.csv`, `stem.md` and `stem.tex` (atomically; names quoted as text in both); returns the paths."
@@ -223,8 +356,11 @@ def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".4f") -> li
     csv, md, tex = (stem.with_suffix(s) for s in (".csv", ".md", ".tex"))
     atomic_write_text(csv, df.to_csv(index=False))
     atomic_write_text(md, _markdown_text(df).to_markdown(index=False, floatfmt=floatfmt) + "\n")
-    fmt = {c: (lambda v, f=floatfmt: format(v, f) if isinstance(v, (float, np.floating)) and np.isfinite(v) else str(v))
-           for c in df.columns if df[c].dtype.kind == "f"}
+    fmt = {
+        c: (lambda v, f=floatfmt: format(v, f) if isinstance(v, (float, np.floating)) and np.isfinite(v) else str(v))
+        for c in df.columns
+        if df[c].dtype.kind == "f"
+    }
     atomic_write_text(tex, df.to_latex(index=False, formatters=fmt, escape=True))
     return [csv, md, tex]
 
@@ -234,31 +370,48 @@ def save_study_figure(fig, stem: str | Path) -> list[Path]:
     return save_figure(fig, stem, dpi=120, close=True)
 
 # %% ../nbs/09_study.ipynb
-def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[str] | None = None,
-               labels: dict | None = None, title: str | None = None):
+def plot_pairs(
+    datasets: dict,
+    n: int = 4,
+    seed: int = 0,
+    modalities: Sequence[str] | None = None,
+    labels: dict | None = None,
+    title: str | None = None,
+):
     "Grid of image channels + mask overlay: `n` random samples per dataset in `datasets` ({row title: dataset})."
     import matplotlib.pyplot as plt
+
     first = next(iter(datasets.values()))
     C = int(first[0]["image"].shape[0])
     modalities = list(modalities or getattr(first, "modalities", None) or [f"ch{c}" for c in range(C)])
     labels = labels or getattr(first, "labels", None) or {0: "background", 1: "fg"}
     K = max(int(k) for k in labels) + 1
     cmap = label_cmap(K)
-    rows = [(name, ds, i) for name, ds in datasets.items()
-            for i in np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)]
+    rows = [
+        (name, ds, i)
+        for name, ds in datasets.items()
+        for i in np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)
+    ]
     fig, axes = plt.subplots(len(rows), C + 1, figsize=(1.6 * (C + 1), 1.6 * len(rows)), squeeze=False)
     for r, (name, ds, i) in enumerate(rows):
         s = ds[int(i)]
         img, mask = np.asarray(s["image"], dtype=float), np.asarray(s["mask"])
         for c in range(C):
             axes[r, c].imshow(img[c], cmap="gray", vmin=0, vmax=1)
-            if r == 0: axes[r, c].set_title(modalities[c], fontsize=8)
+            if r == 0:
+                axes[r, c].set_title(modalities[c], fontsize=8)
         axes[r, C].imshow(img[0], cmap="gray", vmin=0, vmax=1)
-        axes[r, C].imshow(np.ma.masked_equal(mask, 0), cmap=cmap, vmin=0, vmax=K - 1, alpha=0.6, interpolation="nearest")
-        if r == 0: axes[r, C].set_title("mask overlay", fontsize=8)
+        axes[r, C].imshow(
+            np.ma.masked_equal(mask, 0), cmap=cmap, vmin=0, vmax=K - 1, alpha=0.6, interpolation="nearest"
+        )
+        if r == 0:
+            axes[r, C].set_title("mask overlay", fontsize=8)
         axes[r, 0].set_ylabel(name, fontsize=7)
-        for a in axes[r]: a.set_xticks([]); a.set_yticks([])
-    if title: fig.suptitle(title, fontsize=9)
+        for a in axes[r]:
+            a.set_xticks([])
+            a.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -266,6 +419,7 @@ def plot_pairs(datasets: dict, n: int = 4, seed: int = 0, modalities: Sequence[s
 def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None = None):
     "Dice vs pairs added per variant and the dilution control (seeds averaged; 95 % t-interval over subjects); real-only controls as lines."
     import matplotlib.pyplot as plt, seaborn as sns
+
     d = seed_mean(dice[dice.fraction == fraction])
     base, added = d[d.variant == "real"], sorted(d[d.factor > 0].variant.unique())
     curves = pd.concat([d[d.variant.isin(added)]] + [base.assign(variant=v) for v in added]) if added else base
@@ -274,7 +428,10 @@ def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None 
     ax.set_xlabel("pairs added (x real training slices)")
     ax.set_ylabel("test Dice (per subject, seeds averaged)")
     for v, ls in (("real", ":"), (CONTROLS["noaug"], "--"), (CONTROLS["lookup"], "-.")):
-        if (d.variant == v).any(): ax.axhline(d[d.variant == v].dice.mean(), color="gray", ls=ls, lw=1, label=v if v != "real" else "real only")
+        if (d.variant == v).any():
+            ax.axhline(
+                d[d.variant == v].dice.mean(), color="gray", ls=ls, lw=1, label=v if v != "real" else "real only"
+            )
     ax.set_title(title or "Dice vs amount of synthetic data", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -284,6 +441,7 @@ def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None 
 def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | None = None):
     "Seaborn plot of Dice vs share of real training subjects: real only vs real + `sweep_factor`x synthetic per variant."
     import matplotlib.pyplot as plt, seaborn as sns
+
     d = seed_mean(dice[(dice.variant == "real") | (dice.factor == sweep_factor)])
     d["setting"] = np.where(d.variant == "real", "real only", d.variant + f" +{sweep_factor:g}x")
     d["subjects (%)"] = (d.fraction * 100).round().astype(int)
@@ -300,26 +458,50 @@ def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | 
 @dataclass(frozen=True)
 class RunLayout:
     "Every path of one dataset's study run under `root` (`runs/<dataset>/`)."
+
     root: Path
 
-    def __post_init__(self): object.__setattr__(self, "root", Path(self.root))
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
     @property
-    def prepare_json(self) -> Path: return self.root / "prepare.json"
+    def prepare_json(self) -> Path:
+        return self.root / "prepare.json"
+
     @property
-    def status_json(self) -> Path: return self.root / "status.json"
-    def stage_marker(self, stage: str) -> Path: return self.root / "stages" / f"{stage}.json"
-    def table(self, stem: str) -> Path: return self.root / "tables" / stem
-    def figure(self, stem: str) -> Path: return self.root / "figures" / stem
-    def notebook(self, name: str) -> Path: return self.root / "notebooks" / name
-    def real_subset(self, fold: int, fraction: float) -> Path: return self.root / "real" / f"fold{fold}_frac{fraction:g}"
-    def held_out(self, fold: int) -> Path: return self.root / "real" / f"fold{fold}_test"   # the fold's test subjects (quality)
-    def gan_run(self, gan: str, fold: int, fraction: float) -> Path: return self.root / "gan" / f"{gan}_fold{fold}_frac{fraction:g}"
+    def status_json(self) -> Path:
+        return self.root / "status.json"
+
+    def stage_marker(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+    def table(self, stem: str) -> Path:
+        return self.root / "tables" / stem
+
+    def figure(self, stem: str) -> Path:
+        return self.root / "figures" / stem
+
+    def notebook(self, name: str) -> Path:
+        return self.root / "notebooks" / name
+
+    def real_subset(self, fold: int, fraction: float) -> Path:
+        return self.root / "real" / f"fold{fold}_frac{fraction:g}"
+
+    def held_out(self, fold: int) -> Path:
+        return self.root / "real" / f"fold{fold}_test"  # the fold's test subjects (quality)
+
+    def gan_run(self, gan: str, fold: int, fraction: float) -> Path:
+        return self.root / "gan" / f"{gan}_fold{fold}_frac{fraction:g}"
+
     def synthetic(self, variant: str, fold: int, fraction: float) -> Path:
         return self.root / "synthetic" / f"{variant.replace('+', '_')}_fold{fold}_frac{fraction:g}"
-    def cell(self, cell: str) -> Path: return self.root / "cells" / cell
+
+    def cell(self, cell: str) -> Path:
+        return self.root / "cells" / cell
 
 # %% ../nbs/09_study.ipynb
 MANIFEST = "manifest.json"
+
 
 def artefact_key(inputs: dict) -> str:
     "Hash of an artefact's inputs (what its manifest records)."
@@ -329,30 +511,44 @@ def artefact_key(inputs: dict) -> str:
 def read_manifest(folder: str | Path) -> dict | None:
     "The manifest of an artefact folder, or None when there is none (or it is unreadable)."
     p = Path(folder) / MANIFEST
-    try: return load_json(p) if p.is_file() else None
-    except (OSError, ValueError): return None
+    try:
+        return load_json(p) if p.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 # %% ../nbs/09_study.ipynb
 def write_manifest(folder: str | Path, inputs: dict, complete: bool, **info) -> Path:
     "Write (atomically) the manifest of an artefact: its inputs, their key, whether it is complete, and `info`."
-    return save_json(dict(key=artefact_key(inputs), complete=complete, inputs=inputs, **info,
-                          written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), Path(folder) / MANIFEST)
+    return save_json(
+        dict(
+            key=artefact_key(inputs),
+            complete=complete,
+            inputs=inputs,
+            **info,
+            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        ),
+        Path(folder) / MANIFEST,
+    )
 
 # %% ../nbs/09_study.ipynb
 def changed_inputs(old: dict | None, new: dict) -> list[str]:
     "Names of the top-level inputs that differ between a manifest's inputs and `new`."
-    if old is None: return ["no manifest"]
+    if old is None:
+        return ["no manifest"]
     return sorted(k for k in set(old) | set(new) if old.get(k) != json.loads(json.dumps(new.get(k), default=str)))
 
 # %% ../nbs/09_study.ipynb
 def artefact_state(folder: str | Path, inputs: dict) -> tuple[str, str]:
     "`('fresh' | 'unfinished' | 'stale' | 'missing', reason)` of an artefact folder for these inputs."
     folder = Path(folder)
-    if not folder.exists(): return "missing", ""
+    if not folder.exists():
+        return "missing", ""
     m = read_manifest(folder)
     if m is not None and m.get("key") == artefact_key(inputs):
         return ("fresh", "") if m.get("complete") else ("unfinished", "interrupted before it finished")
-    return "stale", "made from other inputs: " + ", ".join(changed_inputs((m or {}).get("inputs") if m else None, inputs))
+    return "stale", "made from other inputs: " + ", ".join(
+        changed_inputs((m or {}).get("inputs") if m else None, inputs)
+    )
 
 # %% ../nbs/09_study.ipynb
 def reset_artefact(folder: str | Path, reason: str, what: str, log: Callable = print) -> None:
@@ -361,15 +557,24 @@ def reset_artefact(folder: str | Path, reason: str, what: str, log: Callable = p
     shutil.rmtree(folder)
 
 # %% ../nbs/09_study.ipynb
-STAGES = [("prepare", "01_prepare.ipynb"), ("gan", "02_train_gan.ipynb"), ("generate", "03_generate.ipynb"),
-          ("segment", "04_segmentation.ipynb"), ("quality", "05_quality.ipynb"), ("report", "06_report.ipynb")]
+STAGES = [
+    ("prepare", "01_prepare.ipynb"),
+    ("gan", "02_train_gan.ipynb"),
+    ("generate", "03_generate.ipynb"),
+    ("segment", "04_segmentation.ipynb"),
+    ("quality", "05_quality.ipynb"),
+    ("report", "06_report.ipynb"),
+]
+
 
 def stage_done(out_dir: str | Path, stage: str, cfg: StudyConfig | None = None) -> bool:
     "Whether `stage` finished in `out_dir` (marker present, same config hash, outputs exist)."
     marker = RunLayout(out_dir).stage_marker(stage)
-    if not marker.exists(): return False
+    if not marker.exists():
+        return False
     m = load_json(marker)
-    if cfg is not None and m.get("config_hash") != config_hash(cfg): return False
+    if cfg is not None and m.get("config_hash") != config_hash(cfg):
+        return False
     return all((Path(out_dir) / p).exists() for p in m.get("outputs", []))
 
 # %% ../nbs/09_study.ipynb
@@ -377,8 +582,16 @@ def mark_done(out_dir: str | Path, stage: str, cfg: StudyConfig, outputs: Sequen
     "Write the done marker of `stage` (outputs relative to `out_dir`)."
     out_dir = Path(out_dir)
     rel = [str(Path(p).relative_to(out_dir)) if Path(p).is_absolute() else str(p) for p in outputs]
-    return save_json(dict(stage=stage, config_hash=config_hash(cfg), outputs=rel, seconds=round(seconds, 1),
-                          finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), RunLayout(out_dir).stage_marker(stage))
+    return save_json(
+        dict(
+            stage=stage,
+            config_hash=config_hash(cfg),
+            outputs=rel,
+            seconds=round(seconds, 1),
+            finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        ),
+        RunLayout(out_dir).stage_marker(stage),
+    )
 
 # %% ../nbs/09_study.ipynb
 def dataset_name(dataset: str) -> str:
@@ -393,16 +606,21 @@ def study_run_dir(cfg: StudyConfig, out_dir: str | Path | None = None) -> Path:
 # %% ../nbs/09_study.ipynb
 def resolve_dataset(cfg: StudyConfig) -> Path:
     "The canonical folder of `cfg.dataset` (preparing the bundled default dataset when needed)."
-    if cfg.dataset == "default": return Path(default_dataset(res=cfg.resolution))
+    if cfg.dataset == "default":
+        return Path(default_dataset(res=cfg.resolution))
     p = Path(cfg.dataset)
-    check((p / "dataset.json").exists(), f"{p}: not a canonical dataset (no dataset.json); convert raw data with `medsyn prepare` first")
+    check(
+        (p / "dataset.json").exists(),
+        f"{p}: not a canonical dataset (no dataset.json); convert raw data with `medsyn prepare` first",
+    )
     return p
 
 # %% ../nbs/09_study.ipynb
 def load_real(cfg: StudyConfig, data_dir: str | Path | None = None):
     "The real dataset of the study (its first `max_subjects` subjects when set)."
     ds = load_canonical(data_dir or resolve_dataset(cfg))
-    if cfg.max_subjects: ds = ds.subset(sorted(ds.subjects)[:cfg.max_subjects])
+    if cfg.max_subjects:
+        ds = ds.subset(sorted(ds.subjects)[: cfg.max_subjects])
     return ds
 
 # %% ../nbs/09_study.ipynb
@@ -414,47 +632,76 @@ def study_splits(cfg: StudyConfig, real) -> list[dict]:
         for fraction in sorted(cfg.fractions):
             tr, va, te = fold_subjects(real.subjects, fold, cfg.folds, fraction, cfg.split_seed, val_fraction)
             check_disjoint(tr, va, te, f"fold {fold}, fraction {fraction:g}")
-            out.append(dict(fold=fold, fraction=float(fraction), train=tr, val=va, test=te,
-                            n_train_slices=len(real.subset(tr).for_training())))
+            out.append(
+                dict(
+                    fold=fold,
+                    fraction=float(fraction),
+                    train=tr,
+                    val=va,
+                    test=te,
+                    n_train_slices=len(real.subset(tr).for_training()),
+                )
+            )
     return out
 
 # %% ../nbs/09_study.ipynb
 def _subjects_needed(cfg: StudyConfig, val_fraction: float, limit: int = 1000) -> int:
     """The fewest subjects for which every (fold, fraction) has training, validation and test subjects, and the full
     training set of every fold at least 2 (the two real halves of the quality reference, `reference_halves`)."""
+
     def enough(n):
         ids = [f"s{i:04d}" for i in range(n)]
-        try: splits = [(fr, *fold_subjects(ids, f, cfg.folds, fr, cfg.split_seed, val_fraction)) for f in range(cfg.folds) for fr in cfg.fractions]
-        except MedsynError: return False
+        try:
+            splits = [
+                (fr, *fold_subjects(ids, f, cfg.folds, fr, cfg.split_seed, val_fraction))
+                for f in range(cfg.folds)
+                for fr in cfg.fractions
+            ]
+        except MedsynError:
+            return False
         return all(len(tr) >= (2 if fr == 1.0 else 1) and va and te for fr, tr, va, te in splits)
+
     return next((n for n in range(cfg.folds, limit) if enough(n)), limit)
 
 # %% ../nbs/09_study.ipynb
 def check_study_dataset(cfg: StudyConfig, log: Callable = print) -> StudyConfig:
     """Check a user's dataset against `cfg` before any stage runs: enough subjects (the message says how many and what to change),
     the profile's resolution; returns `cfg` with the fractions that give identical subject sets merged into the larger one."""
-    if cfg.dataset == "default": return cfg
+    if cfg.dataset == "default":
+        return cfg
     real, name = load_real(cfg), dataset_name(cfg.dataset)
     val_fraction = seg_config(cfg.seg_preset, **cfg.seg_overrides).val_fraction
     n, need = len(real.subjects), _subjects_needed(cfg, val_fraction)
     capped = f" (max_subjects = {cfg.max_subjects} of profile {cfg.profile})" if cfg.max_subjects else ""
-    check(n >= need, f"{cfg.dataset}: {n} subjects{capped} are too few for profile {cfg.profile}: {cfg.folds} folds, fractions "
-                     f"{', '.join(f'{f:g}' for f in sorted(cfg.fractions))}, a validation share of {val_fraction:g} and two real halves for the "
-                     f"quality reference need at least {need} subjects; prepare more subjects, or lower --folds"
-                     + (", or drop the small fractions (--set fractions=[1.0])" if len(cfg.fractions) > 1 else "")
-                     + (", or raise --set max_subjects" if cfg.max_subjects and cfg.max_subjects < need else ""))
+    check(
+        n >= need,
+        f"{cfg.dataset}: {n} subjects{capped} are too few for profile {cfg.profile}: {cfg.folds} folds, fractions "
+        f"{', '.join(f'{f:g}' for f in sorted(cfg.fractions))}, a validation share of {val_fraction:g} and two real halves for the "
+        f"quality reference need at least {need} subjects; prepare more subjects, or lower --folds"
+        + (", or drop the small fractions (--set fractions=[1.0])" if len(cfg.fractions) > 1 else "")
+        + (", or raise --set max_subjects" if cfg.max_subjects and cfg.max_subjects < need else ""),
+    )
     res = tuple(real.resolution)
-    check(res == (cfg.resolution, cfg.resolution),
-          f"{cfg.dataset}: prepared at {res[0]}x{res[1]} but profile {cfg.profile} trains at {cfg.resolution}x{cfg.resolution}; prepare it again "
-          f"with `medsyn prepare SRC --out DIR --res {cfg.resolution}`, or pass --resolution {res[0]} to run at the dataset's resolution "
-          f"(every model {(res[0] / cfg.resolution) ** 2:g}x the profile's size)")
-    sets = {f: [fold_subjects(real.subjects, k, cfg.folds, f, cfg.split_seed, val_fraction)[:2] for k in range(cfg.folds)] for f in cfg.fractions}
+    check(
+        res == (cfg.resolution, cfg.resolution),
+        f"{cfg.dataset}: prepared at {res[0]}x{res[1]} but profile {cfg.profile} trains at {cfg.resolution}x{cfg.resolution}; prepare it again "
+        f"with `medsyn prepare SRC --out DIR --res {cfg.resolution}`, or pass --resolution {res[0]} to run at the dataset's resolution "
+        f"(every model {(res[0] / cfg.resolution) ** 2:g}x the profile's size)",
+    )
+    sets = {
+        f: [fold_subjects(real.subjects, k, cfg.folds, f, cfg.split_seed, val_fraction)[:2] for k in range(cfg.folds)]
+        for f in cfg.fractions
+    }
     keep = []
     for f in sorted(cfg.fractions, reverse=True):
         same = next((g for g in keep if sets[g] == sets[f]), None)
-        if same is None: keep.append(f)
-        else: log(f"[{name}] fraction {f:g} selects the same training and validation subjects as {same:g} in every fold "
-                  f"({n} subjects): computed once, as {same:g}")
+        if same is None:
+            keep.append(f)
+        else:
+            log(
+                f"[{name}] fraction {f:g} selects the same training and validation subjects as {same:g} in every fold "
+                f"({n} subjects): computed once, as {same:g}"
+            )
     return cfg if len(keep) == len(cfg.fractions) else StudyConfig(**{**asdict(cfg), "fractions": tuple(sorted(keep))})
 
 # %% ../nbs/09_study.ipynb
@@ -465,26 +712,55 @@ def split_of(splits: list[dict], fold: int, fraction: float) -> dict:
 # %% ../nbs/09_study.ipynb
 def folds_table(splits: list[dict]) -> pd.DataFrame:
     "`tables/folds.csv`: per fold and fraction the train / validation / test subjects (space-separated ids) and counts."
-    return pd.DataFrame([dict(fold=s["fold"], fraction=s["fraction"], n_train=len(s["train"]), n_val=len(s["val"]), n_test=len(s["test"]),
-                              n_train_slices=s["n_train_slices"], train_subjects=" ".join(s["train"]),
-                              val_subjects=" ".join(s["val"]), test_subjects=" ".join(s["test"])) for s in splits])
+    return pd.DataFrame(
+        [
+            dict(
+                fold=s["fold"],
+                fraction=s["fraction"],
+                n_train=len(s["train"]),
+                n_val=len(s["val"]),
+                n_test=len(s["test"]),
+                n_train_slices=s["n_train_slices"],
+                train_subjects=" ".join(s["train"]),
+                val_subjects=" ".join(s["val"]),
+                test_subjects=" ".join(s["test"]),
+            )
+            for s in splits
+        ]
+    )
 
 # %% ../nbs/09_study.ipynb
-def write_real_subset(real, subjects: Sequence[str], out_dir: str | Path, fingerprint: str, log: Callable = print) -> Path:
+def write_real_subset(
+    real, subjects: Sequence[str], out_dir: str | Path, fingerprint: str, log: Callable = print
+) -> Path:
     "The training view of `subjects` as a canonical dataset (what the quality metrics compare with), reused while its inputs match."
     out_dir, inputs = Path(out_dir), dict(kind="real_subset", dataset=fingerprint, subjects=sorted(subjects))
     state, why = artefact_state(out_dir, inputs)
-    if state == "fresh": return out_dir
-    if state != "missing": reset_artefact(out_dir, why, "prepare", log)
+    if state == "fresh":
+        return out_dir
+    if state != "missing":
+        reset_artefact(out_dir, why, "prepare", log)
     sub = real.subset(list(subjects)).for_training()
     index = sub.index.reset_index(drop=True)
+
     def samples():
         for i in range(len(sub)):
             s = sub[i]
-            yield dict(image=np.asarray(s["image"], dtype=np.float32), mask=np.asarray(s["mask"]).astype(np.int64),
-                       subject=str(s["subject"]), slice=int(index.loc[i, "slice"]))
-    write_canonical(out_dir, samples(), name=f"{real.meta.get('name', 'dataset')}-subset", modalities=list(real.modalities),
-                    labels={int(k): v for k, v in real.labels.items()}, provenance=f"training view of subjects {sorted(subjects)} of {real.meta.get('name')}")
+            yield dict(
+                image=np.asarray(s["image"], dtype=np.float32),
+                mask=np.asarray(s["mask"]).astype(np.int64),
+                subject=str(s["subject"]),
+                slice=int(index.loc[i, "slice"]),
+            )
+
+    write_canonical(
+        out_dir,
+        samples(),
+        name=f"{real.meta.get('name', 'dataset')}-subset",
+        modalities=list(real.modalities),
+        labels={int(k): v for k, v in real.labels.items()},
+        provenance=f"training view of subjects {sorted(subjects)} of {real.meta.get('name')}",
+    )
     write_manifest(out_dir, inputs, complete=True)
     return out_dir
 
@@ -497,19 +773,41 @@ def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     splits = study_splits(cfg, real)
     fingerprint = dataset_hash(data_dir)
     fg = real.index["fg_fraction"] if "fg_fraction" in real.index else pd.Series(np.nan, index=real.index.index)
-    info = dict(data_dir=str(data_dir), dataset_sha256=fingerprint, name=real.meta.get("name", dataset_name(cfg.dataset)),
-                modalities=list(real.modalities), labels={int(k): v for k, v in real.labels.items()},
-                resolution=list(real[0]["image"].shape[1:]), n_subjects=len(real.subjects), n_slices=len(real),
-                subjects=list(real.subjects), splits=splits)
+    info = dict(
+        data_dir=str(data_dir),
+        dataset_sha256=fingerprint,
+        name=real.meta.get("name", dataset_name(cfg.dataset)),
+        modalities=list(real.modalities),
+        labels={int(k): v for k, v in real.labels.items()},
+        resolution=list(real[0]["image"].shape[1:]),
+        n_subjects=len(real.subjects),
+        n_slices=len(real),
+        subjects=list(real.subjects),
+        splits=splits,
+    )
     save_json(info, lay.prepare_json)
-    subsets = [write_real_subset(real, s["train"], lay.real_subset(s["fold"], s["fraction"]), fingerprint, log) for s in splits]
-    ds_table = pd.DataFrame([dict(dataset=info["name"], subjects=info["n_subjects"], slices=info["n_slices"],
-                                  modalities=", ".join(info["modalities"]), labels=", ".join(f"{k}:{v}" for k, v in info["labels"].items()),
-                                  resolution="x".join(map(str, info["resolution"])), mean_fg_fraction=float(np.nanmean(fg)) if len(fg) else np.nan)])
+    subsets = [
+        write_real_subset(real, s["train"], lay.real_subset(s["fold"], s["fraction"]), fingerprint, log) for s in splits
+    ]
+    ds_table = pd.DataFrame(
+        [
+            dict(
+                dataset=info["name"],
+                subjects=info["n_subjects"],
+                slices=info["n_slices"],
+                modalities=", ".join(info["modalities"]),
+                labels=", ".join(f"{k}:{v}" for k, v in info["labels"].items()),
+                resolution="x".join(map(str, info["resolution"])),
+                mean_fg_fraction=float(np.nanmean(fg)) if len(fg) else np.nan,
+            )
+        ]
+    )
     outputs = [lay.prepare_json] + [s / MANIFEST for s in subsets] + write_table(ds_table, lay.table("dataset"))
     outputs += write_table(folds_table(splits), lay.table("folds"))
     outputs += save_study_figure(_overview_figure(real), lay.figure("dataset_overview"))
-    log(f"prepare: {info['name']} with {info['n_subjects']} subjects / {info['n_slices']} slices from {data_dir} ({time.time() - t0:.0f} s)")
+    log(
+        f"prepare: {info['name']} with {info['n_subjects']} subjects / {info['n_slices']} slices from {data_dir} ({time.time() - t0:.0f} s)"
+    )
     mark_done(lay.root, "prepare", cfg, outputs, time.time() - t0)
     return outputs
 
@@ -524,14 +822,18 @@ def gan_checkpoint(run_dir: str | Path) -> Path:
     "The checkpoint a GAN run is used through: `network-best.pt`, else `network-last.pt`."
     run_dir = Path(run_dir)
     for name in ("network-best.pt", "network-last.pt"):
-        if (run_dir / name).exists(): return run_dir / name
-    raise MedsynError(f"{run_dir}: no network-best.pt or network-last.pt; (re)run the GAN stage or `medsyn train --outdir {run_dir}`")
+        if (run_dir / name).exists():
+            return run_dir / name
+    raise MedsynError(
+        f"{run_dir}: no network-best.pt or network-last.pt; (re)run the GAN stage or `medsyn train --outdir {run_dir}`"
+    )
 
 # %% ../nbs/09_study.ipynb
 def gan_overrides_for(cfg: StudyConfig, gan: str) -> dict:
     "The GANConfig/TrainConfig overrides of the `gan` kind's runs: the shared entries of `cfg.gan_overrides`, then its `gan` entry."
     shared = {k: v for k, v in cfg.gan_overrides.items() if k not in GAN_KINDS}
     return {**shared, **cfg.gan_overrides.get(gan, {})}
+
 
 def study_gan_kwargs(cfg: StudyConfig, gan: str) -> dict:
     "The `train_gan` settings every study GAN of kind `gan` trains with (the study's GAN runs and `medsyn bench quality`)."
@@ -540,9 +842,19 @@ def study_gan_kwargs(cfg: StudyConfig, gan: str) -> dict:
 # %% ../nbs/09_study.ipynb
 def gan_inputs(cfg: StudyConfig, gan: str, split: dict, fingerprint: str) -> dict:
     "What a GAN run depends on (its manifest's inputs)."
-    return dict(kind="gan", gan=gan, dataset=fingerprint, subjects=list(split["train"]), selection_subjects=list(split["val"]),
-                preset=cfg.gan_preset, kimg=cfg.gan_kimg[gan], time_budget=cfg.gan_time_budget, trunc=cfg.trunc,
-                overrides=gan_overrides_for(cfg, gan), seed=cfg.split_seed + split["fold"])
+    return dict(
+        kind="gan",
+        gan=gan,
+        dataset=fingerprint,
+        subjects=list(split["train"]),
+        selection_subjects=list(split["val"]),
+        preset=cfg.gan_preset,
+        kimg=cfg.gan_kimg[gan],
+        time_budget=cfg.gan_time_budget,
+        trunc=cfg.trunc,
+        overrides=gan_overrides_for(cfg, gan),
+        seed=cfg.split_seed + split["fold"],
+    )
 
 # %% ../nbs/09_study.ipynb
 def gan_run_row(job, run_dir: Path, seconds: float) -> dict:
@@ -550,29 +862,51 @@ def gan_run_row(job, run_dir: Path, seconds: float) -> dict:
     ckpt = gan_checkpoint(run_dir)
     last, used = load_checkpoint(run_dir / "network-last.pt"), load_checkpoint(ckpt)
     m = read_manifest(run_dir)
-    return dict(gan=job.gan, fold=job.fold, fraction=job.fraction, subjects=" ".join(m["inputs"]["subjects"]),
-                kimg_reached=round(float(last["kimg"]), 3), snapshot_kimg=round(float(used["kimg"]), 3),
-                seconds=round(seconds, 1), checkpoint=ckpt.name)
+    return dict(
+        gan=job.gan,
+        fold=job.fold,
+        fraction=job.fraction,
+        subjects=" ".join(m["inputs"]["subjects"]),
+        kimg_reached=round(float(last["kimg"]), 3),
+        snapshot_kimg=round(float(used["kimg"]), 3),
+        seconds=round(seconds, 1),
+        checkpoint=ckpt.name,
+    )
 
 # %% ../nbs/09_study.ipynb
-def train_study_gan(cfg: StudyConfig, job, split: dict, data_dir: Path, fingerprint: str, lay: RunLayout, log: Callable = print) -> dict:
+def train_study_gan(
+    cfg: StudyConfig, job, split: dict, data_dir: Path, fingerprint: str, lay: RunLayout, log: Callable = print
+) -> dict:
     "Train (or reuse, or resume) the GAN of one job on its cell's training subjects; returns its `gan_training` row."
     run_dir, inputs = lay.gan_run(job.gan, job.fold, job.fraction), gan_inputs(cfg, job.gan, split, fingerprint)
     state, why = artefact_state(run_dir, inputs)
     if state == "fresh":
         log(f"gan: {run_dir.name} reused (inputs unchanged)")
         return gan_run_row(job, run_dir, read_manifest(run_dir).get("seconds", float("nan")))
-    if state == "stale": reset_artefact(run_dir, why, "gan", log)
+    if state == "stale":
+        reset_artefact(run_dir, why, "gan", log)
     check_disjoint(split["train"], split["val"], split["test"], f"GAN {run_dir.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(run_dir, inputs, complete=False)
-    log(f"gan: {'resuming' if state == 'unfinished' else 'training'} {run_dir.name} on {len(split['train'])} subjects "
-        f"({cfg.gan_kimg[job.gan]:g} kimg, preset {cfg.gan_preset}, budget {cfg.gan_time_budget} s)")
+    log(
+        f"gan: {'resuming' if state == 'unfinished' else 'training'} {run_dir.name} on {len(split['train'])} subjects "
+        f"({cfg.gan_kimg[job.gan]:g} kimg, preset {cfg.gan_preset}, budget {cfg.gan_time_budget} s)"
+    )
     t0 = time.time()
     check_disjoint(split["val"], [], split["test"], f"snapshot selection of GAN {run_dir.name}")
-    train_gan(data_dir, run_dir, kind=job.gan, kimg=cfg.gan_kimg[job.gan], preset=cfg.gan_preset, resume=True,
-              time_budget=cfg.gan_time_budget, seed=inputs["seed"], subjects=split["train"], selection_subjects=split["val"],
-              **study_gan_kwargs(cfg, job.gan))
+    train_gan(
+        data_dir,
+        run_dir,
+        kind=job.gan,
+        kimg=cfg.gan_kimg[job.gan],
+        preset=cfg.gan_preset,
+        resume=True,
+        time_budget=cfg.gan_time_budget,
+        seed=inputs["seed"],
+        subjects=split["train"],
+        selection_subjects=split["val"],
+        **study_gan_kwargs(cfg, job.gan),
+    )
     seconds = time.time() - t0
     write_manifest(run_dir, inputs, complete=True, seconds=round(seconds, 1))
     return gan_run_row(job, run_dir, seconds)
@@ -583,18 +917,27 @@ def gan_snapshots(cfg: StudyConfig, lay: RunLayout) -> pd.DataFrame:
     frames = []
     for job in gan_jobs(cfg).itertuples():
         st = lay.gan_run(job.gan, job.fold, job.fraction) / "stats.csv"
-        if not st.exists(): continue
+        if not st.exists():
+            continue
         d = pd.read_csv(st)
-        if "metric" not in d: continue
+        if "metric" not in d:
+            continue
         d = d[d.metric.notna()]
-        keep = [c for c in ("kimg", "metric_name", "metric", "fid", "intensity_w1", "area_w1", "missing_labels") if c in d]
+        keep = [
+            c for c in ("kimg", "metric_name", "metric", "fid", "intensity_w1", "area_w1", "missing_labels") if c in d
+        ]
         frames.append(d[keep].assign(gan=job.gan, fold=job.fold, fraction=job.fraction))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["gan", "fold", "fraction", "kimg", "metric"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["gan", "fold", "fraction", "kimg", "metric"])
+    )
 
 # %% ../nbs/09_study.ipynb
 def plot_gan_snapshots(snaps: pd.DataFrame):
     "Selection metric (lower is better) vs kimg for every GAN run; the chosen snapshot is the minimum of each curve."
     import matplotlib.pyplot as plt, seaborn as sns
+
     d = snaps.assign(run=[f"{g} fold {f} frac {x:g}" for g, f, x in zip(snaps.gan, snaps.fold, snaps.fraction)])
     fig, ax = plt.subplots(figsize=(5, 3.4))
     sns.lineplot(d, x="kimg", y="metric", hue="run", marker="o", ax=ax)
@@ -610,13 +953,20 @@ def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> l
     t0, lay = time.time(), RunLayout(out_dir)
     info = load_json(lay.prepare_json)
     data_dir = Path(info["data_dir"])
-    rows = [train_study_gan(cfg, job, split_of(info["splits"], job.fold, job.fraction), data_dir, info["dataset_sha256"], lay, log)
-            for job in gan_jobs(cfg).itertuples()]
-    table = pd.DataFrame(rows, columns=["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds", "checkpoint"])
+    rows = [
+        train_study_gan(
+            cfg, job, split_of(info["splits"], job.fold, job.fraction), data_dir, info["dataset_sha256"], lay, log
+        )
+        for job in gan_jobs(cfg).itertuples()
+    ]
+    table = pd.DataFrame(
+        rows, columns=["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds", "checkpoint"]
+    )
     outputs = write_table(table, lay.table("gan_training"))
     snaps = gan_snapshots(cfg, lay)
     outputs += write_table(snaps, lay.table("gan_snapshots"))
-    if len(snaps): outputs += save_study_figure(plot_gan_snapshots(snaps), lay.figure("gan_quality_vs_kimg"))
+    if len(snaps):
+        outputs += save_study_figure(plot_gan_snapshots(snaps), lay.figure("gan_quality_vs_kimg"))
     outputs += [lay.gan_run(j.gan, j.fold, j.fraction) / MANIFEST for j in gan_jobs(cfg).itertuples()]
     log(f"gan: {len(rows)} runs in {time.time() - t0:.0f} s")
     mark_done(lay.root, "gan", cfg, outputs, time.time() - t0)
@@ -632,9 +982,12 @@ def synthetic_needs(cfg: StudyConfig, splits: list[dict]) -> dict[tuple, int]:
     "How many pairs each synthetic set `(variant, fold, fraction)` must hold (the largest N among the cells that use it)."
     need = {}
     for c in experiment_grid(cfg).query("factor > 0").itertuples():
-        if c.variant not in VARIANT_GANS: continue
+        if c.variant not in VARIANT_GANS:
+            continue
         key = (c.variant, c.fold, c.fraction)
-        need[key] = max(need.get(key, 0), n_synthetic_for(c.factor, split_of(splits, c.fold, c.fraction)["n_train_slices"]))
+        need[key] = max(
+            need.get(key, 0), n_synthetic_for(c.factor, split_of(splits, c.fold, c.fraction)["n_train_slices"])
+        )
     return need
 
 # %% ../nbs/09_study.ipynb
@@ -643,10 +996,15 @@ def mask_source(cfg: StudyConfig, fold: int, fraction: float, lay: RunLayout) ->
     from the dataset itself), its manifest key, and the warp (seed and `warp_masks` settings)."""
     src = lay.real_subset(fold, fraction)
     m = read_manifest(src)
-    check(m is not None and m.get("complete"), f"{src}: the real training subset the warped masks come from is missing or "
-                                               "unfinished; rerun the prepare stage")
-    return dict(key=m["key"], subjects=sorted(load_canonical(src).subjects),
-                warp=dict(seed=cfg.mask_warp_seed + fold, **warp_settings(cfg.mask_warp)))
+    check(
+        m is not None and m.get("complete"),
+        f"{src}: the real training subset the warped masks come from is missing or unfinished; rerun the prepare stage",
+    )
+    return dict(
+        key=m["key"],
+        subjects=sorted(load_canonical(src).subjects),
+        warp=dict(seed=cfg.mask_warp_seed + fold, **warp_settings(cfg.mask_warp)),
+    )
 
 # %% ../nbs/09_study.ipynb
 def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout) -> dict:
@@ -656,33 +1014,74 @@ def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float,
     ckpts = {g: gan_checkpoint(lay.gan_run(g, fold, fraction)) for g in VARIANT_GANS[variant]}
     subjects = {s for g in ckpts for s in read_manifest(lay.gan_run(g, fold, fraction))["inputs"]["subjects"]}
     masks = mask_source(cfg, fold, fraction, lay) if variant in WARPED_VARIANTS else None
-    if masks is not None: subjects |= set(masks["subjects"])
-    return dict(kind="synthetic", variant=variant, n=n, trunc=cfg.trunc, seed=cfg.split_seed + fold,
-                checkpoints={g: file_sha256(p) for g, p in ckpts.items()}, gan_subjects=sorted(subjects),
-                **({} if masks is None else dict(masks=masks)))
+    if masks is not None:
+        subjects |= set(masks["subjects"])
+    return dict(
+        kind="synthetic",
+        variant=variant,
+        n=n,
+        trunc=cfg.trunc,
+        seed=cfg.split_seed + fold,
+        checkpoints={g: file_sha256(p) for g, p in ckpts.items()},
+        gan_subjects=sorted(subjects),
+        **({} if masks is None else dict(masks=masks)),
+    )
 
 # %% ../nbs/09_study.ipynb
-def sample_variant(variant: str, ckpts: dict, out: Path, n: int, trunc: float, seed: int, mask_dir: Path | None = None,
-                   warp: dict | None = None, overwrite: bool = False) -> Path:
+def sample_variant(
+    variant: str,
+    ckpts: dict,
+    out: Path,
+    n: int,
+    trunc: float,
+    seed: int,
+    mask_dir: Path | None = None,
+    warp: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `n` pairs of a study variant from its GAN checkpoints `ckpts` ({kind: path}): 'joint' samples both, 'mask+cond'
     renders the mask GAN's masks, a warped variant renders the real masks of `mask_dir` deformed by `warp` ({seed, settings})."""
-    if variant == "joint": return generate_pairs(ckpts["joint"], out, n=n, trunc=trunc, seed=seed, overwrite=overwrite)
+    if variant == "joint":
+        return generate_pairs(ckpts["joint"], out, n=n, trunc=trunc, seed=seed, overwrite=overwrite)
     if variant in WARPED_VARIANTS:
         warp = dict(warp)
-        return generate_pairs(ckpts["cond"], out, n=n, trunc=trunc, seed=seed, masks_from=mask_dir, warp_seed=warp.pop("seed"),
-                              warp=warp, overwrite=overwrite)
+        return generate_pairs(
+            ckpts["cond"],
+            out,
+            n=n,
+            trunc=trunc,
+            seed=seed,
+            masks_from=mask_dir,
+            warp_seed=warp.pop("seed"),
+            warp=warp,
+            overwrite=overwrite,
+        )
     return generate_pairs(ckpts["cond"], out, n=n, trunc=trunc, seed=seed, mask_ckpt=ckpts["mask"], overwrite=overwrite)
 
 # %% ../nbs/09_study.ipynb
-def make_synthetic_set(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout, log: Callable = print) -> Path:
+def make_synthetic_set(
+    cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout, log: Callable = print
+) -> Path:
     "Sample (or reuse) the synthetic set of (variant, fold, fraction) with at least `n` pairs."
     d, inputs = lay.synthetic(variant, fold, fraction), synthetic_inputs(cfg, variant, fold, fraction, n, lay)
     state, why = artefact_state(d, inputs)
-    if state == "fresh": log(f"generate: {d.name} reused ({n} pairs)"); return d
-    if state != "missing": reset_artefact(d, why, "generate", log)
+    if state == "fresh":
+        log(f"generate: {d.name} reused ({n} pairs)")
+        return d
+    if state != "missing":
+        reset_artefact(d, why, "generate", log)
     log(f"generate: {n} pairs for {d.name}")
     ckpts = {g: gan_checkpoint(lay.gan_run(g, fold, fraction)) for g in VARIANT_GANS[variant]}
-    sample_variant(variant, ckpts, d, n, cfg.trunc, inputs["seed"], lay.real_subset(fold, fraction), inputs.get("masks", {}).get("warp"))
+    sample_variant(
+        variant,
+        ckpts,
+        d,
+        n,
+        cfg.trunc,
+        inputs["seed"],
+        lay.real_subset(fold, fraction),
+        inputs.get("masks", {}).get("warp"),
+    )
     write_manifest(d, inputs, complete=True)
     return d
 
@@ -691,61 +1090,131 @@ def stage_generate(cfg: StudyConfig, out_dir: str | Path, log: Callable = print)
     "Sample the synthetic sets and draw the sample grids (per variant, and real vs synthetic)."
     t0, lay = time.time(), RunLayout(out_dir)
     info = load_json(lay.prepare_json)
-    outputs = [make_synthetic_set(cfg, *key, n, lay, log) / MANIFEST for key, n in synthetic_needs(cfg, info["splits"]).items()]
+    outputs = [
+        make_synthetic_set(cfg, *key, n, lay, log) / MANIFEST for key, n in synthetic_needs(cfg, info["splits"]).items()
+    ]
     real = load_real(cfg, info["data_dir"])
     sets = {"real": real, **{v: load_canonical(lay.synthetic(v, 0, 1.0)) for v in cfg.variants}}
     for variant in cfg.variants:
-        outputs += save_study_figure(plot_pairs({f"{variant}": sets[variant]}, n=6, seed=1, modalities=real.modalities, labels=real.labels,
-                                          title=f"{variant}: synthetic pairs (fold 0)"), lay.figure(f"samples_{variant.replace('+', '_')}"))
-    outputs += save_study_figure(plot_pairs(sets, n=3, seed=2, modalities=real.modalities, labels=real.labels, title="real vs synthetic"),
-                           lay.figure("real_vs_synthetic"))
+        outputs += save_study_figure(
+            plot_pairs(
+                {f"{variant}": sets[variant]},
+                n=6,
+                seed=1,
+                modalities=real.modalities,
+                labels=real.labels,
+                title=f"{variant}: synthetic pairs (fold 0)",
+            ),
+            lay.figure(f"samples_{variant.replace('+', '_')}"),
+        )
+    outputs += save_study_figure(
+        plot_pairs(sets, n=3, seed=2, modalities=real.modalities, labels=real.labels, title="real vs synthetic"),
+        lay.figure("real_vs_synthetic"),
+    )
     mark_done(lay.root, "generate", cfg, outputs, time.time() - t0)
     return outputs
 
 # %% ../nbs/09_study.ipynb
-def cell_inputs(cell, cfg: StudyConfig, split: dict, fingerprint: str, scfg, n_syn: int, synthetic: Path | None) -> dict:
+def cell_inputs(
+    cell, cfg: StudyConfig, split: dict, fingerprint: str, scfg, n_syn: int, synthetic: Path | None
+) -> dict:
     "What one U-Net cell depends on (its manifest's inputs)."
     syn = read_manifest(synthetic) if synthetic is not None else None
-    return dict(kind="cell", dataset=fingerprint, train=list(split["train"]), val=list(split["val"]), test=list(split["test"]),
-                variant=cell.variant, factor=float(cell.factor), n_synthetic=n_syn, synthetic=None if syn is None else syn["key"],
-                seg_config=asdict(scfg))
+    return dict(
+        kind="cell",
+        dataset=fingerprint,
+        train=list(split["train"]),
+        val=list(split["val"]),
+        test=list(split["test"]),
+        variant=cell.variant,
+        factor=float(cell.factor),
+        n_synthetic=n_syn,
+        synthetic=None if syn is None else syn["key"],
+        seg_config=asdict(scfg),
+    )
 
 # %% ../nbs/09_study.ipynb
-def run_cell(cell, cfg: StudyConfig, real, splits: list[dict], out_dir: str | Path, log: Callable = print,
-             fingerprint: str | None = None) -> pd.DataFrame:
+def run_cell(
+    cell,
+    cfg: StudyConfig,
+    real,
+    splits: list[dict],
+    out_dir: str | Path,
+    log: Callable = print,
+    fingerprint: str | None = None,
+) -> pd.DataFrame:
     "Train/evaluate the U-Net of one grid cell (cached in `cells/<cell>/` under its manifest); per-subject, per-class rows."
     lay = RunLayout(out_dir)
     cdir = lay.cell(cell.cell)
     split = split_of(splits, cell.fold, cell.fraction)
     n_syn = n_synthetic_for(cell.factor, split["n_train_slices"])
     syn_dir = lay.synthetic(cell.variant, cell.fold, cell.fraction) if n_syn and cell.variant in VARIANT_GANS else None
-    scfg = seg_config(cfg.seg_preset, **{**cfg.seg_overrides, "seed": int(cell.seed),
-                                         **({"augment": False} if cell.variant == CONTROLS["noaug"] else {})})
+    scfg = seg_config(
+        cfg.seg_preset,
+        **{
+            **cfg.seg_overrides,
+            "seed": int(cell.seed),
+            **({"augment": False} if cell.variant == CONTROLS["noaug"] else {}),
+        },
+    )
     inputs = cell_inputs(cell, cfg, split, fingerprint or dataset_hash(real.root), scfg, n_syn, syn_dir)
     state, why = artefact_state(cdir, inputs)
-    if state == "fresh": return pd.read_csv(cdir / "per_class.csv")
-    if state != "missing": reset_artefact(cdir, why, "segment", log)
+    if state == "fresh":
+        return pd.read_csv(cdir / "per_class.csv")
+    if state != "missing":
+        reset_artefact(cdir, why, "segment", log)
     if syn_dir is not None:
-        check_disjoint(read_manifest(syn_dir)["inputs"]["gan_subjects"], split["val"], split["test"], f"synthetic pairs of cell {cell.cell}")
+        check_disjoint(
+            read_manifest(syn_dir)["inputs"]["gan_subjects"],
+            split["val"],
+            split["test"],
+            f"synthetic pairs of cell {cell.cell}",
+        )
     t0 = time.time()
     if cell.variant == CONTROLS["lookup"]:
         return _lookup_cell(cell, real, split, cdir, inputs, log)
-    extra = [syn_dir] if syn_dir else ([oversample(real.subset(split["train"]).for_training(), n_syn, seed=int(cell.seed))]
-                                       if cell.variant == CONTROLS["oversampled"] else [])
+    extra = (
+        [syn_dir]
+        if syn_dir
+        else (
+            [oversample(real.subset(split["train"]).for_training(), n_syn, seed=int(cell.seed))]
+            if cell.variant == CONTROLS["oversampled"]
+            else []
+        )
+    )
     res = segment_experiment(real, split["train"], split["val"], split["test"], extra, n_syn, scfg)
     run = res["run"]
-    meta = dict(fraction=cell.fraction, variant=cell.variant, factor=cell.factor, n_synthetic=n_syn, n_real=res["n_real"],
-                fold=cell.fold, seed=int(cell.seed))
+    meta = dict(
+        fraction=cell.fraction,
+        variant=cell.variant,
+        factor=cell.factor,
+        n_synthetic=n_syn,
+        n_real=res["n_real"],
+        fold=cell.fold,
+        seed=int(cell.seed),
+    )
     per_class = res["per_class"].assign(**meta)
     cdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cdir / "per_class.csv", per_class.to_csv(index=False))
     atomic_write_text(cdir / "history.csv", run.history.to_csv(index=False))
     save_unet(run, cdir / "unet.pt", **meta)
-    write_manifest(cdir, inputs, complete=True, cell=cell.cell, mean_dice=float(res["per_subject"].dice.mean()),
-                   best_epoch=run.best_epoch, epochs=len(run.history), n_train_samples=run.n_train_samples, steps=run.steps,
-                   steps_per_epoch=int(run.steps // max(1, len(run.history))), seconds=round(time.time() - t0, 1))
-    log(f"segment: {cell.cell}: N={n_syn} (+{res['n_real']} real) dice {res['per_subject'].dice.mean():.3f} "
-        f"in {time.time() - t0:.0f} s ({len(run.history)} epochs, best {run.best_epoch})")
+    write_manifest(
+        cdir,
+        inputs,
+        complete=True,
+        cell=cell.cell,
+        mean_dice=float(res["per_subject"].dice.mean()),
+        best_epoch=run.best_epoch,
+        epochs=len(run.history),
+        n_train_samples=run.n_train_samples,
+        steps=run.steps,
+        steps_per_epoch=int(run.steps // max(1, len(run.history))),
+        seconds=round(time.time() - t0, 1),
+    )
+    log(
+        f"segment: {cell.cell}: N={n_syn} (+{res['n_real']} real) dice {res['per_subject'].dice.mean():.3f} "
+        f"in {time.time() - t0:.0f} s ({len(run.history)} epochs, best {run.best_epoch})"
+    )
     return per_class
 
 # %% ../nbs/09_study.ipynb
@@ -753,8 +1222,14 @@ def _lookup_cell(cell, real, split: dict, cdir: Path, inputs: dict, log: Callabl
     "The intensity-lookup control of one (fold, fraction): fitted on the cell's training subjects, scored like a U-Net."
     t0 = time.time()
     per_class = lookup_baseline(real, split["train"], split["test"]).assign(
-        fraction=cell.fraction, variant=cell.variant, factor=cell.factor, n_synthetic=0,
-        n_real=len(real.subset(split["train"]).for_training()), fold=cell.fold, seed=int(cell.seed))
+        fraction=cell.fraction,
+        variant=cell.variant,
+        factor=cell.factor,
+        n_synthetic=0,
+        n_real=len(real.subset(split["train"]).for_training()),
+        fold=cell.fold,
+        seed=int(cell.seed),
+    )
     cdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cdir / "per_class.csv", per_class.to_csv(index=False))
     mean_dice = float(subject_summary(per_class).dice.mean())
@@ -765,16 +1240,24 @@ def _lookup_cell(cell, real, split: dict, cdir: Path, inputs: dict, log: Callabl
 # %% ../nbs/09_study.ipynb
 def learning_curves(grid: pd.DataFrame, lay: RunLayout) -> pd.DataFrame:
     "Every U-Net cell's per-epoch loss and validation Dice (`tables/learning_curves.csv`)."
-    frames = [pd.read_csv(lay.cell(c.cell) / "history.csv").assign(cell=c.cell, variant=c.variant, factor=c.factor, fold=c.fold, seed=c.seed)
-              for c in grid.itertuples() if (lay.cell(c.cell) / "history.csv").exists()]
+    frames = [
+        pd.read_csv(lay.cell(c.cell) / "history.csv").assign(
+            cell=c.cell, variant=c.variant, factor=c.factor, fold=c.fold, seed=c.seed
+        )
+        for c in grid.itertuples()
+        if (lay.cell(c.cell) / "history.csv").exists()
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 # %% ../nbs/09_study.ipynb
 def dice_table(per_class: pd.DataFrame) -> pd.DataFrame:
     "Per-subject Dice/HD95 (mm; mean over the foreground classes present in ground truth or prediction) of every cell: the study's `dice.csv`."
     keys = ["fraction", "variant", "factor", "n_synthetic", "n_real", "fold", "seed", "subject"]
-    return (per_class.groupby(keys, sort=True).agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"),
-                                                   classes_absent=("absent", "sum")).reset_index())
+    return (
+        per_class.groupby(keys, sort=True)
+        .agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"), classes_absent=("absent", "sum"))
+        .reset_index()
+    )
 
 # %% ../nbs/09_study.ipynb
 def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
@@ -784,22 +1267,32 @@ def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     real = load_real(cfg, info["data_dir"])
     grid = experiment_grid(cfg)
     log(f"segment: {len(grid)} cells (cached in {lay.root / 'cells'})")
-    per_class = pd.concat([run_cell(c, cfg, real, info["splits"], lay.root, log, info["dataset_sha256"]) for c in grid.itertuples()],
-                          ignore_index=True)
+    per_class = pd.concat(
+        [run_cell(c, cfg, real, info["splits"], lay.root, log, info["dataset_sha256"]) for c in grid.itertuples()],
+        ignore_index=True,
+    )
     per_class.insert(0, "dataset", info["name"])
     dice = dice_table(per_class)
     dice.insert(0, "dataset", info["name"])
-    check(np.isfinite(dice.dice).all(), f"non-finite Dice values in {lay.root / 'cells'}; delete the offending cell folders and rerun")
+    check(
+        np.isfinite(dice.dice).all(),
+        f"non-finite Dice values in {lay.root / 'cells'}; delete the offending cell folders and rerun",
+    )
     outputs = write_table(dice, lay.table("dice")) + write_table(per_class, lay.table("dice_per_class"))
     outputs += write_table(learning_curves(grid, lay), lay.table("learning_curves"))
     tables = segmentation_tables(dice.drop(columns="dataset"), cfg)
     for stem, table in tables.items():
         outputs += write_table(table, lay.table(stem))
     warning = lookup_warning(tables["trivial_baseline"])
-    if warning: log(f"segment: {warning.replace('**', '')}")
-    outputs += save_study_figure(plot_dice_vs_n(dice, title=f"{info['name']}: Dice vs synthetic pairs"), lay.figure("dice_vs_n"))
+    if warning:
+        log(f"segment: {warning.replace('**', '')}")
+    outputs += save_study_figure(
+        plot_dice_vs_n(dice, title=f"{info['name']}: Dice vs synthetic pairs"), lay.figure("dice_vs_n")
+    )
     if len(cfg.fractions) > 1:
-        outputs += save_study_figure(plot_small_data(dice, cfg.sweep_factor, title=f"{info['name']}: small-data sweep"), lay.figure("small_data"))
+        outputs += save_study_figure(
+            plot_small_data(dice, cfg.sweep_factor, title=f"{info['name']}: small-data sweep"), lay.figure("small_data")
+        )
     log(f"segment: done in {time.time() - t0:.0f} s")
     mark_done(lay.root, "segment", cfg, outputs, time.time() - t0)
     return outputs
@@ -810,14 +1303,17 @@ def _flatten(d, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, dict): out.update(_flatten(v, key))
-        else: out[key] = v
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
     return out
 
 # %% ../nbs/09_study.ipynb
 def quality_rows(result: dict) -> list[dict]:
     "Rows (metric, value, display) from a `medsyn.evaluate.evaluate` result; unavailable metrics become `n/a (...)`, never numbers."
     import re
+
     rows = []
     for metric, v in result["metrics"].items():
         if isinstance(v, str) or v is None:
@@ -827,21 +1323,25 @@ def quality_rows(result: dict) -> list[dict]:
             rows.append(dict(metric=metric, value=np.nan, display=f"n/a ({short})", error=msg))
             continue
         for key, leaf in _flatten(v, metric).items():
-            if isinstance(leaf, bool) or not isinstance(leaf, (int, float, np.integer, np.floating)): continue
+            if isinstance(leaf, bool) or not isinstance(leaf, (int, float, np.integer, np.floating)):
+                continue
             rows.append(dict(metric=key, value=float(leaf), display=f"{float(leaf):.4g}", error=""))
     return rows
 
 # %% ../nbs/09_study.ipynb
 QUALITY_METRICS = ("fid", "kid", "pr", "lpips", "domain_fid", "domain_pr", "dice", "mask_stats")
 
+
 def reference_halves(train_subjects: Sequence[str], seed: int = 0) -> tuple[list[str], list[str]]:
     "Two disjoint halves of the training subjects (seeded): the real-vs-real reference of every quality metric."
     subs = list(np.random.default_rng(seed).permutation(sorted(train_subjects)))
     check(len(subs) >= 2, f"the real-vs-real reference needs at least 2 training subjects, got {subs}")
-    return sorted(subs[: len(subs) // 2]), sorted(subs[len(subs) // 2:])
+    return sorted(subs[: len(subs) // 2]), sorted(subs[len(subs) // 2 :])
 
 # %% ../nbs/09_study.ipynb
-def quality_comparisons(cfg: StudyConfig, real, split: dict, fingerprint: str, lay: RunLayout, log: Callable = print) -> list[tuple]:
+def quality_comparisons(
+    cfg: StudyConfig, real, split: dict, fingerprint: str, lay: RunLayout, log: Callable = print
+) -> list[tuple]:
     """`(label, variant, real_dir, other_dir, max_samples)` of one fold: every synthetic set vs the whole real training set;
     the matched pair at one N — synthetic vs real half A, and real half B vs half A (the scale of every metric); and the
     held-out pair — synthetic vs the fold's test subjects (never seen by the GAN), next to real train vs the same test
@@ -854,11 +1354,16 @@ def quality_comparisons(cfg: StudyConfig, real, split: dict, fingerprint: str, l
     test_dir = write_real_subset(real, split["test"], lay.held_out(fold), fingerprint, log)
     n = min(len(load_canonical(dir_a)), len(load_canonical(dir_b)), cfg.n_quality)
     n_held = min(len(load_canonical(train_dir)), len(load_canonical(test_dir)), cfg.n_quality)
-    out = [("real half B vs half A", "real", dir_a, dir_b, n), ("real train vs held-out", "real", test_dir, train_dir, n_held)]
+    out = [
+        ("real half B vs half A", "real", dir_a, dir_b, n),
+        ("real train vs held-out", "real", test_dir, train_dir, n_held),
+    ]
     for v in cfg.variants:
-        out += [("synthetic vs real train", v, train_dir, lay.synthetic(v, fold, 1.0), cfg.n_quality),
-                ("synthetic vs half A", v, dir_a, lay.synthetic(v, fold, 1.0), n),
-                ("synthetic vs held-out", v, test_dir, lay.synthetic(v, fold, 1.0), n_held)]
+        out += [
+            ("synthetic vs real train", v, train_dir, lay.synthetic(v, fold, 1.0), cfg.n_quality),
+            ("synthetic vs half A", v, dir_a, lay.synthetic(v, fold, 1.0), n),
+            ("synthetic vs held-out", v, test_dir, lay.synthetic(v, fold, 1.0), n_held),
+        ]
     return out
 
 # %% ../nbs/09_study.ipynb
@@ -871,31 +1376,57 @@ def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     for fold in range(cfg.folds):
         split = split_of(info["splits"], fold, 1.0)
         unet = lay.cell(cell_id(1.0, "real", 0.0, fold, cfg.seeds[0])) / "unet.pt"
-        for label, variant, real_dir, other_dir, n in quality_comparisons(cfg, real, split, info["dataset_sha256"], lay, log):
+        for label, variant, real_dir, other_dir, n in quality_comparisons(
+            cfg, real, split, info["dataset_sha256"], lay, log
+        ):
             log(f"quality: fold {fold}: {variant} ({label}, N = {n})")
-            res = evaluate(real_dir, other_dir, metrics=QUALITY_METRICS, weights_dir=cfg.weights_dir, seg_model=unet if unet.exists() else None,
-                           max_samples=n, lpips_samples=min(n, 100), progress=False)
+            res = evaluate(
+                real_dir,
+                other_dir,
+                metrics=QUALITY_METRICS,
+                weights_dir=cfg.weights_dir,
+                seg_model=unet if unet.exists() else None,
+                max_samples=n,
+                lpips_samples=min(n, 100),
+                progress=False,
+            )
             rows += [dict(variant=variant, comparison=label, n=n, fold=fold, **r) for r in quality_rows(res)]
     q = pd.DataFrame(rows, columns=["variant", "comparison", "n", "fold", "metric", "value", "display", "error"])
-    summary = (q.groupby(["variant", "comparison", "metric"], sort=True)
-               .agg(value=("value", "mean"), sd=("value", "std"), n=("n", "mean"), display=("display", "first")).reset_index())
-    summary["display"] = [d if d.startswith("n/a") else (f"{v:.4g} ± {s:.2g}" if np.isfinite(s) else f"{v:.4g}")
-                          for v, s, d in zip(summary.value, summary.sd, summary.display)]
+    summary = (
+        q.groupby(["variant", "comparison", "metric"], sort=True)
+        .agg(value=("value", "mean"), sd=("value", "std"), n=("n", "mean"), display=("display", "first"))
+        .reset_index()
+    )
+    summary["display"] = [
+        d if d.startswith("n/a") else (f"{v:.4g} ± {s:.2g}" if np.isfinite(s) else f"{v:.4g}")
+        for v, s, d in zip(summary.value, summary.sd, summary.display)
+    ]
     outputs = write_table(q, lay.table("quality_per_fold")) + write_table(summary, lay.table("quality"))
     log(f"quality: done in {time.time() - t0:.0f} s")
     mark_done(lay.root, "quality", cfg, outputs, time.time() - t0)
     return outputs
 
 # %% ../nbs/09_study.ipynb
-REPORT_TABLES = [("dataset", "Dataset"), ("folds", "Folds (subjects)"), ("gan_training", "GAN training"),
-                 ("quality", "Image quality of synthetic pairs"),
-                 ("dice_summary", "Segmentation: test Dice per subject (seeds averaged; mean ± sd over subjects), paired difference "
-                                  "to real-only with its 95 % t-interval (test subjects and trainings as replicates), Holm-corrected p and verdict"),
-                 ("vs_dilution", "Synthetic content vs dilution: each synthetic arm against real-only oversampled to the same sample count"),
-                 ("trivial_baseline", "Does each arm beat the intensity-lookup baseline? (paired 95 % CI per fold)"),
-                 ("design_power", "Minimum detectable effect (80 % power) of the test the verdicts use, at Holm's level"),
-                 ("dice_per_seed", "Variance across U-Net seeds")]
+REPORT_TABLES = [
+    ("dataset", "Dataset"),
+    ("folds", "Folds (subjects)"),
+    ("gan_training", "GAN training"),
+    ("quality", "Image quality of synthetic pairs"),
+    (
+        "dice_summary",
+        "Segmentation: test Dice per subject (seeds averaged; mean ± sd over subjects), paired difference "
+        "to real-only with its 95 % t-interval (test subjects and trainings as replicates), Holm-corrected p and verdict",
+    ),
+    (
+        "vs_dilution",
+        "Synthetic content vs dilution: each synthetic arm against real-only oversampled to the same sample count",
+    ),
+    ("trivial_baseline", "Does each arm beat the intensity-lookup baseline? (paired 95 % CI per fold)"),
+    ("design_power", "Minimum detectable effect (80 % power) of the test the verdicts use, at Holm's level"),
+    ("dice_per_seed", "Variance across U-Net seeds"),
+]
 REPORT_FIGURES = ["dataset_overview", "real_vs_synthetic", "dice_vs_n", "small_data"]
+
 
 def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
     "Write `report.md` for one dataset from its tables and figures."
@@ -903,7 +1434,8 @@ def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -
     parts = [f"# medsyn study: {escape_text(dataset_name(cfg.dataset))} (profile {cfg.profile})", ""]
     trivial = out / "tables" / "trivial_baseline.csv"
     warning = lookup_warning(pd.read_csv(trivial)) if trivial.exists() else ""
-    if warning: parts += [f"> {warning}", ""]
+    if warning:
+        parts += [f"> {warning}", ""]
     for stem, title in REPORT_TABLES:
         p = out / "tables" / f"{stem}.md"
         parts += [f"## {title}", "", p.read_text() if p.exists() else "_not produced_", ""]
@@ -923,100 +1455,137 @@ def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
     dice = pd.read_csv(lay.table("dice.csv"))
     n_test = [len(split_of(info["splits"], f, 1.0)["test"]) for f in range(cfg.folds)]
     arms = dice[dice.fraction == 1.0][["variant", "factor"]].drop_duplicates().sort_values(["factor", "variant"])
-    facts = dict(name=info["name"], n_subjects=info["n_subjects"], n_slices=info["n_slices"], modalities=", ".join(info["modalities"]),
-                labels=", ".join(f"{k} = {v}" for k, v in info["labels"].items()), resolution="×".join(map(str, info["resolution"])),
-                folds=cfg.folds, n_test=sum(n_test), n_test_fold=" / ".join(map(str, n_test)), n_seeds=len(cfg.seeds),
-                arms=", ".join(arm_label(v, f) for v, f in arms.itertuples(index=False)), variants=", ".join(cfg.variants),
-                factors=", ".join(f"{f:g}" for f in sorted(cfg.synthetic_factors)), sweep_factor=f"{cfg.sweep_factor:g}",
-                fractions=", ".join(f"{100 * f:g} %" for f in sorted(cfg.fractions)), margin=f"{cfg.equivalence_margin:g}",
-                gan_preset=cfg.gan_preset, gan_kimg=", ".join(f"{g} {k:g}" for g, k in cfg.gan_kimg.items()),
-                gan_budget="no time limit" if cfg.gan_time_budget is None else f"at most {cfg.gan_time_budget:g} s",
-                n_quality=cfg.n_quality, seg_preset=cfg.seg_preset, split_seed=cfg.split_seed, profile=cfg.profile)
+    facts = dict(
+        name=info["name"],
+        n_subjects=info["n_subjects"],
+        n_slices=info["n_slices"],
+        modalities=", ".join(info["modalities"]),
+        labels=", ".join(f"{k} = {v}" for k, v in info["labels"].items()),
+        resolution="×".join(map(str, info["resolution"])),
+        folds=cfg.folds,
+        n_test=sum(n_test),
+        n_test_fold=" / ".join(map(str, n_test)),
+        n_seeds=len(cfg.seeds),
+        arms=", ".join(arm_label(v, f) for v, f in arms.itertuples(index=False)),
+        variants=", ".join(cfg.variants),
+        factors=", ".join(f"{f:g}" for f in sorted(cfg.synthetic_factors)),
+        sweep_factor=f"{cfg.sweep_factor:g}",
+        fractions=", ".join(f"{100 * f:g} %" for f in sorted(cfg.fractions)),
+        margin=f"{cfg.equivalence_margin:g}",
+        gan_preset=cfg.gan_preset,
+        gan_kimg=", ".join(f"{g} {k:g}" for g, k in cfg.gan_kimg.items()),
+        gan_budget="no time limit" if cfg.gan_time_budget is None else f"at most {cfg.gan_time_budget:g} s",
+        n_quality=cfg.n_quality,
+        seg_preset=cfg.seg_preset,
+        split_seed=cfg.split_seed,
+        profile=cfg.profile,
+    )
     return {k: escape_text(v) if isinstance(v, str) else v for k, v in facts.items()}
 
-_ARMS = ("Arms: real-only (factor 0, with classical augmentation), real-noaug (real-only without classical augmentation), "
-         "intensity-lookup (a per-pixel intensity lookup fitted on the training subjects), the GAN variants ({variants}) adding "
-         "factor × the real training slices as synthetic pairs, and real-oversampled (real slices repeated to the same sample count).")
-_TESTS = ("mean_delta: mean paired difference to real-only over the n = {n_test} test subjects and the trainings of their fold "
-          "(n_runs: trainings per fold of the arm and its baseline, paired by seed); sd_delta: sd over subjects of the seed-averaged "
-          "difference; se_delta, df: its standard error and Satterthwaite degrees of freedom, with test subjects and training runs as "
-          "crossed random effects (medsyn.stats.run_t); ci_low, ci_high: its 95 % t-interval; p_test: two-sided t-test of no "
-          "difference and p_tost: equivalence (TOST) p for a margin of ±{margin} Dice, both from the same t; p_holm, p_tost_holm: "
-          "Holm-corrected over the n_tests comparisons of the table (uncorrected when n_tests = 1); verdict: 'exploratory: one training "
-          "per fold' with fewer than 2 trainings per fold (the interval is then conditional on that training), better / worse when "
-          "p_holm < 0.05 and |mean_delta| > {margin}, equivalent when p_tost_holm < 0.05, otherwise inconclusive; p_verdict: the p the "
-          "verdict rests on.")
+
+_ARMS = (
+    "Arms: real-only (factor 0, with classical augmentation), real-noaug (real-only without classical augmentation), "
+    "intensity-lookup (a per-pixel intensity lookup fitted on the training subjects), the GAN variants ({variants}) adding "
+    "factor × the real training slices as synthetic pairs, and real-oversampled (real slices repeated to the same sample count)."
+)
+_TESTS = (
+    "mean_delta: mean paired difference to real-only over the n = {n_test} test subjects and the trainings of their fold "
+    "(n_runs: trainings per fold of the arm and its baseline, paired by seed); sd_delta: sd over subjects of the seed-averaged "
+    "difference; se_delta, df: its standard error and Satterthwaite degrees of freedom, with test subjects and training runs as "
+    "crossed random effects (medsyn.stats.run_t); ci_low, ci_high: its 95 % t-interval; p_test: two-sided t-test of no "
+    "difference and p_tost: equivalence (TOST) p for a margin of ±{margin} Dice, both from the same t; p_holm, p_tost_holm: "
+    "Holm-corrected over the n_tests comparisons of the table (uncorrected when n_tests = 1); verdict: 'exploratory: one training "
+    "per fold' with fewer than 2 trainings per fold (the interval is then conditional on that training), better / worse when "
+    "p_holm < 0.05 and |mean_delta| > {margin}, equivalent when p_tost_holm < 0.05, otherwise inconclusive; p_verdict: the p the "
+    "verdict rests on."
+)
 TABLE_CAPTIONS = {
     "dataset": "The {name} dataset: {n_subjects} subjects, {n_slices} 2D slices of {resolution} pixels; modalities {modalities}; "
-               "labels {labels}; mean_fg_fraction is the mean share of foreground pixels per slice.",
+    "labels {labels}; mean_fg_fraction is the mean share of foreground pixels per slice.",
     "folds": "Subject-level {folds}-fold cross-validation (split seed {split_seed}): per fold and share of the labelled subjects "
-             "(fraction), the training, validation and test subjects. Every subject is tested exactly once: n = {n_test} test subjects "
-             "({n_test_fold} per fold).",
+    "(fraction), the training, validation and test subjects. Every subject is tested exactly once: n = {n_test} test subjects "
+    "({n_test_fold} per fold).",
     "gan_training": "GAN training, one run per generator, fold and fraction on that fold's training subjects only (preset {gan_preset}; "
-                    "kimg {gan_kimg}; {gan_budget} per run): kimg reached and the snapshot used for sampling.",
+    "kimg {gan_kimg}; {gan_budget} per run): kimg reached and the snapshot used for sampling.",
     "quality": "Image quality of the synthetic pairs (variants {variants}) against the fold's real training slices, mean ± sd over the "
-               "{folds} folds (at most {n_quality} samples per set). 'real half B vs half A' compares two disjoint halves of the real "
-               "training subjects at the same N: the value a generator indistinguishable from real data would reach. "
-               "'synthetic vs held-out' scores the pairs against the fold's test subjects, which no GAN saw; 'real train vs held-out' "
-               "is its reference at the same N. domain_pr: precision/recall (k = 3) on the real-only U-Net's bottleneck features. "
-               "n/a: the metric's network weights are not available on this machine.",
+    "{folds} folds (at most {n_quality} samples per set). 'real half B vs half A' compares two disjoint halves of the real "
+    "training subjects at the same N: the value a generator indistinguishable from real data would reach. "
+    "'synthetic vs held-out' scores the pairs against the fold's test subjects, which no GAN saw; 'real train vs held-out' "
+    "is its reference at the same N. domain_pr: precision/recall (k = 3) on the real-only U-Net's bottleneck features. "
+    "n/a: the metric's network weights are not available on this machine.",
     "dice_summary": "Test Dice per arm (fraction: share of the labelled subjects used; factor: synthetic pairs added as a multiple of the "
-                    "real training slices). Dice is computed per test subject on the 3D stack of its slices and averaged over "
-                    "{n_seeds} U-Net seed(s); dice: mean ± sd over the n = {n_test} test subjects of the {folds} folds. " + _ARMS + " " + _TESTS,
+    "real training slices). Dice is computed per test subject on the 3D stack of its slices and averaged over "
+    "{n_seeds} U-Net seed(s); dice: mean ± sd over the n = {n_test} test subjects of the {folds} folds. "
+    + _ARMS
+    + " "
+    + _TESTS,
     "vs_dilution": "Synthetic content against dilution: every GAN arm compared with real-oversampled at the same factor (the same number "
-                   "of training samples, all real), paired over the n = {n_test} test subjects. " + _TESTS.replace("real-only", "real-oversampled"),
+    "of training samples, all real), paired over the n = {n_test} test subjects. "
+    + _TESTS.replace("real-only", "real-oversampled"),
     "trivial_baseline": "Sanity check per fold ({n_test_fold} test subjects per fold): every arm against the per-pixel intensity lookup "
-                        "fitted on the same training subjects: mean test Dice of the arm (over its trainings) and of the lookup, the paired "
-                        "difference with its 95 % t-interval and p (trainings as replicates with two or more per fold, otherwise "
-                        "conditional on the one training); beats_lookup: the interval lies above 0. A real-only U-Net that does not beat "
-                        "the lookup has not shown that it learned the task.",
+    "fitted on the same training subjects: mean test Dice of the arm (over its trainings) and of the lookup, the paired "
+    "difference with its 95 % t-interval and p (trainings as replicates with two or more per fold, otherwise "
+    "conditional on the one training); beats_lookup: the interval lies above 0. A real-only U-Net that does not beat "
+    "the lookup has not shown that it learned the task.",
     "design_power": "Minimum detectable effect of the test the verdicts use: per arm, the paired test subjects, the trainings per fold, "
-                    "the standard error and degrees of freedom of the run-aware paired t, the size of its Holm family (n_tests), the level "
-                    "of Holm's first step (alpha_test = 0.05 / n_tests) and mde: the smallest true mean difference that test detects with "
-                    "80 % power at alpha_test. A better / worse verdict also needs |Δ| > {margin}.",
+    "the standard error and degrees of freedom of the run-aware paired t, the size of its Holm family (n_tests), the level "
+    "of Holm's first step (alpha_test = 0.05 / n_tests) and mde: the smallest true mean difference that test detects with "
+    "80 % power at alpha_test. A better / worse verdict also needs |Δ| > {margin}.",
     "dice_per_seed": "Variance across the {n_seeds} U-Net seed(s): per arm, the mean test Dice, the sd between the seed means and the "
-                     "within-subject sd across seeds (RMS over the n = {n_test} test subjects) and sd_run, the sd of one training's effect on all "
-                     "test subjects of its fold (runs × subjects ANOVA per fold, pooled); empty with one seed.",
+    "within-subject sd across seeds (RMS over the n = {n_test} test subjects) and sd_run, the sd of one training's effect on all "
+    "test subjects of its fold (runs × subjects ANOVA per fold, pooled); empty with one seed.",
 }
 FIGURE_CAPTIONS = {
     "dataset_overview": "The {name} dataset ({n_subjects} subjects, {n_slices} slices, modalities {modalities}): example slices with "
-                        "their label maps and the distribution of the foreground share.",
+    "their label maps and the distribution of the foreground share.",
     "real_vs_synthetic": "Real training pairs (top rows) next to synthetic pairs of each GAN variant ({variants}) of fold 0; each row "
-                         "shows the image channels and the label map overlaid on the first channel.",
+    "shows the image channels and the label map overlaid on the first channel.",
     "samples": "Synthetic pairs of the {variant} GAN of fold 0 (image channels and label-map overlay).",
     "dice_vs_n": "Test Dice against the synthetic pairs added (factor × real training slices: {factors}) for every GAN variant and "
-                 "the dilution control real-oversampled; points are means over the n = {n_test} test subjects (seeds averaged), bands "
-                 "their 95 % t-interval over subjects. Horizontal lines: real-only (dotted), real-noaug (dashed), intensity lookup (dash-dot).",
+    "the dilution control real-oversampled; points are means over the n = {n_test} test subjects (seeds averaged), bands "
+    "their 95 % t-interval over subjects. Horizontal lines: real-only (dotted), real-noaug (dashed), intensity lookup (dash-dot).",
     "small_data": "Small-data sweep: test Dice against the share of labelled subjects used for training ({fractions}), real-only "
-                  "against real + {sweep_factor}× synthetic pairs per variant; mean and 95 % t-interval over the n = {n_test} "
-                  "test subjects (seeds averaged).",
+    "against real + {sweep_factor}× synthetic pairs per variant; mean and 95 % t-interval over the n = {n_test} "
+    "test subjects (seeds averaged).",
     "gan_quality_vs_kimg": "GAN snapshot quality against training length (kimg) per run; the marked snapshot is the one used for sampling.",
 }
 
 # %% ../nbs/09_study.ipynb
 def _float_formats(df: pd.DataFrame) -> dict:
     "Per float column of a report table: p-values to 3 significant digits, counts (n_…) and df as such, everything else to 3 decimals."
+
     def fmt(c: str) -> str:
-        if c.startswith("p_") or c.endswith("_p"): return "{:.3g}"
+        if c.startswith("p_") or c.endswith("_p"):
+            return "{:.3g}"
         return "{:.0f}" if c.startswith("n_") else "{:.1f}" if c == "df" else "{:.3f}"
+
     return {c: fmt(str(c)) for c in df.columns if df[c].dtype.kind == "f"}
 
 # %% ../nbs/09_study.ipynb
 def table_html(df: pd.DataFrame, label: str, caption: str) -> str:
     "`df` as an HTML table (cells and column names escaped) with its numbered caption above it (`<caption>`), without the index."
-    return (df.style.hide(axis="index").format(_float_formats(df), na_rep="–", escape="html").format_index(escape="html", axis=1)
-            .set_caption(f"<b>{label}.</b> {caption}").set_table_attributes('class="report-table"').to_html())
+    return (
+        df.style.hide(axis="index")
+        .format(_float_formats(df), na_rep="–", escape="html")
+        .format_index(escape="html", axis=1)
+        .set_caption(f"<b>{label}.</b> {caption}")
+        .set_table_attributes('class="report-table"')
+        .to_html()
+    )
 
 # %% ../nbs/09_study.ipynb
 def figure_html(png: str | Path, label: str, caption: str, width: int = 720) -> str:
     "A PNG embedded (base64) in a `<figure>` with its numbered `<figcaption>` below it."
     data = base64.b64encode(Path(png).read_bytes()).decode()
-    return (f'<figure><img src="data:image/png;base64,{data}" style="max-width: {width}px; width: 100%">'
-            f"<figcaption><b>{label}.</b> {caption}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" style="max-width: {width}px; width: 100%">'
+        f"<figcaption><b>{label}.</b> {caption}</figcaption></figure>"
+    )
 
 # %% ../nbs/09_study.ipynb
 class Report:
     "Shows a report's prose, tables and figures; tables and figures are numbered (Table 1, 2, …, Figure 1, 2, …) as they appear."
+
     def __init__(self, out_dir: str | Path | None = None, facts: dict | None = None):
         self.out, self.facts, self.counts = Path(out_dir) if out_dir else None, facts or {}, {"Table": 0, "Figure": 0}
 
@@ -1037,13 +1606,15 @@ class Report:
 
     def text(self, markdown: str) -> None:
         "Show a paragraph of Markdown (nothing for an empty one)."
-        if markdown: display(Markdown(markdown))
+        if markdown:
+            display(Markdown(markdown))
 
     def table(self, table: str | Path | pd.DataFrame, caption: str | None = None) -> None:
         "Show a table (a DataFrame, a CSV path, or the stem of `out_dir/tables/<stem>.csv` captioned by `TABLE_CAPTIONS`); nothing when absent."
         if not isinstance(table, pd.DataFrame):
             path = Path(table) if Path(table).suffix == ".csv" else self.out / "tables" / f"{table}.csv"
-            if not path.exists(): return
+            if not path.exists():
+                return
             table, caption = pd.read_csv(path), caption or TABLE_CAPTIONS[path.stem].format(**self.facts)
         check(caption is not None, "Report.table: a DataFrame needs a caption")
         display(HTML(table_html(table, self._take("Table"), caption)))
@@ -1051,24 +1622,37 @@ class Report:
     def figure(self, figure: str | Path, caption: str | None = None) -> None:
         "Show a figure (a PNG path, or the stem of `out_dir/figures/<stem>.png` captioned by `FIGURE_CAPTIONS`); nothing when absent."
         path = Path(figure) if Path(figure).suffix == ".png" else self.out / "figures" / f"{figure}.png"
-        if not path.exists(): return
-        display(HTML(figure_html(path, self._take("Figure"), caption or FIGURE_CAPTIONS[Path(figure).stem].format(**self.facts))))
+        if not path.exists():
+            return
+        display(
+            HTML(
+                figure_html(
+                    path, self._take("Figure"), caption or FIGURE_CAPTIONS[Path(figure).stem].format(**self.facts)
+                )
+            )
+        )
 
 # %% ../nbs/09_study.ipynb
 def _p_phrase(r) -> str:
     "The p a verdict rests on, named by its test; 'Holm' only over a family of more than one."
     h = "Holm " if r.n_tests > 1 else ""
-    if r.verdict == EXPLORATORY: return "no test interpreted (the interval ignores training noise)"
-    if r.verdict == "equivalent": return f"equivalence (TOST) {h}p = {r.p_tost_holm:.3g}"
-    if r.verdict in ("better", "worse"): return f"{h}p = {r.p_holm:.3g}"
+    if r.verdict == EXPLORATORY:
+        return "no test interpreted (the interval ignores training noise)"
+    if r.verdict == "equivalent":
+        return f"equivalence (TOST) {h}p = {r.p_tost_holm:.3g}"
+    if r.verdict in ("better", "worse"):
+        return f"{h}p = {r.p_holm:.3g}"
     return f"{h}p = {r.p_holm:.3g}, equivalence (TOST) {h}p = {r.p_tost_holm:.3g}"
+
 
 def _arm_sentence(r, baseline: str) -> str:
     "One Markdown bullet: an arm's Dice and its paired difference to `baseline` with CI, trainings per fold, the p its verdict rests on."
     dice = f"Dice {r.dice}, " if hasattr(r, "dice") else ""
-    return (f"- **{arm_label(r.variant, r.factor)}** ({100 * r.fraction:g} % of the subjects): {dice}Δ = {r.mean_delta:+.3f} "
-            f"(95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f}, {r.n_runs:.0f} training(s) per fold) against {baseline}, {_p_phrase(r)}: "
-            f"**{r.verdict}**.")
+    return (
+        f"- **{arm_label(r.variant, r.factor)}** ({100 * r.fraction:g} % of the subjects): {dice}Δ = {r.mean_delta:+.3f} "
+        f"(95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f}, {r.n_runs:.0f} training(s) per fold) against {baseline}, {_p_phrase(r)}: "
+        f"**{r.verdict}**."
+    )
 
 # %% ../nbs/09_study.ipynb
 def dice_findings(summary: pd.DataFrame, n_test: int) -> str:
@@ -1076,20 +1660,25 @@ def dice_findings(summary: pd.DataFrame, n_test: int) -> str:
     out = []
     for fraction, s in summary.groupby("fraction", sort=False):
         base = s[s.verdict == "baseline"]
-        if len(base): out.append(f"Trained on {100 * fraction:g} % of the labelled subjects' real slices only, the U-Net reached a test "
-                                 f"Dice of {base.dice.iloc[0]} (mean ± sd over n = {n_test} test subjects).")
+        if len(base):
+            out.append(
+                f"Trained on {100 * fraction:g} % of the labelled subjects' real slices only, the U-Net reached a test "
+                f"Dice of {base.dice.iloc[0]} (mean ± sd over n = {n_test} test subjects)."
+            )
         out += [_arm_sentence(r, "real-only") for r in s[s.verdict != "baseline"].itertuples()]
     return "\n".join(out)
 
 # %% ../nbs/09_study.ipynb
 def dilution_findings(vs: pd.DataFrame) -> str:
     "Every GAN arm against real-oversampled at the same sample count, in prose (from `vs_dilution`)."
-    if not len(vs): return "No dilution control was run."
+    if not len(vs):
+        return "No dilution control was run."
     return "\n".join(_arm_sentence(r, "real-oversampled") for r in vs.itertuples())
 
 # %% ../nbs/09_study.ipynb
 def _lookup_where(r) -> str:
     return f"fold {r.fold} at {100 * r.fraction:g} % (Δ = {r.mean_delta:+.3f}, 95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f})"
+
 
 def lookup_warning(trivial: pd.DataFrame) -> str:
     "Bold warnings naming every (fold, fraction) where the real-only U-Net, then any other arm, is no better than the lookup (CI reaching 0)."
@@ -1097,23 +1686,32 @@ def lookup_warning(trivial: pd.DataFrame) -> str:
     real, others = weak[weak.variant == "real"], weak[weak.variant != "real"]
     parts = []
     if len(real):
-        parts.append(f"**Warning: on {'; '.join(_lookup_where(r) for r in real.itertuples())} the real-only U-Net is no better than a "
-                     "per-pixel intensity lookup; there it has not shown that it learned the task, and no effect measured on top of it "
-                     "can be trusted.**")
+        parts.append(
+            f"**Warning: on {'; '.join(_lookup_where(r) for r in real.itertuples())} the real-only U-Net is no better than a "
+            "per-pixel intensity lookup; there it has not shown that it learned the task, and no effect measured on top of it "
+            "can be trusted.**"
+        )
     if len(others):
-        parts.append("**No better than a per-pixel intensity lookup either: " + "; ".join(
-            f"{arm_label(r.variant, r.factor)} on {_lookup_where(r)}" for r in others.itertuples()) + ".**")
+        parts.append(
+            "**No better than a per-pixel intensity lookup either: "
+            + "; ".join(f"{arm_label(r.variant, r.factor)} on {_lookup_where(r)}" for r in others.itertuples())
+            + ".**"
+        )
     return " ".join(parts)
 
 # %% ../nbs/09_study.ipynb
 def lookup_findings(trivial: pd.DataFrame) -> str:
     "How many (fold, fraction) pairs the real-only U-Net and the other arms beat the lookup on (CI above 0), with `lookup_warning`."
-    if not len(trivial): return "The intensity-lookup control was not run."
+    if not len(trivial):
+        return "The intensity-lookup control was not run."
     real, others = trivial[trivial.variant == "real"], trivial[trivial.variant != "real"]
-    text = (f"The real-only U-Net beats the per-pixel intensity lookup (the 95 % CI of the paired Dice difference lies above 0) on "
-            f"{int(real.beats_lookup.astype(bool).sum())} of {len(real)} (fold, fraction) pairs (mean Dice {real.dice.mean():.3f} against "
-            f"{real.dice_lookup.mean():.3f})")
-    if len(others): text += f"; the other arms on {int(others.beats_lookup.astype(bool).sum())} of {len(others)} (arm, fold, fraction) triples"
+    text = (
+        f"The real-only U-Net beats the per-pixel intensity lookup (the 95 % CI of the paired Dice difference lies above 0) on "
+        f"{int(real.beats_lookup.astype(bool).sum())} of {len(real)} (fold, fraction) pairs (mean Dice {real.dice.mean():.3f} against "
+        f"{real.dice_lookup.mean():.3f})"
+    )
+    if len(others):
+        text += f"; the other arms on {int(others.beats_lookup.astype(bool).sum())} of {len(others)} (arm, fold, fraction) triples"
     return (text + ". " + lookup_warning(trivial)).strip()
 
 # %% ../nbs/09_study.ipynb
@@ -1121,20 +1719,25 @@ def seed_findings(seeds: pd.DataFrame) -> str:
     "What the seed table (`dice_per_seed`) says about training noise, in prose; with one seed, that it cannot say anything."
     trained = seeds[seeds.variant != CONTROLS["lookup"]]
     if not len(trained) or (trained.n_seeds < 2).all():
-        return ("With one U-Net seed per arm and fold the training noise is not estimated: a single training is shared by all test "
-                "subjects of its fold, so every comparison above is exploratory.")
+        return (
+            "With one U-Net seed per arm and fold the training noise is not estimated: a single training is shared by all test "
+            "subjects of its fold, so every comparison above is exploratory."
+        )
     real = trained[(trained.variant == "real") & (trained.fraction == trained.fraction.max())]
     r = (real if len(real) else trained).iloc[0]
-    return (f"Over {r.n_seeds} seeds, one training of {arm_label(r.variant, r.factor)} shifts the Dice of all test subjects of its fold "
-            f"by sd_run = {r.sd_run:.4f} (the seed means differ by sd {r.sd_between_seeds:.4f}); the comparisons count the trainings "
-            "as replicates, so this noise is inside their intervals.")
+    return (
+        f"Over {r.n_seeds} seeds, one training of {arm_label(r.variant, r.factor)} shifts the Dice of all test subjects of its fold "
+        f"by sd_run = {r.sd_run:.4f} (the seed means differ by sd {r.sd_between_seeds:.4f}); the comparisons count the trainings "
+        "as replicates, so this noise is inside their intervals."
+    )
 
 # %% ../nbs/09_study.ipynb
 def report_notebook(nb):
     "A copy of an executed notebook with only what the report shows: Markdown cells and the rich outputs of code cells."
     nb = copy.deepcopy(nb)
     for c in nb.cells:
-        if c.cell_type == "code": c.outputs = [o for o in c.outputs if o.get("output_type") != "stream"]
+        if c.cell_type == "code":
+            c.outputs = [o for o in c.outputs if o.get("output_type") != "stream"]
     nb.cells = [c for c in nb.cells if c.cell_type == "markdown" or (c.cell_type == "code" and c.outputs)]
     return nb
 
@@ -1143,42 +1746,56 @@ def render_report(notebook: str | Path, html: str | Path, title: str | None = No
     "Export an executed report notebook to `html`: no code cells or prompts, no front matter / raw cells, no logs."
     from nbconvert import HTMLExporter
     import nbformat
+
     nb = report_notebook(nbformat.read(str(notebook), as_version=4))
     nb.metadata["title"] = title or Path(html).parent.name
-    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, exclude_raw=True,
-                           anchor_link_text="").from_notebook_node(nb)
+    body, _ = HTMLExporter(
+        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, exclude_raw=True, anchor_link_text=""
+    ).from_notebook_node(nb)
     return atomic_write_text(Path(html), body)
 
 # %% ../nbs/09_study.ipynb
 def study_notebooks_dir() -> Path:
     "Folder of the study notebooks (`$MEDSYN_STUDY_NBS`, else `nbs/study` of the source checkout)."
-    cands = ([Path(os.environ["MEDSYN_STUDY_NBS"])] if os.environ.get("MEDSYN_STUDY_NBS") else []) + \
-            [Path(medsyn.__file__).resolve().parents[1] / "nbs" / "study"]
+    cands = ([Path(os.environ["MEDSYN_STUDY_NBS"])] if os.environ.get("MEDSYN_STUDY_NBS") else []) + [
+        Path(medsyn.__file__).resolve().parents[1] / "nbs" / "study"
+    ]
     for c in cands:
-        if (c / STAGES[0][1]).exists(): return c
-    raise MedsynError(f"study notebooks not found in {[str(c) for c in cands]}; install medsyn from a source checkout "
-                      "(`pip install -e .`) or point MEDSYN_STUDY_NBS at the nbs/study folder")
+        if (c / STAGES[0][1]).exists():
+            return c
+    raise MedsynError(
+        f"study notebooks not found in {[str(c) for c in cands]}; install medsyn from a source checkout "
+        "(`pip install -e .`) or point MEDSYN_STUDY_NBS at the nbs/study folder"
+    )
 
 # %% ../nbs/09_study.ipynb
 def ensure_kernel(name: str = "python3") -> str:
     "Name of a Jupyter kernel papermill can start (installing this Python's ipykernel spec when missing)."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
     try:
         KernelSpecManager().get_kernel_spec(name)
         return name
     except NoSuchKernel:
         from ipykernel.kernelspec import install
+
         install(kernel_name=name, prefix=sys.prefix)
         return name
 
 # %% ../nbs/09_study.ipynb
-def study_header(profile: str = "quick", dataset: str = "default", out_dir: str | Path | None = None,
-                 overrides: dict | None = None, quiet: bool = False) -> tuple[StudyConfig, Path]:
+def study_header(
+    profile: str = "quick",
+    dataset: str = "default",
+    out_dir: str | Path | None = None,
+    overrides: dict | None = None,
+    quiet: bool = False,
+) -> tuple[StudyConfig, Path]:
     """The shared first cell of every stage notebook: the `StudyConfig` of its papermill parameters (`profile`, `dataset`
     and `overrides`, keyed by `StudyConfig` field names) and its results folder, announced in one line unless `quiet`."""
     cfg = study_config(profile, **{**(overrides or {}), "dataset": dataset})
     out = study_run_dir(cfg, out_dir)
-    if not quiet: print(f"dataset {cfg.dataset} -> {out} (profile {cfg.profile}, config {config_hash(cfg)})")
+    if not quiet:
+        print(f"dataset {cfg.dataset} -> {out} (profile {cfg.profile}, config {config_hash(cfg)})")
     return cfg, out
 
 # %% ../nbs/09_study.ipynb
@@ -1186,19 +1803,27 @@ def notebook_parameters(cfg: StudyConfig, out_dir: str | Path) -> dict:
     "Papermill parameters that rebuild `cfg` inside a study notebook."
     base = asdict(study_config(cfg.profile))
     over = {k: v for k, v in asdict(cfg).items() if k not in ("profile", "dataset") and v != base[k]}
-    return json.loads(json.dumps(dict(dataset=cfg.dataset, out_dir=str(Path(out_dir).resolve()), profile=cfg.profile, overrides=over)))
+    return json.loads(
+        json.dumps(dict(dataset=cfg.dataset, out_dir=str(Path(out_dir).resolve()), profile=cfg.profile, overrides=over))
+    )
 
 # %% ../nbs/09_study.ipynb
 PARAMETERS_MARKER = "# papermill parameters"
 
+
 def load_study_notebook(src: str | Path):
     "Read a study notebook, making sure its parameters cell carries papermill's `parameters` tag."
     import nbformat
+
     nb = nbformat.read(str(src), as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "code" and c.source.lstrip().startswith(PARAMETERS_MARKER)]
-    check(len(cells) == 1, f"{src}: expected one code cell starting with {PARAMETERS_MARKER!r}; restore the notebook from the repository")
+    check(
+        len(cells) == 1,
+        f"{src}: expected one code cell starting with {PARAMETERS_MARKER!r}; restore the notebook from the repository",
+    )
     tags = cells[0].metadata.setdefault("tags", [])
-    if "parameters" not in tags: tags.append("parameters")   # nbdev_clean may strip cell tags
+    if "parameters" not in tags:
+        tags.append("parameters")  # nbdev_clean may strip cell tags
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     nb.metadata.setdefault("language_info", {"name": "python"})
     return nb
@@ -1207,12 +1832,24 @@ def load_study_notebook(src: str | Path):
 def execute_notebook(src: Path, dst: Path, parameters: dict, kernel: str, log: Callable = print) -> None:
     "Run one notebook with papermill, streaming its output; a failing cell becomes a `MedsynError` naming the notebook."
     import papermill as pm
+
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(load_study_notebook(src), str(dst), parameters=parameters, kernel_name=kernel, language="python", progress_bar=False,
-                            stdout_file=sys.stdout, stderr_file=sys.stderr, cwd=os.getcwd())
+        pm.execute_notebook(
+            load_study_notebook(src),
+            str(dst),
+            parameters=parameters,
+            kernel_name=kernel,
+            language="python",
+            progress_bar=False,
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
+            cwd=os.getcwd(),
+        )
     except pm.PapermillExecutionError as e:
-        raise MedsynError(f"{src.name} failed with {e.ename}: {str(e.evalue).strip()[:2000]} (executed notebook with the traceback: {dst})") from None
+        raise MedsynError(
+            f"{src.name} failed with {e.ename}: {str(e.evalue).strip()[:2000]} (executed notebook with the traceback: {dst})"
+        ) from None
 
 # %% ../nbs/09_study.ipynb
 def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log: Callable = print) -> dict:
@@ -1233,12 +1870,16 @@ def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log:
             execute_notebook(nbdir / nb, lay.notebook(nb), params, kernel, log)
         except MedsynError as e:
             status[stage] = f"failed: {e}"
-            log(f"[{name}] {stage}: FAILED — {e}\n[{name}] later stages need it and were not run; fix the cause and rerun (finished stages are kept)")
+            log(
+                f"[{name}] {stage}: FAILED — {e}\n[{name}] later stages need it and were not run; fix the cause and rerun (finished stages are kept)"
+            )
             break
         status[stage] = "ran"
         log(f"[{name}] {stage}: finished in {time.time() - t0:.0f} s")
     if status.get("report") in ("ran", "skipped") and lay.notebook(STAGES[-1][1]).exists():
-        log(f"[{name}] report: {render_report(lay.notebook(STAGES[-1][1]), out / 'report.html', title=f'medsyn study: {name}')}")
+        log(
+            f"[{name}] report: {render_report(lay.notebook(STAGES[-1][1]), out / 'report.html', title=f'medsyn study: {name}')}"
+        )
     save_json(dict(status=status, config=asdict(cfg)), lay.status_json)
     return status
 
@@ -1247,29 +1888,55 @@ def aggregate_tables(root: str | Path, names: Sequence[str]) -> list[Path]:
     "Side-by-side tables of several datasets' results under `root/tables/`."
     root, outputs = Path(root), []
     for stem in ("dice_summary", "quality", "dataset", "trivial_baseline"):
-        frames = [pd.read_csv(root / n / "tables" / f"{stem}.csv").assign(dataset=n) for n in names if (root / n / "tables" / f"{stem}.csv").exists()]
-        if not frames: continue
+        frames = [
+            pd.read_csv(root / n / "tables" / f"{stem}.csv").assign(dataset=n)
+            for n in names
+            if (root / n / "tables" / f"{stem}.csv").exists()
+        ]
+        if not frames:
+            continue
         all_ = pd.concat(frames, ignore_index=True)
         all_ = all_[["dataset"] + [c for c in all_.columns if c != "dataset"]]
         outputs += write_table(all_, root / "tables" / f"{stem}_all")
         if stem == "dice_summary":
-            side = all_.assign(cell=lambda d: d.dice + np.where(d.significant.fillna(False).astype(bool), " *", "")) \
-                       .pivot_table(index=["fraction", "variant", "factor"], columns="dataset", values="cell", aggfunc="first").reset_index()
+            side = (
+                all_.assign(cell=lambda d: d.dice + np.where(d.significant.fillna(False).astype(bool), " *", ""))
+                .pivot_table(index=["fraction", "variant", "factor"], columns="dataset", values="cell", aggfunc="first")
+                .reset_index()
+            )
             side.columns.name = None
-            outputs += write_table(side.sort_values(["fraction", "factor", "variant"], ascending=[False, True, True]), root / "tables" / "dice_side_by_side")
+            outputs += write_table(
+                side.sort_values(["fraction", "factor", "variant"], ascending=[False, True, True]),
+                root / "tables" / "dice_side_by_side",
+            )
     outputs += rank_tests(root, names)
     return outputs
 
 # %% ../nbs/09_study.ipynb
 def rank_tests(root: Path, names: Sequence[str]) -> list[Path]:
     "Friedman test with Nemenyi post-hoc ranks of the arms across datasets (`tables/arm_ranks`), when at least 3 datasets finished."
-    frames = [pd.read_csv(root / n / "tables" / "dice.csv") for n in names if (root / n / "tables" / "dice.csv").exists()]
-    if not frames: return []
-    res = friedman_nemenyi(dataset_arm_table(pd.concat(frames, ignore_index=True)).dropna(axis=1))   # arms every dataset has
+    frames = [
+        pd.read_csv(root / n / "tables" / "dice.csv") for n in names if (root / n / "tables" / "dice.csv").exists()
+    ]
+    if not frames:
+        return []
+    res = friedman_nemenyi(
+        dataset_arm_table(pd.concat(frames, ignore_index=True)).dropna(axis=1)
+    )  # arms every dataset has
     if not res.applicable:
-        return write_table(pd.DataFrame([dict(test="Friedman", n_datasets=res.n_datasets, result=res.reason)]), root / "tables" / "arm_ranks")
-    ranks = res.ranks.rename("mean_rank").rename_axis("arm").reset_index().assign(friedman_p=res.p, nemenyi_cd=res.cd, n_datasets=res.n_datasets)
-    return write_table(ranks, root / "tables" / "arm_ranks") + write_table(res.pairwise, root / "tables" / "arm_ranks_pairwise")
+        return write_table(
+            pd.DataFrame([dict(test="Friedman", n_datasets=res.n_datasets, result=res.reason)]),
+            root / "tables" / "arm_ranks",
+        )
+    ranks = (
+        res.ranks.rename("mean_rank")
+        .rename_axis("arm")
+        .reset_index()
+        .assign(friedman_p=res.p, nemenyi_cd=res.cd, n_datasets=res.n_datasets)
+    )
+    return write_table(ranks, root / "tables" / "arm_ranks") + write_table(
+        res.pairwise, root / "tables" / "arm_ranks_pairwise"
+    )
 
 # %% ../nbs/09_study.ipynb
 def aggregate(root: str | Path, names: Sequence[str], log: Callable = print) -> Path:
@@ -1293,33 +1960,49 @@ def run_config(out_dir: str | Path) -> StudyConfig:
 # %% ../nbs/09_study.ipynb
 def aggregate_findings(facts: dict[str, dict], table_label: str) -> str:
     "The opening sentence of the aggregate report: which datasets, how many subjects and test subjects each."
-    parts = [f"**{f['name']}** ({f['n_subjects']} subjects; n = {f['n_test']} test subjects over {f['folds']} folds, "
-             f"{f['n_seeds']} U-Net seed(s), profile `{f['profile']}`)" for f in facts.values()]
+    parts = [
+        f"**{f['name']}** ({f['n_subjects']} subjects; n = {f['n_test']} test subjects over {f['folds']} folds, "
+        f"{f['n_seeds']} U-Net seed(s), profile `{f['profile']}`)"
+        for f in facts.values()
+    ]
     return f"The study ran on {len(facts)} dataset(s) ({table_label}): " + "; ".join(parts) + "."
 
 # %% ../nbs/09_study.ipynb
 def dice_side_by_side_caption(facts: dict[str, dict]) -> str:
     "Caption of `dice_side_by_side`, naming each dataset's number of test subjects."
     n = ", ".join(f"{f['name']}: n = {f['n_test']}" for f in facts.values())
-    return ("Test Dice per arm (rows: share of the labelled subjects used, arm, synthetic pairs added as a multiple of the real "
-            f"training slices) and dataset (columns): mean ± sd over each dataset's test subjects ({n}), U-Net seeds averaged. "
-            "* marks a better or worse verdict against real-only training on the same dataset and fraction (run-aware paired t "
-            "with at least 2 trainings per fold, Holm-corrected p < 0.05 and |Δ| beyond the equivalence margin).")
+    return (
+        "Test Dice per arm (rows: share of the labelled subjects used, arm, synthetic pairs added as a multiple of the real "
+        f"training slices) and dataset (columns): mean ± sd over each dataset's test subjects ({n}), U-Net seeds averaged. "
+        "* marks a better or worse verdict against real-only training on the same dataset and fraction (run-aware paired t "
+        "with at least 2 trainings per fold, Holm-corrected p < 0.05 and |Δ| beyond the equivalence margin)."
+    )
 
-ARM_RANKS_CAPTION = ("Friedman test across datasets with Nemenyi post-hoc ranks, over the arms every dataset has: mean rank of "
-                     "each arm (1 = highest test Dice), the Friedman p and the Nemenyi critical difference (nemenyi_cd: arms "
-                     "whose mean ranks differ by more differ at α = 0.05). The test needs at least 3 datasets; with fewer the "
-                     "table says so.")
+
+ARM_RANKS_CAPTION = (
+    "Friedman test across datasets with Nemenyi post-hoc ranks, over the arms every dataset has: mean rank of "
+    "each arm (1 = highest test Dice), the Friedman p and the Nemenyi critical difference (nemenyi_cd: arms "
+    "whose mean ranks differ by more differ at α = 0.05). The test needs at least 3 datasets; with fewer the "
+    "table says so."
+)
 
 # %% ../nbs/09_study.ipynb
 def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict) -> dict:
     "Refuse, before anything runs, an unknown dataset, an `--out` that is a file, and unknown or wrongly typed `--set` fields."
-    check(not root.exists() or root.is_dir(), f"{root}: --out is an existing file, not a folder; choose another --out or move the file away")
+    check(
+        not root.exists() or root.is_dir(),
+        f"{root}: --out is an existing file, not a folder; choose another --out or move the file away",
+    )
     for ds in datasets:
         if ds != "default":
-            check((Path(ds) / "dataset.json").is_file(), f"{ds}: not 'default' and not a canonical dataset folder (no dataset.json); "
-                                                        f"convert raw data with `medsyn prepare SRC --out DIR` and pass DIR")
-    return check_fields(overrides, [StudyConfig], "--set", fixed={"profile": "use --profile", "dataset": "use --datasets"})
+            check(
+                (Path(ds) / "dataset.json").is_file(),
+                f"{ds}: not 'default' and not a canonical dataset folder (no dataset.json); "
+                f"convert raw data with `medsyn prepare SRC --out DIR` and pass DIR",
+            )
+    return check_fields(
+        overrides, [StudyConfig], "--set", fixed={"profile": "use --profile", "dataset": "use --datasets"}
+    )
 
 # %% ../nbs/09_study.ipynb
 def study_main(argv: list[str]) -> int:
@@ -1330,8 +2013,14 @@ def study_main(argv: list[str]) -> int:
     p.add_argument("--out", default=None, help="root folder of the runs (default $MEDSYN_RUNS or ./runs)")
     p.add_argument("--force", action="store_true", help="recompute every stage (deletes runs/<dataset>/)")
     add_field_options(p, StudyConfig, ["folds", "resolution"])
-    p.add_argument("--kimg", type=float, help="StudyConfig.gan_kimg: one training length (kimg) for every GAN (default: the profile's)")
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="StudyConfig.seeds, comma-separated, e.g. 0,1,2")
+    p.add_argument(
+        "--kimg",
+        type=float,
+        help="StudyConfig.gan_kimg: one training length (kimg) for every GAN (default: the profile's)",
+    )
+    p.add_argument(
+        "--seeds", type=lambda s: [int(x) for x in s.split(",")], help="StudyConfig.seeds, comma-separated, e.g. 0,1,2"
+    )
     a = add_set_option(p, "StudyConfig", "n_quality=64").parse_args(argv)
     # OpenMP threads that sleep instead of spinning while they wait: on a shared 2-core machine spinning
     # threads slow torch down several-fold; the kernels papermill starts inherit this environment.
@@ -1339,16 +2028,38 @@ def study_main(argv: list[str]) -> int:
     root = Path(a.out) if a.out else runs_dir()
     datasets = [d.strip() for d in a.datasets.split(",") if d.strip()]
     overrides = check_study_inputs(datasets, root, parse_set_items(a.set))
-    cfgs = [check_study_dataset(study_config(a.profile, dataset=ds, folds=a.folds, gan_kimg=a.kimg, resolution=a.resolution, seeds=a.seeds,
-                                             **overrides), log=lambda m: print(m, flush=True)) for ds in datasets]
+    cfgs = [
+        check_study_dataset(
+            study_config(
+                a.profile,
+                dataset=ds,
+                folds=a.folds,
+                gan_kimg=a.kimg,
+                resolution=a.resolution,
+                seeds=a.seeds,
+                **overrides,
+            ),
+            log=lambda m: print(m, flush=True),
+        )
+        for ds in datasets
+    ]
     names, failed, t0 = [], [], time.time()
     for ds, cfg in zip(datasets, cfgs):
         name = dataset_name(ds)
         names.append(name)
-        print(f"[{name}] profile {a.profile}: {len(experiment_grid(cfg))} U-Net cells, {len(gan_jobs(cfg))} GAN runs -> {root / name}", flush=True)
+        print(
+            f"[{name}] profile {a.profile}: {len(experiment_grid(cfg))} U-Net cells, {len(gan_jobs(cfg))} GAN runs -> {root / name}",
+            flush=True,
+        )
         status = run_dataset(cfg, root / name, force=a.force, log=lambda m: print(m, flush=True))
-        if any(s.startswith("failed") for s in status.values()): failed.append(name)
+        if any(s.startswith("failed") for s in status.values()):
+            failed.append(name)
     done = [n for n in names if n not in failed]
-    if done: aggregate(root, done, log=lambda m: print(m, flush=True))
-    print(f"study: {len(done)}/{len(names)} datasets complete in {time.time() - t0:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    if done:
+        aggregate(root, done, log=lambda m: print(m, flush=True))
+    print(
+        f"study: {len(done)}/{len(names)} datasets complete in {time.time() - t0:.0f} s"
+        + (f"; failed: {', '.join(failed)}" if failed else ""),
+        flush=True,
+    )
     return 1 if failed else 0

@@ -17,15 +17,48 @@ from scipy.stats import wasserstein_distance
 from tqdm.auto import tqdm
 
 from .augment import AdaptiveAugment, augment_preset
-from .core import (MedsynError, check, add_field_options, add_set_option, atomic_torch_save, call_with_args,
-                         signature_parser, flag_name, atomic_write_text, choose_device, load_json, save_json,
-                         seed_everything, check_fields, from_preset, parse_set_items, sigint_at_step_boundary,
-                         remove_stale_leftovers, os_reason, to_plain, load_torch_file, UnsafeFileError, _test_hook)
+from medsyn.core import (
+    MedsynError,
+    check,
+    add_field_options,
+    add_set_option,
+    atomic_torch_save,
+    call_with_args,
+    signature_parser,
+    flag_name,
+    atomic_write_text,
+    choose_device,
+    load_json,
+    save_json,
+    seed_everything,
+    check_fields,
+    from_preset,
+    parse_set_items,
+    sigint_at_step_boundary,
+    remove_stale_leftovers,
+    os_reason,
+    to_plain,
+    load_torch_file,
+    UnsafeFileError,
+    _test_hook,
+)
 from .data import load_canonical
 from .distributed import RankGroup, dist_env, launch, module_digest, rank_device, rank_share, seed_stream
 from .metrics import InceptionFeatures, fid_from_features, modality_to_rgb
-from .networks import (GAN_KINDS, GAN_PRESETS, PRECISIONS, GANConfig, build_networks, gan_config, load_checkpoint, mask_to_onehot, real_to_d_input,
-                             resolve_precision, split_output, to_pair01)
+from medsyn.networks import (
+    GAN_KINDS,
+    GAN_PRESETS,
+    PRECISIONS,
+    GANConfig,
+    build_networks,
+    gan_config,
+    load_checkpoint,
+    mask_to_onehot,
+    real_to_d_input,
+    resolve_precision,
+    split_output,
+    to_pair01,
+)
 from . import ops
 from .ops import set_default_impl
 from .viz import grid_rows, save_png
@@ -45,33 +78,41 @@ __all__ = ['TRAIN_CHOICES', 'FIXED_GAN_FIELDS', 'STATS_METRIC_NAME', 'STATS_COLU
 @dataclass
 class TrainConfig:
     "How to train a StyleGAN2 generator (network shapes are in `medsyn.networks.GANConfig`)."
-    batch: int = 8                 # images per step (the global batch, over all processes)
-    batch_gpu: int | None = None   # images per process and micro-batch (gradient accumulation below batch / processes); None: batch / processes
-    lr: float = 0.0025             # Adam learning rate (G and D), before the lazy-regularization adjustment
+
+    batch: int = 8  # images per step (the global batch, over all processes)
+    batch_gpu: int | None = (
+        None  # images per process and micro-batch (gradient accumulation below batch / processes); None: batch / processes
+    )
+    lr: float = 0.0025  # Adam learning rate (G and D), before the lazy-regularization adjustment
     beta1: float = 0.0
     beta2: float = 0.99
-    gamma: float = 2.0             # R1 weight (the authors used 2)
-    r1_interval: int = 16          # lazy R1: every 16 D steps
-    pl_weight: float = 2.0         # path-length regularization weight
+    gamma: float = 2.0  # R1 weight (the authors used 2)
+    r1_interval: int = 16  # lazy R1: every 16 D steps
+    pl_weight: float = 2.0  # path-length regularization weight
     pl_decay: float = 0.01
-    pl_interval: int = 4           # lazy path length: every 4 G steps
+    pl_interval: int = 4  # lazy path length: every 4 G steps
     pl_batch_shrink: int = 2
     style_mixing: float = 0.9
-    recon_weight: float = 0.0      # cond only: weight of the L1 distance between G(z, real mask) and that mask's real image (pix2pix)
+    recon_weight: float = (
+        0.0  # cond only: weight of the L1 distance between G(z, real mask) and that mask's real image (pix2pix)
+    )
     ema_kimg: float | None = None  # EMA half-life in kimg; None: batch * 10 / 32 (StyleGAN2-ADA)
     ema_rampup: float | None = 0.05
-    augment: str = "auto"          # 'auto' ('ada' for joint/mask, 'simple' for cond) | 'ada' | 'simple' | 'none'
+    augment: str = "auto"  # 'auto' ('ada' for joint/mask, 'simple' for cond) | 'ada' | 'simple' | 'none'
     ada_target: float = 0.6
-    ada_kimg: float = 500.0        # kimg for p to go from 0 to 1 (ADA: 500 for runs of ~25 000 kimg; cpu64 uses 100)
+    ada_kimg: float = 500.0  # kimg for p to go from 0 to 1 (ADA: 500 for runs of ~25 000 kimg; cpu64 uses 100)
     ada_interval: int = 4
-    tick_kimg: float | None = None # log interval; None: about 100 rows per run, at least one batch
-    metric: str = "auto"           # snapshot selection: 'auto' (FID when Inception weights exist) | 'fid' | 'stats'
-    metric_n: int = 256            # generated samples per snapshot evaluation
-    metric_trunc: float = 1.0      # truncation psi of the samples the selection metric scores (the study uses its generation psi)
-    grid_n: int = 8                # rows in the sample grid
-    impl: str = "auto"             # ops implementation 'auto'|'ref'|'cpu', or 'compile' (torch.compile of the main phases)
+    tick_kimg: float | None = None  # log interval; None: about 100 rows per run, at least one batch
+    metric: str = "auto"  # snapshot selection: 'auto' (FID when Inception weights exist) | 'fid' | 'stats'
+    metric_n: int = 256  # generated samples per snapshot evaluation
+    metric_trunc: float = (
+        1.0  # truncation psi of the samples the selection metric scores (the study uses its generation psi)
+    )
+    grid_n: int = 8  # rows in the sample grid
+    impl: str = "auto"  # ops implementation 'auto'|'ref'|'cpu', or 'compile' (torch.compile of the main phases)
 
-    def __post_init__(self): check_train_config(self)
+    def __post_init__(self):
+        check_train_config(self)
 
 # %% ../nbs/05_train.ipynb
 def train_config(preset: str = "cpu64", **overrides) -> TrainConfig:
@@ -79,8 +120,12 @@ def train_config(preset: str = "cpu64", **overrides) -> TrainConfig:
     return from_preset(TrainConfig, GAN_PRESETS, preset, overrides)
 
 # %% ../nbs/05_train.ipynb
-TRAIN_CHOICES = dict(augment=("auto", "ada", "simple", "none"), metric=("auto", "fid", "stats"),
-                     impl=("auto", "ref", "cpu", "cuda", "compile"))
+TRAIN_CHOICES = dict(
+    augment=("auto", "ada", "simple", "none"),
+    metric=("auto", "fid", "stats"),
+    impl=("auto", "ref", "cpu", "cuda", "compile"),
+)
+
 
 def check_train_config(tc: TrainConfig) -> TrainConfig:
     "Refuse values no training can use (each message names the field, as given with `--set`)."
@@ -88,24 +133,37 @@ def check_train_config(tc: TrainConfig) -> TrainConfig:
         check(getattr(tc, k) in choices, f"{k}={getattr(tc, k)!r}: choose one of {', '.join(choices)}")
     for k in ("r1_interval", "pl_interval", "pl_batch_shrink", "ada_interval", "metric_n", "grid_n"):
         check(getattr(tc, k) >= 1, f"{k}={getattr(tc, k)!r}: must be at least 1")
-    for k in ("lr", "ada_kimg"): check(getattr(tc, k) > 0, f"{k}={getattr(tc, k)!r}: must be positive")
-    for k in ("gamma", "pl_weight", "recon_weight"): check(getattr(tc, k) >= 0, f"{k}={getattr(tc, k)!r}: must be 0 (off) or positive")
+    for k in ("lr", "ada_kimg"):
+        check(getattr(tc, k) > 0, f"{k}={getattr(tc, k)!r}: must be positive")
+    for k in ("gamma", "pl_weight", "recon_weight"):
+        check(getattr(tc, k) >= 0, f"{k}={getattr(tc, k)!r}: must be 0 (off) or positive")
     for k in ("beta1", "beta2", "pl_decay", "style_mixing", "ada_target"):
         check(0 <= getattr(tc, k) <= 1, f"{k}={getattr(tc, k)!r}: must be in [0, 1]")
     for k in ("ema_kimg", "tick_kimg"):
-        check(getattr(tc, k) is None or getattr(tc, k) > 0, f"{k}={getattr(tc, k)!r}: must be positive (or null for the default)")
+        check(
+            getattr(tc, k) is None or getattr(tc, k) > 0,
+            f"{k}={getattr(tc, k)!r}: must be positive (or null for the default)",
+        )
     check(tc.ema_rampup is None or tc.ema_rampup >= 0, f"ema_rampup={tc.ema_rampup!r}: must be >= 0 (or null for none)")
-    check(tc.batch >= 2 and tc.batch % tc.pl_batch_shrink == 0,
-          f"batch {tc.batch} must be >= 2 and divisible by pl_batch_shrink={tc.pl_batch_shrink}")
-    check(tc.batch_gpu is None or (1 <= tc.batch_gpu <= tc.batch and tc.batch % tc.batch_gpu == 0 and tc.batch_gpu % tc.pl_batch_shrink == 0),
-          f"batch_gpu={tc.batch_gpu!r}: must divide batch={tc.batch} and be divisible by pl_batch_shrink={tc.pl_batch_shrink} (or null)")
+    check(
+        tc.batch >= 2 and tc.batch % tc.pl_batch_shrink == 0,
+        f"batch {tc.batch} must be >= 2 and divisible by pl_batch_shrink={tc.pl_batch_shrink}",
+    )
+    check(
+        tc.batch_gpu is None
+        or (1 <= tc.batch_gpu <= tc.batch and tc.batch % tc.batch_gpu == 0 and tc.batch_gpu % tc.pl_batch_shrink == 0),
+        f"batch_gpu={tc.batch_gpu!r}: must divide batch={tc.batch} and be divisible by pl_batch_shrink={tc.pl_batch_shrink} (or null)",
+    )
     return tc
 
 # %% ../nbs/05_train.ipynb
-FIXED_GAN_FIELDS = {"kind": "choose the variant with --kind joint|mask|cond",
-                    "resolution": "it is the dataset's image size (re-prepare the data with another --res)",
-                    "img_channels": "it is the dataset's number of modalities",
-                    "num_labels": "it is the dataset's number of labels"}
+FIXED_GAN_FIELDS = {
+    "kind": "choose the variant with --kind joint|mask|cond",
+    "resolution": "it is the dataset's image size (re-prepare the data with another --res)",
+    "img_channels": "it is the dataset's number of modalities",
+    "num_labels": "it is the dataset's number of labels",
+}
+
 
 def split_overrides(overrides: dict, gan_config_cls) -> tuple[dict, dict]:
     """Route keyword overrides to (`GANConfig`, `TrainConfig`) by field name, checked against the fields' types;
@@ -114,15 +172,22 @@ def split_overrides(overrides: dict, gan_config_cls) -> tuple[dict, dict]:
     train_names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - gan_names - train_names)
     near = sorted({m for k in unknown for m in get_close_matches(k, gan_names | train_names, n=2)})
-    check(not unknown, f"unknown training option(s) {unknown}" + (f" (did you mean {', '.join(near)}?)" if near else "")
-                       + f"; GANConfig knows {sorted(gan_names)}, TrainConfig knows {sorted(train_names)}")
+    check(
+        not unknown,
+        f"unknown training option(s) {unknown}"
+        + (f" (did you mean {', '.join(near)}?)" if near else "")
+        + f"; GANConfig knows {sorted(gan_names)}, TrainConfig knows {sorted(train_names)}",
+    )
     overrides = check_fields(overrides, [TrainConfig, gan_config_cls], flag="--set", fixed=FIXED_GAN_FIELDS)
-    return ({k: v for k, v in overrides.items() if k in gan_names},
-            {k: v for k, v in overrides.items() if k in train_names and k not in gan_names})
+    return (
+        {k: v for k, v in overrides.items() if k in gan_names},
+        {k: v for k, v in overrides.items() if k in train_names and k not in gan_names},
+    )
 
 # %% ../nbs/05_train.ipynb
 class PairData(torch.utils.data.Dataset):
     "A canonical dataset as GAN pairs: `(image in [-1,1] float32 (C,H,W), mask int64 (H,W))`, cached in RAM when small."
+
     def __init__(self, ds, cache_bytes: int = 2 << 30):
         self.ds = ds
         C, (H, W) = len(ds.modalities), tuple(ds.resolution)
@@ -130,21 +195,29 @@ class PairData(torch.utils.data.Dataset):
         if len(ds) * (C * 4 + 8) * H * W <= cache_bytes:
             images, masks = ds.tensors()
             self.images, self.masks = images.float().mul(2).sub(1), masks.long()
-    def __len__(self): return len(self.ds)
+
+    def __len__(self):
+        return len(self.ds)
+
     def __getitem__(self, i):
-        if self.images is not None: return self.images[i], self.masks[i]
+        if self.images is not None:
+            return self.images[i], self.masks[i]
         it = self.ds[i]
         return it["image"].float() * 2 - 1, it["mask"].long()
 
 # %% ../nbs/05_train.ipynb
 class InfiniteSampler(torch.utils.data.Sampler):
     "Endless index stream: epoch `e` is a permutation seeded by `(seed, e)`; `start` skips the first `start` draws."
+
     def __init__(self, n: int, seed: int = 0, start: int = 0, shuffle: bool = True):
         check(n > 0, "the training dataset is empty; prepare it with `medsyn prepare`")
         self.n, self.seed, self.start, self.shuffle = n, seed, start, shuffle
+
     def _perm(self, epoch):
-        if not self.shuffle: return np.arange(self.n)
+        if not self.shuffle:
+            return np.arange(self.n)
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
     def __iter__(self):
         i = self.start
         epoch, pos = divmod(i, self.n)
@@ -152,20 +225,26 @@ class InfiniteSampler(torch.utils.data.Sampler):
         while True:
             yield int(perm[pos])
             pos += 1
-            if pos == self.n: epoch, pos, perm = epoch + 1, 0, self._perm(epoch + 1)
+            if pos == self.n:
+                epoch, pos, perm = epoch + 1, 0, self._perm(epoch + 1)
 
 # %% ../nbs/05_train.ipynb
 class RankBatchSampler(torch.utils.data.Sampler):
     "Endless batches of indices: of each global batch of `batch` draws of `sampler`, the `count` indices from `start`."
+
     def __init__(self, sampler: InfiniteSampler, batch: int, start: int = 0, count: int | None = None):
         self.sampler, self.batch, self.start = sampler, batch, start
         self.count = batch - start if count is None else count
-        check(0 <= start and start + self.count <= batch, f"RankBatchSampler: share {start}+{self.count} exceeds the batch {batch}")
+        check(
+            0 <= start and start + self.count <= batch,
+            f"RankBatchSampler: share {start}+{self.count} exceeds the batch {batch}",
+        )
+
     def __iter__(self):
         it = iter(self.sampler)
         while True:
             idx = [next(it) for _ in range(self.batch)]
-            yield idx[self.start:self.start + self.count]
+            yield idx[self.start : self.start + self.count]
 
 # %% ../nbs/05_train.ipynb
 def seed_worker(seed: int, rank: int, worker_id: int) -> None:
@@ -175,18 +254,31 @@ def seed_worker(seed: int, rank: int, worker_id: int) -> None:
     random.seed(int(ss.generate_state(1)[0]))
 
 # %% ../nbs/05_train.ipynb
-def pair_batches(pairs: PairData, batch: int, seed: int = 0, start_nimg: int = 0, device="cpu",
-                 share: tuple[int, int] | None = None, workers: int = 0, rank: int = 0) -> Iterator:
+def pair_batches(
+    pairs: PairData,
+    batch: int,
+    seed: int = 0,
+    start_nimg: int = 0,
+    device="cpu",
+    share: tuple[int, int] | None = None,
+    workers: int = 0,
+    rank: int = 0,
+) -> Iterator:
     """Endless iterator of `(images, masks)` batches; the stream position is `start_nimg` images in. `share`:
     `(start, count)` of each global batch that this rank loads (default: all); `workers`: loader processes."""
     start, count = share or (0, batch)
     sampler = RankBatchSampler(InfiniteSampler(len(pairs), seed, start_nimg), batch, start, count)
     device = torch.device(device)
-    loader = torch.utils.data.DataLoader(pairs, batch_sampler=sampler, num_workers=workers,
-                                         pin_memory=workers > 0 and device.type == "cuda",
-                                         prefetch_factor=4 if workers > 0 else None, persistent_workers=workers > 0,
-                                         worker_init_fn=functools.partial(seed_worker, seed, rank) if workers > 0 else None,
-                                         generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
+    loader = torch.utils.data.DataLoader(
+        pairs,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=workers > 0 and device.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=workers > 0,
+        worker_init_fn=functools.partial(seed_worker, seed, rank) if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )  # keeps the global RNG untouched
     for img, mask in loader:
         yield img.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
@@ -196,20 +288,23 @@ def auto_workers(pairs: PairData, world: int = 1, workers: int | None = None) ->
     if workers is not None:
         check(workers >= 0, f"--workers {workers}: give 0 (load in the training process) or more")
         return workers
-    if pairs.images is not None: return 0
+    if pairs.images is not None:
+        return 0
     return max(1, min(4, (os.cpu_count() or 1) // world - 1))
 
 # %% ../nbs/05_train.ipynb
 class StyleGAN2Loss:
     "StyleGAN2's logistic losses with lazy R1 / path-length regularization for the joint, mask and cond variants."
+
     def __init__(self, G, D, gcfg, tc: TrainConfig, augment_pipe=None, main_fns: dict | None = None):
         self.G, self.D, self.gcfg, self.tc, self.augment_pipe = G, D, gcfg, tc, augment_pipe
         self.pl_mean = torch.zeros([], device=next(G.parameters()).device)
-        self.fns = main_fns or {}   # optional compiled mapping / synthesis / D for the main phases
-        self.w_means = []           # mapping outputs' batch means of `update_emas` calls, for `w_avg` (see GANTrainer)
+        self.fns = main_fns or {}  # optional compiled mapping / synthesis / D for the main phases
+        self.w_means = []  # mapping outputs' batch means of `update_emas` calls, for `w_avg` (see GANTrainer)
 
     @property
-    def z_dim(self): return self.gcfg.z_dim
+    def z_dim(self):
+        return self.gcfg.z_dim
 
     def run_G(self, z, cond=None, update_emas=False, main=False, force_fp32=False):
         """Latents -> (raw G output, ws), with style mixing; `force_fp32`: no low-precision blocks (regularizers).
@@ -217,10 +312,13 @@ class StyleGAN2Loss:
         mapping = self.fns.get("mapping", self.G.mapping) if main else self.G.mapping
         synthesis = self.fns.get("synthesis", self.G.synthesis) if main else self.G.synthesis
         ws = mapping(z, update_emas=False)
-        if update_emas: self.w_means.append(ws[:, 0].detach().contiguous().mean(dim=0))
+        if update_emas:
+            self.w_means.append(ws[:, 0].detach().contiguous().mean(dim=0))
         if self.tc.style_mixing > 0:
             cutoff = torch.empty([], dtype=torch.int64).random_(1, ws.shape[1])
-            cutoff = int(torch.where(torch.rand([]) < self.tc.style_mixing, cutoff, torch.full_like(cutoff, ws.shape[1])))
+            cutoff = int(
+                torch.where(torch.rand([]) < self.tc.style_mixing, cutoff, torch.full_like(cutoff, ws.shape[1]))
+            )
             if cutoff < ws.shape[1]:
                 ws = torch.cat([ws[:, :cutoff], mapping(torch.randn_like(z), update_emas=False)[:, cutoff:]], 1)
         return synthesis(ws, cond=cond, update_emas=update_emas, force_fp32=force_fp32), ws
@@ -230,11 +328,12 @@ class StyleGAN2Loss:
         `segments=2`: the batch is fakes then reals, scored in one pass with separate minibatch-std groups."""
         D = self.fns.get("D", self.D) if main else self.D
         if self.augment_pipe is not None:
-            if image is None:   # mask-only: geometric transforms act on the mask; colour ones hit a dummy image
+            if image is None:  # mask-only: geometric transforms act on the mask; colour ones hit a dummy image
                 _, mask = self.augment_pipe(mask.new_zeros(mask.shape[0], 1, *mask.shape[2:]), mask)
             else:
                 image, mask = self.augment_pipe(image, mask)
-        if self.gcfg.kind == "cond": return D(image, cond=mask, mbstd_segments=segments, force_fp32=force_fp32)
+        if self.gcfg.kind == "cond":
+            return D(image, cond=mask, mbstd_segments=segments, force_fp32=force_fp32)
         return D(real_to_d_input(image, mask, self.gcfg), mbstd_segments=segments, force_fp32=force_fp32)
 
     def fake_pair(self, raw, cond=None):
@@ -249,7 +348,8 @@ class StyleGAN2Loss:
         raw, _ = self.run_G(torch.randn(n, self.z_dim, device=self.pl_mean.device), cond, main=True)
         image, mask = self.fake_pair(raw, cond)
         loss = F.softplus(-self.run_D(image, mask, main=True)).mean()
-        if self.gcfg.kind != "cond" or self.tc.recon_weight == 0: return loss, None
+        if self.gcfg.kind != "cond" or self.tc.recon_weight == 0:
+            return loss, None
         check(real_img is not None, "recon_weight > 0 needs the real images of the conditioning masks")
         l1 = (image.float() - real_img.float()).abs().mean()
         return loss + self.tc.recon_weight * l1, l1.detach()
@@ -259,12 +359,15 @@ class StyleGAN2Loss:
         `pl_mean` of the steps before; returns (penalty, path lengths). The trainer moves `pl_mean` towards the mean length
         of the whole step (all micro-batches and ranks), so every rank keeps the same `pl_mean`."""
         bs = max(n // self.tc.pl_batch_shrink, 1)
-        raw, ws = self.run_G(torch.randn(bs, self.z_dim, device=self.pl_mean.device), None if cond is None else cond[:bs],
-                             force_fp32=True)
+        raw, ws = self.run_G(
+            torch.randn(bs, self.z_dim, device=self.pl_mean.device),
+            None if cond is None else cond[:bs],
+            force_fp32=True,
+        )
         image, probs = self.fake_pair(raw, None if cond is None else cond[:bs])
         out = image if self.gcfg.kind == "cond" else real_to_d_input(image, probs, self.gcfg)
         noise = torch.randn_like(out) / math.sqrt(out.shape[2] * out.shape[3])
-        grads, = torch.autograd.grad((out * noise).sum(), ws, create_graph=True)
+        (grads,) = torch.autograd.grad((out * noise).sum(), ws, create_graph=True)
         lengths = grads.square().sum(2).mean(1).sqrt()
         penalty = (lengths - self.pl_mean).square()
         return (out[:, 0, 0, 0] * 0 + penalty * self.tc.pl_weight).mean(), lengths.detach()
@@ -272,8 +375,9 @@ class StyleGAN2Loss:
     def d_main(self, real_img, real_mask, cond=None):
         "D loss `softplus(D(G(z))) + softplus(-D(x))` (means) and the real logits (for ADA)."
         with torch.no_grad():
-            raw, _ = self.run_G(torch.randn(real_mask.shape[0], self.z_dim, device=real_mask.device), cond,
-                                update_emas=True, main=True)
+            raw, _ = self.run_G(
+                torch.randn(real_mask.shape[0], self.z_dim, device=real_mask.device), cond, update_emas=True, main=True
+            )
         # One D pass over [fakes; reals] (fewer, larger convolutions); minibatch-std groups stay within each half.
         fake_img, fake_mask = self.fake_pair(raw.detach(), cond)
         both = lambda a, b: None if a is None else torch.cat([a, b])
@@ -298,17 +402,18 @@ def lazy_adam(params, tc: TrainConfig, reg_interval: int | None) -> torch.optim.
     steps on CPU, same update rule), else the default implementation."""
     params = list(params)
     c = reg_interval / (reg_interval + 1) if reg_interval else 1.0
-    kw = dict(lr=tc.lr * c, betas=(tc.beta1 ** c, tc.beta2 ** c), eps=1e-8)
+    kw = dict(lr=tc.lr * c, betas=(tc.beta1**c, tc.beta2**c), eps=1e-8)
     try:
         return torch.optim.Adam(params, fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):   # older torch / device without a fused kernel
+    except (RuntimeError, TypeError, ValueError):  # older torch / device without a fused kernel
         return torch.optim.Adam(params, **kw)
 
 # %% ../nbs/05_train.ipynb
 def ema_beta(tc: TrainConfig, cur_nimg: int) -> float:
     "EMA decay per step: half-life `ema_kimg` (default `batch * 10 / 32` kimg), ramped up over the first 5 % of images."
     ema_nimg = (tc.ema_kimg if tc.ema_kimg is not None else tc.batch * 10 / 32) * 1000
-    if tc.ema_rampup is not None: ema_nimg = min(ema_nimg, cur_nimg * tc.ema_rampup)
+    if tc.ema_rampup is not None:
+        ema_nimg = min(ema_nimg, cur_nimg * tc.ema_rampup)
     return 0.5 ** (tc.batch / max(ema_nimg, 1e-8))
 
 # %% ../nbs/05_train.ipynb
@@ -316,16 +421,21 @@ def ema_beta(tc: TrainConfig, cur_nimg: int) -> float:
 def update_ema(G_ema, G, beta: float) -> None:
     "`G_ema <- beta*G_ema + (1-beta)*G` for parameters; buffers are copied."
     torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - beta)  # one fused pass over all tensors
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()): b_ema.copy_(b)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
 
 # %% ../nbs/05_train.ipynb
 STATS_METRIC_NAME = "intensity/label statistics distance"
 
+
 def _w1(a, b, rng, cap=100_000):
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if len(a) == 0 or len(b) == 0: return float("nan")
-    if len(a) > cap: a = rng.choice(a, cap, replace=False)
-    if len(b) > cap: b = rng.choice(b, cap, replace=False)
+    if len(a) == 0 or len(b) == 0:
+        return float("nan")
+    if len(a) > cap:
+        a = rng.choice(a, cap, replace=False)
+    if len(b) > cap:
+        b = rng.choice(b, cap, replace=False)
     return float(wasserstein_distance(a, b))
 
 # %% ../nbs/05_train.ipynb
@@ -355,14 +465,19 @@ def fid_feature_fn(device="cpu"):
     """`images01 (N,C,H,W) -> list of (N,2048) features`, one per modality (grey repeated to RGB, as the authors),
     from `medsyn.metrics.InceptionFeatures`; raises `MedsynError` when the Inception weights are not on this machine."""
     ext = InceptionFeatures(device=device)
+
     def features(images01, batch=64):
-        return [np.concatenate([ext(modality_to_rgb(images01[i:i + batch], c)) for i in range(0, len(images01), batch)])
-                for c in range(images01.shape[1])]
+        return [
+            np.concatenate([ext(modality_to_rgb(images01[i : i + batch], c)) for i in range(0, len(images01), batch)])
+            for c in range(images01.shape[1])
+        ]
+
     return features
 
 # %% ../nbs/05_train.ipynb
 class SnapshotMetric:
     "The snapshot-selection metric of a run: FID (when Inception weights exist) or the intensity/label statistics distance."
+
     def __init__(self, kind: str, gcfg, pairs: PairData, n: int, seed: int = 0, device="cpu", trunc: float = 1.0):
         check(kind in ("auto", "fid", "stats"), f"unknown metric {kind!r}; choose auto, fid or stats")
         self.gcfg, self.n, self.seed, self.trunc = gcfg, min(n, len(pairs)), seed, trunc
@@ -371,14 +486,16 @@ class SnapshotMetric:
         self.real_images = (torch.stack(imgs) + 1) / 2
         self.real_masks = torch.stack(masks)
         self.name, self.features = STATS_METRIC_NAME, None
-        if kind == "fid": check(gcfg.kind != "mask", "FID selection needs images; a 'mask' generator uses metric='stats'")
+        if kind == "fid":
+            check(gcfg.kind != "mask", "FID selection needs images; a 'mask' generator uses metric='stats'")
         if kind in ("auto", "fid") and gcfg.kind != "mask":
             try:
                 self.features = fid_feature_fn(device)
                 self.real_feats = self.features(self.real_images)
                 self.name = "fid"
             except MedsynError as e:
-                if kind == "fid": raise
+                if kind == "fid":
+                    raise
                 self.features = None
                 warnings.warn(f"snapshot selection uses the {STATS_METRIC_NAME} instead of FID: {e}", RuntimeWarning)
 
@@ -391,11 +508,19 @@ class SnapshotMetric:
         for i in range(0, self.n, batch):
             nb = min(batch, self.n - i)
             z = torch.randn(nb, self.gcfg.z_dim, generator=gen).to(device)
-            cond = mask_to_onehot(self.real_masks[i:i + nb], self.gcfg.num_labels).to(device) if self.gcfg.kind == "cond" else None
-            raw = G_ema.synthesis(G_ema.mapping(z, truncation_psi=self.trunc, update_emas=False), cond=cond, noise_mode="const")
+            cond = (
+                mask_to_onehot(self.real_masks[i : i + nb], self.gcfg.num_labels).to(device)
+                if self.gcfg.kind == "cond"
+                else None
+            )
+            raw = G_ema.synthesis(
+                G_ema.mapping(z, truncation_psi=self.trunc, update_emas=False), cond=cond, noise_mode="const"
+            )
             image, mask = to_pair01(raw, self.gcfg)
-            if image is not None: fake_imgs.append(image.cpu())
-            if mask is not None: fake_masks.append(mask.cpu())
+            if image is not None:
+                fake_imgs.append(image.cpu())
+            if mask is not None:
+                fake_masks.append(mask.cpu())
         fi = torch.cat(fake_imgs) if fake_imgs else None
         fm = torch.cat(fake_masks) if fake_masks else (self.real_masks if self.gcfg.kind == "cond" else None)
         if self.features is not None:
@@ -407,8 +532,11 @@ class SnapshotMetric:
 # %% ../nbs/05_train.ipynb
 def _rng_state() -> dict:
     "The global RNG states (torch, NumPy, Python, CUDA) as data: NumPy's key array as an int64 tensor (`to_plain`)."
-    s = dict(torch=torch.get_rng_state(), numpy=to_plain(np.random.get_state(), "numpy RNG state"), python=random.getstate())
-    if torch.cuda.is_available(): s["cuda"] = torch.cuda.get_rng_state_all()
+    s = dict(
+        torch=torch.get_rng_state(), numpy=to_plain(np.random.get_state(), "numpy RNG state"), python=random.getstate()
+    )
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
     return s
 
 # %% ../nbs/05_train.ipynb
@@ -418,12 +546,14 @@ def _numpy_rng(state) -> tuple:
     keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys)
     return (kind, keys.astype(np.uint32), *rest)
 
+
 def _set_rng_state(s: dict) -> None:
     "Restore the states of `_rng_state`."
     torch.set_rng_state(s["torch"])
     np.random.set_state(_numpy_rng(s["numpy"]))
     random.setstate(s["python"])
-    if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 # %% ../nbs/05_train.ipynb
 def resolve_augment(tc: TrainConfig, kind: str) -> str:
@@ -436,11 +566,12 @@ def resolve_augment(tc: TrainConfig, kind: str) -> str:
 @dataclass
 class MicroBatch:
     "One micro-batch of a step: its global index (which seeds its random draws) and its reals."
+
     index: int
     n: int
-    image: torch.Tensor | None = None      # real images in [-1, 1] (None for 'mask')
-    onehot: torch.Tensor | None = None     # real masks, one-hot
-    cond: torch.Tensor | None = None       # the condition of G and D ('cond': the one-hot masks)
+    image: torch.Tensor | None = None  # real images in [-1, 1] (None for 'mask')
+    onehot: torch.Tensor | None = None  # real masks, one-hot
+    cond: torch.Tensor | None = None  # the condition of G and D ('cond': the one-hot masks)
 
 # %% ../nbs/05_train.ipynb
 def _rank_rng(s: dict, rank: int) -> dict:
@@ -452,15 +583,26 @@ def _rank_rng(s: dict, rank: int) -> dict:
 class GANTrainer:
     """Networks, optimizers, loss, augmentation and counters of one GAN run; `step` runs one iteration on this rank's
     share of the global batch (`group`: the ranks, default one process; `seed`: the run's, for the random streams)."""
-    def __init__(self, gcfg, tc: TrainConfig, device="cpu", compile_main: bool = False, group: RankGroup | None = None,
-                 seed: int = 0):
+
+    def __init__(
+        self,
+        gcfg,
+        tc: TrainConfig,
+        device="cpu",
+        compile_main: bool = False,
+        group: RankGroup | None = None,
+        seed: int = 0,
+    ):
         self.gcfg, self.tc, self.device, self.seed = gcfg, tc, torch.device(device), seed
         self.group = group or RankGroup(device=self.device)
         self.batch_gpu = tc.batch_gpu or tc.batch // self.group.world
         self.share_start, self.rounds = rank_share(tc.batch, self.batch_gpu, self.group.rank, self.group.world)
-        check(self.batch_gpu % tc.pl_batch_shrink == 0, f"batch_gpu {self.batch_gpu} (batch / processes) must be divisible by "
-                                                        f"pl_batch_shrink={tc.pl_batch_shrink}: choose another --batch-gpu")
-        ops.keep_freed_memory()      # no page faults for each step's multi-MB activations (glibc; see medsyn.ops)
+        check(
+            self.batch_gpu % tc.pl_batch_shrink == 0,
+            f"batch_gpu {self.batch_gpu} (batch / processes) must be divisible by "
+            f"pl_batch_shrink={tc.pl_batch_shrink}: choose another --batch-gpu",
+        )
+        ops.keep_freed_memory()  # no page faults for each step's multi-MB activations (glibc; see medsyn.ops)
         self.G, self.D = (m.to(self.device).train() for m in build_networks(gcfg))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_G = lazy_adam(self.G.parameters(), tc, tc.pl_interval if tc.pl_weight > 0 else None)
@@ -469,9 +611,14 @@ class GANTrainer:
         self.augment_pipe = self.ada = None
         if self.augment_name != "none":
             self.augment_pipe = augment_preset(self.augment_name)
-            if isinstance(self.augment_pipe, torch.nn.Module): self.augment_pipe = self.augment_pipe.to(self.device)
-            self.ada = AdaptiveAugment(self.augment_pipe, target=tc.ada_target, speed_kimg=tc.ada_kimg, interval=tc.ada_interval)
-        self.loss = StyleGAN2Loss(self.G, self.D, gcfg, tc, self.augment_pipe, self._compiled() if compile_main else None)
+            if isinstance(self.augment_pipe, torch.nn.Module):
+                self.augment_pipe = self.augment_pipe.to(self.device)
+            self.ada = AdaptiveAugment(
+                self.augment_pipe, target=tc.ada_target, speed_kimg=tc.ada_kimg, interval=tc.ada_interval
+            )
+        self.loss = StyleGAN2Loss(
+            self.G, self.D, gcfg, tc, self.augment_pipe, self._compiled() if compile_main else None
+        )
         self.cur_nimg, self.step_idx = 0, 0
 
     def _compiled(self) -> dict | None:
@@ -480,7 +627,7 @@ class GANTrainer:
             # static shapes: with dynamic shapes Inductor fails on the compiled custom ops (see 03_networks)
             comp = lambda m: torch.compile(m, dynamic=False)
             return dict(mapping=comp(self.G.mapping), synthesis=comp(self.G.synthesis), D=comp(self.D))
-        except Exception as e:   # noqa: BLE001 - any backend failure falls back to eager
+        except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); training runs eagerly", RuntimeWarning)
             return None
 
@@ -491,13 +638,23 @@ class GANTrainer:
     def micro_batches(self, real_img, real_mask) -> list[MicroBatch]:
         "This rank's share of the global batch (`rounds * batch_gpu` pairs) as its micro-batches."
         kind, bg = self.gcfg.kind, self.batch_gpu
-        check(real_mask.shape[0] == self.rounds * bg, f"GANTrainer.step: got {real_mask.shape[0]} pairs, this rank's share of the "
-                                                      f"batch is {self.rounds} x batch_gpu {bg}")
+        check(
+            real_mask.shape[0] == self.rounds * bg,
+            f"GANTrainer.step: got {real_mask.shape[0]} pairs, this rank's share of the "
+            f"batch is {self.rounds} x batch_gpu {bg}",
+        )
         out = []
         for a in range(self.rounds):
-            onehot = mask_to_onehot(real_mask[a * bg:(a + 1) * bg], self.gcfg.num_labels)
-            out.append(MicroBatch(self.group.rank * self.rounds + a, bg, None if kind == "mask" else real_img[a * bg:(a + 1) * bg],
-                                  onehot, onehot if kind == "cond" else None))
+            onehot = mask_to_onehot(real_mask[a * bg : (a + 1) * bg], self.gcfg.num_labels)
+            out.append(
+                MicroBatch(
+                    self.group.rank * self.rounds + a,
+                    bg,
+                    None if kind == "mask" else real_img[a * bg : (a + 1) * bg],
+                    onehot,
+                    onehot if kind == "cond" else None,
+                )
+            )
         return out
 
     def _seed(self, phase: str, mb: MicroBatch) -> None:
@@ -525,7 +682,8 @@ class GANTrainer:
             loss_G, recon = self.loss.g_main(mb.n, mb.cond, mb.image)
             self._backward(loss_G, mb.n / self.tc.batch)
             self._add(acc, "loss_G", loss_G.detach() * mb.n)
-            if recon is not None: self._add(acc, "recon_l1", recon * mb.n)
+            if recon is not None:
+                self._add(acc, "recon_l1", recon * mb.n)
         self._opt_step(self.opt_G, self.G)
 
     def greg_phase(self, micro: list[MicroBatch], acc: dict) -> None:
@@ -579,7 +737,8 @@ class GANTrainer:
     def update_w_avg(self, means: torch.Tensor) -> None:
         "Move the mapping's `w_avg` towards each row of `means` in turn (the micro-batches in global order)."
         mapping = self.G.mapping
-        for m in means: mapping.w_avg.copy_(m.lerp(mapping.w_avg, mapping.w_avg_beta))
+        for m in means:
+            mapping.w_avg.copy_(m.lerp(mapping.w_avg, mapping.w_avg_beta))
         self.loss.w_means.clear()
 
     def reduce_step(self, acc: dict) -> dict:
@@ -588,12 +747,19 @@ class GANTrainer:
         names, group, tc = sorted(acc), self.group, self.tc
         w = torch.stack(self.loss.w_means)
         rows = torch.zeros(self.rounds * group.world, w.shape[1], device=self.device, dtype=w.dtype)
-        rows[group.rank * self.rounds:(group.rank + 1) * self.rounds] = w
-        flat = group.all_reduce_(torch.cat([torch.stack([acc[k].float() for k in names]), rows.flatten()]), "the step statistics")
-        sums = dict(zip(names, flat[:len(names)].tolist()))
-        self.update_w_avg(flat[len(names):].view_as(rows))
-        if self.ada is not None: self.ada.add(sums["signs"], int(sums["signs_n"]))
-        stats = {k: sums[k] / tc.batch for k in ("loss_G", "recon_l1", "loss_D_fake", "loss_D_real", "r1_penalty") if k in sums}
+        rows[group.rank * self.rounds : (group.rank + 1) * self.rounds] = w
+        flat = group.all_reduce_(
+            torch.cat([torch.stack([acc[k].float() for k in names]), rows.flatten()]), "the step statistics"
+        )
+        sums = dict(zip(names, flat[: len(names)].tolist()))
+        self.update_w_avg(flat[len(names) :].view_as(rows))
+        if self.ada is not None:
+            self.ada.add(sums["signs"], int(sums["signs_n"]))
+        stats = {
+            k: sums[k] / tc.batch
+            for k in ("loss_G", "recon_l1", "loss_D_fake", "loss_D_real", "r1_penalty")
+            if k in sums
+        }
         stats["loss_D"] = stats["loss_D_fake"] + stats["loss_D_real"]
         if "pl_count" in sums:
             mean = torch.full_like(self.loss.pl_mean, sums["pl_lengths"] / sums["pl_count"])
@@ -607,31 +773,43 @@ class GANTrainer:
         tc, acc = self.tc, {}
         micro = self.micro_batches(real_img, real_mask)
         self.gmain_phase(micro, acc)
-        _test_hook("train:step")      # tests: a signal that lands inside a step
-        if tc.pl_weight > 0 and self.step_idx % tc.pl_interval == 0: self.greg_phase(micro, acc)
+        _test_hook("train:step")  # tests: a signal that lands inside a step
+        if tc.pl_weight > 0 and self.step_idx % tc.pl_interval == 0:
+            self.greg_phase(micro, acc)
         self.dmain_phase(micro, acc)
-        if tc.gamma > 0 and self.step_idx % tc.r1_interval == 0: self.dreg_phase(micro, acc)
+        if tc.gamma > 0 and self.step_idx % tc.r1_interval == 0:
+            self.dreg_phase(micro, acc)
         stats = self.reduce_step(acc)
         self.G.requires_grad_(True)
         update_ema(self.G_ema, self.G, ema_beta(tc, self.cur_nimg))
         self.cur_nimg += tc.batch
         self.step_idx += 1
-        if self.ada is not None: self.ada.update(tc.batch)
+        if self.ada is not None:
+            self.ada.update(tc.batch)
         stats["augment_p"] = self.augment_p
         return stats
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit-for-bit (tensors are the live ones; `torch.save` copies them). `rng` is this
         process's RNG state; the training loop adds every rank's (`rng_ranks`)."""
-        return dict(gan_config=asdict(self.gcfg), train_config=asdict(self.tc),
-                    G=self.G.state_dict(), D=self.D.state_dict(), G_ema=self.G_ema.state_dict(),
-                    opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict(),
-                    augment_name=self.augment_name,
-                    augment_pipe=self.augment_pipe.state_dict() if isinstance(self.augment_pipe, torch.nn.Module) else None,
-                    augment=self.ada.state_dict() if self.ada is not None else None,
-                    pl_mean=self.loss.pl_mean.detach().clone(),
-                    cur_nimg=self.cur_nimg, step=self.step_idx, rng=_rng_state(),
-                    world_size=self.group.world, batch_gpu=self.batch_gpu)
+        return dict(
+            gan_config=asdict(self.gcfg),
+            train_config=asdict(self.tc),
+            G=self.G.state_dict(),
+            D=self.D.state_dict(),
+            G_ema=self.G_ema.state_dict(),
+            opt_G=self.opt_G.state_dict(),
+            opt_D=self.opt_D.state_dict(),
+            augment_name=self.augment_name,
+            augment_pipe=self.augment_pipe.state_dict() if isinstance(self.augment_pipe, torch.nn.Module) else None,
+            augment=self.ada.state_dict() if self.ada is not None else None,
+            pl_mean=self.loss.pl_mean.detach().clone(),
+            cur_nimg=self.cur_nimg,
+            step=self.step_idx,
+            rng=_rng_state(),
+            world_size=self.group.world,
+            batch_gpu=self.batch_gpu,
+        )
 
     def load_state_dict(self, s: dict, restore_rng: bool = True) -> None:
         "Restore a `state_dict()`, written by any number of processes (the step's random streams depend on the step only)."
@@ -642,18 +820,39 @@ class GANTrainer:
         self.opt_D.load_state_dict(s["opt_D"])
         if s.get("augment_pipe") is not None and isinstance(self.augment_pipe, torch.nn.Module):
             self.augment_pipe.load_state_dict(s["augment_pipe"])
-        if s.get("augment") is not None and self.ada is not None: self.ada.load_state_dict(s["augment"])
+        if s.get("augment") is not None and self.ada is not None:
+            self.ada.load_state_dict(s["augment"])
         self.loss.pl_mean = s["pl_mean"].to(self.device)
         self.cur_nimg, self.step_idx = int(s["cur_nimg"]), int(s["step"])
-        if restore_rng: _set_rng_state(_rank_rng(s, self.group.rank))
+        if restore_rng:
+            _set_rng_state(_rank_rng(s, self.group.rank))
 
 # %% ../nbs/05_train.ipynb
-STATS_COLUMNS = ["kimg", "step", "elapsed_s", "sec_per_kimg", "loss_G", "loss_D", "loss_D_real", "loss_D_fake",
-                 "r1_penalty", "pl_penalty", "augment_p", "metric_name", "metric", "fid", "intensity_w1", "area_w1",
-                 "class_intensity_w1", "recon_l1"]
+STATS_COLUMNS = [
+    "kimg",
+    "step",
+    "elapsed_s",
+    "sec_per_kimg",
+    "loss_G",
+    "loss_D",
+    "loss_D_real",
+    "loss_D_fake",
+    "r1_penalty",
+    "pl_penalty",
+    "augment_p",
+    "metric_name",
+    "metric",
+    "fid",
+    "intensity_w1",
+    "area_w1",
+    "class_intensity_w1",
+    "recon_l1",
+]
+
 
 class RunLog:
     "stats.csv (rewritten atomically) + TensorBoard scalars for one run folder."
+
     def __init__(self, outdir: Path, resume_nimg: int | None = None):
         self.path = outdir / "stats.csv"
         self.rows = []
@@ -662,6 +861,7 @@ class RunLog:
                 self.rows = [r for r in csv.DictReader(f) if float(r["kimg"]) * 1000 <= resume_nimg + 0.5]
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(outdir), purge_step=resume_nimg if resume_nimg else None)
         except Exception as e:  # noqa: BLE001 - TensorBoard is optional, the CSV is not
             warnings.warn(f"TensorBoard logging is off ({e}); stats.csv is still written", RuntimeWarning)
@@ -677,7 +877,9 @@ class RunLog:
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("kimg", "step") and not math.isnan(float(v)):
-                    self.tb.add_scalar(f"train/{k}" if k != "metric" else f"metric/{row.get('metric_name', 'metric')}", v, nimg)
+                    self.tb.add_scalar(
+                        f"train/{k}" if k != "metric" else f"metric/{row.get('metric_name', 'metric')}", v, nimg
+                    )
             self.tb.flush()
 
     def update_last(self, values: dict, nimg: int) -> None:
@@ -686,88 +888,137 @@ class RunLog:
         self.add({**{k: v for k, v in last.items() if v != ""}, **values}, nimg)
 
     def close(self):
-        if self.tb is not None: self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
 
 # %% ../nbs/05_train.ipynb
 def select_ops_impl(impl: str) -> bool:
     "Select the ops implementation; returns whether the main phases should be torch.compile'd."
-    check(impl in ("auto", "ref", "cpu", "cuda", "compile"), f"unknown --impl {impl!r}; choose auto, ref, cpu, cuda or compile")
-    set_default_impl("ref" if impl == "compile" else impl)   # torch.compile traces the plain-PyTorch ops
+    check(
+        impl in ("auto", "ref", "cpu", "cuda", "compile"),
+        f"unknown --impl {impl!r}; choose auto, ref, cpu, cuda or compile",
+    )
+    set_default_impl("ref" if impl == "compile" else impl)  # torch.compile traces the plain-PyTorch ops
     return impl == "compile"
 
 # %% ../nbs/05_train.ipynb
 @dataclass
 class RunConfig:
     "One run's variant, length, seed and time budget: what `train_gan` adds to a `GANConfig` and a `TrainConfig`."
-    kind: str = "joint"                # the variant: 'joint' | 'mask' | 'cond'
-    kimg: float = 20.0                 # training length in thousands of real images shown to D
-    preset: str = "cpu64"              # network + training preset (`gan_config`, `train_config`)
+
+    kind: str = "joint"  # the variant: 'joint' | 'mask' | 'cond'
+    kimg: float = 20.0  # training length in thousands of real images shown to D
+    preset: str = "cpu64"  # network + training preset (`gan_config`, `train_config`)
     seed: int = 0
-    time_budget: float | None = None   # seconds; the run stops cleanly with a checkpoint when it would exceed them
-    snap_kimg: float | None = None     # snapshot interval; None: kimg / 10, at least 4 batches
+    time_budget: float | None = None  # seconds; the run stops cleanly with a checkpoint when it would exceed them
+    snap_kimg: float | None = None  # snapshot interval; None: kimg / 10, at least 4 batches
 
     def __post_init__(self):
         check(self.kind in GAN_KINDS, f"unknown --kind {self.kind!r}; choose joint, mask or cond")
-        check(isinstance(self.kimg, (int, float)) and math.isfinite(self.kimg) and self.kimg > 0,
-              f"--kimg {self.kimg}: the training length must be a positive number of thousands of images (e.g. --kimg 20)")
+        check(
+            isinstance(self.kimg, (int, float)) and math.isfinite(self.kimg) and self.kimg > 0,
+            f"--kimg {self.kimg}: the training length must be a positive number of thousands of images (e.g. --kimg 20)",
+        )
 
 # %% ../nbs/05_train.ipynb
 @dataclass
 class RunPlan:
     "Everything decided about a run before its folder is touched (`plan_run`)."
+
     run: RunConfig
     data_dir: Path
     outdir: Path
-    ds: Any                  # the training samples (a `medsyn.data.CanonicalDataset`)
+    ds: Any  # the training samples (a `medsyn.data.CanonicalDataset`)
     gcfg: GANConfig
     tc: TrainConfig
-    fingerprint: dict        # `data_fingerprint(ds)`
+    fingerprint: dict  # `data_fingerprint(ds)`
     device: torch.device
-    state: str               # `run_folder_state(outdir)`
-    ck: dict | None          # the checkpoint to resume from
+    state: str  # `run_folder_state(outdir)`
+    ck: dict | None  # the checkpoint to resume from
 
     @property
-    def last(self) -> Path: return self.outdir / "network-last.pt"
+    def last(self) -> Path:
+        return self.outdir / "network-last.pt"
 
 # %% ../nbs/05_train.ipynb
-def plan_run(data_dir, outdir, run: RunConfig, subjects=None, resume: bool = True, replace_run: bool = False,
-             device: str = "auto", overrides: dict | None = None) -> RunPlan:
+def plan_run(
+    data_dir,
+    outdir,
+    run: RunConfig,
+    subjects=None,
+    resume: bool = True,
+    replace_run: bool = False,
+    device: str = "auto",
+    overrides: dict | None = None,
+) -> RunPlan:
     """Check the data, the run folder and the settings (`overrides`: `GANConfig` / `TrainConfig` fields) and decide the
     run's configs; a resumed run keeps its own. Writes nothing: a refused run leaves `outdir` as it was."""
     outdir, data_dir = Path(outdir), Path(data_dir)
     ds = load_canonical(data_dir)
-    if subjects is not None: ds = ds.subset(list(subjects))
-    ds = ds.for_training()                 # foreground slices + the empty ones drawn at preparation
+    if subjects is not None:
+        ds = ds.subset(list(subjects))
+    ds = ds.for_training()  # foreground slices + the empty ones drawn at preparation
     H, W = tuple(ds.resolution)
-    check(H == W, f"{data_dir}: the GAN needs square images, this dataset is {H}x{W}; re-prepare it with a square --res")
+    check(
+        H == W, f"{data_dir}: the GAN needs square images, this dataset is {H}x{W}; re-prepare it with a square --res"
+    )
     check_trainable(ds, data_dir)
     state, ck = open_run_folder(outdir, resume, replace_run)
     gan_over, train_over = split_overrides(overrides or {}, GANConfig)
-    gcfg = gan_config(run.preset, **{**gan_over, "kind": run.kind, "resolution": H, "img_channels": len(ds.modalities),
-                                     "num_labels": len(ds.labels)})
+    gcfg = gan_config(
+        run.preset,
+        **{
+            **gan_over,
+            "kind": run.kind,
+            "resolution": H,
+            "img_channels": len(ds.modalities),
+            "num_labels": len(ds.labels),
+        },
+    )
     tc = train_config(run.preset, **train_over)
-    check(len(ds) >= tc.batch, f"{data_dir}: {len(ds)} training samples ({len(ds.subjects)} subject(s)) are fewer than one batch "
-                               f"of {tc.batch}; pass --batch {max(2, len(ds) - len(ds) % 2)} or less, or use more data")
+    check(
+        len(ds) >= tc.batch,
+        f"{data_dir}: {len(ds)} training samples ({len(ds.subjects)} subject(s)) are fewer than one batch "
+        f"of {tc.batch}; pass --batch {max(2, len(ds) - len(ds) % 2)} or less, or use more data",
+    )
     fingerprint, dev = data_fingerprint(ds), choose_device(device)
-    gcfg, stored = resolve_run_precision(gcfg, dev, stored_run(outdir, ck) if state == "run" and not replace_run else None)
+    gcfg, stored = resolve_run_precision(
+        gcfg, dev, stored_run(outdir, ck) if state == "run" and not replace_run else None
+    )
     if stored is not None:
-        diffs = resume_conflicts(stored, dict(kind=run.kind, seed=run.seed, gan_config=asdict(gcfg), train_config=asdict(tc),
-                                              data=dict(fingerprint=fingerprint, legacy=_legacy_data(ds.meta))))
-        check(not diffs, f"{outdir}: cannot resume this run with other settings: {'; '.join(diffs)}. Rerun with the run's own "
-                         "data and options to continue it, choose another --outdir, or pass --replace to move the old run "
-                         "aside and start over (nothing was written)")
+        diffs = resume_conflicts(
+            stored,
+            dict(
+                kind=run.kind,
+                seed=run.seed,
+                gan_config=asdict(gcfg),
+                train_config=asdict(tc),
+                data=dict(fingerprint=fingerprint, legacy=_legacy_data(ds.meta)),
+            ),
+        )
+        check(
+            not diffs,
+            f"{outdir}: cannot resume this run with other settings: {'; '.join(diffs)}. Rerun with the run's own "
+            "data and options to continue it, choose another --outdir, or pass --replace to move the old run "
+            "aside and start over (nothing was written)",
+        )
         if ck is not None:
             gcfg = GANConfig.from_dict(ck["gan_config"])
             tc = replace(TrainConfig(**ck["train_config"]), **{k: getattr(tc, k) for k in RESUME_MAY_CHANGE})
     return RunPlan(run, data_dir, outdir, ds, gcfg, tc, fingerprint, dev, state, ck)
 
 # %% ../nbs/05_train.ipynb
-def selection_pairs(plan: RunPlan, pairs: PairData, subjects=None, selection_subjects=None, mask_source=None) -> PairData:
+def selection_pairs(
+    plan: RunPlan, pairs: PairData, subjects=None, selection_subjects=None, mask_source=None
+) -> PairData:
     """The real pairs that the snapshot metric and the grids use: the training pairs, the held-out `selection_subjects`
     of the same dataset, or (for 'cond') the masks of the dataset `mask_source`."""
     if selection_subjects is not None:
         both = sorted(set(map(str, selection_subjects)) & set(map(str, subjects or [])))
-        check(not both, f"selection_subjects {both} are also training subjects; select the snapshot on held-out (validation) subjects")
+        check(
+            not both,
+            f"selection_subjects {both} are also training subjects; select the snapshot on held-out (validation) subjects",
+        )
         pairs = PairData(load_canonical(plan.data_dir).subset(list(selection_subjects)).for_training())
     if mask_source is not None:
         check(plan.run.kind == "cond", "mask_source is only used by --kind cond")
@@ -777,29 +1028,55 @@ def selection_pairs(plan: RunPlan, pairs: PairData, subjects=None, selection_sub
 # %% ../nbs/05_train.ipynb
 def prepare_run_folder(plan: RunPlan, replace_run: bool = False) -> None:
     "Move an earlier run aside (`replace_run`), create `outdir` and clear temporary leftovers of a killed run."
-    if replace_run and plan.state == "run": move_run_aside(plan.outdir)
-    try: plan.outdir.mkdir(parents=True, exist_ok=True)
+    if replace_run and plan.state == "run":
+        move_run_aside(plan.outdir)
+    try:
+        plan.outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MedsynError(f"{plan.outdir}: cannot create the run folder ({os_reason(e)}); choose a writable --outdir") from e
+        raise MedsynError(
+            f"{plan.outdir}: cannot create the run folder ({os_reason(e)}); choose a writable --outdir"
+        ) from e
     remove_stale_leftovers(plan.outdir, kinds=("tmp",))
 
 # %% ../nbs/05_train.ipynb
-def run_record(plan: RunPlan, trainer: GANTrainer, selection: SnapshotMetric, subjects=None, selection_subjects=None) -> dict:
+def run_record(
+    plan: RunPlan, trainer: GANTrainer, selection: SnapshotMetric, subjects=None, selection_subjects=None
+) -> dict:
     "The run's `config.json`: what was trained on which data with which settings."
     ids = lambda s: None if s is None else sorted(map(str, s))
-    return dict(kind=plan.run.kind, preset=plan.run.preset, kimg=plan.run.kimg, seed=plan.run.seed, data_dir=str(plan.data_dir),
-                dataset=plan.ds.meta.get("name"), data_fingerprint=plan.fingerprint, subjects=ids(subjects),
-                n_train_samples=len(plan.ds), selection_subjects=ids(selection_subjects), gan_config=asdict(plan.gcfg),
-                train_config=asdict(plan.tc), augment=trainer.augment_name, selection_metric=selection.name,
-                device=str(plan.device), torch=torch.__version__)
+    return dict(
+        kind=plan.run.kind,
+        preset=plan.run.preset,
+        kimg=plan.run.kimg,
+        seed=plan.run.seed,
+        data_dir=str(plan.data_dir),
+        dataset=plan.ds.meta.get("name"),
+        data_fingerprint=plan.fingerprint,
+        subjects=ids(subjects),
+        n_train_samples=len(plan.ds),
+        selection_subjects=ids(selection_subjects),
+        gan_config=asdict(plan.gcfg),
+        train_config=asdict(plan.tc),
+        augment=trainer.augment_name,
+        selection_metric=selection.name,
+        device=str(plan.device),
+        torch=torch.__version__,
+    )
 
 # %% ../nbs/05_train.ipynb
 class NullLog:
     "The log of ranks other than 0: they write nothing (rank 0 logs the statistics of the whole step)."
+
     rows: list = []
-    def add(self, row: dict, nimg: int) -> None: pass
-    def update_last(self, values: dict, nimg: int) -> None: pass
-    def close(self) -> None: pass
+
+    def add(self, row: dict, nimg: int) -> None:
+        pass
+
+    def update_last(self, values: dict, nimg: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 # %% ../nbs/05_train.ipynb
 @contextlib.contextmanager
@@ -807,34 +1084,58 @@ def stop_signals(message: str) -> Iterator:
     """Like `medsyn.core.sigint_at_step_boundary` (first Ctrl-C: stop after this step; second: abort), and SIGTERM (what
     SLURM sends at the time limit, and `kill`'s default) also asks for a stop after the current step."""
     with sigint_at_step_boundary(message) as stop:
-        if threading.current_thread() is not threading.main_thread(): yield stop; return
+        if threading.current_thread() is not threading.main_thread():
+            yield stop
+            return
+
         def on_term(signum, frame):
-            if not stop.requested: print(f"\nmedsyn: SIGTERM: {message}", file=sys.stderr)
+            if not stop.requested:
+                print(f"\nmedsyn: SIGTERM: {message}", file=sys.stderr)
             stop.requested = True
+
         old = signal.signal(signal.SIGTERM, on_term)
-        try: yield stop
-        finally: signal.signal(signal.SIGTERM, old)
+        try:
+            yield stop
+        finally:
+            signal.signal(signal.SIGTERM, old)
 
 # %% ../nbs/05_train.ipynb
 class TrainingLoop:
     """The loop of one run: steps, a stats row every tick, a snapshot (grid, selection metric, checkpoints) every
     `snap_kimg`, the time budget, and Ctrl-C (finish the step, save, stop)."""
-    def __init__(self, plan: RunPlan, trainer: GANTrainer, pairs: PairData, metric_pairs: PairData, selection: SnapshotMetric | None,
-                 workers: int = 0):
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        trainer: GANTrainer,
+        pairs: PairData,
+        metric_pairs: PairData,
+        selection: SnapshotMetric | None,
+        workers: int = 0,
+    ):
         self.plan, self.trainer, self.pairs, self.selection, self.workers = plan, trainer, pairs, selection, workers
         run, tc, self.group = plan.run, plan.tc, trainer.group
         self.best = dict(best_metric=float("inf"), best_kimg=None, elapsed_s=0.0, last_snap_nimg=-1)
-        if plan.ck is not None: self.best.update(plan.ck.get("progress", {}))
-        self.log = RunLog(plan.outdir, trainer.cur_nimg if plan.ck is not None else None) if self.group.is_main else NullLog()
+        if plan.ck is not None:
+            self.best.update(plan.ck.get("progress", {}))
+        self.log = (
+            RunLog(plan.outdir, trainer.cur_nimg if plan.ck is not None else None) if self.group.is_main else NullLog()
+        )
         # Fixed latents / masks for the grids (own generators: the global RNG is left alone).
-        self.grid_z = torch.randn(tc.grid_n, plan.gcfg.z_dim, generator=torch.Generator().manual_seed(run.seed + 777)).to(plan.device)
+        self.grid_z = torch.randn(
+            tc.grid_n, plan.gcfg.z_dim, generator=torch.Generator().manual_seed(run.seed + 777)
+        ).to(plan.device)
         grid_idx = np.random.default_rng([run.seed, 3]).permutation(len(metric_pairs))[: tc.grid_n]
         self.grid_img, self.grid_mask = (torch.stack(t) for t in zip(*(metric_pairs[int(i)] for i in grid_idx)))
         if plan.ck is None and self.group.is_main:
-            save_png(grid_rows(self.grid_img if run.kind != "mask" else None, self.grid_mask), plan.outdir / "grid-reals.png")
+            save_png(
+                grid_rows(self.grid_img if run.kind != "mask" else None, self.grid_mask), plan.outdir / "grid-reals.png"
+            )
         self.total_nimg = int(round(run.kimg * 1000))
         self.tick_nimg = max(tc.batch, int((tc.tick_kimg if tc.tick_kimg else run.kimg / 100) * 1000))
-        self.snap_nimg = max(tc.batch, int((run.snap_kimg if run.snap_kimg else max(run.kimg / 10, tc.batch * 4 / 1000)) * 1000))
+        self.snap_nimg = max(
+            tc.batch, int((run.snap_kimg if run.snap_kimg else max(run.kimg / 10, tc.batch * 4 / 1000)) * 1000)
+        )
         self.acc, self.snap_cost = {}, 0.0
 
     @property
@@ -847,7 +1148,9 @@ class TrainingLoop:
         G, gcfg = self.trainer.G_ema, self.plan.gcfg
         with torch.no_grad():
             cond = mask_to_onehot(self.grid_mask, gcfg.num_labels).to(self.plan.device) if gcfg.kind == "cond" else None
-            image, mask = to_pair01(G.synthesis(G.mapping(self.grid_z, update_emas=False), cond=cond, noise_mode="const"), gcfg)
+            image, mask = to_pair01(
+                G.synthesis(G.mapping(self.grid_z, update_emas=False), cond=cond, noise_mode="const"), gcfg
+            )
         image = None if image is None else image * 2 - 1
         return grid_rows(*((self.grid_mask, self.grid_img, image) if gcfg.kind == "cond" else (image, mask)))
 
@@ -855,10 +1158,14 @@ class TrainingLoop:
         """Grid, selection metric (`metric`), network-last.pt and, when the metric improved, network-best.pt; returns the metric.
         Every rank calls it: the ranks check that their G_ema agree and hand rank 0 their RNG states; rank 0 writes."""
         t0, tr, plan, group = time.time(), self.trainer, self.plan, self.group
-        if group.world > 1: group.check_same(module_digest(tr.G_ema), f"the G_ema weights at kimg {tr.cur_nimg / 1000:.3f} (the ranks diverged)")
+        if group.world > 1:
+            group.check_same(
+                module_digest(tr.G_ema), f"the G_ema weights at kimg {tr.cur_nimg / 1000:.3f} (the ranks diverged)"
+            )
         rngs = group.gather_objects(_rng_state(), "the gathering of the RNG states")
         self.best["last_snap_nimg"] = tr.cur_nimg
-        if not group.is_main: return {}
+        if not group.is_main:
+            return {}
         res = {}
         if metric:
             res = self.selection(tr.G_ema)
@@ -866,9 +1173,18 @@ class TrainingLoop:
             if res["total"] < self.best["best_metric"]:
                 self.best.update(best_metric=res["total"], best_kimg=tr.cur_nimg / 1000)
         save_png(self.grid(), plan.outdir / f"grid-{tr.cur_nimg / 1000:08.3f}kimg.png")
-        ckpt = dict(tr.state_dict(), rng_ranks=rngs, progress=dict(self.best), dataset_meta=dict(plan.ds.meta), data_dir=str(plan.data_dir),
-                    data_fingerprint=plan.fingerprint, selection_metric=self.selection.name, metric=res, seed=plan.run.seed,
-                    kimg=tr.cur_nimg / 1000)
+        ckpt = dict(
+            tr.state_dict(),
+            rng_ranks=rngs,
+            progress=dict(self.best),
+            dataset_meta=dict(plan.ds.meta),
+            data_dir=str(plan.data_dir),
+            data_fingerprint=plan.fingerprint,
+            selection_metric=self.selection.name,
+            metric=res,
+            seed=plan.run.seed,
+            kimg=tr.cur_nimg / 1000,
+        )
         atomic_torch_save(ckpt, plan.last)
         if metric and self.best["best_kimg"] == tr.cur_nimg / 1000:
             atomic_torch_save(ckpt, plan.outdir / "network-best.pt")
@@ -881,17 +1197,26 @@ class TrainingLoop:
         dt, dn = time.time() - self.t_tick, tr.cur_nimg - self.nimg_tick
         self.best["elapsed_s"] += dt
         row = {k: float(np.mean(v)) for k, v in self.acc.items()}
-        row.update(kimg=round(tr.cur_nimg / 1000, 4), step=tr.step_idx, elapsed_s=round(self.best["elapsed_s"], 2),
-                   sec_per_kimg=dt / max(dn, 1) * 1000, augment_p=tr.augment_p)
+        row.update(
+            kimg=round(tr.cur_nimg / 1000, 4),
+            step=tr.step_idx,
+            elapsed_s=round(self.best["elapsed_s"], 2),
+            sec_per_kimg=dt / max(dn, 1) * 1000,
+            augment_p=tr.augment_p,
+        )
         self.t_tick, self.nimg_tick, self.acc = time.time(), tr.cur_nimg, {}
         return row
 
     def step(self, img, mask) -> None:
         "One training step; its stats join the current tick; a non-finite loss stops the run with advice."
-        for k, v in self.trainer.step(img, mask).items(): self.acc.setdefault(k, []).append(v)
+        for k, v in self.trainer.step(img, mask).items():
+            self.acc.setdefault(k, []).append(v)
         for k in ("loss_G", "loss_D"):
-            check(math.isfinite(self.acc[k][-1]), f"training diverged at kimg {self.trainer.cur_nimg / 1000:.3f} ({k} is "
-                  f"{self.acc[k][-1]}); resume from {self.plan.outdir / 'network-best.pt'} with a larger --gamma or lower lr")
+            check(
+                math.isfinite(self.acc[k][-1]),
+                f"training diverged at kimg {self.trainer.cur_nimg / 1000:.3f} ({k} is "
+                f"{self.acc[k][-1]}); resume from {self.plan.outdir / 'network-best.pt'} with a larger --gamma or lower lr",
+            )
 
     def after_step(self) -> None:
         "Write a stats row when a tick ends and take a snapshot when one is due."
@@ -899,7 +1224,8 @@ class TrainingLoop:
         snap_due = n // self.snap_nimg > (n - b) // self.snap_nimg or n >= self.total_nimg
         if snap_due or n // self.tick_nimg > (n - b) // self.tick_nimg:
             row = self.tick_row()
-            if snap_due: row.update(self.snapshot(metric=True), metric_name=self.metric_name)
+            if snap_due:
+                row.update(self.snapshot(metric=True), metric_name=self.metric_name)
             self.log.add(row, n)
 
     def out_of_time(self, t_start: float) -> bool:
@@ -909,62 +1235,88 @@ class TrainingLoop:
 
     def progress_bar(self):
         tr = self.trainer
-        return tqdm(total=round(self.plan.run.kimg, 3), initial=round(tr.cur_nimg / 1000, 3), unit="kimg", dynamic_ncols=True,
-                    bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]")
+        return tqdm(
+            total=round(self.plan.run.kimg, 3),
+            initial=round(tr.cur_nimg / 1000, 3),
+            unit="kimg",
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
+        )
 
     def show_progress(self, bar) -> None:
         tr, el = self.trainer, time.time() - self.t_tick
         bar.update(round(self.plan.tc.batch / 1000, 3))
-        bar.set_postfix_str(f"s/kimg {el / max(tr.cur_nimg - self.nimg_tick, 1) * 1000:.0f} G {self.acc['loss_G'][-1]:.3f} "
-                            f"D {self.acc['loss_D'][-1]:.3f} p {tr.augment_p:.3f}", refresh=False)
+        bar.set_postfix_str(
+            f"s/kimg {el / max(tr.cur_nimg - self.nimg_tick, 1) * 1000:.0f} G {self.acc['loss_G'][-1]:.3f} "
+            f"D {self.acc['loss_D'][-1]:.3f} p {tr.augment_p:.3f}",
+            refresh=False,
+        )
 
     def finish(self) -> None:
         "The last snapshot with its metric, unless the last step already took one (stopped by the budget, or resumed at the end)."
-        if self.best["last_snap_nimg"] == self.trainer.cur_nimg: return
+        if self.best["last_snap_nimg"] == self.trainer.cur_nimg:
+            return
         res = dict(self.snapshot(metric=True), metric_name=self.metric_name)
         if self.acc or not self.log.rows:
             self.log.add({**self.tick_row(), **res}, self.trainer.cur_nimg)
-        else:                                                  # the last tick row is at this image count
+        else:  # the last tick row is at this image count
             self.log.update_last(res, self.trainer.cur_nimg)
 
     def run(self, progress: bool = True) -> str | None:
         "Train until `kimg` (returns None) or the time budget ('time budget'); Ctrl-C saves a checkpoint and re-raises."
         tr, plan = self.trainer, self.plan
-        if plan.ck is not None: _set_rng_state(_rank_rng(plan.ck, self.group.rank))   # last thing before the loop: nothing above may draw from it
+        if plan.ck is not None:
+            _set_rng_state(
+                _rank_rng(plan.ck, self.group.rank)
+            )  # last thing before the loop: nothing above may draw from it
         share = (tr.share_start, tr.rounds * tr.batch_gpu)
-        batches = pair_batches(self.pairs, plan.tc.batch, plan.run.seed, tr.cur_nimg, plan.device, share, self.workers, self.group.rank)
+        batches = pair_batches(
+            self.pairs, plan.tc.batch, plan.run.seed, tr.cur_nimg, plan.device, share, self.workers, self.group.rank
+        )
         t_start = self.t_tick = time.time()
         self.nimg_tick, stopped, in_step = tr.cur_nimg, None, False
         bar = self.progress_bar() if progress else None
         try:
-          with stop_signals(f"Ctrl-C: finishing the current step, then saving a checkpoint in {plan.outdir} "
-                            "(Ctrl-C again aborts at once and keeps the previous checkpoint)") as stop:
-            while tr.cur_nimg < self.total_nimg:
-                # every rank stops after the same step: a signal to one rank, or rank 0's clock, decides for all
-                stop_now, no_time = self.group.any(stop.requested, self.group.is_main and self.out_of_time(t_start))
-                if stop_now: raise KeyboardInterrupt
-                if no_time: stopped = "time budget"; break
-                img, mask = next(batches)
-                in_step = True
-                self.step(img, mask)
-                in_step = False
-                if bar is not None: self.show_progress(bar)
-                self.after_step()
-            if self.group.any(stop.requested)[0]: raise KeyboardInterrupt      # asked during the last step: it is complete, save it
+            with stop_signals(
+                f"Ctrl-C: finishing the current step, then saving a checkpoint in {plan.outdir} "
+                "(Ctrl-C again aborts at once and keeps the previous checkpoint)"
+            ) as stop:
+                while tr.cur_nimg < self.total_nimg:
+                    # every rank stops after the same step: a signal to one rank, or rank 0's clock, decides for all
+                    stop_now, no_time = self.group.any(stop.requested, self.group.is_main and self.out_of_time(t_start))
+                    if stop_now:
+                        raise KeyboardInterrupt
+                    if no_time:
+                        stopped = "time budget"
+                        break
+                    img, mask = next(batches)
+                    in_step = True
+                    self.step(img, mask)
+                    in_step = False
+                    if bar is not None:
+                        self.show_progress(bar)
+                    self.after_step()
+                if self.group.any(stop.requested)[0]:
+                    raise KeyboardInterrupt  # asked during the last step: it is complete, save it
         except KeyboardInterrupt:
-            if bar is not None: bar.close()
-            if in_step:    # a second Ctrl-C inside a step: the networks hold half an update, keep the previous checkpoint
+            if bar is not None:
+                bar.close()
+            if in_step:  # a second Ctrl-C inside a step: the networks hold half an update, keep the previous checkpoint
                 self.log.close()
                 if self.group.is_main:
-                    print(f"medsyn train: aborted inside a step; {plan.last} keeps the last whole-step checkpoint", file=sys.stderr)
+                    print(
+                        f"medsyn train: aborted inside a step; {plan.last} keeps the last whole-step checkpoint",
+                        file=sys.stderr,
+                    )
                 raise
-            self.snapshot(metric=False)                     # between steps: the state is whole, save it
+            self.snapshot(metric=False)  # between steps: the state is whole, save it
             self.log.add(self.tick_row(), tr.cur_nimg)
             self.log.close()
             raise
         self.finish()
         self.log.close()
-        if bar is not None: bar.close()
+        if bar is not None:
+            bar.close()
         return stopped
 
 # %% ../nbs/05_train.ipynb
@@ -974,81 +1326,130 @@ def check_nproc(nproc: int, device: str = "auto") -> torch.device:
     dev = choose_device(device)
     if dev.type == "cuda":
         n = torch.cuda.device_count()
-        check(nproc <= n, f"--nproc {nproc} CUDA processes, but this machine shows {n} GPU(s); use --nproc {n} or fewer")
+        check(
+            nproc <= n, f"--nproc {nproc} CUDA processes, but this machine shows {n} GPU(s); use --nproc {n} or fewer"
+        )
     return dev
 
 # %% ../nbs/05_train.ipynb
 def rank_call(call: dict, overrides: dict) -> dict:
     "`train_gan`'s arguments as JSON data for the ranks of a local launch (paths as strings, subject lists as lists)."
-    out = {k: (str(v) if isinstance(v, Path) else list(map(str, v)) if k in ("subjects", "selection_subjects") and v is not None else v)
-           for k, v in {**call, **overrides}.items()}
-    try: json.dumps(out)
-    except TypeError as e: raise MedsynError(f"--nproc: the training arguments must be plain data to reach the ranks ({e})") from e
+    out = {
+        k: (
+            str(v)
+            if isinstance(v, Path)
+            else list(map(str, v))
+            if k in ("subjects", "selection_subjects") and v is not None
+            else v
+        )
+        for k, v in {**call, **overrides}.items()
+    }
+    try:
+        json.dumps(out)
+    except TypeError as e:
+        raise MedsynError(f"--nproc: the training arguments must be plain data to reach the ranks ({e})") from e
     return out
 
 # %% ../nbs/05_train.ipynb
 def build_ops_once(group: RankGroup, device) -> None:
     """Compile (or load) the ops plugin of `device` on local rank 0 before the other ranks of its node touch it, so they
     load the finished build instead of racing to compile it (see `medsyn.ops.build_lock`)."""
-    if group.world == 1: return
-    if group.env.local_rank == 0: ops.active_impl(device)
+    if group.world == 1:
+        return
+    if group.env.local_rank == 0:
+        ops.active_impl(device)
     group.barrier("the build of the compiled ops (rank 0 builds them)")
 
 # %% ../nbs/05_train.ipynb
 def _run_digest(plan: RunPlan) -> str:
     "What every rank must agree on: the configs, the data and the checkpoint's position."
-    what = dict(gan=asdict(plan.gcfg), train=asdict(plan.tc), run=asdict(plan.run), data=plan.fingerprint,
-                nimg=None if plan.ck is None else plan.ck["cur_nimg"], outdir=str(plan.outdir.resolve()))
+    what = dict(
+        gan=asdict(plan.gcfg),
+        train=asdict(plan.tc),
+        run=asdict(plan.run),
+        data=plan.fingerprint,
+        nimg=None if plan.ck is None else plan.ck["cur_nimg"],
+        outdir=str(plan.outdir.resolve()),
+    )
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 # %% ../nbs/05_train.ipynb
-def _train_rank(group: RankGroup, run: RunConfig, data_dir, outdir, subjects, selection_subjects, mask_source, resume: bool,
-                replace_run: bool, progress: bool, workers: int | None, overrides: dict) -> Path:
+def _train_rank(
+    group: RankGroup,
+    run: RunConfig,
+    data_dir,
+    outdir,
+    subjects,
+    selection_subjects,
+    mask_source,
+    resume: bool,
+    replace_run: bool,
+    progress: bool,
+    workers: int | None,
+    overrides: dict,
+) -> Path:
     "One rank of `train_gan` (the only one for a single process): plan, check the ranks agree, build, train; rank 0 writes."
-    if not group.is_main: warnings.simplefilter("ignore")   # rank 0 speaks for the run
+    if not group.is_main:
+        warnings.simplefilter("ignore")  # rank 0 speaks for the run
     plan = plan_run(data_dir, outdir, run, subjects, resume, replace_run, str(group.device), overrides)
     group.check_same(_run_digest(plan), "the run's settings, data and checkpoint")
     pairs = PairData(plan.ds)
     metric_pairs = selection_pairs(plan, pairs, subjects, selection_subjects, mask_source)
-    if group.is_main: prepare_run_folder(plan, replace_run)
+    if group.is_main:
+        prepare_run_folder(plan, replace_run)
     group.barrier("the preparation of the run folder")
     compile_main = select_ops_impl(plan.tc.impl)
     build_ops_once(group, plan.device)
-    seed_everything(run.seed)      # the networks' initial weights; nothing may draw from the global RNG before the trainer
+    seed_everything(run.seed)  # the networks' initial weights; nothing may draw from the global RNG before the trainer
     trainer = GANTrainer(plan.gcfg, plan.tc, plan.device, compile_main=compile_main, group=group, seed=run.seed)
-    if plan.ck is not None: trainer.load_state_dict(plan.ck, restore_rng=False)
+    if plan.ck is not None:
+        trainer.load_state_dict(plan.ck, restore_rng=False)
     selection = None
     if group.is_main:
-        selection = SnapshotMetric(plan.tc.metric, plan.gcfg, metric_pairs, plan.tc.metric_n, run.seed, plan.device, plan.tc.metric_trunc)
-        save_json(dict(run_record(plan, trainer, selection, subjects, selection_subjects), processes=group.world,
-                       batch_gpu=trainer.batch_gpu), plan.outdir / "config.json")
+        selection = SnapshotMetric(
+            plan.tc.metric, plan.gcfg, metric_pairs, plan.tc.metric_n, run.seed, plan.device, plan.tc.metric_trunc
+        )
+        save_json(
+            dict(
+                run_record(plan, trainer, selection, subjects, selection_subjects),
+                processes=group.world,
+                batch_gpu=trainer.batch_gpu,
+            ),
+            plan.outdir / "config.json",
+        )
     loop = TrainingLoop(plan, trainer, pairs, metric_pairs, selection, auto_workers(pairs, group.world, workers))
     stopped = loop.run(progress and group.is_main)
     if stopped and group.is_main:
-        print(f"stopped at {trainer.cur_nimg / 1000:.3f} kimg: {stopped} of {run.time_budget:.0f} s reached; "
-              f"rerun the same command to continue", file=sys.stderr)
+        print(
+            f"stopped at {trainer.cur_nimg / 1000:.3f} kimg: {stopped} of {run.time_budget:.0f} s reached; "
+            f"rerun the same command to continue",
+            file=sys.stderr,
+        )
     return plan.outdir
 
 # %% ../nbs/05_train.ipynb
-def train_gan(data_dir,                            # canonical dataset folder (from `medsyn prepare`)
-              outdir,                              # run folder (checkpoints, logs, grids)
-              kind: str = "joint",                 # generator variant: joint | mask | cond
-              kimg: float = 20.0,                  # training length in thousands of real images shown to D
-              preset: str = "cpu64",               # network + training preset (`medsyn.networks.GAN_PRESETS`)
-              resume: bool = True,                 # continue the run in OUTDIR; --no-resume refuses a folder that holds a run
-              time_budget: float | None = None,    # stop cleanly (with a checkpoint) after this many seconds
-              seed: int = 0,                       # seed of the initial weights, the data order and the grids
-              batch: int | None = None,            # batch size (default: the preset's)
-              snap_kimg: float | None = None,      # snapshot (grid, metric, checkpoint) interval in kimg
-              mask_source: str | None = None,      # cond only: dataset whose masks drive the grids and the metric
-              subjects=None,                       # train on these subjects of the dataset only
-              selection_subjects=None,             # select the snapshot on these held-out subjects' pairs
-              device: str = "auto",                # auto | cpu | cuda
-              progress: bool = True,               # show a progress bar
-              replace_run: bool = False,           # move a run already in OUTDIR aside (OUTDIR.replaced-TIME) and start over
-              nproc: int | None = None,            # start this many processes on this machine (one per GPU; gloo ranks on CPU); not under torchrun/srun
-              workers: int | None = None,          # data-loading processes per rank; default 0 for data in the RAM cache, else up to 4
-              **overrides) -> Path:
+def train_gan(
+    data_dir,  # canonical dataset folder (from `medsyn prepare`)
+    outdir,  # run folder (checkpoints, logs, grids)
+    kind: str = "joint",  # generator variant: joint | mask | cond
+    kimg: float = 20.0,  # training length in thousands of real images shown to D
+    preset: str = "cpu64",  # network + training preset (`medsyn.networks.GAN_PRESETS`)
+    resume: bool = True,  # continue the run in OUTDIR; --no-resume refuses a folder that holds a run
+    time_budget: float | None = None,  # stop cleanly (with a checkpoint) after this many seconds
+    seed: int = 0,  # seed of the initial weights, the data order and the grids
+    batch: int | None = None,  # batch size (default: the preset's)
+    snap_kimg: float | None = None,  # snapshot (grid, metric, checkpoint) interval in kimg
+    mask_source: str | None = None,  # cond only: dataset whose masks drive the grids and the metric
+    subjects=None,  # train on these subjects of the dataset only
+    selection_subjects=None,  # select the snapshot on these held-out subjects' pairs
+    device: str = "auto",  # auto | cpu | cuda
+    progress: bool = True,  # show a progress bar
+    replace_run: bool = False,  # move a run already in OUTDIR aside (OUTDIR.replaced-TIME) and start over
+    nproc: int
+    | None = None,  # start this many processes on this machine (one per GPU; gloo ranks on CPU); not under torchrun/srun
+    workers: int | None = None,  # data-loading processes per rank; default 0 for data in the RAM cache, else up to 4
+    **overrides,
+) -> Path:
     """Train a StyleGAN2 `kind` ('joint' | 'mask' | 'cond') on the canonical dataset `data_dir` for `kimg`
     thousand images; returns the run folder `outdir` (checkpoints, logs, grids). `overrides` set fields of
     `GANConfig` or `TrainConfig`. For 'cond', `mask_source` (a canonical dataset folder) gives the masks used
@@ -1064,39 +1465,74 @@ def train_gan(data_dir,                            # canonical dataset folder (f
     env = dist_env(nproc=nproc)
     if nproc is not None and nproc > 1 and env.source == "single":
         call = {k: v for k, v in args.items() if k not in ("overrides", "args")}
-        tc = plan_run(data_dir, outdir, RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg), subjects, resume, replace_run,
-                      device, {**overrides, **({} if batch is None else {"batch": batch})}).tc   # refuse bad settings once, here
+        tc = plan_run(
+            data_dir,
+            outdir,
+            RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg),
+            subjects,
+            resume,
+            replace_run,
+            device,
+            {**overrides, **({} if batch is None else {"batch": batch})},
+        ).tc  # refuse bad settings once, here
         rank_share(tc.batch, tc.batch_gpu or tc.batch // nproc, 0, nproc)
         launch("medsyn.train:train_gan", rank_call(call, overrides), nproc, check_nproc(nproc, device).type)
         return Path(outdir)
     group = RankGroup(env, rank_device(choose_device(device), env)).start()
     try:
-        return _train_rank(group, RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg), data_dir, outdir, subjects,
-                           selection_subjects, mask_source, resume, replace_run, progress, workers,
-                           {**overrides, **({} if batch is None else {"batch": batch})})
+        return _train_rank(
+            group,
+            RunConfig(kind, kimg, preset, seed, time_budget, snap_kimg),
+            data_dir,
+            outdir,
+            subjects,
+            selection_subjects,
+            mask_source,
+            resume,
+            replace_run,
+            progress,
+            workers,
+            {**overrides, **({} if batch is None else {"batch": batch})},
+        )
     finally:
         group.close()
 
 # %% ../nbs/05_train.ipynb
-RESUME_MAY_CHANGE = ("impl", "tick_kimg", "batch_gpu")   # fields a resume may change (batch_gpu: the micro-batches, e.g. for another GPU count)
+RESUME_MAY_CHANGE = (
+    "impl",
+    "tick_kimg",
+    "batch_gpu",
+)  # fields a resume may change (batch_gpu: the micro-batches, e.g. for another GPU count)
+
 
 def _is_run_config(path: Path) -> bool:
-    try: info = json.loads(path.read_text())
-    except (OSError, ValueError): return False
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
     return isinstance(info, dict) and "gan_config" in info and "train_config" in info
 
 # %% ../nbs/05_train.ipynb
-RUN_FOLDER_GUESTS = {"manifest.json"}   # the study's artefact manifest (`medsyn.study.write_manifest`) may sit in a run folder
+RUN_FOLDER_GUESTS = {
+    "manifest.json"
+}  # the study's artefact manifest (`medsyn.study.write_manifest`) may sit in a run folder
+
 
 def run_folder_state(outdir) -> str:
     "`'missing'`, `'empty'`, `'run'` (a medsyn training run, finished or partial) or `'foreign'` (other files)."
     outdir = Path(outdir)
-    if not outdir.exists(): return "missing"
+    if not outdir.exists():
+        return "missing"
     check(outdir.is_dir(), f"{outdir}: --outdir is an existing file, not a folder; choose another --outdir")
-    names = [p.name for p in outdir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
-             and p.name not in RUN_FOLDER_GUESTS]
-    if not names: return "empty"
-    if "network-last.pt" in names or _is_run_config(outdir / "config.json"): return "run"
+    names = [
+        p.name
+        for p in outdir.iterdir()
+        if not (p.name.startswith(".") and p.name.endswith(".tmp")) and p.name not in RUN_FOLDER_GUESTS
+    ]
+    if not names:
+        return "empty"
+    if "network-last.pt" in names or _is_run_config(outdir / "config.json"):
+        return "run"
     return "foreign"
 
 # %% ../nbs/05_train.ipynb
@@ -1105,7 +1541,9 @@ def move_run_aside(outdir) -> Path:
     outdir = Path(outdir)
     stamp, k = time.strftime("%Y%m%d-%H%M%S"), 0
     aside = outdir.with_name(f"{outdir.name}.replaced-{stamp}")
-    while aside.exists(): k += 1; aside = outdir.with_name(f"{outdir.name}.replaced-{stamp}-{k}")
+    while aside.exists():
+        k += 1
+        aside = outdir.with_name(f"{outdir.name}.replaced-{stamp}-{k}")
     os.replace(outdir, aside)
     print(f"medsyn train: moved the earlier run {outdir} aside to {aside}", file=sys.stderr)
     return aside
@@ -1115,9 +1553,15 @@ def data_fingerprint(ds) -> dict:
     "What identifies the training data of a run: labels, modalities, resolution and a hash of the sample ids with their foreground share."
     idx = ds.index
     rows = "\n".join(f"{s},{f:.6g}" for s, f in zip(idx.sample_id, idx.fg_fraction))
-    return dict(dataset=ds.meta.get("name"), modalities=list(ds.modalities), labels={str(k): v for k, v in ds.labels.items()},
-                resolution=[int(r) for r in ds.resolution], n_samples=len(ds), n_subjects=len(ds.subjects),
-                samples_sha256=hashlib.sha256(rows.encode()).hexdigest()[:16])
+    return dict(
+        dataset=ds.meta.get("name"),
+        modalities=list(ds.modalities),
+        labels={str(k): v for k, v in ds.labels.items()},
+        resolution=[int(r) for r in ds.resolution],
+        n_samples=len(ds),
+        n_subjects=len(ds.subjects),
+        samples_sha256=hashlib.sha256(rows.encode()).hexdigest()[:16],
+    )
 
 # %% ../nbs/05_train.ipynb
 def _legacy_data(meta: dict) -> dict:
@@ -1134,13 +1578,20 @@ def resume_conflicts(stored: dict, requested: dict) -> list[str]:
         out.append(f"--seed: run {stored['seed']}, now {requested['seed']}")
     for part in ("gan_config", "train_config"):
         a, b = stored.get(part) or {}, requested[part]
-        out += [f"{k}: run {a[k]!r}, now {b[k]!r}" for k in sorted(set(a) & set(b))
-                if k not in RESUME_MAY_CHANGE and k != "kind" and a[k] != b[k]]
+        out += [
+            f"{k}: run {a[k]!r}, now {b[k]!r}"
+            for k in sorted(set(a) & set(b))
+            if k not in RESUME_MAY_CHANGE and k != "kind" and a[k] != b[k]
+        ]
     sd, rd = stored.get("data"), requested["data"]
     key = "legacy" if stored.get("data_legacy") else "fingerprint"
     cmp = rd[key]
     if sd is not None:
-        out += [f"data {k}: run {sd.get(k)!r}, now {cmp.get(k)!r}" for k in sorted(set(sd) | set(cmp)) if sd.get(k) != cmp.get(k)]
+        out += [
+            f"data {k}: run {sd.get(k)!r}, now {cmp.get(k)!r}"
+            for k in sorted(set(sd) | set(cmp))
+            if sd.get(k) != cmp.get(k)
+        ]
     return out
 
 # %% ../nbs/05_train.ipynb
@@ -1158,53 +1609,90 @@ def stored_run(outdir: Path, ck: dict | None) -> dict:
     "The settings of the run in `outdir`, from its checkpoint or (a run stopped before its first one) its config.json."
     if ck is not None:
         data, legacy = ck.get("data_fingerprint"), "data_fingerprint" not in ck
-        if legacy: data = _legacy_data(ck.get("dataset_meta") or {})
+        if legacy:
+            data = _legacy_data(ck.get("dataset_meta") or {})
         gan = ck["gan_config"]
-        return dict(kind=gan.get("kind", gan.get("cfg")), seed=ck.get("seed"), gan_config=gan,
-                    train_config=ck["train_config"], data=data, data_legacy=legacy)
+        return dict(
+            kind=gan.get("kind", gan.get("cfg")),
+            seed=ck.get("seed"),
+            gan_config=gan,
+            train_config=ck["train_config"],
+            data=data,
+            data_legacy=legacy,
+        )
     info = load_json(outdir / "config.json")
-    return dict(kind=info.get("kind", info.get("cfg")), seed=info.get("seed"), gan_config=info.get("gan_config"), train_config=info.get("train_config"),
-                data=info.get("data_fingerprint"), data_legacy=False)
+    return dict(
+        kind=info.get("kind", info.get("cfg")),
+        seed=info.get("seed"),
+        gan_config=info.get("gan_config"),
+        train_config=info.get("train_config"),
+        data=info.get("data_fingerprint"),
+        data_legacy=False,
+    )
 
 # %% ../nbs/05_train.ipynb
 def check_trainable(ds, data_dir) -> None:
     "Refuse data a mask GAN cannot learn from: no samples, a single label, or masks that are all background."
     check(len(ds) > 0, f"{data_dir}: no training samples (an empty dataset or an empty subject subset)")
-    check(len(ds.labels) >= 2, f"{data_dir}: declares only the labels {ds.labels}; an image+mask GAN needs background and at "
-                               "least one foreground label: re-prepare the data with its label files")
+    check(
+        len(ds.labels) >= 2,
+        f"{data_dir}: declares only the labels {ds.labels}; an image+mask GAN needs background and at "
+        "least one foreground label: re-prepare the data with its label files",
+    )
     fg = ds.index.fg_fraction.astype(float) > 0
-    check(bool(fg.any()), f"{data_dir}: all {len(ds)} masks are background only (label 0 everywhere); there is nothing to "
-                          "segment or synthesize: re-prepare the data from the right label files")
+    check(
+        bool(fg.any()),
+        f"{data_dir}: all {len(ds)} masks are background only (label 0 everywhere); there is nothing to "
+        "segment or synthesize: re-prepare the data from the right label files",
+    )
 
 # %% ../nbs/05_train.ipynb
 def open_run_folder(outdir: Path, resume: bool, replace_run: bool) -> tuple[str, dict | None]:
     "Decide what to do with `outdir`: `(state, checkpoint or None)`; refuses a foreign folder and, without `resume`, a run."
     state = run_folder_state(outdir)
     if state == "foreign":
-        raise MedsynError(f"{outdir}: holds files that are not a medsyn training run "
-                          f"({', '.join(sorted(p.name for p in outdir.iterdir())[:4])}...); choose a new or empty --outdir")
+        raise MedsynError(
+            f"{outdir}: holds files that are not a medsyn training run "
+            f"({', '.join(sorted(p.name for p in outdir.iterdir())[:4])}...); choose a new or empty --outdir"
+        )
     if state == "run" and not replace_run:
-        check(resume, f"{outdir}: holds a training run; --no-resume would replace it: drop --no-resume to continue it, "
-                      f"pass --replace to move it aside to {outdir.name}.replaced-<time> and start over, or choose another --outdir")
+        check(
+            resume,
+            f"{outdir}: holds a training run; --no-resume would replace it: drop --no-resume to continue it, "
+            f"pass --replace to move it aside to {outdir.name}.replaced-<time> and start over, or choose another --outdir",
+        )
         last = outdir / "network-last.pt"
         if last.exists():
-            try: return state, load_checkpoint(last)
-            except UnsafeFileError: raise      # its message says how to upgrade a trusted file
+            try:
+                return state, load_checkpoint(last)
+            except UnsafeFileError:
+                raise  # its message says how to upgrade a trusted file
             except MedsynError as e:
-                raise MedsynError(f"{e}. The run in {outdir} cannot resume from it: copy network-best.pt over "
-                                  "network-last.pt to resume from the best snapshot, or pass --replace to move the run "
-                                  "aside and start over") from e
+                raise MedsynError(
+                    f"{e}. The run in {outdir} cannot resume from it: copy network-best.pt over "
+                    "network-last.pt to resume from the best snapshot, or pass --replace to move the run "
+                    "aside and start over"
+                ) from e
     return state, None
 
 # %% ../nbs/05_train.ipynb
-FIELD_FLAGS = {TrainConfig: ("batch", "batch_gpu", "gamma", "metric", "impl"), GANConfig: ("precision",)}   # fields with their own flag
+FIELD_FLAGS = {
+    TrainConfig: ("batch", "batch_gpu", "gamma", "metric", "impl"),
+    GANConfig: ("precision",),
+}  # fields with their own flag
+
 
 def train_parser() -> argparse.ArgumentParser:
     "`medsyn train`'s options: `train_gan`'s parameters, the flags of `FIELD_FLAGS` and `--set` for any other field."
-    p = signature_parser(train_gan, "medsyn train", "Train a StyleGAN2 generator on a canonical dataset.",
-                         skip=("subjects", "selection_subjects", "batch"), required=("kimg",),
-                         aliases=dict(data_dir=["--data"], kind=["--cfg"], snap_kimg=["--snap"], replace_run=["--replace"]),
-                         choices=dict(kind=GAN_KINDS, preset=list(GAN_PRESETS)))
+    p = signature_parser(
+        train_gan,
+        "medsyn train",
+        "Train a StyleGAN2 generator on a canonical dataset.",
+        skip=("subjects", "selection_subjects", "batch"),
+        required=("kimg",),
+        aliases=dict(data_dir=["--data"], kind=["--cfg"], snap_kimg=["--snap"], replace_run=["--replace"]),
+        choices=dict(kind=GAN_KINDS, preset=list(GAN_PRESETS)),
+    )
     add_field_options(p, TrainConfig, FIELD_FLAGS[TrainConfig], choices=TRAIN_CHOICES)
     add_field_options(p, GANConfig, FIELD_FLAGS[GANConfig], choices=dict(precision=PRECISIONS))
     return add_set_option(p, "GANConfig / TrainConfig")
@@ -1214,9 +1702,12 @@ def cli_overrides(a: argparse.Namespace) -> dict:
     "The configuration fields of `medsyn train`: the `--set` items and the field flags, which must agree where both are given."
     sets = parse_set_items(a.set)
     params = inspect.signature(train_gan).parameters
-    for k in sets:     # train_gan's own arguments (batch is also a TrainConfig field) have their own options
-        check(k == "batch" or k not in params, f"--set {k}: not a GANConfig / TrainConfig field; it has its own option "
-                                               f"{flag_name(k)}" + (f" ({FIXED_GAN_FIELDS[k]})" if k in FIXED_GAN_FIELDS else ""))
+    for k in sets:  # train_gan's own arguments (batch is also a TrainConfig field) have their own options
+        check(
+            k == "batch" or k not in params,
+            f"--set {k}: not a GANConfig / TrainConfig field; it has its own option "
+            f"{flag_name(k)}" + (f" ({FIXED_GAN_FIELDS[k]})" if k in FIXED_GAN_FIELDS else ""),
+        )
     flags = {k: getattr(a, k) for names in FIELD_FLAGS.values() for k in names if getattr(a, k) is not None}
     clash = [f"--{k} {v} and --set {k}={sets[k]!r}" for k, v in flags.items() if k in sets and sets[k] != v]
     check(not clash, f"{'; '.join(clash)} disagree; give each option once")
@@ -1227,5 +1718,6 @@ def train_main(argv: list[str]) -> int:
     "`medsyn train ...`: parse, then `train_gan`."
     a = train_parser().parse_args(argv)
     out = call_with_args(train_gan, a, **cli_overrides(a))
-    if dist_env().is_main: print(f"run folder: {out}  (best: {out / 'network-best.pt'}, last: {out / 'network-last.pt'})")
+    if dist_env().is_main:
+        print(f"run folder: {out}  (best: {out / 'network-best.pt'}, last: {out / 'network-last.pt'})")
     return 0

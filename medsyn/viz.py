@@ -17,8 +17,22 @@ from .core import atomic_path
 __all__ = ['LABEL_PALETTE', 'palette_index', 'colorize_mask', 'label_cmap', 'grid_rows', 'save_png', 'save_figure']
 
 # %% ../nbs/00a_viz.ipynb
-LABEL_PALETTE = np.array([[0, 0, 0], [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-                          [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
+LABEL_PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [148, 103, 189],
+        [140, 86, 75],
+        [227, 119, 194],
+        [127, 127, 127],
+        [188, 189, 34],
+        [23, 190, 207],
+    ],
+    np.uint8,
+)
 
 # %% ../nbs/00a_viz.ipynb
 def palette_index(labels):
@@ -39,6 +53,7 @@ def colorize_mask(mask) -> np.ndarray:
 def label_cmap(num_labels: int):
     "ListedColormap of `num_labels` labels in `LABEL_PALETTE`, label 0 transparent (for overlays with vmin=0, vmax=K-1)."
     import matplotlib.colors as mcolors
+
     rows = LABEL_PALETTE[palette_index(np.arange(max(num_labels, 2)))] / 255
     return mcolors.ListedColormap([(0, 0, 0, 0)] + [(*c, 1.0) for c in rows[1:]])
 
@@ -48,14 +63,15 @@ def grid_rows(*panels) -> np.ndarray:
     (N,C,H,W; each channel becomes one grey tile) or an integer mask (N,H,W; one colour tile)."""
     cols = []
     for p in panels:
-        if p is None: continue
+        if p is None:
+            continue
         p = p.detach().cpu() if torch.is_tensor(p) else torch.as_tensor(p)
         if p.ndim == 4:
             g = ((p.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
             cols += [np.repeat(g[:, c, :, :, None], 3, axis=3) for c in range(g.shape[1])]
         else:
             cols.append(colorize_mask(p.long().numpy()))
-    tiles = np.stack(cols, 1)                        # (N, cols, H, W, 3)
+    tiles = np.stack(cols, 1)  # (N, cols, H, W, 3)
     n, k, h, w, _ = tiles.shape
     return tiles.transpose(0, 2, 1, 3, 4).reshape(n * h, k * w, 3)
 
@@ -67,15 +83,20 @@ def save_png(rgb: np.ndarray, path) -> Path:
     return Path(path)
 
 # %% ../nbs/00a_viz.ipynb
-def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150, close: bool = False) -> list[Path]:
+def save_figure(
+    fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150, close: bool = False
+) -> list[Path]:
     "Save a matplotlib figure atomically as `stem.png`, `stem.pdf` (the folder is created); `close` closes the figure."
     import matplotlib.pyplot as plt
+
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
         p = Path(f"{stem}.{fmt}")
-        with atomic_path(p) as tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
         out.append(p)
-    if close: plt.close(fig)
+    if close:
+        plt.close(fig)
     return out

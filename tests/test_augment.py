@@ -1,5 +1,6 @@
 """ADA for image+mask pairs (medsyn.augment): shared geometry, valid masks, identity at p=0,
 gradient flow, determinism and the r_t controller."""
+
 import json
 
 import pytest
@@ -15,7 +16,7 @@ def pairs(n=8, c=2, k=3, h=32, w=32, seed=0):
     "Images in [-1,1] whose last channel equals mask channel k-1 (mapped to [-1,1]), one-hot masks."
     g = torch.Generator().manual_seed(seed)
     labels = (torch.rand(n, h // 4, w // 4, generator=g) * k).long()
-    labels = labels.repeat_interleave(4, 1).repeat_interleave(4, 2)            # blocky label maps
+    labels = labels.repeat_interleave(4, 1).repeat_interleave(4, 2)  # blocky label maps
     masks = torch.nn.functional.one_hot(labels, k).permute(0, 3, 1, 2).float()
     imgs = torch.rand(n, c, h, w, generator=g) * 2 - 1
     imgs[:, -1] = masks[:, -1] * 2 - 1
@@ -88,7 +89,7 @@ def test_gradients_reach_images_and_masks():
     imgs, masks = pairs()
     x, m = imgs.clone().requires_grad_(), masks.clone().requires_grad_()
     oi, om = augment_preset("ada", p=1.0)(x, m, generator=gen(4))
-    (oi.square().sum() + (om * torch.arange(3.).view(1, 3, 1, 1)).sum()).backward()
+    (oi.square().sum() + (om * torch.arange(3.0).view(1, 3, 1, 1)).sum()).backward()
     assert x.grad.abs().sum() > 0 and m.grad.abs().sum() > 0
     assert torch.isfinite(x.grad).all()
 
@@ -123,25 +124,27 @@ def test_bad_input_raises_medsyn_error():
 
 def test_adaptive_p_moves_with_overfitting_and_resumes():
     ada = AdaptiveAugment(augment_preset("ada"), target=0.6, speed_kimg=500, interval=4)
-    for _ in range(20):                                   # D overfits: 90 % positive logits
+    for _ in range(20):  # D overfits: 90 % positive logits
         ada.accumulate(torch.tensor([1.0] * 9 + [-1.0]))
         ada.update(batch_size=10)
     assert ada.p == pytest.approx(5 * 40 / 500_000, abs=1e-7)
     assert ada.r_t == pytest.approx(0.8)
     p_high = ada.p
-    for _ in range(8):                                    # D undecided: half positive
+    for _ in range(8):  # D undecided: half positive
         ada.accumulate(torch.tensor([1.0] * 5 + [-1.0] * 5))
         ada.update(batch_size=10)
     assert ada.p < p_high
-    for _ in range(100):                                  # never below 0
-        ada.accumulate(-torch.ones(10)); ada.update(10)
+    for _ in range(100):  # never below 0
+        ada.accumulate(-torch.ones(10))
+        ada.update(10)
     assert ada.p == 0.0
-    ada.accumulate(torch.ones(10))                        # mid-interval checkpoint
+    ada.accumulate(torch.ones(10))  # mid-interval checkpoint
     state = json.loads(json.dumps(ada.state_dict()))
     twin = AdaptiveAugment(augment_preset("ada"))
     twin.load_state_dict(state)
     for a in (ada, twin):
-        for _ in range(3): a.accumulate(torch.ones(10))
+        for _ in range(3):
+            a.accumulate(torch.ones(10))
         a.update(10)
     assert ada.state_dict() == twin.state_dict() and ada.p > 0
     assert float(twin.pipe.p) == pytest.approx(twin.p)
@@ -149,7 +152,9 @@ def test_adaptive_p_moves_with_overfitting_and_resumes():
 
 def test_adaptive_p_clamped_to_one():
     ada = AdaptiveAugment(augment_preset("ada"), speed_kimg=0.001, interval=1)
-    for _ in range(3): ada.accumulate(torch.ones(4)); ada.update(4)
+    for _ in range(3):
+        ada.accumulate(torch.ones(4))
+        ada.update(4)
     assert ada.p == 1.0
 
 
@@ -165,7 +170,12 @@ def test_cuda_matches_cpu_with_cpu_generator():
 
 def test_warp_paths_agree_and_pipe_impls_match():
     from medsyn.augment import rotate2d, scale2d, translate2d
-    G = rotate2d(torch.tensor([0.4, 2.5]), n=2) @ scale2d(0.8, torch.tensor([1.0, 1.3]), n=2) @ translate2d(2.2, -5.1, n=2)
+
+    G = (
+        rotate2d(torch.tensor([0.4, 2.5]), n=2)
+        @ scale2d(0.8, torch.tensor([1.0, 1.3]), n=2)
+        @ translate2d(2.2, -5.1, n=2)
+    )
     x = torch.randn(2, 4, 20, 28)
     torch.testing.assert_close(warp_bilinear(x, G, "gather"), warp_bilinear(x, G, "grid_sample"), atol=1e-4, rtol=0)
     imgs, masks = pairs()
@@ -180,14 +190,14 @@ def test_warp_masks_keeps_label_maps_and_is_deterministic_per_sample():
     yy, xx = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
     r = ((yy - 24) ** 2 + (xx - 24) ** 2).float().sqrt()
     masks = torch.stack([torch.bucketize(r + s, torch.tensor([8.0, 14.0, 20.0])).to(torch.uint8) for s in range(4)])
-    masks = 3 - masks.clamp(max=3)                                     # 0 outside ... 3 at the centre
+    masks = 3 - masks.clamp(max=3)  # 0 outside ... 3 at the centre
     out = warp_masks(masks, seed=0)
     assert out.shape == masks.shape and out.dtype == masks.dtype
     assert set(out.unique().tolist()) <= set(masks.unique().tolist())
     changed = (out != masks).float().mean().item()
     assert 0.01 < changed < 0.5, changed
     assert torch.equal(out, warp_masks(masks, seed=0))
-    assert torch.equal(out[2:3], warp_masks(masks[2:3], seed=0, indices=[2]))   # same warp alone or in a batch
+    assert torch.equal(out[2:3], warp_masks(masks[2:3], seed=0, indices=[2]))  # same warp alone or in a batch
     assert not torch.equal(out, warp_masks(masks, seed=1))
     with pytest.raises(MedsynError, match="integer label maps"):
         warp_masks(masks.float(), seed=0)

@@ -1,5 +1,6 @@
 """medsyn.data: round trips NIfTI -> canonical -> tensors (orientation and labels), subject-level splits,
 every bad-input error, the bundled MNI152 default dataset, the MSD downloader and `medsyn prepare`."""
+
 import json, shutil, tarfile
 
 import nibabel as nib
@@ -10,9 +11,24 @@ from PIL import Image
 
 from medsyn.core import MedsynError, save_json
 from medsyn.viz import save_figure
-from medsyn.data import (FORMAT_VERSION, MNI152_LABELS, default_dataset, download_msd, file_md5, load_canonical,
-                         make_synthetic_msd, mni152_volumes, plot_dataset_overview, prepare, read_msd,
-                         subject_kfold, subsample_subjects, train_val_test_split, verify_checksum, write_canonical)
+from medsyn.data import (
+    FORMAT_VERSION,
+    MNI152_LABELS,
+    default_dataset,
+    download_msd,
+    file_md5,
+    load_canonical,
+    make_synthetic_msd,
+    mni152_volumes,
+    plot_dataset_overview,
+    prepare,
+    read_msd,
+    subject_kfold,
+    subsample_subjects,
+    train_val_test_split,
+    verify_checksum,
+    write_canonical,
+)
 
 LABELS = {0: "background", 1: "organ", 2: "lesion"}
 
@@ -28,8 +44,8 @@ def _asymmetric_case(shape=(12, 10, 8)):
     x, y, z = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
     img = (x + 2 * y + 4 * z).astype(np.float32) + 1
     lab = np.zeros(shape, np.uint8)
-    lab[1:3, 6:9, 2:6] = 1          # left(x small), anterior(y large)
-    lab[8:10, 1:3, 3:5] = 2         # right, posterior
+    lab[1:3, 6:9, 2:6] = 1  # left(x small), anterior(y large)
+    lab[8:10, 1:3, 3:5] = 2  # right, posterior
     return img, lab
 
 
@@ -39,9 +55,11 @@ def _reoriented(data, aff, flips=(), perm=(0, 1, 2)):
     F = np.eye(4)
     for a in flips:
         out = np.flip(out, a)
-        G = np.eye(4); G[a, a] = -1; G[a, 3] = data.shape[a] - 1
+        G = np.eye(4)
+        G[a, a] = -1
+        G[a, 3] = data.shape[a] - 1
         F = F @ G
-    P = np.eye(4)[list(perm) + [3]].T     # new voxel axis k = old axis perm[k]
+    P = np.eye(4)[list(perm) + [3]].T  # new voxel axis k = old axis perm[k]
     return np.ascontiguousarray(np.transpose(out, perm)), aff @ F @ P
 
 
@@ -52,43 +70,59 @@ def test_roundtrip_preserves_orientation_and_labels(tmp_path, flips, perm):
     ri, raff = _reoriented(img, aff, flips, perm)
     rl, _ = _reoriented(lab, aff, flips, perm)
     assert nib.aff2axcodes(raff) != ("R", "A", "S") or not flips
-    _nii(tmp_path / "src/images/s1.nii.gz", ri, raff); _nii(tmp_path / "src/labels/s1.nii.gz", rl, raff)
-    full = load_canonical(prepare(tmp_path / "src", tmp_path / "out", res=10, axis=2, empty_fraction=0.0,
-                                  label_names={0: "bg", 1: "a", 2: "b"}, crop_threshold=None))
-    assert len(full) == img.shape[2]                          # every slice is stored (whole-volume evaluation) ...
-    ds = full.for_training()                                  # ... and empty_fraction=0 trains on foreground slices only
+    _nii(tmp_path / "src/images/s1.nii.gz", ri, raff)
+    _nii(tmp_path / "src/labels/s1.nii.gz", rl, raff)
+    full = load_canonical(
+        prepare(
+            tmp_path / "src",
+            tmp_path / "out",
+            res=10,
+            axis=2,
+            empty_fraction=0.0,
+            label_names={0: "bg", 1: "a", 2: "b"},
+            crop_threshold=None,
+        )
+    )
+    assert len(full) == img.shape[2]  # every slice is stored (whole-volume evaluation) ...
+    ds = full.for_training()  # ... and empty_fraction=0 trains on foreground slices only
     x, y = ds.tensors()
     assert list(ds.index.slice) == [2, 3, 4, 5]
     # expected layout of axial slice k: rows = y reversed (anterior on top), cols = x; the 10x12 mm slice is
     # resized to 8x10 pixels of 1.2 mm (nearest) and padded with one background row above and below
     k = 3
-    exp = torch.from_numpy(np.ascontiguousarray(lab[:, ::-1, k].T)).float()     # (Y, X) = (10, 12)
+    exp = torch.from_numpy(np.ascontiguousarray(lab[:, ::-1, k].T)).float()  # (Y, X) = (10, 12)
     exp = torch.nn.functional.interpolate(exp[None, None], size=(8, 10), mode="nearest-exact")[0, 0]
     exp = torch.nn.functional.pad(exp, (0, 0, 1, 1)).long()
     assert ds.index.spacing_0.tolist() == [1.2] * 4
     assert torch.equal(y[list(ds.index.slice).index(k)], exp)
     assert set(y.unique().tolist()) == {0, 1, 2}
     # label 1 (anterior-left) is top-left, label 2 (posterior-right) bottom-right
-    r1, c1 = np.argwhere(y[1].numpy() == 1).mean(0); r2, c2 = np.argwhere(y[1].numpy() == 2).mean(0)
+    r1, c1 = np.argwhere(y[1].numpy() == 1).mean(0)
+    r2, c2 = np.argwhere(y[1].numpy() == 2).mean(0)
     assert r1 < r2 and c1 < c2
 
 
 def test_anisotropic_voxels_are_not_squashed(tmp_path):
     "A 5 mm-slice volume seen from the side (axis 0) keeps its physical aspect ratio."
-    lab = np.zeros((6, 40, 8), np.uint8); lab[:, 10:30, 2:6] = 1              # 20 mm (y) x 20 mm (z, 4 slices of 5 mm)
+    lab = np.zeros((6, 40, 8), np.uint8)
+    lab[:, 10:30, 2:6] = 1  # 20 mm (y) x 20 mm (z, 4 slices of 5 mm)
     img = 1.0 + lab.astype(np.float32)
     aff = np.diag([1.0, 1.0, 5.0, 1.0])
-    _nii(tmp_path / "src/images/s.nii.gz", img, aff); _nii(tmp_path / "src/labels/s.nii.gz", lab, aff)
-    ds = load_canonical(prepare(tmp_path / "src", tmp_path / "out", res=40, axis=0, empty_fraction=0.0, crop_threshold=None))
+    _nii(tmp_path / "src/images/s.nii.gz", img, aff)
+    _nii(tmp_path / "src/labels/s.nii.gz", lab, aff)
+    ds = load_canonical(
+        prepare(tmp_path / "src", tmp_path / "out", res=40, axis=0, empty_fraction=0.0, crop_threshold=None)
+    )
     _, y = ds.tensors()
     rows, cols = np.nonzero(y[0].numpy())
-    assert np.ptp(rows) + 1 == np.ptp(cols) + 1 == 20                             # a square, 20 x 20 pixels of 1 mm
+    assert np.ptp(rows) + 1 == np.ptp(cols) + 1 == 20  # a square, 20 x 20 pixels of 1 mm
 
 
 def test_roundtrip_msd_4d_and_nnunet_channel_files_agree(tmp_path):
     a = load_canonical(prepare(make_synthetic_msd(tmp_path / "a", n_subjects=3), tmp_path / "ca", res=16))
     b = load_canonical(prepare(make_synthetic_msd(tmp_path / "b", n_subjects=3, four_d=False), tmp_path / "cb", res=16))
-    xa, ya = a.tensors(); xb, yb = b.tensors()
+    xa, ya = a.tensors()
+    xb, yb = b.tensors()
     assert a.modalities == b.modalities == ["T1", "T2"] and a.labels == LABELS
     assert torch.equal(ya, yb) and torch.allclose(xa, xb)
     assert xa.shape[1:] == (2, 16, 16) and set(ya.unique().tolist()) == {0, 1, 2}
@@ -107,8 +141,11 @@ def test_canonical_dataset_batches_with_a_dataloader(tmp_path):
 def test_nnunet_v2_labels_and_channel_names(tmp_path):
     root = make_synthetic_msd(tmp_path / "v2", n_subjects=3, four_d=False)
     meta = json.loads((root / "dataset.json").read_text())
-    meta.pop("modality"); meta.pop("training")
-    meta.update(channel_names={"0": "T1", "1": "T2"}, labels={"background": 0, "organ": 1, "lesion": 2}, file_ending=".nii.gz")
+    meta.pop("modality")
+    meta.pop("training")
+    meta.update(
+        channel_names={"0": "T1", "1": "T2"}, labels={"background": 0, "organ": 1, "lesion": 2}, file_ending=".nii.gz"
+    )
     save_json(meta, root / "dataset.json")
     st = read_msd(root)
     assert st.labels == LABELS and st.modalities == ["T1", "T2"] and len(st.cases) == 3
@@ -118,18 +155,27 @@ def test_nnunet_v2_labels_and_channel_names(tmp_path):
 def test_nifti_pairs_one_file_per_modality(tmp_path):
     img, lab = _asymmetric_case()
     for s in ("p1", "p2", "p3"):
-        _nii(tmp_path / f"src/{s}/t1.nii.gz", img); _nii(tmp_path / f"src/{s}/flair.nii.gz", 2 * img)
+        _nii(tmp_path / f"src/{s}/t1.nii.gz", img)
+        _nii(tmp_path / f"src/{s}/flair.nii.gz", 2 * img)
         _nii(tmp_path / f"src/{s}/seg.nii.gz", lab)
-    out = prepare(tmp_path / "src", tmp_path / "out", res=8, images={"t1": "{subject}/t1.nii.gz", "flair": "{subject}/flair.nii.gz"},
-                  labels="{subject}/seg.nii.gz", label_names={0: "bg", 1: "a", 2: "b"})
+    out = prepare(
+        tmp_path / "src",
+        tmp_path / "out",
+        res=8,
+        images={"t1": "{subject}/t1.nii.gz", "flair": "{subject}/flair.nii.gz"},
+        labels="{subject}/seg.nii.gz",
+        label_names={0: "bg", 1: "a", 2: "b"},
+    )
     ds = load_canonical(out)
     assert ds.modalities == ["t1", "flair"] and ds.subjects == ["p1", "p2", "p3"]
 
 
 def test_png_pairs_remap_binary_masks(tmp_path):
-    (tmp_path / "src/images").mkdir(parents=True); (tmp_path / "src/masks").mkdir()
+    (tmp_path / "src/images").mkdir(parents=True)
+    (tmp_path / "src/masks").mkdir()
     for i in range(4):
-        m = np.zeros((20, 24), np.uint8); m[5:12, 3:9 + i] = 255
+        m = np.zeros((20, 24), np.uint8)
+        m[5:12, 3 : 9 + i] = 255
         Image.fromarray((m // 2 + 20).astype(np.uint8)).save(tmp_path / f"src/images/s{i}.png")
         Image.fromarray(m).save(tmp_path / f"src/masks/s{i}.png")
     ds = load_canonical(prepare(tmp_path / "src", tmp_path / "out", res=12))
@@ -160,8 +206,10 @@ def test_splits_have_no_subject_overlap(tmp_path):
 
 # --- bad input: every case names the file -------------------------------------------------------------
 
+
 def _pair(root, img, lab, aff_img=None, aff_lab=None):
-    _nii(root / "images/a.nii.gz", img, aff_img); _nii(root / "labels/a.nii.gz", lab, aff_lab)
+    _nii(root / "images/a.nii.gz", img, aff_img)
+    _nii(root / "labels/a.nii.gz", lab, aff_lab)
     return root
 
 
@@ -193,7 +241,7 @@ def test_bad_volume_input_is_a_clear_error(tmp_path, case, name):
     with pytest.raises(MedsynError, match=None) as e:
         prepare(root, tmp_path / "out", res=8, label_names={0: "bg", 1: "a", 2: "b"}, modalities=mods)
     assert msg in str(e.value), str(e.value)
-    assert not (tmp_path / "out").exists()           # nothing half-written
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def test_corrupt_and_empty_and_unmatched_inputs(tmp_path, case):
@@ -219,7 +267,8 @@ def test_corrupt_and_empty_and_unmatched_inputs(tmp_path, case):
 
 
 def test_bad_png_inputs(tmp_path):
-    (tmp_path / "src/images").mkdir(parents=True); (tmp_path / "src/masks").mkdir()
+    (tmp_path / "src/images").mkdir(parents=True)
+    (tmp_path / "src/masks").mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "src/images/a.png")
     Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / "src/masks/a.png")
     with pytest.raises(MedsynError, match="masks/a.png: mask shape"):
@@ -235,17 +284,26 @@ def test_bad_png_inputs(tmp_path):
 def test_write_canonical_rejects_bad_samples(tmp_path):
     ok = dict(image=np.zeros((1, 4, 4)), mask=np.zeros((4, 4), int), subject="s", slice=0)
     with pytest.raises(MedsynError, match=r"normalized to \[0, 1\]"):
-        write_canonical(tmp_path / "a", [dict(ok, image=np.full((1, 4, 4), 2.0))], name="x", modalities=["m"], labels={0: "bg"})
+        write_canonical(
+            tmp_path / "a", [dict(ok, image=np.full((1, 4, 4), 2.0))], name="x", modalities=["m"], labels={0: "bg"}
+        )
     with pytest.raises(MedsynError, match=r"label ids \[5\] not declared"):
-        write_canonical(tmp_path / "b", [dict(ok, mask=np.full((4, 4), 5))], name="x", modalities=["m"], labels={0: "bg"})
+        write_canonical(
+            tmp_path / "b", [dict(ok, mask=np.full((4, 4), 5))], name="x", modalities=["m"], labels={0: "bg"}
+        )
     with pytest.raises(MedsynError, match="duplicate sample id"):
         write_canonical(tmp_path / "c", [ok, ok], name="x", modalities=["m"], labels={0: "bg"})
     assert not any((tmp_path / n).exists() for n in "abc")
 
 
 def test_partial_or_foreign_dataset_is_refused(tmp_path):
-    out = write_canonical(tmp_path / "d", [dict(image=np.zeros((1, 4, 4)), mask=np.zeros((4, 4), int), subject=f"s{i}", slice=0)
-                                           for i in range(3)], name="x", modalities=["m"], labels={0: "bg"})
+    out = write_canonical(
+        tmp_path / "d",
+        [dict(image=np.zeros((1, 4, 4)), mask=np.zeros((4, 4), int), subject=f"s{i}", slice=0) for i in range(3)],
+        name="x",
+        modalities=["m"],
+        labels={0: "bg"},
+    )
     assert len(load_canonical(out)) == 3
     meta = json.loads((out / "dataset.json").read_text())
     save_json(dict(meta, format_version=FORMAT_VERSION + 1), out / "dataset.json")
@@ -264,8 +322,9 @@ def test_partial_or_foreign_dataset_is_refused(tmp_path):
 
 # --- the bundled real dataset -----------------------------------------------------------------------------
 
+
 def test_default_dataset_real_mni152(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "cache"))      # never depends on a previous cache
+    monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "cache"))  # never depends on a previous cache
     path = default_dataset(64)
     assert path.parent.parent == tmp_path / "cache" and default_dataset(64) == path
     ds = load_canonical(path)
@@ -293,24 +352,30 @@ def test_default_dataset_roundtrip_through_nifti(tmp_path, monkeypatch):
     t1, lab, aff = mni152_volumes()
     ri, raff = _reoriented(t1.astype(np.uint8), aff, flips=(0, 1))
     rl, _ = _reoriented(lab, aff, flips=(0, 1))
-    _nii(tmp_path / "src/images/mni.nii", ri, raff); _nii(tmp_path / "src/labels/mni.nii", rl, raff)
-    rt = load_canonical(prepare(tmp_path / "src", tmp_path / "out", res=64, empty_fraction=0.0, label_names=MNI152_LABELS))
+    _nii(tmp_path / "src/images/mni.nii", ri, raff)
+    _nii(tmp_path / "src/labels/mni.nii", rl, raff)
+    rt = load_canonical(
+        prepare(tmp_path / "src", tmp_path / "out", res=64, empty_fraction=0.0, label_names=MNI152_LABELS)
+    )
     pos = {k: i for i, k in enumerate(rt.index.slice)}
-    x, y = ds.tensors(); rx, ry = rt.tensors()
+    x, y = ds.tensors()
+    rx, ry = rt.tensors()
     j = [pos[k] for k in ds.index.slice]
     assert torch.equal(ry[j], y) and torch.allclose(rx[j], x, atol=1e-4)
 
 
 # --- download and CLI ------------------------------------------------------------------------------------
 
+
 def test_download_msd_offline_message_and_checksum(tmp_path):
     with pytest.raises(MedsynError) as e:
         download_msd("Task02_Heart", root=tmp_path, url="http://127.0.0.1:9/Task02_Heart.tar", timeout=2)
     msg = str(e.value)
     assert "http://127.0.0.1:9/Task02_Heart.tar" in msg and str(tmp_path / "Task02_Heart.tar") in msg
-    assert "06ee59366e1e5124267b774dbd654057" in msg          # the published MD5 the user can check against
+    assert "06ee59366e1e5124267b774dbd654057" in msg  # the published MD5 the user can check against
     src = make_synthetic_msd(tmp_path / "build/Task97_Tiny", n_subjects=2)
-    with tarfile.open(tmp_path / "Task97_Tiny.tar", "w") as t: t.add(src, arcname="Task97_Tiny")
+    with tarfile.open(tmp_path / "Task97_Tiny.tar", "w") as t:
+        t.add(src, arcname="Task97_Tiny")
     good = file_md5(tmp_path / "Task97_Tiny.tar")
     with pytest.raises(MedsynError, match="Task97_Tiny.tar: md5 checksum"):
         download_msd("Task97_Tiny", root=tmp_path, url="http://127.0.0.1:9/x", md5="f" * 32)
@@ -322,8 +387,25 @@ def test_download_msd_offline_message_and_checksum(tmp_path):
 
 def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
     src = make_synthetic_msd(tmp_path / "Task96_Cli", n_subjects=5)
-    res = run_medsyn("prepare", str(src), "--out", str(tmp_path / "out"), "--res", "16", "--axis", "2", "--layout", "msd",
-                     "--empty-fraction", "0.5", "--folds", "5", "--seed", "1", "--quiet")
+    res = run_medsyn(
+        "prepare",
+        str(src),
+        "--out",
+        str(tmp_path / "out"),
+        "--res",
+        "16",
+        "--axis",
+        "2",
+        "--layout",
+        "msd",
+        "--empty-fraction",
+        "0.5",
+        "--folds",
+        "5",
+        "--seed",
+        "1",
+        "--quiet",
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["n_subjects"] == 5 and summary["resolution"] == [16, 16]
@@ -331,7 +413,9 @@ def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
     assert len(ds) == summary["n_slices"] and len(ds.splits["folds"]) == 5
     res = run_medsyn("prepare", str(src), "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "already exists" in res.stderr and "--overwrite" in res.stderr
-    res = run_medsyn("prepare", str(src), "--out", str(tmp_path / "mr"), "--ct-window", "-1000,2000")   # T1/T2: no CT channel
+    res = run_medsyn(
+        "prepare", str(src), "--out", str(tmp_path / "mr"), "--ct-window", "-1000,2000"
+    )  # T1/T2: no CT channel
     assert res.returncode == 2 and "--ct-window applies to CT channels" in res.stderr and not (tmp_path / "mr").exists()
     res = run_medsyn("prepare", "--help")
     assert res.returncode == 0 and "--empty-fraction" in res.stdout and "--ct-window" in res.stdout
@@ -342,23 +426,30 @@ def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
 def test_png_layout_trains_on_empty_fraction_of_its_empty_images(tmp_path):
     "Each PNG is its own slice: the empty ones used for training are drawn over all images (not round(0.1 * 1) = 0 each)."
     from PIL import Image
-    (tmp_path / "src/images").mkdir(parents=True); (tmp_path / "src/masks").mkdir()
+
+    (tmp_path / "src/images").mkdir(parents=True)
+    (tmp_path / "src/masks").mkdir()
     for i in range(24):
         m = np.zeros((16, 16), np.uint8)
-        if i < 4: m[4:10, 4:10] = 1                                          # 4 with foreground, 20 empty
+        if i < 4:
+            m[4:10, 4:10] = 1  # 4 with foreground, 20 empty
         Image.fromarray((m * 100 + 30).astype(np.uint8)).save(tmp_path / f"src/images/s{i:02d}.png")
         Image.fromarray(m).save(tmp_path / f"src/masks/s{i:02d}.png")
-    ds = load_canonical(prepare(tmp_path / "src", tmp_path / "out", res=16, empty_fraction=0.25, label_names={0: "bg", 1: "fg"}))
-    assert len(ds) == 24                                                     # every image is kept for evaluation
+    ds = load_canonical(
+        prepare(tmp_path / "src", tmp_path / "out", res=16, empty_fraction=0.25, label_names={0: "bg", 1: "fg"})
+    )
+    assert len(ds) == 24  # every image is kept for evaluation
     tr = ds.for_training()
     fg = tr.index.fg_fraction > 0
-    assert fg.sum() == 4 and (~fg).sum() == 5                                # 0.25 x 20 empty images
+    assert fg.sum() == 4 and (~fg).sum() == 5  # 0.25 x 20 empty images
 
 
 def test_volumes_keep_every_slice_and_their_spacing(tmp_path):
     "Test subjects are evaluated on whole volumes: empty slices are stored; empty_fraction only thins training."
-    ds = load_canonical(prepare(make_synthetic_msd(tmp_path / "s", n_subjects=3), tmp_path / "c", res=8, empty_fraction=0.0))
-    assert len(ds) == 3 * 16                                                 # all 16 axial slices of each volume
+    ds = load_canonical(
+        prepare(make_synthetic_msd(tmp_path / "s", n_subjects=3), tmp_path / "c", res=8, empty_fraction=0.0)
+    )
+    assert len(ds) == 3 * 16  # all 16 axial slices of each volume
     tr = ds.for_training()
     assert (tr.index.fg_fraction > 0).all() and len(tr) < len(ds)
-    assert ds.spacing(ds.subjects[0])[0] == pytest.approx(2.0)               # the volume's 2 mm slice spacing
+    assert ds.spacing(ds.subjects[0])[0] == pytest.approx(2.0)  # the volume's 2 mm slice spacing

@@ -1,4 +1,5 @@
 """Integration tests of medsyn.generate: canonical output, determinism, the mask -> cond chain and the CLI."""
+
 import json
 
 import pytest
@@ -19,8 +20,11 @@ TINY = dict(channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     data = toy_dataset(root / "toy", n=12, res=32)
-    ck = {cfg: train_gan(data, root / cfg, kind=cfg, kimg=0.008, batch=4, progress=False, metric_n=8, grid_n=2, **TINY) / "network-last.pt"
-          for cfg in ("joint", "mask", "cond")}
+    ck = {
+        cfg: train_gan(data, root / cfg, kind=cfg, kimg=0.008, batch=4, progress=False, metric_n=8, grid_n=2, **TINY)
+        / "network-last.pt"
+        for cfg in ("joint", "mask", "cond")
+    }
     return data, ck
 
 
@@ -59,7 +63,7 @@ def test_warped_real_masks_drive_the_cond_images(ckpts, tmp_path):
     data, ck = ckpts
     real = load_canonical(data)
     _, real_masks = real.tensors()
-    n = 15                                                   # more than the 12 real masks: sample k <- mask k mod 12
+    n = 15  # more than the 12 real masks: sample k <- mask k mod 12
     syn = load_canonical(generate_pairs(ck["cond"], tmp_path / "w", n=n, masks_from=data, warp_seed=4, batch=4, seed=2))
     x, m = syn.tensors()
     plain = real_masks[[k % len(real_masks) for k in range(n)]]
@@ -67,15 +71,19 @@ def test_warped_real_masks_drive_the_cond_images(ckpts, tmp_path):
     assert (m != plain).float().mean() > 0.01 and all(not torch.equal(a, b) for a, b in zip(m, plain))
     assert torch.equal(m, warp_masks(plain, 4, indices=range(n)))
     assert json.loads(syn.meta["provenance"])["mask_warp"]["seed"] == 4
-    _, again = load_canonical(generate_pairs(ck["cond"], tmp_path / "w2", n=n, masks_from=data, warp_seed=4, batch=6, seed=2)).tensors()
-    _, other = load_canonical(generate_pairs(ck["cond"], tmp_path / "w3", n=n, masks_from=data, warp_seed=5, seed=2)).tensors()
+    _, again = load_canonical(
+        generate_pairs(ck["cond"], tmp_path / "w2", n=n, masks_from=data, warp_seed=4, batch=6, seed=2)
+    ).tensors()
+    _, other = load_canonical(
+        generate_pairs(ck["cond"], tmp_path / "w3", n=n, masks_from=data, warp_seed=5, seed=2)
+    ).tensors()
     assert torch.equal(again, m) and not torch.equal(other, m)
     G, gcfg = generator_from_checkpoint(load_checkpoint(ck["cond"]), device="cpu")
     z = latents(2, range(n), gcfg.z_dim)
     from_warped, _ = synthesize(G, gcfg, z, 0.7, cond=mask_to_onehot(m, gcfg.num_labels))
     from_plain, _ = synthesize(G, gcfg, z, 0.7, cond=mask_to_onehot(plain, gcfg.num_labels))
-    assert torch.allclose(x, from_warped, atol=2e-3)        # the images are the generator's rendering of the warped masks
-    assert (x - from_plain).abs().mean() > 1e-4              # ... not of the unwarped ones
+    assert torch.allclose(x, from_warped, atol=2e-3)  # the images are the generator's rendering of the warped masks
+    assert (x - from_plain).abs().mean() > 1e-4  # ... not of the unwarped ones
     with pytest.raises(MedsynError, match="--masks-from"):
         generate_pairs(ck["cond"], tmp_path / "w4", n=2, mask_ckpt=ck["mask"], warp_seed=0)
 
@@ -90,7 +98,9 @@ def test_cond_renders_different_images_for_one_mask(ckpts):
 
 def test_cli_generate(ckpts, tmp_path, run_medsyn):
     _, ck = ckpts
-    res = run_medsyn("generate", "--ckpt", str(ck["joint"]), "--n", "3", "--trunc", "0.7", "--out", str(tmp_path / "o"), "--nifti")
+    res = run_medsyn(
+        "generate", "--ckpt", str(ck["joint"]), "--n", "3", "--trunc", "0.7", "--out", str(tmp_path / "o"), "--nifti"
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(load_canonical(tmp_path / "o")) == 3 and (tmp_path / "o" / "preview" / "mask.nii.gz").exists()
     res = run_medsyn("generate", "--ckpt", str(ck["cond"]), "--n", "3", "--out", str(tmp_path / "p"))

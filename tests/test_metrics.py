@@ -3,6 +3,7 @@
 No pretrained weights exist on a CI machine: the Inception/LPIPS loaders are checked with state dicts
 built here from randomly initialized architectures (plumbing only, never reported as FID or LPIPS),
 and the CLI must report the missing weights as error strings naming the files."""
+
 import json, warnings
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def test_frechet_matches_independent_computation(n, d):
 
 def test_frechet_matches_pytorch_fid_reference():
     from pytorch_fid.fid_score import calculate_frechet_distance
+
     m1, s1, m2, s2 = _gaussian_pair(np.random.default_rng(1), 200, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -73,7 +75,8 @@ def test_fid_self_zero_and_grows_with_noise():
 def test_running_stats_match_numpy():
     f = np.random.default_rng(2).normal(3.0, 2.0, size=(257, 12))
     st = M.RunningFeatureStats()
-    for chunk in np.array_split(f, 9): st.update(torch.from_numpy(chunk))
+    for chunk in np.array_split(f, 9):
+        st.update(torch.from_numpy(chunk))
     np.testing.assert_allclose(st.mean, f.mean(0), atol=1e-12)
     np.testing.assert_allclose(st.cov, np.cov(f, rowvar=False), atol=1e-10)
 
@@ -105,26 +108,34 @@ def test_precision_recall_sanity():
     assert part["precision"] == 1.0 and part["recall"] < 0.8
 
 
-@pytest.mark.parametrize("call,msg", [
-    (lambda f: M.fid_from_features(np.zeros((0, 4)), f), "empty"),
-    (lambda f: M.fid_from_features(f[:1], f), "at least 2"),
-    (lambda f: M.fid_from_features(f, f[:, :3]), "differ in size"),
-    (lambda f: M.kid_from_features(f[:1], f), "at least 2"),
-    (lambda f: M.precision_recall(f[:2], f), "more than 3"),
-    (lambda f: M.fid_from_features(np.full((5, 4), np.nan), f), "NaN"),
-    (lambda f: M.modality_to_rgb(torch.rand(2, 1, 8, 8), 1), "1 channel"),
-])
+@pytest.mark.parametrize(
+    "call,msg",
+    [
+        (lambda f: M.fid_from_features(np.zeros((0, 4)), f), "empty"),
+        (lambda f: M.fid_from_features(f[:1], f), "at least 2"),
+        (lambda f: M.fid_from_features(f, f[:, :3]), "differ in size"),
+        (lambda f: M.kid_from_features(f[:1], f), "at least 2"),
+        (lambda f: M.precision_recall(f[:2], f), "more than 3"),
+        (lambda f: M.fid_from_features(np.full((5, 4), np.nan), f), "NaN"),
+        (lambda f: M.modality_to_rgb(torch.rand(2, 1, 8, 8), 1), "1 channel"),
+    ],
+)
 def test_clear_errors(call, msg):
     f = np.random.default_rng(6).normal(size=(20, 4))
-    with pytest.raises(MedsynError, match=msg): call(f)
+    with pytest.raises(MedsynError, match=msg):
+        call(f)
 
 
 def test_segmentation_hand_computed():
-    t = np.zeros((3, 32, 32), int); p = np.zeros_like(t)
-    t[0, 5:15, 5:15] = 1; p[0, 5:15, 7:17] = 1            # Dice 0.8
-    t[0, 20, 5:16] = 2; p[0, 24, 5:16] = 2                # HD95 = 4
-    t[1, 5:15, 5:15] = 1; p[1, 5:15, 5:15] = 1            # subject b: perfect slice ...
-    t[2, 5:15, 5:15] = 1                                  # ... and a missed slice
+    t = np.zeros((3, 32, 32), int)
+    p = np.zeros_like(t)
+    t[0, 5:15, 5:15] = 1
+    p[0, 5:15, 7:17] = 1  # Dice 0.8
+    t[0, 20, 5:16] = 2
+    p[0, 24, 5:16] = 2  # HD95 = 4
+    t[1, 5:15, 5:15] = 1
+    p[1, 5:15, 5:15] = 1  # subject b: perfect slice ...
+    t[2, 5:15, 5:15] = 1  # ... and a missed slice
     labels = {0: "bg", 1: "tumor", 2: "edema"}
     df = M.segmentation_metrics(p, t, ["a", "b", "b"], labels)
     a, b = df.set_index("subject").loc["a"], df.set_index("subject").loc["b"]
@@ -132,7 +143,7 @@ def test_segmentation_hand_computed():
     assert a["dice_edema"] == pytest.approx(0.0) and a["hd95_edema"] == pytest.approx(4.0)
     assert a["dice_mean"] == pytest.approx(0.4)
     assert b["dice_tumor"] == pytest.approx(2 / 3) and b["n_slices"] == 2
-    assert np.isnan(b["dice_edema"])                      # absent from the ground truth
+    assert np.isnan(b["dice_edema"])  # absent from the ground truth
     per_slice = M.segmentation_metrics(p, t, ["a", "b", "b"], labels, aggregate="slice").set_index("subject")
     assert per_slice.loc["b", "dice_tumor"] == pytest.approx(0.5)
     with_bg = M.segmentation_metrics(p, t, ["a", "b", "b"], labels, include_background=True)
@@ -140,42 +151,56 @@ def test_segmentation_hand_computed():
 
 
 def test_segmentation_spacing_scales_hd95():
-    t = np.zeros((1, 32, 32), int); p = np.zeros_like(t)
-    t[0, 10, 5:20] = 1; p[0, 13, 5:20] = 1
+    t = np.zeros((1, 32, 32), int)
+    p = np.zeros_like(t)
+    t[0, 10, 5:20] = 1
+    p[0, 13, 5:20] = 1
     df = M.segmentation_metrics(p, t, ["s"], {0: "bg", 1: "x"}, spacing=(2.0, 0.5))
     assert df.loc[0, "hd95_x"] == pytest.approx(6.0)
 
 
 def test_missing_weights_name_the_file():
-    with pytest.raises(MedsynError) as e: M.InceptionFeatures()
-    for part in (M.FID_INCEPTION_FILE, M.FID_INCEPTION_URL, INCEPTION_ENV, "weights_path"): assert part in str(e.value)
-    with pytest.raises(MedsynError) as e: M.lpips_network()
-    for part in ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", M.LPIPS_ENV, "backbone_path"):
+    with pytest.raises(MedsynError) as e:
+        M.InceptionFeatures()
+    for part in (M.FID_INCEPTION_FILE, M.FID_INCEPTION_URL, INCEPTION_ENV, "weights_path"):
+        assert part in str(e.value)
+    with pytest.raises(MedsynError) as e:
+        M.lpips_network()
+    for part in (
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        M.LPIPS_ENV,
+        "backbone_path",
+    ):
         assert part in str(e.value)
 
 
 def test_inception_loading_plumbing(tmp_path, monkeypatch):
     "Random-init state dict saved here: checks lookup + strict loading only; these features are not FID."
     state = M.fid_inception_architecture().state_dict()
-    hub = Path(torch.hub.get_dir()) / "checkpoints"; hub.mkdir(parents=True)
-    torch.save(state, hub / M.FID_INCEPTION_FILE)                   # found in the torch hub cache
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(state, hub / M.FID_INCEPTION_FILE)  # found in the torch hub cache
     ext = M.InceptionFeatures()
     assert ext.path == hub / M.FID_INCEPTION_FILE
     assert torch.equal(ext.net.blocks[3][1].branch1x1.conv.weight, state["Mixed_7b.branch1x1.conv.weight"])
     feats = ext(torch.rand(3, 3, 40, 40))
     assert feats.shape == (3, 2048) and np.isfinite(feats).all()
-    other = tmp_path / "elsewhere.pth"; torch.save(state, other)
-    monkeypatch.setenv(INCEPTION_ENV, str(other))                   # env var wins over the hub cache
+    other = tmp_path / "elsewhere.pth"
+    torch.save(state, other)
+    monkeypatch.setenv(INCEPTION_ENV, str(other))  # env var wins over the hub cache
     assert M.InceptionFeatures().path == other
 
 
 def test_lpips_embedding_equals_package_forward_and_backbone_loads(tmp_path, monkeypatch):
     import lpips, torchvision
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref_model = lpips.LPIPS(pretrained=True, net="alex", pnet_rand=True, verbose=False).eval()
     x0, x1 = torch.rand(4, 3, 48, 48), torch.rand(4, 3, 48, 48)
-    with torch.no_grad(): ref = ref_model(x0, x1, normalize=True).flatten()
+    with torch.no_grad():
+        ref = ref_model(x0, x1, normalize=True).flatten()
     got = M.lpips_distances(M.lpips_embedding(ref_model, x0), M.lpips_embedding(ref_model, x1)).diagonal()
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     alex = torchvision.models.alexnet(weights=None)
@@ -184,21 +209,29 @@ def test_lpips_embedding_equals_package_forward_and_backbone_loads(tmp_path, mon
     model = M.lpips_network()
     assert torch.equal(getattr(model.net.slice3, "6").weight, alex.features[6].weight.detach())
     torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(MedsynError, match="bad.pth"): M.lpips_network(backbone_path=tmp_path / "bad.pth")
+    with pytest.raises(MedsynError, match="bad.pth"):
+        M.lpips_network(backbone_path=tmp_path / "bad.pth")
 
 
 # ---------------------------------------------------------------- datasets and the CLI
 
+
 def _toy_canonical(path, n_subjects, shift, seed, modalities=("T1", "T2")):
     from medsyn.data import write_canonical
+
     rs = np.random.default_rng(seed)
+
     def samples():
         for s in range(n_subjects):
             for z in range(3):
-                m = np.zeros((32, 32), np.uint8); m[8:8 + rs.integers(4, 16), 10:20] = 1
+                m = np.zeros((32, 32), np.uint8)
+                m[8 : 8 + rs.integers(4, 16), 10:20] = 1
                 img = np.clip(rs.random((len(modalities), 32, 32)) * 0.5 + shift, 0, 1).astype(np.float32)
                 yield {"image": img, "mask": m, "subject": f"p{s}", "slice": z}
-    return write_canonical(path, samples(), name="toy", modalities=list(modalities), labels={0: "background", 1: "lesion"})
+
+    return write_canonical(
+        path, samples(), name="toy", modalities=list(modalities), labels={0: "background", 1: "lesion"}
+    )
 
 
 def _random_unet_checkpoint(path, in_channels=2):
@@ -206,36 +239,63 @@ def _random_unet_checkpoint(path, in_channels=2):
     torch.manual_seed(0)
     try:
         from medsyn.segment import SegRun, build_unet, save_unet, seg_config
-    except ImportError:      # no segment module: the {'state_dict', 'config': MONAI UNet kwargs} fallback format
+    except ImportError:  # no segment module: the {'state_dict', 'config': MONAI UNet kwargs} fallback format
         from monai.networks.nets import UNet
-        cfg = dict(spatial_dims=2, in_channels=in_channels, out_channels=2, channels=[8, 16, 32], strides=[2, 2], num_res_units=1)
-        torch.save({"state_dict": UNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}).state_dict(), "config": cfg}, path)
+
+        cfg = dict(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=2,
+            channels=[8, 16, 32],
+            strides=[2, 2],
+            num_res_units=1,
+        )
+        torch.save(
+            {
+                "state_dict": UNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}).state_dict(),
+                "config": cfg,
+            },
+            path,
+        )
         return path
     import pandas as pd
+
     cfg = seg_config("quick")
-    run = SegRun(model=build_unet(in_channels, 2, cfg), history=pd.DataFrame(), best_epoch=0, best_val_dice=float("nan"),
-                 config=cfg, in_channels=in_channels, labels={0: "background", 1: "lesion"}, seconds=0.0)
+    run = SegRun(
+        model=build_unet(in_channels, 2, cfg),
+        history=pd.DataFrame(),
+        best_epoch=0,
+        best_val_dice=float("nan"),
+        config=cfg,
+        in_channels=in_channels,
+        labels={0: "background", 1: "lesion"},
+        seconds=0.0,
+    )
     return save_unet(run, path)
 
 
 def test_plain_monai_segmentation_checkpoint_format(tmp_path):
     "A {'state_dict', 'config'} MONAI UNet checkpoint written elsewhere is read by the one loader, medsyn.segment's."
     from monai.networks.nets import UNet
+
     cfg = dict(spatial_dims=2, in_channels=1, out_channels=3, channels=[4, 8], strides=[2], num_res_units=0, lr=0.1)
     net = UNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k != "lr"})
     torch.save({"state_dict": net.state_dict(), "config": cfg}, tmp_path / "u.pt")
     got = S.load_segmentation_model(tmp_path / "u.pt")
     assert got(torch.rand(1, 1, 16, 16)).shape == (1, 3, 16, 16)
     torch.save({"weights": 1}, tmp_path / "bad.pt")
-    with pytest.raises(MedsynError, match="bad.pt"): S.load_segmentation_model(tmp_path / "bad.pt")
+    with pytest.raises(MedsynError, match="bad.pt"):
+        S.load_segmentation_model(tmp_path / "bad.pt")
 
 
 def test_metrics_does_not_import_segment():
     "The dependencies run one way (metrics <- segment <- evaluate): no import circle."
     import ast, inspect
+
     tree = ast.parse(inspect.getsource(M))
-    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
-            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
     assert not {m for m in names if m.endswith(("segment", "evaluate", "study"))}, names
 
 
@@ -249,7 +309,8 @@ def test_dataset_hash_tracks_contents(two_sets):
     h = M.dataset_hash(real)
     assert h == M.dataset_hash(real)
     f = sorted((real / "samples").glob("*.npz"))[0]
-    z = dict(np.load(f)); z["image"] = z["image"] // 2
+    z = dict(np.load(f))
+    z["image"] = z["image"] // 2
     np.savez_compressed(f, **z)
     assert M.dataset_hash(real) != h
 
@@ -283,7 +344,19 @@ def test_cli_reports_missing_weights_as_errors(run_medsyn, tmp_path, two_sets):
     real, fake = two_sets
     ckpt = _random_unet_checkpoint(tmp_path / "unet.pt")
     env = {"MEDSYN_CACHE": str(tmp_path / "c"), "TORCH_HOME": str(tmp_path / "th")}
-    res = run_medsyn("evaluate", "--real", str(real), "--fake", str(fake), "--seg-model", str(ckpt), "--batch", "4", "--quiet", env=env)
+    res = run_medsyn(
+        "evaluate",
+        "--real",
+        str(real),
+        "--fake",
+        str(fake),
+        "--seg-model",
+        str(ckpt),
+        "--batch",
+        "4",
+        "--quiet",
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)["metrics"]
     assert out["fid"].startswith("error:") and M.FID_INCEPTION_FILE in out["fid"]
@@ -292,7 +365,9 @@ def test_cli_reports_missing_weights_as_errors(run_medsyn, tmp_path, two_sets):
     # random-init U-Net: plumbing of domain FID / PR / Dice only
     assert np.isfinite(out["domain_fid"]["value"]) and out["domain_fid"]["value"] >= 0
     assert out["pr"]["features"].startswith("domain") and 0 <= out["pr"]["precision"] <= 1
-    assert {k: out["domain_pr"][k] for k in ("precision", "recall")} == {k: out["pr"][k] for k in ("precision", "recall")}
+    assert {k: out["domain_pr"][k] for k in ("precision", "recall")} == {
+        k: out["pr"][k] for k in ("precision", "recall")
+    }
     assert out["dice"]["real"]["n_subjects"] == 4 and len(out["dice"]["fake"]["per_subject"]) == 3
     assert "area_w1_lesion" in out["mask_stats"]
 
@@ -300,8 +375,19 @@ def test_cli_reports_missing_weights_as_errors(run_medsyn, tmp_path, two_sets):
 def test_cli_exits_nonzero_when_nothing_computed(run_medsyn, tmp_path, two_sets):
     real, fake = two_sets
     env = {"MEDSYN_CACHE": str(tmp_path / "c"), "TORCH_HOME": str(tmp_path / "th")}
-    res = run_medsyn("evaluate", "--real", str(real), "--fake", str(fake), "--metrics", "fid,domain_fid", "--quiet",
-                     "--out", str(tmp_path / "m.json"), env=env)
+    res = run_medsyn(
+        "evaluate",
+        "--real",
+        str(real),
+        "--fake",
+        str(fake),
+        "--metrics",
+        "fid,domain_fid",
+        "--quiet",
+        "--out",
+        str(tmp_path / "m.json"),
+        env=env,
+    )
     assert res.returncode == 1
     out = json.loads(res.stdout)["metrics"]
     assert M.FID_INCEPTION_FILE in out["fid"] and "--seg-model" in out["domain_fid"]

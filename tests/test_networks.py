@@ -1,4 +1,5 @@
 """Tests for medsyn.networks: the three StyleGAN2 variants (joint / mask / cond) at tiny sizes."""
+
 import copy
 
 import pytest
@@ -7,16 +8,41 @@ import torch.nn.functional as F
 
 from medsyn import ops
 from medsyn.core import MedsynError
-from medsyn.networks import (GAN_KINDS, GANConfig, Generator, SynthesisLayer, build_networks, count_params,
-                             fake_to_d_input, gan_config, hard_mask, mask_probs, mask_to_onehot, real_to_d_input,
-                             real_to_gan, split_output, to_d_input, to_pair)
+from medsyn.networks import (
+    GAN_KINDS,
+    GANConfig,
+    Generator,
+    SynthesisLayer,
+    build_networks,
+    count_params,
+    fake_to_d_input,
+    gan_config,
+    hard_mask,
+    mask_probs,
+    mask_to_onehot,
+    real_to_d_input,
+    real_to_gan,
+    split_output,
+    to_d_input,
+    to_pair,
+)
 
 R, C, K, N = 32, 2, 3, 4
 
 
 def tiny(cfg, **kw):
-    return GANConfig(kind=cfg, resolution=R, img_channels=C, num_labels=K, z_dim=32, w_dim=32, mapping_layers=2,
-                     channel_base=256, channel_max=32, **kw)
+    return GANConfig(
+        kind=cfg,
+        resolution=R,
+        img_channels=C,
+        num_labels=K,
+        z_dim=32,
+        w_dim=32,
+        mapping_layers=2,
+        channel_base=256,
+        channel_max=32,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +103,7 @@ def test_r1_double_backward(name, onehot):
     _, D = build_networks(tiny(name))
     img = torch.rand(N, C, R, R) * 2 - 1
     real = real_to_d_input(img, onehot, D.cfg).detach().requires_grad_(True)
-    g, = torch.autograd.grad(D(real).sum(), real, create_graph=True)
+    (g,) = torch.autograd.grad(D(real).sum(), real, create_graph=True)
     assert g.shape == real.shape and g.abs().sum() > 0
     g.square().sum([1, 2, 3]).mean().backward()
     assert all(p.grad is not None for n, p in D.named_parameters() if p.ndim > 1)
@@ -106,7 +132,8 @@ def test_cond_output_follows_mask(onehot):
     assert (a - G(z, other, noise_mode="const")).abs().mean() > 1e-3
     # several images for one mask: different z, same mask
     assert (a - G(torch.randn(N, G.z_dim), onehot, noise_mode="const")).abs().mean() > 1e-3
-    with pytest.raises(MedsynError, match="needs cond"): G(z)
+    with pytest.raises(MedsynError, match="needs cond"):
+        G(z)
     img = torch.randn(N, C, R, R)
     torch.testing.assert_close(D(img, cond=onehot), D(real_to_d_input(img, onehot, G.cfg)))
 
@@ -117,7 +144,8 @@ def test_fused_equals_nonfused(name, onehot):
     G, _ = build_networks(tiny(name))
     with torch.no_grad():
         for m in G.modules():
-            if isinstance(m, SynthesisLayer): m.noise_strength.fill_(0.3)
+            if isinstance(m, SynthesisLayer):
+                m.noise_strength.fill_(0.3)
     z, cond = torch.randn(N, G.z_dim), _cond(name, onehot)
     a = G(z, cond, noise_mode="const", fused_modconv=True)
     b = G(z, cond, noise_mode="const", fused_modconv=False)
@@ -131,9 +159,11 @@ def test_ref_ops_match_default_ops(onehot):
     old = ops.get_default_impl()
     try:
         ops.set_default_impl("ref")
-        a = G(z, noise_mode="const"); da = D(fake_to_d_input(a, G.cfg))
+        a = G(z, noise_mode="const")
+        da = D(fake_to_d_input(a, G.cfg))
         ops.set_default_impl("auto")
-        b = G(z, noise_mode="const"); db = D(fake_to_d_input(b, G.cfg))
+        b = G(z, noise_mode="const")
+        db = D(fake_to_d_input(b, G.cfg))
     finally:
         ops.set_default_impl(old)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
@@ -146,9 +176,10 @@ def test_noise_modes_and_state_dict_roundtrip():
     G, _ = build_networks(cfg)
     with torch.no_grad():
         for m in G.modules():
-            if isinstance(m, SynthesisLayer): m.noise_strength.fill_(0.5)
+            if isinstance(m, SynthesisLayer):
+                m.noise_strength.fill_(0.5)
     z = torch.randn(N, G.z_dim)
-    assert (G(z) - G(z)).abs().max() > 1e-4                       # random noise differs
+    assert (G(z) - G(z)).abs().max() > 1e-4  # random noise differs
     torch.testing.assert_close(G(z, noise_mode="none"), G(z, noise_mode="none"))
     G2 = Generator(GANConfig.from_dict(cfg.to_dict()))
     G2.load_state_dict(G.state_dict())
@@ -163,20 +194,26 @@ def test_representation_helpers():
     img, oh = real_to_gan(img01, mask, cfg)
     assert img.min() >= -1 and img.max() <= 1 and oh.shape == (N, K, R, R)
     x = to_d_input(img, oh, cfg)
-    assert set(x[:, C:].unique().tolist()) == {-1.0, 1.0}          # masks reach D in [-1, 1]
+    assert set(x[:, C:].unique().tolist()) == {-1.0, 1.0}  # masks reach D in [-1, 1]
     torch.testing.assert_close(hard_mask(oh), mask)
-    with pytest.raises(MedsynError): mask_to_onehot(mask + K, K)
-    with pytest.raises(MedsynError): to_d_input(None, oh, cfg)
+    with pytest.raises(MedsynError):
+        mask_to_onehot(mask + K, K)
+    with pytest.raises(MedsynError):
+        to_d_input(None, oh, cfg)
     p = mask_probs(torch.randn(N, K, R, R), tiny("mask", mask_repr="straight_through"))
     torch.testing.assert_close(p.sum(1), torch.ones(N, R, R))
     assert ((p - p.round()).abs() < 1e-6).all()
 
 
 def test_bad_configs():
-    with pytest.raises(MedsynError, match="unknown kind"): gan_config("cpu64", kind="pairs")
-    with pytest.raises(MedsynError, match="power of two"): gan_config("cpu64", resolution=48)
-    with pytest.raises(MedsynError, match="unknown GANConfig fields"): gan_config("cpu64", channelbase=1)
-    with pytest.raises(MedsynError, match="unknown preset"): gan_config("gpu1024")
+    with pytest.raises(MedsynError, match="unknown kind"):
+        gan_config("cpu64", kind="pairs")
+    with pytest.raises(MedsynError, match="power of two"):
+        gan_config("cpu64", resolution=48)
+    with pytest.raises(MedsynError, match="unknown GANConfig fields"):
+        gan_config("cpu64", channelbase=1)
+    with pytest.raises(MedsynError, match="unknown preset"):
+        gan_config("gpu1024")
 
 
 def test_param_counts_of_presets():
@@ -191,10 +228,11 @@ def test_param_counts_of_presets():
 
 def test_one_mask_many_images_and_pair01(onehot):
     from medsyn.networks import to_pair01
+
     torch.manual_seed(0)
     G, _ = build_networks(tiny("cond"))
     z = torch.randn(N, G.z_dim)
-    out = G(z, onehot[:1], noise_mode="const")             # one mask broadcast over N latents
+    out = G(z, onehot[:1], noise_mode="const")  # one mask broadcast over N latents
     assert out.shape == (N, C, R, R) and (out[0] - out[1]).abs().mean() > 1e-3
     img01, lab = to_pair01(out, G.cfg)
     assert lab is None and img01.min() >= 0 and img01.max() <= 1
@@ -212,6 +250,7 @@ def test_minibatch_std_odd_batch():
 # ---------------------------------------------------------------- mixed precision
 def test_resolve_precision_auto_and_one_message(monkeypatch, capsys):
     import medsyn.networks as N
+
     monkeypatch.setattr(N, "_precision_said", set())
     monkeypatch.setattr(N, "cpu_bf16_flags", lambda cpuinfo=None: ["avx512_bf16"])
     assert N.resolve_precision("auto", "cpu") == "bf16"
@@ -223,7 +262,8 @@ def test_resolve_precision_auto_and_one_message(monkeypatch, capsys):
     assert N.resolve_precision("auto", "cpu") == "fp32"
     assert "precision auto -> fp32" in capsys.readouterr().err
     assert N.resolve_precision("bf16", "cpu") == "bf16"
-    with pytest.raises(MedsynError, match="needs a CUDA device"): N.resolve_precision("fp16", "cpu")
+    with pytest.raises(MedsynError, match="needs a CUDA device"):
+        N.resolve_precision("fp16", "cpu")
 
 
 @pytest.mark.parametrize("name", GAN_KINDS)
@@ -232,9 +272,11 @@ def test_bf16_blocks_follow_the_fp32_network(name, onehot):
     torch.manual_seed(0)
     G32, D32 = build_networks(tiny(name))
     G16, D16 = build_networks(tiny(name, precision="bf16", num_fp16_res=1))
-    G16.load_state_dict(G32.state_dict()); D16.load_state_dict(D32.state_dict())
+    G16.load_state_dict(G32.state_dict())
+    D16.load_state_dict(D32.state_dict())
     dtypes = {}
-    for blk in G16.synthesis.blocks: blk.register_forward_hook(lambda m, i, o: dtypes.__setitem__(m.resolution, o[0].dtype))
+    for blk in G16.synthesis.blocks:
+        blk.register_forward_hook(lambda m, i, o: dtypes.__setitem__(m.resolution, o[0].dtype))
     z, cond = torch.randn(N, G32.z_dim), _cond(name, onehot)
     a, b = G32(z, cond, noise_mode="const"), G16(z, cond, noise_mode="const")
     assert dtypes == {4: torch.float32, 8: torch.float32, 16: torch.float32, 32: torch.bfloat16}

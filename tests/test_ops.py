@@ -5,6 +5,7 @@ the fallback rules, and the `medsyn ops` / `medsyn bench ops` commands.
 The CPU kernels are compiled once per test session (cached on disk under medsyn's cache folder;
 `medsyn.ops.load_plugin` also caches them per process). CUDA tests are marked `cuda` and skipped
 without a GPU (tests/conftest.py)."""
+
 import itertools, json, os, shutil, warnings
 
 import pytest
@@ -15,11 +16,13 @@ from medsyn import ops
 from medsyn.core import MedsynError
 
 ACTS = list(ops.activation_funcs)
-FILTERS = {"rank1-4x4": ops.setup_filter([1, 3, 3, 1]),
-           "separable-8": ops.setup_filter([1, 2, 3, 4, 4, 3, 2, 1]),
-           "full-3x2": torch.tensor([[1.0, 2.0], [-0.5, 3.0], [2.0, 0.25]]),
-           "1x1": ops.setup_filter(None),
-           "rank1-1x3": torch.tensor([[0.25, 0.5, 0.25]])}
+FILTERS = {
+    "rank1-4x4": ops.setup_filter([1, 3, 3, 1]),
+    "separable-8": ops.setup_filter([1, 2, 3, 4, 4, 3, 2, 1]),
+    "full-3x2": torch.tensor([[1.0, 2.0], [-0.5, 3.0], [2.0, 0.25]]),
+    "1x1": ops.setup_filter(None),
+    "rank1-1x3": torch.tensor([[0.25, 0.5, 0.25]]),
+}
 PADDINGS = [0, [2, 1, 2, 1], [1, -1, 3, 0], [-2, 2, -1, 1], [3, 3, 0, 0]]
 CPU = torch.device("cpu")
 
@@ -39,17 +42,30 @@ def _tol(scale, tol=1e-4):
 @pytest.mark.parametrize("act", ACTS)
 def test_bias_act_matches_reference(cpu_ops, act):
     gen = torch.Generator().manual_seed(0)
-    shapes = [((2, 5, 7, 3), 1, False), ((4, 6), 1, False), ((3, 4, 5), 2, False), ((2, 6, 5, 3), 1, True),
-              ((1, 1, 1, 1), 1, False), ((3, 17, 9, 11), 1, False), ((2, 8, 4, 4), 1, True)]
-    for (shape, dim, cl), (gain, clamp), alpha in itertools.product(shapes, [(None, None), (0.7, 0.5), (2.0, None), (None, 1.0)], [None, 0.3]):
-        err, scale = ops._compare_bias_act("cpu", shape, dim, cl, act, gain, clamp, gen, CPU) if alpha is None else \
-            _compare_with_alpha(act, shape, dim, cl, gain, clamp, alpha, gen)
+    shapes = [
+        ((2, 5, 7, 3), 1, False),
+        ((4, 6), 1, False),
+        ((3, 4, 5), 2, False),
+        ((2, 6, 5, 3), 1, True),
+        ((1, 1, 1, 1), 1, False),
+        ((3, 17, 9, 11), 1, False),
+        ((2, 8, 4, 4), 1, True),
+    ]
+    for (shape, dim, cl), (gain, clamp), alpha in itertools.product(
+        shapes, [(None, None), (0.7, 0.5), (2.0, None), (None, 1.0)], [None, 0.3]
+    ):
+        err, scale = (
+            ops._compare_bias_act("cpu", shape, dim, cl, act, gain, clamp, gen, CPU)
+            if alpha is None
+            else _compare_with_alpha(act, shape, dim, cl, gain, clamp, alpha, gen)
+        )
         assert err <= _tol(scale), (act, shape, dim, cl, gain, clamp, alpha, err)
 
 
 def _compare_with_alpha(act, shape, dim, cl, gain, clamp, alpha, gen):
     x = torch.randn(shape, generator=gen)
-    if cl: x = x.contiguous(memory_format=torch.channels_last)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
     b = torch.randn(shape[dim], generator=gen)
     dy = torch.randn(shape, generator=gen)
     outs = []
@@ -71,7 +87,9 @@ def test_bias_act_without_bias_and_layouts(cpu_ops):
     # non-contiguous input (a transposed view) is handled
     xt = torch.randn(5, 3).t()
     b = torch.randn(5)
-    torch.testing.assert_close(ops.bias_act(xt, b, dim=1, act="tanh", impl="cpu"), ops.bias_act(xt, b, dim=1, act="tanh", impl="ref"))
+    torch.testing.assert_close(
+        ops.bias_act(xt, b, dim=1, act="tanh", impl="cpu"), ops.bias_act(xt, b, dim=1, act="tanh", impl="ref")
+    )
 
 
 def test_bias_act_clamp_gradient_is_masked(cpu_ops):
@@ -89,9 +107,16 @@ def test_bias_act_clamp_gradient_is_masked(cpu_ops):
 def test_demod_bias_act_matches_reference(cpu_ops, act):
     "Outputs, first-order gradients (one-pass kernel and the create_graph path) and second-order gradients, float32."
     gen = torch.Generator().manual_seed(5)
-    shapes = [((2, 5, 7, 3), False), ((2, 6, 5, 3), True), ((3, 17, 9, 11), False), ((2, 16, 4, 4), True), ((1, 1, 1, 1), False)]
-    for (shape, cl), (gain, clamp), has in itertools.product(shapes, [(None, None), (0.7, 0.5), (1.4, 1.0)],
-                                                            itertools.product([True, False], repeat=3)):
+    shapes = [
+        ((2, 5, 7, 3), False),
+        ((2, 6, 5, 3), True),
+        ((3, 17, 9, 11), False),
+        ((2, 16, 4, 4), True),
+        ((1, 1, 1, 1), False),
+    ]
+    for (shape, cl), (gain, clamp), has in itertools.product(
+        shapes, [(None, None), (0.7, 0.5), (1.4, 1.0)], itertools.product([True, False], repeat=3)
+    ):
         err, scale = ops._compare_demod("cpu", shape, cl, act, gain, clamp, *has, gen, CPU)
         assert err <= _tol(scale), (shape, cl, act, gain, clamp, has, err)
 
@@ -101,15 +126,16 @@ def test_demod_bias_act_is_the_synthesis_epilogue(cpu_ops):
     gen = torch.Generator().manual_seed(6)
     x, d = torch.randn(4, 8, 6, 6, generator=gen), torch.rand(4, 8, generator=gen) + 0.5
     nz, b = torch.randn(4, 1, 6, 6, generator=gen), torch.randn(8, generator=gen)
-    old = ops.bias_act(torch.addcmul(nz, x, d[:, :, None, None]), b, act="lrelu", gain=2 ** 0.5, clamp=0.8, impl="cpu")
-    torch.testing.assert_close(ops.demod_bias_act(x, d, nz, b, act="lrelu", gain=2 ** 0.5, clamp=0.8, impl="cpu"), old)
+    old = ops.bias_act(torch.addcmul(nz, x, d[:, :, None, None]), b, act="lrelu", gain=2**0.5, clamp=0.8, impl="cpu")
+    torch.testing.assert_close(ops.demod_bias_act(x, d, nz, b, act="lrelu", gain=2**0.5, clamp=0.8, impl="cpu"), old)
     # a noise of batch 1 is broadcast over the samples (the 'const' noise mode), its gradient summed
     n1 = nz[:1].clone().requires_grad_(True)
     y = ops.demod_bias_act(x, d, n1, b, impl="cpu")
-    g, = torch.autograd.grad(y.sum(), n1)
+    (g,) = torch.autograd.grad(y.sum(), n1)
     yr = ops.demod_bias_act_ref(x, d, n1, b)
-    gr, = torch.autograd.grad(yr.sum(), n1)
-    torch.testing.assert_close(y, yr); torch.testing.assert_close(g, gr)
+    (gr,) = torch.autograd.grad(yr.sum(), n1)
+    torch.testing.assert_close(y, yr)
+    torch.testing.assert_close(g, gr)
 
 
 def test_demod_bias_act_backward_is_deterministic_and_layout_preserving(cpu_ops):
@@ -123,10 +149,14 @@ def test_demod_bias_act_backward_is_deterministic_and_layout_preserving(cpu_ops)
     dy = torch.randn(y.shape, generator=gen)
     first = torch.autograd.grad(y, [x, d, nz, b], dy, retain_graph=True)
     for threads in (1, 2):
-        old = torch.get_num_threads(); torch.set_num_threads(threads)
-        try: again = torch.autograd.grad(y, [x, d, nz, b], dy, retain_graph=True)
-        finally: torch.set_num_threads(old)
-        for a, c in zip(first, again): assert torch.equal(a, c)
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            again = torch.autograd.grad(y, [x, d, nz, b], dy, retain_graph=True)
+        finally:
+            torch.set_num_threads(old)
+        for a, c in zip(first, again):
+            assert torch.equal(a, c)
 
 
 @pytest.mark.parametrize("impl", ["ref", "cpu"])
@@ -136,7 +166,12 @@ def test_demod_bias_act_gradcheck(cpu_ops, impl):
     d = (torch.rand(2, 3, dtype=torch.float64, generator=gen) + 0.5).requires_grad_(True)
     nz = torch.randn(2, 1, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, generator=gen, requires_grad=True)
-    for act, gain, clamp, cl in [("lrelu", None, None, False), ("lrelu", 1.3, 0.9, True), ("relu", 1.3, 0.9, False), ("linear", 0.7, 0.6, True)]:
+    for act, gain, clamp, cl in [
+        ("lrelu", None, None, False),
+        ("lrelu", 1.3, 0.9, True),
+        ("relu", 1.3, 0.9, False),
+        ("linear", 0.7, 0.6, True),
+    ]:
         xx = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True) if cl else x
         fn = lambda x, d, n, b: ops.demod_bias_act(x, d, n, b, act=act, gain=gain, clamp=clamp, impl=impl)
         assert gradcheck(fn, (xx, d, nz, b)) and gradgradcheck(fn, (xx, d, nz, b)), (act, gain, clamp, cl)
@@ -154,7 +189,7 @@ def test_demod_bias_act_bf16(cpu_ops):
         y = ops.demod_bias_act(*(t.to(torch.bfloat16) for t in (x, d, nz, b)), act="lrelu", clamp=256, impl="cpu")
     assert y.dtype == torch.bfloat16
     ref = ops.demod_bias_act_ref(*(t.to(torch.bfloat16).float() for t in (x, d, nz, b)), act="lrelu", clamp=256)
-    assert (y.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+    assert (y.float() - ref).abs().max() <= 2**-7 * ref.abs().max()
 
 
 def test_demod_bias_act_bad_arguments():
@@ -174,10 +209,14 @@ def test_demod_bias_act_bad_arguments():
 def test_upfirdn2d_matches_reference(cpu_ops, up, down):
     gen = torch.Generator().manual_seed(up * 10 + down)
     n = 0
-    for i, ((fname, f), pad, shape) in enumerate(itertools.product(FILTERS.items(), PADDINGS, [(2, 3, 7, 9), (1, 2, 1, 5), (1, 1, 16, 16)])):
+    for i, ((fname, f), pad, shape) in enumerate(
+        itertools.product(FILTERS.items(), PADDINGS, [(2, 3, 7, 9), (1, 2, 1, 5), (1, 1, 16, 16)])
+    ):
         (px0, px1, py0, py1), (fw, fh) = ops._parse_padding(pad), ops._get_filter_size(f)
-        if shape[3] * up + px0 + px1 < fw or shape[2] * up + py0 + py1 < fh: continue
-        if shape[2] == 16 and i % 3: continue  # the larger image on a third of the cases
+        if shape[3] * up + px0 + px1 < fw or shape[2] * up + py0 + py1 < fh:
+            continue
+        if shape[2] == 16 and i % 3:
+            continue  # the larger image on a third of the cases
         gain, flip = (1.0 if n % 2 else 3.0), bool((n // 2) % 2)
         err, scale = ops._compare_upfirdn2d("cpu", shape, f, up, down, pad, flip, gain, gen, CPU)
         assert err <= _tol(scale), (fname, pad, shape, flip, gain, err)
@@ -189,7 +228,9 @@ def test_upfirdn2d_anisotropic_scaling(cpu_ops):
     x = torch.randn(2, 3, 6, 7)
     f = FILTERS["full-3x2"]
     for kw in [dict(up=[2, 1], down=[1, 3], padding=[1, 0, 2, -1]), dict(up=[1, 3], down=[2, 1], padding=[0, 1])]:
-        torch.testing.assert_close(ops.upfirdn2d(x, f, impl="cpu", **kw), ops.upfirdn2d(x, f, impl="ref", **kw), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ops.upfirdn2d(x, f, impl="cpu", **kw), ops.upfirdn2d(x, f, impl="ref", **kw), atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("helper", ["upsample2d", "downsample2d", "filter2d"])
@@ -201,8 +242,8 @@ def test_helpers_match_reference_and_shapes(cpu_ops, helper):
     expected = {"upsample2d": (24, 20), "downsample2d": (6, 5), "filter2d": (12, 10)}[helper]
     assert tuple(y_cpu.shape[2:]) == expected
     torch.testing.assert_close(y_cpu, y_ref, atol=1e-5, rtol=1e-5)
-    g_ref, = torch.autograd.grad(y_ref.square().sum(), x)
-    g_cpu, = torch.autograd.grad(y_cpu.square().sum(), x)
+    (g_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    (g_cpu,) = torch.autograd.grad(y_cpu.square().sum(), x)
     torch.testing.assert_close(g_cpu, g_ref, atol=1e-4, rtol=1e-4)
 
 
@@ -211,7 +252,9 @@ def test_upfirdn2d_at_stylegan_size(cpu_ops):
     x = torch.randn(4, 64, 32, 32)
     f = ops.setup_filter([1, 3, 3, 1])
     torch.testing.assert_close(ops.upsample2d(x, f, impl="cpu"), ops.upsample2d(x, f, impl="ref"), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ops.downsample2d(x, f, impl="cpu"), ops.downsample2d(x, f, impl="ref"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ops.downsample2d(x, f, impl="cpu"), ops.downsample2d(x, f, impl="ref"), atol=1e-5, rtol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- float64 numerical gradient checks
@@ -231,9 +274,12 @@ def test_bias_act_gradcheck(cpu_ops, impl, act):
 def test_upfirdn2d_gradcheck(cpu_ops, impl):
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(1, 1, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
-    cases = [(FILTERS["rank1-4x4"], dict(up=2, padding=[2, 1, 2, 1])), (FILTERS["separable-8"], dict(down=2, padding=[3, 4, 3, 4])),
-             (FILTERS["full-3x2"], dict(up=3, down=2, padding=[1, -1, 2, 0], flip_filter=True)),
-             (FILTERS["rank1-4x4"], dict(up=[1, 2], down=[3, 1], padding=[-1, 2, 1, 1], gain=2.0))]
+    cases = [
+        (FILTERS["rank1-4x4"], dict(up=2, padding=[2, 1, 2, 1])),
+        (FILTERS["separable-8"], dict(down=2, padding=[3, 4, 3, 4])),
+        (FILTERS["full-3x2"], dict(up=3, down=2, padding=[1, -1, 2, 0], flip_filter=True)),
+        (FILTERS["rank1-4x4"], dict(up=[1, 2], down=[3, 1], padding=[-1, 2, 1, 1], gain=2.0)),
+    ]
     for f, kw in cases if impl == "cpu" else cases[::2]:  # the reference is autograd itself: fewer cases
         fn = lambda x: ops.upfirdn2d(x, f, impl=impl, **kw)
         assert gradcheck(fn, (x,)) and gradgradcheck(fn, (x,)), kw
@@ -269,7 +315,8 @@ def test_failed_build_falls_back_to_reference_with_one_warning(cpu_ops, monkeypa
 
 
 def test_cuda_plugin_is_never_built_without_a_gpu():
-    if torch.cuda.is_available(): pytest.skip("this machine has a GPU")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     st = ops.load_plugin("cuda")
     assert st.ops is None and "no CUDA GPU" in st.error and st.seconds < 1.0
 
@@ -277,11 +324,15 @@ def test_cuda_plugin_is_never_built_without_a_gpu():
 def test_cuda_kernels_compile_and_link_without_a_gpu():
     """Every CUDA kernel compiles and links with nvcc on a machine without a GPU, and the library registers all
     four ops; whether they compute the right numbers is checked on a GPU (the `cuda` tests, tools/gpu_check.sh)."""
-    if shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"): pytest.skip("no CUDA toolkit (nvcc) on this machine")
-    if torch.version.cuda is None: pytest.skip("this torch build has no CUDA support")
+    if shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"):
+        pytest.skip("no CUDA toolkit (nvcc) on this machine")
+    if torch.version.cuda is None:
+        pytest.skip("this torch build has no CUDA support")
     r = ops.compile_cuda()
     assert r["ok"], r["error"]
-    assert set(r["ops"]) == set(ops.KERNEL_OPS) == {"bias_act", "upfirdn2d", "demod_bias_act", "demod_bias_act_grad"}, r["ops"]
+    assert set(r["ops"]) == set(ops.KERNEL_OPS) == {"bias_act", "upfirdn2d", "demod_bias_act", "demod_bias_act_grad"}, (
+        r["ops"]
+    )
 
 
 def test_bad_arguments_are_clear_errors():
@@ -308,8 +359,14 @@ def test_bench_ops_quick_prints_json(cpu_ops, run_medsyn):
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(res.stdout)
     impls = {(r["op"], r["impl"]) for r in data["ops"]}
-    assert {("bias_act", "ref"), ("bias_act", "cpu"), ("upfirdn2d", "ref"), ("upfirdn2d", "cpu"),
-            ("demod_bias_act", "ref"), ("demod_bias_act", "cpu")} <= impls
+    assert {
+        ("bias_act", "ref"),
+        ("bias_act", "cpu"),
+        ("upfirdn2d", "ref"),
+        ("upfirdn2d", "cpu"),
+        ("demod_bias_act", "ref"),
+        ("demod_bias_act", "cpu"),
+    } <= impls
     assert all(r["ms"] > 0 and r["speedup_vs_ref"] > 0 for r in data["ops"])
     assert data["config"]["torch"] == torch.__version__
 
@@ -343,7 +400,12 @@ def test_cuda_demod_bias_act_gradcheck_and_determinism():
     d = (torch.rand(2, 3, dtype=torch.float64, generator=gen) + 0.5).to(dev).requires_grad_(True)
     nz = torch.randn(2, 1, 3, 4, dtype=torch.float64, generator=gen).to(dev).requires_grad_(True)
     b = torch.randn(3, dtype=torch.float64, generator=gen).to(dev).requires_grad_(True)
-    for act, gain, clamp, cl in [("lrelu", None, None, False), ("lrelu", 1.3, 0.9, True), ("relu", 1.3, 0.9, False), ("linear", 0.7, 0.6, True)]:
+    for act, gain, clamp, cl in [
+        ("lrelu", None, None, False),
+        ("lrelu", 1.3, 0.9, True),
+        ("relu", 1.3, 0.9, False),
+        ("linear", 0.7, 0.6, True),
+    ]:
         xx = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True) if cl else x
         fn = lambda x, d, n, b: ops.demod_bias_act(x, d, n, b, act=act, gain=gain, clamp=clamp, impl="cuda")
         assert gradcheck(fn, (xx, d, nz, b)) and gradgradcheck(fn, (xx, d, nz, b)), (act, gain, clamp, cl)
@@ -355,7 +417,8 @@ def test_cuda_demod_bias_act_gradcheck_and_determinism():
     dy = torch.randn_like(y)
     first = torch.autograd.grad(y, [xs, ds, ns, bs], dy, retain_graph=True)
     again = torch.autograd.grad(y, [xs, ds, ns, bs], dy)
-    for a, c in zip(first, again): assert torch.equal(a, c)
+    for a, c in zip(first, again):
+        assert torch.equal(a, c)
 
 
 @pytest.mark.cuda
@@ -363,22 +426,33 @@ def test_cuda_half_precision():
     dev = torch.device("cuda")
     x = torch.randn(4, 8, 16, 16, device=dev, dtype=torch.float16)
     b = torch.randn(8, device=dev, dtype=torch.float16)
-    torch.testing.assert_close(ops.bias_act(x, b, act="lrelu", clamp=256, impl="cuda").float(),
-                               ops.bias_act(x.float(), b.float(), act="lrelu", clamp=256, impl="ref"), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        ops.bias_act(x, b, act="lrelu", clamp=256, impl="cuda").float(),
+        ops.bias_act(x.float(), b.float(), act="lrelu", clamp=256, impl="ref"),
+        atol=1e-2,
+        rtol=1e-2,
+    )
     f = ops.setup_filter([1, 3, 3, 1], device=dev)
-    torch.testing.assert_close(ops.upsample2d(x, f, impl="cuda").float(), ops.upsample2d(x.float(), f, impl="ref"), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        ops.upsample2d(x, f, impl="cuda").float(), ops.upsample2d(x.float(), f, impl="ref"), atol=1e-2, rtol=1e-2
+    )
 
 
 def test_fake_kernels_give_output_shapes(cpu_ops):
     "Shape-only kernels are registered so torch.compile can trace through the compiled ops."
     from torch._subclasses.fake_tensor import FakeTensorMode
+
     with FakeTensorMode():
         x = torch.empty(2, 3, 7, 9)
         y = cpu_ops.upfirdn2d(x, torch.empty(4, 4), 2, 2, 1, 1, 2, 1, 2, 1, False, 4.0)
         z = cpu_ops.bias_act(x, torch.empty(3), torch.empty(0), torch.empty(0), torch.empty(0), 0, 1, 3, 0.2, 1.4, -1.0)
         e = cpu_ops.demod_bias_act(x, torch.empty(2, 3), torch.empty(2, 1, 7, 9), torch.empty(3), 3, 0.2, 1.4, -1.0)
-        dx, dd, dn, db = cpu_ops.demod_bias_act_grad(x, x, torch.empty(2, 3), x, True, True, True, True, 3, 0.2, 1.4, -1.0)
-    assert tuple(y.shape) == tuple(ops.upsample2d(torch.zeros(2, 3, 7, 9), ops.setup_filter([1, 3, 3, 1]), impl="ref").shape)
+        dx, dd, dn, db = cpu_ops.demod_bias_act_grad(
+            x, x, torch.empty(2, 3), x, True, True, True, True, 3, 0.2, 1.4, -1.0
+        )
+    assert tuple(y.shape) == tuple(
+        ops.upsample2d(torch.zeros(2, 3, 7, 9), ops.setup_filter([1, 3, 3, 1]), impl="ref").shape
+    )
     assert tuple(z.shape) == (2, 3, 7, 9)
     assert tuple(e.shape) == tuple(dx.shape) == (2, 3, 7, 9)
     assert (tuple(dd.shape), tuple(dn.shape), tuple(db.shape)) == ((2, 3), (2, 1, 7, 9), (3,))
@@ -388,7 +462,11 @@ def test_fake_kernels_give_output_shapes(cpu_ops):
 def test_bf16_kernels_match_bf16_reference(cpu_ops):
     "The CPU kernels in bf16 (float compute, one rounding) against the bf16 reference, at a bf16 tolerance."
     rows = ops.check_ops(("cpu",), quick=True, dtype=torch.bfloat16)
-    assert [(r["op"], r["status"]) for r in rows] == [("bias_act", "ok"), ("upfirdn2d", "ok"), ("demod_bias_act", "ok")], rows
+    assert [(r["op"], r["status"]) for r in rows] == [
+        ("bias_act", "ok"),
+        ("upfirdn2d", "ok"),
+        ("demod_bias_act", "ok"),
+    ], rows
 
 
 def test_bf16_runs_the_kernels_not_the_fallback(cpu_ops):
@@ -396,14 +474,14 @@ def test_bf16_runs_the_kernels_not_the_fallback(cpu_ops):
     b = torch.randn(4).to(torch.bfloat16)
     f = ops.setup_filter([1, 3, 3, 1])
     with warnings.catch_warnings():
-        warnings.simplefilter("error")      # a fallback to the reference warns
+        warnings.simplefilter("error")  # a fallback to the reference warns
         y = ops.bias_act(x, b, act="lrelu", clamp=256, impl="cpu")
         u = ops.upsample2d(x, f, impl="cpu")
         d = ops.filter2d(x, f, impl="cpu")
     assert y.dtype == u.dtype == d.dtype == torch.bfloat16
     # float compute, one rounding: within one bf16 ulp of the float32 result
     ref = ops.filter2d(x.float(), f, impl="ref")
-    assert (d.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+    assert (d.float() - ref).abs().max() <= 2**-7 * ref.abs().max()
 
 
 @pytest.mark.parametrize("pad", [[0, 0, 0, 0], [2, 1, 2, 1], [-1, 3, 0, -2]])
@@ -416,12 +494,14 @@ def test_filter2d_fast_path_matches_reference(cpu_ops, pad):
         for impl in ("ref", "cpu"):
             y = ops.upfirdn2d(x, f, padding=pad, impl=impl)
             outs.append((y, *torch.autograd.grad(y, x, torch.ones_like(y))))
-        for a, c in zip(*outs): torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+        for a, c in zip(*outs):
+            torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
 
 
 def test_keep_freed_memory(cpu_ops, monkeypatch):
     "keep_freed_memory tunes glibc's allocator once (GANTrainer calls it); MEDSYN_KEEP_FREED_MEMORY=0 leaves it alone."
     import sys as _sys
+
     if _sys.platform.startswith("linux"):
         assert ops.keep_freed_memory() in (True, False) and ops.keep_freed_memory() == ops.keep_freed_memory()
     monkeypatch.setattr(ops, "_malloc_tuned", None)

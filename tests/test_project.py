@@ -1,5 +1,6 @@
 """The project's own house rules: the library is what the notebooks export, the README is what the
 front page says, the docs process offline, and the `medsyn` command answers."""
+
 import shutil, subprocess, sys
 from pathlib import Path
 
@@ -7,7 +8,12 @@ from conftest import ROOT
 
 
 def _tracked_files():
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     return [p for p in out.decode().split("\0") if p]
 
 
@@ -16,22 +22,29 @@ def test_library_matches_notebook_export(tmp_path):
     copy = tmp_path / "repo"
     for rel in _tracked_files():
         src = ROOT / rel
-        if not src.exists() or src.is_dir(): continue
+        if not src.exists() or src.is_dir():
+            continue
         dst = copy / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst, follow_symlinks=False)
     exported = copy / "medsyn"
-    res = subprocess.run([sys.executable, "-c", "from nbdev.doclinks import nbdev_export; nbdev_export.__wrapped__()"],
-                         cwd=copy, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-c", "from nbdev.doclinks import nbdev_export; nbdev_export.__wrapped__()"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     diffs = []
     for new in sorted(exported.rglob("*.py")):
         rel = new.relative_to(copy)
         old = ROOT / rel
-        if not old.exists() or old.read_text() != new.read_text(): diffs.append(str(rel))
+        if not old.exists() or old.read_text() != new.read_text():
+            diffs.append(str(rel))
     for old in sorted((ROOT / "medsyn").rglob("*.py")):
         rel = old.relative_to(ROOT)
-        if not (copy / rel).exists(): diffs.append(f"{rel} (not produced by any notebook)")
+        if not (copy / rel).exists():
+            diffs.append(f"{rel} (not produced by any notebook)")
     assert not diffs, f"medsyn/ differs from the notebook export in {diffs}: edit nbs/*.ipynb and run nbdev_export"
 
 

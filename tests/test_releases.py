@@ -1,5 +1,6 @@
 """#32: the study's datasets as users download them: every known release prepares with one command on a tiny
 generated copy of its exact on-disk layout; patterns that cannot crash; label maps; CT windows; orientation notes."""
+
 import json, os, shutil, warnings
 from pathlib import Path
 
@@ -8,15 +9,31 @@ import nibabel as nib
 import pytest
 
 from medsyn.core import MedsynError
-from medsyn.data import (RELEASES, CT_WINDOWS, _RELEASE_COPIES, detect_release, load_canonical, make_release_copy,
-                         prepare, prepare_main)
+from medsyn.data import (
+    RELEASES,
+    CT_WINDOWS,
+    _RELEASE_COPIES,
+    detect_release,
+    load_canonical,
+    make_release_copy,
+    prepare,
+    prepare_main,
+)
 
 # slices along the slicing axis of every copy: shape (20, 24, 16) in RAS; IBSR slices coronally (axis 1)
 SLICES = {r: 24 if r == "ibsr18" else 16 for r in RELEASES}
 SKIPPED = {r: 0 if r in ("kits23", "ibsr18") else 1 for r in RELEASES}
-CHANNELS = {"brats2020": ["T1", "T1Gd", "T2", "FLAIR"], "brats2021": ["T1", "T1Gd", "T2", "FLAIR"], "brats2023-gli": ["T1", "T1Gd", "T2", "FLAIR"],
-            "kits19": ["CT"], "kits23": ["CT"], "ibsr18": ["T1"], "msd": ["FLAIR", "T1w", "t1gd", "T2w"], "nnunet-v1": ["CT"],
-            "nnunet-v2": ["T1", "T1ce", "T2", "Flair"]}
+CHANNELS = {
+    "brats2020": ["T1", "T1Gd", "T2", "FLAIR"],
+    "brats2021": ["T1", "T1Gd", "T2", "FLAIR"],
+    "brats2023-gli": ["T1", "T1Gd", "T2", "FLAIR"],
+    "kits19": ["CT"],
+    "kits23": ["CT"],
+    "ibsr18": ["T1"],
+    "msd": ["FLAIR", "T1w", "t1gd", "T2w"],
+    "nnunet-v1": ["CT"],
+    "nnunet-v2": ["T1", "T1ce", "T2", "Flair"],
+}
 
 
 def _prepared(release, tmp_path, **kw):
@@ -39,7 +56,7 @@ def test_release_prepares_with_one_command(release, tmp_path):
     assert meta["release"] == release and meta["skipped_unlabelled"] == SKIPPED[release]
     assert ds.modalities == CHANNELS[release]
     assert len(ds.subjects) == 3
-    assert ds.index.groupby("subject").size().tolist() == [SLICES[release]] * 3       # every slice of the slicing axis
+    assert ds.index.groupby("subject").size().tolist() == [SLICES[release]] * 3  # every slice of the slicing axis
     # label ids: the layers (outer, middle, inner) of the copy carry the release's ids, renumbered 0..K-1 in order
     ids = _RELEASE_COPIES[release]["ids"]
     src_ids = sorted({0, *ids} | ({int(k) for k in RELEASES[release].get("label_names", {})}))
@@ -63,7 +80,9 @@ def test_cli_prints_the_detection(tmp_path, capsys):
     assert prepare_main([str(src), "--out", str(tmp_path / "out"), "--res", "16", "--quiet"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("detected BraTS 2020 (--preset brats2020)") and "1 unlabelled skipped" in out[0]
-    assert "labels {0: 'background', 1: 'necrotic tumour core', 2: 'peritumoral oedema', 4: 'enhancing tumour'}" in out[0]
+    assert (
+        "labels {0: 'background', 1: 'necrotic tumour core', 2: 'peritumoral oedema', 4: 'enhancing tumour'}" in out[0]
+    )
     summary = json.loads(out[-1])
     assert summary["release"] == "brats2020" and summary["skipped_unlabelled"] == 1 and summary["n_subjects"] == 3
 
@@ -72,21 +91,43 @@ def test_repeated_subject_and_glob_class_patterns(tmp_path):
     "The issue's crash cases: {subject} in folder and file name, a glob class, with --preset none."
     src = make_release_copy("brats2020", tmp_path / "src")
     top = src / _RELEASE_COPIES["brats2020"]["top"]
-    imgs = {m: f"{{subject}}/{{subject}}_{s}.nii*" for m, s in (("t1", "t1"), ("t1ce", "t1ce"), ("t2", "t2"), ("flair", "flair"))}
-    ds = load_canonical(prepare(top, tmp_path / "out", res=16, preset="none", images=imgs, labels="{subject}/*[sS]eg*.nii*"))
+    imgs = {
+        m: f"{{subject}}/{{subject}}_{s}.nii*"
+        for m, s in (("t1", "t1"), ("t1ce", "t1ce"), ("t2", "t2"), ("flair", "flair"))
+    }
+    ds = load_canonical(
+        prepare(top, tmp_path / "out", res=16, preset="none", images=imgs, labels="{subject}/*[sS]eg*.nii*")
+    )
     assert len(ds.subjects) == 3 and ds.modalities == ["t1", "t1ce", "t2", "flair"]
     ibsr = make_release_copy("ibsr18", tmp_path / "ibsr") / "IBSR_nifti_stripped"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = load_canonical(prepare(ibsr, tmp_path / "out2", res=16, preset="none", axis=1, images="IBSR_{subject}/IBSR_{subject}_ana_strip.nii.gz",
-                                    labels="IBSR_{subject}/IBSR_{subject}_segTRI_ana.nii.gz"))
+        ds = load_canonical(
+            prepare(
+                ibsr,
+                tmp_path / "out2",
+                res=16,
+                preset="none",
+                axis=1,
+                images="IBSR_{subject}/IBSR_{subject}_ana_strip.nii.gz",
+                labels="IBSR_{subject}/IBSR_{subject}_segTRI_ana.nii.gz",
+            )
+        )
     assert ds.subjects == ["01", "02", "03"]
 
 
 def test_pattern_errors_are_clear(tmp_path):
     src = make_release_copy("brats2021", tmp_path / "src")
-    with pytest.raises(MedsynError, match=r"no file matches '\*\*/\{subject\}/nothing_\*.nii' \(1[0-9] files there, e.g."):
-        prepare(src, tmp_path / "o1", preset="none", images="**/{subject}/{subject}_t1.nii*", labels="**/{subject}/nothing_*.nii")
+    with pytest.raises(
+        MedsynError, match=r"no file matches '\*\*/\{subject\}/nothing_\*.nii' \(1[0-9] files there, e.g."
+    ):
+        prepare(
+            src,
+            tmp_path / "o1",
+            preset="none",
+            images="**/{subject}/{subject}_t1.nii*",
+            labels="**/{subject}/nothing_*.nii",
+        )
     with pytest.raises(MedsynError, match="never closed"):
         prepare(src, tmp_path / "o2", preset="none", images="{subject}/*[t1.nii*", labels="{subject}/*seg*")
     with pytest.raises(MedsynError, match=r"unknown placeholder\(s\) \{case\}"):
@@ -100,8 +141,9 @@ def test_symlinked_cases_are_followed(tmp_path):
     links = tmp_path / "links"
     links.mkdir()
     for d in sorted(top.iterdir()):
-        if d.is_dir(): (links / d.name).symlink_to(d, target_is_directory=True)
-    (links / "loop").symlink_to(links, target_is_directory=True)          # a cycle must not hang the walk
+        if d.is_dir():
+            (links / d.name).symlink_to(d, target_is_directory=True)
+    (links / "loop").symlink_to(links, target_is_directory=True)  # a cycle must not hang the walk
     assert detect_release(links) == "brats2021"
     ds = load_canonical(prepare(links, tmp_path / "out", res=16))
     assert len(ds.subjects) == 3
@@ -117,7 +159,9 @@ def test_options_a_layout_cannot_use_are_refused_or_applied(tmp_path):
         prepare(msd, tmp_path / "o1", modalities=["a", "b"])
     with pytest.raises(MedsynError, match=r"--label-names gives ids \[7\]"):
         prepare(msd, tmp_path / "o1", label_names={7: "x"})
-    ds = load_canonical(prepare(msd, tmp_path / "o2", res=16, modalities=["FLAIR", "T1", "T1Gd", "T2"], label_names={1: "oedema"}))
+    ds = load_canonical(
+        prepare(msd, tmp_path / "o2", res=16, modalities=["FLAIR", "T1", "T1Gd", "T2"], label_names={1: "oedema"})
+    )
     assert ds.modalities == ["FLAIR", "T1", "T1Gd", "T2"] and ds.labels[1] == "oedema"
 
 
@@ -139,9 +183,11 @@ def test_brats_regions_put_two_releases_on_one_scheme(tmp_path):
         assert m["labels"] == {"0": "background", "1": "whole tumour", "2": "tumour core", "3": "enhancing tumour"}
         assert m["regions"] == {"whole tumour": [1, 2, 3], "tumour core": [2, 3], "enhancing tumour": [3]}
         assert m["label_map"] == "brats-regions"
-    assert np.array_equal(masks[0], masks[1])              # the same phantom: the same ids everywhere after the map
+    assert np.array_equal(masks[0], masks[1])  # the same phantom: the same ids everywhere after the map
     _, _, meta = _prepared("brats2020", tmp_path / "num", label_map="4=3")
-    assert meta["label_map"] == "4=3" and meta["labels"]["3"] == "enhancing tumour" and meta["label_values"]["3"] == 4   # the ids in the source files
+    assert (
+        meta["label_map"] == "4=3" and meta["labels"]["3"] == "enhancing tumour" and meta["label_values"]["3"] == 4
+    )  # the ids in the source files
 
 
 def test_nnunet_v2_region_labels(tmp_path):
@@ -152,7 +198,9 @@ def test_nnunet_v2_region_labels(tmp_path):
 
 def test_ct_windows_by_task(tmp_path):
     _, _, meta = _prepared("kits19", tmp_path / "a")
-    assert meta["normalization"]["ct_window"] == "abdomen" and meta["normalization"]["windows"] == {"CT": list(CT_WINDOWS["abdomen"])}
+    assert meta["normalization"]["ct_window"] == "abdomen" and meta["normalization"]["windows"] == {
+        "CT": list(CT_WINDOWS["abdomen"])
+    }
     _, _, meta = _prepared("kits23", tmp_path / "b", ct_window="bone")
     assert meta["normalization"]["windows"] == {"CT": list(CT_WINDOWS["bone"])}
     with pytest.raises(MedsynError, match="unknown CT window 'spleen'"):
@@ -165,19 +213,23 @@ def test_orientation_warnings(tmp_path):
         prepare(src, tmp_path / "o1", res=16)
     assert "no orientation" in json.loads((tmp_path / "o1" / "dataset.json").read_text())["warnings"][0]
     kits = make_release_copy("kits19", tmp_path / "kits")
-    for f in (kits / "kits19" / "data").rglob("*.nii.gz"):          # KiTS19's first release: slices on the x axis of the affine
+    for f in (kits / "kits19" / "data").rglob("*.nii.gz"):  # KiTS19's first release: slices on the x axis of the affine
         img = nib.load(str(f))
         nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([3.0, 0.8, 0.8, 1.0])), str(f))
-    with pytest.warns(UserWarning, match=r"slicing along axis 2 \(axial, 0.8 mm\) but axis 0 \(sagittal\) has the coarsest spacing \(3 mm\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"slicing along axis 2 \(axial, 0.8 mm\) but axis 0 \(sagittal\) has the coarsest spacing \(3 mm\)",
+    ):
         prepare(kits, tmp_path / "o2", res=16)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")                           # the right axis: no warning
+        warnings.simplefilter("error")  # the right axis: no warning
         prepare(kits, tmp_path / "o3", res=16, axis=0)
 
 
 def test_study_refuses_too_few_subjects_before_training(tmp_path):
     "The study checks its dataset up front: a 3-subject BraTS copy fails in seconds, naming how many subjects the profile needs."
     from medsyn.study import study_main
+
     src = make_release_copy("brats2020", tmp_path / "src")
     prepare(src, tmp_path / "ds", res=64)
     with pytest.raises(MedsynError, match="3 subjects .* too few for profile ci: .* need at least 6 subjects"):
@@ -190,6 +242,7 @@ def test_dicom_series_with_rtstruct_or_seg(annotation, modality, tmp_path, monke
     "A hospital-style export: CT series (files in reverse order), RTSTRUCT contours or a DICOM-SEG, one unannotated series."
     import tempfile
     from medsyn.data import make_dicom_copy
+
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     src = make_dicom_copy(tmp_path / "src", annotation=annotation, modality=modality)
@@ -198,20 +251,23 @@ def test_dicom_series_with_rtstruct_or_seg(annotation, modality, tmp_path, monke
     assert ds.modalities == [modality] and ds.labels == {0: "background", 1: "Kidney", 2: "Tumour"}
     assert ds.subjects == ["PAT000", "PAT001"] and meta["skipped_unlabelled"] == 1
     assert ds.index.groupby("subject").size().tolist() == [10, 10]
-    assert meta["normalization"]["windows"] == {modality: list(CT_WINDOWS["abdomen"]) if modality == "CT" else None}   # HU: RescaleIntercept
+    assert meta["normalization"]["windows"] == {
+        modality: list(CT_WINDOWS["abdomen"]) if modality == "CT" else None
+    }  # HU: RescaleIntercept
     img, mask = _stack(ds)
     fg, body = mask > 0, (mask == 0) & (img > 0.05)
     thr = (np.median(img[body]) + np.median(img[fg])) / 2
     dice = 2 * ((img > thr) & fg).sum() / ((img > thr).sum() + fg.sum())
-    assert dice > 0.9, dice                                               # contours land on the right voxels
+    assert dice > 0.9, dice  # contours land on the right voxels
     assert np.median(img[mask == 1]) < np.median(img[mask == 2])
-    assert not list((tmp_path / "tmp").iterdir())                         # the NIfTI conversion is removed
+    assert not list((tmp_path / "tmp").iterdir())  # the NIfTI conversion is removed
     one = load_canonical(prepare(src, tmp_path / "out2", res=32, roi=["tumour"]))
     assert one.labels == {0: "background", 1: "Tumour"}
 
 
 def test_dicom_errors_name_the_file(tmp_path):
     from medsyn.data import make_dicom_copy
+
     src = make_dicom_copy(tmp_path / "src", n_subjects=1)
     with pytest.raises(MedsynError, match=r"RTSTRUCT.dcm: no ROI named \['Liver'\]; it has \['Kidney', 'Tumour'\]"):
         prepare(src, tmp_path / "o1", roi=["Liver"])
@@ -219,7 +275,7 @@ def test_dicom_errors_name_the_file(tmp_path):
         prepare(make_release_copy("kits23", tmp_path / "k"), tmp_path / "o1", roi=["Kidney"])
     with pytest.raises(MedsynError, match="--images do not apply to DICOM"):
         prepare(src, tmp_path / "o1", layout="dicom", images="{subject}/x")
-    (src / "PAT000" / "CT_abdomen" / "IM00004").unlink()                  # a slice missing in the middle
+    (src / "PAT000" / "CT_abdomen" / "IM00004").unlink()  # a slice missing in the middle
     with pytest.raises(MedsynError, match=r"CT_abdomen \(series 2, .*uneven slice spacing"):
         prepare(src, tmp_path / "o2")
     shutil.rmtree(src / "PAT000" / "CT_abdomen")
@@ -230,12 +286,17 @@ def test_dicom_errors_name_the_file(tmp_path):
 
 def test_options_that_do_not_apply_are_named(tmp_path):
     src = make_release_copy("kits23", tmp_path / "src")
-    with pytest.raises(MedsynError, match=r"--window names modalities \['t2'\] that the data does not have \(its channels are \['CT'\]\)"):
+    with pytest.raises(
+        MedsynError,
+        match=r"--window names modalities \['t2'\] that the data does not have \(its channels are \['CT'\]\)",
+    ):
         prepare(src, tmp_path / "o1", windows={"T2": (0, 1900)})
     with pytest.raises(MedsynError, match="--label-map do not apply to the bundled dataset"):
         prepare_main(["mni152", "--out", str(tmp_path / "o2"), "--label-map", "4=3"])
     from PIL import Image
-    (tmp_path / "png/images").mkdir(parents=True); (tmp_path / "png/masks").mkdir()
+
+    (tmp_path / "png/images").mkdir(parents=True)
+    (tmp_path / "png/masks").mkdir()
     Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "png/images/a.png")
     Image.fromarray(np.eye(8, dtype=np.uint8)).save(tmp_path / "png/masks/a.png")
     with pytest.raises(MedsynError, match="--axis does not apply to 2D images"):

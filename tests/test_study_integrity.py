@@ -1,4 +1,5 @@
 """Study integrity: no artefact trained on a subject of its cell's test set, ever; stale artefacts recomputed; unchanged reruns reuse."""
+
 import json
 from pathlib import Path
 
@@ -8,9 +9,27 @@ import torch
 
 from medsyn.core import MedsynError, load_json
 from medsyn.data import load_canonical
-from medsyn.study import (VARIANT_GANS, WARPED_VARIANTS, RunLayout, artefact_key, experiment_grid, gan_jobs, load_real,
-                          make_synthetic_set, read_manifest, run_cell, split_of, stage_gan, stage_generate, stage_prepare,
-                          stage_segment, study_config, study_run_dir, synthetic_inputs, write_real_subset)
+from medsyn.study import (
+    VARIANT_GANS,
+    WARPED_VARIANTS,
+    RunLayout,
+    artefact_key,
+    experiment_grid,
+    gan_jobs,
+    load_real,
+    make_synthetic_set,
+    read_manifest,
+    run_cell,
+    split_of,
+    stage_gan,
+    stage_generate,
+    stage_prepare,
+    stage_segment,
+    study_config,
+    study_run_dir,
+    synthetic_inputs,
+    write_real_subset,
+)
 
 STAGES = (stage_prepare, stage_gan, stage_generate, stage_segment)
 
@@ -18,7 +37,8 @@ STAGES = (stage_prepare, stage_gan, stage_generate, stage_segment)
 def run_stages(cfg, out):
     "Run the study stages in this process; returns the log lines."
     lines = []
-    for stage in STAGES: stage(cfg, out, log=lines.append)
+    for stage in STAGES:
+        stage(cfg, out, log=lines.append)
     return lines
 
 
@@ -40,8 +60,10 @@ def assert_no_leak(cfg, out):
         assert tested == set(split["test"]), cell.cell
         if cell.factor > 0 and cell.variant in VARIANT_GANS:
             syn = read_manifest(lay.synthetic(cell.variant, cell.fold, cell.fraction))
-            assert set(syn["inputs"]["gan_subjects"]) <= set(split["train"]), cell.cell   # GAN subjects ⊆ the cell's training subjects
-            if cell.variant in WARPED_VARIANTS:                  # the masks came from the cell's own training subjects
+            assert set(syn["inputs"]["gan_subjects"]) <= set(split["train"]), (
+                cell.cell
+            )  # GAN subjects ⊆ the cell's training subjects
+            if cell.variant in WARPED_VARIANTS:  # the masks came from the cell's own training subjects
                 assert syn["inputs"]["masks"]["subjects"] == sorted(split["train"]), cell.cell
                 assert set(syn["inputs"]["masks"]["subjects"]) <= set(syn["inputs"]["gan_subjects"]), cell.cell
 
@@ -58,28 +80,37 @@ def test_changed_folds_and_split_seed_never_reuse_leaking_artefacts(tmp_path):
     log_b = run_stages(b, out)
     assert_no_leak(b, out)
     assert any("recomputing" in l and "subjects" in l for l in log_b), "\n".join(log_b)
-    for name, text in before.items():                        # every GAN of the old folds was retrained or left unused
+    for name, text in before.items():  # every GAN of the old folds was retrained or left unused
         if (out / "gan" / name).exists() and name in {j.name for j in gan_jobs(b).itertuples()}:
-            assert (out / "gan" / name / "manifest.json").read_text() != text or \
-                   json.loads(text)["inputs"]["subjects"] == read_manifest(out / "gan" / name)["inputs"]["subjects"]
+            assert (out / "gan" / name / "manifest.json").read_text() != text or json.loads(text)["inputs"][
+                "subjects"
+            ] == read_manifest(out / "gan" / name)["inputs"]["subjects"]
     folds = pd.read_csv(out / "tables" / "folds.csv")
     assert len(folds) == 3 * 2 and {"train_subjects", "val_subjects", "test_subjects"} <= set(folds.columns)
     for r in folds.itertuples():
         assert not set(r.train_subjects.split()) & set(r.test_subjects.split())
     gan = pd.read_csv(out / "tables" / "gan_training.csv")
     assert list(gan.columns[:7]) == ["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds"]
-    n_gans = len({g for v in b.variants for g in VARIANT_GANS[v]})            # one GAN per (kind, fold, fraction)
+    n_gans = len({g for v in b.variants for g in VARIANT_GANS[v]})  # one GAN per (kind, fold, fraction)
     assert len(gan) == 3 * 2 * n_gans == len(gan_jobs(b)) and (gan.kimg_reached >= gan.snapshot_kimg).all()
 
-    log_again = run_stages(b, out)                            # unchanged: nothing is trained or sampled again
-    assert not [l for l in log_again if "recomputing" in l or "gan: training" in l or "gan: resuming" in l
-                or l.startswith("generate: ") and "reused" not in l or l.startswith("segment: frac")], "\n".join(log_again)
+    log_again = run_stages(b, out)  # unchanged: nothing is trained or sampled again
+    assert not [
+        l
+        for l in log_again
+        if "recomputing" in l
+        or "gan: training" in l
+        or "gan: resuming" in l
+        or l.startswith("generate: ")
+        and "reused" not in l
+        or l.startswith("segment: frac")
+    ], "\n".join(log_again)
 
 
 def test_small_data_gans_train_on_the_fraction_subjects_only():
     cfg = study_config("ci")
     fractions = {(j.fold, j.fraction) for j in gan_jobs(cfg).itertuples()}
-    assert fractions == {(f, x) for f in range(cfg.folds) for x in cfg.fractions}   # no GAN shared across fractions
+    assert fractions == {(f, x) for f in range(cfg.folds) for x in cfg.fractions}  # no GAN shared across fractions
 
 
 def test_stage_notebooks_write_under_the_dataset_actually_used(tmp_path, monkeypatch):
@@ -89,7 +120,17 @@ def test_stage_notebooks_write_under_the_dataset_actually_used(tmp_path, monkeyp
     assert study_run_dir(study_config("ci")) == tmp_path / "default"
 
 
-TINY_GAN = dict(metric="stats", batch=4, metric_n=8, grid_n=2, channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)
+TINY_GAN = dict(
+    metric="stats",
+    batch=4,
+    metric_n=8,
+    grid_n=2,
+    channel_base=256,
+    channel_max=32,
+    z_dim=32,
+    w_dim=32,
+    mapping_layers=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +138,8 @@ def warped_run(tmp_path_factory):
     "A CI-sized study of the warped+cond variant alone, with tiny cond GANs, through the generate stage."
     out = tmp_path_factory.mktemp("warped") / "default"
     cfg = study_config("ci", variants=("warped+cond",), fractions=(1.0,), gan_kimg=0.008, gan_overrides=TINY_GAN)
-    for stage in (stage_prepare, stage_gan, stage_generate): stage(cfg, out, log=lambda m: None)
+    for stage in (stage_prepare, stage_gan, stage_generate):
+        stage(cfg, out, log=lambda m: None)
     return cfg, out
 
 
@@ -116,7 +158,9 @@ def test_warped_masks_come_from_the_cells_training_subjects(warped_run):
         _, real_masks = src.tensors()
         _, syn_masks = load_canonical(syn_dir).tensors()
         plain = real_masks[[k % len(real_masks) for k in range(len(syn_masks))]]
-        assert set(syn_masks.unique().tolist()) <= set(src.labels) and not torch.equal(syn_masks, plain)   # warped label maps
+        assert set(syn_masks.unique().tolist()) <= set(src.labels) and not torch.equal(
+            syn_masks, plain
+        )  # warped label maps
     assert (out / "figures" / "samples_warped_cond.png").stat().st_size > 1000
 
 
@@ -133,7 +177,10 @@ def test_changed_warp_changes_the_synthetic_inputs(warped_run):
 
 
 def _fields(cfg):
-    return {k: getattr(cfg, k) for k in ("variants", "fractions", "gan_kimg", "gan_overrides", "mask_warp", "mask_warp_seed")}
+    return {
+        k: getattr(cfg, k)
+        for k in ("variants", "fractions", "gan_kimg", "gan_overrides", "mask_warp", "mask_warp_seed")
+    }
 
 
 def test_validation_or_test_subjects_never_supply_masks(warped_run):
@@ -143,7 +190,9 @@ def test_validation_or_test_subjects_never_supply_masks(warped_run):
     real = load_real(cfg, info["data_dir"])
     split = split_of(info["splits"], 0, 1.0)
     leak = split["test"][0]
-    write_real_subset(real, split["train"] + [leak], lay.real_subset(0, 1.0), info["dataset_sha256"], log=lambda m: None)
+    write_real_subset(
+        real, split["train"] + [leak], lay.real_subset(0, 1.0), info["dataset_sha256"], log=lambda m: None
+    )
     cell = experiment_grid(cfg).query("variant == 'warped+cond' and fold == 0").iloc[0]
     make_synthetic_set(cfg, "warped+cond", 0, 1.0, 8, lay, log=lambda m: None)
     assert leak in read_manifest(lay.synthetic("warped+cond", 0, 1.0))["inputs"]["gan_subjects"]

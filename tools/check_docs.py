@@ -15,24 +15,29 @@ Without any Quarto it says so (the render is SKIPPED, not passed), runs `nbdev_p
 notebook processing of the site build) and checks the doc links of the processed notebooks.
 `--offline` forces that mode. Exit status 1 on any problem.
 """
+
 from __future__ import annotations
 import os, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT.parent / "shared" / "tools" / "quarto"
-QUARTO_MISSING = ("quarto render SKIPPED: no `quarto` on PATH and no offline kit at ../shared/tools/quarto/ "
-                  "(install Quarto from https://quarto.org/docs/get-started/, or run get_quarto.sh of the kit), "
-                  "so only the offline checks ran")
+QUARTO_MISSING = (
+    "quarto render SKIPPED: no `quarto` on PATH and no offline kit at ../shared/tools/quarto/ "
+    "(install Quarto from https://quarto.org/docs/get-started/, or run get_quarto.sh of the kit), "
+    "so only the offline checks ran"
+)
 # Output of the site build that points at our notebooks: nbdev's processor warnings, pandoc and Quarto warnings.
 BAD_BUILD_LINES = re.compile(r"Found cells containing imports|^\[WARNING\]|^WARN|^ERROR", re.M)
 
 
 def find_quarto(log=print) -> str | None:
     "Path of a `quarto` launcher: the one on PATH, else the offline kit's (installed on first use), else None."
-    if q := shutil.which("quarto"): return q
+    if q := shutil.which("quarto"):
+        return q
     script = KIT / "get_quarto.sh"
-    if not script.exists(): return None
+    if not script.exists():
+        return None
     log(f"quarto is not on PATH: installing the offline kit with {script} (idempotent; its README says where)")
     res = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True)
     lines = res.stdout.strip().splitlines()
@@ -47,7 +52,8 @@ def expected_pages() -> list[str]:
     pages = []
     for nb in sorted((ROOT / "nbs").rglob("*.ipynb")):
         rel = nb.relative_to(ROOT / "nbs")
-        if any(p.startswith((".", "_")) for p in rel.parts): continue
+        if any(p.startswith((".", "_")) for p in rel.parts):
+            continue
         pages.append(str(rel.with_name(re.sub(r"^[0-9]+[a-z]?_", "", rel.stem) + ".html")))
     return pages
 
@@ -61,20 +67,26 @@ def build_site(quarto: str) -> int:
     took = time.time() - t0
     sys.stdout.write(res.stdout)
     problems = []
-    if res.returncode != 0: problems.append(f"nbdev_docs failed (exit {res.returncode})")
+    if res.returncode != 0:
+        problems.append(f"nbdev_docs failed (exit {res.returncode})")
     for m in BAD_BUILD_LINES.finditer(res.stdout):
-        line = res.stdout[m.start():res.stdout.find("\n", m.start())]
+        line = res.stdout[m.start() : res.stdout.find("\n", m.start())]
         problems.append(f"the site build warns: {line.strip()}")
     if (ROOT / "README.md").read_bytes() != readme:
-        problems.append("nbdev_docs rewrote README.md (its one generator is tools/make_readme.py; see readme_nb in settings.ini)")
+        problems.append(
+            "nbdev_docs rewrote README.md (its one generator is tools/make_readme.py; see readme_nb in settings.ini)"
+        )
         (ROOT / "README.md").write_bytes(readme)
     docs = ROOT / "_docs"
     for page in expected_pages():
-        if not (docs / page).exists(): problems.append(f"no page _docs/{page} for nbs/{page}")
+        if not (docs / page).exists():
+            problems.append(f"no page _docs/{page} for nbs/{page}")
     if not problems:
         res = subprocess.run([sys.executable, str(ROOT / "tools" / "check_site.py"), str(docs)], cwd=ROOT)
-        if res.returncode != 0: problems.append("tools/check_site.py found problems in the rendered site (listed above)")
-    for p in problems: print("site problem:", p)
+        if res.returncode != 0:
+            problems.append("tools/check_site.py found problems in the rendered site (listed above)")
+    for p in problems:
+        print("site problem:", p)
     n = len(list(docs.rglob("*.html"))) - len(list((docs / "site_libs").rglob("*.html"))) if docs.exists() else 0
     print(f"site build: {n} pages in _docs/ in {took:.0f} s; {'FAILED' if problems else 'OK'}")
     return 1 if problems else 0
@@ -83,6 +95,7 @@ def build_site(quarto: str) -> int:
 def process_notebooks_without_quarto() -> Path:
     "Run nbdev_proc_nbs with nbdev's automatic Quarto download switched off; return the _proc folder."
     import nbdev.quarto as q
+
     q._ensure_quarto = lambda: None  # nbdev would try to download Quarto; we only process notebooks
     q.nbdev_proc_nbs.__wrapped__()
     return ROOT / "_proc"
@@ -90,31 +103,39 @@ def process_notebooks_without_quarto() -> Path:
 
 def symbol_index() -> set[str]:
     from medsyn._modidx import d
+
     names = set(d["syms"])
-    for mod in d["syms"].values(): names |= set(mod)
+    for mod in d["syms"].values():
+        names |= set(mod)
     return names
 
 
 def broken_links(proc: Path) -> list[str]:
     "Links in processed notebooks that point nowhere."
     import nbformat
+
     syms, problems = symbol_index(), []
     for nb_path in sorted(proc.rglob("*.ipynb")):
         nb = nbformat.read(nb_path, as_version=4)
         for cell in nb.cells:
-            if cell.cell_type != "markdown": continue
+            if cell.cell_type != "markdown":
+                continue
             for ref in re.findall(r"`(medsyn(?:\.\w+)+)`", cell.source):
-                if ref not in syms: problems.append(f"{nb_path.relative_to(proc)}: `{ref}` is not in medsyn/_modidx.py")
+                if ref not in syms:
+                    problems.append(f"{nb_path.relative_to(proc)}: `{ref}` is not in medsyn/_modidx.py")
             for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", cell.source):
-                if re.match(r"^[a-z]+:", target): continue  # http:, https:, mailto:
-                if not (nb_path.parent / target).exists(): problems.append(f"{nb_path.relative_to(proc)}: link to missing file {target}")
+                if re.match(r"^[a-z]+:", target):
+                    continue  # http:, https:, mailto:
+                if not (nb_path.parent / target).exists():
+                    problems.append(f"{nb_path.relative_to(proc)}: link to missing file {target}")
     return problems
 
 
 def offline_checks() -> int:
     proc = process_notebooks_without_quarto()
     problems = broken_links(proc)
-    for p in problems: print("broken doc link:", p)
+    for p in problems:
+        print("broken doc link:", p)
     n = len(list(proc.rglob("*.ipynb")))
     print(f"nbdev_proc_nbs processed {n} notebooks into {proc.relative_to(ROOT)}/; {len(problems)} broken doc links")
     return 1 if problems else 0
@@ -122,7 +143,8 @@ def offline_checks() -> int:
 
 def main(argv: list[str]) -> int:
     quarto = None if "--offline" in argv else find_quarto()
-    if quarto: return build_site(quarto)
+    if quarto:
+        return build_site(quarto)
     rc = offline_checks()
     print(QUARTO_MISSING)
     return rc

@@ -23,6 +23,7 @@ html.parser (no third-party packages) and reports, per page:
 Prints a summary and exits 1 when there is a problem in a category not passed to --allow
 (those are still listed), 2 on a usage error, 0 otherwise. --json writes the per-page report.
 """
+
 import argparse
 import json
 import re
@@ -31,15 +32,45 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-CATEGORIES = ["title", "image", "resource", "link", "anchor", "error-output",
-              "stderr-output", "markdown-leak"]
-VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
-        "source", "track", "wbr"}
+CATEGORIES = ["title", "image", "resource", "link", "anchor", "error-output", "stderr-output", "markdown-leak"]
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"}
 # text inside these is not prose: leaks are only looked for outside them
 NOT_PROSE = {"pre", "code", "script", "style", "svg", "math", "kbd", "samp", "textarea", "template"}
-BLOCK = {"p", "div", "li", "ul", "ol", "dl", "dt", "dd", "td", "th", "tr", "table", "h1", "h2",
-         "h3", "h4", "h5", "h6", "blockquote", "figcaption", "figure", "section", "br", "hr",
-         "header", "footer", "caption", "details", "summary", "main", "nav", "aside", "pre"}
+BLOCK = {
+    "p",
+    "div",
+    "li",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "td",
+    "th",
+    "tr",
+    "table",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "figcaption",
+    "figure",
+    "section",
+    "br",
+    "hr",
+    "header",
+    "footer",
+    "caption",
+    "details",
+    "summary",
+    "main",
+    "nav",
+    "aside",
+    "pre",
+}
 
 PROSE_LEAKS = [
     ("``` fence", re.compile(r"^[ \t]*(```|~~~)", re.M)),
@@ -61,16 +92,16 @@ class Page(HTMLParser):
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.stack = []            # (tag, classes) of the open elements
+        self.stack = []  # (tag, classes) of the open elements
         self.title = None
         self.ids = set()
-        self.links = []            # hrefs of <a>
-        self.images = []           # img/source src(set)
-        self.resources = []        # script src, link href, iframe src
-        self.prose = []            # text of <main> outside code (block breaks as "\n")
-        self.code = []             # text of <main> code blocks (outside outputs)
-        self.outputs = {}          # index of an output div in stack -> [kind, text parts]
-        self.out_done = []         # (kind, text) of finished outputs
+        self.links = []  # hrefs of <a>
+        self.images = []  # img/source src(set)
+        self.resources = []  # script src, link href, iframe src
+        self.prose = []  # text of <main> outside code (block breaks as "\n")
+        self.code = []  # text of <main> code blocks (outside outputs)
+        self.outputs = {}  # index of an output div in stack -> [kind, text parts]
+        self.out_done = []  # (kind, text) of finished outputs
         self.counts = {"h2": 0, "code_cells": 0, "outputs": 0, "images": 0}
         self._in_title = False
 
@@ -92,7 +123,7 @@ class Page(HTMLParser):
         if tag == "a" and a.get("name"):
             self.ids.add(a["name"])
         if tag == "title" and self.title is None and not self._inside({"svg", "body"}):
-            self._in_title = True   # the page's <title>, not an SVG <title> inside the body
+            self._in_title = True  # the page's <title>, not an SVG <title> inside the body
             self.title = ""
         elif tag == "a" and a.get("href") is not None:
             self.links.append(a["href"])
@@ -114,17 +145,23 @@ class Page(HTMLParser):
             self.counts["code_cells"] += 1
         if tag in BLOCK and self._in_main():
             self.prose.append("\n")
-        if (tag == "code" and self._in_main() and not self.outputs
-                and not self._inside(NOT_PROSE) and not self._in_math()):
-            self.prose.append("\u2039code\u203a")   # inline code shows as a placeholder in snippets
+        if (
+            tag == "code"
+            and self._in_main()
+            and not self.outputs
+            and not self._inside(NOT_PROSE)
+            and not self._in_math()
+        ):
+            self.prose.append("\u2039code\u203a")  # inline code shows as a placeholder in snippets
         if tag in ("pre", "code") and self._in_main() and not self.outputs:
             self.code.append("\n")
         if tag in VOID:
             return
         self.stack.append((tag, classes))
         if tag == "div" and any(c.startswith("cell-output") for c in classes) and not self._in_output_below():
-            kind = ("error" if "cell-output-error" in classes else
-                    "stderr" if "cell-output-stderr" in classes else "output")
+            kind = (
+                "error" if "cell-output-error" in classes else "stderr" if "cell-output-stderr" in classes else "output"
+            )
             self.outputs[len(self.stack) - 1] = [kind, []]
             self.counts["outputs"] += 1
 
@@ -167,15 +204,20 @@ class Page(HTMLParser):
 
 
 def snippet(text, start, end, width=40):
-    s = " ".join(text[max(0, start - width):end + width].split())
+    s = " ".join(text[max(0, start - width) : end + width].split())
     return ("..." if start > width else "") + s + ("..." if end + width < len(text) else "")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("site", help="the rendered site folder (e.g. _docs or _site)")
-    ap.add_argument("--allow", action="append", default=[], choices=CATEGORIES,
-                    help="report problems of this category but do not fail on them (repeatable)")
+    ap.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        choices=CATEGORIES,
+        help="report problems of this category but do not fail on them (repeatable)",
+    )
     ap.add_argument("--json", help="write the per-page report to this file")
     ap.add_argument("--quiet", action="store_true", help="print only the summary line")
     args = ap.parse_args()
@@ -199,7 +241,7 @@ def main():
             parsed[path] = pg
         return parsed[path]
 
-    problems = []     # (page, category, detail)
+    problems = []  # (page, category, detail)
     report = {}
     n_links = 0
 
@@ -254,7 +296,7 @@ def main():
             elif kind == "stderr":
                 found.append(("stderr-output", first))
         prose = "".join(pg.prose)
-        covered = []      # spans already reported, so that **bold** is not also 4 literal *
+        covered = []  # spans already reported, so that **bold** is not also 4 literal *
         for name, rx in PROSE_LEAKS:
             for m in rx.finditer(prose):
                 if any(a <= m.start() < b for a, b in covered):
@@ -282,26 +324,37 @@ def main():
             bad = check_href("search.json", site / "search.json", href, "link")
             if bad:
                 found.append(bad)
-        report["search.json"] = {"entries": len(entries),
-                                 "problems": [{"category": c, "detail": d} for c, d in found]}
+        report["search.json"] = {"entries": len(entries), "problems": [{"category": c, "detail": d} for c, d in found]}
         problems += [("search.json", c, d) for c, d in found]
 
     failing = [x for x in problems if x[1] not in args.allow]
     by_cat = {c: sum(1 for x in problems if x[1] == c) for c in CATEGORIES}
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"site": str(site), "pages": len(pages), "internal_links_checked": n_links,
-             "problems_by_category": by_cat, "pages_report": report}, indent=1, ensure_ascii=False),
-            encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "site": str(site),
+                    "pages": len(pages),
+                    "internal_links_checked": n_links,
+                    "problems_by_category": by_cat,
+                    "pages_report": report,
+                },
+                indent=1,
+                ensure_ascii=False,
+            ),
+            encoding="utf-8",
+        )
     if not args.quiet:
         for rel, cat, detail in problems:
             flag = "" if cat not in args.allow else " (allowed)"
             print(f"{rel}: {cat}{flag}: {detail}")
     summary = ", ".join(f"{c} {n}" for c, n in by_cat.items() if n) or "none"
     status = "FAIL" if failing else "OK"
-    print(f"check_site {status}: {len(pages)} pages, {n_links} internal links/images/resources "
-          f"checked; problems: {summary}"
-          + (f" ({len(problems) - len(failing)} allowed)" if len(failing) != len(problems) else ""))
+    print(
+        f"check_site {status}: {len(pages)} pages, {n_links} internal links/images/resources "
+        f"checked; problems: {summary}"
+        + (f" ({len(problems) - len(failing)} allowed)" if len(failing) != len(problems) else "")
+    )
     return 1 if failing else 0
 
 

@@ -5,6 +5,7 @@ Usage: python tools/code_stats.py [PACKAGE_DIR]   (default: medsyn/ beside this 
 Reports the largest functions, how many functions exceed 60 lines, the imports between medsyn modules
 (at the top of a module or inside a function) and any import cycle among the modules.
 """
+
 import ast, json, sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from pathlib import Path
 def functions(tree):
     "(qualified name, lines) of every function and method, nested ones included."
     out = []
+
     def visit(node, prefix):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -21,6 +23,7 @@ def functions(tree):
                 visit(child, prefix + child.name + ".")
             else:
                 visit(child, prefix)
+
     visit(tree, "")
     return out
 
@@ -28,9 +31,10 @@ def functions(tree):
 def medsyn_imports(tree, module: str, package: str):
     "Imported medsyn modules: {'top': set, 'inside': set} (inside = within a function body)."
     top, inside = set(), set()
+
     def targets(node):
         if isinstance(node, ast.ImportFrom):
-            if node.level:            # relative: `from .core import x` or `from . import x`
+            if node.level:  # relative: `from .core import x` or `from . import x`
                 return [node.module] if node.module else [a.name for a in node.names]
             if node.module and node.module.split(".")[0] == package:
                 rest = node.module.split(".")[1:]
@@ -38,11 +42,14 @@ def medsyn_imports(tree, module: str, package: str):
         if isinstance(node, ast.Import):
             return [a.name.split(".")[1] for a in node.names if a.name.startswith(package + ".")]
         return []
+
     def visit(node, in_func):
         for child in ast.iter_child_nodes(node):
             for t in targets(child):
-                if t != module: (inside if in_func else top).add(t)
+                if t != module:
+                    (inside if in_func else top).add(t)
             visit(child, in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
     visit(tree, False)
     return {"top": top, "inside": inside}
 
@@ -50,11 +57,16 @@ def medsyn_imports(tree, module: str, package: str):
 def cycles(graph: dict) -> list:
     "Elementary cycles found by depth-first search (each reported once, rotated to its smallest member)."
     found = set()
+
     def dfs(start, node, path):
         for nxt in sorted(graph.get(node, ())):
-            if nxt == start: found.add(tuple(path))
-            elif nxt not in path and nxt > start: dfs(start, nxt, path + [nxt])
-    for s in sorted(graph): dfs(s, s, [s])
+            if nxt == start:
+                found.add(tuple(path))
+            elif nxt not in path and nxt > start:
+                dfs(start, nxt, path + [nxt])
+
+    for s in sorted(graph):
+        dfs(s, s, [s])
     return [list(c) for c in sorted(found)]
 
 
@@ -68,16 +80,26 @@ def stats(pkg: Path) -> dict:
         funcs += [(f"{name}.{q}", n) for q, n in functions(tree)]
         imp = medsyn_imports(tree, name, package)
         graph[name] = imp["top"] | imp["inside"]
-        top_n += len(imp["top"]); inside_n += len(imp["inside"] - imp["top"])
+        top_n += len(imp["top"])
+        inside_n += len(imp["inside"] - imp["top"])
         long_lines += sum(len(line) > 120 for line in text.splitlines())
         lines += len(text.splitlines())
     funcs.sort(key=lambda f: -f[1])
-    return dict(package=str(pkg), modules=len(mods), lines=lines, functions=len(funcs),
-                largest_functions=[dict(name=n, lines=k) for n, k in funcs[:5]],
-                functions_over_60_lines=sum(k > 60 for _, k in funcs),
-                module_imports_at_top=top_n, module_imports_only_inside_functions=inside_n,
-                import_cycles=cycles(graph), lines_over_120_chars=long_lines,
-                largest_modules=sorted(((m, len(p.read_text().splitlines())) for m, p in mods.items()), key=lambda x: -x[1])[:4])
+    return dict(
+        package=str(pkg),
+        modules=len(mods),
+        lines=lines,
+        functions=len(funcs),
+        largest_functions=[dict(name=n, lines=k) for n, k in funcs[:5]],
+        functions_over_60_lines=sum(k > 60 for _, k in funcs),
+        module_imports_at_top=top_n,
+        module_imports_only_inside_functions=inside_n,
+        import_cycles=cycles(graph),
+        lines_over_120_chars=long_lines,
+        largest_modules=sorted(((m, len(p.read_text().splitlines())) for m, p in mods.items()), key=lambda x: -x[1])[
+            :4
+        ],
+    )
 
 
 if __name__ == "__main__":

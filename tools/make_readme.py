@@ -5,6 +5,7 @@ or without Quarto. `nbdev_readme` (a Quarto rendering in another format) is not 
 `readme_nb` at README.md itself, so `nbdev_docs` leaves README.md alone. `--check` exits 1 when README.md
 differs from what index.ipynb gives.
 """
+
 from __future__ import annotations
 import sys
 from pathlib import Path
@@ -21,9 +22,12 @@ def readme_text(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
     parts = []
     for cell in nb.cells:
         src = cell.source.strip()
-        if not src: continue
-        if cell.cell_type == "markdown": parts.append(src)
-        elif cell.cell_type == "code" and not src.startswith("#| hide"): parts.append(f"```python\n{src}\n```")
+        if not src:
+            continue
+        if cell.cell_type == "markdown":
+            parts.append(src)
+        elif cell.cell_type == "code" and not src.startswith("#| hide"):
+            parts.append(f"```python\n{src}\n```")
     return HEADER + "\n\n".join(parts) + "\n"
 
 

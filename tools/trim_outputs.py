@@ -7,6 +7,7 @@ drops printed streams (warnings, progress bars, logs with temporary paths), plai
 renderings of a PNG and execution counts, so that only what a reader should see is kept and diffs stay small.
 Run `nbdev_clean` afterwards.
 """
+
 import json, sys
 from pathlib import Path
 
@@ -15,12 +16,15 @@ def trim(path: Path) -> int:
     nb = json.loads(path.read_text())
     dropped = 0
     for cell in nb["cells"]:
-        if cell["cell_type"] != "code": continue
+        if cell["cell_type"] != "code":
+            continue
         kept = []
         for out in cell.get("outputs", []):
             data = out.get("data") or {}
-            if "image/png" in data: out["data"] = {k: v for k, v in data.items() if k in ("image/png", "text/plain")}
-            elif "text/html" in data: out["data"] = {k: v for k, v in data.items() if k in ("text/html", "text/plain")}
+            if "image/png" in data:
+                out["data"] = {k: v for k, v in data.items() if k in ("image/png", "text/plain")}
+            elif "text/html" in data:
+                out["data"] = {k: v for k, v in data.items() if k in ("text/html", "text/plain")}
             else:
                 dropped += 1
                 continue
@@ -28,7 +32,8 @@ def trim(path: Path) -> int:
         cell["outputs"] = kept
         cell["execution_count"] = None
         for out in kept:
-            if "execution_count" in out: out["execution_count"] = None
+            if "execution_count" in out:
+                out["execution_count"] = None
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return dropped
 
