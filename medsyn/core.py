@@ -4,12 +4,34 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import argparse, collections, contextlib, errno, inspect, json, os, pickle, pickletools, random, re, shutil, signal, sys, tempfile, threading, time, types, typing, uuid, zipfile
+
+import argparse
+import collections
+import contextlib
+import errno
+import inspect
+import json
+import os
+import pickle
+import pickletools
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import types
+import typing
+import uuid
+import zipfile
+from collections.abc import Iterator
 from dataclasses import fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from fastcore.docments import docments
@@ -79,7 +101,8 @@ _HOOK_COUNT: dict[str, int] = {}
 
 
 def _test_hook(point: str) -> None:
-    "Tests only: `MEDSYN_TEST_HOOK=POINT:SIGNAL[@N]` sends SIGNAL (KILL, INT, TERM) to this process the N-th time (default 1st) it passes POINT."
+    """Tests only: `MEDSYN_TEST_HOOK=POINT:SIGNAL[@N]` sends SIGNAL (KILL, INT, TERM) to this process the N-th time
+    (default 1st) it passes POINT."""
     where, _, what = (os.environ.get("MEDSYN_TEST_HOOK") or "").rpartition(":")
     if where != point:
         return
@@ -156,7 +179,8 @@ def remove_stale_leftovers(
 @contextlib.contextmanager
 def deferred_sigint() -> Iterator[None]:
     """Hold SIGINT (Ctrl-C) while the block runs, so that a short critical section (a rename pair) completes; it is
-    delivered after. (A Python-level handler: a blocked signal mask would not do, torch's threads would take the signal.)"""
+    delivered after. (A Python-level handler: a blocked signal mask would not do, torch's threads would take the
+    signal.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -251,7 +275,8 @@ PLAIN_TYPES = (
 
 def to_plain(obj: Any, where: str = "checkpoint") -> Any:
     """`obj` as data that `torch.load(weights_only=True)` reads back: NumPy arrays become tensors (unsigned types wider
-    than a byte as int64), NumPy scalars Python numbers; dicts, lists and tuples are walked; any other object is refused."""
+    than a byte as int64), NumPy scalars Python numbers; dicts, lists and tuples are walked; any other object is
+    refused."""
     import torch
 
     if isinstance(obj, np.generic):
@@ -276,7 +301,8 @@ def to_plain(obj: Any, where: str = "checkpoint") -> Any:
 
 # %% ../nbs/00_core.ipynb
 def pickle_globals(data: bytes) -> list[str]:
-    "The `module.name` callables that the pickle `data` would import, read from its opcodes (`pickletools`) without running it."
+    """The `module.name` callables that the pickle `data` would import, read from its opcodes (`pickletools`) without
+    running it."""
     found, strings = set(), []
     try:
         for op, arg, _ in pickletools.genops(data):
@@ -292,7 +318,8 @@ def pickle_globals(data: bytes) -> list[str]:
 
 # %% ../nbs/00_core.ipynb
 def torch_file_globals(path: str | Path, limit: int = 1 << 22) -> list[str]:
-    "`pickle_globals` of a torch file: the `data.pkl` inside a zip checkpoint, else the first `limit` bytes of a plain pickle."
+    """`pickle_globals` of a torch file: the `data.pkl` inside a zip checkpoint, else the first `limit` bytes of a plain
+    pickle."""
     path = Path(path)
     try:
         if zipfile.is_zipfile(path):
@@ -318,16 +345,19 @@ SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode")  
 
 
 def unsafe_file_message(path: Path, what: str, found: list[str]) -> str:
-    "Why `path` is refused and the way out: an NVlabs network pickle, or a file (an older medsyn one) holding Python objects."
+    """Why `path` is refused and the way out: an NVlabs network pickle, or a file (an older medsyn one) holding Python
+    objects."""
     if any(g.startswith(NVLABS_MODULES) for g in found):
         return (
-            f"{path}: is an NVlabs StyleGAN2-ADA / StyleGAN3 network pickle (it imports {', '.join(found[:3])}), not a medsyn "
+            f"{path}: is an NVlabs StyleGAN2-ADA / StyleGAN3 network pickle (it imports {', '.join(found[:3])}), not a "
+            "medsyn "
             f"{what}. medsyn does not open it: unpickling it would run the code it carries. Train a medsyn GAN with "
             "`medsyn train` instead"
         )
     shown = [g for g in found if not g.startswith(SAFE_GLOBAL_PREFIXES)] or found
     return (
-        f"{path}: refused: besides tensors, numbers and strings this {what} holds Python objects ({', '.join(shown[:4])}) "
+        f"{path}: refused: besides tensors, numbers and strings this {what} holds Python objects "
+        f"({', '.join(shown[:4])}) "
         "and reading them could run code. Files written by this medsyn version never do; one written by medsyn 0.1 "
         f"may (NumPy RNG states and numbers). If you trust where the file came from, rewrite it once as data with "
         f"`medsyn checkpoint upgrade {path} --out NEW.pt --trust` and use NEW.pt"
@@ -335,8 +365,10 @@ def unsafe_file_message(path: Path, what: str, found: list[str]) -> str:
 
 # %% ../nbs/00_core.ipynb
 def load_torch_file(path: str | Path, what: str = "checkpoint", map_location="cpu") -> Any:
-    """`torch.load(path, weights_only=True)`: tensors, numbers, strings, lists and dicts only. A file that would import other
-    Python objects raises `UnsafeFileError` (nothing of it runs); an unreadable one a `MedsynError`; both name the file."""
+    """`torch.load(path, weights_only=True)`: tensors, numbers, strings, lists and dicts only. A file that would import
+    other
+    Python objects raises `UnsafeFileError` (nothing of it runs); an unreadable one a `MedsynError`; both name the
+    file."""
     import torch
 
     path = Path(path)
@@ -368,7 +400,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 # %% ../nbs/00_core.ipynb
 def medsyn_made(path: str | Path, kind: str | None = None) -> bool:
     """Whether the folder `path` was made by medsyn (of `kind`, e.g. `'dataset'`, when given): it holds medsyn's
-    manifest `.medsyn.json`, or is a canonical dataset (`dataset.json` with `format_version`, `complete`, `n_slices`)."""
+    manifest `.medsyn.json`, or is a canonical dataset (`dataset.json` with `format_version`, `complete`,
+    `n_slices`)."""
     path = Path(path)
     if not path.is_dir():
         return False
@@ -471,7 +504,8 @@ def _mkdtemp_beside(path: Path) -> Path:
 
 # %% ../nbs/00_core.ipynb
 def _swap_in(tmp: Path, path: Path) -> None:
-    "Move the finished folder `tmp` onto `path`: old one aside, new one in, old one deleted; the old one is restored on failure."
+    """Move the finished folder `tmp` onto `path`: old one aside, new one in, old one deleted; the old one is restored
+    on failure."""
     aside = None
     try:
         with deferred_sigint():
@@ -507,7 +541,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False, kind: str = "dataset",
     tmp = _mkdtemp_beside(path)
     try:
         save_json(
-            dict(made_by="medsyn", kind=kind, created=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+            dict(made_by="medsyn", kind=kind, created=datetime.now(UTC).isoformat(timespec="seconds")),
             tmp / MANIFEST_NAME,
         )
         yield tmp
@@ -709,7 +743,8 @@ def signature_parser(
 
 # %% ../nbs/00_core.ipynb
 def add_field_options(p: argparse.ArgumentParser, cls, names, choices: dict | None = None) -> argparse.ArgumentParser:
-    "Options `--name` for the fields `names` of the dataclass `cls` (default None: the preset decides; help: the field's comment)."
+    """Options `--name` for the fields `names` of the dataclass `cls` (default None: the preset decides; help: the
+    field's comment)."""
     hints, docs, choices = typing.get_type_hints(cls), docments(cls), choices or {}
     for name in names:
         p.add_argument(
@@ -752,7 +787,8 @@ class StopRequest:
 def sigint_at_step_boundary(
     message: str = "stopping after the current step (press Ctrl-C again to abort at once)",
 ) -> Iterator[StopRequest]:
-    "Within the block the first Ctrl-C sets `stop.requested` (and prints `message`); the second raises `KeyboardInterrupt`."
+    """Within the block the first Ctrl-C sets `stop.requested` (and prints `message`); the second raises
+    `KeyboardInterrupt`."""
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop

@@ -4,7 +4,18 @@
 
 # %% ../nbs/05a_distributed.ipynb 2
 from __future__ import annotations
-import datetime, hashlib, json, os, re, signal, socket, subprocess, sys, tempfile, time
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +33,8 @@ __all__ = ['PHASES', 'LOST_PEER_EXIT', 'DistEnv', 'slurm_first_host', 'dist_env'
 # %% ../nbs/05a_distributed.ipynb
 @dataclass(frozen=True)
 class DistEnv:
-    "This process's place in a data-parallel run: rank, number of ranks, rank on its node, rendezvous, and who launched it."
+    """This process's place in a data-parallel run: rank, number of ranks, rank on its node, rendezvous, and who
+    launched it."""
 
     rank: int = 0
     world: int = 1
@@ -161,8 +173,9 @@ class RankGroup:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def start(self) -> "RankGroup":
-        "Join the process group (rendezvous at `master_addr:master_port`); an error naming the address after the timeout."
+    def start(self) -> RankGroup:
+        """Join the process group (rendezvous at `master_addr:master_port`); an error naming the address after the
+        timeout."""
         if self.world == 1 or dist.is_initialized():
             return self
         backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -195,7 +208,8 @@ class RankGroup:
             return fn(*args, **kw)
         except (RuntimeError, ValueError, OSError) as e:  # gloo/NCCL errors: peer closed, timeout, aborted
             raise LostPeer(
-                f"rank {self.rank}: lost contact with the other ranks during {what} ({' '.join(str(e).split())[:200]}); "
+                f"rank {self.rank}: lost contact with the other ranks during {what} "
+                f"({' '.join(str(e).split())[:200]}); "
                 "another rank died or stalled: see its error"
             ) from e
 
@@ -298,7 +312,8 @@ def describe_exit(code: int) -> str:
 
 # %% ../nbs/05a_distributed.ipynb
 def _rank_env(rank: int, nproc: int, port: int, kwargs: dict, device_type: str) -> dict:
-    "The environment of local rank `rank`: torchrun's variables plus the call, the loopback and a fair share of the CPU cores."
+    """The environment of local rank `rank`: torchrun's variables plus the call, the loopback and a fair share of the
+    CPU cores."""
     e = dict(
         os.environ,
         RANK=str(rank),

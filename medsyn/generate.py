@@ -4,7 +4,9 @@
 
 # %% ../nbs/06_generate.ipynb 2
 from __future__ import annotations
-import argparse, json
+
+import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,9 @@ import torch
 from .augment import MASK_WARP, warp_masks
 from medsyn.core import (
     MedsynError,
+    atomic_dir,
     call_with_args,
     check,
-    atomic_dir,
     check_output_dir,
     choose_device,
     file_sha256,
@@ -31,7 +33,8 @@ __all__ = ['latents', 'synthesize', 'warp_settings', 'mask_supplier', 'generate_
 
 # %% ../nbs/06_generate.ipynb
 def latents(seed: int, indices, z_dim: int, stream: int = 0) -> torch.Tensor:
-    "Latents `(len(indices), z_dim)`: row `i` is N(0, I) drawn from a generator seeded with `(seed, stream, indices[i])`."
+    """Latents `(len(indices), z_dim)`: row `i` is N(0, I) drawn from a generator seeded with `(seed, stream,
+    indices[i])`."""
     return torch.from_numpy(
         np.stack([np.random.default_rng([seed, stream, int(k)]).standard_normal(z_dim) for k in indices]).astype(
             np.float32
@@ -85,9 +88,12 @@ def mask_supplier(
     trunc: float = 0.7,
     device="cpu",
 ):
-    """Where the masks of the generator `gcfg` (checkpoint `ckpt`) come from: `(masks, provenance)`, `masks(indices)` giving
-    the integer label maps of those pairs. 'cond': the 'mask'/'joint' generator `mask_ckpt` (latent stream 1) or the real
-    masks of the dataset `masks_from` (mask k mod N, deformed by `warp_masks` when `warp_seed` is given); 'joint': `None`
+    """Where the masks of the generator `gcfg` (checkpoint `ckpt`) come from: `(masks, provenance)`, `masks(indices)`
+    giving
+    the integer label maps of those pairs. 'cond': the 'mask'/'joint' generator `mask_ckpt` (latent stream 1) or the
+    real
+    masks of the dataset `masks_from` (mask k mod N, deformed by `warp_masks` when `warp_seed` is given); 'joint':
+    `None`
     (it draws its own masks). A 'mask' generator makes no pairs."""
     if gcfg.kind == "mask":
         raise MedsynError(
@@ -158,7 +164,8 @@ def generate_pairs(
     """Write `n` synthetic image+mask pairs as a canonical dataset at `out_dir`. `ckpt` is a 'joint' checkpoint,
     or a 'cond' one together with `mask_ckpt` (a 'mask' or 'joint' checkpoint whose masks are used) or
     `masks_from` (a canonical dataset whose real masks are used, sample k <- mask k mod N). With `masks_from`,
-    `warp_seed` deforms mask k with `warp_masks(..., warp_seed, indices=[k], **warp_settings(warp))` before rendering."""
+    `warp_seed` deforms mask k with `warp_masks(..., warp_seed, indices=[k], **warp_settings(warp))` before
+    rendering."""
     check(n >= 1, f"--n {n}: the number of pairs must be at least 1")
     check(batch >= 1, f"--batch {batch}: the batch size must be at least 1")
     check(0 <= trunc <= 2, f"--trunc {trunc}: the truncation psi must be in [0, 2] (1 = no truncation, 0.7 is usual)")

@@ -4,10 +4,12 @@
 
 # %% ../nbs/03_networks.ipynb 2
 from __future__ import annotations
-import argparse, math, sys
+
+import argparse
+import math
+import sys
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from dataclasses import dataclass, asdict, fields
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 
 from . import ops
 from medsyn.core import (
+    NVLABS_MODULES,
     MedsynError,
     UnsafeFileError,
     atomic_torch_save,
@@ -24,7 +27,6 @@ from medsyn.core import (
     signature_parser,
     torch_file_globals,
     unsafe_file_message,
-    NVLABS_MODULES,
 )
 
 # %% auto 0
@@ -47,7 +49,8 @@ BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 
 def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
-    "The native-bfloat16 instruction sets this CPU reports in /proc/cpuinfo (`avx512_bf16`, `amx_bf16`); [] if none or unreadable."
+    """The native-bfloat16 instruction sets this CPU reports in /proc/cpuinfo (`avx512_bf16`, `amx_bf16`); [] if none or
+    unreadable."""
     if cpuinfo is None:
         try:
             with open('/proc/cpuinfo') as fh:
@@ -115,7 +118,7 @@ class GANConfig:
     w_avg_beta: float = 0.995  # decay of the tracked average w (truncation centre)
     channel_base: int = 16384  # channels at resolution r: min(channel_base // r, channel_max)
     channel_max: int = 512
-    conv_clamp: Optional[float] = 256
+    conv_clamp: float | None = 256
     mbstd_group: int = 4
     mbstd_channels: int = 1
     fused_modconv: bool | str = True  # True: grouped conv; False: scale activations; 'auto': per layer
@@ -151,7 +154,8 @@ class GANConfig:
         )
         check(
             self.precision == 'fp32' or self.num_fp16_res == 0 or self.conv_clamp is not None,
-            f"GANConfig: precision={self.precision!r} needs conv_clamp (NVlabs clamps at 256 in low precision) or precision='fp32'",
+            f"GANConfig: precision={self.precision!r} needs conv_clamp (NVlabs clamps at 256 in low precision) or "
+            "precision='fp32'",
         )
 
     @property
@@ -193,8 +197,9 @@ class GANConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> 'GANConfig':
-        "Rebuild from `to_dict()` output (e.g. a checkpoint; checkpoints before 0.1 name the variant `cfg`); unknown keys are an error."
+    def from_dict(cls, d: dict) -> GANConfig:
+        """Rebuild from `to_dict()` output (e.g. a checkpoint; checkpoints before 0.1 name the variant `cfg`); unknown
+        keys are an error."""
         if 'cfg' in d and 'kind' not in d:
             d = {('kind' if k == 'cfg' else k): v for k, v in d.items()}
         names = {f.name for f in fields(cls)}
@@ -207,10 +212,13 @@ GAN_PRESETS = {
     # CPU: 64x64 on 2 cores. Narrow (channels 128 at 4-16 px, 64 at 32 px, 32 at 64 px) and a 2-layer mapping
     # as NVlabs' 'auto' config: ~2.4x the images/s of channel base 4096 / max 256, which is what makes a
     # 20-minute run show brain-like pairs (see 05_train).
-    # Training (`medsyn.train.TrainConfig`): gamma is NVlabs' heuristic 0.0002 * res^2 / batch (= 0.1 at 64 px, batch 8);
+    # Training (`medsyn.train.TrainConfig`): gamma is NVlabs' heuristic 0.0002 * res^2 / batch (= 0.1 at 64 px, batch
+    # 8);
     # ada_kimg 100: p can rise by at most 0.2 in a 20-kimg run (with 20 it hit 0.9 and rotations leaked).
-    # cond: the per-label skip with a learned blur (`LabelIntensity`) and pix2pix's L1 term (weight 100) render brain slices
-    # that follow the mask within ~500 steps; adversarial training alone still draws haze at 1.8 kimg (`medsyn bench quality`).
+    # cond: the per-label skip with a learned blur (`LabelIntensity`) and pix2pix's L1 term (weight 100) render brain
+    # slices
+    # that follow the mask within ~500 steps; adversarial training alone still draws haze at 1.8 kimg (`medsyn bench
+    # quality`).
     'cpu64': dict(
         resolution=64,
         channel_base=2048,
@@ -447,8 +455,10 @@ def modulated_conv2d(
     act_gain=1.0,
     clamp=None,
 ):
-    """Per-sample modulated (and demodulated) convolution of `x` (N,I,H,W) by `weight` (O,I,k,k) and `styles` (N,I), plus
-    `noise` (N or 1,1,H,W); optionally followed by `bias` (O), `activation` ('linear' | 'relu' | 'lrelu') with gain `act_gain`
+    """Per-sample modulated (and demodulated) convolution of `x` (N,I,H,W) by `weight` (O,I,k,k) and `styles` (N,I),
+    plus
+    `noise` (N or 1,1,H,W); optionally followed by `bias` (O), `activation` ('linear' | 'relu' | 'lrelu') with gain
+    `act_gain`
     and `clamp`. Everything after the convolution is one `ops.demod_bias_act` pass."""
     N = x.shape[0]
     O, I, kh, kw = weight.shape
@@ -634,11 +644,14 @@ class SynthesisBlock(nn.Module):
 # %% ../nbs/03_networks.ipynb
 class LabelIntensity(nn.Module):
     """The 'cond' generator's mask-to-image skip (`GANConfig.cond_skip`): a linear image model of the mask, the one-hot
-    labels convolved with a learned `kernel`×`kernel` filter per (channel, label), i.e. an intensity per tissue blurred by a
-    point-spread function (partial volume at the tissue borders). Added to the synthesised image; zero at initialisation.
+    labels convolved with a learned `kernel`×`kernel` filter per (channel, label), i.e. an intensity per tissue blurred
+    by a
+    point-spread function (partial volume at the tissue borders). Added to the synthesised image; zero at
+    initialisation.
     Each tap learns at `lr_multiplier / kernel²` times the optimizer's rate, so that a label's intensity (the sum of its
     taps) moves `lr_multiplier` times faster than G's other weights: the tissue means and the blur are in place after a
-    few dozen steps and the synthesis network spends its capacity on what a mask does not say (texture, noise, bias field)."""
+    few dozen steps and the synthesis network spends its capacity on what a mask does not say (texture, noise, bias
+    field)."""
 
     def __init__(self, num_labels: int, channels: int, kernel: int = 5, lr_multiplier: float = 10.0):
         super().__init__()
@@ -996,7 +1009,8 @@ def load_checkpoint(path) -> dict:
     ck = load_torch_file(path, "GAN checkpoint")
     check(
         isinstance(ck, dict) and "gan_config" in ck and "G_ema" in ck,
-        f"{path}: not a medsyn GAN checkpoint (no gan_config / G_ema); pass a network-best.pt or network-last.pt of `medsyn train`",
+        f"{path}: not a medsyn GAN checkpoint (no gan_config / G_ema); pass a network-best.pt or network-last.pt of "
+        "`medsyn train`",
     )
     return ck
 
@@ -1010,7 +1024,8 @@ def generator_from_checkpoint(ck: dict, which: str = "G_ema", device="cpu"):
 
 # %% ../nbs/03_networks.ipynb
 def is_medsyn_checkpoint(ck) -> bool:
-    "Whether a loaded object is a medsyn GAN checkpoint (`gan_config`, `G_ema`) or U-Net checkpoint (`state_dict`, `config`)."
+    """Whether a loaded object is a medsyn GAN checkpoint (`gan_config`, `G_ema`) or U-Net checkpoint (`state_dict`,
+    `config`)."""
     return isinstance(ck, dict) and ({"gan_config", "G_ema"} <= set(ck) or {"state_dict", "config"} <= set(ck))
 
 # %% ../nbs/03_networks.ipynb
@@ -1048,7 +1063,8 @@ def upgrade_checkpoint(
 
 # %% ../nbs/03_networks.ipynb
 def checkpoint_parser() -> argparse.ArgumentParser:
-    "`medsyn checkpoint upgrade OLD --out NEW --trust`: the options of `upgrade_checkpoint`, OLD as a positional argument."
+    """`medsyn checkpoint upgrade OLD --out NEW --trust`: the options of `upgrade_checkpoint`, OLD as a positional
+    argument."""
     p = argparse.ArgumentParser(prog="medsyn checkpoint", description="Work with medsyn checkpoint files.")
     sub = p.add_subparsers(dest="action", required=True, metavar="upgrade")
     up = signature_parser(upgrade_checkpoint, "medsyn checkpoint upgrade", skip=("old",))

@@ -4,10 +4,24 @@
 
 # %% ../nbs/02_ops.ipynb 2
 from __future__ import annotations
-import argparse, contextlib, ctypes, fcntl, glob, hashlib, json, os, platform, subprocess, sys, time, threading, warnings
+
+import argparse
+import contextlib
+import ctypes
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -15,7 +29,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 import medsyn
-from .core import MedsynError, check, cache_dir, env_flag
+from .core import MedsynError, cache_dir, check, env_flag
 
 # %% auto 0
 __all__ = ['IMPLS', 'KERNEL_OPS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHECKED', 'DTYPE_TOL', 'set_default_impl',
@@ -31,7 +45,8 @@ _default_impl = os.environ.get("MEDSYN_OPS_IMPL", "auto").strip().lower() or "au
 
 
 def set_default_impl(name: str) -> None:
-    "Set what `impl='auto'` resolves to: `'auto'` (compiled kernel for the tensor's device), `'ref'`, `'cpu'` or `'cuda'`."
+    """Set what `impl='auto'` resolves to: `'auto'` (compiled kernel for the tensor's device), `'ref'`, `'cpu'` or
+    `'cuda'`."""
     global _default_impl
     check(
         name in IMPLS,
@@ -166,8 +181,10 @@ def torch_lock_is_a_file() -> bool:
 
 @contextlib.contextmanager
 def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
-    """Hold the build lock of `build_dir` (an `flock` on `.medsyn-build.lock`) while a build runs there. Waits for a build in
-    another process as long as the folder shows activity; after `timeout` seconds without any, or when torch's own `lock`
+    """Hold the build lock of `build_dir` (an `flock` on `.medsyn-build.lock`) while a build runs there. Waits for a
+    build in
+    another process as long as the folder shows activity; after `timeout` seconds without any, or when torch's own
+    `lock`
     file (left by a killed build) has seen none for `timeout` seconds, raises an error naming the folder."""
     timeout = build_lock_timeout() if timeout is None else timeout
     build_dir = Path(build_dir)
@@ -184,7 +201,8 @@ def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
                 check(
                     time.time() - start < timeout or not idle(),
                     f"{build_dir}: another process holds the build lock of the compiled "
-                    f"ops and nothing changed there for {timeout:.0f} s; stop it and rerun (MEDSYN_BUILD_LOCK_TIMEOUT sets the wait)",
+                    f"ops and nothing changed there for {timeout:.0f} s; stop it and rerun (MEDSYN_BUILD_LOCK_TIMEOUT "
+                    "sets the wait)",
                 )
                 time.sleep(0.2)
         torch_lock = build_dir / "lock"
@@ -194,7 +212,8 @@ def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
             check(
                 not idle(),
                 f"{build_dir}: holds the lock file 'lock' of a build of the compiled ops that was killed (nothing "
-                f"changed there for {timeout:.0f} s; torch would wait for it for ever); remove it with `rm {torch_lock}` (or "
+                f"changed there for {timeout:.0f} s; torch would wait for it for ever); remove it with `rm "
+                f"{torch_lock}` (or "
                 f"remove the folder {build_dir}) and rerun",
             )
             time.sleep(0.2)
@@ -205,7 +224,8 @@ def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
 # %% ../nbs/02_ops.ipynb
 def _build(kind: str, need_gpu: bool = True, build_dir: Path | None = None) -> PluginStatus:
     """Compile (or load from cache) the `kind` plugin; never raises for a broken toolchain (the status says why), but a
-    stale or long-held build lock is an error naming the folder (`build_lock`). `need_gpu=False` builds the CUDA plugin on a
+    stale or long-held build lock is an error naming the folder (`build_lock`). `need_gpu=False` builds the CUDA plugin
+    on a
     machine without a GPU (see `compile_cuda`)."""
     t0 = time.perf_counter()
     try:
@@ -392,7 +412,8 @@ def _resolve(impl: str, x: torch.Tensor) -> tuple[str, object]:
     if st.ops is None:
         _warn_once(
             f"build-{kind}",
-            f"medsyn.ops: the compiled {kind} ops are unavailable ({st.error}); using the slower reference implementation",
+            f"medsyn.ops: the compiled {kind} ops are unavailable ({st.error}); using the slower reference "
+            "implementation",
         )
         return "ref", None
     return kind, st.ops
@@ -630,7 +651,7 @@ def _get_filter_size(f) -> tuple[int, int]:
     return fw, fh
 
 # %% ../nbs/02_ops.ipynb
-def setup_filter(f, device=torch.device("cpu"), normalize=True, flip_filter=False, gain=1, separable=None):
+def setup_filter(f, device="cpu", normalize=True, flip_filter=False, gain=1, separable=None):
     """Turn a filter spec (None, a number, a 1D or 2D array) into a float32 tensor for `upfirdn2d`.
     1D filters become separable (kept 1D) when `separable` says so (default: 8 taps or more), else `f ⊗ f`."""
     f = torch.as_tensor(1 if f is None else f, dtype=torch.float32)
@@ -670,7 +691,8 @@ def upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     fw, fh = _get_filter_size(f)
     check(
         iw * upx + px0 + px1 >= fw and ih * upy + py0 + py1 >= fh,
-        f"upfirdn2d: the padded input ({ih * upy + py0 + py1}x{iw * upx + px0 + px1}) is smaller than the filter ({fh}x{fw})",
+        f"upfirdn2d: the padded input ({ih * upy + py0 + py1}x{iw * upx + px0 + px1}) is smaller than the filter "
+        f"({fh}x{fw})",
     )
     # 1. upsample by zero insertion
     x = x.reshape([n, c, ih, 1, iw, 1])
@@ -759,7 +781,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="au
     fw, fh = _get_filter_size(f)
     check(
         x.shape[3] * upx + px0 + px1 >= fw and x.shape[2] * upy + py0 + py1 >= fh,
-        f"upfirdn2d: the padded input ({x.shape[2] * upy + py0 + py1}x{x.shape[3] * upx + px0 + px1}) is smaller than the filter ({fh}x{fw})",
+        f"upfirdn2d: the padded input ({x.shape[2] * upy + py0 + py1}x{x.shape[3] * upx + px0 + px1}) is smaller than "
+        f"the filter ({fh}x{fw})",
     )
     return _upfirdn2d_function(ops, up, down, padding, flip_filter, gain).apply(x, f)
 
@@ -1059,8 +1082,10 @@ def _compare_demod(
 
 # %% ../nbs/02_ops.ipynb
 def _off_epilogue_edges(x, d, nz, b, act, gain, clamp):
-    """Low precision: move the elements whose pre-activation z = x d + noise + b lies within rounding of the kink at 0, or
-    whose output lies within rounding of the clamp, to z = 0.25 (there either answer of the rounded comparison is right)."""
+    """Low precision: move the elements whose pre-activation z = x d + noise + b lies within rounding of the kink at 0,
+    or
+    whose output lies within rounding of the clamp, to z = 0.25 (there either answer of the rounded comparison is
+    right)."""
     xf = x.float()
     dd = torch.ones_like(xf) if d is None else d.float()[:, :, None, None].expand_as(xf)
     rest = (
@@ -1102,7 +1127,8 @@ def check_ops(
 ) -> list[dict]:
     """Compile each implementation in `impls` and compare it with the reference in `dtype` (outputs, gradients,
     second-order gradients) over a grid of cases; `tol` (relative) defaults to `DTYPE_TOL[dtype]`, since a
-    bfloat16 reference rounds after every step (8 mantissa bits) while the kernels round once. One row per (impl, op) with status
+    bfloat16 reference rounds after every step (8 mantissa bits) while the kernels round once. One row per (impl, op)
+    with status
     'ok' | 'MISMATCH' | 'unavailable' | 'skipped', the max abs error, the number of cases and the build time."""
     tol = DTYPE_TOL.get(dtype, 1e-2) if tol is None else tol
     rows = []
@@ -1190,7 +1216,8 @@ def format_check_table(rows: list[dict]) -> str:
 
 # %% ../nbs/02_ops.ipynb
 def ops_main(argv: list[str]) -> int:
-    "`medsyn ops --check [--impl cpu,cuda] [--quick]`: build the compiled ops and check them against the reference; `--compile-only`: compile the CUDA kernels."
+    """`medsyn ops --check [--impl cpu,cuda] [--quick]`: build the compiled ops and check them against the reference;
+    `--compile-only`: compile the CUDA kernels."""
     ap = argparse.ArgumentParser(
         prog="medsyn ops", description="Compile medsyn's custom ops and check them against the reference."
     )

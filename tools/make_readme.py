@@ -7,6 +7,7 @@ differs from what index.ipynb gives.
 """
 
 from __future__ import annotations
+
 import sys
 from pathlib import Path
 

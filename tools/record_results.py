@@ -14,8 +14,20 @@ recorded, and stays until this script is run again.
 """
 
 from __future__ import annotations
-import argparse, base64, copy, io, json, os, re, platform, subprocess, sys, tempfile, time
-from datetime import datetime, timezone
+
+import argparse
+import base64
+import copy
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +37,8 @@ DATA_URI = re.compile(r"(data:image/png;base64,)([A-Za-z0-9+/=]+)")
 
 
 def machine() -> str:
-    "CPU model, cores, OS and torch of this machine, e.g. 'Intel Xeon ..., 2 CPU cores, Linux 6.1 x86_64, torch 2.5.1, no GPU'."
+    """CPU model, cores, OS and torch of this machine, e.g. 'Intel Xeon ..., 2 CPU cores, Linux 6.1 x86_64, torch 2.5.1,
+    no GPU'."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -37,7 +50,8 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()} {platform.machine()}, torch {torch.__version__}, {gpu}"
+    system = f"{platform.system()} {platform.release()} {platform.machine()}"
+    return f"{cpu}, {os.cpu_count()} CPU cores, {system}, torch {torch.__version__}, {gpu}"
 
 
 def git_commit() -> str:
@@ -58,7 +72,7 @@ def run_study(out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rec = {
         "command": COMMAND,
-        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "machine": machine(),
     }
@@ -88,6 +102,7 @@ def small_png(b64: str, max_width: int = 1100) -> str:
 def results_notebook(report: Path, rec: dict):
     "The Results page: title, stamp, then the report notebook's prose and outputs (code folded, logs dropped)."
     import nbformat
+
     from medsyn.study import report_notebook
 
     nb = report_notebook(nbformat.read(str(report), as_version=4))
@@ -122,8 +137,10 @@ def results_notebook(report: Path, rec: dict):
             "---\nskip_exec: true\nskip_showdoc: true\nimage: images/quick_samples_warped_cond.png\n---"
         ),
         nbformat.v4.new_markdown_cell(
-            "# Results\n\n> The study's report from a recorded run of the README's main job on the bundled default dataset.\n\n"
-            f"Made by `python tools/record_results.py`: a run of `{rec['command']}` (profile `quick`, dataset `default`), "
+            "# Results\n\n> The study's report from a recorded run of the README's main job on the bundled default "
+            "dataset.\n\n"
+            f"Made by `python tools/record_results.py`: a run of `{rec['command']}` (profile `quick`, dataset "
+            "`default`), "
             "whose executed report notebook `runs/default/notebooks/06_report.ipynb` is this page. "
             "Rerun it to replace this page; the numbers below are what that run produced, nothing here is executed "
             "when the site is built.\n\n"
@@ -164,7 +181,8 @@ def main(argv=None) -> int:
     nbformat.write(nb, str(PAGE))
     subprocess.run(["nbdev_clean", "--fname", str(PAGE)], cwd=ROOT, check=False)
     print(
-        f"wrote {PAGE.relative_to(ROOT)} ({PAGE.stat().st_size / 1024:.0f} KiB) from {report}; wall time of the run {rec['wall_s']} s"
+        f"wrote {PAGE.relative_to(ROOT)} ({PAGE.stat().st_size / 1024:.0f} KiB) from {report}; wall time of the run "
+        f"{rec['wall_s']} s"
     )
     return 0
 

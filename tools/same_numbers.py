@@ -13,15 +13,20 @@ Run it for two checkouts and compare (one thread, so reductions run in the same 
 It imports the names from where older versions kept them too (medsyn.train), so it can compare across a move.
 """
 
-import hashlib, json, sys, tempfile, warnings
+import hashlib
+import json
+import tempfile
+import warnings
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
 
 warnings.simplefilter("ignore")
 import medsyn
-from medsyn.train import train_gan
-from medsyn.generate import generate_pairs
 from medsyn.data import load_canonical
+from medsyn.generate import generate_pairs
+from medsyn.train import train_gan
 
 try:
     from medsyn.data import toy_dataset

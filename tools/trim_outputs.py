@@ -8,7 +8,8 @@ renderings of a PNG and execution counts, so that only what a reader should see 
 Run `nbdev_clean` afterwards.
 """
 
-import json, sys
+import json
+import sys
 from pathlib import Path
 
 
