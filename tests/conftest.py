@@ -1,6 +1,9 @@
 """Shared pytest fixtures and the CUDA skip rule."""
 
-import os, shutil, subprocess, sys
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest

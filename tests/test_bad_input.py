@@ -1,7 +1,12 @@
 """Issue #17: every bad input or hostile environment gives exit code 2, one line `medsyn CMD: error: ...` naming the
 offending path (or option), no traceback, and no partial output at the target."""
 
-import errno, json, os, shutil, subprocess, sys
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,8 +18,7 @@ from PIL import Image
 import medsyn.core as C
 import medsyn.data as D
 from medsyn.cli import main
-from medsyn.data import load_canonical, make_synthetic_msd, write_canonical
-from medsyn.data import toy_dataset
+from medsyn.data import load_canonical, make_synthetic_msd, toy_dataset, write_canonical
 from medsyn.train import train_gan
 
 TINY = dict(channel_base=256, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2)

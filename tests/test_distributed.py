@@ -3,7 +3,12 @@ each test makes with `unshare -n`) against one process with the same batch_gpu a
 (`--nproc`, torchrun's and SLURM's environments); a rank that dies; SIGTERM; resume after a kill and with another number
 of processes; the stale build lock of the compiled ops."""
 
-import json, os, shutil, signal, subprocess, sys, time
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -48,7 +53,10 @@ LAUNCHER_VARS = (
     "SLURM_NODELIST",
     "SLURM_STEP_NODELIST",
 )
-CLI = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from medsyn.cli import main; sys.exit(main())"
+CLI = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from medsyn.cli import main; sys.exit(main())"
+)
 
 
 def _netns_ok() -> bool:
@@ -119,7 +127,8 @@ def one(args, netns=True, env=None, timeout=240) -> dict:
 
 
 def train_args(data, run, kimg, kind="joint", *extra):
-    "A tiny run: global batch 4 in micro-batches of 2 (one process: 2 accumulation rounds; two: 1 each), snapshots every 2 steps."
+    """A tiny run: global batch 4 in micro-batches of 2 (one process: 2 accumulation rounds; two: 1 each), snapshots
+    every 2 steps."""
     return [
         "train",
         "--data",
@@ -161,7 +170,8 @@ def max_diff(a: dict, b: dict) -> dict:
 def assert_same_run(a: dict, b: dict, what: str, tol: float = 0.0) -> dict:
     d = max_diff(a, b)
     print(
-        f"{what}: max |delta| G {d['G']:.3g}, D {d['D']:.3g}, G_ema {d['G_ema']:.3g}; p {a['augment']['p']} vs {b['augment']['p']}"
+        f"{what}: max |delta| G {d['G']:.3g}, D {d['D']:.3g}, G_ema {d['G_ema']:.3g}; p {a['augment']['p']} vs "
+        f"{b['augment']['p']}"
     )
     assert a["cur_nimg"] == b["cur_nimg"], (a["cur_nimg"], b["cur_nimg"])
     for k in ("G", "D", "G_ema"):
@@ -216,7 +226,8 @@ def test_two_ranks_equal_one_process_cond_under_torchrun_env(toy, tmp_path):
 
 @needs_netns
 def test_dead_rank_sigterm_and_resume_with_any_process_count(toy, joint_pair, tmp_path):
-    """From the 2-rank joint run at 3 steps: (a) rank 1 is SIGKILLed inside step 5 -> the launcher names it, rank 0 stops,
+    """From the 2-rank joint run at 3 steps: (a) rank 1 is SIGKILLed inside step 5 -> the launcher names it, rank 0
+    stops,
     step 4's checkpoint stays; (b) resumed as SLURM tasks, rank 0 gets SIGTERM inside step 5 -> both finish it and save;
     (c) that 2-rank checkpoint resumed in one process to step 6 equals the uninterrupted 2-rank run, bit for bit."""
     for name in ("killed", "straight"):
@@ -296,7 +307,8 @@ def test_stale_build_lock_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
     # medsyn's own lock never goes stale: a builder killed while holding it frees it (the kernel drops an flock)
     (d / "lock").unlink()
     code = (
-        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, "
+        "fcntl.LOCK_EX); "
         "print('held', flush=True); time.sleep(600)"
     )
     holder = subprocess.Popen(

@@ -3,11 +3,15 @@ notebooks papermill can run and nbdev_clean keeps runnable, no cell nbdev's doc 
 markdown that renders as stray asterisks, and a site checker that fails on a broken page. The site itself is
 built and checked by `python tools/check_docs.py` and `tools/browser_check.py` (.ci/run)."""
 
-import ast, copy, json, re, subprocess, sys
+import ast
+import copy
+import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -30,8 +34,8 @@ def test_every_notebook_has_its_own_page():
 
 def test_site_build_leaves_readme_alone():
     "nbdev_docs renders readme_nb only when it is newer than README.md: pointing it at README.md itself disables that."
-    from nbdev.config import get_config
     import nbdev.quarto as q
+    from nbdev.config import get_config
 
     cfg = get_config(path=ROOT)
     assert (cfg.nbs_path / cfg.readme_nb).resolve() == (cfg.config_path / "README.md").resolve()
@@ -123,7 +127,8 @@ def test_markdown_lists_have_a_blank_line_before_them():
 
 
 def test_check_site_fails_on_a_broken_page(tmp_path):
-    "tools/check_site.py passes a clean page and fails a missing image, a broken link or anchor, an error output, a stray `*`."
+    """tools/check_site.py passes a clean page and fails a missing image, a broken link or anchor, an error output, a
+    stray `*`."""
     good = (
         '<html><head><title>t</title></head><body><main><h1 id="top">T</h1><p>fine <a href="#top">up</a></p>'
         '<img src="a.png"></main></body></html>'
@@ -139,7 +144,9 @@ def test_check_site_fails_on_a_broken_page(tmp_path):
         "image": '<img src="missing.png">',
         "link": '<a href="nowhere.html">x</a>',
         "anchor": '<a href="#nope">x</a>',
-        "error-output": '<div class="cell-output cell-output-error"><pre>Traceback (most recent call last):</pre></div>',
+        "error-output": (
+            '<div class="cell-output cell-output-error"><pre>Traceback (most recent call last):</pre></div>'
+        ),
         "markdown-leak": "<p>Two ways: * <strong>fused</strong>: one * two</p>",
     }.items():
         d = tmp_path / name
@@ -163,10 +170,12 @@ def test_site_build_output_that_points_at_notebooks_fails():
 
 def test_results_page_from_a_report_notebook(tmp_path):
     "tools/record_results.py: the stamp, the report's prose and figures, code folded, logs dropped, never executed."
-    import base64, io
+    import base64
+    import io
+
     import nbformat
-    from PIL import Image
     import record_results
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (1600, 400), (200, 30, 30)).save(buf, "PNG")
@@ -183,7 +192,8 @@ def test_results_page_from_a_report_notebook(tmp_path):
                     nbformat.v4.new_output(
                         "display_data",
                         data={
-                            "text/html": f'<figure><img src="data:image/png;base64,{png}"><figcaption>F</figcaption></figure>'
+                            "text/html": '<figure><img '
+                            f'src="data:image/png;base64,{png}"><figcaption>F</figcaption></figure>'
                         },
                     ),
                 ],

@@ -7,9 +7,8 @@ import torch
 
 from medsyn.augment import warp_masks
 from medsyn.core import MedsynError
-from medsyn.data import load_canonical
+from medsyn.data import load_canonical, toy_dataset
 from medsyn.generate import generate_pairs, latents, render_for_mask, sample_masks, synthesize
-from medsyn.data import toy_dataset
 from medsyn.networks import generator_from_checkpoint, load_checkpoint, mask_to_onehot
 from medsyn.train import train_gan
 
@@ -59,7 +58,8 @@ def test_mask_then_cond_chain_and_real_masks(ckpts, tmp_path):
 
 
 def test_warped_real_masks_drive_the_cond_images(ckpts, tmp_path):
-    "warp_seed deforms the real masks only (valid label maps, deterministic per seed); the images are rendered from them."
+    """warp_seed deforms the real masks only (valid label maps, deterministic per seed); the images are rendered from
+    them."""
     data, ck = ckpts
     real = load_canonical(data)
     _, real_masks = real.tensors()

@@ -6,7 +6,11 @@ The CPU kernels are compiled once per test session (cached on disk under medsyn'
 `medsyn.ops.load_plugin` also caches them per process). CUDA tests are marked `cuda` and skipped
 without a GPU (tests/conftest.py)."""
 
-import itertools, json, os, shutil, warnings
+import itertools
+import json
+import os
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -173,9 +177,13 @@ def test_demod_bias_act_gradcheck(cpu_ops, impl):
         ("linear", 0.7, 0.6, True),
     ]:
         xx = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True) if cl else x
-        fn = lambda x, d, n, b: ops.demod_bias_act(x, d, n, b, act=act, gain=gain, clamp=clamp, impl=impl)
+        fn = lambda x, d, n, b, act=act, gain=gain, clamp=clamp: ops.demod_bias_act(
+            x, d, n, b, act=act, gain=gain, clamp=clamp, impl=impl
+        )
         assert gradcheck(fn, (xx, d, nz, b)) and gradgradcheck(fn, (xx, d, nz, b)), (act, gain, clamp, cl)
-        fn2 = lambda x, n: ops.demod_bias_act(x, None, n, None, act=act, gain=gain, clamp=clamp, impl=impl)
+        fn2 = lambda x, n, act=act, gain=gain, clamp=clamp: ops.demod_bias_act(
+            x, None, n, None, act=act, gain=gain, clamp=clamp, impl=impl
+        )
         assert gradcheck(fn2, (xx, nz)) and gradgradcheck(fn2, (xx, nz)), (act, "no d, no b")
 
 
@@ -265,7 +273,7 @@ def test_bias_act_gradcheck(cpu_ops, impl, act):
     x = torch.randn(2, 3, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, generator=gen, requires_grad=True)
     for gain, clamp in [(None, None), (1.3, 0.9)]:
-        fn = lambda x, b: ops.bias_act(x, b, act=act, gain=gain, clamp=clamp, impl=impl)
+        fn = lambda x, b, gain=gain, clamp=clamp: ops.bias_act(x, b, act=act, gain=gain, clamp=clamp, impl=impl)
         assert gradcheck(fn, (x, b))
         assert gradgradcheck(fn, (x, b))
 
@@ -281,7 +289,7 @@ def test_upfirdn2d_gradcheck(cpu_ops, impl):
         (FILTERS["rank1-4x4"], dict(up=[1, 2], down=[3, 1], padding=[-1, 2, 1, 1], gain=2.0)),
     ]
     for f, kw in cases if impl == "cpu" else cases[::2]:  # the reference is autograd itself: fewer cases
-        fn = lambda x: ops.upfirdn2d(x, f, impl=impl, **kw)
+        fn = lambda x, f=f, kw=kw: ops.upfirdn2d(x, f, impl=impl, **kw)
         assert gradcheck(fn, (x,)) and gradgradcheck(fn, (x,)), kw
 
 
@@ -384,7 +392,7 @@ def test_cuda_gradcheck():
     x = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=dev, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, device=dev, requires_grad=True)
     for act in ACTS:
-        fn = lambda x, b: ops.bias_act(x, b, act=act, gain=1.3, clamp=0.9, impl="cuda")
+        fn = lambda x, b, act=act: ops.bias_act(x, b, act=act, gain=1.3, clamp=0.9, impl="cuda")
         assert gradcheck(fn, (x, b)) and gradgradcheck(fn, (x, b)), act
     f = ops.setup_filter([1, 3, 3, 1], device=dev)
     fn = lambda x: ops.upfirdn2d(x, f, up=2, down=3, padding=[2, -1, 1, 2], gain=2.0, impl="cuda")
@@ -407,7 +415,9 @@ def test_cuda_demod_bias_act_gradcheck_and_determinism():
         ("linear", 0.7, 0.6, True),
     ]:
         xx = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True) if cl else x
-        fn = lambda x, d, n, b: ops.demod_bias_act(x, d, n, b, act=act, gain=gain, clamp=clamp, impl="cuda")
+        fn = lambda x, d, n, b, act=act, gain=gain, clamp=clamp: ops.demod_bias_act(
+            x, d, n, b, act=act, gain=gain, clamp=clamp, impl="cuda"
+        )
         assert gradcheck(fn, (xx, d, nz, b)) and gradgradcheck(fn, (xx, d, nz, b)), (act, gain, clamp, cl)
     xs = torch.randn(8, 64, 33, 33, device=dev, requires_grad=True)
     ds = (torch.rand(8, 64, device=dev) + 0.5).requires_grad_(True)

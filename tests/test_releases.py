@@ -1,18 +1,19 @@
 """#32: the study's datasets as users download them: every known release prepares with one command on a tiny
 generated copy of its exact on-disk layout; patterns that cannot crash; label maps; CT windows; orientation notes."""
 
-import json, os, shutil, warnings
-from pathlib import Path
+import json
+import shutil
+import warnings
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 import pytest
 
 from medsyn.core import MedsynError
 from medsyn.data import (
-    RELEASES,
-    CT_WINDOWS,
     _RELEASE_COPIES,
+    CT_WINDOWS,
+    RELEASES,
     detect_release,
     load_canonical,
     make_release_copy,
@@ -227,7 +228,8 @@ def test_orientation_warnings(tmp_path):
 
 
 def test_study_refuses_too_few_subjects_before_training(tmp_path):
-    "The study checks its dataset up front: a 3-subject BraTS copy fails in seconds, naming how many subjects the profile needs."
+    """The study checks its dataset up front: a 3-subject BraTS copy fails in seconds, naming how many subjects the
+    profile needs."""
     from medsyn.study import study_main
 
     src = make_release_copy("brats2020", tmp_path / "src")
@@ -239,8 +241,10 @@ def test_study_refuses_too_few_subjects_before_training(tmp_path):
 
 @pytest.mark.parametrize("annotation,modality", [("rtstruct", "CT"), ("seg", "CT"), ("rtstruct", "MR")])
 def test_dicom_series_with_rtstruct_or_seg(annotation, modality, tmp_path, monkeypatch):
-    "A hospital-style export: CT series (files in reverse order), RTSTRUCT contours or a DICOM-SEG, one unannotated series."
+    """A hospital-style export: CT series (files in reverse order), RTSTRUCT contours or a DICOM-SEG, one unannotated
+    series."""
     import tempfile
+
     from medsyn.data import make_dicom_copy
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))

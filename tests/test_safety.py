@@ -1,7 +1,12 @@
 """Issue #18: nothing a user owns is ever destroyed. Safe --overwrite, atomic replacement under SIGKILL / SIGINT,
-stale leftovers cleaned, train runs resumed / refused / moved aside, typed --set, and bit-identical resume after Ctrl-C."""
+stale leftovers cleaned, train runs resumed / refused / moved aside, typed --set, and bit-identical resume after
+Ctrl-C."""
 
-import hashlib, os, signal, subprocess, sys
+import hashlib
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,8 +14,7 @@ import torch
 
 from medsyn.cli import main
 from medsyn.core import MedsynError, medsyn_made
-from medsyn.data import load_canonical, make_synthetic_msd
-from medsyn.data import toy_dataset
+from medsyn.data import load_canonical, make_synthetic_msd, toy_dataset
 from medsyn.networks import load_checkpoint
 from medsyn.train import StyleGAN2Loss, train_gan
 
@@ -43,7 +47,10 @@ def subprocess_medsyn(*args, hook=None, cwd=None):
         env["MEDSYN_TEST_HOOK"] = hook
     # Ctrl-C as in a terminal: a background job (CI, `cmd &`) inherits SIGINT ignored, and Python then installs no
     # KeyboardInterrupt handler, so the child starts from the interpreter's default one.
-    code = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from medsyn.cli import main; sys.exit(main())"
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from medsyn.cli import main; sys.exit(main())"
+    )
     return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
     )
@@ -124,7 +131,8 @@ def test_overwrite_replaces_a_medsyn_dataset(src, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no .old / .partial left behind
 
 
-# --- 1+4. atomic replacement under SIGKILL and SIGINT, leftovers cleaned -----------------------------------------------
+# --- 1+4. atomic replacement under SIGKILL and SIGINT, leftovers cleaned
+# -----------------------------------------------
 
 
 def test_sigkill_between_the_renames_is_recovered(src, tmp_path):
@@ -325,7 +333,8 @@ def test_set_batch_and_impl_work_and_bad_fields_are_clear(toy, tmp_path, capsys)
     assert rc == 2 and "disagree" in err
 
 
-# --- 3. Ctrl-C finishes the step: resume is bit-identical, as after SIGKILL ---------------------------------------------
+# --- 3. Ctrl-C finishes the step: resume is bit-identical, as after SIGKILL
+# ---------------------------------------------
 
 
 def _assert_same_weights(a, b):

@@ -1,5 +1,6 @@
 """medsyn.stats: seed averaging, the run-aware paired t (CI, test and TOST from one inference), Holm, verdicts, MDE,
-the type-I / coverage simulation and Friedman/Nemenyi, each against scipy/statsmodels called directly or a hand computation."""
+the type-I / coverage simulation and Friedman/Nemenyi, each against scipy/statsmodels called directly or a hand
+computation."""
 
 import time
 
@@ -37,7 +38,8 @@ from medsyn.stats import (
     wilcoxon_p,
 )
 
-# the quick study's noise, measured on the default data (nbs/08b_stats.ipynb): sd of one real-only U-Net training's effect on
+# the quick study's noise, measured on the default data (nbs/08b_stats.ipynb): sd of one real-only U-Net training's
+# effect on
 # its fold (sd_run, pooled over folds), residual seed noise per subject, subject×arm term
 QUICK_NOISE = dict(model_sd=0.0082, seed_sd=0.010, interaction_sd=0.02)
 

@@ -1,17 +1,18 @@
 """Files from elsewhere never run code: checkpoints are read as data, an older medsyn checkpoint is upgraded only on
-request (`medsyn checkpoint upgrade --trust`), an NVlabs pickle is named as such, and reports escape the names they quote.
+request (`medsyn checkpoint upgrade --trust`), an NVlabs pickle is named as such, and reports escape the names they
+quote.
 
 `fixtures/gan-run-medsyn-0.1/` is a real run folder written by medsyn 0.1 (commit c6dfd27, before checkpoints became
 data): a tiny joint GAN (16 px, channel_base 64, channel_max 16) trained 8 images on `toy_dataset(n=8, res=16)`; its
 checkpoint holds NumPy's RNG state as a NumPy array, so a weights-only load refuses it."""
 
-import io, shutil
+import io
+import shutil
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from pathlib import Path
 
 from medsyn.core import MedsynError, UnsafeFileError, load_torch_file
 from medsyn.data import toy_dataset
@@ -170,7 +171,8 @@ def test_an_old_checkpoint_is_refused_then_upgraded_and_resumes(toy, tmp_path, r
 
 
 def test_every_checkpoint_medsyn_writes_is_data(toy, tmp_path):
-    "A GAN run's checkpoints and a U-Net checkpoint load with weights_only=True (nothing but tensors, numbers, strings)."
+    """A GAN run's checkpoints and a U-Net checkpoint load with weights_only=True (nothing but tensors, numbers,
+    strings)."""
     run = train_gan(
         toy,
         tmp_path / "run",

@@ -6,7 +6,10 @@ skipped with the reason when neither the official source nor the package index c
 - LPIPS with the converted AlexNet trunk: d(x, x) = 0, symmetric, a blurred copy closer than an unrelated image;
 - the numpy-only unpickler refuses any other global; provenance, status and the archive checks."""
 
-import json, os, pickle, warnings
+import json
+import os
+import pickle
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -88,7 +91,8 @@ def test_fid_on_png_folders_matches_pytorch_fid(weight_files, brain_slices, tmp_
     `fid_from_features`) vs pytorch-fid's `calculate_fid_given_paths` (PIL `convert('RGB')` repeats the gray channel,
     the same wrapper and resize, its own Fréchet distance); pytorch-fid builds its network itself from the same
     converted state dict (its strict loader gets the unused 1008-way `fc` head as zeros)."""
-    from pytorch_fid import fid_score, inception as pfi
+    from pytorch_fid import fid_score
+    from pytorch_fid import inception as pfi
 
     half = len(brain_slices) // 2
     a = _write_pngs(tmp_path / "a", brain_slices[:half:4][:12])
@@ -114,7 +118,8 @@ def test_fid_on_png_folders_matches_pytorch_fid(weight_files, brain_slices, tmp_
 
 
 def test_lpips_with_converted_trunk(weight_files, brain_slices):
-    """d(x, x) = 0, d symmetric; a mildly blurred copy is closer than another slab of the brain, which is closer than noise;
+    """d(x, x) = 0, d symmetric; a mildly blurred copy is closer than another slab of the brain, which is closer than
+    noise;
     the trained trunk sees the blur far more than a random one."""
     import lpips
     import torchvision.transforms.functional as TF
@@ -262,7 +267,8 @@ def two_halves(tmp_path_factory):
 
 
 def test_evaluate_fetches_missing_weights_once_with_a_log_line(weight_files, two_halves, tmp_path, capsys, monkeypatch):
-    "Empty caches and --weights-dir: evaluate fetches the LPIPS trunk there itself (one stderr line), then reports numbers."
+    """Empty caches and --weights-dir: evaluate fetches the LPIPS trunk there itself (one stderr line), then reports
+    numbers."""
     monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     for var in (W.INCEPTION_ENV, W.LPIPS_ENV):
