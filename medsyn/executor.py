@@ -11,8 +11,10 @@ import json
 import os
 import pickle
 import shlex
+import shutil
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -144,8 +146,11 @@ def run_job(fn: Callable, kwargs: dict, attempts: str | None = None) -> dict:
     "Run a job's function where it is scheduled: its summary, where and when it ran (`attempts`: a file of starts)."
     node, gpu = _node_name(), _gpu_ids()
     if attempts:
-        with open(attempts, "a") as f:
-            f.write(f"{node} {os.getpid()} {time.time():.3f}\n")
+        try:  # on the shared run folder; where a node cannot reach it, only the counts are lost
+            with open(attempts, "a") as f:
+                f.write(f"{node} {os.getpid()} {time.time():.3f}\n")
+        except OSError:
+            pass
     start = time.time()
     summary = fn(**kwargs)
     json.dumps(summary, default=str)  # a job returns a small JSON-able summary, never a big object
@@ -394,22 +399,16 @@ def run(self: RayExecutor, jobs: Sequence[Job], jobs_csv: str | Path | None = No
                 f"job {j.name}: its function and arguments must pickle (a top-level function, small arguments): {e}"
             ) from e
     prog, by = Progress(order, jobs_csv, self.log), {j.name: j for j in order}
+    # each start of a job appends a line to a file here (the running count, the retries); removed at the end
+    state = Path(jobs_csv).parent if jobs_csv is not None else Path(tempfile.gettempdir())
+    state = state / f".medsyn-jobs-{os.getpid()}-{time.time_ns()}"
+    state.mkdir(parents=True)
     started = self.connect()
-    tmp = None
     try:
-        if jobs_csv is not None:
-            state = Path(jobs_csv).parent / f".{Path(jobs_csv).stem}"
-        else:
-            import tempfile
-
-            tmp = tempfile.TemporaryDirectory(prefix="medsyn-jobs-")
-            state = Path(tmp.name)
-        state.mkdir(parents=True, exist_ok=True)
         self.setup_nodes()
         return self._run(ray, order, by, prog, state)
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        shutil.rmtree(state, ignore_errors=True)
         if started:
             ray.shutdown()
 
@@ -417,20 +416,7 @@ def run(self: RayExecutor, jobs: Sequence[Job], jobs_csv: str | Path | None = No
 @patch
 def _run(self: RayExecutor, ray, order: list[Job], by: dict, prog: Progress, state: Path) -> pd.DataFrame:
     task = ray.remote(_ray_job)
-    refs, starts = {}, {}
-    for j in order:
-        if j.is_done is not None and j.is_done():
-            prog.set(j.name, "cached")
-            continue
-        starts[j.name] = state / f"{_safe(j.name)}.starts"
-        starts[j.name].write_text("")
-        opts = dict(num_cpus=j.cpus, num_gpus=j.gpus, max_retries=self.max_retries, retry_exceptions=False, name=j.name)
-        if j.memory:
-            opts["memory"] = int(j.memory)
-        refs[j.name] = task.options(**opts).remote(
-            j.fn, j.kwargs, str(starts[j.name]), *[refs[d] for d in j.deps if d in refs]
-        )
-    pending, bad, last = {ref: name for name, ref in refs.items()}, set(), time.time()
+    refs, starts, pending, bad, last = {}, {}, {}, set(), time.time()
 
     def settle(name):
         ref = refs[name]
@@ -461,6 +447,20 @@ def _run(self: RayExecutor, ray, order: list[Job], by: dict, prog: Progress, sta
         _test_hook("executor:job_done")
 
     try:
+        for j in order:
+            if j.is_done is not None and j.is_done():
+                prog.set(j.name, "cached")
+                continue
+            starts[j.name] = state / f"{_safe(j.name)}.starts"
+            starts[j.name].write_text("")
+            opts = dict(
+                num_cpus=j.cpus, num_gpus=j.gpus, max_retries=self.max_retries, retry_exceptions=False, name=j.name
+            )
+            if j.memory:
+                opts["memory"] = int(j.memory)
+            deps = [refs[d] for d in j.deps if d in refs]  # Ray starts the job once these exist
+            refs[j.name] = task.options(**opts).remote(j.fn, j.kwargs, str(starts[j.name]), *deps)
+            pending[refs[j.name]] = j.name
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll)
             for ref in ready:

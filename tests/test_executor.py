@@ -27,6 +27,7 @@ from medsyn.executor import (
     emit_kuberay,
     emit_slurm,
     job_order,
+    ops_setup,
     plan,
     seconds_per_kimg,
 )
@@ -102,6 +103,12 @@ def test_plan_and_bench_figure(tmp_path):
     assert est.loc["total", "critical_path_hours"] == pytest.approx((30000 + 3 * 360) / 3600, abs=1e-3)
     with pytest.raises(MedsynError, match="sec_per_kimg"):
         seconds_per_kimg({"ms_per_step": 1})
+
+
+def test_ops_setup_builds_and_loads_the_cpu_ops():
+    "The default per-node setup: the compiled CPU ops (built into the node's cache on first use, then loaded)."
+    status = ops_setup()
+    assert status.get("cpu") == "ok", status
 
 
 RECIPE_ARGS = ["--profile", "full", "--dataset", "/data/brats"]
