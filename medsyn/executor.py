@@ -27,9 +27,9 @@ from fastcore.basics import patch
 from .core import MedsynError, _test_hook, atomic_write_text, check, load_json
 
 # %% auto 0
-__all__ = ['JOB_KINDS', 'JOBS_COLUMNS', 'RAY_INSTALL', 'RAY_PORTS', 'Job', 'job_order', 'JobsFailed', 'write_jobs_csv', 'run_job',
-           'Progress', 'finish', 'LocalExecutor', 'import_ray', 'ops_setup', 'RayExecutor', 'plan', 'seconds_per_kimg',
-           'emit_slurm', 'emit_kuberay']
+__all__ = ['JOB_KINDS', 'JOBS_COLUMNS', 'SUMMARY_LIMIT', 'RAY_INSTALL', 'RAY_PORTS', 'Job', 'job_order', 'JobsFailed',
+           'write_jobs_csv', 'check_summary', 'run_job', 'Progress', 'finish', 'LocalExecutor', 'import_ray',
+           'ops_setup', 'RayExecutor', 'plan', 'seconds_per_kimg', 'emit_slurm', 'emit_kuberay']
 
 # %% ../nbs/08c_executor.ipynb
 JOB_KINDS = ("gan", "synthetic", "real_subset", "cell", "quality")  # the study's units of work
@@ -142,6 +142,34 @@ def _gpu_ids() -> str:
     return ",".join(str(g) for g in ray.get_gpu_ids()) if ray else os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
 
+SUMMARY_LIMIT = 100_000  # characters of JSON: a job's summary is small, its results are files
+
+
+def _plain(o):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # a NumPy or torch scalar
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON data")
+
+
+def check_summary(summary, where: str = "job"):
+    "A job's return value as plain JSON data (paths as text), or a `MedsynError`: big results travel as files."
+    try:
+        text = json.dumps(summary, default=_plain)
+    except (TypeError, ValueError) as e:
+        raise MedsynError(
+            f"{where} returned something that is not a small JSON summary ({e}); write results to "
+            "files under the run folder and return their paths or a few numbers"
+        ) from e
+    check(
+        len(text) <= SUMMARY_LIMIT,
+        f"{where} returned a {len(text)}-character summary (at most {SUMMARY_LIMIT}); "
+        "write big results to files under the run folder and return their paths",
+    )
+    return json.loads(text)
+
+
 def run_job(fn: Callable, kwargs: dict, attempts: str | None = None) -> dict:
     "Run a job's function where it is scheduled: its summary, where and when it ran (`attempts`: a file of starts)."
     node, gpu = _node_name(), _gpu_ids()
@@ -153,8 +181,14 @@ def run_job(fn: Callable, kwargs: dict, attempts: str | None = None) -> dict:
             pass
     start = time.time()
     summary = fn(**kwargs)
-    json.dumps(summary, default=str)  # a job returns a small JSON-able summary, never a big object
-    return dict(summary=summary, node=node, gpu=gpu, start=start, end=time.time(), pid=os.getpid())
+    return dict(
+        summary=check_summary(summary, getattr(fn, "__name__", "job")),
+        node=node,
+        gpu=gpu,
+        start=start,
+        end=time.time(),
+        pid=os.getpid(),
+    )
 
 # %% ../nbs/08c_executor.ipynb
 class Progress:
@@ -174,6 +208,7 @@ class Progress:
                 retries=0,
                 state="pending",
                 error="",
+                summary=None,
             )
             for j in jobs
         }
@@ -207,7 +242,8 @@ class Progress:
             write_jobs_csv(self.records.values(), self.jobs_csv)
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(list(self.records.values()), columns=JOBS_COLUMNS)
+        "The jobs table, plus each finished job's `summary` (None for a job that did not run here)."
+        return pd.DataFrame(list(self.records.values()), columns=JOBS_COLUMNS + ["summary"])
 
 # %% ../nbs/08c_executor.ipynb
 def finish(prog: Progress) -> pd.DataFrame:
@@ -256,7 +292,7 @@ class LocalExecutor:
                     self.log(f"{j.name} raised:\n{tb}")
                     prog.set(j.name, "failed", end=time.time(), node=_node_name(), error=tb)
                 else:
-                    prog.set(j.name, "done", **{k: out[k] for k in ("node", "gpu", "start", "end")})
+                    prog.set(j.name, "done", **{k: out[k] for k in ("node", "gpu", "start", "end", "summary")})
                 current = None
                 _test_hook("executor:job_done")
         except KeyboardInterrupt:
@@ -442,7 +478,7 @@ def _run(self: RayExecutor, ray, order: list[Job], by: dict, prog: Progress, sta
             name,
             "done",
             retries=max(0, _starts(starts[name]) - 1),
-            **{k: out[k] for k in ("node", "gpu", "start", "end")},
+            **{k: out[k] for k in ("node", "gpu", "start", "end", "summary")},
         )
         _test_hook("executor:job_done")
 

@@ -60,8 +60,13 @@ log = LOG.append
 def local():
     d = WORK / "local"
     t0 = time.time()
-    LocalExecutor(log=log).run(toy_grid(d), d / "jobs.csv")
-    return dict(seconds=round(time.time() - t0, 2), files=files(d), jobs_csv=csv_text(d / "jobs.csv"))
+    table = LocalExecutor(log=log).run(toy_grid(d), d / "jobs.csv")
+    return dict(
+        seconds=round(time.time() - t0, 2),
+        files=files(d),
+        jobs_csv=csv_text(d / "jobs.csv"),
+        summaries=dict(zip(table.job, table.summary)),
+    )
 
 
 t0 = time.time()
@@ -90,9 +95,10 @@ def grid():
     setup_log = WORK / "setup.log"
     t0 = time.time()
     ex = RayExecutor(setup=functools.partial(toy_setup, str(setup_log)), poll=0.2, log=log)
-    ex.run(toy_grid(d), d / "jobs.csv")
+    table = ex.run(toy_grid(d), d / "jobs.csv")
     return dict(
         seconds=round(time.time() - t0, 2),
+        summaries=dict(zip(table.job, table.summary)),
         files=files(d),
         jobs_csv=csv_text(d / "jobs.csv"),
         runs=runs(d),

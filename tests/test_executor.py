@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import ROOT
-from executor_jobs import toy_grid
+from executor_jobs import toy_grid, toy_job
 
 from medsyn.core import MedsynError
 from medsyn.executor import (
@@ -79,6 +79,16 @@ def test_local_failure_names_the_job_and_runs_the_rest(tmp_path):
     states = _jobs((tmp_path / "jobs.csv").read_text()).state
     assert states["quality/fold1"] == "done" and states["gan/fold0"] == "done"
     assert not (tmp_path / "cell_fold0_0").exists() and (tmp_path / "quality_fold1").exists()
+
+
+def test_a_job_returns_a_small_summary(tmp_path):
+    def big(out, **kw):
+        return {"pixels": list(range(50_000))}
+
+    table = LocalExecutor(**quiet).run([Job("ok", "cell", toy_job, dict(out=str(tmp_path / "a"), value=7))])
+    assert table.summary[0] == {"total": 7}
+    with pytest.raises(JobsFailed, match="big: medsyn.core.MedsynError: big returned a .*-character summary"):
+        LocalExecutor(**quiet).run([Job("big", "cell", big, dict(out="x"))])
 
 
 def test_ray_missing_says_how_to_install(monkeypatch):
@@ -211,6 +221,7 @@ def test_cluster_is_on_loopback_only(cluster):
 def test_two_nodes_same_results_each_job_once(cluster):
     r, local = _scenario(cluster, "grid"), _scenario(cluster, "local")
     assert r["files"] == local["files"] and len(r["files"]) == 10  # identical outputs with local and ray
+    assert r["summaries"] == local["summaries"] and r["summaries"]["quality/fold1"] == {"total": 324}
     assert all(len(v) == 1 for v in r["runs"].values()) and len(r["runs"]) == 10  # every job ran exactly once
     jobs = _jobs(r["jobs_csv"])
     assert set(jobs.state) == {"done"} and (jobs.retries == 0).all()
