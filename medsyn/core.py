@@ -236,6 +236,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 # %% ../nbs/00_core.ipynb
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+# %% ../nbs/00_core.ipynb
 def save_json(obj: Any, path: str | Path) -> Path:
     "Write `obj` as indented JSON atomically (NumPy scalars and paths are converted)."
     return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
@@ -249,18 +261,6 @@ def load_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise MedsynError(f"{path}: not valid JSON ({e}); delete it or restore it from a backup") from e
-
-# %% ../nbs/00_core.ipynb
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot write {type(o).__name__} as JSON")
 
 # %% ../nbs/00_core.ipynb
 PLAIN_TYPES = (

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 
 from .core import MedsynError, check
 
@@ -169,98 +170,117 @@ class RankGroup:
     def __init__(self, env: DistEnv = DistEnv(), device="cpu"):
         self.env, self.rank, self.world, self.device = env, env.rank, env.world, torch.device(device)
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+# %% ../nbs/05a_distributed.ipynb
+@patch(as_prop=True)
+def is_main(self: RankGroup) -> bool:
+    return self.rank == 0
 
-    def start(self) -> RankGroup:
-        """Join the process group (rendezvous at `master_addr:master_port`); an error naming the address after the
-        timeout."""
-        if self.world == 1 or dist.is_initialized():
-            return self
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        url = f"tcp://{self.env.master_addr}:{self.env.master_port}"
-        try:
-            dist.init_process_group(
-                backend,
-                init_method=url,
-                rank=self.rank,
-                world_size=self.world,
-                timeout=datetime.timedelta(seconds=dist_timeout()),
-            )
-        except (RuntimeError, ValueError, OSError) as e:
-            raise LostPeer(
-                f"rank {self.rank}: could not join the {self.world} ranks at {url} ({' '.join(str(e).split())[:300]}); "
-                "check that every rank got the same MASTER_ADDR/MASTER_PORT and WORLD_SIZE and can reach the "
-                "first node, or raise MEDSYN_DIST_TIMEOUT"
-            ) from e
-        self.barrier("the start")
+
+@patch
+def start(self: RankGroup) -> RankGroup:
+    """Join the process group (rendezvous at `master_addr:master_port`); an error naming the address after the
+    timeout."""
+    if self.world == 1 or dist.is_initialized():
         return self
-
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-    def _call(self, what: str, fn, *args, **kw):
-        try:
-            return fn(*args, **kw)
-        except (RuntimeError, ValueError, OSError) as e:  # gloo/NCCL errors: peer closed, timeout, aborted
-            raise LostPeer(
-                f"rank {self.rank}: lost contact with the other ranks during {what} "
-                f"({' '.join(str(e).split())[:200]}); "
-                "another rank died or stalled: see its error"
-            ) from e
-
-    def barrier(self, what: str = "a barrier") -> None:
-        if self.world > 1:
-            self._call(what, dist.barrier)
-
-    def all_reduce_(self, t: torch.Tensor, what: str = "an all-reduce") -> torch.Tensor:
-        "Sum `t` over ranks in place; returns it."
-        if self.world > 1:
-            self._call(what, dist.all_reduce, t)
-        return t
-
-    def any(self, *flags: bool) -> list[bool]:
-        "Each flag OR-ed over ranks (one small all-reduce): e.g. 'stop after this step' when one rank got a signal."
-        if self.world == 1:
-            return [bool(f) for f in flags]
-        t = self.all_reduce_(torch.tensor([float(bool(f)) for f in flags], device=self.device), "the stop check")
-        return [bool(v > 0) for v in t.tolist()]
-
-    def gather_objects(self, obj, what: str = "a gather") -> list:
-        "`obj` of every rank, in rank order (small Python objects: RNG states, digests)."
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        self._call(what, dist.all_gather_object, out, obj)
-        return out
-
-    def reduce_grads(self, params) -> None:
-        """Sum the gradients of `params` over ranks as one flattened buffer; a parameter keeps `grad=None` only where
-        no rank produced one (as one process accumulating all micro-batches would)."""
-        if self.world == 1:
-            return
-        params = list(params)
-        has = torch.tensor([float(p.grad is not None) for p in params], device=self.device)
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params] + [has])
-        self.all_reduce_(flat, "the gradient all-reduce")
-        *grads, has = flat.split([p.numel() for p in params] + [len(params)])
-        for p, g, h in zip(params, grads, has.tolist()):
-            p.grad = g.view_as(p).clone() if h > 0 else None
-
-    def check_same(self, value: str, what: str) -> None:
-        "Refuse to go on when the ranks disagree on `value` (a digest of settings or weights); names the ranks."
-        if self.world == 1:
-            return
-        values = self.gather_objects(value, f"the check of {what}")
-        odd = [r for r, v in enumerate(values) if v != values[0]]
-        check(
-            not odd,
-            f"rank(s) {odd} disagree with rank 0 on {what}; every rank must see the same data, settings and run folder",
+    backend = "nccl" if self.device.type == "cuda" else "gloo"
+    if self.device.type == "cuda":
+        torch.cuda.set_device(self.device)
+    url = f"tcp://{self.env.master_addr}:{self.env.master_port}"
+    try:
+        dist.init_process_group(
+            backend,
+            init_method=url,
+            rank=self.rank,
+            world_size=self.world,
+            timeout=datetime.timedelta(seconds=dist_timeout()),
         )
+    except (RuntimeError, ValueError, OSError) as e:
+        raise LostPeer(
+            f"rank {self.rank}: could not join the {self.world} ranks at {url} ({' '.join(str(e).split())[:300]}); "
+            "check that every rank got the same MASTER_ADDR/MASTER_PORT and WORLD_SIZE and can reach the "
+            "first node, or raise MEDSYN_DIST_TIMEOUT"
+        ) from e
+    self.barrier("the start")
+    return self
+
+
+@patch
+def close(self: RankGroup) -> None:
+    if self.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+# %% ../nbs/05a_distributed.ipynb
+@patch
+def _call(self: RankGroup, what: str, fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except (RuntimeError, ValueError, OSError) as e:  # gloo/NCCL errors: peer closed, timeout, aborted
+        raise LostPeer(
+            f"rank {self.rank}: lost contact with the other ranks during {what} "
+            f"({' '.join(str(e).split())[:200]}); "
+            "another rank died or stalled: see its error"
+        ) from e
+
+
+@patch
+def barrier(self: RankGroup, what: str = "a barrier") -> None:
+    if self.world > 1:
+        self._call(what, dist.barrier)
+
+
+@patch
+def all_reduce_(self: RankGroup, t: torch.Tensor, what: str = "an all-reduce") -> torch.Tensor:
+    "Sum `t` over ranks in place; returns it."
+    if self.world > 1:
+        self._call(what, dist.all_reduce, t)
+    return t
+
+# %% ../nbs/05a_distributed.ipynb
+@patch
+def any(self: RankGroup, *flags: bool) -> list[bool]:
+    "Each flag OR-ed over ranks (one small all-reduce): e.g. 'stop after this step' when one rank got a signal."
+    if self.world == 1:
+        return [bool(f) for f in flags]
+    t = self.all_reduce_(torch.tensor([float(bool(f)) for f in flags], device=self.device), "the stop check")
+    return [bool(v > 0) for v in t.tolist()]
+
+
+@patch
+def gather_objects(self: RankGroup, obj, what: str = "a gather") -> list:
+    "`obj` of every rank, in rank order (small Python objects: RNG states, digests)."
+    if self.world == 1:
+        return [obj]
+    out = [None] * self.world
+    self._call(what, dist.all_gather_object, out, obj)
+    return out
+
+# %% ../nbs/05a_distributed.ipynb
+@patch
+def reduce_grads(self: RankGroup, params) -> None:
+    """Sum the gradients of `params` over ranks as one flattened buffer; a parameter keeps `grad=None` only where
+    no rank produced one (as one process accumulating all micro-batches would)."""
+    if self.world == 1:
+        return
+    params = list(params)
+    has = torch.tensor([float(p.grad is not None) for p in params], device=self.device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params] + [has])
+    self.all_reduce_(flat, "the gradient all-reduce")
+    *grads, has = flat.split([p.numel() for p in params] + [len(params)])
+    for p, g, h in zip(params, grads, has.tolist()):
+        p.grad = g.view_as(p).clone() if h > 0 else None
+
+
+@patch
+def check_same(self: RankGroup, value: str, what: str) -> None:
+    "Refuse to go on when the ranks disagree on `value` (a digest of settings or weights); names the ranks."
+    if self.world == 1:
+        return
+    values = self.gather_objects(value, f"the check of {what}")
+    odd = [r for r, v in enumerate(values) if v != values[0]]
+    check(
+        not odd,
+        f"rank(s) {odd} disagree with rank 0 on {what}; every rank must see the same data, settings and run folder",
+    )
 
 # %% ../nbs/05a_distributed.ipynb
 def module_digest(module: torch.nn.Module) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 from . import ops
 from medsyn.core import (
@@ -34,7 +35,7 @@ __all__ = ['GAN_KINDS', 'MASK_REPRS', 'PRECISIONS', 'LOWP_DTYPES', 'BF16_CPU_FLA
            'to_pair', 'cpu_bf16_flags', 'resolve_precision', 'block_dtype', 'GANConfig', 'gan_config',
            'FullyConnectedLayer', 'normalize_2nd_moment', 'conv2d_resample', 'Conv2dLayer', 'MappingNetwork',
            'use_fused_modconv', 'modulated_conv2d', 'SynthesisLayer', 'ToRGBLayer', 'MaskEncoder', 'SynthesisBlock',
-           'LabelIntensity', 'SynthesisNetwork', 'check_cond', 'mask_to_onehot', 'Generator', 'DiscriminatorBlock',
+           'LabelIntensity', 'SynthesisNetwork', 'mask_to_onehot', 'check_cond', 'Generator', 'DiscriminatorBlock',
            'MinibatchStdLayer', 'DiscriminatorEpilogue', 'Discriminator', 'mask_probs', 'split_output', 'hard_mask',
            'to_pair01', 'real_to_gan', 'to_d_input', 'real_to_d_input', 'fake_to_d_input', 'build_networks',
            'count_params', 'load_checkpoint', 'generator_from_checkpoint', 'is_medsyn_checkpoint', 'upgrade_checkpoint',
@@ -158,54 +159,65 @@ class GANConfig:
             "precision='fp32'",
         )
 
-    @property
-    def out_channels(self) -> int:
-        "Channels of G's raw output: C+K ('joint'), K ('mask'), C ('cond')."
-        return {'joint': self.img_channels + self.num_labels, 'mask': self.num_labels, 'cond': self.img_channels}[
-            self.kind
-        ]
+# %% ../nbs/03_networks.ipynb
+@patch(as_prop=True)
+def out_channels(self: GANConfig) -> int:
+    "Channels of G's raw output: C+K ('joint'), K ('mask'), C ('cond')."
+    return {'joint': self.img_channels + self.num_labels, 'mask': self.num_labels, 'cond': self.img_channels}[self.kind]
 
-    @property
-    def d_in_channels(self) -> int:
-        "Channels D reads: image and mask for 'joint' and 'cond', mask only for 'mask'."
-        return self.num_labels if self.kind == 'mask' else self.img_channels + self.num_labels
 
-    @property
-    def has_image(self) -> bool:
-        return self.kind != 'mask'
+@patch(as_prop=True)
+def d_in_channels(self: GANConfig) -> int:
+    "Channels D reads: image and mask for 'joint' and 'cond', mask only for 'mask'."
+    return self.num_labels if self.kind == 'mask' else self.img_channels + self.num_labels
 
-    @property
-    def has_mask_output(self) -> bool:
-        return self.kind != 'cond'
 
-    def channels(self, res: int) -> int:
-        "Feature channels at resolution `res`."
-        return min(self.channel_base // res, self.channel_max)
+@patch(as_prop=True)
+def has_image(self: GANConfig) -> bool:
+    return self.kind != 'mask'
 
-    def lowp_resolution(self) -> int | None:
-        "Blocks at this resolution and above run in low precision (None: all fp32), as NVlabs' `fp16_resolution`."
-        if self.precision == 'fp32' or self.num_fp16_res == 0:
-            return None
-        return max(2 ** (int(math.log2(self.resolution)) + 1 - self.num_fp16_res), 8)
 
-    def uses_lowp(self, res: int) -> bool:
-        "Whether the block at resolution `res` may run in low precision (if `precision` resolves to one)."
-        r = self.lowp_resolution()
-        return r is not None and res >= r
+@patch(as_prop=True)
+def has_mask_output(self: GANConfig) -> bool:
+    return self.kind != 'cond'
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+# %% ../nbs/03_networks.ipynb
+@patch
+def channels(self: GANConfig, res: int) -> int:
+    "Feature channels at resolution `res`."
+    return min(self.channel_base // res, self.channel_max)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> GANConfig:
-        """Rebuild from `to_dict()` output (e.g. a checkpoint; checkpoints before 0.1 name the variant `cfg`); unknown
-        keys are an error."""
-        if 'cfg' in d and 'kind' not in d:
-            d = {('kind' if k == 'cfg' else k): v for k, v in d.items()}
-        names = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - names)
-        check(not bad, f"GANConfig.from_dict: unknown keys {bad}; the checkpoint was written by another medsyn version")
-        return cls(**d)
+# %% ../nbs/03_networks.ipynb
+@patch
+def lowp_resolution(self: GANConfig) -> int | None:
+    "Blocks at this resolution and above run in low precision (None: all fp32), as NVlabs' `fp16_resolution`."
+    if self.precision == 'fp32' or self.num_fp16_res == 0:
+        return None
+    return max(2 ** (int(math.log2(self.resolution)) + 1 - self.num_fp16_res), 8)
+
+
+@patch
+def uses_lowp(self: GANConfig, res: int) -> bool:
+    "Whether the block at resolution `res` may run in low precision (if `precision` resolves to one)."
+    r = self.lowp_resolution()
+    return r is not None and res >= r
+
+# %% ../nbs/03_networks.ipynb
+@patch
+def to_dict(self: GANConfig) -> dict:
+    return asdict(self)
+
+
+@patch(cls_method=True)
+def from_dict(cls: GANConfig, d: dict) -> GANConfig:
+    """Rebuild from `to_dict()` output (e.g. a checkpoint; checkpoints before 0.1 name the variant `cfg`); unknown
+    keys are an error."""
+    if 'cfg' in d and 'kind' not in d:
+        d = {('kind' if k == 'cfg' else k): v for k, v in d.items()}
+    names = {f.name for f in fields(cls)}
+    bad = sorted(set(d) - names)
+    check(not bad, f"GANConfig.from_dict: unknown keys {bad}; the checkpoint was written by another medsyn version")
+    return cls(**d)
 
 # %% ../nbs/03_networks.ipynb
 GAN_PRESETS = {
@@ -430,7 +442,7 @@ class MappingNetwork(nn.Module):
 def use_fused_modconv(fused_modconv, weight_shape, x_shape, up: int = 1, dtype: torch.dtype = torch.float32) -> bool:
     """Resolve `fused_modconv` True / False / 'auto'. 'auto': fused iff the per-sample weights are smaller than the
     input maps (`O k^2 < H W`), except for 3x3 layers in low precision or with upsampling, which always run non-fused
-    (oneDNN's grouped bf16 and grouped transposed convolutions are the slow ones; see the measurements above)."""
+    (oneDNN's grouped bf16 and grouped transposed convolutions are the slow ones; `medsyn bench train` measures it)."""
     if fused_modconv != 'auto':
         return bool(fused_modconv)
     O, I, kh, kw = weight_shape
@@ -702,34 +714,48 @@ class SynthesisNetwork(nn.Module):
             self.num_ws += blk.num_conv
         self.num_ws += 1  # the last ToRGB; earlier ToRGBs share the next block's first w
 
-    def forward(self, ws, cond=None, noise_mode='random', update_emas=False, fused_modconv=None, force_fp32=False):
-        "`force_fp32`: every block in fp32 (the path-length regularizer; NVlabs' `force_fp32`)."
-        check(
-            ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
-            f"SynthesisNetwork: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}",
+# %% ../nbs/03_networks.ipynb
+@patch
+def forward(
+    self: SynthesisNetwork, ws, cond=None, noise_mode='random', update_emas=False, fused_modconv=None, force_fp32=False
+):
+    "`force_fp32`: every block in fp32 (the path-length regularizer; NVlabs' `force_fp32`)."
+    check(
+        ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim),
+        f"SynthesisNetwork: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}",
+    )
+    fused = self.cfg.fused_modconv if fused_modconv is None else fused_modconv
+    if self.mask_encoder is None:
+        check(cond is None, f"cond (a mask) is only used by kind='cond', this network is kind={self.cfg.kind!r}")
+        feats = None
+    else:
+        cond = check_cond(cond, self.cfg, ws.shape[0])
+        feats = self.mask_encoder(cond, force_fp32)
+    x = img = None
+    w_idx = 0
+    for blk in self.blocks:
+        cur = ws.narrow(1, w_idx, blk.num_conv + blk.num_torgb)
+        w_idx += blk.num_conv
+        x, img = blk(
+            x,
+            img,
+            cur,
+            feats[blk.resolution] if feats is not None else None,
+            noise_mode=noise_mode,
+            fused_modconv=fused,
+            force_fp32=force_fp32,
         )
-        fused = self.cfg.fused_modconv if fused_modconv is None else fused_modconv
-        if self.mask_encoder is None:
-            check(cond is None, f"cond (a mask) is only used by kind='cond', this network is kind={self.cfg.kind!r}")
-            feats = None
-        else:
-            cond = check_cond(cond, self.cfg, ws.shape[0])
-            feats = self.mask_encoder(cond, force_fp32)
-        x = img = None
-        w_idx = 0
-        for blk in self.blocks:
-            cur = ws.narrow(1, w_idx, blk.num_conv + blk.num_torgb)
-            w_idx += blk.num_conv
-            x, img = blk(
-                x,
-                img,
-                cur,
-                feats[blk.resolution] if feats is not None else None,
-                noise_mode=noise_mode,
-                fused_modconv=fused,
-                force_fp32=force_fp32,
-            )
-        return img if self.label_intensity is None else img + self.label_intensity(cond)
+    return img if self.label_intensity is None else img + self.label_intensity(cond)
+
+# %% ../nbs/03_networks.ipynb
+def mask_to_onehot(mask: torch.Tensor, num_labels: int) -> torch.Tensor:
+    "Integer label map (N,H,W) -> float one-hot (N,K,H,W)."
+    check(not torch.is_floating_point(mask), "mask_to_onehot expects an integer label map (N, H, W)")
+    check(
+        int(mask.min()) >= 0 and int(mask.max()) < num_labels,
+        f"mask labels must lie in [0, {num_labels - 1}], got [{int(mask.min())}, {int(mask.max())}]",
+    )
+    return F.one_hot(mask.long(), num_labels).permute(0, 3, 1, 2).to(torch.float32)
 
 # %% ../nbs/03_networks.ipynb
 def check_cond(cond, cfg: GANConfig, n: int):
@@ -745,16 +771,6 @@ def check_cond(cond, cfg: GANConfig, n: int):
         f"cond must be (N={n}, K={K}, {R}, {R}) or (1, K, {R}, {R}), got {tuple(cond.shape)}",
     )
     return cond
-
-# %% ../nbs/03_networks.ipynb
-def mask_to_onehot(mask: torch.Tensor, num_labels: int) -> torch.Tensor:
-    "Integer label map (N,H,W) -> float one-hot (N,K,H,W)."
-    check(not torch.is_floating_point(mask), "mask_to_onehot expects an integer label map (N, H, W)")
-    check(
-        int(mask.min()) >= 0 and int(mask.max()) < num_labels,
-        f"mask labels must lie in [0, {num_labels - 1}], got [{int(mask.min())}, {int(mask.max())}]",
-    )
-    return F.one_hot(mask.long(), num_labels).permute(0, 3, 1, 2).to(torch.float32)
 
 # %% ../nbs/03_networks.ipynb
 class Generator(nn.Module):
@@ -900,25 +916,27 @@ class Discriminator(nn.Module):
         )
         self.epilogue = DiscriminatorEpilogue(cfg.channels(4), 4, cfg.mbstd_group, cfg.mbstd_channels, cfg.conv_clamp)
 
-    def forward(self, x, cond=None, mbstd_segments: int = 1, force_fp32: bool = False):
-        """`mbstd_segments=2` scores a batch of fakes followed by as many reals in one pass (see `MinibatchStdLayer`);
-        `force_fp32`: every block in fp32 (the R1 regularizer)."""
-        if cond is not None:
-            check(
-                self.cfg.kind == 'cond',
-                f"D(x, cond) is only for kind='cond'; build the input with to_d_input for kind={self.cfg.kind!r}",
-            )
-            x = to_d_input(x, check_cond(cond, self.cfg, x.shape[0]), self.cfg)
-        R = self.img_resolution
+# %% ../nbs/03_networks.ipynb
+@patch
+def forward(self: Discriminator, x, cond=None, mbstd_segments: int = 1, force_fp32: bool = False):
+    """`mbstd_segments=2` scores a batch of fakes followed by as many reals in one pass (see `MinibatchStdLayer`);
+    `force_fp32`: every block in fp32 (the R1 regularizer)."""
+    if cond is not None:
         check(
-            x.ndim == 4 and tuple(x.shape[1:]) == (self.in_channels, R, R),
-            f"D input must be (N, {self.in_channels}, {R}, {R}) (see to_d_input), got {tuple(x.shape)}",
+            self.cfg.kind == 'cond',
+            f"D(x, cond) is only for kind='cond'; build the input with to_d_input for kind={self.cfg.kind!r}",
         )
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        for blk in self.blocks:
-            x = blk(x, force_fp32)
-        return self.epilogue(x, mbstd_segments)
+        x = to_d_input(x, check_cond(cond, self.cfg, x.shape[0]), self.cfg)
+    R = self.img_resolution
+    check(
+        x.ndim == 4 and tuple(x.shape[1:]) == (self.in_channels, R, R),
+        f"D input must be (N, {self.in_channels}, {R}, {R}) (see to_d_input), got {tuple(x.shape)}",
+    )
+    if self.cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for blk in self.blocks:
+        x = blk(x, force_fp32)
+    return self.epilogue(x, mbstd_segments)
 
 # %% ../nbs/03_networks.ipynb
 def mask_probs(logits: torch.Tensor, cfg: GANConfig) -> torch.Tensor:

@@ -222,6 +222,43 @@ def build_lock(build_dir: Path, timeout: float | None = None) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 # %% ../nbs/02_ops.ipynb
+def _register_fake_kernels(namespace: str) -> None:
+    "Shape-only versions of the ops, so `torch.compile` can trace through them."
+
+    def bias_act_fake(x, b, xref, yref, dy, grad, dim, act, alpha, gain, clamp):
+        return torch.empty_like(x)
+
+    def upfirdn2d_fake(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain):
+        fh, fw = f.shape[0], f.shape[-1]
+        oh = (x.shape[2] * upy + pady0 + pady1 - fh) // downy + 1
+        ow = (x.shape[3] * upx + padx0 + padx1 - fw) // downx + 1
+        return x.new_empty([x.shape[0], x.shape[1], oh, ow])
+
+    def demod_bias_act_fake(x, d, noise, b, act, alpha, gain, clamp):
+        return torch.empty_like(x)
+
+    def demod_bias_act_grad_fake(dy, x, d, y, need_dx, need_dd, need_dnoise, need_db, act, alpha, gain, clamp):
+        n, c, h, w = y.shape
+        return (
+            torch.empty_like(y) if need_dx else y.new_empty([0]),
+            y.new_empty([n, c] if need_dd else [0]),
+            y.new_empty([n, 1, h, w] if need_dnoise else [0]),
+            y.new_empty([c] if need_db else [0]),
+        )
+
+    fakes = [
+        ("bias_act", bias_act_fake),
+        ("upfirdn2d", upfirdn2d_fake),
+        ("demod_bias_act", demod_bias_act_fake),
+        ("demod_bias_act_grad", demod_bias_act_grad_fake),
+    ]
+    for op, fn in fakes:
+        try:
+            torch.library.register_fake(f"{namespace}::{op}", fn)
+        except Exception:
+            pass  # already registered in this process, or an older torch
+
+# %% ../nbs/02_ops.ipynb
 def _build(kind: str, need_gpu: bool = True, build_dir: Path | None = None) -> PluginStatus:
     """Compile (or load from cache) the `kind` plugin; never raises for a broken toolchain (the status says why), but a
     stale or long-held build lock is an error naming the folder (`build_lock`). `need_gpu=False` builds the CUDA plugin
@@ -261,43 +298,6 @@ def _build(kind: str, need_gpu: bool = True, build_dir: Path | None = None) -> P
     except Exception as e:  # a broken toolchain must never stop training
         msg = " ".join(str(e).split())
         return PluginStatus(kind, error=f"{type(e).__name__}: {msg[-800:]}", seconds=time.perf_counter() - t0)
-
-# %% ../nbs/02_ops.ipynb
-def _register_fake_kernels(namespace: str) -> None:
-    "Shape-only versions of the ops, so `torch.compile` can trace through them."
-
-    def bias_act_fake(x, b, xref, yref, dy, grad, dim, act, alpha, gain, clamp):
-        return torch.empty_like(x)
-
-    def upfirdn2d_fake(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain):
-        fh, fw = f.shape[0], f.shape[-1]
-        oh = (x.shape[2] * upy + pady0 + pady1 - fh) // downy + 1
-        ow = (x.shape[3] * upx + padx0 + padx1 - fw) // downx + 1
-        return x.new_empty([x.shape[0], x.shape[1], oh, ow])
-
-    def demod_bias_act_fake(x, d, noise, b, act, alpha, gain, clamp):
-        return torch.empty_like(x)
-
-    def demod_bias_act_grad_fake(dy, x, d, y, need_dx, need_dd, need_dnoise, need_db, act, alpha, gain, clamp):
-        n, c, h, w = y.shape
-        return (
-            torch.empty_like(y) if need_dx else y.new_empty([0]),
-            y.new_empty([n, c] if need_dd else [0]),
-            y.new_empty([n, 1, h, w] if need_dnoise else [0]),
-            y.new_empty([c] if need_db else [0]),
-        )
-
-    fakes = [
-        ("bias_act", bias_act_fake),
-        ("upfirdn2d", upfirdn2d_fake),
-        ("demod_bias_act", demod_bias_act_fake),
-        ("demod_bias_act_grad", demod_bias_act_grad_fake),
-    ]
-    for op, fn in fakes:
-        try:
-            torch.library.register_fake(f"{namespace}::{op}", fn)
-        except Exception:
-            pass  # already registered in this process, or an older torch
 
 # %% ../nbs/02_ops.ipynb
 def load_plugin(kind: str) -> PluginStatus:
@@ -359,8 +359,9 @@ _malloc_tuned = None
 def keep_freed_memory() -> bool:
     """glibc only: serve large tensors from the heap and keep freed memory in the process (`mallopt`: mmap threshold
     1 GiB, trim threshold 2 GiB) instead of mapping and unmapping every multi-megabyte activation, which costs a page
-    fault per 4 KiB on every training step (measured: 1.12x faster StyleGAN2 steps on 2 cores). Called by
-    `medsyn.train.GANTrainer`; `$MEDSYN_KEEP_FREED_MEMORY=0` turns it off. Returns whether the settings were applied."""
+    fault per 4 KiB on every training step (`medsyn bench train` with and without `MEDSYN_KEEP_FREED_MEMORY=0`
+    measures the gain). Called by `medsyn.train.GANTrainer`; `$MEDSYN_KEEP_FREED_MEMORY=0` turns it off. Returns
+    whether the settings were applied."""
     global _malloc_tuned
     if _malloc_tuned is not None:
         return _malloc_tuned
@@ -992,6 +993,16 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return float((a - b).abs().max()) if a.numel() else 0.0, float(a.abs().max()) if a.numel() else 0.0
 
 # %% ../nbs/02_ops.ipynb
+def _off_clamp_edge(x, b, dim, act, gain, clamp):
+    """Move inputs whose output lies within low-precision rounding of the clamp (1/64 relative) to x = 0.25 - b
+    (well inside the clamp for these tests, and off every activation's kink at 0). There the clamp's gradient
+    mask depends on how the output was rounded, and either answer is right."""
+    bb = b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]).expand_as(x)
+    y = bias_act_ref(x.float(), b.float(), dim=dim, act=act, gain=gain)
+    edge = (y.abs() - clamp).abs() <= clamp / 64
+    return torch.where(edge, 0.25 - bb, x)
+
+# %% ../nbs/02_ops.ipynb
 def _compare_bias_act(impl, shape, dim, cl, act, gain, clamp, gen, dev, dtype=torch.float32) -> tuple[float, float]:
     x = torch.randn(shape, generator=gen).to(dev, dtype)
     if cl:
@@ -1017,16 +1028,6 @@ def _compare_bias_act(impl, shape, dim, cl, act, gain, clamp, gen, dev, dtype=to
     return max(e for e, _ in errs), max(m for _, m in errs)
 
 # %% ../nbs/02_ops.ipynb
-def _off_clamp_edge(x, b, dim, act, gain, clamp):
-    """Move inputs whose output lies within low-precision rounding of the clamp (1/64 relative) to x = 0.25 - b
-    (well inside the clamp for these tests, and off every activation's kink at 0). There the clamp's gradient
-    mask depends on how the output was rounded, and either answer is right."""
-    bb = b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]).expand_as(x)
-    y = bias_act_ref(x.float(), b.float(), dim=dim, act=act, gain=gain)
-    edge = (y.abs() - clamp).abs() <= clamp / 64
-    return torch.where(edge, 0.25 - bb, x)
-
-# %% ../nbs/02_ops.ipynb
 def _demod_cases(quick: bool):
     "Parameter grid for demod_bias_act: (shape, channels_last, act, gain, clamp, has_d, has_noise, has_b)."
     shapes = [((2, 5, 7, 3), False), ((2, 6, 5, 3), True), ((3, 4, 1, 9), False), ((1, 1, 1, 1), False)]
@@ -1045,6 +1046,25 @@ def _demod_cases(quick: bool):
                     if quick and k % 5:
                         continue
                     yield (shape, cl, act, gain, clamp, *has)
+
+# %% ../nbs/02_ops.ipynb
+def _off_epilogue_edges(x, d, nz, b, act, gain, clamp):
+    """Low precision: move the elements whose pre-activation z = x d + noise + b lies within rounding of the kink at 0,
+    or
+    whose output lies within rounding of the clamp, to z = 0.25 (there either answer of the rounded comparison is
+    right)."""
+    xf = x.float()
+    dd = torch.ones_like(xf) if d is None else d.float()[:, :, None, None].expand_as(xf)
+    rest = (
+        torch.zeros_like(xf) + (0 if nz is None else nz.float()) + (0 if b is None else b.float()[None, :, None, None])
+    )
+    z = xf * dd + rest
+    size = (xf * dd).abs() + rest.abs() + 1e-3
+    edge = z.abs() <= size / 32
+    if clamp is not None:
+        y = bias_act_ref(z, act=act, gain=gain)
+        edge |= (y.abs() - clamp).abs() <= clamp / 32
+    return torch.where(edge, (0.25 - rest) / dd, xf).to(x.dtype).contiguous(memory_format=_mem_format(x))
 
 # %% ../nbs/02_ops.ipynb
 def _compare_demod(
@@ -1079,25 +1099,6 @@ def _compare_demod(
         outs.append([y.detach(), *fast] + [g.detach() for g in grads if g is not None] + dd)
     errs = [_max_err(a.float(), c.float()) for a, c in zip(*outs)]
     return max(e for e, _ in errs), max(m for _, m in errs)
-
-# %% ../nbs/02_ops.ipynb
-def _off_epilogue_edges(x, d, nz, b, act, gain, clamp):
-    """Low precision: move the elements whose pre-activation z = x d + noise + b lies within rounding of the kink at 0,
-    or
-    whose output lies within rounding of the clamp, to z = 0.25 (there either answer of the rounded comparison is
-    right)."""
-    xf = x.float()
-    dd = torch.ones_like(xf) if d is None else d.float()[:, :, None, None].expand_as(xf)
-    rest = (
-        torch.zeros_like(xf) + (0 if nz is None else nz.float()) + (0 if b is None else b.float()[None, :, None, None])
-    )
-    z = xf * dd + rest
-    size = (xf * dd).abs() + rest.abs() + 1e-3
-    edge = z.abs() <= size / 32
-    if clamp is not None:
-        y = bias_act_ref(z, act=act, gain=gain)
-        edge |= (y.abs() - clamp).abs() <= clamp / 32
-    return torch.where(edge, (0.25 - rest) / dd, xf).to(x.dtype).contiguous(memory_format=_mem_format(x))
 
 # %% ../nbs/02_ops.ipynb
 def _compare_upfirdn2d(impl, shape, f, up, down, pad, flip, gain, gen, dev, dtype=torch.float32) -> tuple[float, float]:
