@@ -7,10 +7,10 @@ __all__ = []
 
 # %% ../../nbs/09_study_package.ipynb
 from . import design, store, stages, report, run
-from .design import *
-from .store import *
-from .stages import *
-from .report import *
-from .run import *
+from .design import *  # noqa: F403
+from .store import *  # noqa: F403
+from .stages import *  # noqa: F403
+from .report import *  # noqa: F403
+from .run import *  # noqa: F403
 
 __all__ = [n for m in (design, store, stages, report, run) for n in m.__all__]

@@ -13,17 +13,31 @@ import pandas as pd
 from ..core import MedsynError, check, from_preset, runs_dir, atomic_write_text
 from ..data import check_disjoint, default_dataset, fold_subjects, load_canonical
 from ..generate import warp_settings
-from ..segment import seg_config
-from ..stats import ARM, BASELINE, COMPARE_COLUMNS, add_verdicts, arm_rows, arm_statistics, compare_arms, design_mde, fold_arrays, mean_t_interval, per_seed, seed_mean, summary_table
+from medsyn.stats import (
+    ARM,
+    arm_label,
+    BASELINE,
+    COMPARE_COLUMNS,
+    add_verdicts,
+    arm_rows,
+    arm_statistics,
+    compare_arms,
+    design_mde,
+    fold_arrays,
+    mean_t_interval,
+    per_seed,
+    seed_mean,
+    summary_table,
+)
 from ..networks import GAN_KINDS
 from ..viz import label_cmap, save_figure
 
 # %% auto 0
 __all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'LOOKUP_COLUMNS', 'StudyConfig', 'study_config',
            'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs', 'vs_dilution', 'trivial_baseline_check',
-           'segmentation_tables', 'escape_text', 'write_table', 'save_study_figure', 'plot_pairs', 'plot_dice_vs_n',
-           'plot_small_data', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits',
-           'check_study_dataset', 'split_of', 'folds_table']
+           'segmentation_tables', 'lookup_warning', 'escape_text', 'write_table', 'save_study_figure', 'plot_pairs',
+           'plot_dice_vs_n', 'plot_small_data', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real',
+           'study_splits', 'check_study_dataset', 'split_of', 'folds_table']
 
 # %% ../../nbs/09a_design.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
@@ -71,6 +85,9 @@ class StudyConfig:
     n_quality: int = 128  # samples per set for the image-quality metrics
     weights_dir: str | None = None  # folder with Inception / LPIPS weights for FID, KID, LPIPS
     split_seed: int = 0
+    val_fraction: float = (
+        0.2  # share of a fold's labelled subjects held out for validation (GAN snapshots, U-Net early stopping)
+    )
 
     def __post_init__(self):
         for k in ("seeds", "synthetic_factors", "variants", "fractions", "controls"):
@@ -273,6 +290,30 @@ def segmentation_tables(dice: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.Da
     )
 
 # %% ../../nbs/09a_design.ipynb
+def _lookup_where(r) -> str:
+    return f"fold {r.fold} at {100 * r.fraction:g} % (Δ = {r.mean_delta:+.3f}, 95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f})"
+
+
+def lookup_warning(trivial: pd.DataFrame) -> str:
+    "Bold warnings naming every (fold, fraction) where the real-only U-Net, then any other arm, is no better than the lookup (CI reaching 0)."
+    weak = trivial[~trivial.beats_lookup.astype(bool)]
+    real, others = weak[weak.variant == "real"], weak[weak.variant != "real"]
+    parts = []
+    if len(real):
+        parts.append(
+            f"**Warning: on {'; '.join(_lookup_where(r) for r in real.itertuples())} the real-only U-Net is no better than a "
+            "per-pixel intensity lookup; there it has not shown that it learned the task, and no effect measured on top of it "
+            "can be trusted.**"
+        )
+    if len(others):
+        parts.append(
+            "**No better than a per-pixel intensity lookup either: "
+            + "; ".join(f"{arm_label(r.variant, r.factor)} on {_lookup_where(r)}" for r in others.itertuples())
+            + ".**"
+        )
+    return " ".join(parts)
+
+# %% ../../nbs/09a_design.ipynb
 _MARKDOWN_ACTIVE = str.maketrans({c: f"&#{ord(c)};" for c in "[]()*_`|\\#!~"})
 
 
@@ -429,7 +470,7 @@ def load_real(cfg: StudyConfig, data_dir: str | Path | None = None):
 # %% ../../nbs/09a_design.ipynb
 def study_splits(cfg: StudyConfig, real) -> list[dict]:
     "Train/val/test subjects and real training slice counts for every (fold, fraction), from `medsyn.data.fold_subjects`."
-    val_fraction = seg_config(cfg.seg_preset, **cfg.seg_overrides).val_fraction
+    val_fraction = cfg.val_fraction
     out = []
     for fold in range(cfg.folds):
         for fraction in sorted(cfg.fractions):
@@ -473,7 +514,7 @@ def check_study_dataset(cfg: StudyConfig, log: Callable = print) -> StudyConfig:
     if cfg.dataset == "default":
         return cfg
     real, name = load_real(cfg), dataset_name(cfg.dataset)
-    val_fraction = seg_config(cfg.seg_preset, **cfg.seg_overrides).val_fraction
+    val_fraction = cfg.val_fraction
     n, need = len(real.subjects), _subjects_needed(cfg, val_fraction)
     capped = f" (max_subjects = {cfg.max_subjects} of profile {cfg.profile})" if cfg.max_subjects else ""
     check(

@@ -4,77 +4,35 @@
 
 # %% ../../nbs/09d_report.ipynb 2
 from __future__ import annotations
-import base64, copy, time
+import base64, copy
 from pathlib import Path
-from typing import Callable
 import pandas as pd
 from IPython.display import HTML, Markdown, display
-from ..core import check, load_json, atomic_write_text
+from ..core import check, atomic_write_text
 from ..stats import EXPLORATORY, arm_label
-from .design import CONTROLS, StudyConfig, dataset_name, escape_text, split_of
-from .store import RunLayout, mark_done
+from .design import CONTROLS, StudyConfig, escape_text
+from .store import PrepareRecord, RunLayout
 
 # %% auto 0
-__all__ = ['REPORT_TABLES', 'REPORT_FIGURES', 'TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'stage_report', 'report_facts', 'table_html',
-           'figure_html', 'Report', 'dice_findings', 'dilution_findings', 'lookup_warning', 'lookup_findings',
-           'seed_findings', 'report_notebook', 'render_report']
-
-# %% ../../nbs/09d_report.ipynb
-REPORT_TABLES = [
-    ("dataset", "Dataset"),
-    ("folds", "Folds (subjects)"),
-    ("gan_training", "GAN training"),
-    ("quality", "Image quality of synthetic pairs"),
-    (
-        "dice_summary",
-        "Segmentation: test Dice per subject (seeds averaged; mean ± sd over subjects), paired difference "
-        "to real-only with its 95 % t-interval (test subjects and trainings as replicates), Holm-corrected p and verdict",
-    ),
-    (
-        "vs_dilution",
-        "Synthetic content vs dilution: each synthetic arm against real-only oversampled to the same sample count",
-    ),
-    ("trivial_baseline", "Does each arm beat the intensity-lookup baseline? (paired 95 % CI per fold)"),
-    ("design_power", "Minimum detectable effect (80 % power) of the test the verdicts use, at Holm's level"),
-    ("dice_per_seed", "Variance across U-Net seeds"),
-]
-REPORT_FIGURES = ["dataset_overview", "real_vs_synthetic", "dice_vs_n", "small_data"]
-
-
-def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
-    "Write `report.md` for one dataset from its tables and figures."
-    t0, out = time.time(), Path(out_dir)
-    parts = [f"# medsyn study: {escape_text(dataset_name(cfg.dataset))} (profile {cfg.profile})", ""]
-    trivial = out / "tables" / "trivial_baseline.csv"
-    warning = lookup_warning(pd.read_csv(trivial)) if trivial.exists() else ""
-    if warning:
-        parts += [f"> {warning}", ""]
-    for stem, title in REPORT_TABLES:
-        p = out / "tables" / f"{stem}.md"
-        parts += [f"## {title}", "", p.read_text() if p.exists() else "_not produced_", ""]
-    figs = [f for f in REPORT_FIGURES if (out / "figures" / f"{f}.png").exists()]
-    figs += sorted(p.stem for p in (out / "figures").glob("samples_*.png"))
-    parts += ["## Figures", ""] + [f"![{f}](figures/{f}.png)" for f in figs]
-    report = atomic_write_text(out / "report.md", "\n".join(parts) + "\n")
-    mark_done(out, "report", cfg, [report], time.time() - t0)
-    return [report]
+__all__ = ['TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'report_facts', 'table_html', 'figure_html', 'Report', 'dice_findings',
+           'dilution_findings', 'lookup_findings', 'seed_findings', 'report_notebook', 'render_report']
 
 # %% ../../nbs/09d_report.ipynb
 def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
-    """The numbers a dataset report quotes, read from the run (`prepare.json`, `tables/dice.csv`) and `cfg`; its texts (the
+    """The numbers a dataset report quotes, read from the run (its `PrepareRecord`, `tables/dice.csv`) and `cfg`; its texts (the
     dataset's name, modalities and labels come from the user's files) are `escape_text`-ed for the report's HTML and Markdown."""
     lay = RunLayout(out_dir)
-    info = load_json(lay.prepare_json)
+    rec = PrepareRecord.load(lay.prepare_json)
     dice = pd.read_csv(lay.table("dice.csv"))
-    n_test = [len(split_of(info["splits"], f, 1.0)["test"]) for f in range(cfg.folds)]
+    n_test = [len(rec.split(f, 1.0)["test"]) for f in range(cfg.folds)]
     arms = dice[dice.fraction == 1.0][["variant", "factor"]].drop_duplicates().sort_values(["factor", "variant"])
     facts = dict(
-        name=info["name"],
-        n_subjects=info["n_subjects"],
-        n_slices=info["n_slices"],
-        modalities=", ".join(info["modalities"]),
-        labels=", ".join(f"{k} = {v}" for k, v in info["labels"].items()),
-        resolution="×".join(map(str, info["resolution"])),
+        name=rec.name,
+        n_subjects=rec.n_subjects,
+        n_slices=rec.n_slices,
+        modalities=", ".join(rec.modalities),
+        labels=", ".join(f"{k} = {v}" for k, v in rec.labels.items()),
+        resolution="×".join(map(str, rec.resolution)),
         folds=cfg.folds,
         n_test=sum(n_test),
         n_test_fold=" / ".join(map(str, n_test)),
@@ -289,32 +247,9 @@ def dilution_findings(vs: pd.DataFrame) -> str:
     return "\n".join(_arm_sentence(r, "real-oversampled") for r in vs.itertuples())
 
 # %% ../../nbs/09d_report.ipynb
-def _lookup_where(r) -> str:
-    return f"fold {r.fold} at {100 * r.fraction:g} % (Δ = {r.mean_delta:+.3f}, 95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f})"
-
-
-def lookup_warning(trivial: pd.DataFrame) -> str:
-    "Bold warnings naming every (fold, fraction) where the real-only U-Net, then any other arm, is no better than the lookup (CI reaching 0)."
-    weak = trivial[~trivial.beats_lookup.astype(bool)]
-    real, others = weak[weak.variant == "real"], weak[weak.variant != "real"]
-    parts = []
-    if len(real):
-        parts.append(
-            f"**Warning: on {'; '.join(_lookup_where(r) for r in real.itertuples())} the real-only U-Net is no better than a "
-            "per-pixel intensity lookup; there it has not shown that it learned the task, and no effect measured on top of it "
-            "can be trusted.**"
-        )
-    if len(others):
-        parts.append(
-            "**No better than a per-pixel intensity lookup either: "
-            + "; ".join(f"{arm_label(r.variant, r.factor)} on {_lookup_where(r)}" for r in others.itertuples())
-            + ".**"
-        )
-    return " ".join(parts)
-
-# %% ../../nbs/09d_report.ipynb
 def lookup_findings(trivial: pd.DataFrame) -> str:
-    "How many (fold, fraction) pairs the real-only U-Net and the other arms beat the lookup on (CI above 0), with `lookup_warning`."
+    """How many (fold, fraction) pairs the real-only U-Net and the other arms beat the lookup on (CI above 0); the
+    report's `lookup_warning` names those where they do not."""
     if not len(trivial):
         return "The intensity-lookup control was not run."
     real, others = trivial[trivial.variant == "real"], trivial[trivial.variant != "real"]
@@ -325,7 +260,7 @@ def lookup_findings(trivial: pd.DataFrame) -> str:
     )
     if len(others):
         text += f"; the other arms on {int(others.beats_lookup.astype(bool).sum())} of {len(others)} (arm, fold, fraction) triples"
-    return (text + ". " + lookup_warning(trivial)).strip()
+    return text + "."
 
 # %% ../../nbs/09d_report.ipynb
 def seed_findings(seeds: pd.DataFrame) -> str:

@@ -11,10 +11,31 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import medsyn
-from ..core import MedsynError, add_field_options, add_set_option, check, check_fields, runs_dir, save_json, load_json, parse_set_items
+from medsyn.core import (
+    MedsynError,
+    add_field_options,
+    add_set_option,
+    check,
+    check_fields,
+    runs_dir,
+    save_json,
+    load_json,
+    parse_set_items,
+)
 from ..stats import friedman_nemenyi, dataset_arm_table
-from .design import PROFILES, StudyConfig, check_study_dataset, config_hash, dataset_name, experiment_grid, gan_jobs, study_config, study_run_dir, write_table
-from .store import RunLayout, STAGES, stage_done
+from medsyn.study.design import (
+    PROFILES,
+    StudyConfig,
+    check_study_dataset,
+    config_hash,
+    dataset_name,
+    experiment_grid,
+    gan_jobs,
+    study_config,
+    study_run_dir,
+    write_table,
+)
+from .store import RunLayout, STAGES, mark_done, stage_done
 from .report import render_report
 
 # %% auto 0
@@ -122,7 +143,8 @@ def execute_notebook(src: Path, dst: Path, parameters: dict, kernel: str, log: C
 
 # %% ../../nbs/09e_run.ipynb
 def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log: Callable = print) -> dict:
-    "Execute the stage notebooks for one dataset, skipping finished stages; returns {stage: 'skipped'|'ran'|'failed: ...'}."
+    """Execute the stage notebooks for one dataset, skipping finished stages, and render the report notebook to
+    `report.html`; returns {stage: 'skipped'|'ran'|'failed: ...'}."""
     out, lay, name = Path(out_dir), RunLayout(out_dir), dataset_name(cfg.dataset)
     if force and out.exists():
         log(f"[{name}] --force: removing {out} to recompute every stage")
@@ -143,12 +165,12 @@ def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log:
                 f"[{name}] {stage}: FAILED — {e}\n[{name}] later stages need it and were not run; fix the cause and rerun (finished stages are kept)"
             )
             break
+        if stage == "report":  # the report is its notebook: rendered to HTML, then marked done
+            html = render_report(lay.notebook(nb), out / "report.html", title=f"medsyn study: {name}")
+            mark_done(out, stage, cfg, [html], time.time() - t0)
+            log(f"[{name}] report: {html}")
         status[stage] = "ran"
         log(f"[{name}] {stage}: finished in {time.time() - t0:.0f} s")
-    if status.get("report") in ("ran", "skipped") and lay.notebook(STAGES[-1][1]).exists():
-        log(
-            f"[{name}] report: {render_report(lay.notebook(STAGES[-1][1]), out / 'report.html', title=f'medsyn study: {name}')}"
-        )
     save_json(dict(status=status, config=asdict(cfg)), lay.status_json)
     return status
 
@@ -209,9 +231,9 @@ def rank_tests(root: Path, names: Sequence[str]) -> list[Path]:
 
 # %% ../../nbs/09e_run.ipynb
 def aggregate(root: str | Path, names: Sequence[str], log: Callable = print) -> Path:
-    "Aggregate tables and execute the report notebook into `root/report.ipynb` and `root/report.html`."
+    """Execute the aggregate notebook (it writes the side-by-side tables, `aggregate_tables`) into `root/report.ipynb`
+    and `root/report.html`."""
     root = Path(root).resolve()
-    aggregate_tables(root, names)
     src = study_notebooks_dir() / "07_aggregate.ipynb"
     dst = root / "report.ipynb"
     execute_notebook(src, dst, dict(root=str(root), datasets=list(names)), ensure_kernel(), log)

@@ -4,13 +4,13 @@
 
 # %% ../../nbs/09c_stages.ipynb 2
 from __future__ import annotations
-import time
-from dataclasses import asdict
+import functools, time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
-from ..core import MedsynError, check, save_json, load_json, atomic_write_text, file_sha256
+from ..core import MedsynError, check, atomic_write_text, file_sha256
 from ..data import check_disjoint, load_canonical, plot_dataset_overview, write_canonical
 from ..generate import generate_pairs, warp_settings
 from ..evaluate import evaluate
@@ -18,15 +18,49 @@ from ..metrics import dataset_hash
 from ..segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
 from ..networks import GAN_KINDS, load_checkpoint
 from ..train import train_gan
-from .design import CONTROLS, StudyConfig, VARIANT_GANS, WARPED_VARIANTS, cell_id, dataset_name, experiment_grid, folds_table, gan_jobs, load_real, plot_dice_vs_n, plot_pairs, plot_small_data, resolve_dataset, save_study_figure, segmentation_tables, split_of, study_splits, write_table
-from .store import MANIFEST, RunLayout, artefact_state, mark_done, read_manifest, reset_artefact, write_manifest
+from medsyn.study.design import (
+    CONTROLS,
+    StudyConfig,
+    VARIANT_GANS,
+    WARPED_VARIANTS,
+    cell_id,
+    experiment_grid,
+    folds_table,
+    gan_jobs,
+    load_real,
+    lookup_warning,
+    plot_dice_vs_n,
+    plot_pairs,
+    plot_small_data,
+    resolve_dataset,
+    save_study_figure,
+    segmentation_tables,
+    split_of,
+    study_splits,
+    write_table,
+)
+from medsyn.study.store import (
+    Job,
+    PrepareRecord,
+    StageRun,
+    prepare_record,
+    run_jobs,
+    stage,
+    MANIFEST,
+    RunLayout,
+    artefact_state,
+    read_manifest,
+    reset_artefact,
+    write_manifest,
+)
 
 # %% auto 0
-__all__ = ['QUALITY_METRICS', 'write_real_subset', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for', 'study_gan_kwargs',
-           'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_snapshots', 'plot_gan_snapshots', 'stage_gan',
-           'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs', 'sample_variant',
-           'make_synthetic_set', 'stage_generate', 'cell_inputs', 'run_cell', 'learning_curves', 'dice_table',
-           'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'stage_quality']
+__all__ = ['QUALITY_METRICS', 'write_real_subset', 'real_subset_job', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for',
+           'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_job', 'gan_snapshots',
+           'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs',
+           'sample_variant', 'make_synthetic_set', 'synthetic_job', 'stage_generate', 'cell_inputs', 'cell_setup',
+           'run_cell', 'cell_job', 'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves',
+           'quality_comparisons', 'stage_quality', 'FoldData', 'prepare_fold', 'variant_pairs']
 
 # %% ../../nbs/09c_stages.ipynb
 def write_real_subset(
@@ -64,50 +98,46 @@ def write_real_subset(
     return out_dir
 
 # %% ../../nbs/09c_stages.ipynb
-def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
-    "Resolve the dataset, write `prepare.json`, the dataset and fold tables, the real training subsets and the overview figure."
-    t0, lay = time.time(), RunLayout(out_dir)
+def real_subset_job(real, subjects: Sequence[str], folder: Path, fingerprint: str, log: Callable = print) -> Job:
+    "The `Job` writing the training view of `subjects` into `folder` (`write_real_subset`)."
+    inputs = dict(kind="real_subset", dataset=fingerprint, subjects=sorted(subjects))
+    return Job(
+        folder.name, folder, inputs, functools.partial(write_real_subset, real, subjects, folder, fingerprint, log)
+    )
+
+# %% ../../nbs/09c_stages.ipynb
+@stage("prepare", needs_record=False)
+def stage_prepare(run: StageRun) -> list[Path]:
+    """Resolve the dataset; write `prepare.json` (its `PrepareRecord`), the dataset and fold tables, the real training
+    subsets and the overview figure."""
+    cfg, lay = run.cfg, run.lay
     data_dir = resolve_dataset(cfg)
     real = load_real(cfg, data_dir)
-    splits = study_splits(cfg, real)
-    fingerprint = dataset_hash(data_dir)
-    fg = real.index["fg_fraction"] if "fg_fraction" in real.index else pd.Series(np.nan, index=real.index.index)
-    info = dict(
-        data_dir=str(data_dir),
-        dataset_sha256=fingerprint,
-        name=real.meta.get("name", dataset_name(cfg.dataset)),
-        modalities=list(real.modalities),
-        labels={int(k): v for k, v in real.labels.items()},
-        resolution=list(real[0]["image"].shape[1:]),
-        n_subjects=len(real.subjects),
-        n_slices=len(real),
-        subjects=list(real.subjects),
-        splits=splits,
-    )
-    save_json(info, lay.prepare_json)
-    subsets = [
-        write_real_subset(real, s["train"], lay.real_subset(s["fold"], s["fraction"]), fingerprint, log) for s in splits
+    rec = prepare_record(real, data_dir, study_splits(cfg, real), cfg.dataset)
+    rec.save(lay.prepare_json)
+    jobs = [
+        real_subset_job(real, s["train"], lay.real_subset(s["fold"], s["fraction"]), rec.dataset_sha256, run.log)
+        for s in rec.splits
     ]
+    subsets = run_jobs(jobs)
+    fg = real.index["fg_fraction"] if "fg_fraction" in real.index else pd.Series(np.nan, index=real.index.index)
     ds_table = pd.DataFrame(
         [
             dict(
-                dataset=info["name"],
-                subjects=info["n_subjects"],
-                slices=info["n_slices"],
-                modalities=", ".join(info["modalities"]),
-                labels=", ".join(f"{k}:{v}" for k, v in info["labels"].items()),
-                resolution="x".join(map(str, info["resolution"])),
+                dataset=rec.name,
+                subjects=rec.n_subjects,
+                slices=rec.n_slices,
+                modalities=", ".join(rec.modalities),
+                labels=", ".join(f"{k}:{v}" for k, v in rec.labels.items()),
+                resolution="x".join(map(str, rec.resolution)),
                 mean_fg_fraction=float(np.nanmean(fg)) if len(fg) else np.nan,
             )
         ]
     )
     outputs = [lay.prepare_json] + [s / MANIFEST for s in subsets] + write_table(ds_table, lay.table("dataset"))
-    outputs += write_table(folds_table(splits), lay.table("folds"))
+    outputs += write_table(folds_table(rec.splits), lay.table("folds"))
     outputs += save_study_figure(_overview_figure(real), lay.figure("dataset_overview"))
-    log(
-        f"prepare: {info['name']} with {info['n_subjects']} subjects / {info['n_slices']} slices from {data_dir} ({time.time() - t0:.0f} s)"
-    )
-    mark_done(lay.root, "prepare", cfg, outputs, time.time() - t0)
+    run.log(f"prepare: {rec.name} with {rec.n_subjects} subjects / {rec.n_slices} slices from {data_dir}")
     return outputs
 
 # %% ../../nbs/09c_stages.ipynb
@@ -211,6 +241,13 @@ def train_study_gan(
     return gan_run_row(job, run_dir, seconds)
 
 # %% ../../nbs/09c_stages.ipynb
+def gan_job(cfg: StudyConfig, job, record: PrepareRecord, lay: RunLayout, log: Callable = print) -> Job:
+    "The `Job` of one row of `gan_jobs`: its run folder, its manifest inputs and `train_study_gan` on its split."
+    split, run_dir = record.split(job.fold, job.fraction), lay.gan_run(job.gan, job.fold, job.fraction)
+    make = functools.partial(train_study_gan, cfg, job, split, Path(record.data_dir), record.dataset_sha256, lay, log)
+    return Job(run_dir.name, run_dir, gan_inputs(cfg, job.gan, split, record.dataset_sha256), make)
+
+# %% ../../nbs/09c_stages.ipynb
 def gan_snapshots(cfg: StudyConfig, lay: RunLayout) -> pd.DataFrame:
     "Every snapshot's selection metric (on the validation subjects' real pairs) of every GAN run: `tables/gan_snapshots.csv`."
     frames = []
@@ -247,29 +284,21 @@ def plot_gan_snapshots(snaps: pd.DataFrame):
     return fig
 
 # %% ../../nbs/09c_stages.ipynb
-def stage_gan(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
+@stage("gan")
+def stage_gan(run: StageRun) -> list[Path]:
     "Train every GAN the grid needs on its cell's training subjects; writes `tables/gan_training`."
-    t0, lay = time.time(), RunLayout(out_dir)
-    info = load_json(lay.prepare_json)
-    data_dir = Path(info["data_dir"])
-    rows = [
-        train_study_gan(
-            cfg, job, split_of(info["splits"], job.fold, job.fraction), data_dir, info["dataset_sha256"], lay, log
-        )
-        for job in gan_jobs(cfg).itertuples()
-    ]
+    cfg, lay = run.cfg, run.lay
+    jobs = [gan_job(cfg, job, run.record, lay, run.log) for job in gan_jobs(cfg).itertuples()]
     table = pd.DataFrame(
-        rows, columns=["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds", "checkpoint"]
+        run_jobs(jobs),
+        columns=["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds", "checkpoint"],
     )
     outputs = write_table(table, lay.table("gan_training"))
     snaps = gan_snapshots(cfg, lay)
     outputs += write_table(snaps, lay.table("gan_snapshots"))
     if len(snaps):
         outputs += save_study_figure(plot_gan_snapshots(snaps), lay.figure("gan_quality_vs_kimg"))
-    outputs += [lay.gan_run(j.gan, j.fold, j.fraction) / MANIFEST for j in gan_jobs(cfg).itertuples()]
-    log(f"gan: {len(rows)} runs in {time.time() - t0:.0f} s")
-    mark_done(lay.root, "gan", cfg, outputs, time.time() - t0)
-    return outputs
+    return outputs + [j.folder / MANIFEST for j in jobs]
 
 # %% ../../nbs/09c_stages.ipynb
 def n_synthetic_for(factor: float, n_train_slices: int) -> int:
@@ -385,14 +414,26 @@ def make_synthetic_set(
     return d
 
 # %% ../../nbs/09c_stages.ipynb
-def stage_generate(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
+def synthetic_job(
+    cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout, log: Callable = print
+) -> Job:
+    "The `Job` of one synthetic set: its folder, its manifest inputs (`synthetic_inputs`) and `make_synthetic_set`."
+    make = functools.partial(make_synthetic_set, cfg, variant, fold, fraction, n, lay, log)
+    return Job(
+        lay.synthetic(variant, fold, fraction).name,
+        lay.synthetic(variant, fold, fraction),
+        synthetic_inputs(cfg, variant, fold, fraction, n, lay),
+        make,
+    )
+
+# %% ../../nbs/09c_stages.ipynb
+@stage("generate")
+def stage_generate(run: StageRun) -> list[Path]:
     "Sample the synthetic sets and draw the sample grids (per variant, and real vs synthetic)."
-    t0, lay = time.time(), RunLayout(out_dir)
-    info = load_json(lay.prepare_json)
-    outputs = [
-        make_synthetic_set(cfg, *key, n, lay, log) / MANIFEST for key, n in synthetic_needs(cfg, info["splits"]).items()
-    ]
-    real = load_real(cfg, info["data_dir"])
+    cfg, lay = run.cfg, run.lay
+    jobs = [synthetic_job(cfg, *key, n, lay, run.log) for key, n in synthetic_needs(cfg, run.record.splits).items()]
+    outputs = [d / MANIFEST for d in run_jobs(jobs)]
+    real = load_real(cfg, run.record.data_dir)
     sets = {"real": real, **{v: load_canonical(lay.synthetic(v, 0, 1.0)) for v in cfg.variants}}
     for variant in cfg.variants:
         outputs += save_study_figure(
@@ -410,7 +451,6 @@ def stage_generate(cfg: StudyConfig, out_dir: str | Path, log: Callable = print)
         plot_pairs(sets, n=3, seed=2, modalities=real.modalities, labels=real.labels, title="real vs synthetic"),
         lay.figure("real_vs_synthetic"),
     )
-    mark_done(lay.root, "generate", cfg, outputs, time.time() - t0)
     return outputs
 
 # %% ../../nbs/09c_stages.ipynb
@@ -433,6 +473,21 @@ def cell_inputs(
     )
 
 # %% ../../nbs/09c_stages.ipynb
+def cell_setup(cell, cfg: StudyConfig, split: dict, lay: RunLayout) -> tuple:
+    "`(n_synthetic, synthetic set folder or None, SegConfig)` of one grid cell."
+    n_syn = n_synthetic_for(cell.factor, split["n_train_slices"])
+    syn_dir = lay.synthetic(cell.variant, cell.fold, cell.fraction) if n_syn and cell.variant in VARIANT_GANS else None
+    scfg = seg_config(
+        cfg.seg_preset,
+        **{
+            **cfg.seg_overrides,
+            "seed": int(cell.seed),
+            **({"augment": False} if cell.variant == CONTROLS["noaug"] else {}),
+        },
+    )
+    return n_syn, syn_dir, scfg
+
+# %% ../../nbs/09c_stages.ipynb
 def run_cell(
     cell,
     cfg: StudyConfig,
@@ -446,16 +501,7 @@ def run_cell(
     lay = RunLayout(out_dir)
     cdir = lay.cell(cell.cell)
     split = split_of(splits, cell.fold, cell.fraction)
-    n_syn = n_synthetic_for(cell.factor, split["n_train_slices"])
-    syn_dir = lay.synthetic(cell.variant, cell.fold, cell.fraction) if n_syn and cell.variant in VARIANT_GANS else None
-    scfg = seg_config(
-        cfg.seg_preset,
-        **{
-            **cfg.seg_overrides,
-            "seed": int(cell.seed),
-            **({"augment": False} if cell.variant == CONTROLS["noaug"] else {}),
-        },
-    )
+    n_syn, syn_dir, scfg = cell_setup(cell, cfg, split, lay)
     inputs = cell_inputs(cell, cfg, split, fingerprint or dataset_hash(real.root), scfg, n_syn, syn_dir)
     state, why = artefact_state(cdir, inputs)
     if state == "fresh":
@@ -537,6 +583,15 @@ def _lookup_cell(cell, real, split: dict, cdir: Path, inputs: dict, log: Callabl
     return per_class
 
 # %% ../../nbs/09c_stages.ipynb
+def cell_job(cell, cfg: StudyConfig, real, record: PrepareRecord, lay: RunLayout, log: Callable = print) -> Job:
+    "The `Job` of one grid cell: its folder, its manifest inputs (`cell_inputs`) and `run_cell`."
+    split = record.split(cell.fold, cell.fraction)
+    n_syn, syn_dir, scfg = cell_setup(cell, cfg, split, lay)
+    inputs = cell_inputs(cell, cfg, split, record.dataset_sha256, scfg, n_syn, syn_dir)
+    make = functools.partial(run_cell, cell, cfg, real, record.splits, lay.root, log, record.dataset_sha256)
+    return Job(cell.cell, lay.cell(cell.cell), inputs, make)
+
+# %% ../../nbs/09c_stages.ipynb
 def learning_curves(grid: pd.DataFrame, lay: RunLayout) -> pd.DataFrame:
     "Every U-Net cell's per-epoch loss and validation Dice (`tables/learning_curves.csv`)."
     frames = [
@@ -559,20 +614,19 @@ def dice_table(per_class: pd.DataFrame) -> pd.DataFrame:
     )
 
 # %% ../../nbs/09c_stages.ipynb
-def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
+@stage("segment")
+def stage_segment(run: StageRun) -> list[Path]:
     "Run (or read back) every cell of the grid; write the Dice tables, the tests and the Dice figures."
-    t0, lay = time.time(), RunLayout(out_dir)
-    info = load_json(lay.prepare_json)
-    real = load_real(cfg, info["data_dir"])
+    cfg, lay, rec = run.cfg, run.lay, run.record
+    real = load_real(cfg, rec.data_dir)
     grid = experiment_grid(cfg)
-    log(f"segment: {len(grid)} cells (cached in {lay.root / 'cells'})")
+    run.log(f"segment: {len(grid)} cells (cached in {lay.root / 'cells'})")
     per_class = pd.concat(
-        [run_cell(c, cfg, real, info["splits"], lay.root, log, info["dataset_sha256"]) for c in grid.itertuples()],
-        ignore_index=True,
+        run_jobs([cell_job(c, cfg, real, rec, lay, run.log) for c in grid.itertuples()]), ignore_index=True
     )
-    per_class.insert(0, "dataset", info["name"])
+    per_class.insert(0, "dataset", rec.name)
     dice = dice_table(per_class)
-    dice.insert(0, "dataset", info["name"])
+    dice.insert(0, "dataset", rec.name)
     check(
         np.isfinite(dice.dice).all(),
         f"non-finite Dice values in {lay.root / 'cells'}; delete the offending cell folders and rerun",
@@ -584,16 +638,14 @@ def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
         outputs += write_table(table, lay.table(stem))
     warning = lookup_warning(tables["trivial_baseline"])
     if warning:
-        log(f"segment: {warning.replace('**', '')}")
+        run.log(f"segment: {warning.replace('**', '')}")
     outputs += save_study_figure(
-        plot_dice_vs_n(dice, title=f"{info['name']}: Dice vs synthetic pairs"), lay.figure("dice_vs_n")
+        plot_dice_vs_n(dice, title=f"{rec.name}: Dice vs synthetic pairs"), lay.figure("dice_vs_n")
     )
     if len(cfg.fractions) > 1:
         outputs += save_study_figure(
-            plot_small_data(dice, cfg.sweep_factor, title=f"{info['name']}: small-data sweep"), lay.figure("small_data")
+            plot_small_data(dice, cfg.sweep_factor, title=f"{rec.name}: small-data sweep"), lay.figure("small_data")
         )
-    log(f"segment: done in {time.time() - t0:.0f} s")
-    mark_done(lay.root, "segment", cfg, outputs, time.time() - t0)
     return outputs
 
 # %% ../../nbs/09c_stages.ipynb
@@ -666,17 +718,17 @@ def quality_comparisons(
     return out
 
 # %% ../../nbs/09c_stages.ipynb
-def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
+@stage("quality")
+def stage_quality(run: StageRun) -> list[Path]:
     """FID/KID/LPIPS/precision-recall/domain-FID/image-mask Dice/mask statistics of every synthetic set against its fold's
     real training set, and next to it the real-vs-real reference at the same N."""
-    t0, lay, rows = time.time(), RunLayout(out_dir), []
-    info = load_json(lay.prepare_json)
-    real = load_real(cfg, info["data_dir"])
+    cfg, lay, rec, log, rows = run.cfg, run.lay, run.record, run.log, []
+    real = load_real(cfg, rec.data_dir)
     for fold in range(cfg.folds):
-        split = split_of(info["splits"], fold, 1.0)
+        split = rec.split(fold, 1.0)
         unet = lay.cell(cell_id(1.0, "real", 0.0, fold, cfg.seeds[0])) / "unet.pt"
         for label, variant, real_dir, other_dir, n in quality_comparisons(
-            cfg, real, split, info["dataset_sha256"], lay, log
+            cfg, real, split, rec.dataset_sha256, lay, log
         ):
             log(f"quality: fold {fold}: {variant} ({label}, N = {n})")
             res = evaluate(
@@ -701,6 +753,34 @@ def stage_quality(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
         for v, s, d in zip(summary.value, summary.sd, summary.display)
     ]
     outputs = write_table(q, lay.table("quality_per_fold")) + write_table(summary, lay.table("quality"))
-    log(f"quality: done in {time.time() - t0:.0f} s")
-    mark_done(lay.root, "quality", cfg, outputs, time.time() - t0)
     return outputs
+
+# %% ../../nbs/09c_stages.ipynb
+@dataclass(frozen=True)
+class FoldData:
+    "One fold of a prepared study run, as a benchmark uses it."
+
+    record: PrepareRecord  # what prepare produced
+    fold: int  # the fold
+    split: dict  # its train / val / test subjects at fraction 1 (`PrepareRecord.split`)
+    train_dir: Path  # the fold's real training slices (canonical dataset)
+    test_dir: Path  # its held-out test subjects' slices
+    unet: Path  # its real-only U-Net (seed `cfg.seeds[0]`)
+
+
+def prepare_fold(cfg: StudyConfig, out_dir: str | Path, fold: int = 0, log: Callable = print) -> FoldData:
+    "Run the prepare stage into `out_dir`, then make (or read back) `fold`'s real-only U-Net and held-out subject set."
+    lay = RunLayout(out_dir)
+    stage_prepare(cfg, out_dir, log=log)
+    rec = PrepareRecord.load(lay.prepare_json)
+    real, split = load_real(cfg, rec.data_dir), rec.split(fold, 1.0)
+    cell = next(experiment_grid(cfg).query("variant == 'real' and fold == @fold and fraction == 1.0").itertuples())
+    cell_job(cell, cfg, real, rec, lay, log).make()
+    test_dir = real_subset_job(real, split["test"], lay.held_out(fold), rec.dataset_sha256, log).make()
+    return FoldData(rec, fold, split, lay.real_subset(fold, 1.0), test_dir, lay.cell(cell.cell) / "unet.pt")
+
+# %% ../../nbs/09c_stages.ipynb
+def variant_pairs(cfg: StudyConfig, variant: str, ckpts: dict, out: Path, n: int, fold: int, lay: RunLayout) -> Path:
+    "`n` pairs of `variant` from checkpoints `ckpts` ({kind: path}) into `out`, sampled as the generate stage does for `fold`."
+    warp = mask_source(cfg, fold, 1.0, lay)["warp"] if variant in WARPED_VARIANTS else None
+    return sample_variant(variant, ckpts, out, n, cfg.trunc, cfg.split_seed + fold, lay.real_subset(fold, 1.0), warp)

@@ -4,16 +4,18 @@
 
 # %% ../../nbs/09b_store.ipynb 2
 from __future__ import annotations
-import hashlib, json, shutil, time
-from dataclasses import dataclass
+import functools, hashlib, json, shutil, time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
-from ..core import save_json, load_json
-from .design import StudyConfig, config_hash
+from ..core import check, save_json, load_json
+from ..metrics import dataset_hash
+from .design import StudyConfig, config_hash, dataset_name, split_of
 
 # %% auto 0
 __all__ = ['MANIFEST', 'STAGES', 'RunLayout', 'artefact_key', 'read_manifest', 'write_manifest', 'changed_inputs',
-           'artefact_state', 'reset_artefact', 'stage_done', 'mark_done']
+           'artefact_state', 'reset_artefact', 'stage_done', 'mark_done', 'PrepareRecord', 'prepare_record', 'StageRun',
+           'Job', 'run_jobs', 'stage']
 
 # %% ../../nbs/09b_store.ipynb
 @dataclass(frozen=True)
@@ -153,3 +155,109 @@ def mark_done(out_dir: str | Path, stage: str, cfg: StudyConfig, outputs: Sequen
         ),
         RunLayout(out_dir).stage_marker(stage),
     )
+
+# %% ../../nbs/09b_store.ipynb
+@dataclass(frozen=True)
+class PrepareRecord:
+    "What prepare produced (`prepare.json`): the dataset used, its identity, the subject split of every (fold, fraction)."
+
+    data_dir: str  # the canonical dataset folder the study read
+    dataset_sha256: str  # `dataset_hash` of that folder: the `dataset` input of every artefact manifest
+    name: str  # the dataset's name (from its dataset.json)
+    modalities: list  # image channel names
+    labels: dict  # label value -> name
+    resolution: list  # [H, W] of a slice
+    n_subjects: int  # subjects used (the first `max_subjects` when the profile caps them)
+    n_slices: int  # slices of those subjects
+    subjects: list  # their ids
+    splits: list = field(
+        default_factory=list
+    )  # per (fold, fraction): dict(fold, fraction, train, val, test, n_train_slices)
+
+    def split(self, fold: int, fraction: float = 1.0) -> dict:
+        "The split of (fold, fraction): its train / val / test subjects and real training slice count."
+        return split_of(self.splits, fold, fraction)
+
+    def save(self, path: str | Path) -> Path:
+        "Write the record as JSON (atomically)."
+        return save_json(asdict(self), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrepareRecord:
+        "Read a record written by `save` (label keys back to ints)."
+        path = Path(path)
+        check(path.is_file(), f"{path}: missing; the prepare stage has not run for this folder (rerun `medsyn study`)")
+        d = load_json(path)
+        return cls(**{**d, "labels": {int(k): v for k, v in d["labels"].items()}})
+
+# %% ../../nbs/09b_store.ipynb
+def prepare_record(real, data_dir: str | Path, splits: list[dict], dataset: str = "default") -> PrepareRecord:
+    "The `PrepareRecord` of dataset `real` read from `data_dir`, with its `splits` (`dataset`: the study's argument)."
+    return PrepareRecord(
+        data_dir=str(data_dir),
+        dataset_sha256=dataset_hash(data_dir),
+        name=real.meta.get("name", dataset_name(dataset)),
+        modalities=list(real.modalities),
+        labels={int(k): v for k, v in real.labels.items()},
+        resolution=list(real[0]["image"].shape[1:]),
+        n_subjects=len(real.subjects),
+        n_slices=len(real),
+        subjects=list(real.subjects),
+        splits=splits,
+    )
+
+# %% ../../nbs/09b_store.ipynb
+@dataclass(frozen=True)
+class StageRun:
+    "What a stage body gets from its frame."
+
+    name: str  # the stage (its marker is `stages/<name>.json`)
+    cfg: StudyConfig  # the study's protocol
+    lay: RunLayout  # the run folder's paths
+    record: PrepareRecord | None  # what prepare produced (None in prepare itself)
+    log: Callable = print  # one line per event
+
+# %% ../../nbs/09b_store.ipynb
+@dataclass(frozen=True)
+class Job:
+    "One artefact of a stage: its manifest's inputs, its folder, and `make`, which writes (or reads back) and returns it."
+
+    name: str  # for the log
+    folder: Path  # where the artefact lives (its `manifest.json` too)
+    inputs: dict  # what it is made from; `key` is their hash
+    make: Callable  # no arguments; returns the job's result (a table row, a path, a DataFrame)
+
+    @property
+    def key(self) -> str:
+        "The manifest key of the artefact these inputs make (`artefact_key`)."
+        return artefact_key(self.inputs)
+
+    def state(self) -> tuple[str, str]:
+        "`artefact_state` of the job's folder: 'fresh' jobs are read back, not recomputed."
+        return artefact_state(self.folder, self.inputs)
+
+
+def run_jobs(jobs: Sequence[Job]) -> list:
+    "Run a stage's jobs in order; their results, in the same order."
+    return [job.make() for job in jobs]
+
+# %% ../../nbs/09b_store.ipynb
+def stage(name: str, needs_record: bool = True):
+    """Decorator giving a stage body `body(run: StageRun) -> outputs` the study's stage frame: the returned function
+    `(cfg, out_dir, log=print) -> outputs` times the body, reads the prepare record (unless `needs_record` is False),
+    logs `<name>: done in N s` and writes the done marker of `name` listing the outputs."""
+
+    def frame(body: Callable) -> Callable:
+        @functools.wraps(body)
+        def run(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> list[Path]:
+            t0, lay = time.time(), RunLayout(out_dir)
+            record = PrepareRecord.load(lay.prepare_json) if needs_record else None
+            outputs = list(body(StageRun(name, cfg, lay, record, log)))
+            log(f"{name}: done in {time.time() - t0:.0f} s")
+            mark_done(lay.root, name, cfg, outputs, time.time() - t0)
+            return outputs
+
+        run.stage = name
+        return run
+
+    return frame
