@@ -13,14 +13,14 @@ import pandas as pd
 import medsyn
 from medsyn.core import (
     MedsynError,
-    add_field_options,
-    add_set_option,
+    call_with_args,
     check,
     check_fields,
     runs_dir,
     save_json,
     load_json,
     parse_set_items,
+    signature_parser,
 )
 from ..stats import friedman_nemenyi, dataset_arm_table
 from medsyn.study.design import (
@@ -42,7 +42,7 @@ from .report import render_report
 __all__ = ['PARAMETERS_MARKER', 'ARM_RANKS_CAPTION', 'study_notebooks_dir', 'ensure_kernel', 'study_header',
            'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
            'rank_tests', 'aggregate', 'run_config', 'aggregate_findings', 'dice_side_by_side_caption',
-           'check_study_inputs', 'study_main']
+           'check_study_inputs', 'run_study', 'study_parser', 'study_main']
 
 # %% ../../nbs/09e_run.ipynb
 def study_notebooks_dir() -> Path:
@@ -296,61 +296,58 @@ def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict) -> 
     )
 
 # %% ../../nbs/09e_run.ipynb
-def study_main(argv: list[str]) -> int:
-    "Entry point of `medsyn study`."
-    p = argparse.ArgumentParser(prog="medsyn study", description="Run the augmentation study notebooks with papermill.")
-    p.add_argument("--datasets", default="default", help="comma-separated: 'default' and/or canonical dataset folders")
-    p.add_argument("--profile", default="quick", choices=sorted(PROFILES))
-    p.add_argument("--out", default=None, help="root folder of the runs (default $MEDSYN_RUNS or ./runs)")
-    p.add_argument("--force", action="store_true", help="recompute every stage (deletes runs/<dataset>/)")
-    add_field_options(p, StudyConfig, ["folds", "resolution"])
-    p.add_argument(
-        "--kimg",
-        type=float,
-        help="StudyConfig.gan_kimg: one training length (kimg) for every GAN (default: the profile's)",
-    )
-    p.add_argument(
-        "--seeds", type=lambda s: [int(x) for x in s.split(",")], help="StudyConfig.seeds, comma-separated, e.g. 0,1,2"
-    )
-    a = add_set_option(p, "StudyConfig", "n_quality=64").parse_args(argv)
+def run_study(
+    datasets: str = "default",  # comma-separated: 'default' and/or canonical dataset folders
+    profile: str = "quick",  # the StudyConfig profile (`PROFILES`)
+    out: str | None = None,  # root folder of the runs (default $MEDSYN_RUNS or ./runs)
+    force: bool = False,  # recompute every stage (deletes runs/<dataset>/)
+    folds: int | None = None,  # StudyConfig.folds: cross-validation folds (default: the profile's)
+    resolution: int | None = None,  # StudyConfig.resolution: the bundled dataset's size (default: the profile's)
+    kimg: float | None = None,  # StudyConfig.gan_kimg: one length (kimg) for every GAN (default: the profile's)
+    seeds: str | None = None,  # StudyConfig.seeds, comma-separated, e.g. 0,1,2 (default: the profile's)
+    fields: list[str] = [],  # any other StudyConfig field as FIELD=VALUE (JSON), e.g. --set n_quality=64; repeatable
+) -> int:
+    "Run the augmentation study notebooks with papermill for every dataset, then the aggregate report; 1 when one failed."
     # OpenMP threads that sleep instead of spinning while they wait: on a shared 2-core machine spinning
     # threads slow torch down several-fold; the kernels papermill starts inherit this environment.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    root = Path(a.out) if a.out else runs_dir()
-    datasets = [d.strip() for d in a.datasets.split(",") if d.strip()]
-    overrides = check_study_inputs(datasets, root, parse_set_items(a.set))
-    cfgs = [
-        check_study_dataset(
-            study_config(
-                a.profile,
-                dataset=ds,
-                folds=a.folds,
-                gan_kimg=a.kimg,
-                resolution=a.resolution,
-                seeds=a.seeds,
-                **overrides,
-            ),
-            log=lambda m: print(m, flush=True),
+    root, log = Path(out) if out else runs_dir(), lambda m: print(m, flush=True)
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    overrides = check_study_inputs(names, root, parse_set_items(fields))
+    check(
+        seeds is None or all(s.strip().lstrip("-").isdigit() for s in seeds.split(",")),
+        f"--seeds {seeds}: give integers separated by commas, e.g. 0,1,2",
+    )
+    seeds_ = None if seeds is None else [int(s) for s in seeds.split(",")]
+    kw = dict(folds=folds, gan_kimg=kimg, resolution=resolution, seeds=seeds_, **overrides)
+    cfgs = [check_study_dataset(study_config(profile, dataset=ds, **kw), log=log) for ds in names]
+    failed, t0 = [], time.time()
+    for cfg in cfgs:
+        name = dataset_name(cfg.dataset)
+        log(
+            f"[{name}] profile {profile}: {len(experiment_grid(cfg))} U-Net cells, {len(gan_jobs(cfg))} GAN runs "
+            f"-> {root / name}"
         )
-        for ds in datasets
-    ]
-    names, failed, t0 = [], [], time.time()
-    for ds, cfg in zip(datasets, cfgs):
-        name = dataset_name(ds)
-        names.append(name)
-        print(
-            f"[{name}] profile {a.profile}: {len(experiment_grid(cfg))} U-Net cells, {len(gan_jobs(cfg))} GAN runs -> {root / name}",
-            flush=True,
-        )
-        status = run_dataset(cfg, root / name, force=a.force, log=lambda m: print(m, flush=True))
+        status = run_dataset(cfg, root / name, force=force, log=log)
         if any(s.startswith("failed") for s in status.values()):
             failed.append(name)
-    done = [n for n in names if n not in failed]
+    done = [dataset_name(d) for d in names if dataset_name(d) not in failed]
     if done:
-        aggregate(root, done, log=lambda m: print(m, flush=True))
-    print(
+        aggregate(root, done, log=log)
+    log(
         f"study: {len(done)}/{len(names)} datasets complete in {time.time() - t0:.0f} s"
-        + (f"; failed: {', '.join(failed)}" if failed else ""),
-        flush=True,
+        + (f"; failed: {', '.join(failed)}" if failed else "")
     )
     return 1 if failed else 0
+
+# %% ../../nbs/09e_run.ipynb
+def study_parser() -> argparse.ArgumentParser:
+    "The `medsyn study` options, derived from `run_study`'s signature (`--set` is its `fields`)."
+    return signature_parser(
+        run_study, "medsyn study", aliases=dict(fields=("--set",)), choices=dict(profile=sorted(PROFILES))
+    )
+
+
+def study_main(argv: list[str]) -> int:
+    "Entry point of `medsyn study`."
+    return call_with_args(run_study, study_parser().parse_args(argv))
