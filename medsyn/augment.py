@@ -128,13 +128,13 @@ class AugmentPipe(torch.nn.Module):
         rotate90: float = 0,  # multiplier of p for a rotation by a random multiple of 90 degrees
         xint: float = 0,  # multiplier of p for an integer translation (up to xint_max of the size)
         scale: float = 0,  # multiplier of p for isotropic scaling by 2^N(0, scale_std)
-        rotate: float = 0,  # multiplier of p for an arbitrary rotation (two draws, each of up to rotate_max x 180 degrees)
-        aniso: float = 0,  # multiplier of p for anisotropic scaling by 2^N(0, aniso_std) along x and its inverse along y
+        rotate: float = 0,  # multiplier of p for a rotation (two draws of up to rotate_max x 180 degrees)
+        aniso: float = 0,  # multiplier of p for scaling x by 2^N(0, aniso_std) and y by its inverse
         xfrac: float = 0,  # multiplier of p for a fractional translation by N(0, xfrac_std) of the size
-        brightness: float = 0,  # multiplier of p for adding N(0, brightness_std) to the image channels (masks untouched)
+        brightness: float = 0,  # multiplier of p for adding N(0, brightness_std) to the image channels
         contrast: float = 0,  # multiplier of p for scaling the image channels by 2^N(0, contrast_std)
         noise: float = 0,  # multiplier of p for Gaussian noise of sd |N(0, noise_std)| on the image channels
-        cutout: float = 0,  # multiplier of p for zeroing a square of side cutout_size (share of the size) in the image channels
+        cutout: float = 0,  # multiplier of p for zeroing a square of side cutout_size in the image channels
         *,
         p: float = 0.0,  # the augmentation probability: each transform fires with p x its multiplier (ADA tunes p)
         xint_max: float = 0.125,  # largest integer translation, as a share of the image size

@@ -1222,6 +1222,6 @@ def ops_command(
 
 
 def ops_main(argv: list[str]) -> int:
-    "`medsyn ops --check [--impl cpu,cuda] [--quick]`; `--compile-only`: compile the CUDA kernels. Options from `ops_command`."
+    "`medsyn ops --check [--impl cpu,cuda] [--quick]` or `--compile-only`; its options come from `ops_command`."
     p = signature_parser(ops_command, "medsyn ops", choices=dict(dtype=["float32", "float64", "bfloat16", "float16"]))
     return call_with_args(ops_command, p.parse_args(argv))

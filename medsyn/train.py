@@ -1249,7 +1249,7 @@ def show_progress(self: TrainingLoop, bar) -> None:
 # %% ../nbs/05_train.ipynb
 @patch
 def start(self: TrainingLoop, progress: bool = True) -> Iterator:
-    "Before the first step: restore a resumed run's RNG state, open the batch stream, start the clocks and the progress bar."
+    "Before the first step: restore a resumed run's RNG state, open the batch stream, start the clocks and the bar."
     tr, plan = self.trainer, self.plan
     if plan.ck is not None:
         _set_rng_state(
@@ -1267,8 +1267,8 @@ def start(self: TrainingLoop, progress: bool = True) -> Iterator:
 # %% ../nbs/05_train.ipynb
 @patch
 def stop_reason(self: TrainingLoop, stop) -> str | None:
-    """Before a step (and after the last one): 'interrupt' when any rank got Ctrl-C / SIGTERM (`stop` of `stop_signals`),
-    'time budget' when rank 0's clock says one more step would overrun it, else None; every rank gets the same answer."""
+    """Before a step: 'interrupt' when any rank got Ctrl-C / SIGTERM (`stop` of `stop_signals`), 'time budget' when
+    rank 0's clock says one more step would overrun it, else None; every rank gets the same answer."""
     stop_now, no_time = self.group.any(stop.requested, self.group.is_main and self.out_of_time(self.t_start))
     return "interrupt" if stop_now else "time budget" if no_time else None
 
@@ -1304,8 +1304,8 @@ def after_step(self: TrainingLoop) -> None:
 # %% ../nbs/05_train.ipynb
 @patch
 def finish(self: TrainingLoop) -> None:
-    """The last snapshot with its metric, unless the last step already took one (stopped by the budget, or resumed at the
-    end); then the log and the progress bar close."""
+    """The last snapshot with its metric, unless the last step already took one (stopped by the budget, or resumed
+    at the end); then the log and the progress bar close."""
     if self.best["last_snap_nimg"] != self.trainer.cur_nimg:
         res = dict(self.snapshot(metric=True), metric_name=self.metric_name)
         if self.acc or not self.log.rows:

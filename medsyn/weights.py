@@ -698,7 +698,7 @@ def status_command(
 
 
 def weights_parser() -> argparse.ArgumentParser:
-    "`medsyn weights fetch|status`: each subcommand's options derived from the signature of its function above (`signature_parser`)."
+    "`medsyn weights fetch|status`: each subcommand's options derived from its function's signature (`signature_parser`)."
     p = argparse.ArgumentParser(
         prog="medsyn weights",
         description="Fetch and check the pretrained weights of FID/KID/precision-recall (Inception) and LPIPS (AlexNet).",
