@@ -33,6 +33,7 @@ from medsyn.data import (
     check_disjoint,
     default_dataset,
     fold_subjects,
+    mni152_dataset,
     load_canonical,
     plot_dataset_overview,
     write_canonical,
@@ -40,7 +41,15 @@ from medsyn.data import (
 from .generate import generate_pairs, warp_settings
 from .evaluate import evaluate
 from .metrics import dataset_hash
-from .segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
+from medsyn.segment import (
+    lesion_table,
+    lookup_baseline,
+    oversample,
+    save_unet,
+    seg_config,
+    segment_experiment,
+    subject_summary,
+)
 from medsyn.stats import (
     ARM,
     BASELINE,
@@ -100,7 +109,9 @@ class StudyConfig:
     "The protocol of one study run on one dataset."
 
     profile: str = "quick"
-    dataset: str = "default"  # 'default' (the bundled dataset) or a canonical dataset folder
+    dataset: str = (
+        "default"  # 'default' (the simulated cohort), 'mni152' (the template slabs) or a canonical dataset folder
+    )
     resolution: int = 64  # only used for the bundled default dataset
     folds: int = 2  # cross-validation folds: every subject is a test subject once
     seeds: tuple = (0,)  # U-Net seeds per cell
@@ -608,6 +619,8 @@ def resolve_dataset(cfg: StudyConfig) -> Path:
     "The canonical folder of `cfg.dataset` (preparing the bundled default dataset when needed)."
     if cfg.dataset == "default":
         return Path(default_dataset(res=cfg.resolution))
+    if cfg.dataset == "mni152":
+        return Path(mni152_dataset(res=cfg.resolution))
     p = Path(cfg.dataset)
     check(
         (p / "dataset.json").exists(),
@@ -777,6 +790,8 @@ def stage_prepare(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
         data_dir=str(data_dir),
         dataset_sha256=fingerprint,
         name=real.meta.get("name", dataset_name(cfg.dataset)),
+        provenance=real.meta.get("provenance", ""),
+        lesion_labels=real.meta.get("lesion_labels"),
         modalities=list(real.modalities),
         labels={int(k): v for k, v in real.labels.items()},
         resolution=list(real[0]["image"].shape[1:]),
@@ -1280,6 +1295,8 @@ def stage_segment(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) 
     )
     outputs = write_table(dice, lay.table("dice")) + write_table(per_class, lay.table("dice_per_class"))
     outputs += write_table(learning_curves(grid, lay), lay.table("learning_curves"))
+    if info.get("lesion_labels"):
+        outputs += write_table(lesion_table(per_class, info["lesion_labels"]), lay.table("lesion_scores"))
     tables = segmentation_tables(dice.drop(columns="dataset"), cfg)
     for stem, table in tables.items():
         outputs += write_table(table, lay.table(stem))
@@ -1422,6 +1439,7 @@ REPORT_TABLES = [
         "Synthetic content vs dilution: each synthetic arm against real-only oversampled to the same sample count",
     ),
     ("trivial_baseline", "Does each arm beat the intensity-lookup baseline? (paired 95 % CI per fold)"),
+    ("lesion_scores", "Lesions: Dice and HD95 per lesion class, and detection of lesion presence per subject"),
     ("design_power", "Minimum detectable effect (80 % power) of the test the verdicts use, at Holm's level"),
     ("dice_per_seed", "Variance across U-Net seeds"),
 ]
@@ -1432,6 +1450,11 @@ def stage_report(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -
     "Write `report.md` for one dataset from its tables and figures."
     t0, out = time.time(), Path(out_dir)
     parts = [f"# medsyn study: {escape_text(dataset_name(cfg.dataset))} (profile {cfg.profile})", ""]
+    if RunLayout(out).prepare_json.exists():  # what the data are, first (e.g. simulated, not patient data)
+        parts += [
+            f"> Data: {escape_text(load_json(RunLayout(out).prepare_json).get('provenance') or 'not stated')}",
+            "",
+        ]
     trivial = out / "tables" / "trivial_baseline.csv"
     warning = lookup_warning(pd.read_csv(trivial)) if trivial.exists() else ""
     if warning:
@@ -1457,6 +1480,7 @@ def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
     arms = dice[dice.fraction == 1.0][["variant", "factor"]].drop_duplicates().sort_values(["factor", "variant"])
     facts = dict(
         name=info["name"],
+        provenance=info.get("provenance") or "not stated in its dataset.json",
         n_subjects=info["n_subjects"],
         n_slices=info["n_slices"],
         modalities=", ".join(info["modalities"]),
@@ -1501,7 +1525,7 @@ _TESTS = (
 )
 TABLE_CAPTIONS = {
     "dataset": "The {name} dataset: {n_subjects} subjects, {n_slices} 2D slices of {resolution} pixels; modalities {modalities}; "
-    "labels {labels}; mean_fg_fraction is the mean share of foreground pixels per slice.",
+    "labels {labels}; mean_fg_fraction is the mean share of foreground pixels per slice. Source: {provenance}",
     "folds": "Subject-level {folds}-fold cross-validation (split seed {split_seed}): per fold and share of the labelled subjects "
     "(fraction), the training, validation and test subjects. Every subject is tested exactly once: n = {n_test} test subjects "
     "({n_test_fold} per fold).",
@@ -1527,6 +1551,11 @@ TABLE_CAPTIONS = {
     "difference with its 95 % t-interval and p (trainings as replicates with two or more per fold, otherwise "
     "conditional on the one training); beats_lookup: the interval lies above 0. A real-only U-Net that does not beat "
     "the lookup has not shown that it learned the task.",
+    "lesion_scores": "Lesions, per arm and fold (n = {n_test} test subjects, each U-Net seed a case): lesion_dice is "
+    "the mean over cases of the mean Dice over the lesion classes in ground truth or prediction; dice_ and hd95_mm_ "
+    "per lesion class (HD95 in mm; the volume diagonal when a class is on one side only); lesion_cases of the cases "
+    "have a lesion; sensitivity: share of them where any lesion pixel is predicted; specificity: share of the "
+    "lesion-free cases with none predicted.",
     "design_power": "Minimum detectable effect of the test the verdicts use: per arm, the paired test subjects, the trainings per fold, "
     "the standard error and degrees of freedom of the run-aware paired t, the size of its Holm family (n_tests), the level "
     "of Holm's first step (alpha_test = 0.05 / n_tests) and mde: the smallest true mean difference that test detects with "
