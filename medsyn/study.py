@@ -109,9 +109,7 @@ class StudyConfig:
     "The protocol of one study run on one dataset."
 
     profile: str = "quick"
-    dataset: str = (
-        "default"  # 'default' (the simulated cohort), 'mni152' (the template slabs) or a canonical dataset folder
-    )
+    dataset: str = "default"  # 'default' (simulated cohort), 'mni152' (template slabs) or a dataset folder
     resolution: int = 64  # only used for the bundled default dataset
     folds: int = 2  # cross-validation folds: every subject is a test subject once
     seeds: tuple = (0,)  # U-Net seeds per cell

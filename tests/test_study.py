@@ -332,11 +332,10 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     assert time.time() - t0 < first / 2
 
 
-def test_dataset_names_resolve_to_the_cohort_and_the_template(tmp_path, monkeypatch):
+def test_dataset_names_resolve_to_the_cohort_and_the_template():
     "`--dataset default` is the simulated cohort (stated in its dataset.json); `mni152` is the template slabs."
     from medsyn.study import resolve_dataset
 
-    monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "cache"))
     default = load_json(resolve_dataset(study_config("ci")) / "dataset.json")
     assert default["simulated"] is True and default["provenance"].startswith("SIMULATED, NOT PATIENT DATA")
     assert default["n_subjects"] == 20 and default["lesion_labels"] == [4, 5]
