@@ -2745,7 +2745,12 @@ def prepare_cohort(
         n_lesion = sum(d["lesion"] for d in subjects.values())
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
         provenance = COHORT_PROVENANCE.format(
-            **{**params, "scale": cfg.scale, "core_radius_mm": cfg.core_radius_mm},
+            **{
+                **params,
+                "scale": cfg.scale,
+                "core_radius_mm": cfg.core_radius_mm,
+                "modalities": ", ".join(cfg.modalities),
+            },
             spacing=spacing,
             n_lesion=n_lesion,
             labels=", ".join(COHORT_LABELS.values()),
