@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_metrics.ipynb 2
 from __future__ import annotations
-import hashlib, math, sys, warnings
+import hashlib, json, math, sys, warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 from unittest import mock
@@ -382,14 +382,17 @@ def stream_features(
 
 # %% ../nbs/07_metrics.ipynb
 def dataset_hash(path: str | Path) -> str:
-    "SHA-256 over a canonical dataset's dataset.json, index.csv and sample files (names and contents)."
+    """SHA-256 over a canonical dataset's contents: dataset.json (without its `created` time), index.csv and the sample
+    files (names and contents), so the same data written twice (e.g. a deterministic simulation) hash the same."""
     path = Path(path)
     check(
         (path / "dataset.json").is_file(),
         f"{path}: not a canonical dataset (no dataset.json); prepare it with `medsyn prepare`",
     )
     h = hashlib.sha256()
-    files = [path / "dataset.json", path / "index.csv", *sorted((path / "samples").glob("*"))]
+    meta = {k: v for k, v in json.loads((path / "dataset.json").read_text()).items() if k != "created"}
+    h.update(b"dataset.json" + json.dumps(meta, sort_keys=True).encode())
+    files = [path / "index.csv", *sorted((path / "samples").glob("*"))]
     for f in files:
         if f.is_file():
             h.update(f.relative_to(path).as_posix().encode())

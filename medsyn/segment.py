@@ -38,9 +38,10 @@ from .metrics import HookFeatures, label_scores, unet_bottleneck
 # %% auto 0
 __all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'unet_features', 'cfg_bottleneck_channels',
            'classical_augmentation', 'SegSamples', 'oversample', 'take_samples', 'predict_slices', 'volume_diagonal',
-           'volume_scores', 'evaluate_subjects', 'subject_summary', 'IntensityLookup', 'lookup_baseline', 'SegRun',
-           'lr_scheduler', 'train_unet', 'save_unet', 'load_unet', 'load_segmentation_model', 'segment_experiment',
-           'segment_run', 'segment_main']
+           'volume_scores', 'evaluate_subjects', 'subject_summary', 'class_scores', 'lesion_detection',
+           'detection_summary', 'lesion_table', 'IntensityLookup', 'lookup_baseline', 'SegRun', 'lr_scheduler',
+           'train_unet', 'save_unet', 'load_unet', 'load_segmentation_model', 'segment_experiment', 'segment_run',
+           'segment_main']
 
 # %% ../nbs/08_segment.ipynb
 @dataclass
@@ -296,6 +297,79 @@ def subject_summary(per_class: pd.DataFrame) -> pd.DataFrame:
         .agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"), classes_absent=("absent", "sum"))
         .reset_index()
     )
+
+# %% ../nbs/08_segment.ipynb
+def class_scores(per_class: pd.DataFrame, classes: Sequence | None = None) -> pd.DataFrame:
+    """Per class (ids or names in `classes`, default all): mean and sd of Dice and HD95 (mm) over the subjects where it
+    is in ground truth or prediction (`n_scored`), and the number of subjects with it in the ground truth
+    (`n_present`)."""
+    pc = per_class if classes is None else per_class[per_class.class_id.isin(classes) | per_class.label.isin(classes)]
+    check(
+        len(pc) > 0,
+        f"class_scores: none of the classes {classes} is in the table (labels {sorted(set(per_class.label))})",
+    )
+    return (
+        pc.assign(present=pc.gt_pixels > 0)
+        .groupby(["class_id", "label"], sort=True)
+        .agg(
+            dice=("dice", "mean"),
+            dice_sd=("dice", "std"),
+            hd95_mm=("hd95_mm", "mean"),
+            hd95_sd=("hd95_mm", "std"),
+            n_scored=("absent", lambda a: int((~a.astype(bool)).sum())),
+            n_present=("present", "sum"),
+        )
+        .reset_index()
+    )
+
+
+def lesion_detection(per_class: pd.DataFrame, lesion: Sequence, min_pixels: int = 1) -> pd.DataFrame:
+    """Per subject: `lesion_true` (any ground-truth pixel of the `lesion` classes, ids or names) and `lesion_found` (at
+    least `min_pixels` predicted pixels of them), with the ground-truth and predicted lesion pixel counts."""
+    pc = per_class[per_class.class_id.isin(lesion) | per_class.label.isin(lesion)]
+    check(len(pc) > 0, f"lesion_detection: none of the classes {lesion} is in the table")
+    out = pc.groupby("subject", sort=True).agg(gt_pixels=("gt_pixels", "sum"), pred_pixels=("pred_pixels", "sum"))
+    return out.assign(lesion_true=out.gt_pixels > 0, lesion_found=out.pred_pixels >= min_pixels).reset_index()
+
+
+def detection_summary(det: pd.DataFrame) -> dict:
+    "Counts (tp, fn, fp, tn) of `lesion_detection` and the sensitivity, specificity and accuracy (NaN without cases)."
+    t, f = det.lesion_true.astype(bool), det.lesion_found.astype(bool)
+    tp, fn, fp, tn = (int(v) for v in ((t & f).sum(), (t & ~f).sum(), (~t & f).sum(), (~t & ~f).sum()))
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    return dict(
+        n=len(det),
+        tp=tp,
+        fn=fn,
+        fp=fp,
+        tn=tn,
+        sensitivity=ratio(tp, tp + fn),
+        specificity=ratio(tn, tn + fp),
+        accuracy=ratio(tp + tn, len(det)),
+    )
+
+# %% ../nbs/08_segment.ipynb
+def lesion_table(
+    per_class: pd.DataFrame, lesion: Sequence, keys: Sequence[str] = ("fraction", "variant", "factor", "fold")
+) -> pd.DataFrame:
+    """Per group of `keys` (an arm and fold of a study): `lesion_dice` (mean over subjects × seeds of the mean Dice
+    over the `lesion` classes scored), per lesion class its mean Dice and HD95 (mm), and `detection_summary` of the
+    subjects."""
+    case = [c for c in ("seed", "subject") if c in per_class]
+    rows = []
+    for key, g in per_class.groupby(list(keys), sort=True):
+        les = g[g.class_id.isin(lesion) | g.label.isin(lesion)]
+        det = lesion_detection(les.assign(subject=les[case].astype(str).agg("/".join, axis=1)), lesion)
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row["lesion_dice"] = float(les.groupby(case).dice.mean().mean())
+        for r in class_scores(les).itertuples():
+            row[f"dice_{r.label}"], row[f"hd95_mm_{r.label}"] = r.dice, r.hd95_mm
+        s = detection_summary(det)
+        row.update(
+            cases=s["n"], lesion_cases=s["tp"] + s["fn"], sensitivity=s["sensitivity"], specificity=s["specificity"]
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 # %% ../nbs/08_segment.ipynb
 class IntensityLookup(nn.Module):

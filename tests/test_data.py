@@ -1,5 +1,6 @@
 """medsyn.data: round trips NIfTI -> canonical -> tensors (orientation and labels), subject-level splits,
-every bad-input error, the bundled MNI152 default dataset, the MSD downloader and `medsyn prepare`."""
+every bad-input error, the simulated default cohort, the bundled MNI152 template slabs, the MSD downloader and
+`medsyn prepare`."""
 
 import json, shutil, tarfile
 
@@ -12,9 +13,14 @@ from PIL import Image
 from medsyn.core import MedsynError, save_json
 from medsyn.viz import save_figure
 from medsyn.data import (
+    COHORT_LABELS,
     FORMAT_VERSION,
     MNI152_LABELS,
+    CohortConfig,
     default_dataset,
+    lesion_overlap,
+    mni152_dataset,
+    prepare_cohort,
     download_msd,
     file_md5,
     load_canonical,
@@ -320,13 +326,75 @@ def test_partial_or_foreign_dataset_is_refused(tmp_path):
         load_canonical(tmp_path / "nothing")
 
 
-# --- the bundled real dataset -----------------------------------------------------------------------------
+# --- the simulated default cohort ------------------------------------------------------------------------
 
 
-def test_default_dataset_real_mni152(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    "The default dataset built in a fresh cache (never depends on a previous one)."
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSYN_CACHE", str(cache))
+        path = default_dataset(64)
+        assert path.parent.parent == cache and default_dataset(64) == path  # the second call reads the cache
+    return load_canonical(path)
+
+
+def test_default_dataset_is_the_simulated_cohort(cohort, tmp_path):
+    ds = cohort
+    assert ds.labels == COHORT_LABELS and ds.modalities == ["T1", "T2", "FLAIR", "T1c"] and ds.resolution == (64, 64)
+    assert len(ds.subjects) == 20 and ds.meta["simulated"] is True
+    assert ds.meta["provenance"].startswith("SIMULATED, NOT PATIENT DATA")
+    sim = ds.meta["simulation"]
+    assert (
+        sim["config"]["n_subjects"] == 20 and sim["config"]["seed"] == 0 and set(sim["contrasts"]) == set(ds.modalities)
+    )
+    assert all(set(s["intensities"]) == set(ds.modalities) for s in sim["subjects"].values())
+    _, y = ds.tensors()
+    assert set(y.unique().tolist()) == set(range(6))  # background, CSF, GM, WM, oedema, core
+    with_lesion = {ds.index.subject[i] for i in range(len(ds)) if (y[i] >= 4).any()}
+    assert with_lesion == {s for s, v in sim["subjects"].items() if v["lesion"]}
+    assert 0 < len(set(ds.subjects) - with_lesion) < len(with_lesion)  # most subjects have a lesion, some none
+    # empty slices are stored, and only some of them are trained on (the usual 10 %)
+    empty = ds.index.fg_fraction == 0
+    assert empty.any() and 0 < (ds.index.train & empty).sum() < empty.sum()
+    fig = plot_dataset_overview(ds, n=4)
+    assert len(fig.axes) == 4 * 5 + 1 and all(p.exists() for p in save_figure(fig, tmp_path / "fig/overview"))
+
+
+def test_cohort_lesions_overlap_healthy_tissue_in_every_channel(cohort):
+    "No single channel separates the lesion: in each, a large share of lesion pixels lies within healthy tissue's range."
+    ov = lesion_overlap(cohort)  # measured (seed 0): T1 0.99 / 1.0, T2 0.88 / 0.88, FLAIR 0.49 / 0.59, T1c 1.0 / 0.83
+    assert list(ov.index) == ["oedema", "tumour core"] and list(ov.columns) == cohort.modalities
+    assert (ov.to_numpy() > 0.4).all() and (ov.drop(columns="FLAIR").to_numpy() > 0.75).all(), ov
+
+
+def test_prepare_cli_names_the_default_cohort(tmp_path):
+    "`medsyn prepare default` is the simulated cohort; options of file layouts are refused before anything is simulated."
+    from medsyn.data import prepare_main
+
+    with pytest.raises(MedsynError, match="default: --label-map do not apply to the bundled dataset"):
+        prepare_main(["default", "--out", str(tmp_path / "o"), "--label-map", "4=3"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_cohort_is_deterministic_per_seed(tmp_path):
+    from medsyn.metrics import dataset_hash
+
+    small = dict(n_subjects=3, size=32, lesion_share=2 / 3)
+    a = prepare_cohort(tmp_path / "a", CohortConfig(**small, seed=1), res=32)
+    b = prepare_cohort(tmp_path / "b", CohortConfig(**small, seed=1), res=32)
+    c = prepare_cohort(tmp_path / "c", CohortConfig(**small, seed=2), res=32)
+    assert dataset_hash(a) == dataset_hash(b) != dataset_hash(c)
+
+
+# --- the bundled template slabs ----------------------------------------------------------------------------
+
+
+def test_mni152_dataset_real_template(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "cache"))  # never depends on a previous cache
-    path = default_dataset(64)
-    assert path.parent.parent == tmp_path / "cache" and default_dataset(64) == path
+    path = mni152_dataset(64)
+    assert path.parent.parent == tmp_path / "cache" and mni152_dataset(64) == path
     ds = load_canonical(path)
     assert ds.labels == MNI152_LABELS and ds.modalities == ["T1"] and ds.resolution == (64, 64)
     assert len(ds.subjects) == 10 and ds.meta["pseudo_subjects"] is True
@@ -345,10 +413,10 @@ def test_default_dataset_real_mni152(tmp_path, monkeypatch):
     assert all(p.exists() for p in save_figure(fig, tmp_path / "fig/overview"))
 
 
-def test_default_dataset_roundtrip_through_nifti(tmp_path, monkeypatch):
+def test_mni152_dataset_roundtrip_through_nifti(tmp_path, monkeypatch):
     "The real template written as NIfTI in another orientation gives the same canonical slices and labels."
     monkeypatch.setenv("MEDSYN_CACHE", str(tmp_path / "cache"))
-    ds = load_canonical(default_dataset(64))
+    ds = load_canonical(mni152_dataset(64))
     t1, lab, aff = mni152_volumes()
     ri, raff = _reoriented(t1.astype(np.uint8), aff, flips=(0, 1))
     rl, _ = _reoriented(lab, aff, flips=(0, 1))

@@ -394,3 +394,13 @@ def test_cli_exits_nonzero_when_nothing_computed(run_medsyn, tmp_path, two_sets)
     assert json.loads((tmp_path / "m.json").read_text())["metrics"] == out
     bad = run_medsyn("evaluate", "--real", str(real), "--fake", str(fake), "--metrics", "fid,bogus", env=env)
     assert bad.returncode == 2 and "unknown metric" in bad.stderr
+
+
+def test_dataset_hash_ignores_creation_time(two_sets):
+    "The same data written again (a new `created` time in dataset.json) hash the same; any other field counts."
+    real, _ = two_sets
+    h, meta = M.dataset_hash(real), json.loads((real / "dataset.json").read_text())
+    (real / "dataset.json").write_text(json.dumps({**meta, "created": "2000-01-01T00:00:00+00:00"}))
+    assert M.dataset_hash(real) == h
+    (real / "dataset.json").write_text(json.dumps({**meta, "name": "other"}))
+    assert M.dataset_hash(real) != h

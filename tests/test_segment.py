@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medsyn.core import MedsynError
-from medsyn.data import default_dataset, load_canonical, fold_subjects
+from medsyn.data import mni152_dataset, load_canonical, fold_subjects
 from medsyn.segment import (
     seg_config,
     segment_experiment,
@@ -24,7 +24,7 @@ TINY = dict(max_epochs=1, steps_per_epoch=2, batch_size=8, channels=(4, 8, 16), 
 
 @pytest.fixture(scope="module")
 def real():
-    return load_canonical(default_dataset(64))
+    return load_canonical(mni152_dataset(64))  # 137 slices: fast; the simulated default is exercised by test_study
 
 
 def test_unet_trains_a_few_steps_with_finite_loss(real):
@@ -88,7 +88,7 @@ def test_bottleneck_features_shape():
 def test_segment_cli_writes_metrics_and_model(tmp_path, capsys):
     out = tmp_path / "seg"
     rc = segment_main(
-        ["--train", str(default_dataset(64)), "--fold", "0", "--folds", "5", "--epochs", "1", "--out", str(out)]
+        ["--train", str(mni152_dataset(64)), "--fold", "0", "--folds", "5", "--epochs", "1", "--out", str(out)]
     )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -243,6 +243,7 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
         "gan_training",
         "dataset",
         "folds",
+        "lesion_scores",
     ]:
         for ext in ("csv", "md", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
@@ -316,6 +317,8 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     }
     assert all(d.startswith("n/a") for d, v in zip(quality.display, quality.value) if not np.isfinite(v))
     assert "Synthetic pairs of the warped+cond GAN of fold 0" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "SIMULATED, NOT PATIENT DATA" in html[html.find("<body") :][:20000]  # the reader learns it at once
     assert (out / "notebooks" / "04_segmentation.ipynb").exists()
     n_test = dice[dice.variant == "real"].subject.nunique()  # every subject is tested once, in its fold
     assert_reads_like_a_paper(out / "report.html", n_test, min_figures=5)
@@ -328,3 +331,14 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     for stage in ["prepare", "gan", "generate", "segment", "quality", "report"]:
         assert f"[default] {stage}: already finished, skipped" in res2.stdout
     assert time.time() - t0 < first / 2
+
+
+def test_dataset_names_resolve_to_the_cohort_and_the_template():
+    "`--dataset default` is the simulated cohort (stated in its dataset.json); `mni152` is the template slabs."
+    from medsyn.study import resolve_dataset
+
+    default = load_json(resolve_dataset(study_config("ci")) / "dataset.json")
+    assert default["simulated"] is True and default["provenance"].startswith("SIMULATED, NOT PATIENT DATA")
+    assert default["n_subjects"] == 20 and default["lesion_labels"] == [4, 5]
+    mni = load_json(resolve_dataset(study_config("ci", dataset="mni152")) / "dataset.json")
+    assert mni["name"] == "mni152" and "NOT independent patients" in mni["provenance"]

@@ -48,10 +48,10 @@ def torchscript(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def brain_slices():
-    "Images (N, 1, 64, 64) in [0,1] of the bundled default dataset, ordered by slab."
-    from medsyn.data import default_dataset, load_canonical
+    "Images (N, 1, 64, 64) in [0,1] of the MNI152 template dataset, ordered by slab."
+    from medsyn.data import load_canonical, mni152_dataset
 
-    images, _ = load_canonical(default_dataset(64)).tensors()
+    images, _ = load_canonical(mni152_dataset(64)).tensors()
     return images
 
 
@@ -245,10 +245,10 @@ def test_cli_weights_status(weight_files, run_medsyn):
 
 @pytest.fixture(scope="module")
 def two_halves(tmp_path_factory):
-    "The default dataset split by alternate slabs into two canonical datasets (a real-vs-real pair)."
-    from medsyn.data import default_dataset, load_canonical, write_canonical
+    "The MNI152 template dataset split by alternate slabs into two canonical datasets (a real-vs-real pair)."
+    from medsyn.data import load_canonical, mni152_dataset, write_canonical
 
-    ds, tmp = load_canonical(default_dataset(64)), tmp_path_factory.mktemp("halves")
+    ds, tmp = load_canonical(mni152_dataset(64)), tmp_path_factory.mktemp("halves")
 
     def half(name, subjects):
         part = ds.subset(subjects)

@@ -149,9 +149,10 @@ def results_notebook(report: Path, rec: dict):
             f"| wall time | {rec['wall_s'] / 60:.1f} min ({rec['wall_s']} s) |\n"
             + (f"| note | {rec['note']} |\n" if rec.get("note") else "")
             + "\n"
-            "The bundled default is one brain split into slabs that act as pseudo-subjects, and the quick profile "
-            "trains every GAN and U-Net for minutes on a CPU: the run shows the whole pipeline and how the report "
-            "reads, not an answer to the study's question."
+            "The default dataset is simulated, not patient data (20 subjects generated from the MNI152 template's "
+            "tissue maps with random anatomy, tumour-like lesions, four MR-like channels, bias field and noise; see "
+            "`medsyn.data.prepare_cohort`), and the quick profile trains every GAN and U-Net for minutes on a CPU: the "
+            "run shows the whole pipeline and how the report reads, not an answer to the study's question for patients."
         ),
     ]
     out = nbformat.v4.new_notebook(cells=head + cells)

@@ -4,14 +4,14 @@
 
 # %% ../../nbs/09a_design.ipynb 2
 from __future__ import annotations
-import hashlib, html, json
+import hashlib, json
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from ..core import MedsynError, check, from_preset, runs_dir, atomic_write_text
-from ..data import check_disjoint, default_dataset, fold_subjects, load_canonical
+from ..data import check_disjoint, default_dataset, fold_subjects, load_canonical, mni152_dataset
 from ..generate import warp_settings
 from medsyn.stats import (
     ARM,
@@ -56,7 +56,7 @@ class StudyConfig:
     "The protocol of one study run on one dataset."
 
     profile: str = "quick"
-    dataset: str = "default"  # 'default' (the bundled dataset) or a canonical dataset folder
+    dataset: str = "default"  # 'default' (simulated cohort), 'mni152' (template slabs) or a dataset folder
     resolution: int = 64  # only used for the bundled default dataset
     folds: int = 2  # cross-validation folds: every subject is a test subject once
     seeds: tuple = (0,)  # U-Net seeds per cell
@@ -314,12 +314,17 @@ def lookup_warning(trivial: pd.DataFrame) -> str:
     return " ".join(parts)
 
 # %% ../../nbs/09a_design.ipynb
-_MARKDOWN_ACTIVE = str.maketrans({c: f"&#{ord(c)};" for c in "[]()*_`|\\#!~"})
+# One pass over the characters: HTML's special characters and Markdown's active ones as character references (two passes
+# would escape the `&` / `#` of the first pass's references, e.g. an apostrophe shown as `&&#35;x27;`).
+_MARKDOWN_ACTIVE = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"}
+    | {c: f"&#{ord(c)};" for c in "[]()*_`|\\#!~"}
+)
 
 
 def escape_text(value) -> str:
     "`value` as text that HTML and Markdown show as it is: `<`, `>`, `&`, quotes and Markdown's active characters escaped."
-    return html.escape(str(value), quote=True).translate(_MARKDOWN_ACTIVE)
+    return str(value).translate(_MARKDOWN_ACTIVE)
 
 # %% ../../nbs/09a_design.ipynb
 def _markdown_text(df: pd.DataFrame) -> pd.DataFrame:
@@ -452,6 +457,8 @@ def resolve_dataset(cfg: StudyConfig) -> Path:
     "The canonical folder of `cfg.dataset` (preparing the bundled default dataset when needed)."
     if cfg.dataset == "default":
         return Path(default_dataset(res=cfg.resolution))
+    if cfg.dataset == "mni152":
+        return Path(mni152_dataset(res=cfg.resolution))
     p = Path(cfg.dataset)
     check(
         (p / "dataset.json").exists(),

@@ -51,6 +51,7 @@ def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
         seg_preset=cfg.seg_preset,
         split_seed=cfg.split_seed,
         profile=cfg.profile,
+        provenance=rec.provenance or "not stated in its dataset.json",
     )
     return {k: escape_text(v) if isinstance(v, str) else v for k, v in facts.items()}
 
@@ -73,7 +74,7 @@ _TESTS = (
 )
 TABLE_CAPTIONS = {
     "dataset": "The {name} dataset: {n_subjects} subjects, {n_slices} 2D slices of {resolution} pixels; modalities {modalities}; "
-    "labels {labels}; mean_fg_fraction is the mean share of foreground pixels per slice.",
+    "labels {labels}; mean_fg_fraction is the mean share of foreground pixels per slice. Source: {provenance}",
     "folds": "Subject-level {folds}-fold cross-validation (split seed {split_seed}): per fold and share of the labelled subjects "
     "(fraction), the training, validation and test subjects. Every subject is tested exactly once: n = {n_test} test subjects "
     "({n_test_fold} per fold).",
@@ -99,6 +100,11 @@ TABLE_CAPTIONS = {
     "difference with its 95 % t-interval and p (trainings as replicates with two or more per fold, otherwise "
     "conditional on the one training); beats_lookup: the interval lies above 0. A real-only U-Net that does not beat "
     "the lookup has not shown that it learned the task.",
+    "lesion_scores": "Lesions, per arm and fold (n = {n_test} test subjects, each U-Net seed a case): lesion_dice is "
+    "the mean over cases of the mean Dice over the lesion classes in ground truth or prediction; dice_ and hd95_mm_ "
+    "per lesion class (HD95 in mm; the volume diagonal when a class is on one side only); lesion_cases of the cases "
+    "have a lesion; sensitivity: share of them where any lesion pixel is predicted; specificity: share of the "
+    "lesion-free cases with none predicted.",
     "design_power": "Minimum detectable effect of the test the verdicts use: per arm, the paired test subjects, the trainings per fold, "
     "the standard error and degrees of freedom of the run-aware paired t, the size of its Holm family (n_tests), the level "
     "of Holm's first step (alpha_test = 0.05 / n_tests) and mde: the smallest true mean difference that test detects with "

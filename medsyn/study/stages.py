@@ -15,7 +15,15 @@ from ..data import check_disjoint, load_canonical, plot_dataset_overview, write_
 from ..generate import generate_pairs, warp_settings
 from ..evaluate import evaluate
 from ..metrics import dataset_hash
-from ..segment import lookup_baseline, oversample, save_unet, seg_config, segment_experiment, subject_summary
+from medsyn.segment import (
+    lesion_table,
+    lookup_baseline,
+    oversample,
+    save_unet,
+    seg_config,
+    segment_experiment,
+    subject_summary,
+)
 from ..networks import GAN_KINDS, load_checkpoint
 from ..train import train_gan
 from medsyn.study.design import (
@@ -632,6 +640,8 @@ def stage_segment(run: StageRun) -> list[Path]:
         f"non-finite Dice values in {lay.root / 'cells'}; delete the offending cell folders and rerun",
     )
     outputs = write_table(dice, lay.table("dice")) + write_table(per_class, lay.table("dice_per_class"))
+    if rec.lesion_labels:  # lesion Dice / HD95 per class and lesion-presence detection per subject
+        outputs += write_table(lesion_table(per_class, rec.lesion_labels), lay.table("lesion_scores"))
     outputs += write_table(learning_curves(grid, lay), lay.table("learning_curves"))
     tables = segmentation_tables(dice.drop(columns="dataset"), cfg)
     for stem, table in tables.items():

@@ -173,6 +173,8 @@ class PrepareRecord:
     splits: list = field(
         default_factory=list
     )  # per (fold, fraction): dict(fold, fraction, train, val, test, n_train_slices)
+    provenance: str = ""  # where the data come from (dataset.json; e.g. "SIMULATED, NOT PATIENT DATA ...")
+    lesion_labels: list | None = None  # label values scored as lesions (dataset.json), if any
 
     def split(self, fold: int, fraction: float = 1.0) -> dict:
         "The split of (fold, fraction): its train / val / test subjects and real training slice count."
@@ -204,6 +206,8 @@ def prepare_record(real, data_dir: str | Path, splits: list[dict], dataset: str 
         n_slices=len(real),
         subjects=list(real.subjects),
         splits=splits,
+        provenance=real.meta.get("provenance", ""),
+        lesion_labels=real.meta.get("lesion_labels"),
     )
 
 # %% ../../nbs/09b_store.ipynb
