@@ -4,11 +4,24 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import argparse, hashlib, json, math, os, re, shutil, tarfile, tempfile, time, urllib.error, urllib.request, warnings
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,14 +31,14 @@ from torch.utils.data import Dataset
 
 from medsyn.core import (
     MedsynError,
-    check,
     atomic_dir,
     atomic_path,
     cache_dir,
+    check,
     check_output_dir,
     file_digest,
-    save_json,
     load_json,
+    save_json,
 )
 from .viz import label_cmap
 
@@ -170,7 +183,7 @@ def write_canonical(
             axis=axis,
             source=str(source),
             provenance=provenance,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
             n_subjects=len(subjects),
             n_slices=len(rows),
         )
@@ -206,7 +219,8 @@ def _check_complete(root: Path) -> dict:
 
 # %% ../nbs/01_data.ipynb
 class CanonicalDataset(Dataset):
-    "A prepared 2D image+mask dataset: `ds[i]` is `{image: float32 (C,H,W) in [0,1], mask: int64 (H,W), subject, sample_id}`."
+    """A prepared 2D image+mask dataset: `ds[i]` is `{image: float32 (C,H,W) in [0,1], mask: int64 (H,W), subject,
+    sample_id}`."""
 
     def __init__(self, root: str | Path, index: pd.DataFrame | None = None, meta: dict | None = None):
         self.root = Path(root)
@@ -273,7 +287,7 @@ class CanonicalDataset(Dataset):
             torch.from_numpy(np.stack([m for _, m in arrs]).astype(np.int64)),
         )
 
-    def subset(self, subjects: Iterable[str]) -> "CanonicalDataset":
+    def subset(self, subjects: Iterable[str]) -> CanonicalDataset:
         "The samples of `subjects` only (all must exist in this dataset)."
         subjects = [str(s) for s in subjects]
         unknown = sorted(set(subjects) - set(self.subjects))
@@ -283,8 +297,9 @@ class CanonicalDataset(Dataset):
         )
         return CanonicalDataset(self.root, self.index[self.index.subject.isin(set(subjects))], self.meta)
 
-    def for_training(self) -> "CanonicalDataset":
-        "The samples used to *train* models: all foreground slices plus the empty ones drawn at preparation (`train` column)."
+    def for_training(self) -> CanonicalDataset:
+        """The samples used to *train* models: all foreground slices plus the empty ones drawn at preparation (`train`
+        column)."""
         if "train" not in self.index:
             return self
         keep = self.index.train.astype(str).str.lower().isin(["true", "1"])
@@ -303,15 +318,17 @@ class CanonicalDataset(Dataset):
         "The subject-level splits saved with the dataset (`splits.json`)."
         return load_json(self.root / "splits.json")
 
-    def split(self, part: str, fold: int | None = None) -> "CanonicalDataset":
-        "The `'train'|'val'|'test'` part of the saved 60/20/20 split, or with `fold` that part of k-fold `fold` (`fold_subjects`)."
+    def split(self, part: str, fold: int | None = None) -> CanonicalDataset:
+        """The `'train'|'val'|'test'` part of the saved 60/20/20 split, or with `fold` that part of k-fold `fold`
+        (`fold_subjects`)."""
         sp = self.splits
         if fold is None:
             check(part in ("train", "val", "test"), f"part must be train, val or test, got {part!r}")
             return self.subset(sp["train_val_test"][part])
         check(
             part in ("train", "val", "test") and 0 <= fold < len(sp["folds"]) and part in sp["folds"][fold],
-            f"fold {fold} / part {part!r} not in {self.root}/splits.json (older datasets have no 'val' part: re-prepare them)",
+            f"fold {fold} / part {part!r} not in {self.root}/splits.json (older datasets have no 'val' part: "
+            "re-prepare them)",
         )
         return self.subset(sp["folds"][fold][part])
 
@@ -359,7 +376,8 @@ def train_val_test_split(
 
 # %% ../nbs/01_data.ipynb
 def subsample_subjects(subjects: Iterable[str], fraction: float, seed: int = 0) -> list[str]:
-    "`fraction` (0..1] of the subjects, at least one; nested: for one seed a smaller fraction is a subset of a larger one."
+    """`fraction` (0..1] of the subjects, at least one; nested: for one seed a smaller fraction is a subset of a larger
+    one."""
     check(0 < fraction <= 1, f"fraction must be in (0, 1], got {fraction}")
     subs = _permuted(subjects, seed + 7919)
     return sorted(subs[: max(1, int(round(fraction * len(subs))))])
@@ -401,7 +419,8 @@ def check_disjoint(train: Iterable[str], val: Iterable[str], test: Iterable[str]
 def make_splits(
     subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0.6, 0.2, 0.2), val_fraction: float = 0.2
 ) -> dict:
-    "The `splits.json` content: k-fold (with validation, `fold_subjects`) and train/val/test splits of `subjects` (each omitted when too few)."
+    """The `splits.json` content: k-fold (with validation, `fold_subjects`) and train/val/test splits of `subjects`
+    (each omitted when too few)."""
     subs = sorted(set(map(str, subjects)))
     out = dict(seed=seed, n_subjects=len(subs), k=k, folds=[], train_val_test=None)
     if (
@@ -452,7 +471,8 @@ def _nii_stem(p: Path) -> str:
 
 # %% ../nbs/01_data.ipynb
 def _glob_part(s: str, pattern: str) -> str:
-    "Regex of a glob fragment: `**/` any folders, `*` and `?` within one path part, `[sS]` / `[!.]` classes as in a shell."
+    """Regex of a glob fragment: `**/` any folders, `*` and `?` within one path part, `[sS]` / `[!.]` classes as in a
+    shell."""
     out, i = "", 0
     while i < len(s):
         if s.startswith("**/", i):
@@ -545,7 +565,8 @@ def match_files(root: str | Path, pattern: str) -> dict[tuple[str, int | None], 
         key = (m["subject"], int(m["slice"]) if "slice" in rx.groupindex else None)
         check(
             key not in found,
-            f"{p}: matches pattern {pattern!r} with the same subject as {found.get(key)}; make the pattern more specific",
+            f"{p}: matches pattern {pattern!r} with the same subject as {found.get(key)}; make the pattern more "
+            "specific",
         )
         found[key] = p
     return found
@@ -561,7 +582,8 @@ def _no_match(root: Path, pattern: str, option: str) -> str:
     ] or files
     return (
         f"{root}: no file matches {pattern!r} ({len(files)} files there, e.g. {', '.join(data[:3])}); fix the pattern "
-        f"({option} relative to {root}, with {{subject}} where the subject id is, e.g. '{{subject}}/{{subject}}_t1.nii.gz'), "
+        f"({option} relative to {root}, with {{subject}} where the subject id is, e.g. "
+        f"'{{subject}}/{{subject}}_t1.nii.gz'), "
         "or let `medsyn prepare` detect a known release (--preset)"
     )
 
@@ -641,7 +663,8 @@ def read_msd(root: str | Path) -> Study:
         have = [f.exists() for f in files]
         if not any(have):
             raise MedsynError(
-                f"{single or files[0]}: image of case {case!r} not found (looked for {single.name + ' and ' if single else ''}"
+                f"{single or files[0]}: image of case {case!r} not found (looked for "
+                f"{single.name + ' and ' if single else ''}"
                 f"{files[0].name}); check imagesTr/ or the 'training' list in {mf}"
             )
         missing = [f.name for f, h in zip(files, have) if not h]
@@ -671,7 +694,8 @@ def read_msd(root: str | Path) -> Study:
             case = _nii_stem(lab)
             check(
                 lab.exists(),
-                f"{lab}: label of case {case!r} listed in {mf} not found; restore it or remove the case from 'training'",
+                f"{lab}: label of case {case!r} listed in {mf} not found; "
+                "restore it or remove the case from 'training'",
             )
             cases.append(Case(case, channel_files(case, img), lab))
     else:
@@ -682,7 +706,8 @@ def read_msd(root: str | Path) -> Study:
             cases.append(Case(case, channel_files(case, img_dir / f"{case}{ending}"), lab))
     check(
         len(cases) > 0,
-        f"{lab_dir}: empty folder (no label files ending in {ending}); an MSD / nnU-Net dataset needs labelled training cases",
+        f"{lab_dir}: empty folder (no label files ending in {ending}); an MSD / nnU-Net dataset needs labelled "
+        "training cases",
     )
     prov = " ".join(
         str(meta.get(k, "")) for k in ("description", "reference", "licence", "license", "release") if meta.get(k)
@@ -711,7 +736,8 @@ def read_nifti_pairs(
 ) -> Study:
     """Read NIfTI image/label pairs matched by patterns with a `{subject}` placeholder. `images` is one pattern
     (3D, or 4D with modalities on the last axis) or `{modality: pattern}` for one file per modality. With
-    `skip_unlabelled`, subjects with images but no label (test cases) are counted in `Study.skipped` instead of refused."""
+    `skip_unlabelled`, subjects with images but no label (test cases) are counted in `Study.skipped` instead of
+    refused."""
     root = Path(root)
     check(root.is_dir(), f"{root}: folder not found")
     for p in [labels, *(images.values() if isinstance(images, dict) else [images])]:
@@ -722,7 +748,8 @@ def read_nifti_pairs(
         check(
             modalities is None or list(modalities) == list(images),
             f"{root}: --modalities {list(modalities or [])} conflicts with the "
-            f"modality names of the per-modality --images patterns {list(images)}; drop --modalities (the MOD= names are used)",
+            f"modality names of the per-modality --images patterns {list(images)}; drop --modalities (the MOD= names "
+            "are used)",
         )
         per_mod = {m: match_files(root, p) for m, p in images.items()}
         modalities = list(images)
@@ -747,11 +774,12 @@ def read_nifti_pairs(
         cases.append(Case(key[0], files, lab))
     unlabelled = sorted(set().union(*per_mod.values()) - set(lab_files))
     if not skip_unlabelled:
-        for m, found in per_mod.items():
+        for found in per_mod.values():
             extra = sorted(set(found) - set(lab_files))
             check(
                 not extra,
-                f"{found[extra[0]] if extra else ''}: image without a label file (pattern {labels!r}); add its label or remove it",
+                f"{found[extra[0]] if extra else ''}: image without a label file (pattern {labels!r}); add its label "
+                "or remove it",
             )
     return Study(name or root.name, "volume", list(modalities), label_names, cases, str(root), skipped=len(unlabelled))
 
@@ -819,12 +847,14 @@ def compression_noise(mask: np.ndarray, rare_share: float = 0.01, min_rare: int 
 
 # %% ../nbs/01_data.ipynb
 def _check_not_compression_noise(mask: np.ndarray, path: Path) -> None:
-    "Refuse JPEG masks (lossy: even a 0/1 mask comes back with stray ids) and masks whose values look like compression noise."
+    """Refuse JPEG masks (lossy: even a 0/1 mask comes back with stray ids) and masks whose values look like compression
+    noise."""
     vals = np.unique(mask)
     check(
         path.suffix.lower() not in (".jpg", ".jpeg"),
         f"{path}: masks stored as JPEG are refused: JPEG is lossy and cannot store label ids exactly (this one has "
-        f"{len(vals)} distinct values {vals[:8].tolist()}{'...' if len(vals) > 8 else ''}); save the masks losslessly as PNG "
+        f"{len(vals)} distinct values {vals[:8].tolist()}{'...' if len(vals) > 8 else ''}); save the masks losslessly "
+        "as PNG "
         "with one integer id per label (e.g. 0 background, 1 organ)",
     )
     noise = compression_noise(mask)
@@ -832,7 +862,8 @@ def _check_not_compression_noise(mask: np.ndarray, path: Path) -> None:
         noise is None,
         f"{path}: mask values look like lossy-compression noise ({noise and noise['n_values']} distinct values, "
         f"{noise and noise['rare']} of them rare and scattered around {noise and noise['dominant']}); "
-        + "(was it saved as JPEG once?); save the masks losslessly as PNG with one integer id per label (e.g. 0 background, 1 organ)",
+        + "(was it saved as JPEG once?); save the masks losslessly as PNG with one integer id per label (e.g. 0 "
+        "background, 1 organ)",
     )
 
 # %% ../nbs/01_data.ipynb
@@ -882,7 +913,8 @@ def _read_image(path: Path, mask: bool = False) -> np.ndarray:
 
 # %% ../nbs/01_data.ipynb
 def detect_layout(src: str | Path) -> str:
-    "Guess the layout of `src`: `'msd'` (dataset.json + imagesTr/), `'nifti'`, `'png'` (2D image files) or `'dicom'`; symlinks are followed."
+    """Guess the layout of `src`: `'msd'` (dataset.json + imagesTr/), `'nifti'`, `'png'` (2D image files) or `'dicom'`;
+    symlinks are followed."""
     src = Path(src)
     check(
         src.is_dir(),
@@ -902,7 +934,8 @@ def detect_layout(src: str | Path) -> str:
     if any(_is_dicom(src / f) for f in files[:200]):
         return "dicom"
     raise MedsynError(
-        f"{src}: no NIfTI (.nii/.nii.gz), 2D image (.png/.tif) or DICOM files found; medsyn reads the MSD/nnU-Net layout, "
+        f"{src}: no NIfTI (.nii/.nii.gz), 2D image (.png/.tif) or DICOM files found; medsyn reads the MSD/nnU-Net "
+        "layout, "
         "NIfTI image/label pairs, PNG/TIFF image/mask pairs and DICOM series with RTSTRUCT / DICOM-SEG"
     )
 
@@ -1007,7 +1040,8 @@ def detect_release(src: str | Path) -> str | None:
 
 # %% ../nbs/01_data.ipynb
 def _rename(study: Study, modalities: Sequence[str] | None, label_names: dict | None, where: str) -> Study:
-    "Apply --modalities / --label-names to a study whose reader knows its channels and labels (same count / same ids), or refuse."
+    """Apply --modalities / --label-names to a study whose reader knows its channels and labels (same count / same ids),
+    or refuse."""
     if modalities is not None:
         check(
             len(modalities) == len(study.modalities),
@@ -1028,7 +1062,8 @@ def _rename(study: Study, modalities: Sequence[str] | None, label_names: dict | 
 
 # %% ../nbs/01_data.ipynb
 def read_release(src: str | Path, release: str, modalities=None, label_names=None) -> Study:
-    "Read `src` as the known release `release` (a key of `RELEASES`); `modalities` / `label_names` rename its channels / labels."
+    """Read `src` as the known release `release` (a key of `RELEASES`); `modalities` / `label_names` rename its channels
+    / labels."""
     check(
         release in RELEASES,
         f"unknown preset {release!r}; choose one of {sorted(RELEASES)} (or 'none' for your own patterns)",
@@ -1055,8 +1090,10 @@ def read_study(
     preset: str | None = "auto",
     roi: Sequence[str] | None = None,
 ) -> Study:
-    """Read `src`: as a known release (`preset`, detected when `'auto'` and no patterns are given; None or `'none'`: never),
-    else with the reader for `layout` (`auto|msd|nifti|png|dicom`; `roi` chooses DICOM ROIs), where `images`/`labels` patterns override the defaults.
+    """Read `src`: as a known release (`preset`, detected when `'auto'` and no patterns are given; None or `'none'`:
+    never),
+    else with the reader for `layout` (`auto|msd|nifti|png|dicom`; `roi` chooses DICOM ROIs), where `images`/`labels`
+    patterns override the defaults.
     An option that the chosen reader cannot use is refused, naming it."""
     if preset == "auto":
         preset = detect_release(src) if layout == "auto" and images is None and labels is None else None
@@ -1085,7 +1122,8 @@ def read_study(
         given = [o for o, v in (("--images", images), ("--labels", labels)) if v]
         check(
             not given,
-            f"{src}: {' and '.join(given)} do not apply to an MSD / nnU-Net folder (its files are listed in dataset.json); "
+            f"{src}: {' and '.join(given)} do not apply to an MSD / nnU-Net folder (its files are listed in "
+            "dataset.json); "
             "drop them, or pass --layout nifti to use your own patterns",
         )
         return _rename(read_msd(src), modalities, label_names, str(src))
@@ -1109,7 +1147,8 @@ def _is_dicom(path: Path) -> bool:
 
 # %% ../nbs/01_data.ipynb
 def _dicom_headers(root: Path) -> list:
-    "Headers (no pixels) of every DICOM file under `root`, symlinks followed, non-DICOM files skipped; each with `.path` set."
+    """Headers (no pixels) of every DICOM file under `root`, symlinks followed, non-DICOM files skipped; each with
+    `.path` set."""
     import pydicom
 
     out = []
@@ -1121,7 +1160,8 @@ def _dicom_headers(root: Path) -> list:
             ds = pydicom.dcmread(str(p), stop_before_pixels=True)
         except Exception as e:
             raise MedsynError(
-                f"{p}: cannot read DICOM header ({type(e).__name__}: {e}); the file is damaged, re-export it or remove it"
+                f"{p}: cannot read DICOM header ({type(e).__name__}: {e}); the file is damaged, re-export it or remove "
+                "it"
             ) from e
         ds.path = p
         out.append(ds)
@@ -1139,12 +1179,14 @@ def _dicom_volume(headers: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
         missing = [h.path.name for h in headers if tag not in h]
         check(
             not missing,
-            f"{where}: slices {missing[:3]} have no {tag}; medsyn reads cross-sectional CT/MR series with full geometry",
+            f"{where}: slices {missing[:3]} have no {tag}; "
+            "medsyn reads cross-sectional CT/MR series with full geometry",
         )
     iop = np.array(first.ImageOrientationPatient, float)
     check(
         all(np.allclose(np.array(h.ImageOrientationPatient, float), iop, atol=1e-4) for h in headers),
-        f"{where}: slices with different orientations (a localizer or a reformatted series mixed in); keep one orientation per series",
+        f"{where}: slices with different orientations (a localizer or a reformatted series mixed in); keep one "
+        "orientation per series",
     )
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
@@ -1186,7 +1228,8 @@ def _dicom_volume(headers: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 # %% ../nbs/01_data.ipynb
 def _rasterise_contours(contours: list[np.ndarray], ras_affine: np.ndarray, shape: tuple, where: str) -> np.ndarray:
-    "Closed planar contours (N,3 points in LPS mm) as a boolean mask on the grid of `ras_affine`; contours on one slice combine by XOR (holes)."
+    """Closed planar contours (N,3 points in LPS mm) as a boolean mask on the grid of `ras_affine`; contours on one
+    slice combine by XOR (holes)."""
     from PIL import Image, ImageDraw
 
     inv = np.linalg.inv(np.diag([-1.0, -1, 1, 1]) @ ras_affine)  # LPS mm -> voxel (col, row, slice)
@@ -1196,7 +1239,8 @@ def _rasterise_contours(contours: list[np.ndarray], ras_affine: np.ndarray, shap
         k = int(round(float(ijk[:, 2].mean())))
         check(
             np.allclose(ijk[:, 2], k, atol=0.1) and 0 <= k < shape[2],
-            f"{where}: a contour lies between slices or outside the image (slice {ijk[:, 2].mean():.2f} of {shape[2]}); the RTSTRUCT "
+            f"{where}: a contour lies between slices or outside the image (slice {ijk[:, 2].mean():.2f} of "
+            f"{shape[2]}); the RTSTRUCT "
             "was drawn on another series or grid",
         )
         canvas = Image.new("1", (shape[1], shape[0]))  # (width = rows axis, height = cols axis)
@@ -1299,15 +1343,18 @@ def _dicom_cases(series: dict, by_series: dict, wanted, roi, workdir: Path) -> t
 def read_dicom(
     root: str | Path, roi: Sequence[str] | None = None, workdir: str | Path | None = None, name: str | None = None
 ) -> Study:
-    """Read CT/MR series with an RTSTRUCT or DICOM-SEG under `root` (any tree); each annotated series becomes a case, written
-    as NIfTI under `workdir` (a new temporary folder when None, recorded in `Study.workdir`). `roi` chooses ROIs / segments
+    """Read CT/MR series with an RTSTRUCT or DICOM-SEG under `root` (any tree); each annotated series becomes a case,
+    written
+    as NIfTI under `workdir` (a new temporary folder when None, recorded in `Study.workdir`). `roi` chooses ROIs /
+    segments
     by name (case-insensitive) and orders their label ids; by default every name, in order of first appearance."""
     root = Path(root)
     check(root.is_dir(), f"{root}: folder not found")
     headers = _dicom_headers(root)
     check(
         headers,
-        f"{root}: no DICOM files (Part 10, with the 'DICM' marker) found; export the series and their RTSTRUCT / SEG there",
+        f"{root}: no DICOM files (Part 10, with the 'DICM' marker) found; export the series and their RTSTRUCT / SEG "
+        "there",
     )
     series, anns = {}, []
     for h in headers:
@@ -1317,7 +1364,8 @@ def read_dicom(
             series.setdefault(str(h.SeriesInstanceUID), []).append(h)
     check(
         anns,
-        f"{root}: {len(series)} image series but no RTSTRUCT or DICOM-SEG; medsyn needs the delineations (export them with the images)",
+        f"{root}: {len(series)} image series but no RTSTRUCT or DICOM-SEG; medsyn needs the delineations (export them "
+        "with the images)",
     )
     by_series = {}
     for a in anns:
@@ -1328,7 +1376,8 @@ def read_dicom(
         )
         check(
             uid not in by_series,
-            f"{a.path} and {by_series.get(uid, a).path}: two annotations of one series; keep one (or split them into two folders)",
+            f"{a.path} and {by_series.get(uid, a).path}: two annotations of one series; keep one (or split them into "
+            "two folders)",
         )
         by_series[uid] = a
     modalities = sorted({str(series[u][0].Modality) for u in by_series})
@@ -1425,12 +1474,15 @@ def load_case(case: Case, modalities: Sequence[str], labels: dict | None = None)
             chans.append(a)
         check(
             img.shape[:3] == lab_img.shape[:3],
-            f"{case.label}: label shape {lab_img.shape[:3]} differs from image {f} shape {img.shape[:3]}; resample the label onto the image grid",
+            f"{case.label}: label shape {lab_img.shape[:3]} differs from image {f} shape {img.shape[:3]}; resample the "
+            "label onto the image grid",
         )
         check(
             np.allclose(img.affine, lab_img.affine, atol=1e-3),
-            f"{case.label}: label affine differs from image {f} affine (they do not cover the same voxels in world space):\n"
-            f"image {np.round(img.affine, 3).tolist()}\nlabel {np.round(lab_img.affine, 3).tolist()}\nresample the label onto the image grid",
+            f"{case.label}: label affine differs from image {f} affine (they do not cover the same voxels in world "
+            "space):\n"
+            f"image {np.round(img.affine, 3).tolist()}\nlabel {np.round(lab_img.affine, 3).tolist()}\nresample the "
+            "label onto the image grid",
         )
         _check_finite(a, f)
     check(
@@ -1448,7 +1500,8 @@ def load_case(case: Case, modalities: Sequence[str], labels: dict | None = None)
         extra = sorted(set(np.unique(lab).tolist()) - set(int(k) for k in labels))
         check(
             not extra,
-            f"{case.label}: label values {extra} are not declared in the labels {labels}; fix the label file or declare them",
+            f"{case.label}: label values {extra} are not declared in the labels {labels}; fix the label file or "
+            "declare them",
         )
     spacing = tuple(float(z) for z in lab_img.header.get_zooms()[:3])
     return np.stack(chans), lab, spacing, lab_img.affine
@@ -1522,7 +1575,8 @@ def volume_to_slices(image: np.ndarray, label: np.ndarray, spacing: Sequence[flo
 
 # %% ../nbs/01_data.ipynb
 def select_slices(label: np.ndarray, empty_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
-    "Indices of slices to keep: all with foreground plus `empty_fraction` of the empty ones (seeded, rounded to nearest)."
+    """Indices of slices to keep: all with foreground plus `empty_fraction` of the empty ones (seeded, rounded to
+    nearest)."""
     fg = (label.reshape(len(label), -1) > 0).any(1)
     empty = np.flatnonzero(~fg)
     n = int(math.floor(empty_fraction * len(empty) + 0.5))
@@ -1606,7 +1660,8 @@ def _orientation_notes(path: Path, spacing: Sequence[float], axis: int) -> dict[
     if int(h.get("qform_code", 1)) == 0 and int(h.get("sform_code", 1)) == 0:
         notes["no orientation"] = (
             f"{path}: the header has no orientation (qform_code = sform_code = 0), so left/right and the "
-            "plane of each axis are guesses from the voxel order; look at the prepared slices, fix the header, or choose --axis"
+            "plane of each axis are guesses from the voxel order; look at the prepared slices, fix the header, or "
+            "choose --axis"
         )
     coarse = int(np.argmax(spacing))
     if spacing[coarse] > 1.25 * spacing[axis]:
@@ -1658,7 +1713,8 @@ def study_samples(
                 extra = sorted(set(np.unique(lab).tolist()) - set(study.labels))
                 check(
                     not extra,
-                    f"{c.label}: mask values {extra} are not declared in the labels {study.labels}; fix the mask or declare them",
+                    f"{c.label}: mask values {extra} are not declared in the labels {study.labels}; fix the mask or "
+                    "declare them",
                 )
             x, y, px = crop_pad_resize(img[:, None], lab[None], res, crop_threshold)
             yield dict(
@@ -1694,7 +1750,7 @@ def study_samples(
                 slice_spacing=float(spacing[axis]),
                 train=s in train,
             )
-    for kind, msgs in found.items():
+    for msgs in found.values():
         msg = f"{len(msgs)} of {len(study.cases)} volumes: {msgs[0]}"
         if notes is not None:
             notes.append(msg)
@@ -1792,7 +1848,8 @@ def _describe(study: Study, row: dict, labels: dict, axis: int, ct_window) -> st
     return (
         f"detected {what} at {study.source}: {len(study.cases)} labelled cases"
         + (f", {study.skipped} unlabelled skipped" if study.skipped else "")
-        + f"; channels {', '.join(study.modalities)}; labels {labels}; slices along axis {axis} ({AXIS_NAMES[axis]}){ct}"
+        + f"; channels {', '.join(study.modalities)}; labels {labels}; slices along axis {axis} "
+        f"({AXIS_NAMES[axis]}){ct}"
     )
 
 # %% ../nbs/01_data.ipynb
@@ -1824,13 +1881,15 @@ def _prepare_study(
     unknown = sorted(set(k.lower() for k in (windows or {})) - {m.lower() for m in study.modalities})
     check(
         not unknown,
-        f"{src}: --window names modalities {unknown} that the data does not have (its channels are {study.modalities}); "
+        f"{src}: --window names modalities {unknown} that the data does not have (its channels are "
+        f"{study.modalities}); "
         "use one of those names",
     )
     axis = row.get("axis", 2) if axis is None else axis
     check(
         ct_window is None or any(re.fullmatch(r"(?i).*\bct\b.*", m) for m in study.modalities),
-        f"{src}: --ct-window applies to CT channels and this dataset has none (modalities {', '.join(study.modalities)}): drop it, "
+        f"{src}: --ct-window applies to CT channels and this dataset has none (modalities "
+        f"{', '.join(study.modalities)}): drop it, "
         "name the CT channel with --modalities, or set a channel's window with --window MOD=LOW,HIGH",
     )
     ct_window = (
@@ -1920,7 +1979,8 @@ def prepare(
 ) -> Path:
     """Read the study at `src` (a known release of `RELEASES`, MSD/nnU-Net, NIfTI pairs or PNG/TIFF pairs) and write it
     as a canonical 2D dataset at `out`. `axis` and `ct_window` (a `CT_WINDOWS` name or a HU pair) default to the
-    release's (else axial and `wide`); `label_map` maps label ids (`map_labels`); `roi` chooses DICOM ROIs; `log` receives
+    release's (else axial and `wide`); `label_map` maps label ids (`map_labels`); `roi` chooses DICOM ROIs; `log`
+    receives
     what was detected."""
     check(res >= 4, f"res must be at least 4, got {res}")
     check(0 <= empty_fraction <= 1, f"empty_fraction must be in [0, 1], got {empty_fraction}")
@@ -2053,7 +2113,8 @@ _RELEASE_COPIES = {  # layer ids (outer, middle, inner) -> the release's label i
 
 # %% ../nbs/01_data.ipynb
 def _phantom(shape, rng, ids, ct: bool = False):
-    "A body with an off-centre three-layer lesion: (label with the release's `ids`, image whose intensity rises with the layer)."
+    """A body with an off-centre three-layer lesion: (label with the release's `ids`, image whose intensity rises with
+    the layer)."""
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
     body = ((grid / 0.9) ** 2).sum(0) < 1
     c = np.array([0.3, -0.2, 0.1]) + rng.uniform(-0.05, 0.05, 3)
@@ -2077,7 +2138,8 @@ def _write_nii(path: Path, data: np.ndarray, affine: np.ndarray, dtype, coded: b
 def _brats_copy(
     release: str, root: Path, top: Path, spec: dict, n_subjects: int, n_unlabelled: int, case_files
 ) -> None:
-    "BraTS 2020/2021/2023: one folder per case, one file per channel, LPS 1 mm grid, int16 images, uint8 labels; validation cases unlabelled."
+    """BraTS 2020/2021/2023: one folder per case, one file per channel, LPS 1 mm grid, int16 images, uint8 labels;
+    validation cases unlabelled."""
     aff = np.array([[-1.0, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]])
     for i in range(n_subjects + n_unlabelled):
         labelled = i < n_subjects
@@ -2102,7 +2164,8 @@ def _brats_copy(
 
 # %% ../nbs/01_data.ipynb
 def _kits_copy(release: str, top: Path, spec: dict, n_subjects: int, n_unlabelled: int, case_files) -> None:
-    "KiTS19/23: case_XXXXX/imaging + segmentation stored slices-first; KiTS19's unlabelled cases from 210, KiTS23's instances/."
+    """KiTS19/23: case_XXXXX/imaging + segmentation stored slices-first; KiTS19's unlabelled cases from 210, KiTS23's
+    instances/."""
     aff = np.array([[0, 0, -0.8, 0], [0, -0.8, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1]])  # voxels (z, y, x): slices first
     n_un = n_unlabelled if release == "kits19" else 0
     for i in range(n_subjects + n_un):
@@ -2125,7 +2188,8 @@ def _kits_copy(release: str, top: Path, spec: dict, n_subjects: int, n_unlabelle
 
 # %% ../nbs/01_data.ipynb
 def _ibsr_copy(top: Path, spec: dict, n_subjects: int, case_files) -> None:
-    "IBSR18: 4D (x, y, z, 1) files without orientation codes, 0.94 x 1.5 x 0.94 mm, skull-stripped T1 and the segTRI / seg labels."
+    """IBSR18: 4D (x, y, z, 1) files without orientation codes, 0.94 x 1.5 x 0.94 mm, skull-stripped T1 and the segTRI /
+    seg labels."""
     aff = np.diag([0.9375, 1.5, 0.9375, 1.0])
     for i in range(n_subjects):
         case = spec["case"].format(i=i + spec["first"])
@@ -2140,7 +2204,8 @@ def _ibsr_copy(top: Path, spec: dict, n_subjects: int, case_files) -> None:
 def make_release_copy(
     release: str, root: str | Path, n_subjects: int = 3, n_unlabelled: int = 1, shape=(20, 24, 16), seed: int = 0
 ) -> Path:
-    """Write a tiny copy of a known release (`RELEASES` key) in its exact on-disk layout under `root`; returns the folder to
+    """Write a tiny copy of a known release (`RELEASES` key) in its exact on-disk layout under `root`; returns the
+    folder to
     pass to `medsyn prepare`. `shape` is (x, y, z) in RAS before each release's own voxel order."""
     root, rng, spec = Path(root), np.random.default_rng(seed), _RELEASE_COPIES[release]
     top = root / spec["top"]
@@ -2210,7 +2275,8 @@ def _msd_copy(release: str, top: Path, n_subjects: int, n_unlabelled: int, case_
 
 # %% ../nbs/01_data.ipynb
 def _mask_outline(m: np.ndarray) -> list | None:
-    "A polygon (voxel (i, j) points, counter-clockwise) around a convex 2D mask: for each of 64 directions from its centre, the farthest voxel inside."
+    """A polygon (voxel (i, j) points, counter-clockwise) around a convex 2D mask: for each of 64 directions from its
+    centre, the farthest voxel inside."""
     if m.sum() < 3:
         return None
     ii, jj = np.nonzero(m)
@@ -2227,9 +2293,9 @@ def _mask_outline(m: np.ndarray) -> list | None:
 
 # %% ../nbs/01_data.ipynb
 def _dicom_slice(vol: np.ndarray, k: int, common: dict, spacing=(0.8, 0.8, 2.5)):
-    """One slice of `vol` (cols, rows, slices) as a pydicom dataset (axial, LPS positions) of the modality in `common`: CT in HU,
+    """One slice of `vol` (cols, rows, slices) as a pydicom dataset (axial, LPS positions) of the modality in `common`:
+    CT in HU,
     stored as uint16 with intercept -1024, or MR stored as is."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -2262,11 +2328,11 @@ def _dicom_slice(vol: np.ndarray, k: int, common: dict, spacing=(0.8, 0.8, 2.5))
 
 # %% ../nbs/01_data.ipynb
 def _rtstruct_for(slices: list, rois: dict[str, np.ndarray], common: dict):
-    "An RTSTRUCT with one ROI per `rois` entry (name -> boolean mask (cols, rows, slices)), its contours traced as polygons per slice."
+    """An RTSTRUCT with one ROI per `rois` entry (name -> boolean mask (cols, rows, slices)), its contours traced as
+    polygons per slice."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as Seq
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-    from PIL import Image
 
     rs = Dataset()
     rs.file_meta = FileMetaDataset()
@@ -2326,8 +2392,10 @@ def make_dicom_copy(
     seed: int = 0,
     modality: str = "CT",
 ) -> Path:
-    """Write a tiny hospital-style DICOM export under `root` (for tests and examples): per patient a CT or MR series (files in
-    reverse slice order, no extension) and its `annotation` ('rtstruct': ROIs 'Kidney' and 'Tumour' as contours, or 'seg':
+    """Write a tiny hospital-style DICOM export under `root` (for tests and examples): per patient a CT or MR series
+    (files in
+    reverse slice order, no extension) and its `annotation` ('rtstruct': ROIs 'Kidney' and 'Tumour' as contours, or
+    'seg':
     a DICOM-SEG written with highdicom), one unannotated series, a README and a macOS `._` file. Returns `root`."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -2401,13 +2469,18 @@ MNI152_LABELS = {0: "background", 1: "gray matter", 2: "white matter", 3: "CSF"}
 MNI152_VERSION = 3  # bump when the recipe below changes: cached copies are then rebuilt
 MNI152_PROVENANCE = (
     "MNI ICBM152 2009a nonlinear T1 template (symmetric by its file names) with gray/white-matter probability maps "
-    "(files mni_icbm152_{{t1,gm,wm}}_tal_nlin_sym_09a_converted.nii.gz shipped in the nilearn package, rescaled to 8 bit by nilearn). "
-    "Labels: inside the skull-stripped brain (T1 > 0), argmax of (1 - pGM - pWM, pGM, pWM) -> CSF / gray matter / white matter; "
+    "(files mni_icbm152_{{t1,gm,wm}}_tal_nlin_sym_09a_converted.nii.gz shipped in the nilearn package, rescaled to 8 "
+    "bit by nilearn). "
+    "Labels: inside the skull-stripped brain (T1 > 0), argmax of (1 - pGM - pWM, pGM, pWM) -> CSF / gray matter / "
+    "white matter; "
     "GM and WM from the template's tissue maps, CSF derived by this rule (not expert-annotated). "
-    "ONE average brain: 'subjects' are {n_slabs} contiguous slabs of axis-{axis} slices with {gap} slices dropped at each boundary; "
+    "ONE average brain: 'subjects' are {n_slabs} contiguous slabs of axis-{axis} slices with {gap} slices dropped at "
+    "each boundary; "
     "they are NOT independent patients. "
-    "Copyright (C) 1993-2004 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill University. "
-    "Permission to use, copy, modify, and distribute without fee is granted provided that the copyright notice appears in all copies; "
+    "Copyright (C) 1993-2004 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill "
+    "University. "
+    "Permission to use, copy, modify, and distribute without fee is granted provided that the copyright notice appears "
+    "in all copies; "
     "provided 'as is' without warranty (nilearn's dataset description lists the license as 'unknown'); "
     "see http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009. "
     "Cite: Fonov et al., NeuroImage 54(1), 2011; Fonov et al., NeuroImage 47(S1), 2009."
@@ -2854,7 +2927,8 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
 
 # %% ../nbs/01_data.ipynb
 def verify_checksum(path: str | Path, expected: str, algo: str = "md5") -> Path:
-    "Check `path` against the published `expected` digest (`md5` or `sha256`); raise a `MedsynError` naming the file if it differs."
+    """Check `path` against the published `expected` digest (`md5` or `sha256`); raise a `MedsynError` naming the file
+    if it differs."""
     got = file_digest(path, algo)
     check(
         got.lower() == expected.lower(),
@@ -2871,7 +2945,8 @@ def download_msd(
     md5: str | None = None,
     timeout: float = 60,
 ) -> Path:
-    "Return the extracted MSD `task` folder under `root` (default `cache_dir()/msd`), downloading and verifying the tarball if needed."
+    """Return the extracted MSD `task` folder under `root` (default `cache_dir()/msd`), downloading and verifying the
+    tarball if needed."""
     res = msd_resources()
     check(task in res or (url and md5), f"unknown MSD task {task!r}; choose one of {sorted(res)}")
     url, md5 = url or res[task][0], md5 or res[task][1]
@@ -2931,7 +3006,8 @@ def overview_slices(ds: CanonicalDataset, n: int = 4, masks: torch.Tensor | None
 
 
 def plot_dataset_overview(ds: CanonicalDataset | str | Path, n: int = 4, alpha: float = 0.45):
-    "Figure: one slice of each of `n` subjects (rows, `overview_slices`): every modality, the label map; label histogram."
+    """Figure: one slice of each of `n` subjects (rows, `overview_slices`): every modality, the label map; label
+    histogram."""
     import matplotlib.pyplot as plt
 
     ds = ds if isinstance(ds, CanonicalDataset) else load_canonical(ds)
@@ -3092,7 +3168,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="[MOD=]PATTERN",
-        help="image file pattern with {subject} (and {slice} for 2D), relative to SRC; repeat as MOD=PATTERN per modality",
+        help="image file pattern with {subject} (and {slice} for 2D), relative to SRC; repeat as MOD=PATTERN per "
+        "modality",
     )
     p.add_argument("--labels", default=None, metavar="PATTERN", help="label/mask file pattern with {subject}")
     p.add_argument(

@@ -4,9 +4,14 @@
 
 # %% ../nbs/07_metrics.ipynb 2
 from __future__ import annotations
-import hashlib, json, math, sys, warnings
+
+import hashlib
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 from unittest import mock
 
 import numpy as np
@@ -17,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .core import MedsynError, atomic_path, cache_dir, check, file_sha256
+from .viz import LABEL_PALETTE, palette_index
 from medsyn.weights import (
     FID_HEAD_KEYS,
     FID_INCEPTION_FILE,
@@ -29,7 +35,6 @@ from medsyn.weights import (
     find_weights,
     load_weights_file,
 )
-from .viz import LABEL_PALETTE, palette_index
 
 # %% auto 0
 __all__ = ['frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats', 'polynomial_kernel',
@@ -97,7 +102,8 @@ def feature_statistics(features, name: str = "features") -> tuple[np.ndarray, np
 
 # %% ../nbs/07_metrics.ipynb
 def _trace_sqrt_low_rank(r: np.ndarray, f: np.ndarray) -> float:
-    "Tr sqrt(Σr Σf) from the features themselves: with A, B the centred features / sqrt(n-1), Σr Σf = AᵀA BᵀB has the nonzero eigenvalues of (ABᵀ)(ABᵀ)ᵀ, so the trace is the nuclear norm of ABᵀ (n_r × n_f)."
+    """Tr sqrt(Σr Σf) from the features themselves: with A, B the centred features / sqrt(n-1), Σr Σf = AᵀA BᵀB has the
+    nonzero eigenvalues of (ABᵀ)(ABᵀ)ᵀ, so the trace is the nuclear norm of ABᵀ (n_r × n_f)."""
     a, b = (r - r.mean(0)) / math.sqrt(len(r) - 1), (f - f.mean(0)) / math.sqrt(len(f) - 1)
     return float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
 
@@ -105,7 +111,8 @@ def _trace_sqrt_low_rank(r: np.ndarray, f: np.ndarray) -> float:
 def fid_from_features(real, fake, eps: float = 1e-6) -> float:
     """Fréchet distance between two feature sets (FID when the features are FID-Inception pool3 features).
     With fewer samples than dimensions the covariances are singular and the D×D `sqrtm` (minutes for D = 2048 on a CPU)
-    is replaced by its exact low-rank equivalent (`_trace_sqrt_low_rank`); otherwise pytorch-fid's formula (`frechet_distance`)."""
+    is replaced by its exact low-rank equivalent (`_trace_sqrt_low_rank`); otherwise pytorch-fid's formula
+    (`frechet_distance`)."""
     r, f = _as_features(real, "real"), _as_features(fake, "fake")
     check(
         r.shape[1] == f.shape[1],
@@ -129,7 +136,7 @@ class RunningFeatureStats:
     def __init__(self, keep_features: bool = True):
         self.n, self.mean, self.m2, self.keep, self._kept = 0, None, None, keep_features, []
 
-    def update(self, feats) -> "RunningFeatureStats":
+    def update(self, feats) -> RunningFeatureStats:
         "Add a (B, D) batch of features."
         x = _as_features(feats, "feature batch")
         if self.mean is not None:
@@ -162,7 +169,7 @@ class RunningFeatureStats:
         return np.concatenate(self._kept)
 
     @classmethod
-    def from_features(cls, feats, keep_features: bool = True) -> "RunningFeatureStats":
+    def from_features(cls, feats, keep_features: bool = True) -> RunningFeatureStats:
         return cls(keep_features).update(feats)
 
 # %% ../nbs/07_metrics.ipynb
@@ -262,7 +269,8 @@ def colorize_masks(masks: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/07_metrics.ipynb
 def fid_inception_v3(weights_path: str | Path) -> torch.nn.Module:
-    "pytorch-fid's `InceptionV3` (pool3 block) with the FID weights loaded from a local file (only the unused `fc` head may be absent)."
+    """pytorch-fid's `InceptionV3` (pool3 block) with the FID weights loaded from a local file (only the unused `fc`
+    head may be absent)."""
     from pytorch_fid import inception as pfi
 
     path, state = Path(weights_path), load_weights_file(Path(weights_path), "FID Inception-v3")
@@ -275,7 +283,8 @@ def fid_inception_v3(weights_path: str | Path) -> torch.nn.Module:
             missing, unexpected = [str(e)[:300]], []
         if unexpected or set(missing) - set(FID_HEAD_KEYS):
             raise MedsynError(
-                f"{path}: not the FID Inception-v3 state dict (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}); "
+                f"{path}: not the FID Inception-v3 state dict (missing {list(missing)[:5]}, unexpected "
+                f"{list(unexpected)[:5]}); "
                 f"use {FID_INCEPTION_FILE} from {FID_INCEPTION_URL} or run `medsyn weights fetch`"
             )
         return net
@@ -403,7 +412,8 @@ def dataset_hash(path: str | Path) -> str:
 def cached_features(
     ds_dir: str | Path, ds, views: dict[str, Callable], key: str, cache: bool = True, **kw
 ) -> dict[str, RunningFeatureStats]:
-    "`stream_features`, cached on disk by dataset hash + extractor key (only the features are stored; stats are recomputed)."
+    """`stream_features`, cached on disk by dataset hash + extractor key (only the features are stored; stats are
+    recomputed)."""
     if not cache:
         return stream_features(ds, views, **kw)
     tag = f"{dataset_hash(ds_dir)[:20]}-{key}-n{kw.get('max_samples') or 'all'}"
@@ -428,7 +438,8 @@ def cached_features(
 
 # %% ../nbs/07_metrics.ipynb
 def load_lpips_backbone(model: torch.nn.Module, path: str | Path, net: str = "alex") -> torch.nn.Module:
-    "Copy torchvision ImageNet backbone weights (a full state dict, or its `features.*` trunk) from a local file into an `lpips.LPIPS` model's slices."
+    """Copy torchvision ImageNet backbone weights (a full state dict, or its `features.*` trunk) from a local file into
+    an `lpips.LPIPS` model's slices."""
     import torchvision
 
     file_name, url, builder = LPIPS_BACKBONES[net]
@@ -453,7 +464,8 @@ def load_lpips_backbone(model: torch.nn.Module, path: str | Path, net: str = "al
 def lpips_network(
     net: str = "alex", backbone_path: str | Path | None = None, weights_dir: str | Path | None = None, device="cpu"
 ):
-    "`lpips.LPIPS` with calibration weights from the wheel and the ImageNet backbone from a local file (official or converted)."
+    """`lpips.LPIPS` with calibration weights from the wheel and the ImageNet backbone from a local file (official or
+    converted)."""
     import lpips
 
     check(net in LPIPS_BACKBONES, f"LPIPS net {net!r} not supported; choose one of {list(LPIPS_BACKBONES)}")
@@ -558,7 +570,8 @@ def lpips_scores(
 ) -> dict[str, dict[str, float]]:
     """Per modality: LPIPS diversity of fake and real samples, and the matched memorization check: `n` fake and `n` real
     queries, each against a pool of the same size M drawn from the real set (for a real query, outside its own subject).
-    `nearest_real_min` is the one unmatched number: the closest any fake comes to any real sample (0 = an exact copy)."""
+    `nearest_real_min` is the one unmatched number: the closest any fake comes to any real sample (0 = an exact
+    copy)."""
     n = min(max_samples, len(fake_ds), len(real_ds))
     out = {}
     for c, name in enumerate(modalities):
@@ -622,7 +635,8 @@ def label_scores(
     ignore_empty: bool = True,
     hd95: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    "MONAI Dice and HD95 per class for one pair of label maps (H, W) or volumes (D, H, W); HD95 is None when `hd95=False`."
+    """MONAI Dice and HD95 per class for one pair of label maps (H, W) or volumes (D, H, W); HD95 is None when
+    `hd95=False`."""
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
     from monai.networks.utils import one_hot
 

@@ -4,34 +4,39 @@
 
 # %% ../nbs/08_segment.ipynb 2
 from __future__ import annotations
-import copy, inspect, json, math, time
-from dataclasses import dataclass, asdict
+
+import copy
+import inspect
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Subset
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Subset
 
+from .augment import augment_preset
 from medsyn.core import (
     MedsynError,
+    atomic_torch_save,
+    atomic_write_text,
     call_with_args,
     check,
-    from_preset,
-    signature_parser,
-    seed_everything,
     choose_device,
-    atomic_torch_save,
-    save_json,
-    atomic_write_text,
+    from_preset,
     load_torch_file,
+    save_json,
+    seed_everything,
+    signature_parser,
 )
-from .augment import augment_preset
 from .data import check_disjoint, fold_subjects, load_canonical
 from .metrics import HookFeatures, label_scores, unet_bottleneck
 
@@ -80,7 +85,8 @@ class SegConfig:
 # %% ../nbs/08_segment.ipynb
 SEG_PRESETS = {
     # tuned on the default dataset (64², 2 CPU cores): batch norm, lr 1e-2 annealed over 40 epochs of 30 steps. The
-    # full-resolution first level (stride 1, only 4 channels) lets raw intensities reach the output: without it the U-Net
+    # full-resolution first level (stride 1, only 4 channels) lets raw intensities reach the output: without it the
+    # U-Net
     # loses to a per-pixel intensity lookup on fold 0 (test Dice 0.845 vs 0.865; with it and 30 steps/epoch 0.868)
     "quick": dict(
         channels=(4, 8, 16, 32, 64),
@@ -155,7 +161,8 @@ def cfg_bottleneck_channels(model: nn.Module) -> int:
 
 # %% ../nbs/08_segment.ipynb
 def classical_augmentation(seed: int = 0):
-    "`(images (N,C,H,W) in [0,1], masks (N,H,W)) -> augmented (images, masks)` with `medsyn.augment`'s `seg` preset, seeded."
+    """`(images (N,C,H,W) in [0,1], masks (N,H,W)) -> augmented (images, masks)` with `medsyn.augment`'s `seg` preset,
+    seeded."""
     pipe, gen = augment_preset("seg"), torch.Generator().manual_seed(seed)
 
     def apply(images: torch.Tensor, masks: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +191,8 @@ class SegSamples(Dataset):
 
 # %% ../nbs/08_segment.ipynb
 def oversample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
-    "`n` samples of `ds` drawn as evenly as possible (whole seeded permutations, then part of one): the dilution control's extra real samples."
+    """`n` samples of `ds` drawn as evenly as possible (whole seeded permutations, then part of one): the dilution
+    control's extra real samples."""
     check(len(ds) > 0, "oversample: the dataset is empty")
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(ds)) for _ in range(n // len(ds) + 1)])[:n]
@@ -195,7 +203,8 @@ def take_samples(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     "The first `n` samples of a random permutation of `ds` (synthetic sets: how many pairs to add)."
     check(
         n <= len(ds),
-        f"asked for {n} synthetic samples but the synthetic set has only {len(ds)}; generate more with `medsyn generate --n {n}`",
+        f"asked for {n} synthetic samples but the synthetic set has only {len(ds)}; generate more with `medsyn "
+        f"generate --n {n}`",
     )
     return Subset(ds, np.random.default_rng(seed).permutation(len(ds))[:n].tolist())
 
@@ -291,7 +300,8 @@ def evaluate_subjects(
 
 # %% ../nbs/08_segment.ipynb
 def subject_summary(per_class: pd.DataFrame) -> pd.DataFrame:
-    "One row per subject: mean Dice and HD95 over the foreground classes present in ground truth or prediction, and how many were absent."
+    """One row per subject: mean Dice and HD95 over the foreground classes present in ground truth or prediction, and
+    how many were absent."""
     return (
         per_class.groupby("subject", sort=True)
         .agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"), classes_absent=("absent", "sum"))
@@ -388,7 +398,7 @@ class IntensityLookup(nn.Module):
         return (q * mult).sum(1)  # (N, H, W)
 
     @torch.no_grad()
-    def fit(self, ds: Dataset, batch_size: int = 64) -> "IntensityLookup":
+    def fit(self, ds: Dataset, batch_size: int = 64) -> IntensityLookup:
         "Count (bin, label) pairs over every sample of `ds` and keep the majority label per bin."
         counts = torch.zeros(self.bins**self.in_channels, self.num_classes, dtype=torch.long)
         for i in range(0, len(ds), batch_size):
@@ -444,13 +454,15 @@ def _check_compatible(sets: Sequence[Dataset]) -> tuple[int, dict]:
     known = [l for l in labels if l is not None]
     check(
         all({int(k): v for k, v in l.items()} == {int(k): v for k, v in known[0].items()} for l in known),
-        f"training sets declare different labels {known}; synthetic sets must come from a GAN trained on the same dataset",
+        f"training sets declare different labels {known}; synthetic sets must come from a GAN trained on the same "
+        "dataset",
     )
     return shapes[0][0], ({int(k): v for k, v in known[0].items()} if known else None)
 
 # %% ../nbs/08_segment.ipynb
 def lr_scheduler(opt, cfg: SegConfig, steps_per_epoch: int):
-    "The learning-rate schedule of `cfg` per optimizer step: constant, or a 1-epoch linear warm-up then cosine to 0 at `max_epochs`."
+    """The learning-rate schedule of `cfg` per optimizer step: constant, or a 1-epoch linear warm-up then cosine to 0 at
+    `max_epochs`."""
     if cfg.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     warm, total = max(1, steps_per_epoch), max(2, steps_per_epoch * cfg.max_epochs)
@@ -542,7 +554,8 @@ def train_unet(
 
 # %% ../nbs/08_segment.ipynb
 def save_unet(run: SegRun, path: str | Path, **meta) -> Path:
-    """Write a trained U-Net (state dict + config + labels + `meta`) atomically, as data (`atomic_torch_save`: NumPy scalars
+    """Write a trained U-Net (state dict + config + labels + `meta`) atomically, as data (`atomic_torch_save`: NumPy
+    scalars
     in `meta` become Python numbers), so that `load_unet` reads it with `weights_only=True`."""
     return atomic_torch_save(
         {
@@ -581,7 +594,8 @@ def _unet_from_monai_kwargs(ck: dict, path: Path) -> nn.Module:
 
 # %% ../nbs/08_segment.ipynb
 def load_unet(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    "Rebuild a U-Net saved by `save_unet` (read as data); returns `(model in eval mode, checkpoint dict without weights)`."
+    """Rebuild a U-Net saved by `save_unet` (read as data); returns `(model in eval mode, checkpoint dict without
+    weights)`."""
     path = Path(path)
     check(path.exists(), f"{path}: U-Net checkpoint not found; train one with `medsyn segment --out {path.parent}`")
     ck = load_torch_file(path, "U-Net checkpoint", map_location=device)
@@ -593,8 +607,10 @@ def load_unet(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
 
 # %% ../nbs/08_segment.ipynb
 def load_segmentation_model(path: str | Path, device: str = "cpu") -> nn.Module:
-    """The segmentation network of a checkpoint, in eval mode: a `save_unet` file (`medsyn segment`'s unet.pt), or a plain
-    `{'state_dict', 'config'}` file whose config holds MONAI `UNet` keyword arguments. The one loader behind `medsyn evaluate`."""
+    """The segmentation network of a checkpoint, in eval mode: a `save_unet` file (`medsyn segment`'s unet.pt), or a
+    plain
+    `{'state_dict', 'config'}` file whose config holds MONAI `UNet` keyword arguments. The one loader behind `medsyn
+    evaluate`."""
     path = Path(path)
     check(
         path.is_file(),
@@ -603,7 +619,8 @@ def load_segmentation_model(path: str | Path, device: str = "cpu") -> nn.Module:
     ck = load_torch_file(path, "segmentation checkpoint")
     check(
         isinstance(ck, dict) and "state_dict" in ck and "config" in ck,
-        f"{path}: expected a `medsyn segment` unet.pt or a dict with 'state_dict' and 'config' (MONAI UNet keyword arguments)",
+        f"{path}: expected a `medsyn segment` unet.pt or a dict with 'state_dict' and 'config' (MONAI UNet keyword "
+        "arguments)",
     )
     model = _unet_from_medsyn(ck) if {"in_channels", "labels"} <= set(ck) else _unet_from_monai_kwargs(ck, path)
     return model.to(device).eval()
@@ -620,7 +637,8 @@ def segment_experiment(
     progress: bool = False,
     log=None,
 ) -> dict:
-    "Train on the real `train_subjects` (+ `n_synthetic` synthetic pairs), early-stop on `val_subjects`, score `test_subjects`."
+    """Train on the real `train_subjects` (+ `n_synthetic` synthetic pairs), early-stop on `val_subjects`, score
+    `test_subjects`."""
     cfg = cfg or SegConfig()
     real = load_canonical(real) if isinstance(real, (str, Path)) else real
     check_disjoint(train_subjects, val_subjects, test_subjects, "U-Net training")
@@ -675,7 +693,8 @@ def segment_run(
         o, s = out.resolve(), Path(src).resolve()
         check(
             o != s and o not in s.parents and s not in o.parents,
-            f"{out}: --out overlaps the dataset {src}; results written there could mix with the data: choose a separate --out",
+            f"{out}: --out overlaps the dataset {src}; results written there could mix with the data: choose a "
+            "separate --out",
         )
     cfg = seg_config(
         preset, seed=seed, device=device, augment=augment, **({} if epochs is None else dict(max_epochs=epochs))

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from medsyn.augment import AdaptiveAugment, AugmentPipe, augment_preset, warp_bilinear, warp_masks, rotate90
+from medsyn.augment import AdaptiveAugment, AugmentPipe, augment_preset, rotate90, warp_bilinear, warp_masks
 from medsyn.core import MedsynError
 
 GEOMETRIC_OFF = dict(xflip=0, rotate90=0, xint=0, scale=0, rotate=0, aniso=0, xfrac=0)
@@ -186,7 +186,8 @@ def test_warp_paths_agree_and_pipe_impls_match():
 
 
 def test_warp_masks_keeps_label_maps_and_is_deterministic_per_sample():
-    "Warped masks (the `warped+cond` variant's layouts) stay integer label maps of the same labels, change, and repeat per seed."
+    """Warped masks (the `warped+cond` variant's layouts) stay integer label maps of the same labels, change, and repeat
+    per seed."""
     yy, xx = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
     r = ((yy - 24) ** 2 + (xx - 24) ** 2).float().sqrt()
     masks = torch.stack([torch.bucketize(r + s, torch.tensor([8.0, 14.0, 20.0])).to(torch.uint8) for s in range(4)])

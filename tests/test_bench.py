@@ -45,7 +45,8 @@ def test_bench_quality_scores_every_variant_at_every_step(run_medsyn, tmp_path):
         assert (g.kimg > 0).all() and (g.kimg <= g.kimg_trained).all()  # the snapshot used is one the run reached
     prec = syn[syn.metric == "domain_pr/precision"].value
     assert len(prec) == 8 and prec.between(0, 1).all()
-    # warped+cond masks are the real training masks (lightly deformed): their label histogram stays close to the real one
+    # warped+cond masks are the real training masks (lightly deformed): their label histogram stays close to the real
+    # one
     tv = syn[(syn.metric == "mask_stats/label_hist_tv") & (syn.comparison == "synthetic vs real train")]
     assert (tv[tv.variant == "warped+cond"].value < 0.1).all()
     assert {r["variant"] for r in summary["rows"]} == {"real", "joint", "warped+cond"}
@@ -84,9 +85,11 @@ def test_bench_quality_scores_every_variant_at_every_step(run_medsyn, tmp_path):
 
 
 def test_auto_on_a_cpu_without_bf16_is_the_explicit_fp32_step(monkeypatch):
-    """On a CPU without native bf16 (flags faked), precision auto builds and runs exactly the fp32 step: same JSON settings,
+    """On a CPU without native bf16 (flags faked), precision auto builds and runs exactly the fp32 step: same JSON
+    settings,
     same modules and settings, same weights, bit-identical outputs and the same aten calls."""
-    import medsyn.bench as B, medsyn.networks as N
+    import medsyn.bench as B
+    import medsyn.networks as N
 
     no_bf16 = lambda cpuinfo=None: []
     monkeypatch.setattr(N, "cpu_bf16_flags", no_bf16)

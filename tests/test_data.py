@@ -2,7 +2,9 @@
 every bad-input error, the simulated default cohort, the bundled MNI152 template slabs, the MSD downloader and
 `medsyn prepare`."""
 
-import json, shutil, tarfile
+import json
+import shutil
+import tarfile
 
 import nibabel as nib
 import numpy as np
@@ -11,23 +13,22 @@ import torch
 from PIL import Image
 
 from medsyn.core import MedsynError, save_json
-from medsyn.viz import save_figure
 from medsyn.data import (
     COHORT_LABELS,
     FORMAT_VERSION,
     MNI152_LABELS,
     CohortConfig,
     default_dataset,
-    lesion_overlap,
-    mni152_dataset,
-    prepare_cohort,
     download_msd,
     file_md5,
+    lesion_overlap,
     load_canonical,
     make_synthetic_msd,
+    mni152_dataset,
     mni152_volumes,
     plot_dataset_overview,
     prepare,
+    prepare_cohort,
     read_msd,
     subject_kfold,
     subsample_subjects,
@@ -35,6 +36,7 @@ from medsyn.data import (
     verify_checksum,
     write_canonical,
 )
+from medsyn.viz import save_figure
 
 LABELS = {0: "background", 1: "organ", 2: "lesion"}
 
@@ -363,14 +365,16 @@ def test_default_dataset_is_the_simulated_cohort(cohort, tmp_path):
 
 
 def test_cohort_lesions_overlap_healthy_tissue_in_every_channel(cohort):
-    "No single channel separates the lesion: in each, a large share of lesion pixels lies within healthy tissue's range."
+    """No single channel separates the lesion: in each, a large share of lesion pixels lies within healthy tissue's
+    range."""
     ov = lesion_overlap(cohort)  # measured (seed 0): T1 0.99 / 1.0, T2 0.88 / 0.88, FLAIR 0.49 / 0.59, T1c 1.0 / 0.83
     assert list(ov.index) == ["oedema", "tumour core"] and list(ov.columns) == cohort.modalities
     assert (ov.to_numpy() > 0.4).all() and (ov.drop(columns="FLAIR").to_numpy() > 0.75).all(), ov
 
 
 def test_prepare_cli_names_the_default_cohort(tmp_path):
-    "`medsyn prepare default` is the simulated cohort; options of file layouts are refused before anything is simulated."
+    """`medsyn prepare default` is the simulated cohort; options of file layouts are refused before anything is
+    simulated."""
     from medsyn.data import prepare_main
 
     with pytest.raises(MedsynError, match="default: --label-map do not apply to the bundled dataset"):
@@ -492,7 +496,8 @@ def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
 
 
 def test_png_layout_trains_on_empty_fraction_of_its_empty_images(tmp_path):
-    "Each PNG is its own slice: the empty ones used for training are drawn over all images (not round(0.1 * 1) = 0 each)."
+    """Each PNG is its own slice: the empty ones used for training are drawn over all images (not round(0.1 * 1) = 0
+    each)."""
     from PIL import Image
 
     (tmp_path / "src/images").mkdir(parents=True)

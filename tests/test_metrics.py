@@ -4,7 +4,8 @@ No pretrained weights exist on a CI machine: the Inception/LPIPS loaders are che
 built here from randomly initialized architectures (plumbing only, never reported as FID or LPIPS),
 and the CLI must report the missing weights as error strings naming the files."""
 
-import json, warnings
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +194,8 @@ def test_inception_loading_plumbing(tmp_path, monkeypatch):
 
 
 def test_lpips_embedding_equals_package_forward_and_backbone_loads(tmp_path, monkeypatch):
-    import lpips, torchvision
+    import lpips
+    import torchvision
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -290,7 +292,8 @@ def test_plain_monai_segmentation_checkpoint_format(tmp_path):
 
 def test_metrics_does_not_import_segment():
     "The dependencies run one way (metrics <- segment <- evaluate): no import circle."
-    import ast, inspect
+    import ast
+    import inspect
 
     tree = ast.parse(inspect.getsource(M))
     names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {

@@ -1,8 +1,9 @@
 """The project's own house rules: the library is what the notebooks export, the README is what the
 front page says, the docs process offline, and the `medsyn` command answers."""
 
-import shutil, subprocess, sys
-from pathlib import Path
+import shutil
+import subprocess
+import sys
 
 from conftest import ROOT
 

@@ -2,18 +2,23 @@
 command that finishes in under a minute; the rest are listed here with the reason they are not run, so
 that a command added to the README without a place in this file fails `test_every_readme_command_is_accounted_for`."""
 
-import json, os, re, shlex, subprocess, sys
+import json
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 PAPERMILL = "papermill nbs/study/01_prepare.ipynb out.ipynb -p dataset default -p profile quick"
 RUN = {"medsyn --help", "medsyn weights status", "medsyn ops --check", PAPERMILL}
 NOT_RUN = {  # command as the README writes it -> why this file does not run it
-    "pip install -e . && medsyn study --profile quick": "the main job (about 20 min); CI installs with `pip install -e .[dev]` and records it with tools/record_results.py",
+    "pip install -e . && medsyn study --profile quick": (
+        "the main job (about 20 min); CI installs with `pip install -e .[dev]` and records it with "
+        "tools/record_results.py"
+    ),
     "medsyn study --profile quick": "the main job, about 20 min",
     'pip install -e ".[dev]" && nbdev_test --n_workers 2 && pytest': "the test command itself (.ci/run runs it)",
     'pytest -m "not slow"': "the test command itself",
@@ -49,11 +54,13 @@ TEMPLATES = {
     "medsyn prepare",
     "medsyn --help",
     "medsyn checkpoint upgrade OLD/network-last.pt --out NEW/network-last.pt --trust",  # run in tests/test_untrusted.py
-    # the launch forms of data-parallel training (tests/test_distributed.py runs --nproc, torchrun's and SLURM's environments)
+    # the launch forms of data-parallel training (tests/test_distributed.py runs --nproc, torchrun's and SLURM's
+    # environments)
     "medsyn train --data DIR --kind joint --kimg 5000 --outdir RUN",
     "medsyn train --data DIR --kind joint --kimg 5000 --outdir RUN --nproc 4 --batch 32 --batch-gpu 8",
     "torchrun --nproc-per-node=4 --no-python medsyn train --data DIR --kind joint --kimg 5000 --outdir RUN --batch 32",
-    "srun --nodes=2 --ntasks-per-node=4 --gpus-per-node=4 medsyn train --data DIR --kind joint --kimg 5000 --outdir RUN --batch 64",
+    "srun --nodes=2 --ntasks-per-node=4 --gpus-per-node=4 medsyn train --data DIR --kind joint --kimg 5000 --outdir "
+    "RUN --batch 64",
 }
 COMMAND = re.compile(r"^(?:medsyn |papermill |pip |pytest |nbdev_[a-z]+(?: |$)|python tools/)")
 

@@ -1,22 +1,23 @@
 """The segmentation U-Net on the bundled default dataset: it trains, and subjects never leak between train and test."""
 
-import json, math
+import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from medsyn.core import MedsynError
-from medsyn.data import mni152_dataset, load_canonical, fold_subjects
+from medsyn.data import fold_subjects, load_canonical, mni152_dataset
 from medsyn.segment import (
+    build_unet,
+    load_unet,
     seg_config,
     segment_experiment,
-    volume_scores,
-    train_unet,
-    build_unet,
-    unet_features,
-    load_unet,
     segment_main,
+    train_unet,
+    unet_features,
+    volume_scores,
 )
 
 TINY = dict(max_epochs=1, steps_per_epoch=2, batch_size=8, channels=(4, 8, 16), strides=(2, 2))
@@ -67,7 +68,8 @@ def test_leak_guard_names_the_subject(real):
 
 
 def test_hd95_in_mm_on_an_anisotropic_volume_and_the_missed_class():
-    "Two boxes 2 slices apart along an axis of 4 mm slices: HD95 = 8 mm, not 2 pixels; a missed class gets the diagonal."
+    """Two boxes 2 slices apart along an axis of 4 mm slices: HD95 = 8 mm, not 2 pixels; a missed class gets the
+    diagonal."""
     gt = torch.zeros(6, 10, 10, dtype=torch.long)
     pr = torch.zeros_like(gt)
     gt[1, 3:7, 3:7] = 1

@@ -1,7 +1,7 @@
-"""Study integrity: no artefact trained on a subject of its cell's test set, ever; stale artefacts recomputed; unchanged reruns reuse."""
+"""Study integrity: no artefact trained on a subject of its cell's test set, ever; stale artefacts recomputed; unchanged
+reruns reuse."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest

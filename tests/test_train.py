@@ -1,14 +1,17 @@
 """Integration tests of medsyn.train: real-data training, resume equivalence, time budget, the CLI and the benchmark."""
 
-import json, math, subprocess, sys, time
+import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from medsyn.core import seed_everything
 from medsyn.bench import bench_train
+from medsyn.core import seed_everything
 from medsyn.data import toy_dataset
 from medsyn.networks import generator_from_checkpoint, load_checkpoint
 from medsyn.train import train_gan
@@ -200,7 +203,8 @@ def test_precision_is_recorded_and_kept_on_resume(toy, tmp_path):
 
 
 def _disc_pair(res=16):
-    "One real pair: a disc (label 1) inside a ring (label 2), image intensities -0.5 / 0.8 / 0.2 on background / disc / ring."
+    """One real pair: a disc (label 1) inside a ring (label 2), image intensities -0.5 / 0.8 / 0.2 on background / disc
+    / ring."""
     yy, xx = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
     r = ((yy - res / 2 + 0.5) ** 2 + (xx - res / 2 + 0.5) ** 2).sqrt()
     mask = torch.where(r < res / 5, 1, torch.where(r < res / 3, 2, 0))
@@ -210,9 +214,11 @@ def _disc_pair(res=16):
 
 @pytest.mark.parametrize("weight", [0.0, 50.0])
 def test_recon_term_pulls_cond_images_to_their_real_images(weight):
-    """cond + recon_weight: the L1 term is part of G's loss and G(z, real mask) approaches that mask's real image within 40
+    """cond + recon_weight: the L1 term is part of G's loss and G(z, real mask) approaches that mask's real image within
+    40
     steps; without the term no L1 is computed and the images stay further away. (Measured after the data-parallel step,
-    seeds 0-2, ratio after/before: 0.57 / 0.43 / 0.52 with the term, 0.53 / 0.60 / 0.57 without; before it 0.46 / 0.41 / 0.56
+    seeds 0-2, ratio after/before: 0.57 / 0.43 / 0.52 with the term, 0.53 / 0.60 / 0.57 without; before it 0.46 / 0.41 /
+    0.56
     with the term: at this size the term's effect is within seed noise.)"""
     from medsyn.networks import gan_config, mask_to_onehot, split_output
     from medsyn.train import GANTrainer, train_config
