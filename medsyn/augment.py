@@ -124,30 +124,30 @@ class AugmentPipe(torch.nn.Module):
 
     def __init__(
         self,
-        xflip: float = 0,
-        rotate90: float = 0,
-        xint: float = 0,
-        scale: float = 0,
-        rotate: float = 0,
-        aniso: float = 0,
-        xfrac: float = 0,
-        brightness: float = 0,
-        contrast: float = 0,
-        noise: float = 0,
-        cutout: float = 0,
+        xflip: float = 0,  # multiplier of p for a horizontal flip (image and mask together)
+        rotate90: float = 0,  # multiplier of p for a rotation by a random multiple of 90 degrees
+        xint: float = 0,  # multiplier of p for an integer translation (up to xint_max of the size)
+        scale: float = 0,  # multiplier of p for isotropic scaling by 2^N(0, scale_std)
+        rotate: float = 0,  # multiplier of p for an arbitrary rotation (two draws, each of up to rotate_max x 180 degrees)
+        aniso: float = 0,  # multiplier of p for anisotropic scaling by 2^N(0, aniso_std) along x and its inverse along y
+        xfrac: float = 0,  # multiplier of p for a fractional translation by N(0, xfrac_std) of the size
+        brightness: float = 0,  # multiplier of p for adding N(0, brightness_std) to the image channels (masks untouched)
+        contrast: float = 0,  # multiplier of p for scaling the image channels by 2^N(0, contrast_std)
+        noise: float = 0,  # multiplier of p for Gaussian noise of sd |N(0, noise_std)| on the image channels
+        cutout: float = 0,  # multiplier of p for zeroing a square of side cutout_size (share of the size) in the image channels
         *,
-        p: float = 0.0,
-        xint_max: float = 0.125,
-        scale_std: float = 0.2,
-        rotate_max: float = 1.0,
-        aniso_std: float = 0.2,
-        xfrac_std: float = 0.125,
-        brightness_std: float = 0.2,
-        contrast_std: float = 0.5,
-        noise_std: float = 0.1,
-        cutout_size: float = 0.5,
-        color_per_channel: bool = False,
-        warp_impl: str = "auto",
+        p: float = 0.0,  # the augmentation probability: each transform fires with p x its multiplier (ADA tunes p)
+        xint_max: float = 0.125,  # largest integer translation, as a share of the image size
+        scale_std: float = 0.2,  # log2 sd of isotropic scaling
+        rotate_max: float = 1.0,  # largest rotation, as a share of 180 degrees
+        aniso_std: float = 0.2,  # log2 sd of anisotropic scaling
+        xfrac_std: float = 0.125,  # sd of fractional translation, as a share of the image size
+        brightness_std: float = 0.2,  # sd of the brightness offset (images in [-1, 1])
+        contrast_std: float = 0.5,  # log2 sd of the contrast factor
+        noise_std: float = 0.1,  # scale of the noise sd
+        cutout_size: float = 0.5,  # side of the cutout square, as a share of the image size
+        color_per_channel: bool = False,  # brightness and contrast drawn per image channel instead of shared
+        warp_impl: str = "auto",  # geometric warp: 'auto' | 'gather' | 'grid_sample' (`warp_bilinear`)
     ):
         super().__init__()
         self.probs = dict(

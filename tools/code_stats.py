@@ -33,19 +33,24 @@ def functions(tree):
     return out
 
 
-def medsyn_imports(tree, module: str, package: str):
-    "Imported medsyn modules: {'top': set, 'inside': set} (inside = within a function body)."
+def medsyn_imports(tree, module: str, package: str, is_package: bool = False):
+    """Imported medsyn modules, dotted below the package (`core`, `study.design`): {'top': set, 'inside': set}
+    (inside = within a function body). `is_package`: `module` is a package's `__init__`."""
     top, inside = set(), set()
+    here = module.split(".") if is_package else module.split(".")[:-1]  # the package a relative import starts from
 
     def targets(node):
         if isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: `from .core import x` or `from . import x`
-                return [node.module] if node.module else [a.name for a in node.names]
+            if node.level:  # relative: `from .core import x`, `from ..core import x` or `from . import x`
+                base = here[: len(here) - (node.level - 1)]
+                if node.module:
+                    return [".".join(base + node.module.split("."))]
+                return [".".join(base + [a.name]) for a in node.names]
             if node.module and node.module.split(".")[0] == package:
                 rest = node.module.split(".")[1:]
-                return [rest[0]] if rest else [a.name for a in node.names]
+                return [".".join(rest)] if rest else [a.name for a in node.names]
         if isinstance(node, ast.Import):
-            return [a.name.split(".")[1] for a in node.names if a.name.startswith(package + ".")]
+            return [a.name.split(".", 1)[1] for a in node.names if a.name.startswith(package + ".")]
         return []
 
     def visit(node, in_func):
@@ -57,6 +62,25 @@ def medsyn_imports(tree, module: str, package: str):
 
     visit(tree, False)
     return {"top": top, "inside": inside}
+
+
+def module_files(pkg: Path) -> dict:
+    "{dotted module name below the package: file} of every module, subpackages included (a package by its `__init__`)."
+    out = {}
+    for p in sorted(pkg.rglob("*.py")):
+        parts = p.relative_to(pkg).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts and not any(x.startswith("_") for x in parts):
+            out[".".join(parts)] = p
+    return out
+
+
+def known(target: str, mods: dict) -> str:
+    "The module an import target names: itself, or (for `from pkg import name`) the package it was imported from."
+    while target and target not in mods:
+        target = target.rpartition(".")[0]
+    return target
 
 
 def cycles(graph: dict) -> list:
@@ -73,15 +97,6 @@ def cycles(graph: dict) -> list:
     for s in sorted(graph):
         dfs(s, s, [s])
     return [list(c) for c in sorted(found)]
-
-
-def modules(pkg: Path) -> dict[str, Path]:
-    "Module name (dotted below the package, e.g. `study.stages`) -> file, private modules and `__init__` left out."
-    return {
-        ".".join(p.relative_to(pkg).with_suffix("").parts): p
-        for p in sorted(pkg.rglob("*.py"))
-        if not p.stem.startswith("_")
-    }
 
 
 def stage_frames(mods: dict[str, Path]) -> dict:
@@ -140,13 +155,14 @@ def notebook_stats(nbs: Path) -> dict:
 
 def stats(pkg: Path, nbs: Path | None = None) -> dict:
     package = pkg.name
-    mods = modules(pkg)
+    mods = module_files(pkg)
     funcs, graph, top_n, inside_n, long_lines, lines = [], {}, 0, 0, 0, 0
     for name, path in mods.items():
         text = path.read_text()
         tree = ast.parse(text)
         funcs += [(f"{name}.{q}", n) for q, n in functions(tree)]
-        imp = medsyn_imports(tree, name, package)
+        imp = medsyn_imports(tree, name, package, path.name == "__init__.py")
+        imp = {k: {known(t, mods) for t in v} - {"", name} for k, v in imp.items()}
         graph[name] = imp["top"] | imp["inside"]
         top_n += len(imp["top"])
         inside_n += len(imp["inside"] - imp["top"])
