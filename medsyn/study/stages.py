@@ -157,7 +157,8 @@ def stage_prepare(run: StageRun) -> list[Path]:
     real = load_real(cfg, data_dir)
     rec = prepare_record(real, data_dir, study_splits(cfg, real), cfg.dataset)
     rec.save(lay.prepare_json)
-    run_stage_jobs(run, [real_subset_job(cfg, lay, s["fold"], s["fraction"]) for s in rec.splits])
+    # seconds of work: in this process, whichever executor runs the grid after it
+    run_stage_jobs(run, [real_subset_job(cfg, lay, s["fold"], s["fraction"]) for s in rec.splits], here=True)
     subsets = [lay.real_subset(s["fold"], s["fraction"]) for s in rec.splits]
     fg = real.index["fg_fraction"] if "fg_fraction" in real.index else pd.Series(np.nan, index=real.index.index)
     ds_table = pd.DataFrame(

@@ -241,18 +241,20 @@ def study_executor(cfg: StudyConfig, log: Callable = print):
     return LocalExecutor(log=log)
 
 
-def run_study_jobs(cfg: StudyConfig, jobs: Sequence[Job], jobs_csv: str | Path, log: Callable = print) -> pd.DataFrame:
+def run_study_jobs(
+    cfg: StudyConfig, jobs: Sequence[Job], jobs_csv: str | Path, log: Callable = print, here: bool = False
+) -> pd.DataFrame:
     """Run `jobs` with the study's executor, writing their jobs table to `jobs_csv`; dependencies on jobs outside
-    the list are dropped (they ran before), and when every job is done already they are skipped here (no cluster)."""
+    the list are dropped (they ran before); `here`, or when every job is done already, they run in this process."""
     names = {j.name for j in jobs}
     jobs = [replace(j, deps=tuple(d for d in j.deps if d in names)) for j in jobs]
-    done = all(j.is_done is not None and j.is_done() for j in jobs)
-    return (LocalExecutor(log=log) if done else study_executor(cfg, log)).run(jobs, jobs_csv)
+    here = here or all(j.is_done is not None and j.is_done() for j in jobs)
+    return (LocalExecutor(log=log) if here else study_executor(cfg, log)).run(jobs, jobs_csv)
 
 
-def run_stage_jobs(run: StageRun, jobs: Sequence[Job]) -> pd.DataFrame:
-    "Run a stage's jobs (`run_study_jobs`) with its jobs table in `tables/jobs_<stage>.csv`."
-    return run_study_jobs(run.cfg, jobs, run.lay.table(f"jobs_{run.name}.csv"), run.log)
+def run_stage_jobs(run: StageRun, jobs: Sequence[Job], here: bool = False) -> pd.DataFrame:
+    "Run a stage's jobs (`run_study_jobs`; `here`: in this process) with its jobs table in `tables/jobs_<stage>.csv`."
+    return run_study_jobs(run.cfg, jobs, run.lay.table(f"jobs_{run.name}.csv"), run.log, here)
 
 # %% ../../nbs/09b_store.ipynb
 def stage(name: str, needs_record: bool = True):
