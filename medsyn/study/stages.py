@@ -4,14 +4,15 @@
 
 # %% ../../nbs/09c_stages.ipynb 2
 from __future__ import annotations
-import functools, tempfile, time
+import functools, hashlib, io, tempfile, time
 from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
-from ..core import MedsynError, check, atomic_write_text, file_sha256
+import torch
+from ..core import MedsynError, check, atomic_write_text
 from ..executor import Job, plan
 from ..data import check_disjoint, load_canonical, plot_dataset_overview, write_canonical
 from ..generate import generate_pairs, warp_settings
@@ -62,11 +63,11 @@ __all__ = ['QUALITY_METRICS', 'QUALITY_COLUMNS', 'write_real_subset', 'job_conte
            'real_subset_task', 'real_subset_job', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for',
            'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_task', 'gan_job_name', 'gan_job',
            'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'synthetic_sets',
-           'mask_source', 'synthetic_inputs', 'sample_variant', 'make_synthetic_set', 'synthetic_task', 'synthetic_job',
-           'stage_generate', 'cell_inputs', 'cell_setup', 'run_cell', 'cell_task', 'cell_job', 'learning_curves',
-           'dice_table', 'stage_segment', 'quality_rows', 'reference_halves', 'quality_comparisons', 'quality_inputs',
-           'quality_task', 'quality_job', 'read_quality_rows', 'stage_quality', 'study_jobs', 'study_plan', 'FoldData',
-           'prepare_fold', 'variant_pairs']
+           'mask_source', 'checkpoint_fingerprint', 'synthetic_inputs', 'sample_variant', 'make_synthetic_set',
+           'synthetic_task', 'synthetic_job', 'stage_generate', 'cell_inputs', 'cell_setup', 'run_cell', 'cell_task',
+           'cell_job', 'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves',
+           'quality_comparisons', 'quality_inputs', 'quality_task', 'quality_job', 'read_quality_rows', 'stage_quality',
+           'study_jobs', 'study_plan', 'FoldData', 'prepare_fold', 'variant_pairs']
 
 # %% ../../nbs/09c_stages.ipynb
 def write_real_subset(
@@ -412,6 +413,18 @@ def mask_source(cfg: StudyConfig, fold: int, fraction: float, lay: RunLayout) ->
     )
 
 # %% ../../nbs/09c_stages.ipynb
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """SHA-256 of what a GAN checkpoint generates with: everything it holds but when and where it was trained (its
+    wall-clock `progress.elapsed_s` and `data_dir`; `data_fingerprint` names the data). Two runs that trained the
+    same weights, on any executor, give the same fingerprint; the file's own SHA-256 would differ by the clock."""
+    ck = load_checkpoint(path)
+    ck = {k: v for k, v in ck.items() if k != "data_dir"}
+    ck["progress"] = {k: v for k, v in ck.get("progress", {}).items() if k != "elapsed_s"}
+    buf = io.BytesIO()
+    torch.save(ck, buf)
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+# %% ../../nbs/09c_stages.ipynb
 def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout) -> dict:
     """What a synthetic set depends on: the checkpoints (by SHA-256) and subjects of its GANs, N, truncation and seed, and for
     a warped variant its mask source. `gan_subjects` is every subject whose data shaped the set (GAN training subjects and
@@ -427,7 +440,7 @@ def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float,
         n=n,
         trunc=cfg.trunc,
         seed=cfg.split_seed + fold,
-        checkpoints={g: file_sha256(p) for g, p in ckpts.items()},
+        checkpoints={g: checkpoint_fingerprint(p) for g, p in ckpts.items()},
         gan_subjects=sorted(subjects),
         **({} if masks is None else dict(masks=masks)),
     )
