@@ -82,7 +82,7 @@ def _netns_ok() -> bool:
         return False
 
 
-def _study(runs: Path, *extra, netns: bool = False, hook: str = "", timeout: int = 600):
+def _study(runs: Path, *extra, netns: bool = False, hook: str = "", timeout: int = 1500):
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -120,6 +120,8 @@ def _tables(out: Path) -> dict:
     }
 
 
+# measured on the shared 2-core dev machine: killed local run ~160 s, its rerun 600-1050 s (the quality stage's 22
+# evaluations dominate), ray 630 s: far over the 4-minute target; see the issue #31 phase-2 report
 @pytest.mark.slow
 @pytest.mark.skipif(not _netns_ok(), reason="the ray run needs a private network namespace (unshare -n, as root)")
 def test_ci_grid_local_killed_rerun_and_ray_give_the_same_results(tmp_path):
@@ -138,7 +140,7 @@ def test_ci_grid_local_killed_rerun_and_ray_give_the_same_results(tmp_path):
     assert (jobs.drop(sorted(finished)).state == "done").all()  # and the rest ran once
     # ray: a local cluster, every job of the grid in one call after prepare, no GPUs on this machine
     ray_runs = tmp_path / "ray"
-    p, t_ray = _study(ray_runs, "--executor", "ray", "--set", "gan_gpus=0", netns=True, timeout=900)
+    p, t_ray = _study(ray_runs, "--executor", "ray", "--set", "gan_gpus=0", netns=True)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rjobs = pd.read_csv(ray_runs / "default" / "tables" / "jobs.csv").set_index("job")
     assert set(rjobs.state) == {"done"} and set(rjobs.index) == {j for j in jobs.index if "real_subset" not in j}
