@@ -120,9 +120,15 @@ def _tables(out: Path) -> dict:
     }
 
 
-# measured on the shared 2-core dev machine: killed local run ~160 s, its rerun 600-1050 s (the quality stage's 22
-# evaluations dominate), ray 630 s: far over the 4-minute target; see the issue #31 phase-2 report
+# Measured on the shared 2-core dev machine: killed local run ~160 s, its rerun 600-1050 s (the quality stage's 22
+# evaluations dominate), ray 630 s: far over CI's budget, so it runs only when asked (MEDSYN_GRID_TEST=1); its steps
+# and checks gave identical manifests, tables and dice.csv when run by hand (issue #31 note). Shrinking it to CI size
+# (a smaller quality stage, stages called without papermill) is the open part of #31.
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("MEDSYN_GRID_TEST") != "1",
+    reason="the CI-sized study grid local vs ray takes 15-30 min on 2 cores: run with MEDSYN_GRID_TEST=1",
+)
 @pytest.mark.skipif(not _netns_ok(), reason="the ray run needs a private network namespace (unshare -n, as root)")
 def test_ci_grid_local_killed_rerun_and_ray_give_the_same_results(tmp_path):
     pytest.importorskip("ray")
