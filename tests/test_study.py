@@ -1,13 +1,13 @@
 """The study: statistics against scipy and a hand example, and the CI-sized study end to end (with resume)."""
 
-import re, time
+import re
+import shutil
+import time
 from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
-
-import shutil
 
 from medsyn.core import load_json, save_json
 from medsyn.stats import EXPLORATORY, VERDICTS
@@ -26,7 +26,6 @@ from medsyn.study import (
     run_config,
     segmentation_tables,
     study_config,
-    study_main,
     study_notebooks_dir,
     trivial_baseline_check,
     write_table,
@@ -36,7 +35,8 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 
 
 class ReportHTML(HTMLParser):
-    "What a rendered report shows: its images, figure captions, tables, table captions and the code blocks nbconvert emits."
+    """What a rendered report shows: its images, figure captions, tables, table captions and the code blocks nbconvert
+    emits."""
 
     def __init__(self, html: str):
         super().__init__()
@@ -63,7 +63,8 @@ class ReportHTML(HTMLParser):
 
 
 def assert_reads_like_a_paper(path, n_test: int, min_figures: int):
-    "A rendered report: no code, prompts, logs or front matter; every figure and table numbered and captioned, no unfilled field."
+    """A rendered report: no code, prompts, logs or front matter; every figure and table numbered and captioned, no
+    unfilled field."""
     html = path.read_text()
     r = ReportHTML(html)
     assert r.code == 0, f"{path}: {r.code} code inputs/prompts"
@@ -115,7 +116,8 @@ def test_quick_profile_grid_is_the_documented_one():
 
 
 def toy_dice(seeds=(0, 1), lookup=(0.86, 0.70), n=5, seed=0):
-    "Two folds of n subjects: real-only U-Net near 0.865 / 0.80, warped+cond 0.04 lower, a deterministic lookup per fold."
+    """Two folds of n subjects: real-only U-Net near 0.865 / 0.80, warped+cond 0.04 lower, a deterministic lookup per
+    fold."""
     rng = np.random.default_rng(seed)
     rows = []
     level = {(f, i): (0.865, 0.80)[f] + 0.03 * rng.normal() for f in (0, 1) for i in range(n)}
@@ -170,7 +172,8 @@ def test_lookup_wording_on_a_fold_where_they_tie():
 
 
 def test_report_prose_never_outruns_the_tables():
-    "Each sentence carries its table row's verdict and the p it rests on; one training per fold gives no better/worse anywhere."
+    """Each sentence carries its table row's verdict and the p it rests on; one training per fold gives no better/worse
+    anywhere."""
     for seeds in [(0,), (0, 1)]:
         tabs = segmentation_tables(toy_dice(seeds), study_config("quick"))
         summ = tabs["dice_summary"]

@@ -6,11 +6,11 @@
 __all__ = []
 
 # %% ../../nbs/09_study_package.ipynb
-from . import design, store, stages, report, run
+from . import design, report, run, stages, store
 from .design import *  # noqa: F403
-from .store import *  # noqa: F403
-from .stages import *  # noqa: F403
 from .report import *  # noqa: F403
 from .run import *  # noqa: F403
+from .stages import *  # noqa: F403
+from .store import *  # noqa: F403
 
 __all__ = [n for m in (design, store, stages, report, run) for n in m.__all__]

@@ -4,21 +4,26 @@
 
 # %% ../../nbs/09a_design.ipynb 2
 from __future__ import annotations
-import hashlib, json
-from dataclasses import dataclass, asdict, field
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+
 import numpy as np
 import pandas as pd
-from ..core import MedsynError, check, from_preset, runs_dir, atomic_write_text
+
+from ..core import MedsynError, atomic_write_text, check, from_preset, runs_dir
 from ..data import check_disjoint, default_dataset, fold_subjects, load_canonical, mni152_dataset
 from ..generate import warp_settings
+from ..networks import GAN_KINDS
 from medsyn.stats import (
     ARM,
-    arm_label,
     BASELINE,
     COMPARE_COLUMNS,
     add_verdicts,
+    arm_label,
     arm_rows,
     arm_statistics,
     compare_arms,
@@ -29,7 +34,6 @@ from medsyn.stats import (
     seed_mean,
     summary_table,
 )
-from ..networks import GAN_KINDS
 from ..viz import label_cmap, save_figure
 
 # %% auto 0
@@ -121,17 +125,24 @@ class StudyConfig:
         bad_kinds = [k for k, v in self.gan_overrides.items() if isinstance(v, dict) and k not in GAN_KINDS]
         check(
             not bad_kinds,
-            f"gan_overrides: {bad_kinds} hold settings but are not GAN kinds; per-kind settings go under one of {GAN_KINDS}",
+            f"gan_overrides: {bad_kinds} hold settings but are not GAN kinds; per-kind settings go under one of "
+            f"{GAN_KINDS}",
         )
 
 # %% ../../nbs/09a_design.ipynb
 PROFILES = {
-    # quick: the 30-minute budget goes to U-Nets that converge (they must beat the intensity lookup) before more factors, and to
-    # the one variant whose pairs look like brain slices after minutes of CPU: warped+cond, its cond GAN narrower (channel base
-    # 1024, max 64) at batch 4, i.e. 500 steps in 2 kimg (see `medsyn bench quality`); joint needs far more (`--set variants=...`).
-    # That narrow net runs in fp32: its small convolutions gain nothing from bf16 (152 ms/step fp32, 148-161 bf16; 10_bench).
-    # Two U-Net seeds: the headline comparison (warped+cond vs real-only) needs >= 2 trainings per arm and fold for a verdict
-    # (medsyn.stats.run_t); they are paid for by dropping the oversampled and no-augmentation controls (full and ci keep them).
+    # quick: the 30-minute budget goes to U-Nets that converge (they must beat the intensity lookup) before more
+    # factors, and to
+    # the one variant whose pairs look like brain slices after minutes of CPU: warped+cond, its cond GAN narrower
+    # (channel base
+    # 1024, max 64) at batch 4, i.e. 500 steps in 2 kimg (see `medsyn bench quality`); joint needs far more (`--set
+    # variants=...`).
+    # That narrow net runs in fp32: its small convolutions gain nothing from bf16 (152 ms/step fp32, 148-161 bf16;
+    # 10_bench).
+    # Two U-Net seeds: the headline comparison (warped+cond vs real-only) needs >= 2 trainings per arm and fold for a
+    # verdict
+    # (medsyn.stats.run_t); they are paid for by dropping the oversampled and no-augmentation controls (full and ci keep
+    # them).
     "quick": dict(
         synthetic_factors=(0, 1),
         variants=("warped+cond",),
@@ -192,7 +203,8 @@ def cell_id(fraction: float, variant: str, factor: float, fold: int, seed: int) 
 
 # %% ../../nbs/09a_design.ipynb
 def arms_at(cfg: StudyConfig, factor: float, seed: int) -> list[str]:
-    "The arms (variants) of one factor: real-only and its controls at 0, the GAN variants and the dilution control above 0."
+    """The arms (variants) of one factor: real-only and its controls at 0, the GAN variants and the dilution control
+    above 0."""
     if factor == 0:
         return ["real"] + [
             CONTROLS[c] for c in ("noaug", "lookup") if c in cfg.controls and (c != "lookup" or seed == cfg.seeds[0])
@@ -234,9 +246,10 @@ def gan_jobs(cfg: StudyConfig) -> pd.DataFrame:
 
 # %% ../../nbs/09a_design.ipynb
 def vs_dilution(dice: pd.DataFrame, variants: Sequence[str], margin: float, alpha: float = 0.05) -> pd.DataFrame:
-    "Every synthetic arm × f against its dilution control `real-oversampled` × f; Holm over all of them (a family of one: none)."
+    """Every synthetic arm × f against its dilution control `real-oversampled` × f; Holm over all of them (a family of
+    one: none)."""
     frames = []
-    for (fraction, factor), g in dice[dice.factor > 0].groupby(["fraction", "factor"], sort=True):
+    for (_fraction, factor), g in dice[dice.factor > 0].groupby(["fraction", "factor"], sort=True):
         if CONTROLS["oversampled"] not in set(g.variant):
             continue
         g = g[g.variant.isin([CONTROLS["oversampled"], *variants])]
@@ -264,7 +277,8 @@ LOOKUP_COLUMNS = [
 
 
 def trivial_baseline_check(dice: pd.DataFrame, margin: float = 0.02, level: float = 0.95) -> pd.DataFrame:
-    "Per (fraction, fold), every arm against the intensity lookup: mean Dice of both, the paired t (`arm_statistics`), `beats_lookup` = CI above 0."
+    """Per (fraction, fold), every arm against the intensity lookup: mean Dice of both, the paired t (`arm_statistics`),
+    `beats_lookup` = CI above 0."""
     lookup, rows = CONTROLS["lookup"], []
     for (fraction, fold), g in dice.groupby(["fraction", "fold"], sort=True):
         base = g[g.variant == lookup]
@@ -294,7 +308,8 @@ def trivial_baseline_check(dice: pd.DataFrame, margin: float = 0.02, level: floa
 
 # %% ../../nbs/09a_design.ipynb
 def segmentation_tables(dice: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.DataFrame]:
-    "The study's segmentation tables from the per-subject Dice (`dice.csv`): summary, comparisons, controls, variance, power."
+    """The study's segmentation tables from the per-subject Dice (`dice.csv`): summary, comparisons, controls, variance,
+    power."""
     untrained = (CONTROLS["lookup"],)
     stats = compare_arms(dice, BASELINE, cfg.equivalence_margin, untrained=untrained)
     return dict(
@@ -308,18 +323,22 @@ def segmentation_tables(dice: pd.DataFrame, cfg: StudyConfig) -> dict[str, pd.Da
 
 # %% ../../nbs/09a_design.ipynb
 def _lookup_where(r) -> str:
-    return f"fold {r.fold} at {100 * r.fraction:g} % (Δ = {r.mean_delta:+.3f}, 95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f})"
+    ci = f"95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f}"
+    return f"fold {r.fold} at {100 * r.fraction:g} % (Δ = {r.mean_delta:+.3f}, {ci})"
 
 
 def lookup_warning(trivial: pd.DataFrame) -> str:
-    "Bold warnings naming every (fold, fraction) where the real-only U-Net, then any other arm, is no better than the lookup (CI reaching 0)."
+    """Bold warnings naming every (fold, fraction) where the real-only U-Net, then any other arm, is no better than the
+    lookup (CI reaching 0)."""
     weak = trivial[~trivial.beats_lookup.astype(bool)]
     real, others = weak[weak.variant == "real"], weak[weak.variant != "real"]
     parts = []
     if len(real):
         parts.append(
-            f"**Warning: on {'; '.join(_lookup_where(r) for r in real.itertuples())} the real-only U-Net is no better than a "
-            "per-pixel intensity lookup; there it has not shown that it learned the task, and no effect measured on top of it "
+            f"**Warning: on {'; '.join(_lookup_where(r) for r in real.itertuples())} the real-only U-Net is no better "
+            "than a "
+            "per-pixel intensity lookup; there it has not shown that it learned the task, and no effect measured on "
+            "top of it "
             "can be trusted.**"
         )
     if len(others):
@@ -340,7 +359,8 @@ _MARKDOWN_ACTIVE = str.maketrans(
 
 
 def escape_text(value) -> str:
-    "`value` as text that HTML and Markdown show as it is: `<`, `>`, `&`, quotes and Markdown's active characters escaped."
+    """`value` as text that HTML and Markdown show as it is: `<`, `>`, `&`, quotes and Markdown's active characters
+    escaped."""
     return str(value).translate(_MARKDOWN_ACTIVE)
 
 # %% ../../nbs/09a_design.ipynb
@@ -422,8 +442,10 @@ def plot_pairs(
 
 # %% ../../nbs/09a_design.ipynb
 def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None = None):
-    "Dice vs pairs added per variant and the dilution control (seeds averaged; 95 % t-interval over subjects); real-only controls as lines."
-    import matplotlib.pyplot as plt, seaborn as sns
+    """Dice vs pairs added per variant and the dilution control (seeds averaged; 95 % t-interval over subjects);
+    real-only controls as lines."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
 
     d = seed_mean(dice[dice.fraction == fraction])
     base, added = d[d.variant == "real"], sorted(d[d.factor > 0].variant.unique())
@@ -444,8 +466,10 @@ def plot_dice_vs_n(dice: pd.DataFrame, fraction: float = 1.0, title: str | None 
 
 # %% ../../nbs/09a_design.ipynb
 def plot_small_data(dice: pd.DataFrame, sweep_factor: float = 1.0, title: str | None = None):
-    "Seaborn plot of Dice vs share of real training subjects: real only vs real + `sweep_factor`x synthetic per variant."
-    import matplotlib.pyplot as plt, seaborn as sns
+    """Seaborn plot of Dice vs share of real training subjects: real only vs real + `sweep_factor`x synthetic per
+    variant."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
 
     d = seed_mean(dice[(dice.variant == "real") | (dice.factor == sweep_factor)])
     d["setting"] = np.where(d.variant == "real", "real only", d.variant + f" +{sweep_factor:g}x")
@@ -493,7 +517,8 @@ def load_real(cfg: StudyConfig, data_dir: str | Path | None = None):
 
 # %% ../../nbs/09a_design.ipynb
 def study_splits(cfg: StudyConfig, real) -> list[dict]:
-    "Train/val/test subjects and real training slice counts for every (fold, fraction), from `medsyn.data.fold_subjects`."
+    """Train/val/test subjects and real training slice counts for every (fold, fraction), from
+    `medsyn.data.fold_subjects`."""
     val_fraction = cfg.val_fraction
     out = []
     for fold in range(cfg.folds):
@@ -533,8 +558,10 @@ def _subjects_needed(cfg: StudyConfig, val_fraction: float, limit: int = 1000) -
 
 # %% ../../nbs/09a_design.ipynb
 def check_study_dataset(cfg: StudyConfig, log: Callable = print) -> StudyConfig:
-    """Check a user's dataset against `cfg` before any stage runs: enough subjects (the message says how many and what to change),
-    the profile's resolution; returns `cfg` with the fractions that give identical subject sets merged into the larger one."""
+    """Check a user's dataset against `cfg` before any stage runs: enough subjects (the message says how many and what
+    to change),
+    the profile's resolution; returns `cfg` with the fractions that give identical subject sets merged into the larger
+    one."""
     if cfg.dataset == "default":
         return cfg
     real, name = load_real(cfg), dataset_name(cfg.dataset)
@@ -544,7 +571,8 @@ def check_study_dataset(cfg: StudyConfig, log: Callable = print) -> StudyConfig:
     check(
         n >= need,
         f"{cfg.dataset}: {n} subjects{capped} are too few for profile {cfg.profile}: {cfg.folds} folds, fractions "
-        f"{', '.join(f'{f:g}' for f in sorted(cfg.fractions))}, a validation share of {val_fraction:g} and two real halves for the "
+        f"{', '.join(f'{f:g}' for f in sorted(cfg.fractions))}, a validation share of {val_fraction:g} and two real "
+        "halves for the "
         f"quality reference need at least {need} subjects; prepare more subjects, or lower --folds"
         + (", or drop the small fractions (--set fractions=[1.0])" if len(cfg.fractions) > 1 else "")
         + (", or raise --set max_subjects" if cfg.max_subjects and cfg.max_subjects < need else ""),
@@ -552,8 +580,10 @@ def check_study_dataset(cfg: StudyConfig, log: Callable = print) -> StudyConfig:
     res = tuple(real.resolution)
     check(
         res == (cfg.resolution, cfg.resolution),
-        f"{cfg.dataset}: prepared at {res[0]}x{res[1]} but profile {cfg.profile} trains at {cfg.resolution}x{cfg.resolution}; prepare it again "
-        f"with `medsyn prepare SRC --out DIR --res {cfg.resolution}`, or pass --resolution {res[0]} to run at the dataset's resolution "
+        f"{cfg.dataset}: prepared at {res[0]}x{res[1]} but profile {cfg.profile} trains at "
+        f"{cfg.resolution}x{cfg.resolution}; prepare it again "
+        f"with `medsyn prepare SRC --out DIR --res {cfg.resolution}`, or pass --resolution {res[0]} to run at the "
+        "dataset's resolution "
         f"(every model {(res[0] / cfg.resolution) ** 2:g}x the profile's size)",
     )
     sets = {

@@ -4,11 +4,15 @@
 
 # %% ../../nbs/09d_report.ipynb 2
 from __future__ import annotations
-import base64, copy
+
+import base64
+import copy
 from pathlib import Path
+
 import pandas as pd
 from IPython.display import HTML, Markdown, display
-from ..core import check, atomic_write_text
+
+from ..core import atomic_write_text, check
 from ..stats import EXPLORATORY, arm_label
 from .design import CONTROLS, StudyConfig, escape_text
 from .store import PrepareRecord, RunLayout
@@ -19,9 +23,11 @@ __all__ = ['TABLE_CAPTIONS', 'FIGURE_CAPTIONS', 'report_facts', 'table_html', 'f
 
 # %% ../../nbs/09d_report.ipynb
 def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
-    """The numbers a dataset report quotes, read from the run (its `PrepareRecord`, `tables/dice.csv`) and `cfg`; its texts
+    """The numbers a dataset report quotes, read from the run (its `PrepareRecord`, `tables/dice.csv`) and `cfg`; its
+    texts
     (the
-    dataset's name, modalities and labels come from the user's files) are `escape_text`-ed for the report's HTML and Markdown."""
+    dataset's name, modalities and labels come from the user's files) are `escape_text`-ed for the report's HTML and
+    Markdown."""
     lay = RunLayout(out_dir)
     rec = PrepareRecord.load(lay.prepare_json)
     dice = pd.read_csv(lay.table("dice.csv"))
@@ -58,45 +64,65 @@ def report_facts(cfg: StudyConfig, out_dir: str | Path) -> dict:
 
 _ARMS = (
     "Arms: real-only (factor 0, with classical augmentation), real-noaug (real-only without classical augmentation), "
-    "intensity-lookup (a per-pixel intensity lookup fitted on the training subjects), the GAN variants ({variants}) adding "
-    "factor × the real training slices as synthetic pairs, and real-oversampled (real slices repeated to the same sample count)."
+    "intensity-lookup (a per-pixel intensity lookup fitted on the training subjects), the GAN variants ({variants}) "
+    "adding "
+    "factor × the real training slices as synthetic pairs, and real-oversampled (real slices repeated to the same "
+    "sample count)."
 )
 _TESTS = (
-    "mean_delta: mean paired difference to real-only over the n = {n_test} test subjects and the trainings of their fold "
-    "(n_runs: trainings per fold of the arm and its baseline, paired by seed); sd_delta: sd over subjects of the seed-averaged "
-    "difference; se_delta, df: its standard error and Satterthwaite degrees of freedom, with test subjects and training runs as "
+    "mean_delta: mean paired difference to real-only over the n = {n_test} test subjects and the trainings of their "
+    "fold "
+    "(n_runs: trainings per fold of the arm and its baseline, paired by seed); sd_delta: sd over subjects of the "
+    "seed-averaged "
+    "difference; se_delta, df: its standard error and Satterthwaite degrees of freedom, with test subjects and "
+    "training runs as "
     "crossed random effects (medsyn.stats.run_t); ci_low, ci_high: its 95 % t-interval; p_test: two-sided t-test of no "
-    "difference and p_tost: equivalence (TOST) p for a margin of ±{margin} Dice, both from the same t; p_holm, p_tost_holm: "
-    "Holm-corrected over the n_tests comparisons of the table (uncorrected when n_tests = 1); verdict: 'exploratory: one training "
-    "per fold' with fewer than 2 trainings per fold (the interval is then conditional on that training), better / worse when "
-    "p_holm < 0.05 and |mean_delta| > {margin}, equivalent when p_tost_holm < 0.05, otherwise inconclusive; p_verdict: the p the "
+    "difference and p_tost: equivalence (TOST) p for a margin of ±{margin} Dice, both from the same t; p_holm, "
+    "p_tost_holm: "
+    "Holm-corrected over the n_tests comparisons of the table (uncorrected when n_tests = 1); verdict: 'exploratory: "
+    "one training "
+    "per fold' with fewer than 2 trainings per fold (the interval is then conditional on that training), better / "
+    "worse when "
+    "p_holm < 0.05 and |mean_delta| > {margin}, equivalent when p_tost_holm < 0.05, otherwise inconclusive; p_verdict: "
+    "the p the "
     "verdict rests on."
 )
 TABLE_CAPTIONS = {
-    "dataset": "The {name} dataset: {n_subjects} subjects, {n_slices} 2D slices of {resolution} pixels; modalities {modalities}; "
+    "dataset": "The {name} dataset: {n_subjects} subjects, {n_slices} 2D slices of {resolution} pixels; modalities "
+    "{modalities}; "
     "labels {labels}; mean_fg_fraction is the mean share of foreground pixels per slice. Source: {provenance}",
-    "folds": "Subject-level {folds}-fold cross-validation (split seed {split_seed}): per fold and share of the labelled subjects "
-    "(fraction), the training, validation and test subjects. Every subject is tested exactly once: n = {n_test} test subjects "
+    "folds": "Subject-level {folds}-fold cross-validation (split seed {split_seed}): per fold and share of the "
+    "labelled subjects "
+    "(fraction), the training, validation and test subjects. Every subject is tested exactly once: n = {n_test} test "
+    "subjects "
     "({n_test_fold} per fold).",
-    "gan_training": "GAN training, one run per generator, fold and fraction on that fold's training subjects only (preset {gan_preset}; "
+    "gan_training": "GAN training, one run per generator, fold and fraction on that fold's training subjects only "
+    "(preset {gan_preset}; "
     "kimg {gan_kimg}; {gan_budget} per run): kimg reached and the snapshot used for sampling.",
-    "quality": "Image quality of the synthetic pairs (variants {variants}) against the fold's real training slices, mean ± sd over the "
-    "{folds} folds (at most {n_quality} samples per set). 'real half B vs half A' compares two disjoint halves of the real "
+    "quality": "Image quality of the synthetic pairs (variants {variants}) against the fold's real training slices, "
+    "mean ± sd over the "
+    "{folds} folds (at most {n_quality} samples per set). 'real half B vs half A' compares two disjoint halves of the "
+    "real "
     "training subjects at the same N: the value a generator indistinguishable from real data would reach. "
-    "'synthetic vs held-out' scores the pairs against the fold's test subjects, which no GAN saw; 'real train vs held-out' "
+    "'synthetic vs held-out' scores the pairs against the fold's test subjects, which no GAN saw; 'real train vs "
+    "held-out' "
     "is its reference at the same N. domain_pr: precision/recall (k = 3) on the real-only U-Net's bottleneck features. "
     "n/a: the metric's network weights are not available on this machine.",
-    "dice_summary": "Test Dice per arm (fraction: share of the labelled subjects used; factor: synthetic pairs added as a multiple of the "
+    "dice_summary": "Test Dice per arm (fraction: share of the labelled subjects used; factor: synthetic pairs added "
+    "as a multiple of the "
     "real training slices). Dice is computed per test subject on the 3D stack of its slices and averaged over "
     "{n_seeds} U-Net seed(s); dice: mean ± sd over the n = {n_test} test subjects of the {folds} folds. "
     + _ARMS
     + " "
     + _TESTS,
-    "vs_dilution": "Synthetic content against dilution: every GAN arm compared with real-oversampled at the same factor (the same number "
+    "vs_dilution": "Synthetic content against dilution: every GAN arm compared with real-oversampled at the same "
+    "factor (the same number "
     "of training samples, all real), paired over the n = {n_test} test subjects. "
     + _TESTS.replace("real-only", "real-oversampled"),
-    "trivial_baseline": "Sanity check per fold ({n_test_fold} test subjects per fold): every arm against the per-pixel intensity lookup "
-    "fitted on the same training subjects: mean test Dice of the arm (over its trainings) and of the lookup, the paired "
+    "trivial_baseline": "Sanity check per fold ({n_test_fold} test subjects per fold): every arm against the per-pixel "
+    "intensity lookup "
+    "fitted on the same training subjects: mean test Dice of the arm (over its trainings) and of the lookup, the "
+    "paired "
     "difference with its 95 % t-interval and p (trainings as replicates with two or more per fold, otherwise "
     "conditional on the one training); beats_lookup: the interval lies above 0. A real-only U-Net that does not beat "
     "the lookup has not shown that it learned the task.",
@@ -105,32 +131,45 @@ TABLE_CAPTIONS = {
     "per lesion class (HD95 in mm; the volume diagonal when a class is on one side only); lesion_cases of the cases "
     "have a lesion; sensitivity: share of them where any lesion pixel is predicted; specificity: share of the "
     "lesion-free cases with none predicted.",
-    "design_power": "Minimum detectable effect of the test the verdicts use: per arm, the paired test subjects, the trainings per fold, "
-    "the standard error and degrees of freedom of the run-aware paired t, the size of its Holm family (n_tests), the level "
-    "of Holm's first step (alpha_test = 0.05 / n_tests) and mde: the smallest true mean difference that test detects with "
+    "design_power": "Minimum detectable effect of the test the verdicts use: per arm, the paired test subjects, the "
+    "trainings per fold, "
+    "the standard error and degrees of freedom of the run-aware paired t, the size of its Holm family (n_tests), the "
+    "level "
+    "of Holm's first step (alpha_test = 0.05 / n_tests) and mde: the smallest true mean difference that test detects "
+    "with "
     "80 % power at alpha_test. A better / worse verdict also needs |Δ| > {margin}.",
-    "dice_per_seed": "Variance across the {n_seeds} U-Net seed(s): per arm, the mean test Dice, the sd between the seed means and the "
-    "within-subject sd across seeds (RMS over the n = {n_test} test subjects) and sd_run, the sd of one training's effect on all "
+    "dice_per_seed": "Variance across the {n_seeds} U-Net seed(s): per arm, the mean test Dice, the sd between the "
+    "seed means and the "
+    "within-subject sd across seeds (RMS over the n = {n_test} test subjects) and sd_run, the sd of one training's "
+    "effect on all "
     "test subjects of its fold (runs × subjects ANOVA per fold, pooled); empty with one seed.",
 }
 FIGURE_CAPTIONS = {
-    "dataset_overview": "The {name} dataset ({n_subjects} subjects, {n_slices} slices, modalities {modalities}): example slices with "
+    "dataset_overview": "The {name} dataset ({n_subjects} subjects, {n_slices} slices, modalities {modalities}): "
+    "example slices with "
     "their label maps and the distribution of the foreground share.",
-    "real_vs_synthetic": "Real training pairs (top rows) next to synthetic pairs of each GAN variant ({variants}) of fold 0; each row "
+    "real_vs_synthetic": "Real training pairs (top rows) next to synthetic pairs of each GAN variant ({variants}) of "
+    "fold 0; each row "
     "shows the image channels and the label map overlaid on the first channel.",
     "samples": "Synthetic pairs of the {variant} GAN of fold 0 (image channels and label-map overlay).",
-    "dice_vs_n": "Test Dice against the synthetic pairs added (factor × real training slices: {factors}) for every GAN variant and "
-    "the dilution control real-oversampled; points are means over the n = {n_test} test subjects (seeds averaged), bands "
-    "their 95 % t-interval over subjects. Horizontal lines: real-only (dotted), real-noaug (dashed), intensity lookup (dash-dot).",
-    "small_data": "Small-data sweep: test Dice against the share of labelled subjects used for training ({fractions}), real-only "
+    "dice_vs_n": "Test Dice against the synthetic pairs added (factor × real training slices: {factors}) for every GAN "
+    "variant and "
+    "the dilution control real-oversampled; points are means over the n = {n_test} test subjects (seeds averaged), "
+    "bands "
+    "their 95 % t-interval over subjects. Horizontal lines: real-only (dotted), real-noaug (dashed), "
+    "intensity lookup (dash-dot).",
+    "small_data": "Small-data sweep: test Dice against the share of labelled subjects used for training ({fractions}), "
+    "real-only "
     "against real + {sweep_factor}× synthetic pairs per variant; mean and 95 % t-interval over the n = {n_test} "
     "test subjects (seeds averaged).",
-    "gan_quality_vs_kimg": "GAN snapshot quality against training length (kimg) per run; the marked snapshot is the one used for sampling.",
+    "gan_quality_vs_kimg": "GAN snapshot quality against training length (kimg) per run; the marked snapshot is the "
+    "one used for sampling.",
 }
 
 # %% ../../nbs/09d_report.ipynb
 def _float_formats(df: pd.DataFrame) -> dict:
-    "Per float column of a report table: p-values to 3 significant digits, counts (n_…) and df as such, everything else to 3 decimals."
+    """Per float column of a report table: p-values to 3 significant digits, counts (n_…) and df as such, everything
+    else to 3 decimals."""
 
     def fmt(c: str) -> str:
         if c.startswith("p_") or c.endswith("_p"):
@@ -141,7 +180,8 @@ def _float_formats(df: pd.DataFrame) -> dict:
 
 # %% ../../nbs/09d_report.ipynb
 def table_html(df: pd.DataFrame, label: str, caption: str) -> str:
-    "`df` as an HTML table (cells and column names escaped) with its numbered caption above it (`<caption>`), without the index."
+    """`df` as an HTML table (cells and column names escaped) with its numbered caption above it (`<caption>`), without
+    the index."""
     return (
         df.style.hide(axis="index")
         .format(_float_formats(df), na_rep="–", escape="html")
@@ -162,7 +202,8 @@ def figure_html(png: str | Path, label: str, caption: str, width: int = 720) -> 
 
 # %% ../../nbs/09d_report.ipynb
 class Report:
-    "Shows a report's prose, tables and figures; tables and figures are numbered (Table 1, 2, …, Figure 1, 2, …) as they appear."
+    """Shows a report's prose, tables and figures; tables and figures are numbered (Table 1, 2, …, Figure 1, 2, …) as
+    they appear."""
 
     def __init__(self, out_dir: str | Path | None = None, facts: dict | None = None):
         self.out, self.facts, self.counts = Path(out_dir) if out_dir else None, facts or {}, {"Table": 0, "Figure": 0}
@@ -188,7 +229,8 @@ class Report:
             display(Markdown(markdown))
 
     def table(self, table: str | Path | pd.DataFrame, caption: str | None = None) -> None:
-        "Show a table (a DataFrame, a CSV path, or the stem of `out_dir/tables/<stem>.csv` captioned by `TABLE_CAPTIONS`); nothing when absent."
+        """Show a table (a DataFrame, a CSV path, or the stem of `out_dir/tables/<stem>.csv` captioned by
+        `TABLE_CAPTIONS`); nothing when absent."""
         if not isinstance(table, pd.DataFrame):
             path = Path(table) if Path(table).suffix == ".csv" else self.out / "tables" / f"{table}.csv"
             if not path.exists():
@@ -198,7 +240,8 @@ class Report:
         display(HTML(table_html(table, self._take("Table"), caption)))
 
     def figure(self, figure: str | Path, caption: str | None = None) -> None:
-        "Show a figure (a PNG path, or the stem of `out_dir/figures/<stem>.png` captioned by `FIGURE_CAPTIONS`); nothing when absent."
+        """Show a figure (a PNG path, or the stem of `out_dir/figures/<stem>.png` captioned by `FIGURE_CAPTIONS`);
+        nothing when absent."""
         path = Path(figure) if Path(figure).suffix == ".png" else self.out / "figures" / f"{figure}.png"
         if not path.exists():
             return
@@ -224,17 +267,21 @@ def _p_phrase(r) -> str:
 
 
 def _arm_sentence(r, baseline: str) -> str:
-    "One Markdown bullet: an arm's Dice and its paired difference to `baseline` with CI, trainings per fold, the p its verdict rests on."
+    """One Markdown bullet: an arm's Dice and its paired difference to `baseline` with CI, trainings per fold, the p its
+    verdict rests on."""
     dice = f"Dice {r.dice}, " if hasattr(r, "dice") else ""
     return (
-        f"- **{arm_label(r.variant, r.factor)}** ({100 * r.fraction:g} % of the subjects): {dice}Δ = {r.mean_delta:+.3f} "
-        f"(95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f}, {r.n_runs:.0f} training(s) per fold) against {baseline}, {_p_phrase(r)}: "
+        f"- **{arm_label(r.variant, r.factor)}** ({100 * r.fraction:g} % of the subjects): {dice}Δ = "
+        f"{r.mean_delta:+.3f} "
+        f"(95 % CI {r.ci_low:+.3f} to {r.ci_high:+.3f}, {r.n_runs:.0f} training(s) per fold) against {baseline}, "
+        f"{_p_phrase(r)}: "
         f"**{r.verdict}**."
     )
 
 # %% ../../nbs/09d_report.ipynb
 def dice_findings(summary: pd.DataFrame, n_test: int) -> str:
-    "The segmentation result in prose: the real-only Dice per fraction and every other arm against it (from `dice_summary`)."
+    """The segmentation result in prose: the real-only Dice per fraction and every other arm against it (from
+    `dice_summary`)."""
     out = []
     for fraction, s in summary.groupby("fraction", sort=False):
         base = s[s.verdict == "baseline"]
@@ -261,28 +308,35 @@ def lookup_findings(trivial: pd.DataFrame) -> str:
         return "The intensity-lookup control was not run."
     real, others = trivial[trivial.variant == "real"], trivial[trivial.variant != "real"]
     text = (
-        f"The real-only U-Net beats the per-pixel intensity lookup (the 95 % CI of the paired Dice difference lies above 0) on "
-        f"{int(real.beats_lookup.astype(bool).sum())} of {len(real)} (fold, fraction) pairs (mean Dice {real.dice.mean():.3f} against "
+        "The real-only U-Net beats the per-pixel intensity lookup (the 95 % CI of the paired Dice difference lies "
+        "above 0) on "
+        f"{int(real.beats_lookup.astype(bool).sum())} of {len(real)} (fold, fraction) pairs (mean Dice "
+        f"{real.dice.mean():.3f} against "
         f"{real.dice_lookup.mean():.3f})"
     )
     if len(others):
-        text += f"; the other arms on {int(others.beats_lookup.astype(bool).sum())} of {len(others)} (arm, fold, fraction) triples"
+        n_beat = int(others.beats_lookup.astype(bool).sum())
+        text += f"; the other arms on {n_beat} of {len(others)} (arm, fold, fraction) triples"
     return text + "."
 
 # %% ../../nbs/09d_report.ipynb
 def seed_findings(seeds: pd.DataFrame) -> str:
-    "What the seed table (`dice_per_seed`) says about training noise, in prose; with one seed, that it cannot say anything."
+    """What the seed table (`dice_per_seed`) says about training noise, in prose; with one seed, that it cannot say
+    anything."""
     trained = seeds[seeds.variant != CONTROLS["lookup"]]
     if not len(trained) or (trained.n_seeds < 2).all():
         return (
-            "With one U-Net seed per arm and fold the training noise is not estimated: a single training is shared by all test "
+            "With one U-Net seed per arm and fold the training noise is not estimated: a single training is shared by "
+            "all test "
             "subjects of its fold, so every comparison above is exploratory."
         )
     real = trained[(trained.variant == "real") & (trained.fraction == trained.fraction.max())]
     r = (real if len(real) else trained).iloc[0]
     return (
-        f"Over {r.n_seeds} seeds, one training of {arm_label(r.variant, r.factor)} shifts the Dice of all test subjects of its fold "
-        f"by sd_run = {r.sd_run:.4f} (the seed means differ by sd {r.sd_between_seeds:.4f}); the comparisons count the trainings "
+        f"Over {r.n_seeds} seeds, one training of {arm_label(r.variant, r.factor)} shifts the Dice of all test "
+        "subjects of its fold "
+        f"by sd_run = {r.sd_run:.4f} (the seed means differ by sd {r.sd_between_seeds:.4f}); the comparisons count the "
+        "trainings "
         "as replicates, so this noise is inside their intervals."
     )
 
@@ -299,8 +353,8 @@ def report_notebook(nb):
 # %% ../../nbs/09d_report.ipynb
 def render_report(notebook: str | Path, html: str | Path, title: str | None = None) -> Path:
     "Export an executed report notebook to `html`: no code cells or prompts, no front matter / raw cells, no logs."
-    from nbconvert import HTMLExporter
     import nbformat
+    from nbconvert import HTMLExporter
 
     nb = report_notebook(nbformat.read(str(notebook), as_version=4))
     nb.metadata["title"] = title or Path(html).parent.name

@@ -4,12 +4,20 @@
 
 # %% ../../nbs/09e_run.ipynb 2
 from __future__ import annotations
-import argparse, json, os, shutil, sys, time
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+
 import numpy as np
 import pandas as pd
+
 import medsyn
 from medsyn.core import (
     MedsynError,
@@ -17,13 +25,14 @@ from medsyn.core import (
     call_with_args,
     check,
     check_fields,
-    runs_dir,
-    save_json,
     load_json,
     parse_set_items,
+    runs_dir,
+    save_json,
     signature_parser,
 )
-from ..stats import friedman_nemenyi, dataset_arm_table
+from ..executor import emit_kuberay, emit_slurm, import_ray, seconds_per_kimg
+from ..stats import dataset_arm_table, friedman_nemenyi
 from medsyn.study.design import (
     PROFILES,
     StudyConfig,
@@ -36,10 +45,9 @@ from medsyn.study.design import (
     study_run_dir,
     write_table,
 )
-from ..executor import emit_kuberay, emit_slurm, import_ray, seconds_per_kimg
-from .store import RunLayout, STAGES, mark_done, run_study_jobs, stage_done
-from .stages import study_jobs, study_plan
 from .report import render_report
+from .stages import study_jobs, study_plan
+from .store import STAGES, RunLayout, mark_done, run_study_jobs, stage_done
 
 # %% auto 0
 __all__ = ['PARAMETERS_MARKER', 'ARM_RANKS_CAPTION', 'study_notebooks_dir', 'ensure_kernel', 'study_header',
@@ -84,8 +92,10 @@ def study_header(
     overrides: dict | None = None,
     quiet: bool = False,
 ) -> tuple[StudyConfig, Path]:
-    """The shared first cell of every stage notebook: the `StudyConfig` of its papermill parameters (`profile`, `dataset`
-    and `overrides`, keyed by `StudyConfig` field names) and its results folder, announced in one line unless `quiet`."""
+    """The shared first cell of every stage notebook: the `StudyConfig` of its papermill parameters (`profile`,
+    `dataset`
+    and `overrides`, keyed by `StudyConfig` field names) and its results folder, announced in one line unless
+    `quiet`."""
     cfg = study_config(profile, **{**(overrides or {}), "dataset": dataset})
     out = study_run_dir(cfg, out_dir)
     if not quiet:
@@ -142,7 +152,8 @@ def execute_notebook(src: Path, dst: Path, parameters: dict, kernel: str, log: C
         )
     except pm.PapermillExecutionError as e:
         raise MedsynError(
-            f"{src.name} failed with {e.ename}: {str(e.evalue).strip()[:2000]} (executed notebook with the traceback: {dst})"
+            f"{src.name} failed with {e.ename}: {str(e.evalue).strip()[:2000]} (executed notebook with the traceback: "
+            f"{dst})"
         ) from None
 
 # %% ../../nbs/09e_run.ipynb
@@ -185,7 +196,8 @@ def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log:
         except MedsynError as e:
             status[stage] = f"failed: {e}"
             log(
-                f"[{name}] {stage}: FAILED — {e}\n[{name}] later stages need it and were not run; fix the cause and rerun (finished stages are kept)"
+                f"[{name}] {stage}: FAILED — {e}\n[{name}] later stages need it and were not run; fix the cause and "
+                "rerun (finished stages are kept)"
             )
             break
         if stage == "prepare" and cfg.executor != "local" and not all(stage_done(out, s, cfg) for s, _ in STAGES[1:]):
@@ -237,7 +249,8 @@ def aggregate_tables(root: str | Path, names: Sequence[str]) -> list[Path]:
 
 # %% ../../nbs/09e_run.ipynb
 def rank_tests(root: Path, names: Sequence[str]) -> list[Path]:
-    "Friedman test with Nemenyi post-hoc ranks of the arms across datasets (`tables/arm_ranks`), when at least 3 datasets finished."
+    """Friedman test with Nemenyi post-hoc ranks of the arms across datasets (`tables/arm_ranks`), when at least 3
+    datasets finished."""
     frames = [
         pd.read_csv(root / n / "tables" / "dice.csv") for n in names if (root / n / "tables" / "dice.csv").exists()
     ]
@@ -295,9 +308,12 @@ def dice_side_by_side_caption(facts: dict[str, dict]) -> str:
     "Caption of `dice_side_by_side`, naming each dataset's number of test subjects."
     n = ", ".join(f"{f['name']}: n = {f['n_test']}" for f in facts.values())
     return (
-        "Test Dice per arm (rows: share of the labelled subjects used, arm, synthetic pairs added as a multiple of the real "
-        f"training slices) and dataset (columns): mean ± sd over each dataset's test subjects ({n}), U-Net seeds averaged. "
-        "* marks a better or worse verdict against real-only training on the same dataset and fraction (run-aware paired t "
+        "Test Dice per arm (rows: share of the labelled subjects used, arm, synthetic pairs added as a multiple of the "
+        "real "
+        f"training slices) and dataset (columns): mean ± sd over each dataset's test subjects ({n}), U-Net seeds "
+        "averaged. "
+        "* marks a better or worse verdict against real-only training on the same dataset and fraction (run-aware "
+        "paired t "
         "with at least 2 trainings per fold, Holm-corrected p < 0.05 and |Δ| beyond the equivalence margin)."
     )
 
@@ -311,7 +327,8 @@ ARM_RANKS_CAPTION = (
 
 # %% ../../nbs/09e_run.ipynb
 def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict, here: bool = True) -> dict:
-    "Refuse, before anything runs, an unknown dataset, an `--out` that is a file, and unknown or wrongly typed `--set` fields."
+    """Refuse, before anything runs, an unknown dataset, an `--out` that is a file, and unknown or wrongly typed `--set`
+    fields."""
     check(
         not here or not root.exists() or root.is_dir(),
         f"{root}: --out is an existing file, not a folder; choose another --out or move the file away",
@@ -373,7 +390,7 @@ def run_study(
     resolution: int | None = None,  # StudyConfig.resolution: the bundled dataset's size (default: the profile's)
     kimg: float | None = None,  # StudyConfig.gan_kimg: one length (kimg) for every GAN (default: the profile's)
     seeds: str | None = None,  # StudyConfig.seeds, comma-separated, e.g. 0,1,2 (default: the profile's)
-    fields: list[str] = [],  # any other StudyConfig field as FIELD=VALUE (JSON), e.g. --set n_quality=64; repeatable
+    fields: list[str] = (),  # any other StudyConfig field as FIELD=VALUE (JSON), e.g. --set n_quality=64; repeatable
     executor: str | None = None,  # StudyConfig.executor: where the jobs run, local (default) or ray
     address: str | None = None,  # StudyConfig.address: ray cluster HOST:PORT (default $RAY_ADDRESS, else a local one)
     plan: bool = False,  # print the grid's jobs and GPU-hours per kind and run nothing (reads no data)
@@ -382,7 +399,8 @@ def run_study(
     job_s: float = 600.0,  # --plan: estimated seconds of every other job (synthetic set, U-Net cell, quality)
     emit: str | None = None,  # write the cluster recipe of these arguments instead of running: slurm | kuberay
 ) -> int:
-    "Run the augmentation study notebooks with papermill for every dataset, then the aggregate report; 1 when one failed."
+    """Run the augmentation study notebooks with papermill for every dataset, then the aggregate report; 1 when one
+    failed."""
     # OpenMP threads that sleep instead of spinning while they wait: on a shared 2-core machine spinning
     # threads slow torch down several-fold; the kernels papermill starts inherit this environment.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

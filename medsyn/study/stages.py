@@ -4,20 +4,28 @@
 
 # %% ../../nbs/09c_stages.ipynb 2
 from __future__ import annotations
-import functools, hashlib, io, tempfile, time
+
+import functools
+import hashlib
+import io
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 from pathlib import Path
-from typing import Callable, Sequence
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import torch
-from ..core import MedsynError, check, atomic_write_text
-from ..executor import Job, plan
+
+from ..core import MedsynError, atomic_write_text, check
 from ..data import check_disjoint, load_canonical, plot_dataset_overview, write_canonical
-from ..generate import generate_pairs, warp_settings
 from ..evaluate import evaluate
+from ..executor import Job, plan
+from ..generate import generate_pairs, warp_settings
 from ..metrics import dataset_hash
+from ..networks import GAN_KINDS, load_checkpoint
 from medsyn.segment import (
     lesion_table,
     lookup_baseline,
@@ -27,14 +35,12 @@ from medsyn.segment import (
     segment_experiment,
     subject_summary,
 )
-from ..networks import GAN_KINDS, load_checkpoint
-from ..train import train_gan
 from medsyn.study.design import (
     CONTROLS,
-    StudyConfig,
+    EXECUTION_FIELDS,
     VARIANT_GANS,
     WARPED_VARIANTS,
-    EXECUTION_FIELDS,
+    StudyConfig,
     cell_id,
     experiment_grid,
     folds_table,
@@ -52,19 +58,20 @@ from medsyn.study.design import (
     write_table,
 )
 from medsyn.study.store import (
+    MANIFEST,
     PrepareRecord,
+    RunLayout,
     StageRun,
     artefact_done,
-    prepare_record,
-    run_stage_jobs,
-    stage,
-    MANIFEST,
-    RunLayout,
     artefact_state,
+    prepare_record,
     read_manifest,
     reset_artefact,
+    run_stage_jobs,
+    stage,
     write_manifest,
 )
+from ..train import train_gan
 
 # %% auto 0
 __all__ = ['QUALITY_METRICS', 'QUALITY_COLUMNS', 'write_real_subset', 'job_context', 'job_args', 'real_subset_inputs',
@@ -81,7 +88,8 @@ __all__ = ['QUALITY_METRICS', 'QUALITY_COLUMNS', 'write_real_subset', 'job_conte
 def write_real_subset(
     real, subjects: Sequence[str], out_dir: str | Path, fingerprint: str, log: Callable = print
 ) -> Path:
-    "The training view of `subjects` as a canonical dataset (what the quality metrics compare with), reused while its inputs match."
+    """The training view of `subjects` as a canonical dataset (what the quality metrics compare with), reused while its
+    inputs match."""
     out_dir, inputs = Path(out_dir), dict(kind="real_subset", dataset=fingerprint, subjects=sorted(subjects))
     state, why = artefact_state(out_dir, inputs)
     if state == "fresh":
@@ -208,13 +216,15 @@ def gan_checkpoint(run_dir: str | Path) -> Path:
 
 # %% ../../nbs/09c_stages.ipynb
 def gan_overrides_for(cfg: StudyConfig, gan: str) -> dict:
-    "The GANConfig/TrainConfig overrides of the `gan` kind's runs: the shared entries of `cfg.gan_overrides`, then its `gan` entry."
+    """The GANConfig/TrainConfig overrides of the `gan` kind's runs: the shared entries of `cfg.gan_overrides`, then its
+    `gan` entry."""
     shared = {k: v for k, v in cfg.gan_overrides.items() if k not in GAN_KINDS}
     return {**shared, **cfg.gan_overrides.get(gan, {})}
 
 
 def study_gan_kwargs(cfg: StudyConfig, gan: str) -> dict:
-    "The `train_gan` settings every study GAN of kind `gan` trains with (the study's GAN runs and `medsyn bench quality`)."
+    """The `train_gan` settings every study GAN of kind `gan` trains with (the study's GAN runs and `medsyn bench
+    quality`)."""
     return {"progress": False, "metric_trunc": cfg.trunc, **gan_overrides_for(cfg, gan)}
 
 # %% ../../nbs/09c_stages.ipynb
@@ -325,7 +335,8 @@ def gan_job(cfg: StudyConfig, lay: RunLayout, gan: str, fold: int, fraction: flo
 
 # %% ../../nbs/09c_stages.ipynb
 def gan_snapshots(cfg: StudyConfig, lay: RunLayout) -> pd.DataFrame:
-    "Every snapshot's selection metric (on the validation subjects' real pairs) of every GAN run: `tables/gan_snapshots.csv`."
+    """Every snapshot's selection metric (on the validation subjects' real pairs) of every GAN run:
+    `tables/gan_snapshots.csv`."""
     frames = []
     for job in gan_jobs(cfg).itertuples():
         st = lay.gan_run(job.gan, job.fold, job.fraction) / "stats.csv"
@@ -348,7 +359,8 @@ def gan_snapshots(cfg: StudyConfig, lay: RunLayout) -> pd.DataFrame:
 # %% ../../nbs/09c_stages.ipynb
 def plot_gan_snapshots(snaps: pd.DataFrame):
     "Selection metric (lower is better) vs kimg for every GAN run; the chosen snapshot is the minimum of each curve."
-    import matplotlib.pyplot as plt, seaborn as sns
+    import matplotlib.pyplot as plt
+    import seaborn as sns
 
     d = snaps.assign(run=[f"{g} fold {f} frac {x:g}" for g, f, x in zip(snaps.gan, snaps.fold, snaps.fraction)])
     fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -385,7 +397,8 @@ def n_synthetic_for(factor: float, n_train_slices: int) -> int:
 
 # %% ../../nbs/09c_stages.ipynb
 def synthetic_needs(cfg: StudyConfig, splits: list[dict]) -> dict[tuple, int]:
-    "How many pairs each synthetic set `(variant, fold, fraction)` must hold (the largest N among the cells that use it)."
+    """How many pairs each synthetic set `(variant, fold, fraction)` must hold (the largest N among the cells that use
+    it)."""
     need = {}
     for c in experiment_grid(cfg).query("factor > 0").itertuples():
         if c.variant not in VARIANT_GANS:
@@ -434,8 +447,10 @@ def checkpoint_fingerprint(path: str | Path) -> str:
 
 # %% ../../nbs/09c_stages.ipynb
 def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout) -> dict:
-    """What a synthetic set depends on: the checkpoints (by SHA-256) and subjects of its GANs, N, truncation and seed, and for
-    a warped variant its mask source. `gan_subjects` is every subject whose data shaped the set (GAN training subjects and
+    """What a synthetic set depends on: the checkpoints (by SHA-256) and subjects of its GANs, N, truncation and seed,
+    and for
+    a warped variant its mask source. `gan_subjects` is every subject whose data shaped the set (GAN training subjects
+    and
     mask-source subjects): what the segment stage checks against the cell's validation and test subjects."""
     ckpts = {g: gan_checkpoint(lay.gan_run(g, fold, fraction)) for g in VARIANT_GANS[variant]}
     subjects = {s for g in ckpts for s in read_manifest(lay.gan_run(g, fold, fraction))["inputs"]["subjects"]}
@@ -465,8 +480,10 @@ def sample_variant(
     warp: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write `n` pairs of a study variant from its GAN checkpoints `ckpts` ({kind: path}): 'joint' samples both, 'mask+cond'
-    renders the mask GAN's masks, a warped variant renders the real masks of `mask_dir` deformed by `warp` ({seed, settings})."""
+    """Write `n` pairs of a study variant from its GAN checkpoints `ckpts` ({kind: path}): 'joint' samples both,
+    'mask+cond'
+    renders the mask GAN's masks, a warped variant renders the real masks of `mask_dir` deformed by `warp` ({seed,
+    settings})."""
     if variant == "joint":
         return generate_pairs(ckpts["joint"], out, n=n, trunc=trunc, seed=seed, overwrite=overwrite)
     if variant in WARPED_VARIANTS:
@@ -611,7 +628,8 @@ def run_cell(
     log: Callable = print,
     fingerprint: str | None = None,
 ) -> pd.DataFrame:
-    "Train/evaluate the U-Net of one grid cell (cached in `cells/<cell>/` under its manifest); per-subject, per-class rows."
+    """Train/evaluate the U-Net of one grid cell (cached in `cells/<cell>/` under its manifest); per-subject, per-class
+    rows."""
     lay = RunLayout(out_dir)
     cdir = lay.cell(cell.cell)
     split = split_of(splits, cell.fold, cell.fraction)
@@ -750,7 +768,8 @@ def learning_curves(grid: pd.DataFrame, lay: RunLayout) -> pd.DataFrame:
 
 # %% ../../nbs/09c_stages.ipynb
 def dice_table(per_class: pd.DataFrame) -> pd.DataFrame:
-    "Per-subject Dice/HD95 (mm; mean over the foreground classes present in ground truth or prediction) of every cell: the study's `dice.csv`."
+    """Per-subject Dice/HD95 (mm; mean over the foreground classes present in ground truth or prediction) of every cell:
+    the study's `dice.csv`."""
     keys = ["fraction", "variant", "factor", "n_synthetic", "n_real", "fold", "seed", "subject"]
     return (
         per_class.groupby(keys, sort=True)
@@ -809,7 +828,8 @@ def _flatten(d, prefix: str = "") -> dict:
 
 # %% ../../nbs/09c_stages.ipynb
 def quality_rows(result: dict) -> list[dict]:
-    "Rows (metric, value, display) from a `medsyn.evaluate.evaluate` result; unavailable metrics become `n/a (...)`, never numbers."
+    """Rows (metric, value, display) from a `medsyn.evaluate.evaluate` result; unavailable metrics become `n/a (...)`,
+    never numbers."""
     import re
 
     rows = []
@@ -840,7 +860,8 @@ def reference_halves(train_subjects: Sequence[str], seed: int = 0) -> tuple[list
 def quality_comparisons(
     cfg: StudyConfig, real, split: dict, fingerprint: str, lay: RunLayout, log: Callable = print
 ) -> list[tuple]:
-    """`(label, variant, real_dir, other_dir, max_samples)` of one fold: every synthetic set vs the whole real training set;
+    """`(label, variant, real_dir, other_dir, max_samples)` of one fold: every synthetic set vs the whole real training
+    set;
     the matched pair at one N — synthetic vs real half A, and real half B vs half A (the scale of every metric); and the
     held-out pair — synthetic vs the fold's test subjects (never seen by the GAN), next to real train vs the same test
     subjects at the same N (what a generator that reproduced its training slices perfectly would score)."""
@@ -953,7 +974,8 @@ def read_quality_rows(qdir: Path) -> pd.DataFrame:
 
 @stage("quality")
 def stage_quality(run: StageRun) -> list[Path]:
-    """FID/KID/LPIPS/precision-recall/domain-FID/image-mask Dice/mask statistics of every synthetic set against its fold's
+    """FID/KID/LPIPS/precision-recall/domain-FID/image-mask Dice/mask statistics of every synthetic set against its
+    fold's
     real training set, and next to it the real-vs-real reference at the same N (a `quality_job` per fold)."""
     cfg, lay = run.cfg, run.lay
     run_stage_jobs(run, [quality_job(cfg, lay, fold) for fold in range(cfg.folds)])

@@ -4,12 +4,19 @@
 
 # %% ../../nbs/09b_store.ipynb 2
 from __future__ import annotations
-import functools, hashlib, json, shutil, time
+
+import functools
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+
 import pandas as pd
-from ..core import MedsynError, check, save_json, load_json
+
+from ..core import MedsynError, check, load_json, save_json
 from ..executor import Job, LocalExecutor, RayExecutor
 from ..metrics import dataset_hash
 from .design import StudyConfig, config_hash, dataset_name, split_of
@@ -164,7 +171,8 @@ def mark_done(out_dir: str | Path, stage: str, cfg: StudyConfig, outputs: Sequen
 # %% ../../nbs/09b_store.ipynb
 @dataclass(frozen=True)
 class PrepareRecord:
-    "What prepare produced (`prepare.json`): the dataset used, its identity, the subject split of every (fold, fraction)."
+    """What prepare produced (`prepare.json`): the dataset used, its identity, the subject split of every (fold,
+    fraction)."""
 
     data_dir: str  # the canonical dataset folder the study read
     dataset_sha256: str  # `dataset_hash` of that folder: the `dataset` input of every artefact manifest
