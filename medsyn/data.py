@@ -45,10 +45,10 @@ from .viz import label_cmap
 # %% auto 0
 __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'RELEASES', 'CT_WINDOWS', 'AXIS_NAMES', 'LABEL_SCHEMES', 'MNI152_LABELS',
            'MNI152_VERSION', 'MNI152_PROVENANCE', 'COHORT_LABELS', 'COHORT_VERSION', 'COHORT_TISSUES',
-           'COHORT_CONTRASTS', 'COHORT_PROVENANCE', 'MSD_TASKS', 'write_canonical', 'CanonicalDataset',
-           'load_canonical', 'subject_kfold', 'train_val_test_split', 'subsample_subjects', 'fold_subjects',
-           'check_disjoint', 'make_splits', 'Case', 'Study', 'match_files', 'read_msd', 'read_nifti_pairs',
-           'read_image_pairs', 'compression_noise', 'detect_layout', 'detect_release', 'read_release', 'read_study',
+           'COHORT_CONTRASTS', 'COHORT_PROVENANCE', 'MSD_TASKS', 'subject_kfold', 'train_val_test_split',
+           'subsample_subjects', 'fold_subjects', 'check_disjoint', 'make_splits', 'write_canonical',
+           'CanonicalDataset', 'load_canonical', 'Case', 'Study', 'match_files', 'read_msd', 'read_nifti_pairs',
+           'compression_noise', 'read_image_pairs', 'detect_layout', 'detect_release', 'read_release', 'read_study',
            'read_dicom', 'load_case', 'normalize_intensity', 'ct_window_range', 'modality_windows', 'volume_to_slices',
            'select_slices', 'crop_pad_resize', 'study_samples', 'parse_label_map', 'map_labels', 'prepare',
            'make_synthetic_msd', 'make_release_copy', 'make_dicom_copy', 'mni152_files', 'mni152_volumes',
@@ -57,6 +57,97 @@ __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'RELEASES', 'CT_WINDOWS', 'AXIS_N
            'simulate_subject', 'cohort_volumes', 'prepare_cohort', 'default_dataset', 'lesion_overlap', 'msd_resources',
            'file_md5', 'verify_checksum', 'download_msd', 'overview_slices', 'plot_dataset_overview', 'toy_dataset',
            'prepare_main']
+
+# %% ../nbs/01_data.ipynb
+def _permuted(subjects: Iterable[str], seed: int) -> list[str]:
+    subs = sorted(set(map(str, subjects)))
+    return [subs[i] for i in np.random.default_rng(seed).permutation(len(subs))]
+
+# %% ../nbs/01_data.ipynb
+def subject_kfold(subjects: Iterable[str], k: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    "Deterministic k-fold split of subject ids: a list of `(train_subjects, test_subjects)`, each test set disjoint."
+    subs = _permuted(subjects, seed)
+    check(k >= 2 and len(subs) >= k, f"k-fold needs k >= 2 and at least k subjects; got k={k}, {len(subs)} subjects")
+    parts = np.array_split(np.arange(len(subs)), k)
+    return [(sorted(subs[j] for j in range(len(subs)) if j not in set(p)), sorted(subs[j] for j in p)) for p in parts]
+
+# %% ../nbs/01_data.ipynb
+def train_val_test_split(
+    subjects: Iterable[str], fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0
+) -> tuple[list[str], list[str], list[str]]:
+    "Deterministic subject-level train/val/test split (default 60/20/20); val and test get at least one subject each."
+    subs = _permuted(subjects, seed)
+    check(
+        len(fractions) == 3 and abs(sum(fractions) - 1) < 1e-6 and min(fractions) >= 0,
+        f"fractions must be three non-negative numbers summing to 1, got {fractions}",
+    )
+    check(len(subs) >= 3, f"a train/val/test split needs at least 3 subjects, got {len(subs)}")
+    n = len(subs)
+    n_val = max(1, int(round(fractions[1] * n))) if fractions[1] > 0 else 0
+    n_test = max(1, int(round(fractions[2] * n))) if fractions[2] > 0 else 0
+    check(n - n_val - n_test >= 1, f"{n} subjects are too few for fractions {fractions}")
+    test, val, train = subs[:n_test], subs[n_test : n_test + n_val], subs[n_test + n_val :]
+    return sorted(train), sorted(val), sorted(test)
+
+# %% ../nbs/01_data.ipynb
+def subsample_subjects(subjects: Iterable[str], fraction: float, seed: int = 0) -> list[str]:
+    """`fraction` (0..1] of the subjects, at least one; nested: for one seed a smaller fraction is a subset of a larger
+    one."""
+    check(0 < fraction <= 1, f"fraction must be in (0, 1], got {fraction}")
+    subs = _permuted(subjects, seed + 7919)
+    return sorted(subs[: max(1, int(round(fraction * len(subs))))])
+
+# %% ../nbs/01_data.ipynb
+def fold_subjects(
+    subjects: Iterable[str], fold: int = 0, k: int = 5, fraction: float = 1.0, seed: int = 0, val_fraction: float = 0.2
+) -> tuple[list[str], list[str], list[str]]:
+    """`(train, val, test)` subjects of k-fold `fold`: the fold's test part, and `fraction` of the other (labelled)
+    subjects split into training and validation. The fraction applies to train and validation together, so a
+    cell never sees more labelled subjects than its fraction says; smaller fractions are nested in larger ones."""
+    check(0 < fraction <= 1, f"fraction must be in (0, 1], got {fraction}")
+    folds = subject_kfold(subjects, k=k, seed=seed)
+    check(0 <= fold < len(folds), f"fold {fold} out of range: the split has {len(folds)} folds (0..{len(folds) - 1})")
+    labelled, test = _permuted(folds[fold][0], seed + 1000 * fold + 1), folds[fold][1]
+    n = max(2, int(math.floor(fraction * len(labelled) + 0.5)))
+    check(
+        len(labelled) >= 2 and n <= len(labelled),
+        f"fold {fold}: {len(labelled)} labelled subjects are too few for "
+        "one training and one validation subject; use fewer folds or more subjects",
+    )
+    n_val = min(n - 1, max(1, int(math.floor(val_fraction * n + 0.5))))
+    chosen = labelled[:n]
+    return sorted(chosen[n_val:]), sorted(chosen[:n_val]), sorted(test)
+
+# %% ../nbs/01_data.ipynb
+def check_disjoint(train: Iterable[str], val: Iterable[str], test: Iterable[str], what: str = "training") -> None:
+    "`MedsynError` naming the subjects when `train` shares any with `val` or `test` (the run-time leak guard)."
+    train = set(map(str, train))
+    for name, other in (("validation", val), ("test", test)):
+        both = sorted(train & set(map(str, other)))
+        check(
+            not both,
+            f"{what}: subjects {both} are both training and {name} subjects of this cell; "
+            "this would leak held-out data into training (a bug in the caller's splits)",
+        )
+
+# %% ../nbs/01_data.ipynb
+def make_splits(
+    subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0.6, 0.2, 0.2), val_fraction: float = 0.2
+) -> dict:
+    """The `splits.json` content: k-fold (with validation, `fold_subjects`) and train/val/test splits of `subjects`
+    (each omitted when too few)."""
+    subs = sorted(set(map(str, subjects)))
+    out = dict(seed=seed, n_subjects=len(subs), k=k, folds=[], train_val_test=None)
+    if (
+        len(subs) >= max(k, 2) and len(subs) - math.ceil(len(subs) / k) >= 2
+    ):  # every fold: one training + one validation subject
+        out["folds"] = [
+            dict(zip(("train", "val", "test"), fold_subjects(subs, f, k, 1.0, seed, val_fraction))) for f in range(k)
+        ]
+    if len(subs) >= 3:
+        tr, va, te = train_val_test_split(subs, fractions, seed)
+        out["train_val_test"] = dict(fractions=list(fractions), train=tr, val=va, test=te)
+    return out
 
 # %% ../nbs/01_data.ipynb
 FORMAT_VERSION = 1
@@ -342,97 +433,6 @@ class CanonicalDataset(Dataset):
 def load_canonical(path: str | Path) -> CanonicalDataset:
     "Open a prepared canonical dataset folder (checked to be complete and of the current format)."
     return CanonicalDataset(path)
-
-# %% ../nbs/01_data.ipynb
-def _permuted(subjects: Iterable[str], seed: int) -> list[str]:
-    subs = sorted(set(map(str, subjects)))
-    return [subs[i] for i in np.random.default_rng(seed).permutation(len(subs))]
-
-# %% ../nbs/01_data.ipynb
-def subject_kfold(subjects: Iterable[str], k: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
-    "Deterministic k-fold split of subject ids: a list of `(train_subjects, test_subjects)`, each test set disjoint."
-    subs = _permuted(subjects, seed)
-    check(k >= 2 and len(subs) >= k, f"k-fold needs k >= 2 and at least k subjects; got k={k}, {len(subs)} subjects")
-    parts = np.array_split(np.arange(len(subs)), k)
-    return [(sorted(subs[j] for j in range(len(subs)) if j not in set(p)), sorted(subs[j] for j in p)) for p in parts]
-
-# %% ../nbs/01_data.ipynb
-def train_val_test_split(
-    subjects: Iterable[str], fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0
-) -> tuple[list[str], list[str], list[str]]:
-    "Deterministic subject-level train/val/test split (default 60/20/20); val and test get at least one subject each."
-    subs = _permuted(subjects, seed)
-    check(
-        len(fractions) == 3 and abs(sum(fractions) - 1) < 1e-6 and min(fractions) >= 0,
-        f"fractions must be three non-negative numbers summing to 1, got {fractions}",
-    )
-    check(len(subs) >= 3, f"a train/val/test split needs at least 3 subjects, got {len(subs)}")
-    n = len(subs)
-    n_val = max(1, int(round(fractions[1] * n))) if fractions[1] > 0 else 0
-    n_test = max(1, int(round(fractions[2] * n))) if fractions[2] > 0 else 0
-    check(n - n_val - n_test >= 1, f"{n} subjects are too few for fractions {fractions}")
-    test, val, train = subs[:n_test], subs[n_test : n_test + n_val], subs[n_test + n_val :]
-    return sorted(train), sorted(val), sorted(test)
-
-# %% ../nbs/01_data.ipynb
-def subsample_subjects(subjects: Iterable[str], fraction: float, seed: int = 0) -> list[str]:
-    """`fraction` (0..1] of the subjects, at least one; nested: for one seed a smaller fraction is a subset of a larger
-    one."""
-    check(0 < fraction <= 1, f"fraction must be in (0, 1], got {fraction}")
-    subs = _permuted(subjects, seed + 7919)
-    return sorted(subs[: max(1, int(round(fraction * len(subs))))])
-
-# %% ../nbs/01_data.ipynb
-def fold_subjects(
-    subjects: Iterable[str], fold: int = 0, k: int = 5, fraction: float = 1.0, seed: int = 0, val_fraction: float = 0.2
-) -> tuple[list[str], list[str], list[str]]:
-    """`(train, val, test)` subjects of k-fold `fold`: the fold's test part, and `fraction` of the other (labelled)
-    subjects split into training and validation. The fraction applies to train and validation together, so a
-    cell never sees more labelled subjects than its fraction says; smaller fractions are nested in larger ones."""
-    check(0 < fraction <= 1, f"fraction must be in (0, 1], got {fraction}")
-    folds = subject_kfold(subjects, k=k, seed=seed)
-    check(0 <= fold < len(folds), f"fold {fold} out of range: the split has {len(folds)} folds (0..{len(folds) - 1})")
-    labelled, test = _permuted(folds[fold][0], seed + 1000 * fold + 1), folds[fold][1]
-    n = max(2, int(math.floor(fraction * len(labelled) + 0.5)))
-    check(
-        len(labelled) >= 2 and n <= len(labelled),
-        f"fold {fold}: {len(labelled)} labelled subjects are too few for "
-        "one training and one validation subject; use fewer folds or more subjects",
-    )
-    n_val = min(n - 1, max(1, int(math.floor(val_fraction * n + 0.5))))
-    chosen = labelled[:n]
-    return sorted(chosen[n_val:]), sorted(chosen[:n_val]), sorted(test)
-
-# %% ../nbs/01_data.ipynb
-def check_disjoint(train: Iterable[str], val: Iterable[str], test: Iterable[str], what: str = "training") -> None:
-    "`MedsynError` naming the subjects when `train` shares any with `val` or `test` (the run-time leak guard)."
-    train = set(map(str, train))
-    for name, other in (("validation", val), ("test", test)):
-        both = sorted(train & set(map(str, other)))
-        check(
-            not both,
-            f"{what}: subjects {both} are both training and {name} subjects of this cell; "
-            "this would leak held-out data into training (a bug in the caller's splits)",
-        )
-
-# %% ../nbs/01_data.ipynb
-def make_splits(
-    subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0.6, 0.2, 0.2), val_fraction: float = 0.2
-) -> dict:
-    """The `splits.json` content: k-fold (with validation, `fold_subjects`) and train/val/test splits of `subjects`
-    (each omitted when too few)."""
-    subs = sorted(set(map(str, subjects)))
-    out = dict(seed=seed, n_subjects=len(subs), k=k, folds=[], train_val_test=None)
-    if (
-        len(subs) >= max(k, 2) and len(subs) - math.ceil(len(subs) / k) >= 2
-    ):  # every fold: one training + one validation subject
-        out["folds"] = [
-            dict(zip(("train", "val", "test"), fold_subjects(subs, f, k, 1.0, seed, val_fraction))) for f in range(k)
-        ]
-    if len(subs) >= 3:
-        tr, va, te = train_val_test_split(subs, fractions, seed)
-        out["train_val_test"] = dict(fractions=list(fractions), train=tr, val=va, test=te)
-    return out
 
 # %% ../nbs/01_data.ipynb
 @dataclass
@@ -725,6 +725,18 @@ def read_msd(root: str | Path) -> Study:
     )
 
 # %% ../nbs/01_data.ipynb
+def _read_header_shape(path: Path) -> tuple:
+    import nibabel as nib
+
+    try:
+        return tuple(nib.load(str(path)).shape)
+    except Exception as e:
+        raise MedsynError(
+            f"{path}: cannot read NIfTI header ({type(e).__name__}: {e}); the file is unreadable or corrupt, "
+            "re-export or re-download it"
+        ) from e
+
+# %% ../nbs/01_data.ipynb
 def read_nifti_pairs(
     root: str | Path,
     images: str | dict = "images/{subject}.nii*",
@@ -782,49 +794,6 @@ def read_nifti_pairs(
                 "or remove it",
             )
     return Study(name or root.name, "volume", list(modalities), label_names, cases, str(root), skipped=len(unlabelled))
-
-# %% ../nbs/01_data.ipynb
-def _read_header_shape(path: Path) -> tuple:
-    import nibabel as nib
-
-    try:
-        return tuple(nib.load(str(path)).shape)
-    except Exception as e:
-        raise MedsynError(
-            f"{path}: cannot read NIfTI header ({type(e).__name__}: {e}); the file is unreadable or corrupt, "
-            "re-export or re-download it"
-        ) from e
-
-# %% ../nbs/01_data.ipynb
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
-
-
-def read_image_pairs(
-    root: str | Path,
-    images: str = "images/{subject}.*",
-    masks: str = "masks/{subject}.*",
-    modalities: Sequence[str] | None = None,
-    label_names: dict | None = None,
-    name: str | None = None,
-) -> Study:
-    "Read 2D image/mask pairs (PNG/TIFF/...) matched by patterns with `{subject}` and optional `{slice}` placeholders."
-    root = Path(root)
-    check(root.is_dir(), f"{root}: folder not found")
-    for p in (images, masks):
-        _pattern_regex(p)
-    imgs = {k: p for k, p in match_files(root, images).items() if p.suffix.lower() in IMAGE_SUFFIXES}
-    msks = {k: p for k, p in match_files(root, masks).items() if p.suffix.lower() in IMAGE_SUFFIXES}
-    check(len(msks) > 0, _no_match(root, masks, "--labels"))
-    check(len(imgs) > 0, _no_match(root, images, "--images"))
-    for k, p in imgs.items():
-        check(k in msks, f"{p}: image without a mask (pattern {masks!r}); add its mask or remove it")
-    for k, p in msks.items():
-        check(k in imgs, f"{p}: mask without an image (pattern {images!r}); add its image or remove it")
-    cases = [Case(k[0], [imgs[k]], msks[k], k[1]) for k in sorted(msks, key=lambda k: (k[0], k[1] or 0))]
-    if modalities is None:
-        c = _read_image(cases[0].images[0]).shape[0]
-        modalities = ["image"] if c == 1 else [f"ch{i}" for i in range(c)]
-    return Study(name or root.name, "image", list(modalities), label_names, cases, str(root))
 
 # %% ../nbs/01_data.ipynb
 def compression_noise(mask: np.ndarray, rare_share: float = 0.01, min_rare: int = 4) -> dict | None:
@@ -910,6 +879,37 @@ def _read_image(path: Path, mask: bool = False) -> np.ndarray:
         return (a / float(np.iinfo(a.dtype).max)).astype(np.float32)
     lo, hi = float(a.min()), float(a.max())
     return ((a - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+
+# %% ../nbs/01_data.ipynb
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+
+
+def read_image_pairs(
+    root: str | Path,
+    images: str = "images/{subject}.*",
+    masks: str = "masks/{subject}.*",
+    modalities: Sequence[str] | None = None,
+    label_names: dict | None = None,
+    name: str | None = None,
+) -> Study:
+    "Read 2D image/mask pairs (PNG/TIFF/...) matched by patterns with `{subject}` and optional `{slice}` placeholders."
+    root = Path(root)
+    check(root.is_dir(), f"{root}: folder not found")
+    for p in (images, masks):
+        _pattern_regex(p)
+    imgs = {k: p for k, p in match_files(root, images).items() if p.suffix.lower() in IMAGE_SUFFIXES}
+    msks = {k: p for k, p in match_files(root, masks).items() if p.suffix.lower() in IMAGE_SUFFIXES}
+    check(len(msks) > 0, _no_match(root, masks, "--labels"))
+    check(len(imgs) > 0, _no_match(root, images, "--images"))
+    for k, p in imgs.items():
+        check(k in msks, f"{p}: image without a mask (pattern {masks!r}); add its mask or remove it")
+    for k, p in msks.items():
+        check(k in imgs, f"{p}: mask without an image (pattern {images!r}); add its image or remove it")
+    cases = [Case(k[0], [imgs[k]], msks[k], k[1]) for k in sorted(msks, key=lambda k: (k[0], k[1] or 0))]
+    if modalities is None:
+        c = _read_image(cases[0].images[0]).shape[0]
+        modalities = ["image"] if c == 1 else [f"ch{i}" for i in range(c)]
+    return Study(name or root.name, "image", list(modalities), label_names, cases, str(root))
 
 # %% ../nbs/01_data.ipynb
 def detect_layout(src: str | Path) -> str:

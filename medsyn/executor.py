@@ -28,8 +28,9 @@ from .core import MedsynError, _test_hook, atomic_write_text, check, load_json
 
 # %% auto 0
 __all__ = ['JOB_KINDS', 'JOBS_COLUMNS', 'SUMMARY_LIMIT', 'RAY_INSTALL', 'RAY_PORTS', 'Job', 'job_order', 'JobsFailed',
-           'write_jobs_csv', 'check_summary', 'run_job', 'Progress', 'finish', 'LocalExecutor', 'import_ray',
-           'ops_setup', 'RayExecutor', 'plan', 'seconds_per_kimg', 'emit_slurm', 'emit_kuberay']
+           'write_jobs_csv', 'check_summary', 'run_job', 'Progress', 'finish', 'is_cached', 'LocalExecutor',
+           'import_ray', 'ops_setup', 'RayExecutor', 'check_resources', 'plan', 'seconds_per_kimg', 'emit_slurm',
+           'emit_kuberay']
 
 # %% ../nbs/08c_executor.ipynb
 JOB_KINDS = ("gan", "synthetic", "real_subset", "cell", "quality")  # the study's units of work
@@ -260,6 +261,15 @@ def _blocked_by(job: Job, bad: set) -> list[str]:
     return [d for d in job.deps if d in bad]
 
 
+def is_cached(job: Job, prog: Progress) -> bool:
+    "Whether `job` can be skipped: its `is_done` says so and every job it needs was skipped too (none reran)."
+    return (
+        job.is_done is not None
+        and all(prog.records[d]["state"] == "cached" for d in job.deps if d in prog.records)
+        and bool(job.is_done())
+    )
+
+
 class LocalExecutor:
     "Run jobs in this process, one after another in dependency order: today's behaviour and the default."
 
@@ -279,7 +289,7 @@ class LocalExecutor:
                     bad.add(j.name)
                     prog.set(j.name, "skipped", error=f"needs failed job {', '.join(_blocked_by(j, bad))}")
                     continue
-                if j.is_done is not None and j.is_done():
+                if is_cached(j, prog):
                     prog.set(j.name, "cached")
                     continue
                 current = j.name
@@ -422,6 +432,22 @@ def setup_nodes(self: RayExecutor) -> dict:
     return out
 
 # %% ../nbs/08c_executor.ipynb
+def check_resources(ray, jobs: Sequence[Job]) -> None:
+    "Refuse, before any job starts, a job asking for more GPUs or CPUs than the cluster has (it would wait forever)."
+    have = ray.cluster_resources()
+    for j in jobs:
+        for res, need in (("GPU", j.gpus), ("CPU", j.cpus)):
+            check(
+                need <= have.get(res, 0),
+                f"job {j.name} asks for {need:g} {res}s but the Ray cluster has {have.get(res, 0):g}; "
+                + (
+                    "run on a cluster with GPUs or ask for none (--set gan_gpus=0 cell_gpus=0)"
+                    if res == "GPU"
+                    else "give the cluster more CPUs"
+                ),
+            )
+
+
 @patch
 def run(self: RayExecutor, jobs: Sequence[Job], jobs_csv: str | Path | None = None) -> pd.DataFrame:
     "Run `jobs` on the cluster (skipping those already done); the jobs table, or `JobsFailed` naming the failed jobs."
@@ -441,6 +467,7 @@ def run(self: RayExecutor, jobs: Sequence[Job], jobs_csv: str | Path | None = No
     state.mkdir(parents=True)
     started = self.connect()
     try:
+        check_resources(ray, order)
         self.setup_nodes()
         return self._run(ray, order, by, prog, state)
     finally:
@@ -484,7 +511,7 @@ def _run(self: RayExecutor, ray, order: list[Job], by: dict, prog: Progress, sta
 
     try:
         for j in order:
-            if j.is_done is not None and j.is_done():
+            if is_cached(j, prog):
                 prog.set(j.name, "cached")
                 continue
             starts[j.name] = state / f"{_safe(j.name)}.starts"

@@ -121,7 +121,7 @@ def test_ops_setup_builds_and_loads_the_cpu_ops():
     assert status.get("cpu") == "ok", status
 
 
-RECIPE_ARGS = ["--profile", "full", "--dataset", "/data/brats"]
+RECIPE_ARGS = ["--profile", "full", "--datasets", "/data/brats"]
 
 
 def test_slurm_recipe_matches_golden_file(tmp_path):

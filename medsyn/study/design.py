@@ -33,11 +33,12 @@ from ..networks import GAN_KINDS
 from ..viz import label_cmap, save_figure
 
 # %% auto 0
-__all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'PROFILES', 'LOOKUP_COLUMNS', 'StudyConfig', 'study_config',
-           'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs', 'vs_dilution', 'trivial_baseline_check',
-           'segmentation_tables', 'lookup_warning', 'escape_text', 'write_table', 'save_study_figure', 'plot_pairs',
-           'plot_dice_vs_n', 'plot_small_data', 'dataset_name', 'study_run_dir', 'resolve_dataset', 'load_real',
-           'study_splits', 'check_study_dataset', 'split_of', 'folds_table']
+__all__ = ['VARIANT_GANS', 'WARPED_VARIANTS', 'CONTROLS', 'EXECUTORS', 'EXECUTION_FIELDS', 'PROFILES', 'LOOKUP_COLUMNS',
+           'StudyConfig', 'study_config', 'config_hash', 'cell_id', 'arms_at', 'experiment_grid', 'gan_jobs',
+           'vs_dilution', 'trivial_baseline_check', 'segmentation_tables', 'lookup_warning', 'escape_text',
+           'write_table', 'save_study_figure', 'plot_pairs', 'plot_dice_vs_n', 'plot_small_data', 'dataset_name',
+           'study_run_dir', 'resolve_dataset', 'load_real', 'study_splits', 'check_study_dataset', 'split_of',
+           'folds_table']
 
 # %% ../../nbs/09a_design.ipynb
 VARIANT_GANS = {"joint": ("joint",), "mask+cond": ("mask", "cond"), "warped+cond": ("cond",)}
@@ -49,6 +50,8 @@ CONTROLS = {
     "noaug": "real-noaug",
     "lookup": "intensity-lookup",
 }  # control -> arm name
+EXECUTORS = ("local", "ray")  # `StudyConfig.executor`
+EXECUTION_FIELDS = ("executor", "address", "gan_gpus", "cell_gpus", "max_retries")  # where jobs run, not what
 
 
 @dataclass
@@ -88,6 +91,11 @@ class StudyConfig:
     val_fraction: float = (
         0.2  # share of a fold's labelled subjects held out for validation (GAN snapshots, U-Net early stopping)
     )
+    executor: str = "local"  # where the jobs run: 'local' (this process, one after another) or 'ray' (medsyn.executor)
+    address: str | None = None  # ray: an existing cluster HOST:PORT (default $RAY_ADDRESS, else a local one)
+    gan_gpus: float = 1  # GPUs per GAN job (ray); 0 on a CPU-only cluster
+    cell_gpus: float = 0  # GPUs per U-Net cell, synthetic set and quality job (ray): 0 = 1 CPU, 0.5 = half a GPU
+    max_retries: int = 3  # ray: retries of a job lost with its node (a job that raises is not retried)
 
     def __post_init__(self):
         for k in ("seeds", "synthetic_factors", "variants", "fractions", "controls"):
@@ -97,6 +105,11 @@ class StudyConfig:
         warp_settings(self.mask_warp)  # unknown warp keys fail here, before anything runs
         bad_controls = [c for c in self.controls if c not in CONTROLS]
         check(not bad_controls, f"unknown controls {bad_controls}; choose from {sorted(CONTROLS)}")
+        check(self.executor in EXECUTORS, f"executor {self.executor!r}: choose one of {', '.join(EXECUTORS)}")
+        check(
+            self.gan_gpus >= 0 and self.cell_gpus >= 0 and self.max_retries >= 0,
+            "gan_gpus, cell_gpus and max_retries must be >= 0",
+        )
         check(0 in self.synthetic_factors, "synthetic_factors must include 0 (the real-only baseline)")
         check(1.0 in self.fractions, "fractions must include 1.0 (all training subjects)")
         check(self.folds >= 2, f"folds must be >= 2 (got {self.folds}): each fold needs held-out test subjects")
@@ -168,8 +181,9 @@ def study_config(profile: str = "quick", **overrides) -> StudyConfig:
 
 # %% ../../nbs/09a_design.ipynb
 def config_hash(cfg: StudyConfig) -> str:
-    "Short hash of a configuration (what the done markers record)."
-    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    "Short hash of a configuration (what the done markers record): its protocol, not where its jobs run."
+    protocol = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_FIELDS}
+    return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 # %% ../../nbs/09a_design.ipynb
 def cell_id(fraction: float, variant: str, factor: float, fold: int, seed: int) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 import medsyn
 from medsyn.core import (
     MedsynError,
+    atomic_write_text,
     call_with_args,
     check,
     check_fields,
@@ -35,14 +36,17 @@ from medsyn.study.design import (
     study_run_dir,
     write_table,
 )
-from .store import RunLayout, STAGES, mark_done, stage_done
+from ..executor import emit_kuberay, emit_slurm, import_ray, seconds_per_kimg
+from .store import RunLayout, STAGES, mark_done, run_study_jobs, stage_done
+from .stages import study_jobs, study_plan
 from .report import render_report
 
 # %% auto 0
 __all__ = ['PARAMETERS_MARKER', 'ARM_RANKS_CAPTION', 'study_notebooks_dir', 'ensure_kernel', 'study_header',
-           'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_dataset', 'aggregate_tables',
-           'rank_tests', 'aggregate', 'run_config', 'aggregate_findings', 'dice_side_by_side_caption',
-           'check_study_inputs', 'run_study', 'study_parser', 'study_main']
+           'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_grid', 'join_jobs_tables',
+           'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config', 'aggregate_findings',
+           'dice_side_by_side_caption', 'check_study_inputs', 'recipe_args', 'emit_recipe', 'print_plan', 'run_study',
+           'study_parser', 'study_main']
 
 # %% ../../nbs/09e_run.ipynb
 def study_notebooks_dir() -> Path:
@@ -142,6 +146,25 @@ def execute_notebook(src: Path, dst: Path, parameters: dict, kernel: str, log: C
         ) from None
 
 # %% ../../nbs/09e_run.ipynb
+def run_grid(cfg: StudyConfig, out_dir: str | Path, log: Callable = print) -> pd.DataFrame:
+    """Every job of the grid after prepare (`study_jobs`) in one call of the study's executor, the dependencies as task
+    dependencies (a cell starts once its own synthetic set exists): what a non-local executor runs before the stage
+    notebooks read the artefacts back. Its jobs table is `tables/jobs.csv`."""
+    lay = RunLayout(out_dir)
+    log(f"[{dataset_name(cfg.dataset)}] jobs: the grid on the {cfg.executor} executor -> {lay.table('jobs.csv')}")
+    return run_study_jobs(cfg, study_jobs(cfg, lay), lay.table("jobs.csv"), log)
+
+
+def join_jobs_tables(lay: RunLayout) -> Path | None:
+    "`tables/jobs.csv` of a local run: the stages' jobs tables (`tables/jobs_<stage>.csv`) one after another."
+    frames = [
+        pd.read_csv(p, dtype=str, keep_default_na=False)
+        for s, _ in STAGES
+        if (p := lay.table(f"jobs_{s}.csv")).exists()
+    ]
+    return atomic_write_text(lay.table("jobs.csv"), pd.concat(frames).to_csv(index=False)) if frames else None
+
+
 def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log: Callable = print) -> dict:
     """Execute the stage notebooks for one dataset, skipping finished stages, and render the report notebook to
     `report.html`; returns {stage: 'skipped'|'ran'|'failed: ...'}."""
@@ -165,12 +188,21 @@ def run_dataset(cfg: StudyConfig, out_dir: str | Path, force: bool = False, log:
                 f"[{name}] {stage}: FAILED — {e}\n[{name}] later stages need it and were not run; fix the cause and rerun (finished stages are kept)"
             )
             break
+        if stage == "prepare" and cfg.executor != "local" and not all(stage_done(out, s, cfg) for s, _ in STAGES[1:]):
+            try:
+                run_grid(cfg, out, log)
+            except MedsynError as e:
+                status["jobs"] = f"failed: {e}"
+                log(f"[{name}] jobs: FAILED — {e}")
+                break
         if stage == "report":  # the report is its notebook: rendered to HTML, then marked done
             html = render_report(lay.notebook(nb), out / "report.html", title=f"medsyn study: {name}")
             mark_done(out, stage, cfg, [html], time.time() - t0)
             log(f"[{name}] report: {html}")
         status[stage] = "ran"
         log(f"[{name}] {stage}: finished in {time.time() - t0:.0f} s")
+    if cfg.executor == "local":
+        join_jobs_tables(lay)
     save_json(dict(status=status, config=asdict(cfg)), lay.status_json)
     return status
 
@@ -278,13 +310,13 @@ ARM_RANKS_CAPTION = (
 )
 
 # %% ../../nbs/09e_run.ipynb
-def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict) -> dict:
+def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict, here: bool = True) -> dict:
     "Refuse, before anything runs, an unknown dataset, an `--out` that is a file, and unknown or wrongly typed `--set` fields."
     check(
-        not root.exists() or root.is_dir(),
+        not here or not root.exists() or root.is_dir(),
         f"{root}: --out is an existing file, not a folder; choose another --out or move the file away",
     )
-    for ds in datasets:
+    for ds in datasets if here else ():  # --plan/--emit: the data is read elsewhere, later
         if ds != "default":
             check(
                 (Path(ds) / "dataset.json").is_file(),
@@ -296,6 +328,42 @@ def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict) -> 
     )
 
 # %% ../../nbs/09e_run.ipynb
+def recipe_args(args: dict) -> list[str]:
+    "The `medsyn study` arguments a cluster recipe runs: the protocol options given (not --out, --emit, --executor)."
+    out = ["--profile", args["profile"]] + (["--datasets", args["datasets"]] if args["datasets"] != "default" else [])
+    for name in ("folds", "resolution", "kimg", "seeds"):
+        if args[name] is not None:
+            out += [f"--{name}", str(args[name])]
+    return out + [x for f in args["fields"] for x in ("--set", f)] + (["--force"] if args["force"] else [])
+
+
+def emit_recipe(kind: str, args: Sequence[str], out: str | None = None, log: Callable = print) -> int:
+    "Write (to `out`) or print the SLURM script (`emit_slurm`) or KubeRay manifest (`emit_kuberay`) running `args`."
+    emitters = dict(slurm=emit_slurm, kuberay=emit_kuberay)
+    check(kind in emitters, f"--emit {kind}: choose slurm or kuberay")
+    text = emitters[kind](list(args), out=out)
+    log(f"{kind} recipe: {out}" if out else text)
+    return 0
+
+
+def print_plan(
+    cfgs: Sequence[StudyConfig], s_per_kimg: float | None, bench: str | None, job_s: float, log: Callable = print
+) -> int:
+    "Print each dataset's `study_plan` (jobs, GPU-hours, CPU-hours per kind) before anything runs."
+    check(
+        (s_per_kimg is None) != (bench is None),
+        "--plan needs the GAN's speed: --s-per-kimg SECONDS or --bench FILE (the JSON `medsyn bench train` prints)",
+    )
+    sec = s_per_kimg if bench is None else seconds_per_kimg(bench)
+    for cfg in cfgs:
+        log(
+            f"[{dataset_name(cfg.dataset)}] plan of profile {cfg.profile}: GAN jobs at {sec:g} s/kimg x their kimg, "
+            f"every other job estimated at {job_s:g} s; GPUs per GAN {cfg.gan_gpus:g}, per other job {cfg.cell_gpus:g}"
+        )
+        log(study_plan(cfg, sec, job_s).to_string(index=False))
+    return 0
+
+
 def run_study(
     datasets: str = "default",  # comma-separated: 'default' and/or canonical dataset folders
     profile: str = "quick",  # the StudyConfig profile (`PROFILES`)
@@ -306,6 +374,13 @@ def run_study(
     kimg: float | None = None,  # StudyConfig.gan_kimg: one length (kimg) for every GAN (default: the profile's)
     seeds: str | None = None,  # StudyConfig.seeds, comma-separated, e.g. 0,1,2 (default: the profile's)
     fields: list[str] = [],  # any other StudyConfig field as FIELD=VALUE (JSON), e.g. --set n_quality=64; repeatable
+    executor: str | None = None,  # StudyConfig.executor: where the jobs run, local (default) or ray
+    address: str | None = None,  # StudyConfig.address: ray cluster HOST:PORT (default $RAY_ADDRESS, else a local one)
+    plan: bool = False,  # print the grid's jobs and GPU-hours per kind and run nothing (reads no data)
+    s_per_kimg: float | None = None,  # --plan: GAN seconds per kimg (or --bench)
+    bench: str | None = None,  # --plan: the JSON `medsyn bench train` printed (its sec_per_kimg)
+    job_s: float = 600.0,  # --plan: estimated seconds of every other job (synthetic set, U-Net cell, quality)
+    emit: str | None = None,  # write the cluster recipe of these arguments instead of running: slurm | kuberay
 ) -> int:
     "Run the augmentation study notebooks with papermill for every dataset, then the aggregate report; 1 when one failed."
     # OpenMP threads that sleep instead of spinning while they wait: on a shared 2-core machine spinning
@@ -313,13 +388,20 @@ def run_study(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root, log = Path(out) if out else runs_dir(), lambda m: print(m, flush=True)
     names = [d.strip() for d in datasets.split(",") if d.strip()]
-    overrides = check_study_inputs(names, root, parse_set_items(fields))
+    if emit:
+        return emit_recipe(emit, recipe_args(locals()), out, log)
+    overrides = check_study_inputs(names, root, parse_set_items(fields), here=not plan)
     check(
         seeds is None or all(s.strip().lstrip("-").isdigit() for s in seeds.split(",")),
         f"--seeds {seeds}: give integers separated by commas, e.g. 0,1,2",
     )
     seeds_ = None if seeds is None else [int(s) for s in seeds.split(",")]
-    kw = dict(folds=folds, gan_kimg=kimg, resolution=resolution, seeds=seeds_, **overrides)
+    kw = dict(folds=folds, gan_kimg=kimg, resolution=resolution, seeds=seeds_, executor=executor, address=address)
+    kw.update(overrides)
+    if plan:
+        return print_plan([study_config(profile, dataset=ds, **kw) for ds in names], s_per_kimg, bench, job_s, log)
+    if kw.get("executor") == "ray":
+        import_ray()  # missing: the error names `pip install "medsyn[ray]"` before anything runs
     cfgs = [check_study_dataset(study_config(profile, dataset=ds, **kw), log=log) for ds in names]
     failed, t0 = [], time.time()
     for cfg in cfgs:
@@ -344,7 +426,10 @@ def run_study(
 def study_parser() -> argparse.ArgumentParser:
     "The `medsyn study` options, derived from `run_study`'s signature (`--set` is its `fields`)."
     return signature_parser(
-        run_study, "medsyn study", aliases=dict(fields=("--set",)), choices=dict(profile=sorted(PROFILES))
+        run_study,
+        "medsyn study",
+        aliases=dict(fields=("--set",)),
+        choices=dict(profile=sorted(PROFILES), executor=["local", "ray"], emit=["slurm", "kuberay"]),
     )
 
 

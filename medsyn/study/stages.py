@@ -4,13 +4,16 @@
 
 # %% ../../nbs/09c_stages.ipynb 2
 from __future__ import annotations
-import functools, time
+import functools, hashlib, io, tempfile, time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
-from ..core import MedsynError, check, atomic_write_text, file_sha256
+import torch
+from ..core import MedsynError, check, atomic_write_text
+from ..executor import Job, plan
 from ..data import check_disjoint, load_canonical, plot_dataset_overview, write_canonical
 from ..generate import generate_pairs, warp_settings
 from ..evaluate import evaluate
@@ -31,6 +34,7 @@ from medsyn.study.design import (
     StudyConfig,
     VARIANT_GANS,
     WARPED_VARIANTS,
+    EXECUTION_FIELDS,
     cell_id,
     experiment_grid,
     folds_table,
@@ -48,11 +52,11 @@ from medsyn.study.design import (
     write_table,
 )
 from medsyn.study.store import (
-    Job,
     PrepareRecord,
     StageRun,
+    artefact_done,
     prepare_record,
-    run_jobs,
+    run_stage_jobs,
     stage,
     MANIFEST,
     RunLayout,
@@ -63,12 +67,15 @@ from medsyn.study.store import (
 )
 
 # %% auto 0
-__all__ = ['QUALITY_METRICS', 'write_real_subset', 'real_subset_job', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for',
-           'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_job', 'gan_snapshots',
-           'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'mask_source', 'synthetic_inputs',
-           'sample_variant', 'make_synthetic_set', 'synthetic_job', 'stage_generate', 'cell_inputs', 'cell_setup',
-           'run_cell', 'cell_job', 'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves',
-           'quality_comparisons', 'stage_quality', 'FoldData', 'prepare_fold', 'variant_pairs']
+__all__ = ['QUALITY_METRICS', 'QUALITY_COLUMNS', 'write_real_subset', 'job_context', 'job_args', 'real_subset_inputs',
+           'real_subset_task', 'real_subset_job', 'stage_prepare', 'gan_checkpoint', 'gan_overrides_for',
+           'study_gan_kwargs', 'gan_inputs', 'gan_run_row', 'train_study_gan', 'gan_task', 'gan_job_name', 'gan_job',
+           'gan_snapshots', 'plot_gan_snapshots', 'stage_gan', 'n_synthetic_for', 'synthetic_needs', 'synthetic_sets',
+           'mask_source', 'checkpoint_fingerprint', 'synthetic_inputs', 'sample_variant', 'make_synthetic_set',
+           'synthetic_task', 'synthetic_job', 'stage_generate', 'cell_inputs', 'cell_setup', 'run_cell', 'cell_task',
+           'cell_job', 'learning_curves', 'dice_table', 'stage_segment', 'quality_rows', 'reference_halves',
+           'quality_comparisons', 'quality_inputs', 'quality_task', 'quality_job', 'read_quality_rows', 'stage_quality',
+           'study_jobs', 'study_plan', 'FoldData', 'prepare_fold', 'variant_pairs']
 
 # %% ../../nbs/09c_stages.ipynb
 def write_real_subset(
@@ -106,11 +113,47 @@ def write_real_subset(
     return out_dir
 
 # %% ../../nbs/09c_stages.ipynb
-def real_subset_job(real, subjects: Sequence[str], folder: Path, fingerprint: str, log: Callable = print) -> Job:
-    "The `Job` writing the training view of `subjects` into `folder` (`write_real_subset`)."
-    inputs = dict(kind="real_subset", dataset=fingerprint, subjects=sorted(subjects))
+def job_context(cfg: dict | StudyConfig, out_dir: str | Path) -> tuple[StudyConfig, RunLayout, PrepareRecord]:
+    "What a study job rebuilds from its plain arguments: the `StudyConfig`, the run layout and the prepare record."
+    cfg = cfg if isinstance(cfg, StudyConfig) else StudyConfig(**cfg)
+    lay = RunLayout(out_dir)
+    return cfg, lay, PrepareRecord.load(lay.prepare_json)
+
+
+def job_args(cfg: StudyConfig, lay: RunLayout, **kw) -> dict:
+    "A study job's arguments: the protocol as a plain dict (not where jobs run), the run folder as text, and `kw`."
+    return dict(cfg={k: v for k, v in asdict(cfg).items() if k not in EXECUTION_FIELDS}, out_dir=str(lay.root), **kw)
+
+
+def real_subset_inputs(subjects: Sequence[str], fingerprint: str) -> dict:
+    "What a real training subset depends on (its manifest's inputs)."
+    return dict(kind="real_subset", dataset=fingerprint, subjects=sorted(subjects))
+
+
+def real_subset_task(cfg: dict, out_dir: str, fold: int, fraction: float) -> dict:
+    "The job writing the training view of (fold, fraction)'s training subjects (`write_real_subset`)."
+    cfg, lay, rec = job_context(cfg, out_dir)
+    folder = lay.real_subset(fold, fraction)
+    write_real_subset(load_real(cfg, rec.data_dir), rec.split(fold, fraction)["train"], folder, rec.dataset_sha256)
+    return dict(folder=str(folder))
+
+
+def _real_subset_inputs_of(lay: RunLayout, fold: int, fraction: float) -> dict:
+    rec = PrepareRecord.load(lay.prepare_json)
+    return real_subset_inputs(rec.split(fold, fraction)["train"], rec.dataset_sha256)
+
+
+def real_subset_job(cfg: StudyConfig, lay: RunLayout, fold: int, fraction: float) -> Job:
+    "The `Job` of (fold, fraction)'s real training subset; done when its manifest matches the prepare record."
+    folder = lay.real_subset(fold, fraction)
     return Job(
-        folder.name, folder, inputs, functools.partial(write_real_subset, real, subjects, folder, fingerprint, log)
+        f"real_subset/{folder.name}",
+        "real_subset",
+        real_subset_task,
+        job_args(cfg, lay, fold=int(fold), fraction=float(fraction)),
+        is_done=functools.partial(
+            artefact_done, folder, functools.partial(_real_subset_inputs_of, lay, fold, fraction)
+        ),
     )
 
 # %% ../../nbs/09c_stages.ipynb
@@ -123,11 +166,9 @@ def stage_prepare(run: StageRun) -> list[Path]:
     real = load_real(cfg, data_dir)
     rec = prepare_record(real, data_dir, study_splits(cfg, real), cfg.dataset)
     rec.save(lay.prepare_json)
-    jobs = [
-        real_subset_job(real, s["train"], lay.real_subset(s["fold"], s["fraction"]), rec.dataset_sha256, run.log)
-        for s in rec.splits
-    ]
-    subsets = run_jobs(jobs)
+    # seconds of work: in this process, whichever executor runs the grid after it
+    run_stage_jobs(run, [real_subset_job(cfg, lay, s["fold"], s["fraction"]) for s in rec.splits], here=True)
+    subsets = [lay.real_subset(s["fold"], s["fraction"]) for s in rec.splits]
     fg = real.index["fg_fraction"] if "fg_fraction" in real.index else pd.Series(np.nan, index=real.index.index)
     ds_table = pd.DataFrame(
         [
@@ -249,11 +290,38 @@ def train_study_gan(
     return gan_run_row(job, run_dir, seconds)
 
 # %% ../../nbs/09c_stages.ipynb
-def gan_job(cfg: StudyConfig, job, record: PrepareRecord, lay: RunLayout, log: Callable = print) -> Job:
-    "The `Job` of one row of `gan_jobs`: its run folder, its manifest inputs and `train_study_gan` on its split."
-    split, run_dir = record.split(job.fold, job.fraction), lay.gan_run(job.gan, job.fold, job.fraction)
-    make = functools.partial(train_study_gan, cfg, job, split, Path(record.data_dir), record.dataset_sha256, lay, log)
-    return Job(run_dir.name, run_dir, gan_inputs(cfg, job.gan, split, record.dataset_sha256), make)
+def gan_task(cfg: dict, out_dir: str, gan: str, fold: int, fraction: float) -> dict:
+    "The job training (or resuming, or reusing) one GAN run (`train_study_gan`); its `gan_training` row."
+    cfg, lay, rec = job_context(cfg, out_dir)
+    job = SimpleNamespace(gan=gan, fold=fold, fraction=fraction)
+    split = rec.split(fold, fraction)
+    return train_study_gan(cfg, job, split, Path(rec.data_dir), rec.dataset_sha256, lay)
+
+
+def _gan_inputs_of(cfg: StudyConfig, lay: RunLayout, gan: str, fold: int, fraction: float) -> dict:
+    rec = PrepareRecord.load(lay.prepare_json)
+    return gan_inputs(cfg, gan, rec.split(fold, fraction), rec.dataset_sha256)
+
+
+def gan_job_name(lay: RunLayout, gan: str, fold: int, fraction: float) -> str:
+    "The job name of a GAN run: `gan/<run folder>`."
+    return f"gan/{lay.gan_run(gan, fold, fraction).name}"
+
+
+def gan_job(cfg: StudyConfig, lay: RunLayout, gan: str, fold: int, fraction: float) -> Job:
+    "The `Job` of one GAN run (a row of `gan_jobs`): `cfg.gan_gpus` GPUs; done when its manifest matches its inputs."
+    return Job(
+        gan_job_name(lay, gan, fold, fraction),
+        "gan",
+        gan_task,
+        job_args(cfg, lay, gan=gan, fold=int(fold), fraction=float(fraction)),
+        gpus=cfg.gan_gpus,
+        is_done=functools.partial(
+            artefact_done,
+            lay.gan_run(gan, fold, fraction),
+            functools.partial(_gan_inputs_of, cfg, lay, gan, fold, fraction),
+        ),
+    )
 
 # %% ../../nbs/09c_stages.ipynb
 def gan_snapshots(cfg: StudyConfig, lay: RunLayout) -> pd.DataFrame:
@@ -296,9 +364,11 @@ def plot_gan_snapshots(snaps: pd.DataFrame):
 def stage_gan(run: StageRun) -> list[Path]:
     "Train every GAN the grid needs on its cell's training subjects; writes `tables/gan_training`."
     cfg, lay = run.cfg, run.lay
-    jobs = [gan_job(cfg, job, run.record, lay, run.log) for job in gan_jobs(cfg).itertuples()]
+    runs = list(gan_jobs(cfg).itertuples())
+    run_stage_jobs(run, [gan_job(cfg, lay, j.gan, j.fold, j.fraction) for j in runs])
+    folders = [lay.gan_run(j.gan, j.fold, j.fraction) for j in runs]
     table = pd.DataFrame(
-        run_jobs(jobs),
+        [gan_run_row(j, d, read_manifest(d).get("seconds", float("nan"))) for j, d in zip(runs, folders)],
         columns=["gan", "fold", "fraction", "subjects", "kimg_reached", "snapshot_kimg", "seconds", "checkpoint"],
     )
     outputs = write_table(table, lay.table("gan_training"))
@@ -306,7 +376,7 @@ def stage_gan(run: StageRun) -> list[Path]:
     outputs += write_table(snaps, lay.table("gan_snapshots"))
     if len(snaps):
         outputs += save_study_figure(plot_gan_snapshots(snaps), lay.figure("gan_quality_vs_kimg"))
-    return outputs + [j.folder / MANIFEST for j in jobs]
+    return outputs + [d / MANIFEST for d in folders]
 
 # %% ../../nbs/09c_stages.ipynb
 def n_synthetic_for(factor: float, n_train_slices: int) -> int:
@@ -326,6 +396,14 @@ def synthetic_needs(cfg: StudyConfig, splits: list[dict]) -> dict[tuple, int]:
         )
     return need
 
+
+def synthetic_sets(cfg: StudyConfig) -> list[tuple]:
+    "The synthetic sets `(variant, fold, fraction)` the grid uses (reads no data; `synthetic_needs` sizes them)."
+    cells = experiment_grid(cfg).query("factor > 0")
+    return sorted(
+        {(c.variant, int(c.fold), float(c.fraction)) for c in cells.itertuples() if c.variant in VARIANT_GANS}
+    )
+
 # %% ../../nbs/09c_stages.ipynb
 def mask_source(cfg: StudyConfig, fold: int, fraction: float, lay: RunLayout) -> dict:
     """Where a warped variant's masks come from: the cell's real training subset (`lay.real_subset`), its subjects (read
@@ -343,6 +421,18 @@ def mask_source(cfg: StudyConfig, fold: int, fraction: float, lay: RunLayout) ->
     )
 
 # %% ../../nbs/09c_stages.ipynb
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """SHA-256 of what a GAN checkpoint generates with: everything it holds but when and where it was trained (its
+    wall-clock `progress.elapsed_s` and `data_dir`; `data_fingerprint` names the data). Two runs that trained the
+    same weights, on any executor, give the same fingerprint; the file's own SHA-256 would differ by the clock."""
+    ck = load_checkpoint(path)
+    ck = {k: v for k, v in ck.items() if k != "data_dir"}
+    ck["progress"] = {k: v for k, v in ck.get("progress", {}).items() if k != "elapsed_s"}
+    buf = io.BytesIO()
+    torch.save(ck, buf)
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+# %% ../../nbs/09c_stages.ipynb
 def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout) -> dict:
     """What a synthetic set depends on: the checkpoints (by SHA-256) and subjects of its GANs, N, truncation and seed, and for
     a warped variant its mask source. `gan_subjects` is every subject whose data shaped the set (GAN training subjects and
@@ -358,7 +448,7 @@ def synthetic_inputs(cfg: StudyConfig, variant: str, fold: int, fraction: float,
         n=n,
         trunc=cfg.trunc,
         seed=cfg.split_seed + fold,
-        checkpoints={g: file_sha256(p) for g, p in ckpts.items()},
+        checkpoints={g: checkpoint_fingerprint(p) for g, p in ckpts.items()},
         gan_subjects=sorted(subjects),
         **({} if masks is None else dict(masks=masks)),
     )
@@ -422,16 +512,31 @@ def make_synthetic_set(
     return d
 
 # %% ../../nbs/09c_stages.ipynb
-def synthetic_job(
-    cfg: StudyConfig, variant: str, fold: int, fraction: float, n: int, lay: RunLayout, log: Callable = print
-) -> Job:
-    "The `Job` of one synthetic set: its folder, its manifest inputs (`synthetic_inputs`) and `make_synthetic_set`."
-    make = functools.partial(make_synthetic_set, cfg, variant, fold, fraction, n, lay, log)
+def synthetic_task(cfg: dict, out_dir: str, variant: str, fold: int, fraction: float) -> dict:
+    "The job sampling (or reusing) the synthetic set of (variant, fold, fraction) at the size its cells need."
+    cfg, lay, rec = job_context(cfg, out_dir)
+    n = synthetic_needs(cfg, rec.splits)[(variant, fold, fraction)]
+    return dict(folder=str(make_synthetic_set(cfg, variant, fold, fraction, n, lay)), n=n)
+
+
+def _synthetic_inputs_of(cfg: StudyConfig, lay: RunLayout, variant: str, fold: int, fraction: float) -> dict:
+    n = synthetic_needs(cfg, PrepareRecord.load(lay.prepare_json).splits)[(variant, fold, fraction)]
+    return synthetic_inputs(cfg, variant, fold, fraction, n, lay)
+
+
+def synthetic_job(cfg: StudyConfig, lay: RunLayout, variant: str, fold: int, fraction: float) -> Job:
+    "The `Job` of one synthetic set: it needs its GANs' jobs; `cfg.cell_gpus` GPUs; done when its manifest matches."
+    folder = lay.synthetic(variant, fold, fraction)
     return Job(
-        lay.synthetic(variant, fold, fraction).name,
-        lay.synthetic(variant, fold, fraction),
-        synthetic_inputs(cfg, variant, fold, fraction, n, lay),
-        make,
+        f"synthetic/{folder.name}",
+        "synthetic",
+        synthetic_task,
+        job_args(cfg, lay, variant=variant, fold=int(fold), fraction=float(fraction)),
+        deps=[gan_job_name(lay, g, fold, fraction) for g in VARIANT_GANS[variant]],
+        gpus=cfg.cell_gpus,
+        is_done=functools.partial(
+            artefact_done, folder, functools.partial(_synthetic_inputs_of, cfg, lay, variant, fold, fraction)
+        ),
     )
 
 # %% ../../nbs/09c_stages.ipynb
@@ -439,8 +544,9 @@ def synthetic_job(
 def stage_generate(run: StageRun) -> list[Path]:
     "Sample the synthetic sets and draw the sample grids (per variant, and real vs synthetic)."
     cfg, lay = run.cfg, run.lay
-    jobs = [synthetic_job(cfg, *key, n, lay, run.log) for key, n in synthetic_needs(cfg, run.record.splits).items()]
-    outputs = [d / MANIFEST for d in run_jobs(jobs)]
+    sets = synthetic_sets(cfg)
+    run_stage_jobs(run, [synthetic_job(cfg, lay, *key) for key in sets])
+    outputs = [lay.synthetic(*key) / MANIFEST for key in sets]
     real = load_real(cfg, run.record.data_dir)
     sets = {"real": real, **{v: load_canonical(lay.synthetic(v, 0, 1.0)) for v in cfg.variants}}
     for variant in cfg.variants:
@@ -591,13 +697,44 @@ def _lookup_cell(cell, real, split: dict, cdir: Path, inputs: dict, log: Callabl
     return per_class
 
 # %% ../../nbs/09c_stages.ipynb
-def cell_job(cell, cfg: StudyConfig, real, record: PrepareRecord, lay: RunLayout, log: Callable = print) -> Job:
-    "The `Job` of one grid cell: its folder, its manifest inputs (`cell_inputs`) and `run_cell`."
-    split = record.split(cell.fold, cell.fraction)
-    n_syn, syn_dir, scfg = cell_setup(cell, cfg, split, lay)
-    inputs = cell_inputs(cell, cfg, split, record.dataset_sha256, scfg, n_syn, syn_dir)
-    make = functools.partial(run_cell, cell, cfg, real, record.splits, lay.root, log, record.dataset_sha256)
-    return Job(cell.cell, lay.cell(cell.cell), inputs, make)
+def cell_task(cfg: dict, out_dir: str, cell: dict) -> dict:
+    "The job training/evaluating (or reusing) one grid cell's U-Net (`run_cell`; `cell`: its `experiment_grid` row)."
+    cfg, lay, rec = job_context(cfg, out_dir)
+    run_cell(
+        SimpleNamespace(**cell), cfg, load_real(cfg, rec.data_dir), rec.splits, lay.root, print, rec.dataset_sha256
+    )
+    return dict(cell=cell["cell"], mean_dice=read_manifest(lay.cell(cell["cell"]))["mean_dice"])
+
+
+def _cell_inputs_of(cfg: StudyConfig, lay: RunLayout, cell: dict) -> dict:
+    rec, c = PrepareRecord.load(lay.prepare_json), SimpleNamespace(**cell)
+    split = rec.split(c.fold, c.fraction)
+    n_syn, syn_dir, scfg = cell_setup(c, cfg, split, lay)
+    check(syn_dir is None or read_manifest(syn_dir) is not None, f"{syn_dir}: not made yet")
+    return cell_inputs(c, cfg, split, rec.dataset_sha256, scfg, n_syn, syn_dir)
+
+
+def cell_job(cfg: StudyConfig, lay: RunLayout, cell) -> Job:
+    """The `Job` of one grid cell (a row of `experiment_grid`): it needs its synthetic set's job (a GAN arm above 0);
+    `cfg.cell_gpus` GPUs (0: one CPU); done when its manifest matches its inputs."""
+    c = dict(
+        cell=cell.cell,
+        fraction=float(cell.fraction),
+        variant=cell.variant,
+        factor=float(cell.factor),
+        fold=int(cell.fold),
+        seed=int(cell.seed),
+    )
+    uses_gan = c["factor"] > 0 and c["variant"] in VARIANT_GANS
+    return Job(
+        f"cell/{cell.cell}",
+        "cell",
+        cell_task,
+        job_args(cfg, lay, cell=c),
+        deps=[f"synthetic/{lay.synthetic(c['variant'], c['fold'], c['fraction']).name}"] if uses_gan else [],
+        gpus=cfg.cell_gpus,
+        is_done=functools.partial(artefact_done, lay.cell(cell.cell), functools.partial(_cell_inputs_of, cfg, lay, c)),
+    )
 
 # %% ../../nbs/09c_stages.ipynb
 def learning_curves(grid: pd.DataFrame, lay: RunLayout) -> pd.DataFrame:
@@ -626,11 +763,11 @@ def dice_table(per_class: pd.DataFrame) -> pd.DataFrame:
 def stage_segment(run: StageRun) -> list[Path]:
     "Run (or read back) every cell of the grid; write the Dice tables, the tests and the Dice figures."
     cfg, lay, rec = run.cfg, run.lay, run.record
-    real = load_real(cfg, rec.data_dir)
     grid = experiment_grid(cfg)
     run.log(f"segment: {len(grid)} cells (cached in {lay.root / 'cells'})")
+    run_stage_jobs(run, [cell_job(cfg, lay, c) for c in grid.itertuples()])
     per_class = pd.concat(
-        run_jobs([cell_job(c, cfg, real, rec, lay, run.log) for c in grid.itertuples()]), ignore_index=True
+        [pd.read_csv(lay.cell(c.cell) / "per_class.csv") for c in grid.itertuples()], ignore_index=True
     )
     per_class.insert(0, "dataset", rec.name)
     dice = dice_table(per_class)
@@ -728,31 +865,101 @@ def quality_comparisons(
     return out
 
 # %% ../../nbs/09c_stages.ipynb
+QUALITY_COLUMNS = ["variant", "comparison", "n", "fold", "metric", "value", "display", "error"]
+
+
+def quality_inputs(cfg: StudyConfig, lay: RunLayout, rec: PrepareRecord, fold: int) -> dict:
+    "What one fold's quality comparisons depend on (their manifest's inputs): its subjects, synthetic sets and U-Net."
+    split = rec.split(fold, 1.0)
+    unet = read_manifest(lay.cell(cell_id(1.0, "real", 0.0, fold, cfg.seeds[0])))
+    return dict(
+        kind="quality",
+        dataset=rec.dataset_sha256,
+        fold=fold,
+        train=list(split["train"]),
+        test=list(split["test"]),
+        synthetic={v: read_manifest(lay.synthetic(v, fold, 1.0))["key"] for v in cfg.variants},
+        unet=unet["key"] if unet and unet.get("complete") else None,
+        n_quality=cfg.n_quality,
+        metrics=list(QUALITY_METRICS),
+        weights_dir=cfg.weights_dir,
+        split_seed=cfg.split_seed,
+    )
+
+
+def quality_task(cfg: dict, out_dir: str, fold: int) -> dict:
+    """The job scoring (or reusing) one fold's quality comparisons (`quality_comparisons`, `medsyn.evaluate.evaluate`):
+    `quality/fold<k>/rows.csv`."""
+    cfg, lay, rec = job_context(cfg, out_dir)
+    qdir, inputs = lay.quality(fold), quality_inputs(cfg, lay, rec, fold)
+    state, why = artefact_state(qdir, inputs)
+    if state == "fresh":
+        return dict(folder=str(qdir))
+    if state != "missing":
+        reset_artefact(qdir, why, "quality")
+    unet = lay.cell(cell_id(1.0, "real", 0.0, fold, cfg.seeds[0])) / "unet.pt" if inputs["unet"] else None
+    rows, real = [], load_real(cfg, rec.data_dir)
+    for label, variant, real_dir, other_dir, n in quality_comparisons(
+        cfg, real, rec.split(fold, 1.0), rec.dataset_sha256, lay
+    ):
+        print(f"quality: fold {fold}: {variant} ({label}, N = {n})", flush=True)
+        res = evaluate(
+            real_dir,
+            other_dir,
+            metrics=QUALITY_METRICS,
+            weights_dir=cfg.weights_dir,
+            seg_model=unet,
+            max_samples=n,
+            lpips_samples=min(n, 100),
+            progress=False,
+        )
+        rows += [dict(variant=variant, comparison=label, n=n, fold=fold, **r) for r in quality_rows(res)]
+    qdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(qdir / "rows.csv", pd.DataFrame(rows, columns=QUALITY_COLUMNS).to_csv(index=False))
+    write_manifest(qdir, inputs, complete=True)
+    return dict(folder=str(qdir), rows=len(rows))
+
+
+def _quality_inputs_of(cfg: StudyConfig, lay: RunLayout, fold: int) -> dict:
+    return quality_inputs(cfg, lay, PrepareRecord.load(lay.prepare_json), fold)
+
+
+def quality_job(cfg: StudyConfig, lay: RunLayout, fold: int) -> Job:
+    "The `Job` of one fold's quality comparisons: it needs the fold's synthetic sets (fraction 1) and real-only U-Net."
+    unet = f"cell/{cell_id(1.0, 'real', 0.0, fold, cfg.seeds[0])}"
+    return Job(
+        f"quality/fold{fold}",
+        "quality",
+        quality_task,
+        job_args(cfg, lay, fold=int(fold)),
+        deps=[f"synthetic/{lay.synthetic(v, fold, 1.0).name}" for v in cfg.variants] + [unet],
+        gpus=cfg.cell_gpus,
+        is_done=functools.partial(
+            artefact_done, lay.quality(fold), functools.partial(_quality_inputs_of, cfg, lay, fold)
+        ),
+    )
+
+
+def read_quality_rows(qdir: Path) -> pd.DataFrame:
+    "The rows a quality job wrote, as it wrote them (exact floats; an empty error stays text, a missing value NaN)."
+    return pd.read_csv(
+        qdir / "rows.csv",
+        float_precision="round_trip",
+        keep_default_na=False,
+        na_values={"value": ["", "nan", "NaN"]},
+        dtype={"display": str, "error": str},
+    )
+
+
 @stage("quality")
 def stage_quality(run: StageRun) -> list[Path]:
     """FID/KID/LPIPS/precision-recall/domain-FID/image-mask Dice/mask statistics of every synthetic set against its fold's
-    real training set, and next to it the real-vs-real reference at the same N."""
-    cfg, lay, rec, log, rows = run.cfg, run.lay, run.record, run.log, []
-    real = load_real(cfg, rec.data_dir)
-    for fold in range(cfg.folds):
-        split = rec.split(fold, 1.0)
-        unet = lay.cell(cell_id(1.0, "real", 0.0, fold, cfg.seeds[0])) / "unet.pt"
-        for label, variant, real_dir, other_dir, n in quality_comparisons(
-            cfg, real, split, rec.dataset_sha256, lay, log
-        ):
-            log(f"quality: fold {fold}: {variant} ({label}, N = {n})")
-            res = evaluate(
-                real_dir,
-                other_dir,
-                metrics=QUALITY_METRICS,
-                weights_dir=cfg.weights_dir,
-                seg_model=unet if unet.exists() else None,
-                max_samples=n,
-                lpips_samples=min(n, 100),
-                progress=False,
-            )
-            rows += [dict(variant=variant, comparison=label, n=n, fold=fold, **r) for r in quality_rows(res)]
-    q = pd.DataFrame(rows, columns=["variant", "comparison", "n", "fold", "metric", "value", "display", "error"])
+    real training set, and next to it the real-vs-real reference at the same N (a `quality_job` per fold)."""
+    cfg, lay = run.cfg, run.lay
+    run_stage_jobs(run, [quality_job(cfg, lay, fold) for fold in range(cfg.folds)])
+    q = pd.concat([read_quality_rows(lay.quality(fold)) for fold in range(cfg.folds)], ignore_index=True)[
+        QUALITY_COLUMNS
+    ]
     summary = (
         q.groupby(["variant", "comparison", "metric"], sort=True)
         .agg(value=("value", "mean"), sd=("value", "std"), n=("n", "mean"), display=("display", "first"))
@@ -764,6 +971,24 @@ def stage_quality(run: StageRun) -> list[Path]:
     ]
     outputs = write_table(q, lay.table("quality_per_fold")) + write_table(summary, lay.table("quality"))
     return outputs
+
+
+def study_jobs(cfg: StudyConfig, lay: RunLayout) -> list[Job]:
+    """Every job of the grid after prepare, with its dependencies: GAN runs -> synthetic sets -> the cells that use them
+    -> each fold's quality comparisons (what `--executor ray` runs in one call). Building them reads no data."""
+    return (
+        [gan_job(cfg, lay, j.gan, j.fold, j.fraction) for j in gan_jobs(cfg).itertuples()]
+        + [synthetic_job(cfg, lay, *key) for key in synthetic_sets(cfg)]
+        + [cell_job(cfg, lay, c) for c in experiment_grid(cfg).itertuples()]
+        + [quality_job(cfg, lay, fold) for fold in range(cfg.folds)]
+    )
+
+
+def study_plan(cfg: StudyConfig, sec_per_kimg: float, job_seconds: float = 600.0) -> pd.DataFrame:
+    """`medsyn.executor.plan` of the grid (`study_jobs`): a GAN job takes its kind's `gan_kimg` x `sec_per_kimg`
+    seconds, every other job the stated estimate `job_seconds`. Reads no data."""
+    jobs = study_jobs(cfg, RunLayout(Path(tempfile.gettempdir()) / "medsyn-plan"))
+    return plan(jobs, lambda j: cfg.gan_kimg[j.kwargs["gan"]] * sec_per_kimg if j.kind == "gan" else job_seconds)
 
 # %% ../../nbs/09c_stages.ipynb
 @dataclass(frozen=True)
@@ -785,8 +1010,8 @@ def prepare_fold(cfg: StudyConfig, out_dir: str | Path, fold: int = 0, log: Call
     rec = PrepareRecord.load(lay.prepare_json)
     real, split = load_real(cfg, rec.data_dir), rec.split(fold, 1.0)
     cell = next(experiment_grid(cfg).query("variant == 'real' and fold == @fold and fraction == 1.0").itertuples())
-    cell_job(cell, cfg, real, rec, lay, log).make()
-    test_dir = real_subset_job(real, split["test"], lay.held_out(fold), rec.dataset_sha256, log).make()
+    run_cell(cell, cfg, real, rec.splits, lay.root, log, rec.dataset_sha256)
+    test_dir = write_real_subset(real, split["test"], lay.held_out(fold), rec.dataset_sha256, log)
     return FoldData(rec, fold, split, lay.real_subset(fold, 1.0), test_dir, lay.cell(cell.cell) / "unet.pt")
 
 # %% ../../nbs/09c_stages.ipynb

@@ -5,17 +5,19 @@
 # %% ../../nbs/09b_store.ipynb 2
 from __future__ import annotations
 import functools, hashlib, json, shutil, time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
-from ..core import check, save_json, load_json
+import pandas as pd
+from ..core import MedsynError, check, save_json, load_json
+from ..executor import Job, LocalExecutor, RayExecutor
 from ..metrics import dataset_hash
 from .design import StudyConfig, config_hash, dataset_name, split_of
 
 # %% auto 0
 __all__ = ['MANIFEST', 'STAGES', 'RunLayout', 'artefact_key', 'read_manifest', 'write_manifest', 'changed_inputs',
            'artefact_state', 'reset_artefact', 'stage_done', 'mark_done', 'PrepareRecord', 'prepare_record', 'StageRun',
-           'Job', 'run_jobs', 'stage']
+           'artefact_done', 'study_executor', 'run_study_jobs', 'run_stage_jobs', 'stage']
 
 # %% ../../nbs/09b_store.ipynb
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class RunLayout:
 
     def cell(self, cell: str) -> Path:
         return self.root / "cells" / cell
+
+    def quality(self, fold: int) -> Path:
+        return self.root / "quality" / f"fold{fold}"
 
 # %% ../../nbs/09b_store.ipynb
 MANIFEST = "manifest.json"
@@ -222,28 +227,38 @@ class StageRun:
     log: Callable = print  # one line per event
 
 # %% ../../nbs/09b_store.ipynb
-@dataclass(frozen=True)
-class Job:
-    "One artefact of a stage: its manifest's inputs, its folder, and `make`, which writes (or reads back) and returns it."
-
-    name: str  # for the log
-    folder: Path  # where the artefact lives (its `manifest.json` too)
-    inputs: dict  # what it is made from; `key` is their hash
-    make: Callable  # no arguments; returns the job's result (a table row, a path, a DataFrame)
-
-    @property
-    def key(self) -> str:
-        "The manifest key of the artefact these inputs make (`artefact_key`)."
-        return artefact_key(self.inputs)
-
-    def state(self) -> tuple[str, str]:
-        "`artefact_state` of the job's folder: 'fresh' jobs are read back, not recomputed."
-        return artefact_state(self.folder, self.inputs)
+def artefact_done(folder: str | Path, inputs: dict | Callable[[], dict]) -> bool:
+    """The `is_done` of a study job: the artefact in `folder` is complete for `inputs` (a dict, or a function computing
+    them; one that cannot yet, because what it reads does not exist, means not done)."""
+    if callable(inputs):
+        try:
+            inputs = inputs()
+        except (MedsynError, OSError, KeyError, TypeError, ValueError):
+            return False
+    return artefact_state(folder, inputs)[0] == "fresh"
 
 
-def run_jobs(jobs: Sequence[Job]) -> list:
-    "Run a stage's jobs in order; their results, in the same order."
-    return [job.make() for job in jobs]
+def study_executor(cfg: StudyConfig, log: Callable = print):
+    "The executor `cfg.executor` names: `LocalExecutor`, or `RayExecutor` on `cfg.address` (or $RAY_ADDRESS, or local)."
+    if cfg.executor == "ray":
+        return RayExecutor(address=cfg.address, max_retries=cfg.max_retries, log=log)
+    return LocalExecutor(log=log)
+
+
+def run_study_jobs(
+    cfg: StudyConfig, jobs: Sequence[Job], jobs_csv: str | Path, log: Callable = print, here: bool = False
+) -> pd.DataFrame:
+    """Run `jobs` with the study's executor, writing their jobs table to `jobs_csv`; dependencies on jobs outside
+    the list are dropped (they ran before); `here`, or when every job is done already, they run in this process."""
+    names = {j.name for j in jobs}
+    jobs = [replace(j, deps=tuple(d for d in j.deps if d in names)) for j in jobs]
+    here = here or all(j.is_done is not None and j.is_done() for j in jobs)
+    return (LocalExecutor(log=log) if here else study_executor(cfg, log)).run(jobs, jobs_csv)
+
+
+def run_stage_jobs(run: StageRun, jobs: Sequence[Job], here: bool = False) -> pd.DataFrame:
+    "Run a stage's jobs (`run_study_jobs`; `here`: in this process) with its jobs table in `tables/jobs_<stage>.csv`."
+    return run_study_jobs(run.cfg, jobs, run.lay.table(f"jobs_{run.name}.csv"), run.log, here)
 
 # %% ../../nbs/09b_store.ipynb
 def stage(name: str, needs_record: bool = True):
