@@ -41,7 +41,7 @@ from .data import check_disjoint, fold_subjects, load_canonical
 from .metrics import HookFeatures, label_scores, unet_bottleneck
 
 # %% auto 0
-__all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'unet_features', 'cfg_bottleneck_channels',
+__all__ = ['SEG_PRESETS', 'SegConfig', 'seg_config', 'build_unet', 'cfg_bottleneck_channels', 'unet_features',
            'classical_augmentation', 'SegSamples', 'oversample', 'take_samples', 'predict_slices', 'volume_diagonal',
            'volume_scores', 'evaluate_subjects', 'subject_summary', 'class_scores', 'lesion_detection',
            'detection_summary', 'lesion_table', 'IntensityLookup', 'lookup_baseline', 'SegRun', 'lr_scheduler',
@@ -133,6 +133,12 @@ def build_unet(in_channels: int, num_classes: int, cfg: SegConfig | None = None)
     )
 
 # %% ../nbs/08_segment.ipynb
+def cfg_bottleneck_channels(model: nn.Module) -> int:
+    "Number of feature maps the bottleneck block outputs."
+    convs = [m for m in unet_bottleneck(model).modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    return convs[-1].out_channels if convs else -1
+
+# %% ../nbs/08_segment.ipynb
 def unet_features(model: nn.Module, batch_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
     "A callable mapping images `(N, C, H, W)` in [0, 1] to pooled bottleneck features `(N, F)` (float32, CPU)."
     block, device = unet_bottleneck(model), next(model.parameters()).device
@@ -152,12 +158,6 @@ def unet_features(model: nn.Module, batch_size: int = 64) -> Callable[[torch.Ten
 
     features.dim = cfg_bottleneck_channels(model)
     return features
-
-# %% ../nbs/08_segment.ipynb
-def cfg_bottleneck_channels(model: nn.Module) -> int:
-    "Number of feature maps the bottleneck block outputs."
-    convs = [m for m in unet_bottleneck(model).modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    return convs[-1].out_channels if convs else -1
 
 # %% ../nbs/08_segment.ipynb
 def classical_augmentation(seed: int = 0):
