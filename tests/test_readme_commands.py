@@ -32,6 +32,7 @@ NOT_RUN = {  # command as the README writes it -> why this file does not run it
     "python tools/record_results.py": "the main job again, about 20 min",
     "nbdev_export": "tests/test_project.py runs it on a copy",
     "nbdev_clean": "rewrites the notebooks in place",
+    "python tools/wrap_docstrings.py FILE": "rewrites FILE in place (the test command's ruff check sees its result)",
     "nbdev_docs": ".ci/run runs it through tools/check_docs.py",
     "nbdev_preview": "a server that runs until stopped",
     "python tools/make_readme.py": "tests/test_project.py runs its --check",
