@@ -25,6 +25,10 @@ def test_bench_quality_scores_every_variant_at_every_step(run_medsyn, tmp_path):
         "0.05",
         "--minutes",
         "0.1",
+        # the bench's mechanics on the template slabs (one channel, 10 subjects: the cost CI was sized for); the
+        # default simulated cohort's quality is the study's business (tests/test_study.py)
+        "--set",
+        "dataset=mni152",
     ]
     res = run_medsyn(*args, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -72,6 +76,8 @@ def test_bench_quality_scores_every_variant_at_every_step(run_medsyn, tmp_path):
         "7",
         "--set",
         'gan_overrides={"metric": "stats", "precision": "fp32"}',
+        "--set",
+        "dataset=mni152",
         timeout=600,
     )
     assert tagged.returncode == 0, tagged.stdout[-3000:] + tagged.stderr[-3000:]
