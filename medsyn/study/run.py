@@ -334,10 +334,10 @@ def check_study_inputs(datasets: Sequence[str], root: Path, overrides: dict, her
         f"{root}: --out is an existing file, not a folder; choose another --out or move the file away",
     )
     for ds in datasets if here else ():  # --plan/--emit: the data is read elsewhere, later
-        if ds != "default":
+        if ds not in ("default", "mni152"):  # the bundled datasets (resolve_dataset)
             check(
                 (Path(ds) / "dataset.json").is_file(),
-                f"{ds}: not 'default' and not a canonical dataset folder (no dataset.json); "
+                f"{ds}: not 'default' or 'mni152' and not a canonical dataset folder (no dataset.json); "
                 f"convert raw data with `medsyn prepare SRC --out DIR` and pass DIR",
             )
     return check_fields(
