@@ -37,6 +37,7 @@ from medsyn.core import (
     check,
     check_output_dir,
     file_digest,
+    file_sha256,
     load_json,
     save_json,
 )
@@ -47,16 +48,16 @@ __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'RELEASES', 'CT_WINDOWS', 'AXIS_N
            'MNI152_VERSION', 'MNI152_PROVENANCE', 'COHORT_LABELS', 'COHORT_VERSION', 'COHORT_TISSUES',
            'COHORT_CONTRASTS', 'COHORT_PROVENANCE', 'MSD_TASKS', 'subject_kfold', 'train_val_test_split',
            'subsample_subjects', 'fold_subjects', 'check_disjoint', 'make_splits', 'write_canonical',
-           'CanonicalDataset', 'load_canonical', 'Case', 'Study', 'match_files', 'read_msd', 'read_nifti_pairs',
-           'compression_noise', 'read_image_pairs', 'detect_layout', 'detect_release', 'read_release', 'read_study',
-           'read_dicom', 'load_case', 'normalize_intensity', 'ct_window_range', 'modality_windows', 'volume_to_slices',
-           'select_slices', 'crop_pad_resize', 'study_samples', 'parse_label_map', 'map_labels', 'prepare',
-           'make_synthetic_msd', 'make_release_copy', 'make_dicom_copy', 'mni152_files', 'mni152_volumes',
-           'mni152_samples', 'prepare_mni152', 'mni152_dataset', 'CohortConfig', 'cohort_template', 'smooth_noise',
-           'random_warp', 'warp_maps', 'random_lesion', 'tissue_fractions', 'fraction_labels', 'simulate_contrast',
-           'simulate_subject', 'cohort_volumes', 'prepare_cohort', 'default_dataset', 'lesion_overlap', 'msd_resources',
-           'file_md5', 'verify_checksum', 'download_msd', 'overview_slices', 'plot_dataset_overview', 'toy_dataset',
-           'prepare_main']
+           'CanonicalDataset', 'load_canonical', 'dataset_hash', 'Case', 'Study', 'match_files', 'read_msd',
+           'read_nifti_pairs', 'compression_noise', 'read_image_pairs', 'detect_layout', 'detect_release',
+           'read_release', 'read_study', 'read_dicom', 'load_case', 'normalize_intensity', 'ct_window_range',
+           'modality_windows', 'volume_to_slices', 'select_slices', 'crop_pad_resize', 'study_samples',
+           'parse_label_map', 'map_labels', 'prepare', 'make_synthetic_msd', 'make_release_copy', 'make_dicom_copy',
+           'mni152_files', 'mni152_volumes', 'mni152_samples', 'prepare_mni152', 'mni152_dataset', 'CohortConfig',
+           'cohort_template', 'smooth_noise', 'random_warp', 'warp_maps', 'random_lesion', 'tissue_fractions',
+           'fraction_labels', 'simulate_contrast', 'simulate_subject', 'cohort_volumes', 'prepare_cohort',
+           'default_dataset', 'lesion_overlap', 'msd_resources', 'file_md5', 'verify_checksum', 'download_msd',
+           'overview_slices', 'plot_dataset_overview', 'toy_dataset', 'prepare_main']
 
 # %% ../nbs/01_data.ipynb
 def _permuted(subjects: Iterable[str], seed: int) -> list[str]:
@@ -134,8 +135,8 @@ def check_disjoint(train: Iterable[str], val: Iterable[str], test: Iterable[str]
 def make_splits(
     subjects: Iterable[str], k: int = 5, seed: int = 0, fractions=(0.6, 0.2, 0.2), val_fraction: float = 0.2
 ) -> dict:
-    """The `splits.json` content: k-fold (with validation, `fold_subjects`) and train/val/test splits of `subjects`
-    (each omitted when too few)."""
+    """Every split of `subjects` in one dict: k-fold (with validation, `fold_subjects`) and train/val/test
+    (each omitted when too few); what `CanonicalDataset.splits` shows."""
     subs = sorted(set(map(str, subjects)))
     out = dict(seed=seed, n_subjects=len(subs), k=k, folds=[], train_val_test=None)
     if (
@@ -207,14 +208,12 @@ def write_canonical(
     overwrite: bool = False,
     source: str = "",
     axis: int | None = None,
-    folds: int = 5,
-    seed: int = 0,
     extra_meta: dict | None = None,
     sources=(),
     require_foreground: bool = False,
 ) -> Path:
     """Write 2D `samples` (dicts with `image` (C,H,W) in [0,1], `mask` (H,W), `subject`, `slice`, optional
-    `source_file`, `spacing`) as a canonical dataset at `out_dir`, atomically, with subject-level splits.
+    `source_file`, `spacing`) as a canonical dataset at `out_dir`, atomically.
     `overwrite` replaces only a dataset medsyn made; `out_dir` may not be, contain or lie inside any of `sources`.
     With `require_foreground`, a dataset whose masks are all background is refused."""
     labels = {int(k): str(v) for k, v in labels.items()}
@@ -263,7 +262,6 @@ def write_canonical(
             _check_foreground(index, out_dir)
         index.to_csv(tmp / "index.csv", index=False)
         subjects = sorted(index.subject.unique())
-        save_json(make_splits(subjects, k=folds, seed=seed), tmp / "splits.json")
         meta = dict(
             format_version=FORMAT_VERSION,
             complete=True,
@@ -404,24 +402,17 @@ class CanonicalDataset(Dataset):
         sl = float(r["spacing_slice"]) if "spacing_slice" in rows else float(r["spacing_0"])
         return (sl, float(r["spacing_0"]), float(r["spacing_1"]))
 
-    @property
-    def splits(self) -> dict:
-        "The subject-level splits saved with the dataset (`splits.json`)."
-        return load_json(self.root / "splits.json")
+    def splits(self, k: int = 5, seed: int = 0) -> dict:
+        "Every subject-level split of this dataset's subjects (`make_splits`): computed, never stored."
+        return make_splits(self.subjects, k=k, seed=seed)
 
-    def split(self, part: str, fold: int | None = None) -> CanonicalDataset:
-        """The `'train'|'val'|'test'` part of the saved 60/20/20 split, or with `fold` that part of k-fold `fold`
-        (`fold_subjects`)."""
-        sp = self.splits
+    def split(self, part: str, fold: int | None = None, k: int = 5, seed: int = 0) -> CanonicalDataset:
+        """The `'train'|'val'|'test'` part of the 60/20/20 split, or with `fold` that part of k-fold `fold`
+        (`fold_subjects`, as the study and `medsyn segment` split)."""
+        check(part in ("train", "val", "test"), f"part must be train, val or test, got {part!r}")
         if fold is None:
-            check(part in ("train", "val", "test"), f"part must be train, val or test, got {part!r}")
-            return self.subset(sp["train_val_test"][part])
-        check(
-            part in ("train", "val", "test") and 0 <= fold < len(sp["folds"]) and part in sp["folds"][fold],
-            f"fold {fold} / part {part!r} not in {self.root}/splits.json (older datasets have no 'val' part: "
-            "re-prepare them)",
-        )
-        return self.subset(sp["folds"][fold][part])
+            return self.subset(train_val_test_split(self.subjects, seed=seed)[("train", "val", "test").index(part)])
+        return self.subset(fold_subjects(self.subjects, fold, k, 1.0, seed)[("train", "val", "test").index(part)])
 
     def __repr__(self):
         return (
@@ -433,6 +424,32 @@ class CanonicalDataset(Dataset):
 def load_canonical(path: str | Path) -> CanonicalDataset:
     "Open a prepared canonical dataset folder (checked to be complete and of the current format)."
     return CanonicalDataset(path)
+
+# %% ../nbs/01_data.ipynb
+def dataset_hash(path: str | Path, index: pd.DataFrame | None = None) -> str:
+    """SHA-256 over a canonical dataset's contents: dataset.json (without its `created` time), index.csv and the sample
+    files (names and contents), so the same data written twice (e.g. a deterministic simulation) hash the same. With
+    `index` (rows of index.csv, e.g. `CanonicalDataset.subset(...).index`), over dataset.json, those rows and their
+    sample files only: the identity of a subset."""
+    path = Path(path)
+    check(
+        (path / "dataset.json").is_file(),
+        f"{path}: not a canonical dataset (no dataset.json); prepare it with `medsyn prepare`",
+    )
+    h = hashlib.sha256()
+    meta = {k: v for k, v in json.loads((path / "dataset.json").read_text()).items() if k != "created"}
+    h.update(b"dataset.json" + json.dumps(meta, sort_keys=True).encode())
+    if index is None:
+        files = [path / "index.csv", *sorted((path / "samples").glob("*"))]
+    else:
+        rows = index.sort_values("sample_id")
+        h.update(b"index rows" + rows.to_csv(index=False).encode())
+        files = [path / f for f in rows.file]
+    for f in files:
+        if f.is_file():
+            h.update(f.relative_to(path).as_posix().encode())
+            h.update(file_sha256(f).encode())
+    return h.hexdigest()
 
 # %% ../nbs/01_data.ipynb
 @dataclass
@@ -1863,7 +1880,6 @@ def _prepare_study(
     ct_window,
     windows,
     percentiles,
-    folds,
     seed,
     overwrite,
     name,
@@ -1946,8 +1962,6 @@ def _prepare_study(
         sources=[src],
         require_foreground=True,
         axis=axis if study.kind == "volume" else None,
-        folds=folds,
-        seed=seed,
         extra_meta=extra,
     )
 
@@ -1962,7 +1976,6 @@ def prepare(
     ct_window=None,
     windows: dict | None = None,
     percentiles=(0.5, 99.5),
-    folds: int = 5,
     seed: int = 0,
     overwrite: bool = False,
     images=None,
@@ -1997,7 +2010,6 @@ def prepare(
             ct_window,
             windows,
             percentiles,
-            folds,
             seed,
             overwrite,
             name,
@@ -2549,8 +2561,6 @@ def prepare_mni152(
     n_slabs: int = 10,
     gap: int = 2,
     overwrite: bool = False,
-    folds: int = 5,
-    seed: int = 0,
 ) -> Path:
     "Write the MNI ICBM152 default dataset (T1 + GM/WM/CSF labels, slab pseudo-subjects) as a canonical dataset."
     return write_canonical(
@@ -2563,8 +2573,6 @@ def prepare_mni152(
         overwrite=overwrite,
         source="nilearn:" + str(mni152_files()["t1"].parent),
         axis=axis,
-        folds=folds,
-        seed=seed,
         extra_meta=dict(pseudo_subjects=True, n_slabs=n_slabs, slab_gap=gap, recipe_version=MNI152_VERSION),
     )
 
@@ -2795,7 +2803,6 @@ def prepare_cohort(
     res: int = 64,
     axis: int = 2,
     empty_fraction: float = 0.1,
-    folds: int = 5,
     overwrite: bool = False,
 ) -> Path:
     """Simulate the cohort of `cfg` and write it as a canonical dataset at `out` through the NIfTI preparation path
@@ -2839,8 +2846,6 @@ def prepare_cohort(
             overwrite=overwrite,
             source="medsyn.data.prepare_cohort (template: nilearn MNI ICBM152 2009)",
             axis=axis,
-            folds=folds,
-            seed=cfg.seed,
             extra_meta=dict(
                 simulated=True,
                 recipe_version=COHORT_VERSION,
@@ -3180,8 +3185,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--modalities", default=None, help="comma-separated modality names (single-pattern layouts)")
     p.add_argument("--name", default=None, help="dataset name (default: from dataset.json or the folder name)")
-    p.add_argument("--folds", type=int, default=5, help="number of subject-level folds saved in splits.json")
-    p.add_argument("--seed", type=int, default=0, help="seed for splits and empty-slice selection")
+    p.add_argument("--seed", type=int, default=0, help="seed of the empty-slice selection (default: of the simulation)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -3216,15 +3220,13 @@ def prepare_main(argv: list[str]) -> int:
         check(
             not ignored,
             f"{a.src}: {', '.join(ignored)} do not apply to the bundled dataset "
-            "(only --res, --axis, --folds, --seed, --overwrite); drop them",
+            "(only --res, --axis, --seed, --overwrite); drop them",
         )
         axis = 2 if a.axis is None else a.axis
         if a.src == "mni152":
-            out = prepare_mni152(a.out, res=a.res, axis=axis, overwrite=a.overwrite, folds=a.folds, seed=a.seed)
+            out = prepare_mni152(a.out, res=a.res, axis=axis, overwrite=a.overwrite)
         else:
-            out = prepare_cohort(
-                a.out, CohortConfig(seed=a.seed), res=a.res, axis=axis, overwrite=a.overwrite, folds=a.folds
-            )
+            out = prepare_cohort(a.out, CohortConfig(seed=a.seed), res=a.res, axis=axis, overwrite=a.overwrite)
     else:
         src = Path(a.src)
         if not src.exists() and re.fullmatch(r"Task\d\d_\w+", a.src):
@@ -3256,7 +3258,6 @@ def prepare_main(argv: list[str]) -> int:
             empty_fraction=a.empty_fraction,
             ct_window=_window_arg(a.ct_window, "--ct-window") if a.ct_window else None,
             windows=windows,
-            folds=a.folds,
             seed=a.seed,
             overwrite=a.overwrite,
             images=imgs,

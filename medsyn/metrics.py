@@ -5,8 +5,6 @@
 # %% ../nbs/07_metrics.ipynb 2
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
 import warnings
@@ -22,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .core import MedsynError, atomic_path, cache_dir, check, file_sha256
+from .data import dataset_hash
 from .viz import LABEL_PALETTE, palette_index
 from medsyn.weights import (
     FID_HEAD_KEYS,
@@ -40,10 +39,9 @@ from medsyn.weights import (
 __all__ = ['frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats', 'polynomial_kernel',
            'mmd2_unbiased', 'kid_from_features', 'precision_recall', 'modality_to_rgb', 'colorize_masks',
            'fid_inception_v3', 'InceptionFeatures', 'unet_bottleneck', 'HookFeatures', 'sample_indices',
-           'iterate_batches', 'stream_features', 'dataset_hash', 'cached_features', 'load_lpips_backbone',
-           'lpips_network', 'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size',
-           'matched_nearest', 'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores',
-           'segmentation_metrics']
+           'iterate_batches', 'stream_features', 'cached_features', 'load_lpips_backbone', 'lpips_network',
+           'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size', 'matched_nearest',
+           'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores', 'segmentation_metrics']
 
 # %% ../nbs/07_metrics.ipynb
 def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -399,25 +397,6 @@ def stream_features(
     return stats
 
 # %% ../nbs/07_metrics.ipynb
-def dataset_hash(path: str | Path) -> str:
-    """SHA-256 over a canonical dataset's contents: dataset.json (without its `created` time), index.csv and the sample
-    files (names and contents), so the same data written twice (e.g. a deterministic simulation) hash the same."""
-    path = Path(path)
-    check(
-        (path / "dataset.json").is_file(),
-        f"{path}: not a canonical dataset (no dataset.json); prepare it with `medsyn prepare`",
-    )
-    h = hashlib.sha256()
-    meta = {k: v for k, v in json.loads((path / "dataset.json").read_text()).items() if k != "created"}
-    h.update(b"dataset.json" + json.dumps(meta, sort_keys=True).encode())
-    files = [path / "index.csv", *sorted((path / "samples").glob("*"))]
-    for f in files:
-        if f.is_file():
-            h.update(f.relative_to(path).as_posix().encode())
-            h.update(file_sha256(f).encode())
-    return h.hexdigest()
-
-# %% ../nbs/07_metrics.ipynb
 def _read_feature_cache(file: Path, views) -> dict | None:
     "A feature-cache file as `{'index': ..., view: features}`, or None if absent, unreadable or missing a view."
     try:
@@ -441,9 +420,8 @@ def cached_features(
     ds_dir: str | Path, ds, views: dict[str, Callable], key: str, cache: bool = True, **kw
 ) -> dict[str, RunningFeatureStats]:
     """`stream_features`, cached on disk per dataset hash + extractor key. The file keeps every computed sample's
-    features
-    by index, so a later request (any `max_samples`: the subsets are nested) computes only the samples not stored yet.
-    """
+    features by index, so a later request (any `max_samples`: the subsets are nested) computes only the samples not
+    stored yet."""
     if not cache:
         return stream_features(ds, views, **kw)
     wanted = sample_indices(len(ds), kw.pop("max_samples", None))

@@ -62,7 +62,7 @@ from medsyn.core import (
     signature_parser,
     to_plain,
 )
-from .data import load_canonical
+from .data import dataset_hash, load_canonical
 from .distributed import RankGroup, dist_env, launch, module_digest, rank_device, rank_share, seed_stream
 from .metrics import InceptionFeatures, fid_from_features, modality_to_rgb
 from medsyn.networks import (
@@ -1635,10 +1635,8 @@ def move_run_aside(outdir) -> Path:
 
 # %% ../nbs/05_train.ipynb
 def data_fingerprint(ds) -> dict:
-    """What identifies the training data of a run: labels, modalities, resolution and a hash of the sample ids with
-    their foreground share."""
-    idx = ds.index
-    rows = "\n".join(f"{s},{f:.6g}" for s, f in zip(idx.sample_id, idx.fg_fraction))
+    """What identifies the training data of a run: labels, modalities, resolution, counts and `dataset_hash` of its
+    samples (`medsyn.data`'s one identity function, over the run's rows and sample files)."""
     return dict(
         dataset=ds.meta.get("name"),
         modalities=list(ds.modalities),
@@ -1646,7 +1644,7 @@ def data_fingerprint(ds) -> dict:
         resolution=[int(r) for r in ds.resolution],
         n_samples=len(ds),
         n_subjects=len(ds.subjects),
-        samples_sha256=hashlib.sha256(rows.encode()).hexdigest()[:16],
+        content_sha256=dataset_hash(ds.root, ds.index)[:16],
     )
 
 # %% ../nbs/05_train.ipynb
@@ -1672,12 +1670,8 @@ def resume_conflicts(stored: dict, requested: dict) -> list[str]:
     sd, rd = stored.get("data"), requested["data"]
     key = "legacy" if stored.get("data_legacy") else "fingerprint"
     cmp = rd[key]
-    if sd is not None:
-        out += [
-            f"data {k}: run {sd.get(k)!r}, now {cmp.get(k)!r}"
-            for k in sorted(set(sd) | set(cmp))
-            if sd.get(k) != cmp.get(k)
-        ]
+    if sd is not None:  # the fields both recorded (a run from before a field existed is checked on the others)
+        out += [f"data {k}: run {sd[k]!r}, now {cmp[k]!r}" for k in sorted(set(sd) & set(cmp)) if sd[k] != cmp[k]]
     return out
 
 # %% ../nbs/05_train.ipynb

@@ -194,7 +194,7 @@ def test_png_pairs_remap_binary_masks(tmp_path):
 
 def test_splits_have_no_subject_overlap(tmp_path):
     ds = load_canonical(prepare(make_synthetic_msd(tmp_path / "s", n_subjects=7), tmp_path / "c", res=8))
-    sp = ds.splits
+    sp = ds.splits()
     tvt = sp["train_val_test"]
     parts = [set(tvt[p]) for p in ("train", "val", "test")]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
@@ -383,7 +383,7 @@ def test_prepare_cli_names_the_default_cohort(tmp_path):
 
 
 def test_cohort_is_deterministic_per_seed(tmp_path):
-    from medsyn.metrics import dataset_hash
+    from medsyn.data import dataset_hash
 
     small = dict(n_subjects=3, size=32, lesion_share=2 / 3)
     a = prepare_cohort(tmp_path / "a", CohortConfig(**small, seed=1), res=32)
@@ -472,8 +472,6 @@ def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
         "msd",
         "--empty-fraction",
         "0.5",
-        "--folds",
-        "5",
         "--seed",
         "1",
         "--quiet",
@@ -482,7 +480,8 @@ def test_cli_prepare_on_synthetic_msd(tmp_path, run_medsyn):
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["n_subjects"] == 5 and summary["resolution"] == [16, 16]
     ds = load_canonical(tmp_path / "out")
-    assert len(ds) == summary["n_slices"] and len(ds.splits["folds"]) == 5
+    assert len(ds) == summary["n_slices"] and len(ds.splits()["folds"]) == 5
+    assert not (tmp_path / "out" / "splits.json").exists()  # splits are computed, never a second record
     res = run_medsyn("prepare", str(src), "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "already exists" in res.stderr and "--overwrite" in res.stderr
     res = run_medsyn(

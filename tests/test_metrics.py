@@ -16,6 +16,7 @@ from medsyn import evaluate as E
 from medsyn import metrics as M
 from medsyn import segment as S
 from medsyn.core import MedsynError
+from medsyn.data import dataset_hash
 from medsyn.weights import INCEPTION_ENV
 
 
@@ -309,13 +310,13 @@ def two_sets(tmp_path):
 
 def test_dataset_hash_tracks_contents(two_sets):
     real, _ = two_sets
-    h = M.dataset_hash(real)
-    assert h == M.dataset_hash(real)
+    h = dataset_hash(real)
+    assert h == dataset_hash(real)
     f = sorted((real / "samples").glob("*.npz"))[0]
     z = dict(np.load(f))
     z["image"] = z["image"] // 2
     np.savez_compressed(f, **z)
-    assert M.dataset_hash(real) != h
+    assert dataset_hash(real) != h
 
 
 def test_evaluate_mismatched_channels(tmp_path, two_sets):
@@ -402,8 +403,8 @@ def test_cli_exits_nonzero_when_nothing_computed(run_medsyn, tmp_path, two_sets)
 def test_dataset_hash_ignores_creation_time(two_sets):
     "The same data written again (a new `created` time in dataset.json) hash the same; any other field counts."
     real, _ = two_sets
-    h, meta = M.dataset_hash(real), json.loads((real / "dataset.json").read_text())
+    h, meta = dataset_hash(real), json.loads((real / "dataset.json").read_text())
     (real / "dataset.json").write_text(json.dumps({**meta, "created": "2000-01-01T00:00:00+00:00"}))
-    assert M.dataset_hash(real) == h
+    assert dataset_hash(real) == h
     (real / "dataset.json").write_text(json.dumps({**meta, "name": "other"}))
-    assert M.dataset_hash(real) != h
+    assert dataset_hash(real) != h

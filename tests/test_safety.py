@@ -67,7 +67,7 @@ def toy(tmp_path_factory):
 
 
 def prepare_args(src, out, *extra):
-    return ["prepare", src, "--out", out, "--res", "16", "--folds", "2", "--quiet", *extra]
+    return ["prepare", src, "--out", out, "--res", "16", "--quiet", *extra]
 
 
 def train_args(toy, run, kimg, *extra):

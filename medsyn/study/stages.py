@@ -20,11 +20,10 @@ import pandas as pd
 import torch
 
 from ..core import MedsynError, atomic_write_text, check
-from ..data import check_disjoint, load_canonical, plot_dataset_overview, write_canonical
+from ..data import check_disjoint, dataset_hash, load_canonical, plot_dataset_overview, write_canonical
 from ..evaluate import evaluate
 from ..executor import Job, plan
 from ..generate import generate_pairs, warp_settings
-from ..metrics import dataset_hash
 from ..networks import GAN_KINDS, load_checkpoint
 from medsyn.segment import (
     lesion_table,

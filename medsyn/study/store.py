@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..core import MedsynError, check, load_json, save_json
+from ..data import dataset_hash
 from ..executor import Job, LocalExecutor, RayExecutor
-from ..metrics import dataset_hash
 from .design import StudyConfig, config_hash, dataset_name, split_of
 
 # %% auto 0
