@@ -63,6 +63,15 @@ def test_emit_recipe_from_the_command_line(run_medsyn, tmp_path, kind, golden):
     assert out.read_text() == (FIXTURES / golden).read_text()
 
 
+def test_emit_set_sizes_the_recipe_and_refuses_unknown_settings(run_medsyn, tmp_path):
+    args = ("study", "--profile", "full", "--emit", "slurm")
+    res = run_medsyn(*args, "--emit-set", "nodes=4", "--emit-set", "gpus_per_node=8", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "#SBATCH --nodes=4" in res.stdout and "#SBATCH --gpus-per-task=8" in res.stdout
+    res = run_medsyn(*args, "--emit-set", "gpus=8", timeout=120)
+    assert res.returncode != 0 and "--emit-set ['gpus']" in res.stderr and "gpus_per_node" in res.stderr
+
+
 def test_ray_executor_without_ray_names_the_extra(run_medsyn, tmp_path):
     fake = tmp_path / "noray" / "ray"
     fake.mkdir(parents=True)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -50,11 +51,11 @@ from .stages import study_jobs, study_plan
 from .store import STAGES, RunLayout, mark_done, run_study_jobs, stage_done
 
 # %% auto 0
-__all__ = ['PARAMETERS_MARKER', 'ARM_RANKS_CAPTION', 'study_notebooks_dir', 'ensure_kernel', 'study_header',
+__all__ = ['PARAMETERS_MARKER', 'ARM_RANKS_CAPTION', 'EMITTERS', 'study_notebooks_dir', 'ensure_kernel', 'study_header',
            'notebook_parameters', 'load_study_notebook', 'execute_notebook', 'run_grid', 'join_jobs_tables',
            'run_dataset', 'aggregate_tables', 'rank_tests', 'aggregate', 'run_config', 'aggregate_findings',
-           'dice_side_by_side_caption', 'check_study_inputs', 'recipe_args', 'emit_recipe', 'print_plan', 'run_study',
-           'study_parser', 'study_main']
+           'dice_side_by_side_caption', 'check_study_inputs', 'recipe_args', 'emit_settings', 'emit_recipe',
+           'print_plan', 'run_study', 'study_parser', 'study_main']
 
 # %% ../../nbs/09e_run.ipynb
 def study_notebooks_dir() -> Path:
@@ -354,11 +355,34 @@ def recipe_args(args: dict) -> list[str]:
     return out + [x for f in args["fields"] for x in ("--set", f)] + (["--force"] if args["force"] else [])
 
 
-def emit_recipe(kind: str, args: Sequence[str], out: str | None = None, log: Callable = print) -> int:
-    "Write (to `out`) or print the SLURM script (`emit_slurm`) or KubeRay manifest (`emit_kuberay`) running `args`."
-    emitters = dict(slurm=emit_slurm, kuberay=emit_kuberay)
-    check(kind in emitters, f"--emit {kind}: choose slurm or kuberay")
-    text = emitters[kind](list(args), out=out)
+EMITTERS = dict(slurm=emit_slurm, kuberay=emit_kuberay)
+
+
+def emit_settings(kind: str, items: Sequence[str]) -> dict:
+    """`--emit-set KEY=VALUE` items as keyword arguments of the recipe's emitter (`emit_slurm` / `emit_kuberay`):
+    only its own settings, each of its default's type (a JSON list for a list, anything for a setting without one)."""
+    emitter, given = EMITTERS[kind], parse_set_items(list(items), "--emit-set")
+    params = {n: p.default for n, p in inspect.signature(emitter).parameters.items() if n not in ("study_args", "out")}
+    unknown = sorted(set(given) - set(params))
+    check(not unknown, f"--emit-set {unknown}: not settings of --emit {kind}; choose from {', '.join(params)}")
+    for k, v in given.items():
+        if params[k] is None:  # partition, account, ports: as given
+            continue
+        want = list if isinstance(params[k], (tuple, list)) else type(params[k])
+        check(
+            isinstance(v, want) and not (isinstance(v, bool) and want is int),
+            f"--emit-set {k}={v!r}: expected {want.__name__} (like its default {params[k]!r})",
+        )
+    return given
+
+
+def emit_recipe(
+    kind: str, args: Sequence[str], out: str | None = None, log: Callable = print, settings: Sequence[str] = ()
+) -> int:
+    """Write (to `out`) or print the SLURM script (`emit_slurm`) or KubeRay manifest (`emit_kuberay`) running `args`,
+    with the recipe's `settings` (`emit_settings`)."""
+    check(kind in EMITTERS, f"--emit {kind}: choose slurm or kuberay")
+    text = EMITTERS[kind](list(args), out=out, **emit_settings(kind, settings))
     log(f"{kind} recipe: {out}" if out else text)
     return 0
 
@@ -398,6 +422,7 @@ def run_study(
     bench: str | None = None,  # --plan: the JSON `medsyn bench train` printed (its sec_per_kimg)
     job_s: float = 600.0,  # --plan: estimated seconds of every other job (synthetic set, U-Net cell, quality)
     emit: str | None = None,  # write the cluster recipe of these arguments instead of running: slurm | kuberay
+    emit_set: list[str] = (),  # --emit: a recipe setting as KEY=VALUE (emit_slurm / emit_kuberay), e.g. nodes=4
 ) -> int:
     """Run the augmentation study notebooks with papermill for every dataset, then the aggregate report; 1 when one
     failed."""
@@ -407,7 +432,7 @@ def run_study(
     root, log = Path(out) if out else runs_dir(), lambda m: print(m, flush=True)
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     if emit:
-        return emit_recipe(emit, recipe_args(locals()), out, log)
+        return emit_recipe(emit, recipe_args(locals()), out, log, emit_set)
     overrides = check_study_inputs(names, root, parse_set_items(fields), here=not plan)
     check(
         seeds is None or all(s.strip().lstrip("-").isdigit() for s in seeds.split(",")),
