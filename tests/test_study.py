@@ -334,10 +334,10 @@ def test_ci_study_end_to_end_and_resume(run_medsyn, tmp_path):
     assert_report_quotes_names_as_text(out, tmp_path / "hostile" / "default")
 
     t0 = time.time()
-    res2 = run_medsyn("study", "--profile", "ci", "--out", str(runs), timeout=600)
+    res2 = run_medsyn("study", "--profile", "ci", "--datasets", "mni152", "--out", str(runs), timeout=600)
     assert res2.returncode == 0, res2.stdout[-4000:] + res2.stderr[-4000:]
     for stage in ["prepare", "gan", "generate", "segment", "quality", "report"]:
-        assert f"[default] {stage}: already finished, skipped" in res2.stdout
+        assert f"[mni152] {stage}: already finished, skipped" in res2.stdout
     assert time.time() - t0 < first / 2
 
 
