@@ -78,7 +78,8 @@ def run_study(out: Path) -> dict:
     }
     t0 = time.time()
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    res = subprocess.run([sys.executable, "-m", "medsyn.cli", *COMMAND.split()[1:], "--out", str(out)], env=env)
+    entry = "import sys; from medsyn.cli import main; sys.exit(main(sys.argv[1:]))"  # `medsyn` of this interpreter
+    res = subprocess.run([sys.executable, "-c", entry, *COMMAND.split()[1:], "--out", str(out)], env=env)
     rec["wall_s"] = round(time.time() - t0)
     if res.returncode != 0:
         raise SystemExit(f"`{COMMAND}` failed (exit {res.returncode}); nbs/results.ipynb is unchanged")
