@@ -15,8 +15,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import MedsynError, call_with_args, check, choose_device, file_sha256, save_json, signature_parser
-from .data import load_canonical
+from medsyn.core import (
+    MedsynError,
+    cache_dir,
+    call_with_args,
+    check,
+    choose_device,
+    file_sha256,
+    load_json,
+    save_json,
+    signature_parser,
+)
+from .data import dataset_hash, load_canonical
 from medsyn.metrics import (
     HookFeatures,
     InceptionFeatures,
@@ -185,15 +195,37 @@ def _summary(df: pd.DataFrame) -> dict:
     }
 
 # %% ../nbs/07a_evaluate.ipynb
+def _dice_summary(net, ds, labels: dict, batch_size: int, dev, progress: bool, desc: str, file: Path | None) -> dict:
+    "`_summary` of the U-Net's per-subject Dice/HD95 on `ds`, read from / written to `file` when one is given."
+    if file is not None and file.is_file():
+        return load_json(file)
+    pred, true, subj, sl = _predict_masks(net, ds, batch_size, dev, progress, desc)
+    res = _summary(segmentation_metrics(pred, true, subj, labels, slices=sl))
+    if file is not None:
+        save_json(res, file)
+    return res
+
+
 def dice_metric(
-    net: torch.nn.Module, seg_model, real, fake, labels: dict, batch_size: int, dev, progress: bool
+    net: torch.nn.Module,
+    seg_model,
+    real,
+    fake,
+    labels: dict,
+    batch_size: int,
+    dev,
+    progress: bool,
+    cache: bool = False,  # keep each set's result in the feature cache (by dataset and checkpoint hash)
 ) -> dict | str:
-    "The U-Net's per-subject Dice/HD95 on the real set and on the fake pairs (image–mask consistency)."
+    """The U-Net's per-subject Dice/HD95 on the real set and on the fake pairs (image–mask consistency); each set's
+    result depends only on the set and the checkpoint, so a study scoring a set in several comparisons computes it
+    once (`cache`)."""
     try:
         res = {}
         for name, ds in (("real", real), ("fake", fake)):
-            pred, true, subj, sl = _predict_masks(net, ds, batch_size, dev, progress, f"segment {name}")
-            res[name] = _summary(segmentation_metrics(pred, true, subj, labels, slices=sl))
+            key = f"{dataset_hash(ds.root)[:20]}-dice-{file_sha256(seg_model)[:16]}.json" if cache else None
+            file = cache_dir() / "features" / key if key else None
+            res[name] = _dice_summary(net, ds, labels, batch_size, dev, progress, f"segment {name}", file)
         return {"model": str(seg_model), **res}
     except MedsynError as e:
         return _error(e)
@@ -331,7 +363,7 @@ def evaluate(
         out["dice"] = (
             seg_err
             if seg_err is not None
-            else dice_metric(net, seg_model, real, fake, labels, batch_size, dev, progress)
+            else dice_metric(net, seg_model, real, fake, labels, batch_size, dev, progress, cache)
         )
     if "mask_stats" in wanted:
         out["mask_stats"] = mask_stats_metric(real, fake, labels, batch_size, max_samples, progress)
