@@ -1,6 +1,6 @@
 """Record the README's main job and make it the docs site's Results page (`nbs/results.ipynb`).
 
-    python tools/record_results.py                  # runs `medsyn study --profile quick` (about 20 min on 2 idle
+    python tools/record_results.py                  # runs `medsyn study --profile quick` (about 30 min on 2 idle
                                                     # cores) into a scratch folder, then writes nbs/results.ipynb
     python tools/record_results.py --run-dir DIR    # (re)write the page from a finished run whose record.json says
                                                     # how it was made (this script writes one when it runs the study)
