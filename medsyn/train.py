@@ -84,7 +84,7 @@ from .viz import grid_rows, save_png
 
 # %% auto 0
 __all__ = ['TRAIN_CHOICES', 'FIXED_GAN_FIELDS', 'STATS_METRIC_NAME', 'STATS_COLUMNS', 'RESUME_MAY_CHANGE', 'RUN_FOLDER_GUESTS',
-           'FIELD_FLAGS', 'check_train_config', 'TrainConfig', 'train_config', 'split_overrides', 'PairData',
+           'FIELD_FLAGS', 'TrainConfig', 'check_train_config', 'train_config', 'split_overrides', 'PairData',
            'InfiniteSampler', 'RankBatchSampler', 'seed_worker', 'pair_batches', 'auto_workers', 'StyleGAN2Loss',
            'lazy_adam', 'ema_beta', 'update_ema', 'label_stats_distance', 'fid_feature_fn', 'SnapshotMetric',
            'resolve_augment', 'MicroBatch', 'GANTrainer', 'RunLog', 'select_ops_impl', 'RunConfig', 'RunPlan',
@@ -99,37 +99,6 @@ TRAIN_CHOICES = dict(
     metric=("auto", "fid", "stats"),
     impl=("auto", "ref", "cpu", "cuda", "compile"),
 )
-
-
-def check_train_config(tc: TrainConfig) -> TrainConfig:
-    "Refuse values no training can use (each message names the field, as given with `--set`)."
-    for k, choices in TRAIN_CHOICES.items():
-        check(getattr(tc, k) in choices, f"{k}={getattr(tc, k)!r}: choose one of {', '.join(choices)}")
-    for k in ("r1_interval", "pl_interval", "pl_batch_shrink", "ada_interval", "metric_n", "grid_n"):
-        check(getattr(tc, k) >= 1, f"{k}={getattr(tc, k)!r}: must be at least 1")
-    for k in ("lr", "ada_kimg"):
-        check(getattr(tc, k) > 0, f"{k}={getattr(tc, k)!r}: must be positive")
-    for k in ("gamma", "pl_weight", "recon_weight"):
-        check(getattr(tc, k) >= 0, f"{k}={getattr(tc, k)!r}: must be 0 (off) or positive")
-    for k in ("beta1", "beta2", "pl_decay", "style_mixing", "ada_target"):
-        check(0 <= getattr(tc, k) <= 1, f"{k}={getattr(tc, k)!r}: must be in [0, 1]")
-    for k in ("ema_kimg", "tick_kimg"):
-        check(
-            getattr(tc, k) is None or getattr(tc, k) > 0,
-            f"{k}={getattr(tc, k)!r}: must be positive (or null for the default)",
-        )
-    check(tc.ema_rampup is None or tc.ema_rampup >= 0, f"ema_rampup={tc.ema_rampup!r}: must be >= 0 (or null for none)")
-    check(
-        tc.batch >= 2 and tc.batch % tc.pl_batch_shrink == 0,
-        f"batch {tc.batch} must be >= 2 and divisible by pl_batch_shrink={tc.pl_batch_shrink}",
-    )
-    check(
-        tc.batch_gpu is None
-        or (1 <= tc.batch_gpu <= tc.batch and tc.batch % tc.batch_gpu == 0 and tc.batch_gpu % tc.pl_batch_shrink == 0),
-        f"batch_gpu={tc.batch_gpu!r}: must divide batch={tc.batch} and be divisible by "
-        f"pl_batch_shrink={tc.pl_batch_shrink} (or null)",
-    )
-    return tc
 
 # %% ../nbs/05_train.ipynb
 @dataclass
@@ -170,6 +139,37 @@ class TrainConfig:
 
     def __post_init__(self):
         check_train_config(self)
+
+# %% ../nbs/05_train.ipynb
+def check_train_config(tc: TrainConfig) -> TrainConfig:
+    "Refuse values no training can use (each message names the field, as given with `--set`)."
+    for k, choices in TRAIN_CHOICES.items():
+        check(getattr(tc, k) in choices, f"{k}={getattr(tc, k)!r}: choose one of {', '.join(choices)}")
+    for k in ("r1_interval", "pl_interval", "pl_batch_shrink", "ada_interval", "metric_n", "grid_n"):
+        check(getattr(tc, k) >= 1, f"{k}={getattr(tc, k)!r}: must be at least 1")
+    for k in ("lr", "ada_kimg"):
+        check(getattr(tc, k) > 0, f"{k}={getattr(tc, k)!r}: must be positive")
+    for k in ("gamma", "pl_weight", "recon_weight"):
+        check(getattr(tc, k) >= 0, f"{k}={getattr(tc, k)!r}: must be 0 (off) or positive")
+    for k in ("beta1", "beta2", "pl_decay", "style_mixing", "ada_target"):
+        check(0 <= getattr(tc, k) <= 1, f"{k}={getattr(tc, k)!r}: must be in [0, 1]")
+    for k in ("ema_kimg", "tick_kimg"):
+        check(
+            getattr(tc, k) is None or getattr(tc, k) > 0,
+            f"{k}={getattr(tc, k)!r}: must be positive (or null for the default)",
+        )
+    check(tc.ema_rampup is None or tc.ema_rampup >= 0, f"ema_rampup={tc.ema_rampup!r}: must be >= 0 (or null for none)")
+    check(
+        tc.batch >= 2 and tc.batch % tc.pl_batch_shrink == 0,
+        f"batch {tc.batch} must be >= 2 and divisible by pl_batch_shrink={tc.pl_batch_shrink}",
+    )
+    check(
+        tc.batch_gpu is None
+        or (1 <= tc.batch_gpu <= tc.batch and tc.batch % tc.batch_gpu == 0 and tc.batch_gpu % tc.pl_batch_shrink == 0),
+        f"batch_gpu={tc.batch_gpu!r}: must divide batch={tc.batch} and be divisible by "
+        f"pl_batch_shrink={tc.pl_batch_shrink} (or null)",
+    )
+    return tc
 
 # %% ../nbs/05_train.ipynb
 def train_config(preset: str = "cpu64", **overrides) -> TrainConfig:

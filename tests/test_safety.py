@@ -258,7 +258,7 @@ def test_resume_with_other_data_or_settings_is_refused_before_writing(toy, finis
         "4",
         *TINY_SETS,
     )
-    assert rc == 2 and "cannot resume this run with other settings" in err and "data samples_sha256" in err, err
+    assert rc == 2 and "cannot resume this run with other settings" in err and "data content_sha256" in err, err
     assert tree_digest(run) == before
     out = train_gan(toy, run, kimg=0.032, impl="ref", **RUN_KW)  # same run, other impl: resumes
     assert load_checkpoint(out / "network-last.pt")["cur_nimg"] == 32

@@ -69,15 +69,17 @@ def assert_no_leak(cfg, out):
 
 
 @pytest.mark.slow
-def test_changed_folds_and_split_seed_never_reuse_leaking_artefacts(tmp_path):
+def test_changed_folds_and_split_seed_never_reuse_leaking_artefacts(tmp_path, capsys):
     out = tmp_path / "default"
     a = study_config("ci")
     run_stages(a, out)
     assert_no_leak(a, out)
     before = {p.parent.name: p.read_text() for p in (out / "gan").glob("*/manifest.json")}
+    capsys.readouterr()
 
     b = study_config("ci", folds=3, split_seed=1)
     log_b = run_stages(b, out)
+    log_b += capsys.readouterr().out.splitlines()  # what the jobs themselves print (an artefact reset, ...)
     assert_no_leak(b, out)
     assert any("recomputing" in l and "subjects" in l for l in log_b), "\n".join(log_b)
     for name, text in before.items():  # every GAN of the old folds was retrained or left unused
