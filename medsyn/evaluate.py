@@ -17,7 +17,6 @@ import torch
 
 from medsyn.core import (
     MedsynError,
-    cache_dir,
     call_with_args,
     check,
     choose_device,
@@ -26,12 +25,13 @@ from medsyn.core import (
     save_json,
     signature_parser,
 )
-from .data import dataset_hash, load_canonical
+from .data import load_canonical
 from medsyn.metrics import (
     HookFeatures,
     InceptionFeatures,
     cached_features,
     colorize_masks,
+    feature_cache_file,
     fid_from_features,
     iterate_batches,
     kid_from_features,
@@ -223,8 +223,7 @@ def dice_metric(
     try:
         res = {}
         for name, ds in (("real", real), ("fake", fake)):
-            key = f"{dataset_hash(ds.root)[:20]}-dice-{file_sha256(seg_model)[:16]}.json" if cache else None
-            file = cache_dir() / "features" / key if key else None
+            file = feature_cache_file(ds.root, f"dice-{file_sha256(seg_model)[:16]}", ".json") if cache else None
             res[name] = _dice_summary(net, ds, labels, batch_size, dev, progress, f"segment {name}", file)
         return {"model": str(seg_model), **res}
     except MedsynError as e:

@@ -39,9 +39,10 @@ from medsyn.weights import (
 __all__ = ['frechet_distance', 'feature_statistics', 'fid_from_features', 'RunningFeatureStats', 'polynomial_kernel',
            'mmd2_unbiased', 'kid_from_features', 'precision_recall', 'modality_to_rgb', 'colorize_masks',
            'fid_inception_v3', 'InceptionFeatures', 'unet_bottleneck', 'HookFeatures', 'sample_indices',
-           'iterate_batches', 'stream_features', 'cached_features', 'load_lpips_backbone', 'lpips_network',
-           'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size', 'matched_nearest',
-           'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores', 'segmentation_metrics']
+           'iterate_batches', 'stream_features', 'feature_cache_file', 'cached_features', 'load_lpips_backbone',
+           'lpips_network', 'lpips_embedding', 'lpips_distances', 'lpips_diversity', 'matched_pool_size',
+           'matched_nearest', 'lpips_scores', 'mask_area_fractions', 'mask_label_distances', 'label_scores',
+           'segmentation_metrics']
 
 # %% ../nbs/07_metrics.ipynb
 def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -355,9 +356,8 @@ class HookFeatures:
 # %% ../nbs/07_metrics.ipynb
 def sample_indices(n: int, max_samples: int | None = None, seed: int = 0) -> np.ndarray:
     """Sorted indices of the deterministic subset of at most `max_samples` of `n` samples: the first `max_samples` of
-    one
-    seeded permutation, so the subsets are nested (the k-sample subset lies inside every larger one) and features cached
-    for a larger subset serve every smaller one."""
+    one seeded permutation, so the subsets are nested (the k-sample subset lies inside every larger one) and features
+    cached for a larger subset serve every smaller one."""
     check(n > 0, "the dataset is empty")
     if max_samples is None or max_samples >= n:
         return np.arange(n)
@@ -418,6 +418,11 @@ def _merge_features(a: dict | None, b: dict) -> dict:
     return {k: np.concatenate([a[k], b[k]])[order] for k in b}
 
 
+def feature_cache_file(ds_dir: str | Path, key: str, suffix: str = ".npz") -> Path:
+    "The file in `cache_dir()/features` holding what `key` computed on the dataset at `ds_dir` (by its content hash)."
+    return cache_dir() / "features" / f"{dataset_hash(ds_dir)[:20]}-{key}{suffix}"
+
+
 def cached_features(
     ds_dir: str | Path, ds, views: dict[str, Callable], key: str, cache: bool = True, **kw
 ) -> dict[str, RunningFeatureStats]:
@@ -427,7 +432,7 @@ def cached_features(
     if not cache:
         return stream_features(ds, views, **kw)
     wanted = sample_indices(len(ds), kw.pop("max_samples", None))
-    file = cache_dir() / "features" / f"{dataset_hash(ds_dir)[:20]}-{key}.npz"
+    file = feature_cache_file(ds_dir, key)
     table = _read_feature_cache(file, views)
     missing = np.setdiff1d(wanted, table["index"] if table is not None else [])
     if len(missing):
