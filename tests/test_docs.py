@@ -104,6 +104,20 @@ def test_no_cell_mixes_imports_and_code():
     assert not bad, f"put the imports of these cells in a cell of their own: {bad}"
 
 
+def test_no_stored_output_makes_the_site_load_scripts_from_the_internet():
+    """Quarto adds require.js and jQuery from a CDN to every page whose notebook stores a text/html or
+    application/javascript output (a pandas table, a widget); offline the page then logs errors. Tables are stored as
+    Markdown instead (`python tools/trim_outputs.py NB` converts them)."""
+    bad = []
+    for nb in NBS:
+        for cell in json.loads(nb.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                kinds = set(out.get("data", {})) & {"text/html", "application/javascript"}
+                if kinds and out.get("output_type") in ("display_data", "execute_result"):
+                    bad.append(f"{nb.relative_to(ROOT)} cell {cell.get('id')}: {sorted(kinds)}")
+    assert not bad, f"run `python tools/trim_outputs.py` on these notebooks: {bad}"
+
+
 def test_markdown_lists_have_a_blank_line_before_them():
     "Without it pandoc shows the list as one paragraph with literal `*`/`-` markers."
     bad = []
