@@ -714,19 +714,26 @@ def signature_parser(
     aliases: dict | None = None,
     required=(),
     choices: dict | None = None,
+    positional=(),
+    metavars: dict | None = None,
 ) -> argparse.ArgumentParser:
     """An argparse parser generated from `fn`'s signature: one `--kebab-name` option per parameter not in `skip` (with
-    its `aliases` and `choices`), the signature's default, a type from the annotation, the parameter's comment as
-    help; bool parameters become `--name/--no-name`, `list[...]` ones a repeatable option; parameters without a default,
-    or in `required`, are required."""
-    aliases, choices = aliases or {}, choices or {}
+    its `aliases`, `choices` and `metavars`), the signature's default, a type from the annotation, the parameter's
+    comment as help; bool parameters become `--name/--no-name`, `list[...]` ones a repeatable option; parameters
+    without a default, or in `required`, are required; those in `positional` are positional arguments instead."""
+    aliases, choices, metavars = aliases or {}, choices or {}, metavars or {}
     hints, docs = typing.get_type_hints(fn), docments(fn)
     p = argparse.ArgumentParser(prog=prog, description=description or (inspect.getdoc(fn) or "").split("\n")[0])
     for name, par in inspect.signature(fn).parameters.items():
         if name in skip or par.kind in (par.VAR_KEYWORD, par.VAR_POSITIONAL):
             continue
         default = None if par.default is par.empty else par.default
+        if name in positional:
+            p.add_argument(name, type=_option_type(hints.get(name), default), metavar=name.upper(), help=docs.get(name))
+            continue
         kw = dict(dest=name, default=default, help=docs.get(name))
+        if name in metavars:
+            kw["metavar"] = metavars[name]
         if hints.get(name) is bool or isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hints.get(name)) is list:

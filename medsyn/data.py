@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -34,12 +35,15 @@ from medsyn.core import (
     atomic_dir,
     atomic_path,
     cache_dir,
+    call_with_args,
     check,
     check_output_dir,
     file_digest,
     file_sha256,
+    flag_name,
     load_json,
     save_json,
+    signature_parser,
 )
 from .viz import label_cmap
 
@@ -57,7 +61,8 @@ __all__ = ['FORMAT_VERSION', 'IMAGE_SUFFIXES', 'RELEASES', 'CT_WINDOWS', 'AXIS_N
            'cohort_template', 'smooth_noise', 'random_warp', 'warp_maps', 'random_lesion', 'tissue_fractions',
            'fraction_labels', 'simulate_contrast', 'simulate_subject', 'cohort_volumes', 'prepare_cohort',
            'default_dataset', 'lesion_overlap', 'msd_resources', 'file_md5', 'verify_checksum', 'download_msd',
-           'overview_slices', 'plot_dataset_overview', 'toy_dataset', 'prepare_main']
+           'overview_slices', 'plot_dataset_overview', 'toy_dataset', 'prepare_command', 'prepare_parser',
+           'prepare_main']
 
 # %% ../nbs/01_data.ipynb
 def _permuted(subjects: Iterable[str], seed: int) -> list[str]:
@@ -3115,162 +3120,144 @@ def _window_arg(s: str, what: str):
     return s
 
 # %% ../nbs/01_data.ipynb
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="medsyn prepare",
-        description="Convert NIfTI / MSD / nnU-Net / PNG / DICOM data into a canonical 2D image+mask dataset.",
+def prepare_command(
+    src: str,  # dataset folder, MSD task name (Task09_Spleen), 'default' (simulated cohort), 'mni152' (template slabs)
+    out: str,  # output folder (written atomically)
+    res: int = 256,  # output size in pixels (square)
+    axis: int | None = None,  # slicing axis in RAS: 0 sagittal, 1 coronal, 2 axial (default: the release's, else 2)
+    layout: str = "auto",  # how SRC is organised (default: detected)
+    roi: list[str] = (),  # DICOM: an RTSTRUCT ROI / SEG segment to keep, in label-id order (default: all)
+    preset: str = "auto",  # read SRC as this known release (default: detected from its file names; none: never)
+    label_map: str | None = None,  # map label ids, e.g. 4=3, or a label scheme named below
+    empty_fraction: float = 0.1,  # fraction of slices without foreground to keep
+    ct_window: str | None = None,  # HU window of CT channels: LOW,HIGH or a name below (default: release's, else wide)
+    window: list[str] = (),  # fixed window for one modality, MOD=LOW,HIGH or MOD=<CT window name> (repeatable)
+    images: list[str] = (),  # image file pattern with {subject} ({slice} for 2D) in SRC; or MOD=PATTERN per modality
+    labels: str | None = None,  # label/mask file pattern with {subject}
+    label_names: str | None = None,  # declared labels (default: from dataset.json or the label files)
+    modalities: str | None = None,  # comma-separated modality names (single-pattern layouts)
+    name: str | None = None,  # dataset name (default: from dataset.json or the folder name)
+    seed: int = 0,  # seed of the empty-slice selection (the bundled cohort: of the simulation)
+    overwrite: bool = False,  # replace an existing output folder
+    quiet: bool = False,  # no progress bar
+) -> Path:
+    "Convert NIfTI / MSD / nnU-Net / PNG / DICOM data into a canonical 2D image+mask dataset; returns its folder."
+    if src in ("mni152", "default"):
+        return _prepare_bundled(
+            src, out, res=res, axis=axis, seed=seed, overwrite=overwrite, **_source_options(locals())
+        )
+    path = Path(src)
+    if not path.exists() and re.fullmatch(r"Task\d\d_\w+", src):
+        path = download_msd(src)
+    return prepare(
+        path,
+        out,
+        res=res,
+        axis=axis,
+        layout=layout,
+        empty_fraction=empty_fraction,
+        ct_window=_window_arg(ct_window, "--ct-window") if ct_window else None,
+        windows=_windows_arg(window),
+        seed=seed,
+        overwrite=overwrite,
+        images=_images_arg(images),
+        labels=labels,
+        label_names=_label_names_arg(label_names),
+        modalities=modalities.split(",") if modalities else None,
+        name=name,
+        progress=not quiet,
+        preset=preset,
+        label_map=label_map,
+        roi=list(roi) or None,
+        log=lambda m: print(m, flush=True),
     )
-    p.add_argument(
-        "src",
-        help="dataset folder, an MSD task name (e.g. Task09_Spleen), 'default' (the simulated cohort) "
-        "or 'mni152' (template slabs)",
+
+# %% ../nbs/01_data.ipynb
+_BUNDLED_ONLY = ("res", "axis", "seed", "overwrite")  # the options that apply to the bundled datasets
+
+
+def _source_options(given: dict) -> dict:
+    "The options of `prepare_command` that describe a source on disk (layout, patterns, windows, ...), as given."
+    skip = {"src", "out", "quiet", "empty_fraction", *_BUNDLED_ONLY}
+    return {k: given[k] for k in inspect.signature(prepare_command).parameters if k not in skip}
+
+
+def _prepare_bundled(src: str, out, res: int, axis: int | None, seed: int, overwrite: bool, **source) -> Path:
+    "`medsyn prepare default|mni152`: refuse the options meant for files on disk, then build the bundled dataset."
+    defaults = {k: p.default for k, p in inspect.signature(prepare_command).parameters.items()}
+    ignored = [flag_name(k) for k, v in source.items() if v and v != defaults[k]]
+    check(
+        not ignored,
+        f"{src}: {', '.join(ignored)} do not apply to the bundled dataset "
+        f"(only {', '.join(map(flag_name, _BUNDLED_ONLY))}); drop them",
     )
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
-    p.add_argument("--res", type=int, default=256, help="output size in pixels (square)")
-    p.add_argument(
-        "--axis",
-        type=int,
-        default=None,
-        choices=(0, 1, 2),
-        help="slicing axis in RAS: 0 sagittal, 1 coronal, 2 axial (default: the release's, else 2)",
+    axis = 2 if axis is None else axis
+    if src == "mni152":
+        return prepare_mni152(out, res=res, axis=axis, overwrite=overwrite)
+    return prepare_cohort(out, CohortConfig(seed=seed), res=res, axis=axis, overwrite=overwrite)
+
+
+def _images_arg(images: list[str]) -> str | dict | None:
+    "`--images PATTERN` (one pattern) or `--images MOD=PATTERN` per modality, as `prepare`'s `images`."
+    if not images:
+        return None
+    if all("=" in s and "{" not in s.split("=", 1)[0] for s in images):
+        return dict(s.split("=", 1) for s in images)
+    check(len(images) == 1, "give one --images PATTERN, or one --images MOD=PATTERN per modality")
+    return images[0]
+
+
+def _label_names_arg(s: str | None) -> dict | None:
+    "`--label-names 0=background,1=organ` as `{0: 'background', 1: 'organ'}`."
+    if not s:
+        return None
+    try:
+        return {int(k): v for k, v in (kv.split("=", 1) for kv in s.split(","))}
+    except ValueError as e:
+        raise MedsynError(f"--label-names must look like 0=background,1=organ, got {s!r}") from e
+
+
+def _windows_arg(window: list[str]) -> dict:
+    "`--window MOD=LOW,HIGH` (repeatable) as `{MOD: (LOW, HIGH)}`."
+    windows = {}
+    for w in window:
+        check("=" in w, f"--window must be MOD=LOW,HIGH, got {w!r}")
+        m, v = w.split("=", 1)
+        windows[m] = _window_arg(v, "--window")
+    return windows
+
+# %% ../nbs/01_data.ipynb
+def prepare_parser() -> argparse.ArgumentParser:
+    "`medsyn prepare`'s options: `prepare_command`'s signature (one home for each option, its default and help)."
+    p = signature_parser(
+        prepare_command,
+        "medsyn prepare",
+        "Convert NIfTI / MSD / nnU-Net / PNG / DICOM data into a canonical 2D image+mask dataset.",
+        positional=("src",),
+        choices=dict(
+            axis=(0, 1, 2), layout=("auto", "msd", "nifti", "png", "dicom"), preset=("auto", "none", *RELEASES)
+        ),
+        metavars=dict(
+            roi="NAME",
+            label_map="OLD=NEW,...|SCHEME",
+            window="MOD=LOW,HIGH",
+            images="[MOD=]PATTERN",
+            labels="PATTERN",
+            label_names="0=background,1=organ",
+        ),
     )
-    p.add_argument("--layout", default="auto", choices=("auto", "msd", "nifti", "png", "dicom"))
-    p.add_argument(
-        "--roi",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="DICOM: an RTSTRUCT ROI / SEG segment to keep, in label-id order (repeatable; default: all)",
-    )
-    p.add_argument(
-        "--preset",
-        default="auto",
-        choices=("auto", "none", *RELEASES),
-        help="read SRC as this known release (default: detected from its folders and file names; none: never)",
-    )
-    p.add_argument(
-        "--label-map",
-        default=None,
-        metavar="OLD=NEW,...|SCHEME",
-        help=f"map label ids, e.g. 4=3, or a named scheme: {', '.join(LABEL_SCHEMES)}",
-    )
-    p.add_argument("--empty-fraction", type=float, default=0.1, help="fraction of slices without foreground to keep")
-    p.add_argument(
-        "--ct-window",
-        default=None,
-        help=f"HU window for modalities named CT: LOW,HIGH or one of {', '.join(CT_WINDOWS)} "
-        "(default: the release's task window, else wide = -1000,2000)",
-    )
-    p.add_argument(
-        "--window",
-        action="append",
-        default=[],
-        metavar="MOD=LOW,HIGH",
-        help="fixed window for one modality, LOW,HIGH or a CT window name (repeatable)",
-    )
-    p.add_argument(
-        "--images",
-        action="append",
-        default=[],
-        metavar="[MOD=]PATTERN",
-        help="image file pattern with {subject} (and {slice} for 2D), relative to SRC; repeat as MOD=PATTERN per "
-        "modality",
-    )
-    p.add_argument("--labels", default=None, metavar="PATTERN", help="label/mask file pattern with {subject}")
-    p.add_argument(
-        "--label-names",
-        default=None,
-        metavar="0=background,1=organ",
-        help="declared labels (default: from dataset.json or the label files)",
-    )
-    p.add_argument("--modalities", default=None, help="comma-separated modality names (single-pattern layouts)")
-    p.add_argument("--name", default=None, help="dataset name (default: from dataset.json or the folder name)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the empty-slice selection (default: of the simulation)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.epilog = f"CT windows: {', '.join(CT_WINDOWS)}. Label schemes: {', '.join(LABEL_SCHEMES)}."
     return p
 
 # %% ../nbs/01_data.ipynb
 def prepare_main(argv: list[str]) -> int:
-    "`medsyn prepare`: parse `argv` and run `prepare` (or the bundled/downloaded sources); prints a summary."
+    "`medsyn prepare`: parse `argv`, run `prepare_command`, print a JSON summary of the dataset written."
     argv = list(argv)
     for i in range(len(argv) - 1):  # allow `--ct-window -1000,2000` (argparse would read -1000 as an option)
         if argv[i] in ("--ct-window", "--window") and argv[i + 1].startswith("-"):
             argv[i : i + 2] = [f"{argv[i]}={argv[i + 1]}", ""]
-    a = _parser().parse_args([x for x in argv if x != ""])
     t0 = time.time()
-    if a.src in ("mni152", "default"):
-        ignored = [
-            o
-            for o, v in (
-                ("--layout", a.layout != "auto"),
-                ("--preset", a.preset != "auto"),
-                ("--images", a.images),
-                ("--labels", a.labels),
-                ("--label-names", a.label_names),
-                ("--label-map", a.label_map),
-                ("--modalities", a.modalities),
-                ("--roi", a.roi),
-                ("--window", a.window),
-                ("--ct-window", a.ct_window),
-                ("--name", a.name),
-            )
-            if v
-        ]
-        check(
-            not ignored,
-            f"{a.src}: {', '.join(ignored)} do not apply to the bundled dataset "
-            "(only --res, --axis, --seed, --overwrite); drop them",
-        )
-        axis = 2 if a.axis is None else a.axis
-        if a.src == "mni152":
-            out = prepare_mni152(a.out, res=a.res, axis=axis, overwrite=a.overwrite)
-        else:
-            out = prepare_cohort(a.out, CohortConfig(seed=a.seed), res=a.res, axis=axis, overwrite=a.overwrite)
-    else:
-        src = Path(a.src)
-        if not src.exists() and re.fullmatch(r"Task\d\d_\w+", a.src):
-            src = download_msd(a.src)
-        imgs = None
-        if a.images:
-            if all("=" in s and "{" not in s.split("=", 1)[0] for s in a.images):
-                imgs = dict(s.split("=", 1) for s in a.images)
-            else:
-                check(len(a.images) == 1, "give one --images PATTERN, or one --images MOD=PATTERN per modality")
-                imgs = a.images[0]
-        names = None
-        if a.label_names:
-            try:
-                names = {int(k): v for k, v in (kv.split("=", 1) for kv in a.label_names.split(","))}
-            except ValueError as e:
-                raise MedsynError(f"--label-names must look like 0=background,1=organ, got {a.label_names!r}") from e
-        windows = {}
-        for w in a.window:
-            check("=" in w, f"--window must be MOD=LOW,HIGH, got {w!r}")
-            m, v = w.split("=", 1)
-            windows[m] = _window_arg(v, "--window")
-        out = prepare(
-            src,
-            a.out,
-            res=a.res,
-            axis=a.axis,
-            layout=a.layout,
-            empty_fraction=a.empty_fraction,
-            ct_window=_window_arg(a.ct_window, "--ct-window") if a.ct_window else None,
-            windows=windows,
-            seed=a.seed,
-            overwrite=a.overwrite,
-            images=imgs,
-            labels=a.labels,
-            label_names=names,
-            modalities=a.modalities.split(",") if a.modalities else None,
-            name=a.name,
-            progress=not a.quiet,
-            preset=a.preset,
-            label_map=a.label_map,
-            roi=a.roi or None,
-            log=lambda m: print(m, flush=True),
-        )
+    out = call_with_args(prepare_command, prepare_parser().parse_args([x for x in argv if x != ""]))
     ds = load_canonical(out)
     print(
         json.dumps(

@@ -45,7 +45,7 @@ TINY_GAN = dict(
     mapping_layers=2,
 )
 # The leak checks need every artefact kind (both GAN kinds, real subsets, warped masks, cells), not their quality:
-# tiny, short GANs (a few steps) and no control arms (the controls train on the same real subsets as the real-only cells).
+# tiny, short GANs (a few steps) and no control arms (they train on the same real subsets as the real-only cells).
 LEAN = dict(controls=(), gan_overrides=TINY_GAN, gan_kimg={"joint": 0.02, "mask": 0.02, "cond": 0.016})
 
 
