@@ -178,7 +178,7 @@ PROFILES = {
         gan_overrides=dict(metric="stats"),
         gan_kimg={"joint": 0.1, "mask": 0.1, "cond": 0.04},
         gan_time_budget=60.0,
-        n_quality=32,
+        n_quality=16,  # tests every metric's mechanics, not its value: 16 samples halve the quality stage (77 -> 37 s)
         seg_overrides=dict(max_epochs=2, steps_per_epoch=4, batch_size=8, channels=(4, 8, 16), strides=(2, 2)),
     ),
 }
