@@ -3143,9 +3143,8 @@ def prepare_command(
 ) -> Path:
     "Convert NIfTI / MSD / nnU-Net / PNG / DICOM data into a canonical 2D image+mask dataset; returns its folder."
     if src in ("mni152", "default"):
-        return _prepare_bundled(
-            src, out, res=res, axis=axis, seed=seed, overwrite=overwrite, **_source_options(locals())
-        )
+        ignored = _source_options_given(locals())
+        return _prepare_bundled(src, out, res=res, axis=axis, seed=seed, overwrite=overwrite, ignored=ignored)
     path = Path(src)
     if not path.exists() and re.fullmatch(r"Task\d\d_\w+", src):
         path = download_msd(src)
@@ -3176,16 +3175,16 @@ def prepare_command(
 _BUNDLED_ONLY = ("res", "axis", "seed", "overwrite")  # the options that apply to the bundled datasets
 
 
-def _source_options(given: dict) -> dict:
-    "The options of `prepare_command` that describe a source on disk (layout, patterns, windows, ...), as given."
+def _source_options_given(given: dict) -> list[str]:
+    """The flags of `prepare_command`'s options that describe a source on disk (layout, patterns, windows, ...) and
+    were given a value other than their default."""
     skip = {"src", "out", "quiet", "empty_fraction", *_BUNDLED_ONLY}
-    return {k: given[k] for k in inspect.signature(prepare_command).parameters if k not in skip}
+    params = inspect.signature(prepare_command).parameters
+    return [flag_name(k) for k, p in params.items() if k not in skip and given[k] and given[k] != p.default]
 
 
-def _prepare_bundled(src: str, out, res: int, axis: int | None, seed: int, overwrite: bool, **source) -> Path:
-    "`medsyn prepare default|mni152`: refuse the options meant for files on disk, then build the bundled dataset."
-    defaults = {k: p.default for k, p in inspect.signature(prepare_command).parameters.items()}
-    ignored = [flag_name(k) for k, v in source.items() if v and v != defaults[k]]
+def _prepare_bundled(src: str, out, res: int, axis: int | None, seed: int, overwrite: bool, ignored: list[str]) -> Path:
+    "`medsyn prepare default|mni152`: refuse the options meant for files on disk (`ignored`), then build the dataset."
     check(
         not ignored,
         f"{src}: {', '.join(ignored)} do not apply to the bundled dataset "
